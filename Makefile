@@ -1,0 +1,28 @@
+# hwflow: the two commands of the README.
+#   make run   set up .venv, then the main job on the shipped defaults
+#   make test  set up .venv, then the whole test suite (what CI runs)
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OUT ?= out
+
+.PHONY: run test lint setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh "$(PY)" "$(VENV)"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/hwflow demo -o $(OUT)
+
+test: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n 2 --dist loadgroup
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(OUT) rtl/build sim_build .pytest_cache

@@ -1,0 +1,1 @@
+"""hwflow: compiler, RTL generator and cycle-level simulator for FPGA LLM accelerators."""
