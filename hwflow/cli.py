@@ -1,0 +1,48 @@
+"""The ``hwflow`` command line: parses, calls the library, prints.
+
+Each command group lives in its own module (``hwflow.commands.*``) exposing
+``register(subparsers)``; every command function returns an exit code. A
+:class:`~hwflow.errors.HwflowError` anywhere ends in one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from hwflow.errors import HwflowError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hwflow",
+        description="Compile compressed LLMs for a sparse DSP-chain FPGA accelerator, generate and "
+        "verify its RTL, and simulate it cycle by cycle.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    import hwflow.commands as commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"hwflow.commands.{info.name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except HwflowError as e:
+        print(f"hwflow {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hwflow {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
