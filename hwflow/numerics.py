@@ -236,7 +236,11 @@ def matmul_int(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """
     x = np.asarray(x)
     w = np.asarray(w)
-    bound = np.abs(x).max(initial=0) * np.abs(w).max(initial=0) * x.shape[-1]
+    bound = (
+        int(np.abs(x.astype(np.int64)).max(initial=0))
+        * int(np.abs(w.astype(np.int64)).max(initial=0))
+        * x.shape[-1]
+    )
     if bound >= 2**53:
         return np.matmul(x.astype(np.int64), w.astype(np.int64).T)
     return np.rint(np.matmul(x.astype(np.float64), w.astype(np.float64).T)).astype(np.int64)

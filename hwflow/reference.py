@@ -1,0 +1,272 @@
+"""The numeric reference: one interpreter of the step graph, in integer and in float64.
+
+:func:`run_int` executes a :class:`~hwflow.model.StepGraph` on a
+:class:`~hwflow.compress.QuantizedModel` with the functions of :mod:`hwflow.numerics` and
+nothing else; it is the golden model every executor (functional simulator, RTL benches) must
+match bit for bit. :func:`run_float` executes the same graph in float64 on float weights: on the
+original weights with dense causal attention it is the uncompressed model, against which
+:func:`quality` measures each plan (SQNR and max abs error per layer output and of the logits).
+
+Both return every tensor of the step by its graph name, and update a KV cache in place.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hwflow import numerics as nx
+from hwflow.config import CompressionPlan, ModelConfig
+from hwflow.model import StepGraph, attention_mask, step_graph
+
+if TYPE_CHECKING:
+    from hwflow.compress import QuantizedModel
+
+__all__ = ["KVCache", "generate_int", "quality", "run_float", "run_int"]
+
+
+@dataclass
+class KVCache:
+    """Per layer K and V as [kv_heads, max_positions, head_dim] (int8 or float64)."""
+
+    k: list[np.ndarray]
+    v: list[np.ndarray]
+    length: int = 0
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, dtype: Any = np.int8, positions: int | None = None) -> KVCache:
+        shape = (cfg.kv_heads, positions or cfg.max_positions, cfg.head_dim)
+        return cls(
+            [np.zeros(shape, dtype) for _ in range(cfg.layers)],
+            [np.zeros(shape, dtype) for _ in range(cfg.layers)],
+        )
+
+
+@dataclass
+class StepResult:
+    """What a step produced: the last token's logits, every tensor by name, the cache."""
+
+    logits: np.ndarray
+    tensors: dict[str, np.ndarray] = field(repr=False)
+    kv: KVCache = field(repr=False)
+
+
+def _heads(x: np.ndarray, n: int) -> np.ndarray:
+    """[T, n*hd] -> [n, T, hd]."""
+    t = x.shape[0]
+    return x.reshape(t, n, -1).transpose(1, 0, 2)
+
+
+def _merge(x: np.ndarray) -> np.ndarray:
+    """[n, T, hd] -> [T, n*hd]."""
+    n, t, hd = x.shape
+    return x.transpose(1, 0, 2).reshape(t, n * hd)
+
+
+def run_int(
+    qm: QuantizedModel,
+    graph: StepGraph,
+    x0: np.ndarray,
+    kv: KVCache,
+    plan: CompressionPlan | None = None,
+) -> StepResult:
+    """Execute ``graph`` in integer arithmetic from the INT8 input ``x0[T, hidden]``.
+
+    ``kv`` must hold ``graph.past`` positions; the step appends its own.
+    """
+    cfg = qm.cfg
+    plan = plan or qm.plan
+    if kv.length != graph.past:
+        raise ValueError(f"KV cache holds {kv.length} positions, the step expects {graph.past}")
+    t, past, keys = graph.tokens, graph.past, graph.keys
+    rep = cfg.heads // cfg.kv_heads
+    mask = attention_mask(cfg, plan.attention, graph.phase, t, past)
+    env: dict[str, np.ndarray] = {"x0": np.asarray(x0, np.int8)}
+    for op in graph.ops:
+        pr = qm.params.get(op.name, {})
+        src = [env[i] for i in op.inputs if not i.startswith("KV")]
+        if op.kind == "norm":
+            x = src[0][-1:] if op.tokens == 1 and src[0].shape[0] != 1 else src[0]
+            out = nx.norm_int(x, cfg.norm == "layer", pr["mult"], pr["shift"])
+        elif op.kind in ("linear", "head"):
+            ql = qm.linears[op.name]
+            acc = nx.matmul_int(src[0], ql.codes)
+            if ql.bias is not None:
+                acc = acc + ql.bias
+            out = acc if ql.mult is None else nx.requantize(acc, ql.mult, ql.shift)
+        elif op.kind == "rope":
+            n = src[0].shape[1] // cfg.head_dim
+            c, s = qm.rope_cos[past:keys], qm.rope_sin[past:keys]
+            out = _merge(nx.rope_int(_heads(src[0], n), c, s))
+        elif op.kind == "kv_write":
+            li = op.layer
+            kv.k[li][:, past:keys] = _heads(src[0], cfg.kv_heads)
+            kv.v[li][:, past:keys] = _heads(src[1], cfg.kv_heads)
+            continue
+        elif op.kind == "scores":
+            q = _heads(src[0], cfg.heads)
+            k = kv.k[op.layer][:, :keys]
+            acc = np.stack([nx.matmul_int(q[h], k[h // rep]) for h in range(cfg.heads)])
+            out = nx.requantize(acc, pr["mult"], pr["shift"])
+        elif op.kind == "softmax":
+            out = nx.softmax_int(src[0], pr["table"], np.broadcast_to(mask, src[0].shape))
+        elif op.kind == "pv":
+            v = kv.v[op.layer][:, :keys]
+            acc = np.stack([nx.matmul_int(src[0][h], v[h // rep].T) for h in range(cfg.heads)])
+            out = _merge(nx.requantize(acc, pr["mult"], pr["shift"]))
+        elif op.kind == "add":
+            out = nx.add_requant(src[0], src[1], pr["mult_a"], pr["mult_b"], pr["shift"])
+        elif op.kind == "lut":
+            out = nx.apply_lut(src[0], pr["lut"])
+        elif op.kind == "mul":
+            out = nx.mul_requant(src[0], src[1], pr["mult"], pr["shift"])
+        else:  # pragma: no cover - the graph only holds OP_KINDS
+            raise ValueError(f"op kind {op.kind!r}")
+        env[op.output] = out
+    kv.length = keys
+    return StepResult(env["logits"], env, kv)
+
+
+def run_float(
+    cfg: ModelConfig,
+    weights: dict[str, np.ndarray],
+    graph: StepGraph,
+    x0: np.ndarray,
+    kv: KVCache,
+    mask: np.ndarray | None = None,
+) -> StepResult:
+    """Execute ``graph`` in float64 on float ``weights`` (see :mod:`hwflow.compress`).
+
+    Norm gains/biases (``*.g``, ``*.b``) are applied when present, so the same interpreter runs
+    the original and the gain-folded weights. ``mask`` defaults to dense causal attention.
+    """
+    t, past, keys = graph.tokens, graph.past, graph.keys
+    rep = cfg.heads // cfg.kv_heads
+    if mask is None:
+        mask = np.arange(keys)[None, :] <= past + np.arange(t)[:, None]
+    env: dict[str, np.ndarray] = {"x0": np.asarray(x0, np.float64)}
+    for op in graph.ops:
+        src = [env[i] for i in op.inputs if not i.startswith("KV")]
+        if op.kind == "norm":
+            x = src[0][-1:] if op.tokens == 1 and src[0].shape[0] != 1 else src[0]
+            if cfg.norm == "layer":
+                x = x - x.mean(axis=-1, keepdims=True)
+            out = x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + cfg.norm_eps)
+            out = out * weights.get(op.name + ".g", 1.0) + weights.get(op.name + ".b", 0.0)
+        elif op.kind in ("linear", "head"):
+            out = src[0] @ weights[op.name + ".w"].T
+            if op.name + ".b" in weights:
+                out = out + weights[op.name + ".b"]
+        elif op.kind == "rope":
+            n = src[0].shape[1] // cfg.head_dim
+            h = cfg.head_dim // 2
+            inv = 1.0 / (cfg.rope_theta ** (np.arange(0, cfg.head_dim, 2) / cfg.head_dim))
+            ang = np.arange(past, keys)[:, None] * inv[None, :]
+            c, s = np.cos(ang), np.sin(ang)
+            x = _heads(src[0], n)
+            x1, x2 = x[..., :h], x[..., h:]
+            out = _merge(np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1))
+        elif op.kind == "kv_write":
+            kv.k[op.layer][:, past:keys] = _heads(src[0], cfg.kv_heads)
+            kv.v[op.layer][:, past:keys] = _heads(src[1], cfg.kv_heads)
+            continue
+        elif op.kind == "scores":
+            q = _heads(src[0], cfg.heads)
+            k = kv.k[op.layer][:, :keys]
+            out = np.stack([q[h] @ k[h // rep].T for h in range(cfg.heads)]) / math.sqrt(
+                cfg.head_dim
+            )
+        elif op.kind == "softmax":
+            s = np.where(mask, src[0], -np.inf)
+            e = np.exp(s - s.max(axis=-1, keepdims=True))
+            out = e / e.sum(axis=-1, keepdims=True)
+        elif op.kind == "pv":
+            v = kv.v[op.layer][:, :keys]
+            out = _merge(np.stack([src[0][h] @ v[h // rep] for h in range(cfg.heads)]))
+        elif op.kind == "add":
+            out = src[0] + src[1]
+        elif op.kind == "lut":
+            x = src[0]
+            out = x / (1.0 + np.exp(-x)) if cfg.activation == "silu" else np.maximum(x, 0.0)
+        elif op.kind == "mul":
+            out = src[0] * src[1]
+        else:  # pragma: no cover
+            raise ValueError(f"op kind {op.kind!r}")
+        env[op.output] = out
+    kv.length = keys
+    return StepResult(env["logits"], env, kv)
+
+
+def generate_int(qm: QuantizedModel, ids: np.ndarray, decode_steps: int) -> list[StepResult]:
+    """Prefill ``ids`` then ``decode_steps`` greedy decode steps, all in integer arithmetic."""
+    cfg, plan = qm.cfg, qm.plan
+    kv = KVCache.empty(cfg)
+    res = run_int(qm, step_graph(cfg, plan, "prefill", len(ids)), qm.embed(ids, 0), kv)
+    out = [res]
+    pos = len(ids)
+    for _ in range(decode_steps):
+        nxt = np.array([int(np.argmax(out[-1].logits[-1]))])
+        res = run_int(qm, step_graph(cfg, plan, "decode", 1, pos), qm.embed(nxt, pos), kv)
+        out.append(res)
+        pos += 1
+    return out
+
+
+def quality(
+    qm: QuantizedModel, weights: dict[str, np.ndarray], ids: np.ndarray, decode_steps: int = 4
+) -> list[dict[str, Any]]:
+    """SQNR (dB) and max abs error of every layer's output and of the logits, integer vs float64.
+
+    The float64 run is the original model (``weights`` before folding, dense causal attention)
+    on the same tokens; the integer run is the compressed model. Decode steps are teacher-forced
+    with the same tokens on both sides, and their logits are reported as ``decode.logits``.
+    """
+    cfg, plan = qm.cfg, qm.plan
+    rows: list[dict[str, Any]] = []
+    g = step_graph(cfg, plan, "prefill", len(ids))
+    ri = run_int(qm, g, qm.embed(ids, 0), KVCache.empty(cfg))
+    rf = run_float(
+        cfg, weights, g, _float_embed(cfg, weights, ids, 0), KVCache.empty(cfg, np.float64)
+    )
+
+    def row(name: str, ref: np.ndarray, test: np.ndarray) -> None:
+        rows.append(
+            {
+                "tensor": name,
+                "sqnr_db": nx.sqnr_db(ref, test),
+                "max_abs_error": nx.max_abs_error(ref, test),
+                "ref_max_abs": float(np.abs(ref).max()),
+            }
+        )
+
+    for li in range(1, cfg.layers + 1):
+        row(f"prefill.x{li}", rf.tensors[f"x{li}"], ri.tensors[f"x{li}"] * qm.scales[f"x{li}"])
+    row("prefill.logits", rf.logits, qm.dequant_logits(ri.logits))
+    # decode: continue both models on the same next tokens (teacher forcing)
+    kvi, kvf = ri.kv, rf.kv
+    rng = np.random.default_rng(1234)
+    ref_l, test_l = [], []
+    pos = len(ids)
+    for _ in range(decode_steps):
+        tok = rng.integers(cfg.vocab, size=1)
+        g = step_graph(cfg, plan, "decode", 1, pos)
+        a = run_int(qm, g, qm.embed(tok, pos), kvi)
+        b = run_float(cfg, weights, g, _float_embed(cfg, weights, tok, pos), kvf)
+        ref_l.append(b.logits)
+        test_l.append(qm.dequant_logits(a.logits))
+        pos += 1
+    if decode_steps:
+        row("decode.logits", np.concatenate(ref_l), np.concatenate(test_l))
+    return rows
+
+
+def _float_embed(
+    cfg: ModelConfig, weights: dict[str, np.ndarray], ids: np.ndarray, start: int
+) -> np.ndarray:
+    x = weights["embed"][np.asarray(ids)]
+    if cfg.positions == "learned":
+        x = x + weights["pos"][start + cfg.position_offset + np.arange(len(ids))]
+    return x
