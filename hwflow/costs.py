@@ -18,9 +18,18 @@ consecutive and its accumulators drain into the requantizer after the last one. 
 matrix-matrix engine has ``rows`` token lanes that share each weight beat (with ``dual_int8``,
 two lanes share one DSP as in Xilinx WP486); T tokens take ceil(T/rows) passes per group.
 
-Latency = issue-to-last-result cycles of one op in an idle engine. Throughput = cycles between
-the starts of two back-to-back ops (the engine is pipelined: the next op's first beat follows
-the previous op's last beat).
+The chain is systolic: stage j's operands are delayed j cycles so that the cascade sum
+(PCOUT->PCIN, one P register per stage) meets them, a reduction point zeroes the cascade input
+of a segment's first stage, and each segment's accumulator result is delayed again (deskewed)
+to the end of the chain. So every result of a row group leaves at the same depth, whatever N
+is: the pipeline depth depends on the chain length C, not on N, and ops of different N run
+back to back without bubbles or reordering (the RTL in :mod:`hwflow.hw` is built this way and
+its benches hold it to these formulas).
+
+Latency = cycles from the handshake of an op's first beat through the cycle its last result is
+presented, inclusive, in an idle engine without backpressure. Throughput = cycles between the
+starts of two back-to-back ops = ``beats`` (the engine is pipelined: the next op's first beat
+follows the previous op's last beat).
 """
 
 from __future__ import annotations
@@ -33,11 +42,16 @@ from hwflow.errors import UnsupportedError
 
 __all__ = [
     "ACC_STAGES",
+    "HbmPiece",
     "OPERAND_STAGES",
     "REQUANT_STAGES",
     "OpCost",
     "chain_latency",
     "effective_nm",
+    "hbm_channel_bytes_per_cycle",
+    "hbm_latency_cycles",
+    "hbm_pieces",
+    "hbm_transfer_cost",
     "matmul_cost",
     "sfu_cost",
 ]
@@ -49,7 +63,8 @@ OPERAND_STAGES = 2
 PRODUCT_STAGES = 1
 #: Accumulating a segment's partial sum across blocks (1 register).
 ACC_STAGES = 1
-#: Requantization: multiply by ``mult`` (1), add rounding + shift (1), saturate (1).
+#: Requantization: add the INT32 bias (1), multiply by ``mult`` (1), round, shift and
+#: saturate (1).
 REQUANT_STAGES = 3
 
 
@@ -72,9 +87,11 @@ def effective_nm(hw: HardwarePreset, n: int, m: int) -> tuple[int, int]:
     return n, m
 
 
-def chain_latency(n: int) -> int:
-    """Pipeline depth of a chain whose segments are ``n`` stages long (cascade: one per stage)."""
-    return OPERAND_STAGES + PRODUCT_STAGES + n + ACC_STAGES + REQUANT_STAGES
+def chain_latency(chain_length: int) -> int:
+    """Pipeline depth of a chain of ``chain_length`` stages: operands, product, the systolic
+    cascade with its deskew (one cycle per stage of the whole chain, whatever the segment
+    length N), accumulator, requantizer."""
+    return OPERAND_STAGES + PRODUCT_STAGES + chain_length + ACC_STAGES + REQUANT_STAGES
 
 
 def matmul_cost(engine: Engine, m_block: int, tokens: int, rows: int, k: int, n: int) -> OpCost:
@@ -94,7 +111,7 @@ def matmul_cost(engine: Engine, m_block: int, tokens: int, rows: int, k: int, n:
     beats = groups * passes * (k // m_block)
     return OpCost(
         beats=beats,
-        latency=beats + chain_latency(n),
+        latency=beats + chain_latency(c),
         macs=tokens * rows * (k // m_block) * n,
         dense_macs=tokens * rows * k,
     )
@@ -104,3 +121,90 @@ def sfu_cost(hw: HardwarePreset, elements: int, passes: int = 1) -> OpCost:
     """Cost of a special-function op over ``elements`` values read ``passes`` times."""
     beats = passes * ceil(elements / hw.sfu.lanes)
     return OpCost(beats=beats, latency=beats + hw.sfu.latency, macs=0, dense_macs=0)
+
+
+# --------------------------------------------------------------------------------------------
+# HBM transfers (LD / ST), defined once: the cycle model's HBM channels charge these and the
+# RTL's load/store unit is held to them.
+#
+# The address space is interleaved across the preset's pseudo-channels in granules of
+# ``hbm.interleave_bytes``: granule g lives in channel ``g % channels``. A transfer is split
+# into one *piece* per channel it touches. A piece made of whole granules is a sequential
+# stream inside its channel and runs at ``efficiency_same_channel`` of the channel's peak; a
+# piece holding a partial granule (the transfer starts or ends inside a granule, so the stream
+# leaves the channel before finishing its burst) runs at ``efficiency_cross_channel``. Pieces
+# run in parallel on their channels; a channel serves its pieces one after the other. The data
+# of a piece is in the on-chip buffer ``latency_ns`` after the channel finished streaming it
+# (the first-beat latency; later beats are pipelined behind it).
+
+
+@dataclass(frozen=True)
+class HbmPiece:
+    """The part of one transfer that one pseudo-channel serves."""
+
+    channel: int
+    nbytes: int
+    occupancy: int  #: cycles the channel is busy streaming this piece
+    same_channel: bool  #: whole granules (same-channel efficiency) or not (cross-channel)
+
+
+def hbm_latency_cycles(hw: HardwarePreset) -> int:
+    """First-beat latency of a read in accelerator cycles (rounded up)."""
+    return ceil(hw.hbm.latency_ns * hw.clock_mhz / 1000 - 1e-9)
+
+
+def hbm_channel_bytes_per_cycle(hw: HardwarePreset, same_channel: bool) -> float:
+    """Sustained bytes per accelerator cycle of one pseudo-channel for one kind of stream."""
+    eff = hw.hbm.efficiency_same_channel if same_channel else hw.hbm.efficiency_cross_channel
+    return hw.hbm.channel_gbps * 1e9 * eff / hw.clock_hz
+
+
+def hbm_pieces(hw: HardwarePreset, addr: int, nbytes: int) -> list[HbmPiece]:
+    """Split the transfer of ``nbytes`` at HBM byte address ``addr`` into per-channel pieces."""
+    if addr < 0 or nbytes < 0:
+        raise UnsupportedError(f"HBM transfer at {addr} of {nbytes} bytes: negative")
+    if addr + nbytes > hw.hbm.capacity_bytes:
+        raise UnsupportedError(
+            f"HBM transfer [{addr}, {addr + nbytes}) exceeds the {hw.hbm.capacity_bytes} bytes"
+            f" of preset {hw.name}"
+        )
+    g, nch = hw.hbm.interleave_bytes, hw.hbm.channels
+    if nbytes == 0:
+        return []
+    first, last = addr // g, (addr + nbytes - 1) // g
+    whole: dict[int, int] = {}
+    partial: dict[int, int] = {}
+    span = last - first + 1
+    # whole granules strictly inside the transfer: distribute them over channels arithmetically
+    head_partial = addr % g != 0 or (span == 1 and nbytes != g)
+    tail_partial = (addr + nbytes) % g != 0 and span > 1
+    lo = first + 1 if head_partial else first
+    hi = last - 1 if tail_partial else last
+    if head_partial:
+        ch = first % nch
+        partial[ch] = partial.get(ch, 0) + min(nbytes, (first + 1) * g - addr)
+    if tail_partial:
+        ch = last % nch
+        partial[ch] = partial.get(ch, 0) + (addr + nbytes) - last * g
+    n_whole = hi - lo + 1
+    if n_whole > 0:
+        rounds, rest = divmod(n_whole, nch)
+        for i in range(min(nch, n_whole)):
+            ch = (lo + i) % nch
+            whole[ch] = (rounds + (1 if i < rest else 0)) * g
+    rate_same = hbm_channel_bytes_per_cycle(hw, True)
+    rate_cross = hbm_channel_bytes_per_cycle(hw, False)
+    out = []
+    for ch in sorted(set(whole) | set(partial)):
+        w, p = whole.get(ch, 0), partial.get(ch, 0)
+        occ = ceil(w / rate_same + p / rate_cross - 1e-9)
+        out.append(HbmPiece(channel=ch, nbytes=w + p, occupancy=max(occ, 1), same_channel=p == 0))
+    return out
+
+
+def hbm_transfer_cost(hw: HardwarePreset, addr: int, nbytes: int) -> OpCost:
+    """Cost of one HBM transfer on an otherwise idle memory: ``beats`` = the busiest channel's
+    occupancy, ``latency`` = that plus the first-beat latency."""
+    pieces = hbm_pieces(hw, addr, nbytes)
+    occ = max((p.occupancy for p in pieces), default=0)
+    return OpCost(beats=occ, latency=occ + hbm_latency_cycles(hw), macs=0, dense_macs=0)
