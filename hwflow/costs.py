@@ -42,9 +42,9 @@ from hwflow.errors import UnsupportedError
 
 __all__ = [
     "ACC_STAGES",
-    "HbmPiece",
     "OPERAND_STAGES",
     "REQUANT_STAGES",
+    "HbmPiece",
     "OpCost",
     "chain_latency",
     "effective_nm",
