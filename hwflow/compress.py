@@ -179,7 +179,7 @@ def quantize_model(
     if cfg.positions == "learned":
         x0 = x0 + folded["pos"][cfg.position_offset + np.arange(t)]
     mask = attention_mask(cfg, plan.attention, "prefill", t, 0)
-    run = run_float(cfg, folded, graph, x0, KVCache.empty(cfg, np.float64, t), mask)
+    run = run_float(cfg, folded, graph, x0, KVCache.empty(cfg, np.float64, t), mask, all_rows=True)
     tensors = run.tensors
     scales = {name: _scale(v) for name, v in tensors.items() if name != "logits"}
     for name in list(scales):  # RoPE keeps its input's scale: cover both sides

@@ -137,11 +137,13 @@ def run_float(
     x0: np.ndarray,
     kv: KVCache,
     mask: np.ndarray | None = None,
+    all_rows: bool = False,
 ) -> StepResult:
     """Execute ``graph`` in float64 on float ``weights`` (see :mod:`hwflow.compress`).
 
     Norm gains/biases (``*.g``, ``*.b``) are applied when present, so the same interpreter runs
     the original and the gain-folded weights. ``mask`` defaults to dense causal attention.
+    ``all_rows`` runs the final norm and head on every token, not only the last (calibration).
     """
     t, past, keys = graph.tokens, graph.past, graph.keys
     rep = cfg.heads // cfg.kv_heads
@@ -151,7 +153,7 @@ def run_float(
     for op in graph.ops:
         src = [env[i] for i in op.inputs if not i.startswith("KV")]
         if op.kind == "norm":
-            x = src[0][-1:] if op.tokens == 1 and src[0].shape[0] != 1 else src[0]
+            x = src[0][-1:] if op.tokens == 1 and not all_rows else src[0]
             if cfg.norm == "layer":
                 x = x - x.mean(axis=-1, keepdims=True)
             out = x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + cfg.norm_eps)

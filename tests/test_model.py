@@ -1,0 +1,108 @@
+"""The step graph: ops, shapes, bytes and MACs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hwflow.config import AttentionSparsity, load_model, load_plan
+from hwflow.errors import ConfigError
+from hwflow.model import attention_mask, linear_bytes, step_graph
+
+
+def test_llama_decode_graph_counts():
+    cfg, plan = load_model("llama2-7b"), load_plan("w8a8")
+    g = step_graph(cfg, plan, "decode", 1, past=99)
+    assert g.keys == 100
+    kinds = [o.kind for o in g.ops if o.layer == 0]
+    assert kinds == [
+        "norm",
+        "linear",
+        "linear",
+        "linear",
+        "rope",
+        "rope",
+        "kv_write",
+        "scores",
+        "softmax",
+        "pv",
+        "linear",
+        "add",
+        "norm",
+        "linear",
+        "linear",
+        "lut",
+        "mul",
+        "linear",
+        "add",
+    ]
+    # dense INT8: one byte per weight plus 3 requant bytes per output channel
+    per_layer = 4 * 4096 * 4096 + 3 * 4096 * 11008
+    params = 3 * (4 * 4096 + 2 * 11008 + 4096)
+    head = 32000 * 4096
+    assert g.weight_bytes == 32 * (per_layer + params) + head
+    assert g.macs == 32 * (per_layer + 2 * 32 * 100 * 128) + head
+    # an INT8 KV cache: read K and V of 100 positions, write one
+    assert g.kv_bytes == 32 * (2 * 32 * 100 * 128 + 2 * 32 * 128)
+
+
+def test_sparse_int4_bytes():
+    lq = load_plan("flightllm").resolve(load_model("llama2-7b"))[(5, "up")]
+    assert (lq.bits, lq.n, lq.m) == (4, 4, 16)
+    b = linear_bytes(11008, 4096, lq, bias=False)
+    kept = 11008 * 4096 // 4
+    assert b == {"values": kept // 2, "indices": kept // 2, "params": 3 * 11008}
+
+
+def test_opt_graph_has_no_gate_or_rope_and_has_bias():
+    cfg = load_model("opt-6.7b")
+    g = step_graph(cfg, load_plan("w4a8"), "prefill", 16)
+    names = {o.name.split(".")[-1] for o in g.ops}
+    assert "gate" not in names and "rope_q" not in names and "mul" not in names
+    up = g.by_name("L0.up")
+    assert up.weight_bytes == sum(linear_bytes(16384, 4096, up.quant, bias=True).values())
+
+
+def test_gqa_shapes():
+    g = step_graph(load_model("mistral-7b"), load_plan("w8a8"), "decode", 1, past=10)
+    assert g.by_name("L0.k").rows == 1024
+    s = g.by_name("L0.scores")
+    assert (s.heads, s.rows, s.k) == (32, 11, 128)
+    assert s.kv_bytes == 8 * 11 * 128  # each of the 8 KV heads read once
+
+
+def test_masks():
+    cfg = load_model("tiny-llama")
+    causal = attention_mask(cfg, AttentionSparsity(), "prefill", 5, 0)
+    assert (causal == np.tril(np.ones((5, 5), bool))).all()
+    blk = AttentionSparsity(pattern="block", block=2, local_blocks=2, global_blocks=1)
+    m = attention_mask(cfg, blk, "prefill", 8, 0)
+    # query 7 (block 3) sees block 0 (global), blocks 2, 3 (local), not block 1
+    assert m[7].tolist() == [True, True, False, False, True, True, True, True]
+    # decode attention is dense whatever the plan
+    assert attention_mask(cfg, blk, "decode", 1, 7).all()
+
+
+def test_block_sparse_macs_count_kept_tiles():
+    cfg, plan = load_model("tiny-llama"), load_plan("flightllm")
+    g = step_graph(cfg, plan, "prefill", 384)
+    s = g.by_name("L0.scores")
+    assert s.macs < s.dense_macs  # blocks beyond the local window are skipped
+    dense = step_graph(cfg, load_plan("w8a8"), "prefill", 384).by_name("L0.scores")
+    assert dense.macs == dense.dense_macs * 0 + 4 * 16 * sum(  # causal, tiled by 64
+        min(64, 384 - 64 * qb) * min(64, 384 - 64 * kb) for qb in range(6) for kb in range(qb + 1)
+    )
+
+
+@pytest.mark.parametrize(
+    ("phase", "tokens", "past", "msg"),
+    [
+        ("decode", 2, 0, "a decode step has one token"),
+        ("prefill", 0, 0, "tokens >= 1"),
+        ("verify", 1, 0, "phase 'verify' unknown"),
+        ("prefill", 600, 0, "exceed tiny-llama's max_position_embeddings 512"),
+    ],
+)
+def test_bad_steps(phase, tokens, past, msg):
+    with pytest.raises(ConfigError, match=msg):
+        step_graph(load_model("tiny-llama"), load_plan("w8a8"), phase, tokens, past)
