@@ -1,0 +1,742 @@
+"""The hwflow instruction set, defined once: opcodes, field layouts, encoding, disassembly,
+the program file format and the one expansion of templates into concrete instruction streams.
+
+Machine model
+-------------
+Five decoupled execution units, each with its own in-order instruction queue:
+
+====  =====================================================================
+LD    HBM -> on-chip buffer (weights, KV cache, parameters, inputs)
+ST    on-chip buffer -> HBM (new KV rows, logits)
+MM    matrix-matrix DSP-chain engine (prefill linears and attention)
+MV    matrix-vector DSP-chain engine (decode linears and attention)
+SFU   special functions: norm, softmax, RoPE, LUT, element-wise add/mul, move
+====  =====================================================================
+
+plus **SYS**, the in-order dispatcher that reads the single program stream, executes SYS
+instructions itself (scalar registers, loops, end) and forwards every other instruction to its
+unit's queue. SYS instructions therefore carry no dependency tokens (their mask fields are 0).
+
+Dependency tokens (FlightLLM / VTA style). Every unit instruction carries a 5-bit ``wait`` and a
+5-bit ``release`` mask over the units LD, ST, MM, MV, SFU (bit = :class:`Unit` value). There is
+one token queue per ordered unit pair (src -> dst). Before it starts, an instruction of unit V
+pops one token from queue (U -> V) for every bit U of ``wait`` (blocking until one is there);
+after it completes it pushes one token to (V -> U) for every bit U of ``release``. ``SYNC`` is a
+unit no-op that only carries masks (used for barriers).
+
+Encoding. An instruction is ``words(op)`` little-endian 32-bit words holding one bit stream,
+LSB first: the fields of its opcode's layout (:data:`OPCODES`), in table order, each at the
+width given there. Every layout starts with ``opcode`` (6 bits), ``wait`` (5), ``release`` (5).
+Unused trailing bits are zero. The same table drives :func:`encode`, :func:`decode` and
+:func:`disasm`; there is no other copy of any field list.
+
+Registers and length adaptivity. SYS owns 16 scalar registers R0..R15 (64-bit signed). R0 is
+always 0; ``R1 = LEN`` (tokens of this step) and ``R2 = POS`` (cached positions before it) are
+set from the :class:`Runtime` before the program starts; the program computes the others with
+``SETI/ADDI/SUB/MULI``. A field may be *register-modified* (column ``dyn`` of the layout):
+
+* ``add``: the value used is ``field + R[reg]`` (an address or offset that moves with POS, a
+  layer's base address, ...). ``reg = 0`` adds R0 = 0.
+* ``clamp``: the value used is ``clamp(R[reg], 0, field)`` (a token or key extent bounded by
+  the template's static tile size); ``reg = 0`` means "static: use the field as it is".
+
+Loops. ``LOOP count`` ... ``ENDLOOP`` repeat their body ``count`` times (nesting allowed);
+registers keep their values across iterations, so a body advances its base registers with
+``ADDI`` (layers of one run differ only by region base addresses). :func:`expand` is the one
+place that resolves loops and registers: both the functional simulator and the cycle model call
+it, and get :class:`Concrete` instructions whose register-modified fields hold final values and
+whose ``loops`` tuple tells which iteration of which loop produced them (for reuse of identical
+iterations by a cycle model).
+
+Program file (``.hwp``). Little-endian::
+
+    magic "HWFLOWP\\0" | isa_version u16 | header_len u32 | header JSON (preset digest, model,
+    plan, max_len, buckets, ...) | section count u16 | sections: tag 4 bytes, length u32, payload
+    | CRC-32 of everything before it (u32)
+
+Sections: ``REGN`` (HBM region table, JSON), one ``TMPL`` per template (a JSON head with phase,
+length range and static facts, then the instruction words). :func:`load_program` refuses a
+corrupt, truncated, foreign-ISA or other-preset file with :class:`~hwflow.errors.ProgramError`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from functools import cached_property
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from hwflow.errors import ProgramError
+
+__all__ = [
+    "ISA_VERSION",
+    "MAGIC",
+    "NREGS",
+    "OPCODES",
+    "REG_LEN",
+    "REG_POS",
+    "Buf",
+    "Concrete",
+    "Field",
+    "Instr",
+    "OpSpec",
+    "Program",
+    "Region",
+    "Runtime",
+    "Template",
+    "Unit",
+    "decode",
+    "decode_stream",
+    "disasm",
+    "encode",
+    "encode_stream",
+    "expand",
+    "hbm_channel",
+    "load_program",
+    "loop_spans",
+    "make",
+    "mask_str",
+]
+
+ISA_VERSION = 1
+MAGIC = b"HWFLOWP\0"
+NREGS = 16
+REG_LEN = 1  #: R1 = LEN, tokens of this step (runtime)
+REG_POS = 2  #: R2 = POS, cached positions before this step (runtime)
+
+
+class Unit(IntEnum):
+    """Execution units; the value is the unit's bit in wait/release masks. SYS has no bit."""
+
+    LD = 0
+    ST = 1
+    MM = 2
+    MV = 3
+    SFU = 4
+    SYS = 5
+
+
+#: Units that own token queues (SYS is the dispatcher).
+TOKEN_UNITS = (Unit.LD, Unit.ST, Unit.MM, Unit.MV, Unit.SFU)
+
+
+class Buf(IntEnum):
+    """On-chip buffers (sizes from the preset's ``buffers`` section)."""
+
+    WEIGHT = 0
+    ACT = 1
+    KV = 2
+    SCORE = 3
+    PARAM = 4
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of an instruction layout: ``bits`` wide; ``dyn`` = (mode, register field)
+    when the value is register-modified (mode ``add`` or ``clamp``, see module doc)."""
+
+    name: str
+    bits: int
+    doc: str = ""
+    signed: bool = False
+    dyn: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """An opcode: its number, unit, field layout and (derived) word count."""
+
+    name: str
+    code: int
+    unit: Unit
+    fields: tuple[Field, ...]
+    doc: str = ""
+
+    @cached_property
+    def bits(self) -> int:
+        return sum(f.bits for f in self.fields)
+
+    @cached_property
+    def words(self) -> int:
+        return -(-self.bits // 32)
+
+    @cached_property
+    def index(self) -> Mapping[str, Field]:
+        return MappingProxyType({f.name: f for f in self.fields})
+
+
+def _hdr() -> tuple[Field, ...]:
+    return (
+        Field("opcode", 6, "operation code"),
+        Field("wait", 5, "units to pop one token from before starting"),
+        Field("release", 5, "units to push one token to after completing"),
+    )
+
+
+def _operand(p: str, what: str, stride_bits: int = 20) -> tuple[Field, ...]:
+    """An on-chip operand: buffer id, byte offset (+ R[reg]), row stride in bytes."""
+    return (
+        Field(f"{p}_buf", 3, f"{what}: buffer id (Buf)"),
+        Field(f"{p}_off", 24, f"{what}: byte offset (+ R[{p}_reg])", dyn=("add", f"{p}_reg")),
+        Field(f"{p}_reg", 4, f"{what}: register added to the offset"),
+        Field(f"{p}_stride", stride_bits, f"{what}: bytes between rows"),
+    )
+
+
+_XFER = (
+    *_hdr(),
+    Field("kind", 3, "what moves: 0 weights, 1 params, 2 kv, 3 act/input, 4 rope, 5 logits"),
+    Field("hbm", 40, "HBM byte address (+ R[hbm_reg])", dyn=("add", "hbm_reg")),
+    Field("hbm_reg", 4, "register added to the HBM address"),
+    Field("hbm_stride", 24, "bytes between rows in HBM"),
+    Field("buf", 3, "on-chip buffer id (Buf)"),
+    Field("off", 24, "on-chip byte offset (+ R[off_reg])", dyn=("add", "off_reg")),
+    Field("off_reg", 4, "register added to the on-chip offset"),
+    Field("stride", 20, "on-chip bytes between rows"),
+    Field("row_bytes", 24, "bytes per row"),
+    Field("rows", 16, "rows (max when rows_reg != 0)", dyn=("clamp", "rows_reg")),
+    Field("rows_reg", 4, "register clamping rows to 0..rows"),
+)
+
+#: Transfer kinds (``kind`` of LD/ST).
+XFER_KINDS = ("weights", "params", "kv", "act", "rope", "logits")
+
+_MATMUL = (
+    *_hdr(),
+    Field("func", 2, "0 linear (requant per row), 1 qk (scores), 2 pv, 3 head (raw int64 out)"),
+    Field("rows", 16, "token rows (max when rows_reg != 0)", dyn=("clamp", "rows_reg")),
+    Field("rows_reg", 4, "register clamping rows"),
+    Field("cols", 16, "output columns (max when cols_reg != 0)", dyn=("clamp", "cols_reg")),
+    Field("cols_reg", 4, "register clamping cols (qk: keys)"),
+    Field("k", 16, "reduction length (max when k_reg != 0)", dyn=("clamp", "k_reg")),
+    Field("k_reg", 4, "register clamping k (pv: keys)"),
+    Field("n", 5, "kept weights per group of m (n = m: dense)"),
+    Field("m", 5, "sparsity group (log2 index width)"),
+    Field("wbits", 4, "weight / B-operand bits (2, 3, 4, 8)"),
+    *_operand("a", "activations A[rows, k]"),
+    *_operand("b", "weights / K / V"),
+    *_operand("o", "output"),
+    Field("p_off", 20, "param buffer offset of mult/shift (qk, pv)"),
+)
+
+MATMUL_FUNCS = ("linear", "qk", "pv", "head")
+
+_SFU = (
+    *_hdr(),
+    Field("func", 4, "0 norm, 1 softmax, 2 rope, 3 lut, 4 add, 5 mul, 6 mov"),
+    Field("rows", 16, "rows (max when rows_reg != 0)", dyn=("clamp", "rows_reg")),
+    Field("rows_reg", 4, "register clamping rows"),
+    Field("cols", 16, "elements per row (max when cols_reg != 0)", dyn=("clamp", "cols_reg")),
+    Field("cols_reg", 4, "register clamping cols (softmax: keys)"),
+    *_operand("a", "input A"),
+    *_operand("b", "input B (add/mul operand, rope table)"),
+    *_operand("o", "output"),
+    Field("p_off", 20, "param buffer offset (norm/add/mul mult-shift, lut/exp table)"),
+    Field("aux", 16, "rope: head_dim; norm: 1 = centre (LayerNorm)"),
+    Field("mask", 2, "softmax mask: 0 none, 1 causal, 2 block-sparse causal"),
+    Field("qpos_reg", 4, "softmax/rope: register holding the first row's absolute position"),
+    Field("blk", 12, "softmax block mask: block size"),
+    Field("local", 6, "softmax block mask: local blocks (own included)"),
+    Field("glob", 6, "softmax block mask: leading global blocks"),
+)
+
+SFU_FUNCS = ("norm", "softmax", "rope", "lut", "add", "mul", "mov")
+
+_REG = Field("rd", 4, "destination register")
+OPCODES: tuple[OpSpec, ...] = (
+    OpSpec("LD", 1, Unit.LD, _XFER, "copy rows HBM -> buffer"),
+    OpSpec("ST", 2, Unit.ST, _XFER, "copy rows buffer -> HBM"),
+    OpSpec("MM", 3, Unit.MM, _MATMUL, "matrix-matrix engine op (prefill)"),
+    OpSpec("MV", 4, Unit.MV, _MATMUL, "matrix-vector engine op (decode)"),
+    OpSpec("SFU", 5, Unit.SFU, _SFU, "special-function op"),
+    *(
+        OpSpec(f"SYNC.{u.name}", 8 + u, u, _hdr(), f"{u.name} no-op carrying tokens")
+        for u in TOKEN_UNITS
+    ),
+    OpSpec("LOOP", 16, Unit.SYS, (*_hdr(), Field("count", 16, "iterations")), "begin loop"),
+    OpSpec("ENDLOOP", 17, Unit.SYS, _hdr(), "end of the innermost loop body"),
+    OpSpec(
+        "SETI",
+        18,
+        Unit.SYS,
+        (*_hdr(), _REG, Field("imm", 44, "value", signed=True)),
+        "R[rd] = imm",
+    ),
+    OpSpec(
+        "ADDI",
+        19,
+        Unit.SYS,
+        (*_hdr(), _REG, Field("ra", 4, "source"), Field("imm", 40, "addend", signed=True)),
+        "R[rd] = R[ra] + imm",
+    ),
+    OpSpec(
+        "SUB",
+        20,
+        Unit.SYS,
+        (*_hdr(), _REG, Field("ra", 4, "minuend"), Field("rb", 4, "subtrahend")),
+        "R[rd] = R[ra] - R[rb]",
+    ),
+    OpSpec(
+        "MULI",
+        21,
+        Unit.SYS,
+        (*_hdr(), _REG, Field("ra", 4, "source"), Field("imm", 24, "factor", signed=True)),
+        "R[rd] = R[ra] * imm",
+    ),
+    OpSpec("END", 31, Unit.SYS, _hdr(), "end of program"),
+)
+
+_BY_NAME: Mapping[str, OpSpec] = MappingProxyType({s.name: s for s in OPCODES})
+_BY_CODE: Mapping[int, OpSpec] = MappingProxyType({s.code: s for s in OPCODES})
+
+
+def spec(op: str) -> OpSpec:
+    """The :class:`OpSpec` of an opcode name."""
+    try:
+        return _BY_NAME[op]
+    except KeyError:
+        raise ProgramError(f"unknown opcode {op!r} (known: {sorted(_BY_NAME)})") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Instructions
+
+
+@dataclass(frozen=True)
+class Instr:
+    """One template instruction: opcode name and every field of its layout (read-only)."""
+
+    op: str
+    fields: Mapping[str, int]
+
+    def __getitem__(self, name: str) -> int:
+        return self.fields[name]
+
+    @property
+    def spec(self) -> OpSpec:
+        return _BY_NAME[self.op]
+
+    @property
+    def unit(self) -> Unit:
+        return self.spec.unit
+
+    @property
+    def wait(self) -> int:
+        return self.fields["wait"]
+
+    @property
+    def release(self) -> int:
+        return self.fields["release"]
+
+    def with_masks(self, wait: int, release: int) -> Instr:
+        return make(self.op, **{**self.fields, "wait": wait, "release": release})
+
+
+def make(op: str, **values: int) -> Instr:
+    """Build an instruction; missing fields are 0; values are range-checked against the layout."""
+    s = spec(op)
+    values.pop("opcode", None)
+    unknown = set(values) - set(s.index)
+    if unknown:
+        raise ProgramError(f"{op}: unknown fields {sorted(unknown)}")
+    out: dict[str, int] = {"opcode": s.code}
+    for f in s.fields[1:]:
+        v = int(values.get(f.name, 0))
+        lo, hi = (
+            (-(1 << (f.bits - 1)), (1 << (f.bits - 1)) - 1) if f.signed else (0, (1 << f.bits) - 1)
+        )
+        if not lo <= v <= hi:
+            raise ProgramError(f"{op}.{f.name} = {v} does not fit {f.bits} bits ({lo}..{hi})")
+        out[f.name] = v
+    if s.unit == Unit.SYS and (out["wait"] or out["release"]):
+        raise ProgramError(f"{op}: SYS instructions carry no tokens")
+    return Instr(op, MappingProxyType(out))
+
+
+def encode(ins: Instr) -> list[int]:
+    """The instruction's 32-bit words (one LSB-first bit stream over its layout)."""
+    s = ins.spec
+    acc, pos = 0, 0
+    for f in s.fields:
+        acc |= (ins.fields[f.name] & ((1 << f.bits) - 1)) << pos
+        pos += f.bits
+    return [(acc >> (32 * i)) & 0xFFFFFFFF for i in range(s.words)]
+
+
+def decode(words: Sequence[int], at: int = 0) -> tuple[Instr, int]:
+    """Decode the instruction starting at ``words[at]``; returns it and the next index."""
+    if at >= len(words):
+        raise ProgramError(f"instruction stream truncated at word {at}")
+    code = words[at] & 0x3F
+    s = _BY_CODE.get(code)
+    if s is None:
+        raise ProgramError(f"word {at}: unknown opcode {code} (ISA v{ISA_VERSION})")
+    if at + s.words > len(words):
+        raise ProgramError(f"word {at}: {s.name} needs {s.words} words, stream truncated")
+    acc = 0
+    for i in range(s.words):
+        acc |= int(words[at + i]) << (32 * i)
+    vals: dict[str, int] = {}
+    pos = 0
+    for f in s.fields:
+        v = (acc >> pos) & ((1 << f.bits) - 1)
+        if f.signed and v >> (f.bits - 1):
+            v -= 1 << f.bits
+        vals[f.name] = v
+        pos += f.bits
+    if acc >> pos:
+        raise ProgramError(f"word {at}: {s.name} has non-zero padding bits")
+    return Instr(s.name, MappingProxyType(vals)), at + s.words
+
+
+def encode_stream(instrs: Iterable[Instr]) -> list[int]:
+    words: list[int] = []
+    for ins in instrs:
+        words.extend(encode(ins))
+    return words
+
+
+def decode_stream(words: Sequence[int]) -> tuple[Instr, ...]:
+    out = []
+    at = 0
+    while at < len(words):
+        ins, at = decode(words, at)
+        out.append(ins)
+    return tuple(out)
+
+
+def mask_str(mask: int) -> str:
+    """``LD|MV`` for a token mask; ``-`` for none."""
+    return "|".join(u.name for u in TOKEN_UNITS if mask >> u & 1) or "-"
+
+
+def disasm(ins: Instr) -> str:
+    """One line of text: opcode, masks, then every non-zero field as ``name=value``."""
+    s = ins.spec
+    parts = [f"{s.name:<8}"]
+    if s.unit != Unit.SYS:
+        parts.append(f"w={mask_str(ins.wait):<11} r={mask_str(ins.release):<11}")
+    for f in s.fields[3:]:
+        v = ins.fields[f.name]
+        if v or f.name in ("count", "imm"):
+            if f.name == "func":
+                names = MATMUL_FUNCS if s.name in ("MM", "MV") else SFU_FUNCS
+                parts.append(f"func={names[v] if v < len(names) else v}")
+            elif f.name == "kind":
+                parts.append(f"kind={XFER_KINDS[v] if v < len(XFER_KINDS) else v}")
+            elif f.name.endswith("buf"):
+                parts.append(f"{f.name}={Buf(v).name if v < len(Buf) else v}")
+            elif f.name in ("hbm",):
+                parts.append(f"{f.name}={v:#x}")
+            else:
+                parts.append(f"{f.name}={v}")
+    return " ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Programs
+
+
+@dataclass(frozen=True)
+class Region:
+    """A named HBM region: ``[base, base + size)`` bytes; ``kind`` weights/kv/io/table."""
+
+    name: str
+    base: int
+    size: int
+    kind: str
+
+
+@dataclass(frozen=True)
+class Template:
+    """A program template serving ``phase`` at lengths ``lo..hi`` (prefill: LEN; decode: the
+    context POS + 1). ``instrs`` is the program stream (SYS and unit instructions, ending in
+    END); ``info`` holds static facts (tile sizes, register roles) as JSON-safe values."""
+
+    phase: str
+    lo: int
+    hi: int
+    instrs: tuple[Instr, ...]
+    info: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @cached_property
+    def words(self) -> tuple[int, ...]:
+        return tuple(encode_stream(self.instrs))
+
+    @property
+    def nbytes(self) -> int:
+        return 4 * len(self.words)
+
+    def serves(self, runtime: Runtime) -> bool:
+        n = runtime.length if self.phase == "prefill" else runtime.pos + runtime.length
+        return self.lo <= n <= self.hi
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Run-time registers: ``length`` tokens of this step after ``pos`` cached positions."""
+
+    length: int
+    pos: int = 0
+
+
+@dataclass(frozen=True)
+class Program:
+    """A compiled program: the templates of every length bucket plus the HBM region table.
+
+    ``header`` names the preset digest, model, plan, max_len and buckets; a program is refused
+    on a machine whose preset digest differs (:meth:`check_preset`)."""
+
+    header: Mapping[str, Any]
+    regions: tuple[Region, ...]
+    templates: tuple[Template, ...]
+
+    def region(self, name: str) -> Region:
+        for r in self.regions:
+            if r.name == name:
+                return r
+        raise ProgramError(f"program has no HBM region {name!r}")
+
+    def select(self, phase: str, runtime: Runtime) -> Template:
+        """The template serving this step; ProgramError naming the served range otherwise."""
+        for t in self.templates:
+            if t.phase == phase and t.serves(runtime):
+                return t
+        ranges = [f"{t.lo}..{t.hi}" for t in self.templates if t.phase == phase]
+        what = "LEN" if phase == "prefill" else "context POS+1"
+        n = runtime.length if phase == "prefill" else runtime.pos + runtime.length
+        span = f"{ranges[0].split('..')[0]}..{ranges[-1].split('..')[1]}" if ranges else "none"
+        raise ProgramError(f"no {phase} template serves {what} = {n} (served: {span})")
+
+    def check_preset(self, digest: str, name: str = "") -> None:
+        have = self.header.get("preset_digest")
+        if have != digest:
+            raise ProgramError(
+                f"program was compiled for preset {self.header.get('preset')!r} "
+                f"(digest {str(have)[:12]}), not for {name or 'this preset'} (digest {digest[:12]})"
+            )
+
+    @property
+    def instr_bytes(self) -> int:
+        return sum(t.nbytes for t in self.templates)
+
+    def to_bytes(self) -> bytes:
+        head = json.dumps(dict(self.header), sort_keys=True).encode()
+        out = bytearray(MAGIC + struct.pack("<HI", ISA_VERSION, len(head)) + head)
+        sections: list[tuple[bytes, bytes]] = [
+            (b"REGN", json.dumps([r.__dict__ for r in self.regions]).encode())
+        ]
+        for t in self.templates:
+            meta = json.dumps(
+                {"phase": t.phase, "lo": t.lo, "hi": t.hi, "info": dict(t.info)}, sort_keys=True
+            ).encode()
+            words = struct.pack(f"<{len(t.words)}I", *t.words)
+            sections.append((b"TMPL", struct.pack("<I", len(meta)) + meta + words))
+        out += struct.pack("<H", len(sections))
+        for tag, payload in sections:
+            out += tag + struct.pack("<I", len(payload)) + payload
+        out += struct.pack("<I", zlib.crc32(out))
+        return bytes(out)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "program") -> Program:
+        if len(data) < len(MAGIC) + 10:
+            raise ProgramError(f"{source}: truncated ({len(data)} bytes), not an hwflow program")
+        if data[: len(MAGIC)] != MAGIC:
+            raise ProgramError(f"{source}: bad magic {data[:8]!r}, not an hwflow program")
+        version, hlen = struct.unpack_from("<HI", data, len(MAGIC))
+        if version != ISA_VERSION:
+            raise ProgramError(
+                f"{source}: ISA version {version}, this hwflow reads version {ISA_VERSION}"
+            )
+        (crc,) = struct.unpack_from("<I", data, len(data) - 4)
+        if zlib.crc32(data[:-4]) != crc:
+            raise ProgramError(f"{source}: checksum mismatch (corrupt or truncated file)")
+        try:
+            at = len(MAGIC) + 6
+            header = json.loads(data[at : at + hlen])
+            at += hlen
+            (nsec,) = struct.unpack_from("<H", data, at)
+            at += 2
+            regions: list[Region] = []
+            templates: list[Template] = []
+            for _ in range(nsec):
+                tag = data[at : at + 4]
+                (ln,) = struct.unpack_from("<I", data, at + 4)
+                payload = data[at + 8 : at + 8 + ln]
+                at += 8 + ln
+                if tag == b"REGN":
+                    regions = [Region(**r) for r in json.loads(payload)]
+                elif tag == b"TMPL":
+                    (mlen,) = struct.unpack_from("<I", payload, 0)
+                    meta = json.loads(payload[4 : 4 + mlen])
+                    raw = payload[4 + mlen :]
+                    words = struct.unpack(f"<{len(raw) // 4}I", raw)
+                    templates.append(
+                        Template(
+                            meta["phase"],
+                            meta["lo"],
+                            meta["hi"],
+                            decode_stream(words),
+                            MappingProxyType(meta["info"]),
+                        )
+                    )
+                else:
+                    raise ProgramError(f"{source}: unknown section {tag!r}")
+        except (struct.error, ValueError, KeyError, TypeError) as e:
+            raise ProgramError(f"{source}: malformed program ({e})") from None
+        return cls(MappingProxyType(header), tuple(regions), tuple(templates))
+
+
+def load_program(path: str | Path, preset: Any | None = None) -> Program:
+    """Read a ``.hwp`` file; with ``preset`` (a HardwarePreset) refuse one built for another."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ProgramError(f"{p}: cannot read ({e.strerror})") from None
+    prog = Program.from_bytes(data, str(p))
+    if preset is not None:
+        prog.check_preset(preset.digest, preset.name)
+    return prog
+
+
+# --------------------------------------------------------------------------------------------
+# Expansion (the one definition of loop and register semantics)
+
+
+@dataclass(frozen=True)
+class Concrete:
+    """A unit instruction as executed: ``pc`` in its template, register-modified fields resolved
+    in ``fields`` (register fields themselves dropped), ``seq`` its position in its unit's
+    stream, ``loops`` the (loop pc, iteration) of every enclosing loop, outermost first."""
+
+    pc: int
+    op: str
+    unit: Unit
+    wait: int
+    release: int
+    fields: Mapping[str, int]
+    seq: int
+    loops: tuple[tuple[int, int], ...]
+
+    def __getitem__(self, name: str) -> int:
+        return self.fields[name]
+
+
+def loop_spans(instrs: Sequence[Instr]) -> dict[int, int]:
+    """``{LOOP pc: matching ENDLOOP pc}``; ProgramError on unbalanced loops."""
+    stack: list[int] = []
+    spans: dict[int, int] = {}
+    for pc, ins in enumerate(instrs):
+        if ins.op == "LOOP":
+            stack.append(pc)
+        elif ins.op == "ENDLOOP":
+            if not stack:
+                raise ProgramError(f"pc {pc}: ENDLOOP without LOOP")
+            spans[stack.pop()] = pc
+    if stack:
+        raise ProgramError(f"pc {stack[-1]}: LOOP without ENDLOOP")
+    return spans
+
+
+def _resolve(ins: Instr, regs: list[int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    dropped = set()
+    for f in ins.spec.fields[3:]:
+        v = ins.fields[f.name]
+        if f.dyn is not None:
+            mode, rf = f.dyn
+            r = ins.fields[rf]
+            dropped.add(rf)
+            if mode == "add":
+                v = v + regs[r]
+            elif r:
+                v = min(max(regs[r], 0), v)
+        out[f.name] = v
+    for rf in dropped:
+        out.pop(rf, None)
+    return out
+
+
+def expand(template: Template, runtime: Runtime) -> Iterator[Concrete]:
+    """Yield the template's unit instructions in program (dispatch) order, loops unrolled and
+    register-modified fields resolved for ``runtime``. Filter by ``unit`` for per-unit streams.
+
+    Raises ProgramError for a runtime the template does not serve, unbalanced loops, a program
+    that does not END, or a register write to R0..R2 (read-only).
+    """
+    if runtime.length < 1 or runtime.pos < 0:
+        raise ProgramError(
+            f"runtime LEN = {runtime.length}, POS = {runtime.pos}: need LEN >= 1, POS >= 0"
+        )
+    if not template.serves(runtime):
+        raise ProgramError(
+            f"{template.phase} template {template.lo}..{template.hi} does not serve "
+            f"LEN = {runtime.length}, POS = {runtime.pos}"
+        )
+    instrs = template.instrs
+    spans = loop_spans(instrs)
+    regs = [0] * NREGS
+    regs[REG_LEN] = runtime.length
+    regs[REG_POS] = runtime.pos
+    seq = dict.fromkeys(TOKEN_UNITS, 0)
+    stack: list[list[int]] = []  # [loop pc, iteration, count]
+    pc = 0
+    while pc < len(instrs):
+        ins = instrs[pc]
+        op = ins.op
+        if op == "END":
+            if stack:
+                raise ProgramError(f"pc {pc}: END inside a loop")
+            return
+        if op == "LOOP":
+            if ins["count"] == 0:
+                pc = spans[pc] + 1
+                continue
+            stack.append([pc, 0, ins["count"]])
+        elif op == "ENDLOOP":
+            top = stack[-1]
+            top[1] += 1
+            if top[1] < top[2]:
+                pc = top[0] + 1
+                continue
+            stack.pop()
+        elif op in ("SETI", "ADDI", "SUB", "MULI"):
+            rd = ins["rd"]
+            if rd <= REG_POS:
+                raise ProgramError(f"pc {pc}: {op} writes read-only register R{rd}")
+            if op == "SETI":
+                regs[rd] = ins["imm"]
+            elif op == "ADDI":
+                regs[rd] = regs[ins["ra"]] + ins["imm"]
+            elif op == "SUB":
+                regs[rd] = regs[ins["ra"]] - regs[ins["rb"]]
+            else:
+                regs[rd] = regs[ins["ra"]] * ins["imm"]
+        else:
+            u = ins.unit
+            yield Concrete(
+                pc,
+                op,
+                u,
+                ins.wait,
+                ins.release,
+                MappingProxyType(_resolve(ins, regs)),
+                seq[u],
+                tuple((s[0], s[1]) for s in stack),
+            )
+            seq[u] += 1
+        pc += 1
+    raise ProgramError("program ends without END")
+
+
+def hbm_channel(addr: int, channels: int, interleave_bytes: int) -> int:
+    """The HBM pseudo-channel holding byte ``addr`` (addresses interleave every granule)."""
+    return (addr // interleave_bytes) % channels
