@@ -1,0 +1,119 @@
+"""The DSP stage (a DSP48E2/DSP58 model) and the systolic chain built from it.
+
+A :class:`DspStage` is written in the coding style that makes Yosys map it onto one DSP slice
+with its cascade: input registers (A/B, and D for the pre-adder), the M (product) register and
+the P register fed by ``pcin + m``. A reduction point (``cut``) zeroes the cascade input, as
+the DSP's dynamic OPMODE does (Z = 0 instead of Z = PCIN). Stage ``j`` of a chain delays its
+operands by ``j`` extra cycles (the systolic skew) so that the cascade sum of the previous
+stage meets them.
+
+With ``dual`` (Xilinx WP486) a stage multiplies ``(a << F) + d`` by ``b`` through the
+pre-adder, computing two INT8 products that share the weight ``b``; the packed sum is split
+again after the segment's last stage (:func:`unpack_dual`).
+
+No clock enable port: the engine stalls the whole pipeline with
+:class:`amaranth.hdl.EnableInserter`, which becomes the DSP's CE pins.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Const, Module, Mux, Signal, Value, signed
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["DspChain", "DspStage", "unpack_dual"]
+
+
+class DspStage(wiring.Component):
+    """One DSP slice: ``p = (cut ? 0 : pcin) + a*b`` (or ``((a << F) + d) * b`` when dual).
+
+    Timing: operands presented in cycle t reach ``p`` in cycle ``t + skew + 3`` (skew
+    registers, A/B/D register, M register, P register); ``pcin`` must be the previous stage's
+    ``p`` (one cycle less skew).
+    """
+
+    def __init__(self, *, skew: int, acc_bits: int, dual: bool = False, field: int = 0) -> None:
+        if skew < 0:
+            raise ValueError(f"skew must be >= 0, got {skew!r}")
+        if dual and not 0 < field < acc_bits - 16:
+            raise ValueError(f"dual packing field {field!r} does not fit {acc_bits} bits")
+        self.skew, self.acc_bits, self.dual, self.field = skew, acc_bits, dual, field
+        members = {
+            "a": In(signed(8)),
+            "b": In(signed(8)),
+            "cut": In(1),
+            "pcin": In(signed(acc_bits)),
+            "p": Out(signed(acc_bits)),
+        }
+        if dual:
+            members["d"] = In(signed(8))
+        super().__init__(members)
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        a, b, cut = self.a, self.b, self.cut
+        d = self.d if self.dual else None
+        # systolic skew, then the A/B(/D) input registers: skew + 1 register levels
+        for level in range(self.skew + 1):
+            na = Signal(signed(8), name=f"a_r{level}")
+            nb = Signal(signed(8), name=f"b_r{level}")
+            nc = Signal(name=f"cut_r{level}")
+            m.d.sync += [na.eq(a), nb.eq(b), nc.eq(cut)]
+            a, b, cut = na, nb, nc
+            if d is not None:
+                nd = Signal(signed(8), name=f"d_r{level}")
+                m.d.sync += nd.eq(d)
+                d = nd
+        if d is not None:
+            pre = Signal(signed(8 + self.field + 1))
+            m.d.comb += pre.eq((a << self.field) + d)  # the DSP's pre-adder (A + D)
+            prod = pre * b
+        else:
+            prod = a * b
+        mreg = Signal(signed(len(prod)), name="m")
+        cut_m = Signal(name="cut_m")
+        m.d.sync += [mreg.eq(prod), cut_m.eq(cut)]
+        m.d.sync += self.p.eq(Mux(cut_m, 0, self.pcin) + mreg)
+        return m
+
+
+class DspChain(wiring.Component):
+    """``length`` cascaded :class:`DspStage` s; ``p[j]`` is stage j's P register.
+
+    Operands of all stages are presented in the same cycle t (one beat); ``p[j]`` holds the
+    beat's cascade sum through stage j in cycle ``t + 3 + j``. ``cut[j]`` is a reduction point:
+    stage j starts a new segment.
+    """
+
+    def __init__(self, *, length: int, acc_bits: int, dual: bool = False, field: int = 0) -> None:
+        self.length, self.acc_bits, self.dual, self.field = length, acc_bits, dual, field
+        members = {
+            "a": In(signed(8)).array(length),
+            "b": In(signed(8)).array(length),
+            "cut": In(1).array(length),
+            "p": Out(signed(acc_bits)).array(length),
+        }
+        if dual:
+            members["d"] = In(signed(8)).array(length)
+        super().__init__(members)
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        prev: Value = Const(0, signed(self.acc_bits))
+        for j in range(self.length):
+            st = DspStage(skew=j, acc_bits=self.acc_bits, dual=self.dual, field=self.field)
+            m.submodules[f"dsp{j}"] = st
+            m.d.comb += [st.a.eq(self.a[j]), st.b.eq(self.b[j]), st.pcin.eq(prev)]
+            m.d.comb += st.cut.eq(self.cut[j] if j else 1)
+            if self.dual:
+                m.d.comb += st.d.eq(self.d[j])
+            m.d.comb += self.p[j].eq(st.p)
+            prev = st.p
+        return m
+
+
+def unpack_dual(p: Value, field: int) -> tuple[Value, Value]:
+    """Split a dual-INT8 packed sum ``2**field * hi + lo`` into ``(hi, lo)`` (signed)."""
+    lo = p[:field].as_signed()
+    hi = p[field:].as_signed() + p[field - 1]
+    return hi, lo

@@ -1,0 +1,255 @@
+"""The matrix-vector (decode) and matrix-matrix (prefill) engines: sparse DSP chains.
+
+Microarchitecture (the one :mod:`hwflow.costs` describes and charges)
+---------------------------------------------------------------------
+A *beat* (input stream ``i``) carries one M-wide INT8 activation block per token lane and, for
+each of ``chains`` chains, C = ``chain_length`` packed weight values with their
+``log2(M)``-bit in-block indices. The beat's ``nsel`` picks N from :attr:`EngineParams.n_modes`:
+every chain is cut by reduction points into C/N segments of N stages, each computing the
+partial dot product of one output row over the block (dense: N = M, indices implicit).
+
+Cycle by cycle, for a beat handed over in cycle t:
+
+====================  =======================================================================
+t+1                   operand stage: weights widened (INT2/3/4/8 -> INT8), indices decoded,
+                      activations selected through the index mux (per slot and token lane)
+t+2+j                 stage j's A/B(/D) input registers, after a systolic skew of j cycles
+t+3+j                 stage j's M (product) register
+t+4+j                 stage j's P register: ``(reduction point ? 0 : P[j-1]) + M``
+t+5+j                 accumulator at each segment end j: ``(first ? 0 : acc) + P[j]``
+t+4+C                 deskewed: every segment's accumulator delayed to the chain's end
+t+5+C .. t+7+C        requantizer (bias add, multiply, round/shift/saturate) -> output register
+====================  =======================================================================
+
+So a row group's results leave ``C + 7`` cycles (:func:`hwflow.costs.chain_latency`) after
+its last beat, whatever N is, and one beat enters per cycle: an op of ``beats`` beats takes
+``beats + C + 7`` cycles from its first beat to its last result (inclusive), the next op can
+start right behind it. Output lane ``l`` of a row group at N is segment ``l % (C/N)`` of chain
+``l // (C/N)``; lanes past ``chains*C/N`` are zero.
+
+Flow control: the output register holds a result until ``o.ready``; the requantizer takes one
+``p`` entry (multiplier, shift, bias per lane) per non-raw result as it enters. While the
+output is refused or a needed ``p`` entry is missing the whole pipeline stalls (one clock
+enable, the DSPs' CE pins) and ``i.ready`` is low; an idle input (``i.valid`` low) lets a
+bubble through. ``first`` is implicit: the beat after a ``last`` beat (or after reset) starts
+a new row group.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Elaboratable, EnableInserter, Module, Mux, Signal, Value, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hwflow.config import HardwarePreset
+from hwflow.errors import UnsupportedError
+from hwflow.hw.dsp import DspChain, unpack_dual
+from hwflow.hw.params import EngineParams
+from hwflow.hw.requant import Requantizer
+from hwflow.hw.widen import WeightWidener
+
+__all__ = ["ChainEngine", "MatrixMatrixEngine", "MatrixVectorEngine"]
+
+
+def _ctl_layout(p: EngineParams) -> data.StructLayout:
+    return data.StructLayout(
+        {
+            "valid": 1,
+            "first": 1,
+            "last": 1,
+            "raw": 1,
+            "nsel": p.beat_layout["nsel"].shape,
+        }
+    )
+
+
+def _by_mode(m: Module, nsel: Value, p: EngineParams, pred: dict[int, bool]) -> Signal:
+    """A 1-bit signal that is ``pred[N]`` for the selected N mode (constant per mode)."""
+    out = Signal()
+    with m.Switch(nsel):
+        for k, n in enumerate(p.n_modes):
+            with m.Case(k):
+                m.d.comb += out.eq(int(pred[n]))
+    return out
+
+
+class _Datapath(Elaboratable):
+    """The pipeline of :class:`ChainEngine`; every register moves only when not stalled."""
+
+    def __init__(self, p: EngineParams) -> None:
+        self.p = p
+        self.beat = Signal(p.beat_layout)
+        self.beat_valid = Signal()
+        self.first = Signal()
+        self.params = Signal(p.params_layout)
+        self.result = Signal(p.result_layout)
+        self.out_valid = Signal()
+        self.need_params = Signal()
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        p = self.p
+        c_len, mb, lb = p.chain_length, p.m, p.index_bits
+        # control pipeline: ctl[d] describes the beat handed over d + 1 cycles ago
+        ctl = [Signal(_ctl_layout(p), name=f"ctl{d}") for d in range(c_len + 7)]
+        m.d.sync += [
+            ctl[0].valid.eq(self.beat_valid),
+            ctl[0].first.eq(self.first),
+            ctl[0].last.eq(self.beat.last),
+            ctl[0].raw.eq(self.beat.raw),
+            ctl[0].nsel.eq(self.beat.nsel),
+        ]
+        for d in range(1, len(ctl)):
+            m.d.sync += ctl[d].eq(ctl[d - 1])
+
+        # operand stage: reduction points and implicit (dense) indices are shared by all chains
+        dense = _by_mode(m, self.beat.nsel, p, {n: n == mb for n in p.n_modes})
+        cut = []
+        for i in range(c_len):
+            ci = _by_mode(m, self.beat.nsel, p, {n: i % n == 0 for n in p.n_modes})
+            cr = Signal(name=f"cut{i}")
+            m.d.sync += cr.eq(ci)
+            cut.append(cr)
+
+        groups = p.rows // 2 if p.dual_int8 else p.rows
+        final: list[list[dict[int, Signal]]] = []  # [chain][token] {segment end j: deskewed acc}
+        for c in range(p.chains):
+            wid = WeightWidener(slots=c_len, bits=p.weight_bits)
+            m.submodules[f"widen{c}"] = wid
+            m.d.comb += [wid.packed.eq(self.beat.wval[c]), wid.sel.eq(self.beat.wsel)]
+            dsp = [
+                DspChain(length=c_len, acc_bits=p.acc_bits, dual=p.dual_int8, field=p.dual_field)
+                for _ in range(groups)
+            ]
+            for g, ch in enumerate(dsp):
+                m.submodules[f"chain{c}_{g}"] = ch
+            for i in range(c_len):
+                idx = Mux(dense, i % mb, self.beat.widx[c][i * lb : (i + 1) * lb])
+                w = Signal(signed(8), name=f"w{c}_{i}")
+                m.d.sync += w.eq(wid.values[i])
+                acts = []
+                for t in range(p.rows):
+                    a = Signal(signed(8), name=f"a{c}_{i}_{t}")
+                    m.d.sync += a.eq(self.beat.act[t][idx])
+                    acts.append(a)
+                for g, ch in enumerate(dsp):
+                    m.d.comb += [ch.b[i].eq(w), ch.cut[i].eq(cut[i])]
+                    if p.dual_int8:
+                        m.d.comb += [ch.a[i].eq(acts[2 * g]), ch.d[i].eq(acts[2 * g + 1])]
+                    else:
+                        m.d.comb += ch.a[i].eq(acts[g])
+
+            # accumulators at segment ends, then deskew to the chain's end
+            per_token: list[dict[int, Signal]] = [{} for _ in range(p.rows)]
+            for j in p.seg_ends:
+                cj = ctl[3 + j]
+                end = _by_mode(m, cj.nsel, p, {n: (j + 1) % n == 0 for n in p.n_modes})
+                sums: list[tuple[int, Value]] = []
+                for g, ch in enumerate(dsp):
+                    if p.dual_int8:
+                        hi, lo = unpack_dual(ch.p[j], p.dual_field)
+                        sums += [(2 * g, hi), (2 * g + 1, lo)]
+                    else:
+                        sums.append((g, ch.p[j]))
+                for t, s in sums:
+                    acc = Signal(signed(p.acc_bits), name=f"acc{c}_{t}_{j}")
+                    with m.If(cj.valid & end):
+                        m.d.sync += acc.eq(Mux(cj.first, 0, acc) + s)
+                    for k in range(c_len - 1 - j):
+                        nxt = Signal(signed(p.acc_bits), name=f"dsk{c}_{t}_{j}_{k}")
+                        m.d.sync += nxt.eq(acc)
+                        acc = nxt
+                    per_token[t][j] = acc
+            final.append(per_token)
+
+        # lane compaction and requantization
+        cq, co = ctl[3 + c_len], ctl[6 + c_len]
+        m.d.comb += self.need_params.eq(cq.valid & cq.last & ~cq.raw)
+        for t in range(p.rows):
+            for lane in range(p.lanes):
+                rq = Requantizer(acc_bits=p.acc_bits)
+                m.submodules[f"rq{t}_{lane}"] = rq
+                with m.Switch(cq.nsel):
+                    for k, n in enumerate(p.n_modes):
+                        per = c_len // n
+                        if lane < p.chains * per:
+                            c, s = divmod(lane, per)
+                            with m.Case(k):
+                                m.d.comb += rq.acc.eq(final[c][t][s * n + n - 1])
+                m.d.comb += [
+                    rq.bias.eq(self.params.bias[lane]),
+                    rq.mult.eq(self.params.mult[lane]),
+                    rq.shift.eq(self.params.shift[lane]),
+                    rq.raw.eq(cq.raw),
+                    self.result.data[t][lane].eq(rq.out),
+                ]
+        m.d.comb += [
+            self.result.raw.eq(co.raw),
+            self.out_valid.eq(co.valid & co.last),
+        ]
+        return m
+
+
+class ChainEngine(wiring.Component):
+    """A DSP-chain engine with valid/ready streams ``i`` (beats), ``p`` (requantization
+    parameters) and ``o`` (results); see the module docstring for timing and layouts."""
+
+    def __init__(self, params: EngineParams) -> None:
+        self.params = params
+        super().__init__(
+            {
+                "i": In(stream.Signature(params.beat_layout)),
+                "p": In(stream.Signature(params.params_layout)),
+                "o": Out(stream.Signature(params.result_layout)),
+            }
+        )
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        dp = _Datapath(self.params)
+        stall = Signal()
+        out_blocked = Signal()
+        m.d.comb += [
+            out_blocked.eq(dp.out_valid & ~self.o.ready),
+            stall.eq(out_blocked | (dp.need_params & ~self.p.valid)),
+            self.i.ready.eq(~stall),
+            self.p.ready.eq(dp.need_params & ~out_blocked),
+            self.o.valid.eq(dp.out_valid),
+            self.o.payload.eq(dp.result),
+            dp.beat.eq(self.i.payload),
+            dp.beat_valid.eq(self.i.valid),
+            dp.params.eq(self.p.payload),
+        ]
+        # the first beat of a row group is the one after a `last` beat
+        after_last = Signal(init=1)
+        m.d.comb += dp.first.eq(after_last)
+        with m.If(self.i.valid & ~stall):
+            m.d.sync += after_last.eq(self.i.payload.last)
+        m.submodules.dp = EnableInserter(~stall)(dp)
+        return m
+
+
+class MatrixVectorEngine(ChainEngine):
+    """The decode engine: one token lane (``hw.mv``)."""
+
+    def __init__(self, params: EngineParams) -> None:
+        if params.kind != "mv" or params.rows != 1:
+            raise UnsupportedError(f"MatrixVectorEngine needs mv params, got {params.kind!r}")
+        super().__init__(params)
+
+    @classmethod
+    def from_preset(cls, hw: HardwarePreset, chains: int | None = None) -> MatrixVectorEngine:
+        return cls(EngineParams.from_preset(hw, "mv", chains))
+
+
+class MatrixMatrixEngine(ChainEngine):
+    """The prefill engine: ``hw.mpe.rows`` token lanes share each weight beat."""
+
+    def __init__(self, params: EngineParams) -> None:
+        if params.kind != "mpe":
+            raise UnsupportedError(f"MatrixMatrixEngine needs mpe params, got {params.kind!r}")
+        super().__init__(params)
+
+    @classmethod
+    def from_preset(cls, hw: HardwarePreset, chains: int | None = None) -> MatrixMatrixEngine:
+        return cls(EngineParams.from_preset(hw, "mpe", chains))

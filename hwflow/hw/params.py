@@ -1,0 +1,215 @@
+"""Engine parameters derived from a :class:`~hwflow.config.HardwarePreset`, and the port layouts.
+
+One frozen :class:`EngineParams` describes a DSP-chain engine completely; the Amaranth
+components, the Verilog manifest, the cocotb benches and the synthesis slices all take it, and
+it is built only from the preset objects the compiler and the cycle model use
+(:meth:`EngineParams.from_preset`).
+
+Port layouts (see :mod:`hwflow.hw.engine` for the timing):
+
+* ``beat`` (input stream ``i``): one M-wide activation block per token lane, and per chain
+  ``chain_length`` packed weight values (:func:`hwflow.numerics.pack_bits` at the op's width,
+  the low ``C*bits`` bits of a ``C*8``-bit field) plus packed ``log2(M)``-bit indices (ignored
+  for dense ops, whose indices are implicit); ``nsel`` indexes :attr:`EngineParams.n_modes`,
+  ``wsel`` indexes :attr:`EngineParams.weight_bits`; ``last`` marks a row group's last block;
+  ``raw`` asks for accumulators instead of requantized INT8.
+* ``params`` (input stream ``p``): per output lane the requantization multiplier (15-bit
+  unsigned), shift (0..47) and INT32 bias, one entry per requantized row-group result, consumed
+  when that result reaches the requantizer (raw results consume none).
+* ``result`` (output stream ``o``): per token lane and output lane one accumulator-wide signed
+  value (the INT8 result sign-extended, or the raw accumulator).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from amaranth.hdl import signed, unsigned
+from amaranth.lib import data
+
+from hwflow.config import HardwarePreset
+from hwflow.costs import chain_latency
+from hwflow.errors import UnsupportedError
+from hwflow.numerics import REQ_MULT_BITS, REQ_SHIFT_MAX
+
+__all__ = ["ACC_BITS", "EngineParams"]
+
+#: Accumulator (P register) width of each DSP kind: DSP48E2 48 bits, DSP58 58 bits.
+ACC_BITS = {"DSP48E2": 48, "DSP58": 58}
+#: Width of the DSP's A port: the two-products-per-DSP packing must fit in it (WP486).
+_A_PORT_BITS = 27
+#: Largest |activation x weight| product: INT8 activations, weights in -127..127 (the
+#: numerics contract never produces -128).
+_MAX_PRODUCT = 128 * 127
+
+
+def _sel_bits(options: int) -> int:
+    return max(1, math.ceil(math.log2(options)))
+
+
+@dataclass(frozen=True)
+class EngineParams:
+    """Every parameter of one chain engine (matrix-vector when ``rows == 1``)."""
+
+    kind: Literal["mv", "mpe"]
+    preset: str
+    chains: int
+    chain_length: int
+    rows: int
+    dual_int8: bool
+    m: int
+    n_modes: tuple[int, ...]
+    weight_bits: tuple[int, ...]
+    dsp_kind: Literal["DSP48E2", "DSP58"]
+
+    def __post_init__(self) -> None:
+        c = self.chain_length
+        if self.m < 2:
+            raise UnsupportedError(f"sparsity.m = {self.m!r}: the chain needs M >= 2")
+        if not self.n_modes:
+            raise UnsupportedError("no N:M mode divides the chain length")
+        bad = [n for n in self.n_modes if c % n or n > self.m]
+        if bad:
+            raise UnsupportedError(f"N modes {bad} must divide chain_length {c} and be <= M")
+        if self.dual_int8 and self.rows % 2:
+            raise UnsupportedError(f"dual_int8 needs an even number of rows, got {self.rows!r}")
+        if self.dual_int8 and 8 + self.dual_field > _A_PORT_BITS:
+            raise UnsupportedError(
+                f"dual INT8 packing of {max(self.n_modes)}-long segments needs a "
+                f"{self.dual_field}-bit field: INT8 << {self.dual_field} overflows the "
+                f"{_A_PORT_BITS}-bit A port"
+            )
+
+    @classmethod
+    def from_preset(
+        cls, hw: HardwarePreset, kind: Literal["mv", "mpe"], chains: int | None = None
+    ) -> EngineParams:
+        """The ``mv`` or ``mpe`` engine of ``hw``; ``chains`` overrides the count (a slice)."""
+        if kind not in ("mv", "mpe"):
+            raise UnsupportedError(f"engine {kind!r} unknown (allowed: 'mv', 'mpe')")
+        eng = getattr(hw, kind)
+        c, m = eng.chain_length, hw.sparsity.m
+        modes = {n for n in hw.sparsity.n_allowed if c % n == 0}
+        if c % m == 0:
+            modes.add(m)  # dense runs as N = M with implicit indices
+        if chains is not None and chains < 1:
+            raise UnsupportedError(f"chains = {chains!r} must be >= 1")
+        return cls(
+            kind=kind,
+            preset=hw.name,
+            chains=chains or eng.chains,
+            chain_length=c,
+            rows=1 if kind == "mv" else eng.rows,
+            dual_int8=eng.dual_int8 and kind == "mpe",
+            m=m,
+            n_modes=tuple(sorted(modes)),
+            weight_bits=tuple(sorted(hw.weight_bits)),
+            dsp_kind=hw.board.dsp_kind,
+        )
+
+    def with_chains(self, chains: int) -> EngineParams:
+        """The same engine with ``chains`` chains (a synthesis or simulation slice)."""
+        return replace(self, chains=chains)
+
+    # ---------------------------------------------------------------------------------------
+    # derived sizes
+
+    @property
+    def acc_bits(self) -> int:
+        return ACC_BITS[self.dsp_kind]
+
+    @property
+    def index_bits(self) -> int:
+        return int(math.log2(self.m))
+
+    @property
+    def dual_field(self) -> int:
+        """Bit offset of the upper token in a dual-INT8 DSP product (WP486 packing): wide enough
+        for the signed sum of the longest segment's lower-token products."""
+        return (max(self.n_modes) * _MAX_PRODUCT).bit_length() + 1
+
+    @property
+    def lanes(self) -> int:
+        """Output lanes per token: rows of a row group at the smallest N."""
+        return self.chains * self.chain_length // min(self.n_modes)
+
+    def rows_per_beat(self, n: int) -> int:
+        """Output rows one beat advances at N (the row-group size)."""
+        return self.chains * self.chain_length // n
+
+    @property
+    def seg_ends(self) -> tuple[int, ...]:
+        """Stages that end a segment for some N mode: where accumulators sit."""
+        c = self.chain_length
+        return tuple(j for j in range(c) if any((j + 1) % n == 0 for n in self.n_modes))
+
+    @property
+    def dsps(self) -> int:
+        per_stage = self.rows // 2 if self.dual_int8 else self.rows
+        return self.chains * self.chain_length * per_stage
+
+    @property
+    def latency(self) -> int:
+        """Pipeline depth: cycles from a row group's last beat to its result, inclusive."""
+        return chain_latency(self.chain_length)
+
+    # ---------------------------------------------------------------------------------------
+    # port layouts
+
+    @property
+    def beat_layout(self) -> data.StructLayout:
+        c = self.chain_length
+        return data.StructLayout(
+            {
+                "act": data.ArrayLayout(data.ArrayLayout(signed(8), self.m), self.rows),
+                "wval": data.ArrayLayout(unsigned(c * 8), self.chains),
+                "widx": data.ArrayLayout(unsigned(c * self.index_bits), self.chains),
+                "nsel": unsigned(_sel_bits(len(self.n_modes))),
+                "wsel": unsigned(_sel_bits(len(self.weight_bits))),
+                "last": unsigned(1),
+                "raw": unsigned(1),
+            }
+        )
+
+    @property
+    def params_layout(self) -> data.StructLayout:
+        return data.StructLayout(
+            {
+                "mult": data.ArrayLayout(unsigned(REQ_MULT_BITS), self.lanes),
+                "shift": data.ArrayLayout(unsigned(REQ_SHIFT_MAX.bit_length()), self.lanes),
+                "bias": data.ArrayLayout(signed(32), self.lanes),
+            }
+        )
+
+    @property
+    def result_layout(self) -> data.StructLayout:
+        return data.StructLayout(
+            {
+                "data": data.ArrayLayout(
+                    data.ArrayLayout(signed(self.acc_bits), self.lanes), self.rows
+                ),
+                "raw": unsigned(1),
+            }
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-data summary for the generation manifest."""
+        return {
+            "kind": self.kind,
+            "preset": self.preset,
+            "chains": self.chains,
+            "chain_length": self.chain_length,
+            "rows": self.rows,
+            "dual_int8": self.dual_int8,
+            "m": self.m,
+            "n_modes": list(self.n_modes),
+            "weight_bits": list(self.weight_bits),
+            "dsp_kind": self.dsp_kind,
+            "acc_bits": self.acc_bits,
+            "lanes": self.lanes,
+            "dsps": self.dsps,
+            "dual_field": self.dual_field if self.dual_int8 else None,
+            "latency": self.latency,
+        }

@@ -1,0 +1,177 @@
+"""Engine operations as port traffic: what a driver sends and what the engine must answer.
+
+A :class:`MatmulOp` is ``out[T, R] = x[T, K] @ W[R, K]^T`` with W compressed N:M and quantized
+to INT``bits`` by :mod:`hwflow.numerics` (the same functions the compiler and the functional
+simulator use). :func:`op_beats` lays it out the way :mod:`hwflow.hw.engine` consumes it
+(row groups of ``chains*C/N`` rows, token passes of ``rows`` lanes, K/M beats each);
+:func:`op_expected` is the reference answer, computed only with :func:`hwflow.numerics.matmul_int`,
+:func:`~hwflow.numerics.nm_expand` and :func:`~hwflow.numerics.requantize`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil
+
+import numpy as np
+
+from hwflow import numerics as nx
+from hwflow.hw.params import EngineParams
+
+__all__ = ["MatmulOp", "make_op", "op_beats", "op_expected", "op_params"]
+
+
+@dataclass(frozen=True)
+class MatmulOp:
+    """One engine operation with its operands (weights compressed, activations INT8)."""
+
+    x: np.ndarray  #: [tokens, k] int8 activations
+    values: np.ndarray  #: [rows, k/M*n] int8 kept weight codes
+    indices: np.ndarray  #: [rows, k/M*n] uint8 in-block indices
+    n: int
+    bits: int
+    raw: bool
+    mult: np.ndarray  #: [rows] requantization multipliers
+    shift: np.ndarray  #: [rows] shifts
+    bias: np.ndarray  #: [rows] INT32 biases
+
+    @property
+    def tokens(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def rows(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.x.shape[1]
+
+
+def make_op(
+    p: EngineParams,
+    rng: np.random.Generator,
+    *,
+    tokens: int,
+    rows: int,
+    k: int,
+    n: int,
+    bits: int,
+    raw: bool = False,
+    extreme: bool = False,
+) -> MatmulOp:
+    """A random op; ``extreme`` uses full-scale activations (-128/127) and weights (+-qmax)."""
+    m = p.m
+    w = rng.standard_normal((rows, k))
+    mask = nx.nm_prune_mask(w, n, m)
+    codes, _ = nx.quantize_weight(w, bits, mask)
+    if extreme:
+        codes = np.where(mask, np.where(w >= 0, nx.qmax(bits), -nx.qmax(bits)), 0).astype(np.int8)
+        x = rng.choice(np.array([-128, 127], dtype=np.int8), size=(tokens, k))
+    else:
+        x = rng.integers(-128, 128, size=(tokens, k), dtype=np.int8)
+    values, indices = nx.nm_compress(codes, mask, n, m)
+    # requantization scales around the accumulator's spread so outputs use the INT8 range
+    spread = 128 * nx.qmax(bits) * np.sqrt(k * n / m) + 1
+    mult, shift = nx.quant_multiplier(rng.uniform(0.3, 3.0, size=rows) * 127 / spread)
+    bias = rng.integers(-(2**20), 2**20, size=rows)
+    return MatmulOp(x, values, indices, n, bits, raw, np.asarray(mult), np.asarray(shift), bias)
+
+
+def _groups(p: EngineParams, op: MatmulOp) -> tuple[int, int, int]:
+    rpb = p.rows_per_beat(op.n)
+    return rpb, ceil(op.rows / rpb), ceil(op.tokens / p.rows)
+
+
+def op_beats(p: EngineParams, op: MatmulOp) -> list[dict]:
+    """The op's beats in issue order (payload dicts for :func:`hwflow.hw.pack.encode`)."""
+    c, m, n = p.chain_length, p.m, op.n
+    if op.n not in p.n_modes or op.bits not in p.weight_bits or op.k % m:
+        raise ValueError(f"op N={op.n} bits={op.bits} K={op.k} not runnable on {p}")
+    rpb, groups, passes = _groups(p, op)
+    per = c // n
+    nsel, wsel = p.n_modes.index(n), p.weight_bits.index(op.bits)
+    dense = n == m
+    blocks = op.k // m
+    beats = []
+    for g in range(groups):
+        for q in range(passes):
+            act_rows = []
+            for t in range(p.rows):
+                tok = q * p.rows + t
+                act_rows.append(op.x[tok] if tok < op.tokens else np.zeros(op.k, np.int8))
+            for b in range(blocks):
+                wval, widx = [], []
+                for ch in range(p.chains):
+                    vals = np.zeros(c, np.int8)
+                    idxs = np.zeros(c, np.uint8)
+                    for s in range(per):
+                        r = g * rpb + ch * per + s
+                        if r < op.rows:
+                            vals[s * n : (s + 1) * n] = op.values[r, b * n : (b + 1) * n]
+                            if not dense:  # dense indices are implicit: send zeros
+                                idxs[s * n : (s + 1) * n] = op.indices[r, b * n : (b + 1) * n]
+                    wval.append(int.from_bytes(nx.pack_bits(vals, op.bits).tobytes(), "little"))
+                    widx.append(
+                        int.from_bytes(nx.pack_bits(idxs, p.index_bits).tobytes(), "little")
+                    )
+                beats.append(
+                    {
+                        "act": [[int(v) for v in a[b * m : (b + 1) * m]] for a in act_rows],
+                        "wval": wval,
+                        "widx": widx,
+                        "nsel": nsel,
+                        "wsel": wsel,
+                        "last": int(b == blocks - 1),
+                        "raw": int(op.raw),
+                    }
+                )
+    return beats
+
+
+def op_params(p: EngineParams, op: MatmulOp) -> list[dict]:
+    """The ``p`` stream entries of the op: one per row-group result (none when raw)."""
+    if op.raw:
+        return []
+    rpb, groups, passes = _groups(p, op)
+    out = []
+    for g in range(groups):
+        rows = range(g * rpb, min((g + 1) * rpb, op.rows))
+        entry = {
+            "mult": [int(op.mult[r]) for r in rows],
+            "shift": [int(op.shift[r]) for r in rows],
+            "bias": [int(op.bias[r]) for r in rows],
+        }
+        out += [entry] * passes
+    return out
+
+
+def op_expected(p: EngineParams, op: MatmulOp) -> list[list[list[int]]]:
+    """Reference results in output order: per row-group result, ``[token lane][lane]``."""
+    dense_w = nx.nm_expand(op.values, op.indices, op.n, p.m)
+    acc = nx.matmul_int(op.x, dense_w)  # [tokens, rows]
+    if op.raw:
+        res = acc
+    else:
+        res = nx.requantize(acc + op.bias[None, :], op.mult, op.shift).astype(np.int64)
+    rpb, groups, passes = _groups(p, op)
+    out = []
+    for g in range(groups):
+        for q in range(passes):
+            block = [[0] * p.lanes for _ in range(p.rows)]
+            for t in range(p.rows):
+                tok = q * p.rows + t
+                for lane in range(rpb):
+                    r = g * rpb + lane
+                    if tok < op.tokens and r < op.rows:
+                        block[t][lane] = int(res[tok, r])
+                    elif r < op.rows:  # padded token lane: the engine computes W @ 0
+                        block[t][lane] = (
+                            0
+                            if op.raw
+                            else int(
+                                nx.requantize(np.array([op.bias[r]]), op.mult[r], op.shift[r])[0]
+                            )
+                        )
+            out.append(block)
+    return out
