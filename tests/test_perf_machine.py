@@ -11,7 +11,7 @@ from hwflow.config import load_hw
 from hwflow.costs import HbmPiece, hbm_latency_cycles, hbm_pieces
 from hwflow.errors import SyncError
 from hwflow.perf.hbm import HbmChannels, ResourceHbm
-from hwflow.perf.machine import UNITS, Machine, MOp
+from hwflow.perf.machine import Machine, MOp
 
 LD, ST, MM, MV, SFU, SYS = range(6)
 
@@ -21,11 +21,12 @@ def tiny():
     return load_hw("tiny")
 
 
-def streams(*ops: MOp) -> list[list[MOp]]:
-    out: list[list[MOp]] = [[] for _ in UNITS]
-    for op in ops:
-        out[op.unit].append(op)
-    return out
+def streams(*ops: MOp) -> list[MOp]:
+    return list(ops)
+
+
+def M(unit, name, beats, latency, wait=(), release=(), hbm=None, words=0) -> MOp:
+    return MOp(unit, name, words, beats, latency, wait, release, hbm)
 
 
 def piece(ch: int, occ: int, nbytes: int = 64) -> HbmPiece:
@@ -36,9 +37,9 @@ def test_load_compute_store_timeline(tiny):
     lat = hbm_latency_cycles(tiny)  # 107 ns at 100 MHz -> 11 cycles
     assert lat == 11
     ops = streams(
-        MOp(LD, "LD", 0, 0, release=(MV,), hbm=(piece(0, 5), piece(1, 7))),
-        MOp(MV, "MV", 4, 10, wait=(LD,), release=(ST,)),
-        MOp(ST, "ST", 0, 0, wait=(MV,), hbm=(piece(2, 3),)),
+        M(LD, "LD", 0, 0, release=(MV,), hbm=(piece(0, 5), piece(1, 7))),
+        M(MV, "MV", 4, 10, wait=(LD,), release=(ST,)),
+        M(ST, "ST", 0, 0, wait=(MV,), hbm=(piece(2, 3),)),
     )
     r = Machine(tiny, trace=True).run(ops)
     # LD streams 0..7, data on chip at 18; MV starts 18, results at 28; ST streams 28..31, done 42
@@ -52,10 +53,10 @@ def test_load_compute_store_timeline(tiny):
 def test_double_buffer_ld_runs_ahead(tiny):
     """Two weight slots: LD i+2 waits for MV i to free its slot (a token MV -> LD)."""
     lds = [
-        MOp(LD, f"LD{i}", 0, 0, wait=(MV,) if i >= 2 else (), release=(MV,), hbm=(piece(0, 20),))
+        M(LD, f"LD{i}", 0, 0, wait=(MV,) if i >= 2 else (), release=(MV,), hbm=(piece(0, 20),))
         for i in range(4)
     ]
-    mvs = [MOp(MV, f"MV{i}", 30, 35, wait=(LD,), release=(LD,)) for i in range(4)]
+    mvs = [M(MV, f"MV{i}", 30, 35, wait=(LD,), release=(LD,)) for i in range(4)]
     r = Machine(tiny, trace=True).run(streams(*lds, *mvs))
     starts = {name: (s, e) for _, name, s, e in r.trace}
     # LD0 0..20 (done 31), LD1 20..40 (done 51); MV0 31..61 (done 66); LD2 waits MV0 -> 66..86
@@ -71,10 +72,10 @@ def test_double_buffer_ld_runs_ahead(tiny):
 def test_in_order_completion(tiny):
     """A short op behind a long one completes no earlier than it (in-order retire)."""
     ops = streams(
-        MOp(SFU, "long", 2, 50, release=(MV,)),
-        MOp(SFU, "short", 2, 3, release=(MV,)),
-        MOp(MV, "a", 1, 1, wait=(SFU,)),
-        MOp(MV, "b", 1, 1, wait=(SFU,)),
+        M(SFU, "long", 2, 50, release=(MV,)),
+        M(SFU, "short", 2, 3, release=(MV,)),
+        M(MV, "a", 1, 1, wait=(SFU,)),
+        M(MV, "b", 1, 1, wait=(SFU,)),
     )
     r = Machine(tiny, trace=True).run(ops)
     assert [t for t in r.trace if t[0] == "mv"] == [("mv", "a", 50, 51), ("mv", "b", 51, 52)]
@@ -82,8 +83,8 @@ def test_in_order_completion(tiny):
 
 def test_channel_contention(tiny):
     ops = streams(
-        MOp(LD, "a", 0, 0, hbm=(piece(0, 10),)),
-        MOp(ST, "b", 0, 0, hbm=(piece(0, 4), piece(1, 4))),
+        M(LD, "a", 0, 0, hbm=(piece(0, 10),)),
+        M(ST, "b", 0, 0, hbm=(piece(0, 4), piece(1, 4))),
     )
     r = Machine(tiny, trace=True).run(ops)
     assert ("st", "b", 0, 14) in r.trace  # channel 1 at 0..4, channel 0 only after LD: 10..14
@@ -92,7 +93,7 @@ def test_channel_contention(tiny):
 
 
 def test_deadlock_is_a_sync_error(tiny):
-    ops = streams(MOp(MV, "mv", 1, 1, wait=(LD,)), MOp(LD, "ld", 0, 0, wait=(MV,), hbm=()))
+    ops = streams(M(MV, "mv", 1, 1, wait=(LD,)), M(LD, "ld", 0, 0, wait=(MV,), hbm=()))
     with pytest.raises(SyncError, match=r"deadlock: ld op 0 \(ld\) waits for a token from mv"):
         Machine(tiny).run(ops)
 
@@ -106,7 +107,10 @@ def test_hbm_split_and_efficiency(tiny):
     # 512 B at 0.70 x 143.75 B/cycle = 100.6 B/cycle -> 6 cycles
     assert whole[0].occupancy == 6
     part = hbm_pieces(tiny, 100, g)  # 156 B in channel 0, 100 B in channel 1, both partial
-    assert [(p.channel, p.nbytes, p.same_channel) for p in part] == [(0, 156, False), (1, 100, False)]
+    assert [(p.channel, p.nbytes, p.same_channel) for p in part] == [
+        (0, 156, False),
+        (1, 100, False),
+    ]
     assert part[0].occupancy == 4  # 156 / (0.35 x 143.75) = 3.1
     assert sum(p.nbytes for p in hbm_pieces(tiny, 3 * g + 7, 5000)) == 5000
 
@@ -115,7 +119,9 @@ def test_reservation_matches_simpy_resources(tiny):
     """HbmChannels gives the timeline of one FIFO simpy.Resource per channel."""
     rng = random.Random(7)
     arrivals = sorted(rng.randrange(0, 400) for _ in range(60))
-    transfers = [hbm_pieces(tiny, rng.randrange(0, 1 << 16), rng.randrange(1, 3000)) for _ in arrivals]
+    transfers = [
+        hbm_pieces(tiny, rng.randrange(0, 1 << 16), rng.randrange(1, 3000)) for _ in arrivals
+    ]
     fast = HbmChannels(tiny)
     want = [vars_of(fast.issue(t, p)) for t, p in zip(arrivals, transfers, strict=True)]
 
@@ -136,3 +142,33 @@ def test_reservation_matches_simpy_resources(tiny):
 
 def vars_of(tr) -> tuple[int, int, int]:
     return (tr.start, tr.streamed, tr.done)
+
+
+def test_dispatcher_fetches_one_word_per_cycle(tiny):
+    ops = [M(SFU, f"s{i}", 1, 1, words=9) for i in range(3)]
+    r = Machine(tiny, trace=True).run(ops)
+    assert [t[2] for t in r.trace] == [9, 18, 27]
+    assert r.busy["sys"] == 27 and r.cycles == 28
+
+
+def test_full_queue_blocks_the_dispatcher(tiny):
+    """Depth 2: the third MV cannot be queued before the first issues, so the LD behind it in
+    program order is dispatched late (head-of-line blocking)."""
+    prog = [
+        M(SFU, "slow", 50, 50, release=(MV,)),
+        M(MV, "mv0", 1, 1, wait=(SFU,)),
+        M(MV, "mv1", 1, 1),
+        M(MV, "mv2", 1, 1),
+        M(LD, "ld", 0, 0, hbm=(piece(0, 5),)),
+    ]
+    r = Machine(tiny, trace=True, depth=2).run(prog)
+    t = {name: (s, e) for _, name, s, e in r.trace}
+    assert t["mv0"] == (50, 51) and t["ld"] == (50, 55)
+    r = Machine(tiny, trace=True, depth=3).run(prog)
+    assert {name: s for _, name, s, _ in r.trace}["ld"] == 0
+
+
+def test_dispatcher_deadlock_is_reported(tiny):
+    prog = [M(MV, "a", 1, 1, wait=(SFU,)), M(MV, "b", 1, 1), M(SFU, "s", 1, 1, release=(MV,))]
+    with pytest.raises(SyncError, match="dispatcher waits for room in the full mv queue"):
+        Machine(tiny, depth=1).run(prog)
