@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from math import ceil
 
 from hwflow.config import Engine, HardwarePreset
-from hwflow.errors import UnsupportedError
+from hwflow.errors import CapacityError, UnsupportedError
 
 __all__ = [
     "ACC_STAGES",
@@ -54,6 +54,7 @@ __all__ = [
     "hbm_transfer_cost",
     "matmul_cost",
     "sfu_cost",
+    "sync_cost",
 ]
 
 #: Register stages from a beat's arrival to the DSP multiplier inputs: weight widening +
@@ -164,7 +165,7 @@ def hbm_pieces(hw: HardwarePreset, addr: int, nbytes: int) -> list[HbmPiece]:
     if addr < 0 or nbytes < 0:
         raise UnsupportedError(f"HBM transfer at {addr} of {nbytes} bytes: negative")
     if addr + nbytes > hw.hbm.capacity_bytes:
-        raise UnsupportedError(
+        raise CapacityError(
             f"HBM transfer [{addr}, {addr + nbytes}) exceeds the {hw.hbm.capacity_bytes} bytes"
             f" of preset {hw.name}"
         )
@@ -208,3 +209,8 @@ def hbm_transfer_cost(hw: HardwarePreset, addr: int, nbytes: int) -> OpCost:
     pieces = hbm_pieces(hw, addr, nbytes)
     occ = max((p.occupancy for p in pieces), default=0)
     return OpCost(beats=occ, latency=occ + hbm_latency_cycles(hw), macs=0, dense_macs=0)
+
+
+def sync_cost() -> OpCost:
+    """A unit's SYNC no-op (it only carries tokens): one issue cycle, done when issued."""
+    return OpCost(beats=1, latency=1, macs=0, dense_macs=0)

@@ -172,3 +172,17 @@ def test_dispatcher_deadlock_is_reported(tiny):
     prog = [M(MV, "a", 1, 1, wait=(SFU,)), M(MV, "b", 1, 1), M(SFU, "s", 1, 1, release=(MV,))]
     with pytest.raises(SyncError, match="dispatcher waits for room in the full mv queue"):
         Machine(tiny, depth=1).run(prog)
+
+
+def test_channels_serve_in_arrival_order(tiny):
+    """An LD whose token arrives at 100 does not hold channel 0 against an ST arriving at 60."""
+    prog = [
+        M(SFU, "s", 100, 100, release=(LD,)),
+        M(LD, "ld", 0, 0, wait=(SFU,), hbm=(piece(0, 10),)),
+        M(SFU, "t", 1, 1),
+        M(MV, "m", 60, 60, release=(ST,)),
+        M(ST, "st", 0, 0, wait=(MV,), hbm=(piece(0, 50),)),
+    ]
+    r = Machine(tiny, trace=True).run(prog)
+    t = {name: (s, e) for _, name, s, e in r.trace}
+    assert t["st"] == (60, 110) and t["ld"] == (110, 120)

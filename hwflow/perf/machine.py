@@ -180,6 +180,9 @@ class Machine:
                 now = env.now
                 start = ready if ready > now else now
                 if op.hbm is not None:
+                    if start > now:  # join the channels' FIFOs at the real arrival time
+                        counter[0] += 1
+                        yield env.timeout(start - now)
                     tr = hbm.issue(start, op.hbm)
                     issue_end = tr.streamed
                     done = tr.done

@@ -1,0 +1,223 @@
+"""Price a program's expanded instructions into machine ops and count their actions.
+
+The instructions come from :func:`hwflow.isa.expand` (the one definition of loops and
+registers); the cycles come from :mod:`hwflow.costs` (the one definition of every unit's
+cost, shared with the RTL). This module only reads the instruction fields and calls them:
+
+* LD / ST: ``rows`` rows of ``row_bytes`` at HBM ``hbm`` spaced ``hbm_stride`` apart
+  (contiguous when the stride equals the row) -> :func:`~hwflow.costs.hbm_pieces`.
+* MM / MV: ``out[rows, cols] = A[rows, k] @ B[cols, k]^T`` with ``n`` of every ``m`` weights
+  kept -> :func:`~hwflow.costs.matmul_cost` on the preset's ``mpe`` / ``mv`` engine. A
+  reduction that is not a whole number of M-blocks is padded to the next block (the chain
+  consumes whole blocks).
+* SFU: ``rows x cols`` elements, read twice by softmax and normalisation
+  (the preset's ``softmax_passes`` / ``norm_passes``) -> :func:`~hwflow.costs.sfu_cost`.
+* SYNC: :func:`~hwflow.costs.sync_cost`.
+
+Actions per op (for :mod:`hwflow.energy`): MACs by weight bits; buffer bits read per beat
+(one M-block of INT8 activations per token lane and every chain's weight slots with their
+indices) and written (outputs); HBM bytes; special-function element operations; instruction
+words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from math import ceil, log2
+
+from hwflow.config import HardwarePreset
+from hwflow.costs import HbmPiece, effective_nm, hbm_pieces, matmul_cost, sfu_cost, sync_cost
+from hwflow.energy import Actions
+from hwflow.errors import CapacityError, ProgramError
+from hwflow.isa import MATMUL_FUNCS, OPCODES, SFU_FUNCS, Buf, Concrete
+from hwflow.perf.machine import MOp
+
+__all__ = ["OpActions", "lower"]
+
+_WORDS = {s.name: s.words for s in OPCODES}
+_BUF_NAMES = {
+    Buf.WEIGHT: "weight",
+    Buf.ACT: "act",
+    Buf.KV: "kv",
+    Buf.SCORE: "score",
+    Buf.PARAM: "param",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OpActions:
+    """The actions of one op (summed into :class:`hwflow.energy.Actions`)."""
+
+    wbits: int = 0
+    macs: int = 0
+    buf_read_bits: int = 0
+    buf_write_bits: int = 0
+    hbm_read: int = 0
+    hbm_write: int = 0
+    sfu_ops: int = 0
+    words: int = 0
+
+
+def _mask(m: int) -> tuple[int, ...]:
+    return tuple(u for u in range(5) if m >> u & 1)
+
+
+def _merge(pieces: Iterable[HbmPiece]) -> tuple[HbmPiece, ...]:
+    """Pieces of several rows of one transfer: a channel streams its rows one after another."""
+    by: dict[int, list[int]] = {}
+    for p in pieces:
+        acc = by.setdefault(p.channel, [0, 0, 1])
+        acc[0] += p.nbytes
+        acc[1] += p.occupancy
+        acc[2] &= p.same_channel
+    return tuple(
+        HbmPiece(channel=c, nbytes=v[0], occupancy=v[1], same_channel=bool(v[2]))
+        for c, v in sorted(by.items())
+    )
+
+
+class _Pricer:
+    def __init__(self, hw: HardwarePreset) -> None:
+        self.hw = hw
+        self.period = hw.hbm.interleave_bytes * hw.hbm.channels
+        self.cache: dict[tuple, tuple[MOp, OpActions]] = {}
+        self.pieces = lru_cache(maxsize=65536)(self._pieces)
+
+    def _pieces(self, base: int, rows: int, row_bytes: int, stride: int) -> tuple[HbmPiece, ...]:
+        # the channel map repeats every interleave x channels bytes: price at base mod period
+        hw = self.hw
+        if rows == 0 or row_bytes == 0:
+            return ()
+        if rows == 1 or stride == row_bytes:
+            return tuple(hbm_pieces(hw, base, rows * row_bytes))
+        return _merge(p for i in range(rows) for p in hbm_pieces(hw, base + i * stride, row_bytes))
+
+    def _check_buf(
+        self, c: Concrete, buf: int, off: int, rows: int, stride: int, width: int
+    ) -> None:
+        if rows == 0 or width == 0:
+            return
+        try:
+            name = _BUF_NAMES[Buf(buf)]
+        except (ValueError, KeyError):
+            raise ProgramError(f"{c.op} (pc {c.pc}): unknown buffer id {buf}") from None
+        end = off + (rows - 1) * stride + width
+        have = self.hw.buffers.bytes(name)
+        if end > have:
+            raise CapacityError(
+                f"{c.op} (pc {c.pc}) touches {name} buffer bytes [{off}, {end}) but preset"
+                f" {self.hw.name} has {have}"
+            )
+
+    def price(self, c: Concrete) -> tuple[MOp, OpActions]:
+        key = (c.op, c.wait, c.release, *c.fields.values())
+        hit = self.cache.get(key)
+        if hit is None:
+            hit = self.cache[key] = self._price(c)
+        return hit
+
+    def _price(self, c: Concrete) -> tuple[MOp, OpActions]:
+        hw, f, op = self.hw, c.fields, c.op
+        unit, words = int(c.unit), _WORDS[op]
+        wait, release = _mask(c.wait), _mask(c.release)
+        if op in ("LD", "ST"):
+            rows, row_bytes = f["rows"], f["row_bytes"]
+            hbm, stride = f["hbm"], f["hbm_stride"]
+            nbytes = rows * row_bytes
+            last = hbm + (rows - 1) * stride + row_bytes if rows else hbm
+            if last > hw.hbm.capacity_bytes:
+                raise CapacityError(
+                    f"{op} (pc {c.pc}) reaches HBM byte {last}, beyond the"
+                    f" {hw.hbm.capacity_bytes} bytes of preset {hw.name}"
+                )
+            self._check_buf(c, f["buf"], f["off"], rows, f["stride"] or row_bytes, row_bytes)
+            base = hbm % self.period
+            if base + (rows - 1) * stride + row_bytes > hw.hbm.capacity_bytes:
+                base = hbm
+            pieces = self.pieces(base, rows, row_bytes, stride)
+            mop = MOp(unit, op, words, 0, 0, wait, release, pieces)
+            ld = op == "LD"
+            acts = OpActions(
+                hbm_read=nbytes if ld else 0,
+                hbm_write=0 if ld else nbytes,
+                buf_write_bits=8 * nbytes if ld else 0,
+                buf_read_bits=0 if ld else 8 * nbytes,
+                words=words,
+            )
+            return mop, acts
+        if op in ("MM", "MV"):
+            func = MATMUL_FUNCS[f["func"]] if f["func"] < len(MATMUL_FUNCS) else f["func"]
+            rows, cols, k = f["rows"], f["cols"], f["k"]
+            n, m, wbits = f["n"], f["m"], f["wbits"]
+            engine = hw.mpe if op == "MM" else hw.mv
+            if rows == 0 or cols == 0 or k == 0:
+                return MOp(unit, op, words, 0, 0, wait, release), OpActions(words=words)
+            if m == 0 or n == 0:
+                raise ProgramError(f"{op} (pc {c.pc}): sparsity n:m = {n}:{m} needs n, m >= 1")
+            ne, me = effective_nm(hw, n, m)
+            kp = ceil(k / me) * me
+            cost = matmul_cost(engine, me, rows, cols, kp, ne)
+            idx = 0 if ne == me else int(log2(me))
+            per_beat = me * 8 * engine.rows + engine.chains * engine.chain_length * (wbits + idx)
+            out_bits = 64 if func == "head" else 8
+            mop = MOp(unit, f"{op}.{func}", words, cost.beats, cost.latency, wait, release)
+            acts = OpActions(
+                wbits=wbits,
+                macs=cost.macs,
+                buf_read_bits=cost.beats * per_beat,
+                buf_write_bits=rows * cols * out_bits,
+                words=words,
+            )
+            return mop, acts
+        if op == "SFU":
+            func = SFU_FUNCS[f["func"]] if f["func"] < len(SFU_FUNCS) else str(f["func"])
+            elements = f["rows"] * f["cols"]
+            if elements == 0:
+                return MOp(unit, f"SFU.{func}", words, 0, 0, wait, release), OpActions(words=words)
+            passes = {"norm": hw.sfu.norm_passes, "softmax": hw.sfu.softmax_passes}.get(func, 1)
+            cost = sfu_cost(hw, elements, passes)
+            second = elements * 8 if func in ("add", "mul", "rope") else 0
+            mop = MOp(unit, f"SFU.{func}", words, cost.beats, cost.latency, wait, release)
+            acts = OpActions(
+                sfu_ops=elements * passes,
+                buf_read_bits=elements * 8 * passes + second,
+                buf_write_bits=elements * 8,
+                words=words,
+            )
+            return mop, acts
+        if op.startswith("SYNC."):
+            cost = sync_cost()
+            return MOp(unit, op, words, cost.beats, cost.latency, wait, release), OpActions(
+                words=words
+            )
+        raise ProgramError(f"pc {c.pc}: the cycle model has no cost for opcode {op!r}")
+
+
+_PRICERS: dict[str, _Pricer] = {}
+
+
+def lower(hw: HardwarePreset, instrs: Iterable[Concrete]) -> tuple[list[MOp], Actions]:
+    """Price ``instrs`` (dispatch order) for ``hw``; return the machine ops and their actions."""
+    pricer = _PRICERS.get(hw.digest)
+    if pricer is None:
+        pricer = _PRICERS[hw.digest] = _Pricer(hw)
+    ops: list[MOp] = []
+    counts: dict[OpActions, int] = {}
+    price = pricer.price
+    for c in instrs:
+        mop, act = price(c)
+        ops.append(mop)
+        counts[act] = counts.get(act, 0) + 1
+    total = Actions()
+    for a, times in counts.items():
+        if a.macs:
+            total.macs[a.wbits] = total.macs.get(a.wbits, 0) + a.macs * times
+        total.buffer_read_bits += a.buf_read_bits * times
+        total.buffer_write_bits += a.buf_write_bits * times
+        total.hbm_read_bytes += a.hbm_read * times
+        total.hbm_write_bytes += a.hbm_write * times
+        total.sfu_ops += a.sfu_ops * times
+        total.instr_words += a.words * times
+    return ops, total

@@ -1,0 +1,89 @@
+"""Hand-made ISA programs (built with hwflow.isa's own encoder) through expand -> lower -> SimPy."""
+
+from __future__ import annotations
+
+import pytest
+
+from hwflow.config import load_hw
+from hwflow.costs import hbm_latency_cycles, hbm_pieces, matmul_cost, sfu_cost
+from hwflow.errors import CapacityError
+from hwflow.isa import Buf, Runtime, Template, Unit, decode_stream, encode_stream, expand, make
+from hwflow.perf.lower import lower
+from hwflow.perf.machine import Machine
+
+LD, ST, MM, MV, SFU = (1 << u for u in (Unit.LD, Unit.ST, Unit.MM, Unit.MV, Unit.SFU))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_hw("tiny")
+
+
+def template(instrs, phase="decode", lo=1, hi=64) -> Template:
+    # round-trip through the binary encoding: the model runs decoded words, not Python objects
+    return Template(phase, lo, hi, decode_stream(encode_stream([*instrs, make("END")])))
+
+
+def test_ld_mv_st_program_timeline(tiny):
+    rows_b = 16 * 18  # 16 output rows x (8 kept INT4 + 8 indices + ... ) bytes, any size
+    prog = template(
+        [
+            make(
+                "LD",
+                release=MV,
+                kind=0,
+                hbm=0,
+                hbm_stride=rows_b,
+                buf=Buf.WEIGHT,
+                row_bytes=rows_b,
+                rows=1,
+            ),
+            make("MV", wait=LD, release=ST, func=0, rows=1, cols=64, k=256, n=4, m=16, wbits=4),
+            make(
+                "ST", wait=MV, kind=5, hbm=1 << 20, hbm_stride=64, buf=Buf.ACT, row_bytes=64, rows=1
+            ),
+        ]
+    )
+    ops, acts = lower(tiny, expand(prog, Runtime(1, 0)))
+    r = Machine(tiny, trace=True).run(ops)
+    lat = hbm_latency_cycles(tiny)
+    ld_occ = max(p.occupancy for p in hbm_pieces(tiny, 0, rows_b))
+    mv = matmul_cost(tiny.mv, 16, 1, 64, 256, 4)
+    st_occ = max(p.occupancy for p in hbm_pieces(tiny, 1 << 20, 64))
+    ld_start = 6  # the dispatcher reads LD's 6 words first
+    mv_start = ld_start + ld_occ + lat
+    st_start = mv_start + mv.latency
+    assert [(u, s, e) for u, _, s, e in r.trace] == [
+        ("ld", ld_start, ld_start + ld_occ),
+        ("mv", mv_start, mv_start + mv.beats),
+        ("st", st_start, st_start + st_occ),
+    ]
+    assert r.cycles == st_start + st_occ + lat
+    assert acts.macs == {4: mv.macs} and acts.hbm_read_bytes == rows_b
+    assert acts.hbm_write_bytes == 64 and acts.instr_words == 6 + 9 + 6
+
+
+def test_loop_and_length_register(tiny):
+    """A loop of 3 SFU ops whose row count is clamped by LEN (R1): one expansion, one pricing."""
+    prog = template(
+        [
+            make("LOOP", count=3),
+            make("SFU", func=3, rows=8, rows_reg=1, cols=32),
+            make("ENDLOOP"),
+        ],
+        phase="prefill",
+        lo=1,
+        hi=8,
+    )
+    ops, acts = lower(tiny, expand(prog, Runtime(5, 0)))
+    c = sfu_cost(tiny, 5 * 32)
+    assert [(o.beats, o.latency) for o in ops] == [(c.beats, c.latency)] * 3
+    assert acts.sfu_ops == 3 * 5 * 32
+
+
+def test_buffer_overflow_is_a_capacity_error(tiny):
+    prog = template(
+        [make("LD", kind=0, hbm=0, hbm_stride=1024, buf=Buf.WEIGHT, row_bytes=1024, rows=17)]
+    )
+    with pytest.raises(CapacityError, match=r"weight buffer bytes \[0, 17408\) but preset tiny"):
+        lower(tiny, expand(prog, Runtime(1, 0)))
