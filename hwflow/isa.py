@@ -33,7 +33,7 @@ Unused trailing bits are zero. The same table drives :func:`encode`, :func:`deco
 Registers and length adaptivity. SYS owns 16 scalar registers R0..R15 (64-bit signed). R0 is
 always 0; ``R1 = LEN`` (tokens of this step) and ``R2 = POS`` (cached positions before it) are
 set from the :class:`Runtime` before the program starts; the program computes the others with
-``SETI/ADDI/SUB/MULI``. A field may be *register-modified* (column ``dyn`` of the layout):
+``SETI/ADDI/ADD/SUB/MULI/MINI``. A field may be *register-modified* (column ``dyn`` of the layout):
 
 * ``add``: the value used is ``field + R[reg]`` (an address or offset that moves with POS, a
   layer's base address, ...). ``reg = 0`` adds R0 = 0.
@@ -81,6 +81,7 @@ __all__ = [
     "OPCODES",
     "REG_LEN",
     "REG_POS",
+    "SYS_ALU",
     "Buf",
     "Concrete",
     "Field",
@@ -179,7 +180,7 @@ def _hdr() -> tuple[Field, ...]:
     )
 
 
-def _operand(p: str, what: str, stride_bits: int = 20) -> tuple[Field, ...]:
+def _operand(p: str, what: str, stride_bits: int = 24) -> tuple[Field, ...]:
     """An on-chip operand: buffer id, byte offset (+ R[reg]), row stride in bytes."""
     return (
         Field(f"{p}_buf", 3, f"{what}: buffer id (Buf)"),
@@ -198,7 +199,7 @@ _XFER = (
     Field("buf", 3, "on-chip buffer id (Buf)"),
     Field("off", 24, "on-chip byte offset (+ R[off_reg])", dyn=("add", "off_reg")),
     Field("off_reg", 4, "register added to the on-chip offset"),
-    Field("stride", 20, "on-chip bytes between rows"),
+    Field("stride", 24, "on-chip bytes between rows"),
     Field("row_bytes", 24, "bytes per row"),
     Field("rows", 16, "rows (max when rows_reg != 0)", dyn=("clamp", "rows_reg")),
     Field("rows_reg", 4, "register clamping rows to 0..rows"),
@@ -219,6 +220,7 @@ _MATMUL = (
     Field("n", 5, "kept weights per group of m (n = m: dense)"),
     Field("m", 5, "sparsity group (log2 index width)"),
     Field("wbits", 4, "weight / B-operand bits (2, 3, 4, 8)"),
+    Field("bias", 1, "linear/head: the weight tile carries an INT32 bias per row"),
     *_operand("a", "activations A[rows, k]"),
     *_operand("b", "weights / K / V"),
     *_operand("o", "output"),
@@ -288,6 +290,20 @@ OPCODES: tuple[OpSpec, ...] = (
         Unit.SYS,
         (*_hdr(), _REG, Field("ra", 4, "source"), Field("imm", 24, "factor", signed=True)),
         "R[rd] = R[ra] * imm",
+    ),
+    OpSpec(
+        "ADD",
+        22,
+        Unit.SYS,
+        (*_hdr(), _REG, Field("ra", 4, "addend"), Field("rb", 4, "addend")),
+        "R[rd] = R[ra] + R[rb]",
+    ),
+    OpSpec(
+        "MINI",
+        23,
+        Unit.SYS,
+        (*_hdr(), _REG, Field("ra", 4, "source"), Field("imm", 24, "bound", signed=True)),
+        "R[rd] = min(R[ra], imm)",
     ),
     OpSpec("END", 31, Unit.SYS, _hdr(), "end of program"),
 )
@@ -474,8 +490,9 @@ class Template:
         return 4 * len(self.words)
 
     def serves(self, runtime: Runtime) -> bool:
-        n = runtime.length if self.phase == "prefill" else runtime.pos + runtime.length
-        return self.lo <= n <= self.hi
+        if self.phase == "prefill":
+            return runtime.pos == 0 and self.lo <= runtime.length <= self.hi
+        return runtime.length == 1 and self.lo <= runtime.pos + 1 <= self.hi
 
 
 @dataclass(frozen=True)
@@ -665,6 +682,9 @@ def _resolve(ins: Instr, regs: list[int]) -> dict[str, int]:
     return out
 
 
+SYS_ALU = _ALU = frozenset({"SETI", "ADDI", "ADD", "SUB", "MULI", "MINI"})
+
+
 def expand(template: Template, runtime: Runtime) -> Iterator[Concrete]:
     """Yield the template's unit instructions in program (dispatch) order, loops unrolled and
     register-modified fields resolved for ``runtime``. Filter by ``unit`` for per-unit streams.
@@ -708,7 +728,7 @@ def expand(template: Template, runtime: Runtime) -> Iterator[Concrete]:
                 pc = top[0] + 1
                 continue
             stack.pop()
-        elif op in ("SETI", "ADDI", "SUB", "MULI"):
+        elif op in _ALU:
             rd = ins["rd"]
             if rd <= REG_POS:
                 raise ProgramError(f"pc {pc}: {op} writes read-only register R{rd}")
@@ -718,6 +738,10 @@ def expand(template: Template, runtime: Runtime) -> Iterator[Concrete]:
                 regs[rd] = regs[ins["ra"]] + ins["imm"]
             elif op == "SUB":
                 regs[rd] = regs[ins["ra"]] - regs[ins["rb"]]
+            elif op == "ADD":
+                regs[rd] = regs[ins["ra"]] + regs[ins["rb"]]
+            elif op == "MINI":
+                regs[rd] = min(regs[ins["ra"]], ins["imm"])
             else:
                 regs[rd] = regs[ins["ra"]] * ins["imm"]
         else:

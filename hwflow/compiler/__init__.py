@@ -1,0 +1,204 @@
+"""The hwflow compiler: model config + compression plan + hardware preset -> a length-adaptive
+:class:`~hwflow.isa.Program`.
+
+Passes (:func:`compile_model`):
+
+1. **Check** the plan against the preset (``HardwarePreset.check_plan_support`` for every
+   linear op and the head) and the lengths against the model.
+2. **Allocate HBM** (:mod:`.layout`): layer regions (runs of identical layers at a constant
+   stride), head, RoPE table, KV cache, input and logits, interleaved over all channels; weight
+   tiles sized to half the weight buffer (double buffering).
+3. For every **length bucket** (prefill: multiples of the chunk ``tt`` = 128 or the largest
+   power of two whose activations fit; decode: multiples of 16 of the context), **allocate the
+   on-chip buffers** and **lower** the step (:mod:`.lower`): chunks x layer-run loops x tiled ops.
+4. **Assign dependency tokens** and materialise barriers (:mod:`.sync`).
+5. **Prove deadlock freedom** of every template (:func:`.sync.check_deadlock`).
+
+The storage report (:func:`storage_report`) counts the bytes of one plain program per length
+(every prefill length and decode context 1..max_len, unrolled, no loops or registers) with the
+same lowering, analytically, against the templates.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from hwflow.compiler.layout import HbmLayout, plan_hbm
+from hwflow.compiler.lower import BufferPlan, lower_step, plan_buffers
+from hwflow.compiler.sync import assign_tokens, check_deadlock
+from hwflow.config import CompressionPlan, HardwarePreset, ModelConfig
+from hwflow.errors import CapacityError, ConfigError, UnsupportedError
+from hwflow.isa import ISA_VERSION, Instr, Program, Template, Unit, loop_spans
+
+__all__ = ["DECODE_BUCKET", "PREFILL_BUCKET", "Compiled", "compile_model", "storage_report"]
+
+PREFILL_BUCKET = 128  #: FlightLLM: prefill lengths round up to multiples of 128
+DECODE_BUCKET = 16  #: FlightLLM: decode contexts round up to multiples of 16
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A compiled program with what the compiler knows about it."""
+
+    program: Program
+    layout: HbmLayout
+    tt: int
+    seconds: float
+
+
+def _chunk_rows(cfg: ModelConfig, hw: HardwarePreset, max_len: int) -> int:
+    """Prefill chunk rows: 128, or the largest power of two whose buffers fit (>= 1)."""
+    tt = PREFILL_BUCKET
+    while True:
+        try:
+            plan_buffers(cfg, hw, tt, min(max_len, -(-max_len // tt) * tt))
+            return tt
+        except CapacityError:
+            if tt == 1:
+                raise
+            tt //= 2
+
+
+def _check(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, max_len: int) -> None:
+    if not 1 <= max_len <= cfg.max_positions:
+        raise ConfigError(
+            f"max_len = {max_len} must lie in 1..{cfg.max_positions} ({cfg.name}'s "
+            "max_position_embeddings)"
+        )
+    if cfg.sliding_window and cfg.sliding_window < max_len:
+        raise UnsupportedError(
+            f"{cfg.name}: sliding_window {cfg.sliding_window} < max_len {max_len} unsupported "
+            f"(use max_len <= {cfg.sliding_window})"
+        )
+    for (li, op), q in plan.resolve(cfg).items():
+        try:
+            hw.check_plan_support(q.bits, q.n, q.m)
+        except UnsupportedError as e:
+            raise UnsupportedError(f"plan {plan.name}, L{li}.{op}: {e}") from None
+        if cfg.linear_shape(op)[1] % max(q.m, hw.sparsity.m if q.dense else q.m):
+            raise UnsupportedError(
+                f"L{li}.{op}: reduction length {cfg.linear_shape(op)[1]} is not a multiple of "
+                f"M = {q.m}"
+            )
+    h = plan.head()
+    try:
+        hw.check_plan_support(h.bits, h.n, h.m)
+    except UnsupportedError as e:
+        raise UnsupportedError(f"plan {plan.name}, head: {e}") from None
+
+
+def _template(
+    cfg: ModelConfig,
+    plan: CompressionPlan,
+    hw: HardwarePreset,
+    layout: HbmLayout,
+    phase: str,
+    tt: int,
+    lo: int,
+    hi: int,
+) -> Template:
+    bp: BufferPlan = plan_buffers(cfg, hw, tt, hi)
+    nchunks = -(-hi // tt) if phase == "prefill" else 1
+    instrs = assign_tokens(lower_step(cfg, plan, hw, layout, bp, phase, nchunks))
+    check_deadlock(instrs)
+    info = {**bp.info(), "chunks": nchunks}
+    return Template(phase, lo, hi, instrs, MappingProxyType(info))
+
+
+def compile_model(
+    cfg: ModelConfig,
+    plan: CompressionPlan,
+    hw: HardwarePreset,
+    max_len: int | None = None,
+) -> Compiled:
+    """Compile every prefill length and decode context 1..``max_len`` (default: the model's
+    ``max_position_embeddings``, capped at 2048) into bucket templates (see module doc)."""
+    t0 = time.perf_counter()
+    max_len = max_len if max_len is not None else min(cfg.max_positions, 2048)
+    _check(cfg, plan, hw, max_len)
+    quant = plan.resolve(cfg)
+    layout = plan_hbm(cfg, quant, plan.head(), hw, max_len)
+    tt = _chunk_rows(cfg, hw, max_len)
+    templates: list[Template] = []
+    for lo in range(1, max_len + 1, tt):
+        templates.append(
+            _template(cfg, plan, hw, layout, "prefill", tt, lo, min(lo + tt - 1, max_len))
+        )
+    for lo in range(1, max_len + 1, DECODE_BUCKET):
+        templates.append(
+            _template(cfg, plan, hw, layout, "decode", 1, lo, min(lo + DECODE_BUCKET - 1, max_len))
+        )
+    header = {
+        "isa_version": ISA_VERSION,
+        "preset": hw.name,
+        "preset_digest": hw.digest,
+        "model": cfg.name,
+        "plan": plan.name,
+        "max_len": max_len,
+        "prefill_bucket": tt,
+        "decode_bucket": DECODE_BUCKET,
+        "runs": [list(r) for r in layout.runs],
+        "hbm_bytes": layout.total,
+    }
+    prog = Program(MappingProxyType(header), layout.regions, tuple(templates))
+    return Compiled(prog, layout, tt, time.perf_counter() - t0)
+
+
+def _unrolled_bytes(instrs: tuple[Instr, ...], counts: dict[int, int] | None = None) -> int:
+    """Bytes of the template fully unrolled as a plain program (SYS register/loop instructions
+    vanish into immediates; one END stays). ``counts`` overrides loop trip counts by LOOP pc."""
+    spans = loop_spans(instrs)
+    counts = counts or {}
+
+    def walk(lo: int, hi: int) -> int:
+        total, pc = 0, lo
+        while pc < hi:
+            ins = instrs[pc]
+            if ins.op == "LOOP":
+                end = spans[pc]
+                total += counts.get(pc, ins["count"]) * walk(pc + 1, end)
+                pc = end + 1
+                continue
+            if ins.unit != Unit.SYS:
+                total += 4 * ins.spec.words
+            pc += 1
+        return total
+
+    return walk(0, len(instrs)) + 4
+
+
+def storage_report(compiled: Compiled) -> dict[str, Any]:
+    """Instruction storage of the templates vs one plain unrolled program per length.
+
+    A per-length program for prefill length L (decode context c) is the same lowering with the
+    chunk loop run ceil(L / tt) times (once) and every layer loop unrolled; its bytes are the
+    unrolled template's, computed analytically from the template structure.
+    """
+    prog = compiled.program
+    max_len = prog.header["max_len"]
+    tt = compiled.tt
+    per_length = 0
+    for t in prog.templates:
+        spans = loop_spans(t.instrs)
+        outer = min(spans)  # the chunk loop is the first LOOP of a template
+        if t.phase == "prefill":
+            for n in range(t.lo, t.hi + 1):
+                per_length += _unrolled_bytes(t.instrs, {outer: -(-n // tt)})
+        else:
+            per_length += (t.hi - t.lo + 1) * _unrolled_bytes(t.instrs)
+    ours = prog.instr_bytes
+    counts = {u.name: 0 for u in Unit}
+    for t in prog.templates:
+        for ins in t.instrs:
+            counts[ins.unit.name] += 1
+    return {
+        "templates": len(prog.templates),
+        "template_bytes": ours,
+        "per_length_programs": 2 * max_len,
+        "per_length_bytes": per_length,
+        "ratio": per_length / ours,
+        "instructions_per_unit": counts,
+    }

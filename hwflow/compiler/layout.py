@@ -1,0 +1,338 @@
+"""HBM allocation and the byte formats of everything the program reads from HBM.
+
+One linear HBM address space, interleaved over the preset's pseudo-channels every
+``hbm.interleave_bytes`` (:func:`hwflow.isa.hbm_channel`), so every region larger than
+``channels * interleave_bytes`` is spread evenly over all channels. Regions, in order:
+
+``L{l}``        one per layer: the layer's parameter blob, then the weight tiles of its linear
+                ops in execution order. Layers of a *run* (consecutive layers with the same
+                compression of every op) have identical layouts, so a run is one region table
+                entry per layer at a constant stride: the program loops over the run and
+                advances a base register by that stride.
+``final``       the final norm's parameters and the head's weight tiles.
+``rope``        RoPE cos/sin rows (LLaMA family): ``max_len`` rows of ``hd/2`` int16 cos then
+                ``hd/2`` int16 sin (Q14).
+``kv``          the KV cache: per layer K then V, each ``[kv_heads][max_len][head_dim]`` INT8.
+``input``       ``max_len`` rows of INT8 embeddings (written by the host before a step).
+``logits``      ``vocab`` int64 raw logits of the step's last token (read by the host).
+
+Weight tile format (the blob one LD moves and one MM/MV op consumes): for ``R`` output rows of
+an op with ``kept = K / m * n`` stored weights per row: the values, each row packed at ``bits``
+and padded to a byte (``numerics.pack_bits`` per row); then the indices the same way at
+``log2(m)`` bits (absent when dense); then per row an INT32 bias (when the op has one), then
+per row an int16 multiplier and an int8 shift (absent for the head). Parameter blob of a layer:
+little-endian int32 words at the offsets of :data:`PARAM_WORDS`, then the 256-entry softmax
+exponential table (int32) and the 256-entry activation LUT (int8).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from hwflow import numerics as nx
+from hwflow.config import HardwarePreset, LinearQuant, ModelConfig
+from hwflow.errors import CapacityError
+from hwflow.isa import Region, hbm_channel
+
+if TYPE_CHECKING:
+    from hwflow.compress import QuantizedModel
+
+__all__ = [
+    "ALIGN",
+    "PARAM_WORDS",
+    "HbmLayout",
+    "TileSpec",
+    "build_hbm_image",
+    "layer_runs",
+    "pack_rows",
+    "plan_hbm",
+    "unpack_rows",
+]
+
+ALIGN = 64  #: byte alignment of every region and tile
+
+#: Word offsets (int32) of the scalar parameters in a layer's parameter blob.
+PARAM_WORDS: dict[str, int] = {
+    "norm1.mult": 0,
+    "norm1.shift": 1,
+    "norm2.mult": 2,
+    "norm2.shift": 3,
+    "scores.mult": 4,
+    "scores.shift": 5,
+    "pv.mult": 6,
+    "pv.shift": 7,
+    "add1.mult_a": 8,
+    "add1.mult_b": 9,
+    "add1.shift": 10,
+    "add2.mult_a": 11,
+    "add2.mult_b": 12,
+    "add2.shift": 13,
+    "mul.mult": 14,
+    "mul.shift": 15,
+}
+EXP_OFF = 4 * 16  #: byte offset of the softmax table (256 int32)
+LUT_OFF = EXP_OFF + 4 * 256  #: byte offset of the activation LUT (256 int8)
+PARAM_BLOB = LUT_OFF + 256  #: bytes of a layer's parameter blob
+FINAL_BLOB = ALIGN  #: final norm: mult, shift (int32) padded
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def pack_rows(fields: np.ndarray, bits: int) -> np.ndarray:
+    """``numerics.pack_bits`` applied to every row, rows padded to whole bytes: [rows, bytes]."""
+    fields = np.asarray(fields, np.int64)
+    rows, n = fields.shape
+    nbytes = -(-n * bits // 8)
+    bitsarr = ((fields[:, :, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(rows, -1)
+    pad = nbytes * 8 - bitsarr.shape[1]
+    bitsarr = np.concatenate([bitsarr, np.zeros((rows, pad), np.uint8)], axis=1)
+    return np.packbits(bitsarr, axis=1, bitorder="little")
+
+
+def unpack_rows(data: np.ndarray, bits: int, rows: int, n: int, signed: bool) -> np.ndarray:
+    """Inverse of :func:`pack_rows` on the bytes of ``rows`` rows of ``n`` fields (int64)."""
+    nbytes = -(-n * bits // 8)
+    b = np.unpackbits(np.asarray(data, np.uint8).reshape(rows, nbytes), axis=1, bitorder="little")
+    b = b[:, : n * bits].reshape(rows, n, bits).astype(np.int64)
+    v = (b << np.arange(bits)).sum(axis=2)
+    if signed:
+        v = np.where(v >= 1 << (bits - 1), v - (1 << bits), v)
+    return v
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """The row tiling of one linear op: tiles of ``rows`` output rows (the last may be
+    shorter), each ``row_bytes`` per row, at byte offset ``offset`` inside its layer region."""
+
+    name: str  #: op name inside the layer ("q", ..., or "head")
+    out: int
+    k: int
+    quant: LinearQuant
+    bias: bool
+    requant: bool
+    rows: int  #: rows per full tile
+    offset: int  #: of the first tile within the region
+
+    @property
+    def kept(self) -> int:
+        return self.k // self.quant.m * self.quant.n
+
+    @property
+    def vrow(self) -> int:
+        return -(-self.kept * self.quant.bits // 8)
+
+    @property
+    def irow(self) -> int:
+        return 0 if self.quant.dense else -(-self.kept * int(math.log2(self.quant.m)) // 8)
+
+    @property
+    def prow(self) -> int:
+        return (4 if self.bias else 0) + (3 if self.requant else 0)
+
+    @property
+    def row_bytes(self) -> int:
+        return self.vrow + self.irow + self.prow
+
+    @property
+    def tiles(self) -> list[tuple[int, int, int]]:
+        """(first row, rows, byte offset in region) of every tile."""
+        out, at = [], self.offset
+        for r0 in range(0, self.out, self.rows):
+            r = min(self.rows, self.out - r0)
+            out.append((r0, r, at))
+            at += _align(r * self.row_bytes)
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return sum(_align(r * self.row_bytes) for _, r, _ in self.tiles)
+
+
+def layer_runs(cfg: ModelConfig, quant: dict[tuple[int, str], LinearQuant]) -> list[range]:
+    """Maximal runs of consecutive layers whose every linear op has the same compression."""
+    runs: list[range] = []
+    start = 0
+    for li in range(1, cfg.layers + 1):
+        if li == cfg.layers or any(quant[(li, op)] != quant[(start, op)] for op in cfg.linear_ops):
+            runs.append(range(start, li))
+            start = li
+    return runs
+
+
+@dataclass(frozen=True)
+class HbmLayout:
+    """Where everything lives in HBM (frozen once planned)."""
+
+    regions: tuple[Region, ...]
+    runs: tuple[tuple[int, int, int], ...]  #: (first layer, layers, region stride bytes)
+    tiles: dict[int, tuple[TileSpec, ...]]  #: per layer, the tiling of its linear ops
+    head: TileSpec
+    kv_layer_bytes: int  #: K and V of one layer
+    kv_head_bytes: int  #: one kv head's [max_len, head_dim]
+    rope_row: int
+    total: int
+
+    def region(self, name: str) -> Region:
+        for r in self.regions:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def channel_bytes(self, channels: int, interleave: int) -> list[int]:
+        """Bytes of all regions held by each channel (the allocation's balance)."""
+        per = [0] * channels
+        granules = -(-self.total // interleave)
+        full, rest = divmod(granules, channels)
+        for c in range(channels):
+            per[c] = (full + (1 if c < rest else 0)) * interleave
+        assert hbm_channel(0, channels, interleave) == 0
+        return per
+
+
+def _tile_rows(out: int, row_bytes: int, slot: int, chain_rows: int, what: str) -> int:
+    """Rows per weight tile: as many as fit one weight slot, a multiple of the engine's rows per
+    beat when possible. CapacityError when not even one row fits."""
+    fit = slot // row_bytes
+    if fit < 1:
+        raise CapacityError(
+            f"{what}: one weight row needs {row_bytes} bytes but a weight slot (half of "
+            f"buffers.weight_kib) holds {slot} bytes"
+        )
+    rows = min(out, fit)
+    if rows < out and rows >= chain_rows:
+        rows -= rows % chain_rows
+    return rows
+
+
+def plan_hbm(
+    cfg: ModelConfig,
+    quant: dict[tuple[int, str], LinearQuant],
+    head_q: LinearQuant,
+    hw: HardwarePreset,
+    max_len: int,
+) -> HbmLayout:
+    """Allocate every region (see the module doc); CapacityError if HBM is too small."""
+    slot = hw.buffers.bytes("weight") // 2
+    regions: list[Region] = []
+    tiles: dict[int, tuple[TileSpec, ...]] = {}
+    runs = []
+    at = 0
+    for run in layer_runs(cfg, quant):
+        stride = 0
+        for li in run:
+            off = _align(PARAM_BLOB)
+            specs = []
+            for op in cfg.linear_ops:
+                out, k = cfg.linear_shape(op)
+                q = quant[(li, op)]
+                probe = TileSpec(op, out, k, q, cfg.bias, True, 1, 0)
+                n_eff = q.n if not q.dense else hw.sparsity.m
+                chain_rows = hw.mv.chains * max(1, hw.mv.chain_length // n_eff)
+                rows = _tile_rows(out, probe.row_bytes, slot, chain_rows, f"L{li}.{op}")
+                ts = TileSpec(op, out, k, q, cfg.bias, True, rows, off)
+                specs.append(ts)
+                off += ts.nbytes
+            tiles[li] = tuple(specs)
+            size = _align(off)
+            stride = size
+            regions.append(Region(f"L{li}", at, size, "weights"))
+            at += size
+        runs.append((run.start, len(run), stride))
+    probe = TileSpec("head", cfg.vocab, cfg.hidden, head_q, False, False, 1, 0)
+    rows = _tile_rows(cfg.vocab, probe.row_bytes, slot, hw.mv.chains, "head")
+    head = TileSpec("head", cfg.vocab, cfg.hidden, head_q, False, False, rows, FINAL_BLOB)
+    fsize = _align(FINAL_BLOB + head.nbytes)
+    regions.append(Region("final", at, fsize, "weights"))
+    at += fsize
+    rope_row = 2 * cfg.head_dim if cfg.positions == "rope" else 0
+    if rope_row:
+        size = _align(max_len * rope_row)
+        regions.append(Region("rope", at, size, "table"))
+        at += size
+    kv_head = max_len * cfg.head_dim
+    kv_layer = 2 * cfg.kv_heads * kv_head
+    size = _align(kv_layer * cfg.layers)
+    regions.append(Region("kv", at, size, "kv"))
+    at += size
+    for name, size in (("input", max_len * cfg.hidden), ("logits", 8 * cfg.vocab)):
+        regions.append(Region(name, at, _align(size), "io"))
+        at += _align(size)
+    cap = hw.hbm.capacity_bytes
+    if at > cap:
+        weights = sum(r.size for r in regions if r.kind == "weights")
+        kv = sum(r.size for r in regions if r.kind == "kv")
+        raise CapacityError(
+            f"{cfg.name} needs {at / 2**30:.2f} GiB of HBM ({weights / 2**30:.2f} GiB weights, "
+            f"{kv / 2**30:.2f} GiB KV cache at max_len {max_len}) but preset {hw.name} has "
+            f"{cap / 2**30:.2f} GiB"
+        )
+    return HbmLayout(tuple(regions), tuple(runs), tiles, head, kv_layer, kv_head, rope_row, at)
+
+
+def _tile_bytes(ts: TileSpec, ql, r0: int, r: int) -> np.ndarray:
+    parts = [pack_rows(ql.values[r0 : r0 + r], ts.quant.bits).ravel()]
+    if not ts.quant.dense:
+        parts.append(pack_rows(ql.indices[r0 : r0 + r], int(math.log2(ts.quant.m))).ravel())
+    if ts.bias:
+        parts.append(np.asarray(ql.bias[r0 : r0 + r], "<i4").view(np.uint8))
+    if ts.requant:
+        parts.append(np.asarray(ql.mult[r0 : r0 + r], "<i2").view(np.uint8))
+        parts.append(np.asarray(ql.shift[r0 : r0 + r], "<i1").view(np.uint8))
+    return np.concatenate(parts)
+
+
+def _i32(*vals: int) -> np.ndarray:
+    return np.asarray(vals, "<i4").view(np.uint8)
+
+
+def build_hbm_image(layout: HbmLayout, qm: QuantizedModel) -> np.ndarray:
+    """The HBM contents (uint8) for ``qm``: weights, parameters, RoPE table; KV/io zeroed."""
+    cfg = qm.cfg
+    img = np.zeros(layout.total, np.uint8)
+
+    def put(at: int, data: np.ndarray) -> None:
+        img[at : at + data.size] = data
+
+    for li, specs in layout.tiles.items():
+        base = layout.region(f"L{li}").base
+        p = {k: qm.params[f"L{li}.{k}"] for k in ("norm1", "norm2", "scores", "pv", "add1", "add2")}
+        words = np.zeros(16, np.int64)
+        for key, w in PARAM_WORDS.items():
+            op, name = key.split(".")
+            if op == "mul" and not cfg.gated_mlp:
+                continue
+            src = qm.params[f"L{li}.{op}"] if op == "mul" else p[op]
+            words[w] = int(src[name])
+        put(base, _i32(*words))
+        put(base + EXP_OFF, np.asarray(qm.params[f"L{li}.softmax"]["table"], "<i4").view(np.uint8))
+        put(base + LUT_OFF, np.asarray(qm.params[f"L{li}.act"]["lut"], np.int8).view(np.uint8))
+        for ts in specs:
+            ql = qm.linears[f"L{li}.{ts.name}"]
+            for r0, r, off in ts.tiles:
+                put(base + off, _tile_bytes(ts, ql, r0, r))
+    fbase = layout.region("final").base
+    fp = qm.params["final.norm"]
+    put(fbase, _i32(fp["mult"], fp["shift"]))
+    for r0, r, off in layout.head.tiles:
+        put(fbase + off, _tile_bytes(layout.head, qm.linears["head"], r0, r))
+    if layout.rope_row:
+        rb = layout.region("rope")
+        n = rb.size // layout.rope_row
+        n = min(n, qm.rope_cos.shape[0])
+        rows = np.concatenate(
+            [qm.rope_cos[:n].astype("<i2"), qm.rope_sin[:n].astype("<i2")], axis=1
+        )
+        put(rb.base, rows.view(np.uint8).ravel())
+    return img
+
+
+def _check_nx() -> None:  # pragma: no cover - documentation of the equivalence
+    """pack_rows(x[None], b) == numerics.pack_bits(x, b) for one row (tested)."""
+    nx.pack_bits(np.zeros(1), 1)

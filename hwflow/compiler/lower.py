@@ -1,0 +1,626 @@
+"""Lowering: one step of the model -> a template instruction list (tokens not yet assigned).
+
+A step runs in *chunks* of ``tt`` token rows (decode: one chunk of one row). A prefill template
+for the bucket ``(hi - tt, hi]`` loops ``hi / tt`` times over the chunk body; within a chunk
+every activation stays on chip (``buffers.act``), weights and the KV cache stream from HBM, and
+the chunk's new K/V rows are both stored to the cache (ST) and copied on chip next to the
+streamed past rows (SFU ``mov``), so LD never waits for this step's compute to read the cache.
+Chunking is exact: every op is per row except attention, which is causal by absolute position.
+
+Registers (set by SYS in the template; R1 = LEN, R2 = POS from the runtime)::
+
+    R3 ROWS  rows of this chunk: min(LEN - CB, tt)      R4 QPOS  POS + CB (first row's position)
+    R5 KEYS  QPOS + ROWS (keys visible to the chunk)    R6 QOFF  QPOS * head_dim
+    R7 LW    HBM base of the current layer's region     R8 LKV   HBM base of its KV cache
+    R9 LKVQ  LKV + QOFF (where this chunk's rows go)    R10 CB   chunk base row
+    R11 IOFF CB * hidden (input rows)                   R12 ROFF QPOS * rope row bytes
+    R13 LAST (ROWS - 1) * hidden (the last row, for the head)
+
+Every instruction whose extent depends on the length clamps it by one of these registers, so
+one template serves every length of its bucket; layers of a run are one loop whose body
+advances R7/R8. Barriers (emitted as the placeholder op ``BARRIER``, made concrete by
+:mod:`hwflow.compiler.sync`) close every loop body and precede every loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hwflow.compiler.layout import (
+    EXP_OFF,
+    LUT_OFF,
+    PARAM_BLOB,
+    PARAM_WORDS,
+    HbmLayout,
+    TileSpec,
+)
+from hwflow.config import CompressionPlan, HardwarePreset, ModelConfig
+from hwflow.errors import CapacityError
+from hwflow.isa import Buf
+
+__all__ = ["BufferPlan", "Node", "lower_step", "plan_buffers"]
+
+R_ROWS, R_QPOS, R_KEYS, R_QOFF, R_LW, R_LKV, R_LKVQ, R_CB, R_IOFF, R_ROFF, R_LAST = range(3, 14)
+
+SFU_FUNC = {"norm": 0, "softmax": 1, "rope": 2, "lut": 3, "add": 4, "mul": 5, "mov": 6}
+MM_FUNC = {"linear": 0, "qk": 1, "pv": 2, "head": 3}
+KIND = {"weights": 0, "params": 1, "kv": 2, "act": 3, "rope": 4, "logits": 5}
+
+Span = tuple[int, int, int]  # (buffer, first byte, end byte)
+
+
+@dataclass
+class Node:
+    """An instruction under construction with its static (worst-case) buffer footprint."""
+
+    op: str
+    fields: dict[str, int]
+    reads: tuple[Span, ...] = ()
+    writes: tuple[Span, ...] = ()
+
+
+@dataclass(frozen=True)
+class BufferPlan:
+    """Static on-chip allocation of one template (byte offsets per buffer)."""
+
+    tt: int
+    keys_max: int
+    act: dict[str, tuple[int, int]]  #: tensor -> (offset, row bytes)
+    act_bytes: int
+    kv_slots: tuple[int, ...]
+    kv_slot_bytes: int
+    score_slots: tuple[int, ...]
+    score_slot_bytes: int
+    weight_slots: tuple[int, ...]
+    weight_slot_bytes: int
+    p_rope: int
+    p_final: int
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "tt": self.tt,
+            "keys_max": self.keys_max,
+            "act_bytes": self.act_bytes,
+            "kv_slots": len(self.kv_slots),
+            "kv_slot_bytes": self.kv_slot_bytes,
+            "score_slots": len(self.score_slots),
+            "weight_slots": len(self.weight_slots),
+            "weight_slot_bytes": self.weight_slot_bytes,
+        }
+
+
+def _tensors(cfg: ModelConfig) -> list[tuple[str, int, int, int]]:
+    """(name, bytes per row, first op index, last op index) of a layer's tensors (op order)."""
+    d, f = cfg.hidden, cfg.intermediate
+    qd, kd = cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    rope = cfg.positions == "rope"
+    # op indices: 0 norm1, 1 qkv, 2 rope, 3 kv/attn, 4 o, 5 add1, 6 norm2, 7 gate/up, 8 act,
+    # 9 mul, 10 down, 11 add2
+    t = [
+        ("h1", d, 0, 1),
+        ("q", qd, 1, 3 if not rope else 2),
+        ("k", kd, 1, 3 if not rope else 2),
+        ("v", kd, 1, 3),
+        ("a", qd, 3, 4),
+        ("o", d, 4, 5),
+        ("x1", d, 5, 11),
+        ("h2", d, 6, 7),
+        ("u", f, 7, 9 if cfg.gated_mlp else 10),  # OPT: relu in place, then down
+        ("d", d, 10, 11),
+    ]
+    if rope:
+        t += [("qr", qd, 2, 3), ("kr", kd, 2, 3)]
+    if cfg.gated_mlp:
+        t += [("g", f, 7, 10)]  # silu and the product are computed in place
+    return t
+
+
+def plan_buffers(cfg: ModelConfig, hw: HardwarePreset, tt: int, keys_max: int) -> BufferPlan:
+    """Allocate the on-chip buffers for ``tt`` rows and ``keys_max`` keys (first fit by
+    liveness in the activation buffer); CapacityError naming the buffer when one overflows."""
+    act_cap = hw.buffers.bytes("act")
+    d = cfg.hidden
+    act: dict[str, tuple[int, int]] = {"X": (0, d)}
+    placed: list[tuple[int, int, int, int]] = []  # (lo, hi, first, last)
+    base = _al(tt * d)
+    top = base
+    for name, rb, first, last in sorted(_tensors(cfg), key=lambda x: (x[2], -x[1] * 0)):
+        size = _al(tt * rb)
+        at = base
+        for lo, hi, f0, l0 in sorted(placed):
+            if f0 <= last and first <= l0 and at < hi and lo < at + size:
+                at = _al(hi)
+        # re-scan until stable (placements sorted by offset make one pass enough)
+        act[name] = (at, rb)
+        placed.append((at, at + size, first, last))
+        top = max(top, at + size)
+    act["hf"] = (base, d)
+    act["logits"] = (base + _al(d), 8 * cfg.vocab)
+    top = max(top, base + _al(d) + _al(8 * cfg.vocab))
+    if top > act_cap:
+        raise CapacityError(
+            f"activations of a {tt}-token chunk need {top} bytes but buffers.act_kib holds "
+            f"{act_cap} bytes"
+        )
+    kv_slot = _al(keys_max * cfg.head_dim)
+    n_kv = min(hw.buffers.bytes("kv") // kv_slot, 2 * cfg.kv_heads, 16)
+    if n_kv < 2:
+        raise CapacityError(
+            f"attention at {keys_max} keys needs two KV slots of {kv_slot} bytes (K and V of one "
+            f"head) but buffers.kv_kib holds {hw.buffers.bytes('kv')} bytes"
+        )
+    sc_slot = _al(tt * keys_max)
+    n_sc = min(hw.buffers.bytes("score") // sc_slot, 4)
+    if n_sc < 1:
+        raise CapacityError(
+            f"scores of a {tt}-token chunk at {keys_max} keys need {sc_slot} bytes but "
+            f"buffers.score_kib holds {hw.buffers.bytes('score')} bytes"
+        )
+    wslot = hw.buffers.bytes("weight") // 2
+    p_rope = _al(PARAM_BLOB)
+    p_final = p_rope + _al(tt * 2 * cfg.head_dim)
+    if p_final + 64 > hw.buffers.bytes("param"):
+        raise CapacityError(
+            f"layer parameters and {tt} RoPE rows need {p_final + 64} bytes but "
+            f"buffers.param_kib holds {hw.buffers.bytes('param')} bytes"
+        )
+    return BufferPlan(
+        tt,
+        keys_max,
+        act,
+        top,
+        tuple(i * kv_slot for i in range(n_kv)),
+        kv_slot,
+        tuple(i * sc_slot for i in range(n_sc)),
+        sc_slot,
+        (0, wslot),
+        wslot,
+        p_rope,
+        p_final,
+    )
+
+
+def _al(n: int) -> int:
+    return -(-n // 64) * 64
+
+
+@dataclass
+class _Emitter:
+    nodes: list[Node] = field(default_factory=list)
+
+    def sys(self, op: str, **f: int) -> None:
+        self.nodes.append(Node(op, f))
+
+    def unit(
+        self, op: str, reads: tuple[Span, ...] = (), writes: tuple[Span, ...] = (), **f: int
+    ) -> None:
+        self.nodes.append(Node(op, f, reads, writes))
+
+    def barrier(self) -> None:
+        self.nodes.append(Node("BARRIER", {}))
+
+
+def lower_step(
+    cfg: ModelConfig,
+    plan: CompressionPlan,
+    hw: HardwarePreset,
+    layout: HbmLayout,
+    bp: BufferPlan,
+    phase: str,
+    nchunks: int,
+) -> list[Node]:
+    """The node list of a template: ``nchunks`` chunks of ``bp.tt`` rows, then the head."""
+    e = _Emitter()
+    eng = "MM" if phase == "prefill" else "MV"
+    tt, d, hd = bp.tt, cfg.hidden, cfg.head_dim
+    nh, nkv = cfg.heads, cfg.kv_heads
+    rep = nh // nkv
+    A = Buf.ACT
+    rope = cfg.positions == "rope"
+
+    def act(name: str) -> tuple[int, int]:
+        return bp.act[name]
+
+    def aspan(name: str) -> Span:
+        off, rb = bp.act[name]
+        return (A, off, off + tt * rb)
+
+    def pw(key: str) -> int:
+        return 4 * PARAM_WORDS[key]
+
+    params_span: Span = (Buf.PARAM, 0, PARAM_BLOB)
+    rope_span: Span = (Buf.PARAM, bp.p_rope, bp.p_final)
+    final_span: Span = (Buf.PARAM, bp.p_final, bp.p_final + 8)
+
+    def sfu(
+        func: str,
+        a: str | tuple[int, int, int, int],
+        o: str | tuple[int, int, int, int],
+        cols: int,
+        reads: tuple[Span, ...] = (),
+        writes: tuple[Span, ...] = (),
+        b: str | None = None,
+        **f: int,
+    ) -> None:
+        def opnd(x: Any) -> tuple[int, int, int, int]:
+            if isinstance(x, str):
+                off, rb = act(x)
+                return (A, off, rb, 0)
+            return x
+
+        ab, ao, ast, ar = opnd(a)
+        ob, oo, ost, orr = opnd(o)
+        extra: dict[str, int] = {}
+        if b is not None:
+            bb, bo, bs, br = opnd(b)
+            extra = {"b_buf": bb, "b_off": bo, "b_stride": bs, "b_reg": br}
+            reads = (*reads, aspan(b))
+        if isinstance(a, str):
+            reads = (*reads, aspan(a))
+        if isinstance(o, str):
+            writes = (*writes, aspan(o))
+        e.unit(
+            "SFU",
+            reads,
+            writes,
+            func=SFU_FUNC[func],
+            rows=f.pop("rows", tt),
+            rows_reg=f.pop("rows_reg", R_ROWS),
+            cols=cols,
+            a_buf=ab,
+            a_off=ao,
+            a_stride=ast,
+            a_reg=ar,
+            o_buf=ob,
+            o_off=oo,
+            o_stride=ost,
+            o_reg=orr,
+            **extra,
+            **f,
+        )
+
+    # ---- weight tiles: LD of global tile j is emitted just before the engine op of tile j-1
+    class Tiles:
+        def __init__(self, specs: list[tuple[TileSpec, int, int, int]], base_reg: int) -> None:
+            self.items = specs  # (spec, r0, rows, region offset)
+            self.base_reg = base_reg
+            self.loaded = 0
+
+        def load_upto(self, j: int) -> None:
+            while self.loaded <= min(j, len(self.items) - 1):
+                ts, _r0, r, off = self.items[self.loaded]
+                s = bp.weight_slots[self.loaded % 2]
+                nbytes = r * ts.row_bytes
+                e.unit(
+                    "LD",
+                    (),
+                    ((Buf.WEIGHT, s, s + bp.weight_slot_bytes),),
+                    kind=KIND["weights"],
+                    hbm=off,
+                    hbm_reg=self.base_reg,
+                    hbm_stride=nbytes,
+                    buf=Buf.WEIGHT,
+                    off=s,
+                    stride=nbytes,
+                    row_bytes=nbytes,
+                    rows=1,
+                )
+                self.loaded += 1
+
+    def linear_ops(tiles: Tiles, index: dict[str, int], op: str, src: str, dst: str) -> None:
+        for j in range(index[op], index[op] + sum(1 for t in tiles.items if t[0].name == op)):
+            tiles.load_upto(j + 1)
+            ts, r0, r, _ = tiles.items[j]
+            s = bp.weight_slots[j % 2]
+            so, srb = act(src)
+            do, drb = act(dst)
+            e.unit(
+                eng,
+                (aspan(src), (Buf.WEIGHT, s, s + bp.weight_slot_bytes)),
+                (aspan(dst),),
+                func=MM_FUNC["linear"],
+                rows=tt,
+                rows_reg=R_ROWS,
+                cols=r,
+                k=ts.k,
+                n=ts.quant.n,
+                m=ts.quant.m,
+                wbits=ts.quant.bits,
+                bias=int(ts.bias),
+                a_buf=A,
+                a_off=so,
+                a_stride=srb,
+                b_buf=Buf.WEIGHT,
+                b_off=s,
+                b_stride=ts.row_bytes,
+                o_buf=A,
+                o_off=do + r0,
+                o_stride=drb,
+            )
+
+    def layer_body(li: int) -> None:
+        specs = layout.tiles[li]
+        items = [(ts, r0, r, off) for ts in specs for (r0, r, off) in ts.tiles]
+        index: dict[str, int] = {}
+        for j, it in enumerate(items):
+            index.setdefault(it[0].name, j)
+        tiles = Tiles(items, R_LW)
+        e.sys("ADD", rd=R_LKVQ, ra=R_LKV, rb=R_QOFF)
+        e.unit(
+            "LD",
+            (),
+            (params_span,),
+            kind=KIND["params"],
+            hbm=0,
+            hbm_reg=R_LW,
+            hbm_stride=PARAM_BLOB,
+            buf=Buf.PARAM,
+            off=0,
+            stride=PARAM_BLOB,
+            row_bytes=PARAM_BLOB,
+            rows=1,
+        )
+        tiles.load_upto(0)
+        sfu("norm", "X", "h1", d, reads=(params_span,), p_off=pw("norm1.mult"),
+            aux=int(cfg.norm == "layer"))  # fmt: skip
+        for op in ("q", "k", "v"):
+            linear_ops(tiles, index, op, "h1", op)
+        qn, kn = "q", "k"
+        if rope:
+            for src, dst, n in (("q", "qr", nh), ("k", "kr", nkv)):
+                sfu("rope", src, dst, n * hd, reads=(rope_span,),
+                    b=None, aux=hd, qpos_reg=R_QPOS)  # fmt: skip
+                node = e.nodes[-1]
+                node.fields.update(b_buf=Buf.PARAM, b_off=bp.p_rope, b_stride=2 * hd)
+            qn, kn = "qr", "kr"
+        slot = 0
+        sc = 0
+        kvoff = {"K": 0, "V": nkv * layout.kv_head_bytes}
+        for g in range(nkv):
+            slots = {}
+            for which, src in (("K", kn), ("V", "v")):
+                so, srb = act(src)
+                hb = kvoff[which] + g * layout.kv_head_bytes
+                e.unit(
+                    "ST",
+                    (aspan(src),),
+                    (),
+                    kind=KIND["kv"],
+                    hbm=hb,
+                    hbm_reg=R_LKVQ,
+                    hbm_stride=hd,
+                    buf=A,
+                    off=so + g * hd,
+                    stride=srb,
+                    row_bytes=hd,
+                    rows=tt,
+                    rows_reg=R_ROWS,
+                )
+                ks = bp.kv_slots[slot % len(bp.kv_slots)]
+                slot += 1
+                kspan = (Buf.KV, ks, ks + bp.kv_slot_bytes)
+                slots[which] = ks
+                e.unit(
+                    "LD",
+                    (),
+                    (kspan,),
+                    kind=KIND["kv"],
+                    hbm=hb,
+                    hbm_reg=R_LKV,
+                    hbm_stride=hd,
+                    buf=Buf.KV,
+                    off=ks,
+                    stride=hd,
+                    row_bytes=hd,
+                    rows=bp.keys_max,
+                    rows_reg=R_QPOS,
+                )
+                sfu("mov", (A, so + g * hd, srb, 0), (Buf.KV, ks, hd, R_QOFF), hd,
+                    reads=(aspan(src),), writes=(kspan,))  # fmt: skip
+            for j in range(rep):
+                h = g * rep + j
+                ss = bp.score_slots[sc % len(bp.score_slots)]
+                sc += 1
+                sspan = (Buf.SCORE, ss, ss + bp.score_slot_bytes)
+                qo, qrb = act(qn)
+                kspan = (Buf.KV, slots["K"], slots["K"] + bp.kv_slot_bytes)
+                vspan = (Buf.KV, slots["V"], slots["V"] + bp.kv_slot_bytes)
+                e.unit(
+                    eng,
+                    (aspan(qn), kspan, params_span),
+                    (sspan,),
+                    func=MM_FUNC["qk"],
+                    rows=tt,
+                    rows_reg=R_ROWS,
+                    cols=bp.keys_max,
+                    cols_reg=R_KEYS,
+                    k=hd,
+                    n=1,
+                    m=1,
+                    wbits=8,
+                    a_buf=A,
+                    a_off=qo + h * hd,
+                    a_stride=qrb,
+                    b_buf=Buf.KV,
+                    b_off=slots["K"],
+                    b_stride=hd,
+                    o_buf=Buf.SCORE,
+                    o_off=ss,
+                    o_stride=bp.keys_max,
+                    p_off=pw("scores.mult"),
+                )
+                att = plan.attention
+                block = phase == "prefill" and att.pattern == "block"
+                sfu("softmax", (Buf.SCORE, ss, bp.keys_max, 0), (Buf.SCORE, ss, bp.keys_max, 0),
+                    bp.keys_max, reads=(sspan, params_span), writes=(sspan,), cols_reg=R_KEYS,
+                    p_off=EXP_OFF, mask=2 if block else 1, qpos_reg=R_QPOS,
+                    blk=att.block if block else 0, local=att.local_blocks if block else 0,
+                    glob=att.global_blocks if block else 0)  # fmt: skip
+                ao, arb = act("a")
+                e.unit(
+                    eng,
+                    (sspan, vspan, params_span),
+                    (aspan("a"),),
+                    func=MM_FUNC["pv"],
+                    rows=tt,
+                    rows_reg=R_ROWS,
+                    cols=hd,
+                    k=bp.keys_max,
+                    k_reg=R_KEYS,
+                    n=1,
+                    m=1,
+                    wbits=8,
+                    a_buf=Buf.SCORE,
+                    a_off=ss,
+                    a_stride=bp.keys_max,
+                    b_buf=Buf.KV,
+                    b_off=slots["V"],
+                    b_stride=hd,
+                    o_buf=A,
+                    o_off=ao + h * hd,
+                    o_stride=arb,
+                    p_off=pw("pv.mult"),
+                )
+        linear_ops(tiles, index, "o", "a", "o")
+        sfu("add", "X", "x1", d, b="o", reads=(params_span,), p_off=pw("add1.mult_a"))
+        sfu("norm", "x1", "h2", d, reads=(params_span,), p_off=pw("norm2.mult"),
+            aux=int(cfg.norm == "layer"))  # fmt: skip
+        f = cfg.intermediate
+        if cfg.gated_mlp:
+            linear_ops(tiles, index, "gate", "h2", "g")
+            linear_ops(tiles, index, "up", "h2", "u")
+            sfu("lut", "g", "g", f, reads=(params_span,), p_off=LUT_OFF)
+            sfu("mul", "g", "g", f, b="u", reads=(params_span,), p_off=pw("mul.mult"))
+            linear_ops(tiles, index, "down", "g", "d")
+        else:
+            linear_ops(tiles, index, "up", "h2", "u")
+            sfu("lut", "u", "u", f, reads=(params_span,), p_off=LUT_OFF)
+            linear_ops(tiles, index, "down", "u", "d")
+        sfu("add", "x1", "X", d, b="d", reads=(params_span,), p_off=pw("add2.mult_a"))
+
+    # ---- program
+    inp = layout.region("input").base
+    kv = layout.region("kv").base
+    e.sys("SETI", rd=R_CB, imm=0)
+    e.barrier()
+    e.sys("LOOP", count=nchunks)
+    e.sys("SUB", rd=R_ROWS, ra=1, rb=R_CB)
+    e.sys("MINI", rd=R_ROWS, ra=R_ROWS, imm=tt)
+    e.sys("ADD", rd=R_QPOS, ra=2, rb=R_CB)
+    e.sys("ADD", rd=R_KEYS, ra=R_QPOS, rb=R_ROWS)
+    e.sys("MULI", rd=R_QOFF, ra=R_QPOS, imm=hd)
+    e.sys("MULI", rd=R_IOFF, ra=R_CB, imm=d)
+    e.unit(
+        "LD",
+        (),
+        ((A, 0, tt * d),),
+        kind=KIND["act"],
+        hbm=inp,
+        hbm_reg=R_IOFF,
+        hbm_stride=d,
+        buf=A,
+        off=0,
+        stride=d,
+        row_bytes=d,
+        rows=tt,
+        rows_reg=R_ROWS,
+    )
+    if rope:
+        e.sys("MULI", rd=R_ROFF, ra=R_QPOS, imm=layout.rope_row)
+        e.unit(
+            "LD",
+            (),
+            (rope_span,),
+            kind=KIND["rope"],
+            hbm=layout.region("rope").base,
+            hbm_reg=R_ROFF,
+            hbm_stride=layout.rope_row,
+            buf=Buf.PARAM,
+            off=bp.p_rope,
+            stride=layout.rope_row,
+            row_bytes=layout.rope_row,
+            rows=tt,
+            rows_reg=R_ROWS,
+        )
+    for first, count, stride in layout.runs:
+        e.sys("SETI", rd=R_LW, imm=layout.region(f"L{first}").base)
+        e.sys("SETI", rd=R_LKV, imm=kv + first * layout.kv_layer_bytes)
+        e.barrier()
+        e.sys("LOOP", count=count)
+        layer_body(first)
+        e.sys("ADDI", rd=R_LW, ra=R_LW, imm=stride)
+        e.sys("ADDI", rd=R_LKV, ra=R_LKV, imm=layout.kv_layer_bytes)
+        e.barrier()
+        e.sys("ENDLOOP")
+    e.sys("ADDI", rd=R_CB, ra=R_CB, imm=tt)
+    e.barrier()
+    e.sys("ENDLOOP")
+    # ---- head on the last row of the last chunk
+    fbase = layout.region("final").base
+    e.sys("ADDI", rd=R_LAST, ra=R_ROWS, imm=-1)
+    e.sys("MULI", rd=R_LAST, ra=R_LAST, imm=d)
+    e.sys("SETI", rd=R_LW, imm=fbase)
+    e.unit(
+        "LD",
+        (),
+        (final_span,),
+        kind=KIND["params"],
+        hbm=0,
+        hbm_reg=R_LW,
+        hbm_stride=8,
+        buf=Buf.PARAM,
+        off=bp.p_final,
+        stride=8,
+        row_bytes=8,
+        rows=1,
+    )
+    hf_off, _ = act("hf")
+    sfu("norm", (A, 0, d, R_LAST), (A, hf_off, d, 0), d, reads=((A, 0, tt * d), final_span),
+        writes=((A, hf_off, hf_off + d),), rows=1, rows_reg=0, p_off=bp.p_final,
+        aux=int(cfg.norm == "layer"))  # fmt: skip
+    head = layout.head
+    items = [(head, r0, r, off) for (r0, r, off) in head.tiles]
+    tiles = Tiles(items, R_LW)
+    lo, _ = act("logits")
+    lspan = (A, lo, lo + 8 * cfg.vocab)
+    for j, (ts, r0, r, _) in enumerate(items):
+        tiles.load_upto(j + 1)
+        s = bp.weight_slots[j % 2]
+        e.unit(
+            eng,
+            ((A, hf_off, hf_off + d), (Buf.WEIGHT, s, s + bp.weight_slot_bytes)),
+            (lspan,),
+            func=MM_FUNC["head"],
+            rows=1,
+            cols=r,
+            k=ts.k,
+            n=ts.quant.n,
+            m=ts.quant.m,
+            wbits=ts.quant.bits,
+            a_buf=A,
+            a_off=hf_off,
+            a_stride=d,
+            b_buf=Buf.WEIGHT,
+            b_off=s,
+            b_stride=ts.row_bytes,
+            o_buf=A,
+            o_off=lo + 8 * r0,
+            o_stride=8 * cfg.vocab,
+        )
+    e.unit(
+        "ST",
+        (lspan,),
+        (),
+        kind=KIND["logits"],
+        hbm=layout.region("logits").base,
+        hbm_stride=8 * cfg.vocab,
+        buf=A,
+        off=lo,
+        stride=8 * cfg.vocab,
+        row_bytes=8 * cfg.vocab,
+        rows=1,
+    )
+    e.barrier()
+    e.sys("END")
+    return e.nodes

@@ -1,0 +1,186 @@
+"""Dependency tokens: assignment (the compiler's scheduling of the decoupled units) and the
+static deadlock-freedom proof.
+
+Assignment. Barriers cut the template into straight-line segments (the lowering puts one before
+every LOOP and ENDLOOP, so a segment never spans loop boundaries and every loop iteration starts
+with all earlier work complete). Within a segment, walking the instructions in program order,
+each unit instruction ``b`` on unit V depends on the earlier instructions of other units whose
+buffer footprint conflicts with its own (read-after-write, write-after-read, write-after-write).
+For each other unit U, let ``a`` be the latest such instruction on U. If V already waits for an
+instruction of U at or after ``a``, nothing is needed (V is in order); otherwise ``a`` gets the
+release bit V and ``b`` the wait bit U. Pushes on queue U->V are then in U's program order and
+pops in V's, and the k-th pop pairs with the k-th push, which is exactly ``b``'s producer: the
+FIFO token protocol is sound by construction. Choosing ``a`` itself (not U's latest
+instruction) keeps the schedule as loose as the data allows, so LD runs ahead into free buffer
+slots while the engines work.
+
+A barrier over the active units P with hub SFU: every U in P-{SFU} issues ``SYNC.U`` releasing
+SFU; ``SYNC.SFU`` waits for all of them and releases all; every U issues ``SYNC.U`` waiting for
+SFU.
+
+Deadlock freedom (:func:`check_deadlock`). Each token queue has a single consumer, so the token
+machine is persistent: an enabled instruction stays enabled until it runs, and if one schedule
+completes every unit's stream, every fair schedule does. The checker therefore runs one greedy
+schedule symbolically (token counts only) over each straight-line segment, starting from the
+counts carried in; at every loop it checks that the body returns the counts it started from
+(so all iterations are identical and any trip count completes), and at END that every queue is
+empty. A stuck schedule raises :class:`~hwflow.errors.SyncError` naming the blocked instructions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hwflow.compiler.lower import Node
+from hwflow.errors import SyncError
+from hwflow.isa import TOKEN_UNITS, Instr, Unit, loop_spans, make, mask_str, spec
+
+__all__ = ["assign_tokens", "check_deadlock"]
+
+HUB = Unit.SFU
+
+
+def _barrier(active: Sequence[Unit]) -> list[Instr]:
+    others = [u for u in active if u != HUB]
+    mask = sum(1 << u for u in others)
+    out = [make(f"SYNC.{u.name}", release=1 << HUB) for u in others]
+    out.append(make(f"SYNC.{HUB.name}", wait=mask, release=mask))
+    out += [make(f"SYNC.{u.name}", wait=1 << HUB) for u in others]
+    return out
+
+
+def assign_tokens(nodes: Sequence[Node]) -> tuple[Instr, ...]:
+    """Turn lowered nodes into instructions with wait/release masks (see module doc)."""
+    active = sorted(
+        {spec(n.op).unit for n in nodes if n.op != "BARRIER" and spec(n.op).unit != Unit.SYS}
+        | {HUB}
+    )
+    units = [spec(n.op).unit if n.op != "BARRIER" else None for n in nodes]
+    wait = [0] * len(nodes)
+    rel = [0] * len(nodes)
+    # per buffer: {(lo, hi): [last writer (unit, idx) | None, {unit: last read idx}]}
+    state: dict[int, dict[tuple[int, int], list]] = {}
+    synced: dict[tuple[int, int], int] = {}
+
+    def reset() -> None:
+        state.clear()
+        synced.clear()
+
+    for i, n in enumerate(nodes):
+        if n.op == "BARRIER":
+            reset()
+            continue
+        u = units[i]
+        if u == Unit.SYS:
+            if n.op in ("LOOP", "ENDLOOP") and (i == 0 or nodes[i - 1].op != "BARRIER"):
+                raise SyncError(f"node {i}: {n.op} not preceded by a barrier")
+            continue
+        deps: dict[int, int] = {}
+
+        def dep(unit: int, idx: int) -> None:
+            if unit != u and idx > deps.get(unit, -1):
+                deps[unit] = idx
+
+        for spans, is_write in ((n.reads, False), (n.writes, True)):
+            for buf, lo, hi in spans:
+                for (a, b), rec in state.get(buf, {}).items():
+                    if a < hi and lo < b:
+                        if rec[0] is not None:
+                            dep(*rec[0])
+                        if is_write:
+                            for ru, ri in rec[1].items():
+                                dep(ru, ri)
+        for src, a in deps.items():
+            if synced.get((src, u), -1) >= a:
+                continue
+            rel[a] |= 1 << u
+            wait[i] |= 1 << src
+            synced[(src, u)] = a
+        for buf, lo, hi in n.reads:
+            rec = state.setdefault(buf, {}).setdefault((lo, hi), [None, {}])
+            rec[1][u] = i
+        for buf, lo, hi in n.writes:
+            recs = state.setdefault(buf, {})
+            # a write supersedes what it fully covers; keep the rest (partial overlaps)
+            for key in [k for k in recs if lo <= k[0] and k[1] <= hi and k != (lo, hi)]:
+                del recs[key]
+            rec = recs.setdefault((lo, hi), [None, {}])
+            rec[0] = (u, i)
+            rec[1] = {}
+    out: list[Instr] = []
+    for i, n in enumerate(nodes):
+        if n.op == "BARRIER":
+            out.extend(_barrier(active))
+        else:
+            out.append(make(n.op, wait=wait[i], release=rel[i], **n.fields))
+    return tuple(out)
+
+
+def _run_segment(
+    instrs: Sequence[Instr], pcs: list[int], queues: dict[tuple[int, int], int]
+) -> None:
+    streams: dict[int, list[int]] = {u: [] for u in TOKEN_UNITS}
+    for pc in pcs:
+        streams[instrs[pc].unit].append(pc)
+    pos = dict.fromkeys(TOKEN_UNITS, 0)
+    progress = True
+    while progress:
+        progress = False
+        for u in TOKEN_UNITS:
+            s = streams[u]
+            while pos[u] < len(s):
+                ins = instrs[s[pos[u]]]
+                w = ins.wait
+                if any(w >> v & 1 and queues.get((v, u), 0) == 0 for v in TOKEN_UNITS):
+                    break
+                for v in TOKEN_UNITS:
+                    if w >> v & 1:
+                        queues[(v, u)] -= 1
+                    if ins.release >> v & 1:
+                        queues[(u, v)] = queues.get((u, v), 0) + 1
+                pos[u] += 1
+                progress = True
+    stuck = [(u, streams[u][pos[u]]) for u in TOKEN_UNITS if pos[u] < len(streams[u])]
+    if stuck:
+        desc = "; ".join(
+            f"{u.name} at pc {pc} ({instrs[pc].op}) waits on {mask_str(instrs[pc].wait)}"
+            for u, pc in stuck
+        )
+        raise SyncError(f"deadlock: no unit can proceed: {desc}")
+
+
+def check_deadlock(instrs: Sequence[Instr]) -> None:
+    """Prove that every unit's stream of the template completes for any loop trip counts (see
+    the module doc); SyncError naming the blocked instructions otherwise."""
+    spans = loop_spans(instrs)
+
+    def walk(lo: int, hi: int, queues: dict[tuple[int, int], int]) -> None:
+        pcs: list[int] = []
+        pc = lo
+        while pc < hi:
+            ins = instrs[pc]
+            if ins.op == "LOOP":
+                _run_segment(instrs, pcs, queues)
+                pcs = []
+                end = spans[pc]
+                before = {k: v for k, v in queues.items() if v}
+                if ins["count"]:
+                    walk(pc + 1, end, queues)
+                    after = {k: v for k, v in queues.items() if v}
+                    if after != before:
+                        raise SyncError(
+                            f"loop at pc {pc}: its body changes the token counts "
+                            f"({before} -> {after}), so iterations differ"
+                        )
+                pc = end + 1
+                continue
+            if ins.unit != Unit.SYS:
+                pcs.append(pc)
+            pc += 1
+        _run_segment(instrs, pcs, queues)
+
+    queues: dict[tuple[int, int], int] = {}
+    walk(0, len(instrs), queues)
+    left = {f"{Unit(a).name}->{Unit(b).name}": n for (a, b), n in queues.items() if n}
+    if left:
+        raise SyncError(f"tokens left in queues at END: {left}")
