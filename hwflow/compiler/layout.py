@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hwflow import numerics as nx
 from hwflow.config import HardwarePreset, LinearQuant, ModelConfig
-from hwflow.errors import CapacityError
+from hwflow.errors import CapacityError, ConfigError
 from hwflow.isa import Region, hbm_channel
 
 if TYPE_CHECKING:
@@ -196,6 +195,13 @@ class HbmLayout:
         return per
 
 
+def has_bias(cfg: ModelConfig, op: str) -> bool:
+    """Whether a linear op carries an INT32 bias: the model's own biases, plus the LayerNorm
+    beta folded into every op that consumes a norm (:func:`hwflow.compress.fold_norms`)."""
+    folded = cfg.norm == "layer" and op in ("q", "k", "v", "gate", "up", "head")
+    return folded or (cfg.bias and op != "head")
+
+
 def _tile_rows(out: int, row_bytes: int, slot: int, chain_rows: int, what: str) -> int:
     """Rows per weight tile: as many as fit one weight slot, a multiple of the engine's rows per
     beat when possible. CapacityError when not even one row fits."""
@@ -232,11 +238,12 @@ def plan_hbm(
             for op in cfg.linear_ops:
                 out, k = cfg.linear_shape(op)
                 q = quant[(li, op)]
-                probe = TileSpec(op, out, k, q, cfg.bias, True, 1, 0)
+                bias = has_bias(cfg, op)
+                probe = TileSpec(op, out, k, q, bias, True, 1, 0)
                 n_eff = q.n if not q.dense else hw.sparsity.m
                 chain_rows = hw.mv.chains * max(1, hw.mv.chain_length // n_eff)
                 rows = _tile_rows(out, probe.row_bytes, slot, chain_rows, f"L{li}.{op}")
-                ts = TileSpec(op, out, k, q, cfg.bias, True, rows, off)
+                ts = TileSpec(op, out, k, q, bias, True, rows, off)
                 specs.append(ts)
                 off += ts.nbytes
             tiles[li] = tuple(specs)
@@ -245,9 +252,10 @@ def plan_hbm(
             regions.append(Region(f"L{li}", at, size, "weights"))
             at += size
         runs.append((run.start, len(run), stride))
-    probe = TileSpec("head", cfg.vocab, cfg.hidden, head_q, False, False, 1, 0)
+    hb = has_bias(cfg, "head")
+    probe = TileSpec("head", cfg.vocab, cfg.hidden, head_q, hb, False, 1, 0)
     rows = _tile_rows(cfg.vocab, probe.row_bytes, slot, hw.mv.chains, "head")
-    head = TileSpec("head", cfg.vocab, cfg.hidden, head_q, False, False, rows, FINAL_BLOB)
+    head = TileSpec("head", cfg.vocab, cfg.hidden, head_q, hb, False, rows, FINAL_BLOB)
     fsize = _align(FINAL_BLOB + head.nbytes)
     regions.append(Region("final", at, fsize, "weights"))
     at += fsize
@@ -276,7 +284,9 @@ def plan_hbm(
     return HbmLayout(tuple(regions), tuple(runs), tiles, head, kv_layer, kv_head, rope_row, at)
 
 
-def _tile_bytes(ts: TileSpec, ql, r0: int, r: int) -> np.ndarray:
+def _tile_bytes(ts: TileSpec, ql: Any, r0: int, r: int) -> np.ndarray:
+    if (ql.bias is not None) != ts.bias:
+        raise ConfigError(f"{ql.name}: the layout assumed bias={ts.bias}, the model disagrees")
     parts = [pack_rows(ql.values[r0 : r0 + r], ts.quant.bits).ravel()]
     if not ts.quant.dense:
         parts.append(pack_rows(ql.indices[r0 : r0 + r], int(math.log2(ts.quant.m))).ravel())
@@ -331,8 +341,3 @@ def build_hbm_image(layout: HbmLayout, qm: QuantizedModel) -> np.ndarray:
         )
         put(rb.base, rows.view(np.uint8).ravel())
     return img
-
-
-def _check_nx() -> None:  # pragma: no cover - documentation of the equivalence
-    """pack_rows(x[None], b) == numerics.pack_bits(x, b) for one row (tested)."""
-    nx.pack_bits(np.zeros(1), 1)

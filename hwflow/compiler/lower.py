@@ -592,6 +592,7 @@ def lower_step(
             ((A, hf_off, hf_off + d), (Buf.WEIGHT, s, s + bp.weight_slot_bytes)),
             (lspan,),
             func=MM_FUNC["head"],
+            bias=int(ts.bias),
             rows=1,
             cols=r,
             k=ts.k,

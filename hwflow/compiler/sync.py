@@ -76,20 +76,18 @@ def assign_tokens(nodes: Sequence[Node]) -> tuple[Instr, ...]:
                 raise SyncError(f"node {i}: {n.op} not preceded by a barrier")
             continue
         deps: dict[int, int] = {}
-
-        def dep(unit: int, idx: int) -> None:
-            if unit != u and idx > deps.get(unit, -1):
-                deps[unit] = idx
-
+        hits: list[tuple[int, int]] = []
         for spans, is_write in ((n.reads, False), (n.writes, True)):
             for buf, lo, hi in spans:
                 for (a, b), rec in state.get(buf, {}).items():
                     if a < hi and lo < b:
                         if rec[0] is not None:
-                            dep(*rec[0])
+                            hits.append(rec[0])
                         if is_write:
-                            for ru, ri in rec[1].items():
-                                dep(ru, ri)
+                            hits.extend(rec[1].items())
+        for unit, idx in hits:
+            if unit != u and idx > deps.get(unit, -1):
+                deps[unit] = idx
         for src, a in deps.items():
             if synced.get((src, u), -1) >= a:
                 continue

@@ -1,0 +1,336 @@
+"""Functional simulator: executes a compiled program instruction by instruction on numpy state.
+
+State: the HBM image (a uint8 array laid out by :mod:`hwflow.compiler.layout`) and the five
+on-chip buffers of the preset. A step selects the template serving it, gets the concrete
+per-unit streams from :func:`hwflow.isa.expand` (the one definition of loops and registers,
+shared with the cycle model), and runs the units as decoupled in-order machines that start an
+instruction only when every token it waits for is in its queue. The arithmetic of every op is a
+call to :mod:`hwflow.numerics` on the operands read from the buffers, so the results equal the
+integer reference (:func:`hwflow.reference.run_int`) bit for bit.
+
+Hazard detection (vector clocks). Every unit keeps a vector clock of how many instructions of
+each unit it *knows* completed: its own count, merged with the clock carried by every token it
+pops (a token carries the releasing unit's clock). Each byte of each buffer and of HBM records
+its last writer (unit, count) and, per unit, its last reader. An instruction that reads a byte
+whose writer it does not know completed (read before release), or writes a byte another unit
+read or wrote without it knowing, raises :class:`~hwflow.errors.SyncError` naming both sides.
+This is independent of the interleaving the simulator happens to choose, and independent of
+the compiler's own token analysis, which it therefore checks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from hwflow import numerics as nx
+from hwflow.compiler.layout import HbmLayout, unpack_rows
+from hwflow.config import HardwarePreset, ModelConfig
+from hwflow.errors import ProgramError, SyncError
+from hwflow.isa import TOKEN_UNITS, Buf, Concrete, Program, Runtime, Unit, expand
+
+__all__ = ["FuncSim", "StepStats"]
+
+HBM = 5  #: pseudo buffer id of HBM in hazard records
+_NAMES = {**{b.value: b.name for b in Buf}, HBM: "HBM"}
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What one step executed."""
+
+    instructions: int
+    per_unit: Mapping[str, int]
+    seconds: float
+
+
+class _Tracker:
+    """Per-byte last writer / last readers of one memory, for vector-clock hazard checks."""
+
+    def __init__(self, size: int) -> None:
+        self.w_unit = np.full(size, -1, np.int8)
+        self.w_seq = np.zeros(size, np.int64)
+        self.r_seq = np.zeros((len(TOKEN_UNITS), size), np.int64)
+
+
+class FuncSim:
+    """Runs steps of ``program`` on ``hbm`` (modified in place: the KV cache persists)."""
+
+    def __init__(
+        self,
+        program: Program,
+        hw: HardwarePreset,
+        cfg: ModelConfig,
+        layout: HbmLayout,
+        hbm: np.ndarray,
+        check_hazards: bool = True,
+    ) -> None:
+        program.check_preset(hw.digest, hw.name)
+        if hbm.size < layout.total:
+            raise ProgramError(f"HBM image holds {hbm.size} bytes, the layout needs {layout.total}")
+        self.program = program
+        self.hw = hw
+        self.cfg = cfg
+        self.layout = layout
+        self.hbm = hbm
+        self.check_hazards = check_hazards
+        self.sizes = {b: hw.buffers.bytes(b.name.lower()) for b in Buf}
+
+    # ---------------------------------------------------------------- host side
+    def step(self, phase: str, x0: np.ndarray, pos: int) -> np.ndarray:
+        """Write the INT8 input rows, run one step, return the last token's int64 logits."""
+        x0 = np.asarray(x0, np.int8)
+        inp = self.layout.region("input")
+        self.hbm[inp.base : inp.base + x0.size] = x0.view(np.uint8).ravel()
+        self.last_stats = self.run(phase, Runtime(x0.shape[0], pos))
+        lg = self.layout.region("logits")
+        return self.hbm[lg.base : lg.base + 8 * self.cfg.vocab].view("<i8").astype(np.int64)
+
+    def kv_cache(self, layer: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """K and V of ``layer``'s first ``length`` positions as [kv_heads, length, head_dim]."""
+        c = self.cfg
+        base = self.layout.region("kv").base + layer * self.layout.kv_layer_bytes
+        max_len = self.layout.kv_head_bytes // c.head_dim
+        kv = self.hbm[base : base + self.layout.kv_layer_bytes].view(np.int8)
+        kv = kv.reshape(2, c.kv_heads, max_len, c.head_dim)
+        return kv[0, :, :length].copy(), kv[1, :, :length].copy()
+
+    # ---------------------------------------------------------------- execution
+    def run(self, phase: str, runtime: Runtime) -> StepStats:
+        """Execute the template serving ``runtime``; SyncError on a hazard or a deadlock."""
+        t0 = time.perf_counter()
+        tmpl = self.program.select(phase, runtime)
+        streams: dict[Unit, list[Concrete]] = {u: [] for u in TOKEN_UNITS}
+        for c in expand(tmpl, runtime):
+            streams[c.unit].append(c)
+        self.bufs = {b: np.zeros(self.sizes[b], np.uint8) for b in Buf}
+        if self.check_hazards:
+            self.track = {b.value: _Tracker(self.sizes[b]) for b in Buf}
+            self.track[HBM] = _Tracker(self.hbm.size)
+        nu = len(TOKEN_UNITS)
+        self.vc = {u: np.zeros(nu, np.int64) for u in TOKEN_UNITS}
+        queues: dict[tuple[int, int], deque] = {}
+        pos = dict.fromkeys(TOKEN_UNITS, 0)
+        progress = True
+        while progress:
+            progress = False
+            for u in TOKEN_UNITS:
+                s = streams[u]
+                while pos[u] < len(s):
+                    c = s[pos[u]]
+                    if any(c.wait >> v & 1 and not queues.get((v, u)) for v in TOKEN_UNITS):
+                        break
+                    for v in TOKEN_UNITS:
+                        if c.wait >> v & 1:
+                            np.maximum(self.vc[u], queues[(v, u)].popleft(), out=self.vc[u])
+                    self._exec(c)
+                    self.vc[u][u] += 1
+                    for v in TOKEN_UNITS:
+                        if c.release >> v & 1:
+                            queues.setdefault((u, v), deque()).append(self.vc[u].copy())
+                    pos[u] += 1
+                    progress = True
+        stuck = [
+            f"{u.name} at pc {streams[u][pos[u]].pc}"
+            for u in TOKEN_UNITS
+            if pos[u] < len(streams[u])
+        ]
+        if stuck:
+            raise SyncError(f"deadlock while running: {', '.join(stuck)} wait for tokens")
+        left = {f"{Unit(a).name}->{Unit(b).name}": len(q) for (a, b), q in queues.items() if q}
+        if left:
+            raise SyncError(f"tokens left in queues at the end of the step: {left}")
+        per = {u.name: len(streams[u]) for u in TOKEN_UNITS}
+        return StepStats(sum(per.values()), per, time.perf_counter() - t0)
+
+    # ---------------------------------------------------------------- hazards
+    def _access(self, c: Concrete, mem: int, lo: int, hi: int, write: bool) -> None:
+        if not self.check_hazards or hi <= lo:
+            return
+        t = self.track[mem]
+        u = c.unit
+        vc = self.vc[u]
+        wu = t.w_unit[lo:hi]
+        ws = t.w_seq[lo:hi]
+        has = wu >= 0
+        if has.any():
+            known = vc[np.where(has, wu, 0)]
+            bad = has & (ws > known) & (wu != u)
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise SyncError(
+                    f"hazard: {u.name} pc {c.pc} ({c.op}) {'writes' if write else 'reads'} "
+                    f"{_NAMES[mem]} byte {lo + i} written by {Unit(int(wu[i])).name} instruction "
+                    f"#{int(ws[i]) - 1} before that unit released it"
+                )
+        seq = int(vc[u]) + 1
+        if write:
+            for v in TOKEN_UNITS:
+                if v == u:
+                    continue
+                r = t.r_seq[v, lo:hi]
+                if r.size and int(r.max()) > vc[v]:
+                    i = int(np.argmax(r > vc[v]))
+                    raise SyncError(
+                        f"hazard: {u.name} pc {c.pc} ({c.op}) overwrites {_NAMES[mem]} byte "
+                        f"{lo + i} still to be read by {v.name} instruction #{int(r[i]) - 1}"
+                    )
+            t.w_unit[lo:hi] = u
+            t.w_seq[lo:hi] = seq
+        else:
+            t.r_seq[u, lo:hi] = seq
+
+    # ---------------------------------------------------------------- memory views
+    def _mem(self, buf: int) -> np.ndarray:
+        return self.hbm if buf == HBM else self.bufs[Buf(buf)]
+
+    def _span(self, off: int, rows: int, stride: int, width: int) -> tuple[int, int]:
+        return (off, off + (rows - 1) * stride + width) if rows > 0 and width > 0 else (0, 0)
+
+    def _read(
+        self, c: Concrete, buf: int, off: int, rows: int, stride: int, width: int
+    ) -> np.ndarray:
+        lo, hi = self._span(off, rows, stride, width)
+        mem = self._mem(buf)
+        if hi > mem.size:
+            raise ProgramError(
+                f"pc {c.pc} ({c.op}) reads {_NAMES[buf]} bytes {lo}..{hi} beyond its {mem.size}"
+            )
+        self._access(c, buf, lo, hi, False)
+        if rows <= 0 or width <= 0:
+            return np.zeros((max(rows, 0), max(width, 0)), np.uint8)
+        idx = off + np.arange(rows)[:, None] * stride + np.arange(width)[None, :]
+        return mem[idx]
+
+    def _write(self, c: Concrete, buf: int, off: int, stride: int, data: np.ndarray) -> None:
+        rows, width = data.shape
+        lo, hi = self._span(off, rows, stride, width)
+        mem = self._mem(buf)
+        if hi > mem.size:
+            raise ProgramError(
+                f"pc {c.pc} ({c.op}) writes {_NAMES[buf]} bytes {lo}..{hi} beyond its {mem.size}"
+            )
+        self._access(c, buf, lo, hi, True)
+        if rows and width:
+            idx = off + np.arange(rows)[:, None] * stride + np.arange(width)[None, :]
+            mem[idx] = data
+
+    def _i8(self, c: Concrete, p: str, rows: int, width: int) -> np.ndarray:
+        return self._read(c, c[f"{p}_buf"], c[f"{p}_off"], rows, c[f"{p}_stride"], width).view(
+            np.int8
+        )
+
+    def _params(self, c: Concrete, n: int) -> list[int]:
+        raw = self._read(c, Buf.PARAM, c["p_off"], 1, 4 * n, 4 * n)
+        return [int(v) for v in raw.view("<i4").ravel()]
+
+    # ---------------------------------------------------------------- semantics
+    def _exec(self, c: Concrete) -> None:
+        op = c.op
+        if op.startswith("SYNC"):
+            return
+        if op == "LD":
+            data = self._read(c, HBM, c["hbm"], c["rows"], c["hbm_stride"], c["row_bytes"])
+            self._write(c, c["buf"], c["off"], c["stride"], data)
+        elif op == "ST":
+            data = self._read(c, c["buf"], c["off"], c["rows"], c["stride"], c["row_bytes"])
+            self._write(c, HBM, c["hbm"], c["hbm_stride"], data)
+        elif op in ("MM", "MV"):
+            self._matmul(c)
+        elif op == "SFU":
+            self._sfu(c)
+        else:  # pragma: no cover - expand yields unit instructions only
+            raise ProgramError(f"pc {c.pc}: cannot execute {op}")
+
+    def _matmul(self, c: Concrete) -> None:
+        func, rows, cols, k = c["func"], c["rows"], c["cols"], c["k"]
+        if func in (0, 3):  # linear, head: weight tile blob at b
+            n, m, bits = c["n"], c["m"], c["wbits"]
+            kept = k // m * n
+            vrow = -(-kept * bits // 8)
+            irow = 0 if n == m else -(-kept * int(np.log2(m)) // 8)
+            bias = c["bias"]
+            prow = (4 if bias else 0) + (3 if func == 0 else 0)
+            blob = self._read(c, c["b_buf"], c["b_off"], 1, 0, cols * (vrow + irow + prow)).ravel()
+            vals = unpack_rows(blob[: cols * vrow], bits, cols, kept, True)
+            at = cols * vrow
+            if n != m:
+                idx = unpack_rows(blob[at : at + cols * irow], int(np.log2(m)), cols, kept, False)
+                codes = nx.nm_expand(vals.astype(np.int8), idx.astype(np.uint8), n, m)
+                at += cols * irow
+            else:
+                codes = vals.astype(np.int8)
+            x = self._i8(c, "a", rows, k)
+            acc = nx.matmul_int(x, codes)
+            if bias:
+                acc = acc + blob[at : at + 4 * cols].view("<i4").astype(np.int64)
+                at += 4 * cols
+            if func == 0:
+                mult = blob[at : at + 2 * cols].view("<i2").astype(np.int64)
+                shift = blob[at + 2 * cols : at + 3 * cols].view(np.int8).astype(np.int64)
+                out = nx.requantize(acc, mult, shift).view(np.uint8)
+            else:
+                out = acc.astype("<i8").view(np.uint8).reshape(rows, 8 * cols)
+            self._write(c, c["o_buf"], c["o_off"], c["o_stride"], out)
+            return
+        mult, shift = self._params(c, 2)
+        if func == 1:  # qk: A [rows, k] x K [cols, k]
+            q = self._i8(c, "a", rows, k)
+            kk = self._i8(c, "b", cols, k)
+            acc = nx.matmul_int(q, kk)
+        else:  # pv: P [rows, k] x V [k, cols]
+            p = self._i8(c, "a", rows, k)
+            v = self._i8(c, "b", k, cols)
+            acc = nx.matmul_int(p, v.T)
+        out = nx.requantize(acc, mult, shift).view(np.uint8)
+        self._write(c, c["o_buf"], c["o_off"], c["o_stride"], out)
+
+    def _sfu(self, c: Concrete) -> None:
+        func, rows, cols = c["func"], c["rows"], c["cols"]
+        if rows <= 0 or cols <= 0:
+            self._i8(c, "a", rows, cols)
+            self._write(c, c["o_buf"], c["o_off"], c["o_stride"], np.zeros((0, 0), np.uint8))
+            return
+        x = self._i8(c, "a", rows, cols)
+        if func == 0:  # norm
+            mult, shift = self._params(c, 2)
+            out = nx.norm_int(x, bool(c["aux"] & 1), mult, shift)
+        elif func == 1:  # softmax
+            raw = self._read(c, Buf.PARAM, c["p_off"], 1, 1024, 1024)
+            table = raw.view("<i4").ravel().astype(np.int64)
+            mask = None
+            if c["mask"]:
+                q = c["qpos"] + np.arange(rows)[:, None]
+                kp = np.arange(cols)[None, :]
+                mask = kp <= q
+                if c["mask"] == 2:
+                    qb, kb = q // c["blk"], kp // c["blk"]
+                    mask = mask & ((kb < c["glob"]) | (qb - kb < c["local"]))
+            out = nx.softmax_int(x, table, mask)
+        elif func == 2:  # rope
+            hd = c["aux"]
+            tab = self._read(c, c["b_buf"], c["b_off"], rows, c["b_stride"], 2 * hd)
+            cs = tab.view("<i2").astype(np.int64)
+            cos, sin = cs[:, : hd // 2], cs[:, hd // 2 :]
+            heads = x.reshape(rows, cols // hd, hd).transpose(1, 0, 2)
+            out = nx.rope_int(heads, cos, sin).transpose(1, 0, 2).reshape(rows, cols)
+        elif func == 3:  # lut
+            raw = self._read(c, Buf.PARAM, c["p_off"], 1, 256, 256)
+            out = nx.apply_lut(x, raw.view(np.int8).ravel())
+        elif func == 4:  # add
+            ma, mb, sh = self._params(c, 3)
+            out = nx.add_requant(x, self._i8(c, "b", rows, cols), ma, mb, sh)
+        elif func == 5:  # mul
+            mult, shift = self._params(c, 2)
+            out = nx.mul_requant(x, self._i8(c, "b", rows, cols), mult, shift)
+        elif func == 6:  # mov
+            out = x
+        else:
+            raise ProgramError(f"pc {c.pc}: SFU func {func} unknown")
+        self._write(
+            c, c["o_buf"], c["o_off"], c["o_stride"], np.asarray(out, np.int8).view(np.uint8)
+        )
