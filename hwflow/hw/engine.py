@@ -28,10 +28,11 @@ start right behind it. Output lane ``l`` of a row group at N is segment ``l % (C
 ``l // (C/N)``; lanes past ``chains*C/N`` are zero.
 
 Flow control: the output register holds a result until ``o.ready``; the requantizer takes one
-``p`` entry (multiplier, shift, bias per lane) per non-raw result as it enters. While the
-output is refused or a needed ``p`` entry is missing the whole pipeline stalls (one clock
-enable, the DSPs' CE pins) and ``i.ready`` is low; an idle input (``i.valid`` low) lets a
-bubble through. ``first`` is implicit: the beat after a ``last`` beat (or after reset) starts
+``p`` entry (multiplier, shift, bias per lane) per non-raw result as it enters. While a new
+result meets a full, refused output register, or a needed ``p`` entry is missing, the whole
+pipeline stalls (one clock enable, the DSPs' CE pins) and ``i.ready`` is low; the output
+register has its own enable, so a result leaves it even during a stall. An idle input
+(``i.valid`` low) lets a bubble through. ``first`` is implicit: the beat after a ``last`` beat (or after reset) starts
 a new row group.
 """
 
@@ -70,6 +71,8 @@ def _by_mode(m: Module, nsel: Value, p: EngineParams, pred: dict[int, bool]) -> 
         for k, n in enumerate(p.n_modes):
             with m.Case(k):
                 m.d.comb += out.eq(int(pred[n]))
+        with m.Default():  # an nsel past the modes: no reduction point, no segment end
+            m.d.comb += out.eq(0)
     return out
 
 
@@ -82,7 +85,7 @@ class _Datapath(Elaboratable):
         self.beat_valid = Signal()
         self.first = Signal()
         self.params = Signal(p.params_layout)
-        self.result = Signal(p.result_layout)
+        self.result = Signal(p.result_layout)  # into the output register (comb)
         self.out_valid = Signal()
         self.need_params = Signal()
 
@@ -91,7 +94,7 @@ class _Datapath(Elaboratable):
         p = self.p
         c_len, mb, lb = p.chain_length, p.m, p.index_bits
         # control pipeline: ctl[d] describes the beat handed over d + 1 cycles ago
-        ctl = [Signal(_ctl_layout(p), name=f"ctl{d}") for d in range(c_len + 7)]
+        ctl = [Signal(_ctl_layout(p), name=f"ctl{d}") for d in range(c_len + 6)]
         m.d.sync += [
             ctl[0].valid.eq(self.beat_valid),
             ctl[0].first.eq(self.first),
@@ -163,7 +166,7 @@ class _Datapath(Elaboratable):
             final.append(per_token)
 
         # lane compaction and requantization
-        cq, co = ctl[3 + c_len], ctl[6 + c_len]
+        cq, co = ctl[3 + c_len], ctl[5 + c_len]
         m.d.comb += self.need_params.eq(cq.valid & cq.last & ~cq.raw)
         for t in range(p.rows):
             for lane in range(p.lanes):
@@ -176,6 +179,8 @@ class _Datapath(Elaboratable):
                             c, s = divmod(lane, per)
                             with m.Case(k):
                                 m.d.comb += rq.acc.eq(final[c][t][s * n + n - 1])
+                    with m.Default():  # lanes past chains*C/N carry zero
+                        m.d.comb += rq.acc.eq(0)
                 m.d.comb += [
                     rq.bias.eq(self.params.bias[lane]),
                     rq.mult.eq(self.params.mult[lane]),
@@ -209,13 +214,17 @@ class ChainEngine(wiring.Component):
         dp = _Datapath(self.params)
         stall = Signal()
         out_blocked = Signal()
+        # output register (the requantizer's third stage), outside the stalled pipeline so
+        # that a result handed over leaves it even while the pipeline waits for `p`
+        obuf_valid = Signal()
+        obuf = Signal(self.params.result_layout)
         m.d.comb += [
-            out_blocked.eq(dp.out_valid & ~self.o.ready),
+            out_blocked.eq(dp.out_valid & obuf_valid & ~self.o.ready),
             stall.eq(out_blocked | (dp.need_params & ~self.p.valid)),
             self.i.ready.eq(~stall),
             self.p.ready.eq(dp.need_params & ~out_blocked),
-            self.o.valid.eq(dp.out_valid),
-            self.o.payload.eq(dp.result),
+            self.o.valid.eq(obuf_valid),
+            self.o.payload.eq(obuf),
             dp.beat.eq(self.i.payload),
             dp.beat_valid.eq(self.i.valid),
             dp.params.eq(self.p.payload),
@@ -225,6 +234,10 @@ class ChainEngine(wiring.Component):
         m.d.comb += dp.first.eq(after_last)
         with m.If(self.i.valid & ~stall):
             m.d.sync += after_last.eq(self.i.payload.last)
+        with m.If(dp.out_valid & ~stall):
+            m.d.sync += [obuf.eq(dp.result), obuf_valid.eq(1)]
+        with m.Elif(self.o.ready):
+            m.d.sync += obuf_valid.eq(0)
         m.submodules.dp = EnableInserter(~stall)(dp)
         return m
 

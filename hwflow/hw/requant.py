@@ -5,7 +5,8 @@
 with ``mult`` 15-bit unsigned and ``shift`` 0..47. With ``raw`` the accumulator passes through
 unchanged (the LM head's logits): bias, multiplier and shift are ignored.
 
-Stages (:data:`hwflow.costs.REQUANT_STAGES` = 3): bias add; multiply; round, shift, saturate.
+Stages (:data:`hwflow.costs.REQUANT_STAGES` = 3): bias add; multiply; round, shift, saturate
+into the output register (which :class:`Requantizer` leaves to its user).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ _SHIFT_BITS = REQ_SHIFT_MAX.bit_length()
 
 class Requantizer(wiring.Component):
     """One lane: ``acc`` (``acc_bits`` signed) -> ``out`` (``acc_bits`` signed; INT8 range
-    unless ``raw``), three cycles later."""
+    unless ``raw``), valid two cycles later and combinational from there: the third stage's
+    register is the user's (the engine's output register, which has its own flow control)."""
 
     def __init__(self, *, acc_bits: int) -> None:
         self.acc_bits = acc_bits
@@ -65,9 +67,9 @@ class Requantizer(wiring.Component):
         # stage 3: round half up, arithmetic shift, saturate to INT8
         half = Signal(unsigned(REQ_SHIFT_MAX))
         one = Const(1, unsigned(REQ_SHIFT_MAX))
-        m.d.comb += half.eq(Mux(shift2 == 0, 0, one << (shift2 - 1)[:_SHIFT_BITS]))
+        m.d.comb += half.eq(Mux(shift2.any(), one << (shift2 - 1)[:_SHIFT_BITS], 0))
         shifted = Signal(signed(pw + 1))
         m.d.comb += shifted.eq((prod + half) >> shift2)
         sat = Mux(shifted > 127, 127, Mux(shifted < -128, -128, shifted))
-        m.d.sync += self.out.eq(Mux(raw2, prod, sat))
+        m.d.comb += self.out.eq(Mux(raw2, prod, sat))
         return m

