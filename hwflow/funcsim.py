@@ -24,16 +24,17 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from hwflow import numerics as nx
 from hwflow.compiler.layout import HbmLayout, unpack_rows
 from hwflow.config import HardwarePreset, ModelConfig
-from hwflow.errors import ProgramError, SyncError
+from hwflow.errors import ConfigError, ProgramError, SyncError
 from hwflow.isa import TOKEN_UNITS, Buf, Concrete, Program, Runtime, Unit, expand
 
-__all__ = ["FuncSim", "StepStats"]
+__all__ = ["FuncSim", "StepStats", "boundary_lengths", "check_against_reference"]
 
 HBM = 5  #: pseudo buffer id of HBM in hazard records
 _NAMES = {**{b.value: b.name for b in Buf}, HBM: "HBM"}
@@ -334,3 +335,91 @@ class FuncSim:
         self._write(
             c, c["o_buf"], c["o_off"], c["o_stride"], np.asarray(out, np.int8).view(np.uint8)
         )
+
+
+def boundary_lengths(max_len: int, bucket: int) -> list[int]:
+    """Prefill lengths on both sides of every bucket boundary up to ``max_len`` (and 1)."""
+    out = {1, max_len}
+    for b in range(bucket, max_len + 1, bucket):
+        out |= {b - 1, b, b + 1}
+    return sorted(n for n in out if 1 <= n <= max_len)
+
+
+def check_against_reference(
+    cfg: ModelConfig,
+    plan: Any,
+    hw: HardwarePreset,
+    max_len: int = 256,
+    decode_steps: int = 8,
+    seed: int = 0,
+    lengths: list[int] | None = None,
+) -> dict[str, Any]:
+    """Compile, then run the functional simulator against the integer reference.
+
+    Prefill at every length of :func:`boundary_lengths` (fresh KV cache each), comparing the
+    logits and the whole KV cache bit for bit; then ``decode_steps`` greedy decode steps after a
+    prompt chosen so that they cross a decode bucket boundary, comparing logits and KV cache.
+    Returns the figures; SyncError/ProgramError propagate, a mismatch is reported, not raised.
+    """
+    from hwflow.compiler import DECODE_BUCKET, compile_model
+    from hwflow.compiler.layout import build_hbm_image
+    from hwflow.compress import quantize_model, random_weights
+    from hwflow.reference import generate_int, quality
+
+    if decode_steps >= max_len:
+        raise ConfigError(f"--decode {decode_steps} must be < max_len {max_len}")
+    comp = compile_model(cfg, plan, hw, max_len)
+    weights = random_weights(cfg, seed)
+    qm = quantize_model(cfg, plan, weights)
+    image = build_hbm_image(comp.layout, qm)
+    rng = np.random.default_rng(seed + 11)
+    lengths = lengths or boundary_lengths(max_len, comp.tt)
+    runs: list[dict[str, Any]] = []
+    instrs = 0
+    seconds = 0.0
+
+    def kv_equal(fs: FuncSim, kv: Any, n: int) -> bool:
+        for li in range(cfg.layers):
+            k, v = fs.kv_cache(li, n)
+            if not (np.array_equal(k, kv.k[li][:, :n]) and np.array_equal(v, kv.v[li][:, :n])):
+                return False
+        return True
+
+    for n in lengths:
+        ids = rng.integers(cfg.vocab, size=n)
+        ref = generate_int(qm, ids, 0)[0]
+        fs = FuncSim(comp.program, hw, cfg, comp.layout, image.copy())
+        logits = fs.step("prefill", qm.embed(ids, 0), 0)
+        instrs += fs.last_stats.instructions
+        seconds += fs.last_stats.seconds
+        ok = np.array_equal(logits, ref.logits[-1]) and kv_equal(fs, ref.kv, n)
+        runs.append({"phase": "prefill", "tokens": n, "pos": 0, "equal": bool(ok)})
+    # decode: prompt ends 3 positions before a decode bucket boundary, so the steps cross it
+    prompt = max(1, min(DECODE_BUCKET - 3, max_len - decode_steps))
+    ids = rng.integers(cfg.vocab, size=prompt)
+    ref = generate_int(qm, ids, decode_steps)
+    fs = FuncSim(comp.program, hw, cfg, comp.layout, image.copy())
+    fs.step("prefill", qm.embed(ids, 0), 0)
+    pos = prompt
+    for s in range(1, decode_steps + 1):
+        tok = np.array([int(np.argmax(ref[s - 1].logits[-1]))])
+        logits = fs.step("decode", qm.embed(tok, pos), pos)
+        instrs += fs.last_stats.instructions
+        seconds += fs.last_stats.seconds
+        pos += 1
+        ok = np.array_equal(logits, ref[s].logits[-1])
+        if s == decode_steps:
+            ok = ok and kv_equal(fs, ref[-1].kv, pos)
+        runs.append({"phase": "decode", "tokens": 1, "pos": pos - 1, "equal": bool(ok)})
+    return {
+        "model": cfg.name,
+        "plan": plan.name,
+        "preset": hw.name,
+        "max_len": max_len,
+        "bit_exact": all(r["equal"] for r in runs),
+        "steps": runs,
+        "instructions": instrs,
+        "funcsim_seconds": seconds,
+        "instructions_per_second": instrs / seconds if seconds else 0.0,
+        "quality": quality(qm, weights, rng.integers(cfg.vocab, size=min(40, max_len)), 4),
+    }

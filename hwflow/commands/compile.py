@@ -1,0 +1,238 @@
+"""``hwflow compile``, ``hwflow disasm`` and ``hwflow check``: the compiler's command line.
+
+Thin: parse, call :mod:`hwflow.compiler` / :mod:`hwflow.funcsim`, print. Every user error is a
+:class:`~hwflow.errors.HwflowError` (one line, exit code 2 from :func:`hwflow.cli.main`), raised
+before any output file is written; files are written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from hwflow.commands._common import atomic_write, print_json
+from hwflow.compiler import compile_model, storage_report
+from hwflow.config import HardwarePreset, ModelConfig, load_hw, load_model, load_plan
+from hwflow.errors import ConfigError
+from hwflow.isa import Runtime, disasm, expand, load_program
+
+__all__ = ["decode_hbm_bytes", "register", "summary"]
+
+#: the numeric reference holds float64 weights: quality figures only for models this small
+_QUALITY_MAX_PARAMS = 200_000_000
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compile",
+        help="compile a model + plan for a hardware preset into a length-adaptive program",
+        description="Compile every prefill length and decode context 1..max-len into bucket "
+        "templates (loops over runs of identical layers, run-time LEN/POS registers), prove "
+        "them deadlock-free, and print a summary.",
+    )
+    _common_args(p)
+    p.add_argument(
+        "--max-len", type=int, help="longest prompt + context (default: min(2048, model max))"
+    )
+    p.add_argument("-o", "--output", type=Path, help="directory for program.hwp and summary.json")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run_compile)
+
+    d = sub.add_parser("disasm", help="print a compiled program as text")
+    d.add_argument("file", type=Path, help="a program.hwp written by hwflow compile")
+    d.add_argument("--hw", help="refuse the program unless it was compiled for this preset")
+    d.add_argument("--template", type=int, help="print only template number N (0-based)")
+    d.set_defaults(func=run_disasm)
+
+    c = sub.add_parser(
+        "check",
+        help="compile, run the functional simulator and compare with the numeric reference",
+        description="Prefill at lengths on both sides of every bucket boundary and decode across "
+        "a decode bucket boundary on the functional simulator, compare logits and KV cache bit "
+        "for bit with the integer reference, and print the quality figures vs float64.",
+    )
+    _common_args(c)
+    c.add_argument("--max-len", type=int, default=256, help="longest length checked (default 256)")
+    c.add_argument("--decode", type=int, default=8, help="decode steps (default 8)")
+    c.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
+    c.add_argument("--json", action="store_true", help="print JSON")
+    c.set_defaults(func=run_check)
+
+
+def _common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="shipped model name or HF config.json path")
+    p.add_argument("--hw", required=True, help="shipped hardware preset name or YAML path")
+    p.add_argument("--plan", required=True, help="shipped compression plan name or YAML path")
+
+
+def _params(cfg: ModelConfig) -> int:
+    return cfg.layers * sum(o * i for o, i in map(cfg.linear_shape, cfg.linear_ops)) + (
+        2 * cfg.vocab * cfg.hidden
+    )
+
+
+def decode_hbm_bytes(compiled: Any, hw: HardwarePreset) -> dict[str, int]:
+    """HBM bytes one decode step moves at the longest context, by transfer kind (from the
+    expanded program, so it is what the machine does, not an estimate)."""
+    prog = compiled.program
+    ctx = prog.header["max_len"]
+    tmpl = prog.select("decode", Runtime(1, ctx - 1))
+    kinds = ("weights", "params", "kv", "act", "rope", "logits")
+    out = dict.fromkeys(kinds, 0)
+    for c in expand(tmpl, Runtime(1, ctx - 1)):
+        if c.op in ("LD", "ST"):
+            out[kinds[c["kind"]]] += max(c["rows"], 0) * c["row_bytes"]
+    out["total"] = sum(out[k] for k in kinds)
+    out["context"] = ctx
+    return out
+
+
+def summary(cfg: ModelConfig, plan: Any, hw: HardwarePreset, compiled: Any) -> dict[str, Any]:
+    """The figures ``hwflow compile`` prints."""
+    st = storage_report(compiled)
+    hbm = decode_hbm_bytes(compiled, hw)
+    per_channel = compiled.layout.channel_bytes(hw.hbm.channels, hw.hbm.interleave_bytes)
+    out: dict[str, Any] = {
+        "model": cfg.name,
+        "plan": plan.name,
+        "preset": hw.name,
+        "max_len": compiled.program.header["max_len"],
+        "prefill_bucket": compiled.tt,
+        "layer_runs": [list(r) for r in compiled.layout.runs],
+        **st,
+        "decode_hbm_bytes_per_token": hbm,
+        "hbm_total_bytes": compiled.layout.total,
+        "hbm_channel_bytes_min_max": [min(per_channel), max(per_channel)],
+        "compile_seconds": compiled.seconds,
+    }
+    if _params(cfg) <= _QUALITY_MAX_PARAMS:
+        import numpy as np
+
+        from hwflow.compress import quantize_model, random_weights
+        from hwflow.reference import quality
+
+        w = random_weights(cfg, 0)
+        ids = np.random.default_rng(7).integers(cfg.vocab, size=min(40, cfg.max_positions - 4))
+        out["quality"] = quality(quantize_model(cfg, plan, w), w, ids, 4)
+    else:
+        out["quality"] = None
+    return out
+
+
+def run_compile(args: argparse.Namespace) -> int:
+    cfg, hw, plan = load_model(args.model), load_hw(args.hw), load_plan(args.plan)
+    if args.output is not None and args.output.exists() and not args.output.is_dir():
+        raise ConfigError(f"-o {args.output}: exists and is not a directory")
+    compiled = compile_model(cfg, plan, hw, args.max_len)
+    info = summary(cfg, plan, hw, compiled)
+    if args.output is not None:
+        data = compiled.program.to_bytes()
+        atomic_write(args.output / "program.hwp", data)
+        atomic_write(args.output / "summary.json", json.dumps(info, indent=2, default=str))
+        info["written"] = str(args.output / "program.hwp")
+    if args.json:
+        print_json(info)
+        return 0
+    con = Console()
+    t = Table(title=f"{cfg.name} / {plan.name} on {hw.name}: {info['templates']} templates")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    rows = [
+        ("max length (prefill and decode context)", str(info["max_len"])),
+        ("prefill bucket / decode bucket", f"{info['prefill_bucket']} / 16"),
+        ("layer runs (first, layers, stride B)", str(info["layer_runs"])),
+        *((f"instructions {u}", f"{n:,}") for u, n in info["instructions_per_unit"].items() if n),
+        ("instruction bytes (templates)", f"{info['template_bytes']:,}"),
+        ("instruction bytes (one program per length)", f"{info['per_length_bytes']:,}"),
+        ("storage ratio", f"{info['ratio']:,.0f}x"),
+        (
+            f"decode HBM bytes per token at context {info['max_len']}",
+            f"{info['decode_hbm_bytes_per_token']['total']:,}",
+        ),
+        ("HBM allocated", f"{info['hbm_total_bytes']:,}"),
+        ("compile time", f"{info['compile_seconds']:.2f} s"),
+    ]
+    if info.get("written"):
+        rows.append(("written", info["written"]))
+    for r in rows:
+        t.add_row(*r)
+    con.print(t)
+    _print_quality(con, info["quality"])
+    return 0
+
+
+def _print_quality(con: Console, rows: list[dict[str, Any]] | None) -> None:
+    if rows is None:
+        con.print(
+            "quality: not computed (model too large for the float64 reference; see hwflow quality)"
+        )
+        return
+    t = Table(title="quality vs float64 (seeded weights)")
+    t.add_column("tensor")
+    t.add_column("SQNR dB", justify="right")
+    t.add_column("max abs err", justify="right")
+    for r in rows:
+        s = r["sqnr_db"]
+        t.add_row(r["tensor"], "inf" if math.isinf(s) else f"{s:.1f}", f"{r['max_abs_error']:.3g}")
+    con.print(t)
+
+
+def run_disasm(args: argparse.Namespace) -> int:
+    prog = load_program(args.file, load_hw(args.hw) if args.hw else None)
+    h = prog.header
+    if args.template is not None and not 0 <= args.template < len(prog.templates):
+        raise ConfigError(f"--template {args.template} out of range (0..{len(prog.templates) - 1})")
+    print(f"; hwflow program ISA v{h['isa_version']}: {h['model']} / {h['plan']} for preset "
+          f"{h['preset']} ({h['preset_digest'][:12]}), max_len {h['max_len']}")  # fmt: skip
+    for r in prog.regions:
+        print(f"; region {r.name:<8} {r.kind:<8} base {r.base:#012x} size {r.size:,}")
+    for i, t in enumerate(prog.templates):
+        if args.template is not None and i != args.template:
+            continue
+        print(f"\n; template {i}: {t.phase} {t.lo}..{t.hi}, {len(t.instrs)} instructions, "
+              f"{t.nbytes} bytes, {dict(t.info)}")  # fmt: skip
+        depth = 0
+        for pc, ins in enumerate(t.instrs):
+            if ins.op == "ENDLOOP":
+                depth -= 1
+            print(f"{pc:6d}  {'  ' * depth}{disasm(ins)}")
+            if ins.op == "LOOP":
+                depth += 1
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from hwflow.funcsim import check_against_reference
+
+    cfg, hw, plan = load_model(args.model), load_hw(args.hw), load_plan(args.plan)
+    if _params(cfg) > _QUALITY_MAX_PARAMS:
+        raise ConfigError(
+            f"model {cfg.name} has {_params(cfg) / 1e9:.1f}e9 parameters; check runs models up to "
+            f"{_QUALITY_MAX_PARAMS / 1e6:.0f}e6 (e.g. tiny-llama, tiny-opt)"
+        )
+    if args.decode < 1:
+        raise ConfigError(f"--decode {args.decode} must be >= 1")
+    res = check_against_reference(cfg, plan, hw, args.max_len, args.decode, args.seed)
+    if args.json:
+        print_json(res)
+    else:
+        con = Console()
+        n = len(res["steps"])
+        bad = [s for s in res["steps"] if not s["equal"]]
+        pre = sorted({s["tokens"] for s in res["steps"] if s["phase"] == "prefill"})
+        con.print(
+            f"{cfg.name} / {plan.name} on {hw.name}: {n} steps (prefill lengths {pre}, "
+            f"{args.decode} decode steps), {res['instructions']:,} instructions at "
+            f"{res['instructions_per_second']:,.0f}/s: "
+            + ("[green]bit-exact[/green]" if not bad else f"[red]{len(bad)} steps differ[/red]")
+        )
+        for s in bad:
+            con.print(f"  differs: {s}")
+        _print_quality(con, res["quality"])
+    return 0 if res["bit_exact"] else 1
