@@ -247,6 +247,7 @@ class MatrixVectorEngine(ChainEngine):
 
     def __init__(self, params: EngineParams) -> None:
         if params.kind != "mv" or params.rows != 1:
+            self._MustUse__silence = True  # never elaborated: no unused warning
             raise UnsupportedError(f"MatrixVectorEngine needs mv params, got {params.kind!r}")
         super().__init__(params)
 
@@ -260,6 +261,7 @@ class MatrixMatrixEngine(ChainEngine):
 
     def __init__(self, params: EngineParams) -> None:
         if params.kind != "mpe":
+            self._MustUse__silence = True  # never elaborated: no unused warning
             raise UnsupportedError(f"MatrixMatrixEngine needs mpe params, got {params.kind!r}")
         super().__init__(params)
 

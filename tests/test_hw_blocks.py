@@ -1,0 +1,200 @@
+"""Fast Amaranth-simulator tests of the engine's blocks, checked against hwflow.numerics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module, Signal, signed
+from amaranth.sim import Simulator
+
+from hwflow import numerics as nx
+from hwflow.config import load_hw
+from hwflow.errors import UnsupportedError
+from hwflow.hw import EngineParams, MatrixMatrixEngine, MatrixVectorEngine
+from hwflow.hw.dsp import DspChain, unpack_dual
+from hwflow.hw.pack import decode, encode
+from hwflow.hw.requant import Requantizer
+from hwflow.hw.stimulus import make_op, op_beats, op_expected, op_params
+from hwflow.hw.widen import WeightWidener
+
+
+def _run(dut, bench, clock: bool = True) -> None:
+    sim = Simulator(dut)
+    if clock:
+        sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_widener_matches_unpack_bits(bits: int) -> None:
+    rng = np.random.default_rng(bits)
+    slots = 16
+    dut = WeightWidener(slots=slots, bits=(2, 3, 4, 8))
+    q = nx.qmax(bits)
+    vectors = [rng.integers(-q - 1, q + 1, size=slots) for _ in range(20)]
+
+    async def bench(ctx) -> None:
+        for v in vectors:
+            packed = nx.pack_bits(v, bits)
+            ctx.set(dut.packed, int.from_bytes(packed.tobytes(), "little"))
+            ctx.set(dut.sel, (2, 3, 4, 8).index(bits))
+            got = [ctx.get(dut.values[i]) for i in range(slots)]
+            assert got == list(nx.unpack_bits(packed, bits, slots))
+
+    _run(dut, bench, clock=False)
+
+
+def test_requantizer_matches_numerics() -> None:
+    rng = np.random.default_rng(5)
+    dut = Requantizer(acc_bits=48)
+    n = 400
+    acc = rng.integers(-(2**40), 2**40, size=n)
+    acc[:50] = rng.integers(-(2**12), 2**12, size=50)
+    bias = rng.integers(-(2**31), 2**31, size=n)
+    mult = rng.integers(0, 2**15, size=n)
+    shift = rng.integers(0, 48, size=n)
+    shift[:8] = [0, 1, 47, 0, 1, 2, 47, 46]  # shift 0 (no rounding) and the extremes
+    raw = rng.random(n) < 0.1
+    expected = np.where(raw, acc, nx.requantize(acc + bias, mult, shift).astype(np.int64))
+
+    async def bench(ctx) -> None:
+        got = []
+        for i in range(n + 1):
+            if i < n:
+                ctx.set(dut.acc, int(acc[i]))
+                ctx.set(dut.bias, int(bias[i]))
+                ctx.set(dut.mult, int(mult[i]))
+                ctx.set(dut.shift, int(shift[i]))
+                ctx.set(dut.raw, int(raw[i]))
+            await ctx.tick()
+            if i >= 1:
+                got.append(ctx.get(dut.out))  # two registers, then combinational
+        assert got == [int(v) for v in expected]
+
+    _run(dut, bench)
+
+
+@pytest.mark.parametrize("dual", [False, True])
+def test_dsp_chain_segments(dual: bool) -> None:
+    """Each stage's P holds the cascade sum since the last reduction point, 3 + j cycles on."""
+    rng = np.random.default_rng(1)
+    length, field = 8, 17
+    dut = DspChain(length=length, acc_bits=48, dual=dual, field=field)
+    beats = 30
+    a = rng.integers(-128, 128, size=(beats, length))
+    d = rng.integers(-128, 128, size=(beats, length))
+    b = rng.integers(-127, 128, size=(beats, length))
+    seg = rng.choice([1, 2, 4, 8], size=beats)
+    cut = (np.arange(length)[None, :] % seg[:, None]) == 0
+    prod = (a * 2**field + d) * b if dual else a * b
+
+    async def bench(ctx) -> None:
+        seen = {}
+        for cyc in range(beats + length + 4):
+            if cyc < beats:
+                for j in range(length):
+                    ctx.set(dut.a[j], int(a[cyc, j]))
+                    ctx.set(dut.b[j], int(b[cyc, j]))
+                    ctx.set(dut.cut[j], int(cut[cyc, j]))
+                    if dual:
+                        ctx.set(dut.d[j], int(d[cyc, j]))
+            await ctx.tick()
+            for j in range(length):
+                t = cyc - 2 - j  # the beat whose stage-j sum is in P[j] now
+                if 0 <= t < beats:
+                    seen[(t, j)] = ctx.get(dut.p[j])
+        for t in range(beats):
+            start = 0
+            for j in range(length):
+                if cut[t, j]:
+                    start = j
+                assert seen[(t, j)] == int(prod[t, start : j + 1].sum()), (t, j)
+
+    _run(dut, bench)
+
+
+def test_unpack_dual_splits_packed_sums() -> None:
+    rng = np.random.default_rng(2)
+    field = 19
+    p = Signal(signed(48))
+    hi, lo = Signal(signed(48)), Signal(signed(48))
+    m = Module()
+    h, lo_v = unpack_dual(p, field)
+    m.d.comb += [hi.eq(h), lo.eq(lo_v)]
+    cases = [(int(x), int(y)) for x, y in rng.integers(-(2**18), 2**18, size=(200, 2))]
+    cases += [(-(2**18), -(2**18)), (2**18 - 1, 2**18 - 1), (0, -1), (-1, 0)]
+
+    async def bench(ctx) -> None:
+        for x, y in cases:
+            ctx.set(p, x * 2**field + y)
+            assert (ctx.get(hi), ctx.get(lo)) == (x, y)
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+def test_pack_round_trip() -> None:
+    p = EngineParams.from_preset(load_hw("tiny"), "mpe")
+    value = {
+        "data": [[-5, 7] + [0] * (p.lanes - 2), [2**47 - 1, -(2**47)] + [1] * (p.lanes - 2)],
+        "raw": 1,
+    }
+    assert decode(p.result_layout, encode(p.result_layout, value)) == value
+
+
+def test_params_from_presets() -> None:
+    tiny = load_hw("tiny")
+    mv = EngineParams.from_preset(tiny, "mv")
+    assert (mv.chains, mv.chain_length, mv.rows, mv.m) == (2, 16, 1, 16)
+    assert mv.n_modes == (2, 4, 8, 16) and mv.weight_bits == (2, 3, 4, 8)
+    assert mv.lanes == 16 and mv.latency == 16 + 7 and mv.dsps == tiny.mv.dsps
+    mpe = EngineParams.from_preset(tiny, "mpe")
+    assert mpe.dual_int8 and mpe.rows == 2 and mpe.dsps == tiny.mpe.dsps
+    assert mpe.dual_field == 19  # 16 products of 128*127 need 19 signed bits
+    u280 = EngineParams.from_preset(load_hw("u280"), "mv")
+    assert u280.chains == 128 and u280.acc_bits == 48
+    vhk = EngineParams.from_preset(load_hw("vhk158"), "mv")
+    assert vhk.dsp_kind == "DSP58" and vhk.acc_bits == 58
+    assert mv.with_chains(1).chains == 1
+    with pytest.raises(UnsupportedError, match="engine 'sfu' unknown"):
+        EngineParams.from_preset(tiny, "sfu")  # type: ignore[arg-type]
+    with pytest.raises(UnsupportedError, match="needs mv params"):
+        MatrixVectorEngine(mpe)
+
+
+@pytest.mark.parametrize("cls", [MatrixVectorEngine, MatrixMatrixEngine])
+def test_engine_in_amaranth_simulator(cls: type) -> None:
+    """A few ops through the whole engine in Amaranth's simulator (Verilator benches do the
+    exhaustive sweep): every lane equals the numerics reference."""
+    eng = cls.from_preset(load_hw("tiny"))
+    p = eng.params
+    rng = np.random.default_rng(4)
+    ops = [
+        make_op(p, rng, tokens=3 if p.rows > 1 else 1, rows=20, k=32, n=n, bits=b, raw=r)
+        for n, b, r in [(4, 4, False), (16, 8, False), (2, 2, True), (8, 3, False)]
+    ]
+    beats = [encode(p.beat_layout, b) for op in ops for b in op_beats(p, op)]
+    params = [encode(p.params_layout, e) for op in ops for e in op_params(p, op)]
+    expected = [e for op in ops for e in op_expected(p, op)]
+    got = []
+
+    async def bench(ctx) -> None:
+        bi = pi = 0
+        ctx.set(eng.o.ready, 1)
+        for _ in range(len(beats) + 3 * p.latency):
+            ctx.set(eng.i.valid, bi < len(beats))
+            if bi < len(beats):
+                ctx.set(eng.i.payload.as_value(), beats[bi])
+            ctx.set(eng.p.valid, pi < len(params))
+            if pi < len(params):
+                ctx.set(eng.p.payload.as_value(), params[pi])
+            if ctx.get(eng.o.valid):
+                got.append(decode(p.result_layout, ctx.get(eng.o.payload.as_value()))["data"])
+            bi += int(bool(ctx.get(eng.i.valid) and ctx.get(eng.i.ready)))
+            pi += int(bool(ctx.get(eng.p.valid) and ctx.get(eng.p.ready)))
+            await ctx.tick()
+
+    _run(eng, bench)
+    assert got == expected
