@@ -6,9 +6,10 @@ every LOOP and ENDLOOP, so a segment never spans loop boundaries and every loop 
 with all earlier work complete). Within a segment, walking the instructions in program order,
 each unit instruction ``b`` on unit V depends on the earlier instructions of other units whose
 buffer footprint conflicts with its own (read-after-write, write-after-read, write-after-write).
-For each other unit U, let ``a`` be the latest such instruction on U. If V already waits for an
-instruction of U at or after ``a``, nothing is needed (V is in order); otherwise ``a`` gets the
-release bit V and ``b`` the wait bit U. Pushes on queue U->V are then in U's program order and
+For each other unit U, let ``a`` be the latest such instruction on U. If V is already ordered
+after an instruction of U at or after ``a`` (directly, or transitively through the tokens it
+popped: the pass keeps each unit's transitive knowledge as a vector), nothing is needed;
+otherwise ``a`` gets the release bit V and ``b`` the wait bit U. Pushes on queue U->V are then in U's program order and
 pops in V's, and the k-th pop pairs with the k-th push, which is exactly ``b``'s producer: the
 FIFO token protocol is sound by construction. Choosing ``a`` itself (not U's latest
 instruction) keeps the schedule as loose as the data allows, so LD runs ahead into free buffer
@@ -60,11 +61,15 @@ def assign_tokens(nodes: Sequence[Node]) -> tuple[Instr, ...]:
     rel = [0] * len(nodes)
     # per buffer: {(lo, hi): [last writer (unit, idx) | None, {unit: last read idx}]}
     state: dict[int, dict[tuple[int, int], list]] = {}
-    synced: dict[tuple[int, int], int] = {}
+    nu = max(TOKEN_UNITS) + 1
+    # known[v][u]: latest instruction of u that unit v is ordered after (transitively)
+    known: dict[int, list[int]] = {}
+    snap: dict[int, list[int]] = {}  # knowledge of an instruction's unit when it completes
 
     def reset() -> None:
         state.clear()
-        synced.clear()
+        known.clear()
+        snap.clear()
 
     for i, n in enumerate(nodes):
         if n.op == "BARRIER":
@@ -88,12 +93,18 @@ def assign_tokens(nodes: Sequence[Node]) -> tuple[Instr, ...]:
         for unit, idx in hits:
             if unit != u and idx > deps.get(unit, -1):
                 deps[unit] = idx
-        for src, a in deps.items():
-            if synced.get((src, u), -1) >= a:
+        kv = known.setdefault(u, [-1] * nu)
+        # the latest dependency first: its knowledge may cover the others
+        for src, a in sorted(deps.items(), key=lambda x: -x[1]):
+            if kv[src] >= a:
                 continue
             rel[a] |= 1 << u
             wait[i] |= 1 << src
-            synced[(src, u)] = a
+            for w, k in enumerate(snap[a]):
+                if k > kv[w]:
+                    kv[w] = k
+        kv[u] = i
+        snap[i] = list(kv)
         for buf, lo, hi in n.reads:
             rec = state.setdefault(buf, {}).setdefault((lo, hi), [None, {}])
             rec[1][u] = i
