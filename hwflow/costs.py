@@ -42,6 +42,7 @@ from hwflow.errors import CapacityError, UnsupportedError
 
 __all__ = [
     "ACC_STAGES",
+    "LDST_ISSUE_CYCLES",
     "OPERAND_STAGES",
     "REQUANT_STAGES",
     "HbmPiece",
@@ -129,14 +130,22 @@ def sfu_cost(hw: HardwarePreset, elements: int, passes: int = 1) -> OpCost:
 # RTL's load/store unit is held to them.
 #
 # The address space is interleaved across the preset's pseudo-channels in granules of
-# ``hbm.interleave_bytes``: granule g lives in channel ``g % channels``. A transfer is split
-# into one *piece* per channel it touches. A piece made of whole granules is a sequential
-# stream inside its channel and runs at ``efficiency_same_channel`` of the channel's peak; a
-# piece holding a partial granule (the transfer starts or ends inside a granule, so the stream
-# leaves the channel before finishing its burst) runs at ``efficiency_cross_channel``. Pieces
-# run in parallel on their channels; a channel serves its pieces one after the other. The data
-# of a piece is in the on-chip buffer ``latency_ns`` after the channel finished streaming it
-# (the first-beat latency; later beats are pipelined behind it).
+# ``hbm.interleave_bytes``: granule g lives in channel ``g % channels``, and the LD/ST unit has
+# one port per channel. A transfer is split into one *piece* per channel it touches. A run of
+# contiguous bytes is, in every channel it touches, one sequential stream read by that
+# channel's own port: it runs at ``efficiency_same_channel`` of the channel's peak. A strided
+# transfer whose rows are shorter than a granule hops from channel to channel row by row (short
+# bursts, a new page each row): its pieces run at ``efficiency_cross_channel``. Pieces run in
+# parallel on their channels; a channel serves its pieces one after the other. The data of a
+# piece is in the on-chip buffer ``latency_ns`` after the channel finished streaming it
+# (the first-beat latency; later beats are pipelined behind it). The load/store unit itself
+# only hands a transfer's pieces to the channels' command queues (one per channel, in parallel):
+# ``LDST_ISSUE_CYCLES`` per transfer; it may then issue its next transfer while the channels
+# stream (its tokens, which are released when the data has landed, keep it from overrunning
+# the buffers).
+
+#: Cycles the LD/ST unit spends issuing one transfer's per-channel commands.
+LDST_ISSUE_CYCLES = 1
 
 
 @dataclass(frozen=True)
@@ -146,7 +155,7 @@ class HbmPiece:
     channel: int
     nbytes: int
     occupancy: int  #: cycles the channel is busy streaming this piece
-    same_channel: bool  #: whole granules (same-channel efficiency) or not (cross-channel)
+    same_channel: bool  #: a sequential stream in its channel, or a hopping short row
 
 
 def hbm_latency_cycles(hw: HardwarePreset) -> int:
@@ -160,8 +169,10 @@ def hbm_channel_bytes_per_cycle(hw: HardwarePreset, same_channel: bool) -> float
     return hw.hbm.channel_gbps * 1e9 * eff / hw.clock_hz
 
 
-def hbm_pieces(hw: HardwarePreset, addr: int, nbytes: int) -> list[HbmPiece]:
-    """Split the transfer of ``nbytes`` at HBM byte address ``addr`` into per-channel pieces."""
+def hbm_pieces(hw: HardwarePreset, addr: int, nbytes: int, *, hop: bool = False) -> list[HbmPiece]:
+    """Split the contiguous transfer of ``nbytes`` at HBM byte ``addr`` into per-channel pieces.
+
+    ``hop``: the bytes are one short row of a strided transfer (cross-channel efficiency)."""
     if addr < 0 or nbytes < 0:
         raise UnsupportedError(f"HBM transfer at {addr} of {nbytes} bytes: negative")
     if addr + nbytes > hw.hbm.capacity_bytes:
@@ -169,38 +180,28 @@ def hbm_pieces(hw: HardwarePreset, addr: int, nbytes: int) -> list[HbmPiece]:
             f"HBM transfer [{addr}, {addr + nbytes}) exceeds the {hw.hbm.capacity_bytes} bytes"
             f" of preset {hw.name}"
         )
-    g, nch = hw.hbm.interleave_bytes, hw.hbm.channels
     if nbytes == 0:
         return []
+    g, nch = hw.hbm.interleave_bytes, hw.hbm.channels
     first, last = addr // g, (addr + nbytes - 1) // g
-    whole: dict[int, int] = {}
-    partial: dict[int, int] = {}
-    span = last - first + 1
-    # whole granules strictly inside the transfer: distribute them over channels arithmetically
-    head_partial = addr % g != 0 or (span == 1 and nbytes != g)
-    tail_partial = (addr + nbytes) % g != 0 and span > 1
-    lo = first + 1 if head_partial else first
-    hi = last - 1 if tail_partial else last
-    if head_partial:
-        ch = first % nch
-        partial[ch] = partial.get(ch, 0) + min(nbytes, (first + 1) * g - addr)
-    if tail_partial:
-        ch = last % nch
-        partial[ch] = partial.get(ch, 0) + (addr + nbytes) - last * g
-    n_whole = hi - lo + 1
-    if n_whole > 0:
+    per: dict[int, int] = {}
+    if first == last:
+        per[first % nch] = nbytes
+    else:
+        per[first % nch] = (first + 1) * g - addr
+        per[last % nch] = per.get(last % nch, 0) + addr + nbytes - last * g
+        n_whole = last - first - 1
         rounds, rest = divmod(n_whole, nch)
         for i in range(min(nch, n_whole)):
-            ch = (lo + i) % nch
-            whole[ch] = (rounds + (1 if i < rest else 0)) * g
-    rate_same = hbm_channel_bytes_per_cycle(hw, True)
-    rate_cross = hbm_channel_bytes_per_cycle(hw, False)
-    out = []
-    for ch in sorted(set(whole) | set(partial)):
-        w, p = whole.get(ch, 0), partial.get(ch, 0)
-        occ = ceil(w / rate_same + p / rate_cross - 1e-9)
-        out.append(HbmPiece(channel=ch, nbytes=w + p, occupancy=max(occ, 1), same_channel=p == 0))
-    return out
+            ch = (first + 1 + i) % nch
+            per[ch] = per.get(ch, 0) + (rounds + (1 if i < rest else 0)) * g
+    rate = hbm_channel_bytes_per_cycle(hw, not hop)
+    return [
+        HbmPiece(
+            channel=ch, nbytes=b, occupancy=max(ceil(b / rate - 1e-9), 1), same_channel=not hop
+        )
+        for ch, b in sorted(per.items())
+    ]
 
 
 def hbm_transfer_cost(hw: HardwarePreset, addr: int, nbytes: int) -> OpCost:

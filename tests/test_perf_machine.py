@@ -106,13 +106,15 @@ def test_hbm_split_and_efficiency(tiny):
     ]
     # 512 B at 0.70 x 143.75 B/cycle = 100.6 B/cycle -> 6 cycles
     assert whole[0].occupancy == 6
-    part = hbm_pieces(tiny, 100, g)  # 156 B in channel 0, 100 B in channel 1, both partial
-    assert [(p.channel, p.nbytes, p.same_channel) for p in part] == [
-        (0, 156, False),
-        (1, 100, False),
-    ]
-    assert part[0].occupancy == 4  # 156 / (0.35 x 143.75) = 3.1
+    part = hbm_pieces(tiny, 100, g)  # 156 B in channel 0, 100 B in channel 1
+    assert [(p.channel, p.nbytes) for p in part] == [(0, 156), (1, 100)]
+    assert part[0].occupancy == 2  # 156 / 100.6
+    hop = hbm_pieces(tiny, 100, 156, hop=True)
+    assert [(p.channel, p.nbytes, p.same_channel, p.occupancy) for p in hop] == [(0, 156, False, 4)]
     assert sum(p.nbytes for p in hbm_pieces(tiny, 3 * g + 7, 5000)) == 5000
+    # the head and tail granules of an unaligned transfer share a channel when it wraps
+    wrap = hbm_pieces(tiny, 10, 4 * g)
+    assert {p.channel: p.nbytes for p in wrap} == {0: (g - 10) + 10, 1: g, 2: g, 3: g}
 
 
 def test_reservation_matches_simpy_resources(tiny):

@@ -5,7 +5,8 @@ registers); the cycles come from :mod:`hwflow.costs` (the one definition of ever
 cost, shared with the RTL). This module only reads the instruction fields and calls them:
 
 * LD / ST: ``rows`` rows of ``row_bytes`` at HBM ``hbm`` spaced ``hbm_stride`` apart
-  (contiguous when the stride equals the row) -> :func:`~hwflow.costs.hbm_pieces`.
+  (contiguous when the stride equals the row) -> :func:`~hwflow.costs.hbm_pieces`; the rows
+  of a strided transfer that are shorter than the interleave granule hop across channels.
 * MM / MV: ``out[rows, cols] = A[rows, k] @ B[cols, k]^T`` with ``n`` of every ``m`` weights
   kept -> :func:`~hwflow.costs.matmul_cost` on the preset's ``mpe`` / ``mv`` engine. A
   reduction that is not a whole number of M-blocks is padded to the next block (the chain
@@ -92,7 +93,10 @@ class _Pricer:
             return ()
         if rows == 1 or stride == row_bytes:
             return tuple(hbm_pieces(hw, base, rows * row_bytes))
-        return _merge(p for i in range(rows) for p in hbm_pieces(hw, base + i * stride, row_bytes))
+        hop = row_bytes < hw.hbm.interleave_bytes
+        return _merge(
+            p for i in range(rows) for p in hbm_pieces(hw, base + i * stride, row_bytes, hop=hop)
+        )
 
     def _check_buf(
         self, c: Concrete, buf: int, off: int, rows: int, stride: int, width: int

@@ -20,8 +20,9 @@ Semantics (the contract the tests pin with exact timelines)
   becomes visible when the op *completes*: ``start + latency`` (results written), and a unit
   completes in order (a later op never completes before an earlier one of the same unit).
 * LD and ST ops move bytes through :class:`~hwflow.perf.hbm.HbmChannels`: the op starts when
-  its tokens are in, its pieces queue on their channels; the unit is busy until its last piece
-  has streamed, and the op completes one HBM latency later.
+  its tokens are in and hands its pieces to their channels' FIFOs in
+  :data:`~hwflow.costs.LDST_ISSUE_CYCLES`; the op completes one HBM latency after its last
+  piece streamed. The unit counts as busy while any of its transfers streams.
 * Busy cycles of a unit: the sum of its ops' issue occupancy. Stall cycles: time a unit with
   a next op spent waiting for tokens or for HBM channels. Idle: the rest of the run.
 * A run that ends with a unit still waiting is a deadlock: :class:`~hwflow.errors.SyncError`
@@ -30,6 +31,7 @@ Semantics (the contract the tests pin with exact timelines)
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -37,11 +39,11 @@ from dataclasses import dataclass, field
 import simpy
 
 from hwflow.config import HardwarePreset
-from hwflow.costs import HbmPiece
+from hwflow.costs import LDST_ISSUE_CYCLES, HbmPiece
 from hwflow.errors import SyncError
 from hwflow.perf.hbm import HbmChannels
 
-__all__ = ["QUEUE_DEPTH", "UNITS", "MOp", "Machine", "RunStats"]
+__all__ = ["QUEUE_DEPTH", "UNITS", "MOp", "Machine", "MachineState", "RunStats", "SegmentMemo"]
 
 #: The units, in the order of :class:`hwflow.isa.Unit` (the wait/release mask bits).
 UNITS = ("ld", "st", "mm", "mv", "sfu", "sys")
@@ -77,14 +79,145 @@ class RunStats:
     leftover_tokens: dict[str, int]
     events: int
     trace: list[tuple[str, str, int, int]] = field(default_factory=list)
+    segments: int = 0  #: barrier-delimited segments the run was cut into
+    reused: int = 0  #: segments taken from the memo instead of simulated
+
+
+@dataclass(frozen=True)
+class MachineState:
+    """Everything a later instruction can depend on, at a point of the dispatch order.
+
+    ``free``: per unit, the cycle its next op may issue; ``done``: its last completion;
+    ``tokens``: per (producer, consumer) queue the ready times of the tokens in it; ``channels``:
+    per HBM channel its next free cycle; ``fetch``: the dispatcher's clock; ``issued``: per unit
+    the issue cycles of its last ``depth`` ops (queue room); ``end``: the latest event so far.
+    """
+
+    free: tuple[int, ...]
+    done: tuple[int, ...]
+    tokens: tuple[tuple[int, ...], ...]
+    channels: tuple[int, ...]
+    fetch: int
+    issued: tuple[tuple[int, ...], ...]
+    end: int
+    cover: tuple[int, ...]  #: per unit, the end of its latest HBM streaming (busy accounting)
+
+    @classmethod
+    def idle(cls, channels: int) -> MachineState:
+        n = len(UNITS)
+        return cls((0,) * n, (0,) * n, ((),) * (n * n), (0,) * channels, 0, ((),) * n, 0, (0,) * n)
+
+    @property
+    def origin(self) -> int:
+        """A cycle no later than anything that can still happen (all later events are >= it)."""
+        return min(self.fetch, *self.free)
+
+    def relative(self) -> MachineState:
+        """This state seen from :attr:`origin` (which becomes cycle 0), earlier times clipped."""
+        o = self.origin
+
+        def rel(ts: Sequence[int]) -> tuple[int, ...]:
+            return tuple(t - o if t > o else 0 for t in ts)
+
+        return MachineState(
+            rel(self.free),
+            rel(self.done),
+            tuple(rel(q) for q in self.tokens),
+            rel(self.channels),
+            self.fetch - o,
+            tuple(rel(h) for h in self.issued),
+            self.end - o if self.end > o else 0,
+            rel(self.cover),
+        )
+
+    def key(self) -> tuple:
+        """Hashable :meth:`relative` state (the memo key)."""
+        r = self.relative()
+        return (r.free, r.done, r.tokens, r.channels, r.fetch, r.issued, r.end, r.cover)
+
+    def shifted(self, by: int) -> MachineState:
+        def sh(ts: Sequence[int]) -> tuple[int, ...]:
+            return tuple(t + by for t in ts)
+
+        return MachineState(
+            sh(self.free),
+            sh(self.done),
+            tuple(sh(q) for q in self.tokens),
+            sh(self.channels),
+            self.fetch + by,
+            tuple(sh(h) for h in self.issued),
+            self.end + by,
+            sh(self.cover),
+        )
 
 
 class _Queue:
     __slots__ = ("times", "waiter")
 
-    def __init__(self) -> None:
-        self.times: deque[int] = deque()
+    def __init__(self, times: Sequence[int] = ()) -> None:
+        self.times: deque[int] = deque(times)
         self.waiter: simpy.Event | None = None
+
+
+@dataclass
+class _Seg:
+    """A memoised segment: its exit state and statistics relative to the entry origin."""
+
+    exit: MachineState
+    busy: list[int]
+    stall: list[int]
+    ops: list[int]
+    hbm_bytes: int
+    channel_busy: list[int]
+    events: int
+    trace: list[tuple[str, str, int, int]]
+
+
+class SegmentMemo:
+    """Results of simulated segments keyed by (segment ops, entry state relative to origin).
+
+    The machine is deterministic, so a segment with the same ops entered in the same relative
+    state has the same relative timeline: reusing it is exact, not an approximation."""
+
+    def __init__(self) -> None:
+        self.table: dict[tuple, _Seg] = {}
+        self.hits = 0
+        self.misses = 0
+
+
+def barrier_cuts(program: Sequence[MOp]) -> list[int]:
+    """Indices after which every unit has drained (a full barrier): the program can be cut
+    there and its parts simulated one after another with the same timeline.
+
+    The compiler's barrier (:mod:`hwflow.compiler.sync`) is ``SYNC.U`` releasing the hub for
+    every other unit U, the hub's ``SYNC`` waiting for and releasing all of them, then ``SYNC.U``
+    waiting for the hub. After it, no op starts before every op before it completed (units
+    retire in order and release at completion). A cut is made only where the barrier spans
+    every unit the program uses.
+    """
+    used = {op.unit for op in program}
+    cuts: list[int] = []
+    n = len(program)
+    for i, op in enumerate(program):
+        if not op.name.startswith("SYNC.") or not op.wait or set(op.wait) != set(op.release):
+            continue
+        hub, others = op.unit, set(op.wait)
+        if used - others - {hub}:
+            continue
+        k = len(others)
+        before = program[max(0, i - k) : i]
+        after = program[i + 1 : i + 1 + k]
+        if (
+            len(before) == k
+            and len(after) == k
+            and {b.unit for b in before} == others
+            and {a.unit for a in after} == others
+            and all(b.name.startswith("SYNC.") and b.release == (hub,) for b in before)
+            and all(a.name.startswith("SYNC.") and a.wait == (hub,) for a in after)
+            and i + 1 + k < n
+        ):
+            cuts.append(i + 1 + k)
+    return cuts
 
 
 class Machine:
@@ -98,38 +231,102 @@ class Machine:
         self.trace_on = trace
         self.depth = depth
 
-    def run(self, program: Sequence[MOp]) -> RunStats:
-        """Execute ``program``; return what was measured."""
+    def run(self, program: Sequence[MOp], memo: SegmentMemo | None = None) -> RunStats:
+        """Execute ``program`` from an idle machine; return what was measured.
+
+        With ``memo`` the program is cut at full barriers (:func:`barrier_cuts`) and every
+        segment already seen in the same relative state is taken from the memo (exact)."""
+        n = len(UNITS)
+        state = MachineState.idle(self.hw.hbm.channels)
+        busy, stall, ops = [0] * n, [0] * n, [0] * n
+        hbm_bytes, events = 0, 0
+        chan = [0] * self.hw.hbm.channels
+        trace: list[tuple[str, str, int, int]] = []
+        bounds = (
+            [0, *barrier_cuts(program), len(program)] if memo is not None else [0, len(program)]
+        )
+        reused = 0
+        for a, b in itertools.pairwise(bounds):
+            seg = program[a:b]
+            shift = state.origin
+            rel = state.relative()
+            hit = None
+            if memo is not None:
+                key = (tuple(map(id, seg)), rel)
+                hit = memo.table.get(key)
+            if hit is None:
+                res = self._segment(seg, rel)
+                if memo is not None:
+                    memo.table[key] = res
+                    memo.misses += 1
+            else:
+                res = hit
+                memo.hits += 1
+                reused += 1
+            state = res.exit.shifted(shift)
+            for u in range(n):
+                busy[u] += res.busy[u]
+                stall[u] += res.stall[u]
+                ops[u] += res.ops[u]
+            for c in range(len(chan)):
+                chan[c] += res.channel_busy[c]
+            hbm_bytes += res.hbm_bytes
+            events += res.events
+            if self.trace_on:
+                trace.extend((u, nm, s + shift, e + shift) for u, nm, s, e in res.trace)
+        leftover = {
+            f"{UNITS[i // n]}->{UNITS[i % n]}": len(q) for i, q in enumerate(state.tokens) if q
+        }
+        return RunStats(
+            cycles=int(state.end),
+            busy={UNITS[u]: busy[u] for u in range(n)},
+            stall={UNITS[u]: stall[u] for u in range(n)},
+            ops={UNITS[u]: ops[u] for u in range(n)},
+            hbm_bytes=hbm_bytes,
+            hbm_channel_busy=chan,
+            leftover_tokens=leftover,
+            events=events,
+            trace=trace,
+            segments=len(bounds) - 1,
+            reused=reused,
+        )
+
+    def _segment(self, program: Sequence[MOp], entry: MachineState) -> _Seg:
+        """Simulate one segment from a :meth:`MachineState.relative` ``entry`` (cycle 0 is its
+        origin); the result is relative to the same origin."""
         env = simpy.Environment()
         n = len(UNITS)
         depth = self.depth
-        queues = [[_Queue() for _ in range(n)] for _ in range(n)]  # tokens [producer][consumer]
+        queues = [[_Queue(entry.tokens[a * n + b]) for b in range(n)] for a in range(n)]
         hbm = HbmChannels(self.hw)
+        hbm.free = [max(t, 0) for t in entry.channels]
         streams: list[list[MOp]] = [[] for _ in range(n)]
         for op in program:
             streams[op.unit].append(op)
-        avail: list[list[int]] = [[] for _ in range(n)]  #: when instruction i is in its queue
-        issued: list[list[int]] = [[] for _ in range(n)]  #: when instruction i left its queue
-        unit_wait: list[simpy.Event | None] = [None] * n  # unit waits for the dispatcher
-        disp_wait: list[simpy.Event | None] = [None]  # dispatcher waits for a queue slot
+        # instruction index s of unit u in this segment is hist + s in these lists
+        hist = [len(h) for h in entry.issued]
+        avail: list[list[int]] = [[0] * hist[u] for u in range(n)]
+        issued: list[list[int]] = [list(entry.issued[u]) for u in range(n)]
+        unit_wait: list[simpy.Event | None] = [None] * n
+        disp_wait: list[simpy.Event | None] = [None]
         busy = [0] * n
         stall = [0] * n
         pos = [0] * n
         blocked: dict[int, int] = {}
         finished = [False] * n
-        last_done = [0] * n
+        free = list(entry.free)
+        done_last = list(entry.done)
+        cover = list(entry.cover)
         trace: list[tuple[str, str, int, int]] = []
         counter = [0]
-        disp = [0, False, -1]  # fetch clock, finished, unit blocked on
-
-        fetched = [0]
+        disp = [entry.fetch, False, -1]  # fetch clock, finished, unit blocked on
+        trace_on = self.trace_on
 
         def dispatcher() -> Generator:
-            tf = 0
+            tf = entry.fetch
             for op in program:
                 u = op.unit
                 tf += op.words
-                fetched[0] += op.words
                 s = len(avail[u])
                 if s >= depth:
                     while len(issued[u]) <= s - depth:
@@ -151,20 +348,24 @@ class Machine:
             disp[1] = True
 
         def unit(u: int) -> Generator:
-            done_prev = 0
+            done_prev = done_last[u]
             my_queues = [queues[src][u] for src in range(n)]
             out_queues = queues[u]
             my_avail = avail[u]
             my_issued = issued[u]
+            base = hist[u]
+            if free[u] > env.now:
+                counter[0] += 1
+                yield env.timeout(free[u] - env.now)
             for i, op in enumerate(streams[u]):
                 pos[u] = i
                 t = env.now
-                while len(my_avail) <= i:
+                while len(my_avail) <= base + i:
                     ev = env.event()
                     unit_wait[u] = ev
                     counter[0] += 1
                     yield ev
-                ready = my_avail[i]
+                ready = my_avail[base + i]
                 for src in op.wait:
                     q = my_queues[src]
                     while not q.times:
@@ -184,14 +385,19 @@ class Machine:
                         counter[0] += 1
                         yield env.timeout(start - now)
                     tr = hbm.issue(start, op.hbm)
-                    issue_end = tr.streamed
+                    issue_end = start + LDST_ISSUE_CYCLES
                     done = tr.done
-                    occupied = tr.streamed - tr.start
-                    start = tr.start
+                    # busy = the union of the unit's streaming intervals (issue order)
+                    lo = cover[u] if cover[u] > tr.start else tr.start
+                    occupied = tr.streamed - lo if tr.streamed > lo else 0
+                    if tr.streamed > cover[u]:
+                        cover[u] = tr.streamed
+                    span = (tr.start, tr.streamed)
                 else:
                     issue_end = start + op.beats
                     done = start + op.latency
                     occupied = op.beats
+                    span = (start, issue_end)
                 if done < done_prev:
                     done = done_prev
                 done_prev = done
@@ -208,13 +414,14 @@ class Machine:
                     if q.waiter is not None:
                         w, q.waiter = q.waiter, None
                         w.succeed()
-                if self.trace_on:
-                    trace.append((UNITS[u], op.name, start, max(issue_end, start + 1)))
+                if trace_on:
+                    trace.append((UNITS[u], op.name, span[0], max(span[1], span[0] + 1)))
                 delay = issue_end - env.now
                 if delay > 0:
                     counter[0] += 1
                     yield env.timeout(delay)
-            last_done[u] = done_prev
+            done_last[u] = done_prev
+            free[u] = env.now
             pos[u] = len(streams[u])
             finished[u] = True
 
@@ -235,22 +442,25 @@ class Machine:
             if not disp[1] and disp[2] >= 0:
                 why.append(f"the dispatcher waits for room in the full {UNITS[disp[2]]} queue")
             raise SyncError("deadlock: " + "; ".join(why))
-        cycles = max([env.now, disp[0], *last_done])
-        leftover = {
-            f"{UNITS[a]}->{UNITS[b]}": len(queues[a][b].times)
-            for a in range(n)
-            for b in range(n)
-            if queues[a][b].times
-        }
-        busy[UNITS.index("sys")] = fetched[0]
-        return RunStats(
-            cycles=int(cycles),
-            busy={UNITS[u]: busy[u] for u in range(n)},
-            stall={UNITS[u]: stall[u] for u in range(n)},
-            ops={UNITS[u]: len(streams[u]) for u in range(n)},
+        busy[UNITS.index("sys")] = sum(op.words for op in program)
+        end = max(entry.end, env.now, disp[0], *done_last)
+        exit_ = MachineState(
+            free=tuple(free),
+            done=tuple(done_last),
+            tokens=tuple(tuple(queues[a][b].times) for a in range(n) for b in range(n)),
+            channels=tuple(hbm.free),
+            fetch=disp[0],
+            issued=tuple(tuple(h[-depth:]) for h in issued),
+            end=end,
+            cover=tuple(cover),
+        )
+        return _Seg(
+            exit=exit_,
+            busy=busy,
+            stall=stall,
+            ops=[len(st) for st in streams],
             hbm_bytes=hbm.bytes,
-            hbm_channel_busy=list(hbm.busy),
-            leftover_tokens=leftover,
+            channel_busy=list(hbm.busy),
             events=counter[0] + n + 1,
             trace=trace,
         )
