@@ -1,0 +1,131 @@
+"""Functional simulator: bit-exact against the integer reference; token hazards are caught."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hwflow.compiler import compile_model
+from hwflow.compiler.layout import build_hbm_image
+from hwflow.compress import quantize_model, random_weights
+from hwflow.config import available, load_hw, load_model, load_plan
+from hwflow.errors import ProgramError, SyncError, UnsupportedError
+from hwflow.funcsim import FuncSim, boundary_lengths, check_against_reference
+from hwflow.isa import Program, Template, Unit
+
+TINY_PLANS = [p for p in available("plans") if p != "w4a8-2of4"]
+
+
+def test_boundary_lengths():
+    assert boundary_lengths(256, 128) == [1, 127, 128, 129, 255, 256]
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-opt"])
+@pytest.mark.parametrize("plan", TINY_PLANS)
+def test_bit_exact_prefill_and_decode(model, plan):
+    """Prefill at 1, 127, 128, 129, 255, 256 and 8 decode steps crossing context 16 -> 17:
+    logits and the whole KV cache equal the integer reference bit for bit."""
+    res = check_against_reference(load_model(model), load_plan(plan), load_hw("tiny"), 256, 8)
+    assert [s["tokens"] for s in res["steps"] if s["phase"] == "prefill"] == [
+        1,
+        127,
+        128,
+        129,
+        255,
+        256,
+    ]
+    decode_pos = [s["pos"] for s in res["steps"] if s["phase"] == "decode"]
+    assert len(decode_pos) == 8 and min(decode_pos) < 16 <= max(decode_pos)
+    assert res["bit_exact"], [s for s in res["steps"] if not s["equal"]]
+
+
+def test_bit_exact_block_sparse_prefill():
+    """Beyond 5 blocks of 64 the FlightLLM plan's block mask drops key blocks."""
+    res = check_against_reference(
+        load_model("tiny-llama"), load_plan("flightllm"), load_hw("tiny"), 512, 1, lengths=[449]
+    )
+    assert res["bit_exact"]
+
+
+def test_unsupported_plan_refused_on_tiny():
+    with pytest.raises(UnsupportedError, match="preset tiny does not support 2:4 sparsity"):
+        check_against_reference(
+            load_model("tiny-llama"), load_plan("w4a8-2of4"), load_hw("tiny"), 64, 1
+        )
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg, hw, plan = load_model("tiny-llama"), load_hw("tiny"), load_plan("w4a8")
+    comp = compile_model(cfg, plan, hw, 64)
+    qm = quantize_model(cfg, plan, random_weights(cfg, 0))
+    return cfg, hw, comp, qm, build_hbm_image(comp.layout, qm)
+
+
+def _replace(prog: Program, idx: int, instrs: list) -> Program:
+    ts = list(prog.templates)
+    t = ts[idx]
+    ts[idx] = Template(t.phase, t.lo, t.hi, tuple(instrs), t.info)
+    return Program(prog.header, prog.regions, tuple(ts))
+
+
+def test_read_before_release_is_a_hazard(setup):
+    """Drop the first LD->MV token pair: MV then reads weights LD has not released."""
+    cfg, hw, comp, qm, image = setup
+    prog = comp.program
+    idx = next(i for i, t in enumerate(prog.templates) if t.phase == "decode")
+    instrs = list(prog.templates[idx].instrs)
+    ld = next(i for i, x in enumerate(instrs) if x.op == "LD" and x.release >> Unit.MV & 1)
+    mv = next(i for i, x in enumerate(instrs) if x.op == "MV" and x.wait >> Unit.LD & 1)
+    instrs[ld] = instrs[ld].with_masks(instrs[ld].wait, instrs[ld].release & ~(1 << Unit.MV))
+    instrs[mv] = instrs[mv].with_masks(instrs[mv].wait & ~(1 << Unit.LD), instrs[mv].release)
+    broken = _replace(prog, idx, instrs)
+    fs = FuncSim(broken, hw, cfg, comp.layout, image.copy())
+    with pytest.raises(SyncError, match=r"hazard: MV pc \d+ \(MV\) reads WEIGHT .* written by LD"):
+        fs.step("decode", qm.embed(np.array([3]), 5), 5)
+    # the intact program runs clean from the same state
+    ok = FuncSim(prog, hw, cfg, comp.layout, image.copy())
+    ok.step("decode", qm.embed(np.array([3]), 5), 5)
+
+
+def test_write_after_read_is_a_hazard(setup):
+    """Drop the MV->LD token that frees a weight slot: LD overwrites a tile before MV has read
+    it (reported when MV reads bytes whose writer it has no token from) or while MV reads."""
+    cfg, hw, comp, qm, image = setup
+    prog = comp.program
+    idx = next(i for i, t in enumerate(prog.templates) if t.phase == "decode")
+    instrs = list(prog.templates[idx].instrs)
+    mv = next(i for i, x in enumerate(instrs) if x.op == "MV" and x.release >> Unit.LD & 1)
+    ld = next(i for i, x in enumerate(instrs) if x.op == "LD" and x.wait >> Unit.MV & 1)
+    instrs[mv] = instrs[mv].with_masks(instrs[mv].wait, instrs[mv].release & ~(1 << Unit.LD))
+    instrs[ld] = instrs[ld].with_masks(instrs[ld].wait & ~(1 << Unit.MV), instrs[ld].release)
+    fs = FuncSim(_replace(prog, idx, instrs), hw, cfg, comp.layout, image.copy())
+    with pytest.raises(SyncError, match=r"hazard: (LD .* overwrites|MV .* reads) WEIGHT"):
+        fs.step("decode", qm.embed(np.array([3]), 5), 5)
+
+
+def test_runtime_deadlock_detected(setup):
+    cfg, hw, comp, qm, image = setup
+    prog = comp.program
+    idx = next(i for i, t in enumerate(prog.templates) if t.phase == "decode")
+    instrs = list(prog.templates[idx].instrs)
+    mv = next(i for i, x in enumerate(instrs) if x.op == "MV")
+    instrs[mv] = instrs[mv].with_masks(instrs[mv].wait | 1 << Unit.ST, instrs[mv].release)
+    fs = FuncSim(_replace(prog, idx, instrs), hw, cfg, comp.layout, image.copy())
+    with pytest.raises(SyncError, match=r"deadlock while running: .*MV at pc"):
+        fs.step("decode", qm.embed(np.array([3]), 5), 5)
+
+
+def test_program_for_other_preset_refused(setup):
+    cfg, _, comp, _, image = setup
+    with pytest.raises(ProgramError, match="compiled for preset 'tiny'"):
+        FuncSim(comp.program, load_hw("u280"), cfg, comp.layout, image)
+
+
+def test_length_outside_program_refused(setup):
+    cfg, hw, comp, qm, image = setup
+    fs = FuncSim(comp.program, hw, cfg, comp.layout, image.copy())
+    with pytest.raises(
+        ProgramError, match=r"no prefill template serves LEN = 65 \(served: 1..64\)"
+    ):
+        fs.step("prefill", qm.embed(np.arange(65), 0), 0)

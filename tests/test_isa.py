@@ -1,0 +1,163 @@
+"""ISA: field-table encode/decode round trip, program file refusals, the shared expansion."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from hwflow import isa
+from hwflow.config import load_hw
+from hwflow.errors import ProgramError
+from hwflow.isa import Program, Region, Runtime, Template, make
+
+
+def _random_instr(spec: isa.OpSpec, rng: np.random.Generator) -> isa.Instr:
+    vals = {}
+    for f in spec.fields[1:]:
+        if spec.unit == isa.Unit.SYS and f.name in ("wait", "release"):
+            continue
+        if f.signed:
+            vals[f.name] = int(rng.integers(-(1 << (f.bits - 1)), 1 << (f.bits - 1)))
+        else:
+            vals[f.name] = int(rng.integers(0, 1 << f.bits, dtype=np.uint64))
+    return make(spec.name, **vals)
+
+
+@pytest.mark.parametrize("spec", isa.OPCODES, ids=lambda s: s.name)
+def test_encode_decode_round_trip(spec):
+    rng = np.random.default_rng(spec.code)
+    for _ in range(200):
+        ins = _random_instr(spec, rng)
+        words = isa.encode(ins)
+        assert len(words) == spec.words and all(0 <= w < 2**32 for w in words)
+        back, nxt = isa.decode(words)
+        assert back == ins and nxt == spec.words
+        assert isa.disasm(back).startswith(spec.name)
+
+
+def test_field_table_is_the_only_layout():
+    for s in isa.OPCODES:
+        assert [f.name for f in s.fields[:3]] == ["opcode", "wait", "release"]
+        assert s.words == -(-sum(f.bits for f in s.fields) // 32)
+        names = [f.name for f in s.fields]
+        assert len(names) == len(set(names))
+        for f in s.fields:
+            if f.dyn:
+                assert f.dyn[1] in names, (s.name, f.name)
+    assert len({s.code for s in isa.OPCODES}) == len(isa.OPCODES)
+    assert max(s.code for s in isa.OPCODES) < 64
+
+
+def test_stream_round_trip_and_decode_errors():
+    prog = [
+        make("LOOP", count=3),
+        make("SYNC.MV", wait=1, release=16),
+        make("ENDLOOP"),
+        make("END"),
+    ]
+    words = isa.encode_stream(prog)
+    assert isa.decode_stream(words) == tuple(prog)
+    with pytest.raises(ProgramError, match="unknown opcode"):
+        isa.decode([63])
+    with pytest.raises(ProgramError, match="truncated"):
+        isa.decode(isa.encode(make("LD", rows=1))[:-1])
+    with pytest.raises(ProgramError, match="padding"):
+        isa.decode([isa.encode(make("END"))[0] | 1 << 31])
+
+
+def test_make_checks_ranges_and_sys_tokens():
+    with pytest.raises(ProgramError, match="rows = 70000 does not fit 16 bits"):
+        make("MV", rows=70000)
+    with pytest.raises(ProgramError, match="unknown fields"):
+        make("LD", bogus=1)
+    with pytest.raises(ProgramError, match="carry no tokens"):
+        make("LOOP", count=1, wait=1)
+
+
+def _program(digest: str = "abc") -> Program:
+    t = Template("decode", 1, 16, (make("SYNC.LD", release=0), make("END")), {"tt": 1})
+    return Program({"preset_digest": digest, "preset": "x"}, (Region("kv", 0, 64, "kv"),), (t,))
+
+
+def test_program_file_round_trip_and_refusals(tmp_path):
+    p = _program()
+    data = p.to_bytes()
+    q = Program.from_bytes(data)
+    assert q.templates[0].instrs == p.templates[0].instrs
+    assert q.regions == p.regions and dict(q.header) == dict(p.header)
+    with pytest.raises(ProgramError, match="bad magic"):
+        Program.from_bytes(b"NOTHWFLW" + data[8:])
+    with pytest.raises(ProgramError, match="checksum"):
+        Program.from_bytes(data[:-9] + bytes([data[-9] ^ 1]) + data[-8:])
+    with pytest.raises(ProgramError, match=r"truncated|checksum"):
+        Program.from_bytes(data[: len(data) // 2])
+    other = bytearray(data)
+    other[8:10] = struct.pack("<H", isa.ISA_VERSION + 1)
+    other[-4:] = struct.pack("<I", zlib.crc32(bytes(other[:-4])))
+    with pytest.raises(ProgramError, match=f"ISA version {isa.ISA_VERSION + 1}"):
+        Program.from_bytes(bytes(other))
+    hw = load_hw("tiny")
+    f = tmp_path / "p.hwp"
+    f.write_bytes(data)
+    with pytest.raises(ProgramError, match=r"compiled for preset 'x'.*not for tiny"):
+        isa.load_program(f, hw)
+    with pytest.raises(ProgramError, match="cannot read"):
+        isa.load_program(tmp_path / "missing.hwp")
+
+
+def test_expand_resolves_loops_and_registers():
+    ld = make("LD", hbm=100, hbm_reg=4, rows=8, rows_reg=3, row_bytes=2, kind=2)
+    t = Template(
+        "prefill",
+        1,
+        64,
+        (
+            make("SETI", rd=4, imm=1000),
+            make("ADDI", rd=3, ra=1, imm=-2),  # R3 = LEN - 2
+            make("LOOP", count=2),
+            make("LOOP", count=3),
+            ld,
+            make("ADDI", rd=4, ra=4, imm=10),
+            make("ENDLOOP"),
+            make("MULI", rd=3, ra=3, imm=2),
+            make("ENDLOOP"),
+            make("END"),
+        ),
+    )
+    out = list(isa.expand(t, Runtime(5)))
+    assert [c["hbm"] for c in out] == [1100, 1110, 1120, 1130, 1140, 1150]
+    assert [c["rows"] for c in out] == [3, 3, 3, 6, 6, 6]  # clamp(R3, 0, 8)
+    assert "hbm_reg" not in out[0].fields and "rows_reg" not in out[0].fields
+    assert [c.seq for c in out] == list(range(6))
+    assert out[4].loops == ((2, 1), (3, 1))
+    out = list(isa.expand(t, Runtime(1)))
+    assert [c["rows"] for c in out][:3] == [0, 0, 0]  # R3 = -1 clamps to 0
+    with pytest.raises(ProgramError, match="does not serve"):
+        list(isa.expand(t, Runtime(65)))
+    with pytest.raises(ProgramError, match="does not serve"):
+        list(isa.expand(t, Runtime(5, pos=3)))  # prefill templates start at POS 0
+
+
+def test_expand_refuses_bad_programs():
+    base = dict(phase="decode", lo=1, hi=16)
+    bad = Template(instrs=(make("SETI", rd=1, imm=3), make("END")), **base)
+    with pytest.raises(ProgramError, match="read-only register R1"):
+        list(isa.expand(bad, Runtime(1, 0)))
+    with pytest.raises(ProgramError, match="LOOP without ENDLOOP"):
+        list(isa.expand(Template(instrs=(make("LOOP", count=1), make("END")), **base), Runtime(1)))
+    with pytest.raises(ProgramError, match="without END"):
+        list(isa.expand(Template(instrs=(make("SYNC.LD"),), **base), Runtime(1)))
+
+
+def test_select_names_served_range():
+    p = _program()
+    assert p.select("decode", Runtime(1, 15)).hi == 16
+    with pytest.raises(ProgramError, match=r"context POS\+1 = 17 \(served: 1..16\)"):
+        p.select("decode", Runtime(1, 16))
+
+
+def test_hbm_channel_interleave():
+    assert [isa.hbm_channel(a, 4, 256) for a in (0, 255, 256, 1024, 1280)] == [0, 0, 1, 0, 1]
