@@ -116,7 +116,32 @@ class _Pricer:
             )
 
     def price(self, c: Concrete) -> tuple[MOp, OpActions]:
-        key = (c.op, c.wait, c.release, *c.fields.values())
+        op = c.op
+        if op == "LD" or op == "ST":
+            # the cost depends on the address only modulo the channel map's period
+            f = c.fields
+            hbm, rows, stride, row_bytes = f["hbm"], f["rows"], f["hbm_stride"], f["row_bytes"]
+            last = hbm + (rows - 1) * stride + row_bytes if rows else hbm
+            if last > self.hw.hbm.capacity_bytes:
+                raise CapacityError(
+                    f"{op} (pc {c.pc}) reaches HBM byte {last}, beyond the"
+                    f" {self.hw.hbm.capacity_bytes} bytes of preset {self.hw.name}"
+                )
+            key: tuple = (
+                op,
+                c.wait,
+                c.release,
+                hbm % self.period,
+                stride,
+                row_bytes,
+                rows,
+                f["buf"],
+                f["off"],
+                f["stride"],
+                f["kind"],
+            )
+        else:
+            key = (op, c.wait, c.release, *c.fields.values())
         hit = self.cache.get(key)
         if hit is None:
             hit = self.cache[key] = self._price(c)
@@ -130,12 +155,6 @@ class _Pricer:
             rows, row_bytes = f["rows"], f["row_bytes"]
             hbm, stride = f["hbm"], f["hbm_stride"]
             nbytes = rows * row_bytes
-            last = hbm + (rows - 1) * stride + row_bytes if rows else hbm
-            if last > hw.hbm.capacity_bytes:
-                raise CapacityError(
-                    f"{op} (pc {c.pc}) reaches HBM byte {last}, beyond the"
-                    f" {hw.hbm.capacity_bytes} bytes of preset {hw.name}"
-                )
             self._check_buf(c, f["buf"], f["off"], rows, f["stride"] or row_bytes, row_bytes)
             base = hbm % self.period
             if base + (rows - 1) * stride + row_bytes > hw.hbm.capacity_bytes:

@@ -1,0 +1,223 @@
+"""Energy-efficiency plots from a results table (the CSV ``hwflow sweep`` writes).
+
+Plots read results; they never run simulations. Each figure is written as PNG and SVG with
+labelled axes in SI units. GPU markers are HBM-roofline *estimates* (:mod:`.gpus`), labelled so.
+
+* ``efficiency``: tokens/J against tokens/s, every valid point, the Pareto front (points no
+  other point beats on both), GPU estimates at the table's median bytes per decode token.
+* ``sparsity``: tokens/J against the kept fraction N/M of the swept plans, one line per weight
+  precision (needs ``plan.sparsity`` / ``plan.bits`` columns; skipped otherwise).
+* ``bits``: tokens/J against weight bits (needs ``plan.bits``; skipped otherwise).
+* ``latency``: decode latency per token (ms) against context length, one line per run, from
+  the ``curve`` JSON column when present, else min/avg/max markers at the decode range.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from hwflow.analysis.gpus import estimate, load_gpus
+from hwflow.errors import ConfigError
+
+__all__ = ["pareto", "plot_results", "read_results"]
+
+_NUM = {"tokens_per_s", "tokens_per_j", "decode_tokens_per_s", "decode_bytes_per_token"}
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a results CSV, numbers parsed; ConfigError if it is not one."""
+    p = Path(path)
+    try:
+        with p.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read ({e.strerror})") from None
+    if not rows or "status" not in rows[0]:
+        raise ConfigError(f"{p}: not a results table of hwflow sweep (no 'status' column)")
+    out = []
+    for r in rows:
+        d: dict[str, Any] = {}
+        for k, v in r.items():
+            try:
+                d[k] = float(v) if v not in ("", None) and k not in ("hw", "plan", "model") else v
+            except ValueError:
+                d[k] = v
+        out.append(d)
+    return out
+
+
+def pareto(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points on the upper-right Pareto front (maximise both), by x."""
+    order = sorted(range(len(points)), key=lambda i: (-points[i][0], -points[i][1]))
+    front, best_y = [], -math.inf
+    for i in order:
+        if points[i][1] > best_y:
+            front.append(i)
+            best_y = points[i][1]
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def _save(fig: Any, out: Path, name: str) -> list[Path]:
+    paths = []
+    for ext in ("png", "svg"):
+        p = out / f"{name}.{ext}"
+        fig.savefig(p, dpi=150 if ext == "png" else None, bbox_inches="tight")
+        paths.append(p)
+    return paths
+
+
+def _label(r: dict[str, Any]) -> str:
+    extra = [
+        f"{k.split('.', 1)[1]}={_fmt(v)}"
+        for k, v in r.items()
+        if k.startswith(("hw.", "plan.")) and v != ""
+    ]
+    return f"{r.get('hw', '?')} {r.get('plan', '')}".strip() + (
+        f" ({', '.join(extra)})" if extra else ""
+    )
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def plot_results(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
+    """Write every plot the table supports into ``out``; return the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ok = [r for r in rows if r.get("status") == "ok" and isinstance(r.get("tokens_per_j"), float)]
+    if not ok:
+        raise ConfigError("no valid points in the results table: nothing to plot")
+    written: list[Path] = []
+
+    # --- tokens/J vs tokens/s with the Pareto front and GPU roofline estimates
+    fig, ax = plt.subplots(figsize=(7, 5))
+    xs = [r["tokens_per_s"] for r in ok]
+    ys = [r["tokens_per_j"] for r in ok]
+    ax.scatter(xs, ys, s=18, color="tab:blue", alpha=0.7, label="hwflow simulated points")
+    front = pareto(list(zip(xs, ys, strict=True)))
+    ax.plot(
+        [xs[i] for i in front],
+        [ys[i] for i in front],
+        "-o",
+        color="tab:red",
+        ms=4,
+        label="Pareto front",
+    )
+    bpt = [
+        r["decode_bytes_per_token"]
+        for r in ok
+        if isinstance(r.get("decode_bytes_per_token"), float) and r["decode_bytes_per_token"] > 0
+    ]
+    if bpt:
+        b = statistics.median(bpt)
+        for g in load_gpus():
+            e = estimate(g, b)
+            ax.scatter([e.tokens_per_s], [e.tokens_per_j], marker="*", s=90, color="tab:gray")
+            ax.annotate(
+                f"{g.name} (roofline est.)",
+                (e.tokens_per_s, e.tokens_per_j),
+                fontsize=7,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
+        ax.set_title(
+            f"Energy efficiency (GPU stars: HBM-roofline estimates at {b / 1e9:.2f} GB/token)"
+        )
+    else:
+        ax.set_title("Energy efficiency")
+    for i in front:
+        ax.annotate(
+            _label(ok[i]), (xs[i], ys[i]), fontsize=6, xytext=(4, -8), textcoords="offset points"
+        )
+    ax.set_xlabel("throughput (tokens/s)")
+    ax.set_ylabel("energy efficiency (tokens/J)")
+    ax.set_xscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    written += _save(fig, out, "efficiency")
+    plt.close(fig)
+
+    # --- tokens/J vs sparsity (kept fraction), one line per weight precision
+    if any("plan.sparsity" in r for r in ok):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        lines: dict[Any, list[tuple[float, float]]] = defaultdict(list)
+        for r in ok:
+            sp = str(r.get("plan.sparsity", ""))
+            if ":" not in sp:
+                continue
+            n, m = (float(x) for x in sp.split(":"))
+            lines[r.get("plan.bits", "plan")].append((n / m, r["tokens_per_j"]))
+        for k, pts in sorted(lines.items(), key=lambda kv: str(kv[0])):
+            pts.sort()
+            ax.plot(
+                [p[0] for p in pts], [p[1] for p in pts], "-o", ms=4, label=f"INT{_fmt(k)} weights"
+            )
+        ax.set_xlabel("kept weights N/M (1 = dense)")
+        ax.set_ylabel("energy efficiency (tokens/J)")
+        ax.set_title("Energy efficiency against N:M sparsity")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        written += _save(fig, out, "sparsity")
+        plt.close(fig)
+
+    # --- tokens/J vs weight bits
+    if any("plan.bits" in r for r in ok):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        lines = defaultdict(list)
+        for r in ok:
+            if isinstance(r.get("plan.bits"), float):
+                lines[str(r.get("plan.sparsity", "plan"))].append(
+                    (r["plan.bits"], r["tokens_per_j"])
+                )
+        for k, pts in sorted(lines.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", ms=4, label=f"sparsity {k}")
+        ax.set_xlabel("weight precision (bits)")
+        ax.set_ylabel("energy efficiency (tokens/J)")
+        ax.set_title("Energy efficiency against weight bits")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        written += _save(fig, out, "bits")
+        plt.close(fig)
+
+    # --- decode latency against context
+    fig, ax = plt.subplots(figsize=(7, 4))
+    curves = [r for r in ok if isinstance(r.get("curve"), str) and r["curve"].startswith("[")]
+    for r in curves[:12]:
+        pts = json.loads(r["curve"])
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.2, label=_label(r))
+    if not curves:
+        for r in ok[:12]:
+            lo = r["prefill"] + 1
+            hi = r["prefill"] + r["decode"]
+            ax.errorbar(
+                [(lo + hi) / 2],
+                [r["ms_per_token_avg"]],
+                yerr=[
+                    [r["ms_per_token_avg"] - r["ms_per_token_min"]],
+                    [r["ms_per_token_max"] - r["ms_per_token_avg"]],
+                ],
+                fmt="o",
+                capsize=3,
+                label=_label(r),
+            )
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("decode latency (ms/token)")
+    ax.set_title("Decode latency per token against context")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=6)
+    written += _save(fig, out, "latency")
+    plt.close(fig)
+    return written

@@ -1,0 +1,165 @@
+"""``hwflow sim``, ``hwflow sweep`` and ``hwflow plot``: the cycle model's command line.
+
+Thin: parse, call :mod:`hwflow.perf.sim` / :mod:`hwflow.analysis`, print. Errors are
+:class:`~hwflow.errors.HwflowError` (one line, exit code 2); files are written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hwflow.commands._common import atomic_write, print_json
+from hwflow.config import load_hw, load_model, load_plan
+from hwflow.perf.machine import UNITS
+
+__all__ = ["register", "sim_table"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser(
+        "sim",
+        help="simulate a (prefill, decode) case cycle by cycle",
+        description="Compile (or reuse the cached program), then run the prefill and every "
+        "decode step on the SimPy model of the accelerator; print latency, throughput, "
+        "energy, HBM roofline fraction and per-unit utilisation.",
+    )
+    s.add_argument("--model", default="llama2-7b", help="model name or HF config.json path")
+    s.add_argument("--hw", default="u280", help="hardware preset name or path")
+    s.add_argument("--plan", default="flightllm", help="compression plan name or path")
+    s.add_argument("--prefill", type=int, default=128, help="prompt tokens")
+    s.add_argument("--decode", type=int, default=512, help="generated tokens after the first")
+    s.add_argument(
+        "--mode",
+        choices=("fast", "exact"),
+        default="fast",
+        help="exact: simulate every decode step; fast: one per length bucket (see hwflow.perf.sim)",
+    )
+    s.add_argument("--max-len", type=int, help="program's longest context (default 2048)")
+    s.add_argument("--workers", type=int, default=2, help="processes for the steps (default 2)")
+    s.add_argument("--json", action="store_true", help="print the figures as JSON")
+    s.add_argument("--trace", type=Path, help="write a Perfetto / chrome://tracing timeline")
+    s.set_defaults(func=run_sim)
+
+    w = sub.add_parser(
+        "sweep",
+        help="simulate the cross product of a grid file, in parallel, cached",
+        description="Grid format: see hwflow.analysis.sweep. Finished points are cached under "
+        "--cache, so an interrupted or repeated sweep recomputes nothing it has.",
+    )
+    w.add_argument("grid", type=Path, help="grid YAML")
+    w.add_argument("-o", "--output", type=Path, required=True, help="results CSV")
+    w.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
+    w.add_argument("--cache", type=Path, help="cache directory (default: next to the output)")
+    w.set_defaults(func=run_sweep)
+
+    p = sub.add_parser("plot", help="energy-efficiency plots from a sweep's results CSV")
+    p.add_argument("results", type=Path, help="results CSV of hwflow sweep")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output directory")
+    p.set_defaults(func=run_plot)
+
+
+def _si(v: float, unit: str) -> str:
+    """``v`` with an SI prefix: 0.0123 J -> '12.3 mJ'."""
+    for f, pre in ((1e9, "G"), (1e6, "M"), (1e3, "k"), (1, ""), (1e-3, "m"), (1e-6, "u")):
+        if abs(v) >= f:
+            return f"{v / f:.3g} {pre}{unit}"
+    return f"{v:.3g} {unit}"
+
+
+def sim_table(res) -> Table:
+    """The readable table of one simulated case."""
+    lo, avg, hi = res.token_ms()
+    t = Table(
+        title=f"{res.model} on {res.hw}, plan {res.plan}: prefill {res.prefill}, "
+        f"decode {res.decode} ({res.mode})"
+    )
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    rows = [
+        ("time to first token", f"{res.ttft_s * 1e3:.2f} ms"),
+        ("decode ms/token min / avg / max", f"{lo:.3f} / {avg:.3f} / {hi:.3f}"),
+        ("tokens/s (whole case, incl. prefill)", f"{res.tokens_per_s:.1f}"),
+        ("tokens/s (decode only)", f"{res.decode_tokens_per_s:.1f}"),
+        ("average power", f"{res.average_w:.1f} W"),
+        ("tokens/J", f"{res.tokens_per_j:.3f}"),
+        ("energy per token", _si(res.j_per_token, "J")),
+        ("decode HBM roofline fraction", f"{res.roofline_fraction:.3f}"),
+        ("HBM bandwidth achieved (decode)", f"{res.decode_hbm_gbps:.1f} GB/s"),
+        ("decode bytes per token", _si(res.decode_hbm_bytes / max(res.decode, 1), "B")),
+        ("total cycles", f"{res.total_cycles:,}"),
+    ]
+    for u in UNITS:
+        rows.append(
+            (
+                f"{u.upper()} busy / stall",
+                f"{res.busy[u] / res.total_cycles:6.1%} / {res.stall[u] / res.total_cycles:6.1%}",
+            )
+        )
+    for k, v in res.energy.joules.items():
+        rows.append((f"energy: {k}", f"{_si(v, 'J')} ({v / res.energy.total:.1%})"))
+    rows.append(("simulated steps / SimPy events", f"{res.simulated_steps} / {res.events:,}"))
+    rows.append(("wall time", f"{res.wall_s:.2f} s"))
+    for a, b in rows:
+        t.add_row(a, b)
+    return t
+
+
+def run_sim(args: argparse.Namespace) -> int:
+    from hwflow.perf.sim import simulate
+    from hwflow.perf.trace import write_trace
+
+    cfg, hw, plan = load_model(args.model), load_hw(args.hw), load_plan(args.plan)
+    res = simulate(
+        cfg,
+        plan,
+        hw,
+        args.prefill,
+        args.decode,
+        mode=args.mode,
+        max_len=args.max_len,
+        trace=args.trace is not None,
+        workers=args.workers,
+    )
+    if args.trace:
+        write_trace(args.trace, res.trace, res.clock_hz, f"{res.model} on {res.hw}")
+    if args.json:
+        print_json(res.summary())
+    else:
+        Console().print(sim_table(res))
+        if args.trace:
+            print(f"timeline: {args.trace} (prefill + first decode step; open in ui.perfetto.dev)")
+    return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from hwflow.analysis.sweep import load_grid, run_sweep, write_csv
+
+    grid = load_grid(args.grid)
+    cache = args.cache or args.output.parent / f".{args.output.stem}.cache"
+    with Progress(
+        TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False
+    ) as prog:
+        task = prog.add_task("points", total=len(grid.points))
+
+        def progress(done: int, total: int) -> None:
+            prog.update(task, completed=done, total=total)
+
+        rows = run_sweep(grid, cache, workers=args.workers, progress=progress)
+    atomic_write(args.output, write_csv(rows))
+    bad = sum(r.get("status") != "ok" for r in rows)
+    print(f"{len(rows)} points ({bad} invalid) -> {args.output}")
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from hwflow.analysis.plots import plot_results, read_results
+
+    files = plot_results(read_results(args.results), args.output)
+    for f in files:
+        print(f)
+    return 0
