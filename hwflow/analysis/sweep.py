@@ -179,13 +179,13 @@ def apply_hw(hw: HardwarePreset, changes: Iterable[tuple[str, Any]]) -> Hardware
     changes = list(changes)
     if not changes:
         return hw
-    data = hw.model_dump(mode="json")
+    data = hw.model_dump(mode="json", exclude_unset=True)
     for path, value in changes:
         _check_path(hw, path)
         *head, last = path.split(".")
         node = data
         for part in head:
-            node = node[part]
+            node = node.setdefault(part, {})
         node[last] = value
         node.setdefault("sources", {})[last] = f"sweep point: {last} = {value!r}"
     data["name"] = hw.name + "".join(f"+{p}={v}" for p, v in changes)
