@@ -76,8 +76,8 @@ def test_requantizer_matches_numerics() -> None:
 
 
 @pytest.mark.parametrize("dual", [False, True])
-def test_dsp_chain_segments(dual: bool) -> None:
-    """Each stage's P holds the cascade sum since the last reduction point, 3 + j cycles on."""
+def test_dsp_chain_prefix_sums(dual: bool) -> None:
+    """Stage j's P holds the beat's prefix sum of products 0..j, 3 + j cycles on."""
     rng = np.random.default_rng(1)
     length, field = 8, 17
     dut = DspChain(length=length, acc_bits=48, dual=dual, field=field)
@@ -85,8 +85,6 @@ def test_dsp_chain_segments(dual: bool) -> None:
     a = rng.integers(-128, 128, size=(beats, length))
     d = rng.integers(-128, 128, size=(beats, length))
     b = rng.integers(-127, 128, size=(beats, length))
-    seg = rng.choice([1, 2, 4, 8], size=beats)
-    cut = (np.arange(length)[None, :] % seg[:, None]) == 0
     prod = (a * 2**field + d) * b if dual else a * b
 
     async def bench(ctx) -> None:
@@ -96,7 +94,6 @@ def test_dsp_chain_segments(dual: bool) -> None:
                 for j in range(length):
                     ctx.set(dut.a[j], int(a[cyc, j]))
                     ctx.set(dut.b[j], int(b[cyc, j]))
-                    ctx.set(dut.cut[j], int(cut[cyc, j]))
                     if dual:
                         ctx.set(dut.d[j], int(d[cyc, j]))
             await ctx.tick()
@@ -105,11 +102,8 @@ def test_dsp_chain_segments(dual: bool) -> None:
                 if 0 <= t < beats:
                     seen[(t, j)] = ctx.get(dut.p[j])
         for t in range(beats):
-            start = 0
             for j in range(length):
-                if cut[t, j]:
-                    start = j
-                assert seen[(t, j)] == int(prod[t, start : j + 1].sum()), (t, j)
+                assert seen[(t, j)] == int(prod[t, : j + 1].sum()), (t, j)
 
     _run(dut, bench)
 

@@ -2,22 +2,25 @@
 
 A :class:`DspStage` is written in the coding style that makes Yosys map it onto one DSP slice
 with its cascade: input registers (A/B, and D for the pre-adder), the M (product) register and
-the P register fed by ``pcin + m``. A reduction point (``cut``) zeroes the cascade input, as
-the DSP's dynamic OPMODE does (Z = 0 instead of Z = PCIN). Stage ``j`` of a chain delays its
-operands by ``j`` extra cycles (the systolic skew) so that the cascade sum of the previous
-stage meets them.
+the P register fed by ``pcin + m`` (PCOUT -> PCIN). Stage ``j`` of a chain delays its operands
+by ``j`` extra cycles (the systolic skew) so that the cascade sum of the previous stage meets
+them. The cascade is never broken: stage j's P is the *prefix* sum of products 0..j, and the
+engine's reduction points are taps on it (a segment's sum is the difference of two prefix
+sums, taken after accumulation, see :mod:`hwflow.hw.engine`). So the chain maps onto an
+unbroken DSP column whatever N the op uses, without a dynamic OPMODE.
 
 With ``dual`` (Xilinx WP486) a stage multiplies ``(a << F) + d`` by ``b`` through the
-pre-adder, computing two INT8 products that share the weight ``b``; the packed sum is split
-again after the segment's last stage (:func:`unpack_dual`).
+pre-adder, computing two INT8 products that share the weight ``b``; the packed sums are split
+again by :func:`unpack_dual`.
 
-No clock enable port: the engine stalls the whole pipeline with
-:class:`amaranth.hdl.EnableInserter`, which becomes the DSP's CE pins.
+Data registers have no reset (the DSP's registers need none, and shift registers then map to
+SRLs); the engine stalls the whole pipeline with :class:`amaranth.hdl.EnableInserter`, which
+becomes the DSPs' CE pins.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal, Value, signed
+from amaranth.hdl import Const, Module, Signal, Value, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -25,7 +28,7 @@ __all__ = ["DspChain", "DspStage", "unpack_dual"]
 
 
 class DspStage(wiring.Component):
-    """One DSP slice: ``p = (cut ? 0 : pcin) + a*b`` (or ``((a << F) + d) * b`` when dual).
+    """One DSP slice: ``p = pcin + a*b`` (or ``pcin + ((a << F) + d) * b`` when dual).
 
     Timing: operands presented in cycle t reach ``p`` in cycle ``t + skew + 3`` (skew
     registers, A/B/D register, M register, P register); ``pcin`` must be the previous stage's
@@ -41,7 +44,6 @@ class DspStage(wiring.Component):
         members = {
             "a": In(signed(8)),
             "b": In(signed(8)),
-            "cut": In(1),
             "pcin": In(signed(acc_bits)),
             "p": Out(signed(acc_bits)),
         }
@@ -51,17 +53,16 @@ class DspStage(wiring.Component):
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
-        a, b, cut = self.a, self.b, self.cut
+        a, b = self.a, self.b
         d = self.d if self.dual else None
         # systolic skew, then the A/B(/D) input registers: skew + 1 register levels
         for level in range(self.skew + 1):
-            na = Signal(signed(8), name=f"a_r{level}")
-            nb = Signal(signed(8), name=f"b_r{level}")
-            nc = Signal(name=f"cut_r{level}")
-            m.d.sync += [na.eq(a), nb.eq(b), nc.eq(cut)]
-            a, b, cut = na, nb, nc
+            na = Signal(signed(8), name=f"a_r{level}", reset_less=True)
+            nb = Signal(signed(8), name=f"b_r{level}", reset_less=True)
+            m.d.sync += [na.eq(a), nb.eq(b)]
+            a, b = na, nb
             if d is not None:
-                nd = Signal(signed(8), name=f"d_r{level}")
+                nd = Signal(signed(8), name=f"d_r{level}", reset_less=True)
                 m.d.sync += nd.eq(d)
                 d = nd
         if d is not None:
@@ -70,10 +71,10 @@ class DspStage(wiring.Component):
             prod = pre * b
         else:
             prod = a * b
-        mreg = Signal(signed(len(prod)), name="m")
-        cut_m = Signal(name="cut_m")
-        m.d.sync += [mreg.eq(prod), cut_m.eq(cut)]
-        m.d.sync += self.p.eq(Mux(cut_m, 0, self.pcin) + mreg)
+        mreg = Signal(signed(len(prod)), name="m", reset_less=True)
+        preg = Signal(signed(self.acc_bits), name="preg", reset_less=True)
+        m.d.sync += [mreg.eq(prod), preg.eq(self.pcin + mreg)]
+        m.d.comb += self.p.eq(preg)
         return m
 
 
@@ -81,8 +82,7 @@ class DspChain(wiring.Component):
     """``length`` cascaded :class:`DspStage` s; ``p[j]`` is stage j's P register.
 
     Operands of all stages are presented in the same cycle t (one beat); ``p[j]`` holds the
-    beat's cascade sum through stage j in cycle ``t + 3 + j``. ``cut[j]`` is a reduction point:
-    stage j starts a new segment.
+    beat's prefix sum of products 0..j in cycle ``t + 3 + j``.
     """
 
     def __init__(self, *, length: int, acc_bits: int, dual: bool = False, field: int = 0) -> None:
@@ -90,7 +90,6 @@ class DspChain(wiring.Component):
         members = {
             "a": In(signed(8)).array(length),
             "b": In(signed(8)).array(length),
-            "cut": In(1).array(length),
             "p": Out(signed(acc_bits)).array(length),
         }
         if dual:
@@ -104,7 +103,6 @@ class DspChain(wiring.Component):
             st = DspStage(skew=j, acc_bits=self.acc_bits, dual=self.dual, field=self.field)
             m.submodules[f"dsp{j}"] = st
             m.d.comb += [st.a.eq(self.a[j]), st.b.eq(self.b[j]), st.pcin.eq(prev)]
-            m.d.comb += st.cut.eq(self.cut[j] if j else 1)
             if self.dual:
                 m.d.comb += st.d.eq(self.d[j])
             m.d.comb += self.p[j].eq(st.p)

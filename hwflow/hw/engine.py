@@ -7,6 +7,10 @@ each of ``chains`` chains, C = ``chain_length`` packed weight values with their
 ``log2(M)``-bit in-block indices. The beat's ``nsel`` picks N from :attr:`EngineParams.n_modes`:
 every chain is cut by reduction points into C/N segments of N stages, each computing the
 partial dot product of one output row over the block (dense: N = M, indices implicit).
+The cascade itself is never cut (it maps onto an unbroken PCOUT->PCIN DSP column): a
+reduction point is a tap. Accumulators at the segment ends sum the chain's prefix sums over
+the row group's blocks, and a segment's result is the difference of its end's and the
+previous end's accumulators, formed as the results enter the requantizer.
 
 Cycle by cycle, for a beat handed over in cycle t:
 
@@ -15,10 +19,11 @@ t+1                   operand stage: weights widened (INT2/3/4/8 -> INT8), indic
                       activations selected through the index mux (per slot and token lane)
 t+2+j                 stage j's A/B(/D) input registers, after a systolic skew of j cycles
 t+3+j                 stage j's M (product) register
-t+4+j                 stage j's P register: ``(reduction point ? 0 : P[j-1]) + M``
-t+5+j                 accumulator at each segment end j: ``(first ? 0 : acc) + P[j]``
-t+4+C                 deskewed: every segment's accumulator delayed to the chain's end
-t+5+C .. t+7+C        requantizer (bias add, multiply, round/shift/saturate) -> output register
+t+4+j                 stage j's P register: ``P[j-1] + M`` (cascade, PCIN; a prefix sum)
+t+5+j                 accumulator at each possible segment end j: ``(first ? 0 : acc) + P[j]``
+t+4+C                 deskewed: every accumulator delayed to the chain's end
+t+5+C .. t+7+C        reduction + requantizer: ``acc[end] - acc[previous end] + bias``,
+                      multiply, round/shift/saturate -> output register
 ====================  =======================================================================
 
 So a row group's results leave ``C + 7`` cycles (:func:`hwflow.costs.chain_latency`) after
@@ -105,15 +110,8 @@ class _Datapath(Elaboratable):
         for d in range(1, len(ctl)):
             m.d.sync += ctl[d].eq(ctl[d - 1])
 
-        # operand stage: reduction points and implicit (dense) indices are shared by all chains
+        # operand stage: implicit (dense) indices are shared by all chains
         dense = _by_mode(m, self.beat.nsel, p, {n: n == mb for n in p.n_modes})
-        cut = []
-        for i in range(c_len):
-            ci = _by_mode(m, self.beat.nsel, p, {n: i % n == 0 for n in p.n_modes})
-            cr = Signal(name=f"cut{i}")
-            m.d.sync += cr.eq(ci)
-            cut.append(cr)
-
         groups = p.rows // 2 if p.dual_int8 else p.rows
         final: list[list[dict[int, Signal]]] = []  # [chain][token] {segment end j: deskewed acc}
         for c in range(p.chains):
@@ -128,21 +126,21 @@ class _Datapath(Elaboratable):
                 m.submodules[f"chain{c}_{g}"] = ch
             for i in range(c_len):
                 idx = Mux(dense, i % mb, self.beat.widx[c][i * lb : (i + 1) * lb])
-                w = Signal(signed(8), name=f"w{c}_{i}")
+                w = Signal(signed(8), name=f"w{c}_{i}", reset_less=True)
                 m.d.sync += w.eq(wid.values[i])
                 acts = []
                 for t in range(p.rows):
-                    a = Signal(signed(8), name=f"a{c}_{i}_{t}")
+                    a = Signal(signed(8), name=f"a{c}_{i}_{t}", reset_less=True)
                     m.d.sync += a.eq(self.beat.act[t][idx])
                     acts.append(a)
                 for g, ch in enumerate(dsp):
-                    m.d.comb += [ch.b[i].eq(w), ch.cut[i].eq(cut[i])]
+                    m.d.comb += ch.b[i].eq(w)
                     if p.dual_int8:
                         m.d.comb += [ch.a[i].eq(acts[2 * g]), ch.d[i].eq(acts[2 * g + 1])]
                     else:
                         m.d.comb += ch.a[i].eq(acts[g])
 
-            # accumulators at segment ends, then deskew to the chain's end
+            # accumulators of prefix sums at segment ends, then deskew to the chain's end
             per_token: list[dict[int, Signal]] = [{} for _ in range(p.rows)]
             for j in p.seg_ends:
                 cj = ctl[3 + j]
@@ -155,11 +153,13 @@ class _Datapath(Elaboratable):
                     else:
                         sums.append((g, ch.p[j]))
                 for t, s in sums:
-                    acc = Signal(signed(p.acc_bits), name=f"acc{c}_{t}_{j}")
+                    acc = Signal(signed(p.acc_bits), name=f"acc{c}_{t}_{j}", reset_less=True)
                     with m.If(cj.valid & end):
                         m.d.sync += acc.eq(Mux(cj.first, 0, acc) + s)
                     for k in range(c_len - 1 - j):
-                        nxt = Signal(signed(p.acc_bits), name=f"dsk{c}_{t}_{j}_{k}")
+                        nxt = Signal(
+                            signed(p.acc_bits), name=f"dsk{c}_{t}_{j}_{k}", reset_less=True
+                        )
                         m.d.sync += nxt.eq(acc)
                         acc = nxt
                     per_token[t][j] = acc
@@ -177,8 +177,11 @@ class _Datapath(Elaboratable):
                         per = c_len // n
                         if lane < p.chains * per:
                             c, s = divmod(lane, per)
+                            end = final[c][t][s * n + n - 1]
+                            # reduction point: segment = prefix(end) - prefix(previous end)
+                            seg = end - final[c][t][s * n - 1] if s else end
                             with m.Case(k):
-                                m.d.comb += rq.acc.eq(final[c][t][s * n + n - 1])
+                                m.d.comb += rq.acc.eq(seg)
                     with m.Default():  # lanes past chains*C/N carry zero
                         m.d.comb += rq.acc.eq(0)
                 m.d.comb += [
@@ -217,7 +220,7 @@ class ChainEngine(wiring.Component):
         # output register (the requantizer's third stage), outside the stalled pipeline so
         # that a result handed over leaves it even while the pipeline waits for `p`
         obuf_valid = Signal()
-        obuf = Signal(self.params.result_layout)
+        obuf = Signal(self.params.result_layout, reset_less=True)
         m.d.comb += [
             out_blocked.eq(dp.out_valid & obuf_valid & ~self.o.ready),
             stall.eq(out_blocked | (dp.need_params & ~self.p.valid)),

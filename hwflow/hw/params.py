@@ -77,7 +77,7 @@ class EngineParams:
             raise UnsupportedError(f"dual_int8 needs an even number of rows, got {self.rows!r}")
         if self.dual_int8 and 8 + self.dual_field > _A_PORT_BITS:
             raise UnsupportedError(
-                f"dual INT8 packing of {max(self.n_modes)}-long segments needs a "
+                f"dual INT8 packing of a {self.chain_length}-stage chain needs a "
                 f"{self.dual_field}-bit field: INT8 << {self.dual_field} overflows the "
                 f"{_A_PORT_BITS}-bit A port"
             )
@@ -127,8 +127,9 @@ class EngineParams:
     @property
     def dual_field(self) -> int:
         """Bit offset of the upper token in a dual-INT8 DSP product (WP486 packing): wide enough
-        for the signed sum of the longest segment's lower-token products."""
-        return (max(self.n_modes) * _MAX_PRODUCT).bit_length() + 1
+        for the signed sum of the lower-token products along the whole chain (the cascade
+        carries prefix sums over all C stages)."""
+        return (self.chain_length * _MAX_PRODUCT).bit_length() + 1
 
     @property
     def lanes(self) -> int:

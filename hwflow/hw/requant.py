@@ -44,10 +44,10 @@ class Requantizer(wiring.Component):
         m = Module()
         w = self.acc_bits + 1
         # stage 1: bias
-        x = Signal(signed(w))
-        mult1 = Signal(unsigned(REQ_MULT_BITS))
-        shift1 = Signal(unsigned(_SHIFT_BITS))
-        raw1 = Signal()
+        x = Signal(signed(w), reset_less=True)
+        mult1 = Signal(unsigned(REQ_MULT_BITS), reset_less=True)
+        shift1 = Signal(unsigned(_SHIFT_BITS), reset_less=True)
+        raw1 = Signal(reset_less=True)
         m.d.sync += [
             x.eq(self.acc + Mux(self.raw, 0, self.bias)),
             mult1.eq(self.mult),
@@ -56,19 +56,19 @@ class Requantizer(wiring.Component):
         ]
         # stage 2: multiply (raw: pass through)
         pw = w + REQ_MULT_BITS + 1
-        prod = Signal(signed(pw))
-        shift2 = Signal(unsigned(_SHIFT_BITS))
-        raw2 = Signal()
+        prod = Signal(signed(pw), reset_less=True)
+        shift2 = Signal(unsigned(_SHIFT_BITS), reset_less=True)
+        raw2 = Signal(reset_less=True)
         m.d.sync += [
             prod.eq(Mux(raw1, x, x * mult1)),
             shift2.eq(shift1),
             raw2.eq(raw1),
         ]
         # stage 3: round half up, arithmetic shift, saturate to INT8
-        half = Signal(unsigned(REQ_SHIFT_MAX))
+        half = Signal(unsigned(REQ_SHIFT_MAX), reset_less=True)
         one = Const(1, unsigned(REQ_SHIFT_MAX))
         m.d.comb += half.eq(Mux(shift2.any(), one << (shift2 - 1)[:_SHIFT_BITS], 0))
-        shifted = Signal(signed(pw + 1))
+        shifted = Signal(signed(pw + 1), reset_less=True)
         m.d.comb += shifted.eq((prod + half) >> shift2)
         sat = Mux(shifted > 127, 127, Mux(shifted < -128, -128, shifted))
         m.d.comb += self.out.eq(Mux(raw2, prod, sat))
