@@ -239,13 +239,14 @@ def _resolve(point: Point):
 
 
 def point_key(point: Point, code: str) -> str:
-    """Hash of everything that determines the point's result."""
+    """Hash of the point (its labels are in its row) and of everything that determines its
+    result: the resolved model, preset and plan and the simulator's source."""
     try:
         cfg, hw, plan = _resolve(point)
         what = [cfg.model_dump(mode="json"), hw.digest, plan.model_dump(mode="json")]
     except HwflowError as e:
         what = ["invalid", str(e)]
-    blob = json.dumps([what, point.prefill, point.decode, point.mode, code], sort_keys=True)
+    blob = json.dumps([repr(point), what, code], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

@@ -1,0 +1,123 @@
+"""Whole cases on compiled programs: fast paths against simulating everything, figures,
+energy, roofline, trace export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hwflow.config import load_hw, load_model, load_plan
+from hwflow.errors import ConfigError
+from hwflow.isa import Runtime
+from hwflow.perf.machine import SegmentMemo
+from hwflow.perf.sim import compile_cached, run_step, simulate
+from hwflow.perf.trace import chrome_trace
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory):
+    """Compiled programs are cached in a temporary directory, not the user's cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HWFLOW_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def case():
+    cfg, plan, hw = load_model("tiny-llama"), load_plan("flightllm"), load_hw("tiny")
+    prog = compile_cached(cfg, plan, hw, 512)
+    return cfg, plan, hw, prog
+
+
+def test_segment_memo_is_exact(case):
+    """Reusing barrier segments gives the very timeline of simulating every op."""
+    _, _, hw, prog = case
+    memo = SegmentMemo()
+    for phase, rt in [
+        ("prefill", Runtime(100, 0)),
+        ("decode", Runtime(1, 99)),
+        ("decode", Runtime(1, 300)),
+    ]:
+        full = run_step(hw, prog, phase, rt, trace=True)
+        fast = run_step(hw, prog, phase, rt, memo=memo, trace=True)
+        assert fast.stats.segments > 1
+        assert (fast.cycles, fast.stats.busy, fast.stats.stall) == (
+            full.cycles,
+            full.stats.busy,
+            full.stats.stall,
+        )
+        assert fast.stats.hbm_bytes == full.stats.hbm_bytes
+        assert fast.stats.trace == full.stats.trace
+    assert memo.hits > 0  # identical layers were reused
+
+
+def test_exact_mode_and_fast_mode(case):
+    """exact simulates every decode step; fast one per bucket (the bucket's longest context),
+    an upper bound for the other steps of its bucket, within 2 % on this small model."""
+    cfg, plan, hw, prog = case
+    ex = simulate(cfg, plan, hw, 30, 90, mode="exact", program=prog)
+    fa = simulate(cfg, plan, hw, 30, 90, mode="fast", program=prog)
+    assert ex.simulated_steps == 1 + 90
+    assert fa.simulated_steps == 1 + len({(p + 1 + 15) // 16 for p in range(30, 120)})
+    assert ex.prefill_cycles == fa.prefill_cycles
+    for p, (e, f) in enumerate(zip(ex.decode_cycles, fa.decode_cycles, strict=True), start=30):
+        assert f >= e, p
+    # every step simulated on its own equals the exact mode's figure for it
+    for p in (30, 47, 119):
+        assert run_step(hw, prog, "decode", Runtime(1, p)).cycles == ex.decode_cycles[p - 30]
+    assert fa.total_cycles == pytest.approx(ex.total_cycles, rel=0.02)
+
+
+def test_workers_do_not_change_results(case):
+    cfg, plan, hw, prog = case
+    one = simulate(cfg, plan, hw, 20, 40, program=prog, workers=1)
+    two = simulate(cfg, plan, hw, 20, 40, program=prog, workers=2)
+    assert (
+        one.decode_cycles == two.decode_cycles
+        and one.summary()["energy_j"] == two.summary()["energy_j"]
+    )
+
+
+def test_figures_are_consistent(case):
+    cfg, plan, hw, prog = case
+    r = simulate(cfg, plan, hw, 20, 40, program=prog)
+    s = r.summary()
+    assert r.total_cycles == r.prefill_cycles + sum(r.decode_cycles)
+    assert s["ttft_ms"] == pytest.approx(r.prefill_cycles / hw.clock_hz * 1e3)
+    assert s["tokens_per_s"] == pytest.approx(41 / (r.total_cycles / hw.clock_hz))
+    assert s["tokens_per_j"] == pytest.approx(41 / r.energy.total)
+    assert r.energy.total == pytest.approx(sum(r.energy.joules.values()))
+    assert r.energy.joules["static"] == pytest.approx(39.2 * r.total_cycles / hw.clock_hz)
+    assert 0 < s["roofline_fraction"] <= 1
+    lo, avg, hi = r.token_ms()
+    assert lo <= avg <= hi
+    # actions: every HBM byte moved was counted for energy
+    assert r.actions.hbm_read_bytes + r.actions.hbm_write_bytes == r.hbm_bytes
+
+
+def test_trace_is_chrome_json(case):
+    cfg, plan, hw, prog = case
+    r = simulate(cfg, plan, hw, 8, 4, program=prog, trace=True)
+    t = json.loads(json.dumps(chrome_trace(r.trace, hw.clock_hz)))
+    xs = [e for e in t["traceEvents"] if e["ph"] == "X"]
+    assert xs and all(e["dur"] >= 0 for e in xs)
+    assert max(e["ts"] + e["dur"] for e in xs) <= r.prefill_cycles + r.decode_cycles[0]
+
+
+def test_bad_lengths(case):
+    cfg, plan, hw, prog = case
+    with pytest.raises(ConfigError, match="exceeds max_len 512"):
+        simulate(cfg, plan, hw, 500, 100, program=prog)
+    with pytest.raises(ConfigError, match="need prefill >= 1"):
+        simulate(cfg, plan, hw, 0, 1, program=prog)
+
+
+@pytest.mark.slow
+def test_llama_decode_reaches_80_percent_of_hbm_roofline():
+    """hwflow's own preset, LLaMA-2-7B, batch-1 decode: >= 80 % of the roofline computed with
+    the same HBM model (bytes the step must move / sustained same-channel bandwidth)."""
+    cfg, plan, hw = load_model("llama2-7b"), load_plan("flightllm"), load_hw("u280")
+    r = simulate(cfg, plan, hw, 128, 16, program=compile_cached(cfg, plan, hw, 2048))
+    assert r.roofline_fraction >= 0.80
