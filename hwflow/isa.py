@@ -495,6 +495,32 @@ class Template:
     def nbytes(self) -> int:
         return 4 * len(self.words)
 
+    @cached_property
+    def resolvers(
+        self,
+    ) -> tuple[tuple[dict[str, int], tuple[tuple[str, int, bool, int], ...]] | None, ...]:
+        """Per pc, how :func:`expand` resolves a unit instruction: its static fields and its
+        register-modified ones as (name, value, is_add, register); None for SYS."""
+        out: list[tuple[dict[str, int], tuple[tuple[str, int, bool, int], ...]] | None] = []
+        for ins in self.instrs:
+            s = ins.spec
+            if s.unit == Unit.SYS:
+                out.append(None)
+                continue
+            regs = {f.dyn[1] for f in s.fields if f.dyn}
+            static = {
+                f.name: ins.fields[f.name]
+                for f in s.fields[3:]
+                if f.dyn is None and f.name not in regs
+            }
+            dyn = tuple(
+                (f.name, ins.fields[f.name], f.dyn[0] == "add", ins.fields[f.dyn[1]])
+                for f in s.fields[3:]
+                if f.dyn
+            )
+            out.append((static, dyn))
+        return tuple(out)
+
     def serves(self, runtime: Runtime) -> bool:
         if self.phase == "prefill":
             return runtime.pos == 0 and self.lo <= runtime.length <= self.hi
@@ -669,25 +695,6 @@ def loop_spans(instrs: Sequence[Instr]) -> dict[int, int]:
     return spans
 
 
-def _resolve(ins: Instr, regs: list[int]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    dropped = set()
-    for f in ins.spec.fields[3:]:
-        v = ins.fields[f.name]
-        if f.dyn is not None:
-            mode, rf = f.dyn
-            r = ins.fields[rf]
-            dropped.add(rf)
-            if mode == "add":
-                v = v + regs[r]
-            elif r:
-                v = min(max(regs[r], 0), v)
-        out[f.name] = v
-    for rf in dropped:
-        out.pop(rf, None)
-    return out
-
-
 SYS_ALU = _ALU = frozenset({"SETI", "ADDI", "ADD", "SUB", "MULI", "MINI"})
 
 
@@ -708,6 +715,7 @@ def expand(template: Template, runtime: Runtime) -> Iterator[Concrete]:
             f"LEN = {runtime.length}, POS = {runtime.pos}"
         )
     instrs = template.instrs
+    resolvers = template.resolvers
     spans = loop_spans(instrs)
     regs = [0] * NREGS
     regs[REG_LEN] = runtime.length
@@ -752,13 +760,23 @@ def expand(template: Template, runtime: Runtime) -> Iterator[Concrete]:
                 regs[rd] = regs[ins["ra"]] * ins["imm"]
         else:
             u = ins.unit
+            static, dyn = resolvers[pc]  # type: ignore[misc]
+            fields = dict(static)
+            for name, v, add, r in dyn:
+                if add:
+                    fields[name] = v + regs[r]
+                elif r:
+                    x = regs[r]
+                    fields[name] = v if x > v else (x if x > 0 else 0)
+                else:
+                    fields[name] = v
             yield Concrete(
                 pc,
                 op,
                 u,
                 ins.wait,
                 ins.release,
-                MappingProxyType(_resolve(ins, regs)),
+                MappingProxyType(fields),
                 seq[u],
                 tuple((s[0], s[1]) for s in stack),
             )

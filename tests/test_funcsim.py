@@ -129,3 +129,25 @@ def test_length_outside_program_refused(setup):
         ProgramError, match=r"no prefill template serves LEN = 65 \(served: 1..64\)"
     ):
         fs.step("prefill", qm.embed(np.arange(65), 0), 0)
+
+
+def test_bit_exact_with_small_buffers_many_tiles_and_chunks():
+    """Small weight and activation buffers: every linear op spans several weight tiles and a
+    prefill runs as several 32-row chunks (bucket 32), still bit-exact."""
+    hw = load_hw("tiny")
+    small = hw.model_copy(
+        update={"buffers": hw.buffers.model_copy(update={"weight_kib": 2, "act_kib": 16})}
+    )
+    cfg, plan = load_model("tiny-opt"), load_plan("flightllm")
+    comp = compile_model(cfg, plan, small, 96)
+    assert comp.tt == 32
+    assert all(len(ts.tiles) > 1 for ts in comp.layout.tiles[0])
+    res = check_against_reference(cfg, plan, small, 96, 3, lengths=[31, 32, 33, 95])
+    assert res["bit_exact"], res["steps"]
+
+
+def test_bit_exact_on_a_board_preset():
+    res = check_against_reference(
+        load_model("tiny-llama"), load_plan("w8a8"), load_hw("u280"), 160, 2, lengths=[130]
+    )
+    assert res["bit_exact"], res["steps"]
