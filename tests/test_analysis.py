@@ -204,3 +204,15 @@ def test_plots_read_results_only(tmp_path):
         w.writeheader()
         w.writerows(rows)
     assert read_results(p)[0]["tokens_per_j"] == 1.0
+
+
+def test_perf_report_for_the_main_job(tmp_path):
+    from hwflow.analysis.report import perf_report
+
+    files = perf_report(
+        tmp_path, model="tiny-llama", presets=("tiny",), prefill=16, decode=32, workers=1
+    )
+    names = {f.name for f in files}
+    assert {"results.csv", "summary.json", "efficiency.png", "latency.svg"} <= names
+    rows = json.loads((tmp_path / "perf" / "summary.json").read_text())
+    assert rows[0]["hw"] == "tiny" and rows[0]["decode"] == 32
