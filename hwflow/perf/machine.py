@@ -23,8 +23,9 @@ Semantics (the contract the tests pin with exact timelines)
   its tokens are in and hands its pieces to their channels' FIFOs in
   :data:`~hwflow.costs.LDST_ISSUE_CYCLES`; the op completes one HBM latency after its last
   piece streamed. The unit counts as busy while any of its transfers streams.
-* Busy cycles of a unit: the sum of its ops' issue occupancy. Stall cycles: time a unit with
-  a next op spent waiting for tokens or for HBM channels. Idle: the rest of the run.
+* Busy cycles of a unit: the sum of its ops' issue occupancy (LD/ST: the union of the times
+  its transfers stream). Stall cycles: time a unit with a next op spent waiting for its
+  instruction, tokens or (LD/ST, while none of its transfers streams) HBM. Idle: the rest.
 * A run that ends with a unit still waiting is a deadlock: :class:`~hwflow.errors.SyncError`
   naming every blocked unit, its op and the queue it waits on.
 """
@@ -385,6 +386,9 @@ class Machine:
                         counter[0] += 1
                         yield env.timeout(start - now)
                     tr = hbm.issue(start, op.hbm)
+                    # waiting while earlier transfers still stream is not a stall
+                    waited = start - (cover[u] if cover[u] > t else t)
+                    stall[u] += waited if waited > 0 else 0
                     issue_end = start + LDST_ISSUE_CYCLES
                     done = tr.done
                     # busy = the union of the unit's streaming intervals (issue order)
@@ -398,6 +402,7 @@ class Machine:
                     done = start + op.latency
                     occupied = op.beats
                     span = (start, issue_end)
+                    stall[u] += start - t
                 if done < done_prev:
                     done = done_prev
                 done_prev = done
@@ -406,7 +411,6 @@ class Machine:
                 if w is not None and disp[2] == u:
                     disp_wait[0] = None
                     w.succeed()
-                stall[u] += start - t
                 busy[u] += occupied
                 for dst in op.release:
                     q = out_queues[dst]
