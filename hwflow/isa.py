@@ -48,6 +48,16 @@ it, and get :class:`Concrete` instructions whose register-modified fields hold f
 whose ``loops`` tuple tells which iteration of which loop produced them (for reuse of identical
 iterations by a cycle model).
 
+For the cycle model. ``expand(template, runtime)`` yields :class:`Concrete` instructions in
+dispatch order; filter by ``unit`` for the per-unit queues. Every field a cost needs is in
+``Concrete.fields`` with final values: LD/ST ``rows`` x ``row_bytes`` at ``hbm`` (stride
+``hbm_stride``; channel by :func:`hbm_channel`), ``kind`` (:data:`XFER_KINDS`); MM/MV ``func``
+(:data:`MATMUL_FUNCS`), ``rows`` (tokens), ``cols`` (output rows / keys), ``k``, ``n``:``m``,
+``wbits``; SFU ``func`` (:data:`SFU_FUNCS`), ``rows`` x ``cols``. Extents may be 0 (a tile past
+the runtime length): the instruction still syncs. ``Concrete.loops`` identifies loop
+iterations; the compiler puts a barrier before every LOOP and ENDLOOP, so iterations of a
+layer loop are identical, barrier-delimited token segments.
+
 Program file (``.hwp``). Little-endian::
 
     magic "HWFLOWP\\0" | isa_version u16 | header_len u32 | header JSON (preset digest, model,

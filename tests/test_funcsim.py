@@ -151,3 +151,14 @@ def test_bit_exact_on_a_board_preset():
         load_model("tiny-llama"), load_plan("w8a8"), load_hw("u280"), 160, 2, lengths=[130]
     )
     assert res["bit_exact"], res["steps"]
+
+
+def test_decode_crosses_every_decode_bucket_boundary():
+    """60 decode steps at contexts 5..64 cross 16|17, 32|33 and 48|49 (every decode bucket
+    boundary of max_len 64), each step bit-exact."""
+    res = check_against_reference(
+        load_model("tiny-llama"), load_plan("flightllm"), load_hw("tiny"), 64, 60, lengths=[64]
+    )
+    ctx = [s["pos"] + 1 for s in res["steps"] if s["phase"] == "decode"]
+    assert ctx == list(range(5, 65))
+    assert res["bit_exact"], [s for s in res["steps"] if not s["equal"]]

@@ -149,6 +149,10 @@ def run_compile(args: argparse.Namespace) -> int:
         ("layer runs (first, layers, stride B)", str(info["layer_runs"])),
         *((f"instructions {u}", f"{n:,}") for u, n in info["instructions_per_unit"].items() if n),
         ("instruction bytes (templates)", f"{info['template_bytes']:,}"),
+        (
+            "largest template / instruction memory",
+            f"{info['largest_template_bytes']:,} / {hw.buffers.bytes('instr'):,}",
+        ),
         ("instruction bytes (one program per length)", f"{info['per_length_bytes']:,}"),
         ("storage ratio", f"{info['ratio']:,.0f}x"),
         (

@@ -197,6 +197,7 @@ def storage_report(compiled: Compiled) -> dict[str, Any]:
     return {
         "templates": len(prog.templates),
         "template_bytes": ours,
+        "largest_template_bytes": max(t.nbytes for t in prog.templates),
         "per_length_programs": 2 * max_len,
         "per_length_bytes": per_length,
         "ratio": per_length / ours,
