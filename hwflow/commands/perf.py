@@ -128,7 +128,10 @@ def run_sim(args: argparse.Namespace) -> int:
     if args.trace:
         write_trace(args.trace, res.trace, res.clock_hz, f"{res.model} on {res.hw}")
     if args.json:
-        print_json(res.summary())
+        out = res.summary()
+        curve = res.decode_curve()
+        out["decode_ms_by_context"] = [[c, round(ms, 6)] for c, ms in curve[::16] + curve[-1:]]
+        print_json(out)
     else:
         Console().print(sim_table(res))
         if args.trace:
