@@ -155,3 +155,13 @@ def test_disasm_refuses_corrupt_and_foreign_programs(tmp_path, capsys):
 def test_check_refuses_large_model(capsys):
     assert main(["check", "--model", "llama2-7b", "--hw", "u280", "--plan", "w4a8"]) == 2
     assert "check runs models up to" in capsys.readouterr().err
+
+
+def test_bench_commands_run_on_tiny(capsys):
+    assert main(["bench", "funcsim", "--tokens", "20", "--decode", "2", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["hazard_checks"]["instructions"] > 0 and r["no_checks"]["decode_instr_per_s"] > 0
+    args = ["bench", "compile", "--model", "tiny-llama", "--hw", "tiny", "--max-len", "256"]
+    assert main([*args, "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["templates"] == 18 and r["ratio"] > 10 and r["compile_seconds"] > 0
