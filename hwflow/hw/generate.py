@@ -66,11 +66,11 @@ def engine_ports(eng: wiring.Component) -> list[dict[str, Any]]:
         {"name": "clk", "dir": "in", "width": 1},
         {"name": "rst", "dir": "in", "width": 1},
     ]
-    for path, flow, value in eng.signature.flatten(eng):
+    for path, member, value in eng.signature.flatten(eng):
         ports.append(
             {
                 "name": "__".join(str(x) for x in path),
-                "dir": "in" if flow == wiring.In else "out",
+                "dir": "in" if member.flow == wiring.In else "out",
                 "width": len(Value.cast(value)),
             }
         )

@@ -72,30 +72,32 @@ def _yosys() -> list[str]:
 
 
 def parse_stat(text: str) -> Counter[str]:
-    """Cell counts of the last ``stat`` report in a Yosys log."""
-    start = text.rfind("Number of cells")
+    """Cell counts of the last module report of ``stat`` in a Yosys log (flat design)."""
+    start = text.rfind("\n=== ")
     if start < 0:
         raise HwflowError("Yosys printed no 'stat' report")
     cells: Counter[str] = Counter()
-    for line in text[start:].splitlines()[1:]:
-        m = re.match(r"^\s+(\d+)\s+(?:[\d.]+\s+)?\$?(\w+)\s*$", line) or re.match(
-            r"^\s+\$?(\w+)\s+(\d+)\s*$", line
-        )
-        if not m:
-            if cells and not line.strip():
-                break
-            continue
-        a, b = m.groups()
-        name, count = (b, int(a)) if a.isdigit() else (a, int(b))
-        cells[name] += count
+    for line in text[start:].splitlines()[2:]:
+        m = re.match(r"^\s+(\d+)\s+(\$?[A-Z_$][\w$]*)\s*$", line)
+        if m:
+            cells[m.group(2)] += int(m.group(1))
+        elif cells and not line.strip():
+            break
+    if not cells:
+        raise HwflowError("Yosys 'stat' report lists no cells")
     return cells
 
 
 def _cascade_links(netlist: str) -> int:
+    """DSPs whose Z operand is PCIN (OPMODE[6:4] = 001) fed by another DSP's PCOUT."""
     links = 0
-    for m in re.finditer(r"\.PCIN\(([^()]*)\)", netlist):
-        arg = m.group(1).strip()
-        if arg and not re.fullmatch(r"[\d']*[hbd]?[0-9a-fA-FxXzZ_]*|\{.*\}", arg):
+    for inst in re.finditer(r"\bDSP48E[12]\s+\S+\s*\((.*?)\);", netlist, re.S):
+        body = inst.group(1)
+        opm = re.search(r"\.OPMODE\((\d+)'h([0-9a-fA-F]+)\)", body)
+        pcin = re.search(r"\.PCIN\(([^()]*)\)", body)
+        if not opm or not pcin or re.fullmatch(r"\s*\d+'h0+\s*", pcin.group(1)):
+            continue
+        if (int(opm.group(2), 16) >> 4) & 0b111 == 0b001:
             links += 1
     return links
 

@@ -1,0 +1,108 @@
+"""``hwflow rtl`` / ``hwflow synth`` and the generation manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from amaranth.hdl import Shape
+
+from hwflow.cli import main
+from hwflow.config import load_hw
+from hwflow.costs import chain_latency
+from hwflow.hw.generate import write_rtl
+from hwflow.hw.params import EngineParams
+from hwflow.hw.synth import _cascade_links, parse_stat
+
+
+@pytest.fixture(scope="module")
+def rtl_out(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str]:
+    out = tmp_path_factory.mktemp("rtl")
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["rtl", "--hw", "tiny", "-o", str(out)])
+    return out, code, buf.getvalue()
+
+
+@pytest.mark.rtl
+def test_rtl_command_writes_linted_verilog(rtl_out: tuple[Path, int, str]) -> None:
+    out, code, text = rtl_out
+    assert code == 0, text
+    assert text.count("lint: verilator --lint-only -Wall clean") == 2
+    assert (out / "hwflow_tiny_mv.v").is_file() and (out / "hwflow_tiny_mpe.v").is_file()
+
+
+@pytest.mark.rtl
+def test_manifest_records_params_ports_and_latency(rtl_out: tuple[Path, int, str]) -> None:
+    out, _, _ = rtl_out
+    man = json.loads((out / "manifest.json").read_text())
+    hw = load_hw("tiny")
+    assert man["preset"] == "tiny" and man["preset_digest"] == hw.digest
+    for kind in ("mv", "mpe"):
+        eng = man["engines"][kind]
+        p = EngineParams.from_preset(hw, kind)
+        assert eng["params"] == p.describe()
+        assert eng["timing"]["latency"] == chain_latency(16) == p.latency
+        ports = {q["name"]: q for q in eng["ports"]}
+        assert ports["i__payload"]["width"] == Shape.cast(p.beat_layout).width
+        assert ports["o__payload"]["width"] == Shape.cast(p.result_layout).width
+        assert ports["p__ready"]["dir"] == "out" and ports["o__ready"]["dir"] == "in"
+        assert eng["payloads"]["i"]["nsel"]["offset"] == p.beat_layout["nsel"].offset
+    assert man["engines"]["mpe"]["params"]["dual_int8"] is True
+
+
+@pytest.mark.rtl
+def test_rewrite_only_on_change(rtl_out: tuple[Path, int, str]) -> None:
+    out, _, _ = rtl_out
+    before = (out / "hwflow_tiny_mv.v").stat().st_mtime_ns
+    write_rtl(load_hw("tiny"), out, kinds=("mv",))
+    assert (out / "hwflow_tiny_mv.v").stat().st_mtime_ns == before
+
+
+def test_user_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rtl", "--hw", "no-such-preset"]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["synth", "--hw", "vhk158"]) == 2  # DSP58: Yosys has no Versal family
+    assert "no synthesis estimate for DSP58" in capsys.readouterr().err
+    assert main(["synth", "--hw", "tiny", "--chains", "0"]) == 2
+
+
+_STAT = """
+4. Printing statistics.
+
+=== hwflow_tiny_mv_c1 ===
+
+        +----------Local Count, excluding submodules.
+        |
+    10692 wires
+       11 ports
+    10232 cells
+       27   $scopeinfo
+      532   CARRY4
+       40   DSP48E1
+     2041   FDRE
+     1445   LUT2
+      932   LUT6
+      496   SRL16E
+
+5. Executing Verilog backend.
+"""
+
+_NET = """
+  DSP48E1 #(.AREG(1)) _1_ (.OPMODE(7'h05), .PCIN(48'h000000000000), .PCOUT(c1));
+  DSP48E1 #(.AREG(1)) _2_ (.OPMODE(7'h15), .PCIN({ c1[47:1], c1[0] }), .PCOUT(c2));
+  DSP48E1 #(.AREG(1)) _3_ (.OPMODE(7'h55), .PCIN(c2), .PCOUT());
+"""
+
+
+def test_synth_report_parsing() -> None:
+    cells = parse_stat(_STAT)
+    assert cells["DSP48E1"] == 40 and cells["LUT2"] + cells["LUT6"] == 2377
+    assert "wires" not in cells and cells["SRL16E"] == 496
+    # only the Z = PCIN (OPMODE[6:4] = 001) link counts as a chain cascade: not the
+    # constant PCIN, not the shifted one (Z = PCIN >> 17: a wide multiplier's split)
+    assert _cascade_links(_NET) == 1
