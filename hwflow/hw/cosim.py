@@ -107,6 +107,7 @@ def run_bench(
     stats_file = bdir / f"stats-{os.getpid()}.json"
     stats_file.unlink(missing_ok=True)
     results = bdir / f"results-{os.getpid()}.xml"
+    log = bdir / f"sim-{os.getpid()}.log"
     sim_dir = str(SIM_DIR)
     if sim_dir not in sys.path:
         sys.path.insert(0, sim_dir)  # the runner passes sys.path to the simulator
@@ -131,11 +132,15 @@ def run_bench(
             extra_env=extra,
             results_xml=str(results),
             seed=seed,
-            log_file=bdir / f"sim-{os.getpid()}.log",
+            log_file=log,
         )
     run_s = time.perf_counter() - t0
     tests, failed = get_results(results)
     stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
+    results.unlink()
+    stats_file.unlink(missing_ok=True)
+    if not failed:  # keep the simulator's log only when something failed
+        log.unlink(missing_ok=True)
     return BenchRun(
         tests, failed, build_s, run_s, built, facts["gen_s"], int(facts["lines"]), stats
     )
