@@ -78,10 +78,11 @@ def _check(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, max_len:
             hw.check_plan_support(q.bits, q.n, q.m)
         except UnsupportedError as e:
             raise UnsupportedError(f"plan {plan.name}, L{li}.{op}: {e}") from None
-        if cfg.linear_shape(op)[1] % max(q.m, hw.sparsity.m if q.dense else q.m):
+        block = hw.sparsity.m if q.dense else q.m  # the activation block one beat consumes
+        if cfg.linear_shape(op)[1] % block:
             raise UnsupportedError(
                 f"L{li}.{op}: reduction length {cfg.linear_shape(op)[1]} is not a multiple of "
-                f"M = {q.m}"
+                f"the {block}-wide activation block of preset {hw.name}"
             )
     h = plan.head()
     try:

@@ -125,13 +125,13 @@ def plan_buffers(cfg: ModelConfig, hw: HardwarePreset, tt: int, keys_max: int) -
     placed: list[tuple[int, int, int, int]] = []  # (lo, hi, first, last)
     base = _al(tt * d)
     top = base
-    for name, rb, first, last in sorted(_tensors(cfg), key=lambda x: (x[2], -x[1] * 0)):
+    for name, rb, first, last in sorted(_tensors(cfg), key=lambda x: x[2]):
         size = _al(tt * rb)
         at = base
         for lo, hi, f0, l0 in sorted(placed):
             if f0 <= last and first <= l0 and at < hi and lo < at + size:
                 at = _al(hi)
-        # re-scan until stable (placements sorted by offset make one pass enough)
+        # one pass suffices: placements are visited in offset order
         act[name] = (at, rb)
         placed.append((at, at + size, first, last))
         top = max(top, at + size)
@@ -240,7 +240,7 @@ def lower_step(
         cols: int,
         reads: tuple[Span, ...] = (),
         writes: tuple[Span, ...] = (),
-        b: str | None = None,
+        b: str | tuple[int, int, int, int] | None = None,
         **f: int,
     ) -> None:
         def opnd(x: Any) -> tuple[int, int, int, int]:
@@ -255,7 +255,8 @@ def lower_step(
         if b is not None:
             bb, bo, bs, br = opnd(b)
             extra = {"b_buf": bb, "b_off": bo, "b_stride": bs, "b_reg": br}
-            reads = (*reads, aspan(b))
+            if isinstance(b, str):
+                reads = (*reads, aspan(b))
         if isinstance(a, str):
             reads = (*reads, aspan(a))
         if isinstance(o, str):
@@ -370,9 +371,7 @@ def lower_step(
         if rope:
             for src, dst, n in (("q", "qr", nh), ("k", "kr", nkv)):
                 sfu("rope", src, dst, n * hd, reads=(rope_span,),
-                    b=None, aux=hd, qpos_reg=R_QPOS)  # fmt: skip
-                node = e.nodes[-1]
-                node.fields.update(b_buf=Buf.PARAM, b_off=bp.p_rope, b_stride=2 * hd)
+                    b=(Buf.PARAM, bp.p_rope, 2 * hd, 0), aux=hd, qpos_reg=R_QPOS)  # fmt: skip
             qn, kn = "qr", "kr"
         slot = 0
         sc = 0
