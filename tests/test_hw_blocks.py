@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from amaranth.hdl import Module, Signal, signed
@@ -158,12 +160,23 @@ def test_params_from_presets() -> None:
         MatrixVectorEngine(mpe)
 
 
-@pytest.mark.parametrize("cls", [MatrixVectorEngine, MatrixMatrixEngine])
-def test_engine_in_amaranth_simulator(cls: type) -> None:
+def _variant(name: str) -> EngineParams:
+    if name == "tiny-mv":
+        return EngineParams.from_preset(load_hw("tiny"), "mv")
+    if name == "tiny-mpe":
+        return EngineParams.from_preset(load_hw("tiny"), "mpe")
+    if name == "tiny-mpe-no-dual":  # one DSP per token lane instead of WP486 packing
+        return replace(EngineParams.from_preset(load_hw("tiny"), "mpe"), dual_int8=False)
+    assert name == "vhk158-mv-slice"  # DSP58: 58-bit accumulators
+    return EngineParams.from_preset(load_hw("vhk158"), "mv", chains=1)
+
+
+@pytest.mark.parametrize("variant", ["tiny-mv", "tiny-mpe", "tiny-mpe-no-dual", "vhk158-mv-slice"])
+def test_engine_in_amaranth_simulator(variant: str) -> None:
     """A few ops through the whole engine in Amaranth's simulator (Verilator benches do the
     exhaustive sweep): every lane equals the numerics reference."""
-    eng = cls.from_preset(load_hw("tiny"))
-    p = eng.params
+    p = _variant(variant)
+    eng = (MatrixVectorEngine if p.kind == "mv" else MatrixMatrixEngine)(p)
     rng = np.random.default_rng(4)
     ops = [
         make_op(p, rng, tokens=3 if p.rows > 1 else 1, rows=20, k=32, n=n, bits=b, raw=r)
