@@ -182,7 +182,7 @@ class SimResult:
     clock_hz: float
     prefill_step: StepResult
     decode_cycles: list[int]  #: per decode step, contexts prefill+1 .. prefill+decode
-    decode_roofline_cycles: list[float]  #: HBM roofline of each decode step
+    decode_roofline_cycles: list[float]  #: HBM roofline of each decode step (of its stand-in)
     decode_hbm_bytes: int  #: bytes the decode steps moved (simulated program)
     busy: dict[str, int]
     stall: dict[str, int]
@@ -362,15 +362,15 @@ def simulate(
             by_t[t] = max(by_t.get(t, p), p)
         rep = {p: by_t[id(prog.select("decode", Runtime(1, p)))] for p in positions}
     reps = sorted(set(rep.values()))
-    stands: dict[int, list[int]] = {}
-    for p in positions:
-        stands.setdefault(rep[p], []).append(p)
+    # the roofline of a step is taken at the step that was simulated for it, so that the
+    # fraction compares like with like (in exact mode: every step at its own context)
     tasks: list[Task] = [("prefill", prefill, 0, trace, ())]
-    tasks += [("decode", 1, p, trace and i == 0, tuple(stands[p])) for i, p in enumerate(reps)]
+    tasks += [("decode", 1, p, trace and i == 0, (p,)) for i, p in enumerate(reps)]
     out = _run_steps(cfg, plan, hw, prog, tasks, workers)
     pre = out.pop(-1)[0]
     results = {p: r for p, (r, _) in out.items()}
-    roof_at = {q: c for _, roof in out.values() for q, c in roof.items()}
+    roof_rep = {q: c for _, roof in out.values() for q, c in roof.items()}
+    roof_at = {p: roof_rep[rep[p]] for p in positions}
     busy = dict(pre.stats.busy)
     stall = dict(pre.stats.stall)
     hbm = pre.stats.hbm_bytes
