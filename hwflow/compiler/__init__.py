@@ -7,7 +7,7 @@ Passes (:func:`compile_model`):
    linear op and the head) and the lengths against the model.
 2. **Allocate HBM** (:mod:`.layout`): layer regions (runs of identical layers at a constant
    stride), head, RoPE table, KV cache, input and logits, interleaved over all channels; weight
-   tiles sized to half the weight buffer (double buffering).
+   tiles sized to one of ``layout.WEIGHT_SLOTS`` (2: double buffering) weight-buffer slots.
 3. For every **length bucket** (prefill: multiples of the chunk ``tt`` = 128 or the largest
    power of two whose activations fit; decode: multiples of 16 of the context), **allocate the
    on-chip buffers** and **lower** the step (:mod:`.lower`): chunks x layer-run loops x tiled ops.

@@ -32,6 +32,7 @@ from hwflow.compiler.layout import (
     LUT_OFF,
     PARAM_BLOB,
     PARAM_WORDS,
+    WEIGHT_SLOTS,
     HbmLayout,
     TileSpec,
 )
@@ -157,7 +158,7 @@ def plan_buffers(cfg: ModelConfig, hw: HardwarePreset, tt: int, keys_max: int) -
             f"scores of a {tt}-token chunk at {keys_max} keys need {sc_slot} bytes but "
             f"buffers.score_kib holds {hw.buffers.bytes('score')} bytes"
         )
-    wslot = hw.buffers.bytes("weight") // 2
+    wslot = hw.buffers.bytes("weight") // WEIGHT_SLOTS
     p_rope = _al(PARAM_BLOB)
     p_final = p_rope + _al(tt * 2 * cfg.head_dim)
     if p_final + 64 > hw.buffers.bytes("param"):
@@ -174,7 +175,7 @@ def plan_buffers(cfg: ModelConfig, hw: HardwarePreset, tt: int, keys_max: int) -
         kv_slot,
         tuple(i * sc_slot for i in range(n_sc)),
         sc_slot,
-        (0, wslot),
+        tuple(i * wslot for i in range(WEIGHT_SLOTS)),
         wslot,
         p_rope,
         p_final,
@@ -281,7 +282,8 @@ def lower_step(
             **f,
         )
 
-    # ---- weight tiles: LD of global tile j is emitted just before the engine op of tile j-1
+    # ---- weight tiles: LD of global tile j is emitted just before the engine op of tile
+    # j - (slots - 1), i.e. right after the engine op that last used its slot
     class Tiles:
         def __init__(self, specs: list[tuple[TileSpec, int, int, int]], base_reg: int) -> None:
             self.items = specs  # (spec, r0, rows, region offset)
@@ -291,7 +293,7 @@ def lower_step(
         def load_upto(self, j: int) -> None:
             while self.loaded <= min(j, len(self.items) - 1):
                 ts, _r0, r, off = self.items[self.loaded]
-                s = bp.weight_slots[self.loaded % 2]
+                s = bp.weight_slots[self.loaded % len(bp.weight_slots)]
                 nbytes = r * ts.row_bytes
                 e.unit(
                     "LD",
@@ -311,9 +313,9 @@ def lower_step(
 
     def linear_ops(tiles: Tiles, index: dict[str, int], op: str, src: str, dst: str) -> None:
         for j in range(index[op], index[op] + sum(1 for t in tiles.items if t[0].name == op)):
-            tiles.load_upto(j + 1)
+            tiles.load_upto(j + len(bp.weight_slots) - 1)
             ts, r0, r, _ = tiles.items[j]
-            s = bp.weight_slots[j % 2]
+            s = bp.weight_slots[j % len(bp.weight_slots)]
             so, srb = act(src)
             do, drb = act(dst)
             e.unit(
@@ -584,8 +586,8 @@ def lower_step(
     lo, _ = act("logits")
     lspan = (A, lo, lo + 8 * cfg.vocab)
     for j, (ts, r0, r, _) in enumerate(items):
-        tiles.load_upto(j + 1)
-        s = bp.weight_slots[j % 2]
+        tiles.load_upto(j + len(bp.weight_slots) - 1)
+        s = bp.weight_slots[j % len(bp.weight_slots)]
         e.unit(
             eng,
             ((A, hf_off, hf_off + d), (Buf.WEIGHT, s, s + bp.weight_slot_bytes)),
