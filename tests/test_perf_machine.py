@@ -26,7 +26,9 @@ def streams(*ops: MOp) -> list[MOp]:
 
 
 def M(unit, name, beats, latency, wait=(), release=(), hbm=None, words=0) -> MOp:
-    return MOp(unit, name, words, beats, latency, wait, release, hbm)
+    nbytes = sum(p.nbytes for p in hbm or ())
+    occ = sum(p.occupancy for p in hbm or ())
+    return MOp(unit, name, words, beats, latency, wait, release, hbm, nbytes, occ)
 
 
 def piece(ch: int, occ: int, nbytes: int = 64) -> HbmPiece:

@@ -48,24 +48,20 @@ class HbmChannels:
     def __init__(self, hw: HardwarePreset) -> None:
         self.latency = hbm_latency_cycles(hw)
         self.free = [0] * hw.hbm.channels  #: cycle at which each channel is next free
-        self.busy = [0] * hw.hbm.channels  #: cycles each channel spent streaming
-        self.bytes = 0
 
     def issue(self, now: int, pieces: Sequence[HbmPiece]) -> Transfer:
         """Queue one transfer's pieces at cycle ``now``; return when they are served."""
         if not pieces:
             return Transfer(now, now, now)
-        free, busy = self.free, self.busy
-        first = None
-        last = now
+        free = self.free
+        first = last = -1
         for p in pieces:
             c = p.channel
-            s = free[c] if free[c] > now else now
+            f = free[c]
+            s = f if f > now else now
             e = s + p.occupancy
             free[c] = e
-            busy[c] += p.occupancy
-            self.bytes += p.nbytes
-            if first is None or s < first:
+            if first < 0 or s < first:
                 first = s
             if e > last:
                 last = e

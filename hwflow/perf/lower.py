@@ -160,7 +160,18 @@ class _Pricer:
             if base + (rows - 1) * stride + row_bytes > hw.hbm.capacity_bytes:
                 base = hbm
             pieces = self.pieces(base, rows, row_bytes, stride)
-            mop = MOp(unit, op, words, 0, 0, wait, release, pieces)
+            mop = MOp(
+                unit,
+                op,
+                words,
+                0,
+                0,
+                wait,
+                release,
+                pieces,
+                sum(p.nbytes for p in pieces),
+                sum(p.occupancy for p in pieces),
+            )
             ld = op == "LD"
             acts = OpActions(
                 hbm_read=nbytes if ld else 0,
@@ -227,14 +238,22 @@ def lower(hw: HardwarePreset, instrs: Iterable[Concrete]) -> tuple[list[MOp], Ac
     if pricer is None:
         pricer = _PRICERS[hw.digest] = _Pricer(hw)
     ops: list[MOp] = []
-    counts: dict[OpActions, int] = {}
+    acts: list[OpActions] = []
     price = pricer.price
     for c in instrs:
         mop, act = price(c)
         ops.append(mop)
-        counts[act] = counts.get(act, 0) + 1
+        acts.append(act)
+    # the priced objects are shared by identical instructions: count them by identity
+    counts: dict[int, int] = {}
+    by_id: dict[int, OpActions] = {}
+    for a in acts:
+        k = id(a)
+        counts[k] = counts.get(k, 0) + 1
+        by_id[k] = a
     total = Actions()
-    for a, times in counts.items():
+    for k, times in counts.items():
+        a = by_id[k]
         if a.macs:
             total.macs[a.wbits] = total.macs.get(a.wbits, 0) + a.macs * times
         total.buffer_read_bits += a.buf_read_bits * times

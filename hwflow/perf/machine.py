@@ -65,6 +65,8 @@ class MOp:
     wait: tuple[int, ...] = ()  #: producer units whose token this op consumes before it starts
     release: tuple[int, ...] = ()  #: consumer units that get a token when this op completes
     hbm: tuple[HbmPiece, ...] | None = None  #: LD/ST: the transfer's per-channel pieces
+    hbm_bytes: int = 0  #: LD/ST: bytes moved (the pieces' sum)
+    hbm_occupancy: int = 0  #: LD/ST: channel-cycles streamed (the pieces' sum)
 
 
 @dataclass
@@ -76,7 +78,7 @@ class RunStats:
     stall: dict[str, int]
     ops: dict[str, int]
     hbm_bytes: int
-    hbm_channel_busy: list[int]
+    hbm_channel_cycles: int  #: sum over channels of the cycles each spent streaming
     leftover_tokens: dict[str, int]
     events: int
     trace: list[tuple[str, str, int, int]] = field(default_factory=list)
@@ -169,7 +171,7 @@ class _Seg:
     stall: list[int]
     ops: list[int]
     hbm_bytes: int
-    channel_busy: list[int]
+    channel_cycles: int
     events: int
     trace: list[tuple[str, str, int, int]]
 
@@ -241,7 +243,7 @@ class Machine:
         state = MachineState.idle(self.hw.hbm.channels)
         busy, stall, ops = [0] * n, [0] * n, [0] * n
         hbm_bytes, events = 0, 0
-        chan = [0] * self.hw.hbm.channels
+        chan = 0
         trace: list[tuple[str, str, int, int]] = []
         bounds = (
             [0, *barrier_cuts(program), len(program)] if memo is not None else [0, len(program)]
@@ -269,8 +271,7 @@ class Machine:
                 busy[u] += res.busy[u]
                 stall[u] += res.stall[u]
                 ops[u] += res.ops[u]
-            for c in range(len(chan)):
-                chan[c] += res.channel_busy[c]
+            chan += res.channel_cycles
             hbm_bytes += res.hbm_bytes
             events += res.events
             if self.trace_on:
@@ -284,7 +285,7 @@ class Machine:
             stall={UNITS[u]: stall[u] for u in range(n)},
             ops={UNITS[u]: ops[u] for u in range(n)},
             hbm_bytes=hbm_bytes,
-            hbm_channel_busy=chan,
+            hbm_channel_cycles=chan,
             leftover_tokens=leftover,
             events=events,
             trace=trace,
@@ -463,8 +464,8 @@ class Machine:
             busy=busy,
             stall=stall,
             ops=[len(st) for st in streams],
-            hbm_bytes=hbm.bytes,
-            channel_busy=list(hbm.busy),
+            hbm_bytes=sum(op.hbm_bytes for op in program),
+            channel_cycles=sum(op.hbm_occupancy for op in program),
             events=counter[0] + n + 1,
             trace=trace,
         )
