@@ -28,7 +28,9 @@ exponential table (int32) and the 256-entry activation LUT (int8).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -177,7 +179,7 @@ class HbmLayout:
 
     regions: tuple[Region, ...]
     runs: tuple[tuple[int, int, int], ...]  #: (first layer, layers, region stride bytes)
-    tiles: dict[int, tuple[TileSpec, ...]]  #: per layer, the tiling of its linear ops
+    tiles: Mapping[int, tuple[TileSpec, ...]]  #: per layer, the tiling of its linear ops
     head: TileSpec
     kv_layer_bytes: int  #: K and V of one layer
     kv_head_bytes: int  #: one kv head's [max_len, head_dim]
@@ -286,7 +288,16 @@ def plan_hbm(
             f"{kv / 2**30:.2f} GiB KV cache at max_len {max_len}) but preset {hw.name} has "
             f"{cap / 2**30:.2f} GiB"
         )
-    return HbmLayout(tuple(regions), tuple(runs), tiles, head, kv_layer, kv_head, rope_row, at)
+    return HbmLayout(
+        tuple(regions),
+        tuple(runs),
+        MappingProxyType(tiles),
+        head,
+        kv_layer,
+        kv_head,
+        rope_row,
+        at,
+    )
 
 
 def _tile_bytes(ts: TileSpec, ql: Any, r0: int, r: int) -> np.ndarray:

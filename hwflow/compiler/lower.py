@@ -24,7 +24,9 @@ advances R7/R8. Barriers (emitted as the placeholder op ``BARRIER``, made concre
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from hwflow.compiler.layout import (
@@ -67,7 +69,7 @@ class BufferPlan:
 
     tt: int
     keys_max: int
-    act: dict[str, tuple[int, int]]  #: tensor -> (offset, row bytes)
+    act: Mapping[str, tuple[int, int]]  #: tensor -> (offset, row bytes)
     act_bytes: int
     kv_slots: tuple[int, ...]
     kv_slot_bytes: int
@@ -169,7 +171,7 @@ def plan_buffers(cfg: ModelConfig, hw: HardwarePreset, tt: int, keys_max: int) -
     return BufferPlan(
         tt,
         keys_max,
-        act,
+        MappingProxyType(act),
         top,
         tuple(i * kv_slot for i in range(n_kv)),
         kv_slot,
