@@ -115,9 +115,14 @@ def test_bad_lengths(case):
 
 
 @pytest.mark.slow
-def test_llama_decode_reaches_80_percent_of_hbm_roofline():
-    """hwflow's own preset, LLaMA-2-7B, batch-1 decode: >= 80 % of the roofline computed with
+@pytest.mark.parametrize("preset", ["u280", "vhk158"])
+def test_llama_decode_reaches_80_percent_of_hbm_roofline(preset):
+    """hwflow's own presets, LLaMA-2-7B, batch-1 decode: >= 80 % of the roofline computed with
     the same HBM model (bytes the step must move / sustained same-channel bandwidth)."""
-    cfg, plan, hw = load_model("llama2-7b"), load_plan("flightllm"), load_hw("u280")
+    cfg, plan, hw = load_model("llama2-7b"), load_plan("flightllm"), load_hw(preset)
     r = simulate(cfg, plan, hw, 128, 16, program=compile_cached(cfg, plan, hw, 2048))
     assert r.roofline_fraction >= 0.80
+    assert r.roofline_ms_per_token == pytest.approx(
+        r.decode_hbm_bytes / 16 / (hw.hbm.peak_gbps * 1e9 * hw.hbm.efficiency_same_channel) * 1e3,
+        rel=0.01,
+    )

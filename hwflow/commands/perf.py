@@ -88,6 +88,7 @@ def sim_table(res) -> Table:
         ("average power", f"{res.average_w:.1f} W"),
         ("tokens/J", f"{res.tokens_per_j:.3f}"),
         ("energy per token", _si(res.j_per_token, "J")),
+        ("decode HBM roofline ms/token (avg)", f"{res.roofline_ms_per_token:.3f}"),
         ("decode HBM roofline fraction", f"{res.roofline_fraction:.3f}"),
         ("HBM bandwidth achieved (decode)", f"{res.decode_hbm_gbps:.1f} GB/s"),
         ("decode bytes per token", _si(res.decode_hbm_bytes / max(res.decode, 1), "B")),

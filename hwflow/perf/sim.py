@@ -258,6 +258,13 @@ class SimResult:
         return sum(self.decode_roofline_cycles) / sum(self.decode_cycles)
 
     @property
+    def roofline_ms_per_token(self) -> float:
+        """Mean decode time per token at the sustained HBM bandwidth (the roofline)."""
+        if not self.decode_cycles:
+            return 0.0
+        return sum(self.decode_roofline_cycles) / len(self.decode_cycles) / self.clock_hz * 1e3
+
+    @property
     def hbm_gbps(self) -> float:
         """Achieved HBM bandwidth over the case, GB/s."""
         return self.hbm_bytes / self.seconds / 1e9
@@ -296,6 +303,7 @@ class SimResult:
             "decode_hbm_gbps": self.decode_hbm_gbps,
             "decode_bytes_per_token": self.decode_hbm_bytes / self.decode if self.decode else 0,
             "roofline_fraction": self.roofline_fraction,
+            "roofline_ms_per_token": self.roofline_ms_per_token,
             "simulated_steps": self.simulated_steps,
             "events": self.events,
             "wall_s": self.wall_s,
