@@ -1,4 +1,23 @@
-"""Cycle-level model of the accelerator (SimPy): HBM channels, unit processes, tokens.
+"""Cycle-level model of the accelerator (SimPy).
 
-:mod:`hwflow.perf.machine` runs priced per-unit streams; :mod:`hwflow.perf.hbm` is the HBM.
+* :mod:`hwflow.perf.hbm`: HBM pseudo-channels (FIFO servers; peak x efficiency, latency).
+* :mod:`hwflow.perf.machine`: the dispatcher, one process per unit, instruction queues,
+  dependency tokens, exact reuse of barrier-delimited segments.
+* :mod:`hwflow.perf.lower`: a program's expanded instructions priced with :mod:`hwflow.costs`.
+* :mod:`hwflow.perf.sim`: whole (prefill, decode) cases: latency, throughput, energy, roofline.
+* :mod:`hwflow.perf.trace`: Perfetto / chrome://tracing timelines.
 """
+
+from hwflow.perf.machine import Machine, MOp, RunStats, SegmentMemo
+from hwflow.perf.sim import SimResult, StepResult, run_step, simulate
+
+__all__ = [
+    "MOp",
+    "Machine",
+    "RunStats",
+    "SegmentMemo",
+    "SimResult",
+    "StepResult",
+    "run_step",
+    "simulate",
+]
