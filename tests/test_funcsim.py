@@ -132,15 +132,22 @@ def test_length_outside_program_refused(setup):
 
 
 def test_bit_exact_with_small_buffers_many_tiles_and_chunks():
-    """Small weight and activation buffers: every linear op spans several weight tiles and a
-    prefill runs as several 32-row chunks (bucket 32), still bit-exact."""
+    """Small buffers: every linear op spans several weight tiles, a prefill runs as several
+    32-row chunks (bucket 32), attention has only two KV slots and one score slot (no head
+    pipelining), still bit-exact."""
     hw = load_hw("tiny")
     small = hw.model_copy(
-        update={"buffers": hw.buffers.model_copy(update={"weight_kib": 2, "act_kib": 16})}
+        update={
+            "buffers": hw.buffers.model_copy(
+                update={"weight_kib": 2, "act_kib": 16, "kv_kib": 3, "score_kib": 3}
+            )
+        }
     )
     cfg, plan = load_model("tiny-opt"), load_plan("flightllm")
     comp = compile_model(cfg, plan, small, 96)
     assert comp.tt == 32
+    info = next(t.info for t in comp.program.templates if t.phase == "prefill" and t.hi == 96)
+    assert info["kv_slots"] == 2 and info["score_slots"] == 1
     assert all(len(ts.tiles) > 1 for ts in comp.layout.tiles[0])
     res = check_against_reference(cfg, plan, small, 96, 3, lengths=[31, 32, 33, 95])
     assert res["bit_exact"], res["steps"]

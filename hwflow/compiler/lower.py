@@ -377,114 +377,78 @@ def lower_step(
                 sfu("rope", src, dst, n * hd, reads=(rope_span,),
                     b=(Buf.PARAM, bp.p_rope, 2 * hd, 0), aux=hd, qpos_reg=R_QPOS)  # fmt: skip
             qn, kn = "qr", "kr"
-        slot = 0
-        sc = 0
         kvoff = {"K": 0, "V": nkv * layout.kv_head_bytes}
-        for g in range(nkv):
+        att = plan.attention
+        block = phase == "prefill" and att.pattern == "block"
+        qo, qrb = act(qn)
+        ao, arb = act("a")
+        n_kv, n_sc = len(bp.kv_slots), len(bp.score_slots)
+        # Software pipeline over heads, in program order per step s: the K/V of head s + ahead's
+        # group (ST, LD, on-chip mov), qk + softmax of head s, pv of head s - lag. The engine then
+        # computes scores while the SFU runs a softmax, and the SFU moves the next group's rows
+        # while the engine works. A KV slot is rewritten D = n_kv // 2 groups later, so
+        # ahead + lag <= (D - 1) * rep keeps its last reader before its next writer in program
+        # order; lag < score slots does the same for the score buffer.
+        budget = (n_kv // 2 - 1) * rep
+        ahead = 1 if budget >= 2 else 0
+        lag = max(0, min(n_sc - 1, budget - ahead, 2))
+        kv_of: dict[int, dict[str, int]] = {}
+        sc_of: dict[int, int] = {}
+
+        def kv_load(g: int) -> None:
             slots = {}
-            for which, src in (("K", kn), ("V", "v")):
+            for j, (which, src) in enumerate((("K", kn), ("V", "v"))):
                 so, srb = act(src)
                 hb = kvoff[which] + g * layout.kv_head_bytes
-                e.unit(
-                    "ST",
-                    (aspan(src),),
-                    (),
-                    kind=KIND["kv"],
-                    hbm=hb,
-                    hbm_reg=R_LKVQ,
-                    hbm_stride=hd,
-                    buf=A,
-                    off=so + g * hd,
-                    stride=srb,
-                    row_bytes=hd,
-                    rows=tt,
-                    rows_reg=R_ROWS,
-                )
-                ks = bp.kv_slots[slot % len(bp.kv_slots)]
-                slot += 1
+                e.unit("ST", (aspan(src),), (), kind=KIND["kv"], hbm=hb, hbm_reg=R_LKVQ,
+                       hbm_stride=hd, buf=A, off=so + g * hd, stride=srb, row_bytes=hd, rows=tt,
+                       rows_reg=R_ROWS)  # fmt: skip
+                ks = bp.kv_slots[(2 * g + j) % n_kv]
                 kspan = (Buf.KV, ks, ks + bp.kv_slot_bytes)
                 slots[which] = ks
-                e.unit(
-                    "LD",
-                    (),
-                    (kspan,),
-                    kind=KIND["kv"],
-                    hbm=hb,
-                    hbm_reg=R_LKV,
-                    hbm_stride=hd,
-                    buf=Buf.KV,
-                    off=ks,
-                    stride=hd,
-                    row_bytes=hd,
-                    rows=bp.keys_max,
-                    rows_reg=R_QPOS,
-                )
+                e.unit("LD", (), (kspan,), kind=KIND["kv"], hbm=hb, hbm_reg=R_LKV, hbm_stride=hd,
+                       buf=Buf.KV, off=ks, stride=hd, row_bytes=hd, rows=bp.keys_max,
+                       rows_reg=R_QPOS)  # fmt: skip
                 sfu("mov", (A, so + g * hd, srb, 0), (Buf.KV, ks, hd, R_QOFF), hd,
                     reads=(aspan(src),), writes=(kspan,))  # fmt: skip
-            for j in range(rep):
-                h = g * rep + j
-                ss = bp.score_slots[sc % len(bp.score_slots)]
-                sc += 1
-                sspan = (Buf.SCORE, ss, ss + bp.score_slot_bytes)
-                qo, qrb = act(qn)
-                kspan = (Buf.KV, slots["K"], slots["K"] + bp.kv_slot_bytes)
-                vspan = (Buf.KV, slots["V"], slots["V"] + bp.kv_slot_bytes)
-                e.unit(
-                    eng,
-                    (aspan(qn), kspan, params_span),
-                    (sspan,),
-                    func=MM_FUNC["qk"],
-                    rows=tt,
-                    rows_reg=R_ROWS,
-                    cols=bp.keys_max,
-                    cols_reg=R_KEYS,
-                    k=hd,
-                    n=1,
-                    m=1,
-                    wbits=8,
-                    a_buf=A,
-                    a_off=qo + h * hd,
-                    a_stride=qrb,
-                    b_buf=Buf.KV,
-                    b_off=slots["K"],
-                    b_stride=hd,
-                    o_buf=Buf.SCORE,
-                    o_off=ss,
-                    o_stride=bp.keys_max,
-                    p_off=pw("scores.mult"),
-                )
-                att = plan.attention
-                block = phase == "prefill" and att.pattern == "block"
-                sfu("softmax", (Buf.SCORE, ss, bp.keys_max, 0), (Buf.SCORE, ss, bp.keys_max, 0),
-                    bp.keys_max, reads=(sspan, params_span), writes=(sspan,), cols_reg=R_KEYS,
-                    p_off=EXP_OFF, mask=2 if block else 1, qpos_reg=R_QPOS,
-                    blk=att.block if block else 0, local=att.local_blocks if block else 0,
-                    glob=att.global_blocks if block else 0)  # fmt: skip
-                ao, arb = act("a")
-                e.unit(
-                    eng,
-                    (sspan, vspan, params_span),
-                    (aspan("a"),),
-                    func=MM_FUNC["pv"],
-                    rows=tt,
-                    rows_reg=R_ROWS,
-                    cols=hd,
-                    k=bp.keys_max,
-                    k_reg=R_KEYS,
-                    n=1,
-                    m=1,
-                    wbits=8,
-                    a_buf=Buf.SCORE,
-                    a_off=ss,
-                    a_stride=bp.keys_max,
-                    b_buf=Buf.KV,
-                    b_off=slots["V"],
-                    b_stride=hd,
-                    o_buf=A,
-                    o_off=ao + h * hd,
-                    o_stride=arb,
-                    p_off=pw("pv.mult"),
-                )
+            kv_of[g] = slots
+
+        def kvspan(g: int, which: str) -> Span:
+            o = kv_of[g][which]
+            return (Buf.KV, o, o + bp.kv_slot_bytes)
+
+        def scores(h: int) -> None:
+            g = h // rep
+            ss = sc_of[h] = bp.score_slots[h % n_sc]
+            sspan = (Buf.SCORE, ss, ss + bp.score_slot_bytes)
+            e.unit(eng, (aspan(qn), kvspan(g, "K"), params_span), (sspan,), func=MM_FUNC["qk"],
+                   rows=tt, rows_reg=R_ROWS, cols=bp.keys_max, cols_reg=R_KEYS, k=hd, n=1, m=1,
+                   wbits=8, a_buf=A, a_off=qo + h * hd, a_stride=qrb, b_buf=Buf.KV,
+                   b_off=kv_of[g]["K"], b_stride=hd, o_buf=Buf.SCORE, o_off=ss,
+                   o_stride=bp.keys_max, p_off=pw("scores.mult"))  # fmt: skip
+            sfu("softmax", (Buf.SCORE, ss, bp.keys_max, 0), (Buf.SCORE, ss, bp.keys_max, 0),
+                bp.keys_max, reads=(sspan, params_span), writes=(sspan,), cols_reg=R_KEYS,
+                p_off=EXP_OFF, mask=2 if block else 1, qpos_reg=R_QPOS,
+                blk=att.block if block else 0, local=att.local_blocks if block else 0,
+                glob=att.global_blocks if block else 0)  # fmt: skip
+
+        def pv(h: int) -> None:
+            g = h // rep
+            ss = sc_of[h]
+            sspan = (Buf.SCORE, ss, ss + bp.score_slot_bytes)
+            e.unit(eng, (sspan, kvspan(g, "V"), params_span), (aspan("a"),), func=MM_FUNC["pv"],
+                   rows=tt, rows_reg=R_ROWS, cols=hd, k=bp.keys_max, k_reg=R_KEYS, n=1, m=1,
+                   wbits=8, a_buf=Buf.SCORE, a_off=ss, a_stride=bp.keys_max, b_buf=Buf.KV,
+                   b_off=kv_of[g]["V"], b_stride=hd, o_buf=A, o_off=ao + h * hd, o_stride=arb,
+                   p_off=pw("pv.mult"))  # fmt: skip
+
+        for step in range(-ahead, nh + lag):
+            if 0 <= step + ahead < nh and (step + ahead) % rep == 0:
+                kv_load((step + ahead) // rep)
+            if 0 <= step < nh:
+                scores(step)
+            if 0 <= step - lag < nh:
+                pv(step - lag)
         linear_ops(tiles, index, "o", "a", "o")
         sfu("add", "X", "x1", d, b="o", reads=(params_span,), p_off=pw("add1.mult_a"))
         sfu("norm", "x1", "h2", d, reads=(params_span,), p_off=pw("norm2.mult"),
