@@ -156,6 +156,10 @@ def run_compile(args: argparse.Namespace) -> int:
         ("instruction bytes (one program per length)", f"{info['per_length_bytes']:,}"),
         ("storage ratio", f"{info['ratio']:,.0f}x"),
         (
+            "ratio of unrolled bucket programs (no loops)",
+            f"{info['ratio_bucketed_unrolled']:,.0f}x",
+        ),
+        (
             f"decode HBM bytes per token at context {info['max_len']}",
             f"{info['decode_hbm_bytes_per_token']['total']:,}",
         ),

@@ -172,7 +172,8 @@ def _unrolled_bytes(instrs: tuple[Instr, ...], counts: dict[int, int] | None = N
 
 
 def storage_report(compiled: Compiled) -> dict[str, Any]:
-    """Instruction storage of the templates vs one plain unrolled program per length.
+    """Instruction storage of the templates vs one plain unrolled program per length, and vs
+    one unrolled program per bucket (FlightLLM's scheme, without our loops).
 
     A per-length program for prefill length L (decode context c) is the same lowering with the
     chunk loop run ceil(L / tt) times (once) and every layer loop unrolled; its bytes are the
@@ -191,6 +192,8 @@ def storage_report(compiled: Compiled) -> dict[str, Any]:
         else:
             per_length += (t.hi - t.lo + 1) * _unrolled_bytes(t.instrs)
     ours = prog.instr_bytes
+    # FlightLLM-style: one program per bucket, but without loops (layers unrolled)
+    bucketed = sum(_unrolled_bytes(t.instrs) for t in prog.templates)
     counts = {u.name: 0 for u in Unit}
     for t in prog.templates:
         for ins in t.instrs:
@@ -202,5 +205,7 @@ def storage_report(compiled: Compiled) -> dict[str, Any]:
         "per_length_programs": 2 * max_len,
         "per_length_bytes": per_length,
         "ratio": per_length / ours,
+        "bucketed_unrolled_bytes": bucketed,
+        "ratio_bucketed_unrolled": per_length / bucketed,
         "instructions_per_unit": counts,
     }
