@@ -73,14 +73,8 @@ def _save(fig: Any, out: Path, name: str) -> list[Path]:
 
 
 def _label(r: dict[str, Any]) -> str:
-    extra = [
-        f"{k.split('.', 1)[1]}={_fmt(v)}"
-        for k, v in r.items()
-        if k.startswith(("hw.", "plan.")) and v != ""
-    ]
-    return f"{r.get('hw', '?')} {r.get('plan', '')}".strip() + (
-        f" ({', '.join(extra)})" if extra else ""
-    )
+    """The run's preset and plan names (a sweep's overrides are part of those names)."""
+    return f"{r.get('hw', '?')} / {r.get('plan', '')}"
 
 
 def _fmt(v: Any) -> str:
