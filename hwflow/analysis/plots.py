@@ -127,7 +127,8 @@ def plot_results(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
                 textcoords="offset points",
             )
         ax.set_title(
-            f"Energy efficiency (GPU stars: HBM-roofline estimates at {b / 1e9:.2f} GB/token)"
+            f"Energy efficiency (GPU stars: HBM-roofline estimates at {b / 1e6:.4g} MB/token)",
+            fontsize=10,
         )
     else:
         ax.set_title("Energy efficiency")
