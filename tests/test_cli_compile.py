@@ -165,3 +165,12 @@ def test_bench_commands_run_on_tiny(capsys):
     assert main([*args, "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["templates"] == 18 and r["ratio"] > 10 and r["compile_seconds"] > 0
+
+
+def test_unwritable_output_is_one_line_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["compile", *TINY, "--plan", "w4a8", "--max-len", "32", "-o", str(blocker / "d")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "cannot write" in err
+    assert not (blocker.parent / "d").exists()

@@ -125,6 +125,25 @@ def summary(cfg: ModelConfig, plan: Any, hw: HardwarePreset, compiled: Any) -> d
     return out
 
 
+def _write_outputs(out: Path, program: bytes, info: dict[str, Any]) -> None:
+    """Write program.hwp and summary.json, each atomically; on failure leave neither."""
+    created = not out.exists()
+    done: list[Path] = []
+    try:
+        for name, data in (
+            ("program.hwp", program),
+            ("summary.json", json.dumps(info, indent=2, default=str)),
+        ):
+            atomic_write(out / name, data)
+            done.append(out / name)
+    except OSError as e:
+        for f in done:
+            f.unlink(missing_ok=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise ConfigError(f"-o {out}: cannot write ({e.strerror or e})") from None
+
+
 def run_compile(args: argparse.Namespace) -> int:
     cfg, hw, plan = load_model(args.model), load_hw(args.hw), load_plan(args.plan)
     if args.output is not None and args.output.exists() and not args.output.is_dir():
@@ -132,9 +151,7 @@ def run_compile(args: argparse.Namespace) -> int:
     compiled = compile_model(cfg, plan, hw, args.max_len)
     info = summary(cfg, plan, hw, compiled)
     if args.output is not None:
-        data = compiled.program.to_bytes()
-        atomic_write(args.output / "program.hwp", data)
-        atomic_write(args.output / "summary.json", json.dumps(info, indent=2, default=str))
+        _write_outputs(args.output, compiled.program.to_bytes(), info)
         info["written"] = str(args.output / "program.hwp")
     if args.json:
         print_json(info)
