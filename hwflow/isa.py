@@ -48,6 +48,19 @@ it, and get :class:`Concrete` instructions whose register-modified fields hold f
 whose ``loops`` tuple tells which iteration of which loop produced them (for reuse of identical
 iterations by a cycle model).
 
+Operation semantics (executed by :mod:`hwflow.funcsim` with :mod:`hwflow.numerics`; operands
+are row-strided: row i of operand p starts at ``p_off + i * p_stride`` in buffer ``p_buf``):
+
+* LD / ST: ``rows`` rows of ``row_bytes`` between HBM (``hbm``, ``hbm_stride``) and a buffer.
+* MM / MV ``linear``: ``o[rows, cols] = requant(a[rows, k] @ W^T + bias)``, W the weight tile at
+  ``b`` (format in :mod:`hwflow.compiler.layout`: packed values, N:M indices, bias, per-row
+  mult/shift); ``head``: the same without requantization, int64 out. ``qk``: ``o = requant(a[rows,
+  k] @ b[cols, k]^T)`` (scores); ``pv``: ``o = requant(a[rows, k] @ b[k, cols])``; mult/shift
+  int32 at ``p_off`` in the param buffer.
+* SFU ``norm`` (``aux`` 1 = LayerNorm), ``softmax`` (``mask`` causal / block-sparse by absolute
+  position ``qpos + row``, exp table at ``p_off``), ``rope`` (cos/sin rows at ``b``, head_dim
+  ``aux``), ``lut`` (256-entry table), ``add`` / ``mul`` (second operand ``b``), ``mov``.
+
 For the cycle model. ``expand(template, runtime)`` yields :class:`Concrete` instructions in
 dispatch order; filter by ``unit`` for the per-unit queues. Every field a cost needs is in
 ``Concrete.fields`` with final values: LD/ST ``rows`` x ``row_bytes`` at ``hbm`` (stride
