@@ -315,6 +315,16 @@ class SimResult:
             out[f"energy_{k}_j"] = v
         for b, v in sorted(self.actions.macs.items()):
             out[f"macs_w{b}"] = v
+        a = self.actions
+        out.update(
+            buffer_read_bits=a.buffer_read_bits,
+            buffer_write_bits=a.buffer_write_bits,
+            hbm_read_bytes=a.hbm_read_bytes,
+            hbm_write_bytes=a.hbm_write_bytes,
+            sfu_ops=a.sfu_ops,
+            instr_words=a.instr_words,
+            idle_unit_cycles=a.idle_unit_cycles,
+        )
         return out
 
     def decode_curve(self) -> list[tuple[int, float]]:
