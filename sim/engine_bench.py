@@ -35,7 +35,15 @@ from hwflow.config import load_hw
 from hwflow.costs import matmul_cost
 from hwflow.hw.pack import decode, encode
 from hwflow.hw.params import EngineParams
-from hwflow.hw.stimulus import MatmulOp, make_op, op_beats, op_expected, op_params
+from hwflow.hw.stimulus import (
+    MatmulOp,
+    make_op,
+    op_beats,
+    op_expected,
+    op_params,
+    op_results,
+    param_writes,
+)
 
 _STATS: dict[str, float] = {}
 
@@ -79,46 +87,93 @@ async def _reset(dut: object) -> None:
     await RisingEdge(dut.clk)
 
 
+@dataclass
+class Stimulus:
+    """Encoded port traffic of a list of ops, with the ordering rules of the parameter
+    memory: ``beat_result[i]`` is the result beat i contributes to (its parameters must be
+    written before it, unless raw); ``write_result[j]`` the result write j serves (it may not
+    overwrite an entry whose result is still in flight)."""
+
+    beats: list[int] = field(default_factory=list)
+    beat_result: list[int] = field(default_factory=list)
+    beat_raw: list[bool] = field(default_factory=list)
+    writes: list[int] = field(default_factory=list)
+    write_result: list[int] = field(default_factory=list)
+    expected: list = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+
+
+def _encode_ops(p: EngineParams, ops: list[MatmulOp]) -> Stimulus:
+    st = Stimulus()
+    first = 0
+    for op in ops:
+        n_res = op_results(p, op)
+        beats = op_beats(p, op, first)
+        per_result = len(beats) // n_res
+        for i, b in enumerate(beats):
+            st.beats.append(encode(p.beat_layout, b))
+            st.beat_result.append(first + i // per_result)
+            st.beat_raw.append(op.raw)
+        for r, entry in enumerate(op_params(p, op)):
+            if entry is not None:
+                for w in param_writes(p, entry, first + r):
+                    st.writes.append(encode(p.params_layout, w))
+                    st.write_result.append(first + r)
+        st.expected += op_expected(p, op)
+        label = f"W{op.bits} {op.n}:{p.m} {'raw' if op.raw else 'requant'}"
+        st.labels += [f"{label} T{op.tokens} R{op.rows} K{op.k}"] * n_res
+        first += n_res
+    return st
+
+
 async def _drive(
     dut: object,
     p: EngineParams,
-    beats: list[int],
-    params: list[int],
-    n_results: int,
+    st: Stimulus,
     rng: np.random.Generator,
     *,
     gap: float = 0.0,
     backpressure: float = 0.0,
-    timeout: int = 100_000,
+    preload: bool = False,
+    timeout: int = 200_000,
     decode_results: bool = True,
 ) -> Traffic:
-    """Drive all beats and parameter entries, collect ``n_results`` results (one loop per
-    cycle: set inputs, settle, sample handshakes, clock edge)."""
+    """Drive all beats and parameter writes and collect every result (one loop per cycle:
+    set inputs, settle, sample handshakes, clock edge). With ``preload`` no beat is offered
+    before the last write."""
     tr = Traffic()
-    bi = pi = 0
+    bi = wi = 0
     cycle = 0
-    while len(tr.results) < n_results or bi < len(beats):
+    n_results = len(st.expected)
+    while len(tr.results) < n_results or bi < len(st.beats):
         if cycle > timeout:
             raise AssertionError(
-                f"timeout after {cycle} cycles: {bi}/{len(beats)} beats, "
-                f"{pi}/{len(params)} params, {len(tr.results)}/{n_results} results"
+                f"timeout after {cycle} cycles: {bi}/{len(st.beats)} beats, "
+                f"{wi}/{len(st.writes)} writes, {len(tr.results)}/{n_results} results"
             )
-        iv = bi < len(beats) and not (gap and rng.random() < gap)
-        pv = pi < len(params) and not (gap and rng.random() < gap)
+        # results whose parameter writes are all done: those below the next pending write's
+        pending = st.write_result[wi] if wi < len(st.writes) else n_results
+        beat_ok = bi < len(st.beats) and (st.beat_raw[bi] or st.beat_result[bi] < pending)
+        if preload and wi < len(st.writes):
+            beat_ok = False
+        # an entry may be rewritten once the result that used it last has left the engine
+        write_ok = wi < len(st.writes) and st.write_result[wi] - p.param_depth < len(tr.results)
+        iv = beat_ok and not (gap and rng.random() < gap)
+        pv = write_ok and not (gap and rng.random() < gap)
         orr = not (backpressure and rng.random() < backpressure)
         dut.i__valid.value = int(iv)
         if iv:
-            dut.i__payload.value = beats[bi]
+            dut.i__payload.value = st.beats[bi]
         dut.p__valid.value = int(pv)
         if pv:
-            dut.p__payload.value = params[pi]
+            dut.p__payload.value = st.writes[wi]
         dut.o__ready.value = int(orr)
         await ReadOnly()
         if iv and dut.i__ready.value:
             tr.in_cycles.append(cycle)
             bi += 1
         if pv and dut.p__ready.value:
-            pi += 1
+            wi += 1
         if orr and dut.o__valid.value:
             tr.out_cycles.append(cycle)
             word = int(dut.o__payload.value)
@@ -127,17 +182,8 @@ async def _drive(
         cycle += 1
     dut.i__valid.value = 0
     dut.p__valid.value = 0
-    if pi != len(params):
-        raise AssertionError(f"engine consumed {pi} of {len(params)} requantization entries")
     tr.cycles = cycle
     return tr
-
-
-def _encode_ops(p: EngineParams, ops: list[MatmulOp]) -> tuple[list[int], list[int], list]:
-    beats = [encode(p.beat_layout, b) for op in ops for b in op_beats(p, op)]
-    params = [encode(p.params_layout, e) for op in ops for e in op_params(p, op)]
-    expected = [e for op in ops for e in op_expected(p, op)]
-    return beats, params, expected
 
 
 def _check(results: list[dict], expected: list, ops_desc: list[str]) -> None:
@@ -179,32 +225,23 @@ async def random_ops(dut: object) -> None:
                 )
             )
     ops = [ops[i] for i in rng.permutation(len(ops))]  # modes change from op to op
-    desc = _relabel(p, ops)
-    beats, params, expected = _encode_ops(p, ops)
-    t0 = time.perf_counter()
+    st = _encode_ops(p, ops)
     gap = float(os.environ.get("HWFLOW_GAP", "0.2"))
     bp = float(os.environ.get("HWFLOW_BACKPRESSURE", "0.3"))
-    tr = await _drive(dut, p, beats, params, len(expected), rng, gap=gap, backpressure=bp)
+    t0 = time.perf_counter()
+    tr = await _drive(dut, p, st, rng, gap=gap, backpressure=bp)
     wall = time.perf_counter() - t0
-    _check(tr.results, expected, desc)
+    _check(tr.results, st.expected, st.labels)
     dut._log.info(
-        "%d ops (%d combos), %d beats, %d results, %d cycles",
+        "%d ops (%d combos), %d beats, %d writes, %d results, %d cycles",
         len(ops),
         len(combos),
-        len(beats),
-        len(expected),
+        len(st.beats),
+        len(st.writes),
+        len(st.expected),
         tr.cycles,
     )
     _save_stats(random_cycles=tr.cycles, random_wall_s=wall, random_ops=len(ops))
-
-
-def _relabel(p: EngineParams, ops: list[MatmulOp]) -> list[str]:
-    out = []
-    for op in ops:
-        label = f"W{op.bits} {op.n}:{p.m} {'raw' if op.raw else 'requant'}"
-        label += f" T{op.tokens} R{op.rows} K{op.k}"
-        out += [label] * len(op_expected(p, op))
-    return out
 
 
 @cocotb.test()
@@ -225,37 +262,23 @@ async def cost_model(dut: object) -> None:
         bits = int(rng.choice(p.weight_bits))
         a = make_op(p, rng, tokens=tokens, rows=rows, k=k, n=n, bits=bits)
         b = make_op(p, rng, tokens=tokens, rows=rows, k=k, n=n, bits=bits, raw=True)
-        beats, params, expected = _encode_ops(p, [a, b])
-        tr = await _drive(dut, p, beats, params, len(expected), rng)
-        _check(tr.results, expected, _relabel(p, [a, b]))
+        st = _encode_ops(p, [a, b])
+        tr = await _drive(dut, p, st, rng, preload=True)
+        _check(tr.results, st.expected, st.labels)
         cost = matmul_cost(engine, p.m, tokens, rows, k, n)
-        na = len(op_beats(p, a))
-        nra = len(op_expected(p, a))
-        assert na == cost.beats, f"{(tokens, rows, k, n)}: {na} beats, cost says {cost.beats}"
+        na, nra = len(op_beats(p, a)), op_results(p, a)
+        shape = f"T{tokens} R{rows} K{k} N{n}"
+        assert na == cost.beats, f"{shape}: {na} beats, cost says {cost.beats}"
         start_a, start_b = tr.in_cycles[0], tr.in_cycles[na]
-        # no stall inside an op: one beat per cycle
-        assert tr.in_cycles[na - 1] - start_a + 1 == cost.beats
+        assert tr.in_cycles[na - 1] - start_a + 1 == cost.beats, f"{shape}: input stalled"
         latency_a = tr.out_cycles[nra - 1] - start_a + 1
         latency_b = tr.out_cycles[-1] - start_b + 1
-        assert latency_a == cost.latency, (
-            f"T{tokens} R{rows} K{k} N{n}: latency {latency_a}, cost {cost.latency}"
-        )
+        assert latency_a == cost.latency, f"{shape}: latency {latency_a}, cost {cost.latency}"
         assert start_b - start_a == cost.beats, (
-            f"T{tokens} R{rows} K{k} N{n}: back-to-back interval {start_b - start_a}, "
-            f"cost {cost.beats}"
+            f"{shape}: back-to-back interval {start_b - start_a}, cost {cost.beats}"
         )
-        assert latency_b == cost.latency
+        assert latency_b == cost.latency, f"{shape}: 2nd op latency {latency_b}"
         checked += 1
-        for _ in range(3):  # let the engine drain: the next shape starts idle
-            await RisingEdge(dut.clk)
-        while True:
-            await ReadOnly()
-            busy = dut.o__valid.value
-            await RisingEdge(dut.clk)
-            if not busy:
-                break
-        for _ in range(p.latency + 2):
-            await RisingEdge(dut.clk)
     dut._log.info("cost model matched on %d shapes", checked)
     _save_stats(cost_shapes=checked)
 
@@ -269,10 +292,15 @@ async def throughput(dut: object) -> None:
     await _reset(dut)
     n = max(p.n_modes)
     op = make_op(p, rng, tokens=p.rows, rows=p.rows_per_beat(n), k=p.m, n=n, bits=8, raw=True)
-    beat = [encode(p.beat_layout, b) for b in op_beats(p, op)]
-    beats = beat * cycles
+    st = _encode_ops(p, [op])
+    reps = Stimulus(
+        beats=st.beats * cycles,
+        beat_result=list(range(cycles)),
+        beat_raw=[True] * cycles,
+        expected=st.expected * cycles,
+    )
     t0 = time.perf_counter()
-    tr = await _drive(dut, p, beats, [], cycles, rng, decode_results=False)
+    tr = await _drive(dut, p, reps, rng, decode_results=False)
     wall = time.perf_counter() - t0
     dut._log.info("%d cycles in %.2f s: %.0f cycles/s", tr.cycles, wall, tr.cycles / wall)
     _save_stats(throughput_cycles=tr.cycles, throughput_wall_s=wall)

@@ -16,7 +16,14 @@ from hwflow.hw import EngineParams, MatrixMatrixEngine, MatrixVectorEngine
 from hwflow.hw.dsp import DspChain, unpack_dual
 from hwflow.hw.pack import decode, encode
 from hwflow.hw.requant import Requantizer
-from hwflow.hw.stimulus import make_op, op_beats, op_expected, op_params
+from hwflow.hw.stimulus import (
+    make_op,
+    op_beats,
+    op_expected,
+    op_params,
+    op_results,
+    param_writes,
+)
 from hwflow.hw.widen import WeightWidener
 
 
@@ -182,25 +189,33 @@ def test_engine_in_amaranth_simulator(variant: str) -> None:
         make_op(p, rng, tokens=3 if p.rows > 1 else 1, rows=20, k=32, n=n, bits=b, raw=r)
         for n, b, r in [(4, 4, False), (16, 8, False), (2, 2, True), (8, 3, False)]
     ]
-    beats = [encode(p.beat_layout, b) for op in ops for b in op_beats(p, op)]
-    params = [encode(p.params_layout, e) for op in ops for e in op_params(p, op)]
-    expected = [e for op in ops for e in op_expected(p, op)]
+    beats, writes, expected = [], [], []
+    first = 0
+    for op in ops:
+        beats += [encode(p.beat_layout, b) for b in op_beats(p, op, first)]
+        for r, entry in enumerate(op_params(p, op)):
+            if entry is not None:
+                writes += [encode(p.params_layout, w) for w in param_writes(p, entry, first + r)]
+        expected += op_expected(p, op)
+        first += op_results(p, op)
+    assert first < p.param_depth  # all parameters fit: written before the first beat
     got = []
 
     async def bench(ctx) -> None:
-        bi = pi = 0
         ctx.set(eng.o.ready, 1)
+        ctx.set(eng.p.valid, 1)
+        for w in writes:
+            ctx.set(eng.p.payload.as_value(), w)
+            await ctx.tick()
+        ctx.set(eng.p.valid, 0)
+        bi = 0
         for _ in range(len(beats) + 3 * p.latency):
             ctx.set(eng.i.valid, bi < len(beats))
             if bi < len(beats):
                 ctx.set(eng.i.payload.as_value(), beats[bi])
-            ctx.set(eng.p.valid, pi < len(params))
-            if pi < len(params):
-                ctx.set(eng.p.payload.as_value(), params[pi])
             if ctx.get(eng.o.valid):
                 got.append(decode(p.result_layout, ctx.get(eng.o.payload.as_value()))["data"])
             bi += int(bool(ctx.get(eng.i.valid) and ctx.get(eng.i.ready)))
-            pi += int(bool(ctx.get(eng.p.valid) and ctx.get(eng.p.ready)))
             await ctx.tick()
 
     _run(eng, bench)

@@ -32,12 +32,17 @@ its last beat, whatever N is, and one beat enters per cycle: an op of ``beats`` 
 start right behind it. Output lane ``l`` of a row group at N is segment ``l % (C/N)`` of chain
 ``l // (C/N)``; lanes past ``chains*C/N`` are zero.
 
-Flow control: the output register holds a result until ``o.ready``; the requantizer takes one
-``p`` entry (multiplier, shift, bias per lane) per non-raw result as it enters. While a new
-result meets a full, refused output register, or a needed ``p`` entry is missing, the whole
-pipeline stalls (one clock enable, the DSPs' CE pins) and ``i.ready`` is low; the output
-register has its own enable, so a result leaves it even during a stall. An idle input
-(``i.valid`` low) lets a bubble through. ``first`` is implicit: the beat after a ``last`` beat (or after reset) starts
+Requantization parameters (multiplier, shift, bias per lane) live in an on-chip parameter
+memory of ``param_depth`` row-group entries (sized from the preset's parameter buffer), written
+through the ``p`` stream one chunk of lanes per beat; a row group's last beat names its entry
+(``paddr``), read as its results enter the requantizer. Loading entries ahead of use, and not
+overwriting one still in flight, is the driver's job (as for every on-chip buffer), so the
+parameters never throttle the chain.
+
+Flow control: the output register holds a result until ``o.ready``. While a new result meets
+a full, refused output register, the whole pipeline stalls (one clock enable, the DSPs' CE
+pins) and ``i.ready`` and ``p.ready`` are low; the output register has its own enable, so a
+result leaves it even during a stall. An idle input (``i.valid`` low) lets a bubble through. ``first`` is implicit: the beat after a ``last`` beat (or after reset) starts
 a new row group.
 """
 
@@ -45,6 +50,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Elaboratable, EnableInserter, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hwflow.config import HardwarePreset
@@ -65,7 +71,15 @@ def _ctl_layout(p: EngineParams) -> data.StructLayout:
             "last": 1,
             "raw": 1,
             "nsel": p.beat_layout["nsel"].shape,
+            "paddr": p.beat_layout["paddr"].shape,
         }
+    )
+
+
+def _entry_layout(p: EngineParams) -> data.StructLayout:
+    """One parameter-memory word: the parameters of ``param_chunk`` lanes."""
+    return data.StructLayout(
+        {name: p.params_layout[name].shape for name in ("mult", "shift", "bias")}
     )
 
 
@@ -89,10 +103,10 @@ class _Datapath(Elaboratable):
         self.beat = Signal(p.beat_layout)
         self.beat_valid = Signal()
         self.first = Signal()
-        self.params = Signal(p.params_layout)
+        self.pw = Signal(p.params_layout)  # parameter-memory write
+        self.pw_en = Signal()
         self.result = Signal(p.result_layout)  # into the output register (comb)
         self.out_valid = Signal()
-        self.need_params = Signal()
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -106,6 +120,7 @@ class _Datapath(Elaboratable):
             ctl[0].last.eq(self.beat.last),
             ctl[0].raw.eq(self.beat.raw),
             ctl[0].nsel.eq(self.beat.nsel),
+            ctl[0].paddr.eq(self.beat.paddr),
         ]
         for d in range(1, len(ctl)):
             m.d.sync += ctl[d].eq(ctl[d - 1])
@@ -165,9 +180,26 @@ class _Datapath(Elaboratable):
                     per_token[t][j] = acc
             final.append(per_token)
 
+        # requantization parameter memory: one bank per chunk of lanes, read one cycle before
+        # the results reach the requantizer
+        banks = []
+        for k in range(p.param_chunks):
+            mem = Memory(shape=_entry_layout(p), depth=p.param_depth, init=[])
+            m.submodules[f"params{k}"] = mem
+            wp = mem.write_port()
+            rp = mem.read_port()
+            m.d.comb += [
+                wp.addr.eq(self.pw.addr),
+                wp.data.mult.eq(self.pw.mult),
+                wp.data.shift.eq(self.pw.shift),
+                wp.data.bias.eq(self.pw.bias),
+                wp.en.eq(self.pw_en & (self.pw.chunk == k)),
+                rp.addr.eq(ctl[2 + c_len].paddr),
+            ]
+            banks.append(rp.data)
+
         # lane compaction and requantization
         cq, co = ctl[3 + c_len], ctl[5 + c_len]
-        m.d.comb += self.need_params.eq(cq.valid & cq.last & ~cq.raw)
         for t in range(p.rows):
             for lane in range(p.lanes):
                 rq = Requantizer(acc_bits=p.acc_bits)
@@ -184,10 +216,11 @@ class _Datapath(Elaboratable):
                                 m.d.comb += rq.acc.eq(seg)
                     with m.Default():  # lanes past chains*C/N carry zero
                         m.d.comb += rq.acc.eq(0)
+                word, at = banks[lane // p.param_chunk], lane % p.param_chunk
                 m.d.comb += [
-                    rq.bias.eq(self.params.bias[lane]),
-                    rq.mult.eq(self.params.mult[lane]),
-                    rq.shift.eq(self.params.shift[lane]),
+                    rq.bias.eq(word.bias[at]),
+                    rq.mult.eq(word.mult[at]),
+                    rq.shift.eq(word.shift[at]),
                     rq.raw.eq(cq.raw),
                     self.result.data[t][lane].eq(rq.out),
                 ]
@@ -216,21 +249,20 @@ class ChainEngine(wiring.Component):
         m = Module()
         dp = _Datapath(self.params)
         stall = Signal()
-        out_blocked = Signal()
         # output register (the requantizer's third stage), outside the stalled pipeline so
         # that a result handed over leaves it even while the pipeline waits for `p`
         obuf_valid = Signal()
         obuf = Signal(self.params.result_layout, reset_less=True)
         m.d.comb += [
-            out_blocked.eq(dp.out_valid & obuf_valid & ~self.o.ready),
-            stall.eq(out_blocked | (dp.need_params & ~self.p.valid)),
+            stall.eq(dp.out_valid & obuf_valid & ~self.o.ready),
             self.i.ready.eq(~stall),
-            self.p.ready.eq(dp.need_params & ~out_blocked),
+            self.p.ready.eq(~stall),
             self.o.valid.eq(obuf_valid),
             self.o.payload.eq(obuf),
             dp.beat.eq(self.i.payload),
             dp.beat_valid.eq(self.i.valid),
-            dp.params.eq(self.p.payload),
+            dp.pw.eq(self.p.payload),
+            dp.pw_en.eq(self.p.valid),
         ]
         # the first beat of a row group is the one after a `last` beat
         after_last = Signal(init=1)

@@ -13,9 +13,12 @@ Port layouts (see :mod:`hwflow.hw.engine` for the timing):
   for dense ops, whose indices are implicit); ``nsel`` indexes :attr:`EngineParams.n_modes`,
   ``wsel`` indexes :attr:`EngineParams.weight_bits`; ``last`` marks a row group's last block;
   ``raw`` asks for accumulators instead of requantized INT8.
-* ``params`` (input stream ``p``): per output lane the requantization multiplier (15-bit
-  unsigned), shift (0..47) and INT32 bias, one entry per requantized row-group result, consumed
-  when that result reaches the requantizer (raw results consume none).
+* ``params`` (input stream ``p``): writes into the requantization parameter memory: one
+  ``param_chunk`` of lanes (15-bit unsigned multiplier, shift 0..47, INT32 bias per lane) at
+  entry ``addr``. A beat's ``paddr`` (read with its row group's ``last`` beat) names the entry
+  its results are requantized with; raw results read none. The memory has ``param_depth``
+  entries, sized from the preset's parameter buffer; loading it is the driver's (the
+  compiler's) job, ahead of use, like any on-chip buffer.
 * ``result`` (output stream ``o``): per token lane and output lane one accumulator-wide signed
   value (the INT8 result sign-extended, or the raw accumulator).
 """
@@ -43,6 +46,8 @@ _A_PORT_BITS = 27
 #: Largest |activation x weight| product: INT8 activations, weights in -127..127 (the
 #: numerics contract never produces -128).
 _MAX_PRODUCT = 128 * 127
+#: Deepest requantization parameter memory (entries): one RAMB36 in its 512 x 72 shape.
+_MAX_PARAM_DEPTH = 512
 
 
 def _sel_bits(options: int) -> int:
@@ -63,6 +68,7 @@ class EngineParams:
     n_modes: tuple[int, ...]
     weight_bits: tuple[int, ...]
     dsp_kind: Literal["DSP48E2", "DSP58"]
+    param_depth: int = 64  #: row-group entries of the requantization parameter memory
 
     def __post_init__(self) -> None:
         c = self.chain_length
@@ -73,6 +79,8 @@ class EngineParams:
         bad = [n for n in self.n_modes if c % n or n > self.m]
         if bad:
             raise UnsupportedError(f"N modes {bad} must divide chain_length {c} and be <= M")
+        if self.param_depth < 2 or self.param_depth & (self.param_depth - 1):
+            raise UnsupportedError(f"param_depth {self.param_depth!r} must be a power of two >= 2")
         if self.dual_int8 and self.rows % 2:
             raise UnsupportedError(f"dual_int8 needs an even number of rows, got {self.rows!r}")
         if self.dual_int8 and 8 + self.dual_field > _A_PORT_BITS:
@@ -96,10 +104,16 @@ class EngineParams:
             modes.add(m)  # dense runs as N = M with implicit indices
         if chains is not None and chains < 1:
             raise UnsupportedError(f"chains = {chains!r} must be >= 1")
+        n_chains = chains or eng.chains
+        lanes = n_chains * c // min(modes)
+        # the requantization parameter memory: as many row groups of 64-bit lane entries as
+        # the preset's parameter buffer holds (a power of two, 2..512: one block RAM deep)
+        fit = hw.buffers.bytes("param") // (lanes * 8)
+        depth = min(_MAX_PARAM_DEPTH, 1 << max(1, fit.bit_length() - 1))
         return cls(
             kind=kind,
             preset=hw.name,
-            chains=chains or eng.chains,
+            chains=n_chains,
             chain_length=c,
             rows=1 if kind == "mv" else eng.rows,
             dual_int8=eng.dual_int8 and kind == "mpe",
@@ -107,6 +121,7 @@ class EngineParams:
             n_modes=tuple(sorted(modes)),
             weight_bits=tuple(sorted(hw.weight_bits)),
             dsp_kind=hw.board.dsp_kind,
+            param_depth=depth,
         )
 
     def with_chains(self, chains: int) -> EngineParams:
@@ -135,6 +150,15 @@ class EngineParams:
     def lanes(self) -> int:
         """Output lanes per token: rows of a row group at the smallest N."""
         return self.chains * self.chain_length // min(self.n_modes)
+
+    @property
+    def param_chunk(self) -> int:
+        """Lanes written by one ``p`` beat (the parameter port stays narrow on big engines)."""
+        return math.gcd(self.lanes, 16)
+
+    @property
+    def param_chunks(self) -> int:
+        return self.lanes // self.param_chunk
 
     def rows_per_beat(self, n: int) -> int:
         """Output rows one beat advances at N (the row-group size)."""
@@ -171,16 +195,20 @@ class EngineParams:
                 "wsel": unsigned(_sel_bits(len(self.weight_bits))),
                 "last": unsigned(1),
                 "raw": unsigned(1),
+                "paddr": unsigned(_sel_bits(self.param_depth)),
             }
         )
 
     @property
     def params_layout(self) -> data.StructLayout:
+        w = self.param_chunk
         return data.StructLayout(
             {
-                "mult": data.ArrayLayout(unsigned(REQ_MULT_BITS), self.lanes),
-                "shift": data.ArrayLayout(unsigned(REQ_SHIFT_MAX.bit_length()), self.lanes),
-                "bias": data.ArrayLayout(signed(32), self.lanes),
+                "addr": unsigned(_sel_bits(self.param_depth)),
+                "chunk": unsigned(_sel_bits(self.param_chunks)),
+                "mult": data.ArrayLayout(unsigned(REQ_MULT_BITS), w),
+                "shift": data.ArrayLayout(unsigned(REQ_SHIFT_MAX.bit_length()), w),
+                "bias": data.ArrayLayout(signed(32), w),
             }
         )
 
@@ -212,5 +240,7 @@ class EngineParams:
             "lanes": self.lanes,
             "dsps": self.dsps,
             "dual_field": self.dual_field if self.dual_int8 else None,
+            "param_depth": self.param_depth,
+            "param_chunk": self.param_chunk,
             "latency": self.latency,
         }

@@ -18,7 +18,15 @@ import numpy as np
 from hwflow import numerics as nx
 from hwflow.hw.params import EngineParams
 
-__all__ = ["MatmulOp", "make_op", "op_beats", "op_expected", "op_params"]
+__all__ = [
+    "MatmulOp",
+    "make_op",
+    "op_beats",
+    "op_expected",
+    "op_params",
+    "op_results",
+    "param_writes",
+]
 
 
 @dataclass(frozen=True)
@@ -83,8 +91,16 @@ def _groups(p: EngineParams, op: MatmulOp) -> tuple[int, int, int]:
     return rpb, ceil(op.rows / rpb), ceil(op.tokens / p.rows)
 
 
-def op_beats(p: EngineParams, op: MatmulOp) -> list[dict]:
-    """The op's beats in issue order (payload dicts for :func:`hwflow.hw.pack.encode`)."""
+def op_results(p: EngineParams, op: MatmulOp) -> int:
+    """Row-group results of the op (row groups x token passes), in output order."""
+    _, groups, passes = _groups(p, op)
+    return groups * passes
+
+
+def op_beats(p: EngineParams, op: MatmulOp, first_result: int = 0) -> list[dict]:
+    """The op's beats in issue order (payload dicts for :func:`hwflow.hw.pack.encode`).
+
+    Result r of the op is requantized with parameter entry ``(first_result + r) % depth``."""
     c, m, n = p.chain_length, p.m, op.n
     if op.n not in p.n_modes or op.bits not in p.weight_bits or op.k % m:
         raise ValueError(f"op N={op.n} bits={op.bits} K={op.k} not runnable on {p}")
@@ -124,26 +140,43 @@ def op_beats(p: EngineParams, op: MatmulOp) -> list[dict]:
                         "wsel": wsel,
                         "last": int(b == blocks - 1),
                         "raw": int(op.raw),
+                        "paddr": (first_result + g * passes + q) % p.param_depth,
                     }
                 )
     return beats
 
 
-def op_params(p: EngineParams, op: MatmulOp) -> list[dict]:
-    """The ``p`` stream entries of the op: one per row-group result (none when raw)."""
-    if op.raw:
-        return []
+def op_params(p: EngineParams, op: MatmulOp) -> list[dict | None]:
+    """Per result (in output order) the lane parameters it needs, None when raw."""
     rpb, groups, passes = _groups(p, op)
-    out = []
+    out: list[dict | None] = []
     for g in range(groups):
         rows = range(g * rpb, min((g + 1) * rpb, op.rows))
-        entry = {
-            "mult": [int(op.mult[r]) for r in rows],
-            "shift": [int(op.shift[r]) for r in rows],
-            "bias": [int(op.bias[r]) for r in rows],
-        }
+        entry = None
+        if not op.raw:
+            entry = {
+                "mult": [int(op.mult[r]) for r in rows],
+                "shift": [int(op.shift[r]) for r in rows],
+                "bias": [int(op.bias[r]) for r in rows],
+            }
         out += [entry] * passes
     return out
+
+
+def param_writes(p: EngineParams, entry: dict, result: int) -> list[dict]:
+    """``p`` stream beats that store ``entry`` (lane lists) for result number ``result``."""
+    w = p.param_chunk
+    writes = []
+    for k in range(p.param_chunks):
+        lanes = slice(k * w, (k + 1) * w)
+        writes.append(
+            {
+                "addr": result % p.param_depth,
+                "chunk": k,
+                **{name: entry[name][lanes] for name in ("mult", "shift", "bias")},
+            }
+        )
+    return writes
 
 
 def op_expected(p: EngineParams, op: MatmulOp) -> list[list[list[int]]]:
