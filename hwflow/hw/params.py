@@ -105,10 +105,10 @@ class EngineParams:
         if chains is not None and chains < 1:
             raise UnsupportedError(f"chains = {chains!r} must be >= 1")
         n_chains = chains or eng.chains
-        lanes = n_chains * c // min(modes)
         # the requantization parameter memory: as many row groups of 64-bit lane entries as
-        # the preset's parameter buffer holds (a power of two, 2..512: one block RAM deep)
-        fit = hw.buffers.bytes("param") // (lanes * 8)
+        # the preset's parameter buffer holds for the whole engine (a slice keeps the depth;
+        # a power of two, 2..512: one block RAM deep)
+        fit = hw.buffers.bytes("param") // (eng.chains * c // min(modes) * 8)
         depth = min(_MAX_PARAM_DEPTH, 1 << max(1, fit.bit_length() - 1))
         return cls(
             kind=kind,
