@@ -5,6 +5,8 @@ its compile time is printed apart."""
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import time
 
 HELP = "wall time of a long simulated case (default LLaMA-2-7B, 512 + 1536) and SimPy events/s"
@@ -29,16 +31,22 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     prog = compile_cached(cfg, plan, hw, max_len)
     t1 = time.perf_counter()
+    cpu0 = _cpu()
     res = simulate(
         cfg, plan, hw, args.prefill, args.decode, mode=args.mode, program=prog, workers=args.workers
     )
     wall = time.perf_counter() - t1
+    cpu = _cpu() - cpu0
     print(
         f"case: {cfg.name} on {hw.name}, plan {plan.name}, prefill {args.prefill} + decode "
         f"{args.decode}, mode {args.mode}, {args.workers} worker(s)"
     )
     print(f"compile or cache load: {t1 - t0:.2f} s (not in the figure below)")
-    print(f"simulation wall time: {wall:.2f} s (target < 10 s)")
+    print(
+        f"simulation wall time: {wall:.2f} s (target < 10 s); CPU time {cpu:.2f} s "
+        f"(this process + workers); load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} CPUs"
+    )
     print(
         f"steps simulated: {res.simulated_steps}; SimPy events: {res.events:,}; "
         f"events/s: {res.events / wall:,.0f}"
@@ -48,3 +56,10 @@ def run(args: argparse.Namespace) -> int:
         f"roofline fraction {res.roofline_fraction:.3f}"
     )
     return 0
+
+
+def _cpu() -> float:
+    """User + system CPU seconds of this process and its finished children."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + ch.ru_utime + ch.ru_stime
