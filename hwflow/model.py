@@ -288,7 +288,8 @@ def step_graph(
     last = f"x{cfg.layers}"
     ops.append(Op("final.norm", "norm", None, (last,), "hf", 1, elements=d))  # last token only
     hq = plan.head()
-    hb = sum(linear_bytes(cfg.vocab, d, hq, bias=False, requant=False).values())
+    # a LayerNorm's bias folds into the head as an INT32 bias (compress.fold_norms)
+    hb = sum(linear_bytes(cfg.vocab, d, hq, bias=cfg.norm == "layer", requant=False).values())
     ops.append(
         Op(
             "head",

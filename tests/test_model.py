@@ -106,3 +106,23 @@ def test_block_sparse_macs_count_kept_tiles():
 def test_bad_steps(phase, tokens, past, msg):
     with pytest.raises(ConfigError, match=msg):
         step_graph(load_model("tiny-llama"), load_plan("w8a8"), phase, tokens, past)
+
+
+@pytest.mark.parametrize("plan_name", ["w8a8", "flightllm", "w4a8-2of4"])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt"])
+def test_graph_bytes_equal_compressed_sizes(name, plan_name):
+    """The graph's streamed bytes are exactly what compression stores (packed values, indices,
+    requant params, INT32 biases, including the OPT head's folded LayerNorm bias)."""
+    from hwflow.compress import quantize_model, random_weights
+
+    cfg, plan = load_model(name), load_plan(plan_name)
+    qm = quantize_model(cfg, plan, random_weights(cfg, 0))
+    g = step_graph(cfg, plan, "decode", 1, 3)
+    for op in g.ops:
+        if op.kind not in ("linear", "head"):
+            continue
+        ql = qm.linears[op.name]
+        size = sum(v.size for v in ql.packed().values())
+        size += 3 * ql.values.shape[0] * (ql.mult is not None)
+        size += 4 * (ql.bias.size if ql.bias is not None else 0)
+        assert op.weight_bytes == size, op.name
