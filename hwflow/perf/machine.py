@@ -28,6 +28,13 @@ Semantics (the contract the tests pin with exact timelines)
   instruction, tokens or (LD/ST, while none of its transfers streams) HBM. Idle: the rest.
 * A run that ends with a unit still waiting is a deadlock: :class:`~hwflow.errors.SyncError`
   naming every blocked unit, its op and the queue it waits on.
+
+Reuse (exact). The compiler closes every loop body with a full barrier, after which nothing
+starts before everything before it completed. :meth:`Machine.run` with a
+:class:`SegmentMemo` cuts the program there and simulates each segment from the carried
+:class:`MachineState`; a segment already simulated with the same ops from the same state
+(relative to its origin cycle) is replayed shifted in time. The machine is deterministic, so
+the replay is the timeline a full simulation gives (the tests compare both op by op).
 """
 
 from __future__ import annotations
@@ -44,7 +51,16 @@ from hwflow.costs import LDST_ISSUE_CYCLES, HbmPiece
 from hwflow.errors import SyncError
 from hwflow.perf.hbm import HbmChannels
 
-__all__ = ["QUEUE_DEPTH", "UNITS", "MOp", "Machine", "MachineState", "RunStats", "SegmentMemo"]
+__all__ = [
+    "QUEUE_DEPTH",
+    "UNITS",
+    "MOp",
+    "Machine",
+    "MachineState",
+    "RunStats",
+    "SegmentMemo",
+    "barrier_cuts",
+]
 
 #: The units, in the order of :class:`hwflow.isa.Unit` (the wait/release mask bits).
 UNITS = ("ld", "st", "mm", "mv", "sfu", "sys")
