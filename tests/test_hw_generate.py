@@ -69,6 +69,8 @@ def test_user_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["synth", "--hw", "vhk158"]) == 2  # DSP58: Yosys has no Versal family
     assert "no synthesis estimate for DSP58" in capsys.readouterr().err
     assert main(["synth", "--hw", "tiny", "--chains", "0"]) == 2
+    assert main(["rtl", "--hw", "vhk158"]) == 2  # a 118,785-bit result port: too wide
+    assert "more than the 65535 bits Amaranth 0.5 emits" in capsys.readouterr().err
 
 
 _STAT = """

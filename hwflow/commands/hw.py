@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--hw", default="tiny", help="hardware preset name or YAML path (tiny)")
     p.add_argument("-o", "--out", type=Path, help="output folder (rtl/generated/<preset>)")
+    p.add_argument("--chains", type=int, help="generate slices of this many chains")
     p.add_argument("--no-lint", action="store_true", help="skip the Verilator lint")
     p.set_defaults(func=_rtl)
 
@@ -44,7 +45,7 @@ def _rtl(args: argparse.Namespace) -> int:
 
     hw = load_hw(args.hw)
     out = args.out or DEFAULT_OUT / hw.name
-    manifest = write_rtl(hw, out)
+    manifest = write_rtl(hw, out, chains=args.chains)
     status = 0
     for kind, eng in manifest["engines"].items():
         prm = eng["params"]

@@ -237,6 +237,11 @@ class ChainEngine(wiring.Component):
 
     def __init__(self, params: EngineParams) -> None:
         self.params = params
+        try:
+            params.check_ports()
+        except UnsupportedError:
+            self._MustUse__silence = True  # never elaborated: no unused warning
+            raise
         super().__init__(
             {
                 "i": In(stream.Signature(params.beat_layout)),

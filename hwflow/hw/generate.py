@@ -110,14 +110,18 @@ def write_rtl(
     hw: HardwarePreset,
     out: Path | None = None,
     kinds: tuple[Literal["mv", "mpe"], ...] = ("mv", "mpe"),
+    chains: int | None = None,
 ) -> dict[str, Any]:
-    """Write the Verilog of the preset's engines and ``manifest.json`` into ``out``."""
+    """Write the Verilog of the preset's engines (or slices of ``chains`` chains) and
+    ``manifest.json`` into ``out``."""
     out = Path(out) if out is not None else DEFAULT_OUT / hw.name
     engines: dict[str, Any] = {}
     for kind in kinds:
-        p = EngineParams.from_preset(hw, kind)
+        p = EngineParams.from_preset(hw, kind, chains)
         eng = build_engine(p)
         name = module_name(p)
+        if p.chains != getattr(hw, kind).chains:
+            name += f"_c{p.chains}"
         text = verilog.convert(eng, name=name, emit_src=False)
         path = out / f"{name}.v"
         write_if_changed(path, text)

@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from amaranth.hdl import signed, unsigned
+from amaranth.hdl import Shape, signed, unsigned
 from amaranth.lib import data
 
 from hwflow.config import HardwarePreset
@@ -48,6 +48,8 @@ _A_PORT_BITS = 27
 _MAX_PRODUCT = 128 * 127
 #: Deepest requantization parameter memory (entries): one RAMB36 in its 512 x 72 shape.
 _MAX_PARAM_DEPTH = 512
+#: Widest signal Amaranth 0.5 emits (its netlist numbers a cell's output bits in 16 bits).
+_MAX_SIGNAL_BITS = (1 << 16) - 1
 
 
 def _sel_bits(options: int) -> int:
@@ -222,6 +224,18 @@ class EngineParams:
                 "raw": unsigned(1),
             }
         )
+
+    def check_ports(self) -> None:
+        """Raise UnsupportedError if a port is wider than Amaranth 0.5 can emit (a signal of
+        at most 65,535 bits): the result port is ``rows * lanes * acc_bits`` wide."""
+        for port, layout in (("i", self.beat_layout), ("o", self.result_layout)):
+            width = Shape.cast(layout).width
+            if width > _MAX_SIGNAL_BITS:
+                raise UnsupportedError(
+                    f"{self.preset} {self.kind} engine: port {port} would be {width} bits wide, "
+                    f"more than the {_MAX_SIGNAL_BITS} bits Amaranth 0.5 emits in one signal "
+                    f"({self.chains} chains); generate a slice with fewer chains"
+                )
 
     def describe(self) -> dict[str, Any]:
         """Plain-data summary for the generation manifest."""
