@@ -71,7 +71,7 @@ class Traffic:
 
     in_cycles: list[int] = field(default_factory=list)
     out_cycles: list[int] = field(default_factory=list)
-    results: list[dict] = field(default_factory=list)
+    results: list[list] = field(default_factory=list)
     cycles: int = 0
 
 
@@ -177,7 +177,8 @@ async def _drive(
         if orr and dut.o__valid.value:
             tr.out_cycles.append(cycle)
             word = int(dut.o__payload.value)
-            tr.results.append(decode(p.result_layout, word) if decode_results else {})
+            res = p.result_values(decode(p.result_layout, word)) if decode_results else []
+            tr.results.append(res)
         await RisingEdge(dut.clk)
         cycle += 1
     dut.i__valid.value = 0
@@ -186,16 +187,16 @@ async def _drive(
     return tr
 
 
-def _check(results: list[dict], expected: list, ops_desc: list[str]) -> None:
+def _check(results: list[list], expected: list, ops_desc: list[str]) -> None:
     if os.environ.get("HWFLOW_CORRUPT") == "1":
         expected = [list(map(list, e)) for e in expected]
         expected[len(expected) // 2][0][0] += 1  # a wrong expected value must fail the bench
     assert len(results) == len(expected), f"{len(results)} results, expected {len(expected)}"
     for n, (got, exp) in enumerate(zip(results, expected, strict=True)):
-        if got["data"] != exp:
+        if got != exp:
             bad = [
                 (t, lane, g, e)
-                for t, (gr, er) in enumerate(zip(got["data"], exp, strict=True))
+                for t, (gr, er) in enumerate(zip(got, exp, strict=True))
                 for lane, (g, e) in enumerate(zip(gr, er, strict=True))
                 if g != e
             ]
@@ -216,7 +217,7 @@ async def random_ops(dut: object) -> None:
     for bits, n, raw in combos:
         rpb = p.rows_per_beat(n)
         for extreme in (False, True):
-            tokens = int(rng.integers(1, 2 * p.rows + 2)) if p.rows > 1 else 1
+            tokens = int(rng.integers(1, 2 * p.rows + 2)) if p.rows > 1 and not raw else 1
             rows = int(rng.integers(1, 2 * rpb + 2))
             k = p.m * int(rng.integers(1, 4))
             ops.append(
@@ -261,7 +262,7 @@ async def cost_model(dut: object) -> None:
     for tokens, rows, k, n in shapes:
         bits = int(rng.choice(p.weight_bits))
         a = make_op(p, rng, tokens=tokens, rows=rows, k=k, n=n, bits=bits)
-        b = make_op(p, rng, tokens=tokens, rows=rows, k=k, n=n, bits=bits, raw=True)
+        b = make_op(p, rng, tokens=tokens, rows=rows, k=k, n=n, bits=bits, raw=tokens == 1)
         st = _encode_ops(p, [a, b])
         tr = await _drive(dut, p, st, rng, preload=True)
         _check(tr.results, st.expected, st.labels)

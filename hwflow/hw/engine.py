@@ -30,7 +30,8 @@ So a row group's results leave ``C + 7`` cycles (:func:`hwflow.costs.chain_laten
 its last beat, whatever N is, and one beat enters per cycle: an op of ``beats`` beats takes
 ``beats + C + 7`` cycles from its first beat to its last result (inclusive), the next op can
 start right behind it. Output lane ``l`` of a row group at N is segment ``l % (C/N)`` of chain
-``l // (C/N)``; lanes past ``chains*C/N`` are zero.
+``l // (C/N)``; lanes past ``chains*C/N`` are zero. Token lane 0 leaves accumulator-wide (raw
+ops: the LM head's logits), the other token lanes as INT8.
 
 Requantization parameters (multiplier, shift, bias per lane) live in an on-chip parameter
 memory of ``param_depth`` row-group entries (sized from the preset's parameter buffer), written
@@ -222,8 +223,11 @@ class _Datapath(Elaboratable):
                     rq.mult.eq(word.mult[at]),
                     rq.shift.eq(word.shift[at]),
                     rq.raw.eq(cq.raw),
-                    self.result.data[t][lane].eq(rq.out),
                 ]
+                if t == 0:
+                    m.d.comb += self.result.acc[lane].eq(rq.out)
+                else:  # INT8 only; a raw op has one token
+                    m.d.comb += self.result.data[t - 1][lane].eq(Mux(co.raw, 0, rq.out[:8]))
         m.d.comb += [
             self.result.raw.eq(co.raw),
             self.out_valid.eq(co.valid & co.last),

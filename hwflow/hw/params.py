@@ -19,8 +19,9 @@ Port layouts (see :mod:`hwflow.hw.engine` for the timing):
   its results are requantized with; raw results read none. The memory has ``param_depth``
   entries, sized from the preset's parameter buffer; loading it is the driver's (the
   compiler's) job, ahead of use, like any on-chip buffer.
-* ``result`` (output stream ``o``): per token lane and output lane one accumulator-wide signed
-  value (the INT8 result sign-extended, or the raw accumulator).
+* ``result`` (output stream ``o``): per output lane an accumulator-wide signed value for token
+  lane 0 (the INT8 result sign-extended, or the raw accumulator) and INT8 results for token
+  lanes 1.. (zero for raw ops, which carry one token: the LM head).
 """
 
 from __future__ import annotations
@@ -216,14 +217,20 @@ class EngineParams:
 
     @property
     def result_layout(self) -> data.StructLayout:
+        """Token lane 0 as accumulator-wide values (raw accumulators, or the INT8 results
+        sign-extended); token lanes 1.. as INT8 (zero in raw mode: a raw op, the LM head,
+        has one token). Full width only where it is needed keeps big engines' ports small."""
         return data.StructLayout(
             {
-                "data": data.ArrayLayout(
-                    data.ArrayLayout(signed(self.acc_bits), self.lanes), self.rows
-                ),
+                "acc": data.ArrayLayout(signed(self.acc_bits), self.lanes),
+                "data": data.ArrayLayout(data.ArrayLayout(signed(8), self.lanes), self.rows - 1),
                 "raw": unsigned(1),
             }
         )
+
+    def result_values(self, result: dict) -> list[list[int]]:
+        """A decoded result as ``[token lane][lane]`` integers."""
+        return [list(result["acc"])] + [list(row) for row in result["data"]]
 
     def check_ports(self) -> None:
         """Raise UnsupportedError if a port is wider than Amaranth 0.5 can emit (a signal of

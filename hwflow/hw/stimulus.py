@@ -68,7 +68,12 @@ def make_op(
     raw: bool = False,
     extreme: bool = False,
 ) -> MatmulOp:
-    """A random op; ``extreme`` uses full-scale activations (-128/127) and weights (+-qmax)."""
+    """A random op; ``extreme`` uses full-scale activations (-128/127) and weights (+-qmax).
+
+    A raw op (accumulators out, the LM head) has one token: the engine returns raw values on
+    token lane 0 only."""
+    if raw and tokens != 1:
+        raise ValueError(f"a raw op has one token, got {tokens}")
     m = p.m
     w = rng.standard_normal((rows, k))
     mask = nx.nm_prune_mask(w, n, m)
@@ -196,6 +201,8 @@ def op_expected(p: EngineParams, op: MatmulOp) -> list[list[list[int]]]:
                 tok = q * p.rows + t
                 for lane in range(rpb):
                     r = g * rpb + lane
+                    if op.raw and t > 0:
+                        continue  # raw results leave on token lane 0 only
                     if tok < op.tokens and r < op.rows:
                         block[t][lane] = int(res[tok, r])
                     elif r < op.rows:  # padded token lane: the engine computes W @ 0
