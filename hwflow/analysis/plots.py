@@ -5,9 +5,9 @@ labelled axes in SI units. GPU markers are HBM-roofline *estimates* (:mod:`.gpus
 
 * ``efficiency``: tokens/J against tokens/s, every valid point, the Pareto front (points no
   other point beats on both), GPU estimates at the table's median bytes per decode token.
-* ``sparsity``: tokens/J against the kept fraction N/M of the swept plans, one line per weight
-  precision (needs ``plan.sparsity`` / ``plan.bits`` columns; skipped otherwise).
-* ``bits``: tokens/J against weight bits (needs ``plan.bits``; skipped otherwise).
+* ``sparsity``: the best tokens/J over the swept hardware against the kept fraction N/M, one
+  line per weight precision (needs a ``plan.sparsity`` column; skipped otherwise).
+* ``bits``: the best tokens/J against weight bits, one line per N:M (needs ``plan.bits``).
 * ``latency``: decode latency per token (ms) against context length, one line per run, from
   the ``curve`` JSON column when present, else min/avg/max markers at the decode range.
 """
@@ -144,43 +144,43 @@ def plot_results(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
     written += _save(fig, out, "efficiency")
     plt.close(fig)
 
-    # --- tokens/J vs sparsity (kept fraction), one line per weight precision
-    if any("plan.sparsity" in r for r in ok):
+    # --- tokens/J vs sparsity and vs weight bits: for every (bits, N:M) the best design point
+    best: dict[tuple[float, str], float] = {}
+    for r in ok:
+        sp = str(r.get("plan.sparsity", ""))
+        bits = r.get("plan.bits")
+        if ":" in sp or isinstance(bits, float):
+            key = (bits if isinstance(bits, float) else math.nan, sp)
+            best[key] = max(best.get(key, 0.0), r["tokens_per_j"])
+    if any(":" in sp for _, sp in best):
         fig, ax = plt.subplots(figsize=(6, 4))
-        lines: dict[Any, list[tuple[float, float]]] = defaultdict(list)
-        for r in ok:
-            sp = str(r.get("plan.sparsity", ""))
-            if ":" not in sp:
-                continue
-            n, m = (float(x) for x in sp.split(":"))
-            lines[r.get("plan.bits", "plan")].append((n / m, r["tokens_per_j"]))
-        for k, pts in sorted(lines.items(), key=lambda kv: str(kv[0])):
+        lines: dict[float, list[tuple[float, float]]] = defaultdict(list)
+        for (bits, sp), v in best.items():
+            if ":" in sp:
+                n, m = (float(x) for x in sp.split(":"))
+                lines[bits].append((n / m, v))
+        for bits, pts in sorted(lines.items()):
             pts.sort()
-            ax.plot(
-                [p[0] for p in pts], [p[1] for p in pts], "-o", ms=4, label=f"INT{_fmt(k)} weights"
-            )
+            name = "plan's weight bits" if math.isnan(bits) else f"INT{bits:g} weights"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", ms=4, label=name)
         ax.set_xlabel("kept weights N/M (1 = dense)")
-        ax.set_ylabel("energy efficiency (tokens/J)")
+        ax.set_ylabel("energy efficiency (tokens/J), best design point")
         ax.set_title("Energy efficiency against N:M sparsity")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
         written += _save(fig, out, "sparsity")
         plt.close(fig)
-
-    # --- tokens/J vs weight bits
-    if any("plan.bits" in r for r in ok):
+    if any(not math.isnan(b) for b, _ in best):
         fig, ax = plt.subplots(figsize=(6, 4))
-        lines = defaultdict(list)
-        for r in ok:
-            if isinstance(r.get("plan.bits"), float):
-                lines[str(r.get("plan.sparsity", "plan"))].append(
-                    (r["plan.bits"], r["tokens_per_j"])
-                )
-        for k, pts in sorted(lines.items()):
+        by_sp: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for (bits, sp), v in best.items():
+            if not math.isnan(bits):
+                by_sp[sp or "plan's sparsity"].append((bits, v))
+        for sp, pts in sorted(by_sp.items()):
             pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", ms=4, label=f"sparsity {k}")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", ms=4, label=f"sparsity {sp}")
         ax.set_xlabel("weight precision (bits)")
-        ax.set_ylabel("energy efficiency (tokens/J)")
+        ax.set_ylabel("energy efficiency (tokens/J), best design point")
         ax.set_title("Energy efficiency against weight bits")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
@@ -207,6 +207,19 @@ def plot_results(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
                 fmt="o",
                 capsize=3,
                 label=_label(r),
+            )
+    if bpt:
+        b = statistics.median(bpt)
+        for g in load_gpus():
+            e = estimate(g, b)
+            ax.axhline(e.ms_per_token, color="tab:gray", ls=":", lw=0.8)
+            ax.annotate(
+                f"{g.name} (roofline est.)",
+                (ax.get_xlim()[0], e.ms_per_token),
+                fontsize=6,
+                color="tab:gray",
+                xytext=(2, 2),
+                textcoords="offset points",
             )
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("decode latency (ms/token)")
