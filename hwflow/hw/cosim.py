@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -87,6 +88,9 @@ def build(p: EngineParams, name: str) -> tuple[Path, bool, float, dict[str, floa
     )
     seconds = time.perf_counter() - t0
     record.write_text(json.dumps({"seconds": seconds}))
+    for stale in BUILD_ROOT.glob(f"{name}-*"):  # builds of older versions of this design
+        if stale != bdir and len(stale.name) == len(bdir.name):
+            shutil.rmtree(stale, ignore_errors=True)
     return bdir, True, seconds, facts
 
 
