@@ -136,6 +136,16 @@ def plot_results(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
         ax.annotate(
             _label(ok[i]), (xs[i], ys[i]), fontsize=6, xytext=(4, -8), textcoords="offset points"
         )
+    if bpt:
+        fig.text(
+            0.01,
+            -0.02,
+            "GPU stars: upper bounds = datasheet HBM bandwidth / the same bytes "
+            "per token, tokens/J at datasheet max power (mappings/gpus.yaml: NVIDIA "
+            "V100S, A100, H100 datasheets); not measurements",
+            fontsize=6,
+            color="tab:gray",
+        )
     ax.set_xlabel("throughput (tokens/s)")
     ax.set_ylabel("energy efficiency (tokens/J)")
     ax.set_xscale("log")
