@@ -1,0 +1,74 @@
+"""``hwflow demo``: the main job on the shipped defaults (the README's ``make run``).
+
+It runs, in order, the commands a user would type (each printed first, so the demo doubles as
+a walk-through), writing everything under one output directory:
+
+1. compile LLaMA-2-7B with the FlightLLM-style plan for hwflow's U280 design point (2048 tokens);
+2. check the tiny model on the tiny preset bit for bit against the numeric reference, per plan;
+3. generate the RTL of the tiny and U280 engines (Verilog + manifest, Verilator lint);
+4. simulate the default case (prompt 128, 512 generated tokens) cycle by cycle, with a timeline;
+5. sweep four design points x three plans and draw the energy-efficiency plots.
+
+It stops at the first command that fails and returns its exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import time
+from pathlib import Path
+
+from hwflow.config import MAPPINGS
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the main job on the shipped defaults: compile, check, RTL, simulate, sweep, plot",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, default=Path("out"), help="output directory (default out/)"
+    )
+    p.add_argument("--model", default="llama2-7b", help="model of the compile/simulate steps")
+    p.add_argument("--hw", default="u280", help="hardware preset of the compile/simulate/RTL steps")
+    p.add_argument(
+        "--plan", default="flightllm", help="compression plan of the compile/simulate steps"
+    )
+    p.add_argument(
+        "--grid", type=Path, default=MAPPINGS / "sweeps" / "demo.yaml", help="sweep grid"
+    )
+    p.set_defaults(func=run)
+
+
+def steps(args: argparse.Namespace) -> list[list[str]]:
+    """The commands of the demo, as argument lists for :func:`hwflow.cli.main`."""
+    out = args.output
+    case = ["--model", args.model, "--hw", args.hw, "--plan", args.plan]
+    return [
+        ["compile", *case, "-o", str(out / "program")],
+        *(
+            ["check", "--model", "tiny-llama", "--hw", "tiny", "--plan", p]
+            for p in ("w8a8", "w4a8", "flightllm")
+        ),
+        ["rtl", "--hw", "tiny", "-o", str(out / "rtl" / "tiny")],
+        ["rtl", "--hw", args.hw, "-o", str(out / "rtl" / args.hw)],
+        ["sim", *case, "--prefill", "128", "--decode", "512", "--trace", str(out / "trace.json")],
+        ["sweep", str(args.grid), "-o", str(out / "sweep" / "results.csv")],
+        ["plot", str(out / "sweep" / "results.csv"), "-o", str(out / "plots")],
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    from hwflow.cli import main
+
+    t0 = time.perf_counter()
+    for argv in steps(args):
+        print(f"\n$ hwflow {shlex.join(argv)}", flush=True)
+        code = main(argv)
+        if code:
+            print(f"demo: 'hwflow {argv[0]}' failed with exit code {code}")
+            return code
+    print(f"\ndemo: done in {time.perf_counter() - t0:.0f} s; results under {args.output}/")
+    return 0
