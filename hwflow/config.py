@@ -24,12 +24,21 @@ import json
 import math
 import os
 import re
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hwflow.errors import ConfigError, UnsupportedError
 
@@ -89,9 +98,12 @@ class _Sourced(_Frozen):
         return self
 
 
-PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-Fraction = Annotated[float, Field(gt=0, le=1)]
+# Numbers are strict: a bool or a string is not a number (``chains: true`` or ``bits: "4"`` is
+# a mistake, not a 1 or a 4), and a float must be finite.
+PositiveInt = Annotated[StrictInt, Field(gt=0)]
+NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(gt=0, le=1, strict=True, allow_inf_nan=False)]
 
 
 def _pow2(x: int) -> bool:
@@ -110,7 +122,7 @@ class Board(_Sourced):
     dsp_kind: Literal["DSP48E2", "DSP58"]
     dsp_count: PositiveInt
     bram36: PositiveInt
-    uram: Annotated[int, Field(ge=0)]
+    uram: NonNegativeInt
     board_power_w: PositiveFloat | None = None  # maximum board power, where published
 
     @property
@@ -192,7 +204,7 @@ class Sparsity(_Sourced):
     N the kept weights per block (N = M is dense). N must divide the chain length."""
 
     m: PositiveInt
-    n_allowed: tuple[int, ...]
+    n_allowed: tuple[StrictInt, ...]
 
     @model_validator(mode="after")
     def _check(self) -> Sparsity:
@@ -234,7 +246,7 @@ class HardwarePreset(_Sourced):
     mpe: Engine
     sfu: Sfu
     sparsity: Sparsity
-    weight_bits: tuple[int, ...]
+    weight_bits: tuple[StrictInt, ...]
     kv_bits: Literal[8] = 8
     buffers: Buffers
     energy_table: str | None = None
@@ -242,8 +254,11 @@ class HardwarePreset(_Sourced):
     @model_validator(mode="after")
     def _consistent(self) -> HardwarePreset:
         bad = [b for b in self.weight_bits if b not in WEIGHT_BITS]
-        if bad:
-            raise ValueError(f"weight_bits {bad} not supported (allowed: {list(WEIGHT_BITS)})")
+        if bad or not self.weight_bits:
+            raise ValueError(
+                f"weight_bits {list(self.weight_bits)} not supported (allowed: a non-empty "
+                f"subset of {list(WEIGHT_BITS)})"
+            )
         for eng in ("mv", "mpe"):
             c = getattr(self, eng).chain_length
             bad_n = [n for n in self.sparsity.n_allowed if c % n]
@@ -287,9 +302,10 @@ class HardwarePreset(_Sourced):
         if n == m:  # dense works at any M by grouping the row into chain-length segments
             return
         if m != self.sparsity.m or n not in self.sparsity.n_allowed:
-            allowed = ", ".join(f"{k}:{self.sparsity.m}" for k in self.sparsity.n_allowed)
+            kept = [f"{k}:{self.sparsity.m}" for k in self.sparsity.n_allowed]
+            allowed = ", ".join([*kept, "or dense"]) if kept else "dense only"
             raise UnsupportedError(
-                f"preset {self.name} does not support {n}:{m} sparsity (allowed: {allowed}, or dense)"
+                f"preset {self.name} does not support {n}:{m} sparsity (allowed: {allowed})"
             )
 
 
@@ -297,8 +313,22 @@ class HardwarePreset(_Sourced):
 # Model configs (Hugging Face config.json)
 
 _LLAMA_TYPES = {"llama", "mistral"}
-_OPT_TYPES = {"opt"}
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "OPTForCausalLM")
+#: The Hugging Face classes hwflow reads, and their model_type.
+_ARCH_TYPES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "OPTForCausalLM": "opt",
+}
+#: ModelConfig field -> the config.json key it comes from (for error messages).
+_HF_KEYS = {
+    "hidden": "hidden_size",
+    "intermediate": "intermediate_size",
+    "layers": "num_hidden_layers",
+    "vocab": "vocab_size",
+    "max_positions": "max_position_embeddings",
+    "norm_eps": "rms_norm_eps",
+    "bias": "enable_bias",
+}
 
 
 class ModelConfig(_Frozen):
@@ -358,38 +388,73 @@ class ModelConfig(_Frozen):
         return shapes[op]
 
     @classmethod
-    def from_hf(cls, cfg: dict[str, Any], name: str) -> ModelConfig:
-        """Normalise a Hugging Face config.json dict. Unknown keys are ignored."""
+    def from_hf(cls, cfg: dict[str, Any], name: str, source: str | None = None) -> ModelConfig:
+        """Normalise a Hugging Face config.json dict. Unknown keys are ignored. Errors name
+        ``source`` (the file; default ``name``), the bad key and value, and what is allowed."""
+        src = source or name
         if not isinstance(cfg, dict):
             raise ConfigError(
-                f"{name}: a config.json must hold a JSON object, got {type(cfg).__name__}"
+                f"{src}: a config.json must hold a JSON object, got {type(cfg).__name__}"
             )
-        mtype = str(cfg.get("model_type", "")).lower()
-        archs = cfg.get("architectures") or []
-        arch = archs[0] if archs else mtype or "<none>"
-        if mtype not in _LLAMA_TYPES | _OPT_TYPES:
+        archs = cfg.get("architectures")
+        arch = archs[0] if isinstance(archs, list) and archs else None
+        mtype = cfg.get("model_type")
+        if mtype is None and arch in _ARCH_TYPES:
+            mtype = _ARCH_TYPES[arch]  # an old or hand-written config: the class names it
+        if not isinstance(mtype, str) or mtype.lower() not in _ARCH_TYPES.values():
+            if arch in _ARCH_TYPES:
+                raise ConfigError(
+                    f"{src}: model_type {mtype!r} does not match architectures {arch} "
+                    f"(expected {_ARCH_TYPES[arch]!r})"
+                )
             raise UnsupportedError(
-                f"unsupported architecture: {arch} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+                f"{src}: unsupported architecture: "
+                f"{arch if isinstance(arch, str) else f'model_type {mtype!r}'} "
+                f"(supported: {', '.join(_ARCH_TYPES)})"
             )
+        mtype = mtype.lower()
 
         def need(key: str) -> Any:
             if key not in cfg:
-                raise ConfigError(f"{name}: config.json of model_type {mtype!r} lacks {key!r}")
+                raise ConfigError(f"{src}: config.json of model_type {mtype!r} lacks {key!r}")
             return cfg[key]
+
+        def count(key: str, value: Any) -> int:
+            """A positive integer the shape arithmetic below needs before validation."""
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{src}: {key} = {value!r} must be a positive integer")
+            return value
+
+        heads = count("num_attention_heads", need("num_attention_heads"))
+        hidden = count("hidden_size", need("hidden_size"))
+
+        def head_dim() -> int:
+            if cfg.get("head_dim") is not None:
+                return count("head_dim", cfg["head_dim"])
+            if hidden % heads:
+                raise ConfigError(
+                    f"{src}: hidden_size {hidden} is not a multiple of num_attention_heads "
+                    f"{heads} (give head_dim explicitly)"
+                )
+            return hidden // heads
 
         try:
             if mtype in _LLAMA_TYPES:
-                heads = need("num_attention_heads")
-                hidden = need("hidden_size")
                 act = cfg.get("hidden_act", "silu")
                 if act not in ("silu", "swish"):
                     raise UnsupportedError(
-                        f"{name}: hidden_act {act!r} unsupported for {mtype} (supported: silu)"
+                        f"{src}: hidden_act {act!r} unsupported for {mtype} (supported: silu)"
                     )
-                if cfg.get("rope_scaling"):
+                scaling = cfg.get("rope_scaling")
+                if scaling and not (
+                    isinstance(scaling, dict)
+                    and scaling.get("rope_type", scaling.get("type")) == "default"
+                ):
                     raise UnsupportedError(
-                        f"{name}: rope_scaling {cfg['rope_scaling']!r} unsupported (supported: none)"
+                        f"{src}: rope_scaling {scaling!r} unsupported (supported: none or "
+                        "rope_type 'default')"
                     )
+                kv = cfg.get("num_key_value_heads")
                 return cls(
                     name=name,
                     family="llama",
@@ -397,8 +462,8 @@ class ModelConfig(_Frozen):
                     intermediate=need("intermediate_size"),
                     layers=need("num_hidden_layers"),
                     heads=heads,
-                    kv_heads=cfg.get("num_key_value_heads") or heads,
-                    head_dim=cfg.get("head_dim") or hidden // heads,
+                    kv_heads=heads if kv is None else count("num_key_value_heads", kv),
+                    head_dim=head_dim(),
                     vocab=need("vocab_size"),
                     max_positions=cfg.get("max_position_embeddings", 2048),
                     norm="rms",
@@ -411,20 +476,26 @@ class ModelConfig(_Frozen):
                     tie_word_embeddings=cfg.get("tie_word_embeddings", False),
                     sliding_window=cfg.get("sliding_window"),
                 )
-            heads = need("num_attention_heads")
-            hidden = need("hidden_size")
-            if cfg.get("word_embed_proj_dim", hidden) != hidden:
+            proj = cfg.get("word_embed_proj_dim", hidden)
+            if proj != hidden:
                 raise UnsupportedError(
-                    f"{name}: word_embed_proj_dim {cfg['word_embed_proj_dim']} != hidden_size {hidden} unsupported"
+                    f"{src}: word_embed_proj_dim {proj!r} != hidden_size {hidden} unsupported "
+                    "(supported: equal, no embedding projection)"
                 )
             if not cfg.get("do_layer_norm_before", True):
                 raise UnsupportedError(
-                    f"{name}: post-LayerNorm OPT (do_layer_norm_before=false) unsupported"
+                    f"{src}: post-LayerNorm OPT (do_layer_norm_before=false) unsupported "
+                    "(supported: true)"
+                )
+            if cfg.get("_remove_final_layer_norm", False):
+                raise UnsupportedError(
+                    f"{src}: OPT without a final LayerNorm (_remove_final_layer_norm=true) "
+                    "unsupported (supported: false)"
                 )
             act = cfg.get("activation_function", "relu")
             if act != "relu":
                 raise UnsupportedError(
-                    f"{name}: activation_function {act!r} unsupported for opt (supported: relu)"
+                    f"{src}: activation_function {act!r} unsupported for opt (supported: relu)"
                 )
             return cls(
                 name=name,
@@ -434,7 +505,7 @@ class ModelConfig(_Frozen):
                 layers=need("num_hidden_layers"),
                 heads=heads,
                 kv_heads=heads,
-                head_dim=hidden // heads,
+                head_dim=head_dim(),
                 vocab=need("vocab_size"),
                 max_positions=cfg.get("max_position_embeddings", 2048),
                 norm="layer",
@@ -447,7 +518,8 @@ class ModelConfig(_Frozen):
                 position_offset=2,
             )
         except ValidationError as e:
-            raise ConfigError(f"{name}: {_first_error(e)}") from None
+            keys = _HF_KEYS if mtype in _LLAMA_TYPES else {**_HF_KEYS, "intermediate": "ffn_dim"}
+            raise ConfigError(f"{src}: {_first_error(e, keys)}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,51 +551,90 @@ class LinearQuant(_Frozen):
 
 
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+_LAYERS = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")
 
 
 def _parse_nm(value: Any) -> tuple[int, int]:
+    """``"N:M"`` or ``"dense"`` -> (n, m); ValueError naming the value and what is allowed."""
     if value in (None, "dense"):
         return (1, 1)
     m = _NM.match(str(value))
     if not m:
-        raise ValueError(f"sparsity {value!r} is not 'N:M' or 'dense'")
-    return int(m.group(1)), int(m.group(2))
+        raise ValueError(f"sparsity {value!r} is not 'N:M' (e.g. '4:16') or 'dense'")
+    n, mm = int(m.group(1)), int(m.group(2))
+    if not _pow2(mm):
+        raise ValueError(f"N:M sparsity needs M a power of two, got {n}:{mm}")
+    if not 1 <= n <= mm:
+        raise ValueError(f"N:M sparsity needs 1 <= N <= M, got {n}:{mm}")
+    return n, mm
+
+
+def _parse_layers(text: str) -> list[tuple[int, int]]:
+    """``"a-b,c"`` -> [(a, b), (c, c)]; ValueError on bad syntax or an empty range."""
+    out = []
+    for part in text.split(","):
+        m = _LAYERS.fullmatch(part)
+        if not m:
+            raise ValueError(f"layers {text!r}: expected 'a-b,c' of layer numbers")
+        lo = int(m.group(1))
+        hi = int(m.group(2) or lo)
+        if hi < lo:
+            raise ValueError(f"layers {text!r}: range {lo}-{hi} is empty (write {hi}-{lo})")
+        out.append((lo, hi))
+    return out
 
 
 class _QuantSpec(_Frozen):
     bits: Literal[2, 3, 4, 8] | None = None
     sparsity: str | None = None  # "N:M" or "dense"
 
+    @field_validator("sparsity")
+    @classmethod
+    def _nm_valid(cls, v: str | None) -> str | None:
+        _parse_nm(v)  # checked when the plan is read, so the error names the file and key
+        return v
+
     def apply(self, base: LinearQuant) -> LinearQuant:
         bits = self.bits or base.bits
-        if self.sparsity is None:
-            n, m = base.n, base.m
-        else:
-            n, m = _parse_nm(self.sparsity)
-        try:
-            return LinearQuant(bits=bits, n=n, m=m)
-        except ValidationError as e:
-            raise ConfigError(_first_error(e)) from None
+        n, m = (base.n, base.m) if self.sparsity is None else _parse_nm(self.sparsity)
+        return LinearQuant(bits=bits, n=n, m=m)
 
 
 class _Rule(_QuantSpec):
-    layers: str | list[int] | None = None  # "0-3", "0,31", [0, 31], or None = all
+    layers: str | list[int] | int | None = None  # "0-3", "0,31", [0, 31], 5, or None = all
     ops: list[str] | None = None  # subset of LINEAR_OPS, or None = all
 
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layers_valid(cls, v: Any) -> Any:
+        ok = v is None or isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool))
+        ok |= isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+        if not ok:
+            raise ValueError(
+                f"layers {v!r}: expected 'a-b,c', a layer number or a list of layer numbers"
+            )
+        if v == []:
+            raise ValueError("layers [] names no layer (leave layers out for every layer)")
+        if isinstance(v, str):
+            _parse_layers(v)
+        return v
+
+    @model_validator(mode="after")
+    def _names_ops(self) -> _Rule:
+        if self.ops == []:
+            raise ValueError("ops [] names no op (leave ops out for every op)")
+        return self
+
     def layer_set(self, n_layers: int) -> set[int]:
-        """Layer numbers: a list (negative counts from the end, as in Python) or "a-b,c"."""
+        """Layer numbers: a number or a list (negative counts from the end, as in Python) or
+        "a-b,c"; ConfigError for layers outside the model."""
         if self.layers is None:
             return set(range(n_layers))
-        if isinstance(self.layers, list):
-            ids = {i + n_layers if i < 0 else i for i in self.layers}
+        if isinstance(self.layers, str):
+            ids = {i for lo, hi in _parse_layers(self.layers) for i in range(lo, hi + 1)}
         else:
-            ids = set()
-            for part in str(self.layers).split(","):
-                m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-                if not m:
-                    raise ConfigError(f"layers {self.layers!r}: expected 'a-b,c' of layer numbers")
-                lo = int(m.group(1))
-                ids |= set(range(lo, int(m.group(2) or lo) + 1))
+            given = self.layers if isinstance(self.layers, list) else [self.layers]
+            ids = {i + n_layers if i < 0 else i for i in given}
         bad = sorted(i for i in ids if not 0 <= i < n_layers)
         if bad:
             raise ConfigError(f"layers {self.layers!r} name layers {bad} outside 0..{n_layers - 1}")
@@ -539,7 +650,7 @@ class AttentionSparsity(_Frozen):
     pattern: Literal["dense", "block"] = "dense"
     block: PositiveInt = 64
     local_blocks: PositiveInt = 4
-    global_blocks: Annotated[int, Field(ge=0)] = 1
+    global_blocks: NonNegativeInt = 1
 
 
 class CompressionPlan(_Frozen):
@@ -567,9 +678,15 @@ class CompressionPlan(_Frozen):
         """The compression of every (layer, linear op) of ``model``."""
         base = self.weights.apply(LinearQuant(bits=8, n=1, m=1))
         out = {(li, op): base for li in range(model.layers) for op in model.linear_ops}
-        for rule in self.rules:
+        for i, rule in enumerate(self.rules):
             ops = rule.ops or list(model.linear_ops)
-            for li in rule.layer_set(model.layers):
+            try:
+                layers = rule.layer_set(model.layers)
+            except ConfigError as e:
+                raise ConfigError(
+                    f"plan {self.name}, rules[{i}]: {e} ({model.name} has {model.layers} layers)"
+                ) from None
+            for li in layers:
                 for op in ops:
                     if op in model.linear_ops:
                         out[(li, op)] = rule.apply(out[(li, op)])
@@ -583,25 +700,36 @@ class CompressionPlan(_Frozen):
 # Loading
 
 
-def _first_error(e: ValidationError) -> str:
+def _first_error(e: ValidationError, keys: Mapping[str, str] | None = None) -> str:
+    """One line for a validation error: where (``keys`` renames top-level fields), what is
+    wrong and the value given."""
     err = e.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
+    parts = [str(p) for p in err["loc"]]
+    if keys and parts:
+        parts[0] = keys.get(parts[0], parts[0])
+    loc = ".".join(parts)
+    msg = err["msg"].removeprefix("Value error, ").replace("valid tuple", "valid list")
     if err["type"] == "extra_forbidden":
         return f"unknown key {loc!r}"
     if err["type"] == "missing":
         return f"missing key {loc!r}"
     got = err.get("input")
     head = f"{loc}: " if loc else ""
-    return f"{head}{msg}" + (
-        "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+    quiet = (
+        isinstance(got, dict | list) or "input" not in err or (isinstance(got, str) and got in msg)
     )
+    return f"{head}{msg}" + ("" if quiet else f" (got {got!r})")
 
 
 def _resolve(kind: str, ref: str | Path, suffixes: tuple[str, ...]) -> Path:
     p = Path(ref)
     if p.is_file():
         return p
+    if p.is_dir():
+        if kind == "models" and (p / "config.json").is_file():
+            return p / "config.json"  # a Hugging Face model folder
+        want = "a config.json or a folder holding one" if kind == "models" else "a YAML file"
+        raise ConfigError(f"{p}: is a directory (expected {want})")
     if isinstance(ref, str) and "/" not in ref:
         for suf in suffixes:
             cand = MAPPINGS / kind / f"{ref}{suf}"
@@ -625,9 +753,17 @@ def available(kind: str) -> list[str]:
 
 def _read(path: Path) -> Any:
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read ({e})") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not a text file (byte {e.start} is not UTF-8; expected YAML or JSON)"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not text.strip():
+        raise ConfigError(f"{path}: the file is empty (expected a YAML or JSON mapping)")
+    if "\0" in text:
+        raise ConfigError(f"{path}: not a text file (it holds NUL bytes; expected YAML or JSON)")
     try:
         if path.suffix == ".json":
             return json.loads(text)
@@ -661,8 +797,8 @@ def load_model(ref: str | Path) -> ModelConfig:
     """A model by shipped name (``llama2-7b``) or the path of a HF config.json."""
     path = _resolve("models", ref, (".json",))
     data = _read(path)
-    name = path.stem if path.name != "config.json" else path.parent.name
-    return ModelConfig.from_hf(data, name)
+    name = path.stem if path.name != "config.json" else path.resolve().parent.name
+    return ModelConfig.from_hf(data, name, str(path))
 
 
 def load_plan(ref: str | Path) -> CompressionPlan:
