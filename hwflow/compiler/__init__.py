@@ -30,8 +30,8 @@ from hwflow.compiler.layout import HbmLayout, plan_hbm
 from hwflow.compiler.lower import BufferPlan, lower_step, plan_buffers
 from hwflow.compiler.sync import assign_tokens, check_deadlock
 from hwflow.config import CompressionPlan, HardwarePreset, ModelConfig
-from hwflow.errors import CapacityError, ConfigError, UnsupportedError
-from hwflow.isa import ISA_VERSION, Instr, Program, Template, Unit, loop_spans
+from hwflow.errors import CapacityError, ConfigError, ProgramError, UnsupportedError
+from hwflow.isa import ISA_VERSION, Instr, Program, Template, Unit, loop_spans, spec
 
 __all__ = ["DECODE_BUCKET", "PREFILL_BUCKET", "Compiled", "compile_model", "storage_report"]
 
@@ -89,6 +89,15 @@ def _check(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, max_len:
         hw.check_plan_support(h.bits, h.n, h.m)
     except UnsupportedError as e:
         raise UnsupportedError(f"plan {plan.name}, head: {e}") from None
+    if plan.attention.pattern == "block":  # the softmax instruction carries the block mask
+        sfu = spec("SFU").index
+        for key, name in (("block", "blk"), ("local_blocks", "local"), ("global_blocks", "glob")):
+            value, bits = getattr(plan.attention, key), sfu[name].bits
+            if value >= 1 << bits:
+                raise UnsupportedError(
+                    f"plan {plan.name}: attention.{key} = {value} does not fit the softmax "
+                    f"instruction's {bits}-bit {name} field (allowed: 0..{(1 << bits) - 1})"
+                )
 
 
 def _template(
@@ -121,16 +130,27 @@ def compile_model(
     max_len = max_len if max_len is not None else min(cfg.max_positions, 2048)
     _check(cfg, plan, hw, max_len)
     quant = plan.resolve(cfg)
-    layout = plan_hbm(cfg, quant, plan.head(), hw, max_len)
-    tt = _chunk_rows(cfg, hw, max_len)
-    templates: list[Template] = []
-    for lo in range(1, max_len + 1, tt):
-        templates.append(
-            _template(cfg, plan, hw, layout, "prefill", tt, lo, min(lo + tt - 1, max_len))
-        )
-    for lo in range(1, max_len + 1, DECODE_BUCKET):
-        templates.append(
-            _template(cfg, plan, hw, layout, "decode", 1, lo, min(lo + DECODE_BUCKET - 1, max_len))
+    where = f"{cfg.name} / {plan.name} on preset {hw.name} at max_len {max_len}"
+    try:
+        layout = plan_hbm(cfg, quant, plan.head(), hw, max_len)
+        tt = _chunk_rows(cfg, hw, max_len)
+        templates: list[Template] = []
+        for lo in range(1, max_len + 1, tt):
+            templates.append(
+                _template(cfg, plan, hw, layout, "prefill", tt, lo, min(lo + tt - 1, max_len))
+            )
+        for lo in range(1, max_len + 1, DECODE_BUCKET):
+            hi = min(lo + DECODE_BUCKET - 1, max_len)
+            templates.append(_template(cfg, plan, hw, layout, "decode", 1, lo, hi))
+    except CapacityError as e:
+        raise CapacityError(f"{where}: {e}") from None
+    except ProgramError as e:  # an instruction field too narrow for this model: not a bug here
+        raise UnsupportedError(f"{where}: exceeds the instruction set: {e}") from None
+    big = max(templates, key=lambda t: t.nbytes)
+    if big.nbytes > hw.buffers.bytes("instr"):
+        raise CapacityError(
+            f"{where}: the {big.phase} template for {big.lo}..{big.hi} needs {big.nbytes:,} "
+            f"bytes of instructions but buffers.instr_kib holds {hw.buffers.bytes('instr'):,}"
         )
     header = {
         "isa_version": ISA_VERSION,

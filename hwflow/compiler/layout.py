@@ -8,11 +8,19 @@ One linear HBM address space, interleaved over the preset's pseudo-channels ever
                 ops in execution order. Layers of a *run* (consecutive layers with the same
                 compression of every op) have identical layouts, so a run is one region table
                 entry per layer at a constant stride: the program loops over the run and
-                advances a base register by that stride.
+                advances a base register by that stride. The stride is a multiple of the
+                channel map's period (``channels * interleave_bytes``), so the layers of a run
+                also touch the same channels in the same way (a cycle model reuses one).
 ``final``       the final norm's parameters and the head's weight tiles.
 ``rope``        RoPE cos/sin rows (LLaMA family): ``max_len`` rows of ``hd/2`` int16 cos then
-                ``hd/2`` int16 sin (Q14).
-``kv``          the KV cache: per layer K then V, each ``[kv_heads][max_len][head_dim]`` INT8.
+                ``hd/2`` int16 sin (Q14). Starts at a period boundary.
+``kv``          the KV cache: per layer K then V, each ``[kv_heads][max_len][head_dim]`` INT8;
+                the heads ``kv_head_bytes`` apart: whole granules, a count coprime with the
+                channel count, so the heads of a layer start on distinct channels and its K/V
+                loads spread over all of them; layers ``kv_layer_bytes``
+                apart, a multiple of the period. A head's rows start on a granule boundary, so
+                the rows of positions ``16k .. 16k+15`` (one decode bucket) share one channel
+                whenever ``16 * head_dim`` divides the granule.
 ``input``       ``max_len`` rows of INT8 embeddings (written by the host before a step).
 ``logits``      ``vocab`` int64 raw logits of the step's last token (read by the host).
 
@@ -89,6 +97,20 @@ FINAL_BLOB = ALIGN  #: final norm: mult, shift (int32) padded
 
 def _align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
+
+
+def _round(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+def _kv_head_stride(nbytes: int, hw: HardwarePreset) -> int:
+    """Bytes between kv heads: ``nbytes`` rounded up to whole granules, then to a granule count
+    coprime with the channel count, so the heads of a layer start on distinct channels."""
+    g, c = hw.hbm.interleave_bytes, hw.hbm.channels
+    n = -(-nbytes // g)
+    while math.gcd(n, c) != 1:
+        n += 1
+    return n * g
 
 
 def pack_rows(fields: np.ndarray, bits: int) -> np.ndarray:
@@ -181,8 +203,8 @@ class HbmLayout:
     runs: tuple[tuple[int, int, int], ...]  #: (first layer, layers, region stride bytes)
     tiles: Mapping[int, tuple[TileSpec, ...]]  #: per layer, the tiling of its linear ops
     head: TileSpec
-    kv_layer_bytes: int  #: K and V of one layer
-    kv_head_bytes: int  #: one kv head's [max_len, head_dim]
+    kv_layer_bytes: int  #: K and V of one layer (stride between layers, see the module doc)
+    kv_head_bytes: int  #: stride between kv heads: one head's [max_len, head_dim], padded
     rope_row: int
     total: int
 
@@ -224,6 +246,14 @@ def _tile_rows(out: int, row_bytes: int, slot: int, chain_rows: int, what: str) 
     return rows
 
 
+def _size(n: int) -> str:
+    """Bytes in the largest binary unit that keeps a digit before the point."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} bytes"
+
+
 def plan_hbm(
     cfg: ModelConfig,
     quant: dict[tuple[int, str], LinearQuant],
@@ -233,6 +263,7 @@ def plan_hbm(
 ) -> HbmLayout:
     """Allocate every region (see the module doc); CapacityError if HBM is too small."""
     slot = hw.buffers.bytes("weight") // WEIGHT_SLOTS
+    period = hw.hbm.channels * hw.hbm.interleave_bytes
     regions: list[Region] = []
     tiles: dict[int, tuple[TileSpec, ...]] = {}
     runs = []
@@ -254,7 +285,7 @@ def plan_hbm(
                 specs.append(ts)
                 off += ts.nbytes
             tiles[li] = tuple(specs)
-            size = _align(off)
+            size = _round(off, period)  # identical layers: identical channel patterns
             stride = size
             regions.append(Region(f"L{li}", at, size, "weights"))
             at += size
@@ -266,14 +297,15 @@ def plan_hbm(
     fsize = _align(FINAL_BLOB + head.nbytes)
     regions.append(Region("final", at, fsize, "weights"))
     at += fsize
+    at = _round(at, period)
     rope_row = 2 * cfg.head_dim if cfg.positions == "rope" else 0
     if rope_row:
-        size = _align(max_len * rope_row)
+        size = _round(max_len * rope_row, period)
         regions.append(Region("rope", at, size, "table"))
         at += size
-    kv_head = max_len * cfg.head_dim
-    kv_layer = 2 * cfg.kv_heads * kv_head
-    size = _align(kv_layer * cfg.layers)
+    kv_head = _kv_head_stride(max_len * cfg.head_dim, hw)
+    kv_layer = _round(2 * cfg.kv_heads * kv_head, period)
+    size = kv_layer * cfg.layers
     regions.append(Region("kv", at, size, "kv"))
     at += size
     for name, size in (("input", max_len * cfg.hidden), ("logits", 8 * cfg.vocab)):
@@ -284,9 +316,8 @@ def plan_hbm(
         weights = sum(r.size for r in regions if r.kind == "weights")
         kv = sum(r.size for r in regions if r.kind == "kv")
         raise CapacityError(
-            f"{cfg.name} needs {at / 2**30:.2f} GiB of HBM ({weights / 2**30:.2f} GiB weights, "
-            f"{kv / 2**30:.2f} GiB KV cache at max_len {max_len}) but preset {hw.name} has "
-            f"{cap / 2**30:.2f} GiB"
+            f"the model needs {_size(at)} of HBM ({_size(weights)} weights, {_size(kv)} KV "
+            f"cache) but preset {hw.name} has {_size(cap)} (hbm.capacity_gib)"
         )
     return HbmLayout(
         tuple(regions),
