@@ -630,17 +630,26 @@ class Program:
         (crc,) = struct.unpack_from("<I", data, len(data) - 4)
         if zlib.crc32(data[:-4]) != crc:
             raise ProgramError(f"{source}: checksum mismatch (corrupt or truncated file)")
+        end = len(data) - 4
         try:
             at = len(MAGIC) + 6
+            if at + hlen + 2 > end:
+                raise ValueError(f"header length {hlen} runs past the end of the file")
             header = json.loads(data[at : at + hlen])
+            if not isinstance(header, dict) or _HEADER_KEYS - set(header):
+                raise ValueError(f"header lacks {sorted(_HEADER_KEYS - set(header or {}))}")
             at += hlen
             (nsec,) = struct.unpack_from("<H", data, at)
             at += 2
             regions: list[Region] = []
             templates: list[Template] = []
-            for _ in range(nsec):
+            for i in range(nsec):
+                if at + 8 > end:
+                    raise ValueError(f"the file ends before section {i} of {nsec}")
                 tag = data[at : at + 4]
                 (ln,) = struct.unpack_from("<I", data, at + 4)
+                if at + 8 + ln > end:
+                    raise ValueError(f"section {i} ({tag!r}) runs past the end of the file")
                 payload = data[at + 8 : at + 8 + ln]
                 at += 8 + ln
                 if tag == b"REGN":
@@ -649,6 +658,8 @@ class Program:
                     (mlen,) = struct.unpack_from("<I", payload, 0)
                     meta = json.loads(payload[4 : 4 + mlen])
                     raw = payload[4 + mlen :]
+                    if len(raw) % 4 or meta["phase"] not in ("prefill", "decode"):
+                        raise ValueError(f"template {len(templates)} is malformed")
                     words = struct.unpack(f"<{len(raw) // 4}I", raw)
                     templates.append(
                         Template(
@@ -661,9 +672,18 @@ class Program:
                     )
                 else:
                     raise ProgramError(f"{source}: unknown section {tag!r}")
-        except (struct.error, ValueError, KeyError, TypeError) as e:
+            if at != end:
+                raise ValueError(f"{end - at} stray bytes after the last section")
+        except ProgramError as e:
+            msg = str(e)
+            raise ProgramError(msg if msg.startswith(source) else f"{source}: {e}") from None
+        except (struct.error, ValueError, KeyError, TypeError, AttributeError) as e:
             raise ProgramError(f"{source}: malformed program ({e})") from None
         return cls(MappingProxyType(header), tuple(regions), tuple(templates))
+
+
+#: Header keys every program file carries (what :func:`load_program` and the tools read).
+_HEADER_KEYS = frozenset({"isa_version", "preset", "preset_digest", "model", "plan", "max_len"})
 
 
 def load_program(path: str | Path, preset: Any | None = None) -> Program:
@@ -675,7 +695,10 @@ def load_program(path: str | Path, preset: Any | None = None) -> Program:
         raise ProgramError(f"{p}: cannot read ({e.strerror})") from None
     prog = Program.from_bytes(data, str(p))
     if preset is not None:
-        prog.check_preset(preset.digest, preset.name)
+        try:
+            prog.check_preset(preset.digest, preset.name)
+        except ProgramError as e:
+            raise ProgramError(f"{p}: {e}") from None
     return prog
 
 

@@ -79,7 +79,9 @@ def test_make_checks_ranges_and_sys_tokens():
 
 def _program(digest: str = "abc") -> Program:
     t = Template("decode", 1, 16, (make("SYNC.LD", release=0), make("END")), {"tt": 1})
-    return Program({"preset_digest": digest, "preset": "x"}, (Region("kv", 0, 64, "kv"),), (t,))
+    header = {"isa_version": isa.ISA_VERSION, "preset": "x", "preset_digest": digest}
+    header |= {"model": "m", "plan": "p", "max_len": 16}
+    return Program(header, (Region("kv", 0, 64, "kv"),), (t,))
 
 
 def test_program_file_round_trip_and_refusals(tmp_path):
