@@ -2,7 +2,8 @@
 
 Each command group lives in its own module (``hwflow.commands.*``) exposing
 ``register(subparsers)``; every command function returns an exit code. A
-:class:`~hwflow.errors.HwflowError` anywhere ends in one line on stderr and exit code 2.
+:class:`~hwflow.errors.HwflowError` anywhere, or a usage error, ends in one line on stderr and
+exit code 2.
 """
 
 from __future__ import annotations
@@ -11,14 +12,22 @@ import argparse
 import importlib
 import pkgutil
 import sys
+from typing import NoReturn
 
 from hwflow.errors import HwflowError
 
 __all__ = ["build_parser", "main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line too (subcommand parsers inherit the class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hwflow",
         description="Compile compressed LLMs for a sparse DSP-chain FPGA accelerator, generate and "
         "verify its RTL, and simulate it cycle by cycle.",
@@ -33,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already printed on one line
+        return e.code if isinstance(e.code, int) else 2
     try:
         return int(args.func(args) or 0)
     except HwflowError as e:

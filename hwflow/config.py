@@ -366,6 +366,13 @@ class ModelConfig(_Frozen):
         return self
 
     @property
+    def params(self) -> int:
+        """Weights of every layer's linear ops plus the embedding and the head (as if untied;
+        biases and norms left out): the size the float64 reference must hold."""
+        per_layer = sum(o * i for o, i in map(self.linear_shape, self.linear_ops))
+        return self.layers * per_layer + 2 * self.vocab * self.hidden
+
+    @property
     def linear_ops(self) -> tuple[str, ...]:
         return LINEAR_OPS if self.gated_mlp else tuple(o for o in LINEAR_OPS if o != "gate")
 

@@ -95,10 +95,10 @@ class FuncSim:
         """K and V of ``layer``'s first ``length`` positions as [kv_heads, length, head_dim]."""
         c = self.cfg
         base = self.layout.region("kv").base + layer * self.layout.kv_layer_bytes
-        max_len = self.layout.kv_head_bytes // c.head_dim
-        kv = self.hbm[base : base + self.layout.kv_layer_bytes].view(np.int8)
-        kv = kv.reshape(2, c.kv_heads, max_len, c.head_dim)
-        return kv[0, :, :length].copy(), kv[1, :, :length].copy()
+        hs = self.layout.kv_head_bytes  # head stride (padded)
+        kv = self.hbm[base : base + 2 * c.kv_heads * hs].view(np.int8).reshape(2, c.kv_heads, hs)
+        kv = kv[:, :, : length * c.head_dim].reshape(2, c.kv_heads, length, c.head_dim)
+        return kv[0].copy(), kv[1].copy()
 
     # ---------------------------------------------------------------- execution
     def run(self, phase: str, runtime: Runtime) -> StepStats:
@@ -364,11 +364,15 @@ def check_against_reference(
     from hwflow.compiler import DECODE_BUCKET, compile_model
     from hwflow.compiler.layout import build_hbm_image
     from hwflow.compress import quantize_model, random_weights
-    from hwflow.reference import generate_int, quality
+    from hwflow.reference import generate_int, quality, quality_sample
 
-    if decode_steps >= max_len:
-        raise ConfigError(f"--decode {decode_steps} must be < max_len {max_len}")
-    comp = compile_model(cfg, plan, hw, max_len)
+    comp = compile_model(cfg, plan, hw, max_len)  # checks max_len first
+    if max_len < 2:
+        raise ConfigError(f"check needs max_len >= 2 (a prompt and a decode step), got {max_len}")
+    if not 1 <= decode_steps < max_len:
+        raise ConfigError(
+            f"--decode {decode_steps} must lie in 1..{max_len - 1} (max_len {max_len})"
+        )
     weights = random_weights(cfg, seed)
     qm = quantize_model(cfg, plan, weights)
     image = build_hbm_image(comp.layout, qm)
@@ -421,5 +425,7 @@ def check_against_reference(
         "instructions": instrs,
         "funcsim_seconds": seconds,
         "instructions_per_second": instrs / seconds if seconds else 0.0,
-        "quality": quality(qm, weights, rng.integers(cfg.vocab, size=min(40, max_len)), 4),
+        "quality": quality(
+            qm, weights, *quality_sample(cfg, cfg.max_positions, rng, min(40, max_len))
+        ),
     }

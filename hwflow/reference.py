@@ -20,12 +20,26 @@ import numpy as np
 
 from hwflow import numerics as nx
 from hwflow.config import CompressionPlan, ModelConfig
+from hwflow.errors import ConfigError
 from hwflow.model import StepGraph, attention_mask, step_graph
 
 if TYPE_CHECKING:
     from hwflow.compress import QuantizedModel
 
-__all__ = ["KVCache", "generate_int", "quality", "run_float", "run_int"]
+__all__ = [
+    "QUALITY_MAX_PARAMS",
+    "KVCache",
+    "check_quality_size",
+    "generate_int",
+    "quality",
+    "quality_sample",
+    "run_float",
+    "run_int",
+]
+
+#: The float64 run holds every weight in 8 bytes (a 7B model: ~50 GB): :func:`quality` is
+#: offered for models up to this many parameters (:attr:`ModelConfig.params`).
+QUALITY_MAX_PARAMS = 200_000_000
 
 
 @dataclass
@@ -215,6 +229,30 @@ def generate_int(qm: QuantizedModel, ids: np.ndarray, decode_steps: int) -> list
         out.append(res)
         pos += 1
     return out
+
+
+def check_quality_size(cfg: ModelConfig, command: str) -> None:
+    """ConfigError unless ``cfg`` is small enough for the float64 reference."""
+    if cfg.params > QUALITY_MAX_PARAMS:
+        raise ConfigError(
+            f"model {cfg.name} has {cfg.params / 1e9:.1f}e9 parameters; {command} runs on models "
+            f"up to {QUALITY_MAX_PARAMS / 1e6:.0f}e6 (e.g. tiny-llama, tiny-opt)"
+        )
+
+
+def quality_sample(
+    cfg: ModelConfig,
+    limit: int,
+    rng: np.random.Generator,
+    tokens: int = 40,
+    decode_steps: int = 4,
+) -> tuple[np.ndarray, int]:
+    """Prompt ids (drawn from ``rng``) and decode steps for :func:`quality` that fit ``limit``
+    positions and the model's ``max_position_embeddings``: up to ``tokens`` prompt tokens, then
+    up to ``decode_steps`` decode steps (fewer when the positions run out)."""
+    room = min(limit, cfg.max_positions)
+    decode = max(0, min(decode_steps, room - 1))
+    return rng.integers(cfg.vocab, size=max(1, min(tokens, room - decode))), decode
 
 
 def quality(

@@ -154,7 +154,7 @@ def test_disasm_refuses_corrupt_and_foreign_programs(tmp_path, capsys):
 
 def test_check_refuses_large_model(capsys):
     assert main(["check", "--model", "llama2-7b", "--hw", "u280", "--plan", "w4a8"]) == 2
-    assert "check runs models up to" in capsys.readouterr().err
+    assert "check runs on models up to" in capsys.readouterr().err
 
 
 def test_bench_commands_run_on_tiny(capsys):

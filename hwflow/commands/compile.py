@@ -21,11 +21,9 @@ from hwflow.compiler import compile_model, storage_report
 from hwflow.config import HardwarePreset, ModelConfig, load_hw, load_model, load_plan
 from hwflow.errors import ConfigError
 from hwflow.isa import Runtime, disasm, expand, load_program
+from hwflow.reference import QUALITY_MAX_PARAMS, check_quality_size, quality, quality_sample
 
 __all__ = ["decode_hbm_bytes", "register", "summary"]
-
-#: the numeric reference holds float64 weights: quality figures only for models this small
-_QUALITY_MAX_PARAMS = 200_000_000
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,12 +69,6 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", required=True, help="shipped compression plan name or YAML path")
 
 
-def _params(cfg: ModelConfig) -> int:
-    return cfg.layers * sum(o * i for o, i in map(cfg.linear_shape, cfg.linear_ops)) + (
-        2 * cfg.vocab * cfg.hidden
-    )
-
-
 def decode_hbm_bytes(compiled: Any, hw: HardwarePreset) -> dict[str, int]:
     """HBM bytes one decode step moves at the longest context, by transfer kind (from the
     expanded program, so it is what the machine does, not an estimate)."""
@@ -111,15 +103,14 @@ def summary(cfg: ModelConfig, plan: Any, hw: HardwarePreset, compiled: Any) -> d
         "hbm_channel_bytes_min_max": [min(per_channel), max(per_channel)],
         "compile_seconds": compiled.seconds,
     }
-    if _params(cfg) <= _QUALITY_MAX_PARAMS:
-        import numpy as np
-
+    if cfg.params <= QUALITY_MAX_PARAMS:
         from hwflow.compress import quantize_model, random_weights
-        from hwflow.reference import quality
 
         w = random_weights(cfg, 0)
-        ids = np.random.default_rng(7).integers(cfg.vocab, size=min(40, cfg.max_positions - 4))
-        out["quality"] = quality(quantize_model(cfg, plan, w), w, ids, 4)
+        import numpy as np
+
+        ids, decode = quality_sample(cfg, cfg.max_positions, np.random.default_rng(7))
+        out["quality"] = quality(quantize_model(cfg, plan, w), w, ids, decode)
     else:
         out["quality"] = None
     return out
@@ -236,13 +227,7 @@ def run_check(args: argparse.Namespace) -> int:
     from hwflow.funcsim import check_against_reference
 
     cfg, hw, plan = load_model(args.model), load_hw(args.hw), load_plan(args.plan)
-    if _params(cfg) > _QUALITY_MAX_PARAMS:
-        raise ConfigError(
-            f"model {cfg.name} has {_params(cfg) / 1e9:.1f}e9 parameters; check runs models up to "
-            f"{_QUALITY_MAX_PARAMS / 1e6:.0f}e6 (e.g. tiny-llama, tiny-opt)"
-        )
-    if args.decode < 1:
-        raise ConfigError(f"--decode {args.decode} must be >= 1")
+    check_quality_size(cfg, "check")
     res = check_against_reference(cfg, plan, hw, args.max_len, args.decode, args.seed)
     if args.json:
         print_json(res)

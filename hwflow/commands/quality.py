@@ -12,10 +12,7 @@ from hwflow.commands._common import print_json
 from hwflow.compress import quantize_model, random_weights
 from hwflow.config import available, load_model, load_plan
 from hwflow.errors import ConfigError
-from hwflow.reference import quality
-
-# a 7B model's float64 weights are ~50 GB: quality runs on models that fit in memory
-_MAX_PARAMS = 200_000_000
+from hwflow.reference import check_quality_size, quality
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,13 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_model(args.model)
-    params = (
-        cfg.layers * sum(o * i for o, i in map(cfg.linear_shape, cfg.linear_ops))
-        + 2 * cfg.vocab * cfg.hidden
-    )
-    if params > _MAX_PARAMS:
+    check_quality_size(cfg, "quality")
+    if not 0 <= args.decode < cfg.max_positions:
         raise ConfigError(
-            f"model {cfg.name} has {params / 1e9:.1f}e9 parameters; quality runs on models up to {_MAX_PARAMS / 1e6:.0f}e6 (e.g. tiny-llama, tiny-opt)"
+            f"--decode {args.decode} must lie in 0..{cfg.max_positions - 1} for {cfg.name}"
         )
     if not 1 <= args.tokens <= cfg.max_positions - args.decode:
         raise ConfigError(
