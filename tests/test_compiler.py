@@ -237,3 +237,47 @@ def test_token_assignment_orders_every_conflict(seed):
             ):
                 a, b = node_at[i], node_at[j]
                 assert stamp[b][units[a]] >= a, (i, j, na, nb)
+
+
+@pytest.mark.parametrize(
+    "name", ["tinyllama-1.1b", "mistral-7b-v0.1", "opt-125m", "llama-head-dim"]
+)
+def test_published_hf_configs_compile(name, tmp_path):
+    """Published config.json files (see test_config) compile as they are, on both presets."""
+    from test_config import HF_ACCEPTED, write_hf
+
+    cfg = load_model(write_hf(tmp_path / name, HF_ACCEPTED[name][0]))
+    for preset in ("u280", "vhk158"):
+        comp = compile_model(cfg, load_plan("flightllm"), load_hw(preset), 16)
+        assert [(t.phase, t.lo, t.hi) for t in comp.program.templates] == [
+            ("prefill", 1, 16),
+            ("decode", 1, 16),
+        ]
+        check_deadlock(comp.program.templates[1].instrs)
+
+
+def test_model_too_large_for_the_preset_is_named(tmp_path):
+    from test_config import MISTRAL_7B, write_hf
+
+    cfg = load_model(write_hf(tmp_path / "mistral", MISTRAL_7B))
+    with pytest.raises(UnsupportedError, match="sliding_window 4096 < max_len 4097"):
+        compile_model(cfg, load_plan("w4a8"), load_hw("u280"), 4097)
+    with pytest.raises(CapacityError, match=r"mistral / w4a8 on preset tiny .* GiB of HBM"):
+        compile_model(cfg, load_plan("w4a8"), load_hw("tiny"), 16)
+
+
+def test_template_larger_than_instruction_memory_is_refused():
+    hw = load_hw("tiny")
+    small = hw.model_copy(update={"buffers": hw.buffers.model_copy(update={"instr_kib": 1})})
+    with pytest.raises(
+        CapacityError,
+        match=r"template for 1..16 needs [\d,]+ bytes .* buffers.instr_kib holds 1,024",
+    ):
+        compile_model(load_model("tiny-llama"), load_plan("w8a8"), small, 16)
+
+
+def test_attention_block_beyond_the_isa_field_is_refused():
+    plan = load_plan("flightllm")
+    big = plan.model_copy(update={"attention": plan.attention.model_copy(update={"block": 5000})})
+    with pytest.raises(UnsupportedError, match=r"attention.block = 5000 does not fit .* 0..4095"):
+        compile_model(load_model("tiny-llama"), big, load_hw("tiny"), 16)
