@@ -11,7 +11,7 @@ from hwflow.compress import quantize_model, random_weights
 from hwflow.config import available, load_hw, load_model, load_plan
 from hwflow.errors import ProgramError, SyncError, UnsupportedError
 from hwflow.funcsim import FuncSim, boundary_lengths, check_against_reference
-from hwflow.isa import Program, Template, Unit
+from hwflow.isa import Buf, Program, Runtime, Template, Unit, make
 
 TINY_PLANS = [p for p in available("plans") if p != "w4a8-2of4"]
 
@@ -102,6 +102,29 @@ def test_write_after_read_is_a_hazard(setup):
     fs = FuncSim(_replace(prog, idx, instrs), hw, cfg, comp.layout, image.copy())
     with pytest.raises(SyncError, match=r"hazard: (LD .* overwrites|MV .* reads) WEIGHT"):
         fs.step("decode", qm.embed(np.array([3]), 5), 5)
+
+
+def test_overwrite_before_the_reader_released_is_a_hazard(setup):
+    """The write-after-read check on its own: ST reads ACT bytes 0..15, then SFU overwrites
+    them with no token from ST (nothing was written there before, so no read sees a stale
+    writer: only the WAR check can report it)."""
+    cfg, hw, comp, _, image = setup
+    out = comp.layout.region("logits").base
+    st = make("ST", kind=5, hbm=out, hbm_stride=16, buf=Buf.ACT, off=0, stride=16, row_bytes=16,
+              rows=1)  # fmt: skip
+    mov = make("SFU", func=6, rows=1, cols=16, a_buf=Buf.ACT, a_off=64, a_stride=16,
+               o_buf=Buf.ACT, o_off=0, o_stride=16)  # fmt: skip
+    racing = (st, mov, make("END"))
+    prog = Program(comp.program.header, comp.program.regions, (Template("decode", 1, 16, racing),))
+    fs = FuncSim(prog, hw, cfg, comp.layout, image.copy())
+    with pytest.raises(
+        SyncError, match=r"hazard: SFU pc 1 \(SFU\) overwrites ACT byte 0 still to be read by ST"
+    ):
+        fs.run("decode", Runtime(1, 3))
+    # with the token ST -> SFU the same pair is ordered and runs clean
+    ordered = (st.with_masks(0, 1 << Unit.SFU), mov.with_masks(1 << Unit.ST, 0), make("END"))
+    prog = Program(prog.header, prog.regions, (Template("decode", 1, 16, ordered),))
+    FuncSim(prog, hw, cfg, comp.layout, image.copy()).run("decode", Runtime(1, 3))
 
 
 def test_runtime_deadlock_detected(setup):
