@@ -110,9 +110,10 @@ def _template(
     lo: int,
     hi: int,
 ) -> Template:
-    bp: BufferPlan = plan_buffers(cfg, hw, tt, hi)
+    rope_rows = hi - lo + 1 if phase == "decode" else tt  # decode: the bucket's RoPE rows
+    bp: BufferPlan = plan_buffers(cfg, hw, tt, hi, rope_rows)
     nchunks = -(-hi // tt) if phase == "prefill" else 1
-    instrs = assign_tokens(lower_step(cfg, plan, hw, layout, bp, phase, nchunks))
+    instrs = assign_tokens(lower_step(cfg, plan, hw, layout, bp, phase, nchunks, lo))
     check_deadlock(instrs)
     info = {**bp.info(), "chunks": nchunks}
     return Template(phase, lo, hi, instrs, MappingProxyType(info))

@@ -15,9 +15,16 @@ Registers (set by SYS in the template; R1 = LEN, R2 = POS from the runtime)::
     R9 LKVQ  LKV + QOFF (where this chunk's rows go)    R10 CB   chunk base row
     R11 IOFF CB * hidden (input rows)                   R12 ROFF QPOS * rope row bytes
     R13 LAST (ROWS - 1) * hidden (the last row, for the head)
+    R14 RROW decode: (POS - bucket start) * rope row bytes (this position's RoPE row on chip)
 
-Every instruction whose extent depends on the length clamps it by one of these registers, so
-one template serves every length of its bucket; layers of a run are one loop whose body
+Every prefill instruction whose extent depends on the length clamps it by one of these
+registers, so one template serves every length of its bucket. Decode is static per bucket, as
+in FlightLLM: attention runs over the bucket's longest context ``hi`` (the KV loads, the score
+columns, the softmax and the pv reduction), the keys after the current position masked
+causally (probability 0, so what the cache holds there never matters: bit-exact), and one LD
+brings the bucket's RoPE rows; the KV loads precede the stores of the new rows (they overlap in
+HBM). Only the new K/V row stores and on-chip offsets move with POS, so every step of a bucket
+costs the same whenever those rows stay on one HBM channel (:mod:`.layout`); layers of a run are one loop whose body
 advances R7/R8. Barriers (emitted as the placeholder op ``BARRIER``, made concrete by
 :mod:`hwflow.compiler.sync`) close every loop body and precede every loop.
 """
@@ -44,7 +51,12 @@ from hwflow.isa import Buf
 
 __all__ = ["BufferPlan", "Node", "lower_step", "plan_buffers"]
 
-R_ROWS, R_QPOS, R_KEYS, R_QOFF, R_LW, R_LKV, R_LKVQ, R_CB, R_IOFF, R_ROFF, R_LAST = range(3, 14)
+R_ROWS, R_QPOS, R_KEYS, R_QOFF, R_LW, R_LKV, R_LKVQ, R_CB, R_IOFF, R_ROFF, R_LAST, R_RROW = range(
+    3, 15
+)
+#: Pseudo buffer id of the current layer's KV cache in HBM (offsets from its base) in the
+#: footprints the token assignment sees: orders a decode step's KV loads before its KV stores.
+HBM_KV = 8
 
 SFU_FUNC = {"norm": 0, "softmax": 1, "rope": 2, "lut": 3, "add": 4, "mul": 5, "mov": 6}
 MM_FUNC = {"linear": 0, "qk": 1, "pv": 2, "head": 3}
@@ -69,6 +81,7 @@ class BufferPlan:
 
     tt: int
     keys_max: int
+    rope_rows: int  #: RoPE rows in the param buffer (prefill: tt; decode: the bucket's)
     act: Mapping[str, tuple[int, int]]  #: tensor -> (offset, row bytes)
     act_bytes: int
     kv_slots: tuple[int, ...]
@@ -119,9 +132,13 @@ def _tensors(cfg: ModelConfig) -> list[tuple[str, int, int, int]]:
     return t
 
 
-def plan_buffers(cfg: ModelConfig, hw: HardwarePreset, tt: int, keys_max: int) -> BufferPlan:
+def plan_buffers(
+    cfg: ModelConfig, hw: HardwarePreset, tt: int, keys_max: int, rope_rows: int | None = None
+) -> BufferPlan:
     """Allocate the on-chip buffers for ``tt`` rows and ``keys_max`` keys (first fit by
-    liveness in the activation buffer); CapacityError naming the buffer when one overflows."""
+    liveness in the activation buffer), with ``rope_rows`` RoPE rows (default ``tt``);
+    CapacityError naming the buffer when one overflows."""
+    rope_rows = tt if rope_rows is None else rope_rows
     act_cap = hw.buffers.bytes("act")
     d = cfg.hidden
     act: dict[str, tuple[int, int]] = {"X": (0, d)}
@@ -162,15 +179,16 @@ def plan_buffers(cfg: ModelConfig, hw: HardwarePreset, tt: int, keys_max: int) -
         )
     wslot = hw.buffers.bytes("weight") // WEIGHT_SLOTS
     p_rope = _al(PARAM_BLOB)
-    p_final = p_rope + _al(tt * 2 * cfg.head_dim)
+    p_final = p_rope + _al(rope_rows * 2 * cfg.head_dim)
     if p_final + 64 > hw.buffers.bytes("param"):
         raise CapacityError(
-            f"layer parameters and {tt} RoPE rows need {p_final + 64} bytes but "
+            f"layer parameters and {rope_rows} RoPE rows need {p_final + 64} bytes but "
             f"buffers.param_kib holds {hw.buffers.bytes('param')} bytes"
         )
     return BufferPlan(
         tt,
         keys_max,
+        rope_rows,
         MappingProxyType(act),
         top,
         tuple(i * kv_slot for i in range(n_kv)),
@@ -212,10 +230,13 @@ def lower_step(
     bp: BufferPlan,
     phase: str,
     nchunks: int,
+    lo: int = 1,
 ) -> list[Node]:
-    """The node list of a template: ``nchunks`` chunks of ``bp.tt`` rows, then the head."""
+    """The node list of a template: ``nchunks`` chunks of ``bp.tt`` rows, then the head
+    (decode: ``lo``..``bp.keys_max`` is the bucket's context range)."""
     e = _Emitter()
     eng = "MM" if phase == "prefill" else "MV"
+    dec = phase == "decode"
     tt, d, hd = bp.tt, cfg.hidden, cfg.head_dim
     nh, nkv = cfg.heads, cfg.kv_heads
     rep = nh // nkv
@@ -375,7 +396,8 @@ def lower_step(
         if rope:
             for src, dst, n in (("q", "qr", nh), ("k", "kr", nkv)):
                 sfu("rope", src, dst, n * hd, reads=(rope_span,),
-                    b=(Buf.PARAM, bp.p_rope, 2 * hd, 0), aux=hd, qpos_reg=R_QPOS)  # fmt: skip
+                    b=(Buf.PARAM, bp.p_rope, 2 * hd, R_RROW if dec else 0), aux=hd,
+                    qpos_reg=R_QPOS)  # fmt: skip
             qn, kn = "qr", "kr"
         kvoff = {"K": 0, "V": nkv * layout.kv_head_bytes}
         att = plan.attention
@@ -400,15 +422,20 @@ def lower_step(
             for j, (which, src) in enumerate((("K", kn), ("V", "v"))):
                 so, srb = act(src)
                 hb = kvoff[which] + g * layout.kv_head_bytes
-                e.unit("ST", (aspan(src),), (), kind=KIND["kv"], hbm=hb, hbm_reg=R_LKVQ,
-                       hbm_stride=hd, buf=A, off=so + g * hd, stride=srb, row_bytes=hd, rows=tt,
-                       rows_reg=R_ROWS)  # fmt: skip
                 ks = bp.kv_slots[(2 * g + j) % n_kv]
                 kspan = (Buf.KV, ks, ks + bp.kv_slot_bytes)
                 slots[which] = ks
-                e.unit("LD", (), (kspan,), kind=KIND["kv"], hbm=hb, hbm_reg=R_LKV, hbm_stride=hd,
-                       buf=Buf.KV, off=ks, stride=hd, row_bytes=hd, rows=bp.keys_max,
-                       rows_reg=R_QPOS)  # fmt: skip
+                st = dict(kind=KIND["kv"], hbm=hb, hbm_reg=R_LKVQ, hbm_stride=hd, buf=A,
+                          off=so + g * hd, stride=srb, row_bytes=hd, rows=tt, rows_reg=R_ROWS)  # fmt: skip
+                if not dec:  # past rows only: disjoint from the rows stored
+                    e.unit("ST", (aspan(src),), (), **st)
+                e.unit("LD", ((HBM_KV, hb, hb + bp.keys_max * hd),) if dec else (), (kspan,),
+                       kind=KIND["kv"], hbm=hb, hbm_reg=R_LKV, hbm_stride=hd, buf=Buf.KV, off=ks,
+                       stride=hd, row_bytes=hd, rows=bp.keys_max,
+                       rows_reg=0 if dec else R_QPOS)  # fmt: skip
+                if dec:  # the bucket's rows are loaded too: store the new one after the load
+                    e.unit("ST", (aspan(src),), ((HBM_KV, hb + (lo - 1) * hd, hb + bp.keys_max * hd),),
+                           **st)  # fmt: skip
                 sfu("mov", (A, so + g * hd, srb, 0), (Buf.KV, ks, hd, R_QOFF), hd,
                     reads=(aspan(src),), writes=(kspan,))  # fmt: skip
             kv_of[g] = slots
@@ -422,12 +449,14 @@ def lower_step(
             ss = sc_of[h] = bp.score_slots[h % n_sc]
             sspan = (Buf.SCORE, ss, ss + bp.score_slot_bytes)
             e.unit(eng, (aspan(qn), kvspan(g, "K"), params_span), (sspan,), func=MM_FUNC["qk"],
-                   rows=tt, rows_reg=R_ROWS, cols=bp.keys_max, cols_reg=R_KEYS, k=hd, n=1, m=1,
+                   rows=tt, rows_reg=R_ROWS, cols=bp.keys_max, cols_reg=0 if dec else R_KEYS,
+                   k=hd, n=1, m=1,
                    wbits=8, a_buf=A, a_off=qo + h * hd, a_stride=qrb, b_buf=Buf.KV,
                    b_off=kv_of[g]["K"], b_stride=hd, o_buf=Buf.SCORE, o_off=ss,
                    o_stride=bp.keys_max, p_off=pw("scores.mult"))  # fmt: skip
             sfu("softmax", (Buf.SCORE, ss, bp.keys_max, 0), (Buf.SCORE, ss, bp.keys_max, 0),
-                bp.keys_max, reads=(sspan, params_span), writes=(sspan,), cols_reg=R_KEYS,
+                bp.keys_max, reads=(sspan, params_span), writes=(sspan,),
+                cols_reg=0 if dec else R_KEYS,
                 p_off=EXP_OFF, mask=2 if block else 1, qpos_reg=R_QPOS,
                 blk=att.block if block else 0, local=att.local_blocks if block else 0,
                 glob=att.global_blocks if block else 0)  # fmt: skip
@@ -437,7 +466,8 @@ def lower_step(
             ss = sc_of[h]
             sspan = (Buf.SCORE, ss, ss + bp.score_slot_bytes)
             e.unit(eng, (sspan, kvspan(g, "V"), params_span), (aspan("a"),), func=MM_FUNC["pv"],
-                   rows=tt, rows_reg=R_ROWS, cols=hd, k=bp.keys_max, k_reg=R_KEYS, n=1, m=1,
+                   rows=tt, rows_reg=R_ROWS, cols=hd, k=bp.keys_max, k_reg=0 if dec else R_KEYS,
+                   n=1, m=1,
                    wbits=8, a_buf=Buf.SCORE, a_off=ss, a_stride=bp.keys_max, b_buf=Buf.KV,
                    b_off=kv_of[g]["V"], b_stride=hd, o_buf=A, o_off=ao + h * hd, o_stride=arb,
                    p_off=pw("pv.mult"))  # fmt: skip
@@ -494,21 +524,25 @@ def lower_step(
         rows_reg=R_ROWS,
     )
     if rope:
-        e.sys("MULI", rd=R_ROFF, ra=R_QPOS, imm=layout.rope_row)
+        rope_base = layout.region("rope").base
+        if dec:  # the bucket's rows, static; the step's row is RROW bytes into them
+            e.sys("ADDI", rd=R_RROW, ra=R_QPOS, imm=1 - lo)
+            e.sys("MULI", rd=R_RROW, ra=R_RROW, imm=layout.rope_row)
+            rope_at = dict(hbm=rope_base + (lo - 1) * layout.rope_row, rows=bp.rope_rows)
+        else:
+            e.sys("MULI", rd=R_ROFF, ra=R_QPOS, imm=layout.rope_row)
+            rope_at = dict(hbm=rope_base, hbm_reg=R_ROFF, rows=tt, rows_reg=R_ROWS)
         e.unit(
             "LD",
             (),
             (rope_span,),
             kind=KIND["rope"],
-            hbm=layout.region("rope").base,
-            hbm_reg=R_ROFF,
             hbm_stride=layout.rope_row,
             buf=Buf.PARAM,
             off=bp.p_rope,
             stride=layout.rope_row,
             row_bytes=layout.rope_row,
-            rows=tt,
-            rows_reg=R_ROWS,
+            **rope_at,
         )
     for first, count, stride in layout.runs:
         e.sys("SETI", rd=R_LW, imm=layout.region(f"L{first}").base)
