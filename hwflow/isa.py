@@ -69,7 +69,10 @@ dispatch order; filter by ``unit`` for the per-unit queues. Every field a cost n
 ``wbits``; SFU ``func`` (:data:`SFU_FUNCS`), ``rows`` x ``cols``. Extents may be 0 (a tile past
 the runtime length): the instruction still syncs. ``Concrete.loops`` identifies loop
 iterations; the compiler puts a barrier before every LOOP and ENDLOOP, so iterations of a
-layer loop are identical, barrier-delimited token segments.
+layer loop are identical, barrier-delimited token segments. ``expand(..., iteration_key=...)``
+yields an iteration once per distinct key and a :class:`Reuse` marker for the others, so a
+cycle model replays it instead of expanding it again (same loop and register semantics: the
+registers still run through every iteration).
 
 Program file (``.hwp``). Little-endian::
 
@@ -87,7 +90,8 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import cached_property
@@ -112,12 +116,14 @@ __all__ = [
     "OpSpec",
     "Program",
     "Region",
+    "Reuse",
     "Runtime",
     "Template",
     "Unit",
     "decode",
     "decode_stream",
     "disasm",
+    "dispatch",
     "encode",
     "encode_stream",
     "expand",
@@ -544,6 +550,43 @@ class Template:
             out.append((static, dyn))
         return tuple(out)
 
+    @cached_property
+    def skips(self) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
+        """For :func:`expand` skipping unit instructions: per pc the next SYS pc at or after it,
+        and per pc the unit instructions of each token unit before it (prefix counts)."""
+        n = len(self.instrs)
+        nxt = [n] * (n + 1)
+        for pc in range(n - 1, -1, -1):
+            nxt[pc] = pc if self.instrs[pc].unit == Unit.SYS else nxt[pc + 1]
+        pre = [(0,) * len(TOKEN_UNITS)]
+        for ins in self.instrs:
+            c = list(pre[-1])
+            if ins.unit != Unit.SYS:
+                c[ins.unit] += 1
+            pre.append(tuple(c))
+        return tuple(nxt), tuple(pre)
+
+    @cached_property
+    def spans(self) -> Mapping[int, int]:
+        """:func:`loop_spans` of the instructions (``{LOOP pc: ENDLOOP pc}``)."""
+        return MappingProxyType(loop_spans(self.instrs))
+
+    @cached_property
+    def _jumps(self) -> dict[frozenset[int], tuple[int, ...]]:
+        return {}
+
+    def next_in(self, only: frozenset[int]) -> tuple[int, ...]:
+        """Per pc the next pc at or after it that is a SYS instruction or in ``only``."""
+        got = self._jumps.get(only)
+        if got is None:
+            n = len(self.instrs)
+            nxt = [n] * (n + 1)
+            for pc in range(n - 1, -1, -1):
+                keep = self.instrs[pc].unit == Unit.SYS or pc in only
+                nxt[pc] = pc if keep else nxt[pc + 1]
+            got = self._jumps[only] = tuple(nxt)
+        return got
+
     def serves(self, runtime: Runtime) -> bool:
         if self.phase == "prefill":
             return runtime.pos == 0 and self.lo <= runtime.length <= self.hi
@@ -744,9 +787,35 @@ def loop_spans(instrs: Sequence[Instr]) -> dict[int, int]:
 SYS_ALU = _ALU = frozenset({"SETI", "ADDI", "ADD", "SUB", "MULI", "MINI"})
 
 
-def expand(template: Template, runtime: Runtime) -> Iterator[Concrete]:
+@dataclass(frozen=True, slots=True)
+class Reuse:
+    """A marker of :func:`expand` with an ``iteration_key``: ``begin`` and ``end`` bracket the
+    first loop iteration with a given key (``ident`` numbers the distinct (loop, key) pairs),
+    ``repeat`` stands for a later iteration with the same key, whose unit instructions are not
+    yielded (registers and ``seq`` still advance exactly as if they were)."""
+
+    what: str  #: "begin", "end" or "repeat"
+    pc: int  #: the LOOP's pc
+    iteration: int
+    ident: int
+
+
+def expand(
+    template: Template,
+    runtime: Runtime,
+    *,
+    iteration_key: Callable[[int, Sequence[int]], Hashable] | None = None,
+    only: frozenset[int] | None = None,
+) -> Iterator[Concrete | Reuse]:
     """Yield the template's unit instructions in program (dispatch) order, loops unrolled and
     register-modified fields resolved for ``runtime``. Filter by ``unit`` for per-unit streams.
+
+    For a consumer that reuses work (the cycle model): with ``iteration_key(loop pc,
+    registers)``, evaluated as every loop iteration starts, the first iteration with a key is
+    bracketed by :class:`Reuse` markers and every later one with the same key is one
+    ``repeat`` marker (the key must capture whatever the consumer needs of the iteration);
+    with ``only``, unit instructions at other pcs are skipped (not yielded). Without them
+    (the functional simulator) every unit instruction is yielded as a :class:`Concrete`.
 
     Raises ProgramError for a runtime the template does not serve, unbalanced loops, a program
     that does not END, or a register write to R0..R2 (read-only).
@@ -762,16 +831,21 @@ def expand(template: Template, runtime: Runtime) -> Iterator[Concrete]:
         )
     instrs = template.instrs
     resolvers = template.resolvers
-    spans = loop_spans(instrs)
+    spans = template.spans
     regs = [0] * NREGS
     regs[REG_LEN] = runtime.length
     regs[REG_POS] = runtime.pos
     seq = dict.fromkeys(TOKEN_UNITS, 0)
-    stack: list[list[int]] = []  # [loop pc, iteration, count]
+    stack: list[list[int]] = []  # [loop pc, iteration, count, ident of a recorded one or -1]
+    idents: dict[tuple[int, Hashable], int] = {}
+    nxt, pre = template.skips
+    jump = template.next_in(only) if only is not None else nxt
+    mute = 0  # > 0: inside a repeated iteration at this loop depth (yield nothing)
     pc = 0
     while pc < len(instrs):
         ins = instrs[pc]
         op = ins.op
+        start = False
         if op == "END":
             if stack:
                 raise ProgramError(f"pc {pc}: END inside a loop")
@@ -780,14 +854,24 @@ def expand(template: Template, runtime: Runtime) -> Iterator[Concrete]:
             if ins["count"] == 0:
                 pc = spans[pc] + 1
                 continue
-            stack.append([pc, 0, ins["count"]])
+            stack.append([pc, 0, ins["count"], -1])
+            start = True
         elif op == "ENDLOOP":
             top = stack[-1]
+            if mute == len(stack):
+                mute = 0
+            elif top[3] >= 0:
+                yield Reuse("end", top[0], top[1], top[3])
             top[1] += 1
             if top[1] < top[2]:
                 pc = top[0] + 1
-                continue
-            stack.pop()
+                top[3] = -1
+                if iteration_key is not None and not mute:
+                    start = True
+                else:
+                    continue
+            else:
+                stack.pop()
         elif op in _ALU:
             rd = ins["rd"]
             if rd <= REG_POS:
@@ -806,27 +890,55 @@ def expand(template: Template, runtime: Runtime) -> Iterator[Concrete]:
                 regs[rd] = regs[ins["ra"]] * ins["imm"]
         else:
             u = ins.unit
-            static, dyn = resolvers[pc]  # type: ignore[misc]
-            fields = dict(static)
-            for name, v, add, r in dyn:
-                if add:
-                    fields[name] = v + regs[r]
-                elif r:
-                    x = regs[r]
-                    fields[name] = v if x > v else (x if x > 0 else 0)
-                else:
-                    fields[name] = v
-            yield Concrete(
-                pc,
-                op,
-                u,
-                ins.wait,
-                ins.release,
-                MappingProxyType(fields),
-                seq[u],
-                tuple((s[0], s[1]) for s in stack),
-            )
+            if only is not None and not mute and pc not in only:
+                to = jump[pc]
+                a, b = pre[pc], pre[to]
+                for v in TOKEN_UNITS:
+                    seq[v] += b[v] - a[v]
+                pc = to
+                continue
+            if not mute:
+                static, dyn = resolvers[pc]  # type: ignore[misc]
+                fields = dict(static)
+                for name, v, add, r in dyn:
+                    if add:
+                        fields[name] = v + regs[r]
+                    elif r:
+                        x = regs[r]
+                        fields[name] = v if x > v else (x if x > 0 else 0)
+                    else:
+                        fields[name] = v
+                yield Concrete(
+                    pc,
+                    op,
+                    u,
+                    ins.wait,
+                    ins.release,
+                    MappingProxyType(fields),
+                    seq[u],
+                    tuple((s[0], s[1]) for s in stack),
+                )
             seq[u] += 1
+            if mute:  # skip the rest of the unit instructions up to the next SYS one
+                to = nxt[pc + 1]
+                a, b = pre[pc + 1], pre[to]
+                for v in TOKEN_UNITS:
+                    seq[v] += b[v] - a[v]
+                pc = to
+                continue
+        if start and iteration_key is not None and not mute:
+            top = stack[-1]
+            k = (top[0], iteration_key(top[0], regs))
+            ident = idents.get(k)
+            if ident is None:
+                ident = idents[k] = len(idents)
+                top[3] = ident
+                yield Reuse("begin", top[0], top[1], ident)
+            else:
+                mute = len(stack)
+                yield Reuse("repeat", top[0], top[1], ident)
+            pc = top[0] + 1
+            continue
         pc += 1
     raise ProgramError("program ends without END")
 
@@ -834,3 +946,45 @@ def expand(template: Template, runtime: Runtime) -> Iterator[Concrete]:
 def hbm_channel(addr: int, channels: int, interleave_bytes: int) -> int:
     """The HBM pseudo-channel holding byte ``addr`` (addresses interleave every granule)."""
     return (addr // interleave_bytes) % channels
+
+
+# --------------------------------------------------------------------------------------------
+# Dispatch (the one definition of the token discipline)
+
+
+def dispatch(
+    streams: Mapping[Unit, Sequence[Any]],
+    queues: dict[tuple[int, int], deque[Any]],
+    fire: Callable[[Unit, Any, list[Any]], Any] | None = None,
+) -> dict[Unit, int]:
+    """Run each unit's in-order ``streams`` (items with ``wait`` / ``release`` masks) under the
+    token discipline of the module doc, from and into the token ``queues`` ((src, dst) -> FIFO).
+
+    An item starts when every queue its ``wait`` names holds a token; it pops them, runs as
+    ``fire(unit, item, popped tokens)`` and pushes what ``fire`` returns (None without ``fire``)
+    to every queue its ``release`` names. Units take turns in ``streams`` order, each running
+    until it blocks, until no unit can start anything. Each queue has one consumer, so any
+    order reaches the same end. Returns how far each stream got: a stream not at its end is
+    blocked (a deadlock, for the caller to report).
+    """
+    pos = dict.fromkeys(streams, 0)
+    progress = True
+    while progress:
+        progress = False
+        for u, s in streams.items():
+            i = pos[u]
+            while i < len(s):
+                item = s[i]
+                w = item.wait
+                if w and any(w >> v & 1 and not queues.get((v, u)) for v in TOKEN_UNITS):
+                    break
+                popped = [queues[(v, u)].popleft() for v in TOKEN_UNITS if w >> v & 1]
+                token = fire(u, item, popped) if fire is not None else None
+                r = item.release
+                for v in TOKEN_UNITS:
+                    if r >> v & 1:
+                        queues.setdefault((u, v), deque()).append(token)
+                i += 1
+                progress = True
+            pos[u] = i
+    return pos

@@ -15,6 +15,16 @@ cost, shared with the RTL). This module only reads the instruction fields and ca
   (the preset's ``softmax_passes`` / ``norm_passes``) -> :func:`~hwflow.costs.sfu_cost`.
 * SYNC: :func:`~hwflow.costs.sync_cost`.
 
+Reuse (:func:`lower_reused`, :func:`step_signature`). A loop iteration is priced once per
+distinct *iteration key* (:func:`hwflow.isa.expand` replays the others): the exact values of
+the live-in registers the body uses anywhere but in an LD/ST HBM address, and those it uses
+only in addresses (through ADD/SUB/ADDI/MULI) modulo the channel map's period, the only way an
+address enters a cost. A step's *signature* prices only the instructions with a priced field
+(not an on-chip offset or the mask position) that depends on POS (register taint from R2), and
+LEN: two steps of one template with equal signatures have equal
+priced programs, so one simulation stands for both, exactly. Equal priced results are interned
+(one object), so equal segments are recognised by identity (:class:`~hwflow.perf.SegmentMemo`).
+
 Actions per op (for :mod:`hwflow.energy`): MACs by weight bits; buffer bits read per beat
 (one M-block of INT8 activations per token lane and every chain's weight slots with their
 indices) and written (outputs); HBM bytes; special-function element operations; instruction
@@ -23,7 +33,8 @@ words.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from math import ceil, log2
@@ -32,10 +43,23 @@ from hwflow.config import HardwarePreset
 from hwflow.costs import HbmPiece, effective_nm, hbm_pieces, matmul_cost, sfu_cost, sync_cost
 from hwflow.energy import Actions
 from hwflow.errors import CapacityError, ProgramError
-from hwflow.isa import MATMUL_FUNCS, OPCODES, SFU_FUNCS, Buf, Concrete
+from hwflow.isa import (
+    MATMUL_FUNCS,
+    OPCODES,
+    REG_POS,
+    SFU_FUNCS,
+    SYS_ALU,
+    Buf,
+    Concrete,
+    Reuse,
+    Runtime,
+    Template,
+    Unit,
+    expand,
+)
 from hwflow.perf.machine import MOp
 
-__all__ = ["OpActions", "lower"]
+__all__ = ["OpActions", "lower", "lower_reused", "step_signature"]
 
 _WORDS = {s.name: s.words for s in OPCODES}
 _BUF_NAMES = {
@@ -84,6 +108,7 @@ class _Pricer:
         self.hw = hw
         self.period = hw.hbm.interleave_bytes * hw.hbm.channels
         self.cache: dict[tuple, tuple[MOp, OpActions]] = {}
+        self.interned: dict[tuple[MOp, OpActions], tuple[MOp, OpActions]] = {}
         self.pieces = lru_cache(maxsize=65536)(self._pieces)
 
     def _pieces(self, base: int, rows: int, row_bytes: int, stride: int) -> tuple[HbmPiece, ...]:
@@ -118,7 +143,8 @@ class _Pricer:
     def price(self, c: Concrete) -> tuple[MOp, OpActions]:
         op = c.op
         if op == "LD" or op == "ST":
-            # the cost depends on the address only modulo the channel map's period
+            # the cost depends on the address only modulo the channel map's period, and for a
+            # contiguous transfer inside one granule only on that granule's channel
             f = c.fields
             hbm, rows, stride, row_bytes = f["hbm"], f["rows"], f["hbm_stride"], f["row_bytes"]
             last = hbm + (rows - 1) * stride + row_bytes if rows else hbm
@@ -127,11 +153,15 @@ class _Pricer:
                     f"{op} (pc {c.pc}) reaches HBM byte {last}, beyond the"
                     f" {self.hw.hbm.capacity_bytes} bytes of preset {self.hw.name}"
                 )
+            where: int | tuple[int] = hbm % self.period
+            g = self.hw.hbm.interleave_bytes
+            if (rows <= 1 or stride == row_bytes) and where % g + rows * row_bytes <= g:
+                where = (where // g,)  # inside one granule: only its channel matters
             key: tuple = (
                 op,
                 c.wait,
                 c.release,
-                hbm % self.period,
+                where,
                 stride,
                 row_bytes,
                 rows,
@@ -143,8 +173,9 @@ class _Pricer:
         else:
             key = (op, c.wait, c.release, *c.fields.values())
         hit = self.cache.get(key)
-        if hit is None:
-            hit = self.cache[key] = self._price(c)
+        if hit is None:  # equal prices are one object (segments compare ops by identity)
+            hit = self._price(c)
+            hit = self.cache[key] = self.interned.setdefault(hit, hit)
         return hit
 
     def _price(self, c: Concrete) -> tuple[MOp, OpActions]:
@@ -232,25 +263,17 @@ class _Pricer:
 _PRICERS: dict[str, _Pricer] = {}
 
 
-def lower(hw: HardwarePreset, instrs: Iterable[Concrete]) -> tuple[list[MOp], Actions]:
-    """Price ``instrs`` (dispatch order) for ``hw``; return the machine ops and their actions."""
+def _pricer(hw: HardwarePreset) -> _Pricer:
     pricer = _PRICERS.get(hw.digest)
     if pricer is None:
         pricer = _PRICERS[hw.digest] = _Pricer(hw)
-    ops: list[MOp] = []
-    acts: list[OpActions] = []
-    price = pricer.price
-    for c in instrs:
-        mop, act = price(c)
-        ops.append(mop)
-        acts.append(act)
+    return pricer
+
+
+def _count(acts: Sequence[OpActions]) -> Actions:
     # the priced objects are shared by identical instructions: count them by identity
-    counts: dict[int, int] = {}
-    by_id: dict[int, OpActions] = {}
-    for a in acts:
-        k = id(a)
-        counts[k] = counts.get(k, 0) + 1
-        by_id[k] = a
+    counts = Counter(map(id, acts))
+    by_id = {id(a): a for a in acts}
     total = Actions()
     for k, times in counts.items():
         a = by_id[k]
@@ -262,4 +285,178 @@ def lower(hw: HardwarePreset, instrs: Iterable[Concrete]) -> tuple[list[MOp], Ac
         total.hbm_write_bytes += a.hbm_write * times
         total.sfu_ops += a.sfu_ops * times
         total.instr_words += a.words * times
-    return ops, total
+    return total
+
+
+def lower(hw: HardwarePreset, instrs: Iterable[Concrete]) -> tuple[list[MOp], Actions]:
+    """Price ``instrs`` (dispatch order) for ``hw``; return the machine ops and their actions."""
+    price = _pricer(hw).price
+    ops: list[MOp] = []
+    acts: list[OpActions] = []
+    for c in instrs:
+        mop, act = price(c)
+        ops.append(mop)
+        acts.append(act)
+    return ops, _count(acts)
+
+
+# ------------------------------------------------------------------------------------------
+# Reuse: iteration keys and step signatures (see the module doc)
+
+
+@dataclass(frozen=True)
+class _Analysis:
+    #: loop pc -> (exact, mod) registers of its iteration key (None: the loop runs once)
+    keys: dict[int, tuple[tuple[int, ...], tuple[int, ...]] | None]
+    tainted: frozenset[int]  #: unit pcs with a priced field that depends on POS
+    period: int
+
+    def key(self, loop: int, regs: Sequence[int]) -> Hashable:
+        got = self.keys[loop]
+        if got is None:
+            return object()  # a key equal to no other
+        exact, mod = got
+        p = self.period
+        return (tuple([regs[r] for r in exact]), tuple([regs[r] % p for r in mod]))
+
+
+_ANALYSES: dict[tuple[int, int], tuple[Template, _Analysis]] = {}
+
+
+#: Fields no price depends on: on-chip offsets (read only by the bounds checks of
+#: :meth:`_Pricer._price`) and the softmax mask position.
+_COST_FREE = frozenset({"off", "a_off", "b_off", "o_off", "qpos"})
+
+
+def _uses(template: Template, pc: int, cost_only: bool = False) -> list[tuple[int, bool]]:
+    """(register, used only as an LD/ST HBM address) of a unit instruction's register-modified
+    fields (with ``cost_only``, of those a price depends on)."""
+    xfer = template.instrs[pc].op in ("LD", "ST")
+    return [
+        (r, xfer and name == "hbm")
+        for name, _, _, r in template.resolvers[pc][1]  # type: ignore[index]
+        if r and not (cost_only and name in _COST_FREE)
+    ]
+
+
+def _srcs(ins) -> list[int]:
+    """Source registers of a SYS ALU instruction."""
+    if ins.op == "SETI":
+        return []
+    return [ins["ra"], ins["rb"]] if ins.op in ("ADD", "SUB") else [ins["ra"]]
+
+
+def _analyse(template: Template, period: int) -> _Analysis:
+    hit = _ANALYSES.get((id(template), period))
+    if hit is not None and hit[0] is template:
+        return hit[1]
+    instrs = template.instrs
+    spans = template.spans
+    ring = {"ADD", "SUB", "ADDI", "MULI"}
+    uses = {pc: _uses(template, pc) for pc, ins in enumerate(instrs) if ins.unit != Unit.SYS}
+    keys: dict[int, tuple[tuple[int, ...], tuple[int, ...]] | None] = {}
+    for lp, end in spans.items():
+        around = [q for q, e in spans.items() if q <= lp < e]  # itself and its enclosing loops
+        if all(instrs[q]["count"] <= 1 for q in around):
+            keys[lp] = None  # its body runs once per step: nothing to reuse
+            continue
+        body = instrs[lp + 1 : end]
+        exact: set[int] = set()
+        mod: set[int] = set()
+        for pc in range(lp + 1, end):
+            for r, addr in uses.get(pc, ()):
+                (mod if addr else exact).add(r)
+        alu = [ins for ins in body if ins.op in SYS_ALU]
+        changed = True
+        while changed:  # flow-insensitive closure over the body's register arithmetic
+            changed = False
+            for ins in alu:
+                rd = ins["rd"]
+                srcs = _srcs(ins)
+                if rd in exact or (rd in mod and ins.op not in ring):
+                    new = set(srcs) - exact
+                    exact |= new
+                elif rd in mod:
+                    new = set(srcs) - mod - exact
+                    mod |= new
+                else:
+                    new = set()
+                changed |= bool(new)
+        # live-in: read before the body's own top-level writes (pc order)
+        live: set[int] = set()
+        written: set[int] = set()
+        depth = 0
+        for pc, ins in enumerate(body, start=lp + 1):
+            if ins.op == "LOOP":
+                depth += 1
+            elif ins.op == "ENDLOOP":
+                depth -= 1
+            elif ins.op in SYS_ALU:
+                live |= set(_srcs(ins)) - written
+                if depth == 0:
+                    written.add(ins["rd"])
+            elif ins.unit != Unit.SYS:
+                live |= {r for r, _ in uses[pc]} - written
+        live.discard(0)
+        keys[lp] = (tuple(sorted(exact & live)), tuple(sorted((mod - exact) & live)))
+    taint = {REG_POS}  # signatures compare steps of one LEN
+    changed = True
+    while changed:
+        changed = False
+        for ins in instrs:
+            if ins.op in SYS_ALU and ins["rd"] not in taint and taint & set(_srcs(ins)):
+                taint.add(ins["rd"])
+                changed = True
+    tainted = frozenset(
+        pc
+        for pc, ins in enumerate(instrs)
+        if ins.unit != Unit.SYS and any(r in taint for r, _ in _uses(template, pc, True))
+    )
+    a = _Analysis(keys, tainted, period)
+    _ANALYSES[(id(template), period)] = (template, a)
+    return a
+
+
+def lower_reused(
+    hw: HardwarePreset, template: Template, runtime: Runtime
+) -> tuple[list[MOp], Actions]:
+    """:func:`lower` of the whole step, each distinct loop iteration expanded and priced once
+    and copied for the iterations with its key (the same result, see the module doc)."""
+    pricer = _pricer(hw)
+    price = pricer.price
+    an = _analyse(template, pricer.period)
+    ops: list[MOp] = []
+    acts: list[OpActions] = []
+    done: dict[int, tuple[list[MOp], list[OpActions]]] = {}
+    open_: list[tuple[int, int]] = []
+    for c in expand(template, runtime, iteration_key=an.key):
+        if type(c) is Reuse:
+            if c.what == "begin":
+                open_.append((c.ident, len(ops)))
+            elif c.what == "end":
+                ident, at = open_.pop()
+                done[ident] = (ops[at:], acts[at:])
+            else:
+                o, a = done[c.ident]
+                ops.extend(o)
+                acts.extend(a)
+            continue
+        mop, act = price(c)  # type: ignore[arg-type]
+        ops.append(mop)
+        acts.append(act)
+    return ops, _count(acts)
+
+
+def step_signature(hw: HardwarePreset, template: Template, runtime: Runtime) -> tuple:
+    """LEN and the priced instructions of a step that depend on POS, with the iteration-reuse
+    structure: equal signatures (same template) mean equal priced programs (module doc)."""
+    pricer = _pricer(hw)
+    price = pricer.price
+    an = _analyse(template, pricer.period)
+    out: list[Hashable] = [runtime.length]
+    for c in expand(template, runtime, iteration_key=an.key, only=an.tainted):
+        if type(c) is Reuse:
+            out.append((c.what, c.ident))
+        else:
+            out.append(id(price(c)))  # type: ignore[arg-type]
+    return tuple(out)

@@ -126,33 +126,35 @@ class MachineState:
         n = len(UNITS)
         return cls((0,) * n, (0,) * n, ((),) * (n * n), (0,) * channels, 0, ((),) * n, 0, (0,) * n)
 
-    @property
-    def origin(self) -> int:
-        """A cycle no later than anything that can still happen (all later events are >= it)."""
-        return min(self.fetch, *self.free)
+    def origin(self, used: Sequence[int] = ()) -> int:
+        """A cycle no later than anything that can still happen to the ``used`` units (all
+        later events are >= it): the dispatcher's clock or a used unit's next issue cycle.
+        Units without ops (SYS, the idle engine) would pin it to their last op forever."""
+        return min(self.fetch, *(self.free[u] for u in used))
 
-    def relative(self) -> MachineState:
-        """This state seen from :attr:`origin` (which becomes cycle 0), earlier times clipped."""
-        o = self.origin
+    def relative(self, used: Sequence[int] = ()) -> MachineState:
+        """This state seen from :meth:`origin` (which becomes cycle 0), earlier times clipped
+        (equivalent: every later event of a used unit is at or after the origin); the unused
+        units' records are cleared (a program without ops on them never reads them)."""
+        o = self.origin(used)
+        keep = set(used)
 
         def rel(ts: Sequence[int]) -> tuple[int, ...]:
             return tuple(t - o if t > o else 0 for t in ts)
 
+        def per_unit(ts: Sequence[int]) -> tuple[int, ...]:
+            return tuple(t - o if t > o and u in keep else 0 for u, t in enumerate(ts))
+
         return MachineState(
-            rel(self.free),
-            rel(self.done),
+            per_unit(self.free),
+            per_unit(self.done),
             tuple(rel(q) for q in self.tokens),
             rel(self.channels),
             self.fetch - o,
-            tuple(rel(h) for h in self.issued),
+            tuple(rel(h) if u in keep else () for u, h in enumerate(self.issued)),
             self.end - o if self.end > o else 0,
-            rel(self.cover),
+            per_unit(self.cover),
         )
-
-    def key(self) -> tuple:
-        """Hashable :meth:`relative` state (the memo key)."""
-        r = self.relative()
-        return (r.free, r.done, r.tokens, r.channels, r.fetch, r.issued, r.end, r.cover)
 
     def shifted(self, by: int) -> MachineState:
         def sh(ts: Sequence[int]) -> tuple[int, ...]:
@@ -265,10 +267,11 @@ class Machine:
             [0, *barrier_cuts(program), len(program)] if memo is not None else [0, len(program)]
         )
         reused = 0
+        used = sorted({op.unit for op in program})
         for a, b in itertools.pairwise(bounds):
             seg = program[a:b]
-            shift = state.origin
-            rel = state.relative()
+            shift = state.origin(used)
+            rel = state.relative(used)
             hit = None
             if memo is not None:
                 key = (tuple(map(id, seg)), rel)

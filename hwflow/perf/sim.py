@@ -6,18 +6,24 @@ token: the time to first token) followed by ``decode`` decode steps at contexts
 (:meth:`hwflow.isa.Program.select`) from an idle machine, expanded by
 :func:`hwflow.isa.expand` and priced by :mod:`hwflow.perf.lower`.
 
-Modes
------
-``exact``   every decode step is expanded, priced and simulated. Inside a step the machine
-            reuses barrier-delimited segments it has already simulated in the same relative
-            state (:class:`~hwflow.perf.machine.SegmentMemo`: exact by construction).
-``fast``    one decode step per length bucket is simulated -- the bucket's longest context in
-            the case, its most expensive step -- and stands for every step of the bucket. The
-            compiler's templates clamp attention extents to the exact context, so the other
-            steps of a bucket move a few hundred bytes less per layer: ``fast`` is an upper
-            bound within a bucket, not exact; the tests measure the difference on a small
-            model. (Expanding a step, not simulating it, is the cost: ``exact`` on LLaMA-2-7B
-            spends most of its time in :func:`hwflow.isa.expand`.)
+Modes (the same cycles for every step: ``fast`` only avoids repeating identical work)
+-----------------------------------------------------------------------------------
+``exact``   every decode step is expanded in full, priced and simulated. Inside a step the
+            machine reuses barrier-delimited segments it has already simulated in the same
+            relative state (:class:`~hwflow.perf.machine.SegmentMemo`: exact by construction).
+``fast``    the decode steps of a length bucket are grouped by their *signature*
+            (:func:`hwflow.perf.lower.step_signature`: the priced instructions that depend on
+            POS); one step per group is simulated and stands for the others, whose priced
+            programs are equal, so their timelines are too. The compiler makes a bucket's steps
+            identical by construction (static attention extents, the new K/V rows on one HBM
+            channel per bucket), so there is one group per bucket; where that does not hold
+            (e.g. a head_dim whose 16 rows overflow a granule) the steps differ and are
+            simulated apart: never approximated. A simulated step expands and prices each
+            distinct layer iteration once (:func:`hwflow.perf.lower.lower_reused`).
+
+The decode roofline of a step is the bytes it must move at its own context (weights and its
+KV rows, :func:`hwflow.model.step_graph`) at the sustained HBM bandwidth. Those bytes are affine
+in the context; they are computed at both ends of the case and checked at two inner points.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from hwflow.energy import Actions, Energy, energy
 from hwflow.errors import ConfigError
 from hwflow.isa import Program, Runtime, expand
 from hwflow.model import step_graph
-from hwflow.perf.lower import lower
+from hwflow.perf.lower import lower, lower_reused, step_signature
 from hwflow.perf.machine import UNITS, Machine, RunStats, SegmentMemo
 
 __all__ = ["SimResult", "StepResult", "compile_cached", "run_step", "simulate"]
@@ -66,11 +72,16 @@ def run_step(
     *,
     memo: SegmentMemo | None = None,
     trace: bool = False,
+    reuse: bool = False,
 ) -> StepResult:
-    """Expand, price and simulate one step of ``program`` on ``hw``."""
+    """Expand, price and simulate one step of ``program`` on ``hw`` (with ``reuse``, each
+    distinct loop iteration is expanded and priced once: the same ops, faster)."""
     program.check_preset(hw.digest, hw.name)
     template = program.select(phase, runtime)
-    ops, actions = lower(hw, expand(template, runtime))
+    if reuse:
+        ops, actions = lower_reused(hw, template, runtime)
+    else:
+        ops, actions = lower(hw, expand(template, runtime))
     stats = Machine(hw, trace=trace).run(ops, memo)
     actions.idle_unit_cycles = sum(
         stats.cycles - stats.busy[u] for u in TOKEN_UNITS if stats.ops[u]
@@ -81,18 +92,31 @@ def run_step(
 _JOB: dict[str, Any] = {}
 
 
-Task = tuple[str, int, int, bool, tuple[int, ...]]
+Task = tuple[str, int, tuple[int, ...], bool, bool]  # phase, LEN, positions, trace, fast
 
 
-def _job(task: Task) -> tuple[int, tuple[StepResult, dict[int, float]]]:
-    """A worker's step and the roofline of the decode positions it stands for (the program,
-    preset, model and plan are inherited through fork)."""
-    phase, length, pos, trace, roof_positions = task
+def _job(task: Task) -> list[tuple[int, StepResult, bool]]:
+    """A worker's steps (the program and preset are inherited through fork): (position,
+    result, simulated) for each position of the task; with ``fast``, one simulation per
+    distinct signature among the positions (one template's)."""
+    phase, length, positions, trace, fast = task
     memo = _JOB.setdefault("memo", SegmentMemo())
-    hw = _JOB["hw"]
-    r = run_step(hw, _JOB["prog"], phase, Runtime(length, pos), memo=memo, trace=trace)
-    roof = {q: _roofline_cycles(_JOB["cfg"], _JOB["plan"], hw, q) for q in roof_positions}
-    return (-1 if phase == "prefill" else pos), (r, roof)
+    hw, prog = _JOB["hw"], _JOB["prog"]
+    out: list[tuple[int, StepResult, bool]] = []
+    done: dict[tuple, StepResult] = {}
+    for p in positions:
+        rt = Runtime(length, p)
+        sig: tuple | None = None
+        if fast and len(positions) > 1:
+            sig = step_signature(hw, prog.select(phase, rt), rt)
+            if sig in done:
+                out.append((p, done[sig], False))
+                continue
+        r = run_step(hw, prog, phase, rt, memo=memo, trace=trace and not out, reuse=fast)
+        if sig is not None:
+            done[sig] = r
+        out.append((p, r, True))
+    return out
 
 
 def _run_steps(
@@ -102,7 +126,7 @@ def _run_steps(
     prog: Program,
     tasks: list[Task],
     workers: int,
-) -> dict[int, tuple[StepResult, dict[int, float]]]:
+) -> list[tuple[int, StepResult, bool]]:
     """Run the steps, in ``workers`` forked processes when > 1 (results are identical)."""
     import gc
     import multiprocessing as mp
@@ -112,9 +136,9 @@ def _run_steps(
     gc.freeze()  # the program's objects live for the whole run: keep them out of collections
     try:
         if workers <= 1 or len(tasks) < 2 or mp.current_process().daemon:
-            return dict(map(_job, tasks))
+            return [x for t in tasks for x in _job(t)]
         with mp.get_context("fork").Pool(workers) as pool:
-            return dict(pool.imap_unordered(_job, tasks))
+            return [x for got in pool.imap_unordered(_job, tasks) for x in got]
     finally:
         _JOB.clear()
         gc.unfreeze()
@@ -189,11 +213,15 @@ class SimResult:
     hbm_bytes: int
     actions: Actions
     energy: Energy
-    simulated_steps: int
+    simulated_steps: int  #: the prefill plus the decode steps simulated (not reused)
     events: int
     wall_s: float
     #: (unit, op, start, end) cycles of the prefill and the first decode step, when traced
     trace: list[tuple[str, str, int, int]] = field(default_factory=list)
+    #: fast mode: decode buckets of the case and the steps simulated beyond one per bucket
+    #: (their priced program differed from their bucket's first step's)
+    decode_buckets: int = 0
+    fallback_steps: int = 0
 
     # --- derived figures (SI units) ---
     @property
@@ -305,6 +333,7 @@ class SimResult:
             "roofline_fraction": self.roofline_fraction,
             "roofline_ms_per_token": self.roofline_ms_per_token,
             "simulated_steps": self.simulated_steps,
+            "fallback_steps": self.fallback_steps,
             "events": self.events,
             "wall_s": self.wall_s,
         }
@@ -344,6 +373,27 @@ def _roofline_cycles(
     return nbytes / bw * hw.clock_hz
 
 
+def _rooflines(
+    cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, positions: list[int]
+) -> dict[int, float]:
+    """:func:`_roofline_cycles` of consecutive ``positions``: the bytes are affine in the
+    context (the weights plus the KV rows), so they are computed at both ends and checked at
+    two inner points (every position is computed if that check fails)."""
+    if len(positions) <= 4:
+        return {p: _roofline_cycles(cfg, plan, hw, p) for p in positions}
+    a, b = positions[0], positions[-1]
+    ca, cb = _roofline_cycles(cfg, plan, hw, a), _roofline_cycles(cfg, plan, hw, b)
+
+    def line(p: int) -> float:
+        return ca + (cb - ca) * (p - a) / (b - a)
+
+    for m in (positions[len(positions) // 3], positions[2 * len(positions) // 3]):
+        cm = _roofline_cycles(cfg, plan, hw, m)
+        if abs(line(m) - cm) > 1e-9 * cm:
+            return {p: _roofline_cycles(cfg, plan, hw, p) for p in positions}
+    return {p: line(p) for p in positions}
+
+
 def simulate(
     cfg: ModelConfig,
     plan: CompressionPlan,
@@ -370,25 +420,22 @@ def simulate(
         )
     prog = program or compile_cached(cfg, plan, hw, max_len)
     positions = list(range(prefill, prefill + decode))
-    # which step stands for which: exact -> itself; fast -> the bucket's last position
-    if mode == "exact":
-        rep = {p: p for p in positions}
-    else:
-        by_t: dict[int, int] = {}
+    fast = mode == "fast"
+    tasks: list[Task] = [("prefill", prefill, (0,), trace, fast)]
+    if fast:  # one task per template (bucket): its steps grouped by signature
+        by_t: dict[int, list[int]] = {}
         for p in positions:
-            t = id(prog.select("decode", Runtime(1, p)))
-            by_t[t] = max(by_t.get(t, p), p)
-        rep = {p: by_t[id(prog.select("decode", Runtime(1, p)))] for p in positions}
-    reps = sorted(set(rep.values()))
-    # the roofline of a step is taken at the step that was simulated for it, so that the
-    # fraction compares like with like (in exact mode: every step at its own context)
-    tasks: list[Task] = [("prefill", prefill, 0, trace, ())]
-    tasks += [("decode", 1, p, trace and i == 0, (p,)) for i, p in enumerate(reps)]
+            by_t.setdefault(id(prog.select("decode", Runtime(1, p))), []).append(p)
+        groups = list(by_t.values())
+    else:
+        groups = [[p] for p in positions]
+    tasks += [("decode", 1, tuple(g), trace and i == 0, fast) for i, g in enumerate(groups)]
     out = _run_steps(cfg, plan, hw, prog, tasks, workers)
-    pre = out.pop(-1)[0]
-    results = {p: r for p, (r, _) in out.items()}
-    roof_rep = {q: c for _, roof in out.values() for q, c in roof.items()}
-    roof_at = {p: roof_rep[rep[p]] for p in positions}
+    pre = next(r for p, r, _ in out if r.phase == "prefill")
+    results = {p: r for p, r, _ in out if r.phase == "decode"}
+    simulated = [results[p] for p, r, sim in out if sim and r.phase == "decode"]
+    roof_at = _rooflines(cfg, plan, hw, positions)
+    reps = [positions[0]] if positions else []
     busy = dict(pre.stats.busy)
     stall = dict(pre.stats.stall)
     hbm = pre.stats.hbm_bytes
@@ -402,14 +449,14 @@ def simulate(
     dec_cycles: list[int] = []
     dec_bytes = 0
     for p in positions:
-        r = results[rep[p]]
+        r = results[p]
         dec_cycles.append(r.cycles)
         dec_bytes += r.stats.hbm_bytes
         for u in UNITS:
             busy[u] += r.stats.busy[u]
             stall[u] += r.stats.stall[u]
         actions.add(r.actions)
-    for r in results.values():
+    for r in simulated:
         events += r.stats.events
     hbm += dec_bytes
     roof = [roof_at[p] for p in positions]
@@ -431,8 +478,10 @@ def simulate(
         hbm_bytes=hbm,
         actions=actions,
         energy=energy(hw, actions, total),
-        simulated_steps=1 + len(results),
+        simulated_steps=1 + len(simulated),
         events=events,
         wall_s=time.perf_counter() - t0,
         trace=events_out,
+        decode_buckets=len(groups) if fast else 0,
+        fallback_steps=len(simulated) - len(groups) if fast else 0,
     )
