@@ -32,7 +32,7 @@ from hwflow import numerics as nx
 from hwflow.compiler.layout import HbmLayout, unpack_rows
 from hwflow.config import HardwarePreset, ModelConfig
 from hwflow.errors import ConfigError, ProgramError, SyncError
-from hwflow.isa import TOKEN_UNITS, Buf, Concrete, Program, Runtime, Unit, expand
+from hwflow.isa import TOKEN_UNITS, Buf, Concrete, Program, Runtime, Unit, dispatch, expand
 
 __all__ = ["FuncSim", "StepStats", "boundary_lengths", "check_against_reference"]
 
@@ -114,27 +114,17 @@ class FuncSim:
             self.track[HBM] = _Tracker(self.hbm.size)
         nu = len(TOKEN_UNITS)
         self.vc = {u: np.zeros(nu, np.int64) for u in TOKEN_UNITS}
-        queues: dict[tuple[int, int], deque] = {}
-        pos = dict.fromkeys(TOKEN_UNITS, 0)
-        progress = True
-        while progress:
-            progress = False
-            for u in TOKEN_UNITS:
-                s = streams[u]
-                while pos[u] < len(s):
-                    c = s[pos[u]]
-                    if any(c.wait >> v & 1 and not queues.get((v, u)) for v in TOKEN_UNITS):
-                        break
-                    for v in TOKEN_UNITS:
-                        if c.wait >> v & 1:
-                            np.maximum(self.vc[u], queues[(v, u)].popleft(), out=self.vc[u])
-                    self._exec(c)
-                    self.vc[u][u] += 1
-                    for v in TOKEN_UNITS:
-                        if c.release >> v & 1:
-                            queues.setdefault((u, v), deque()).append(self.vc[u].copy())
-                    pos[u] += 1
-                    progress = True
+        queues: dict[tuple[int, int], deque[np.ndarray]] = {}
+
+        def fire(u: Unit, c: Concrete, popped: list[np.ndarray]) -> np.ndarray | None:
+            vc = self.vc[u]
+            for clock in popped:  # a token carries its releaser's vector clock
+                np.maximum(vc, clock, out=vc)
+            self._exec(c)
+            vc[u] += 1
+            return vc.copy() if c.release else None
+
+        pos = dispatch(streams, queues, fire)
         stuck = [
             f"{u.name} at pc {streams[u][pos[u]].pc}"
             for u in TOKEN_UNITS

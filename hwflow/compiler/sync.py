@@ -22,7 +22,7 @@ SFU.
 Deadlock freedom (:func:`check_deadlock`). Each token queue has a single consumer, so the token
 machine is persistent: an enabled instruction stays enabled until it runs, and if one schedule
 completes every unit's stream, every fair schedule does. The checker therefore runs one greedy
-schedule symbolically (token counts only) over each straight-line segment, starting from the
+schedule symbolically (:func:`hwflow.isa.dispatch` without executing anything) over each straight-line segment, starting from the
 counts carried in; at every loop it checks that the body returns the counts it started from
 (so all iterations are identical and any trip count completes), and at END that every queue is
 empty. A stuck schedule raises :class:`~hwflow.errors.SyncError` naming the blocked instructions.
@@ -30,11 +30,12 @@ empty. A stuck schedule raises :class:`~hwflow.errors.SyncError` naming the bloc
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
 from hwflow.compiler.lower import Node
 from hwflow.errors import SyncError
-from hwflow.isa import TOKEN_UNITS, Instr, Unit, loop_spans, make, mask_str, spec
+from hwflow.isa import TOKEN_UNITS, Instr, Unit, dispatch, loop_spans, make, mask_str, spec
 
 __all__ = ["assign_tokens", "check_deadlock"]
 
@@ -126,30 +127,14 @@ def assign_tokens(nodes: Sequence[Node]) -> tuple[Instr, ...]:
 
 
 def _run_segment(
-    instrs: Sequence[Instr], pcs: list[int], queues: dict[tuple[int, int], int]
+    instrs: Sequence[Instr], pcs: list[int], queues: dict[tuple[int, int], deque[None]]
 ) -> None:
-    streams: dict[int, list[int]] = {u: [] for u in TOKEN_UNITS}
+    at: dict[Unit, list[int]] = {u: [] for u in TOKEN_UNITS}
     for pc in pcs:
-        streams[instrs[pc].unit].append(pc)
-    pos = dict.fromkeys(TOKEN_UNITS, 0)
-    progress = True
-    while progress:
-        progress = False
-        for u in TOKEN_UNITS:
-            s = streams[u]
-            while pos[u] < len(s):
-                ins = instrs[s[pos[u]]]
-                w = ins.wait
-                if any(w >> v & 1 and queues.get((v, u), 0) == 0 for v in TOKEN_UNITS):
-                    break
-                for v in TOKEN_UNITS:
-                    if w >> v & 1:
-                        queues[(v, u)] -= 1
-                    if ins.release >> v & 1:
-                        queues[(u, v)] = queues.get((u, v), 0) + 1
-                pos[u] += 1
-                progress = True
-    stuck = [(u, streams[u][pos[u]]) for u in TOKEN_UNITS if pos[u] < len(streams[u])]
+        at[instrs[pc].unit].append(pc)
+    streams = {u: [instrs[pc] for pc in unit_pcs] for u, unit_pcs in at.items()}
+    pos = dispatch(streams, queues)
+    stuck = [(u, at[u][pos[u]]) for u in TOKEN_UNITS if pos[u] < len(streams[u])]
     if stuck:
         desc = "; ".join(
             f"{u.name} at pc {pc} ({instrs[pc].op}) waits on {mask_str(instrs[pc].wait)}"
@@ -158,12 +143,16 @@ def _run_segment(
         raise SyncError(f"deadlock: no unit can proceed: {desc}")
 
 
+def _counts(queues: dict[tuple[int, int], deque[None]]) -> dict[tuple[int, int], int]:
+    return {k: len(q) for k, q in queues.items() if q}
+
+
 def check_deadlock(instrs: Sequence[Instr]) -> None:
     """Prove that every unit's stream of the template completes for any loop trip counts (see
     the module doc); SyncError naming the blocked instructions otherwise."""
     spans = loop_spans(instrs)
 
-    def walk(lo: int, hi: int, queues: dict[tuple[int, int], int]) -> None:
+    def walk(lo: int, hi: int, queues: dict[tuple[int, int], deque[None]]) -> None:
         pcs: list[int] = []
         pc = lo
         while pc < hi:
@@ -172,10 +161,10 @@ def check_deadlock(instrs: Sequence[Instr]) -> None:
                 _run_segment(instrs, pcs, queues)
                 pcs = []
                 end = spans[pc]
-                before = {k: v for k, v in queues.items() if v}
+                before = _counts(queues)
                 if ins["count"]:
                     walk(pc + 1, end, queues)
-                    after = {k: v for k, v in queues.items() if v}
+                    after = _counts(queues)
                     if after != before:
                         raise SyncError(
                             f"loop at pc {pc}: its body changes the token counts "
@@ -188,8 +177,8 @@ def check_deadlock(instrs: Sequence[Instr]) -> None:
             pc += 1
         _run_segment(instrs, pcs, queues)
 
-    queues: dict[tuple[int, int], int] = {}
+    queues: dict[tuple[int, int], deque[None]] = {}
     walk(0, len(instrs), queues)
-    left = {f"{Unit(a).name}->{Unit(b).name}": n for (a, b), n in queues.items() if n}
+    left = {f"{Unit(a).name}->{Unit(b).name}": n for (a, b), n in _counts(queues).items()}
     if left:
         raise SyncError(f"tokens left in queues at END: {left}")
