@@ -143,6 +143,48 @@ def test_expand_resolves_loops_and_registers():
         list(isa.expand(t, Runtime(5, pos=3)))  # prefill templates start at POS 0
 
 
+def test_expand_replays_iterations_by_key():
+    """With an iteration key, the first iteration per key is bracketed, later ones are one
+    ``repeat`` marker; registers and seq run on exactly as in the full expansion."""
+    ld = make("LD", hbm=100, hbm_reg=4, rows=8, rows_reg=3, row_bytes=2, kind=2)
+    st = make("ST", hbm=0, hbm_reg=4, rows=1, row_bytes=2, kind=2)
+    t = Template(
+        "prefill",
+        1,
+        64,
+        (
+            make("SETI", rd=4, imm=1000),
+            make("ADDI", rd=3, ra=1, imm=-2),
+            make("LOOP", count=4),
+            ld,
+            st,
+            make("ADDI", rd=4, ra=4, imm=10),
+            make("ENDLOOP"),
+            st,
+            make("END"),
+        ),
+    )
+    full = list(isa.expand(t, Runtime(5)))
+    keys = []
+
+    def key(loop, regs):
+        keys.append((loop, regs[4]))
+        return regs[4] % 20  # iterations 0, 2 and 1, 3 alike (as far as this key says)
+
+    out = list(isa.expand(t, Runtime(5), iteration_key=key))
+    assert keys == [(2, 1000), (2, 1010), (2, 1020), (2, 1030)]
+    marks = [(m.what, m.iteration, m.ident) for m in out if isinstance(m, isa.Reuse)]
+    assert marks == [
+        ("begin", 0, 0), ("end", 0, 0), ("begin", 1, 1), ("end", 1, 1),
+        ("repeat", 2, 0), ("repeat", 3, 1),
+    ]  # fmt: skip
+    units = [c for c in out if not isinstance(c, isa.Reuse)]
+    assert units[:4] == full[:4] and units[-1] == full[-1]
+    assert units[-1].seq == 4 and units[-1]["hbm"] == 1040  # the 5th ST, after 4 iterations
+    only = list(isa.expand(t, Runtime(5), iteration_key=key, only=frozenset({4, 7})))
+    assert [c for c in only if not isinstance(c, isa.Reuse)] == [full[1], full[3], full[-1]]
+
+
 def test_expand_refuses_bad_programs():
     base = dict(phase="decode", lo=1, hi=16)
     bad = Template(instrs=(make("SETI", rd=1, imm=3), make("END")), **base)
