@@ -202,6 +202,14 @@ def plan_buffers(
     )
 
 
+def _weight_operand(ts: TileSpec, slot: int) -> dict[str, int]:
+    """The fields of an engine op (linear or head) whose B operand is weight tile ``ts`` in
+    the weight slot at ``slot``: reduction length, N:M, weight bits, bias and the slot."""
+    q = ts.quant
+    return {"k": ts.k, "n": q.n, "m": q.m, "wbits": q.bits, "bias": int(ts.bias),
+            "b_buf": Buf.WEIGHT, "b_off": slot, "b_stride": ts.row_bytes}  # fmt: skip
+
+
 def _al(n: int) -> int:
     return -(-n // 64) * 64
 
@@ -349,20 +357,13 @@ def lower_step(
                 rows=tt,
                 rows_reg=R_ROWS,
                 cols=r,
-                k=ts.k,
-                n=ts.quant.n,
-                m=ts.quant.m,
-                wbits=ts.quant.bits,
-                bias=int(ts.bias),
                 a_buf=A,
                 a_off=so,
                 a_stride=srb,
-                b_buf=Buf.WEIGHT,
-                b_off=s,
-                b_stride=ts.row_bytes,
                 o_buf=A,
                 o_off=do + r0,
                 o_stride=drb,
+                **_weight_operand(ts, s),
             )
 
     def layer_body(li: int) -> None:
@@ -593,19 +594,12 @@ def lower_step(
             ((A, hf_off, hf_off + d), (Buf.WEIGHT, s, s + bp.weight_slot_bytes)),
             (lspan,),
             func=MM_FUNC["head"],
-            bias=int(ts.bias),
             rows=1,
             cols=r,
-            k=ts.k,
-            n=ts.quant.n,
-            m=ts.quant.m,
-            wbits=ts.quant.bits,
             a_buf=A,
             a_off=hf_off,
             a_stride=d,
-            b_buf=Buf.WEIGHT,
-            b_off=s,
-            b_stride=ts.row_bytes,
+            **_weight_operand(ts, s),
             o_buf=A,
             o_off=lo + 8 * r0,
             o_stride=8 * cfg.vocab,
