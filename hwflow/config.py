@@ -445,44 +445,38 @@ class ModelConfig(_Frozen):
                 )
             return hidden // heads
 
-        try:
-            if mtype in _LLAMA_TYPES:
-                act = cfg.get("hidden_act", "silu")
-                if act not in ("silu", "swish"):
-                    raise UnsupportedError(
-                        f"{src}: hidden_act {act!r} unsupported for {mtype} (supported: silu)"
-                    )
-                scaling = cfg.get("rope_scaling")
-                if scaling and not (
-                    isinstance(scaling, dict)
-                    and scaling.get("rope_type", scaling.get("type")) == "default"
-                ):
-                    raise UnsupportedError(
-                        f"{src}: rope_scaling {scaling!r} unsupported (supported: none or "
-                        "rope_type 'default')"
-                    )
-                kv = cfg.get("num_key_value_heads")
-                return cls(
-                    name=name,
-                    family="llama",
-                    hidden=hidden,
-                    intermediate=need("intermediate_size"),
-                    layers=need("num_hidden_layers"),
-                    heads=heads,
-                    kv_heads=heads if kv is None else count("num_key_value_heads", kv),
-                    head_dim=head_dim(),
-                    vocab=need("vocab_size"),
-                    max_positions=cfg.get("max_position_embeddings", 2048),
-                    norm="rms",
-                    norm_eps=cfg.get("rms_norm_eps", 1e-6),
-                    activation="silu",
-                    gated_mlp=True,
-                    positions="rope",
-                    rope_theta=cfg.get("rope_theta", 10000.0),
-                    bias=bool(cfg.get("attention_bias", False) or cfg.get("mlp_bias", False)),
-                    tie_word_embeddings=cfg.get("tie_word_embeddings", False),
-                    sliding_window=cfg.get("sliding_window"),
+        if mtype in _LLAMA_TYPES:
+            act = cfg.get("hidden_act", "silu")
+            if act not in ("silu", "swish"):
+                raise UnsupportedError(
+                    f"{src}: hidden_act {act!r} unsupported for {mtype} (supported: silu)"
                 )
+            scaling = cfg.get("rope_scaling")
+            if scaling and not (
+                isinstance(scaling, dict)
+                and scaling.get("rope_type", scaling.get("type")) == "default"
+            ):
+                raise UnsupportedError(
+                    f"{src}: rope_scaling {scaling!r} unsupported (supported: none or "
+                    "rope_type 'default')"
+                )
+            kv = cfg.get("num_key_value_heads")
+            family: dict[str, Any] = {
+                "family": "llama",
+                "intermediate": need("intermediate_size"),
+                "kv_heads": heads if kv is None else count("num_key_value_heads", kv),
+                "norm": "rms",
+                "norm_eps": cfg.get("rms_norm_eps", 1e-6),
+                "activation": "silu",
+                "gated_mlp": True,
+                "positions": "rope",
+                "rope_theta": cfg.get("rope_theta", 10000.0),
+                "bias": bool(cfg.get("attention_bias", False) or cfg.get("mlp_bias", False)),
+                "tie_word_embeddings": cfg.get("tie_word_embeddings", False),
+                "sliding_window": cfg.get("sliding_window"),
+            }
+            keys = _HF_KEYS
+        else:
             proj = cfg.get("word_embed_proj_dim", hidden)
             if proj != hidden:
                 raise UnsupportedError(
@@ -504,28 +498,32 @@ class ModelConfig(_Frozen):
                 raise UnsupportedError(
                     f"{src}: activation_function {act!r} unsupported for opt (supported: relu)"
                 )
+            family = {
+                "family": "opt",
+                "intermediate": need("ffn_dim"),
+                "kv_heads": heads,
+                "norm": "layer",
+                "norm_eps": 1e-5,
+                "activation": "relu",
+                "gated_mlp": False,
+                "positions": "learned",
+                "bias": cfg.get("enable_bias", True),
+                "tie_word_embeddings": cfg.get("tie_word_embeddings", True),
+                "position_offset": 2,  # OPT's learned positions start at index 2
+            }
+            keys = {**_HF_KEYS, "intermediate": "ffn_dim"}
+        try:
             return cls(
                 name=name,
-                family="opt",
                 hidden=hidden,
-                intermediate=need("ffn_dim"),
-                layers=need("num_hidden_layers"),
                 heads=heads,
-                kv_heads=heads,
                 head_dim=head_dim(),
+                layers=need("num_hidden_layers"),
                 vocab=need("vocab_size"),
                 max_positions=cfg.get("max_position_embeddings", 2048),
-                norm="layer",
-                norm_eps=1e-5,
-                activation="relu",
-                gated_mlp=False,
-                positions="learned",
-                bias=cfg.get("enable_bias", True),
-                tie_word_embeddings=cfg.get("tie_word_embeddings", True),
-                position_offset=2,
+                **family,
             )
         except ValidationError as e:
-            keys = _HF_KEYS if mtype in _LLAMA_TYPES else {**_HF_KEYS, "intermediate": "ffn_dim"}
             raise ConfigError(f"{src}: {_first_error(e, keys)}") from None
 
 

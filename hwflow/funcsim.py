@@ -182,16 +182,24 @@ class FuncSim:
     def _span(self, off: int, rows: int, stride: int, width: int) -> tuple[int, int]:
         return (off, off + (rows - 1) * stride + width) if rows > 0 and width > 0 else (0, 0)
 
-    def _read(
-        self, c: Concrete, buf: int, off: int, rows: int, stride: int, width: int
+    def _touch(
+        self, c: Concrete, buf: int, off: int, rows: int, stride: int, width: int, write: bool
     ) -> np.ndarray:
+        """The memory of ``buf`` after a bounds and hazard check of the rows accessed."""
         lo, hi = self._span(off, rows, stride, width)
         mem = self._mem(buf)
         if hi > mem.size:
             raise ProgramError(
-                f"pc {c.pc} ({c.op}) reads {_NAMES[buf]} bytes {lo}..{hi} beyond its {mem.size}"
+                f"pc {c.pc} ({c.op}) {'writes' if write else 'reads'} {_NAMES[buf]} bytes "
+                f"{lo}..{hi} beyond its {mem.size}"
             )
-        self._access(c, buf, lo, hi, False)
+        self._access(c, buf, lo, hi, write)
+        return mem
+
+    def _read(
+        self, c: Concrete, buf: int, off: int, rows: int, stride: int, width: int
+    ) -> np.ndarray:
+        mem = self._touch(c, buf, off, rows, stride, width, False)
         if rows <= 0 or width <= 0:
             return np.zeros((max(rows, 0), max(width, 0)), np.uint8)
         idx = off + np.arange(rows)[:, None] * stride + np.arange(width)[None, :]
@@ -199,13 +207,7 @@ class FuncSim:
 
     def _write(self, c: Concrete, buf: int, off: int, stride: int, data: np.ndarray) -> None:
         rows, width = data.shape
-        lo, hi = self._span(off, rows, stride, width)
-        mem = self._mem(buf)
-        if hi > mem.size:
-            raise ProgramError(
-                f"pc {c.pc} ({c.op}) writes {_NAMES[buf]} bytes {lo}..{hi} beyond its {mem.size}"
-            )
-        self._access(c, buf, lo, hi, True)
+        mem = self._touch(c, buf, off, rows, stride, width, True)
         if rows and width:
             idx = off + np.arange(rows)[:, None] * stride + np.arange(width)[None, :]
             mem[idx] = data
