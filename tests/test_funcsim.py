@@ -69,18 +69,25 @@ def _replace(prog: Program, idx: int, instrs: list) -> Program:
     return Program(prog.header, prog.regions, tuple(ts))
 
 
+def _without_token(prog: Program, src: str, dst: str) -> Program:
+    """The program with the first token pair ``src`` -> ``dst`` of its first decode template
+    dropped (the release of the first ``src`` releasing ``dst``, the wait of the first ``dst``
+    waiting on ``src``)."""
+    s, d = Unit[src], Unit[dst]
+    idx = next(i for i, t in enumerate(prog.templates) if t.phase == "decode")
+    instrs = list(prog.templates[idx].instrs)
+    a = next(i for i, x in enumerate(instrs) if x.op == src and x.release >> d & 1)
+    b = next(i for i, x in enumerate(instrs) if x.op == dst and x.wait >> s & 1)
+    instrs[a] = instrs[a].with_masks(instrs[a].wait, instrs[a].release & ~(1 << d))
+    instrs[b] = instrs[b].with_masks(instrs[b].wait & ~(1 << s), instrs[b].release)
+    return _replace(prog, idx, instrs)
+
+
 def test_read_before_release_is_a_hazard(setup):
     """Drop the first LD->MV token pair: MV then reads weights LD has not released."""
     cfg, hw, comp, qm, image = setup
     prog = comp.program
-    idx = next(i for i, t in enumerate(prog.templates) if t.phase == "decode")
-    instrs = list(prog.templates[idx].instrs)
-    ld = next(i for i, x in enumerate(instrs) if x.op == "LD" and x.release >> Unit.MV & 1)
-    mv = next(i for i, x in enumerate(instrs) if x.op == "MV" and x.wait >> Unit.LD & 1)
-    instrs[ld] = instrs[ld].with_masks(instrs[ld].wait, instrs[ld].release & ~(1 << Unit.MV))
-    instrs[mv] = instrs[mv].with_masks(instrs[mv].wait & ~(1 << Unit.LD), instrs[mv].release)
-    broken = _replace(prog, idx, instrs)
-    fs = FuncSim(broken, hw, cfg, comp.layout, image.copy())
+    fs = FuncSim(_without_token(prog, "LD", "MV"), hw, cfg, comp.layout, image.copy())
     with pytest.raises(SyncError, match=r"hazard: MV pc \d+ \(MV\) reads WEIGHT .* written by LD"):
         fs.step("decode", qm.embed(np.array([3]), 5), 5)
     # the intact program runs clean from the same state
@@ -92,14 +99,7 @@ def test_write_after_read_is_a_hazard(setup):
     """Drop the MV->LD token that frees a weight slot: LD overwrites a tile before MV has read
     it (reported when MV reads bytes whose writer it has no token from) or while MV reads."""
     cfg, hw, comp, qm, image = setup
-    prog = comp.program
-    idx = next(i for i, t in enumerate(prog.templates) if t.phase == "decode")
-    instrs = list(prog.templates[idx].instrs)
-    mv = next(i for i, x in enumerate(instrs) if x.op == "MV" and x.release >> Unit.LD & 1)
-    ld = next(i for i, x in enumerate(instrs) if x.op == "LD" and x.wait >> Unit.MV & 1)
-    instrs[mv] = instrs[mv].with_masks(instrs[mv].wait, instrs[mv].release & ~(1 << Unit.LD))
-    instrs[ld] = instrs[ld].with_masks(instrs[ld].wait & ~(1 << Unit.MV), instrs[ld].release)
-    fs = FuncSim(_replace(prog, idx, instrs), hw, cfg, comp.layout, image.copy())
+    fs = FuncSim(_without_token(comp.program, "MV", "LD"), hw, cfg, comp.layout, image.copy())
     with pytest.raises(SyncError, match=r"hazard: (LD .* overwrites|MV .* reads) WEIGHT"):
         fs.step("decode", qm.embed(np.array([3]), 5), 5)
 
