@@ -22,8 +22,8 @@ registers, so one template serves every length of its bucket. Decode is static p
 in FlightLLM: attention runs over the bucket's longest context ``hi`` (the KV loads, the score
 columns, the softmax and the pv reduction), the keys after the current position masked
 causally (probability 0, so what the cache holds there never matters: bit-exact), and one LD
-brings the bucket's RoPE rows; the KV loads precede the stores of the new rows (they overlap in
-HBM). Only the new K/V row stores and on-chip offsets move with POS, so every step of a bucket
+brings the bucket's RoPE rows; one strided ST per layer stores the new K (V) row of every head,
+after the KV loads (they read the stored row's place too). Only those stores and on-chip offsets move with POS, so every step of a bucket
 costs the same whenever those rows stay on one HBM channel (:mod:`.layout`); layers of a run are one loop whose body
 advances R7/R8. Barriers (emitted as the placeholder op ``BARRIER``, made concrete by
 :mod:`hwflow.compiler.sync`) close every loop body and precede every loop.
@@ -426,17 +426,14 @@ def lower_step(
                 ks = bp.kv_slots[(2 * g + j) % n_kv]
                 kspan = (Buf.KV, ks, ks + bp.kv_slot_bytes)
                 slots[which] = ks
-                st = dict(kind=KIND["kv"], hbm=hb, hbm_reg=R_LKVQ, hbm_stride=hd, buf=A,
-                          off=so + g * hd, stride=srb, row_bytes=hd, rows=tt, rows_reg=R_ROWS)  # fmt: skip
                 if not dec:  # past rows only: disjoint from the rows stored
-                    e.unit("ST", (aspan(src),), (), **st)
+                    e.unit("ST", (aspan(src),), (), kind=KIND["kv"], hbm=hb, hbm_reg=R_LKVQ,
+                           hbm_stride=hd, buf=A, off=so + g * hd, stride=srb, row_bytes=hd,
+                           rows=tt, rows_reg=R_ROWS)  # fmt: skip
                 e.unit("LD", ((HBM_KV, hb, hb + bp.keys_max * hd),) if dec else (), (kspan,),
                        kind=KIND["kv"], hbm=hb, hbm_reg=R_LKV, hbm_stride=hd, buf=Buf.KV, off=ks,
                        stride=hd, row_bytes=hd, rows=bp.keys_max,
                        rows_reg=0 if dec else R_QPOS)  # fmt: skip
-                if dec:  # the bucket's rows are loaded too: store the new one after the load
-                    e.unit("ST", (aspan(src),), ((HBM_KV, hb + (lo - 1) * hd, hb + bp.keys_max * hd),),
-                           **st)  # fmt: skip
                 sfu("mov", (A, so + g * hd, srb, 0), (Buf.KV, ks, hd, R_QOFF), hd,
                     reads=(aspan(src),), writes=(kspan,))  # fmt: skip
             kv_of[g] = slots
@@ -480,6 +477,14 @@ def lower_step(
                 scores(step)
             if 0 <= step - lag < nh:
                 pv(step - lag)
+        if dec:  # the new K (V) row of every head in one strided store, after the bucket's
+            # rows were loaded (the loads read the row stored here)
+            for which, src in (("K", kn), ("V", "v")):
+                so, _ = act(src)
+                h0, hn = kvoff[which], kvoff[which] + (nkv - 1) * layout.kv_head_bytes
+                e.unit("ST", (aspan(src),), ((HBM_KV, h0 + (lo - 1) * hd, hn + bp.keys_max * hd),),
+                       kind=KIND["kv"], hbm=h0, hbm_reg=R_LKVQ, hbm_stride=layout.kv_head_bytes,
+                       buf=A, off=so, stride=hd, row_bytes=hd, rows=nkv)  # fmt: skip
         linear_ops(tiles, index, "o", "a", "o")
         sfu("add", "X", "x1", d, b="o", reads=(params_span,), p_off=pw("add1.mult_a"))
         sfu("norm", "x1", "h2", d, reads=(params_span,), p_off=pw("norm2.mult"),

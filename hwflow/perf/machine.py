@@ -134,8 +134,9 @@ class MachineState:
 
     def relative(self, used: Sequence[int] = ()) -> MachineState:
         """This state seen from :meth:`origin` (which becomes cycle 0), earlier times clipped
-        (equivalent: every later event of a used unit is at or after the origin); the unused
-        units' records are cleared (a program without ops on them never reads them)."""
+        (equivalent: every later event of a used unit is at or after the origin) or dropped
+        (issue history); the unused units' records are cleared (a program without ops on them
+        never reads them)."""
         o = self.origin(used)
         keep = set(used)
 
@@ -151,7 +152,12 @@ class MachineState:
             tuple(rel(q) for q in self.tokens),
             rel(self.channels),
             self.fetch - o,
-            tuple(rel(h) if u in keep else () for u, h in enumerate(self.issued)),
+            # issue cycles at or before the origin constrain nothing; they are a prefix (a
+            # unit issues in order) and the queue-room check indexes from the end: drop them
+            tuple(
+                tuple(t - o for t in h if t > o) if u in keep else ()
+                for u, h in enumerate(self.issued)
+            ),
             self.end - o if self.end > o else 0,
             per_unit(self.cover),
         )
