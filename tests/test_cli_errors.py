@@ -257,6 +257,20 @@ COMPILE_CASES = {
         '{"a": 1,',
         "malformed JSON at line 1 column 9",
     ),
+    "duplicate YAML key": (
+        "file",
+        "--plan",
+        "x.yaml",
+        "name: x\nweights: {bits: 4}\nweights: {bits: 8}\n",
+        "malformed YAML at line 3 column 1: duplicate key 'weights'",
+    ),
+    "duplicate JSON key": (
+        "file",
+        "--model",
+        "config.json",
+        json.dumps(TINY_LLAMA)[:-1] + ', "hidden_size": 128}',
+        "malformed JSON: duplicate key 'hidden_size' in a JSON object",
+    ),
     "empty preset": (
         "file",
         "--hw",
