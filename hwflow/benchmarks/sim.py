@@ -48,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
         f"{os.cpu_count()} CPUs"
     )
     print(
-        f"steps simulated: {res.simulated_steps}; SimPy events: {res.events:,}; "
-        f"events/s: {res.events / wall:,.0f}"
+        f"steps simulated: {res.simulated_steps} (decode buckets {res.decode_buckets}, steps "
+        f"simulated apart {res.fallback_steps}); SimPy events (replayed segments included): "
+        f"{res.events:,}; events/s: {res.events / wall:,.0f}"
     )
     print(
         f"result: TTFT {res.ttft_s * 1e3:.1f} ms, decode {res.token_ms()[1]:.3f} ms/token avg, "

@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--mode",
         choices=("fast", "exact"),
         default="fast",
-        help="exact: simulate every decode step; fast: one per length bucket (see hwflow.perf.sim)",
+        help="exact: expand and simulate every decode step in full; fast (same cycles): one "
+        "simulation per distinct step, normally one per length bucket (see hwflow.perf.sim)",
     )
     s.add_argument("--max-len", type=int, help="program's longest context (default 2048)")
     s.add_argument("--workers", type=int, default=2, help="processes for the steps (default 2)")
@@ -71,12 +72,18 @@ def _si(v: float, unit: str) -> str:
     return f"{v:.3g} {unit}"
 
 
+def _mode(res) -> str:
+    if res.mode == "fast":
+        return "fast: every step's exact cycles, one simulation per distinct step"
+    return "exact: every step simulated"
+
+
 def sim_table(res) -> Table:
     """The readable table of one simulated case."""
     lo, avg, hi = res.token_ms()
     t = Table(
         title=f"{res.model} on {res.hw}, plan {res.plan}: prefill {res.prefill}, "
-        f"decode {res.decode} ({res.mode})"
+        f"decode {res.decode} ({_mode(res)})"
     )
     t.add_column("figure")
     t.add_column("value", justify="right")
@@ -104,6 +111,13 @@ def sim_table(res) -> Table:
     for k, v in res.energy.joules.items():
         rows.append((f"energy: {k}", f"{_si(v, 'J')} ({v / res.energy.total:.1%})"))
     rows.append(("simulated steps / SimPy events", f"{res.simulated_steps} / {res.events:,}"))
+    if res.mode == "fast":
+        rows.append(
+            (
+                "decode buckets / steps simulated apart",
+                f"{res.decode_buckets} / {res.fallback_steps}",
+            )
+        )
     rows.append(("wall time", f"{res.wall_s:.2f} s"))
     for a, b in rows:
         t.add_row(a, b)
