@@ -727,23 +727,24 @@ def _first_error(e: ValidationError, keys: Mapping[str, str] | None = None) -> s
 
 
 def _resolve(kind: str, ref: str | Path, suffixes: tuple[str, ...]) -> Path:
+    """A file path as given, a Hugging Face model folder (its config.json), or the name of a
+    shipped file (with or without its suffix); ConfigError listing the shipped names."""
     p = Path(ref)
     if p.is_file():
         return p
-    if p.is_dir():
-        if kind == "models" and (p / "config.json").is_file():
-            return p / "config.json"  # a Hugging Face model folder
-        want = "a config.json or a folder holding one" if kind == "models" else "a YAML file"
-        raise ConfigError(f"{p}: is a directory (expected {want})")
+    if kind == "models" and (p / "config.json").is_file():
+        return p / "config.json"  # a Hugging Face model folder
     if isinstance(ref, str) and "/" not in ref:
-        for suf in suffixes:
+        for suf in ("", *suffixes):
             cand = MAPPINGS / kind / f"{ref}{suf}"
             if cand.is_file():
                 return cand
+    if p.is_dir():
+        want = "a config.json or a folder holding one" if kind == "models" else "a YAML file"
+        raise ConfigError(f"{p}: is a directory (expected {want})")
     names = ", ".join(available(kind))
-    raise ConfigError(
-        f"{kind[:-1] if kind != 'hw' else 'hardware preset'} {str(ref)!r} not found (shipped: {names}; or give a file path)"
-    )
+    what = "hardware preset" if kind == "hw" else kind[:-1]
+    raise ConfigError(f"{what} {str(ref)!r} not found (shipped: {names}; or give a file path)")
 
 
 def available(kind: str) -> list[str]:

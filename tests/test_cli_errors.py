@@ -485,3 +485,30 @@ def test_former_tracebacks_in_a_real_process(tmp_path, program):
         )
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert len(r.stderr.splitlines()) == 1 and r.stdout == "", r.stderr
+
+
+def test_names_resolve_before_folders_of_the_same_name(tmp_path, monkeypatch, capsys):
+    """``--hw tiny`` is the shipped preset even with a folder ``tiny/`` in the working
+    directory; a shipped name may carry its suffix."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()
+    argv = ["compile", "--model", "tiny-llama.json", "--hw", "tiny", "--plan", "w8a8.yaml"]
+    assert main([*argv, "--max-len", "16", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["preset"] == "tiny"
+
+
+def test_closed_stdout_is_not_a_traceback(tmp_path):
+    """``hwflow disasm ... | head``: the disassembly (~400 kB, more than a pipe holds) stops
+    quietly when the reader goes away."""
+    out = tmp_path / "big"
+    argv = ["compile", "--model", "tiny-llama", "--hw", "tiny", "--plan", "w8a8", "-o", str(out)]
+    assert main([*argv, "--json"]) == 0
+    f = out / "program.hwp"
+    r = subprocess.run(
+        f"'{sys.executable}' -m hwflow.cli disasm '{f}' | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.stdout.startswith("; hwflow program") and r.stderr == "", r.stderr
