@@ -200,6 +200,15 @@ class OpSpec:
     def index(self) -> Mapping[str, Field]:
         return MappingProxyType({f.name: f for f in self.fields})
 
+    @cached_property
+    def resolution(self) -> tuple[tuple[str, ...], tuple[tuple[str, bool, str], ...]]:
+        """For :attr:`Template.resolvers`: the static field names (no header, no register
+        fields) and the register-modified ones as (name, is_add, register field)."""
+        regs = {f.dyn[1] for f in self.fields if f.dyn}
+        static = tuple(f.name for f in self.fields[3:] if f.dyn is None and f.name not in regs)
+        dyn = tuple((f.name, f.dyn[0] == "add", f.dyn[1]) for f in self.fields[3:] if f.dyn)
+        return static, dyn
+
 
 def _hdr() -> tuple[Field, ...]:
     return (
@@ -530,25 +539,27 @@ class Template:
     ) -> tuple[tuple[dict[str, int], tuple[tuple[str, int, bool, int], ...]] | None, ...]:
         """Per pc, how :func:`expand` resolves a unit instruction: its static fields and its
         register-modified ones as (name, value, is_add, register); None for SYS."""
-        out: list[tuple[dict[str, int], tuple[tuple[str, int, bool, int], ...]] | None] = []
-        for ins in self.instrs:
+        return tuple(self.resolver(pc) for pc in range(len(self.instrs)))
+
+    @cached_property
+    def _resolved(self) -> list[Any]:
+        return [False] * len(self.instrs)
+
+    def resolver(
+        self, pc: int
+    ) -> tuple[dict[str, int], tuple[tuple[str, int, bool, int], ...]] | None:
+        """:attr:`resolvers` of one pc, computed once when first needed."""
+        got = self._resolved[pc]
+        if got is False:
+            ins = self.instrs[pc]
             s = ins.spec
-            if s.unit == Unit.SYS:
-                out.append(None)
-                continue
-            regs = {f.dyn[1] for f in s.fields if f.dyn}
-            static = {
-                f.name: ins.fields[f.name]
-                for f in s.fields[3:]
-                if f.dyn is None and f.name not in regs
-            }
-            dyn = tuple(
-                (f.name, ins.fields[f.name], f.dyn[0] == "add", ins.fields[f.dyn[1]])
-                for f in s.fields[3:]
-                if f.dyn
-            )
-            out.append((static, dyn))
-        return tuple(out)
+            got = None
+            if s.unit != Unit.SYS:
+                names, dyns = s.resolution
+                f = ins.fields
+                got = ({n: f[n] for n in names}, tuple((n, f[n], add, f[r]) for n, add, r in dyns))
+            self._resolved[pc] = got
+        return got
 
     @cached_property
     def skips(self) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
@@ -830,7 +841,7 @@ def expand(
             f"LEN = {runtime.length}, POS = {runtime.pos}"
         )
     instrs = template.instrs
-    resolvers = template.resolvers
+    resolved = template._resolved  # filled lazily by template.resolver
     spans = template.spans
     regs = [0] * NREGS
     regs[REG_LEN] = runtime.length
@@ -898,7 +909,8 @@ def expand(
                 pc = to
                 continue
             if not mute:
-                static, dyn = resolvers[pc]  # type: ignore[misc]
+                got = resolved[pc]
+                static, dyn = got if got is not False else template.resolver(pc)  # type: ignore[misc]
                 fields = dict(static)
                 for name, v, add, r in dyn:
                     if add:

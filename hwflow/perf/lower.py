@@ -328,15 +328,29 @@ _ANALYSES: dict[tuple[int, int], tuple[Template, _Analysis]] = {}
 _COST_FREE = frozenset({"off", "a_off", "b_off", "o_off", "qpos"})
 
 
-def _uses(template: Template, pc: int, cost_only: bool = False) -> list[tuple[int, bool]]:
-    """(register, used only as an LD/ST HBM address) of a unit instruction's register-modified
-    fields (with ``cost_only``, of those a price depends on)."""
-    xfer = template.instrs[pc].op in ("LD", "ST")
-    return [
-        (r, xfer and name == "hbm")
-        for name, _, _, r in template.resolvers[pc][1]  # type: ignore[index]
-        if r and not (cost_only and name in _COST_FREE)
-    ]
+def _uses(template: Template) -> tuple[dict[int, list[tuple[int, bool]]], dict[int, list[int]]]:
+    """Per unit pc, (register, used only as an LD/ST HBM address) of its register-modified
+    fields, and the registers of those a price depends on (pcs without any left out)."""
+    uses: dict[int, list[tuple[int, bool]]] = {}
+    priced: dict[int, list[int]] = {}
+    for pc, ins in enumerate(template.instrs):
+        spec = ins.spec
+        if spec.unit == Unit.SYS or not spec.resolution[1]:
+            continue
+        f, xfer = ins.fields, ins.op in ("LD", "ST")
+        u: list[tuple[int, bool]] = []
+        c: list[int] = []
+        for name, _, field in spec.resolution[1]:
+            r = f[field]
+            if r:
+                u.append((r, xfer and name == "hbm"))
+                if name not in _COST_FREE:
+                    c.append(r)
+        if u:
+            uses[pc] = u
+        if c:
+            priced[pc] = c
+    return uses, priced
 
 
 def _srcs(ins) -> list[int]:
@@ -353,7 +367,7 @@ def _analyse(template: Template, period: int) -> _Analysis:
     instrs = template.instrs
     spans = template.spans
     ring = {"ADD", "SUB", "ADDI", "MULI"}
-    uses = {pc: _uses(template, pc) for pc, ins in enumerate(instrs) if ins.unit != Unit.SYS}
+    uses, priced = _uses(template)
     keys: dict[int, tuple[tuple[int, ...], tuple[int, ...]] | None] = {}
     for lp, end in spans.items():
         around = [q for q, e in spans.items() if q <= lp < e]  # itself and its enclosing loops
@@ -396,7 +410,7 @@ def _analyse(template: Template, period: int) -> _Analysis:
                 if depth == 0:
                     written.add(ins["rd"])
             elif ins.unit != Unit.SYS:
-                live |= {r for r, _ in uses[pc]} - written
+                live |= {r for r, _ in uses.get(pc, ())} - written
         live.discard(0)
         keys[lp] = (tuple(sorted(exact & live)), tuple(sorted((mod - exact) & live)))
     taint = {REG_POS}  # signatures compare steps of one LEN
@@ -407,11 +421,7 @@ def _analyse(template: Template, period: int) -> _Analysis:
             if ins.op in SYS_ALU and ins["rd"] not in taint and taint & set(_srcs(ins)):
                 taint.add(ins["rd"])
                 changed = True
-    tainted = frozenset(
-        pc
-        for pc, ins in enumerate(instrs)
-        if ins.unit != Unit.SYS and any(r in taint for r, _ in _uses(template, pc, True))
-    )
+    tainted = frozenset(pc for pc, regs in priced.items() if taint.intersection(regs))
     a = _Analysis(keys, tainted, period)
     _ANALYSES[(id(template), period)] = (template, a)
     return a
