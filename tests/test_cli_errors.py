@@ -195,7 +195,7 @@ COMPILE_CASES = {
     "attention block too wide": (
         "plan",
         {"name": "p", "attention": {"pattern": "block", "block": 100000}},
-        "attention.block = 100000 does not fit the softmax instruction's 12-bit blk field (allowed: 0..4095)",
+        "attention.block = 100000 does not fit the 12-bit SFU.blk instruction field (allowed: 0..4095)",
     ),
     "plan unsupported by preset": (
         "arg",

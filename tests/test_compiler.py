@@ -281,3 +281,17 @@ def test_attention_block_beyond_the_isa_field_is_refused():
     big = plan.model_copy(update={"attention": plan.attention.model_copy(update={"block": 5000})})
     with pytest.raises(UnsupportedError, match=r"attention.block = 5000 does not fit .* 0..4095"):
         compile_model(load_model("tiny-llama"), big, load_hw("tiny"), 16)
+
+
+def test_sparsity_group_beyond_the_isa_field_is_refused_up_front():
+    """A preset may declare M = 32, but the engine instructions carry M in 5 bits."""
+    hw = load_hw("tiny")
+    m32 = hw.model_copy(update={"sparsity": hw.sparsity.model_copy(update={"m": 32})})
+    plan = load_plan("w4a8")
+    sparse = plan.model_copy(
+        update={"weights": plan.weights.model_copy(update={"sparsity": "4:32"})}
+    )
+    with pytest.raises(
+        UnsupportedError, match=r"L0.q: 4:32 sparsity, M = 32 does not fit the 5-bit MM.m"
+    ):
+        compile_model(load_model("tiny-llama"), sparse, m32, 16)

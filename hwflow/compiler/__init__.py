@@ -89,15 +89,23 @@ def _check(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, max_len:
         hw.check_plan_support(h.bits, h.n, h.m)
     except UnsupportedError as e:
         raise UnsupportedError(f"plan {plan.name}, head: {e}") from None
+    for q, where in (*((q, f"L{li}.{op}") for (li, op), q in plan.resolve(cfg).items()),
+                     (h, "head")):  # fmt: skip
+        if not q.dense:  # the engine instruction carries M (dense rows are cut by the preset)
+            _fits("MM", "m", q.m, f"plan {plan.name}, {where}: {q.n}:{q.m} sparsity, M")
     if plan.attention.pattern == "block":  # the softmax instruction carries the block mask
-        sfu = spec("SFU").index
         for key, name in (("block", "blk"), ("local_blocks", "local"), ("global_blocks", "glob")):
-            value, bits = getattr(plan.attention, key), sfu[name].bits
-            if value >= 1 << bits:
-                raise UnsupportedError(
-                    f"plan {plan.name}: attention.{key} = {value} does not fit the softmax "
-                    f"instruction's {bits}-bit {name} field (allowed: 0..{(1 << bits) - 1})"
-                )
+            _fits("SFU", name, getattr(plan.attention, key), f"plan {plan.name}: attention.{key}")
+
+
+def _fits(op: str, name: str, value: int, what: str) -> None:
+    """UnsupportedError unless ``value`` fits the field ``name`` of instruction ``op``."""
+    bits = spec(op).index[name].bits
+    if not 0 <= value < 1 << bits:
+        raise UnsupportedError(
+            f"{what} = {value} does not fit the {bits}-bit {op}.{name} instruction field "
+            f"(allowed: 0..{(1 << bits) - 1})"
+        )
 
 
 def _template(
