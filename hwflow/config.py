@@ -680,7 +680,8 @@ class CompressionPlan(_Frozen):
         return self
 
     def resolve(self, model: ModelConfig) -> dict[tuple[int, str], LinearQuant]:
-        """The compression of every (layer, linear op) of ``model``."""
+        """The compression of every (layer, linear op) of ``model``; UnsupportedError when an
+        N:M pattern (of an op or of the head) does not tile the reduction length it prunes."""
         base = self.weights.apply(LinearQuant(bits=8, n=1, m=1))
         out = {(li, op): base for li in range(model.layers) for op in model.linear_ops}
         for i, rule in enumerate(self.rules):
@@ -695,7 +696,17 @@ class CompressionPlan(_Frozen):
                 for op in ops:
                     if op in model.linear_ops:
                         out[(li, op)] = rule.apply(out[(li, op)])
+        for (li, op), q in out.items():
+            self._tiles(q, model.linear_shape(op)[1], f"L{li}.{op}")
+        self._tiles(self.head(), model.hidden, "head")
         return out
+
+    def _tiles(self, q: LinearQuant, k: int, where: str) -> None:
+        if k % q.m:
+            raise UnsupportedError(
+                f"plan {self.name}, {where}: {q.n}:{q.m} sparsity prunes groups of {q.m} "
+                f"along a reduction of {k}, not a multiple of {q.m}"
+            )
 
     def head(self) -> LinearQuant:
         return self.lm_head.apply(LinearQuant(bits=8, n=1, m=1))

@@ -512,3 +512,15 @@ def test_closed_stdout_is_not_a_traceback(tmp_path):
         timeout=120,
     )
     assert r.stdout.startswith("; hwflow program") and r.stderr == "", r.stderr
+
+
+def test_plan_that_does_not_tile_the_model_is_refused_by_quality(tmp_path, capsys):
+    """The numeric reference (no preset involved) used to fail with a traceback deep in the
+    pruning when a layer's reduction length is not a multiple of the plan's M."""
+    model = _file(tmp_path, "config.json", {**TINY_LLAMA, "intermediate_size": 120})
+    _one_line_error(
+        capsys,
+        ["quality", "--model", model, "--plan", "flightllm"],
+        "plan flightllm, L0.down: 8:16 sparsity prunes groups of 16 along a reduction of 120, "
+        "not a multiple of 16",
+    )
