@@ -295,3 +295,18 @@ def test_sparsity_group_beyond_the_isa_field_is_refused_up_front():
         UnsupportedError, match=r"L0.q: 4:32 sparsity, M = 32 does not fit the 5-bit MM.m"
     ):
         compile_model(load_model("tiny-llama"), sparse, m32, 16)
+
+
+def test_model_beyond_an_instruction_field_is_unsupported(tmp_path):
+    """An extent wider than its 16-bit field is the instruction set's limit, said as such."""
+    import json
+
+    from hwflow.config import MAPPINGS
+
+    cfg = json.loads((MAPPINGS / "models" / "tiny-llama.json").read_text())
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**cfg, "intermediate_size": 65552}))
+    with pytest.raises(
+        UnsupportedError, match=r"exceeds the instruction set: SFU.cols = 65552 does not fit 16"
+    ):
+        compile_model(load_model(path), load_plan("w8a8"), load_hw("u280"), 16)

@@ -153,7 +153,10 @@ def compile_model(
             templates.append(_template(cfg, plan, hw, layout, "decode", 1, lo, hi))
     except CapacityError as e:
         raise CapacityError(f"{where}: {e}") from None
-    except ProgramError as e:  # an instruction field too narrow for this model: not a bug here
+    except ProgramError as e:
+        if "does not fit" not in str(e):  # not a field range (isa.make): a compiler bug
+            raise
+        # an instruction field too narrow for this model (a 16-bit extent, a 40-bit address)
         raise UnsupportedError(f"{where}: exceeds the instruction set: {e}") from None
     big = max(templates, key=lambda t: t.nbytes)
     if big.nbytes > hw.buffers.bytes("instr"):
