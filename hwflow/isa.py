@@ -90,6 +90,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -582,22 +583,6 @@ class Template:
         """:func:`loop_spans` of the instructions (``{LOOP pc: ENDLOOP pc}``)."""
         return MappingProxyType(loop_spans(self.instrs))
 
-    @cached_property
-    def _jumps(self) -> dict[frozenset[int], tuple[int, ...]]:
-        return {}
-
-    def next_in(self, only: frozenset[int]) -> tuple[int, ...]:
-        """Per pc the next pc at or after it that is a SYS instruction or in ``only``."""
-        got = self._jumps.get(only)
-        if got is None:
-            n = len(self.instrs)
-            nxt = [n] * (n + 1)
-            for pc in range(n - 1, -1, -1):
-                keep = self.instrs[pc].unit == Unit.SYS or pc in only
-                nxt[pc] = pc if keep else nxt[pc + 1]
-            got = self._jumps[only] = tuple(nxt)
-        return got
-
     def serves(self, runtime: Runtime) -> bool:
         if self.phase == "prefill":
             return runtime.pos == 0 and self.lo <= runtime.length <= self.hi
@@ -850,7 +835,7 @@ def expand(
     stack: list[list[int]] = []  # [loop pc, iteration, count, ident of a recorded one or -1]
     idents: dict[tuple[int, Hashable], int] = {}
     nxt, pre = template.skips
-    jump = template.next_in(only) if only is not None else nxt
+    only_pcs = sorted(only) if only is not None else []
     mute = 0  # > 0: inside a repeated iteration at this loop depth (yield nothing)
     pc = 0
     while pc < len(instrs):
@@ -902,7 +887,8 @@ def expand(
         else:
             u = ins.unit
             if only is not None and not mute and pc not in only:
-                to = jump[pc]
+                k = bisect_left(only_pcs, pc)  # the next pc in only, or the next SYS one
+                to = only_pcs[k] if k < len(only_pcs) and only_pcs[k] < nxt[pc] else nxt[pc]
                 a, b = pre[pc], pre[to]
                 for v in TOKEN_UNITS:
                     seq[v] += b[v] - a[v]
