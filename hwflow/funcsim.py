@@ -85,6 +85,11 @@ class FuncSim:
     def step(self, phase: str, x0: np.ndarray, pos: int) -> np.ndarray:
         """Write the INT8 input rows, run one step, return the last token's int64 logits."""
         x0 = np.asarray(x0, np.int8)
+        if x0.ndim != 2 or x0.shape[1] != self.cfg.hidden:
+            raise ProgramError(
+                f"step input of shape {x0.shape}: expected [tokens, {self.cfg.hidden}] INT8 rows"
+            )
+        self.program.select(phase, Runtime(x0.shape[0], pos))  # refuse before writing HBM
         inp = self.layout.region("input")
         self.hbm[inp.base : inp.base + x0.size] = x0.view(np.uint8).ravel()
         self.last_stats = self.run(phase, Runtime(x0.shape[0], pos))

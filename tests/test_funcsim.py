@@ -192,3 +192,15 @@ def test_decode_crosses_every_decode_bucket_boundary():
     ctx = [s["pos"] + 1 for s in res["steps"] if s["phase"] == "decode"]
     assert ctx == list(range(5, 65))
     assert res["bit_exact"], [s for s in res["steps"] if not s["equal"]]
+
+
+def test_step_input_checked_before_it_is_written(setup):
+    """More rows than the program serves, or rows of the wrong width, are refused before the
+    input region of HBM is touched (they used to fail in a numpy broadcast)."""
+    cfg, hw, comp, qm, image = setup
+    fs = FuncSim(comp.program, hw, cfg, comp.layout, image.copy())
+    with pytest.raises(ProgramError, match=r"no prefill template serves LEN = 5000"):
+        fs.step("prefill", qm.embed(np.arange(5000) % cfg.vocab, 0), 0)
+    with pytest.raises(ProgramError, match=r"expected \[tokens, 64\] INT8 rows"):
+        fs.step("prefill", np.zeros((3, 65), np.int8), 0)
+    assert np.array_equal(fs.hbm, image)
