@@ -64,12 +64,16 @@ def _same_figures(a, b) -> None:
     }
 
 
-@pytest.mark.parametrize("model", ["tiny-llama", "tiny-opt"])
-def test_fast_mode_gives_every_step_the_exact_cycles(model):
-    """fast simulates one decode step per bucket (layer iterations expanded once) and reuses it
-    for the bucket's other steps; exact expands and simulates every step in full. The cycles of
-    EVERY step are equal (not only the totals), and so is every other figure."""
-    cfg, plan, hw = load_model(model), load_plan("flightllm"), load_hw("tiny")
+@pytest.mark.parametrize(
+    ("model", "plan"),
+    [("tiny-llama", "flightllm"), ("tiny-opt", "flightllm"), ("tiny-llama", "w4a8")],
+)
+def test_fast_mode_gives_every_step_the_exact_cycles(model, plan):
+    """fast simulates one decode step per bucket (layer iterations expanded once: w4a8 makes
+    the two layers one loop) and reuses it for the bucket's other steps; exact expands and
+    simulates every step in full. The cycles of EVERY step are equal (not only the totals),
+    and so is every other figure."""
+    cfg, plan, hw = load_model(model), load_plan(plan), load_hw("tiny")
     prog = compile_cached(cfg, plan, hw, 512)
     ex = simulate(cfg, plan, hw, 30, 90, mode="exact", program=prog)
     fa = simulate(cfg, plan, hw, 30, 90, mode="fast", program=prog)

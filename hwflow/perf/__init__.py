@@ -3,8 +3,10 @@
 * :mod:`hwflow.perf.hbm`: HBM pseudo-channels (FIFO servers; peak x efficiency, latency).
 * :mod:`hwflow.perf.machine`: the dispatcher, one process per unit, instruction queues,
   dependency tokens, exact reuse of barrier-delimited segments.
-* :mod:`hwflow.perf.lower`: a program's expanded instructions priced with :mod:`hwflow.costs`.
-* :mod:`hwflow.perf.sim`: whole (prefill, decode) cases: latency, throughput, energy, roofline.
+* :mod:`hwflow.perf.lower`: a program's expanded instructions priced with :mod:`hwflow.costs`;
+  each distinct loop iteration priced once, and step signatures that tell identical steps.
+* :mod:`hwflow.perf.sim`: whole (prefill, decode) cases: latency, throughput, energy, roofline;
+  ``fast`` mode simulates one step per group of identical steps (exact, not an estimate).
 * :mod:`hwflow.perf.trace`: Perfetto / chrome://tracing timelines.
 """
 
