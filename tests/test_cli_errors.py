@@ -524,3 +524,26 @@ def test_plan_that_does_not_tile_the_model_is_refused_by_quality(tmp_path, capsy
         "plan flightllm, L0.down: 8:16 sparsity prunes groups of 16 along a reduction of 120, "
         "not a multiple of 16",
     )
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_failed_write_leaves_no_folders(error, tmp_path, monkeypatch, capsys):
+    """summary.json fails after program.hwp was written: neither file stays, nor the folders
+    ``-o`` made for them (an interrupt too)."""
+    import hwflow.commands.compile as cc
+
+    real = cc.atomic_write
+
+    def failing(path, data):
+        if path.name == "summary.json":
+            raise error
+        real(path, data)
+
+    monkeypatch.setattr(cc, "atomic_write", failing)
+    out = tmp_path / "a" / "b" / "c"
+    argv = ["compile", "--model", "tiny-llama", "--hw", "tiny", "--plan", "w8a8", "--max-len", "8"]
+    if isinstance(error, OSError):
+        _one_line_error(capsys, [*argv, "-o", str(out)], "cannot write (No space left on device)")
+    else:
+        assert main([*argv, "-o", str(out)]) == 130
+    assert list(tmp_path.iterdir()) == []

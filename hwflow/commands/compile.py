@@ -117,8 +117,9 @@ def summary(cfg: ModelConfig, plan: Any, hw: HardwarePreset, compiled: Any) -> d
 
 
 def _write_outputs(out: Path, program: bytes, info: dict[str, Any]) -> None:
-    """Write program.hwp and summary.json, each atomically; on failure leave neither."""
-    created = not out.exists()
+    """Write program.hwp and summary.json, each atomically; on any failure (or an interrupt)
+    leave neither, nor the folders made for them."""
+    made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
     done: list[Path] = []
     try:
         for name, data in (
@@ -127,12 +128,15 @@ def _write_outputs(out: Path, program: bytes, info: dict[str, Any]) -> None:
         ):
             atomic_write(out / name, data)
             done.append(out / name)
-    except OSError as e:
+    except BaseException as e:
         for f in done:
             f.unlink(missing_ok=True)
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        raise ConfigError(f"-o {out}: cannot write ({e.strerror or e})") from None
+        for d in made:
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        if isinstance(e, OSError):
+            raise ConfigError(f"-o {out}: cannot write ({e.strerror or e})") from None
+        raise
 
 
 def run_compile(args: argparse.Namespace) -> int:
