@@ -443,6 +443,7 @@ def test_disasm_of_a_directory_or_missing_file(tmp_path, capsys):
         (["disasm"], "the following arguments are required: file"),
         (["quality", "--decode", "-1"], "--decode -1 must lie in 0..511 for tiny-llama"),
         (["quality", "--tokens", "0"], "--tokens 0 must lie in 1..508 for tiny-llama"),
+        (["quality", "--seed", "-1"], "argument --seed: invalid seed '-1' (allowed: a whole number >= 0)"),
         (["check", "--model", "tiny-llama", "--hw", "tiny", "--plan", "w8a8", "--max-len", "0"],
          "max_len = 0 must lie in 1..512"),
         (["check", "--model", "tiny-llama", "--hw", "tiny", "--plan", "w8a8", "--max-len", "16",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "print_json"]
+__all__ = ["atomic_write", "print_json", "seed"]
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -30,3 +31,14 @@ def atomic_write(path: Path, data: bytes | str) -> None:
 
 def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def seed(text: str) -> int:
+    """argparse type of a random seed: a whole number >= 0 (what numpy's generators take)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r} (allowed: a whole number >= 0)")
+    return value

@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from hwflow.commands._common import atomic_write, print_json
+from hwflow.commands._common import atomic_write, print_json, seed
 from hwflow.compiler import compile_model, storage_report
 from hwflow.config import HardwarePreset, ModelConfig, load_hw, load_model, load_plan
 from hwflow.errors import ConfigError
@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common_args(c)
     c.add_argument("--max-len", type=int, default=256, help="longest length checked (default 256)")
     c.add_argument("--decode", type=int, default=8, help="decode steps (default 8)")
-    c.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
+    c.add_argument("--seed", type=seed, default=0, help="weight seed (default 0)")
     c.add_argument("--json", action="store_true", help="print JSON")
     c.set_defaults(func=run_check)
 

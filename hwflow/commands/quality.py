@@ -8,7 +8,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from hwflow.commands._common import print_json
+from hwflow.commands._common import print_json, seed
 from hwflow.compress import quantize_model, random_weights
 from hwflow.config import available, load_model, load_plan
 from hwflow.errors import ConfigError
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tokens", type=int, default=40, help="prompt length (default 40)")
     p.add_argument("--decode", type=int, default=4, help="decode steps (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="weight seed (default 0)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
