@@ -14,7 +14,11 @@ Three kinds of input:
 * a **compression plan** (``mappings/plans/*.yaml``): weight precision and N:M sparsity per layer
   and per linear op, attention sparsity for prefill, activation and KV-cache precision.
 
-Names resolve to files under ``mappings/``; anything else is read as a path.
+Names resolve to files under ``mappings/``; anything else is read as a path (for a model, also a
+Hugging Face model folder holding a ``config.json``). Input is strict: a key given twice, a key
+no schema knows (outside HF configs), a bool or a string where a number belongs, a non-finite
+float are errors; every error is one :class:`~hwflow.errors.HwflowError` line naming the file,
+the key, the value given and what is allowed.
 """
 
 from __future__ import annotations
