@@ -66,8 +66,9 @@ __all__ = [
 ALIGN = 64  #: byte alignment of every region and tile
 #: The weight buffer is split into this many tile slots, filled round robin (LD runs up to
 #: ``WEIGHT_SLOTS - 1`` tiles ahead of the engine). Two is best on the shipped presets: the cycle
-#: model gives LLaMA-2-7B/flightllm/u280 decode 85% of the HBM roofline with 2 slots, 81% with
-#: 3 and 76% with 4, because smaller tiles cut the DSP chains' row groups short.
+#: model gives LLaMA-2-7B/flightllm/u280 decode (prefill 128, decode 16) 90% of the HBM roofline
+#: with 2 slots, 86% with 3 and 80% with 4, because smaller tiles cut the DSP chains' row groups
+#: short.
 WEIGHT_SLOTS = 2
 
 #: Word offsets (int32) of the scalar parameters in a layer's parameter blob.
