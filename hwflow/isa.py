@@ -675,8 +675,11 @@ class Program:
             if at + hlen + 2 > end:
                 raise ValueError(f"header length {hlen} runs past the end of the file")
             header = json.loads(data[at : at + hlen])
-            if not isinstance(header, dict) or _HEADER_KEYS - set(header):
-                raise ValueError(f"header lacks {sorted(_HEADER_KEYS - set(header or {}))}")
+            if not isinstance(header, dict) or set(_HEADER) - set(header):
+                raise ValueError(f"header lacks {sorted(set(_HEADER) - set(header or {}))}")
+            for key, kind in _HEADER.items():
+                if not isinstance(header[key], kind) or isinstance(header[key], bool):
+                    raise ValueError(f"header {key} = {header[key]!r} is not {kind.__name__}")
             at += hlen
             (nsec,) = struct.unpack_from("<H", data, at)
             at += 2
@@ -722,7 +725,10 @@ class Program:
 
 
 #: Header keys every program file carries (what :func:`load_program` and the tools read).
-_HEADER_KEYS = frozenset({"isa_version", "preset", "preset_digest", "model", "plan", "max_len"})
+_HEADER = MappingProxyType(
+    {"isa_version": int, "preset": str, "preset_digest": str, "model": str, "plan": str,
+     "max_len": int}
+)  # fmt: skip
 
 
 def load_program(path: str | Path, preset: Any | None = None) -> Program:

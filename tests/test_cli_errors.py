@@ -403,6 +403,15 @@ DISASM_CASES = {
         [],
         "malformed program (header lacks",
     ),
+    "header of the wrong types": (
+        lambda d: _with_header(
+            d,
+            b'{"isa_version": 1, "preset": "tiny", "preset_digest": 7, "model": "m", "plan": "p",'
+            b' "max_len": 16}',
+        ),
+        [],
+        "malformed program (header preset_digest = 7 is not str)",
+    ),
     "stray bytes": (
         lambda d: _with_crc(d[:-4] + b"junk"),
         [],
