@@ -101,9 +101,11 @@ class FuncSim:
         c = self.cfg
         base = self.layout.region("kv").base + layer * self.layout.kv_layer_bytes
         hs = self.layout.kv_head_bytes  # head stride (padded)
-        kv = self.hbm[base : base + 2 * c.kv_heads * hs].view(np.int8).reshape(2, c.kv_heads, hs)
-        kv = kv[:, :, : length * c.head_dim].reshape(2, c.kv_heads, length, c.head_dim)
-        return kv[0].copy(), kv[1].copy()
+        out = []
+        for at in (base, base + self.layout.kv_v_offset):
+            heads = self.hbm[at : at + c.kv_heads * hs].view(np.int8).reshape(c.kv_heads, hs)
+            out.append(heads[:, : length * c.head_dim].reshape(c.kv_heads, length, c.head_dim))
+        return out[0].copy(), out[1].copy()
 
     # ---------------------------------------------------------------- execution
     def run(self, phase: str, runtime: Runtime) -> StepStats:

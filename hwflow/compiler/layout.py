@@ -17,7 +17,8 @@ One linear HBM address space, interleaved over the preset's pseudo-channels ever
 ``kv``          the KV cache: per layer K then V, each ``[kv_heads][max_len][head_dim]`` INT8;
                 the heads ``kv_head_bytes`` apart: whole granules, a count coprime with the
                 channel count, so the heads of a layer start on distinct channels and its K/V
-                loads spread over all of them; layers ``kv_layer_bytes``
+                loads spread over all of them, the V heads ``kv_v_offset`` after the K heads,
+                each half the channels away from its K head; layers ``kv_layer_bytes``
                 apart, a multiple of the period. A head's rows start on a granule boundary, so
                 the rows of positions ``16k .. 16k+15`` (one decode bucket) share one channel
                 whenever ``16 * head_dim`` divides the granule.
@@ -208,6 +209,7 @@ class HbmLayout:
     kv_head_bytes: int  #: stride between kv heads: one head's [max_len, head_dim], padded
     rope_row: int
     total: int
+    kv_v_offset: int = 0  #: from a layer's K heads to its V heads (see the module doc)
 
     def region(self, name: str) -> Region:
         for r in self.regions:
@@ -305,7 +307,11 @@ def plan_hbm(
         regions.append(Region("rope", at, size, "table"))
         at += size
     kv_head = _kv_head_stride(max_len * cfg.head_dim, hw)
-    kv_layer = _round(2 * cfg.kv_heads * kv_head, period)
+    # V heads start half the channels away from their K heads (both are loaded back to back)
+    g = hw.hbm.interleave_bytes
+    kv_v = cfg.kv_heads * kv_head
+    kv_v += ((hw.hbm.channels // 2) * g - kv_v) % period
+    kv_layer = _round(kv_v + cfg.kv_heads * kv_head, period)
     size = kv_layer * cfg.layers
     regions.append(Region("kv", at, size, "kv"))
     at += size
@@ -329,6 +335,7 @@ def plan_hbm(
         kv_head,
         rope_row,
         at,
+        kv_v,
     )
 
 

@@ -400,7 +400,7 @@ def lower_step(
                     b=(Buf.PARAM, bp.p_rope, 2 * hd, R_RROW if dec else 0), aux=hd,
                     qpos_reg=R_QPOS)  # fmt: skip
             qn, kn = "qr", "kr"
-        kvoff = {"K": 0, "V": nkv * layout.kv_head_bytes}
+        kvoff = {"K": 0, "V": layout.kv_v_offset}
         att = plan.attention
         block = phase == "prefill" and att.pattern == "block"
         qo, qrb = act(qn)
