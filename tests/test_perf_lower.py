@@ -87,3 +87,28 @@ def test_buffer_overflow_is_a_capacity_error(tiny):
     )
     with pytest.raises(CapacityError, match=r"weight buffer bytes \[0, 17408\) but preset tiny"):
         lower(tiny, expand(prog, Runtime(1, 0)))
+
+
+def test_cost_free_fields_do_not_change_a_price(tiny):
+    """Step signatures skip instructions whose POS-dependent fields are all in _COST_FREE (on-chip
+    offsets, the mask position): moving those fields must not change any op's price, and equal
+    prices are one object. A cost that starts to depend on one of them fails here."""
+    from hwflow.perf.lower import _COST_FREE, _pricer
+
+    cases = [
+        make("MV", func=0, rows=1, cols=16, k=64, n=4, m=16, wbits=4, a_buf=1, b_buf=0, o_buf=1),
+        make("MV", func=1, rows=1, cols=48, k=16, n=1, m=1, wbits=8, a_buf=1, b_buf=2, o_buf=3),
+        make("SFU", func=1, rows=1, cols=48, a_buf=3, o_buf=3, mask=1),
+        make("SFU", func=6, rows=1, cols=16, a_buf=1, o_buf=2),
+        make("ST", kind=2, hbm=4096, rows=2, row_bytes=16, hbm_stride=512, buf=1, stride=16),
+        make("LD", kind=2, hbm=4096, rows=3, row_bytes=16, hbm_stride=16, buf=2, stride=16),
+    ]
+    price = _pricer(tiny).price
+    for ins in cases:
+        moved = {f: 64 for f in _COST_FREE if f in ins.fields}
+        assert moved
+        a = price(next(iter(expand(template([ins]), Runtime(1, 0)))))
+        b = price(
+            next(iter(expand(template([make(ins.op, **{**ins.fields, **moved})]), Runtime(1, 0))))
+        )
+        assert a is b, ins.op

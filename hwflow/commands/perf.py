@@ -74,7 +74,7 @@ def _si(v: float, unit: str) -> str:
 
 def _mode(res) -> str:
     if res.mode == "fast":
-        return "fast: every step's exact cycles, one simulation per distinct step"
+        return "fast: exact cycles, identical steps simulated once"
     return "exact: every step simulated"
 
 
