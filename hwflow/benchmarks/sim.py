@@ -49,8 +49,12 @@ def run(args: argparse.Namespace) -> int:
     )
     print(
         f"steps simulated: {res.simulated_steps} (decode buckets {res.decode_buckets}, steps "
-        f"simulated apart {res.fallback_steps}); SimPy events (replayed segments included): "
-        f"{res.events:,}; events/s: {res.events / wall:,.0f}"
+        f"simulated apart {res.fallback_steps})"
+    )
+    run = res.events - res.replayed_events
+    print(
+        f"SimPy events: {res.events:,} ({run:,} run, {res.replayed_events:,} in replayed "
+        f"segments); events/s: {res.events / wall:,.0f} ({run / wall:,.0f} run)"
     )
     print(
         f"result: TTFT {res.ttft_s * 1e3:.1f} ms, decode {res.token_ms()[1]:.3f} ms/token avg, "

@@ -100,6 +100,7 @@ class RunStats:
     trace: list[tuple[str, str, int, int]] = field(default_factory=list)
     segments: int = 0  #: barrier-delimited segments the run was cut into
     reused: int = 0  #: segments taken from the memo instead of simulated
+    replayed_events: int = 0  #: the part of ``events`` in segments taken from the memo
 
 
 @dataclass(frozen=True)
@@ -272,7 +273,7 @@ class Machine:
         bounds = (
             [0, *barrier_cuts(program), len(program)] if memo is not None else [0, len(program)]
         )
-        reused = 0
+        reused = replayed = 0
         used = sorted({op.unit for op in program})
         for a, b in itertools.pairwise(bounds):
             seg = program[a:b]
@@ -291,6 +292,7 @@ class Machine:
                 res = hit
                 memo.hits += 1
                 reused += 1
+                replayed += res.events
             state = res.exit.shifted(shift)
             for u in range(n):
                 busy[u] += res.busy[u]
@@ -316,6 +318,7 @@ class Machine:
             trace=trace,
             segments=len(bounds) - 1,
             reused=reused,
+            replayed_events=replayed,
         )
 
     def _segment(self, program: Sequence[MOp], entry: MachineState) -> _Seg:

@@ -214,7 +214,7 @@ class SimResult:
     actions: Actions
     energy: Energy
     simulated_steps: int  #: the prefill plus the decode steps simulated (not reused)
-    events: int
+    events: int  #: SimPy events of the simulated steps (replayed segments included)
     wall_s: float
     #: (unit, op, start, end) cycles of the prefill and the first decode step, when traced
     trace: list[tuple[str, str, int, int]] = field(default_factory=list)
@@ -222,6 +222,7 @@ class SimResult:
     #: (their priced program differed from their bucket's first step's)
     decode_buckets: int = 0
     fallback_steps: int = 0
+    replayed_events: int = 0  #: the part of ``events`` in segments replayed from the memo
 
     # --- derived figures (SI units) ---
     @property
@@ -456,8 +457,10 @@ def simulate(
             busy[u] += r.stats.busy[u]
             stall[u] += r.stats.stall[u]
         actions.add(r.actions)
+    replayed = pre.stats.replayed_events
     for r in simulated:
         events += r.stats.events
+        replayed += r.stats.replayed_events
     hbm += dec_bytes
     roof = [roof_at[p] for p in positions]
     total = pre.cycles + sum(dec_cycles)
@@ -484,4 +487,5 @@ def simulate(
         trace=events_out,
         decode_buckets=len(groups) if fast else 0,
         fallback_steps=len(simulated) - len(groups) if fast else 0,
+        replayed_events=replayed,
     )
