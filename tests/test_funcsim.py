@@ -204,3 +204,27 @@ def test_step_input_checked_before_it_is_written(setup):
     with pytest.raises(ProgramError, match=r"expected \[tokens, 64\] INT8 rows"):
         fs.step("prefill", np.zeros((3, 65), np.int8), 0)
     assert np.array_equal(fs.hbm, image)
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-opt"])
+def test_decode_ignores_what_the_cache_holds_after_the_position(model):
+    """Decode attends over the bucket's longest context with the keys after the current position
+    masked (probability 0): a KV cache full of random bytes there changes no logit."""
+    from hwflow.reference import generate_int
+
+    cfg, plan, hw = load_model(model), load_plan("flightllm"), load_hw("tiny")
+    comp = compile_model(cfg, plan, hw, 64)
+    qm = quantize_model(cfg, plan, random_weights(cfg, 3))
+    image = build_hbm_image(comp.layout, qm)
+    kv = comp.layout.region("kv")
+    rng = np.random.default_rng(5)
+    image[kv.base : kv.base + kv.size] = rng.integers(0, 256, kv.size, dtype=np.uint8)
+    ids = rng.integers(cfg.vocab, size=18)  # decode at POS 18..23: bucket 17..32, 9+ keys masked
+    ref = generate_int(qm, ids, 6)
+    fs = FuncSim(comp.program, hw, cfg, comp.layout, image)
+    assert np.array_equal(fs.step("prefill", qm.embed(ids, 0), 0), ref[0].logits[-1])
+    pos = len(ids)
+    for s in range(1, 7):
+        tok = np.array([int(np.argmax(ref[s - 1].logits[-1]))])
+        assert np.array_equal(fs.step("decode", qm.embed(tok, pos), pos), ref[s].logits[-1]), s
+        pos += 1
