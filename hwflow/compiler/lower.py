@@ -23,9 +23,9 @@ in FlightLLM: attention runs over the bucket's longest context ``hi`` (the KV lo
 columns, the softmax and the pv reduction), the keys after the current position masked
 causally (probability 0, so what the cache holds there never matters: bit-exact), and one LD
 brings the bucket's RoPE rows; one strided ST per layer stores the new K (V) row of every head,
-after the KV loads (they read the stored row's place too). Only those stores and on-chip offsets move with POS, so every step of a bucket
-costs the same whenever those rows stay on one HBM channel (:mod:`.layout`); layers of a run are one loop whose body
-advances R7/R8. Barriers (emitted as the placeholder op ``BARRIER``, made concrete by
+after the KV loads (they read the stored row's place too). Only those stores and on-chip
+offsets move with POS, so every step of a bucket costs the same whenever those rows stay on one
+HBM channel (:mod:`.layout`). Layers of a run are one loop whose body advances R7/R8. Barriers (emitted as the placeholder op ``BARRIER``, made concrete by
 :mod:`hwflow.compiler.sync`) close every loop body and precede every loop.
 """
 
