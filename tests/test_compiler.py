@@ -310,3 +310,25 @@ def test_model_beyond_an_instruction_field_is_unsupported(tmp_path):
         UnsupportedError, match=r"exceeds the instruction set: SFU.cols = 65552 does not fit 16"
     ):
         compile_model(load_model(path), load_plan("w8a8"), load_hw("u280"), 16)
+
+
+@pytest.mark.parametrize(("model", "preset"), [("llama2-7b", "u280"), ("tiny-llama", "tiny")])
+def test_layout_channel_alignment(model, preset):
+    """Layers of a run share one channel pattern (strides are multiples of the channel map's
+    period); a layer's K heads start on distinct channels, each V head half the channels away
+    from its K head; a decode bucket's 16 new K/V rows of a head stay in one granule."""
+    from hwflow.compiler.layout import plan_hbm
+
+    cfg, plan, hw = load_model(model), load_plan("flightllm"), load_hw(preset)
+    lay = plan_hbm(cfg, plan.resolve(cfg), plan.head(), hw, 2048 if preset == "u280" else 256)
+    g, c = hw.hbm.interleave_bytes, hw.hbm.channels
+    period = g * c
+    assert all(stride % period == 0 for _, n, stride in lay.runs if n > 1)
+    assert lay.kv_layer_bytes % period == 0 and lay.region("kv").base % period == 0
+    base = lay.region("kv").base
+    heads = range(cfg.kv_heads)
+    k = [isa.hbm_channel(base + h * lay.kv_head_bytes, c, g) for h in heads]
+    v = [isa.hbm_channel(base + lay.kv_v_offset + h * lay.kv_head_bytes, c, g) for h in heads]
+    assert len(set(k)) == min(cfg.kv_heads, c)
+    assert all((b - a) % c == c // 2 for a, b in zip(k, v, strict=True))
+    assert lay.kv_head_bytes % g == 0 and g % (16 * cfg.head_dim) == 0
