@@ -110,7 +110,13 @@ def sim_table(res) -> Table:
         )
     for k, v in res.energy.joules.items():
         rows.append((f"energy: {k}", f"{_si(v, 'J')} ({v / res.energy.total:.1%})"))
-    rows.append(("simulated steps / SimPy events", f"{res.simulated_steps} / {res.events:,}"))
+    run = res.events - res.replayed_events
+    rows.append(
+        (
+            "simulated steps / SimPy events run + replayed",
+            f"{res.simulated_steps} / {run:,} + {res.replayed_events:,}",
+        )
+    )
     if res.mode == "fast":
         rows.append(
             (
