@@ -436,7 +436,6 @@ def simulate(
     results = {p: r for p, r, _ in out if r.phase == "decode"}
     simulated = [results[p] for p, r, sim in out if sim and r.phase == "decode"]
     roof_at = _rooflines(cfg, plan, hw, positions)
-    reps = [positions[0]] if positions else []
     busy = dict(pre.stats.busy)
     stall = dict(pre.stats.stall)
     hbm = pre.stats.hbm_bytes
@@ -444,9 +443,10 @@ def simulate(
     actions = Actions()
     actions.add(pre.actions)
     events_out = list(pre.stats.trace)
-    if trace and reps:  # the first decode step follows the prefill on the timeline
+    if trace and positions:  # the first decode step follows the prefill on the timeline
         c0 = pre.cycles
-        events_out += [(u, n, s + c0, e + c0) for u, n, s, e in results[reps[0]].stats.trace]
+        first = results[positions[0]].stats.trace
+        events_out += [(u, n, s + c0, e + c0) for u, n, s, e in first]
     dec_cycles: list[int] = []
     dec_bytes = 0
     for p in positions:
