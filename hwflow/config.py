@@ -233,6 +233,9 @@ class Buffers(_Sourced):
     score_kib: PositiveInt  # attention scores / probabilities
     param_kib: PositiveInt  # requantization tables, LUTs, RoPE rows
     instr_kib: PositiveInt  # instruction memory
+    #: decoded-instruction queue entries per unit (the dispatcher stalls when one is full);
+    #: 64 x 9-word entries = 18 Kib, half a BRAM36 per unit
+    queue_entries: PositiveInt = 64
 
     def bytes(self, name: str) -> int:
         return getattr(self, f"{name}_kib") * 1024

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from hwflow.config import HardwarePreset
+from hwflow.config import Buffers, HardwarePreset
 from hwflow.costs import LDST_ISSUE_CYCLES, HbmPiece
 from hwflow.errors import SyncError
 from hwflow.perf.hbm import HbmChannels
@@ -64,9 +64,9 @@ __all__ = [
 
 #: The units, in the order of :class:`hwflow.isa.Unit` (the wait/release mask bits).
 UNITS = ("ld", "st", "mm", "mv", "sfu", "sys")
-#: Entries of each unit's instruction queue. Design choice (not yet a preset field): 64
-#: decoded instructions of at most 9 words = 18 Kib, half a BRAM36 per unit.
-QUEUE_DEPTH = 64
+#: Entries of each unit's instruction queue unless the preset says otherwise
+#: (``HardwarePreset.buffers.queue_entries``, where the number and its source live).
+QUEUE_DEPTH = Buffers.model_fields["queue_entries"].default
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +252,8 @@ class Machine:
     """Runs a program of :class:`MOp` (in dispatch order) from an idle machine until every
     unit is done."""
 
-    def __init__(self, hw: HardwarePreset, *, trace: bool = False, depth: int = QUEUE_DEPTH):
+    def __init__(self, hw: HardwarePreset, *, trace: bool = False, depth: int | None = None):
+        depth = hw.buffers.queue_entries if depth is None else depth
         if depth < 1:
             raise ValueError(f"depth = {depth!r} must be >= 1")
         self.hw = hw
