@@ -12,6 +12,7 @@ The bench reads its design parameters from the environment (``HWFLOW_PRESET``, `
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -59,14 +60,28 @@ def build(p: EngineParams, name: str) -> tuple[Path, bool, float, dict[str, floa
 
     Returns (build folder, whether it was built now, build seconds (recorded ones for a cached
     build), Verilog facts: generation seconds and line count)."""
-    from cocotb_tools.runner import get_runner
-
     ensure_verilator_on_path()
     t0 = time.perf_counter()
     text = engine_verilog(p, name=name)
     facts = {"gen_s": time.perf_counter() - t0, "lines": text.count("\n")}
     key = hashlib.sha256((text + "\n".join(_BUILD_ARGS)).encode()).hexdigest()[:16]
     bdir = BUILD_ROOT / f"{name}-{key}"
+    BUILD_ROOT.mkdir(parents=True, exist_ok=True)
+    # one build per folder at a time, even across processes (xdist groups should already
+    # keep a design on one worker; the lock makes it safe anyway)
+    with open(BUILD_ROOT / f"{name}-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _build_locked(p, name, text, bdir, facts)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build_locked(
+    p: EngineParams, name: str, text: str, bdir: Path, facts: dict[str, float]
+) -> tuple[Path, bool, float, dict[str, float]]:
+    from cocotb_tools.runner import get_runner
+
     src = bdir / f"{name}.v"
     write_if_changed(src, text)
     record = bdir / "build_seconds.json"
@@ -89,7 +104,7 @@ def build(p: EngineParams, name: str) -> tuple[Path, bool, float, dict[str, floa
     seconds = time.perf_counter() - t0
     record.write_text(json.dumps({"seconds": seconds}))
     for stale in BUILD_ROOT.glob(f"{name}-*"):  # builds of older versions of this design
-        if stale != bdir and len(stale.name) == len(bdir.name):
+        if stale != bdir and stale.is_dir() and len(stale.name) == len(bdir.name):
             shutil.rmtree(stale, ignore_errors=True)
     return bdir, True, seconds, facts
 

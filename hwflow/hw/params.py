@@ -220,17 +220,17 @@ class EngineParams:
         """Token lane 0 as accumulator-wide values (raw accumulators, or the INT8 results
         sign-extended); token lanes 1.. as INT8 (zero in raw mode: a raw op, the LM head,
         has one token). Full width only where it is needed keeps big engines' ports small."""
-        return data.StructLayout(
-            {
-                "acc": data.ArrayLayout(signed(self.acc_bits), self.lanes),
-                "data": data.ArrayLayout(data.ArrayLayout(signed(8), self.lanes), self.rows - 1),
-                "raw": unsigned(1),
-            }
-        )
+        fields: dict[str, Any] = {"acc": data.ArrayLayout(signed(self.acc_bits), self.lanes)}
+        if self.rows > 1:  # no zero-width field for one token lane
+            fields["data"] = data.ArrayLayout(
+                data.ArrayLayout(signed(8), self.lanes), self.rows - 1
+            )
+        fields["raw"] = unsigned(1)
+        return data.StructLayout(fields)
 
     def result_values(self, result: dict) -> list[list[int]]:
         """A decoded result as ``[token lane][lane]`` integers."""
-        return [list(result["acc"])] + [list(row) for row in result["data"]]
+        return [list(result["acc"])] + [list(row) for row in result.get("data", [])]
 
     def check_ports(self) -> None:
         """Raise UnsupportedError if a port is wider than Amaranth 0.5 can emit (a signal of
