@@ -45,3 +45,16 @@ def test_engine_bench_fails_on_a_wrong_expected_value(kind: str) -> None:
     """The scoreboard is live: one falsified expected value fails the run."""
     run = run_bench(_params(kind), testcase="random_ops", env={"HWFLOW_CORRUPT": "1"})
     assert (run.tests, run.failed) == (1, 1), run
+
+
+@pytest.mark.xdist_group("rtl-tiny-mv")
+def test_bench_rtl_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """``hwflow bench rtl`` on the tiny MV engine prints its build time and cycles/s."""
+    from hwflow.cli import main
+
+    assert main(["bench", "rtl", "--hw", "tiny", "--cycles", "200", "--json"]) == 0
+    import json
+
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["module"] == "hwflow_tiny_mv" and row["sim_cycles"] >= 200
+    assert row["cycles_per_s"] > 0 and row["verilator_build_s"] >= 0
