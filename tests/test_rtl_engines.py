@@ -5,8 +5,11 @@ Each engine's tests share one build folder, so they sit in one xdist group (one 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from hwflow.cli import main
 from hwflow.config import load_hw
 from hwflow.hw.cosim import run_bench
 from hwflow.hw.params import EngineParams
@@ -50,11 +53,7 @@ def test_engine_bench_fails_on_a_wrong_expected_value(kind: str) -> None:
 @pytest.mark.xdist_group("rtl-tiny-mv")
 def test_bench_rtl_command(capsys: pytest.CaptureFixture[str]) -> None:
     """``hwflow bench rtl`` on the tiny MV engine prints its build time and cycles/s."""
-    from hwflow.cli import main
-
     assert main(["bench", "rtl", "--hw", "tiny", "--cycles", "200", "--json"]) == 0
-    import json
-
     (row,) = json.loads(capsys.readouterr().out)
     assert row["module"] == "hwflow_tiny_mv" and row["sim_cycles"] >= 200
     assert row["cycles_per_s"] > 0 and row["verilator_build_s"] >= 0
