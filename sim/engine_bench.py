@@ -214,7 +214,8 @@ async def random_ops(dut: object) -> None:
     await _reset(dut)
     ops: list[MatmulOp] = []
     combos = list(itertools.product(p.weight_bits, p.n_modes, (False, True)))
-    for bits, n, raw in combos:
+    # two rounds: more results than parameter-memory entries, so entries are reused
+    for (bits, n, raw), _round in itertools.product(combos, range(2)):
         rpb = p.rows_per_beat(n)
         for extreme in (False, True):
             tokens = int(rng.integers(1, 2 * p.rows + 2)) if p.rows > 1 and not raw else 1
