@@ -18,7 +18,21 @@ def test_demo_runs_every_step_on_tiny(tmp_path, capsys):
     )
     out = tmp_path / "out"
     code = main(
-        ["demo", "-o", str(out), "--model", "tiny-llama", "--hw", "tiny", "--grid", str(grid)]
+        [
+            "demo",
+            "-o",
+            str(out),
+            "--model",
+            "tiny-llama",
+            "--hw",
+            "tiny",
+            "--grid",
+            str(grid),
+            "--prefill",
+            "64",
+            "--decode",
+            "32",
+        ]
     )
     text = capsys.readouterr().out
     assert code == 0, text

@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--plan", default="flightllm", help="compression plan of the compile/simulate steps"
     )
+    p.add_argument("--prefill", type=int, default=128, help="prompt tokens of the simulated case")
+    p.add_argument("--decode", type=int, default=512, help="generated tokens of the simulated case")
     p.add_argument(
         "--grid", type=Path, default=MAPPINGS / "sweeps" / "demo.yaml", help="sweep grid"
     )
@@ -54,7 +56,16 @@ def steps(args: argparse.Namespace) -> list[list[str]]:
         ),
         ["rtl", "--hw", "tiny", "-o", str(out / "rtl" / "tiny")],
         ["rtl", "--hw", args.hw, "-o", str(out / "rtl" / args.hw)],
-        ["sim", *case, "--prefill", "128", "--decode", "512", "--trace", str(out / "trace.json")],
+        [
+            "sim",
+            *case,
+            "--prefill",
+            str(args.prefill),
+            "--decode",
+            str(args.decode),
+            "--trace",
+            str(out / "trace.json"),
+        ],
         ["sweep", str(args.grid), "-o", str(out / "sweep" / "results.csv")],
         ["plot", str(out / "sweep" / "results.csv"), "-o", str(out / "plots")],
     ]
