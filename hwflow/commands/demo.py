@@ -5,7 +5,9 @@ a walk-through), writing everything under one output directory:
 
 1. compile LLaMA-2-7B with the FlightLLM-style plan for hwflow's U280 design point (2048 tokens);
 2. check the tiny model on the tiny preset bit for bit against the numeric reference, per plan;
-3. generate the RTL of the tiny and U280 engines (Verilog + manifest, Verilator lint);
+3. generate the RTL (Verilog + manifest, Verilator lint) of the tiny preset's engines, and of
+   the default preset's engines as a slice of ``--rtl-chains`` chains (the full 128-chain U280
+   engines take about 7 minutes to elaborate; ``--rtl-chains 0`` writes them whole);
 4. simulate the default case (prompt 128, 512 generated tokens) cycle by cycle, with a timeline;
 5. sweep four design points x three plans and draw the energy-efficiency plots.
 
@@ -36,6 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--plan", default="flightllm", help="compression plan of the compile/simulate steps"
     )
+    p.add_argument(
+        "--rtl-chains",
+        type=int,
+        default=8,
+        help="chains of the default preset's RTL slice (0: the whole engines; default 8)",
+    )
     p.add_argument("--prefill", type=int, default=128, help="prompt tokens of the simulated case")
     p.add_argument("--decode", type=int, default=512, help="generated tokens of the simulated case")
     p.add_argument(
@@ -55,7 +63,8 @@ def steps(args: argparse.Namespace) -> list[list[str]]:
             for p in ("w8a8", "w4a8", "flightllm")
         ),
         ["rtl", "--hw", "tiny", "-o", str(out / "rtl" / "tiny")],
-        ["rtl", "--hw", args.hw, "-o", str(out / "rtl" / args.hw)],
+        ["rtl", "--hw", args.hw, "-o", str(out / "rtl" / args.hw)]
+        + (["--chains", str(args.rtl_chains)] if _slice(args) else []),
         [
             "sim",
             *case,
@@ -69,6 +78,14 @@ def steps(args: argparse.Namespace) -> list[list[str]]:
         ["sweep", str(args.grid), "-o", str(out / "sweep" / "results.csv")],
         ["plot", str(out / "sweep" / "results.csv"), "-o", str(out / "plots")],
     ]
+
+
+def _slice(args: argparse.Namespace) -> bool:
+    """Whether the default preset's RTL is written as a slice (smaller than its engines)."""
+    from hwflow.config import load_hw
+
+    hw = load_hw(args.hw)
+    return 0 < args.rtl_chains < max(hw.mv.chains, hw.mpe.chains)
 
 
 def run(args: argparse.Namespace) -> int:
