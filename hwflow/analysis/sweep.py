@@ -11,7 +11,8 @@ Grid file (YAML)::
       hbm.channels: [16, 32]
     plans: [flightllm]               # plan names/paths ...
     plan_axes:                       # ... and/or plans made from the first one by
-      bits: [4, 8]                   #     overriding its default weights (rules kept)
+      bits: [4, 8]                   #     setting a field for every linear op (the plan's
+                                     #     per-layer rules keep their other fields)
       sparsity: ["4:16", "8:16"]
     lengths: [[128, 512]]            # (prefill, decode) pairs
     mode: fast                       # fast | exact (hwflow.perf.sim)
