@@ -9,7 +9,7 @@ a walk-through), writing everything under one output directory:
    the default preset's engines as a slice of ``--rtl-chains`` chains (the full 128-chain U280
    engines take about 7 minutes to elaborate; ``--rtl-chains 0`` writes them whole);
 4. simulate the default case (prompt 128, 512 generated tokens) cycle by cycle, with a timeline;
-5. sweep four design points x three plans and draw the energy-efficiency plots.
+5. sweep two U280 design points x INT4/INT8 x three N:M levels and draw the energy-efficiency plots.
 
 It stops at the first command that fails and returns its exit code.
 """
