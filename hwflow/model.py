@@ -34,6 +34,7 @@ __all__ = [
     "Op",
     "StepGraph",
     "attention_mask",
+    "has_bias",
     "linear_bytes",
     "step_graph",
 ]
@@ -57,6 +58,13 @@ Phase = Literal["prefill", "decode"]
 #: and a 6-bit shift in 1 byte (numerics.REQ_MULT_BITS, REQ_SHIFT_MAX).
 REQ_PARAM_BYTES = 3
 BIAS_BYTES = 4  #: INT32 bias
+
+
+def has_bias(cfg: ModelConfig, op: str) -> bool:
+    """Whether a linear op (or ``"head"``) carries an INT32 bias: the model's own biases, plus
+    the LayerNorm beta folded into every op that consumes a norm (:func:`hwflow.compress.fold_norms`)."""
+    folded = cfg.norm == "layer" and op in ("q", "k", "v", "gate", "up", "head")
+    return folded or (cfg.bias and op != "head")
 
 
 def linear_bytes(
@@ -188,7 +196,7 @@ def step_graph(
     def linear(layer: int, op: str, src: str, dst: str) -> None:
         out_f, in_f = cfg.linear_shape(op)
         lq = quant[(layer, op)]
-        b = sum(linear_bytes(out_f, in_f, lq, cfg.bias).values())
+        b = sum(linear_bytes(out_f, in_f, lq, has_bias(cfg, op)).values())
         ops.append(
             Op(
                 f"L{layer}.{op}",
@@ -288,8 +296,7 @@ def step_graph(
     last = f"x{cfg.layers}"
     ops.append(Op("final.norm", "norm", None, (last,), "hf", 1, elements=d))  # last token only
     hq = plan.head()
-    # a LayerNorm's bias folds into the head as an INT32 bias (compress.fold_norms)
-    hb = sum(linear_bytes(cfg.vocab, d, hq, bias=cfg.norm == "layer", requant=False).values())
+    hb = sum(linear_bytes(cfg.vocab, d, hq, bias=has_bias(cfg, "head"), requant=False).values())
     ops.append(
         Op(
             "head",

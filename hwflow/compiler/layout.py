@@ -47,6 +47,7 @@ import numpy as np
 from hwflow.config import HardwarePreset, LinearQuant, ModelConfig
 from hwflow.errors import CapacityError, ConfigError
 from hwflow.isa import Region
+from hwflow.model import BIAS_BYTES, REQ_PARAM_BYTES, has_bias
 
 if TYPE_CHECKING:
     from hwflow.compress import QuantizedModel
@@ -165,7 +166,7 @@ class TileSpec:
 
     @property
     def prow(self) -> int:
-        return (4 if self.bias else 0) + (3 if self.requant else 0)
+        return (BIAS_BYTES if self.bias else 0) + (REQ_PARAM_BYTES if self.requant else 0)
 
     @property
     def row_bytes(self) -> int:
@@ -225,13 +226,6 @@ class HbmLayout:
         for c in range(channels):
             per[c] = (full + (1 if c < rest else 0)) * interleave
         return per
-
-
-def has_bias(cfg: ModelConfig, op: str) -> bool:
-    """Whether a linear op carries an INT32 bias: the model's own biases, plus the LayerNorm
-    beta folded into every op that consumes a norm (:func:`hwflow.compress.fold_norms`)."""
-    folded = cfg.norm == "layer" and op in ("q", "k", "v", "gate", "up", "head")
-    return folded or (cfg.bias and op != "head")
 
 
 def _tile_rows(out: int, row_bytes: int, slot: int, chain_rows: int, what: str) -> int:
