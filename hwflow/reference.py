@@ -86,10 +86,12 @@ def run_int(
     x0: np.ndarray,
     kv: KVCache,
     plan: CompressionPlan | None = None,
+    all_rows: bool = False,
 ) -> StepResult:
     """Execute ``graph`` in integer arithmetic from the INT8 input ``x0[T, hidden]``.
 
-    ``kv`` must hold ``graph.past`` positions; the step appends its own.
+    ``kv`` must hold ``graph.past`` positions; the step appends its own. ``all_rows`` runs the
+    final norm and head on every token, not only the last (perplexity, teacher forcing).
     """
     cfg = qm.cfg
     plan = plan or qm.plan
@@ -103,7 +105,7 @@ def run_int(
         pr = qm.params.get(op.name, {})
         src = [env[i] for i in op.inputs if not i.startswith("KV")]
         if op.kind == "norm":
-            x = src[0][-1:] if op.tokens == 1 and src[0].shape[0] != 1 else src[0]
+            x = src[0][-1:] if op.tokens == 1 and not all_rows else src[0]
             out = nx.norm_int(x, cfg.norm == "layer", pr["mult"], pr["shift"])
         elif op.kind in ("linear", "head"):
             ql = qm.linears[op.name]
