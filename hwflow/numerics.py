@@ -458,9 +458,7 @@ def exp2_table() -> np.ndarray:
 _EXP2 = exp2_table()
 
 
-def softmax_rows(
-    z: np.ndarray, mask: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def softmax_rows(z: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Softmax numerators over the last axis of Q8-log2 scores ``z`` (INT32).
 
     ``d = max(z) - z`` over kept entries, ``e = EXP2[d & 255] >> min(d >> 8, 31)``,
