@@ -214,7 +214,7 @@ def quantize_model(
         calib_ids = np.random.default_rng(CALIBRATION_SEED).integers(cfg.vocab, size=t)
     graph, ten = _calibrate(cfg, plan, w, np.asarray(calib_ids)[: cfg.max_positions])
     res_max = max(float(_absmax(ten[f"x{li}"])) for li in range(cfg.layers + 1))
-    res_frac = int(math.floor(math.log2((2**31 - 1) / res_max))) - HEADROOM_BITS
+    res_frac = math.floor(math.log2((2**31 - 1) / res_max)) - HEADROOM_BITS
     scales: dict[str, Any] = {f"x{li}": 2.0**-res_frac for li in range(cfg.layers + 1)}
     quant = plan.resolve(cfg)
     linears: dict[str, QLinear] = {}
@@ -332,7 +332,7 @@ def _quantize_linear(
     # row stage y = acc * f * 2**G (f = 1 for inputs without row factors): real = y * y_scale
     s_in = row_inputs.get(src, scales[src] if src not in row_inputs else 0.0)
     ymax = float(np.max(_absmax(ten[op.output], axis=0) / (s_in * wscale)))
-    guard = int(math.floor(math.log2(2**29 / ymax)))
+    guard = math.floor(math.log2(2**29 / ymax))
     y_scale = 2.0**-guard * s_in * wscale
     bias = None
     if name + ".b" in w:

@@ -75,7 +75,6 @@ Operations
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 

@@ -22,7 +22,11 @@ def test_fold_norm_biases_is_exact(name):
     g = step_graph(cfg, load_plan("w8a8"), "prefill", 12)
     a = run_float(cfg, w, g, _float_embed(cfg, w, ids, 0), KVCache.empty(cfg, np.float64))
     b = run_float(
-        cfg, fold_norm_biases(cfg, w), g, _float_embed(cfg, w, ids, 0), KVCache.empty(cfg, np.float64)
+        cfg,
+        fold_norm_biases(cfg, w),
+        g,
+        _float_embed(cfg, w, ids, 0),
+        KVCache.empty(cfg, np.float64),
     )
     assert np.allclose(a.logits, b.logits, rtol=1e-9, atol=1e-9)
 
