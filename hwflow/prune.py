@@ -9,9 +9,10 @@ layout :func:`hwflow.numerics.nm_compress` stores); the methods differ in which 
   arXiv:2306.11695, Eq. 1, compared per group of M for N:M). No weight update.
 * ``sparsegpt``: OBS with the calibration Hessian (Frantar & Alistarh, ICML 2023,
   arXiv:2301.00774, Alg. 1 and its N:M extension): columns are swept left to right; at
-  the start of each group of M columns the N largest ``w^2 / [H^-1]_jj^2`` (on the weights
-  compensated so far) are kept, and each pruned weight's error is spread over the columns not
-  yet swept (:func:`hwflow.calib.obs_sweep`).
+  the start of each group of M columns the N largest OBS saliencies ``w_j^2 / [H_F^-1]_jj``
+  (F the columns from j on, w compensated so far; the reference writes it ``w^2 / U_jj^2``
+  with U the Cholesky factor of ``H^-1``) are kept, and each pruned weight's error is spread
+  over the columns not yet swept (:func:`hwflow.calib.obs_sweep`).
 
 Ties go to the lower index in every method (the scores are ranked by ``nm_prune_mask``).
 Each function returns ``(pruned float64 weights, keep-mask)``; pruned weights are exactly 0.
@@ -76,10 +77,10 @@ def sparsegpt(
     percdamp: float = PERCDAMP,
     blocksize: int = BLOCKSIZE,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """SparseGPT N:M pruning: mask by ``|w| / [U]_jj`` per group, OBS update of the rest.
+    """SparseGPT N:M pruning: mask by ``|w_j| / U_jj`` per group, OBS update of the rest.
 
-    ``U`` is the upper Cholesky factor of ``(H + damp I)^-1``, whose diagonal squared is the
-    reference's ``[H^-1]_jj`` of the not-yet-swept columns. Inputs that never fire in the
+    ``U`` is the upper Cholesky factor of ``(H + damp I)^-1``; ``U_jj^2 = [H_F^-1]_jj`` for F
+    the columns from j on, so ``|w_j| / U_jj`` ranks as the OBS saliency. Inputs that never fire in the
     calibration data (``H_jj = 0``) have their weights zeroed first, as the reference does.
     """
     w = _check(w, n, m)
