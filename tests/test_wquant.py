@@ -97,6 +97,14 @@ def test_search_ratio_on_grid_and_never_worse_than_rtn(data):
         assert e_search.sum() < 0.9 * e_rtn.sum()
 
 
+def test_search_all_zero_row_keeps_numerics_scale():
+    w = np.zeros((2, 8))
+    w[1] = np.linspace(-1, 1, 8)
+    scale = search_scales(w, 4)
+    assert scale[0] == 1.0  # every ratio ties at zero error: the first (RTN's) wins
+    assert scale[1] <= 1 / 7
+
+
 def test_search_scales_brute_force():
     rng = np.random.default_rng(3)
     w = rng.standard_t(df=3, size=(6, 40))  # heavy tails: clipping pays
@@ -112,17 +120,22 @@ def test_search_scales_brute_force():
     assert np.any(got < np.abs(w).max(axis=1) / 3)  # some channel clips
 
 
-def _naive_gptq(w, h, bits, scale):
-    """GPTQ from the paper with explicit inverses: quantize column j at a fixed per-channel
-    scale, then the OBS update of the columns from j on."""
+def _naive_gptq(w, h, bits, scale=None, keep=None, group=None):
+    """GPTQ from the paper with explicit inverses: quantize column j (0 where pruned), then
+    the OBS update of the columns from j on. A fixed per-channel ``scale``, or with ``group``
+    the scale ``max|kept w| / qmax`` of each group's compensated weights at its first column."""
     k = w.shape[1]
     hd = h + PERCDAMP * np.mean(np.diag(h)) * np.eye(k)
-    w = w.copy()
+    keep = np.ones(w.shape, dtype=bool) if keep is None else keep
+    w = np.where(keep, w, 0.0)
     q = qmax(bits)
     codes = np.zeros(w.shape, dtype=int)
     for j in range(k):
+        if group is not None and j % group == 0:
+            top = np.abs(np.where(keep[:, j : j + group], w[:, j : j + group], 0)).max(axis=1)
+            scale = np.where(top > 0, top / q, 1.0)
         hinv = np.linalg.inv(hd[j:, j:])
-        codes[:, j] = np.clip(np.rint(w[:, j] / scale), -q, q)
+        codes[:, j] = np.where(keep[:, j], np.clip(np.rint(w[:, j] / scale), -q, q), 0)
         err = w[:, j] - codes[:, j] * scale
         w[:, j:] -= np.outer(err / hinv[0, 0], hinv[0])
     return codes
@@ -136,6 +149,19 @@ def test_gptq_equals_naive_obs():
     codes, scale = gptq(w, 3, calib, blocksize=16)
     np.testing.assert_array_equal(scale, quantize_weight(w, 3)[1])
     np.testing.assert_array_equal(codes, _naive_gptq(w, calib.hessian, 3, scale))
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_gptq_groups_and_mask_equal_naive_obs(bits):
+    """Few tokens (a near-singular Hessian) and INT2 make the compensation large enough that
+    pruned positions would set a group's scale if they were not left out of it."""
+    rng = np.random.default_rng(10)
+    x = _correlated(rng, 24, 48)
+    w = rng.normal(size=(8, 48))
+    calib = Calibration.of(x)
+    _, keep = magnitude(-1 / w, 2, 4)  # keeps the smallest weights of each group
+    codes, _ = gptq(w, bits, calib, keep, group=16)
+    np.testing.assert_array_equal(codes, _naive_gptq(w, calib.hessian, bits, keep=keep, group=16))
 
 
 def test_gptq_with_identity_hessian_is_rtn(data):
