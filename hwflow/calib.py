@@ -23,7 +23,7 @@ reassociation and makes the pure-numpy sweep fast.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -43,6 +43,9 @@ class Calibration:
     xtx: np.ndarray
     absmax: np.ndarray
     tokens: int
+    _factors: dict[float, tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def of(cls, x: np.ndarray) -> Calibration:
@@ -78,6 +81,15 @@ class Calibration:
         every method; it only keeps magnitudes independent of the token count)."""
         return 2.0 * self.xtx / self.tokens
 
+    def factor(self, percdamp: float = PERCDAMP) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`hessian_factor` of :attr:`hessian`, computed once per ``percdamp`` and shared
+        by the linears that read this input (q/k/v, gate/up). Read-only arrays."""
+        if percdamp not in self._factors:
+            u, dead = hessian_factor(self.hessian, percdamp)
+            u.flags.writeable = dead.flags.writeable = False
+            self._factors[percdamp] = (u, dead)
+        return self._factors[percdamp]
+
     @property
     def col_norm(self) -> np.ndarray:
         """``||X[:, j]||_2`` per input channel (Wanda's activation norm)."""
@@ -110,8 +122,23 @@ def hessian_factor(h: np.ndarray, percdamp: float = PERCDAMP) -> tuple[np.ndarra
             f"Hessian is not positive definite after dampening (percdamp {percdamp}); "
             "use more calibration tokens or a larger percdamp"
         ) from None
-    inv = np.linalg.inv(low)
-    return np.triu(inv[::-1, ::-1]), dead
+    inv = _inv_lower(low)
+    return np.ascontiguousarray(inv[::-1, ::-1]), dead
+
+
+def _inv_lower(low: np.ndarray) -> np.ndarray:
+    """Inverse of a lower-triangular matrix by 2x2 blocks, ``[[A, 0], [C, D]]^-1 =
+    [[A^-1, 0], [-D^-1 C A^-1, D^-1]]``: matrix products only, about a third of the work of
+    a general inverse (numpy has no triangular solver)."""
+    k = low.shape[0]
+    if k <= 64:
+        return np.tril(np.linalg.inv(low))
+    h = k // 2
+    ai, di = _inv_lower(low[:h, :h]), _inv_lower(low[h:, h:])
+    out = np.zeros_like(low)
+    out[:h, :h], out[h:, h:] = ai, di
+    out[h:, :h] = -(di @ (low[h:, :h] @ ai))
+    return out
 
 
 #: ``on_group(j, cols, d)`` is told that columns j.. (``cols``, compensated so far) start; d is

@@ -24,7 +24,7 @@ from typing import get_args
 
 import numpy as np
 
-from hwflow.calib import BLOCKSIZE, PERCDAMP, Calibration, hessian_factor, obs_sweep
+from hwflow.calib import BLOCKSIZE, PERCDAMP, Calibration, obs_sweep
 from hwflow.config import PruneMethod
 from hwflow.numerics import nm_prune_mask
 
@@ -85,7 +85,7 @@ def sparsegpt(
     """
     w = _check(w, n, m)
     _check_calib(w, calib)
-    u, dead = hessian_factor(calib.hessian, percdamp)
+    u, dead = calib.factor(percdamp)
     w = np.where(dead[None, :], 0.0, w)
     keep = np.zeros(w.shape, dtype=bool)
 

@@ -29,7 +29,7 @@ from typing import get_args
 
 import numpy as np
 
-from hwflow.calib import BLOCKSIZE, PERCDAMP, Calibration, hessian_factor, obs_sweep
+from hwflow.calib import BLOCKSIZE, PERCDAMP, Calibration, obs_sweep
 from hwflow.config import WEIGHT_BITS, QuantMethod
 from hwflow.numerics import qmax, quantize_weight
 
@@ -175,7 +175,7 @@ def gptq(
         )
     keep = np.ones(w.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     out, k = w.shape
-    u, dead = hessian_factor(calib.hessian, percdamp)
+    u, dead = calib.factor(percdamp)
     codes = np.zeros(w.shape, dtype=np.int8)
     d = np.diag(calib.xtx)
 

@@ -39,13 +39,23 @@ def test_calibration_bad_input():
         Calibration.of(np.ones((2, 4))) + Calibration.of(np.ones((2, 3)))
 
 
-def test_hessian_factor_is_upper_cholesky_of_damped_inverse():
+@pytest.mark.parametrize("k", [24, 131, 300])  # 131 and 300: the blocked inverse recurses
+def test_hessian_factor_is_upper_cholesky_of_damped_inverse(k):
     rng = np.random.default_rng(1)
-    h = Calibration.of(_correlated(rng, 64, 24)).hessian
+    h = Calibration.of(_correlated(rng, 2 * k, k)).hessian
     u, dead = hessian_factor(h)
     assert not dead.any()
     assert np.allclose(u, np.triu(u)) and np.all(np.diag(u) > 0)
     np.testing.assert_allclose(u.T @ u, np.linalg.inv(_damped(h)), rtol=1e-9, atol=1e-12)
+
+
+def test_factor_is_computed_once_per_calibration():
+    calib = Calibration.of(np.random.default_rng(4).normal(size=(40, 8)))
+    u, _ = calib.factor()
+    assert calib.factor()[0] is u
+    np.testing.assert_array_equal(u, hessian_factor(calib.hessian)[0])
+    assert not u.flags.writeable
+    assert calib.factor(0.1)[0] is not u
 
 
 def test_hessian_factor_dead_inputs():
