@@ -12,7 +12,9 @@ Three kinds of input:
   it is (unknown keys of a HF config are ignored, since HF configs carry many), or one shipped
   under ``mappings/models``.
 * a **compression plan** (``mappings/plans/*.yaml``): weight precision and N:M sparsity per layer
-  and per linear op, attention sparsity for prefill, activation and KV-cache precision.
+  and per linear op, attention sparsity for prefill, activation and KV-cache precision, and
+  the ``method`` that prunes and quantizes real weights (magnitude/Wanda/SparseGPT; RTN, scale
+  search, GPTQ; group-wise scales; SmoothQuant).
 
 Names resolve to files under ``mappings/``; anything else is read as a path (for a model, also a
 Hugging Face model folder holding a ``config.json``). Input is strict: a key given twice, a key
@@ -52,6 +54,7 @@ __all__ = [
     "AttentionSparsity",
     "Board",
     "Buffers",
+    "CompressionMethod",
     "CompressionPlan",
     "HardwarePreset",
     "Hbm",
@@ -108,6 +111,7 @@ PositiveInt = Annotated[StrictInt, Field(gt=0)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(gt=0, le=1, strict=True, allow_inf_nan=False)]
+UnitInterval = Annotated[float, Field(ge=0, le=1, strict=True, allow_inf_nan=False)]
 
 
 def _pow2(x: int) -> bool:
@@ -665,6 +669,32 @@ class AttentionSparsity(_Frozen):
     global_blocks: NonNegativeInt = 1
 
 
+PruneMethod = Literal["magnitude", "wanda", "sparsegpt"]
+QuantMethod = Literal["rtn", "search", "gptq", "gptq-search"]
+
+
+class CompressionMethod(_Frozen):
+    """How weights are pruned and quantized (:mod:`hwflow.prune`, :mod:`hwflow.wquant`,
+    :mod:`hwflow.smooth`). Defaults are the data-free baseline: magnitude N:M, round to
+    nearest with per-channel scales, no smoothing.
+
+    ``group``: one weight scale per output channel and run of ``group`` inputs (a power of
+    two dividing every pruned reduction length); ``smooth``: the SmoothQuant alpha in [0, 1].
+    """
+
+    prune: PruneMethod = "magnitude"
+    quant: QuantMethod = "rtn"
+    group: PositiveInt | None = None
+    smooth: UnitInterval | None = None
+
+    @field_validator("group")
+    @classmethod
+    def _group_pow2(cls, v: int | None) -> int | None:
+        if v is not None and not _pow2(v):
+            raise ValueError("must be a power of two, e.g. 64 or 128")
+        return v
+
+
 class CompressionPlan(_Frozen):
     """Compression of a whole model. ``weights`` is the default for every linear op of every
     layer; ``rules`` override it in order (later rules win); ``lm_head`` is separate."""
@@ -675,6 +705,7 @@ class CompressionPlan(_Frozen):
     rules: tuple[_Rule, ...] = ()
     lm_head: _QuantSpec = _QuantSpec(bits=8, sparsity="dense")
     attention: AttentionSparsity = AttentionSparsity()
+    method: CompressionMethod = CompressionMethod()
     activation_bits: Literal[8] = 8
     kv_bits: Literal[8] = 8
 
@@ -713,6 +744,12 @@ class CompressionPlan(_Frozen):
             raise UnsupportedError(
                 f"plan {self.name}, {where}: {q.n}:{q.m} sparsity prunes groups of {q.m} "
                 f"along a reduction of {k}, not a multiple of {q.m}"
+            )
+        group = self.method.group
+        if group is not None and k % group:
+            raise UnsupportedError(
+                f"plan {self.name}, {where}: method.group {group} does not divide the "
+                f"reduction length {k}"
             )
 
     def head(self) -> LinearQuant:
