@@ -11,7 +11,9 @@ Steps (all deterministic):
 3. Calibration: a float64 run of the model on calibration tokens (real text for a real
    checkpoint) gives the residual's binary point, the static scales (per head for q/k/v and the
    KV cache, per tensor for ``a``, gate/up and the logits) and each linear's row-stage guard.
-4. Weights: N:M pruning along K, symmetric per-channel INT``bits`` quantization, the compressed
+4. Weights: N:M pruning along K and symmetric per-channel INT``bits`` quantization by the
+   plan's method (:mod:`hwflow.prune`, :mod:`hwflow.wquant`: magnitude/Wanda/SparseGPT, round to
+   nearest/scale search/GPTQ, statistics of each linear's float input), the compressed
    values/indices and their packed bytes; biases to INT32 at the row stage's scale; per-channel
    requantization (mult, shift) of the channel stage.
 5. Integer parameters of every other op (norm gains and pre-shifts, score multipliers, SiLU
@@ -29,9 +31,13 @@ from typing import Any
 import numpy as np
 
 from hwflow import numerics as nx
-from hwflow.config import CompressionPlan, LinearQuant, ModelConfig
+from hwflow.calib import Calibration
+from hwflow.config import CompressionMethod, CompressionPlan, LinearQuant, ModelConfig
+from hwflow.errors import UnsupportedError
 from hwflow.model import attention_mask, step_graph
+from hwflow.prune import prune
 from hwflow.reference import KVCache, run_float
+from hwflow.wquant import quantize
 
 __all__ = ["QLinear", "QuantizedModel", "fold_norm_biases", "quantize_model", "random_weights"]
 
@@ -222,6 +228,7 @@ def quantize_model(
     rep = cfg.heads // cfg.kv_heads
     hd = cfg.head_dim
     row_inputs: dict[str, float] = {}  #: per-row tensor -> static scale (row factor aside)
+    calibs: dict[str, Calibration] = {}  #: input statistics shared by the linears reading them
 
     for op in graph.ops:
         if op.kind == "norm":
@@ -267,7 +274,12 @@ def quantize_model(
     for op in graph.ops:
         if op.kind in ("linear", "head"):
             lq = quant[(op.layer, op.name.split(".")[1])] if op.kind == "linear" else plan.head()
-            linears[op.name] = _quantize_linear(op, lq, w, ten, scales, row_inputs, cfg)
+            src = op.inputs[0]
+            if src not in calibs and _needs_calibration(plan.method):
+                calibs[src] = Calibration.of(ten[src])
+            linears[op.name] = _quantize_linear(
+                op, lq, w, ten, scales, row_inputs, cfg, plan.method, calibs.get(src)
+            )
         elif op.kind == "scores":
             q_name, li = op.inputs[0], op.layer
             k_name = f"L{li}.kr" if cfg.positions == "rope" else f"L{li}.k"
@@ -291,6 +303,10 @@ def quantize_model(
     )
 
 
+def _needs_calibration(method: CompressionMethod) -> bool:
+    return method.prune != "magnitude" or method.quant != "rtn"
+
+
 def _mult(real: float) -> dict[str, int]:
     m, s = nx.quant_multiplier(real)
     return {"mult": int(m), "shift": int(s)}
@@ -309,6 +325,24 @@ def _out_format(op_name: str, out: str, scales: dict[str, Any], cfg: ModelConfig
     return 8, np.repeat(np.asarray(scales[out]), cfg.head_dim)  # q, k, v: per head
 
 
+def _compress_weight(
+    wf: np.ndarray, lq: LinearQuant, method: CompressionMethod, calib: Calibration | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """N:M pruning then INT``bits`` quantization by the plan's method: (codes, scale[out],
+    keep-mask or None when dense)."""
+    if method.group is not None:
+        raise UnsupportedError(
+            f"method.group {method.group}: group-wise weight scales are not part of the integer "
+            "contract (hwflow/numerics.py); use per-channel scales (omit group)"
+        )
+    needs = method.prune != "magnitude" and not lq.dense
+    needs = needs or method.quant in ("gptq", "gptq-search")
+    calib = calib if needs or method.quant == "search" else None
+    wp, mask = prune(method.prune, wf, lq.n, lq.m, calib) if not lq.dense else (wf, None)
+    codes, scale = quantize(method.quant, wp, lq.bits, mask, None, calib)
+    return codes.astype(np.int8), np.asarray(scale, np.float64), mask
+
+
 def _quantize_linear(
     op: Any,
     lq: LinearQuant,
@@ -317,13 +351,13 @@ def _quantize_linear(
     scales: dict[str, Any],
     row_inputs: dict[str, float],
     cfg: ModelConfig,
+    method: CompressionMethod,
+    calib: Calibration | None,
 ) -> QLinear:
     name, src = op.name, op.inputs[0]
     if name.split(".")[-1] in ("gate", "up") and op.output not in scales:
         scales[op.output] = float(_absmax(ten[op.output])) / 32767
-    wf = w[name + ".w"]
-    mask = None if lq.dense else nx.nm_prune_mask(wf, lq.n, lq.m)
-    codes, wscale = nx.quantize_weight(wf, lq.bits, mask)
+    codes, wscale, mask = _compress_weight(w[name + ".w"], lq, method, calib)
     if lq.dense:
         values, indices = codes, None
     else:

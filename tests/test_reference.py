@@ -89,7 +89,16 @@ def test_kv_length_mismatch_is_refused():
 
 # Measured on seeded weights (see the closing notes); the bounds catch a broken pipeline,
 # not tuned to the decimal.
-MIN_SQNR = {"w8a8": 20.0, "w4a8": 12.0, "flightllm": 7.0, "w4a8-2of4": 7.0}
+MIN_SQNR = {
+    "w8a8": 20.0,
+    "w4a8": 12.0,
+    "flightllm": 7.0,
+    "w4a8-2of4": 7.0,
+    # GPTQ/SparseGPT on seeded Gaussian weights calibrated on 64 random tokens: no structure to
+    # exploit (real checkpoints are where they pay off: README, "Numerics")
+    "w4a8-gptq": 12.0,
+    "flightllm-sparsegpt": 5.0,
+}
 
 
 @pytest.mark.parametrize("plan_name", available("plans"))
