@@ -99,9 +99,7 @@ def _merge(pieces: Iterable[HbmPiece]) -> tuple[HbmPiece, ...]:
         acc[2] &= p.same_channel
         acc[3] |= p.write
     return tuple(
-        HbmPiece(
-            channel=c, nbytes=v[0], occupancy=v[1], same_channel=bool(v[2]), write=bool(v[3])
-        )
+        HbmPiece(channel=c, nbytes=v[0], occupancy=v[1], same_channel=bool(v[2]), write=bool(v[3]))
         for c, v in sorted(by.items())
     )
 
