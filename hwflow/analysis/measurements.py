@@ -2,7 +2,10 @@
 
 ``hbm.yaml``: HBM bandwidth points (board, access pattern, the setup's port, GB/s, source).
 The model is evaluated at a point's own port and pattern by :func:`model_gbps`; the points are
-never inputs of the model (the preset fields are)."""
+never inputs of the model (the preset fields are).
+
+``flightllm.yaml``: FlightLLM's published results with the hwflow case that replicates each
+(:func:`flightllm_figures`); they are outputs to compare with, never inputs."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from pydantic import Field
 from hwflow.config import MAPPINGS, _Frozen, _read, _validate, load_hw
 from hwflow.costs import hbm_stream_gbps
 
-__all__ = ["HbmPoint", "hbm_points", "model_gbps"]
+__all__ = ["FlightLlmFigure", "HbmPoint", "flightllm_figures", "hbm_points", "model_gbps"]
 
 
 class HbmPoint(_Frozen):
@@ -48,3 +51,27 @@ def model_gbps(point: HbmPoint) -> float:
     return hbm_stream_gbps(
         hw.model_copy(update={"hbm": hbm}), point.run_bytes, new_row=point.new_row
     )
+
+
+class FlightLlmFigure(_Frozen):
+    """One published FlightLLM result and the hwflow case that replicates it."""
+
+    name: str
+    hw: str
+    plan: str
+    prefill: int = Field(gt=0)
+    decode: int = Field(gt=0)
+    metric: Literal["decode_tokens_per_s", "ttft_ms"]
+    value: float = Field(gt=0)
+    kind: Literal["measured", "profiler"]
+    source: str
+
+
+class _FlightLlmFile(_Frozen):
+    figures: tuple[FlightLlmFigure, ...]
+
+
+def flightllm_figures(path: str | Path | None = None) -> tuple[FlightLlmFigure, ...]:
+    """The figures of ``mappings/measurements/flightllm.yaml`` (or ``path``)."""
+    p = Path(path) if path else MAPPINGS / "measurements" / "flightllm.yaml"
+    return _validate(_FlightLlmFile, _read(p), p).figures
