@@ -5,6 +5,7 @@ published results (expectations are the published figures or hand derivations)."
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,7 @@ from hwflow.config import MAPPINGS, load_hw, load_model, load_plan
 from hwflow.energy import load_energy_table
 from hwflow.perf.sim import compile_cached, simulate
 
-SOURCES = MAPPINGS.parent / "docs" / "SOURCES.md"
+SOURCES = Path(__file__).resolve().parents[1] / "docs" / "SOURCES.md"
 
 
 def _data_files():
