@@ -25,10 +25,22 @@ import yaml
 
 from hwflow.errors import ConfigError
 
-__all__ = ["ARTIFACT", "linears_from_ir", "plan_from_ir"]
+__all__ = [
+    "ARTIFACT",
+    "PROFILER_DIVISOR",
+    "linears_from_ir",
+    "plan_from_ir",
+    "with_profiler_divisor",
+]
 
 #: The artifact revision the shipped plan was read from.
 ARTIFACT = "github.com/FlightLLM/flightllm_test_demo @ d355ca40c50690f098260e21a45cc30c519d2938"
+
+#: FlightLLM's profiler divides every instruction time by this hard-coded factor
+#: (``profile/inst_gen/inst_profiler.py``: ``self.correction_factor = 3.2``; no derivation is
+#: given, see docs/SOURCES.md#flightllm-artifact). hwflow never applies it to its own figures;
+#: :func:`with_profiler_divisor` applies it explicitly, to compare with the profiler's output.
+PROFILER_DIVISOR = 3.2
 
 #: IR weight-name prefix -> hwflow linear op.
 _OPS = {
@@ -118,6 +130,12 @@ def plan_from_ir(
     if head is not None:
         plan["lm_head"] = {"bits": head[0], "sparsity": _nm(head[1], n_allowed, m)}
     return plan
+
+
+def with_profiler_divisor(tokens_per_s: float) -> float:
+    """A rate as FlightLLM's profiler would report it: every instruction time divided by
+    :data:`PROFILER_DIVISOR`, so the rate multiplied by it. For comparison only."""
+    return tokens_per_s * PROFILER_DIVISOR
 
 
 def main(argv: Sequence[str]) -> int:
