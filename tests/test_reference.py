@@ -98,6 +98,7 @@ MIN_SQNR = {
     # exploit (real checkpoints are where they pay off: README, "Numerics")
     "w4a8-gptq": 12.0,
     "flightllm-sparsegpt": 5.0,
+    "flightllm-ir": 20.0,  # INT8 weights, dense (FlightLLM's public IR)
 }
 
 
