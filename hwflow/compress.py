@@ -11,6 +11,8 @@ Steps (all deterministic):
 3. Calibration: a float64 run of the model on calibration tokens (real text for a real
    checkpoint) gives the residual's binary point, the static scales (per head for q/k/v and the
    KV cache, per tensor for ``a``, gate/up and the logits) and each linear's row-stage guard.
+   With the plan's ``method.smooth`` (SmoothQuant alpha) the norms' consumers are smoothed
+   first (``1/s`` into the norm gain, ``s`` into the weights) and the run repeated.
 4. Weights: N:M pruning along K and symmetric per-channel INT``bits`` quantization by the
    plan's method (:mod:`hwflow.prune`, :mod:`hwflow.wquant`: magnitude/Wanda/SparseGPT, round to
    nearest/scale search/GPTQ, statistics of each linear's float input), the compressed
@@ -37,6 +39,7 @@ from hwflow.errors import UnsupportedError
 from hwflow.model import attention_mask, step_graph
 from hwflow.prune import prune
 from hwflow.reference import KVCache, run_float
+from hwflow.smooth import smooth_factors
 from hwflow.wquant import quantize
 
 __all__ = ["QLinear", "QuantizedModel", "fold_norm_biases", "quantize_model", "random_weights"]
@@ -99,6 +102,24 @@ def fold_norm_biases(cfg: ModelConfig, weights: dict[str, np.ndarray]) -> dict[s
                 if op in cfg.linear_ops:
                     fold(f"L{li}.{norm}", f"L{li}.{op}")
     fold("final.norm", "head")
+    return out
+
+
+def _smooth(
+    cfg: ModelConfig, w: dict[str, np.ndarray], ten: dict[str, np.ndarray], alpha: float
+) -> dict[str, np.ndarray]:
+    """SmoothQuant (:mod:`hwflow.smooth`) on the inputs of the norms' consumers: ``1/s`` into
+    the norm's gain (applied on chip before the per-token quantization), ``s`` into the
+    consuming linears' columns. Exact in real arithmetic."""
+    out = dict(w)
+    for li in range(cfg.layers):
+        for norm, consumers in _NORM_CONSUMERS.items():
+            ops = [f"L{li}.{op}" for op in consumers if op in cfg.linear_ops]
+            amax = np.abs(ten[f"L{li}.{'h1' if norm == 'norm1' else 'h2'}"]).max(axis=0)
+            s = smooth_factors(amax, [w[o + ".w"] for o in ops], alpha)
+            out[f"L{li}.{norm}.g"] = w.get(f"L{li}.{norm}.g", np.ones(cfg.hidden)) / s
+            for o in ops:
+                out[o + ".w"] = w[o + ".w"] * s[None, :]
     return out
 
 
@@ -218,7 +239,11 @@ def quantize_model(
     if calib_ids is None:
         t = min(calib_tokens, cfg.max_positions)
         calib_ids = np.random.default_rng(CALIBRATION_SEED).integers(cfg.vocab, size=t)
-    graph, ten = _calibrate(cfg, plan, w, np.asarray(calib_ids)[: cfg.max_positions])
+    calib_ids = np.asarray(calib_ids)[: cfg.max_positions]
+    graph, ten = _calibrate(cfg, plan, w, calib_ids)
+    if plan.method.smooth is not None:
+        w = _smooth(cfg, w, ten, plan.method.smooth)
+        graph, ten = _calibrate(cfg, plan, w, calib_ids)
     res_max = max(float(_absmax(ten[f"x{li}"])) for li in range(cfg.layers + 1))
     res_frac = math.floor(math.log2((2**31 - 1) / res_max)) - HEADROOM_BITS
     scales: dict[str, Any] = {f"x{li}": 2.0**-res_frac for li in range(cfg.layers + 1)}
