@@ -158,7 +158,7 @@ def test_smoothing_is_exact_in_float(name):
     w = fold_norm_biases(cfg, random_weights(cfg, 0))
     w["L0.norm1.g"][3] = 40.0  # an outlier channel to move
     ids = np.arange(12)
-    g, ten = _calibrate(cfg, load_plan("w8a8"), w, ids)
+    _, ten = _calibrate(cfg, load_plan("w8a8"), w, ids)
     ws = _smooth(cfg, w, ten, 0.5)
     _, ten_s = _calibrate(cfg, load_plan("w8a8"), ws, ids)
     assert np.allclose(ten["logits"], ten_s["logits"], rtol=1e-9, atol=1e-9)
