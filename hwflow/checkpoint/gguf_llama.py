@@ -81,8 +81,13 @@ def _reader(path: Path) -> GGUFReader:
 
 
 def _meta(reader: GGUFReader, key: str, default: Any = None) -> Any:
+    """A metadata value; a float32 as the shortest decimal that rounds to it (GGUF stores
+    ``1e-05`` as float32: read back as 1e-05, not 9.99999974e-06)."""
     field = reader.get_field(key)
-    return default if field is None else field.contents()
+    if field is None:
+        return default
+    value = field.contents()
+    return float(str(np.float32(value))) if isinstance(value, float) else value
 
 
 def gguf_config(path: Path, reader: GGUFReader | None = None) -> ModelConfig:
