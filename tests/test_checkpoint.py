@@ -74,6 +74,9 @@ def test_hf_opt_tied_head(tmp_path):
     ck = load_checkpoint(folder)
     assert ck.cfg.tie_word_embeddings
     _same(ck.weights, w)
+    m = ck.weights.materialize()
+    assert m["head.w"] is m["embed"]  # one array for the tied pair
+    _same(m, w)
 
 
 def test_hf_untied_head_without_lm_head_uses_embed(tmp_path):
@@ -151,6 +154,7 @@ def test_gguf_unpermutes_to_the_hf_weights(tmp_path):
     assert ck.cfg.model_dump(exclude={"name"}) == hf.model_dump(exclude={"name"})
     assert load_model(path) == ck.cfg
     _same(ck.weights, w)
+    _same(ck.weights.materialize(), w)
 
 
 def test_gguf_quantized_tensors(tmp_path):
@@ -169,11 +173,11 @@ def test_gguf_quantized_tensors(tmp_path):
 
 def test_gguf_tokenizer(tmp_path):
     config, w = _tiny("tiny-llama")
-    tokens = ["a", "b", "Ġ", "ab", "Ġab", "1", "2", "<|end|>"]
+    tokens = ["a", "b", "Ġ", "ab", "Ġab", "1", "2", "<|end|>", "12"]
     tokens += [f"unused{i}" for i in range(256 - len(tokens))]  # the model's vocabulary: 256
     tok = {
         "tokens": tokens,
-        "merges": ["a b", "Ġ ab"],
+        "merges": ["a b", "Ġ ab", "1 2"],  # "1 2" never applies: smollm splits digits first
         "types": [1] * 7 + [3] + [1] * (256 - 8),
         "pre": "smollm",
     }

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     ids = text_ids(ck.tokenizer(), read_text(args.text), args.tokens, args.text)
     cfg = ck.cfg.model_copy(update={"max_positions": len(ids)})  # KV caches of len(ids) only
     lap("tokenize_s")
-    weights = dict(ck.weights.items())
+    weights = ck.weights.materialize()
     lap("read_weights_s")
     fp = float_perplexity(cfg, plan, weights, ids)
     lap("float_ppl_s")

@@ -180,8 +180,11 @@ def open_gguf(path: Path) -> tuple[ModelConfig, LazyWeights, Callable[[], Tokeni
     names = gguf_names(cfg)
     supported = supported_types()
     perm = {"q": cfg.heads, "k": cfg.kv_heads}
+    aliases = {"head.w": "embed"} if cfg.tie_word_embeddings else {}
     loaders = {}
     for ours, want in expected_shapes(cfg).items():
+        if ours in aliases:
+            continue
         i = index.get(names.get(ours, ""))
         if i is None:
             if is_optional(ours) or ours.endswith(".b"):
@@ -201,4 +204,4 @@ def open_gguf(path: Path) -> tuple[ModelConfig, LazyWeights, Callable[[], Tokeni
         op = ours.split(".")[1] if ours.startswith("L") else ""
         loaders[ours] = partial(_load, reader, i, perm.get(op))  # q/k biases are permuted too
     meta = {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.ggml.")}
-    return cfg, LazyWeights(loaders), partial(gguf_tokenizer, path, meta)
+    return cfg, LazyWeights(loaders, aliases), partial(gguf_tokenizer, path, meta)

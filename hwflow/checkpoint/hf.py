@@ -159,8 +159,11 @@ def open_hf(folder: Path) -> tuple[ModelConfig, LazyWeights]:
     names = hf_names(cfg)
     head = None if cfg.tie_word_embeddings else _resolve("lm_head.weight", files)
     names["head.w"] = head or names["embed"]
+    aliases = {} if head else {"head.w": "embed"}  # tied, or no lm_head in the checkpoint
     loaders = {}
     for ours, want in shapes.items():
+        if ours in aliases:
+            continue
         theirs = _resolve(names[ours], files)
         if theirs is None:
             if is_optional(ours):
@@ -180,4 +183,4 @@ def open_hf(folder: Path) -> tuple[ModelConfig, LazyWeights]:
                 f"config.json implies {list(want)}"
             )
         loaders[ours] = partial(_read, m["file"], theirs, m["dtype"])
-    return cfg, LazyWeights(loaders)
+    return cfg, LazyWeights(loaders, aliases)

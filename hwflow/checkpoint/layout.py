@@ -18,11 +18,19 @@ class LazyWeights(Mapping[str, np.ndarray]):
     """A read-only mapping name -> float64 array whose values are read from disk on each
     lookup and not kept: memory holds only the tensors a caller is using."""
 
-    def __init__(self, loaders: Mapping[str, Loader]) -> None:
-        self._loaders = dict(loaders)
+    def __init__(self, loaders: Mapping[str, Loader], aliases: Mapping[str, str] = ()) -> None:
+        """``aliases`` name tensors that are another one (a tied head: ``head.w`` -> ``embed``)."""
+        self._loaders = {**loaders, **{a: loaders[t] for a, t in dict(aliases).items()}}
+        self._aliases = dict(aliases)
 
     def __getitem__(self, name: str) -> np.ndarray:
         return np.asarray(self._loaders[name](), np.float64)
+
+    def materialize(self) -> dict[str, np.ndarray]:
+        """Every tensor read once into a dict; an alias shares its target's array."""
+        out = {k: self[k] for k in self._loaders if k not in self._aliases}
+        out.update({a: out[t] for a, t in self._aliases.items()})
+        return out
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._loaders)

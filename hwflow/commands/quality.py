@@ -121,7 +121,7 @@ def _run_checkpoint(args: argparse.Namespace) -> int:
     plans = [load_plan(name) for name in args.plan or available("plans")]
     source = args.text or DEFAULT_TEXT
     ids = text_ids(ck.tokenizer(), read_text(source), tokens, source)
-    weights = dict(ck.weights.items())  # read (and dequantize) every tensor once
+    weights = ck.weights.materialize()  # read (and dequantize) every tensor once
     float_ppl = float_perplexity(cfg, plans[0], weights, ids)
     ppl: dict[str, float] = {}
     sqnr: dict[str, list[dict[str, Any]]] = {}
