@@ -153,10 +153,16 @@ def write_gguf(
     wr.add_rope_freq_base(config["rope_theta"])
     wr.add_rope_dimension_count(config["hidden_size"] // heads)
     if tokenizer:
-        wr.add_tokenizer_model("gpt2")
-        wr.add_tokenizer_pre(tokenizer.get("pre", "default"))
+        wr.add_tokenizer_model(tokenizer.get("model", "gpt2"))
+        if "pre" in tokenizer:
+            wr.add_tokenizer_pre(tokenizer["pre"])
         wr.add_token_list(tokenizer["tokens"])
-        wr.add_token_merges(tokenizer["merges"])
+        if "merges" in tokenizer:
+            wr.add_token_merges(tokenizer["merges"])
+        if "scores" in tokenizer:
+            wr.add_token_scores(tokenizer["scores"])
+            wr.add_bos_token_id(1)
+            wr.add_unk_token_id(0)
         wr.add_token_types(tokenizer["types"])
 
     def add(name: str, t: np.ndarray) -> None:

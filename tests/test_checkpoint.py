@@ -188,6 +188,28 @@ def test_gguf_tokenizer(tmp_path):
     assert t.decode(enc.ids, skip_special_tokens=False) == "ab ab12<|end|>"
 
 
+def test_gguf_sentencepiece_tokenizer(tmp_path):
+    """llama.cpp's ``llama`` vocabulary (scores, no merges): merges by score, a space prefix,
+    ``▁`` for spaces, unknown bytes as <0xNN> tokens, BOS prepended."""
+    config, w = _tiny("tiny-llama")
+    tokens = ["<unk>", "<s>", "</s>", "<0xC3>", "<0xA9>", "▁", "h", "e", "l", "o"]
+    merged = {"he": -1.0, "ll": -2.0, "llo": -3.0, "hello": -4.0, "▁hello": -5.0}
+    tokens += list(merged)
+    scores = [0.0] * 10 + list(merged.values())
+    types = [2, 3, 3, 6, 6] + [1] * (len(tokens) - 5)
+    pad = 256 - len(tokens)
+    tok = {
+        "model": "llama",
+        "tokens": tokens + [f"unused{i}" for i in range(pad)],
+        "scores": scores + [-100.0] * pad,
+        "types": types + [1] * pad,
+    }
+    t = load_checkpoint(write_gguf(tmp_path / "m.gguf", config, w, tokenizer=tok)).tokenizer()
+    enc = t.encode("hello hé")
+    assert enc.tokens == ["<s>", "▁hello", "▁", "h", "<0xC3>", "<0xA9>"]
+    assert t.decode(enc.ids) == "hello hé"
+
+
 def test_gguf_bad_input(tmp_path):
     config, w = _tiny("tiny-llama")
     with pytest.raises(UnsupportedError, match=r"m.gguf: GGUF architecture 'gpt2' unsupported"):

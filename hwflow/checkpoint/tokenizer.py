@@ -1,6 +1,7 @@
 """Tokenizers of checkpoints, with the ``tokenizers`` library: a Hugging Face folder's
-tokenizer.json, or one built from a GGUF file's vocabulary and merges (byte-level BPE, the
-``gpt2`` tokenizer model of llama.cpp, with the pre-tokenizer its ``tokenizer.ggml.pre`` names).
+tokenizer.json, or one built from a GGUF file's vocabulary: byte-level BPE with its merges
+(llama.cpp's ``gpt2`` model, with the pre-tokenizer its ``tokenizer.ggml.pre`` names) or
+SentencePiece BPE from its scores (llama.cpp's ``llama`` model, LLaMA-1/2 and Mistral).
 """
 
 from __future__ import annotations
@@ -8,11 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+)
 
 from hwflow.errors import ConfigError, UnsupportedError
 
-__all__ = ["PRE_TOKENIZERS", "gguf_tokenizer", "hf_tokenizer"]
+__all__ = ["PRE_TOKENIZERS", "gguf_tokenizer", "hf_tokenizer", "spm_merges"]
 
 #: GPT-2's word-splitting regex (also llama.cpp's default for the ``gpt2`` model).
 _GPT2 = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -49,7 +59,7 @@ PRE_TOKENIZERS = {
     "llama3": _llama3,
 }
 
-_CONTROL = 3  #: llama.cpp's token type of special (control) tokens
+_UNKNOWN, _CONTROL = 2, 3  #: llama.cpp's token types of the unknown and special tokens
 
 
 def hf_tokenizer(folder: Path) -> Tokenizer:
@@ -73,10 +83,28 @@ def gguf_tokenizer(path: Path, meta: dict[str, Any]) -> Tokenizer:
     tokens = meta.get("tokenizer.ggml.tokens")
     if kind is None or not tokens:
         raise ConfigError(f"{path}: the GGUF file holds no tokenizer (tokenizer.ggml.* metadata)")
-    if kind != "gpt2":
+    if kind == "llama":
+        tok = _sentencepiece_bpe(tokens, meta)
+    elif kind == "gpt2":
+        tok = _byte_level_bpe(path, tokens, meta)
+    else:
         raise UnsupportedError(
-            f"{path}: GGUF tokenizer model {kind!r} unsupported (supported: gpt2, byte-level BPE)"
+            f"{path}: GGUF tokenizer model {kind!r} unsupported (supported: gpt2 byte-level BPE, "
+            "llama SentencePiece BPE)"
         )
+    types = meta.get("tokenizer.ggml.token_type") or []
+    special = [t for t, ty in zip(tokens, types, strict=False) if ty in (_UNKNOWN, _CONTROL)]
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
+    bos = meta.get("tokenizer.ggml.bos_token_id")
+    if meta.get("tokenizer.ggml.add_bos_token", kind == "llama") and bos is not None:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{tokens[bos]} $A", special_tokens=[(tokens[bos], bos)]
+        )
+    return tok
+
+
+def _byte_level_bpe(path: Path, tokens: list[str], meta: dict[str, Any]) -> Tokenizer:
+    """llama.cpp's ``gpt2`` model: byte-level BPE with the file's merges."""
     pre = meta.get("tokenizer.ggml.pre", "default")
     if pre not in PRE_TOKENIZERS:
         raise UnsupportedError(
@@ -87,12 +115,46 @@ def gguf_tokenizer(path: Path, meta: dict[str, Any]) -> Tokenizer:
     tok = Tokenizer(models.BPE(vocab, merges, fuse_unk=False))
     tok.pre_tokenizer = PRE_TOKENIZERS[pre]()
     tok.decoder = decoders.ByteLevel()
-    types = meta.get("tokenizer.ggml.token_type") or []
-    special = [t for t, ty in zip(tokens, types, strict=False) if ty == _CONTROL]
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
-    bos = meta.get("tokenizer.ggml.bos_token_id")
-    if meta.get("tokenizer.ggml.add_bos_token", False) and bos is not None:
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{tokens[bos]} $A", special_tokens=[(tokens[bos], bos)]
-        )
+    return tok
+
+
+def spm_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
+    """BPE merges of a SentencePiece vocabulary (which stores scores, not merges): every split
+    of a token into two tokens, the merge of the higher-scored token first. This is how
+    transformers converts SentencePiece and GGUF llama vocabularies to a fast tokenizer."""
+    score = dict(zip(tokens, scores, strict=True))
+    merges: list[tuple[str, str, float]] = []
+    for tok, s in score.items():
+        local = [
+            (tok[:i], tok[i:], s)
+            for i in range(1, len(tok))
+            if tok[:i] in score and tok[i:] in score
+        ]
+        local.sort(key=lambda m: (score[m[0]], score[m[1]]), reverse=True)
+        merges.extend(local)
+    merges.sort(key=lambda m: m[2], reverse=True)  # stable: ties keep the order above
+    return [(a, b) for a, b, _ in merges]
+
+
+def _sentencepiece_bpe(tokens: list[str], meta: dict[str, Any]) -> Tokenizer:
+    """llama.cpp's ``llama`` model: SentencePiece BPE (``▁`` for spaces, a space prepended,
+    unknown bytes as ``<0xNN>`` tokens)."""
+    scores = meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
+    unk = meta.get("tokenizer.ggml.unknown_token_id")
+    vocab = {t: i for i, t in enumerate(tokens)}
+    model = models.BPE(
+        vocab,
+        spm_merges(tokens, [float(x) for x in scores]),
+        unk_token=tokens[unk] if unk is not None else None,
+        fuse_unk=True,
+        byte_fallback=True,
+    )
+    tok = Tokenizer(model)
+    prefix = meta.get("tokenizer.ggml.add_space_prefix", True)
+    steps = [normalizers.Prepend("▁")] if prefix else []
+    tok.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "▁")])
+    strip = [decoders.Strip(" ", 1, 0)] if prefix else []
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), *strip]
+    )
     return tok
