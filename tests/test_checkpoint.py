@@ -17,6 +17,7 @@ from ckpt_files import (
     write_gguf,
     write_hf,
 )
+from safetensors.numpy import save_file
 
 from hwflow.checkpoint import is_checkpoint, load_checkpoint
 from hwflow.compress import random_weights
@@ -122,6 +123,25 @@ def test_hf_bad_input(tmp_path):
     d = write_hf(tmp_path / "shard", config, tensors, shards=2)
     (d / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(ConfigError, match=r"shard model-00002-of-00002.safetensors is missing"):
+        load_checkpoint(d)
+
+    d = write_hf(tmp_path / "index", config, tensors, shards=2)
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    wm = index["weight_map"]
+    wm["model.norm.weight"] = next(f for f in set(wm.values()) if f != wm["model.norm.weight"])
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ConfigError, match=r"tensor model.norm.weight listed in .* is not in"):
+        load_checkpoint(d)
+
+    ints = dict(tensors, **{"model.norm.weight": np.ones(64, np.int32)})
+    d = write_hf(tmp_path / "int", config, {})
+    save_file(
+        {k: np.asarray(v, v.dtype if v.dtype == np.int32 else np.float32) for k, v in ints.items()},
+        d / "model.safetensors",
+    )
+    with pytest.raises(
+        UnsupportedError, match=r"tensor model.norm.weight has dtype I32 \(supported: F64, F32"
+    ):
         load_checkpoint(d)
 
     bad = dict(tensors, **{"model.layers.1.mlp.up_proj.weight": np.zeros((64, 64), np.float32)})

@@ -129,6 +129,11 @@ def gguf_config(path: Path, reader: GGUFReader | None = None) -> ModelConfig:
         "tie_word_embeddings": _tensor_index(reader).get("output.weight") is None,
     }
     cfg = ModelConfig.from_hf(hf, path.stem, str(path))
+    if "rope_freqs.weight" in _tensor_index(reader):
+        raise UnsupportedError(
+            f"{path}: per-frequency RoPE factors (rope_freqs.weight, LLaMA-3.1 style) "
+            "unsupported (supported: plain RoPE)"
+        )
     rot = _meta(reader, f"{arch}.rope.dimension_count", cfg.head_dim)
     if rot != cfg.head_dim:
         raise UnsupportedError(

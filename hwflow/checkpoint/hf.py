@@ -88,30 +88,19 @@ def _shard_map(folder: Path) -> dict[str, Path]:
         raise ConfigError(
             f"{folder}: no *.safetensors file (expected model.safetensors or {INDEX})"
         )
-    files: dict[str, Path] = {}
-    for f in shards:
-        for name in _keys(f):
-            files[name] = f
-    return files
+    return {name: f for f in shards for name in _header(f)}
 
 
-def _keys(path: Path) -> list[str]:
-    try:
-        with safe_open(path, framework="np") as f:
-            return list(f.keys())
-    except (SafetensorError, OSError) as e:
-        raise ConfigError(f"{path}: not a readable safetensors file ({e})") from None
-
-
-def _header(path: Path) -> tuple[dict[str, dict], set[str]]:
-    """The dtype and shape of every tensor of one file, checked readable by ``safetensors``."""
+def _header(path: Path) -> dict[str, dict]:
+    """The dtype, shape and file of every tensor of one file, checked readable by
+    ``safetensors`` (a truncated file or a malformed header fails here)."""
     try:
         with safe_open(path, framework="np") as f:
             meta = {}
             for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
                 s = f.get_slice(name)
-                meta[name] = {"dtype": s.get_dtype(), "shape": tuple(s.get_shape())}
-            return meta, set(meta)
+                meta[name] = {"dtype": s.get_dtype(), "shape": tuple(s.get_shape()), "file": path}
+            return meta
     except (SafetensorError, OSError) as e:
         raise ConfigError(f"{path}: not a readable safetensors file ({e})") from None
 
@@ -150,10 +139,9 @@ def open_hf(folder: Path) -> tuple[ModelConfig, LazyWeights]:
     files = _shard_map(folder)
     meta: dict[str, dict] = {}
     for f in sorted(set(files.values())):
-        m, _ = _header(f)
-        meta.update({k: {**v, "file": f} for k, v in m.items()})
+        meta.update(_header(f))
     for name, f in files.items():
-        if name not in meta:
+        if meta.get(name, {}).get("file") != f:
             raise ConfigError(f"{f}: tensor {name} listed in {INDEX} is not in the file")
     shapes = expected_shapes(cfg)
     names = hf_names(cfg)
