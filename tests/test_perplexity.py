@@ -103,7 +103,7 @@ def test_smollm2_tokenizer_round_trips(smollm2):
 @pytest.mark.slow
 def test_smollm2_float_perplexity_is_sane(smollm2):
     """The trained model predicts English: perplexity far below the 49152-token vocabulary
-    (and measured 28.7 at 128 tokens); the q/k rows left in llama.cpp's order, or a head that
+    (measured: 27.5 on these 96 tokens); the q/k rows left in llama.cpp's order, or a head that
     is not the tied embedding, make it several times worse."""
     cfg, plan = smollm2.cfg, load_plan("w8a8")
     ids = text_ids(smollm2.tokenizer(), read_text(DEFAULT_TEXT), 96, DEFAULT_TEXT)
@@ -115,6 +115,5 @@ def test_smollm2_float_perplexity_is_sane(smollm2):
         stored[f"L{li}.q.w"] = permute(w[f"L{li}.q.w"], cfg.heads)
         stored[f"L{li}.k.w"] = permute(w[f"L{li}.k.w"], cfg.kv_heads)
     assert float_perplexity(cfg, plan, stored, ids).ppl > 3 * good
-    untied = dict(w, **{"head.w": w["L0.gate.w"][:0].reshape(0, cfg.hidden)})
-    untied["head.w"] = np.resize(w["embed"][::-1], w["embed"].shape)  # rows of other tokens
+    untied = dict(w, **{"head.w": w["embed"][::-1]})  # each token scored by another's row
     assert float_perplexity(cfg, plan, untied, ids).ppl > 10 * good
