@@ -108,11 +108,16 @@ def test_quality_checkpoint_errors(tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("tiny")
     bare, _ = _checkpoint(tmp_path / "bare", tokenizer=False)
+    torch_only = tmp_path / "torch"
+    torch_only.mkdir()
+    (torch_only / "config.json").write_text((folder / "config.json").read_text())
+    (torch_only / "pytorch_model.bin").write_bytes(b"not read")
     for args, needle in [
         (("--model", str(folder), "--text", str(short), "--tokens", "9"), "has 4 tokens, fewer"),
         (("--model", str(folder), "--tokens", "1"), "--tokens 1 must lie in 2..508"),
         (("--model", "tiny-llama", "--text", str(short)), "--text needs a checkpoint"),
         (("--model", str(bare)), "no tokenizer.json"),
+        (("--model", str(torch_only)), "PyTorch *.bin weights unsupported"),
     ]:
         r = _run("quality", "--plan", "w8a8", *args)
         assert r.returncode == 2, r

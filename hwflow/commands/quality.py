@@ -19,7 +19,7 @@ from hwflow.checkpoint import is_checkpoint, load_checkpoint
 from hwflow.commands._common import print_json, seed
 from hwflow.compress import quantize_model, random_weights
 from hwflow.config import ModelConfig, available, load_model, load_plan
-from hwflow.errors import ConfigError
+from hwflow.errors import ConfigError, UnsupportedError
 from hwflow.perplexity import (
     DEFAULT_TEXT,
     float_perplexity,
@@ -84,6 +84,12 @@ def _check_lengths(cfg: ModelConfig, tokens: int, decode: int, least: int) -> No
 def run(args: argparse.Namespace) -> int:
     if is_checkpoint(args.model):
         return _run_checkpoint(args)
+    folder = Path(args.model)
+    if folder.is_dir() and any(folder.glob("*.bin")):
+        raise UnsupportedError(
+            f"{folder}: PyTorch *.bin weights unsupported (supported: *.safetensors; convert "
+            "them, or give the config alone for seeded random weights)"
+        )
     if args.text is not None:
         raise ConfigError(
             f"--text needs a checkpoint (HF safetensors folder or .gguf); {args.model!r} is a "
