@@ -99,6 +99,8 @@ def gguf_config(path: Path, reader: GGUFReader | None = None) -> ModelConfig:
         raise UnsupportedError(
             f"{path}: GGUF architecture {arch!r} unsupported (supported: {', '.join(ARCHS)})"
         )
+    if _meta(reader, f"{arch}.expert_count", 0):
+        raise UnsupportedError(f"{path}: mixture-of-experts llama unsupported (supported: dense)")
     scaling = _meta(reader, f"{arch}.rope.scaling.type")
     if scaling not in (None, "none"):
         raise UnsupportedError(f"{path}: RoPE scaling {scaling!r} unsupported (supported: none)")
