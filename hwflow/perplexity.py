@@ -52,6 +52,10 @@ def read_text(path: Path) -> str:
     return text
 
 
+#: Calibration tokens taken from the end of the text (disjoint from the evaluated start).
+CALIB_TOKENS = 256
+
+
 def text_ids(tokenizer: Tokenizer, text: str, tokens: int, source: Path) -> np.ndarray:
     """The first ``tokens`` token ids of ``text``; ConfigError when it has fewer."""
     ids = tokenizer.encode(text).ids
@@ -60,6 +64,22 @@ def text_ids(tokenizer: Tokenizer, text: str, tokens: int, source: Path) -> np.n
             f"{source}: the text has {len(ids)} tokens, fewer than the {tokens} asked"
         )
     return np.asarray(ids[:tokens], np.int64)
+
+
+def calibration_ids(
+    tokenizer: Tokenizer, text: str, tokens: int, source: Path, calib: int = CALIB_TOKENS
+) -> np.ndarray:
+    """The calibration tokens of a perplexity run: the last ``calib`` ids of ``text``, which must
+    not overlap the first ``tokens`` that are evaluated (or, for a short text, as many as are
+    left after them; ConfigError when none are)."""
+    ids = tokenizer.encode(text).ids
+    start = max(tokens, len(ids) - calib)
+    if start >= len(ids):
+        raise ConfigError(
+            f"{source}: the text has {len(ids)} tokens; {tokens} are evaluated and none are left "
+            "to calibrate on (use a longer text or fewer --tokens)"
+        )
+    return np.asarray(ids[start:], np.int64)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,14 @@ from hwflow.checkpoint import load_checkpoint, smollm2_path
 from hwflow.commands._common import print_json
 from hwflow.compress import quantize_model
 from hwflow.config import load_plan
-from hwflow.perplexity import DEFAULT_TEXT, float_perplexity, int_perplexity, read_text, text_ids
+from hwflow.perplexity import (
+    DEFAULT_TEXT,
+    calibration_ids,
+    float_perplexity,
+    int_perplexity,
+    read_text,
+    text_ids,
+)
 
 HELP = "perplexity of a ~135M checkpoint (SmolLM2) on 256 tokens: float64 and one plan"
 
@@ -39,14 +46,17 @@ def run(args: argparse.Namespace) -> int:
     ck = load_checkpoint(args.model or smollm2_path())
     plan = load_plan(args.plan)
     lap("open_s")
-    ids = text_ids(ck.tokenizer(), read_text(args.text), args.tokens, args.text)
-    cfg = ck.cfg.model_copy(update={"max_positions": len(ids)})  # KV caches of len(ids) only
+    text = read_text(args.text)
+    ids = text_ids(ck.tokenizer(), text, args.tokens, args.text)
+    calib = calibration_ids(ck.tokenizer(), text, args.tokens, args.text)
+    # KV caches of the evaluated/calibration lengths only
+    cfg = ck.cfg.model_copy(update={"max_positions": max(len(ids), len(calib))})
     lap("tokenize_s")
     weights = ck.weights.materialize()
     lap("read_weights_s")
     fp = float_perplexity(cfg, plan, weights, ids)
     lap("float_ppl_s")
-    qm = quantize_model(cfg, plan, weights)
+    qm = quantize_model(cfg, plan, weights, calib_ids=calib)
     lap("quantize_s")
     ip = int_perplexity(qm, ids)
     lap("int_ppl_s")

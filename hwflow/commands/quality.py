@@ -22,6 +22,7 @@ from hwflow.config import ModelConfig, available, load_model, load_plan
 from hwflow.errors import ConfigError, UnsupportedError
 from hwflow.perplexity import (
     DEFAULT_TEXT,
+    calibration_ids,
     float_perplexity,
     int_perplexity,
     read_text,
@@ -126,13 +127,15 @@ def _run_checkpoint(args: argparse.Namespace) -> int:
     cfg = ck.cfg.model_copy(update={"max_positions": tokens + args.decode})
     plans = [load_plan(name) for name in args.plan or available("plans")]
     source = args.text or DEFAULT_TEXT
-    ids = text_ids(ck.tokenizer(), read_text(source), tokens, source)
+    text = read_text(source)
+    ids = text_ids(ck.tokenizer(), text, tokens, source)
+    calib = calibration_ids(ck.tokenizer(), text, tokens, source)
     weights = ck.weights.materialize()  # read (and dequantize) every tensor once
     float_ppl = float_perplexity(cfg, plans[0], weights, ids)
     ppl: dict[str, float] = {}
     sqnr: dict[str, list[dict[str, Any]]] = {}
     for plan in plans:
-        qm = quantize_model(cfg, plan, weights)
+        qm = quantize_model(cfg, plan, weights, calib_ids=calib[: cfg.max_positions])
         ppl[plan.name] = int_perplexity(qm, ids).ppl
         sqnr[plan.name] = quality(qm, weights, ids, args.decode)
     if args.json:
