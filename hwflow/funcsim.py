@@ -6,7 +6,11 @@ per-unit streams from :func:`hwflow.isa.expand` (the one definition of loops and
 shared with the cycle model), and runs the units as decoupled in-order machines that start an
 instruction only when every token it waits for is in its queue. The arithmetic of every op is a
 call to :mod:`hwflow.numerics` on the operands read from the buffers, so the results equal the
-integer reference (:func:`hwflow.reference.run_int`) bit for bit.
+integer reference (:func:`hwflow.reference.run_int`) bit for bit. Operands are read and
+written in the formats the compiler lays out (:mod:`hwflow.isa`: element widths per SFU
+function in ``SFU_FORMATS``, the MM/MV output width ``obits``, row factors in the 4 bytes before
+each per-row INT8 row; :mod:`hwflow.compiler.layout`: weight tiles and parameter blobs); a step's
+input rows are INT32 (the residual stream) and its logits INT32.
 
 Hazard detection (vector clocks). Every unit keeps a vector clock of how many instructions of
 each unit it *knows* completed: its own count, merged with the clock carried by every token it

@@ -118,11 +118,14 @@ class BufferPlan:
         }
 
 
-def _tensors(cfg: ModelConfig) -> list[tuple[str, int, int, int, bool]]:
-    """(name, bytes per row, first op index, last op index, row factor) of a layer's tensors
-    (op order). The residual ``X`` (INT32) is not among them: it has its own place, and both
-    residual adds write it in place (``x1`` is ``X`` after add1). Per-row tensors hold a row
-    factor in the ``ROW_FACTOR_BYTES`` before each row."""
+def _tensors(cfg: ModelConfig) -> list[tuple[str, int, int, int, bool, str | None]]:
+    """(name, bytes per row, first op index, last op index, row factor, written over) of a
+    layer's tensors (op order). The residual ``X`` (INT32) is not among them: it has its own
+    place, and both residual adds write it in place (``x1`` is ``X`` after add1). Per-row
+    tensors hold a row factor in the ``ROW_FACTOR_BYTES`` before each row. A tensor "written
+    over" another starts where that one does: the per-row INT8 gated product over ``g`` and
+    OPT's quantized ReLU over ``u`` (shorter rows, so a row-by-row SFU never overwrites a row it
+    has yet to read); the rest of the INT16 tensor is free once it is consumed."""
     d, f = cfg.hidden, cfg.intermediate
     qd, kd = cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
     res, gate = RESIDUAL_BITS // 8, GATE_BITS // 8
@@ -130,27 +133,24 @@ def _tensors(cfg: ModelConfig) -> list[tuple[str, int, int, int, bool]]:
     rope = cfg.positions == "rope"
     # op indices: 0 norm1, 1 qkv, 2 rope, 3 kv/attn, 4 o, 5 add1, 6 norm2, 7 gate/up, 8 act,
     # 9 mul, 10 down, 11 add2
-    t = [
-        ("h1", d + rf, 0, 1, True),
-        ("q", qd, 1, 3 if not rope else 2, False),
-        ("k", kd, 1, 3 if not rope else 2, False),
-        ("v", kd, 1, 3, False),
-        ("a", qd, 3, 4, False),
-        ("o", res * d, 4, 5, False),
-        ("h2", d + rf, 6, 7, True),
-        ("u", gate * f, 7, 9 if cfg.gated_mlp else 10, False),  # OPT: reluq in place, down
-        ("d", res * d, 10, 11, False),
+    t: list[tuple[str, int, int, int, bool, str | None]] = [
+        ("h1", d + rf, 0, 1, True, None),
+        ("q", qd, 1, 3 if not rope else 2, False, None),
+        ("k", kd, 1, 3 if not rope else 2, False, None),
+        ("v", kd, 1, 3, False, None),
+        ("a", qd, 3, 4, False, None),
+        ("o", res * d, 4, 5, False, None),
+        ("h2", d + rf, 6, 7, True, None),
+        ("d", res * d, 10, 11, False, None),
     ]
     if rope:
-        t += [("qr", qd, 2, 3, False), ("kr", kd, 2, 3, False)]
-    if cfg.gated_mlp:
-        t += [("g", gate * f, 7, 10, False)]  # silu in place, the product over it
+        t += [("qr", qd, 2, 3, False, None), ("kr", kd, 2, 3, False, None)]
+    if cfg.gated_mlp:  # silu on g in place, then the product over it
+        t += [("g", gate * f, 7, 9, False, None), ("u", gate * f, 7, 9, False, None)]
+        t += [("mm", f + rf, 9, 10, True, "g")]
+    else:
+        t += [("u", gate * f, 7, 8, False, None), ("ua", f + rf, 8, 10, True, "u")]
     return t
-
-
-#: Per-row INT8 tensors written in place over an INT16 one (shorter rows, so a row-by-row SFU
-#: never overwrites a row it has yet to read): the gated product over ``g``, OPT's ReLU over ``u``.
-_IN_PLACE = {"mm": "g", "ua": "u"}
 
 
 def plan_buffers(
@@ -168,22 +168,20 @@ def plan_buffers(
     placed: list[tuple[int, int, int, int]] = []  # (lo, hi, first, last)
     base = _al(tt * res * d)
     top = base
-    for name, rb, first, last, rowf in sorted(_tensors(cfg), key=lambda x: x[2]):
+    for name, rb, first, last, rowf, over in sorted(_tensors(cfg), key=lambda x: x[2]):
         size = _al(tt * rb)
         at = base
-        for lo, hi, f0, l0 in sorted(placed):
-            if f0 <= last and first <= l0 and at < hi and lo < at + size:
-                at = _al(hi)
-        # one pass suffices: placements are visited in offset order
+        if over is not None:
+            at = span[over][0]
+        else:
+            for lo, hi, f0, l0 in sorted(placed):
+                if f0 <= last and first <= l0 and at < hi and lo < at + size:
+                    at = _al(hi)
+            # one pass suffices: placements are visited in offset order
         act[name] = (at + (rf if rowf else 0), rb)
         span[name] = (at, at + tt * rb)
         placed.append((at, at + size, first, last))
         top = max(top, at + size)
-    for name, over in _IN_PLACE.items():
-        if over in span and (cfg.gated_mlp == (name == "mm")):
-            lo = span[over][0]
-            act[name] = (lo + rf, cfg.intermediate + rf)
-            span[name] = (lo, lo + tt * (cfg.intermediate + rf))
     act["hf"] = (base + rf, d + rf)
     span["hf"] = (base, base + d + rf)
     lg = base + _al(d + rf)
