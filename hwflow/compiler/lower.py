@@ -296,7 +296,8 @@ def lower_step(
     params_span: Span = (Buf.PARAM, 0, pb.size)
     rope_span: Span = (Buf.PARAM, bp.p_rope, bp.p_final)
     final_span: Span = (Buf.PARAM, bp.p_final, bp.p_final + fb.size)
-    rowf = {"h1", "h2", "mm", "ua", "hf"}  # linear inputs with row factors (a: static scale)
+    # linear inputs with row factors (``a`` has a static scale): the per-row tensors and hf
+    rowf = {t[0] for t in _tensors(cfg) if t[4]} | {"hf"}
 
     def sfu(
         func: str,
