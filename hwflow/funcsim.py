@@ -424,8 +424,14 @@ def check_against_reference(
     decode_steps: int = 8,
     seed: int = 0,
     lengths: list[int] | None = None,
+    weights: Mapping[str, np.ndarray] | None = None,
+    calib_ids: np.ndarray | None = None,
+    prompt: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Compile, then run the functional simulator against the integer reference.
+
+    ``weights`` (a checkpoint's, with ``calib_ids`` from real text and ``prompt`` token ids to
+    run) replace the seeded random weights and random prompts.
 
     Prefill at every length of :func:`boundary_lengths` (fresh KV cache each), comparing the
     logits and the whole KV cache bit for bit; then ``decode_steps`` greedy decode steps after a
@@ -444,8 +450,8 @@ def check_against_reference(
         raise ConfigError(
             f"--decode {decode_steps} must lie in 1..{max_len - 1} (max_len {max_len})"
         )
-    weights = random_weights(cfg, seed)
-    qm = quantize_model(cfg, plan, weights)
+    weights = dict(weights) if weights is not None else random_weights(cfg, seed)
+    qm = quantize_model(cfg, plan, weights, calib_ids=calib_ids)
     image = build_hbm_image(comp.layout, qm)
     rng = np.random.default_rng(seed + 11)
     lengths = lengths or boundary_lengths(max_len, comp.tt)
@@ -460,8 +466,11 @@ def check_against_reference(
                 return False
         return True
 
+    def draw(n: int) -> np.ndarray:
+        return np.asarray(prompt[:n]) if prompt is not None else rng.integers(cfg.vocab, size=n)
+
     for n in lengths:
-        ids = rng.integers(cfg.vocab, size=n)
+        ids = draw(n)
         ref = generate_int(qm, ids, 0)[0]
         fs = FuncSim(comp.program, hw, cfg, comp.layout, image.copy())
         logits = fs.step("prefill", qm.embed(ids, 0), 0)
@@ -470,12 +479,12 @@ def check_against_reference(
         ok = np.array_equal(logits, ref.logits[-1]) and kv_equal(fs, ref.kv, n)
         runs.append({"phase": "prefill", "tokens": n, "pos": 0, "equal": bool(ok)})
     # decode: prompt ends 3 positions before a decode bucket boundary, so the steps cross it
-    prompt = max(1, min(DECODE_BUCKET - 3, max_len - decode_steps))
-    ids = rng.integers(cfg.vocab, size=prompt)
+    start = max(1, min(DECODE_BUCKET - 3, max_len - decode_steps))
+    ids = draw(start)
     ref = generate_int(qm, ids, decode_steps)
     fs = FuncSim(comp.program, hw, cfg, comp.layout, image.copy())
     fs.step("prefill", qm.embed(ids, 0), 0)
-    pos = prompt
+    pos = start
     for s in range(1, decode_steps + 1):
         tok = np.array([int(np.argmax(ref[s - 1].logits[-1]))])
         logits = fs.step("decode", qm.embed(tok, pos), pos)
@@ -497,6 +506,12 @@ def check_against_reference(
         "funcsim_seconds": seconds,
         "instructions_per_second": instrs / seconds if seconds else 0.0,
         "quality": quality(
-            qm, weights, *quality_sample(cfg, cfg.max_positions, rng, min(40, max_len))
+            qm,
+            weights,
+            *(
+                quality_sample(cfg, cfg.max_positions, rng, min(40, max_len))
+                if prompt is None
+                else (draw(min(40, max_len - 1)), 1)
+            ),
         ),
     }

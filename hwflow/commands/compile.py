@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from hwflow.checkpoint import is_checkpoint, load_checkpoint
 from hwflow.commands._common import atomic_write, print_json, seed
 from hwflow.compiler import compile_model, storage_report
 from hwflow.config import HardwarePreset, ModelConfig, load_hw, load_model, load_plan
@@ -232,7 +233,21 @@ def run_check(args: argparse.Namespace) -> int:
 
     cfg, hw, plan = load_model(args.model), load_hw(args.hw), load_plan(args.plan)
     check_quality_size(cfg, "check")
-    res = check_against_reference(cfg, plan, hw, args.max_len, args.decode, args.seed)
+    real: dict[str, Any] = {}
+    if is_checkpoint(args.model):  # trained weights, prompts and calibration from real text
+        from hwflow.perplexity import DEFAULT_TEXT, calibration_ids, read_text, text_ids
+
+        ck = load_checkpoint(args.model)
+        cfg = ck.cfg.model_copy(update={"max_positions": args.max_len})
+        text = read_text(DEFAULT_TEXT)
+        real = {
+            "weights": ck.weights.materialize(),
+            "prompt": text_ids(ck.tokenizer(), text, args.max_len, DEFAULT_TEXT),
+            "calib_ids": calibration_ids(ck.tokenizer(), text, args.max_len, DEFAULT_TEXT)[
+                : args.max_len
+            ],
+        }
+    res = check_against_reference(cfg, plan, hw, args.max_len, args.decode, args.seed, **real)
     if args.json:
         print_json(res)
     else:
