@@ -86,6 +86,8 @@ def test_kv_length_mismatch_is_refused():
 # Measured on seeded weights (see the closing notes); the bounds catch a broken pipeline,
 # not tuned to the decimal.
 MIN_SQNR = {"w8a8": 20.0, "w4a8": 12.0, "flightllm": 7.0, "w4a8-2of4": 7.0}
+# the data-aware methods may only do better than their base plans
+MIN_SQNR |= {"w4a8-gptq": MIN_SQNR["w4a8"], "flightllm-sparsegpt": MIN_SQNR["flightllm"]}
 
 
 @pytest.mark.parametrize("plan_name", available("plans"))
