@@ -46,6 +46,24 @@ SMOLLM2_135M = {
 INPUTS = {"q": "attn", "k": "attn", "v": "attn", "o": "o", "gate": "mlp", "up": "mlp"}
 
 
+ALL_METHODS = tuple([f"prune:{p}" for p in PRUNE_METHODS] + [f"quant:{q}" for q in QUANT_METHODS])
+
+
+def _methods(text: str) -> list[str]:
+    """``prune:sparsegpt,quant:gptq`` (or bare method names) -> the selected methods."""
+    out = []
+    for part in filter(None, (t.strip() for t in text.split(","))):
+        hits = [m for m in ALL_METHODS if part in (m, m.split(":")[1])]
+        if not hits:
+            raise argparse.ArgumentTypeError(
+                f"unknown method {part!r} (allowed: {', '.join(ALL_METHODS)})"
+            )
+        out += [h for h in hits if h not in out]
+    if not out:
+        raise argparse.ArgumentTypeError("no method given")
+    return out
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -63,6 +81,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparsity", default="4:16", help="N:M of the pruning methods (4:16)")
     p.add_argument("--bits", type=int, choices=(2, 3, 4, 8), default=4, help="weight bits (4)")
     p.add_argument("--group", type=_positive, help="group size of the quantizers (per channel)")
+    p.add_argument(
+        "--methods",
+        type=_methods,
+        default=list(ALL_METHODS),
+        help=f"comma-separated subset of {','.join(ALL_METHODS)} (default: all)",
+    )
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--json", action="store_true")
 
@@ -84,7 +108,7 @@ def measure(cfg: ModelConfig, layers: int, args: argparse.Namespace) -> dict[str
     """Run every method on every linear op of ``layers`` layers; seconds and mean error."""
     n, m = _parse_nm(args.sparsity)
     rng = np.random.default_rng(args.seed)
-    names = [f"prune:{p}" for p in PRUNE_METHODS] + [f"quant:{q}" for q in QUANT_METHODS]
+    names = list(args.methods)
     secs = dict.fromkeys([*names, "calibration"], 0.0)
     cpu = dict.fromkeys([*names, "calibration"], 0.0)
     errs: dict[str, list[float]] = {k: [] for k in names}
