@@ -140,15 +140,23 @@ class Board(_Sourced):
 
 
 class Hbm(_Sourced):
-    """High-bandwidth memory: pseudo-channels, their peak rate, efficiency and latency."""
+    """High-bandwidth memory: pseudo-channels, their peak rate, and the facts the bandwidth
+    model of :mod:`hwflow.costs` derives sustained rates from (no efficiency constant: see
+    :func:`hwflow.costs.hbm_burst_ns`)."""
 
     channels: PositiveInt
     channel_gbps: PositiveFloat  # peak GB/s (1e9 bytes/s) of one pseudo-channel
     capacity_gib: PositiveFloat
-    efficiency_same_channel: Fraction  # sustained / peak for a sequential stream in one channel
-    efficiency_cross_channel: Fraction  # sustained / peak when a stream crosses channels
-    latency_ns: PositiveFloat  # first-beat latency of a read burst
+    latency_ns: PositiveFloat  # first-beat latency of a read burst (page hit)
     interleave_bytes: PositiveInt  # address-interleave granule across channels used by hwflow
+    port_bits: PositiveInt  # data width of the LD/ST unit's port on one channel
+    port_mhz: PositiveFloat  # clock of that port
+    max_burst_bytes: PositiveInt  # largest burst one AXI transaction carries
+    outstanding: PositiveInt  # read bursts the LD/ST unit keeps in flight per channel
+    refresh_interval_ns: PositiveFloat  # tREFI: one refresh per interval
+    refresh_ns: PositiveFloat  # tRFC: the channel is blocked this long per refresh
+    row_miss_ns: Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]  # new-row cost
+    turnaround_ns: Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]  # rd<->wr
 
     @property
     def peak_gbps(self) -> float:
@@ -164,6 +172,13 @@ class Hbm(_Sourced):
             raise ValueError(
                 f"hbm.interleave_bytes = {self.interleave_bytes} must be a power of two"
             )
+        if self.refresh_ns >= self.refresh_interval_ns:
+            raise ValueError(
+                f"hbm.refresh_ns = {self.refresh_ns} must be below hbm.refresh_interval_ns ="
+                f" {self.refresh_interval_ns} (tRFC < tREFI)"
+            )
+        if self.port_bits % 8:
+            raise ValueError(f"hbm.port_bits = {self.port_bits} must be a whole number of bytes")
         return self
 
 

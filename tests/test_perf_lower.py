@@ -49,7 +49,7 @@ def test_ld_mv_st_program_timeline(tiny):
     lat = hbm_latency_cycles(tiny)
     ld_occ = max(p.occupancy for p in hbm_pieces(tiny, 0, rows_b))
     mv = matmul_cost(tiny.mv, 16, 1, 64, 256, 4)
-    st_occ = max(p.occupancy for p in hbm_pieces(tiny, 1 << 20, 64))
+    st_occ = max(p.occupancy for p in hbm_pieces(tiny, 1 << 20, 64, write=True))
     ld_start = 6  # the dispatcher reads LD's 6 words first
     mv_start = ld_start + ld_occ + lat
     st_start = mv_start + mv.latency

@@ -5,9 +5,7 @@ import numpy as np
 import pytest
 
 from hwflow.calib import Calibration
-from hwflow.config import CompressionMethod, LinearQuant
-from hwflow.methods import compress_weight, needs_calibration
-from hwflow.numerics import nm_prune_mask, qmax, quantize_weight
+from hwflow.numerics import qmax, quantize_weight
 from hwflow.prune import magnitude, sparsegpt
 from hwflow.wquant import (
     CLIP_GRID,
@@ -235,30 +233,3 @@ def test_bad_input(data):
         quantize("gptq", w, 4)
     with pytest.raises(ValueError, match="mask shape"):
         rtn(w, 4, np.ones((2, 2), dtype=bool))
-
-
-def test_compress_weight_default_is_todays_compression(data):
-    _, w, _ = data
-    for lq in (LinearQuant(bits=4, n=4, m=16), LinearQuant(bits=8, n=1, m=1)):
-        got = compress_weight(w, lq)
-        mask = None if lq.dense else nm_prune_mask(w, lq.n, lq.m)
-        codes, scale = quantize_weight(w, lq.bits, mask)
-        np.testing.assert_array_equal(got.codes, codes)
-        np.testing.assert_array_equal(got.scales, scale)
-        assert got.keep.all() if lq.dense else np.array_equal(got.keep, mask)
-    assert not needs_calibration(CompressionMethod())
-
-
-def test_compress_weight_sparsegpt_gptq(data):
-    x, w, calib = data
-    method = CompressionMethod(prune="sparsegpt", quant="gptq-search", group=32)
-    assert needs_calibration(method)
-    got = compress_weight(w, LinearQuant(bits=4, n=4, m=16), method, calib)
-    assert np.all(got.codes[~got.keep] == 0) and got.scales.shape == (64, 4)
-    assert np.all(got.keep.reshape(64, -1, 16).sum(-1) == 4)
-    today = compress_weight(w, LinearQuant(bits=4, n=4, m=16))
-    e_new = _rel_err(x, w, dequantize(got.codes, got.scales))
-    e_today = _rel_err(x, w, dequantize(today.codes, today.scales))
-    assert e_new < 0.6 * e_today, (e_new, e_today)
-    with pytest.raises(ValueError, match="needs calibration"):
-        compress_weight(w, LinearQuant(bits=4, n=4, m=16), method)

@@ -4,7 +4,7 @@ Plots read results; they never run simulations. Each figure is written as PNG an
 labelled axes in SI units. GPU markers are HBM-roofline *estimates* (:mod:`.gpus`), labelled so.
 
 * ``efficiency``: tokens/J against tokens/s, every valid point, the Pareto front (points no
-  other point beats on both), GPU estimates at the table's median bytes per decode token.
+  other point beats on both), GPU estimates at the workload's own bytes per decode token.
 * ``sparsity``: the best tokens/J over the swept hardware against the kept fraction N/M, one
   line per weight precision (needs a ``plan.sparsity`` column; skipped otherwise).
 * ``bits``: the best tokens/J against weight bits, one line per N:M (needs ``plan.bits``).
@@ -22,8 +22,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from hwflow.analysis.gpus import estimate, load_gpus
-from hwflow.errors import ConfigError
+from hwflow.analysis.gpus import PRECISIONS, estimate, load_gpus, workload_bytes_per_token
+from hwflow.errors import ConfigError, HwflowError
 
 __all__ = ["pareto", "plot_results", "read_results"]
 
@@ -81,6 +81,31 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def _gpu_points(ok: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """GPU roofline estimates at the workload's own bytes per token: per model in the table,
+    each GPU at each precision of :data:`~hwflow.analysis.gpus.PRECISIONS`, at the table's mean
+    decode context of that model (prefill + decode / 2). Rows without a known model: none."""
+    from hwflow.config import load_model
+
+    out: list[tuple[str, Any]] = []
+    models = sorted({r["model"] for r in ok if isinstance(r.get("model"), str) and r["model"]})
+    for m in models:
+        try:
+            cfg = load_model(m)
+        except HwflowError:
+            continue
+        ctx = statistics.mean(
+            float(r.get("prefill") or 0) + float(r.get("decode") or 0) / 2
+            for r in ok
+            if r.get("model") == m
+        )
+        for g in load_gpus():
+            for prec, (wb, kvb) in PRECISIONS.items():
+                b = workload_bytes_per_token(cfg, wb, kvb, ctx)
+                out.append((f"{g.name} {prec}", estimate(g, b)))
+    return out
+
+
 def plot_results(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
     """Write every plot the table supports into ``out``; return the files written."""
     import matplotlib
@@ -109,25 +134,19 @@ def plot_results(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
         ms=4,
         label="Pareto front",
     )
-    bpt = [
-        r["decode_bytes_per_token"]
-        for r in ok
-        if isinstance(r.get("decode_bytes_per_token"), float) and r["decode_bytes_per_token"] > 0
-    ]
-    if bpt:
-        b = statistics.median(bpt)
-        for g in load_gpus():
-            e = estimate(g, b)
+    gpu_pts = _gpu_points(ok)
+    if gpu_pts:
+        for name, e in gpu_pts:
             ax.scatter([e.tokens_per_s], [e.tokens_per_j], marker="*", s=90, color="tab:gray")
             ax.annotate(
-                f"{g.name} (roofline est.)",
+                name,
                 (e.tokens_per_s, e.tokens_per_j),
-                fontsize=7,
+                fontsize=6,
                 xytext=(4, 4),
                 textcoords="offset points",
             )
         ax.set_title(
-            f"Energy efficiency (GPU stars: HBM-roofline estimates at {b / 1e6:.4g} MB/token)",
+            "Energy efficiency (GPU stars: HBM-roofline estimates at the workload's own bytes)",
             fontsize=10,
         )
     else:
@@ -136,13 +155,13 @@ def plot_results(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
         ax.annotate(
             _label(ok[i]), (xs[i], ys[i]), fontsize=6, xytext=(4, -8), textcoords="offset points"
         )
-    if bpt:
+    if gpu_pts:
         fig.text(
             0.01,
             -0.02,
-            "GPU stars: upper bounds = datasheet HBM bandwidth / the same bytes "
-            "per token, tokens/J at datasheet max power (mappings/gpus.yaml: NVIDIA "
-            "V100S, A100, H100 datasheets); not measurements",
+            "GPU stars: tokens/s = datasheet HBM bandwidth / the model's own bytes per token at"
+            " FP16 or INT4 weights (an upper bound); tokens/J = that at TDP, a lower bound for"
+            " that rate (mappings/gpus.yaml, docs/SOURCES.md); not measurements",
             fontsize=6,
             color="tab:gray",
         )
@@ -218,13 +237,11 @@ def plot_results(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
                 capsize=3,
                 label=_label(r),
             )
-    if bpt:
-        b = statistics.median(bpt)
-        for g in load_gpus():
-            e = estimate(g, b)
+    for name, e in gpu_pts:
+        if name.endswith("FP16"):
             ax.axhline(e.ms_per_token, color="tab:gray", ls=":", lw=0.8)
             ax.annotate(
-                f"{g.name} (roofline est.)",
+                f"{name} (roofline est.)",
                 (ax.get_xlim()[0], e.ms_per_token),
                 fontsize=6,
                 color="tab:gray",

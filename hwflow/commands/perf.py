@@ -96,7 +96,14 @@ def sim_table(res) -> Table:
         ("tokens/J", f"{res.tokens_per_j:.3f}"),
         ("energy per token", _si(res.j_per_token, "J")),
         ("decode HBM roofline ms/token (avg)", f"{res.roofline_ms_per_token:.3f}"),
-        ("decode HBM roofline fraction", f"{res.roofline_fraction:.3f}"),
+        (
+            f"decode HBM roofline fraction (of {res.hbm_achievable_gbps:.0f} GB/s achievable)",
+            f"{res.roofline_fraction:.3f}",
+        ),
+        (
+            f"decode HBM roofline fraction (of {res.hbm_peak_gbps:.0f} GB/s raw peak)",
+            f"{res.roofline_fraction_raw:.3f}",
+        ),
         ("HBM bandwidth achieved (decode)", f"{res.decode_hbm_gbps:.1f} GB/s"),
         ("decode bytes per token", _si(res.decode_hbm_bytes / max(res.decode, 1), "B")),
         ("total cycles", f"{res.total_cycles:,}"),

@@ -93,12 +93,13 @@ def _merge(pieces: Iterable[HbmPiece]) -> tuple[HbmPiece, ...]:
     """Pieces of several rows of one transfer: a channel streams its rows one after another."""
     by: dict[int, list[int]] = {}
     for p in pieces:
-        acc = by.setdefault(p.channel, [0, 0, 1])
+        acc = by.setdefault(p.channel, [0, 0, 1, 0])
         acc[0] += p.nbytes
         acc[1] += p.occupancy
         acc[2] &= p.same_channel
+        acc[3] |= p.write
     return tuple(
-        HbmPiece(channel=c, nbytes=v[0], occupancy=v[1], same_channel=bool(v[2]))
+        HbmPiece(channel=c, nbytes=v[0], occupancy=v[1], same_channel=bool(v[2]), write=bool(v[3]))
         for c, v in sorted(by.items())
     )
 
@@ -111,16 +112,20 @@ class _Pricer:
         self.interned: dict[tuple[MOp, OpActions], tuple[MOp, OpActions]] = {}
         self.pieces = lru_cache(maxsize=65536)(self._pieces)
 
-    def _pieces(self, base: int, rows: int, row_bytes: int, stride: int) -> tuple[HbmPiece, ...]:
+    def _pieces(
+        self, base: int, rows: int, row_bytes: int, stride: int, write: bool = False
+    ) -> tuple[HbmPiece, ...]:
         # the channel map repeats every interleave x channels bytes: price at base mod period
         hw = self.hw
         if rows == 0 or row_bytes == 0:
             return ()
         if rows == 1 or stride == row_bytes:
-            return tuple(hbm_pieces(hw, base, rows * row_bytes))
+            return tuple(hbm_pieces(hw, base, rows * row_bytes, write=write))
         hop = row_bytes < hw.hbm.interleave_bytes
         return _merge(
-            p for i in range(rows) for p in hbm_pieces(hw, base + i * stride, row_bytes, hop=hop)
+            p
+            for i in range(rows)
+            for p in hbm_pieces(hw, base + i * stride, row_bytes, hop=hop, write=write)
         )
 
     def _check_buf(
@@ -190,7 +195,7 @@ class _Pricer:
             base = hbm % self.period
             if base + (rows - 1) * stride + row_bytes > hw.hbm.capacity_bytes:
                 base = hbm
-            pieces = self.pieces(base, rows, row_bytes, stride)
+            pieces = self.pieces(base, rows, row_bytes, stride, op == "ST")
             mop = MOp(
                 unit,
                 op,

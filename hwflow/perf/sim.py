@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hwflow.config import CompressionPlan, HardwarePreset, ModelConfig
+from hwflow.costs import hbm_achievable_gbps
 from hwflow.energy import Actions, Energy, energy
 from hwflow.errors import ConfigError
 from hwflow.isa import Program, Runtime, expand
@@ -223,6 +224,8 @@ class SimResult:
     decode_buckets: int = 0
     fallback_steps: int = 0
     replayed_events: int = 0  #: the part of ``events`` in segments replayed from the memo
+    hbm_peak_gbps: float = 0.0  #: raw HBM peak of the preset (channels x channel_gbps)
+    hbm_achievable_gbps: float = 0.0  #: the model's sustained bandwidth of long reads
 
     # --- derived figures (SI units) ---
     @property
@@ -281,10 +284,19 @@ class SimResult:
 
     @property
     def roofline_fraction(self) -> float:
-        """Decode: HBM roofline time / simulated time (1.0 = every cycle at full bandwidth)."""
+        """Decode: roofline time at the *achievable* HBM bandwidth / simulated time (1.0 = every
+        cycle moving bytes as fast as long sequential reads can)."""
         if not self.decode_cycles:
             return 0.0
         return sum(self.decode_roofline_cycles) / sum(self.decode_cycles)
+
+    @property
+    def roofline_fraction_raw(self) -> float:
+        """Decode: the same against the *raw* peak (channels x channel_gbps, e.g. 460 GB/s on the
+        U280): achieved decode bandwidth of the needed bytes / peak."""
+        if not self.hbm_peak_gbps:
+            return 0.0
+        return self.roofline_fraction * self.hbm_achievable_gbps / self.hbm_peak_gbps
 
     @property
     def roofline_ms_per_token(self) -> float:
@@ -332,6 +344,9 @@ class SimResult:
             "decode_hbm_gbps": self.decode_hbm_gbps,
             "decode_bytes_per_token": self.decode_hbm_bytes / self.decode if self.decode else 0,
             "roofline_fraction": self.roofline_fraction,
+            "roofline_fraction_raw": self.roofline_fraction_raw,
+            "hbm_peak_gbps": self.hbm_peak_gbps,
+            "hbm_achievable_gbps": self.hbm_achievable_gbps,
             "roofline_ms_per_token": self.roofline_ms_per_token,
             "simulated_steps": self.simulated_steps,
             "fallback_steps": self.fallback_steps,
@@ -366,11 +381,11 @@ class SimResult:
 def _roofline_cycles(
     cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pos: int
 ) -> float:
-    """Cycles the decode step at ``pos`` needs at the preset's sustained HBM bandwidth (every
-    channel streaming at same-channel efficiency): the bytes the step must move (weights and
-    KV cache, :func:`hwflow.model.step_graph`) / bandwidth."""
+    """Cycles the decode step at ``pos`` needs at the preset's achievable HBM bandwidth (long
+    sequential reads on every channel, :func:`hwflow.costs.hbm_achievable_gbps`): the bytes the
+    step must move (weights and KV cache, :func:`hwflow.model.step_graph`) / bandwidth."""
     nbytes = step_graph(cfg, plan, "decode", 1, pos).hbm_bytes
-    bw = hw.hbm.peak_gbps * 1e9 * hw.hbm.efficiency_same_channel
+    bw = hbm_achievable_gbps(hw) * 1e9
     return nbytes / bw * hw.clock_hz
 
 
@@ -488,4 +503,6 @@ def simulate(
         decode_buckets=len(groups) if fast else 0,
         fallback_steps=len(simulated) - len(groups) if fast else 0,
         replayed_events=replayed,
+        hbm_peak_gbps=hw.hbm.peak_gbps,
+        hbm_achievable_gbps=hbm_achievable_gbps(hw),
     )
