@@ -899,7 +899,12 @@ def load_hw(ref: str | Path) -> HardwarePreset:
 
 
 def load_model(ref: str | Path) -> ModelConfig:
-    """A model by shipped name (``llama2-7b``) or the path of a HF config.json."""
+    """A model by shipped name (``llama2-7b``), the path of a HF config.json (or its folder),
+    or a ``.gguf`` file (its metadata, :func:`hwflow.checkpoint.gguf_llama.gguf_config`)."""
+    if Path(ref).suffix == ".gguf" and Path(ref).is_file():
+        from hwflow.checkpoint.gguf_llama import gguf_config
+
+        return gguf_config(Path(ref))
     path = _resolve("models", ref, (".json",))
     data = _read(path)
     name = path.stem if path.name != "config.json" else path.resolve().parent.name

@@ -60,6 +60,7 @@ __all__ = [
     "hbm_transfer_cost",
     "matmul_cost",
     "sfu_cost",
+    "sfu_passes",
     "sync_cost",
 ]
 
@@ -124,8 +125,35 @@ def matmul_cost(engine: Engine, m_block: int, tokens: int, rows: int, k: int, n:
     )
 
 
+def sfu_passes(hw: HardwarePreset, func: str, center: bool = False) -> int:
+    """Reads of its input a special-function op makes under the numerics contract
+    (:mod:`hwflow.numerics`; ``func`` one of :data:`hwflow.isa.SFU_FUNCS`).
+
+    * ``norm``: the preset's ``norm_passes`` (statistics, then the output: RMSNorm's sum of
+      squares and the row maximum of ``xr * gamma`` the per-row quantization needs share the
+      statistics pass); LayerNorm (``center``) one more, since centring needs the row sum
+      before the sum of squares and the maximum of the centred row.
+    * ``softmax``: the preset's ``softmax_passes`` (row maximum, then EXP2, the UINT8
+      numerators and their row sum; the normalisation moved into P x V's row stage).
+    * ``mul``, ``reluq`` (per-row INT8 quantization, :func:`~hwflow.numerics.quant_rows`):
+      two, a row-maximum pass before the quantizing one.
+    * ``rope``, ``silu``, ``add``, ``mov``: one.
+    """
+    if func == "norm":
+        return hw.sfu.norm_passes + int(center)
+    if func == "softmax":
+        return hw.sfu.softmax_passes
+    return 2 if func in ("mul", "reluq") else 1
+
+
 def sfu_cost(hw: HardwarePreset, elements: int, passes: int = 1) -> OpCost:
-    """Cost of a special-function op over ``elements`` values read ``passes`` times."""
+    """Cost of a special-function op over ``elements`` values read ``passes`` times
+    (:func:`sfu_passes`). Each of the preset's ``sfu.lanes`` lanes takes one element per cycle
+    whatever its width (a lane is 32 bits wide: the INT32 residual stream), so a pass takes
+    ``ceil(elements / lanes)`` cycles; the bytes moved count in the buffer energy
+    (:mod:`hwflow.perf.lower`), not in cycles. The per-row scalar work (the norm's inverse
+    square root, the reciprocals of the row maximum and of the softmax row sum) is pipelined
+    behind the next row's pass."""
     beats = passes * ceil(elements / hw.sfu.lanes)
     return OpCost(beats=beats, latency=beats + hw.sfu.latency, macs=0, dense_macs=0)
 

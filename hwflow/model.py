@@ -296,7 +296,7 @@ def step_graph(
     last = f"x{cfg.layers}"
     ops.append(Op("final.norm", "norm", None, (last,), "hf", 1, elements=d))  # last token only
     hq = plan.head()
-    hb = sum(linear_bytes(cfg.vocab, d, hq, bias=has_bias(cfg, "head"), requant=False).values())
+    hb = sum(linear_bytes(cfg.vocab, d, hq, bias=has_bias(cfg, "head")).values())
     ops.append(
         Op(
             "head",

@@ -11,8 +11,12 @@ cost, shared with the RTL). This module only reads the instruction fields and ca
   kept -> :func:`~hwflow.costs.matmul_cost` on the preset's ``mpe`` / ``mv`` engine. A
   reduction that is not a whole number of M-blocks is padded to the next block (the chain
   consumes whole blocks).
-* SFU: ``rows x cols`` elements, read twice by softmax and normalisation
-  (the preset's ``softmax_passes`` / ``norm_passes``) -> :func:`~hwflow.costs.sfu_cost`.
+* SFU: ``rows x cols`` elements, read as many times as :func:`~hwflow.costs.sfu_passes`
+  says (softmax and normalisation: the preset's passes, LayerNorm one more; the per-row INT8
+  quantization of the gated product / OPT's ReLU: a row-maximum pass) ->
+  :func:`~hwflow.costs.sfu_cost`; the bytes per element of each operand
+  (:data:`hwflow.isa.SFU_FORMATS`: the INT32 residual, INT16 gate/up, INT8 outputs with
+  their row factors) count in the buffer actions.
 * SYNC: :func:`~hwflow.costs.sync_cost`.
 
 Reuse (:func:`lower_reused`, :func:`step_signature`). A loop iteration is priced once per
@@ -27,7 +31,8 @@ priced programs, so one simulation stands for both, exactly. Equal priced result
 
 Actions per op (for :mod:`hwflow.energy`): MACs by weight bits; buffer bits read per beat
 (one M-block of INT8 activations per token lane and every chain's weight slots with their
-indices) and written (outputs); HBM bytes; special-function element operations; instruction
+indices, plus the A rows' row factors) and written (outputs at the instruction's ``obits``);
+HBM bytes; special-function element operations; instruction
 words.
 """
 
@@ -40,13 +45,23 @@ from functools import lru_cache
 from math import ceil, log2
 
 from hwflow.config import HardwarePreset
-from hwflow.costs import HbmPiece, effective_nm, hbm_pieces, matmul_cost, sfu_cost, sync_cost
+from hwflow.costs import (
+    HbmPiece,
+    effective_nm,
+    hbm_pieces,
+    matmul_cost,
+    sfu_cost,
+    sfu_passes,
+    sync_cost,
+)
 from hwflow.energy import Actions
 from hwflow.errors import CapacityError, ProgramError
 from hwflow.isa import (
     MATMUL_FUNCS,
     OPCODES,
     REG_POS,
+    ROW_FACTOR_BYTES,
+    SFU_FORMATS,
     SFU_FUNCS,
     SYS_ALU,
     Buf,
@@ -231,13 +246,13 @@ class _Pricer:
             cost = matmul_cost(engine, me, rows, cols, kp, ne)
             idx = 0 if ne == me else int(log2(me))
             per_beat = me * 8 * engine.rows + engine.chains * engine.chain_length * (wbits + idx)
-            out_bits = 64 if func == "head" else 8
+            rowf = 8 * ROW_FACTOR_BYTES * rows if f["arow"] else 0  # the A rows' row factors
             mop = MOp(unit, f"{op}.{func}", words, cost.beats, cost.latency, wait, release)
             acts = OpActions(
                 wbits=wbits,
                 macs=cost.macs,
-                buf_read_bits=cost.beats * per_beat,
-                buf_write_bits=rows * cols * out_bits,
+                buf_read_bits=cost.beats * per_beat + rowf,
+                buf_write_bits=rows * cols * f["obits"],
                 words=words,
             )
             return mop, acts
@@ -246,14 +261,19 @@ class _Pricer:
             elements = f["rows"] * f["cols"]
             if elements == 0:
                 return MOp(unit, f"SFU.{func}", words, 0, 0, wait, release), OpActions(words=words)
-            passes = {"norm": hw.sfu.norm_passes, "softmax": hw.sfu.softmax_passes}.get(func, 1)
+            fmt = SFU_FORMATS.get(func)
+            if fmt is None:
+                raise ProgramError(f"SFU (pc {c.pc}): function {func} unknown")
+            passes = sfu_passes(hw, func, bool(f["aux"] & 1) if func == "norm" else False)
             cost = sfu_cost(hw, elements, passes)
-            second = elements * 8 if func in ("add", "mul", "rope") else 0
+            # the B operand (rope: its cos/sin rows) and the norm's INT16 gains, read once
+            second = elements * 8 * (fmt.b + (2 if func == "norm" else 0))
+            rowf = 8 * ROW_FACTOR_BYTES * f["rows"] if fmt.row_factor else 0
             mop = MOp(unit, f"SFU.{func}", words, cost.beats, cost.latency, wait, release)
             acts = OpActions(
                 sfu_ops=elements * passes,
-                buf_read_bits=elements * 8 * passes + second,
-                buf_write_bits=elements * 8,
+                buf_read_bits=elements * 8 * fmt.a * passes + second,
+                buf_write_bits=elements * 8 * fmt.o + rowf,
                 words=words,
             )
             return mop, acts
