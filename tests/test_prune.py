@@ -1,5 +1,7 @@
 """N:M pruning methods: exact masks, brute-force scores, and SparseGPT against naive OBS."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -160,3 +162,23 @@ def test_bad_input(data):
         prune("wanda", w, 2, 4)
     with pytest.raises(ValueError, match="calibration has 64 input channels, the weights 128"):
         sparsegpt(w, 2, 4, Calibration.of(np.ones((4, 64))))
+
+
+def test_bench_prune_runs_on_tiny(capsys):
+    from hwflow.cli import main
+
+    args = ["bench", "prune", "--model", "tiny-llama", "--layers", "1", "--tokens", "64"]
+    assert main([*args, "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    err = r["mean_rel_output_error"]
+    assert set(err) == {f"prune:{p}" for p in PRUNE_METHODS} | {
+        "quant:rtn",
+        "quant:search",
+        "quant:gptq",
+        "quant:gptq-search",
+    }
+    assert err["prune:sparsegpt"] < err["prune:magnitude"]
+    assert err["quant:gptq"] < err["quant:rtn"]
+    assert r["seconds"]["prune:sparsegpt"] > 0 and r["linear_params"] > 0
+    assert main([*args, "--group", "48"]) == 2
+    assert "--group 48 does not divide q's reduction length 64" in capsys.readouterr().err
