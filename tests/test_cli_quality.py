@@ -123,3 +123,16 @@ def test_quality_checkpoint_errors(tmp_path):
         assert r.returncode == 2, r
         assert needle in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_check_runs_a_checkpoint_bit_exact(tmp_path, capsys):
+    """``check`` on trained weights (here: seeded weights saved as a checkpoint) runs the
+    funcsim against the integer reference of *those* weights, on the default text's tokens."""
+    folder, _ = _checkpoint(tmp_path)
+    args = ["check", "--hw", "tiny", "--plan", "w8a8", "--max-len", "24", "--decode", "2"]
+    assert main([*args, "--model", str(folder), "--json"]) == 0
+    real = json.loads(capsys.readouterr().out)
+    assert real["bit_exact"] and len(real["steps"]) >= 3
+    assert main([*args, "--model", "tiny-llama", "--json"]) == 0  # seed-0 random weights
+    seeded = json.loads(capsys.readouterr().out)
+    assert real["quality"] != seeded["quality"]
