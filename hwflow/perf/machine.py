@@ -49,10 +49,12 @@ import simpy
 from hwflow.config import Buffers, HardwarePreset
 from hwflow.costs import LDST_ISSUE_CYCLES, HbmPiece
 from hwflow.errors import SyncError
+from hwflow.isa import TOKEN_UNITS, Unit
 from hwflow.perf.hbm import HbmChannels
 
 __all__ = [
     "QUEUE_DEPTH",
+    "TOKEN_UNIT_NAMES",
     "UNITS",
     "MOp",
     "Machine",
@@ -62,8 +64,10 @@ __all__ = [
     "barrier_cuts",
 ]
 
-#: The units, in the order of :class:`hwflow.isa.Unit` (the wait/release mask bits).
-UNITS = ("ld", "st", "mm", "mv", "sfu", "sys")
+#: The units' names, in the order of :class:`hwflow.isa.Unit` (the wait/release mask bits).
+UNITS = tuple(u.name.lower() for u in sorted(Unit))
+#: The units that own token queues (:data:`hwflow.isa.TOKEN_UNITS`), by name.
+TOKEN_UNIT_NAMES = tuple(UNITS[u] for u in TOKEN_UNITS)
 #: Entries of each unit's instruction queue unless the preset says otherwise
 #: (``HardwarePreset.buffers.queue_entries``, where the number and its source live).
 QUEUE_DEPTH = Buffers.model_fields["queue_entries"].default
@@ -83,6 +87,9 @@ class MOp:
     hbm: tuple[HbmPiece, ...] | None = None  #: LD/ST: the transfer's per-channel pieces
     hbm_bytes: int = 0  #: LD/ST: bytes moved (the pieces' sum)
     hbm_occupancy: int = 0  #: LD/ST: channel-cycles streamed (the pieces' sum)
+    #: a number naming this priced op in segment keys (:mod:`hwflow.perf.lower` numbers the
+    #: ops it interns, never twice in a process); -1: unnumbered (compared by value)
+    key: int = field(default=-1, compare=False)
 
 
 @dataclass
@@ -202,7 +209,8 @@ class _Seg:
 
 
 class SegmentMemo:
-    """Results of simulated segments keyed by (segment ops, entry state relative to origin).
+    """Results of simulated segments keyed by (segment ops, entry state relative to origin):
+    the ops by their :attr:`MOp.key`, or by value when unnumbered.
 
     The machine is deterministic, so a segment with the same ops entered in the same relative
     state has the same relative timeline: reusing it is exact, not an approximation."""
@@ -211,6 +219,13 @@ class SegmentMemo:
         self.table: dict[tuple, _Seg] = {}
         self.hits = 0
         self.misses = 0
+
+
+def _ops_key(seg: Sequence[MOp]) -> tuple:
+    """A segment's ops as a hashable key: their numbers, or the ops themselves (by value) when
+    any is unnumbered."""
+    keys = tuple([op.key for op in seg])
+    return tuple(seg) if -1 in keys else keys
 
 
 def barrier_cuts(program: Sequence[MOp]) -> list[int]:
@@ -282,7 +297,7 @@ class Machine:
             rel = state.relative(used)
             hit = None
             if memo is not None:
-                key = (tuple(map(id, seg)), rel)
+                key = (_ops_key(seg), rel)
                 hit = memo.table.get(key)
             if hit is None:
                 res = self._segment(seg, rel)

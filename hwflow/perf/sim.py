@@ -28,25 +28,31 @@ in the context; they are computed at both ends of the case and checked at two in
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from hwflow import cache
 from hwflow.config import CompressionPlan, HardwarePreset, ModelConfig
 from hwflow.energy import Actions, Energy, energy
 from hwflow.errors import ConfigError
 from hwflow.isa import Program, Runtime, expand
 from hwflow.model import step_graph
-from hwflow.perf.lower import lower, lower_reused, step_signature
-from hwflow.perf.machine import UNITS, Machine, RunStats, SegmentMemo
+from hwflow.perf.lower import PerfContext, lower, lower_reused, step_signature
+from hwflow.perf.machine import TOKEN_UNIT_NAMES, UNITS, Machine, RunStats, SegmentMemo
 
-__all__ = ["SimResult", "StepResult", "compile_cached", "run_step", "simulate"]
+__all__ = [
+    "SimResult",
+    "StepResult",
+    "compile_cached",
+    "program_key",
+    "run_step",
+    "simulate",
+]
 
 Mode = Literal["exact", "fast"]
-TOKEN_UNITS = ("ld", "st", "mm", "mv", "sfu")
 
 
 @dataclass
@@ -73,18 +79,20 @@ def run_step(
     memo: SegmentMemo | None = None,
     trace: bool = False,
     reuse: bool = False,
+    ctx: PerfContext | None = None,
 ) -> StepResult:
     """Expand, price and simulate one step of ``program`` on ``hw`` (with ``reuse``, each
-    distinct loop iteration is expanded and priced once: the same ops, faster)."""
+    distinct loop iteration is expanded and priced once: the same ops, faster). ``ctx`` keeps
+    the priced ops between steps (see :class:`~hwflow.perf.lower.PerfContext`)."""
     program.check_preset(hw.digest, hw.name)
     template = program.select(phase, runtime)
     if reuse:
-        ops, actions = lower_reused(hw, template, runtime)
+        ops, actions = lower_reused(hw, template, runtime, ctx)
     else:
-        ops, actions = lower(hw, expand(template, runtime))
+        ops, actions = lower(hw, expand(template, runtime), ctx)
     stats = Machine(hw, trace=trace).run(ops, memo)
     actions.idle_unit_cycles = sum(
-        stats.cycles - stats.busy[u] for u in TOKEN_UNITS if stats.ops[u]
+        stats.cycles - stats.busy[u] for u in TOKEN_UNIT_NAMES if stats.ops[u]
     )
     return StepResult(phase, runtime.length, runtime.pos, stats, actions)
 
@@ -100,19 +108,21 @@ def _job(task: Task) -> list[tuple[int, StepResult, bool]]:
     result, simulated) for each position of the task; with ``fast``, one simulation per
     distinct signature among the positions (one template's)."""
     phase, length, positions, trace, fast = task
-    memo = _JOB.setdefault("memo", SegmentMemo())
     hw, prog = _JOB["hw"], _JOB["prog"]
+    ctx = _JOB.setdefault("ctx", PerfContext(hw))
     out: list[tuple[int, StepResult, bool]] = []
     done: dict[tuple, StepResult] = {}
     for p in positions:
         rt = Runtime(length, p)
         sig: tuple | None = None
         if fast and len(positions) > 1:
-            sig = step_signature(hw, prog.select(phase, rt), rt)
+            sig = step_signature(ctx, prog.select(phase, rt), rt)
             if sig in done:
                 out.append((p, done[sig], False))
                 continue
-        r = run_step(hw, prog, phase, rt, memo=memo, trace=trace and not out, reuse=fast)
+        r = run_step(
+            hw, prog, phase, rt, memo=ctx.memo, trace=trace and not out, reuse=fast, ctx=ctx
+        )
         if sig is not None:
             done[sig] = r
         out.append((p, r, True))
@@ -144,51 +154,49 @@ def _run_steps(
         gc.unfreeze()
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("HWFLOW_CACHE", Path.home() / ".cache" / "hwflow"))
+def program_key(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, max_len: int) -> str:
+    """Cache key of a compiled program: the model, plan and preset values, ``max_len`` and the
+    package source (:mod:`hwflow.cache`)."""
+    return cache.key("program", cfg, plan, hw.digest, max_len)
 
 
-def _compiler_digest() -> str:
-    """Hash of the compiler and ISA sources: a cached program is reused only by the same code."""
-    import hwflow.compiler as comp
-    import hwflow.isa as isa
-
-    h = hashlib.sha256()
-    files = [*sorted(Path(comp.__file__).parent.glob("*.py")), Path(isa.__file__)]
-    for f in files:
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+def program_path(key: str) -> Path:
+    """Where the program of ``key`` is cached."""
+    return cache.cache_dir() / "programs" / f"{key}.hwp"
 
 
 _PROGRAMS: dict[str, Program] = {}
 
 
 def compile_cached(
-    cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, max_len: int
+    cfg: ModelConfig,
+    plan: CompressionPlan,
+    hw: HardwarePreset,
+    max_len: int,
+    *,
+    note: Callable[[str], None] | None = None,
 ) -> Program:
-    """The compiled program, from memory, the on-disk cache or :func:`compile_model`."""
+    """The compiled program, from memory, the on-disk cache or :func:`compile_model`;
+    ``note`` is told which (for progress output)."""
     from hwflow.compiler import compile_model
 
-    key_src = f"{cfg.model_dump_json()}|{plan.model_dump_json()}|{hw.digest}|{max_len}"
-    key = hashlib.sha256(f"{key_src}|{_compiler_digest()}".encode()).hexdigest()[:24]
+    key = program_key(cfg, plan, hw, max_len)
     if key in _PROGRAMS:
         return _PROGRAMS[key]
-    path = _cache_dir() / "programs" / f"{key}.hwp"
+    path = program_path(key)
     prog = None
     if path.is_file():
         try:
             prog = Program.from_bytes(path.read_bytes(), str(path))
+            if note:
+                note(f"compiled program from the cache ({path})")
         except Exception:  # a damaged cache entry is recompiled, never trusted
             prog = None
     if prog is None:
+        if note:
+            note(f"compiling {cfg.name} / {plan.name} for {hw.name} (max_len {max_len})")
         prog = compile_model(cfg, plan, hw, max_len).program
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(prog.to_bytes())
-            tmp.replace(path)
-        except OSError:
-            pass  # caching is an optimisation only
+        cache.write_bytes(path, prog.to_bytes())
     _PROGRAMS[key] = prog
     return prog
 
