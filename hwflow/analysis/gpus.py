@@ -14,12 +14,12 @@ from pathlib import Path
 
 from pydantic import Field
 
-from hwflow.config import MAPPINGS, _Frozen, _read, _Sourced, _validate
+from hwflow.config import MAPPINGS, Frozen, Sourced, read_data, validate_data
 
 __all__ = ["Gpu", "GpuEstimate", "estimate", "load_gpus"]
 
 
-class Gpu(_Sourced):
+class Gpu(Sourced):
     """One GPU's public memory bandwidth and board power."""
 
     name: str
@@ -27,14 +27,14 @@ class Gpu(_Sourced):
     power_w: float = Field(gt=0)
 
 
-class _GpuFile(_Frozen):
+class _GpuFile(Frozen):
     gpus: tuple[Gpu, ...]
 
 
 def load_gpus(path: str | Path | None = None) -> tuple[Gpu, ...]:
     """The GPUs of ``mappings/gpus.yaml`` (or ``path``)."""
     p = Path(path) if path else MAPPINGS / "gpus.yaml"
-    return _validate(_GpuFile, _read(p), p).gpus
+    return validate_data(_GpuFile, read_data(p), p).gpus
 
 
 @dataclass(frozen=True)
