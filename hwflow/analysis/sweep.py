@@ -244,6 +244,15 @@ def point_key(point: Point) -> str:
     return cache.key("sweep-point", repr(point), what)
 
 
+def _invalid_early(point: Point) -> bool:
+    """Whether the point's preset or plan does not even validate (cheap: not cached)."""
+    try:
+        _resolve(point)
+    except HwflowError:
+        return True
+    return False
+
+
 def run_point(point: Point) -> dict[str, Any]:
     """Simulate one point; an invalid point becomes a row with its reason."""
     from hwflow.perf.sim import simulate
@@ -274,11 +283,14 @@ def run_sweep(
     *,
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every point not already in ``cache_dir``; return all rows in grid order."""
+    """Run every point not already in ``cache_dir``; return all rows in grid order.
+    ``note`` hears how many points came from the cache, ``progress(done, total)`` counts.
+    A point invalid before it runs (its preset or plan does not validate) is not cached."""
     cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     keys = [point_key(p) for p in grid.points]
+    early = {k for p, k in zip(grid.points, keys, strict=True) if _invalid_early(p)}
     rows: dict[str, dict[str, Any]] = {}
     todo: list[tuple[Point, str]] = []
     for p, k in zip(grid.points, keys, strict=True):
@@ -291,13 +303,16 @@ def run_sweep(
         if k not in {t[1] for t in todo}:
             todo.append((p, k))
     done = len(grid.points) - len(todo)
+    if note:
+        note(f"sweep: {done}/{len(grid.points)} points from the cache ({cache_dir})")
     if progress:
         progress(done, len(grid.points))
 
     def store(k: str, row: dict[str, Any]) -> None:
         nonlocal done
         rows[k] = row
-        cache.write_json(cache_dir / f"{k}.json", row)
+        if k not in early:
+            cache.write_json(cache_dir / f"{k}.json", row)
         done += 1
         if progress:
             progress(done, len(grid.points))

@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from hwflow.commands._common import check_output_dir, positive
 from hwflow.config import load_hw
 
 __all__ = ["register"]
@@ -20,9 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "as Verilog (from Amaranth) with manifest.json (parameters, ports, payload fields, "
         "latency), and lint them with verilator --lint-only -Wall and rtl/lint.vlt.",
     )
-    p.add_argument("--hw", default="tiny", help="hardware preset name or YAML path (tiny)")
-    p.add_argument("-o", "--out", type=Path, help="output folder (rtl/generated/<preset>)")
-    p.add_argument("--chains", type=int, help="generate slices of this many chains")
+    p.add_argument("--hw", default="tiny", help="hardware preset name or YAML path")
+    p.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        help="output folder (default: rtl/generated/<preset> under the current folder)",
+    )
+    p.add_argument("--chains", type=positive, help="generate slices of this many chains")
     p.add_argument("--no-lint", action="store_true", help="skip the Verilator lint")
     p.set_defaults(func=_rtl)
 
@@ -33,18 +39,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and report LUT, FF, DSP48E2, RAM counts and whether the chain adders went into the "
         "DSP cascade. --chains synthesizes a slice of a large engine.",
     )
-    s.add_argument("--hw", default="tiny", help="hardware preset name or YAML path (tiny)")
-    s.add_argument("--engine", choices=("mv", "mpe"), default="mv", help="which engine (mv)")
-    s.add_argument("--chains", type=int, help="synthesize a slice of this many chains")
+    s.add_argument("--hw", default="tiny", help="hardware preset name or YAML path")
+    s.add_argument("--engine", choices=("mv", "mpe"), default="mv", help="which engine")
+    s.add_argument("--chains", type=positive, help="synthesize a slice of this many chains")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(func=_synth)
 
 
 def _rtl(args: argparse.Namespace) -> int:
-    from hwflow.hw.generate import DEFAULT_OUT, lint, write_rtl
+    from hwflow.hw.generate import lint, write_rtl
 
     hw = load_hw(args.hw)
-    out = args.out or DEFAULT_OUT / hw.name
+    out = args.out or Path("rtl") / "generated" / hw.name  # the user's folder, not the repo
+    check_output_dir(out, "-o")
     manifest = write_rtl(hw, out, chains=args.chains)
     status = 0
     for kind, eng in manifest["engines"].items():

@@ -29,7 +29,7 @@ in the context; they are computed at both ends of the case and checked at two in
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +47,7 @@ __all__ = [
     "SimResult",
     "StepResult",
     "compile_cached",
+    "default_max_len",
     "program_key",
     "run_step",
     "simulate",
@@ -129,6 +130,20 @@ def _job(task: Task) -> list[tuple[int, StepResult, bool]]:
     return out
 
 
+def _collect(
+    results: Iterable[list[tuple[int, StepResult, bool]]],
+    total: int,
+    progress: Callable[[int, int], None] | None,
+) -> list[tuple[int, StepResult, bool]]:
+    """The tasks' results in one list, ``progress`` told after each task."""
+    out: list[tuple[int, StepResult, bool]] = []
+    for i, got in enumerate(results, 1):
+        out += got
+        if progress:
+            progress(i, total)
+    return out
+
+
 def _run_steps(
     cfg: ModelConfig,
     plan: CompressionPlan,
@@ -136,8 +151,10 @@ def _run_steps(
     prog: Program,
     tasks: list[Task],
     workers: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[tuple[int, StepResult, bool]]:
-    """Run the steps, in ``workers`` forked processes when > 1 (results are identical)."""
+    """Run the steps, in ``workers`` forked processes when > 1 (results are identical);
+    ``progress(done, total)`` after each task."""
     import gc
     import multiprocessing as mp
 
@@ -146,9 +163,9 @@ def _run_steps(
     gc.freeze()  # the program's objects live for the whole run: keep them out of collections
     try:
         if workers <= 1 or len(tasks) < 2 or mp.current_process().daemon:
-            return [x for t in tasks for x in _job(t)]
+            return _collect(map(_job, tasks), len(tasks), progress)
         with mp.get_context("fork").Pool(workers) as pool:
-            return [x for got in pool.imap_unordered(_job, tasks) for x in got]
+            return _collect(pool.imap_unordered(_job, tasks), len(tasks), progress)
     finally:
         _JOB.clear()
         gc.unfreeze()
@@ -403,6 +420,11 @@ def _rooflines(
     return {p: line(p) for p in positions}
 
 
+def default_max_len(cfg: ModelConfig) -> int:
+    """The program's longest context when none is given: the model's, at most 2048."""
+    return min(cfg.max_positions, 2048)
+
+
 def simulate(
     cfg: ModelConfig,
     plan: CompressionPlan,
@@ -415,19 +437,23 @@ def simulate(
     program: Program | None = None,
     trace: bool = False,
     workers: int = 1,
+    note: Callable[[str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SimResult:
-    """Simulate the (prefill, decode) case; see the module doc for ``mode``."""
+    """Simulate the (prefill, decode) case; see the module doc for ``mode``. ``note`` hears
+    what is being done (compiling, or the cached program used, then simulating), ``progress``
+    counts the step groups done."""
     t0 = time.perf_counter()
     if mode not in ("exact", "fast"):
         raise ConfigError(f"mode {mode!r} unknown (allowed: exact, fast)")
     if prefill < 1 or decode < 0:
         raise ConfigError(f"need prefill >= 1 and decode >= 0, got {prefill} and {decode}")
-    max_len = max_len or min(cfg.max_positions, 2048)
+    max_len = max_len or default_max_len(cfg)
     if prefill + decode > max_len:
         raise ConfigError(
             f"prefill {prefill} + decode {decode} = {prefill + decode} exceeds max_len {max_len}"
         )
-    prog = program or compile_cached(cfg, plan, hw, max_len)
+    prog = program or compile_cached(cfg, plan, hw, max_len, note=note)
     positions = list(range(prefill, prefill + decode))
     fast = mode == "fast"
     tasks: list[Task] = [("prefill", prefill, (0,), trace, fast)]
@@ -439,7 +465,9 @@ def simulate(
     else:
         groups = [[p] for p in positions]
     tasks += [("decode", 1, tuple(g), trace and i == 0, fast) for i, g in enumerate(groups)]
-    out = _run_steps(cfg, plan, hw, prog, tasks, workers)
+    if note:
+        note(f"simulating prefill {prefill} + {decode} decode steps ({mode} mode)")
+    out = _run_steps(cfg, plan, hw, prog, tasks, workers, progress)
     pre = next(r for p, r, _ in out if r.phase == "prefill")
     results = {p: r for p, r, _ in out if r.phase == "decode"}
     simulated = [results[p] for p, r, sim in out if sim and r.phase == "decode"]
