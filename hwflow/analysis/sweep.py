@@ -244,13 +244,13 @@ def point_key(point: Point) -> str:
     return cache.key("sweep-point", repr(point), what)
 
 
-def _invalid_early(point: Point) -> bool:
-    """Whether the point's preset or plan does not even validate (cheap: not cached)."""
+def _invalid_row(point: Point) -> dict[str, Any] | None:
+    """The row of a point whose preset or plan does not even validate, else None."""
     try:
         _resolve(point)
-    except HwflowError:
-        return True
-    return False
+    except HwflowError as e:
+        return {**point.label(), "status": "invalid", "reason": str(e)}
+    return None
 
 
 def run_point(point: Point) -> dict[str, Any]:
@@ -290,41 +290,47 @@ def run_sweep(
     A point invalid before it runs (its preset or plan does not validate) is not cached."""
     cache_dir = Path(cache_dir)
     keys = [point_key(p) for p in grid.points]
-    early = {k for p, k in zip(grid.points, keys, strict=True) if _invalid_early(p)}
     rows: dict[str, dict[str, Any]] = {}
-    todo: list[tuple[Point, str]] = []
+    todo: dict[str, Point] = {}
+    cached = early = 0
     for p, k in zip(grid.points, keys, strict=True):
-        if k in rows:
+        if k in rows or k in todo:
             continue
-        got = cache.read_json(cache_dir / f"{k}.json")  # None: missing or damaged
-        if isinstance(got, dict):
-            rows[k] = got
-            continue
-        if k not in {t[1] for t in todo}:
-            todo.append((p, k))
+        row = _invalid_row(p)  # cheap to redo: never cached
+        if row is None:
+            row = cache.read_json(cache_dir / f"{k}.json")  # None: missing or damaged
+            cached += isinstance(row, dict)
+        else:
+            early += 1
+        if isinstance(row, dict):
+            rows[k] = row
+        else:
+            todo[k] = p
     done = len(grid.points) - len(todo)
     if note:
-        note(f"sweep: {done}/{len(grid.points)} points from the cache ({cache_dir})")
+        note(
+            f"sweep: {cached}/{len(grid.points)} points from the cache ({cache_dir}), "
+            f"{len(todo)} to simulate, {early} invalid presets/plans"
+        )
     if progress:
         progress(done, len(grid.points))
 
     def store(k: str, row: dict[str, Any]) -> None:
         nonlocal done
         rows[k] = row
-        if k not in early:
-            cache.write_json(cache_dir / f"{k}.json", row)
+        cache.write_json(cache_dir / f"{k}.json", row)
         done += 1
         if progress:
             progress(done, len(grid.points))
 
     if todo:
         if workers <= 1 or len(todo) == 1:
-            for p, k in todo:
+            for k, p in todo.items():
                 store(k, run_point(p))
         else:
             ctx = mp.get_context("fork")
             with ctx.Pool(workers) as pool:
-                for k, row in pool.imap_unordered(_worker, todo):
+                for k, row in pool.imap_unordered(_worker, [(p, k) for k, p in todo.items()]):
                     store(k, row)
     return [rows[k] for k in keys]
 
