@@ -21,12 +21,24 @@ import functools
 import hashlib
 import json
 import os
+import pickle
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-__all__ = ["cache_dir", "key", "read_json", "source_digest", "write_bytes", "write_json"]
+__all__ = [
+    "cache_dir",
+    "key",
+    "memo",
+    "read_json",
+    "source_digest",
+    "write_bytes",
+    "write_json",
+]
+
+T = TypeVar("T")
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -88,3 +100,28 @@ def read_json(path: Path) -> Any | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def memo(
+    kind: str,
+    parts: Sequence[Any],
+    compute: Callable[[], T],
+    *,
+    note: Callable[[str], None] | None = None,
+    what: str = "result",
+) -> tuple[T, bool]:
+    """(``compute()``, False), or (the stored result of the same ``kind`` and ``parts``, True).
+    Results are pickled under ``<cache>/<kind>/`` (the user's own folder, written only here);
+    ``note`` hears when a stored ``what`` is used."""
+    path = cache_dir() / kind / f"{key(kind, *parts)}.pickle"
+    try:
+        got = pickle.loads(path.read_bytes())
+    except Exception:  # missing or damaged: compute again
+        pass
+    else:
+        if note:
+            note(f"{what} from the cache ({path})")
+        return got, True
+    got = compute()
+    write_bytes(path, pickle.dumps(got, protocol=pickle.HIGHEST_PROTOCOL))
+    return got, False

@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from hwflow import cache
 from hwflow.analysis.compiled import compile_with_summary
 from hwflow.commands._common import Progress, atomic_write, check_output_dir, print_json, seed
 from hwflow.config import load_hw, load_model, load_plan
@@ -189,7 +190,15 @@ def run_check(args: argparse.Namespace) -> int:
 
     cfg, hw, plan = load_model(args.model), load_hw(args.hw), load_plan(args.plan)
     check_quality_size(cfg, "check")
-    res = check_against_reference(cfg, plan, hw, args.max_len, args.decode, args.seed)
+    with Progress() as prog:
+        prog.note(f"checking {cfg.name} / {plan.name} on {hw.name} against the reference")
+        res, _ = cache.memo(
+            "checks",
+            (cfg, plan, hw.digest, args.max_len, args.decode, args.seed),
+            lambda: check_against_reference(cfg, plan, hw, args.max_len, args.decode, args.seed),
+            note=prog.note,
+            what="check result",
+        )
     if args.json:
         print_json(res)
     else:

@@ -164,7 +164,7 @@ def case_lengths(prefill: int | None, decode: int | None, max_len: int) -> tuple
 
 
 def run_sim(args: argparse.Namespace) -> int:
-    from hwflow.perf.sim import default_max_len, simulate
+    from hwflow.perf.sim import default_max_len, simulate_cached
     from hwflow.perf.trace import write_trace
 
     if args.trace is not None:
@@ -175,7 +175,7 @@ def run_sim(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-len {max_len} (allowed: a whole number >= 1)")
     prefill, decode = case_lengths(args.prefill, args.decode, max_len)
     with Progress() as prog:
-        res = simulate(
+        res, _ = simulate_cached(
             cfg,
             plan,
             hw,

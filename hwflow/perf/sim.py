@@ -51,6 +51,7 @@ __all__ = [
     "program_key",
     "run_step",
     "simulate",
+    "simulate_cached",
 ]
 
 Mode = Literal["exact", "fast"]
@@ -524,4 +525,46 @@ def simulate(
         decode_buckets=len(groups) if fast else 0,
         fallback_steps=len(simulated) - len(groups) if fast else 0,
         replayed_events=replayed,
+    )
+
+
+def simulate_cached(
+    cfg: ModelConfig,
+    plan: CompressionPlan,
+    hw: HardwarePreset,
+    prefill: int,
+    decode: int,
+    *,
+    mode: Mode = "fast",
+    max_len: int | None = None,
+    trace: bool = False,
+    workers: int = 1,
+    note: Callable[[str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[SimResult, bool]:
+    """(:func:`simulate`, whether it came from the cache). The key holds the values of the
+    model, plan, preset and its energy table, the case and the package source
+    (:mod:`hwflow.cache`); ``workers`` does not change results and is not in it."""
+    from hwflow.energy import load_energy_table
+
+    max_len = max_len or default_max_len(cfg)
+    table = load_energy_table(hw.energy_table) if hw.energy_table else None
+    return cache.memo(
+        "sims",
+        (cfg, plan, hw.digest, table, prefill, decode, mode, max_len, trace),
+        lambda: simulate(
+            cfg,
+            plan,
+            hw,
+            prefill,
+            decode,
+            mode=mode,
+            max_len=max_len,
+            trace=trace,
+            workers=workers,
+            note=note,
+            progress=progress,
+        ),
+        note=note,
+        what="simulated result",
     )
