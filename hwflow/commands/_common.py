@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from rich.console import Console
@@ -58,8 +57,9 @@ def positive(text: str) -> int:
 
 
 class Progress:
-    """Progress of a long step on stderr (stdout stays clean for ``--json``): a rich spinner
-    and bar on a terminal, else one plain line per note (logs, pipes, tests).
+    """Progress of a long step on stderr (stdout stays clean for ``--json``): on a terminal
+    (or with ``FORCE_COLOR`` set) a rich spinner and bar under each note; otherwise nothing,
+    so logs, pipes and error output stay as they were.
 
     ``note(text)`` says what is happening ("compiled program from the cache ..."); ``step(done,
     total)`` advances the bar of the current note."""
@@ -90,7 +90,6 @@ class Progress:
 
     def note(self, text: str) -> None:
         if self._bar is None:
-            print(text, file=sys.stderr, flush=True)
             return
         if self._task is not None:
             self._bar.stop_task(self._task)
