@@ -54,6 +54,8 @@ def check_output_dir(path: Path, flag: str) -> None:
     for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():
-                what = "exists and is not a folder" if p == path else f"cannot write ({p} is a file)"
+                what = (
+                    "exists and is not a folder" if p == path else f"cannot write ({p} is a file)"
+                )
                 raise ConfigError(f"{flag} {path}: {what}")
             return

@@ -119,3 +119,24 @@ def test_key_hashes_values_not_names(monkeypatch):
     assert cache.key("k", changed, 1) != a
     monkeypatch.setattr(cache, "source_digest", lambda: "other code")
     assert cache.key("k", hw, 1) != a
+
+
+def test_simulations_leave_no_priced_ops_behind():
+    """The priced-op tables live in a context per simulation, not in globals that never
+    evict: after a run nothing of them stays alive, however many presets were simulated."""
+    import gc
+
+    from hwflow.perf import lower as perf_lower
+    from hwflow.perf.sim import simulate
+
+    cfg, plan = load_model("tiny-llama"), load_plan("w4a8")
+    base = load_hw("tiny")
+    for mhz in (100.0, 150.0, 200.0):  # three distinct presets, as a sweep makes
+        hw = sw.apply_hw(base, [("clock_mhz", mhz)])
+        simulate(cfg, plan, hw, 16, 20, max_len=64, workers=1)
+    gc.collect()
+    kinds = tuple(
+        getattr(perf_lower, n) for n in ("_Pricer", "PerfContext") if hasattr(perf_lower, n)
+    )
+    alive = [o for o in gc.get_objects() if isinstance(o, kinds)]
+    assert alive == []

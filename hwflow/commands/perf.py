@@ -170,7 +170,7 @@ def run_sim(args: argparse.Namespace) -> int:
     if args.trace is not None:
         check_output_file(args.trace, "--trace")
     cfg, hw, plan = load_model(args.model), load_hw(args.hw), load_plan(args.plan)
-    max_len = args.max_len or default_max_len(cfg)
+    max_len = args.max_len if args.max_len is not None else default_max_len(cfg)
     if max_len < 1:
         raise ConfigError(f"--max-len {max_len} (allowed: a whole number >= 1)")
     prefill, decode = case_lengths(args.prefill, args.decode, max_len)

@@ -29,6 +29,7 @@ in the context; they are computed at both ends of the case and checked at two in
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,7 +184,10 @@ def program_path(key: str) -> Path:
     return cache.cache_dir() / "programs" / f"{key}.hwp"
 
 
-_PROGRAMS: dict[str, Program] = {}
+#: The programs compiled or loaded most recently, by key: a few, so that a sweep in one
+#: process does not keep every program it ever used.
+_PROGRAMS: OrderedDict[str, Program] = OrderedDict()
+_PROGRAMS_KEPT = 2
 
 
 def compile_cached(
@@ -200,6 +204,7 @@ def compile_cached(
 
     key = program_key(cfg, plan, hw, max_len)
     if key in _PROGRAMS:
+        _PROGRAMS.move_to_end(key)
         return _PROGRAMS[key]
     path = program_path(key)
     prog = None
@@ -216,6 +221,8 @@ def compile_cached(
         prog = compile_model(cfg, plan, hw, max_len).program
         cache.write_bytes(path, prog.to_bytes())
     _PROGRAMS[key] = prog
+    while len(_PROGRAMS) > _PROGRAMS_KEPT:
+        _PROGRAMS.popitem(last=False)
     return prog
 
 
