@@ -218,7 +218,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     if len(bad) == len(rows):
         print(
             f"hwflow sweep: error: all {len(rows)} points of {args.grid} are invalid "
-            f"(nothing written)",
+            "(no results CSV written)",
             file=sys.stderr,
         )
         return 2
