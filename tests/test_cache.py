@@ -4,6 +4,7 @@ copies passed by path), and the source of the whole package."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -140,3 +141,20 @@ def test_simulations_leave_no_priced_ops_behind():
     )
     alive = [o for o in gc.get_objects() if isinstance(o, kinds)]
     assert alive == []
+
+
+def test_compile_reuses_its_program_and_recompiles_a_damaged_one(tmp_path, capsys):
+    from hwflow.cli import main
+
+    argv = ["compile", "--model", "tiny-llama", "--hw", "tiny", "--plan", "w4a8", "--json"]
+    argv += ["--max-len", "64", "-o", str(tmp_path / "out")]
+    runs = []
+    for damage in (False, False, True):
+        if damage:
+            (hwp,) = (tmp_path / "cache" / "programs").glob("*.hwp")
+            hwp.write_bytes(hwp.read_bytes()[:-1] + b"\x00")
+        assert main(argv) == 0
+        runs.append(json.loads(capsys.readouterr().out))
+    assert [r["cached"] for r in runs] == [False, True, False]
+    written = (tmp_path / "out" / "program.hwp").read_bytes()
+    assert hashlib.sha256(written).hexdigest() == runs[0]["program_sha256"]

@@ -8,6 +8,7 @@ same inputs and code compiled them before (:mod:`hwflow.cache`), else compiles.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -82,19 +83,17 @@ def compile_with_summary(
     path = program_path(key)
     info = cache.read_json(path.with_suffix(".summary.json"))
     if isinstance(info, dict) and path.is_file():
-        try:
-            data = path.read_bytes()
-            Program.from_bytes(data, str(path))  # a damaged entry is recompiled
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() == info.get("program_sha256"):  # else: damaged
             if note:
                 note(f"compiled program and summary from the cache ({path})")
             return data, info, True
-        except Exception:
-            pass
     if note:
         note(f"compiling {cfg.name} / {plan.name} for {hw.name} (max_len {max_len})")
     compiled = compile_model(cfg, plan, hw, max_len)
     info = summary(cfg, plan, hw, compiled)
     data = compiled.program.to_bytes()
+    info["program_sha256"] = hashlib.sha256(data).hexdigest()
     cache.write_bytes(path, data)
     cache.write_json(path.with_suffix(".summary.json"), info)
     return data, info, False
