@@ -56,14 +56,19 @@ __all__ = [
     "Buffers",
     "CompressionMethod",
     "CompressionPlan",
+    "Frozen",
     "HardwarePreset",
     "Hbm",
     "LinearQuant",
     "ModelConfig",
+    "Sourced",
     "available",
+    "first_error",
     "load_hw",
     "load_model",
     "load_plan",
+    "read_data",
+    "validate_data",
 ]
 
 MAPPINGS = Path(
@@ -915,3 +920,12 @@ def load_plan(ref: str | Path) -> CompressionPlan:
     """A compression plan by shipped name (``w4a8``) or by path."""
     path = _resolve("plans", ref, (".yaml", ".yml"))
     return _validate(CompressionPlan, _read(path), path)
+
+
+# Public names of the reading and validation helpers, for the modules that read data files of
+# their own (energy tables, GPU references, sweep grids): one reader, one error format.
+read_data = _read
+validate_data = _validate
+first_error = _first_error
+Frozen = _Frozen
+Sourced = _Sourced

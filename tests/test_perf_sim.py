@@ -11,8 +11,7 @@ import pytest
 from hwflow.config import load_hw, load_model, load_plan
 from hwflow.errors import ConfigError
 from hwflow.isa import Reuse, Runtime, expand
-from hwflow.perf.lower import _analyse, lower, lower_reused
-from hwflow.perf.machine import SegmentMemo
+from hwflow.perf.lower import PerfContext, _analyse, lower, lower_reused
 from hwflow.perf.sim import compile_cached, run_step, simulate
 from hwflow.perf.trace import chrome_trace
 
@@ -36,14 +35,15 @@ def case():
 def test_segment_memo_is_exact(case):
     """Reusing barrier segments gives the very timeline of simulating every op."""
     _, _, hw, prog = case
-    memo = SegmentMemo()
+    ctx = PerfContext(hw)  # numbers the priced ops: the memo's keys
+    memo = ctx.memo
     for phase, rt in [
         ("prefill", Runtime(100, 0)),
         ("decode", Runtime(1, 99)),
         ("decode", Runtime(1, 300)),
     ]:
         full = run_step(hw, prog, phase, rt, trace=True)
-        fast = run_step(hw, prog, phase, rt, memo=memo, trace=True)
+        fast = run_step(hw, prog, phase, rt, memo=memo, trace=True, ctx=ctx)
         assert fast.stats.segments > 1
         assert (fast.cycles, fast.stats.busy, fast.stats.stall) == (
             full.cycles,
@@ -122,8 +122,9 @@ def test_reused_lowering_is_the_full_lowering(case):
     prog = compile_cached(cfg, plan, hw, 512)
     for phase, rt in [("prefill", Runtime(200, 0)), ("decode", Runtime(1, 300))]:
         t = prog.select(phase, rt)
-        full, full_acts = lower(hw, expand(t, rt))
-        ops, acts = lower_reused(hw, t, rt)
+        ctx = PerfContext(hw)  # one context: equal prices are one object
+        full, full_acts = lower(hw, expand(t, rt), ctx)
+        ops, acts = lower_reused(hw, t, rt, ctx)
         assert len(ops) == len(full) and all(a is b for a, b in zip(ops, full, strict=True))
         assert acts == full_acts
         key = _analyse(t, hw.hbm.channels * hw.hbm.interleave_bytes).key

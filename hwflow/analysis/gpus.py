@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from hwflow.config import MAPPINGS, ModelConfig, _Frozen, _read, _Sourced, _validate
+from hwflow.config import MAPPINGS, Frozen, ModelConfig, Sourced, read_data, validate_data
 
 __all__ = [
     "PRECISIONS",
@@ -33,7 +33,7 @@ __all__ = [
 PRECISIONS: dict[str, tuple[float, int]] = {"FP16": (16.0, 16), "INT4-weight": (4.125, 16)}
 
 
-class Gpu(_Sourced):
+class Gpu(Sourced):
     """One GPU's public memory bandwidth and board power (``power_kind`` says which power)."""
 
     name: str
@@ -42,14 +42,14 @@ class Gpu(_Sourced):
     power_kind: Literal["tdp", "measured"] = "tdp"
 
 
-class _GpuFile(_Frozen):
+class _GpuFile(Frozen):
     gpus: tuple[Gpu, ...]
 
 
 def load_gpus(path: str | Path | None = None) -> tuple[Gpu, ...]:
     """The GPUs of ``mappings/gpus.yaml`` (or ``path``)."""
     p = Path(path) if path else MAPPINGS / "gpus.yaml"
-    return _validate(_GpuFile, _read(p), p).gpus
+    return validate_data(_GpuFile, read_data(p), p).gpus
 
 
 def workload_bytes_per_token(

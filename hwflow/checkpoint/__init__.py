@@ -44,6 +44,13 @@ class Checkpoint:
     path: Path
     _tokenizer: Callable[[], Tokenizer] = field(repr=False)
 
+    def files(self) -> list[Path]:
+        """The files its weights, config and tokenizer are read from (sorted; for cache keys)."""
+        if self.path.is_file():
+            return [self.path]
+        kinds = ("*.safetensors", "*.json")
+        return sorted(f for k in kinds for f in self.path.glob(k) if f.is_file())
+
     def tokenizer(self) -> Tokenizer:
         """The checkpoint's tokenizer (tokenizer.json of the folder, or the GGUF's vocabulary);
         ConfigError/UnsupportedError naming the file when it has none hwflow can build."""

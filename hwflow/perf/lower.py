@@ -27,7 +27,12 @@ address enters a cost. A step's *signature* prices only the instructions with a 
 (not an on-chip offset or the mask position) that depends on POS (register taint from R2), and
 LEN: two steps of one template with equal signatures have equal
 priced programs, so one simulation stands for both, exactly. Equal priced results are interned
-(one object), so equal segments are recognised by identity (:class:`~hwflow.perf.SegmentMemo`).
+(one object) and numbered (:attr:`MOp.key <hwflow.perf.machine.MOp.key>`, from a counter that
+never repeats in a process), so equal segments are recognised by their ops' numbers
+(:class:`~hwflow.perf.SegmentMemo`) and signatures hold numbers, not object ids.
+
+Caches. Priced ops, loop analyses and simulated segments live in a :class:`PerfContext`, one
+per simulation (per worker process): dropped with it, so a long sweep does not grow memory.
 
 Actions per op (for :mod:`hwflow.energy`): MACs by weight bits; buffer bits read per beat
 (one M-block of INT8 activations per token lane and every chain's weight slots with their
@@ -38,9 +43,11 @@ words.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from math import ceil, log2
 
@@ -72,9 +79,9 @@ from hwflow.isa import (
     Unit,
     expand,
 )
-from hwflow.perf.machine import MOp
+from hwflow.perf.machine import MOp, SegmentMemo
 
-__all__ = ["OpActions", "lower", "lower_reused", "step_signature"]
+__all__ = ["OpActions", "PerfContext", "lower", "lower_reused", "step_signature"]
 
 _WORDS = {s.name: s.words for s in OPCODES}
 _BUF_NAMES = {
@@ -193,9 +200,12 @@ class _Pricer:
         else:
             key = (op, c.wait, c.release, *c.fields.values())
         hit = self.cache.get(key)
-        if hit is None:  # equal prices are one object (segments compare ops by identity)
+        if hit is None:  # equal prices are one object with one number (module doc)
             hit = self._price(c)
-            hit = self.cache[key] = self.interned.setdefault(hit, hit)
+            got = self.interned.get(hit)
+            if got is None:
+                got = self.interned[hit] = (replace(hit[0], key=next(_KEYS)), hit[1])
+            hit = self.cache[key] = got
         return hit
 
     def _price(self, c: Concrete) -> tuple[MOp, OpActions]:
@@ -285,14 +295,38 @@ class _Pricer:
         raise ProgramError(f"pc {c.pc}: the cycle model has no cost for opcode {op!r}")
 
 
-_PRICERS: dict[str, _Pricer] = {}
+#: Numbers of interned priced ops: never repeated in a process, so keys made of them stay
+#: valid whichever context made them (unlike ``id()``, reused once an object is freed).
+_KEYS = itertools.count()
+
+
+@dataclass
+class PerfContext:
+    """The caches of simulating programs on one preset: priced ops (interned and numbered),
+    loop analyses per template and simulated segments. Keep one for a simulation (or a
+    worker's share of it) and drop it afterwards; nothing is cached globally."""
+
+    hw: HardwarePreset
+    memo: SegmentMemo = dataclasses.field(default_factory=SegmentMemo)
+    pricer: _Pricer = dataclasses.field(init=False)
+    analyses: dict[int, tuple[Template, _Analysis]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.pricer = _Pricer(self.hw)
+
+
+def _context(hw: HardwarePreset, ctx: PerfContext | None) -> PerfContext:
+    """``ctx`` checked against ``hw``, or a fresh context."""
+    if ctx is None:
+        return PerfContext(hw)
+    if ctx.hw.digest != hw.digest:
+        raise ValueError(f"context of preset {ctx.hw.name} used for preset {hw.name}")
+    return ctx
 
 
 def _pricer(hw: HardwarePreset) -> _Pricer:
-    pricer = _PRICERS.get(hw.digest)
-    if pricer is None:
-        pricer = _PRICERS[hw.digest] = _Pricer(hw)
-    return pricer
+    """A fresh pricer for ``hw`` (tests price single instructions with it)."""
+    return _Pricer(hw)
 
 
 def _count(acts: Sequence[OpActions]) -> Actions:
@@ -313,9 +347,11 @@ def _count(acts: Sequence[OpActions]) -> Actions:
     return total
 
 
-def lower(hw: HardwarePreset, instrs: Iterable[Concrete]) -> tuple[list[MOp], Actions]:
+def lower(
+    hw: HardwarePreset, instrs: Iterable[Concrete], ctx: PerfContext | None = None
+) -> tuple[list[MOp], Actions]:
     """Price ``instrs`` (dispatch order) for ``hw``; return the machine ops and their actions."""
-    price = _pricer(hw).price
+    price = _context(hw, ctx).pricer.price
     ops: list[MOp] = []
     acts: list[OpActions] = []
     for c in instrs:
@@ -343,9 +379,6 @@ class _Analysis:
         exact, mod = got
         p = self.period
         return (tuple([regs[r] for r in exact]), tuple([regs[r] % p for r in mod]))
-
-
-_ANALYSES: dict[tuple[int, int], tuple[Template, _Analysis]] = {}
 
 
 #: Fields no price depends on: on-chip offsets (read only by the bounds checks of
@@ -385,8 +418,10 @@ def _srcs(ins) -> list[int]:
     return [ins["ra"], ins["rb"]] if ins.op in ("ADD", "SUB") else [ins["ra"]]
 
 
-def _analyse(template: Template, period: int) -> _Analysis:
-    hit = _ANALYSES.get((id(template), period))
+def _analyse(template: Template, period: int, ctx: PerfContext | None = None) -> _Analysis:
+    """The iteration keys and POS-tainted pcs of ``template`` (kept in ``ctx``, which also
+    holds the template, so the id cannot be reused while the entry lives)."""
+    hit = ctx.analyses.get(id(template)) if ctx is not None else None
     if hit is not None and hit[0] is template:
         return hit[1]
     instrs = template.instrs
@@ -448,18 +483,19 @@ def _analyse(template: Template, period: int) -> _Analysis:
                 changed = True
     tainted = frozenset(pc for pc, regs in priced.items() if taint.intersection(regs))
     a = _Analysis(keys, tainted, period)
-    _ANALYSES[(id(template), period)] = (template, a)
+    if ctx is not None:
+        ctx.analyses[id(template)] = (template, a)
     return a
 
 
 def lower_reused(
-    hw: HardwarePreset, template: Template, runtime: Runtime
+    hw: HardwarePreset, template: Template, runtime: Runtime, ctx: PerfContext | None = None
 ) -> tuple[list[MOp], Actions]:
     """:func:`lower` of the whole step, each distinct loop iteration expanded and priced once
     and copied for the iterations with its key (the same result, see the module doc)."""
-    pricer = _pricer(hw)
-    price = pricer.price
-    an = _analyse(template, pricer.period)
+    ctx = _context(hw, ctx)
+    price = ctx.pricer.price
+    an = _analyse(template, ctx.pricer.period, ctx)
     ops: list[MOp] = []
     acts: list[OpActions] = []
     done: dict[int, tuple[list[MOp], list[OpActions]]] = {}
@@ -482,16 +518,15 @@ def lower_reused(
     return ops, _count(acts)
 
 
-def step_signature(hw: HardwarePreset, template: Template, runtime: Runtime) -> tuple:
+def step_signature(ctx: PerfContext, template: Template, runtime: Runtime) -> tuple:
     """LEN and the priced instructions of a step that depend on POS, with the iteration-reuse
     structure: equal signatures (same template) mean equal priced programs (module doc)."""
-    pricer = _pricer(hw)
-    price = pricer.price
-    an = _analyse(template, pricer.period)
+    price = ctx.pricer.price
+    an = _analyse(template, ctx.pricer.period, ctx)
     out: list[Hashable] = [runtime.length]
     for c in expand(template, runtime, iteration_key=an.key, only=an.tainted):
         if type(c) is Reuse:
             out.append((c.what, c.ident))
         else:
-            out.append(id(price(c)))  # type: ignore[arg-type]
+            out.append(price(c)[0].key)  # type: ignore[arg-type]
     return tuple(out)
