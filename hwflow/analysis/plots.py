@@ -31,7 +31,7 @@ from typing import Any
 from hwflow.analysis.gpus import PRECISIONS, estimate, load_gpus, workload_bytes_per_token
 from hwflow.errors import ConfigError, HwflowError
 
-__all__ = ["pareto", "plot_results", "read_results"]
+__all__ = ["pareto", "pareto_min_max", "plot_results", "read_results"]
 
 _NUM = {"tokens_per_s", "tokens_per_j", "decode_tokens_per_s", "decode_bytes_per_token"}
 
@@ -51,7 +51,8 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
         d: dict[str, Any] = {}
         for k, v in r.items():
             try:
-                d[k] = float(v) if v not in ("", None) and k not in ("hw", "plan", "model") else v
+                text_cols = ("hw", "plan", "model", "quality_model")
+                d[k] = float(v) if v not in ("", None) and k not in text_cols else v
             except ValueError:
                 d[k] = v
         out.append(d)
@@ -198,6 +199,7 @@ def plot_results(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
         ("sparsity", _sparsity),
         ("bits", _bits),
         ("latency", _latency),
+        ("quality", _quality),
     ):
         fig = draw(plt, ok, style)
         if fig is not None:
@@ -254,6 +256,56 @@ def _efficiency(plt: Any, ok: list[dict[str, Any]], style: _Style) -> Any:
         )
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("throughput (tokens/s)")
+    ax.set_ylabel("energy efficiency (tokens/J)")
+    ax.set_xscale("log")
+    ax.margins(x=0.15, y=0.08)
+    ax.grid(True, alpha=0.3)
+    style.legend(ax, fontsize=7, loc="best")
+    return fig
+
+
+def pareto_min_max(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both lower x and higher y, by x."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best_y = [], -math.inf
+    for i in order:
+        if points[i][1] > best_y:
+            front.append(i)
+            best_y = points[i][1]
+    return front
+
+
+def _quality(plt: Any, ok: list[dict[str, Any]], style: _Style) -> Any:
+    """tokens/J against the plan's perplexity on real text (lower is better), Pareto front:
+    what each step of efficiency costs in quality. Needs the ``ppl`` column."""
+    rows = [r for r in ok if isinstance(r.get("ppl"), float) and r["ppl"] > 0]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    xs = [r["ppl"] for r in rows]
+    ys = [r["tokens_per_j"] for r in rows]
+    for r, x, y in zip(rows, xs, ys, strict=True):
+        colour = style.colour[_preset(r)]
+        ax.scatter([x], [y], s=30, color=colour, marker=style.marker[_plan(r)])
+        ax.annotate(
+            _plan(r), (x, y), fontsize=6, color=colour, xytext=(5, 2), textcoords="offset points"
+        )
+    front = pareto_min_max(list(zip(xs, ys, strict=True)))
+    fx, fy = [xs[i] for i in front], [ys[i] for i in front]
+    ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="tab:red", label="Pareto front")
+    if len(front) > 1:
+        ax.plot(fx, fy, "-", color="tab:red", lw=0.8, alpha=0.6)
+    fl = [r["float_ppl"] for r in rows if isinstance(r.get("float_ppl"), float)]
+    if fl:
+        ax.axvline(fl[0], color="tab:gray", ls=":", lw=0.9, label=f"float64 ({fl[0]:.3g})")
+    qm = sorted({str(r.get("quality_model", "?")) for r in rows})
+    toks = sorted({_fmt(r.get("quality_tokens")) for r in rows})
+    ax.set_title(
+        f"Efficiency against quality: {_case(rows)}\nperplexity of each plan applied to "
+        f"{', '.join(qm)} on {'/'.join(toks)} tokens of real text (integer reference)",
+        fontsize=9,
+    )
+    ax.set_xlabel("perplexity (lower is better, log scale)")
     ax.set_ylabel("energy efficiency (tokens/J)")
     ax.set_xscale("log")
     ax.margins(x=0.15, y=0.08)

@@ -16,6 +16,10 @@ Grid file (YAML)::
       sparsity: ["4:16", "8:16"]
     lengths: [[128, 512]]            # (prefill, decode) pairs
     mode: fast                       # fast | exact (hwflow.perf.sim)
+    quality:                         # optional: each plan's perplexity on real text
+      model: smollm2-135m            #   a checkpoint (.gguf / HF folder; default: the swept
+      tokens: 128                    #   model when it is one), text (default: the shipped
+                                     #   GPL-3 text); columns ppl, float_ppl, quality_model
 
 A point whose preset or plan is invalid or unsupported (a DSP budget exceeded, an N:M the
 chain cannot run, a model that does not fit) is recorded with ``status = invalid`` and the
@@ -41,6 +45,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from hwflow import cache
+from hwflow.analysis.quality import QualitySpec, plan_quality, quality_spec
 from hwflow.config import (
     CompressionPlan,
     HardwarePreset,
@@ -55,7 +60,7 @@ from hwflow.errors import ConfigError, HwflowError
 
 __all__ = ["Grid", "Point", "apply_hw", "load_grid", "run_sweep", "write_csv"]
 
-_GRID_KEYS = {"model", "presets", "hw", "plans", "plan_axes", "lengths", "mode"}
+_GRID_KEYS = {"model", "presets", "hw", "plans", "plan_axes", "lengths", "mode", "quality"}
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ class Point:
 @dataclass(frozen=True)
 class Grid:
     points: tuple[Point, ...]
+    quality: QualitySpec | None = None  #: what measures each plan's perplexity (or nothing)
 
 
 def _as_list(v: Any) -> list:
@@ -163,7 +169,7 @@ def _grid(p: Path, data: Any) -> Grid:
             models, presets, hw_combos, plan_combos, pairs
         )
     ]
-    return Grid(tuple(pts))
+    return Grid(tuple(pts), quality_spec(data.get("quality"), models, str(p)))
 
 
 def _check_path(hw: HardwarePreset, path: str) -> None:
@@ -332,7 +338,26 @@ def run_sweep(
             with ctx.Pool(workers) as pool:
                 for k, row in pool.imap_unordered(_worker, [(p, k) for k, p in todo.items()]):
                     store(k, row)
-    return [rows[k] for k in keys]
+    out = [rows[k] for k in keys]
+    if grid.quality is not None:
+        _add_quality(grid, out, note)
+    return out
+
+
+def _add_quality(
+    grid: Grid, rows: list[dict[str, Any]], note: Callable[[str], None] | None
+) -> None:
+    """Each valid row gets its plan's perplexity (:func:`~hwflow.analysis.quality.plan_quality`,
+    once per distinct plan, cached)."""
+    assert grid.quality is not None
+    seen: dict[str, dict[str, Any]] = {}
+    for p, row in zip(grid.points, rows, strict=True):
+        if row.get("status") != "ok":
+            continue
+        plan = _plan_for(p)
+        if plan.name not in seen:
+            seen[plan.name] = plan_quality(grid.quality, plan, note)
+        row.update(seen[plan.name])
 
 
 def write_csv(rows: list[dict[str, Any]]) -> str:
