@@ -146,13 +146,15 @@ def run_compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_quality(con: Console, rows: list[dict[str, Any]] | None) -> None:
+def _print_quality(
+    con: Console, rows: list[dict[str, Any]] | None, weights: str = "seeded weights"
+) -> None:
     if rows is None:
         con.print(
             "quality: not computed (model too large for the float64 reference; see hwflow quality)"
         )
         return
-    t = Table(title="quality vs float64 (seeded weights)")
+    t = Table(title=f"quality vs float64 ({weights})")
     t.add_column("tensor")
     t.add_column("SQNR dB", justify="right")
     t.add_column("max abs err", justify="right")
@@ -229,5 +231,7 @@ def run_check(args: argparse.Namespace) -> int:
         )
         for s in bad:
             con.print(f"  differs: {s}")
-        _print_quality(con, res["quality"])
+        _print_quality(
+            con, res["quality"], "checkpoint weights, real text" if real else "seeded weights"
+        )
     return 0 if res["bit_exact"] else 1
