@@ -173,6 +173,10 @@ class Engine(_Sourced):
 
     chains: PositiveInt
     chain_length: PositiveInt
+    #: requantizers shared by the engine's output lanes: a row group's results are captured
+    #: in an output buffer and drain through them ``requantizers`` values per cycle
+    #: (:func:`hwflow.costs.matmul_cost` charges the drain)
+    requantizers: PositiveInt
     rows: PositiveInt = 1
     dual_int8: bool = False
 

@@ -1,5 +1,6 @@
 """The engines' port traffic and hwflow.costs agree on every shape (the Verilator bench then
-measures the cycles: tests/test_rtl_engines.py)."""
+measures the cycles: tests/test_rtl_engines.py): a result occupies the input for its beats or
+its drain words, whichever is more."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import numpy as np
 import pytest
 
 from hwflow.config import load_hw
-from hwflow.costs import chain_latency, matmul_cost
+from hwflow.costs import matmul_cost
 from hwflow.hw.params import EngineParams
-from hwflow.hw.stimulus import make_op, op_beats, op_expected
+from hwflow.hw.stimulus import make_op, op_beats, op_words
 
 
 @pytest.mark.parametrize("kind", ["mv", "mpe"])
@@ -25,8 +26,11 @@ def test_beats_and_results_match_matmul_cost(kind: str) -> None:
         k = p.m * int(rng.integers(1, 6))
         op = make_op(p, rng, tokens=tokens, rows=rows, k=k, n=n, bits=4)
         cost = matmul_cost(engine, p.m, tokens, rows, k, n)
-        assert len(op_beats(p, op)) == cost.beats
-        assert cost.latency == cost.beats + chain_latency(p.chain_length) == cost.beats + p.latency
-        results = len(op_expected(p, op))
-        assert results * (k // p.m) == cost.beats  # one result per row group and token pass
+        words = op_words(p, op)
+        results, beats = len(words), len(op_beats(p, op))
+        assert results * (k // p.m) == beats  # one result per row group and token pass
+        drain = len(words[0])
+        assert all(len(w) == drain for w in words)
+        assert drain * p.requantizers == p.rows * p.rows_per_beat(n)
+        assert cost.beats == results * max(k // p.m, drain)
         assert cost.macs == tokens * rows * (k // p.m) * n

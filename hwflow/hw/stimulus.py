@@ -3,9 +3,12 @@
 A :class:`MatmulOp` is ``out[T, R] = x[T, K] @ W[R, K]^T`` with W compressed N:M and quantized
 to INT``bits`` by :mod:`hwflow.numerics` (the same functions the compiler and the functional
 simulator use). :func:`op_beats` lays it out the way :mod:`hwflow.hw.engine` consumes it
-(row groups of ``chains*C/N`` rows, token passes of ``rows`` lanes, K/M beats each);
-:func:`op_expected` is the reference answer, computed only with :func:`hwflow.numerics.matmul_int`,
-:func:`~hwflow.numerics.nm_expand` and :func:`~hwflow.numerics.requantize`.
+(row groups of ``chains*C/N`` rows, row ``l`` of a group on segment ``l // chains`` of chain
+``l % chains``; token passes of ``rows`` lanes, K/M beats each); :func:`op_expected` is the
+reference answer, computed only with :func:`hwflow.numerics.matmul_int`,
+:func:`~hwflow.numerics.nm_expand` and :func:`~hwflow.numerics.requantize` (after
+:func:`~hwflow.hw.params.dual_act_clamp` on a dual-INT8 engine), and :func:`op_words` the drain
+words the engine sends for it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from math import ceil
 import numpy as np
 
 from hwflow import numerics as nx
-from hwflow.hw.params import EngineParams
+from hwflow.hw.params import EngineParams, dual_act_clamp
 
 __all__ = [
     "MatmulOp",
@@ -25,6 +28,7 @@ __all__ = [
     "op_expected",
     "op_params",
     "op_results",
+    "op_words",
     "param_writes",
 ]
 
@@ -127,7 +131,7 @@ def op_beats(p: EngineParams, op: MatmulOp, first_result: int = 0) -> list[dict]
                     vals = np.zeros(c, np.int8)
                     idxs = np.zeros(c, np.uint8)
                     for s in range(per):
-                        r = g * rpb + ch * per + s
+                        r = g * rpb + s * p.chains + ch
                         if r < op.rows:
                             vals[s * n : (s + 1) * n] = op.values[r, b * n : (b + 1) * n]
                             if not dense:  # dense indices are implicit: send zeros
@@ -187,7 +191,8 @@ def param_writes(p: EngineParams, entry: dict, result: int) -> list[dict]:
 def op_expected(p: EngineParams, op: MatmulOp) -> list[list[list[int]]]:
     """Reference results in output order: per row-group result, ``[token lane][lane]``."""
     dense_w = nx.nm_expand(op.values, op.indices, op.n, p.m)
-    acc = nx.matmul_int(op.x, dense_w)  # [tokens, rows]
+    x = dual_act_clamp(op.x) if p.dual_int8 else op.x
+    acc = nx.matmul_int(x, dense_w)  # [tokens, rows]
     if op.raw:
         res = acc
     else:
@@ -215,3 +220,18 @@ def op_expected(p: EngineParams, op: MatmulOp) -> list[list[list[int]]]:
                         )
             out.append(block)
     return out
+
+
+def op_words(p: EngineParams, op: MatmulOp) -> list[list[tuple[list[int], int]]]:
+    """Per result, the drain words the engine sends: ``(R values, last)`` in output order."""
+    r = p.requantizers
+    words = []
+    for block in op_expected(p, op):
+        order = p.drain_order(op.n)
+        words.append(
+            [
+                (block[t][first : first + r], int(i == len(order) - 1))
+                for i, (t, first) in enumerate(order)
+            ]
+        )
+    return words
