@@ -14,13 +14,12 @@ from hwflow.config import load_hw
 from hwflow.errors import UnsupportedError
 from hwflow.hw import EngineParams, MatrixMatrixEngine, MatrixVectorEngine
 from hwflow.hw.dsp import DspChain, unpack_dual
-from hwflow.hw.params import DUAL_ACT_MIN
 from hwflow.hw.pack import decode, encode
+from hwflow.hw.params import DUAL_ACT_MIN
 from hwflow.hw.requant import Requantizer
 from hwflow.hw.stimulus import (
     make_op,
     op_beats,
-    op_expected,
     op_params,
     op_results,
     op_words,

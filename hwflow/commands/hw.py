@@ -53,7 +53,13 @@ def _rtl(args: argparse.Namespace) -> int:
             f"{kind}: {out / eng['file']}  {prm['chains']} chains x {prm['chain_length']} "
             f"{prm['dsp_kind']}, {prm['rows']} token lane(s){' dual INT8' if prm['dual_int8'] else ''}"
             f", N in {prm['n_modes']} of M={prm['m']}, INT{prm['weight_bits']} weights, "
-            f"{prm['lanes']} output lanes, latency beats+{prm['latency']}"
+            f"{prm['lanes']} output lanes, {prm['requantizers']} requantizers, "
+            f"first word {prm['latency']} cycles after a group's last beat"
+        )
+        leaves = ", ".join(f"{k} x{v}" for k, v in eng["modules"]["leaves"].items())
+        print(
+            f"  {eng['verilog_lines']} lines of Verilog in {eng['generate_seconds']:.1f} s; "
+            f"modules: {eng['module']} over {leaves}"
         )
         if not args.no_lint:
             msgs = lint([out / eng["file"]], eng["module"])

@@ -72,7 +72,19 @@ inside its 27 bits, so every stage stays one DSP48E2 with its cascade.
 
 from __future__ import annotations
 
-from amaranth.hdl import Elaboratable, Module, Mux, Shape, Signal, Value, signed, unsigned
+from amaranth.hdl import (
+    Cat,
+    ClockSignal,
+    Elaboratable,
+    Instance,
+    Module,
+    Mux,
+    Shape,
+    Signal,
+    Value,
+    signed,
+    unsigned,
+)
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -84,7 +96,11 @@ from hwflow.hw.dsp import DspChain, unpack_dual
 from hwflow.hw.hier import Hierarchy, place
 from hwflow.hw.params import DUAL_ACT_MIN, EngineParams
 from hwflow.hw.requant import Requantizer
+from hwflow.hw.tools import ROOT
 from hwflow.hw.widen import WeightWidener
+
+#: The hand-written block RAM of the parameter memory.
+RAM_VERILOG = ROOT / "rtl" / "hwflow_sdp_ram.v"
 
 __all__ = [
     "ChainEngine",
@@ -115,7 +131,9 @@ def _entry_layout(p: EngineParams) -> data.StructLayout:
     )
 
 
-def _by_mode(m: Module, nsel: Value, p: EngineParams, table: dict[int, int], width: int = 1) -> Signal:
+def _by_mode(
+    m: Module, nsel: Value, p: EngineParams, table: dict[int, int], width: int = 1
+) -> Signal:
     """A signal that is ``table[N]`` for the selected N mode (0 for an nsel past the modes)."""
     out = Signal(width)
     with m.Switch(nsel):
@@ -150,9 +168,8 @@ class ChainSlice(wiring.Component):
                 "acc_en": In(ends),
                 "acc_first": In(ends),
                 "cap_sel": In(p.beat_layout["nsel"].shape),
-                "slot": Out(
-                    data.ArrayLayout(data.ArrayLayout(signed(p.acc_bits), p.slots), p.rows)
-                ),
+                # one port per (token lane, slot): the top reads each apart
+                "slot": Out(signed(p.acc_bits)).array(p.rows, p.slots),
             }
         )
 
@@ -239,12 +256,59 @@ class DrainColumn(wiring.Component):
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
-        regs = [Signal(signed(self.width), name=f"q{i}", reset_less=True) for i in range(self.depth)]
+        regs = [
+            Signal(signed(self.width), name=f"q{i}", reset_less=True) for i in range(self.depth)
+        ]
         with m.If(self.load):
             m.d.sync += [r.eq(v) for r, v in zip(regs, self.value, strict=True)]
         with m.Elif(self.shift):
             m.d.sync += [regs[i].eq(regs[i + 1]) for i in range(self.depth - 1)]
         m.d.comb += self.head.eq(regs[0])
+        return m
+
+
+class _ParamRam(Elaboratable):
+    """The requantization parameter memory: one write port, one synchronous read port
+    (read-before-write). With a hierarchy it is the hand-written ``rtl/hwflow_sdp_ram.v``
+    (Amaranth spends seconds per Mbit emitting a Memory's initial contents); in Amaranth's
+    simulator an :class:`amaranth.lib.memory.Memory` with the same behaviour."""
+
+    def __init__(self, p: EngineParams, hier: Hierarchy | None) -> None:
+        self.hier = hier
+        self.depth = p.param_depth * p.param_chunks
+        self.layout = _entry_layout(p)
+        abits = Shape.cast(range(self.depth)).width
+        self.waddr, self.raddr = Signal(abits), Signal(abits)
+        self.wdata, self.rdata = Signal(self.layout), Signal(self.layout)
+        self.we = Signal()
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        if self.hier is None:
+            mem = Memory(shape=self.layout, depth=self.depth, init=[])
+            m.submodules.mem = mem
+            wp, rp = mem.write_port(), mem.read_port()
+            m.d.comb += [
+                wp.addr.eq(self.waddr),
+                wp.data.eq(self.wdata),
+                wp.en.eq(self.we),
+                rp.addr.eq(self.raddr),
+                self.rdata.eq(rp.data),
+            ]
+            return m
+        self.hier.verbatim("hwflow_sdp_ram", RAM_VERILOG)
+        m.submodules.ram = Instance(
+            "hwflow_sdp_ram",
+            p_WIDTH=Shape.cast(self.layout).width,
+            p_DEPTH=self.depth,
+            p_AW=len(self.waddr),
+            i_clk=ClockSignal("sync"),
+            i_we=self.we,
+            i_waddr=self.waddr,
+            i_wdata=self.wdata,
+            i_raddr=self.raddr,
+            o_rdata=self.rdata,
+        )
         return m
 
 
@@ -291,6 +355,37 @@ class _Issue(Elaboratable):
         return m
 
 
+class _Beat:
+    """The beat's fields as separate signals (``wval``/``widx`` one per chain)."""
+
+    def __init__(self, p: EngineParams) -> None:
+        lay = p.beat_layout
+        self.act = Signal(lay["act"].shape, name="b_act")
+        self.wval = [
+            Signal(lay["wval"].shape.elem_shape, name=f"b_wval{c}") for c in range(p.chains)
+        ]
+        self.widx = [
+            Signal(lay["widx"].shape.elem_shape, name=f"b_widx{c}") for c in range(p.chains)
+        ]
+        for name in ("nsel", "wsel", "last", "raw", "paddr"):
+            setattr(self, name, Signal(lay[name].shape, name=f"b_{name}"))
+
+
+def _unpack_beat(m: Module, p: EngineParams, payload: data.View) -> _Beat:
+    """Split the (wide) beat payload into its fields in one assignment: every reference to
+    a signal costs Amaranth's netlist builder time in proportion to its width, so a
+    50,000-bit payload sliced once per chain would cost chains x width."""
+    b = _Beat(p)
+    parts = {"act": [b.act], "wval": b.wval, "widx": b.widx}
+    lhs, at = [], 0
+    for name, fld in p.beat_layout:
+        assert fld.offset == at, name  # fields are packed in declaration order
+        lhs += parts.get(name, [getattr(b, name)])
+        at += Shape.cast(fld.shape).width
+    m.d.comb += Cat(*lhs).eq(payload.as_value())
+    return b
+
+
 class ChainEngine(wiring.Component):
     """A DSP-chain engine with valid/ready streams ``i`` (beats), ``p`` (requantization
     parameters) and ``o`` (drain words); see the module docstring for timing and layouts.
@@ -320,7 +415,7 @@ class ChainEngine(wiring.Component):
         m = Module()
         p, hier, pre = self.params, self.hier, self.prefix
         c_len, r_n = p.chain_length, p.requantizers
-        beat = self.i.payload
+        beat = _unpack_beat(m, p, self.i.payload)
 
         # issue: the only place that ever says "wait"
         m.submodules.issue = issue = _Issue(p)
@@ -415,7 +510,10 @@ class ChainEngine(wiring.Component):
             row = []
             for r in range(r_n):
                 col = place(
-                    m, hier, f"drain{t}_{r}", f"{pre}_drain",
+                    m,
+                    hier,
+                    f"drain{t}_{r}",
+                    f"{pre}_drain",
                     lambda: DrainColumn(depth=depth, width=p.acc_bits),
                 )
                 for q in range(depth):
@@ -427,19 +525,24 @@ class ChainEngine(wiring.Component):
 
         # parameter memory: word (entry, chunk) at entry * chunks + chunk, read one cycle
         # before its drain step
-        mem = Memory(shape=_entry_layout(p), depth=p.param_depth * p.param_chunks, init=[])
-        m.submodules.params = mem
-        wp, rp = mem.write_port(), mem.read_port()
         pw = self.p.payload
+        ram = _ParamRam(p, hier)
+        m.submodules.params = ram
         m.d.comb += [
             self.p.ready.eq(1),
-            wp.addr.eq(pw.addr * p.param_chunks + pw.chunk),
-            wp.data.mult.eq(pw.mult),
-            wp.data.shift.eq(pw.shift),
-            wp.data.bias.eq(pw.bias),
-            wp.en.eq(self.p.valid),
-            rp.addr.eq(Mux(cap, cq.paddr * p.param_chunks, paddr * p.param_chunks + k_next)),
+            ram.waddr.eq(pw.addr * p.param_chunks + pw.chunk),
+            ram.wdata.mult.eq(pw.mult),
+            ram.wdata.shift.eq(pw.shift),
+            ram.wdata.bias.eq(pw.bias),
+            ram.we.eq(self.p.valid),
+            ram.raddr.eq(Mux(cap, cq.paddr * p.param_chunks, paddr * p.param_chunks + k_next)),
         ]
+        # the read word split into per-lane signals in one assignment (see _unpack_beat)
+        lanes = {
+            f: [Signal(_entry_layout(p)[f].shape.elem_shape, name=f"rd_{f}{r}") for r in range(r_n)]
+            for f in ("mult", "shift", "bias")
+        }
+        m.d.comb += Cat(*lanes["mult"], *lanes["shift"], *lanes["bias"]).eq(ram.rdata)
 
         # requantizers, then the output FIFO
         fifo = SyncFIFOBuffered(width=Shape.cast(p.result_layout).width, depth=p.fifo_depth)
@@ -452,9 +555,9 @@ class ChainEngine(wiring.Component):
                 head = Mux(tok == t, heads[t][r], head)
             m.d.comb += [
                 rq.acc.eq(head),
-                rq.bias.eq(rp.data.bias[r]),
-                rq.mult.eq(rp.data.mult[r]),
-                rq.shift.eq(rp.data.shift[r]),
+                rq.bias.eq(lanes["bias"][r]),
+                rq.mult.eq(lanes["mult"][r]),
+                rq.shift.eq(lanes["shift"][r]),
                 rq.raw.eq(raw),
                 word.data[r].eq(rq.out),
             ]

@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from amaranth.back import verilog
 from amaranth.hdl import ClockSignal, Instance, Module, ResetSignal
@@ -41,7 +42,9 @@ class Hierarchy:
 
     leaves: dict[str, _Leaf] = field(default_factory=dict)
 
-    def instance(self, name: str, comp: wiring.Component, make: Callable[[], wiring.Component]) -> Instance:
+    def instance(
+        self, name: str, comp: wiring.Component, make: Callable[[], wiring.Component]
+    ) -> Instance:
         """An Instance of module ``name`` wired to ``comp``'s ports; ``make()`` builds a fresh
         component of the same module, converted the first time ``name`` is seen."""
         leaf = self.leaves.get(name)
@@ -64,6 +67,14 @@ class Hierarchy:
                 raise AssertionError(f"module {name} has no port {port}")
             conns[("i_" if member.flow == wiring.In else "o_") + port] = value
         return Instance(name, **conns)
+
+    def verbatim(self, name: str, path: Path) -> None:
+        """Include the hand-written module ``name`` (from ``path``, e.g. a RAM of rtl/) once,
+        and count one more instance of it (the caller builds the Instance)."""
+        leaf = self.leaves.get(name)
+        if leaf is None:
+            leaf = self.leaves[name] = _Leaf(path.read_text(), frozenset())
+        leaf.instances += 1
 
     def verilog(self) -> str:
         """Every leaf module's Verilog, in first-use order."""
