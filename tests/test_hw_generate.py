@@ -85,7 +85,7 @@ def test_every_preset_engine_fits_amaranth_port_limit() -> None:
         for kind in ("mv", "mpe"):
             EngineParams.from_preset(load_hw(preset), kind).check_ports()  # type: ignore[arg-type]
     wide = replace(EngineParams.from_preset(load_hw("vhk158"), "mv"), chains=512)
-    with pytest.raises(UnsupportedError, match="more than the 65535 bits Amaranth 0.5 emits"):
+    with pytest.raises(UnsupportedError, match=r"more than the 65535 bits Amaranth 0\.5 emits"):
         wide.check_ports()
 
 
