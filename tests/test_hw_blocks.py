@@ -24,6 +24,7 @@ from hwflow.hw.stimulus import (
     op_results,
     op_words,
     param_writes,
+    per_token_requantize,
 )
 from hwflow.hw.widen import WeightWidener
 
@@ -81,6 +82,57 @@ def test_requantizer_matches_numerics() -> None:
             if i >= 1:
                 got.append(ctx.get(dut.out))  # two registers, then combinational
         assert got == [int(v) for v in expected]
+
+    _run(dut, bench)
+
+
+def test_per_token_requantizer_matches_its_formula() -> None:
+    """The per-token option: a second multiply by the token's scale after an INT32
+    saturation, against the formula written out from the numerics primitives."""
+    rng = np.random.default_rng(6)
+    dut = Requantizer(acc_bits=48, per_token=True)
+    n = 300
+    acc = rng.integers(-(2**40), 2**40, size=n)
+    acc[:60] = rng.integers(-(2**20), 2**20, size=60)
+    bias = rng.integers(-(2**31), 2**31, size=n)
+    mult, shift = rng.integers(0, 2**15, size=n), rng.integers(0, 48, size=n)
+    tmult, tshift = rng.integers(0, 2**15, size=n), rng.integers(0, 48, size=n)
+    tshift[:100] = rng.integers(14, 30, size=100)  # in range, not only saturated
+    raw = rng.random(n) < 0.1
+    want = [
+        int(acc[i])
+        if raw[i]
+        else int(
+            per_token_requantize(
+                np.array([[acc[i] + bias[i]]]),
+                mult[i : i + 1],
+                shift[i : i + 1],
+                tmult[i : i + 1],
+                tshift[i : i + 1],
+            )[0, 0]
+        )
+        for i in range(n)
+    ]
+    assert len(set(want)) > 50  # not all saturated
+
+    async def bench(ctx) -> None:
+        got = []
+        for i in range(n + 3):
+            if i < n:
+                for port, v in (
+                    ("acc", acc),
+                    ("bias", bias),
+                    ("mult", mult),
+                    ("shift", shift),
+                    ("mult_t", tmult),
+                    ("shift_t", tshift),
+                    ("raw", raw),
+                ):
+                    ctx.set(getattr(dut, port), int(v[i]))
+            await ctx.tick()
+            if i >= 3:
+                got.append(ctx.get(dut.out))  # four registers, then combinational
+        assert got == want
 
     _run(dut, bench)
 
@@ -181,11 +233,16 @@ def _variant(name: str) -> EngineParams:
         return EngineParams.from_preset(load_hw("tiny"), "mpe")
     if name == "tiny-mpe-no-dual":  # one DSP per token lane instead of WP486 packing
         return replace(EngineParams.from_preset(load_hw("tiny"), "mpe"), dual_int8=False)
+    if name == "tiny-mpe-per-token":  # the per-token requantizer option
+        return replace(EngineParams.from_preset(load_hw("tiny"), "mpe"), per_token=True)
     assert name == "vhk158-mv-slice"  # DSP58: 58-bit accumulators
     return EngineParams.from_preset(load_hw("vhk158"), "mv", chains=1)
 
 
-@pytest.mark.parametrize("variant", ["tiny-mv", "tiny-mpe", "tiny-mpe-no-dual", "vhk158-mv-slice"])
+@pytest.mark.parametrize(
+    "variant",
+    ["tiny-mv", "tiny-mpe", "tiny-mpe-no-dual", "tiny-mpe-per-token", "vhk158-mv-slice"],
+)
 def test_engine_in_amaranth_simulator(variant: str) -> None:
     """A few ops through the whole engine in Amaranth's simulator (Verilator benches do the
     exhaustive sweep): every drain word equals the numerics reference, ``last`` marks each

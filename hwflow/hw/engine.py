@@ -95,7 +95,7 @@ from hwflow.errors import UnsupportedError
 from hwflow.hw.dsp import DspChain, unpack_dual
 from hwflow.hw.hier import Hierarchy, place
 from hwflow.hw.params import DUAL_ACT_MIN, EngineParams
-from hwflow.hw.requant import Requantizer
+from hwflow.hw.requant import PER_TOKEN_EXTRA_STAGES, Requantizer
 from hwflow.hw.tools import ROOT
 from hwflow.hw.widen import WeightWidener
 
@@ -121,6 +121,7 @@ def _ctl_layout(p: EngineParams) -> data.StructLayout:
             "nsel": p.beat_layout["nsel"].shape,
             "paddr": p.beat_layout["paddr"].shape,
         }
+        | {f: p.beat_layout[f].shape for f in ("tmult", "tshift") if p.per_token}
     )
 
 
@@ -367,8 +368,9 @@ class _Beat:
         self.widx = [
             Signal(lay["widx"].shape.elem_shape, name=f"b_widx{c}") for c in range(p.chains)
         ]
-        for name in ("nsel", "wsel", "last", "raw", "paddr"):
-            setattr(self, name, Signal(lay[name].shape, name=f"b_{name}"))
+        for name in ("nsel", "wsel", "last", "raw", "paddr", "tmult", "tshift"):
+            if name in {n for n, _ in lay}:
+                setattr(self, name, Signal(lay[name].shape, name=f"b_{name}"))
 
 
 def _unpack_beat(m: Module, p: EngineParams, payload: data.View) -> _Beat:
@@ -438,6 +440,8 @@ class ChainEngine(wiring.Component):
             ctl[0].nsel.eq(beat.nsel),
             ctl[0].paddr.eq(beat.paddr),
         ]
+        if p.per_token:
+            m.d.sync += [ctl[0].tmult.eq(beat.tmult), ctl[0].tshift.eq(beat.tshift)]
         for d in range(1, len(ctl)):
             m.d.sync += ctl[d].eq(ctl[d - 1])
 
@@ -484,6 +488,8 @@ class ChainEngine(wiring.Component):
         kmask = Signal(range(max(2, depth)))
         paddr = Signal(p.beat_layout["paddr"].shape)
         raw = Signal()
+        tmult = Signal(p.beat_layout["tmult"].shape) if p.per_token else None
+        tshift = Signal(p.beat_layout["tshift"].shape) if p.per_token else None
         wrap = k == kmask
         step_last = wrap & (tok == p.rows - 1)
         k_next = Mux(wrap, 0, k + 1)
@@ -497,6 +503,8 @@ class ChainEngine(wiring.Component):
                 paddr.eq(cq.paddr),
                 raw.eq(cq.raw),
             ]
+            if p.per_token:
+                m.d.sync += [tmult.eq(cq.tmult), tshift.eq(cq.tshift)]
         with m.Elif(active):
             m.d.sync += k.eq(k_next)
             with m.If(wrap):
@@ -549,7 +557,15 @@ class ChainEngine(wiring.Component):
         m.submodules.fifo = fifo
         word = Signal(p.result_layout)
         for r in range(r_n):
-            rq = place(m, hier, f"rq{r}", f"{pre}_rq", lambda: Requantizer(acc_bits=p.acc_bits))
+            rq = place(
+                m,
+                hier,
+                f"rq{r}",
+                f"{pre}_rq",
+                lambda: Requantizer(acc_bits=p.acc_bits, per_token=p.per_token),
+            )
+            if p.per_token:
+                m.d.comb += [rq.mult_t.eq(tmult[tok]), rq.shift_t.eq(tshift[tok])]
             head = heads[0][r]
             for t in range(1, p.rows):
                 head = Mux(tok == t, heads[t][r], head)
@@ -561,20 +577,18 @@ class ChainEngine(wiring.Component):
                 rq.raw.eq(raw),
                 word.data[r].eq(rq.out),
             ]
-        v1, v2, l1, l2, raw1, raw2 = (Signal(name=n) for n in ("v1", "v2", "l1", "l2", "w1", "w2"))
-        m.d.sync += [
-            v1.eq(active),
-            v2.eq(v1),
-            l1.eq(step_last),
-            l2.eq(l1),
-            raw1.eq(raw),
-            raw2.eq(raw1),
-        ]
+        # valid, last and raw of each step, delayed through the requantizer's stages
+        depth_rq = 2 + (PER_TOKEN_EXTRA_STAGES if p.per_token else 0)
+        v_d, l_d, raw_d = active, step_last, raw
+        for i in range(depth_rq):
+            nv, nl, nr = Signal(name=f"v{i}"), Signal(name=f"l{i}"), Signal(name=f"w{i}")
+            m.d.sync += [nv.eq(v_d), nl.eq(l_d), nr.eq(raw_d)]
+            v_d, l_d, raw_d = nv, nl, nr
         m.d.comb += [
-            word.last.eq(l2),
-            word.raw.eq(raw2),
+            word.last.eq(l_d),
+            word.raw.eq(raw_d),
             fifo.w_data.eq(word),
-            fifo.w_en.eq(v2),
+            fifo.w_en.eq(v_d),
             self.o.valid.eq(fifo.r_rdy),
             self.o.payload.eq(fifo.r_data),
             fifo.r_en.eq(self.o.ready),

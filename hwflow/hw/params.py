@@ -43,6 +43,7 @@ from amaranth.lib import data
 from hwflow.config import HardwarePreset
 from hwflow.costs import chain_latency
 from hwflow.errors import UnsupportedError
+from hwflow.hw.requant import PER_TOKEN_EXTRA_STAGES
 from hwflow.numerics import REQ_MULT_BITS, REQ_SHIFT_MAX
 
 __all__ = ["ACC_BITS", "DUAL_ACT_MIN", "EngineParams", "dual_act_clamp"]
@@ -93,6 +94,9 @@ class EngineParams:
     dsp_kind: Literal["DSP48E2", "DSP58"]
     requantizers: int  #: R: requantizers shared by the output lanes (values drained per cycle)
     param_depth: int = 64  #: row-group entries of the requantization parameter memory
+    #: the per-token (dynamic activation scale) requantizer: each beat carries a multiplier
+    #: and shift per token lane (``tmult``, ``tshift``), applied after the per-row ones
+    per_token: bool = False
 
     def __post_init__(self) -> None:
         c = self.chain_length
@@ -245,7 +249,8 @@ class EngineParams:
     def latency(self) -> int:
         """Pipeline depth: cycles from a row group's last beat to its first output word,
         inclusive (:func:`hwflow.costs.chain_latency`)."""
-        return chain_latency(self.chain_length)
+        extra = PER_TOKEN_EXTRA_STAGES if self.per_token else 0
+        return chain_latency(self.chain_length) + extra
 
     # ---------------------------------------------------------------------------------------
     # port layouts
@@ -253,6 +258,10 @@ class EngineParams:
     @property
     def beat_layout(self) -> data.StructLayout:
         c = self.chain_length
+        fields: dict[str, Any] = {}
+        if self.per_token:  # per token lane, read with a row group's last beat
+            fields["tmult"] = data.ArrayLayout(unsigned(REQ_MULT_BITS), self.rows)
+            fields["tshift"] = data.ArrayLayout(unsigned(REQ_SHIFT_MAX.bit_length()), self.rows)
         return data.StructLayout(
             {
                 "act": data.ArrayLayout(data.ArrayLayout(signed(8), self.m), self.rows),
@@ -263,6 +272,7 @@ class EngineParams:
                 "last": unsigned(1),
                 "raw": unsigned(1),
                 "paddr": unsigned(_sel_bits(self.param_depth)),
+                **fields,
             }
         )
 
@@ -333,4 +343,5 @@ class EngineParams:
             "drain_cycles": {str(n): self.drain_cycles(n) for n in self.n_modes},
             "fifo_depth": self.fifo_depth,
             "latency": self.latency,
+            "per_token": self.per_token,
         }

@@ -30,6 +30,7 @@ __all__ = [
     "op_results",
     "op_words",
     "param_writes",
+    "per_token_requantize",
 ]
 
 
@@ -46,6 +47,8 @@ class MatmulOp:
     mult: np.ndarray  #: [rows] requantization multipliers
     shift: np.ndarray  #: [rows] shifts
     bias: np.ndarray  #: [rows] INT32 biases
+    tmult: np.ndarray | None = None  #: [tokens] per-token multipliers (per_token engines)
+    tshift: np.ndarray | None = None  #: [tokens] per-token shifts
 
     @property
     def tokens(self) -> int:
@@ -92,7 +95,25 @@ def make_op(
     spread = 128 * nx.qmax(bits) * np.sqrt(k * n / m) + 1
     mult, shift = nx.quant_multiplier(rng.uniform(0.3, 3.0, size=rows) * 127 / spread)
     bias = rng.integers(-(2**20), 2**20, size=rows)
-    return MatmulOp(x, values, indices, n, bits, raw, np.asarray(mult), np.asarray(shift), bias)
+    if not p.per_token:
+        return MatmulOp(x, values, indices, n, bits, raw, np.asarray(mult), np.asarray(shift), bias)
+    # per token: the per-row scale leaves INT32 values ~2**12 x the INT8 range, the per-token
+    # scale brings them back (~ 2**-12, with a spread that also saturates)
+    mult, shift = nx.quant_multiplier(rng.uniform(0.3, 3.0, size=rows) * 127 * 2**12 / spread)
+    tmult, tshift = nx.quant_multiplier(rng.uniform(0.3, 3.0, size=tokens) * 2.0**-12)
+    return MatmulOp(
+        x,
+        values,
+        indices,
+        n,
+        bits,
+        raw,
+        np.asarray(mult),
+        np.asarray(shift),
+        bias,
+        np.atleast_1d(tmult),
+        np.atleast_1d(tshift),
+    )
 
 
 def _groups(p: EngineParams, op: MatmulOp) -> tuple[int, int, int]:
@@ -140,8 +161,17 @@ def op_beats(p: EngineParams, op: MatmulOp, first_result: int = 0) -> list[dict]
                     widx.append(
                         int.from_bytes(nx.pack_bits(idxs, p.index_bits).tobytes(), "little")
                     )
+                tok_scale = {}
+                if p.per_token:  # padded token lanes: multiplier 0
+                    toks = [q * p.rows + t for t in range(p.rows)]
+                    has = op.tmult is not None and not op.raw
+                    tok_scale = {
+                        "tmult": [int(op.tmult[k]) if has and k < op.tokens else 0 for k in toks],
+                        "tshift": [int(op.tshift[k]) if has and k < op.tokens else 0 for k in toks],
+                    }
                 beats.append(
                     {
+                        **tok_scale,
                         "act": [[int(v) for v in a[b * m : (b + 1) * m]] for a in act_rows],
                         "wval": wval,
                         "widx": widx,
@@ -195,6 +225,8 @@ def op_expected(p: EngineParams, op: MatmulOp) -> list[list[list[int]]]:
     acc = nx.matmul_int(x, dense_w)  # [tokens, rows]
     if op.raw:
         res = acc
+    elif p.per_token:
+        res = per_token_requantize(acc + op.bias[None, :], op.mult, op.shift, op.tmult, op.tshift)
     else:
         res = nx.requantize(acc + op.bias[None, :], op.mult, op.shift).astype(np.int64)
     rpb, groups, passes = _groups(p, op)
@@ -213,7 +245,7 @@ def op_expected(p: EngineParams, op: MatmulOp) -> list[list[list[int]]]:
                     elif r < op.rows:  # padded token lane: the engine computes W @ 0
                         block[t][lane] = (
                             0
-                            if op.raw
+                            if op.raw or p.per_token  # per token: the padding's multiplier is 0
                             else int(
                                 nx.requantize(np.array([op.bias[r]]), op.mult[r], op.shift[r])[0]
                             )
@@ -235,3 +267,16 @@ def op_words(p: EngineParams, op: MatmulOp) -> list[list[tuple[list[int], int]]]
             ]
         )
     return words
+
+
+def per_token_requantize(
+    acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, tmult: np.ndarray, tshift: np.ndarray
+) -> np.ndarray:
+    """The per-token requantization contract under discussion, written out from the
+    numerics primitives: ``saturate_8(round_shift(saturate_32(round_shift(acc * mult_c,
+    shift_c)) * mult_t, shift_t))``; ``acc`` is [tokens, rows], the ``_c`` pair per row (last
+    axis), the ``_t`` pair per token (first axis)."""
+    acc = np.asarray(acc, dtype=np.int64)
+    y = nx.saturate(nx.round_shift(acc * np.asarray(mult, np.int64), shift), 32).astype(np.int64)
+    t = np.asarray(tmult, np.int64)[:, None]
+    return nx.saturate(nx.round_shift(y * t, np.asarray(tshift)[:, None]), 8).astype(np.int64)
