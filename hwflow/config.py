@@ -285,8 +285,8 @@ class HardwarePreset(_Sourced):
         used = self.dsps_used
         if used > self.board.dsp_count:
             raise ValueError(
-                f"mv + mpe need {used} DSPs (chains and requantizers) but board "
-                f"{self.board.part} has {self.board.dsp_count}"
+                f"mv + mpe need {used} DSPs but board {self.board.part} has "
+                f"{self.board.dsp_count} (chain stages and requantizers)"
             )
         need = sum(getattr(self.buffers, f) for f in Buffers.model_fields if f.endswith("_kib"))
         have = self.board.onchip_bytes // 1024
