@@ -26,6 +26,11 @@ is: the pipeline depth depends on the chain length C, not on N, and ops of diffe
 back to back without bubbles or reordering (the RTL in :mod:`hwflow.hw` is built this way and
 its benches hold it to these formulas).
 
+A row group's results (``chains * C/N`` rows x ``rows`` token lanes) are captured into an output
+buffer and drain through the engine's ``requantizers`` shared requantizers, R values per
+cycle (:func:`drain_cycles`); the next group may capture only once they have left, so a result
+occupies the engine's input for max(K/M, drain) cycles.
+
 Latency = cycles from the handshake of an op's first beat through the cycle its last result is
 presented, inclusive, in an idle engine without backpressure. Throughput = cycles between the
 starts of two back-to-back ops = ``beats`` (the engine is pipelined: the next op's first beat

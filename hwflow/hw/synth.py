@@ -8,6 +8,18 @@ non-constant ``PCIN`` connections in the netlist: the chain's adders are in the 
 when every stage after a chain's first is fed from its predecessor's PCOUT.
 
 Versal (DSP58) presets get no estimate: Yosys has no Versal family.
+
+Whole designs (:func:`synth_design`, ``hwflow synth``): each distinct module of the
+hierarchical Verilog (:mod:`hwflow.hw.hier`) is synthesized once, the top with its leaves as
+black boxes, and counted times its instances; results are cached per module by content under
+``rtl/build/synth``. The on-chip buffers add URAMs from their sizes and port widths
+(:func:`buffer_urams`).
+
+Known limit of this flow: the dual-INT8 MPE stage multiplies a 27-bit pre-adder result, which
+fits the DSP48E2's 27 x 18 multiplier but not the DSP48E1's 25 x 18 that the xc7 coarse pass
+maps to, so this estimate shows two DSPs per MPE stage and no MPE cascade (an xcup-only run
+maps one DSP48E2 per stage, without packing the cascade). The DSP count is then an upper
+bound for the MPE.
 """
 
 from __future__ import annotations
