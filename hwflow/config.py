@@ -80,6 +80,10 @@ MAPPINGS = Path(
 LINEAR_OPS = ("q", "k", "v", "o", "gate", "up", "down")
 #: Weight precisions the numeric reference implements.
 WEIGHT_BITS = (2, 3, 4, 8)
+#: DSPs of one requantizer (hwflow.hw.requant: a 49-bit x 16-bit multiply): 3 DSP48E2 as
+#: measured by Yosys synth_xilinx (``hwflow synth``); on DSP58 (27 x 24 multipliers) the
+#: 59-bit operand also splits in three, counted structurally.
+REQUANT_DSPS = 3
 
 
 class _Frozen(BaseModel):
@@ -197,6 +201,10 @@ class Engine(_Sourced):
 
     chains: PositiveInt
     chain_length: PositiveInt
+    #: requantizers shared by the engine's output lanes: a row group's results are captured
+    #: in an output buffer and drain through them ``requantizers`` values per cycle
+    #: (:func:`hwflow.costs.matmul_cost` charges the drain)
+    requantizers: PositiveInt
     rows: PositiveInt = 1
     dual_int8: bool = False
 
@@ -298,16 +306,23 @@ class HardwarePreset(_Sourced):
                     f"sparsity.n_allowed {bad_n} do not divide {eng}.chain_length = {c}: a chain is"
                     " cut into segments of N stages"
                 )
-        used = self.mv.dsps + self.mpe.dsps
+        used = self.dsps_used
         if used > self.board.dsp_count:
             raise ValueError(
-                f"mv + mpe need {used} DSPs but board {self.board.part} has {self.board.dsp_count}"
+                f"mv + mpe need {used} DSPs but board {self.board.part} has "
+                f"{self.board.dsp_count} (chain stages and requantizers)"
             )
         need = sum(getattr(self.buffers, f) for f in Buffers.model_fields if f.endswith("_kib"))
         have = self.board.onchip_bytes // 1024
         if need > have:
             raise ValueError(f"buffers need {need} KiB but board {self.board.part} has {have} KiB")
         return self
+
+    @property
+    def dsps_used(self) -> int:
+        """DSPs of both engines: every chain stage and every requantizer."""
+        rq = (self.mv.requantizers + self.mpe.requantizers) * REQUANT_DSPS
+        return self.mv.dsps + self.mpe.dsps + rq
 
     @property
     def clock_hz(self) -> float:

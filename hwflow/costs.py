@@ -26,6 +26,11 @@ is: the pipeline depth depends on the chain length C, not on N, and ops of diffe
 back to back without bubbles or reordering (the RTL in :mod:`hwflow.hw` is built this way and
 its benches hold it to these formulas).
 
+A row group's results (``chains * C/N`` rows x ``rows`` token lanes) are captured into an output
+buffer and drain through the engine's ``requantizers`` shared requantizers, R values per
+cycle (:func:`drain_cycles`); the next group may capture only once they have left, so a result
+occupies the engine's input for max(K/M, drain) cycles.
+
 Latency = cycles from the handshake of an op's first beat through the cycle its last result is
 presented, inclusive, in an idle engine without backpressure. Throughput = cycles between the
 starts of two back-to-back ops = ``beats`` (the engine is pipelined: the next op's first beat
@@ -49,6 +54,7 @@ __all__ = [
     "HbmPiece",
     "OpCost",
     "chain_latency",
+    "drain_cycles",
     "effective_nm",
     "hbm_achievable_gbps",
     "hbm_burst_ns",
@@ -71,9 +77,14 @@ OPERAND_STAGES = 2
 PRODUCT_STAGES = 1
 #: Accumulating a segment's partial sum across blocks (1 register).
 ACC_STAGES = 1
+#: Capturing a row group's segment results (prefix-sum differences) into the output buffer.
+CAPTURE_STAGES = 1
 #: Requantization: add the INT32 bias (1), multiply by ``mult`` (1), round, shift and
 #: saturate (1).
 REQUANT_STAGES = 3
+#: The output FIFO (credit-based, never full): a written word is presented one cycle later
+#: than a plain output register would present it.
+OUTPUT_STAGES = 1
 
 
 @dataclass(frozen=True)
@@ -96,10 +107,25 @@ def effective_nm(hw: HardwarePreset, n: int, m: int) -> tuple[int, int]:
 
 
 def chain_latency(chain_length: int) -> int:
-    """Pipeline depth of a chain of ``chain_length`` stages: operands, product, the systolic
-    cascade with its deskew (one cycle per stage of the whole chain, whatever the segment
-    length N), accumulator, requantizer."""
-    return OPERAND_STAGES + PRODUCT_STAGES + chain_length + ACC_STAGES + REQUANT_STAGES
+    """Pipeline depth of a chain of ``chain_length`` stages up to a row group's first output
+    word: operands, product, the systolic cascade with its deskew (one cycle per stage of the
+    whole chain, whatever the segment length N), accumulator, capture into the output buffer,
+    requantizer, output FIFO."""
+    return (
+        OPERAND_STAGES
+        + PRODUCT_STAGES
+        + chain_length
+        + ACC_STAGES
+        + CAPTURE_STAGES
+        + REQUANT_STAGES
+        + OUTPUT_STAGES
+    )
+
+
+def drain_cycles(engine: Engine, n: int) -> int:
+    """Cycles a row group's results take to drain through the engine's shared requantizers:
+    ``chains * C/N`` rows x ``rows`` token lanes, ``requantizers`` values per cycle."""
+    return ceil(engine.rows * engine.chains * (engine.chain_length // n) / engine.requantizers)
 
 
 def matmul_cost(engine: Engine, m_block: int, tokens: int, rows: int, k: int, n: int) -> OpCost:
@@ -107,6 +133,12 @@ def matmul_cost(engine: Engine, m_block: int, tokens: int, rows: int, k: int, n:
 
     ``n`` is the kept weights per ``m_block`` activations (n = m_block for dense). The
     matrix-vector engine is the case ``engine.rows == 1`` (one token).
+
+    Each result (row group x token pass) takes its K/M beats and then drains for
+    D = :func:`drain_cycles` cycles; a group captures its results only once the previous group
+    has drained, so a result occupies the input for max(K/M, D) cycles (the engine's input
+    waits after a group's last beat when D is the longer). The op's last result leaves
+    ``chain_latency + D - 1`` cycles after its last beat.
     """
     c = engine.chain_length
     if c % n:
@@ -116,10 +148,12 @@ def matmul_cost(engine: Engine, m_block: int, tokens: int, rows: int, k: int, n:
     rows_per_beat = engine.chains * (c // n)
     groups = ceil(rows / rows_per_beat)
     passes = ceil(tokens / engine.rows)
-    beats = groups * passes * (k // m_block)
+    per_result, drain = k // m_block, drain_cycles(engine, n)
+    slot = max(per_result, drain)
+    beats = groups * passes * slot
     return OpCost(
         beats=beats,
-        latency=beats + chain_latency(c),
+        latency=beats - slot + per_result + chain_latency(c) + drain - 1,
         macs=tokens * rows * (k // m_block) * n,
         dense_macs=tokens * rows * k,
     )

@@ -1,9 +1,9 @@
 """cocotb bench of a DSP-chain engine (``hwflow.hw.engine``), run on Verilator.
 
 Scoreboard structure: the *driver* feeds beats (``i``) and requantization entries (``p``)
-with random idle gaps, the *monitor* collects results (``o``) under random backpressure, the
-*model* is :func:`hwflow.hw.stimulus.op_expected` (hwflow.numerics: matmul_int, nm_expand,
-requantize), the *checker* compares every lane bit for bit. Design parameters come from the
+with random idle gaps, the *monitor* collects drain words (``o``) under random backpressure,
+the *model* is :func:`hwflow.hw.stimulus.op_words` (hwflow.numerics: matmul_int, nm_expand,
+requantize), the *checker* compares every word, lane and ``last`` flag bit for bit. Design parameters come from the
 environment (set by :func:`hwflow.hw.cosim.run_bench`) and rebuild the same
 :class:`~hwflow.hw.params.EngineParams` as the Verilog.
 
@@ -12,7 +12,9 @@ Tests:
 * ``random_ops``: every (weight bits, N, raw/requantized) the engine supports, random shapes,
   plus full-scale directed vectors, with gaps and backpressure.
 * ``cost_model``: per shape, the op's latency in an idle engine and the start-to-start
-  distance of two back-to-back ops equal :func:`hwflow.costs.matmul_cost` of the same op.
+  distance of two back-to-back ops equal :func:`hwflow.costs.matmul_cost` of the same op,
+  and every beat is accepted in the cycle the cost's schedule says (a result's beats back to
+  back, results max(K/M, drain) cycles apart).
 * ``throughput``: a long stream of beats; records simulated cycles per second.
 
 ``HWFLOW_CORRUPT=1`` falsifies one expected value: the run must then fail (tested).
@@ -39,9 +41,9 @@ from hwflow.hw.stimulus import (
     MatmulOp,
     make_op,
     op_beats,
-    op_expected,
     op_params,
     op_results,
+    op_words,
     param_writes,
 )
 
@@ -71,7 +73,8 @@ class Traffic:
 
     in_cycles: list[int] = field(default_factory=list)
     out_cycles: list[int] = field(default_factory=list)
-    results: list[list] = field(default_factory=list)
+    words: list[tuple[list[int], int]] = field(default_factory=list)
+    results: int = 0  #: row groups completed (words with ``last``)
     cycles: int = 0
 
 
@@ -99,8 +102,12 @@ class Stimulus:
     beat_raw: list[bool] = field(default_factory=list)
     writes: list[int] = field(default_factory=list)
     write_result: list[int] = field(default_factory=list)
-    expected: list = field(default_factory=list)
+    expected: list = field(default_factory=list)  #: per result, its (values, last) words
     labels: list[str] = field(default_factory=list)
+
+    @property
+    def n_words(self) -> int:
+        return sum(len(w) for w in self.expected)
 
 
 def _encode_ops(p: EngineParams, ops: list[MatmulOp]) -> Stimulus:
@@ -119,7 +126,7 @@ def _encode_ops(p: EngineParams, ops: list[MatmulOp]) -> Stimulus:
                 for w in param_writes(p, entry, first + r):
                     st.writes.append(encode(p.params_layout, w))
                     st.write_result.append(first + r)
-        st.expected += op_expected(p, op)
+        st.expected += op_words(p, op)
         label = f"W{op.bits} {op.n}:{p.m} {'raw' if op.raw else 'requant'}"
         st.labels += [f"{label} T{op.tokens} R{op.rows} K{op.k}"] * n_res
         first += n_res
@@ -144,12 +151,14 @@ async def _drive(
     tr = Traffic()
     bi = wi = 0
     cycle = 0
-    n_results = len(st.expected)
-    while len(tr.results) < n_results or bi < len(st.beats):
+    n_results, n_words = len(st.expected), st.n_words
+    last_bit = 1 << p.result_layout["last"].offset
+    seen = 0
+    while seen < n_words or bi < len(st.beats):
         if cycle > timeout:
             raise AssertionError(
                 f"timeout after {cycle} cycles: {bi}/{len(st.beats)} beats, "
-                f"{wi}/{len(st.writes)} writes, {len(tr.results)}/{n_results} results"
+                f"{wi}/{len(st.writes)} writes, {seen}/{n_words} words"
             )
         # results whose parameter writes are all done: those below the next pending write's
         pending = st.write_result[wi] if wi < len(st.writes) else n_results
@@ -157,7 +166,7 @@ async def _drive(
         if preload and wi < len(st.writes):
             beat_ok = False
         # an entry may be rewritten once the result that used it last has left the engine
-        write_ok = wi < len(st.writes) and st.write_result[wi] - p.param_depth < len(tr.results)
+        write_ok = wi < len(st.writes) and st.write_result[wi] - p.param_depth < tr.results
         iv = beat_ok and not (gap and rng.random() < gap)
         pv = write_ok and not (gap and rng.random() < gap)
         orr = not (backpressure and rng.random() < backpressure)
@@ -177,8 +186,11 @@ async def _drive(
         if orr and dut.o__valid.value:
             tr.out_cycles.append(cycle)
             word = int(dut.o__payload.value)
-            res = p.result_values(decode(p.result_layout, word)) if decode_results else []
-            tr.results.append(res)
+            seen += 1
+            tr.results += int(bool(word & last_bit))
+            if decode_results:
+                w = decode(p.result_layout, word)
+                tr.words.append((w["data"], w["last"]))
         await RisingEdge(dut.clk)
         cycle += 1
     dut.i__valid.value = 0
@@ -187,22 +199,29 @@ async def _drive(
     return tr
 
 
-def _check(results: list[list], expected: list, ops_desc: list[str]) -> None:
+def _check(words: list, expected: list, ops_desc: list[str]) -> None:
+    """Every drain word (values and ``last``) against the model, result by result."""
     if os.environ.get("HWFLOW_CORRUPT") == "1":
-        expected = [list(map(list, e)) for e in expected]
-        expected[len(expected) // 2][0][0] += 1  # a wrong expected value must fail the bench
-    assert len(results) == len(expected), f"{len(results)} results, expected {len(expected)}"
-    for n, (got, exp) in enumerate(zip(results, expected, strict=True)):
+        expected = [list(e) for e in expected]
+        vals, last = expected[len(expected) // 2][0]
+        # a wrong expected value must fail the bench
+        expected[len(expected) // 2][0] = ([vals[0] + 1, *vals[1:]], last)
+    total = sum(len(e) for e in expected)
+    assert len(words) == total, f"{len(words)} words, expected {total}"
+    at = 0
+    for n, exp in enumerate(expected):
+        got = words[at : at + len(exp)]
+        at += len(exp)
         if got != exp:
             bad = [
-                (t, lane, g, e)
-                for t, (gr, er) in enumerate(zip(got, exp, strict=True))
-                for lane, (g, e) in enumerate(zip(gr, er, strict=True))
+                (w, lane, g, e)
+                for w, ((gv, gl), (ev, el)) in enumerate(zip(got, exp, strict=True))
+                for lane, (g, e) in enumerate(zip([*gv, gl], [*ev, el], strict=True))
                 if g != e
             ]
             raise AssertionError(
-                f"result {n} ({ops_desc[n]}): {len(bad)} lanes differ, first (token, lane, "
-                f"got, expected): {bad[:4]}"
+                f"result {n} ({ops_desc[n]}): {len(bad)} values differ, first (word, lane "
+                f"(R = last flag), got, expected): {bad[:4]}"
             )
 
 
@@ -233,14 +252,14 @@ async def random_ops(dut: object) -> None:
     t0 = time.perf_counter()
     tr = await _drive(dut, p, st, rng, gap=gap, backpressure=bp)
     wall = time.perf_counter() - t0
-    _check(tr.results, st.expected, st.labels)
+    _check(tr.words, st.expected, st.labels)
     dut._log.info(
-        "%d ops (%d combos), %d beats, %d writes, %d results, %d cycles",
+        "%d ops (%d combos), %d beats, %d writes, %d words, %d cycles",
         len(ops),
         len(combos),
         len(st.beats),
         len(st.writes),
-        len(st.expected),
+        st.n_words,
         tr.cycles,
     )
     _save_stats(random_cycles=tr.cycles, random_wall_s=wall, random_ops=len(ops))
@@ -266,14 +285,16 @@ async def cost_model(dut: object) -> None:
         b = make_op(p, rng, tokens=tokens, rows=rows, k=k, n=n, bits=bits, raw=tokens == 1)
         st = _encode_ops(p, [a, b])
         tr = await _drive(dut, p, st, rng, preload=True)
-        _check(tr.results, st.expected, st.labels)
+        _check(tr.words, st.expected, st.labels)
         cost = matmul_cost(engine, p.m, tokens, rows, k, n)
-        na, nra = len(op_beats(p, a)), op_results(p, a)
+        na, blocks = len(op_beats(p, a)), k // p.m
+        wa = sum(len(w) for w in op_words(p, a))
         shape = f"T{tokens} R{rows} K{k} N{n}"
-        assert na == cost.beats, f"{shape}: {na} beats, cost says {cost.beats}"
         start_a, start_b = tr.in_cycles[0], tr.in_cycles[na]
-        assert tr.in_cycles[na - 1] - start_a + 1 == cost.beats, f"{shape}: input stalled"
-        latency_a = tr.out_cycles[nra - 1] - start_a + 1
+        slot = cost.beats // op_results(p, a)  # input cycles per result
+        sched = [start_a + (j // blocks) * slot + j % blocks for j in range(na)]
+        assert tr.in_cycles[:na] == sched, f"{shape}: beats at {tr.in_cycles[:na]}, cost {sched}"
+        latency_a = tr.out_cycles[wa - 1] - start_a + 1
         latency_b = tr.out_cycles[-1] - start_b + 1
         assert latency_a == cost.latency, f"{shape}: latency {latency_a}, cost {cost.latency}"
         assert start_b - start_a == cost.beats, (
@@ -300,7 +321,7 @@ async def throughput(dut: object) -> None:
         beat_result=list(range(cycles)),
         beat_raw=[True] * cycles,
         expected=st.expected * cycles,
-    )
+    )  # one beat per result; a result drains in one word when R covers the group
     t0 = time.perf_counter()
     tr = await _drive(dut, p, reps, rng, decode_results=False)
     wall = time.perf_counter() - t0

@@ -15,14 +15,16 @@ from hwflow.errors import UnsupportedError
 from hwflow.hw import EngineParams, MatrixMatrixEngine, MatrixVectorEngine
 from hwflow.hw.dsp import DspChain, unpack_dual
 from hwflow.hw.pack import decode, encode
+from hwflow.hw.params import DUAL_ACT_MIN
 from hwflow.hw.requant import Requantizer
 from hwflow.hw.stimulus import (
     make_op,
     op_beats,
-    op_expected,
     op_params,
     op_results,
+    op_words,
     param_writes,
+    per_token_requantize,
 )
 from hwflow.hw.widen import WeightWidener
 
@@ -84,6 +86,57 @@ def test_requantizer_matches_numerics() -> None:
     _run(dut, bench)
 
 
+def test_per_token_requantizer_matches_its_formula() -> None:
+    """The per-token option: a second multiply by the token's scale after an INT32
+    saturation, against the formula written out from the numerics primitives."""
+    rng = np.random.default_rng(6)
+    dut = Requantizer(acc_bits=48, per_token=True)
+    n = 300
+    acc = rng.integers(-(2**40), 2**40, size=n)
+    acc[:60] = rng.integers(-(2**20), 2**20, size=60)
+    bias = rng.integers(-(2**31), 2**31, size=n)
+    mult, shift = rng.integers(0, 2**15, size=n), rng.integers(0, 48, size=n)
+    tmult, tshift = rng.integers(0, 2**15, size=n), rng.integers(0, 48, size=n)
+    tshift[:100] = rng.integers(14, 30, size=100)  # in range, not only saturated
+    raw = rng.random(n) < 0.1
+    want = [
+        int(acc[i])
+        if raw[i]
+        else int(
+            per_token_requantize(
+                np.array([[acc[i] + bias[i]]]),
+                mult[i : i + 1],
+                shift[i : i + 1],
+                tmult[i : i + 1],
+                tshift[i : i + 1],
+            )[0, 0]
+        )
+        for i in range(n)
+    ]
+    assert len(set(want)) > 50  # not all saturated
+
+    async def bench(ctx) -> None:
+        got = []
+        for i in range(n + 3):
+            if i < n:
+                for port, v in (
+                    ("acc", acc),
+                    ("bias", bias),
+                    ("mult", mult),
+                    ("shift", shift),
+                    ("mult_t", tmult),
+                    ("shift_t", tshift),
+                    ("raw", raw),
+                ):
+                    ctx.set(getattr(dut, port), int(v[i]))
+            await ctx.tick()
+            if i >= 3:
+                got.append(ctx.get(dut.out))  # four registers, then combinational
+        assert got == want
+
+    _run(dut, bench)
+
+
 @pytest.mark.parametrize("dual", [False, True])
 def test_dsp_chain_prefix_sums(dual: bool) -> None:
     """Stage j's P holds the beat's prefix sum of products 0..j, 3 + j cycles on."""
@@ -91,7 +144,8 @@ def test_dsp_chain_prefix_sums(dual: bool) -> None:
     length, field = 8, 17
     dut = DspChain(length=length, acc_bits=48, dual=dual, field=field)
     beats = 30
-    a = rng.integers(-128, 128, size=(beats, length))
+    # the upper operand a >= DUAL_ACT_MIN (the engine clamps): the pre-adder's 8 + F bits
+    a = rng.integers(DUAL_ACT_MIN if dual else -128, 128, size=(beats, length))
     d = rng.integers(-128, 128, size=(beats, length))
     b = rng.integers(-127, 128, size=(beats, length))
     prod = (a * 2**field + d) * b if dual else a * b
@@ -140,13 +194,13 @@ def test_unpack_dual_splits_packed_sums() -> None:
 
 def test_pack_round_trip() -> None:
     p = EngineParams.from_preset(load_hw("tiny"), "mpe")
-    value = {
-        "acc": [2**47 - 1, -(2**47)] + [1] * (p.lanes - 2),
-        "data": [[-5, 7] + [0] * (p.lanes - 2)],
-        "raw": 1,
-    }
+    value = {"data": [2**47 - 1, -(2**47)], "last": 1, "raw": 0}
     assert decode(p.result_layout, encode(p.result_layout, value)) == value
-    assert p.result_values(value) == [value["acc"], value["data"][0]]
+    # a row group at N = 4: 8 lanes x 2 token lanes in 8 words of R = 2, token lane by lane
+    words = [{"data": [10 * w, 10 * w + 1], "last": int(w == 7), "raw": 0} for w in range(8)]
+    got = p.result_values(words, 4)
+    assert got[0][:8] == [0, 1, 10, 11, 20, 21, 30, 31] and got[1][6:8] == [70, 71]
+    assert got[0][8:] == [0] * 8  # lanes past chains*C/N
 
 
 def test_params_from_presets() -> None:
@@ -154,12 +208,15 @@ def test_params_from_presets() -> None:
     mv = EngineParams.from_preset(tiny, "mv")
     assert (mv.chains, mv.chain_length, mv.rows, mv.m) == (2, 16, 1, 16)
     assert mv.n_modes == (2, 4, 8, 16) and mv.weight_bits == (2, 3, 4, 8)
-    assert mv.lanes == 16 and mv.latency == 16 + 7 and mv.dsps == tiny.mv.dsps
+    assert mv.lanes == 16 and mv.latency == 16 + 9 and mv.dsps == tiny.mv.dsps
+    assert mv.requantizers == 2 and mv.drain_cycles(2) == 8 and mv.drain_cycles(16) == 1
     mpe = EngineParams.from_preset(tiny, "mpe")
     assert mpe.dual_int8 and mpe.rows == 2 and mpe.dsps == tiny.mpe.dsps
     assert mpe.dual_field == 19  # 16 products of 128*127 need 19 signed bits
     u280 = EngineParams.from_preset(load_hw("u280"), "mv")
-    assert u280.chains == 128 and u280.acc_bits == 48
+    assert u280.chains == 128 and u280.acc_bits == 48 and u280.requantizers == 16
+    assert u280.drain_max == 1024 // 16 and u280.fifo_depth == 25 + 64
+    assert EngineParams.from_preset(load_hw("u280"), "mv", chains=4).requantizers == 4
     vhk = EngineParams.from_preset(load_hw("vhk158"), "mv")
     assert vhk.dsp_kind == "DSP58" and vhk.acc_bits == 58
     assert mv.with_chains(1).chains == 1
@@ -176,14 +233,20 @@ def _variant(name: str) -> EngineParams:
         return EngineParams.from_preset(load_hw("tiny"), "mpe")
     if name == "tiny-mpe-no-dual":  # one DSP per token lane instead of WP486 packing
         return replace(EngineParams.from_preset(load_hw("tiny"), "mpe"), dual_int8=False)
+    if name == "tiny-mpe-per-token":  # the per-token requantizer option
+        return replace(EngineParams.from_preset(load_hw("tiny"), "mpe"), per_token=True)
     assert name == "vhk158-mv-slice"  # DSP58: 58-bit accumulators
     return EngineParams.from_preset(load_hw("vhk158"), "mv", chains=1)
 
 
-@pytest.mark.parametrize("variant", ["tiny-mv", "tiny-mpe", "tiny-mpe-no-dual", "vhk158-mv-slice"])
+@pytest.mark.parametrize(
+    "variant",
+    ["tiny-mv", "tiny-mpe", "tiny-mpe-no-dual", "tiny-mpe-per-token", "vhk158-mv-slice"],
+)
 def test_engine_in_amaranth_simulator(variant: str) -> None:
     """A few ops through the whole engine in Amaranth's simulator (Verilator benches do the
-    exhaustive sweep): every lane equals the numerics reference."""
+    exhaustive sweep): every drain word equals the numerics reference, ``last`` marks each
+    row group's final word."""
     p = _variant(variant)
     eng = (MatrixVectorEngine if p.kind == "mv" else MatrixMatrixEngine)(p)
     rng = np.random.default_rng(4)
@@ -191,6 +254,7 @@ def test_engine_in_amaranth_simulator(variant: str) -> None:
         make_op(p, rng, tokens=3 if p.rows > 1 and not r else 1, rows=20, k=32, n=n, bits=b, raw=r)
         for n, b, r in [(4, 4, False), (16, 8, False), (2, 2, True), (8, 3, False)]
     ]
+    ops.append(make_op(p, rng, tokens=p.rows, rows=5, k=16, n=4, bits=8, extreme=True))
     beats, writes, expected = [], [], []
     first = 0
     for op in ops:
@@ -198,7 +262,7 @@ def test_engine_in_amaranth_simulator(variant: str) -> None:
         for r, entry in enumerate(op_params(p, op)):
             if entry is not None:
                 writes += [encode(p.params_layout, w) for w in param_writes(p, entry, first + r)]
-        expected += op_expected(p, op)
+        expected += [w for res in op_words(p, op) for w in res]
         first += op_results(p, op)
     assert first < p.param_depth  # all parameters fit: written before the first beat
     got = []
@@ -211,13 +275,13 @@ def test_engine_in_amaranth_simulator(variant: str) -> None:
             await ctx.tick()
         ctx.set(eng.p.valid, 0)
         bi = 0
-        for _ in range(len(beats) + 3 * p.latency):
+        for _ in range(2 * len(beats) + len(expected) + 3 * p.latency):
             ctx.set(eng.i.valid, bi < len(beats))
             if bi < len(beats):
                 ctx.set(eng.i.payload.as_value(), beats[bi])
             if ctx.get(eng.o.valid):
-                word = ctx.get(eng.o.payload.as_value())
-                got.append(p.result_values(decode(p.result_layout, word)))
+                word = decode(p.result_layout, ctx.get(eng.o.payload.as_value()))
+                got.append((word["data"], word["last"]))
             bi += int(bool(ctx.get(eng.i.valid) and ctx.get(eng.i.ready)))
             await ctx.tick()
 

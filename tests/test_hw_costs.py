@@ -1,15 +1,17 @@
 """The engines' port traffic and hwflow.costs agree on every shape (the Verilator bench then
-measures the cycles: tests/test_rtl_engines.py)."""
+measures the cycles: tests/test_rtl_engines.py): a result occupies the input for its beats or
+its drain words, whichever is more."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
-from hwflow.config import load_hw
-from hwflow.costs import chain_latency, matmul_cost
+from hwflow.config import HardwarePreset, load_hw
+from hwflow.costs import matmul_cost
 from hwflow.hw.params import EngineParams
-from hwflow.hw.stimulus import make_op, op_beats, op_expected
+from hwflow.hw.stimulus import make_op, op_beats, op_words
 
 
 @pytest.mark.parametrize("kind", ["mv", "mpe"])
@@ -25,8 +27,38 @@ def test_beats_and_results_match_matmul_cost(kind: str) -> None:
         k = p.m * int(rng.integers(1, 6))
         op = make_op(p, rng, tokens=tokens, rows=rows, k=k, n=n, bits=4)
         cost = matmul_cost(engine, p.m, tokens, rows, k, n)
-        assert len(op_beats(p, op)) == cost.beats
-        assert cost.latency == cost.beats + chain_latency(p.chain_length) == cost.beats + p.latency
-        results = len(op_expected(p, op))
-        assert results * (k // p.m) == cost.beats  # one result per row group and token pass
+        words = op_words(p, op)
+        results, beats = len(words), len(op_beats(p, op))
+        assert results * (k // p.m) == beats  # one result per row group and token pass
+        drain = len(words[0])
+        assert all(len(w) == drain for w in words)
+        assert drain * p.requantizers == p.rows * p.rows_per_beat(n)
+        assert cost.beats == results * max(k // p.m, drain)
         assert cost.macs == tokens * rows * (k // p.m) * n
+
+
+def test_drain_bound_results_occupy_the_input_for_their_drain() -> None:
+    """u280 MV (R = 16): a dense group of 128 rows drains in 8 words, so a K = 16 op (1 beat
+    per group) is drain-bound; K = 128 (8 beats) just hides the drain."""
+    mv = load_hw("u280").mv
+    one = matmul_cost(mv, 16, 1, 256, 16, 16)  # 2 groups, 1 beat each, 8 drain words each
+    assert (one.beats, one.latency) == (2 * 8, 8 + 1 + (16 + 9) + 8 - 1)
+    eight = matmul_cost(mv, 16, 1, 256, 128, 16)
+    assert (eight.beats, eight.latency) == (2 * 8, 16 + (16 + 9) + 8 - 1)
+    sparse = matmul_cost(mv, 16, 1, 1024, 4096, 2)  # 1024 rows in one group: 64 words
+    assert (sparse.beats, sparse.latency) == (256, 256 + 25 + 63)
+
+
+def test_preset_dsp_check_counts_requantizers() -> None:
+    """The fit check counts the requantizers' DSPs too (3 DSP48E2 each, as Yosys maps them)."""
+    hw = load_hw("u280")
+    assert hw.dsps_used == 2048 + 2048 + (16 + 32) * 3
+    data = hw.model_dump(mode="json", exclude_unset=True)
+    data["mv"]["requantizers"] = 1000  # 4,096 + 1,032 x 3 = 7,192: fits 9,024
+    HardwarePreset.model_validate(data)
+    data["mv"]["requantizers"] = 1700  # 4,096 + 1,732 x 3 = 9,292 > 9,024
+    with pytest.raises(
+        ValidationError,
+        match=r"need 9292 DSPs but board xcu280 has 9024 \(chain stages and requantizers\)",
+    ):
+        HardwarePreset.model_validate(data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from amaranth.hdl import Shape
 from hwflow.cli import main
 from hwflow.config import load_hw
 from hwflow.costs import chain_latency
+from hwflow.errors import UnsupportedError
 from hwflow.hw.generate import write_rtl
 from hwflow.hw.params import EngineParams
 from hwflow.hw.synth import _cascade_links, parse_stat
@@ -47,6 +49,12 @@ def test_manifest_records_params_ports_and_latency(rtl_out: tuple[Path, int, str
         p = EngineParams.from_preset(hw, kind)
         assert eng["params"] == p.describe()
         assert eng["timing"]["latency"] == chain_latency(16) == p.latency
+        leaves = eng["modules"]["leaves"]
+        assert leaves[f"{eng['module']}_slice"] == p.chains  # one module, one per chain
+        assert leaves[f"{eng['module']}_rq"] == p.requantizers
+        assert leaves[f"{eng['module']}_drain"] == p.requantizers * p.rows
+        text = (out / eng["file"]).read_text()
+        assert text.count(f"module {eng['module']}_slice(") == 1
         ports = {q["name"]: q for q in eng["ports"]}
         assert ports["i__payload"]["width"] == Shape.cast(p.beat_layout).width
         assert ports["o__payload"]["width"] == Shape.cast(p.result_layout).width
@@ -69,8 +77,16 @@ def test_user_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["synth", "--hw", "vhk158"]) == 2  # DSP58: Yosys has no Versal family
     assert "no synthesis estimate for DSP58" in capsys.readouterr().err
     assert main(["synth", "--hw", "tiny", "--chains", "0"]) == 2
-    assert main(["rtl", "--hw", "vhk158"]) == 2  # a 118,785-bit result port: too wide
-    assert "more than the 65535 bits Amaranth 0.5 emits" in capsys.readouterr().err
+
+
+def test_every_preset_engine_fits_amaranth_port_limit() -> None:
+    """Shared requantizers keep the result port R words wide: vhk158 generates too."""
+    for preset in ("tiny", "u280", "vhk158", "flightllm-u280", "flightllm-vhk158"):
+        for kind in ("mv", "mpe"):
+            EngineParams.from_preset(load_hw(preset), kind).check_ports()  # type: ignore[arg-type]
+    wide = replace(EngineParams.from_preset(load_hw("vhk158"), "mv"), chains=512)
+    with pytest.raises(UnsupportedError, match=r"more than the 65535 bits Amaranth 0\.5 emits"):
+        wide.check_ports()
 
 
 _STAT = """

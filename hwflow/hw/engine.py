@@ -10,9 +10,15 @@ partial dot product of one output row over the block (dense: N = M, indices impl
 The cascade itself is never cut (it maps onto an unbroken PCOUT->PCIN DSP column): a
 reduction point is a tap. Accumulators at the segment ends sum the chain's prefix sums over
 the row group's blocks, and a segment's result is the difference of its end's and the
-previous end's accumulators, formed as the results enter the requantizer.
+previous end's accumulators, formed as the results are captured.
 
-Cycle by cycle, for a beat handed over in cycle t:
+The design is hierarchical (:mod:`hwflow.hw.hier`): one :class:`ChainSlice` per chain (weight
+widening, index mux, DSP chain(s), accumulators, deskew, the per-chain segment select), one
+:class:`DrainColumn` per requantizer and token lane (the output buffer), one
+:class:`~hwflow.hw.requant.Requantizer` per requantizer; the top holds the control pipeline,
+the issue logic, the parameter memory and the output FIFO.
+
+Cycle by cycle, for a row group whose last beat is handed over in cycle t:
 
 ====================  =======================================================================
 t+1                   operand stage: weights widened (INT2/3/4/8 -> INT8), indices decoded,
@@ -22,46 +28,87 @@ t+3+j                 stage j's M (product) register
 t+4+j                 stage j's P register: ``P[j-1] + M`` (cascade, PCIN; a prefix sum)
 t+5+j                 accumulator at each possible segment end j: ``(first ? 0 : acc) + P[j]``
 t+4+C                 deskewed: every accumulator delayed to the chain's end
-t+5+C .. t+7+C        reduction + requantizer: ``acc[end] - acc[previous end] + bias``,
-                      multiply, round/shift/saturate -> output register
+t+5+C                 captured: the output buffer (one shift register per requantizer and
+                      token lane) loads every lane's ``acc[end] - acc[previous end]``
+t+5+C+q               drain step q (0 <= q < D): R lanes leave the buffer; their parameter
+                      word was read the cycle before
+t+6+C+q, t+7+C+q      requantizer: bias add, multiply; round/shift/saturate into the FIFO
+t+9+C+q               the drain word on the output FIFO (``o``)
 ====================  =======================================================================
 
-So a row group's results leave ``C + 7`` cycles (:func:`hwflow.costs.chain_latency`) after
-its last beat, whatever N is, and one beat enters per cycle: an op of ``beats`` beats takes
-``beats + C + 7`` cycles from its first beat to its last result (inclusive), the next op can
-start right behind it. Output lane ``l`` of a row group at N is segment ``l % (C/N)`` of chain
-``l // (C/N)``; lanes past ``chains*C/N`` are zero. Token lane 0 leaves accumulator-wide (raw
-ops: the LM head's logits), the other token lanes as INT8.
+A row group at N has ``chains*C/N`` rows x ``rows`` token lanes of results: D =
+:meth:`EngineParams.drain_cycles` words of R values, token lane by token lane. So a group's
+first word leaves ``C + 9`` cycles (:func:`hwflow.costs.chain_latency`) after its last beat
+and its last word D - 1 cycles later.
+
+Flow control (no global stall: every register of the datapath moves every cycle, bubbles
+carry ``valid = 0``). Only the input refuses beats (``i.ready`` low), for two reasons,
+both decided from counters at the input:
+
+* *drain spacing*: a group's capture must not overwrite the buffer before the previous group
+  has drained, so a group's last beat is accepted only D cycles or more after the previous
+  group's (D of the previous group), and after a group of B beats whose drain is D > B the
+  input waits D - B cycles, so that in a run of equal groups each result occupies the input
+  for max(B, D) cycles, as costs.matmul_cost charges. (When a drain-bound op is followed by
+  one with fewer beats per group, B' < B, the later op's first group waits B - B' cycles
+  more than matmul_cost charges: the one case where the per-op cost is optimistic.)
+* *output credits*: the output FIFO has :attr:`EngineParams.fifo_depth` words; a group's last
+  beat is accepted only when D credits are free (a credit returns when a word leaves on
+  ``o``). The FIFO is deep enough that an always-ready output never withholds a credit, and
+  a slow output only delays the input, never the pipeline.
 
 Requantization parameters (multiplier, shift, bias per lane) live in an on-chip parameter
-memory of ``param_depth`` row-group entries (sized from the preset's parameter buffer), written
-through the ``p`` stream one chunk of lanes per beat; a row group's last beat names its entry
-(``paddr``), read as its results enter the requantizer. Loading entries ahead of use, and not
-overwriting one still in flight, is the driver's job (as for every on-chip buffer), so the
-parameters never throttle the chain.
+memory of ``param_depth`` row-group entries of ``lanes / R`` words (sized from the preset's
+parameter buffer), written through the ``p`` stream one word of R lanes per beat (``p`` is
+always ready); a row group's last beat names its entry (``paddr``). Loading entries ahead of
+use, and not overwriting one still in flight, is the driver's job (as for every on-chip
+buffer), so the parameters never throttle the chain. ``first`` is implicit: the beat after a
+``last`` beat (or after reset) starts a new row group.
 
-Flow control: the output register holds a result until ``o.ready``. While a new result meets
-a full, refused output register, the whole pipeline stalls (one clock enable, the DSPs' CE
-pins) and ``i.ready`` and ``p.ready`` are low; the output register has its own enable, so a
-result leaves it even during a stall. An idle input (``i.valid`` low) lets a bubble through. ``first`` is implicit: the beat after a ``last`` beat (or after reset) starts
-a new row group.
+With ``dual_int8`` every activation is clamped to ``DUAL_ACT_MIN`` = -127 on entry
+(:func:`hwflow.hw.params.dual_act_clamp`): that keeps the DSP pre-adder's ``(a << F) + d``
+inside its 27 bits, so every stage stays one DSP48E2 with its cascade.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Elaboratable, EnableInserter, Module, Mux, Signal, Value, signed
+from amaranth.hdl import (
+    Cat,
+    ClockSignal,
+    Elaboratable,
+    Instance,
+    Module,
+    Mux,
+    Shape,
+    Signal,
+    Value,
+    signed,
+    unsigned,
+)
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hwflow.config import HardwarePreset
 from hwflow.errors import UnsupportedError
 from hwflow.hw.dsp import DspChain, unpack_dual
-from hwflow.hw.params import EngineParams
-from hwflow.hw.requant import Requantizer
+from hwflow.hw.hier import Hierarchy, place
+from hwflow.hw.params import DUAL_ACT_MIN, EngineParams
+from hwflow.hw.requant import PER_TOKEN_EXTRA_STAGES, Requantizer
+from hwflow.hw.tools import ROOT
 from hwflow.hw.widen import WeightWidener
 
-__all__ = ["ChainEngine", "MatrixMatrixEngine", "MatrixVectorEngine"]
+#: The hand-written block RAM of the parameter memory.
+RAM_VERILOG = ROOT / "rtl" / "hwflow_sdp_ram.v"
+
+__all__ = [
+    "ChainEngine",
+    "ChainSlice",
+    "DrainColumn",
+    "MatrixMatrixEngine",
+    "MatrixVectorEngine",
+]
 
 
 def _ctl_layout(p: EngineParams) -> data.StructLayout:
@@ -74,173 +121,285 @@ def _ctl_layout(p: EngineParams) -> data.StructLayout:
             "nsel": p.beat_layout["nsel"].shape,
             "paddr": p.beat_layout["paddr"].shape,
         }
+        | {f: p.beat_layout[f].shape for f in ("tmult", "tshift") if p.per_token}
     )
 
 
 def _entry_layout(p: EngineParams) -> data.StructLayout:
-    """One parameter-memory word: the parameters of ``param_chunk`` lanes."""
+    """One parameter-memory word: the parameters of R lanes."""
     return data.StructLayout(
         {name: p.params_layout[name].shape for name in ("mult", "shift", "bias")}
     )
 
 
-def _by_mode(m: Module, nsel: Value, p: EngineParams, pred: dict[int, bool]) -> Signal:
-    """A 1-bit signal that is ``pred[N]`` for the selected N mode (constant per mode)."""
-    out = Signal()
+def _by_mode(
+    m: Module, nsel: Value, p: EngineParams, table: dict[int, int], width: int = 1
+) -> Signal:
+    """A signal that is ``table[N]`` for the selected N mode (0 for an nsel past the modes)."""
+    out = Signal(width)
     with m.Switch(nsel):
         for k, n in enumerate(p.n_modes):
             with m.Case(k):
-                m.d.comb += out.eq(int(pred[n]))
-        with m.Default():  # an nsel past the modes: no reduction point, no segment end
+                m.d.comb += out.eq(int(table[n]))
+        with m.Default():
             m.d.comb += out.eq(0)
     return out
 
 
-class _Datapath(Elaboratable):
-    """The pipeline of :class:`ChainEngine`; every register moves only when not stalled."""
+class ChainSlice(wiring.Component):
+    """One chain of the engine, a leaf module instantiated ``chains`` times.
+
+    Operand stage (weight widening, index mux), the DSP chain(s) (one per token lane, or one
+    per two with ``dual_int8``), the segment-end accumulators (enabled per end by the top:
+    ``acc_en``/``acc_first`` bit e belongs to :attr:`EngineParams.seg_ends` [e]), their
+    deskew, and ``slot[t][s]``: segment s of this chain at the N ``cap_sel`` selects (the
+    difference of two deskewed prefix accumulators; zero past C/N), combinational for the
+    top's capture."""
 
     def __init__(self, p: EngineParams) -> None:
         self.p = p
-        self.beat = Signal(p.beat_layout)
-        self.beat_valid = Signal()
-        self.first = Signal()
-        self.pw = Signal(p.params_layout)  # parameter-memory write
-        self.pw_en = Signal()
-        self.result = Signal(p.result_layout)  # into the output register (comb)
-        self.out_valid = Signal()
+        ends = len(p.seg_ends)
+        super().__init__(
+            {
+                "act": In(p.beat_layout["act"].shape),
+                "wval": In(unsigned(p.chain_length * 8)),
+                "widx": In(unsigned(p.chain_length * p.index_bits)),
+                "wsel": In(p.beat_layout["wsel"].shape),
+                "dense": In(1),
+                "acc_en": In(ends),
+                "acc_first": In(ends),
+                "cap_sel": In(p.beat_layout["nsel"].shape),
+                # one port per (token lane, slot): the top reads each apart
+                "slot": Out(signed(p.acc_bits)).array(p.rows, p.slots),
+            }
+        )
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
         p = self.p
         c_len, mb, lb = p.chain_length, p.m, p.index_bits
-        # control pipeline: ctl[d] describes the beat handed over d + 1 cycles ago
-        ctl = [Signal(_ctl_layout(p), name=f"ctl{d}") for d in range(c_len + 6)]
-        m.d.sync += [
-            ctl[0].valid.eq(self.beat_valid),
-            ctl[0].first.eq(self.first),
-            ctl[0].last.eq(self.beat.last),
-            ctl[0].raw.eq(self.beat.raw),
-            ctl[0].nsel.eq(self.beat.nsel),
-            ctl[0].paddr.eq(self.beat.paddr),
-        ]
-        for d in range(1, len(ctl)):
-            m.d.sync += ctl[d].eq(ctl[d - 1])
-
-        # operand stage: implicit (dense) indices are shared by all chains
-        dense = _by_mode(m, self.beat.nsel, p, {n: n == mb for n in p.n_modes})
+        wid = WeightWidener(slots=c_len, bits=p.weight_bits)
+        m.submodules.widen = wid
+        m.d.comb += [wid.packed.eq(self.wval), wid.sel.eq(self.wsel)]
         groups = p.rows // 2 if p.dual_int8 else p.rows
-        final: list[list[dict[int, Signal]]] = []  # [chain][token] {segment end j: deskewed acc}
-        for c in range(p.chains):
-            wid = WeightWidener(slots=c_len, bits=p.weight_bits)
-            m.submodules[f"widen{c}"] = wid
-            m.d.comb += [wid.packed.eq(self.beat.wval[c]), wid.sel.eq(self.beat.wsel)]
-            dsp = [
-                DspChain(length=c_len, acc_bits=p.acc_bits, dual=p.dual_int8, field=p.dual_field)
-                for _ in range(groups)
-            ]
-            for g, ch in enumerate(dsp):
-                m.submodules[f"chain{c}_{g}"] = ch
-            for i in range(c_len):
-                idx = Mux(dense, i % mb, self.beat.widx[c][i * lb : (i + 1) * lb])
-                w = Signal(signed(8), name=f"w{c}_{i}", reset_less=True)
-                m.d.sync += w.eq(wid.values[i])
-                acts = []
-                for t in range(p.rows):
-                    a = Signal(signed(8), name=f"a{c}_{i}_{t}", reset_less=True)
-                    m.d.sync += a.eq(self.beat.act[t][idx])
-                    acts.append(a)
-                for g, ch in enumerate(dsp):
-                    m.d.comb += ch.b[i].eq(w)
-                    if p.dual_int8:
-                        m.d.comb += [ch.a[i].eq(acts[2 * g]), ch.d[i].eq(acts[2 * g + 1])]
-                    else:
-                        m.d.comb += ch.a[i].eq(acts[g])
-
-            # accumulators of prefix sums at segment ends, then deskew to the chain's end
-            per_token: list[dict[int, Signal]] = [{} for _ in range(p.rows)]
-            for j in p.seg_ends:
-                cj = ctl[3 + j]
-                end = _by_mode(m, cj.nsel, p, {n: (j + 1) % n == 0 for n in p.n_modes})
-                sums: list[tuple[int, Value]] = []
-                for g, ch in enumerate(dsp):
-                    if p.dual_int8:
-                        hi, lo = unpack_dual(ch.p[j], p.dual_field)
-                        sums += [(2 * g, hi), (2 * g + 1, lo)]
-                    else:
-                        sums.append((g, ch.p[j]))
-                for t, s in sums:
-                    acc = Signal(signed(p.acc_bits), name=f"acc{c}_{t}_{j}", reset_less=True)
-                    with m.If(cj.valid & end):
-                        m.d.sync += acc.eq(Mux(cj.first, 0, acc) + s)
-                    for k in range(c_len - 1 - j):
-                        nxt = Signal(
-                            signed(p.acc_bits), name=f"dsk{c}_{t}_{j}_{k}", reset_less=True
-                        )
-                        m.d.sync += nxt.eq(acc)
-                        acc = nxt
-                    per_token[t][j] = acc
-            final.append(per_token)
-
-        # requantization parameter memory: one bank per chunk of lanes, read one cycle before
-        # the results reach the requantizer
-        banks = []
-        for k in range(p.param_chunks):
-            mem = Memory(shape=_entry_layout(p), depth=p.param_depth, init=[])
-            m.submodules[f"params{k}"] = mem
-            wp = mem.write_port()
-            rp = mem.read_port()
-            m.d.comb += [
-                wp.addr.eq(self.pw.addr),
-                wp.data.mult.eq(self.pw.mult),
-                wp.data.shift.eq(self.pw.shift),
-                wp.data.bias.eq(self.pw.bias),
-                wp.en.eq(self.pw_en & (self.pw.chunk == k)),
-                rp.addr.eq(ctl[2 + c_len].paddr),
-            ]
-            banks.append(rp.data)
-
-        # lane compaction and requantization
-        cq, co = ctl[3 + c_len], ctl[5 + c_len]
-        for t in range(p.rows):
-            for lane in range(p.lanes):
-                rq = Requantizer(acc_bits=p.acc_bits)
-                m.submodules[f"rq{t}_{lane}"] = rq
-                with m.Switch(cq.nsel):
-                    for k, n in enumerate(p.n_modes):
-                        per = c_len // n
-                        if lane < p.chains * per:
-                            c, s = divmod(lane, per)
-                            end = final[c][t][s * n + n - 1]
-                            # reduction point: segment = prefix(end) - prefix(previous end)
-                            seg = end - final[c][t][s * n - 1] if s else end
-                            with m.Case(k):
-                                m.d.comb += rq.acc.eq(seg)
-                    with m.Default():  # lanes past chains*C/N carry zero
-                        m.d.comb += rq.acc.eq(0)
-                word, at = banks[lane // p.param_chunk], lane % p.param_chunk
-                m.d.comb += [
-                    rq.bias.eq(word.bias[at]),
-                    rq.mult.eq(word.mult[at]),
-                    rq.shift.eq(word.shift[at]),
-                    rq.raw.eq(cq.raw),
-                ]
-                if t == 0:
-                    m.d.comb += self.result.acc[lane].eq(rq.out)
-                else:  # INT8 only; a raw op has one token
-                    m.d.comb += self.result.data[t - 1][lane].eq(Mux(co.raw, 0, rq.out[:8]))
-        m.d.comb += [
-            self.result.raw.eq(co.raw),
-            self.out_valid.eq(co.valid & co.last),
+        dsp = [
+            DspChain(length=c_len, acc_bits=p.acc_bits, dual=p.dual_int8, field=p.dual_field)
+            for _ in range(groups)
         ]
+        for g, ch in enumerate(dsp):
+            m.submodules[f"dsp{g}"] = ch
+        for i in range(c_len):
+            idx = Mux(self.dense, i % mb, self.widx[i * lb : (i + 1) * lb])
+            w = Signal(signed(8), name=f"w{i}", reset_less=True)
+            m.d.sync += w.eq(wid.values[i])
+            acts = []
+            for t in range(p.rows):
+                a = Signal(signed(8), name=f"a{i}_{t}", reset_less=True)
+                m.d.sync += a.eq(self.act[t][idx])
+                acts.append(a)
+            for g, ch in enumerate(dsp):
+                m.d.comb += ch.b[i].eq(w)
+                if p.dual_int8:
+                    m.d.comb += [ch.a[i].eq(acts[2 * g]), ch.d[i].eq(acts[2 * g + 1])]
+                else:
+                    m.d.comb += ch.a[i].eq(acts[g])
+
+        # accumulators of prefix sums at segment ends, then deskew to the chain's end
+        final: list[dict[int, Signal]] = [{} for _ in range(p.rows)]
+        for e, j in enumerate(p.seg_ends):
+            sums: list[tuple[int, Value]] = []
+            for g, ch in enumerate(dsp):
+                if p.dual_int8:
+                    hi, lo = unpack_dual(ch.p[j], p.dual_field)
+                    sums += [(2 * g, hi), (2 * g + 1, lo)]
+                else:
+                    sums.append((g, ch.p[j]))
+            for t, val in sums:
+                acc = Signal(signed(p.acc_bits), name=f"acc{t}_{j}", reset_less=True)
+                with m.If(self.acc_en[e]):
+                    m.d.sync += acc.eq(Mux(self.acc_first[e], 0, acc) + val)
+                for k in range(c_len - 1 - j):
+                    nxt = Signal(signed(p.acc_bits), name=f"dsk{t}_{j}_{k}", reset_less=True)
+                    m.d.sync += nxt.eq(acc)
+                    acc = nxt
+                final[t][j] = acc
+
+        # segment s at the capture's N: prefix(end) - prefix(previous end)
+        for t in range(p.rows):
+            for s in range(p.slots):
+                with m.Switch(self.cap_sel):
+                    for k, n in enumerate(p.n_modes):
+                        if s < c_len // n:
+                            end = final[t][s * n + n - 1]
+                            seg = end - final[t][s * n - 1] if s else end
+                            with m.Case(k):
+                                m.d.comb += self.slot[t][s].eq(seg)
+                    with m.Default():
+                        m.d.comb += self.slot[t][s].eq(0)
         return m
+
+
+class DrainColumn(wiring.Component):
+    """One column of the output buffer: ``depth`` registers loaded all at once (``load``) and
+    shifted toward ``head`` one per cycle (``shift``); a leaf module, instantiated once per
+    requantizer and token lane."""
+
+    def __init__(self, *, depth: int, width: int) -> None:
+        self.depth, self.width = depth, width
+        super().__init__(
+            {
+                "value": In(signed(width)).array(depth),
+                "load": In(1),
+                "shift": In(1),
+                "head": Out(signed(width)),
+            }
+        )
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        regs = [
+            Signal(signed(self.width), name=f"q{i}", reset_less=True) for i in range(self.depth)
+        ]
+        with m.If(self.load):
+            m.d.sync += [r.eq(v) for r, v in zip(regs, self.value, strict=True)]
+        with m.Elif(self.shift):
+            m.d.sync += [regs[i].eq(regs[i + 1]) for i in range(self.depth - 1)]
+        m.d.comb += self.head.eq(regs[0])
+        return m
+
+
+class _ParamRam(Elaboratable):
+    """The requantization parameter memory: one write port, one synchronous read port
+    (read-before-write). With a hierarchy it is the hand-written ``rtl/hwflow_sdp_ram.v``
+    (Amaranth spends seconds per Mbit emitting a Memory's initial contents); in Amaranth's
+    simulator an :class:`amaranth.lib.memory.Memory` with the same behaviour."""
+
+    def __init__(self, p: EngineParams, hier: Hierarchy | None) -> None:
+        self.hier = hier
+        self.depth = p.param_depth * p.param_chunks
+        self.layout = _entry_layout(p)
+        abits = Shape.cast(range(self.depth)).width
+        self.waddr, self.raddr = Signal(abits), Signal(abits)
+        self.wdata, self.rdata = Signal(self.layout), Signal(self.layout)
+        self.we = Signal()
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        if self.hier is None:
+            mem = Memory(shape=self.layout, depth=self.depth, init=[])
+            m.submodules.mem = mem
+            wp, rp = mem.write_port(), mem.read_port()
+            m.d.comb += [
+                wp.addr.eq(self.waddr),
+                wp.data.eq(self.wdata),
+                wp.en.eq(self.we),
+                rp.addr.eq(self.raddr),
+                self.rdata.eq(rp.data),
+            ]
+            return m
+        self.hier.verbatim("hwflow_sdp_ram", RAM_VERILOG)
+        m.submodules.ram = Instance(
+            "hwflow_sdp_ram",
+            p_WIDTH=Shape.cast(self.layout).width,
+            p_DEPTH=self.depth,
+            p_AW=len(self.waddr),
+            i_clk=ClockSignal("sync"),
+            i_we=self.we,
+            i_waddr=self.waddr,
+            i_wdata=self.wdata,
+            i_raddr=self.raddr,
+            o_rdata=self.rdata,
+        )
+        return m
+
+
+class _Issue(Elaboratable):
+    """The input's acceptance: drain spacing and output credits (see the module docstring)."""
+
+    def __init__(self, p: EngineParams) -> None:
+        self.p = p
+        self.valid = Signal()
+        self.last = Signal()
+        self.nsel = Signal(p.beat_layout["nsel"].shape)
+        self.ready = Signal()
+        self.first = Signal()  # the offered beat starts a row group
+        self.word_out = Signal()  # a drain word left the output FIFO
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        p = self.p
+        dmax = p.drain_max
+        width = Shape.cast(range(p.fifo_depth + 1)).width
+        d_in = _by_mode(m, self.nsel, p, {n: p.drain_cycles(n) for n in p.n_modes}, width)
+        after_last = Signal(init=1)
+        bcount = Signal(range(dmax + 1))  # beats of the current group so far (saturating)
+        pad = Signal(range(dmax + 1))  # cycles the input still waits for the drain
+        hold = Signal(range(dmax + 1))  # cycles until a group may end (capture) again
+        credits = Signal(range(p.fifo_depth + 1), init=p.fifo_depth)
+        b_now = Mux(after_last, 1, Mux(bcount == dmax, dmax, bcount + 1))
+        m.d.comb += [
+            self.first.eq(after_last),
+            self.ready.eq((pad == 0) & (~self.last | ((hold == 0) & (credits >= d_in)))),
+        ]
+        take = self.valid & self.ready
+        ends = take & self.last
+        with m.If(take):
+            m.d.sync += [after_last.eq(self.last), bcount.eq(b_now)]
+        with m.If(ends):
+            m.d.sync += [pad.eq(Mux(d_in > b_now, d_in - b_now, 0)), hold.eq(d_in - 1)]
+        with m.Else():
+            with m.If(pad != 0):
+                m.d.sync += pad.eq(pad - 1)
+            with m.If(hold != 0):
+                m.d.sync += hold.eq(hold - 1)
+        m.d.sync += credits.eq(credits - Mux(ends, d_in, 0) + self.word_out)
+        return m
+
+
+class _Beat:
+    """The beat's fields as separate signals (``wval``/``widx`` one per chain)."""
+
+    def __init__(self, p: EngineParams) -> None:
+        lay = p.beat_layout
+        self.act = Signal(lay["act"].shape, name="b_act")
+        self.wval = [
+            Signal(lay["wval"].shape.elem_shape, name=f"b_wval{c}") for c in range(p.chains)
+        ]
+        self.widx = [
+            Signal(lay["widx"].shape.elem_shape, name=f"b_widx{c}") for c in range(p.chains)
+        ]
+        for name in ("nsel", "wsel", "last", "raw", "paddr", "tmult", "tshift"):
+            if name in {n for n, _ in lay}:
+                setattr(self, name, Signal(lay[name].shape, name=f"b_{name}"))
+
+
+def _unpack_beat(m: Module, p: EngineParams, payload: data.View) -> _Beat:
+    """Split the (wide) beat payload into its fields in one assignment: every reference to
+    a signal costs Amaranth's netlist builder time in proportion to its width, so a
+    50,000-bit payload sliced once per chain would cost chains x width."""
+    b = _Beat(p)
+    parts = {"act": [b.act], "wval": b.wval, "widx": b.widx}
+    lhs, at = [], 0
+    for name, fld in p.beat_layout:
+        assert fld.offset == at, name  # fields are packed in declaration order
+        lhs += parts.get(name, [getattr(b, name)])
+        at += Shape.cast(fld.shape).width
+    m.d.comb += Cat(*lhs).eq(payload.as_value())
+    return b
 
 
 class ChainEngine(wiring.Component):
     """A DSP-chain engine with valid/ready streams ``i`` (beats), ``p`` (requantization
-    parameters) and ``o`` (results); see the module docstring for timing and layouts."""
+    parameters) and ``o`` (drain words); see the module docstring for timing and layouts.
 
-    def __init__(self, params: EngineParams) -> None:
-        self.params = params
+    ``hier`` (a :class:`~hwflow.hw.hier.Hierarchy`) turns the leaves into Instances of
+    modules named ``<prefix>_slice``, ``<prefix>_drain``, ``<prefix>_rq`` (Verilog output);
+    without it they are plain submodules (Amaranth's simulator)."""
+
+    def __init__(
+        self, params: EngineParams, hier: Hierarchy | None = None, prefix: str = "hwflow"
+    ) -> None:
+        self.params, self.hier, self.prefix = params, hier, prefix
         try:
             params.check_ports()
         except UnsupportedError:
@@ -256,44 +415,197 @@ class ChainEngine(wiring.Component):
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
-        dp = _Datapath(self.params)
-        stall = Signal()
-        # output register (the requantizer's third stage), outside the stalled pipeline so
-        # that a result handed over leaves it even while the pipeline waits for `p`
-        obuf_valid = Signal()
-        obuf = Signal(self.params.result_layout, reset_less=True)
+        p, hier, pre = self.params, self.hier, self.prefix
+        c_len, r_n = p.chain_length, p.requantizers
+        beat = _unpack_beat(m, p, self.i.payload)
+
+        # issue: the only place that ever says "wait"
+        m.submodules.issue = issue = _Issue(p)
+        take = self.i.valid & self.i.ready
         m.d.comb += [
-            stall.eq(dp.out_valid & obuf_valid & ~self.o.ready),
-            self.i.ready.eq(~stall),
-            self.p.ready.eq(~stall),
-            self.o.valid.eq(obuf_valid),
-            self.o.payload.eq(obuf),
-            dp.beat.eq(self.i.payload),
-            dp.beat_valid.eq(self.i.valid),
-            dp.pw.eq(self.p.payload),
-            dp.pw_en.eq(self.p.valid),
+            issue.valid.eq(self.i.valid),
+            issue.last.eq(beat.last),
+            issue.nsel.eq(beat.nsel),
+            self.i.ready.eq(issue.ready),
+            issue.word_out.eq(self.o.valid & self.o.ready),
         ]
-        # the first beat of a row group is the one after a `last` beat
-        after_last = Signal(init=1)
-        m.d.comb += dp.first.eq(after_last)
-        with m.If(self.i.valid & ~stall):
-            m.d.sync += after_last.eq(self.i.payload.last)
-        with m.If(dp.out_valid & ~stall):
-            m.d.sync += [obuf.eq(dp.result), obuf_valid.eq(1)]
-        with m.Elif(self.o.ready):
-            m.d.sync += obuf_valid.eq(0)
-        m.submodules.dp = EnableInserter(~stall)(dp)
+
+        # control pipeline: ctl[d] describes the beat handed over d + 1 cycles ago
+        ctl = [Signal(_ctl_layout(p), name=f"ctl{d}") for d in range(c_len + 4)]
+        m.d.sync += [
+            ctl[0].valid.eq(take),
+            ctl[0].first.eq(issue.first),
+            ctl[0].last.eq(beat.last),
+            ctl[0].raw.eq(beat.raw),
+            ctl[0].nsel.eq(beat.nsel),
+            ctl[0].paddr.eq(beat.paddr),
+        ]
+        if p.per_token:
+            m.d.sync += [ctl[0].tmult.eq(beat.tmult), ctl[0].tshift.eq(beat.tshift)]
+        for d in range(1, len(ctl)):
+            m.d.sync += ctl[d].eq(ctl[d - 1])
+
+        # per segment end j: accumulate when the beat at stage j ends a segment at its N
+        ends = len(p.seg_ends)
+        acc_en, acc_first = Signal(ends), Signal(ends)
+        for e, j in enumerate(p.seg_ends):
+            cj = ctl[3 + j]
+            end = _by_mode(m, cj.nsel, p, {n: (j + 1) % n == 0 for n in p.n_modes})
+            m.d.comb += [acc_en[e].eq(cj.valid & end), acc_first[e].eq(cj.first)]
+        cq = ctl[3 + c_len]  # the beat whose deskewed accumulators are complete now
+        cap = Signal()
+        m.d.comb += cap.eq(cq.valid & cq.last)
+
+        # activations (clamped for the dual-INT8 pre-adder), dense flag: shared by all chains
+        act = Signal(p.beat_layout["act"].shape)
+        for t in range(p.rows):
+            for i in range(p.m):
+                a = beat.act[t][i]
+                m.d.comb += act[t][i].eq(
+                    Mux(a < DUAL_ACT_MIN, DUAL_ACT_MIN, a) if p.dual_int8 else a
+                )
+        dense = _by_mode(m, beat.nsel, p, {n: n == p.m for n in p.n_modes})
+        slices = []
+        for c in range(p.chains):
+            sl = place(m, hier, f"chain{c}", f"{pre}_slice", lambda: ChainSlice(p))
+            m.d.comb += [
+                sl.act.eq(act),
+                sl.wval.eq(beat.wval[c]),
+                sl.widx.eq(beat.widx[c]),
+                sl.wsel.eq(beat.wsel),
+                sl.dense.eq(dense),
+                sl.acc_en.eq(acc_en),
+                sl.acc_first.eq(acc_first),
+                sl.cap_sel.eq(cq.nsel),
+            ]
+            slices.append(sl)
+
+        # drain sequencer: step (tok, k) drains lanes k*R .. k*R+R-1 of token lane tok
+        depth = p.lanes // r_n
+        active = Signal()
+        tok = Signal(range(max(2, p.rows)))
+        k = Signal(range(max(2, depth)))
+        kmask = Signal(range(max(2, depth)))
+        paddr = Signal(p.beat_layout["paddr"].shape)
+        raw = Signal()
+        tmult = Signal(p.beat_layout["tmult"].shape) if p.per_token else None
+        tshift = Signal(p.beat_layout["tshift"].shape) if p.per_token else None
+        wrap = k == kmask
+        step_last = wrap & (tok == p.rows - 1)
+        k_next = Mux(wrap, 0, k + 1)
+        kmax = {n: p.rows_per_beat(n) // r_n - 1 for n in p.n_modes}
+        with m.If(cap):
+            m.d.sync += [
+                active.eq(1),
+                tok.eq(0),
+                k.eq(0),
+                kmask.eq(_by_mode(m, cq.nsel, p, kmax, len(kmask))),
+                paddr.eq(cq.paddr),
+                raw.eq(cq.raw),
+            ]
+            if p.per_token:
+                m.d.sync += [tmult.eq(cq.tmult), tshift.eq(cq.tshift)]
+        with m.Elif(active):
+            m.d.sync += k.eq(k_next)
+            with m.If(wrap):
+                m.d.sync += tok.eq(tok + 1)
+            with m.If(step_last):
+                m.d.sync += active.eq(0)
+
+        # output buffer: column (t, r) position q holds lane q*R + r of token lane t
+        heads = []
+        for t in range(p.rows):
+            row = []
+            for r in range(r_n):
+                col = place(
+                    m,
+                    hier,
+                    f"drain{t}_{r}",
+                    f"{pre}_drain",
+                    lambda: DrainColumn(depth=depth, width=p.acc_bits),
+                )
+                for q in range(depth):
+                    s, c = divmod(q * r_n + r, p.chains)
+                    m.d.comb += col.value[q].eq(slices[c].slot[t][s])
+                m.d.comb += [col.load.eq(cap), col.shift.eq(active & (tok == t))]
+                row.append(col.head)
+            heads.append(row)
+
+        # parameter memory: word (entry, chunk) at entry * chunks + chunk, read one cycle
+        # before its drain step
+        pw = self.p.payload
+        ram = _ParamRam(p, hier)
+        m.submodules.params = ram
+        m.d.comb += [
+            self.p.ready.eq(1),
+            ram.waddr.eq(pw.addr * p.param_chunks + pw.chunk),
+            ram.wdata.mult.eq(pw.mult),
+            ram.wdata.shift.eq(pw.shift),
+            ram.wdata.bias.eq(pw.bias),
+            ram.we.eq(self.p.valid),
+            ram.raddr.eq(Mux(cap, cq.paddr * p.param_chunks, paddr * p.param_chunks + k_next)),
+        ]
+        # the read word split into per-lane signals in one assignment (see _unpack_beat)
+        lanes = {
+            f: [Signal(_entry_layout(p)[f].shape.elem_shape, name=f"rd_{f}{r}") for r in range(r_n)]
+            for f in ("mult", "shift", "bias")
+        }
+        m.d.comb += Cat(*lanes["mult"], *lanes["shift"], *lanes["bias"]).eq(ram.rdata)
+
+        # requantizers, then the output FIFO
+        fifo = SyncFIFOBuffered(width=Shape.cast(p.result_layout).width, depth=p.fifo_depth)
+        m.submodules.fifo = fifo
+        word = Signal(p.result_layout)
+        for r in range(r_n):
+            rq = place(
+                m,
+                hier,
+                f"rq{r}",
+                f"{pre}_rq",
+                lambda: Requantizer(acc_bits=p.acc_bits, per_token=p.per_token),
+            )
+            if p.per_token:
+                m.d.comb += [rq.mult_t.eq(tmult[tok]), rq.shift_t.eq(tshift[tok])]
+            head = heads[0][r]
+            for t in range(1, p.rows):
+                head = Mux(tok == t, heads[t][r], head)
+            m.d.comb += [
+                rq.acc.eq(head),
+                rq.bias.eq(lanes["bias"][r]),
+                rq.mult.eq(lanes["mult"][r]),
+                rq.shift.eq(lanes["shift"][r]),
+                rq.raw.eq(raw),
+                word.data[r].eq(rq.out),
+            ]
+        # valid, last and raw of each step, delayed through the requantizer's stages
+        depth_rq = 2 + (PER_TOKEN_EXTRA_STAGES if p.per_token else 0)
+        v_d, l_d, raw_d = active, step_last, raw
+        for i in range(depth_rq):
+            nv, nl, nr = Signal(name=f"v{i}"), Signal(name=f"l{i}"), Signal(name=f"w{i}")
+            m.d.sync += [nv.eq(v_d), nl.eq(l_d), nr.eq(raw_d)]
+            v_d, l_d, raw_d = nv, nl, nr
+        m.d.comb += [
+            word.last.eq(l_d),
+            word.raw.eq(raw_d),
+            fifo.w_data.eq(word),
+            fifo.w_en.eq(v_d),
+            self.o.valid.eq(fifo.r_rdy),
+            self.o.payload.eq(fifo.r_data),
+            fifo.r_en.eq(self.o.ready),
+        ]
         return m
 
 
 class MatrixVectorEngine(ChainEngine):
     """The decode engine: one token lane (``hw.mv``)."""
 
-    def __init__(self, params: EngineParams) -> None:
+    def __init__(
+        self, params: EngineParams, hier: Hierarchy | None = None, prefix: str = "hwflow"
+    ) -> None:
         if params.kind != "mv" or params.rows != 1:
             self._MustUse__silence = True  # never elaborated: no unused warning
             raise UnsupportedError(f"MatrixVectorEngine needs mv params, got {params.kind!r}")
-        super().__init__(params)
+        super().__init__(params, hier, prefix)
 
     @classmethod
     def from_preset(cls, hw: HardwarePreset, chains: int | None = None) -> MatrixVectorEngine:
@@ -303,11 +615,13 @@ class MatrixVectorEngine(ChainEngine):
 class MatrixMatrixEngine(ChainEngine):
     """The prefill engine: ``hw.mpe.rows`` token lanes share each weight beat."""
 
-    def __init__(self, params: EngineParams) -> None:
+    def __init__(
+        self, params: EngineParams, hier: Hierarchy | None = None, prefix: str = "hwflow"
+    ) -> None:
         if params.kind != "mpe":
             self._MustUse__silence = True  # never elaborated: no unused warning
             raise UnsupportedError(f"MatrixMatrixEngine needs mpe params, got {params.kind!r}")
-        super().__init__(params)
+        super().__init__(params, hier, prefix)
 
     @classmethod
     def from_preset(cls, hw: HardwarePreset, chains: int | None = None) -> MatrixMatrixEngine:

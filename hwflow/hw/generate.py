@@ -1,5 +1,9 @@
 """Verilog generation (``hwflow rtl``): the engines of a preset, a manifest, and a lint check.
 
+The Verilog is hierarchical (:mod:`hwflow.hw.hier`): each engine's file holds its distinct
+leaf modules once (chain slice, output-buffer column, requantizer) and the top, which
+instantiates them; the manifest lists each module with its instance count.
+
 Files are rewritten only when their text changes, so Verilator builds keyed by the Verilog's
 hash (and make's timestamps) stay warm. The manifest (``manifest.json``) records, per engine,
 the parameters (:meth:`EngineParams.describe`), every port with its direction and width, the
@@ -13,6 +17,7 @@ import hashlib
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +28,7 @@ from amaranth.lib import data, wiring
 from hwflow.config import HardwarePreset
 from hwflow.errors import HwflowError
 from hwflow.hw.engine import ChainEngine, MatrixMatrixEngine, MatrixVectorEngine
+from hwflow.hw.hier import Hierarchy
 from hwflow.hw.params import EngineParams
 from hwflow.hw.tools import ROOT, ensure_verilator_on_path
 
@@ -31,6 +37,7 @@ __all__ = [
     "LINT_WAIVERS",
     "build_engine",
     "describe_layout",
+    "engine_design",
     "engine_ports",
     "engine_verilog",
     "lint",
@@ -50,14 +57,26 @@ def module_name(p: EngineParams) -> str:
     return f"hwflow_{base}_{p.kind}"
 
 
-def build_engine(p: EngineParams) -> ChainEngine:
-    return MatrixVectorEngine(p) if p.kind == "mv" else MatrixMatrixEngine(p)
+def build_engine(
+    p: EngineParams, hier: Hierarchy | None = None, prefix: str = "hwflow"
+) -> ChainEngine:
+    cls = MatrixVectorEngine if p.kind == "mv" else MatrixMatrixEngine
+    return cls(p, hier, prefix)
+
+
+def engine_design(p: EngineParams, name: str | None = None) -> tuple[str, ChainEngine, Hierarchy]:
+    """The hierarchical Verilog of one engine (top module ``name``, default
+    :func:`module_name`; leaves ``<name>_slice`` ...), the engine and its hierarchy."""
+    name = name or module_name(p)
+    hier = Hierarchy()
+    eng = build_engine(p, hier, prefix=name)
+    top = verilog.convert(eng, name=name, emit_src=False)
+    return hier.verilog() + top, eng, hier
 
 
 def engine_verilog(p: EngineParams, name: str | None = None) -> str:
-    """The Verilog text of one engine (top module ``name``, default :func:`module_name`)."""
-    eng = build_engine(p)
-    return verilog.convert(eng, name=name or module_name(p), emit_src=False)
+    """The Verilog text of one engine: its leaf modules, then the top module ``name``."""
+    return engine_design(p, name)[0]
 
 
 def engine_ports(eng: wiring.Component) -> list[dict[str, Any]]:
@@ -118,17 +137,21 @@ def write_rtl(
     engines: dict[str, Any] = {}
     for kind in kinds:
         p = EngineParams.from_preset(hw, kind, chains)
-        eng = build_engine(p)
         name = module_name(p)
         if p.chains != getattr(hw, kind).chains:
             name += f"_c{p.chains}"
-        text = verilog.convert(eng, name=name, emit_src=False)
+        t0 = time.perf_counter()
+        text, eng, hier = engine_design(p, name)
+        seconds = time.perf_counter() - t0
         path = out / f"{name}.v"
         write_if_changed(path, text)
         engines[kind] = {
             "module": name,
             "file": path.name,
             "sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "verilog_lines": text.count("\n"),
+            "generate_seconds": round(seconds, 2),
+            "modules": {"top": name, "leaves": hier.counts()},
             "params": p.describe(),
             "ports": engine_ports(eng),
             "payloads": {
@@ -138,8 +161,10 @@ def write_rtl(
             },
             "timing": {
                 "latency": p.latency,
-                "note": "an op of B beats: first beat to last result B + latency cycles "
-                "(inclusive); one beat per cycle; results of a row group leave together",
+                "drain_cycles": {str(n): p.drain_cycles(n) for n in p.n_modes},
+                "note": "a row group's first drain word leaves latency cycles after its last "
+                "beat (inclusive), its D = drain_cycles[N] words on consecutive cycles; a "
+                "result occupies the input for max(K/M, D) cycles (hwflow.costs.matmul_cost)",
             },
         }
     manifest = {"preset": hw.name, "preset_digest": hw.digest, "engines": engines}

@@ -13,15 +13,21 @@ Port layouts (see :mod:`hwflow.hw.engine` for the timing):
   for dense ops, whose indices are implicit); ``nsel`` indexes :attr:`EngineParams.n_modes`,
   ``wsel`` indexes :attr:`EngineParams.weight_bits`; ``last`` marks a row group's last block;
   ``raw`` asks for accumulators instead of requantized INT8.
-* ``params`` (input stream ``p``): writes into the requantization parameter memory: one
-  ``param_chunk`` of lanes (15-bit unsigned multiplier, shift 0..47, INT32 bias per lane) at
-  entry ``addr``. A beat's ``paddr`` (read with its row group's ``last`` beat) names the entry
-  its results are requantized with; raw results read none. The memory has ``param_depth``
-  entries, sized from the preset's parameter buffer; loading it is the driver's (the
-  compiler's) job, ahead of use, like any on-chip buffer.
-* ``result`` (output stream ``o``): per output lane an accumulator-wide signed value for token
-  lane 0 (the INT8 result sign-extended, or the raw accumulator) and INT8 results for token
-  lanes 1.. (zero for raw ops, which carry one token: the LM head).
+* ``params`` (input stream ``p``): writes into the requantization parameter memory: one word
+  of ``requantizers`` (R) lanes (15-bit unsigned multiplier, shift 0..47, INT32 bias per lane)
+  at entry ``addr``, lane chunk ``chunk`` (lanes ``chunk*R .. chunk*R + R-1``). A beat's
+  ``paddr`` (read with its row group's ``last`` beat) names the entry its results are
+  requantized with; raw results read none. The memory has ``param_depth`` entries, sized from
+  the preset's parameter buffer; loading it is the driver's (the compiler's) job, ahead of
+  use, like any on-chip buffer.
+* ``result`` (output stream ``o``): one *drain word*: R accumulator-wide signed values (the
+  INT8 results sign-extended, or raw accumulators), ``last`` on a row group's final word,
+  ``raw``. A row group at N leaves as :meth:`EngineParams.drain_cycles` words, token lane by
+  token lane, R consecutive lanes per word (:meth:`EngineParams.drain_order`).
+
+Row ``l`` of a row group at N (its *lane*) is segment ``l // chains`` of chain
+``l % chains`` (segment-major), so at every N a chain's segments fill the same output-buffer
+slots and no result crosses chains on its way out.
 """
 
 from __future__ import annotations
@@ -30,20 +36,30 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+import numpy as np
 from amaranth.hdl import Shape, signed, unsigned
 from amaranth.lib import data
 
 from hwflow.config import HardwarePreset
 from hwflow.costs import chain_latency
 from hwflow.errors import UnsupportedError
+from hwflow.hw.requant import PER_TOKEN_EXTRA_STAGES
 from hwflow.numerics import REQ_MULT_BITS, REQ_SHIFT_MAX
 
-__all__ = ["ACC_BITS", "EngineParams"]
+__all__ = ["ACC_BITS", "DUAL_ACT_MIN", "EngineParams", "dual_act_clamp"]
 
 #: Accumulator (P register) width of each DSP kind: DSP48E2 48 bits, DSP58 58 bits.
 ACC_BITS = {"DSP48E2": 48, "DSP58": 58}
 #: Width of the DSP's A port: the two-products-per-DSP packing must fit in it (WP486).
 _A_PORT_BITS = 27
+#: Smallest activation a dual-INT8 engine multiplies (the engine clamps -128 to it on entry).
+#: The DSP48E2 pre-adder computes ``AD = (a << F) + d`` in 27 bits (UG579, DSP48E2 pre-adder:
+#: 27-bit AD into the 27 x 18 multiplier). With F = :attr:`EngineParams.dual_field` = 19 (a
+#: 16-stage chain), ``-128 << 19`` is already -2**26, the most negative 27-bit value, and any
+#: negative d overflows it; ``-127 << 19`` leaves 2**19 of room for every d in -128..127, so
+#: with a >= -127 the operand is exact in 27 bits (8 + F <= 27). The numerics contract's
+#: symmetric INT8 activations (-127..127) pass unchanged.
+DUAL_ACT_MIN = -127
 #: Largest |activation x weight| product: INT8 activations, weights in -127..127 (the
 #: numerics contract never produces -128).
 _MAX_PRODUCT = 128 * 127
@@ -51,6 +67,11 @@ _MAX_PRODUCT = 128 * 127
 _MAX_PARAM_DEPTH = 512
 #: Widest signal Amaranth 0.5 emits (its netlist numbers a cell's output bits in 16 bits).
 _MAX_SIGNAL_BITS = (1 << 16) - 1
+
+
+def dual_act_clamp(x: np.ndarray) -> np.ndarray:
+    """Activations as a dual-INT8 engine multiplies them: -128 becomes ``DUAL_ACT_MIN``."""
+    return np.maximum(np.asarray(x), DUAL_ACT_MIN).astype(np.int8)
 
 
 def _sel_bits(options: int) -> int:
@@ -71,7 +92,11 @@ class EngineParams:
     n_modes: tuple[int, ...]
     weight_bits: tuple[int, ...]
     dsp_kind: Literal["DSP48E2", "DSP58"]
+    requantizers: int  #: R: requantizers shared by the output lanes (values drained per cycle)
     param_depth: int = 64  #: row-group entries of the requantization parameter memory
+    #: the per-token (dynamic activation scale) requantizer: each beat carries a multiplier
+    #: and shift per token lane (``tmult``, ``tshift``), applied after the per-row ones
+    per_token: bool = False
 
     def __post_init__(self) -> None:
         c = self.chain_length
@@ -84,6 +109,16 @@ class EngineParams:
             raise UnsupportedError(f"N modes {bad} must divide chain_length {c} and be <= M")
         if self.param_depth < 2 or self.param_depth & (self.param_depth - 1):
             raise UnsupportedError(f"param_depth {self.param_depth!r} must be a power of two >= 2")
+        if self.requantizers < 1 or self.requantizers & (self.requantizers - 1):
+            raise UnsupportedError(
+                f"requantizers = {self.requantizers!r} must be a power of two (a drain word is "
+                "an aligned run of lanes)"
+            )
+        if self.chains % self.requantizers:
+            raise UnsupportedError(
+                f"requantizers = {self.requantizers!r} must divide chains = {self.chains!r} "
+                "(every row group is a whole number of drain words)"
+            )
         if self.dual_int8 and self.rows % 2:
             raise UnsupportedError(f"dual_int8 needs an even number of rows, got {self.rows!r}")
         if self.dual_int8 and 8 + self.dual_field > _A_PORT_BITS:
@@ -124,12 +159,13 @@ class EngineParams:
             n_modes=tuple(sorted(modes)),
             weight_bits=tuple(sorted(hw.weight_bits)),
             dsp_kind=hw.board.dsp_kind,
+            requantizers=min(eng.requantizers, n_chains),
             param_depth=depth,
         )
 
     def with_chains(self, chains: int) -> EngineParams:
         """The same engine with ``chains`` chains (a synthesis or simulation slice)."""
-        return replace(self, chains=chains)
+        return replace(self, chains=chains, requantizers=min(self.requantizers, chains))
 
     # ---------------------------------------------------------------------------------------
     # derived sizes
@@ -146,7 +182,9 @@ class EngineParams:
     def dual_field(self) -> int:
         """Bit offset of the upper token in a dual-INT8 DSP product (WP486 packing): wide enough
         for the signed sum of the lower-token products along the whole chain (the cascade
-        carries prefix sums over all C stages)."""
+        carries prefix sums over all C stages): C x 128 x 127 must lie in -2**(F-1) ..
+        2**(F-1) - 1, one guard bit above the sum's magnitude bits; C = 16 gives F = 19, and
+        ``8 + F`` = 27 bits of pre-adder operand (:data:`DUAL_ACT_MIN`)."""
         return (self.chain_length * _MAX_PRODUCT).bit_length() + 1
 
     @property
@@ -155,13 +193,42 @@ class EngineParams:
         return self.chains * self.chain_length // min(self.n_modes)
 
     @property
+    def slots(self) -> int:
+        """Output-buffer slots per chain and token: segments of a chain at the smallest N."""
+        return self.chain_length // min(self.n_modes)
+
+    @property
     def param_chunk(self) -> int:
-        """Lanes written by one ``p`` beat (the parameter port stays narrow on big engines)."""
-        return math.gcd(self.lanes, 16)
+        """Lanes of one parameter-memory word (one ``p`` beat): the requantizer count R."""
+        return self.requantizers
 
     @property
     def param_chunks(self) -> int:
-        return self.lanes // self.param_chunk
+        """Parameter-memory words per entry (lane chunks of R)."""
+        return self.lanes // self.requantizers
+
+    def drain_cycles(self, n: int) -> int:
+        """Output words of a row group at N: ``rows`` token lanes x ``chains*C/N`` lanes / R
+        (:func:`hwflow.costs.drain_cycles` of the preset's engine)."""
+        return self.rows * self.rows_per_beat(n) // self.requantizers
+
+    @property
+    def drain_max(self) -> int:
+        return self.drain_cycles(min(self.n_modes))
+
+    def drain_order(self, n: int) -> list[tuple[int, int]]:
+        """(token lane, first lane) of each drain word of a row group at N, in output order."""
+        r = self.requantizers
+        return [(t, k * r) for t in range(self.rows) for k in range(self.rows_per_beat(n) // r)]
+
+    @property
+    def fifo_depth(self) -> int:
+        """Output FIFO words: enough that the credit check never holds a row group's last beat
+        when the output is always ready. A group's words hold credits from its last beat
+        until they leave; the previous group's words all leave within ``latency`` cycles of
+        the new last beat (last beats are at least the previous group's drain apart, and at
+        most one word leaves per cycle), so ``latency + drain_max`` words."""
+        return self.latency + self.drain_max
 
     def rows_per_beat(self, n: int) -> int:
         """Output rows one beat advances at N (the row-group size)."""
@@ -180,8 +247,10 @@ class EngineParams:
 
     @property
     def latency(self) -> int:
-        """Pipeline depth: cycles from a row group's last beat to its result, inclusive."""
-        return chain_latency(self.chain_length)
+        """Pipeline depth: cycles from a row group's last beat to its first output word,
+        inclusive (:func:`hwflow.costs.chain_latency`)."""
+        extra = PER_TOKEN_EXTRA_STAGES if self.per_token else 0
+        return chain_latency(self.chain_length) + extra
 
     # ---------------------------------------------------------------------------------------
     # port layouts
@@ -189,6 +258,10 @@ class EngineParams:
     @property
     def beat_layout(self) -> data.StructLayout:
         c = self.chain_length
+        fields: dict[str, Any] = {}
+        if self.per_token:  # per token lane, read with a row group's last beat
+            fields["tmult"] = data.ArrayLayout(unsigned(REQ_MULT_BITS), self.rows)
+            fields["tshift"] = data.ArrayLayout(unsigned(REQ_SHIFT_MAX.bit_length()), self.rows)
         return data.StructLayout(
             {
                 "act": data.ArrayLayout(data.ArrayLayout(signed(8), self.m), self.rows),
@@ -199,6 +272,7 @@ class EngineParams:
                 "last": unsigned(1),
                 "raw": unsigned(1),
                 "paddr": unsigned(_sel_bits(self.param_depth)),
+                **fields,
             }
         )
 
@@ -217,24 +291,27 @@ class EngineParams:
 
     @property
     def result_layout(self) -> data.StructLayout:
-        """Token lane 0 as accumulator-wide values (raw accumulators, or the INT8 results
-        sign-extended); token lanes 1.. as INT8 (zero in raw mode: a raw op, the LM head,
-        has one token). Full width only where it is needed keeps big engines' ports small."""
-        fields: dict[str, Any] = {"acc": data.ArrayLayout(signed(self.acc_bits), self.lanes)}
-        if self.rows > 1:  # no zero-width field for one token lane
-            fields["data"] = data.ArrayLayout(
-                data.ArrayLayout(signed(8), self.lanes), self.rows - 1
-            )
-        fields["raw"] = unsigned(1)
-        return data.StructLayout(fields)
+        """One drain word: R accumulator-wide values (raw accumulators, or the INT8 results
+        sign-extended), ``last`` on a row group's final word, ``raw``."""
+        return data.StructLayout(
+            {
+                "data": data.ArrayLayout(signed(self.acc_bits), self.requantizers),
+                "last": unsigned(1),
+                "raw": unsigned(1),
+            }
+        )
 
-    def result_values(self, result: dict) -> list[list[int]]:
-        """A decoded result as ``[token lane][lane]`` integers."""
-        return [list(result["acc"])] + [list(row) for row in result.get("data", [])]
+    def result_values(self, words: list[dict], n: int) -> list[list[int]]:
+        """A row group's decoded drain words at N as ``[token lane][lane]`` integers (lanes
+        past the group's ``chains*C/N`` are zero, as the engine never computes them)."""
+        out = [[0] * self.lanes for _ in range(self.rows)]
+        for word, (t, first) in zip(words, self.drain_order(n), strict=True):
+            out[t][first : first + self.requantizers] = list(word["data"])
+        return out
 
     def check_ports(self) -> None:
         """Raise UnsupportedError if a port is wider than Amaranth 0.5 can emit (a signal of
-        at most 65,535 bits): the result port is ``rows * lanes * acc_bits`` wide."""
+        at most 65,535 bits): the beat port carries every chain's weights."""
         for port, layout in (("i", self.beat_layout), ("o", self.result_layout)):
             width = Shape.cast(layout).width
             if width > _MAX_SIGNAL_BITS:
@@ -262,6 +339,9 @@ class EngineParams:
             "dsps": self.dsps,
             "dual_field": self.dual_field if self.dual_int8 else None,
             "param_depth": self.param_depth,
-            "param_chunk": self.param_chunk,
+            "requantizers": self.requantizers,
+            "drain_cycles": {str(n): self.drain_cycles(n) for n in self.n_modes},
+            "fifo_depth": self.fifo_depth,
             "latency": self.latency,
+            "per_token": self.per_token,
         }

@@ -3,9 +3,12 @@
 A :class:`MatmulOp` is ``out[T, R] = x[T, K] @ W[R, K]^T`` with W compressed N:M and quantized
 to INT``bits`` by :mod:`hwflow.numerics` (the same functions the compiler and the functional
 simulator use). :func:`op_beats` lays it out the way :mod:`hwflow.hw.engine` consumes it
-(row groups of ``chains*C/N`` rows, token passes of ``rows`` lanes, K/M beats each);
-:func:`op_expected` is the reference answer, computed only with :func:`hwflow.numerics.matmul_int`,
-:func:`~hwflow.numerics.nm_expand` and :func:`~hwflow.numerics.requantize`.
+(row groups of ``chains*C/N`` rows, row ``l`` of a group on segment ``l // chains`` of chain
+``l % chains``; token passes of ``rows`` lanes, K/M beats each); :func:`op_expected` is the
+reference answer, computed only with :func:`hwflow.numerics.matmul_int`,
+:func:`~hwflow.numerics.nm_expand` and :func:`~hwflow.numerics.requantize` (after
+:func:`~hwflow.hw.params.dual_act_clamp` on a dual-INT8 engine), and :func:`op_words` the drain
+words the engine sends for it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from math import ceil
 import numpy as np
 
 from hwflow import numerics as nx
-from hwflow.hw.params import EngineParams
+from hwflow.hw.params import EngineParams, dual_act_clamp
 
 __all__ = [
     "MatmulOp",
@@ -25,7 +28,9 @@ __all__ = [
     "op_expected",
     "op_params",
     "op_results",
+    "op_words",
     "param_writes",
+    "per_token_requantize",
 ]
 
 
@@ -42,6 +47,8 @@ class MatmulOp:
     mult: np.ndarray  #: [rows] requantization multipliers
     shift: np.ndarray  #: [rows] shifts
     bias: np.ndarray  #: [rows] INT32 biases
+    tmult: np.ndarray | None = None  #: [tokens] per-token multipliers (per_token engines)
+    tshift: np.ndarray | None = None  #: [tokens] per-token shifts
 
     @property
     def tokens(self) -> int:
@@ -88,7 +95,25 @@ def make_op(
     spread = 128 * nx.qmax(bits) * np.sqrt(k * n / m) + 1
     mult, shift = nx.quant_multiplier(rng.uniform(0.3, 3.0, size=rows) * 127 / spread)
     bias = rng.integers(-(2**20), 2**20, size=rows)
-    return MatmulOp(x, values, indices, n, bits, raw, np.asarray(mult), np.asarray(shift), bias)
+    if not p.per_token:
+        return MatmulOp(x, values, indices, n, bits, raw, np.asarray(mult), np.asarray(shift), bias)
+    # per token: the per-row scale leaves INT32 values ~2**12 x the INT8 range, the per-token
+    # scale brings them back (~ 2**-12, with a spread that also saturates)
+    mult, shift = nx.quant_multiplier(rng.uniform(0.3, 3.0, size=rows) * 127 * 2**12 / spread)
+    tmult, tshift = nx.quant_multiplier(rng.uniform(0.3, 3.0, size=tokens) * 2.0**-12)
+    return MatmulOp(
+        x,
+        values,
+        indices,
+        n,
+        bits,
+        raw,
+        np.asarray(mult),
+        np.asarray(shift),
+        bias,
+        np.atleast_1d(tmult),
+        np.atleast_1d(tshift),
+    )
 
 
 def _groups(p: EngineParams, op: MatmulOp) -> tuple[int, int, int]:
@@ -127,7 +152,7 @@ def op_beats(p: EngineParams, op: MatmulOp, first_result: int = 0) -> list[dict]
                     vals = np.zeros(c, np.int8)
                     idxs = np.zeros(c, np.uint8)
                     for s in range(per):
-                        r = g * rpb + ch * per + s
+                        r = g * rpb + s * p.chains + ch
                         if r < op.rows:
                             vals[s * n : (s + 1) * n] = op.values[r, b * n : (b + 1) * n]
                             if not dense:  # dense indices are implicit: send zeros
@@ -136,8 +161,17 @@ def op_beats(p: EngineParams, op: MatmulOp, first_result: int = 0) -> list[dict]
                     widx.append(
                         int.from_bytes(nx.pack_bits(idxs, p.index_bits).tobytes(), "little")
                     )
+                tok_scale = {}
+                if p.per_token:  # padded token lanes: multiplier 0
+                    toks = [q * p.rows + t for t in range(p.rows)]
+                    has = op.tmult is not None and not op.raw
+                    tok_scale = {
+                        "tmult": [int(op.tmult[k]) if has and k < op.tokens else 0 for k in toks],
+                        "tshift": [int(op.tshift[k]) if has and k < op.tokens else 0 for k in toks],
+                    }
                 beats.append(
                     {
+                        **tok_scale,
                         "act": [[int(v) for v in a[b * m : (b + 1) * m]] for a in act_rows],
                         "wval": wval,
                         "widx": widx,
@@ -187,9 +221,12 @@ def param_writes(p: EngineParams, entry: dict, result: int) -> list[dict]:
 def op_expected(p: EngineParams, op: MatmulOp) -> list[list[list[int]]]:
     """Reference results in output order: per row-group result, ``[token lane][lane]``."""
     dense_w = nx.nm_expand(op.values, op.indices, op.n, p.m)
-    acc = nx.matmul_int(op.x, dense_w)  # [tokens, rows]
+    x = dual_act_clamp(op.x) if p.dual_int8 else op.x
+    acc = nx.matmul_int(x, dense_w)  # [tokens, rows]
     if op.raw:
         res = acc
+    elif p.per_token:
+        res = per_token_requantize(acc + op.bias[None, :], op.mult, op.shift, op.tmult, op.tshift)
     else:
         res = nx.requantize(acc + op.bias[None, :], op.mult, op.shift).astype(np.int64)
     rpb, groups, passes = _groups(p, op)
@@ -208,10 +245,38 @@ def op_expected(p: EngineParams, op: MatmulOp) -> list[list[list[int]]]:
                     elif r < op.rows:  # padded token lane: the engine computes W @ 0
                         block[t][lane] = (
                             0
-                            if op.raw
+                            if op.raw or p.per_token  # per token: the padding's multiplier is 0
                             else int(
                                 nx.requantize(np.array([op.bias[r]]), op.mult[r], op.shift[r])[0]
                             )
                         )
             out.append(block)
     return out
+
+
+def op_words(p: EngineParams, op: MatmulOp) -> list[list[tuple[list[int], int]]]:
+    """Per result, the drain words the engine sends: ``(R values, last)`` in output order."""
+    r = p.requantizers
+    words = []
+    for block in op_expected(p, op):
+        order = p.drain_order(op.n)
+        words.append(
+            [
+                (block[t][first : first + r], int(i == len(order) - 1))
+                for i, (t, first) in enumerate(order)
+            ]
+        )
+    return words
+
+
+def per_token_requantize(
+    acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, tmult: np.ndarray, tshift: np.ndarray
+) -> np.ndarray:
+    """The per-token requantization contract under discussion, written out from the
+    numerics primitives: ``saturate_8(round_shift(saturate_32(round_shift(acc * mult_c,
+    shift_c)) * mult_t, shift_t))``; ``acc`` is [tokens, rows], the ``_c`` pair per row (last
+    axis), the ``_t`` pair per token (first axis)."""
+    acc = np.asarray(acc, dtype=np.int64)
+    y = nx.saturate(nx.round_shift(acc * np.asarray(mult, np.int64), shift), 32).astype(np.int64)
+    t = np.asarray(tmult, np.int64)[:, None]
+    return nx.saturate(nx.round_shift(y * t, np.asarray(tshift)[:, None]), 8).astype(np.int64)

@@ -8,10 +8,24 @@ non-constant ``PCIN`` connections in the netlist: the chain's adders are in the 
 when every stage after a chain's first is fed from its predecessor's PCOUT.
 
 Versal (DSP58) presets get no estimate: Yosys has no Versal family.
+
+Whole designs (:func:`synth_design`, ``hwflow synth``): each distinct module of the
+hierarchical Verilog (:mod:`hwflow.hw.hier`) is synthesized once, the top with its leaves as
+black boxes, and counted times its instances; results are cached per module by content under
+``rtl/build/synth``. The on-chip buffers add URAMs from their sizes and port widths
+(:func:`buffer_urams`).
+
+Known limit of this flow: the dual-INT8 MPE stage multiplies a 27-bit pre-adder result, which
+fits the DSP48E2's 27 x 18 multiplier but not the DSP48E1's 25 x 18 that the xc7 coarse pass
+maps to, so this estimate shows two DSPs per MPE stage and no MPE cascade (an xcup-only run
+maps one DSP48E2 per stage, without packing the cascade). The DSP count is then an upper
+bound for the MPE.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -19,15 +33,16 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hwflow.errors import HwflowError, UnsupportedError
-from hwflow.hw.generate import engine_verilog, module_name
+from hwflow.hw.generate import engine_design, engine_verilog, module_name
 from hwflow.hw.params import EngineParams
 
-__all__ = ["SynthReport", "parse_stat", "synthesize"]
+__all__ = ["ModuleReport", "SynthReport", "parse_stat", "synthesize", "synthesize_engine"]
 
 _FF = ("FDRE", "FDSE", "FDCE", "FDPE")
 _LUTRAM = ("RAM32M", "RAM32M16", "RAM64M", "RAM64M8", "RAM32X1D", "RAM64X1D", "RAM128X1D")
@@ -102,8 +117,55 @@ def _cascade_links(netlist: str) -> int:
     return links
 
 
+def _run_yosys(work: Path, script: str, timeout: int) -> tuple[Counter[str], int, float]:
+    """Run a Yosys script in ``work``; the cells of its ``stat`` and the cascade links of the
+    netlist it wrote to net.v."""
+    t0 = time.perf_counter()
+    try:
+        res = subprocess.run(
+            [*_yosys(), "-q", "-l", "yosys.log", "-p", script],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise HwflowError(f"yosys failed to run: {e}") from None
+    seconds = time.perf_counter() - t0
+    log = (work / "yosys.log").read_text() if (work / "yosys.log").is_file() else ""
+    if res.returncode:
+        tail = (res.stderr or log)[-800:]
+        raise HwflowError(f"yosys failed (exit {res.returncode}): {tail}")
+    return parse_stat(log), _cascade_links((work / "net.v").read_text()), seconds
+
+
+def _synth_script(top: str, files: str, libs: str = "", chparam: str = "") -> str:
+    return (
+        f"{libs}read_verilog -sv {files}; {chparam}"
+        f"synth_xilinx -family xc7 -top {top} -flatten -noiopad -run :coarse; "
+        f"synth_xilinx -family xcup -top {top} -flatten -noiopad -run coarse:; "
+        "stat; write_verilog -noattr net.v"
+    )
+
+
+def _counts(cells: Counter[str], skip: frozenset[str] = frozenset()) -> dict[str, float]:
+    """LUT, FF, DSP ... of a ``stat`` cell table (``skip``: black-box leaf instances)."""
+    return {
+        "lut": sum(v for k, v in cells.items() if re.fullmatch(r"LUT\d(_2)?", k)),
+        "ff": sum(cells[k] for k in _FF),
+        "dsp": sum(v for k, v in cells.items() if k.startswith("DSP48")),
+        "bram36": sum(v for k, v in cells.items() if k.startswith("RAMB36"))
+        + 0.5 * sum(v for k, v in cells.items() if k.startswith("RAMB18")),
+        "uram": cells["URAM288"],
+        "srl": cells["SRL16E"] + cells["SRLC32E"],
+        "lutram": sum(cells[k] for k in _LUTRAM),
+        "carry": cells["CARRY4"] + cells["CARRY8"],
+    }
+
+
 def synthesize(p: EngineParams, *, keep: Path | None = None, timeout: int = 3600) -> SynthReport:
-    """Synthesize one engine (``p.chains`` chains) and count its resources."""
+    """Synthesize one engine (``p.chains`` chains) flat, as one module, and count its
+    resources (the reference :func:`synthesize_engine` is validated against on a slice)."""
     if p.dsp_kind != "DSP48E2":
         raise UnsupportedError(
             f"no synthesis estimate for {p.dsp_kind} (preset {p.preset}): Yosys has no Versal family"
@@ -113,47 +175,193 @@ def synthesize(p: EngineParams, *, keep: Path | None = None, timeout: int = 3600
         work = Path(keep) if keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         (work / f"{name}.v").write_text(engine_verilog(p, name=name))
-        script = (
-            f"read_verilog -sv {name}.v; "
-            f"synth_xilinx -family xc7 -top {name} -flatten -noiopad -run :coarse; "
-            f"synth_xilinx -family xcup -top {name} -flatten -noiopad -run coarse:; "
-            "stat; write_verilog -noattr net.v"
+        ram = _ram_chparam(p)
+        cells, links, seconds = _run_yosys(
+            work, _synth_script(name, f"{name}.v", chparam=ram), timeout
         )
-        t0 = time.perf_counter()
-        try:
-            res = subprocess.run(
-                [*_yosys(), "-q", "-l", "yosys.log", "-p", script],
-                cwd=work,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise HwflowError(f"yosys failed to run: {e}") from None
-        seconds = time.perf_counter() - t0
-        log = (work / "yosys.log").read_text() if (work / "yosys.log").is_file() else ""
-        if res.returncode:
-            tail = (res.stderr or log)[-800:]
-            raise HwflowError(f"yosys failed (exit {res.returncode}): {tail}")
-        cells = parse_stat(log)
-        links = _cascade_links((work / "net.v").read_text())
-    lut = sum(v for k, v in cells.items() if re.fullmatch(r"LUT\d(_2)?", k))
+    c = _counts(cells)
     groups = p.rows // 2 if p.dual_int8 else p.rows
     return SynthReport(
         module=name,
         chains=p.chains,
-        lut=lut,
-        ff=sum(cells[k] for k in _FF),
-        dsp=sum(v for k, v in cells.items() if k.startswith("DSP48")),
-        bram36=sum(v for k, v in cells.items() if k.startswith("RAMB36"))
-        + 0.5 * sum(v for k, v in cells.items() if k.startswith("RAMB18")),
-        uram=cells["URAM288"],
-        srl=cells["SRL16E"] + cells["SRLC32E"],
-        lutram=sum(cells[k] for k in _LUTRAM),
-        carry=cells["CARRY4"] + cells["CARRY8"],
+        lut=int(c["lut"]),
+        ff=int(c["ff"]),
+        dsp=int(c["dsp"]),
+        bram36=c["bram36"],
+        uram=int(c["uram"]),
+        srl=int(c["srl"]),
+        lutram=int(c["lutram"]),
+        carry=int(c["carry"]),
         cascade_links=links,
         cascade_expected=p.chains * groups * (p.chain_length - 1),
         chain_dsps=p.dsps,
         seconds=seconds,
         cells=dict(sorted(cells.items())),
     )
+
+
+def _ram_chparam(p: EngineParams) -> str:
+    """The parameters the engine gives its parameter-memory RAM, as a Yosys chparam."""
+    from amaranth.hdl import Shape
+
+    from hwflow.hw.engine import _entry_layout
+
+    depth = p.param_depth * p.param_chunks
+    width = Shape.cast(_entry_layout(p)).width
+    aw = Shape.cast(range(depth)).width
+    return f"chparam -set WIDTH {width} -set DEPTH {depth} -set AW {aw} hwflow_sdp_ram; "
+
+
+@dataclass(frozen=True)
+class ModuleReport:
+    """One distinct module, synthesized once, and how many times the engine uses it."""
+
+    engine: str
+    module: str
+    instances: int
+    counts: dict[str, float]  #: per instance: lut, ff, dsp, bram36, uram, srl, lutram, carry
+    cascade_links: int  #: per instance
+    seconds: float
+    cached: bool
+
+
+def _cache_dir() -> Path:
+    from hwflow.hw.cosim import BUILD_ROOT
+
+    return BUILD_ROOT / "synth"
+
+
+def _synth_cached(
+    key_text: str, run: Callable[[Path], tuple[Counter[str], int, float]]
+) -> tuple[dict[str, Any], bool]:
+    """A module's synthesis result, cached on disk by the hash of what Yosys reads."""
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:20]
+    path = _cache_dir() / f"{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text()), True
+    with tempfile.TemporaryDirectory(prefix="hwflow-synth-") as tmp:
+        cells, links, seconds = run(Path(tmp))
+    rec = {"cells": dict(cells), "links": links, "seconds": seconds}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec))
+    return rec, False
+
+
+def synthesize_engine(p: EngineParams, *, timeout: int = 3600) -> tuple[list[ModuleReport], int]:
+    """Synthesize each distinct module of the engine once (leaves alone, the top with the
+    leaves as black boxes); the reports (per instance, with instance counts) and the cascade
+    links the chains need."""
+    if p.dsp_kind != "DSP48E2":
+        raise UnsupportedError(
+            f"no synthesis estimate for {p.dsp_kind} (preset {p.preset}): Yosys has no Versal family"
+        )
+    name = module_name(p)
+    text, _eng, hier = engine_design(p, name)
+    top_text = text[len(hier.verilog()) :]
+    reports = []
+    for leaf_name, leaf in [*hier.leaves.items(), (name, None)]:
+        body = leaf.text if leaf is not None else top_text
+        chparam = _ram_chparam(p) if leaf_name == "hwflow_sdp_ram" else ""
+        libs = "" if leaf is not None else "read_verilog -lib -sv leaves.v; "
+        generic = body.replace(leaf_name, "M")  # the same logic under another name: one run
+
+        def run(
+            work: Path,
+            body: str = body,
+            leaf_name: str = leaf_name,
+            libs: str = libs,
+            chparam: str = chparam,
+        ) -> tuple[Counter[str], int, float]:
+            (work / "m.v").write_text(body)
+            (work / "leaves.v").write_text(hier.verilog())
+            return _run_yosys(work, _synth_script(leaf_name, "m.v", libs, chparam), timeout)
+
+        rec, cached = _synth_cached(generic + chparam + libs, run)
+        cells = Counter(rec["cells"])
+        for other in hier.leaves:  # black-box leaf instances in the top's table
+            cells.pop(other, None)
+        reports.append(
+            ModuleReport(
+                engine=p.kind,
+                module=leaf_name,
+                instances=leaf.instances if leaf is not None else 1,
+                counts=_counts(cells),
+                cascade_links=rec["links"],
+                seconds=rec["seconds"],
+                cached=cached,
+            )
+        )
+    groups = p.rows // 2 if p.dual_int8 else p.rows
+    return reports, p.chains * groups * (p.chain_length - 1)
+
+
+#: Device logic budgets the presets' board sections do not carry, by part.
+DEVICE_LOGIC: dict[str, dict[str, Any]] = {
+    "xcu280": {
+        "lut": 1_303_680,
+        "ff": 2_607_360,
+        "source": "AMD DS963 (Alveo U280 data sheet) and the Virtex UltraScale+ HBM product "
+        "table: XCU280 1,303,680 CLB LUTs, 2,607,360 CLB flip-flops",
+    },
+}
+#: UltraRAM: 288 Kib, 4K x 72 (UG573, UltraRAM: each URAM288 is 4,096 x 72 bits).
+_URAM_BITS, _URAM_WIDTH = 288 * 1024, 72
+_RESOURCES = ("dsp", "lut", "ff", "bram36", "uram")
+
+
+def buffer_urams(hw: Any) -> dict[str, int]:
+    """URAM288s of the preset's on-chip buffers (the engines' parameter memories are counted
+    with the engines): each buffer needs its capacity and, for the weight buffer, the width
+    of one beat's weights and indices per cycle (the widest engine), in 72-bit URAM ports."""
+    out = {}
+    beat_bits = max(
+        e.chains * e.chain_length * (8 + hw.sparsity.index_bits) for e in (hw.mv, hw.mpe)
+    )
+    for name in ("weight", "act", "kv", "score", "instr"):
+        bits = hw.buffers.bytes(name) * 8
+        need = -(-bits // _URAM_BITS)
+        if name == "weight":
+            need = max(need, -(-beat_bits // _URAM_WIDTH))
+        out[name] = need
+    return out
+
+
+def synth_design(hw: Any, chains: int | None = None) -> dict[str, Any]:
+    """Resource estimate of the preset's engines (each distinct module synthesized once,
+    times its instances) and buffers, against the device; ``chains`` makes slices."""
+    modules: list[ModuleReport] = []
+    expected = 0
+    for kind in ("mv", "mpe"):
+        reports, exp = synthesize_engine(EngineParams.from_preset(hw, kind, chains))
+        modules += reports
+        expected += exp
+    totals = {
+        k: sum(m.counts[k] * m.instances for m in modules)
+        for k in ("lut", "ff", "dsp", "bram36", "uram", "srl", "lutram", "carry")
+    }
+    urams = buffer_urams(hw)
+    totals["uram"] += sum(urams.values())
+    logic = DEVICE_LOGIC.get(hw.board.part, {})
+    device = {
+        "part": hw.board.part,
+        "dsp": hw.board.dsp_count,
+        "bram36": hw.board.bram36,
+        "uram": hw.board.uram,
+        "lut": logic.get("lut"),
+        "ff": logic.get("ff"),
+        "logic_source": logic.get("source"),
+    }
+    over = [k for k in _RESOURCES if device[k] is not None and totals[k] > device[k]]
+    return {
+        "preset": hw.name,
+        "chains": chains,
+        **{k: (round(v, 1) if isinstance(v, float) else v) for k, v in totals.items()},
+        "cascade_links": sum(m.cascade_links * m.instances for m in modules),
+        "cascade_expected": expected,
+        "buffers_uram": urams,
+        "device": device,
+        "fits": not over,
+        "over": over,
+        "modules": [asdict(m) for m in modules],
+        "not_counted": "SFU, dispatcher and LD/ST (the accelerator around the engines)",
+    }
