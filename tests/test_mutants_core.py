@@ -1,0 +1,149 @@
+"""Wrong answers the rest of the suite let through (issue 13): each test here kills a mutant
+that survived it, with an expectation worked out by hand from the inputs, not from the code.
+
+* an LD/ST priced slower than the preset's bandwidth (a 64 KiB transfer on ``tiny``);
+* the idle-energy term (a non-zero table entry; the shipped tables have 0 there);
+* the preset's instruction-queue depth (read from a preset file, not passed as ``depth=``);
+* N:M pruning that keeps anything but the N largest magnitudes of each group.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from hwflow import numerics as nx
+from hwflow.config import MAPPINGS, load_hw
+from hwflow.costs import hbm_latency_cycles, hbm_pieces, hbm_transfer_cost
+from hwflow.energy import Actions, energy
+from hwflow.perf.machine import Machine, MOp
+
+LD, ST, MM, MV, SFU, SYS = range(6)
+
+
+# --------------------------------------------------------------------------------------------
+# costs.py: one large transfer
+
+
+def test_64kib_transfer_cycles_on_tiny():
+    """64 KiB from address 0 on ``tiny`` (pins today's HBM pricing formula: if you change the
+    formula, rework this derivation by hand from the preset's numbers).
+
+    tiny.yaml: 4 channels interleaved every 256 B, 14.375 GB/s per channel, 100 MHz clock,
+    same-channel efficiency 0.70, latency 107 ns.
+    * 65536 B = 256 granules of 256 B, dealt round-robin: 64 granules = 16384 B per channel.
+    * one channel streams 14.375e9 * 0.70 / 100e6 = 100.625 B per cycle, so its piece takes
+      ceil(16384 / 100.625) = ceil(162.82) = 163 cycles (a 10 % slower price would be 180).
+    * first-beat latency: 107 ns * 100 MHz = 10.7 -> 11 cycles; the data is on chip at 174.
+    """
+    hw = load_hw("tiny")
+    pieces = hbm_pieces(hw, 0, 64 * 1024)
+    assert [(p.channel, p.nbytes, p.occupancy) for p in pieces] == [
+        (0, 16384, 163),
+        (1, 16384, 163),
+        (2, 16384, 163),
+        (3, 16384, 163),
+    ]
+    assert all(p.same_channel for p in pieces)
+    assert hbm_latency_cycles(hw) == 11
+    cost = hbm_transfer_cost(hw, 0, 64 * 1024)
+    assert (cost.beats, cost.latency) == (163, 174)
+
+
+def test_64kib_transfer_through_the_machine():
+    """The same transfer as an LD op on an idle machine: streamed 0..163, data on chip at 174."""
+    hw = load_hw("tiny")
+    pieces = tuple(hbm_pieces(hw, 0, 64 * 1024))
+    op = MOp(LD, "LD", 0, 0, 0, (), (), pieces, 65536, sum(p.occupancy for p in pieces))
+    r = Machine(hw, trace=True).run([op])
+    assert r.trace == [("ld", "LD", 0, 163)]
+    assert r.cycles == 174 and r.busy["ld"] == 163 and r.hbm_bytes == 65536
+
+
+# --------------------------------------------------------------------------------------------
+# energy.py: the idle term
+
+
+def test_idle_energy_with_a_non_zero_entry(tmp_path):
+    """A copy of the xcu280 table with 0.5 pJ per idle unit-cycle: 7 idle unit-cycles cost
+    3.5 pJ, and nothing else in the run (no other action) adds to the dynamic energy."""
+    table = yaml.safe_load((MAPPINGS / "energy" / "xcu280.yaml").read_text())
+    table["idle_unit_cycle_pj"] = 0.5
+    table["sources"]["idle_unit_cycle_pj"] = "test value"
+    path = tmp_path / "idle.yaml"
+    path.write_text(yaml.safe_dump(table))
+    hw = load_hw("tiny").model_copy(update={"energy_table": str(path)})
+    e = energy(hw, Actions(idle_unit_cycles=7), cycles=100)  # 1 us at 100 MHz
+    assert e.joules["idle"] == pytest.approx(3.5e-12)
+    assert e.dynamic == pytest.approx(3.5e-12)
+    assert e.joules["static"] == pytest.approx(table["static_w"] * 1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# perf/machine.py: queue depth from the preset
+
+
+def _tiny_with_queue(tmp_path, entries: int):
+    data = yaml.safe_load((MAPPINGS / "hw" / "tiny.yaml").read_text())
+    data["buffers"]["queue_entries"] = entries
+    path = tmp_path / f"tiny-q{entries}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_hw(path)
+
+
+def test_queue_depth_comes_from_the_preset(tmp_path):
+    """With 2 queue entries per unit (from a preset file), the third MV cannot be queued
+    until the first issues at cycle 50 (it waits for the slow SFU), so the LD behind it in
+    program order starts at 50; with 3 entries the dispatcher gets past and the LD starts at 0.
+    """
+    prog = [
+        MOp(SFU, "slow", 0, 50, 50, (), (MV,)),
+        MOp(MV, "mv0", 0, 1, 1, (SFU,)),
+        MOp(MV, "mv1", 0, 1, 1),
+        MOp(MV, "mv2", 0, 1, 1),
+        MOp(LD, "ld", 0, 0, 0, hbm=tuple(hbm_pieces(load_hw("tiny"), 0, 256)), hbm_bytes=256),
+    ]
+    two = _tiny_with_queue(tmp_path, 2)
+    assert two.buffers.queue_entries == 2
+    t = {name: s for _, name, s, _ in Machine(two, trace=True).run(prog).trace}
+    assert t["mv0"] == 50 and t["ld"] == 50
+    t = {
+        name: s
+        for _, name, s, _ in Machine(_tiny_with_queue(tmp_path, 3), trace=True).run(prog).trace
+    }
+    assert t["ld"] == 0
+
+
+# --------------------------------------------------------------------------------------------
+# numerics.py: N:M pruning keeps the N largest
+
+
+def test_nm_pruning_keeps_exactly_the_n_largest():
+    """Hand-made groups of 8 (2:8 and 3:8): the kept positions are the largest magnitudes,
+    sign ignored, one group at a time."""
+    w = np.array(
+        [
+            [0.1, -9.0, 0.2, 3.0, -0.3, 0.0, 8.0, -2.0, 5.0, 4.0, -6.0, 0.5, 0.4, 0.3, 0.2, -7.0],
+        ]
+    )
+    keep = nx.nm_prune_mask(w, 2, 8)
+    # group 0: |-9| at 1 and |8| at 6; group 1: |-7| at 15 and |-6| at 10
+    assert np.flatnonzero(keep).tolist() == [1, 6, 10, 15]
+    keep = nx.nm_prune_mask(w, 3, 8)
+    # adds |3| at 3 in group 0 and |5| at 8 in group 1
+    assert np.flatnonzero(keep).tolist() == [1, 3, 6, 8, 10, 15]
+
+
+def test_nm_pruning_on_random_rows_matches_sorting():
+    """On random rows the kept set of every group is the set of its N largest magnitudes
+    (distinct magnitudes, so the set is unique): checked with Python's sorted()."""
+    rng = np.random.default_rng(13)
+    w = rng.normal(size=(5, 64))
+    for n in (1, 2, 4, 8):
+        keep = nx.nm_prune_mask(w, n, 16)
+        for r in range(5):
+            for g in range(4):
+                grp = w[r, 16 * g : 16 * (g + 1)].tolist()
+                want = sorted(range(16), key=lambda i: -abs(grp[i]))[:n]
+                assert np.flatnonzero(keep[r, 16 * g : 16 * (g + 1)]).tolist() == sorted(want)
