@@ -50,6 +50,7 @@ from hwflow.config import (
     load_model,
     load_plan,
 )
+from hwflow.energy import load_energy_table
 from hwflow.errors import ConfigError, HwflowError
 
 __all__ = ["Grid", "Point", "apply_hw", "load_grid", "run_sweep", "write_csv"]
@@ -241,10 +242,12 @@ def _resolve(point: Point):
 
 def point_key(point: Point, code: str) -> str:
     """Hash of the point (its labels are in its row) and of everything that determines its
-    result: the resolved model, preset and plan and the simulator's source."""
+    result: the resolved model, preset, energy table and plan and the simulator's source."""
     try:
         cfg, hw, plan = _resolve(point)
         what = [cfg.model_dump(mode="json"), hw.digest, plan.model_dump(mode="json")]
+        if hw.energy_table is not None:  # the table's numbers, not only its name
+            what.append(load_energy_table(hw.energy_table).model_dump(mode="json"))
     except HwflowError as e:
         what = ["invalid", str(e)]
     blob = json.dumps([repr(point), what, code], sort_keys=True)
