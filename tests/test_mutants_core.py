@@ -16,7 +16,8 @@ import yaml
 from hwflow import numerics as nx
 from hwflow.config import MAPPINGS, load_hw
 from hwflow.costs import hbm_latency_cycles, hbm_pieces, hbm_transfer_cost
-from hwflow.energy import Actions, energy
+from hwflow.energy import Actions, energy, load_energy_table
+from hwflow.errors import ConfigError
 from hwflow.perf.machine import Machine, MOp
 
 LD, ST, MM, MV, SFU, SYS = range(6)
@@ -147,3 +148,11 @@ def test_nm_pruning_on_random_rows_matches_sorting():
                 grp = w[r, 16 * g : 16 * (g + 1)].tolist()
                 want = sorted(range(16), key=lambda i: -abs(grp[i]))[:n]
                 assert np.flatnonzero(keep[r, 16 * g : 16 * (g + 1)]).tolist() == sorted(want)
+
+
+def test_unknown_energy_table_lists_the_shipped_ones():
+    """The refusal names what exists: the two tables shipped under mappings/energy."""
+    with pytest.raises(ConfigError, match=r"energy table 'nope' not found \(shipped: ") as e:
+        load_energy_table("nope")
+    shipped = str(e.value).split("(shipped: ")[1].rstrip(")").split(", ")
+    assert {"xcu280", "xcvh1782"} <= set(shipped)
