@@ -15,9 +15,17 @@ import yaml
 
 from hwflow import numerics as nx
 from hwflow.config import MAPPINGS, load_hw
-from hwflow.costs import hbm_latency_cycles, hbm_pieces, hbm_transfer_cost
+from hwflow.costs import (
+    OpCost,
+    hbm_channel_bytes_per_cycle,
+    hbm_latency_cycles,
+    hbm_pieces,
+    hbm_transfer_cost,
+    sfu_cost,
+    sync_cost,
+)
 from hwflow.energy import Actions, energy, load_energy_table
-from hwflow.errors import ConfigError
+from hwflow.errors import CapacityError, ConfigError, UnsupportedError
 from hwflow.perf.machine import Machine, MOp
 
 LD, ST, MM, MV, SFU, SYS = range(6)
@@ -60,6 +68,44 @@ def test_64kib_transfer_through_the_machine():
     r = Machine(hw, trace=True).run([op])
     assert r.trace == [("ld", "LD", 0, 163)]
     assert r.cycles == 174 and r.busy["ld"] == 163 and r.hbm_bytes == 65536
+
+
+def test_transfer_pricing_edges_on_tiny():
+    """Edges of the HBM split and pricing, each worked out from tiny.yaml (256 B granules over
+    4 channels, 14.375 GB/s x 0.70 / 100 MHz = 100.625 B per cycle, 1 GiB)."""
+    hw = load_hw("tiny")
+    assert hbm_channel_bytes_per_cycle(hw, True) == pytest.approx(100.625, rel=1e-12)
+    assert hbm_channel_bytes_per_cycle(hw, False) == pytest.approx(50.3125, rel=1e-12)
+    # 257 B from 0: a whole granule in channel 0 and its last byte in channel 1
+    assert [(p.channel, p.nbytes) for p in hbm_pieces(hw, 0, 257)] == [(0, 256), (1, 1)]
+    # one byte still takes a cycle
+    assert [(p.channel, p.nbytes, p.occupancy) for p in hbm_pieces(hw, 300, 1)] == [(1, 1, 1)]
+    # 824320 B = 3220 granules, 805 per channel = 206080 B = exactly 2048 x 100.625: no
+    # rounding up at an exact multiple
+    assert {p.occupancy for p in hbm_pieces(hw, 0, 824320)} == {2048}
+    assert hbm_pieces(hw, 5, 0) == []
+    assert hbm_transfer_cost(hw, 5, 0) == OpCost(beats=0, latency=11, macs=0, dense_macs=0)
+    assert hbm_transfer_cost(hw, 0, 65536) == OpCost(beats=163, latency=174, macs=0, dense_macs=0)
+    cap = 1 << 30
+    assert sum(p.nbytes for p in hbm_pieces(hw, cap - 512, 512)) == 512  # ends at the last byte
+    with pytest.raises(
+        CapacityError,
+        match=rf"HBM transfer \[0, {cap + 1}\) exceeds the {cap} bytes of preset tiny",
+    ):
+        hbm_pieces(hw, 0, cap + 1)
+    for addr, n in ((-1, 4), (4, -1)):
+        with pytest.raises(
+            UnsupportedError, match=f"HBM transfer at {addr} of {n} bytes: negative"
+        ):
+            hbm_pieces(hw, addr, n)
+
+
+def test_sfu_and_sync_costs_on_tiny():
+    """tiny.yaml SFU: 4 lanes, latency 8. 10 elements read twice: 2 x ceil(10 / 4) = 6 beats,
+    results 8 cycles after the last one. A SYNC: one issue cycle, done when issued."""
+    hw = load_hw("tiny")
+    assert sfu_cost(hw, 10, passes=2) == OpCost(beats=6, latency=14, macs=0, dense_macs=0)
+    assert sync_cost() == OpCost(beats=1, latency=1, macs=0, dense_macs=0)
 
 
 # --------------------------------------------------------------------------------------------
