@@ -17,10 +17,12 @@ from hwflow import numerics as nx
 from hwflow.config import MAPPINGS, load_hw
 from hwflow.costs import (
     OpCost,
+    effective_nm,
     hbm_channel_bytes_per_cycle,
     hbm_latency_cycles,
     hbm_pieces,
     hbm_transfer_cost,
+    matmul_cost,
     sfu_cost,
     sync_cost,
 )
@@ -106,6 +108,52 @@ def test_sfu_and_sync_costs_on_tiny():
     hw = load_hw("tiny")
     assert sfu_cost(hw, 10, passes=2) == OpCost(beats=6, latency=14, macs=0, dense_macs=0)
     assert sync_cost() == OpCost(beats=1, latency=1, macs=0, dense_macs=0)
+
+
+def test_hbm_latency_rounds_up_only_past_a_whole_cycle():
+    """At 100 MHz a cycle is 10 ns: 110 ns is exactly 11 cycles, 100.01 ns is 10.001 -> 11."""
+    hw = load_hw("tiny")
+
+    def at(ns: float) -> int:
+        return hbm_latency_cycles(
+            hw.model_copy(update={"hbm": hw.hbm.model_copy(update={"latency_ns": ns})})
+        )
+
+    assert (at(110), at(100.01), at(107)) == (11, 11, 11)
+    assert at(100) == 10
+
+
+def test_matmul_costs_worked_by_hand_on_tiny():
+    """tiny.yaml: MV 2 chains x 16 DSPs; MPE the same with 2 token rows; block M = 16.
+    40 output rows, K = 64 (4 blocks), 4:16 sparse: a beat advances 2 x 16/4 = 8 rows, so
+    5 row groups x 4 blocks = 20 beats; chain depth 2 + 1 + 16 + 1 + 3 = 23 cycles.
+    MACs kept: tokens x 40 x 4 blocks x 4 = 640 per token; dense: tokens x 40 x 64 = 2560.
+    On the MPE 3 tokens take ceil(3 / 2) = 2 passes: 40 beats."""
+    hw = load_hw("tiny")
+    assert matmul_cost(hw.mv, 16, 1, 40, 64, 4) == OpCost(20, 43, 640, 2560)
+    assert matmul_cost(hw.mpe, 16, 3, 40, 64, 4) == OpCost(40, 63, 1920, 7680)
+    # dense (N = M = 16): a beat advances 2 x 1 rows: 20 groups x 4 blocks
+    assert matmul_cost(hw.mv, 16, 1, 40, 64, 16) == OpCost(80, 103, 2560, 2560)
+    c = matmul_cost(hw.mv, 16, 1, 40, 64, 4)
+    assert all(type(v) is int for v in (c.beats, c.latency, c.macs, c.dense_macs))
+    with pytest.raises(UnsupportedError, match="N = 3 does not divide chain length 16"):
+        matmul_cost(hw.mv, 16, 1, 40, 64, 3)
+    with pytest.raises(
+        UnsupportedError, match="reduction length 40 is not a multiple of the block M = 16"
+    ):
+        matmul_cost(hw.mv, 16, 1, 8, 40, 4)
+
+
+def test_effective_nm_on_tiny():
+    """tiny.yaml runs N:16 with N in {2, 4, 8, 16}: a dense layer (any N = M) runs as 16:16,
+    a supported sparse one as itself, anything else is refused naming what is allowed."""
+    hw = load_hw("tiny")
+    assert effective_nm(hw, 8, 8) == (16, 16) and effective_nm(hw, 4, 4) == (16, 16)
+    assert effective_nm(hw, 4, 16) == (4, 16) and effective_nm(hw, 2, 16) == (2, 16)
+    with pytest.raises(UnsupportedError, match=r"does not support 3:16 sparsity \(allowed: 2:16"):
+        effective_nm(hw, 3, 16)
+    with pytest.raises(UnsupportedError, match="does not support 2:8 sparsity"):
+        effective_nm(hw, 2, 8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,3 +250,10 @@ def test_unknown_energy_table_lists_the_shipped_ones():
         load_energy_table("nope")
     shipped = str(e.value).split("(shipped: ")[1].rstrip(")").split(", ")
     assert {"xcu280", "xcvh1782"} <= set(shipped)
+
+
+def test_bad_energy_table_is_named_in_the_error(tmp_path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("name: broken\nmac_pj: -1\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: "):
+        load_energy_table(p)
