@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import re
+import struct
+import zlib
 
 import pytest
 from isa_golden import DATA, table
@@ -79,3 +81,27 @@ def test_hand_encoded_words():
     # 166..181 (word 5, bit 6); 186 bits in all -> 6 words
     ld = make("LD", kind=2, hbm=0x100, row_bytes=64, rows=1)
     assert isa.encode(ld) == [1 | 2 << 16 | 0x100 << 19, 0, 0, 0, 64 << 14, 1 << 6]
+
+
+def test_program_file_refusals_name_the_file_and_the_fault():
+    """The smallest well-formed frame is 18 bytes (magic 8, version 2, header length 4,
+    CRC 4): 17 bytes are 'truncated'; 18 with a zero-length header reach the header check.
+    A bad word inside a template is reported with the file name in front."""
+    short = isa.MAGIC + struct.pack("<HI", isa.ISA_VERSION, 0)[:5]
+    with pytest.raises(
+        ProgramError, match=r"^p\.hwp: truncated \(17 bytes\), not an hwflow program$"
+    ):
+        Program.from_bytes(_with_crc(short), "p.hwp")
+    frame = _with_crc(isa.MAGIC + struct.pack("<HI", isa.ISA_VERSION, 0))
+    assert len(frame) == 18
+    with pytest.raises(ProgramError, match=r"^p\.hwp: malformed program \(header length 0"):
+        Program.from_bytes(frame, "p.hwp")
+    data = (DATA / f"v{isa.ISA_VERSION}.hwp").read_bytes()
+    assert struct.unpack("<I", data[-8:-4]) == (31,)  # the golden template ends with END
+    bad = _with_crc(data[:-8] + struct.pack("<I", 63))
+    with pytest.raises(ProgramError, match=r"^p\.hwp: word \d+: unknown opcode 63 \(ISA v1\)$"):
+        Program.from_bytes(bad, "p.hwp")
+
+
+def _with_crc(body: bytes) -> bytes:
+    return body + struct.pack("<I", zlib.crc32(body))
