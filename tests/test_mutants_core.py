@@ -257,3 +257,23 @@ def test_bad_energy_table_is_named_in_the_error(tmp_path):
     p.write_text("name: broken\nmac_pj: -1\n")
     with pytest.raises(ConfigError, match=r"broken\.yaml: "):
         load_energy_table(p)
+
+
+# --------------------------------------------------------------------------------------------
+# compiler/layout.py: HBM sizes in the capacity refusal
+
+
+def test_hbm_capacity_refusal_states_sizes_in_binary_units():
+    """Copies of tiny with 1/16384 GiB = 64 KiB and 1/2**20 GiB = 1 KiB of HBM (tiny-llama at
+    16 tokens needs 65 KiB): the refusal states the capacity as '64.00 KiB' and '1.00 KiB'."""
+    from hwflow.compiler import compile_model
+    from hwflow.config import load_model, load_plan
+
+    hw = load_hw("tiny")
+    cfg, plan = load_model("tiny-llama"), load_plan("flightllm")
+    for gib, text in ((1 / 16384, "64.00 KiB"), (1 / 2**20, "1.00 KiB")):
+        small = hw.model_copy(update={"hbm": hw.hbm.model_copy(update={"capacity_gib": gib})})
+        with pytest.raises(
+            CapacityError, match=rf"but preset tiny has {text} \(hbm\.capacity_gib\)"
+        ):
+            compile_model(cfg, plan, small, 16)

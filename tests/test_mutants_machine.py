@@ -1,8 +1,12 @@
-"""The cycle model's barrier cuts on hand-made programs (issue 13)."""
+"""The cycle model on hand-made programs: barrier cuts, tokens across cuts, reports (issue 13)."""
 
 from __future__ import annotations
 
-from hwflow.perf.machine import MOp, barrier_cuts
+import pytest
+
+from hwflow.config import load_hw
+from hwflow.errors import SyncError
+from hwflow.perf.machine import Machine, MOp, SegmentMemo, barrier_cuts
 
 LD, ST, MM, MV, SFU, SYS = range(6)
 
@@ -38,3 +42,33 @@ def test_barrier_cuts_only_at_a_whole_barrier():
     assert barrier_cuts(no_wait) == []
     # nothing after the barrier: no cut needed
     assert barrier_cuts(_body()) == []
+
+
+def test_tokens_carried_across_a_cut():
+    """LD releases two tokens to MV before the barrier and MV takes one; the other crosses the
+    cut and feeds MV's op after it. Simulated whole or in segments (memo), the same timeline."""
+    hw = load_hw("tiny")
+    prog = [
+        MOp(LD, "ld1", 1, 5, 9, (), (MV,)),
+        MOp(LD, "ld2", 1, 5, 9, (), (MV,)),
+        MOp(MV, "mv1", 1, 7, 12, (LD,)),
+        *_barrier(),
+        MOp(MV, "mv2", 1, 3, 4, (LD,)),
+    ]
+    assert barrier_cuts(prog) == [8]
+    plain = Machine(hw, trace=True).run(prog)
+    cut = Machine(hw, trace=True).run(prog, SegmentMemo())
+    assert cut.segments == 2 and cut.trace == plain.trace and cut.cycles == plain.cycles
+
+
+def test_zero_beat_op_is_drawn_one_cycle_wide():
+    r = Machine(load_hw("tiny"), trace=True).run([MOp(SFU, "nop", 0, 0, 0)])
+    assert r.trace == [("sfu", "nop", 0, 1)]
+
+
+def test_dispatcher_blocked_on_the_ld_queue_is_reported():
+    """Depth 1: the second LD cannot be queued until the first issues, which waits for an SFU
+    op behind them in program order: the dispatcher is named as blocked on the LD queue."""
+    prog = [MOp(LD, "a", 1, 1, 1, (SFU,)), MOp(LD, "b", 1, 1, 1), MOp(SFU, "s", 1, 1, 1, (), (LD,))]
+    with pytest.raises(SyncError, match="the dispatcher waits for room in the full ld queue"):
+        Machine(load_hw("tiny"), depth=1).run(prog)
