@@ -2,8 +2,11 @@
 
 A mutant counts as killed when the tests failed (or timed out) with it; ``no tests`` means no
 selected test reaches the mutated function. Mutants not run yet (a sampled run) are left out
-of the rate and counted apart. The mutant names listed in tests/mutation/EQUIVALENT.md are
-taken out of the denominator (they cannot change behaviour; the file says why for each).
+of the rate and counted apart. tests/mutation/EQUIVALENT.md lists, under its
+"## Equivalent" heading, mutants that cannot change behaviour (taken out of the denominator),
+and under "## Killed when applied by hand" mutants mutmut cannot activate (code run at import)
+that a test kills when the change is made in the source (counted as killed). The file says
+why for each.
 """
 
 from __future__ import annotations
@@ -20,11 +23,19 @@ ROOT = Path("mutants")
 EQUIVALENT = Path("tests/mutation/EQUIVALENT.md")
 
 
-def equivalent_names() -> set[str]:
-    """Mutant names (``hwflow.x.x_f__mutmut_3``) written in backquotes in EQUIVALENT.md."""
+def listed() -> dict[str, str]:
+    """``{mutant name: "equiv" | "by hand"}`` from the backquoted names of EQUIVALENT.md."""
     if not EQUIVALENT.is_file():
-        return set()
-    return set(re.findall(r"`(hwflow\.[\w.]+__mutmut_\d+)`", EQUIVALENT.read_text()))
+        return {}
+    out: dict[str, str] = {}
+    kind = ""
+    for line in EQUIVALENT.read_text().splitlines():
+        if line.startswith("## "):
+            kind = "by hand" if "by hand" in line else "equiv" if "Equivalent" in line else ""
+        elif kind:
+            for name in re.findall(r"`(hwflow\.[^`\s]+__mutmut_\d+)`", line):
+                out[name] = kind
+    return out
 
 
 def main() -> int:
@@ -32,7 +43,7 @@ def main() -> int:
     if not metas:
         print("no mutmut results under mutants/ (run `make mutate` first)", file=sys.stderr)
         return 2
-    equiv = equivalent_names()
+    marks = listed()
     head = f"{'module':<26}{'mutants':>8}{'run':>6}{'killed':>8}{'survived':>9}{'no test':>8}"
     print(head + f"{'equiv':>6}{'kill rate':>11}")
     for meta in metas:
@@ -42,9 +53,9 @@ def main() -> int:
             st = status_by_exit_code[code]
             if st == "not checked":
                 continue
-            if name in equiv and st == "survived":
+            if st == "survived" and marks.get(name) == "equiv":
                 c["equiv"] += 1
-            elif st in ("killed", "timeout"):
+            elif st in ("killed", "timeout") or (st == "survived" and marks.get(name) == "by hand"):
                 c["killed"] += 1
             elif st == "survived":
                 c["survived"] += 1
