@@ -7,7 +7,9 @@ import pytest
 import hwflow.compiler
 from hwflow.config import load_hw, load_model, load_plan
 from hwflow.energy import load_energy_table
+from hwflow.isa import Runtime
 from hwflow.perf import sim
+from hwflow.perf.machine import UNITS
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +53,19 @@ def test_summary_row(tiny, tmp_path, monkeypatch):
     assert s["energy_hbm_j"] == pytest.approx(hbm * 8 * t.hbm_pj_per_bit * 1e-12)
     p = sim.simulate(*tiny, 8, 0, mode="exact").summary()
     assert p["decode"] == 0 and p["decode_bytes_per_token"] == 0
+
+
+def test_run_totals_are_the_sums_of_its_steps(tiny, tmp_path, monkeypatch):
+    """An exact run of prefill 8 + decode 3 is four steps one after the other: its cycles,
+    busy and stall cycles per unit are the sums of the four steps run one by one."""
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    cfg, plan, hw = tiny
+    r = sim.simulate(cfg, plan, hw, 8, 3, mode="exact")
+    prog = sim.compile_cached(cfg, plan, hw, min(cfg.max_positions, 2048))
+    steps = [sim.run_step(hw, prog, "prefill", Runtime(8, 0))]
+    steps += [sim.run_step(hw, prog, "decode", Runtime(1, p)) for p in (8, 9, 10)]
+    assert r.total_cycles == sum(s.cycles for s in steps)
+    for u in UNITS:
+        assert r.busy[u] == sum(s.stats.busy[u] for s in steps), u
+        assert r.stall[u] == sum(s.stats.stall[u] for s in steps), u
+    assert sum(r.stall.values()) > 0
