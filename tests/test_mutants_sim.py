@@ -8,6 +8,7 @@ import hwflow.compiler
 from hwflow.config import load_hw, load_model, load_plan
 from hwflow.energy import load_energy_table
 from hwflow.isa import Runtime
+from hwflow.model import step_graph
 from hwflow.perf import sim
 from hwflow.perf.machine import UNITS
 
@@ -69,3 +70,18 @@ def test_run_totals_are_the_sums_of_its_steps(tiny, tmp_path, monkeypatch):
         assert r.busy[u] == sum(s.stats.busy[u] for s in steps), u
         assert r.stall[u] == sum(s.stats.stall[u] for s in steps), u
     assert sum(r.stall.values()) > 0
+
+
+def test_decode_roofline_is_the_step_bytes_at_sustained_bandwidth(tiny, tmp_path, monkeypatch):
+    """Each decode step's roofline is the bytes that step must move (model.step_graph at its
+    own context) at the sustained bandwidth of tiny.yaml: 4 channels x 14.375 GB/s x 0.70
+    / 100 MHz = 402.5 B per cycle. Short runs (<= 4 steps) and long ones (interpolated)."""
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    cfg, plan, hw = tiny
+    for decode in (3, 9):
+        r = sim.simulate(cfg, plan, hw, 8, decode, mode="fast")
+        want = [
+            step_graph(cfg, plan, "decode", 1, p).hbm_bytes / 402.5 for p in range(8, 8 + decode)
+        ]
+        assert r.decode_roofline_cycles == pytest.approx(want, rel=1e-9)
+        assert want[-1] > want[0]  # the KV cache grows with the context
