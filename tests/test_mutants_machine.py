@@ -72,3 +72,39 @@ def test_dispatcher_blocked_on_the_ld_queue_is_reported():
     prog = [MOp(LD, "a", 1, 1, 1, (SFU,)), MOp(LD, "b", 1, 1, 1), MOp(SFU, "s", 1, 1, 1, (), (LD,))]
     with pytest.raises(SyncError, match="the dispatcher waits for room in the full ld queue"):
         Machine(load_hw("tiny"), depth=1).run(prog)
+
+
+def test_event_count_of_a_trivial_run():
+    """``events`` counts the SimPy waits of a run plus one start per unit process (6) and
+    the dispatcher (1). Two back-to-back 5-beat SFU ops on an idle machine: the SFU waits
+    out each op's beats once (2 waits), nothing else ever waits: 2 + 6 + 1 = 9."""
+    r = Machine(load_hw("tiny")).run([MOp(SFU, "a", 0, 5, 5), MOp(SFU, "b", 0, 5, 5)])
+    assert r.events == 9 and r.cycles == 10
+
+
+def test_memo_bookkeeping_on_compiled_steps(tmp_path, monkeypatch):
+    """Steps of tiny-llama on tiny cut at their barriers, one memo for all (as the simulator
+    does): in each step every segment is either simulated (a memo miss) or taken from the
+    memo (a hit, counted as reused), and replayed events are a part of the step's events."""
+    from hwflow.config import load_model, load_plan
+    from hwflow.isa import Runtime
+    from hwflow.perf.sim import compile_cached, run_step
+
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    hw = load_hw("tiny")
+    prog = compile_cached(load_model("tiny-llama"), load_plan("flightllm"), hw, 512)
+    memo = SegmentMemo()
+    replayed = segments = 0
+    for phase, rt in [
+        ("prefill", Runtime(100, 0)),
+        ("decode", Runtime(1, 99)),
+        ("decode", Runtime(1, 300)),
+    ]:
+        misses, hits = memo.misses, memo.hits
+        s = run_step(hw, prog, phase, rt, memo=memo).stats
+        assert (memo.misses - misses) + (memo.hits - hits) == s.segments
+        assert s.reused == memo.hits - hits
+        assert 0 <= s.replayed_events < s.events
+        replayed += s.replayed_events
+        segments += s.segments
+    assert memo.hits > 0 and replayed > 0 and memo.misses + memo.hits == segments
