@@ -277,3 +277,25 @@ def test_hbm_capacity_refusal_states_sizes_in_binary_units():
             CapacityError, match=rf"but preset tiny has {text} \(hbm\.capacity_gib\)"
         ):
             compile_model(cfg, plan, small, 16)
+
+
+def test_saturate_to_nine_bits():
+    """INT9: -256..255, held in int16 (int8 cannot)."""
+    out = nx.saturate(np.array([300, -300, 7]), 9)
+    assert out.tolist() == [255, -256, 7] and out.dtype == np.int16
+
+
+def test_hbm_regions_have_their_documented_kinds(tmp_path, monkeypatch):
+    """isa.Region: kind weights / kv / io / table. tiny-llama: per-layer-run weight regions
+    and the final norm + head ('final') are weights, 'kv' the KV cache, 'rope' a table,
+    'input' and 'logits' I/O."""
+    from hwflow.compiler import compile_model
+    from hwflow.config import load_model, load_plan
+
+    prog = compile_model(
+        load_model("tiny-llama"), load_plan("flightllm"), load_hw("tiny"), 16
+    ).program
+    kinds = {r.name: r.kind for r in prog.regions}
+    assert kinds["final"] == "weights" and kinds["kv"] == "kv" and kinds["rope"] == "table"
+    assert kinds["input"] == kinds["logits"] == "io"
+    assert all(kinds[n] == "weights" for n in kinds if n.startswith("L"))

@@ -105,3 +105,13 @@ def test_program_file_refusals_name_the_file_and_the_fault():
 
 def _with_crc(body: bytes) -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_template_with_an_unknown_phase_is_refused():
+    t = isa.Template("sideways", 1, 1, (make("END"),))
+    head = {"isa_version": isa.ISA_VERSION, "preset": "x", "preset_digest": "0", "model": "m"}
+    data = Program({**head, "plan": "p", "max_len": 1}, (), (t,)).to_bytes()
+    with pytest.raises(
+        ProgramError, match=r"^p\.hwp: malformed program \(template 0 is malformed\)$"
+    ):
+        Program.from_bytes(data, "p.hwp")

@@ -80,6 +80,8 @@ def test_event_count_of_a_trivial_run():
     out each op's beats once (2 waits), nothing else ever waits: 2 + 6 + 1 = 9."""
     r = Machine(load_hw("tiny")).run([MOp(SFU, "a", 0, 5, 5), MOp(SFU, "b", 0, 5, 5)])
     assert r.events == 9 and r.cycles == 10
+    # a 0-beat op has nothing to wait out: 0 + 6 + 1
+    assert Machine(load_hw("tiny")).run([MOp(SFU, "nop", 0, 0, 0)]).events == 7
 
 
 def test_memo_bookkeeping_on_compiled_steps(tmp_path, monkeypatch):

@@ -46,6 +46,9 @@ def test_summary_row(tiny, tmp_path, monkeypatch):
     r = sim.simulate(*tiny, 8, 3, mode="exact")
     s = r.summary()
     assert {"decode_bytes_per_token", "roofline_ms_per_token", "tokens_per_j"} <= set(s)
+    assert s["j_per_token"] == pytest.approx(1 / s["tokens_per_j"])
+    seconds = s["total_cycles"] / (s["clock_mhz"] * 1e6)
+    assert s["average_w"] == pytest.approx(s["energy_j"] / seconds)
     assert s["simulated_steps"] == 4  # the prefill and 3 decode steps, each simulated
     t = load_energy_table(tiny[2].energy_table)
     bits = s["buffer_read_bits"] + s["buffer_write_bits"]
