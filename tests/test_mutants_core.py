@@ -9,6 +9,8 @@ that survived it, with an expectation worked out by hand from the inputs, not fr
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import yaml
@@ -275,8 +277,13 @@ def test_hbm_capacity_refusal_states_sizes_in_binary_units():
         small = hw.model_copy(update={"hbm": hw.hbm.model_copy(update={"capacity_gib": gib})})
         with pytest.raises(
             CapacityError, match=rf"but preset tiny has {text} \(hbm\.capacity_gib\)"
-        ):
+        ) as e:
             compile_model(cfg, plan, small, 16)
+        # "needs A of HBM (W weights, K KV cache)": the parts are parts of the whole
+        units = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+        found = re.findall(r"([\d.]+) (bytes|KiB|MiB|GiB)", str(e.value))[:3]
+        a, w, k = (float(x) * units[u] for x, u in found)
+        assert 0 < k < a and w + k <= a * 1.001, str(e.value)
 
 
 def test_saturate_to_nine_bits():

@@ -50,6 +50,9 @@ def test_summary_row(tiny, tmp_path, monkeypatch):
     seconds = s["total_cycles"] / (s["clock_mhz"] * 1e6)
     assert s["average_w"] == pytest.approx(s["energy_j"] / seconds)
     assert s["simulated_steps"] == 4  # the prefill and 3 decode steps, each simulated
+    assert (s["prefill"], s["decode"]) == (8, 3)
+    for u in UNITS:  # fractions of the run: no unit is busy or stalled longer than the run
+        assert 0 <= s[f"util_{u}"] <= 1 and 0 <= s[f"stall_{u}"] <= 1, u
     t = load_energy_table(tiny[2].energy_table)
     bits = s["buffer_read_bits"] + s["buffer_write_bits"]
     assert bits > 0 and s["energy_buffers_j"] == pytest.approx(bits * t.sram_pj_per_bit * 1e-12)
@@ -69,6 +72,7 @@ def test_run_totals_are_the_sums_of_its_steps(tiny, tmp_path, monkeypatch):
     steps = [sim.run_step(hw, prog, "prefill", Runtime(8, 0))]
     steps += [sim.run_step(hw, prog, "decode", Runtime(1, p)) for p in (8, 9, 10)]
     assert r.total_cycles == sum(s.cycles for s in steps)
+    assert all(s.stats.trace == [] for s in steps)  # no trace unless asked for
     for u in UNITS:
         assert r.busy[u] == sum(s.stats.busy[u] for s in steps), u
         assert r.stall[u] == sum(s.stats.stall[u] for s in steps), u
