@@ -2,17 +2,24 @@
 
 Steps (all deterministic):
 
-1. :func:`random_weights` makes seeded float weights of any config (hwflow never downloads
-   weights; a user with real weights passes the same dict layout).
-2. :func:`fold_norms` folds every normalisation's gain (and LayerNorm's bias) into the linear
-   ops that consume it, so the accelerator's norms have unit gain (exact in real arithmetic).
-3. Calibration: a float64 run of the folded model on seeded calibration tokens gives each
-   activation tensor's scale, ``max|t| / 127`` (per tensor, symmetric).
-4. Weights: magnitude N:M pruning along K, symmetric per-channel INT``bits`` quantization,
-   the compressed values/indices and their packed bytes; biases to INT32 at the accumulator
-   scale; per-channel requantization (mult, shift) from the scales.
-5. Integer parameters of every non-linear op: normalisation and attention requantizers, the
-   softmax exponential table, activation LUTs, residual-add multipliers, RoPE tables.
+1. :func:`random_weights` makes seeded float weights of any config; a real checkpoint gives the
+   same dict layout (:mod:`hwflow.checkpoint`).
+2. :func:`fold_norm_biases` folds LayerNorm betas into the biases of the linears that consume
+   the norm (exact in real arithmetic); the norm *gains* stay in the norm (INT16 per channel,
+   applied before the per-token quantization: folding them into the weights would leave the
+   massive-activation channels in the quantized rows).
+3. Calibration: a float64 run of the model on calibration tokens (real text for a real
+   checkpoint) gives the residual's binary point, the static scales (per head for q/k/v and the
+   KV cache, per tensor for ``a``, gate/up and the logits) and each linear's row-stage guard.
+   With the plan's ``method.smooth`` (SmoothQuant alpha) the norms' consumers are smoothed
+   first (``1/s`` into the norm gain, ``s`` into the weights) and the run repeated.
+4. Weights: N:M pruning along K and symmetric per-channel INT``bits`` quantization by the
+   plan's method (:mod:`hwflow.prune`, :mod:`hwflow.wquant`: magnitude/Wanda/SparseGPT, round to
+   nearest/scale search/GPTQ, statistics of each linear's float input), the compressed
+   values/indices and their packed bytes; biases to INT32 at the row stage's scale; per-channel
+   requantization (mult, shift) of the channel stage.
+5. Integer parameters of every other op (norm gains and pre-shifts, score multipliers, SiLU
+   index multiplier, RoPE tables).
 
 The arithmetic itself lives in :mod:`hwflow.numerics`; this module only chooses its constants.
 """
@@ -26,11 +33,16 @@ from typing import Any
 import numpy as np
 
 from hwflow import numerics as nx
-from hwflow.config import CompressionPlan, LinearQuant, ModelConfig
+from hwflow.calib import Calibration
+from hwflow.config import CompressionMethod, CompressionPlan, LinearQuant, ModelConfig
+from hwflow.errors import UnsupportedError
 from hwflow.model import attention_mask, step_graph
+from hwflow.prune import prune
 from hwflow.reference import KVCache, run_float
+from hwflow.smooth import smooth_factors
+from hwflow.wquant import quantize
 
-__all__ = ["QLinear", "QuantizedModel", "fold_norms", "quantize_model", "random_weights"]
+__all__ = ["QLinear", "QuantizedModel", "fold_norm_biases", "quantize_model", "random_weights"]
 
 CALIBRATION_SEED = 1  #: seed of the calibration token ids
 
@@ -74,23 +86,15 @@ def random_weights(cfg: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
 _NORM_CONSUMERS = {"norm1": ("q", "k", "v"), "norm2": ("gate", "up")}
 
 
-def fold_norms(cfg: ModelConfig, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Fold norm gains into the consuming linears' columns and LayerNorm biases into their
-    biases: ``W(n*g + b) + c = (W diag g) n + (W b + c)``. Returns a new dict without ``*.g``/``*.b``
-    of norms."""
-    out = {
-        k: v
-        for k, v in weights.items()
-        if not k.rsplit(".", 1)[0].endswith(("norm1", "norm2", "norm"))
-    }
+def fold_norm_biases(cfg: ModelConfig, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Fold LayerNorm betas into the consuming linears' biases, ``W(n*g + b) + c = W(n*g) +
+    (W b + c)``; returns a new dict without the norms' ``*.b`` (gains ``*.g`` are kept)."""
+    out = {k: v for k, v in weights.items() if not (k.endswith(".b") and _is_norm(k))}
 
     def fold(norm: str, linear: str) -> None:
-        g = weights.get(norm + ".g")
         b = weights.get(norm + ".b")
-        w = weights[linear + ".w"]
-        out[linear + ".w"] = w * g[None, :] if g is not None else w
         if b is not None:
-            out[linear + ".b"] = weights.get(linear + ".b", 0.0) + w @ b
+            out[linear + ".b"] = weights.get(linear + ".b", 0.0) + weights[linear + ".w"] @ b
 
     for li in range(cfg.layers):
         for norm, consumers in _NORM_CONSUMERS.items():
@@ -101,14 +105,38 @@ def fold_norms(cfg: ModelConfig, weights: dict[str, np.ndarray]) -> dict[str, np
     return out
 
 
+def _smooth(
+    cfg: ModelConfig, w: dict[str, np.ndarray], ten: dict[str, np.ndarray], alpha: float
+) -> dict[str, np.ndarray]:
+    """SmoothQuant (:mod:`hwflow.smooth`) on the inputs of the norms' consumers: ``1/s`` into
+    the norm's gain (applied on chip before the per-token quantization), ``s`` into the
+    consuming linears' columns. Exact in real arithmetic."""
+    out = dict(w)
+    for li in range(cfg.layers):
+        for norm, consumers in _NORM_CONSUMERS.items():
+            ops = [f"L{li}.{op}" for op in consumers if op in cfg.linear_ops]
+            amax = np.abs(ten[f"L{li}.{'h1' if norm == 'norm1' else 'h2'}"]).max(axis=0)
+            s = smooth_factors(amax, [w[o + ".w"] for o in ops], alpha)
+            out[f"L{li}.{norm}.g"] = w.get(f"L{li}.{norm}.g", np.ones(cfg.hidden)) / s
+            for o in ops:
+                out[o + ".w"] = w[o + ".w"] * s[None, :]
+    return out
+
+
+def _is_norm(key: str) -> bool:
+    return key.rsplit(".", 1)[0].endswith(("norm1", "norm2", "norm"))
+
+
 @dataclass(frozen=True)
 class QLinear:
     """One compressed linear op.
 
     ``codes`` is the dense INT``bits`` weight with zeros where pruned (what the reference
-    multiplies); ``values``/``indices`` are the N:M-compressed form the hardware stores
-    (for a dense op ``values`` is ``codes`` and ``indices`` is None). ``mult``/``shift``
-    requantize each output channel; both are None for the head (raw logits).
+    multiplies); ``values``/``indices`` are the N:M-compressed form the hardware stores (for a
+    dense op ``values`` is ``codes`` and ``indices`` is None). ``guard`` is the row stage's
+    ``G``; ``bias`` is INT32 at ``y``'s scale;
+    ``mult``/``shift`` requantize each output channel to ``out_bits``. Inputs without row
+    factors use the constant factor 1 (``m = 2**14, e = 14``), so every linear has a row stage.
     """
 
     name: str
@@ -117,9 +145,11 @@ class QLinear:
     values: np.ndarray = field(repr=False)
     indices: np.ndarray | None = field(repr=False)
     bias: np.ndarray | None = field(repr=False)
-    mult: np.ndarray | None = field(repr=False)
-    shift: np.ndarray | None = field(repr=False)
+    mult: np.ndarray = field(repr=False)
+    shift: np.ndarray = field(repr=False)
     weight_scale: np.ndarray = field(repr=False)
+    out_bits: int = 8
+    guard: int = 0
 
     def packed(self) -> dict[str, np.ndarray]:
         """The bytes stored in HBM, row by row (each row padded to whole bytes)."""
@@ -135,108 +165,171 @@ class QLinear:
 class QuantizedModel:
     """Everything the accelerator needs to run ``cfg`` compressed by ``plan``.
 
-    ``linears[op_name]``: :class:`QLinear`; ``params[op_name]``: integer constants of
-    non-linear ops (see the module docstring); ``scales[tensor]``: the float scale of every
-    INT8 tensor; ``rope_cos/rope_sin``: Q14 tables (LLaMA family, else empty).
+    ``linears[op_name]``: :class:`QLinear`; ``params[op_name]``: integer constants of the
+    other ops (see the module docstring); ``scales[tensor]``: the static real scale of every
+    integer tensor (per-row tensors: the static part, the row factor aside); ``res_frac``: the
+    residual's binary point F; ``rope_cos/rope_sin``: Q14 tables (LLaMA family, else empty).
     """
 
     cfg: ModelConfig
     plan: CompressionPlan
     linears: dict[str, QLinear] = field(repr=False)
     params: dict[str, dict[str, Any]] = field(repr=False)
-    scales: dict[str, float] = field(repr=False)
+    scales: dict[str, Any] = field(repr=False)
+    res_frac: int
     rope_cos: np.ndarray = field(repr=False)
     rope_sin: np.ndarray = field(repr=False)
     embed_table: np.ndarray = field(repr=False)
     pos_table: np.ndarray | None = field(repr=False)
 
     def embed(self, ids: np.ndarray, start: int) -> np.ndarray:
-        """The program input: INT8 embeddings of ``ids`` at positions ``start...`` (host side)."""
+        """The program input: INT32 embeddings of ``ids`` at positions ``start...`` (host side)."""
         x = self.embed_table[np.asarray(ids)]
         if self.pos_table is not None:
             x = x + self.pos_table[start + self.cfg.position_offset + np.arange(len(ids))]
-        return nx.saturate(np.rint(x / self.scales["x0"]), 8)
+        return nx.saturate(np.rint(x * 2.0**self.res_frac), nx.RESIDUAL_BITS)
 
-    def dequant_logits(self, acc: np.ndarray) -> np.ndarray:
-        head = self.linears["head"]
-        return acc * self.scales["hf"] * head.weight_scale[None, :]
+    def dequant_logits(self, logits: np.ndarray) -> np.ndarray:
+        """Real logits from the INT32 logits the head writes."""
+        return np.asarray(logits, np.float64) * self.scales["logits"]
 
 
-def _scale(t: np.ndarray) -> float:
-    m = float(np.abs(t).max())
-    return m / 127 if m > 0 else 1.0
+#: Headroom (bits) over the calibrated maxima of the residual and the row stages.
+HEADROOM_BITS = 2
+#: Row-stage guard of P x V: |y| = |sum(p v) / S| * 2**G <= 127 * 2**22 < 2**29 (no calibration).
+PV_GUARD = 22
+
+
+def _absmax(t: np.ndarray, axis: Any = None) -> np.ndarray:
+    return np.maximum(np.abs(t).max(axis=axis), 1e-30)
+
+
+def _head_max(t: np.ndarray, n: int) -> np.ndarray:
+    """Per-head max |t| of [T, n*hd] (or [n, T, hd]) -> [n]."""
+    if t.ndim == 3:
+        return _absmax(t, axis=(1, 2))
+    return _absmax(t.reshape(t.shape[0], n, -1), axis=(0, 2))
+
+
+def _calibrate(cfg: ModelConfig, plan: CompressionPlan, w: dict[str, np.ndarray], ids: np.ndarray):
+    """Float64 run of the (bias-folded) model on ``ids``: every tensor, all rows."""
+    t = len(ids)
+    graph = step_graph(cfg, plan, "prefill", t)
+    x0 = w["embed"][ids]
+    if cfg.positions == "learned":
+        x0 = x0 + w["pos"][cfg.position_offset + np.arange(t)]
+    mask = attention_mask(cfg, plan.attention, "prefill", t, 0)
+    run = run_float(cfg, w, graph, x0, KVCache.empty(cfg, np.float64, t), mask, all_rows=True)
+    return graph, run.tensors
 
 
 def quantize_model(
-    cfg: ModelConfig, plan: CompressionPlan, weights: dict[str, np.ndarray], calib_tokens: int = 64
+    cfg: ModelConfig,
+    plan: CompressionPlan,
+    weights: dict[str, np.ndarray],
+    calib_tokens: int = 64,
+    calib_ids: np.ndarray | None = None,
 ) -> QuantizedModel:
-    """Compress ``weights`` of ``cfg`` by ``plan`` (see the module docstring for the steps)."""
-    folded = fold_norms(cfg, weights)
-    t = min(calib_tokens, cfg.max_positions)
-    ids = np.random.default_rng(CALIBRATION_SEED).integers(cfg.vocab, size=t)
-    graph = step_graph(cfg, plan, "prefill", t)
-    x0 = folded["embed"][ids]
-    if cfg.positions == "learned":
-        x0 = x0 + folded["pos"][cfg.position_offset + np.arange(t)]
-    mask = attention_mask(cfg, plan.attention, "prefill", t, 0)
-    run = run_float(cfg, folded, graph, x0, KVCache.empty(cfg, np.float64, t), mask, all_rows=True)
-    tensors = run.tensors
-    scales = {name: _scale(v) for name, v in tensors.items() if name != "logits"}
-    for name in list(scales):  # RoPE keeps its input's scale: cover both sides
-        if name.endswith(".qr") or name.endswith(".kr"):
-            base = name[:-1]
-            scales[base] = scales[name] = max(scales[base], scales[name])
-    for o in graph.ops:
-        if o.kind == "softmax":
-            scales[o.output] = 1 / 127  # probabilities 0..127
+    """Compress ``weights`` of ``cfg`` by ``plan`` (see the module docstring for the steps).
 
+    ``calib_ids``: calibration token ids (real text for a real checkpoint); default
+    ``calib_tokens`` seeded random ids (what random weights are calibrated on).
+    """
+    w = fold_norm_biases(cfg, weights)
+    if calib_ids is None:
+        t = min(calib_tokens, cfg.max_positions)
+        calib_ids = np.random.default_rng(CALIBRATION_SEED).integers(cfg.vocab, size=t)
+    calib_ids = np.asarray(calib_ids)[: cfg.max_positions]
+    graph, ten = _calibrate(cfg, plan, w, calib_ids)
+    if plan.method.smooth is not None:
+        w = _smooth(cfg, w, ten, plan.method.smooth)
+        graph, ten = _calibrate(cfg, plan, w, calib_ids)
+    res_max = max(float(_absmax(ten[f"x{li}"])) for li in range(cfg.layers + 1))
+    res_frac = math.floor(math.log2((2**31 - 1) / res_max)) - HEADROOM_BITS
+    scales: dict[str, Any] = {f"x{li}": 2.0**-res_frac for li in range(cfg.layers + 1)}
+    quant = plan.resolve(cfg)
     linears: dict[str, QLinear] = {}
     params: dict[str, dict[str, Any]] = {}
-    quant = plan.resolve(cfg)
+    rep = cfg.heads // cfg.kv_heads
+    hd = cfg.head_dim
+    row_inputs: dict[str, float] = {}  #: per-row tensor -> static scale (row factor aside)
+    calibs: dict[str, Calibration] = {}  #: input statistics shared by the linears reading them
+
+    for op in graph.ops:
+        if op.kind == "norm":
+            g = w.get(op.name + ".g", np.ones(cfg.hidden))
+            gs = float(_absmax(g)) / 32767
+            xmax = float(_absmax(ten[op.inputs[0]])) * 2.0**res_frac
+            pre = max(0, int(xmax * 2**HEADROOM_BITS).bit_length() - nx.NORM_IN_BITS)
+            params[op.name] = {
+                "gamma": np.rint(g / gs).astype(np.int64),
+                "pre": pre,
+                "center": cfg.norm == "layer",
+            }
+            row_inputs[op.output] = gs / 127
+        elif op.kind == "rope":
+            n = cfg.heads if op.name.endswith("rope_q") else cfg.kv_heads
+            hmax = np.maximum(_head_max(ten[op.inputs[0]], n), _head_max(ten[op.output], n))
+            scales[op.inputs[0]] = scales[op.output] = hmax / 127
+        elif op.kind == "lut":
+            src = op.inputs[0]
+            scales[src] = float(_absmax(ten[src])) / 32767
+            if cfg.gated_mlp:
+                scales[op.output] = scales[src]
+                params[op.name] = _mult(nx.SIG_STEPS * scales[src])
+            else:  # OPT: relu, then the per-row quantization for down
+                params[op.name] = {}
+                row_inputs[op.output] = scales[src] / 127
+        elif op.kind == "mul":
+            a, b = op.inputs
+            scales[b] = float(_absmax(ten[b])) / 32767
+            row_inputs[op.output] = scales[a] * scales[b] / 127
+    # static scales of the rest: per-head q/k/v (OPT: no rope), a, logits
+    for li in range(cfg.layers):
+        p = f"L{li}."
+        for t, n in (("q", cfg.heads), ("k", cfg.kv_heads), ("v", cfg.kv_heads)):
+            if p + t not in scales:
+                scales[p + t] = _head_max(ten[p + t], n) / 127
+        scales[p + "a"] = float(_absmax(ten[p + "a"])) / 127
+        scales[p + "p"] = 1.0  # probabilities are normalised in P x V
+        for t in ("x1", "o", "d"):  # residual-stream tensors
+            scales[p + t] = 2.0**-res_frac
+    scales["logits"] = float(_absmax(ten["logits"])) * 2**HEADROOM_BITS / (2**31 - 1)
+
     for op in graph.ops:
         if op.kind in ("linear", "head"):
             lq = quant[(op.layer, op.name.split(".")[1])] if op.kind == "linear" else plan.head()
+            src = op.inputs[0]
+            if src not in calibs and _needs_calibration(plan.method):
+                calibs[src] = Calibration.of(ten[src])
             linears[op.name] = _quantize_linear(
-                op.name,
-                lq,
-                folded,
-                scales[op.inputs[0]],
-                None if op.kind == "head" else scales[op.output],
+                op, lq, w, ten, scales, row_inputs, cfg, plan.method, calibs.get(src)
             )
-        elif op.kind == "norm":
-            params[op.name] = _mult(2.0**-nx.NORM_FRAC / scales[op.output])
         elif op.kind == "scores":
-            q = op.inputs[0]
-            k_name = q.replace(".qr", ".kr").replace(".q", ".k")
-            params[op.name] = _mult(
-                scales[q] * scales[k_name] / math.sqrt(cfg.head_dim) / scales[op.output]
-            )
-        elif op.kind == "softmax":
-            params[op.name] = {"table": nx.exp_table(scales[op.inputs[0]])}
+            q_name, li = op.inputs[0], op.layer
+            k_name = f"L{li}.kr" if cfg.positions == "rope" else f"L{li}.k"
+            sq = np.asarray(scales[q_name])
+            sk = np.repeat(np.asarray(scales[k_name]), rep)
+            real = sq * sk / math.sqrt(hd) * math.log2(math.e) * 256
+            m, s = nx.quant_multiplier(real)
+            params[op.name] = {"mult": m, "shift": s}
         elif op.kind == "pv":
-            v_name = f"L{op.layer}.v"
-            params[op.name] = _mult(scales[v_name] / 127 / scales[op.output])
-        elif op.kind == "add":
-            params[op.name] = _add_mults(
-                scales[op.inputs[0]] / scales[op.output], scales[op.inputs[1]] / scales[op.output]
-            )
-        elif op.kind == "lut":
-            fn = (
-                (lambda x: x / (1 + np.exp(-x)))
-                if cfg.activation == "silu"
-                else (lambda x: np.maximum(x, 0))
-            )
-            params[op.name] = {"lut": nx.lut_from_fn(fn, scales[op.inputs[0]], scales[op.output])}
-        elif op.kind == "mul":
-            a, b = op.inputs
-            params[op.name] = _mult(scales[a] * scales[b] / scales[op.output])
+            sv = np.repeat(np.asarray(scales[f"L{op.layer}.v"]), rep)
+            m, s = nx.quant_multiplier(sv * 2.0**-PV_GUARD / scales[op.output])
+            params[op.name] = {"mult": m, "shift": s, "guard": PV_GUARD}
+    for name, s_in in row_inputs.items():
+        scales[name] = s_in
     if cfg.positions == "rope":
         cos, sin = nx.rope_tables(cfg.max_positions, cfg.head_dim, cfg.rope_theta)
     else:
         cos = sin = np.zeros((0, 0), np.int64)
     return QuantizedModel(
-        cfg, plan, linears, params, scales, cos, sin, folded["embed"], folded.get("pos")
+        cfg, plan, linears, params, scales, res_frac, cos, sin, w["embed"], w.get("pos")
     )
+
+
+def _needs_calibration(method: CompressionMethod) -> bool:
+    return method.prune != "magnitude" or method.quant != "rtn"
 
 
 def _mult(real: float) -> dict[str, int]:
@@ -244,32 +337,64 @@ def _mult(real: float) -> dict[str, int]:
     return {"mult": int(m), "shift": int(s)}
 
 
-def _add_mults(ra: float, rb: float) -> dict[str, int]:
-    """Two multipliers sharing one shift, the larger normalised to 15 bits."""
-    _, shift = nx.quant_multiplier(max(ra, rb))
-    return {
-        "mult_a": round(ra * 2.0 ** int(shift)),
-        "mult_b": round(rb * 2.0 ** int(shift)),
-        "shift": int(shift),
-    }
+def _out_format(op_name: str, out: str, scales: dict[str, Any], cfg: ModelConfig):
+    """(bits, per-channel real output scale) of a linear op's output tensor."""
+    kind = op_name.split(".")[-1]
+    n_out = cfg.linear_shape(kind)[0] if kind != "head" else cfg.vocab
+    if kind == "head":
+        return 32, np.full(n_out, scales["logits"])
+    if kind in ("o", "down"):
+        return 32, np.full(n_out, scales[out])
+    if kind in ("gate", "up"):
+        return nx.GATE_BITS, np.full(n_out, scales[out])
+    return 8, np.repeat(np.asarray(scales[out]), cfg.head_dim)  # q, k, v: per head
+
+
+def _compress_weight(
+    wf: np.ndarray, lq: LinearQuant, method: CompressionMethod, calib: Calibration | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """N:M pruning then INT``bits`` quantization by the plan's method: (codes, scale[out],
+    keep-mask or None when dense)."""
+    if method.group is not None:
+        raise UnsupportedError(
+            f"method.group {method.group}: group-wise weight scales are not part of the integer "
+            "contract (hwflow/numerics.py); use per-channel scales (omit group)"
+        )
+    needs = method.prune != "magnitude" and not lq.dense
+    needs = needs or method.quant in ("gptq", "gptq-search")
+    calib = calib if needs or method.quant == "search" else None
+    wp, mask = prune(method.prune, wf, lq.n, lq.m, calib) if not lq.dense else (wf, None)
+    codes, scale = quantize(method.quant, wp, lq.bits, mask, None, calib)
+    return codes.astype(np.int8), np.asarray(scale, np.float64), mask
 
 
 def _quantize_linear(
-    name: str, lq: LinearQuant, w: dict[str, np.ndarray], s_in: float, s_out: float | None
+    op: Any,
+    lq: LinearQuant,
+    w: dict[str, np.ndarray],
+    ten: dict[str, np.ndarray],
+    scales: dict[str, Any],
+    row_inputs: dict[str, float],
+    cfg: ModelConfig,
+    method: CompressionMethod,
+    calib: Calibration | None,
 ) -> QLinear:
-    wf = w[name + ".w"]
-    mask = None if lq.dense else nx.nm_prune_mask(wf, lq.n, lq.m)
-    codes, wscale = nx.quantize_weight(wf, lq.bits, mask)
+    name, src = op.name, op.inputs[0]
+    if name.split(".")[-1] in ("gate", "up") and op.output not in scales:
+        scales[op.output] = float(_absmax(ten[op.output])) / 32767
+    codes, wscale, mask = _compress_weight(w[name + ".w"], lq, method, calib)
     if lq.dense:
         values, indices = codes, None
     else:
         values, indices = nx.nm_compress(codes, mask, lq.n, lq.m)
-    acc_scale = s_in * wscale
+    bits, s_out = _out_format(name, op.output, scales, cfg)
+    # row stage y = acc * f * 2**G (f = 1 for inputs without row factors): real = y * y_scale
+    s_in = row_inputs.get(src, scales[src] if src not in row_inputs else 0.0)
+    ymax = float(np.max(_absmax(ten[op.output], axis=0) / (s_in * wscale)))
+    guard = math.floor(math.log2(2**29 / ymax))
+    y_scale = 2.0**-guard * s_in * wscale
     bias = None
     if name + ".b" in w:
-        bias = np.rint(w[name + ".b"] / acc_scale).astype(np.int64)
-        bias = np.clip(bias, -(2**31), 2**31 - 1)
-    mult = shift = None
-    if s_out is not None:
-        mult, shift = nx.quant_multiplier(acc_scale / s_out)
-    return QLinear(name, lq, codes, values, indices, bias, mult, shift, wscale)
+        bias = np.clip(np.rint(w[name + ".b"] / y_scale), -(2**31), 2**31 - 1).astype(np.int64)
+    mult, shift = nx.quant_multiplier(y_scale / s_out)
+    return QLinear(name, lq, codes, values, indices, bias, mult, shift, wscale, bits, guard)

@@ -12,7 +12,9 @@ Three kinds of input:
   it is (unknown keys of a HF config are ignored, since HF configs carry many), or one shipped
   under ``mappings/models``.
 * a **compression plan** (``mappings/plans/*.yaml``): weight precision and N:M sparsity per layer
-  and per linear op, attention sparsity for prefill, activation and KV-cache precision.
+  and per linear op, attention sparsity for prefill, activation and KV-cache precision, and
+  the ``method`` that prunes and quantizes real weights (magnitude/Wanda/SparseGPT; RTN, scale
+  search, GPTQ; group-wise scales; SmoothQuant).
 
 Names resolve to files under ``mappings/``; anything else is read as a path (for a model, also a
 Hugging Face model folder holding a ``config.json``). Input is strict: a key given twice, a key
@@ -52,15 +54,21 @@ __all__ = [
     "AttentionSparsity",
     "Board",
     "Buffers",
+    "CompressionMethod",
     "CompressionPlan",
+    "Frozen",
     "HardwarePreset",
     "Hbm",
     "LinearQuant",
     "ModelConfig",
+    "Sourced",
     "available",
+    "first_error",
     "load_hw",
     "load_model",
     "load_plan",
+    "read_data",
+    "validate_data",
 ]
 
 MAPPINGS = Path(
@@ -108,6 +116,7 @@ PositiveInt = Annotated[StrictInt, Field(gt=0)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(gt=0, le=1, strict=True, allow_inf_nan=False)]
+UnitInterval = Annotated[float, Field(ge=0, le=1, strict=True, allow_inf_nan=False)]
 
 
 def _pow2(x: int) -> bool:
@@ -136,15 +145,23 @@ class Board(_Sourced):
 
 
 class Hbm(_Sourced):
-    """High-bandwidth memory: pseudo-channels, their peak rate, efficiency and latency."""
+    """High-bandwidth memory: pseudo-channels, their peak rate, and the facts the bandwidth
+    model of :mod:`hwflow.costs` derives sustained rates from (no efficiency constant: see
+    :func:`hwflow.costs.hbm_burst_ns`)."""
 
     channels: PositiveInt
     channel_gbps: PositiveFloat  # peak GB/s (1e9 bytes/s) of one pseudo-channel
     capacity_gib: PositiveFloat
-    efficiency_same_channel: Fraction  # sustained / peak for a sequential stream in one channel
-    efficiency_cross_channel: Fraction  # sustained / peak when a stream crosses channels
-    latency_ns: PositiveFloat  # first-beat latency of a read burst
+    latency_ns: PositiveFloat  # first-beat latency of a read burst (page hit)
     interleave_bytes: PositiveInt  # address-interleave granule across channels used by hwflow
+    port_bits: PositiveInt  # data width of the LD/ST unit's port on one channel
+    port_mhz: PositiveFloat  # clock of that port
+    max_burst_bytes: PositiveInt  # largest burst one AXI transaction carries
+    outstanding: PositiveInt  # read bursts the LD/ST unit keeps in flight per channel
+    refresh_interval_ns: PositiveFloat  # tREFI: one refresh per interval
+    refresh_ns: PositiveFloat  # tRFC: the channel is blocked this long per refresh
+    row_miss_ns: Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]  # new-row cost
+    turnaround_ns: Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]  # rd<->wr
 
     @property
     def peak_gbps(self) -> float:
@@ -160,6 +177,13 @@ class Hbm(_Sourced):
             raise ValueError(
                 f"hbm.interleave_bytes = {self.interleave_bytes} must be a power of two"
             )
+        if self.refresh_ns >= self.refresh_interval_ns:
+            raise ValueError(
+                f"hbm.refresh_ns = {self.refresh_ns} must be below hbm.refresh_interval_ns ="
+                f" {self.refresh_interval_ns} (tRFC < tREFI)"
+            )
+        if self.port_bits % 8:
+            raise ValueError(f"hbm.port_bits = {self.port_bits} must be a whole number of bytes")
         return self
 
 
@@ -665,6 +689,32 @@ class AttentionSparsity(_Frozen):
     global_blocks: NonNegativeInt = 1
 
 
+PruneMethod = Literal["magnitude", "wanda", "sparsegpt"]
+QuantMethod = Literal["rtn", "search", "gptq", "gptq-search"]
+
+
+class CompressionMethod(_Frozen):
+    """How weights are pruned and quantized (:mod:`hwflow.prune`, :mod:`hwflow.wquant`,
+    :mod:`hwflow.smooth`). Defaults are the data-free baseline: magnitude N:M, round to
+    nearest with per-channel scales, no smoothing.
+
+    ``group``: one weight scale per output channel and run of ``group`` inputs (a power of
+    two dividing every pruned reduction length); ``smooth``: the SmoothQuant alpha in [0, 1].
+    """
+
+    prune: PruneMethod = "magnitude"
+    quant: QuantMethod = "rtn"
+    group: PositiveInt | None = None
+    smooth: UnitInterval | None = None
+
+    @field_validator("group")
+    @classmethod
+    def _group_pow2(cls, v: int | None) -> int | None:
+        if v is not None and not _pow2(v):
+            raise ValueError("must be a power of two, e.g. 64 or 128")
+        return v
+
+
 class CompressionPlan(_Frozen):
     """Compression of a whole model. ``weights`` is the default for every linear op of every
     layer; ``rules`` override it in order (later rules win); ``lm_head`` is separate."""
@@ -675,6 +725,7 @@ class CompressionPlan(_Frozen):
     rules: tuple[_Rule, ...] = ()
     lm_head: _QuantSpec = _QuantSpec(bits=8, sparsity="dense")
     attention: AttentionSparsity = AttentionSparsity()
+    method: CompressionMethod = CompressionMethod()
     activation_bits: Literal[8] = 8
     kv_bits: Literal[8] = 8
 
@@ -713,6 +764,12 @@ class CompressionPlan(_Frozen):
             raise UnsupportedError(
                 f"plan {self.name}, {where}: {q.n}:{q.m} sparsity prunes groups of {q.m} "
                 f"along a reduction of {k}, not a multiple of {q.m}"
+            )
+        group = self.method.group
+        if group is not None and k % group:
+            raise UnsupportedError(
+                f"plan {self.name}, {where}: method.group {group} does not divide the "
+                f"reduction length {k}"
             )
 
     def head(self) -> LinearQuant:
@@ -847,7 +904,12 @@ def load_hw(ref: str | Path) -> HardwarePreset:
 
 
 def load_model(ref: str | Path) -> ModelConfig:
-    """A model by shipped name (``llama2-7b``) or the path of a HF config.json."""
+    """A model by shipped name (``llama2-7b``), the path of a HF config.json (or its folder),
+    or a ``.gguf`` file (its metadata, :func:`hwflow.checkpoint.gguf_llama.gguf_config`)."""
+    if Path(ref).suffix == ".gguf" and Path(ref).is_file():
+        from hwflow.checkpoint.gguf_llama import gguf_config
+
+        return gguf_config(Path(ref))
     path = _resolve("models", ref, (".json",))
     data = _read(path)
     name = path.stem if path.name != "config.json" else path.resolve().parent.name
@@ -858,3 +920,12 @@ def load_plan(ref: str | Path) -> CompressionPlan:
     """A compression plan by shipped name (``w4a8``) or by path."""
     path = _resolve("plans", ref, (".yaml", ".yml"))
     return _validate(CompressionPlan, _read(path), path)
+
+
+# Public names of the reading and validation helpers, for the modules that read data files of
+# their own (energy tables, GPU references, sweep grids): one reader, one error format.
+read_data = _read
+validate_data = _validate
+first_error = _first_error
+Frozen = _Frozen
+Sourced = _Sourced

@@ -42,6 +42,7 @@ from hwflow.errors import CapacityError, UnsupportedError
 
 __all__ = [
     "ACC_STAGES",
+    "HBM_ATOM_BYTES",
     "LDST_ISSUE_CYCLES",
     "OPERAND_STAGES",
     "REQUANT_STAGES",
@@ -49,12 +50,17 @@ __all__ = [
     "OpCost",
     "chain_latency",
     "effective_nm",
-    "hbm_channel_bytes_per_cycle",
+    "hbm_achievable_gbps",
+    "hbm_burst_ns",
     "hbm_latency_cycles",
     "hbm_pieces",
+    "hbm_refresh_share",
+    "hbm_run_ns",
+    "hbm_stream_gbps",
     "hbm_transfer_cost",
     "matmul_cost",
     "sfu_cost",
+    "sfu_passes",
     "sync_cost",
 ]
 
@@ -119,8 +125,35 @@ def matmul_cost(engine: Engine, m_block: int, tokens: int, rows: int, k: int, n:
     )
 
 
+def sfu_passes(hw: HardwarePreset, func: str, center: bool = False) -> int:
+    """Reads of its input a special-function op makes under the numerics contract
+    (:mod:`hwflow.numerics`; ``func`` one of :data:`hwflow.isa.SFU_FUNCS`).
+
+    * ``norm``: the preset's ``norm_passes`` (statistics, then the output: RMSNorm's sum of
+      squares and the row maximum of ``xr * gamma`` the per-row quantization needs share the
+      statistics pass); LayerNorm (``center``) one more, since centring needs the row sum
+      before the sum of squares and the maximum of the centred row.
+    * ``softmax``: the preset's ``softmax_passes`` (row maximum, then EXP2, the UINT8
+      numerators and their row sum; the normalisation moved into P x V's row stage).
+    * ``mul``, ``reluq`` (per-row INT8 quantization, :func:`~hwflow.numerics.quant_rows`):
+      two, a row-maximum pass before the quantizing one.
+    * ``rope``, ``silu``, ``add``, ``mov``: one.
+    """
+    if func == "norm":
+        return hw.sfu.norm_passes + int(center)
+    if func == "softmax":
+        return hw.sfu.softmax_passes
+    return 2 if func in ("mul", "reluq") else 1
+
+
 def sfu_cost(hw: HardwarePreset, elements: int, passes: int = 1) -> OpCost:
-    """Cost of a special-function op over ``elements`` values read ``passes`` times."""
+    """Cost of a special-function op over ``elements`` values read ``passes`` times
+    (:func:`sfu_passes`). Each of the preset's ``sfu.lanes`` lanes takes one element per cycle
+    whatever its width (a lane is 32 bits wide: the INT32 residual stream), so a pass takes
+    ``ceil(elements / lanes)`` cycles; the bytes moved count in the buffer energy
+    (:mod:`hwflow.perf.lower`), not in cycles. The per-row scalar work (the norm's inverse
+    square root, the reciprocals of the row maximum and of the softmax row sum) is pipelined
+    behind the next row's pass."""
     beats = passes * ceil(elements / hw.sfu.lanes)
     return OpCost(beats=beats, latency=beats + hw.sfu.latency, macs=0, dense_macs=0)
 
@@ -131,21 +164,32 @@ def sfu_cost(hw: HardwarePreset, elements: int, passes: int = 1) -> OpCost:
 #
 # The address space is interleaved across the preset's pseudo-channels in granules of
 # ``hbm.interleave_bytes``: granule g lives in channel ``g % channels``, and the LD/ST unit has
-# one port per channel. A transfer is split into one *piece* per channel it touches. A run of
-# contiguous bytes is, in every channel it touches, one sequential stream read by that
-# channel's own port: it runs at ``efficiency_same_channel`` of the channel's peak. A strided
-# transfer whose rows are shorter than a granule hops from channel to channel row by row (short
-# bursts, a new page each row): its pieces run at ``efficiency_cross_channel``. Pieces run in
-# parallel on their channels; a channel serves its pieces one after the other. The data of a
-# piece is in the on-chip buffer ``latency_ns`` after the channel finished streaming it
-# (the first-beat latency; later beats are pipelined behind it). The load/store unit itself
-# only hands a transfer's pieces to the channels' command queues (one per channel, in parallel):
-# ``LDST_ISSUE_CYCLES`` per transfer; it may then issue its next transfer while the channels
-# stream (its tokens, which are released when the data has landed, keep it from overrunning
-# the buffers).
+# one port per channel. A transfer is split into one *piece* per channel it touches. Within a
+# channel, consecutive granules of one transfer are consecutive in that channel's own address
+# space, so a contiguous transfer's piece is one *run* of contiguous bytes. A strided transfer
+# whose rows are shorter than a granule hops from channel to channel row by row: each row is a
+# run of its own that opens a new DRAM row (page) in its channel.
+#
+# The bandwidth model (no efficiency constant; every input is a preset field with a source):
+# a run is carried by AXI bursts of at most ``max_burst_bytes``; one burst of b bytes holds its
+# channel for the longest of
+#   * the port:     ceil(b / port bytes) beats at ``port_mhz``    (port width x clock cap),
+#   * the device:   b at ``channel_gbps`` less the refresh share ``refresh_ns / refresh_interval_ns``,
+#   * the latency:  ``latency_ns / outstanding``                  (Little's law: with N bursts in
+#                   flight and a round trip of L, one burst completes every L / N),
+# plus ``row_miss_ns`` for a run that opens a new row (a hop row), and, for a write piece,
+# ``2 x turnaround_ns`` (the channel turns from reads to the write and back: in decode a
+# write is a short KV row between long weight reads). A run's last burst is rounded up to whole
+# port beats. The data of a piece is in the on-chip buffer ``latency_ns`` after the channel
+# finished streaming it (the first-beat latency; later bursts are pipelined behind it). The
+# load/store unit itself only hands a transfer's pieces to the channels' command queues:
+# ``LDST_ISSUE_CYCLES`` per transfer.
 
 #: Cycles the LD/ST unit spends issuing one transfer's per-channel commands.
 LDST_ISSUE_CYCLES = 1
+#: The device moves whole 32-byte atoms: a pseudo-channel is 64 bits wide with burst length 4
+#: (JEDEC HBM2 pseudo-channel mode), one 256-bit AXI beat of the HBM controller (Xilinx PG276).
+HBM_ATOM_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -155,7 +199,8 @@ class HbmPiece:
     channel: int
     nbytes: int
     occupancy: int  #: cycles the channel is busy streaming this piece
-    same_channel: bool  #: a sequential stream in its channel, or a hopping short row
+    same_channel: bool  #: one sequential run in its channel, or hopping short rows
+    write: bool = False  #: a store (pays the read/write turnaround)
 
 
 def hbm_latency_cycles(hw: HardwarePreset) -> int:
@@ -163,16 +208,55 @@ def hbm_latency_cycles(hw: HardwarePreset) -> int:
     return ceil(hw.hbm.latency_ns * hw.clock_mhz / 1000 - 1e-9)
 
 
-def hbm_channel_bytes_per_cycle(hw: HardwarePreset, same_channel: bool) -> float:
-    """Sustained bytes per accelerator cycle of one pseudo-channel for one kind of stream."""
-    eff = hw.hbm.efficiency_same_channel if same_channel else hw.hbm.efficiency_cross_channel
-    return hw.hbm.channel_gbps * 1e9 * eff / hw.clock_hz
+def hbm_refresh_share(hw: HardwarePreset) -> float:
+    """Fraction of a channel's time lost to refresh: tRFC / tREFI."""
+    return hw.hbm.refresh_ns / hw.hbm.refresh_interval_ns
 
 
-def hbm_pieces(hw: HardwarePreset, addr: int, nbytes: int, *, hop: bool = False) -> list[HbmPiece]:
+def hbm_burst_ns(hw: HardwarePreset, nbytes: int) -> float:
+    """Channel time of one burst of ``nbytes`` (<= ``max_burst_bytes``) in a stream of them:
+    the slowest of port, device (refresh included) and latency / outstanding."""
+    h = hw.hbm
+    t_port = ceil(nbytes / (h.port_bits // 8)) * 1e3 / h.port_mhz
+    atoms = ceil(nbytes / HBM_ATOM_BYTES) * HBM_ATOM_BYTES
+    t_dev = atoms / (h.channel_gbps * (1 - hbm_refresh_share(hw)))
+    t_lat = h.latency_ns / h.outstanding
+    return max(t_port, t_dev, t_lat)
+
+
+def hbm_run_ns(hw: HardwarePreset, nbytes: int, *, new_row: bool = False) -> float:
+    """Channel time of one run of ``nbytes`` contiguous bytes: full bursts, a remainder burst,
+    and ``row_miss_ns`` if the run opens a new row."""
+    if nbytes <= 0:
+        return 0.0
+    mb = hw.hbm.max_burst_bytes
+    full, rest = divmod(nbytes, mb)
+    t = full * hbm_burst_ns(hw, mb) + (hbm_burst_ns(hw, rest) if rest else 0.0)
+    return t + (hw.hbm.row_miss_ns if new_row else 0.0)
+
+
+def hbm_stream_gbps(hw: HardwarePreset, run_bytes: int, *, new_row: bool = False) -> float:
+    """Sustained GB/s of all channels for a long stream of runs of ``run_bytes`` each (the
+    model's bandwidth curve; ``hwflow bench hbm`` prints it against published measurements)."""
+    return hw.hbm.channels * run_bytes / hbm_run_ns(hw, run_bytes, new_row=new_row)
+
+
+def hbm_achievable_gbps(hw: HardwarePreset) -> float:
+    """The sustained bandwidth of long sequential reads over every channel: the roofline."""
+    return hbm_stream_gbps(hw, 1 << 20)
+
+
+def _cycles(hw: HardwarePreset, ns: float) -> int:
+    return max(ceil(ns * hw.clock_mhz / 1000 - 1e-9), 1)
+
+
+def hbm_pieces(
+    hw: HardwarePreset, addr: int, nbytes: int, *, hop: bool = False, write: bool = False
+) -> list[HbmPiece]:
     """Split the contiguous transfer of ``nbytes`` at HBM byte ``addr`` into per-channel pieces.
 
-    ``hop``: the bytes are one short row of a strided transfer (cross-channel efficiency)."""
+    ``hop``: the bytes are one short row of a strided transfer (a run that opens a new row).
+    ``write``: a store (pays the read/write turnaround)."""
     if addr < 0 or nbytes < 0:
         raise UnsupportedError(f"HBM transfer at {addr} of {nbytes} bytes: negative")
     if addr + nbytes > hw.hbm.capacity_bytes:
@@ -195,10 +279,14 @@ def hbm_pieces(hw: HardwarePreset, addr: int, nbytes: int, *, hop: bool = False)
         for i in range(min(nch, n_whole)):
             ch = (first + 1 + i) % nch
             per[ch] = per.get(ch, 0) + (rounds + (1 if i < rest else 0)) * g
-    rate = hbm_channel_bytes_per_cycle(hw, not hop)
+    turn = 2 * hw.hbm.turnaround_ns if write else 0.0
     return [
         HbmPiece(
-            channel=ch, nbytes=b, occupancy=max(ceil(b / rate - 1e-9), 1), same_channel=not hop
+            channel=ch,
+            nbytes=b,
+            occupancy=_cycles(hw, hbm_run_ns(hw, b, new_row=hop) + turn),
+            same_channel=not hop,
+            write=write,
         )
         for ch, b in sorted(per.items())
     ]

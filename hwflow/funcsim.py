@@ -6,7 +6,11 @@ per-unit streams from :func:`hwflow.isa.expand` (the one definition of loops and
 shared with the cycle model), and runs the units as decoupled in-order machines that start an
 instruction only when every token it waits for is in its queue. The arithmetic of every op is a
 call to :mod:`hwflow.numerics` on the operands read from the buffers, so the results equal the
-integer reference (:func:`hwflow.reference.run_int`) bit for bit.
+integer reference (:func:`hwflow.reference.run_int`) bit for bit. Operands are read and
+written in the formats the compiler lays out (:mod:`hwflow.isa`: element widths per SFU
+function in ``SFU_FORMATS``, the MM/MV output width ``obits``, row factors in the 4 bytes before
+each per-row INT8 row; :mod:`hwflow.compiler.layout`: weight tiles and parameter blobs); a step's
+input rows are INT32 (the residual stream) and its logits INT32.
 
 Hazard detection (vector clocks). Every unit keeps a vector clock of how many instructions of
 each unit it *knows* completed: its own count, merged with the clock carried by every token it
@@ -32,11 +36,26 @@ from hwflow import numerics as nx
 from hwflow.compiler.layout import HbmLayout, unpack_rows
 from hwflow.config import HardwarePreset, ModelConfig
 from hwflow.errors import ConfigError, ProgramError, SyncError
-from hwflow.isa import TOKEN_UNITS, Buf, Concrete, Program, Runtime, Unit, dispatch, expand
+from hwflow.isa import (
+    ROW_FACTOR_BYTES,
+    SFU_FORMATS,
+    SFU_FUNCS,
+    TOKEN_UNITS,
+    Buf,
+    Concrete,
+    Program,
+    Runtime,
+    Unit,
+    dispatch,
+    expand,
+)
+from hwflow.model import BIAS_BYTES, REQ_PARAM_BYTES
+from hwflow.numerics import RESIDUAL_BITS
 
 __all__ = ["FuncSim", "StepStats", "boundary_lengths", "check_against_reference"]
 
 HBM = 5  #: pseudo buffer id of HBM in hazard records
+_WIDTH = {8: "<i1", 16: "<i2", 32: "<i4"}  #: signed element dtype by bits
 _NAMES = {**{b.value: b.name for b in Buf}, HBM: "HBM"}
 
 
@@ -83,18 +102,22 @@ class FuncSim:
 
     # ---------------------------------------------------------------- host side
     def step(self, phase: str, x0: np.ndarray, pos: int) -> np.ndarray:
-        """Write the INT8 input rows, run one step, return the last token's int64 logits."""
-        x0 = np.asarray(x0, np.int8)
+        """Write the INT32 input rows, run one step, return the last token's INT32 logits."""
+        x0 = np.asarray(x0)
         if x0.ndim != 2 or x0.shape[1] != self.cfg.hidden:
             raise ProgramError(
-                f"step input of shape {x0.shape}: expected [tokens, {self.cfg.hidden}] INT8 rows"
+                f"step input of shape {x0.shape}: expected [tokens, {self.cfg.hidden}] INT32 rows"
             )
+        lo, hi = -(2 ** (RESIDUAL_BITS - 1)), 2 ** (RESIDUAL_BITS - 1) - 1
+        if x0.size and (x0.min() < lo or x0.max() > hi):
+            raise ProgramError(f"step input outside the INT{RESIDUAL_BITS} range")
         self.program.select(phase, Runtime(x0.shape[0], pos))  # refuse before writing HBM
         inp = self.layout.region("input")
-        self.hbm[inp.base : inp.base + x0.size] = x0.view(np.uint8).ravel()
+        raw = x0.astype("<i4").view(np.uint8).ravel()
+        self.hbm[inp.base : inp.base + raw.size] = raw
         self.last_stats = self.run(phase, Runtime(x0.shape[0], pos))
         lg = self.layout.region("logits")
-        return self.hbm[lg.base : lg.base + 8 * self.cfg.vocab].view("<i8").astype(np.int64)
+        return self.hbm[lg.base : lg.base + 4 * self.cfg.vocab].view("<i4").astype(np.int64)
 
     def kv_cache(self, layer: int, length: int) -> tuple[np.ndarray, np.ndarray]:
         """K and V of ``layer``'s first ``length`` positions as [kv_heads, length, head_dim]."""
@@ -219,13 +242,52 @@ class FuncSim:
             idx = off + np.arange(rows)[:, None] * stride + np.arange(width)[None, :]
             mem[idx] = data
 
-    def _i8(self, c: Concrete, p: str, rows: int, width: int) -> np.ndarray:
-        return self._read(c, c[f"{p}_buf"], c[f"{p}_off"], rows, c[f"{p}_stride"], width).view(
-            np.int8
+    def _operand(self, c: Concrete, p: str, rows: int, n: int, dtype: str) -> np.ndarray:
+        """Operand ``p`` as [rows, n] elements of ``dtype`` (little-endian), as int64."""
+        size = np.dtype(dtype).itemsize
+        raw = self._read(c, c[f"{p}_buf"], c[f"{p}_off"], rows, c[f"{p}_stride"], n * size)
+        return np.ascontiguousarray(raw).view(dtype).reshape(rows, n).astype(np.int64)
+
+    def _rows(self, c: Concrete, p: str, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """The row factors (m, e) stored before each row of operand ``p``."""
+        at = c[f"{p}_off"] - ROW_FACTOR_BYTES
+        raw = self._read(c, c[f"{p}_buf"], at, rows, c[f"{p}_stride"], ROW_FACTOR_BYTES)
+        raw = np.ascontiguousarray(raw)
+        return (
+            raw[:, :2].copy().view("<u2").ravel().astype(np.int64),
+            raw[:, 2:].copy().view("<i2").ravel().astype(np.int64),
         )
 
-    def _params(self, c: Concrete, n: int) -> list[int]:
-        raw = self._read(c, Buf.PARAM, c["p_off"], 1, 4 * n, 4 * n)
+    def _put(
+        self,
+        c: Concrete,
+        out: np.ndarray,
+        dtype: str,
+        rows: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        """Write ``out`` [r, n] as ``dtype`` at operand o; with ``rows``, each row's factor
+        (uint16 m, int16 e) in the bytes before it."""
+        if np.size(out) == 0:
+            self._write(c, c["o_buf"], c["o_off"], c["o_stride"], np.zeros((0, 0), np.uint8))
+            return
+        data = np.ascontiguousarray(np.asarray(out).astype(dtype)).view(np.uint8)
+        data = data.reshape(np.shape(out)[0], -1)
+        off = c["o_off"]
+        if rows is not None:
+            m, e = rows
+            fac = np.concatenate(
+                [
+                    np.asarray(m, "<u2").reshape(-1, 1).view(np.uint8),
+                    np.asarray(e, "<i2").reshape(-1, 1).view(np.uint8),
+                ],
+                axis=1,
+            )
+            data = np.concatenate([fac, data], axis=1)
+            off -= ROW_FACTOR_BYTES
+        self._write(c, c["o_buf"], off, c["o_stride"], data)
+
+    def _params(self, c: Concrete, n: int, at: int = 0) -> list[int]:
+        raw = self._read(c, Buf.PARAM, c["p_off"] + at, 1, 4 * n, 4 * n)
         return [int(v) for v in raw.view("<i4").ravel()]
 
     # ---------------------------------------------------------------- semantics
@@ -248,92 +310,102 @@ class FuncSim:
 
     def _matmul(self, c: Concrete) -> None:
         func, rows, cols, k = c["func"], c["rows"], c["cols"], c["k"]
+        obits = c["obits"]
+        if obits not in _WIDTH:
+            raise ProgramError(f"pc {c.pc}: output width obits={obits} (allowed: 8, 16, 32)")
+        row = self._rows(c, "a", rows) if c["arow"] else nx.unit_rows(rows)
         if func in (0, 3):  # linear, head: weight tile blob at b
-            n, m, bits = c["n"], c["m"], c["wbits"]
-            kept = k // m * n
-            vrow = -(-kept * bits // 8)
-            irow = 0 if n == m else -(-kept * int(np.log2(m)) // 8)
-            bias = c["bias"]
-            prow = (4 if bias else 0) + (3 if func == 0 else 0)
-            blob = self._read(c, c["b_buf"], c["b_off"], 1, 0, cols * (vrow + irow + prow)).ravel()
-            vals = unpack_rows(blob[: cols * vrow], bits, cols, kept, True)
-            at = cols * vrow
-            if n != m:
-                idx = unpack_rows(blob[at : at + cols * irow], int(np.log2(m)), cols, kept, False)
-                codes = nx.nm_expand(vals.astype(np.int8), idx.astype(np.uint8), n, m)
-                at += cols * irow
-            else:
-                codes = vals.astype(np.int8)
-            x = self._i8(c, "a", rows, k)
-            acc = nx.matmul_int(x, codes)
-            if bias:
-                acc = acc + blob[at : at + 4 * cols].view("<i4").astype(np.int64)
-                at += 4 * cols
-            if func == 0:
-                mult = blob[at : at + 2 * cols].view("<i2").astype(np.int64)
-                shift = blob[at + 2 * cols : at + 3 * cols].view(np.int8).astype(np.int64)
-                out = nx.requantize(acc, mult, shift).view(np.uint8)
-            else:
-                out = acc.astype("<i8").view(np.uint8).reshape(rows, 8 * cols)
-            self._write(c, c["o_buf"], c["o_off"], c["o_stride"], out)
-            return
-        mult, shift = self._params(c, 2)
-        if func == 1:  # qk: A [rows, k] x K [cols, k]
-            q = self._i8(c, "a", rows, k)
-            kk = self._i8(c, "b", cols, k)
-            acc = nx.matmul_int(q, kk)
-        else:  # pv: P [rows, k] x V [k, cols]
-            p = self._i8(c, "a", rows, k)
-            v = self._i8(c, "b", k, cols)
-            acc = nx.matmul_int(p, v.T)
-        out = nx.requantize(acc, mult, shift).view(np.uint8)
-        self._write(c, c["o_buf"], c["o_off"], c["o_stride"], out)
+            codes, bias, mult, shift = self._tile(c)
+            acc = nx.matmul_int(self._operand(c, "a", rows, k, "i1"), codes)
+            (guard,) = self._params(c, 1)
+            out = nx.linear_out(acc, mult, shift, obits, row, guard, bias)
+        elif func == 1:  # qk: A [rows, k] x K [cols, k]
+            mult, shift = self._params(c, 2)
+            acc = nx.matmul_int(
+                self._operand(c, "a", rows, k, "i1"), self._operand(c, "b", cols, k, "i1")
+            )
+            out = nx.requantize(acc, mult, shift, obits)
+        else:  # pv: P [rows, k] (UINT8, row factors) x V [k, cols]
+            mult, shift, guard = self._params(c, 3)
+            p = self._operand(c, "a", rows, k, "u1")
+            v = self._operand(c, "b", k, cols, "i1")
+            out = nx.linear_out(nx.matmul_int(p, v.T), mult, shift, obits, row, guard)
+        self._put(c, out, _WIDTH[obits])
+
+    def _tile(self, c: Concrete) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+        """The weight tile at b: dense codes [cols, k], INT32 bias (or None), mult, shift."""
+        cols, k, n, m, bits = c["cols"], c["k"], c["n"], c["m"], c["wbits"]
+        kept = k // m * n
+        vrow = -(-kept * bits // 8)
+        irow = 0 if n == m else -(-kept * int(np.log2(m)) // 8)
+        prow = (BIAS_BYTES if c["bias"] else 0) + REQ_PARAM_BYTES
+        blob = self._read(c, c["b_buf"], c["b_off"], 1, 0, cols * (vrow + irow + prow)).ravel()
+        vals = unpack_rows(blob[: cols * vrow], bits, cols, kept, True)
+        at = cols * vrow
+        if n != m:
+            idx = unpack_rows(blob[at : at + cols * irow], int(np.log2(m)), cols, kept, False)
+            codes = nx.nm_expand(vals.astype(np.int8), idx.astype(np.uint8), n, m)
+            at += cols * irow
+        else:
+            codes = vals.astype(np.int8)
+        bias = None
+        if c["bias"]:
+            bias = blob[at : at + 4 * cols].view("<i4").astype(np.int64)
+            at += 4 * cols
+        mult = blob[at : at + 2 * cols].view("<u2").astype(np.int64)
+        shift = blob[at + 2 * cols : at + 3 * cols].view(np.int8).astype(np.int64)
+        return codes, bias, mult, shift
 
     def _sfu(self, c: Concrete) -> None:
         func, rows, cols = c["func"], c["rows"], c["cols"]
+        if func >= len(SFU_FUNCS):
+            raise ProgramError(f"pc {c.pc}: SFU func {func} unknown")
+        name = SFU_FUNCS[func]
+        fmt = SFU_FORMATS[name]
         if rows <= 0 or cols <= 0:
-            self._i8(c, "a", rows, cols)
+            self._read(c, c["a_buf"], c["a_off"], rows, c["a_stride"], cols * fmt.a)
             self._write(c, c["o_buf"], c["o_off"], c["o_stride"], np.zeros((0, 0), np.uint8))
             return
-        x = self._i8(c, "a", rows, cols)
-        if func == 0:  # norm
-            mult, shift = self._params(c, 2)
-            out = nx.norm_int(x, bool(c["aux"] & 1), mult, shift)
-        elif func == 1:  # softmax
-            raw = self._read(c, Buf.PARAM, c["p_off"], 1, 1024, 1024)
-            table = raw.view("<i4").ravel().astype(np.int64)
+        x = self._operand(c, "a", rows, cols, _WIDTH[8 * fmt.a])
+        rf = None
+        if name == "norm":
+            (pre,) = self._params(c, 1)
+            raw = self._read(c, Buf.PARAM, c["p_off"] + 4, 1, 2 * cols, 2 * cols)
+            gamma = raw.view("<i2").ravel().astype(np.int64)
+            out, rf = nx.norm_rows(x, gamma, bool(c["aux"] & 1), pre)
+        elif name == "softmax":
             mask = None
             if c["mask"]:
                 q = c["qpos"] + np.arange(rows)[:, None]
                 kp = np.arange(cols)[None, :]
-                mask = kp <= q
+                mask = np.broadcast_to(kp <= q, (rows, cols))
                 if c["mask"] == 2:
                     qb, kb = q // c["blk"], kp // c["blk"]
                     mask = mask & ((kb < c["glob"]) | (qb - kb < c["local"]))
-            out = nx.softmax_int(x, table, mask)
-        elif func == 2:  # rope
+            out, total = nx.softmax_rows(x, mask)
+            rf = nx.recip_factor(total)
+        elif name == "rope":
             hd = c["aux"]
-            tab = self._read(c, c["b_buf"], c["b_off"], rows, c["b_stride"], 2 * hd)
-            cs = tab.view("<i2").astype(np.int64)
+            cs = self._operand(c, "b", rows, hd, "<i2")
             cos, sin = cs[:, : hd // 2], cs[:, hd // 2 :]
             heads = x.reshape(rows, cols // hd, hd).transpose(1, 0, 2)
             out = nx.rope_int(heads, cos, sin).transpose(1, 0, 2).reshape(rows, cols)
-        elif func == 3:  # lut
-            raw = self._read(c, Buf.PARAM, c["p_off"], 1, 256, 256)
-            out = nx.apply_lut(x, raw.view(np.int8).ravel())
-        elif func == 4:  # add
-            ma, mb, sh = self._params(c, 3)
-            out = nx.add_requant(x, self._i8(c, "b", rows, cols), ma, mb, sh)
-        elif func == 5:  # mul
+        elif name == "silu":
             mult, shift = self._params(c, 2)
-            out = nx.mul_requant(x, self._i8(c, "b", rows, cols), mult, shift)
-        elif func == 6:  # mov
+            out = nx.silu_int16(x, mult, shift)
+        elif name == "reluq":
+            out, rf = nx.quant_rows(nx.relu(x))
+        elif name == "add":
+            out = nx.add_residual(x, self._operand(c, "b", rows, cols, "<i4"))
+        elif name == "mul":
+            out, rf = nx.mul_rows(x, self._operand(c, "b", rows, cols, "<i2"))
+        else:  # mov
             out = x
+        if fmt.row_factor:
+            dtype = "u1" if name == "softmax" else "i1"
+            self._put(c, out, dtype, rf)
         else:
-            raise ProgramError(f"pc {c.pc}: SFU func {func} unknown")
-        self._write(
-            c, c["o_buf"], c["o_off"], c["o_stride"], np.asarray(out, np.int8).view(np.uint8)
-        )
+            self._put(c, out, _WIDTH[8 * fmt.o])
 
 
 def boundary_lengths(max_len: int, bucket: int) -> list[int]:
@@ -352,8 +424,14 @@ def check_against_reference(
     decode_steps: int = 8,
     seed: int = 0,
     lengths: list[int] | None = None,
+    weights: Mapping[str, np.ndarray] | None = None,
+    calib_ids: np.ndarray | None = None,
+    prompt: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Compile, then run the functional simulator against the integer reference.
+
+    ``weights`` (a checkpoint's, with ``calib_ids`` from real text and ``prompt`` token ids to
+    run) replace the seeded random weights and random prompts.
 
     Prefill at every length of :func:`boundary_lengths` (fresh KV cache each), comparing the
     logits and the whole KV cache bit for bit; then ``decode_steps`` greedy decode steps after a
@@ -372,8 +450,8 @@ def check_against_reference(
         raise ConfigError(
             f"--decode {decode_steps} must lie in 1..{max_len - 1} (max_len {max_len})"
         )
-    weights = random_weights(cfg, seed)
-    qm = quantize_model(cfg, plan, weights)
+    weights = dict(weights) if weights is not None else random_weights(cfg, seed)
+    qm = quantize_model(cfg, plan, weights, calib_ids=calib_ids)
     image = build_hbm_image(comp.layout, qm)
     rng = np.random.default_rng(seed + 11)
     lengths = lengths or boundary_lengths(max_len, comp.tt)
@@ -388,8 +466,11 @@ def check_against_reference(
                 return False
         return True
 
+    def draw(n: int) -> np.ndarray:
+        return np.asarray(prompt[:n]) if prompt is not None else rng.integers(cfg.vocab, size=n)
+
     for n in lengths:
-        ids = rng.integers(cfg.vocab, size=n)
+        ids = draw(n)
         ref = generate_int(qm, ids, 0)[0]
         fs = FuncSim(comp.program, hw, cfg, comp.layout, image.copy())
         logits = fs.step("prefill", qm.embed(ids, 0), 0)
@@ -398,12 +479,12 @@ def check_against_reference(
         ok = np.array_equal(logits, ref.logits[-1]) and kv_equal(fs, ref.kv, n)
         runs.append({"phase": "prefill", "tokens": n, "pos": 0, "equal": bool(ok)})
     # decode: prompt ends 3 positions before a decode bucket boundary, so the steps cross it
-    prompt = max(1, min(DECODE_BUCKET - 3, max_len - decode_steps))
-    ids = rng.integers(cfg.vocab, size=prompt)
+    start = max(1, min(DECODE_BUCKET - 3, max_len - decode_steps))
+    ids = draw(start)
     ref = generate_int(qm, ids, decode_steps)
     fs = FuncSim(comp.program, hw, cfg, comp.layout, image.copy())
     fs.step("prefill", qm.embed(ids, 0), 0)
-    pos = prompt
+    pos = start
     for s in range(1, decode_steps + 1):
         tok = np.array([int(np.argmax(ref[s - 1].logits[-1]))])
         logits = fs.step("decode", qm.embed(tok, pos), pos)
@@ -425,6 +506,12 @@ def check_against_reference(
         "funcsim_seconds": seconds,
         "instructions_per_second": instrs / seconds if seconds else 0.0,
         "quality": quality(
-            qm, weights, *quality_sample(cfg, cfg.max_positions, rng, min(40, max_len))
+            qm,
+            weights,
+            *(
+                quality_sample(cfg, cfg.max_positions, rng, min(40, max_len))
+                if prompt is None
+                else (draw(min(40, max_len - 1)), 1)
+            ),
         ),
     }

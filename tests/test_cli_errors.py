@@ -21,6 +21,7 @@ import yaml
 
 from hwflow.cli import main
 from hwflow.config import MAPPINGS
+from hwflow.isa import ISA_VERSION
 
 TINY_LLAMA = json.loads((MAPPINGS / "models" / "tiny-llama.json").read_text())
 
@@ -374,7 +375,8 @@ def _with_crc(body: bytes) -> bytes:
 
 def _with_header(data: bytes, header: bytes) -> bytes:
     (hlen,) = struct.unpack_from("<I", data, 10)
-    return _with_crc(data[:8] + struct.pack("<HI", 1, len(header)) + header + data[14 + hlen : -4])
+    head = struct.pack("<HI", ISA_VERSION, len(header))
+    return _with_crc(data[:8] + head + header + data[14 + hlen : -4])
 
 
 def _flip(data: bytes, at: int) -> bytes:
@@ -391,7 +393,7 @@ DISASM_CASES = {
     "other ISA": (
         lambda d: _with_crc(d[:8] + b"\x09\x00" + d[10:-4]),
         [],
-        "ISA version 9, this hwflow reads version 1",
+        f"ISA version 9, this hwflow reads version {ISA_VERSION}",
     ),
     "header lacks keys": (
         lambda d: _with_header(d, b'{"preset": "tiny"}'),

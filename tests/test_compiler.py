@@ -332,3 +332,47 @@ def test_layout_channel_alignment(model, preset):
     assert len(set(k)) == min(cfg.kv_heads, c)
     assert all((b - a) % c == c // 2 for a, b in zip(k, v, strict=True))
     assert lay.kv_head_bytes % g == 0 and g % (16 * cfg.head_dim) == 0
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-opt"])
+def test_hbm_image_holds_the_numerics_parameters_at_their_offsets(model):
+    """Decoded by hand from the formats of the layout docstring: each layer's blob holds both
+    norms' pre-shift (int32) and INT16 gains, every linear's guard, per head the scores'
+    (mult, shift) and P x V's (mult, shift, guard), the SiLU index (mult, shift); the final
+    blob the final norm and the head's guard; input rows are INT32 and logits INT32."""
+
+    from hwflow.compiler.layout import build_hbm_image, final_blob, param_blob
+    from hwflow.compress import quantize_model, random_weights
+
+    cfg, hw, plan = load_model(model), load_hw("tiny"), load_plan("w8a8")
+    comp = compile_model(cfg, plan, hw, 64)
+    qm = quantize_model(cfg, plan, random_weights(cfg, 1))
+    img = build_hbm_image(comp.layout, qm)
+    d, nh = cfg.hidden, cfg.heads
+
+    def i32(at: int, n: int) -> list[int]:
+        return img[at : at + 4 * n].view("<i4").tolist()
+
+    def norm(at: int, p: dict) -> None:
+        assert i32(at, 1) == [p["pre"]]
+        assert img[at + 4 : at + 4 + 2 * d].view("<i2").tolist() == list(p["gamma"])
+
+    pb = param_blob(cfg)
+    for li in range(cfg.layers):
+        base, p = comp.layout.region(f"L{li}").base, f"L{li}."
+        norm(base + pb["norm1"], qm.params[p + "norm1"])
+        norm(base + pb["norm2"], qm.params[p + "norm2"])
+        for op in cfg.linear_ops:
+            assert i32(base + pb[f"{op}.guard"], 1) == [qm.linears[p + op].guard]
+        sc, pv = qm.params[p + "scores"], qm.params[p + "pv"]
+        want = [v for h in range(nh) for v in (sc["mult"][h], sc["shift"][h])]
+        assert i32(base + pb["scores"], 2 * nh) == want
+        want = [v for h in range(nh) for v in (pv["mult"][h], pv["shift"][h], pv["guard"])]
+        assert i32(base + pb["pv"], 3 * nh) == want
+        act = qm.params[p + "act"]
+        assert i32(base + pb["act"], 2) == [act.get("mult", 0), act.get("shift", 0)]
+    fb, fbase = final_blob(cfg), comp.layout.region("final").base
+    norm(fbase + fb["norm"], qm.params["final.norm"])
+    assert i32(fbase + fb["head.guard"], 1) == [qm.linears["head"].guard]
+    assert comp.layout.region("input").size >= 64 * 4 * d
+    assert comp.layout.region("logits").size >= 4 * cfg.vocab

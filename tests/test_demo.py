@@ -11,7 +11,8 @@ from hwflow.cli import main
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("rtl-tiny")
-def test_demo_runs_every_step_on_tiny(tmp_path, capsys):
+def test_demo_runs_every_step_on_tiny(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path / "cache"))  # not the user's cache
     grid = tmp_path / "grid.yaml"
     grid.write_text(
         "model: tiny-llama\npresets: [tiny]\nplans: [flightllm, w8a8]\nlengths: [[16, 8]]\nmode: fast\n"

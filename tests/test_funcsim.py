@@ -162,7 +162,7 @@ def test_bit_exact_with_small_buffers_many_tiles_and_chunks():
     small = hw.model_copy(
         update={
             "buffers": hw.buffers.model_copy(
-                update={"weight_kib": 2, "act_kib": 16, "kv_kib": 3, "score_kib": 3}
+                update={"weight_kib": 2, "act_kib": 27, "kv_kib": 3, "score_kib": 12}
             )
         }
     )
@@ -201,8 +201,10 @@ def test_step_input_checked_before_it_is_written(setup):
     fs = FuncSim(comp.program, hw, cfg, comp.layout, image.copy())
     with pytest.raises(ProgramError, match=r"no prefill template serves LEN = 5000"):
         fs.step("prefill", qm.embed(np.arange(5000) % cfg.vocab, 0), 0)
-    with pytest.raises(ProgramError, match=r"expected \[tokens, 64\] INT8 rows"):
-        fs.step("prefill", np.zeros((3, 65), np.int8), 0)
+    with pytest.raises(ProgramError, match=r"expected \[tokens, 64\] INT32 rows"):
+        fs.step("prefill", np.zeros((3, 65), np.int32), 0)
+    with pytest.raises(ProgramError, match=r"step input outside the INT32 range"):
+        fs.step("prefill", np.full((3, 64), 2**31, np.int64), 0)
     assert np.array_equal(fs.hbm, image)
 
 
@@ -228,3 +230,44 @@ def test_decode_ignores_what_the_cache_holds_after_the_position(model):
         tok = np.array([int(np.argmax(ref[s - 1].logits[-1]))])
         assert np.array_equal(fs.step("decode", qm.embed(tok, pos), pos), ref[s].logits[-1]), s
         pos += 1
+
+
+def test_final_norm_row_and_its_row_factor_sit_where_the_isa_says(setup):
+    """After a prefill the act buffer holds ``hf``: the INT8 row at its data offset and, in the
+    4 bytes before, the row factor as uint16 m and int16 e (isa.ROW_FACTOR_BYTES), equal to the
+    reference's ``hf`` and ``hf#rows``."""
+    from hwflow.compiler.lower import plan_buffers
+    from hwflow.reference import generate_int
+
+    cfg, hw, comp, qm, image = setup
+    ids = np.arange(5) + 7
+    ref = generate_int(qm, ids, 0)[0]
+    fs = FuncSim(comp.program, hw, cfg, comp.layout, image.copy())
+    fs.step("prefill", qm.embed(ids, 0), 0)
+    bp = plan_buffers(cfg, hw, comp.tt, comp.program.select("prefill", Runtime(5, 0)).hi)
+    off, _ = bp.act["hf"]
+    act = fs.bufs[Buf.ACT]
+    assert np.array_equal(act[off : off + cfg.hidden].view(np.int8), ref.tensors["hf"][-1])
+    m, e = ref.tensors["hf#rows"]
+    assert int(act[off - 4 : off - 2].view("<u2")[0]) == int(m[-1])
+    assert int(act[off - 2 : off].view("<i2")[0]) == int(e[-1])
+
+
+@pytest.mark.parametrize("record", ["norm1", "q.guard", "scores", "pv", "act"])
+def test_funcsim_reads_each_parameter_record_of_the_blob(setup, record):
+    """Doubling (plus one) the first int32 word of one record of layer 0's parameter blob in
+    HBM (norm1: its pre-shift; q: its guard; scores/pv: head 0's multiplier; act: the SiLU
+    index multiplier) changes the prefill logits: the program reads every record from where
+    layout.param_blob puts it (the intact image is bit-exact, test_bit_exact_*)."""
+    from hwflow.compiler.layout import param_blob
+    from hwflow.reference import generate_int
+
+    cfg, hw, comp, qm, image = setup
+    ids = np.arange(9) + 3
+    ref = generate_int(qm, ids, 0)[0]
+    bad = image.copy()
+    at = comp.layout.region("L0").base + param_blob(cfg)[record]
+    word = bad[at : at + 4].view("<i4")
+    word[0] = 2 * word[0] + 1
+    fs = FuncSim(comp.program, hw, cfg, comp.layout, bad)
+    assert not np.array_equal(fs.step("prefill", qm.embed(ids, 0), 0), ref.logits[-1])

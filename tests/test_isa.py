@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from hwflow import isa
+from hwflow import numerics as nx
 from hwflow.config import load_hw
 from hwflow.errors import ProgramError
 from hwflow.isa import Program, Region, Runtime, Template, make
@@ -101,6 +102,11 @@ def test_program_file_round_trip_and_refusals(tmp_path):
     other[-4:] = struct.pack("<I", zlib.crc32(bytes(other[:-4])))
     with pytest.raises(ProgramError, match=f"ISA version {isa.ISA_VERSION + 1}"):
         Program.from_bytes(bytes(other))
+    old = bytearray(data)  # a program of the first numerics contract (INT8 residual)
+    old[8:10] = struct.pack("<H", 1)
+    old[-4:] = struct.pack("<I", zlib.crc32(bytes(old[:-4])))
+    with pytest.raises(ProgramError, match=r"ISA version 1, this hwflow reads version 2"):
+        Program.from_bytes(bytes(old))
     hw = load_hw("tiny")
     f = tmp_path / "p.hwp"
     f.write_bytes(data)
@@ -205,3 +211,19 @@ def test_select_names_served_range():
 
 def test_hbm_channel_interleave():
     assert [isa.hbm_channel(a, 4, 256) for a in (0, 255, 256, 1024, 1280)] == [0, 0, 1, 0, 1]
+
+
+def test_every_sfu_function_has_its_operand_formats():
+    """The numerics contract's formats: the residual ops and the norm/softmax inputs INT32,
+    gate/up INT16, per-row INT8 outputs (norm, softmax, gated product, OPT's ReLU) with a row
+    factor of 4 bytes (uint16 mantissa, int16 exponent) before each row."""
+    assert set(isa.SFU_FORMATS) == set(isa.SFU_FUNCS)
+    rows = {f for f, fmt in isa.SFU_FORMATS.items() if fmt.row_factor}
+    assert rows == {"norm", "softmax", "mul", "reluq"}
+    res, gate = nx.RESIDUAL_BITS // 8, nx.GATE_BITS // 8
+    assert isa.SFU_FORMATS["add"] == isa.SfuFormat(res, res, res, False)
+    assert isa.SFU_FORMATS["norm"].a == res and isa.SFU_FORMATS["softmax"].a == 4  # INT32 z
+    assert isa.SFU_FORMATS["silu"] == isa.SfuFormat(gate, 0, gate, False)
+    assert isa.SFU_FORMATS["mul"] == isa.SfuFormat(gate, gate, 1, True)
+    # a row factor holds a ROW_MULT_BITS mantissa in 2 bytes and the exponent in 2 more
+    assert nx.ROW_MULT_BITS <= 16 and isa.ROW_FACTOR_BYTES == 4

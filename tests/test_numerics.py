@@ -105,29 +105,84 @@ def test_matmul_int_exact():
     assert (nx.matmul_int(x, w) == x.astype(np.int64) @ w.astype(np.int64).T).all()
 
 
-def test_softmax_int():
-    table = nx.exp_table(0.05)
-    assert table[0] == 2**nx.EXP_FRAC
-    s = np.array([[10, 10, 10, 10], [40, 20, 0, 40]])
-    p = nx.softmax_int(s, table)
-    assert p[0].tolist() == [32, 32, 32, 32]  # 127/4 = 31.75 -> 32
-    assert p[1, 0] == p[1, 3] and p[1, 0] > p[1, 1] > p[1, 2]
-    m = nx.softmax_int(s, table, np.array([[True, False, False, False], [True, True, True, False]]))
-    assert m[0].tolist() == [127, 0, 0, 0] and m[1, 3] == 0
+def test_round_shift_negative_is_exact_left_shift():
+    assert nx.round_shift(np.array([5, -5, 3, -3]), np.array([1, 1, -2, -3])).tolist() == [
+        3,
+        -2,
+        12,
+        -24,
+    ]
+
+
+def test_row_factor_and_recip_factor():
+    v = np.array([1, 3, 100_000, 2**40 + 12_345])
+    m, e = nx.row_factor(v)
+    assert ((m >= 2**14) & (m < 2**15)).all()
+    assert np.allclose(m * 2.0**-e, v, rtol=2**-14)
+    assert (m[:2] * 2.0 ** -e[:2] == v[:2]).all()  # small integers are exact
+    t = np.array([1, 3, 255, 1000, 4096, 255 * 4096])
+    m, e = nx.recip_factor(t)
+    assert ((m > 2**14) | (m == 2**14)).all() and (m < 2**15).all()
+    assert np.allclose(m * 2.0**-e * t, 1.0, rtol=2**-14)
+
+
+def test_quant_rows_hand_computed():
+    q, (m, e) = nx.quant_rows(np.array([[1000, -500, 3, 4], [0, 0, 0, 0], [-7, 7, 1, 0]]))
+    # 127 * v / max|v|, rounded half up: 127, -63.5 -> -63, 0.381 -> 0, 0.508 -> 1
+    assert q.tolist() == [[127, -63, 0, 1], [0, 0, 0, 0], [-127, 127, 18, 0]]
+    assert (m * 2.0**-e).tolist() == [1000.0, 1.0, 7.0]
+
+
+def test_linear_out_two_stages():
+    acc = np.array([[1000, -1000], [1000, -1000]])
+    row = (np.array([1 << 14, 3 << 13]), np.array([14, 14]))  # factors 1 and 1.5
+    out = nx.linear_out(acc, np.array([1, 1]), np.array([4, 4]), 8, row, 0, np.array([8, 8]))
+    # row 0: (1000 + 8) / 16 = 63; row 1: (1500 + 8) / 16 = 94.25 -> 94, (-1500 + 8) / 16 -> -93
+    assert out.tolist() == [[63, -62], [94, -93]]
+    # the guard scales the row stage by 2**G; the INT32 row stage saturates
+    big = nx.linear_out(np.array([[2**30]]), np.array([1]), np.array([0]), 32, nx.unit_rows(1), 4)
+    assert big.tolist() == [[2**31 - 1]]
+
+
+def test_softmax_rows_against_float():
+    rng = np.random.default_rng(2)
+    z = rng.integers(-4000, 200, size=(3, 50))  # Q8 log2 units
+    mask = np.ones_like(z, bool)
+    mask[1, 10:] = False
+    p, total = nx.softmax_rows(z, mask)
+    ref = np.where(mask, np.exp2((z - np.where(mask, z, -(10**9)).max(-1, keepdims=True)) / 256), 0)
+    assert (p[np.arange(3), np.argmax(np.where(mask, z, -(10**9)), -1)] == 255).all()
+    # relative to the row maximum: half a step, plus the Q15 table and shift truncation
+    assert np.abs(p - 255 * ref).max() <= 0.52
+    assert (p[~mask] == 0).all() and (total == p.astype(np.int64).sum(-1)).all()
     with pytest.raises(ValueError, match="every entry masked"):
-        nx.softmax_int(s, table, np.zeros((2, 4), bool))
+        nx.softmax_rows(z, np.zeros_like(mask))
 
 
 @pytest.mark.parametrize("center", [False, True])
-def test_norm_int_matches_float(center):
+@pytest.mark.parametrize("pre", [0, 11])
+def test_norm_rows_matches_float(center, pre):
     rng = np.random.default_rng(3)
-    x = rng.integers(-100, 100, size=(4, 64))
-    s_out = 4.0 / 127
-    mult, shift = nx.quant_multiplier(2.0**-nx.NORM_FRAC / s_out)
-    y = nx.norm_int(x, center, int(mult), int(shift))
-    xf = x - x.mean(-1, keepdims=True) if center else x.astype(float)
-    ref = xf / np.sqrt((xf**2).mean(-1, keepdims=True)) / s_out
-    assert np.abs(y - np.clip(ref, -128, 127)).max() <= 1.0
+    x = rng.integers(-(2 ** (19 + pre)), 2 ** (19 + pre), size=(4, 64))
+    x[0, 5] = 2 ** (19 + pre)  # a massive channel
+    gamma = rng.integers(100, 32000, size=64)
+    q, (m, e) = nx.norm_rows(x, gamma, center, pre)
+    xf = x.astype(float)
+    xf = xf - xf.mean(-1, keepdims=True) if center else xf
+    ref = xf / np.sqrt((xf**2).mean(-1, keepdims=True)) * gamma
+    got = q * (m * 2.0**-e)[:, None] / 127
+    assert np.abs(got - ref).max() <= 0.51 / 127 * np.abs(ref).max(-1).max() * 1.01
+
+
+def test_silu_int16_against_float():
+    scale = 0.002
+    m, s = nx.quant_multiplier(nx.SIG_STEPS * scale)
+    g = np.arange(-32768, 32768, 97)
+    got = nx.silu_int16(g, int(m), int(s)) * scale
+    x = g * scale
+    ref = x / (1 + np.exp(-x))
+    # table steps of 1/64: |x| * max|sigmoid'| / 128 plus half an output step
+    assert (np.abs(got - ref) <= np.abs(x) * 0.25 / 128 + scale).all()
 
 
 def test_rope_identity_at_position_zero_and_rotation():
@@ -142,11 +197,12 @@ def test_rope_identity_at_position_zero_and_rotation():
     assert np.abs(np.sqrt(n_in) - np.sqrt(n_out)).max() < 1.5
 
 
-def test_lut_and_eltwise():
-    lut = nx.lut_from_fn(lambda v: np.maximum(v, 0), 0.1, 0.1)
-    assert nx.apply_lut(np.array([-128, -1, 0, 5, 127]), lut).tolist() == [0, 0, 0, 5, 127]
-    assert nx.add_requant(np.array([100]), np.array([100]), 1 << 14, 1 << 14, 15).tolist() == [100]
-    assert nx.mul_requant(np.array([127]), np.array([127]), 1, 7).tolist() == [126]
+def test_residual_add_and_gated_product():
+    a = np.array([2**31 - 10, -5, 7])
+    assert nx.add_residual(a, np.array([100, -10, 3])).tolist() == [2**31 - 1, -15, 10]
+    q, (m, e) = nx.mul_rows(np.array([[300, -2, 0]]), np.array([[100, 5, 9]]))
+    assert q.tolist() == [[127, 0, 0]] and (m * 2.0**-e).tolist() == [30000.0]
+    assert nx.relu(np.array([-3, 0, 4], np.int16)).tolist() == [0, 0, 4]
 
 
 def test_quality_metrics():

@@ -49,7 +49,7 @@ def test_ld_mv_st_program_timeline(tiny):
     lat = hbm_latency_cycles(tiny)
     ld_occ = max(p.occupancy for p in hbm_pieces(tiny, 0, rows_b))
     mv = matmul_cost(tiny.mv, 16, 1, 64, 256, 4)
-    st_occ = max(p.occupancy for p in hbm_pieces(tiny, 1 << 20, 64))
+    st_occ = max(p.occupancy for p in hbm_pieces(tiny, 1 << 20, 64, write=True))
     ld_start = 6  # the dispatcher reads LD's 6 words first
     mv_start = ld_start + ld_occ + lat
     st_start = mv_start + mv.latency
@@ -112,3 +112,45 @@ def test_cost_free_fields_do_not_change_a_price(tiny):
             next(iter(expand(template([make(ins.op, **{**ins.fields, **moved})]), Runtime(1, 0))))
         )
         assert a is b, ins.op
+
+
+@pytest.mark.parametrize(
+    ("func", "aux", "passes", "a_bytes", "b_bytes", "o_bytes", "row_factor"),
+    [
+        (0, 0, 2, 4, 2, 1, True),  # RMSNorm: INT32 in, INT16 gains, INT8 + row factor out
+        (0, 1, 3, 4, 2, 1, True),  # LayerNorm: a centring pass more
+        (1, 0, 2, 4, 0, 1, True),  # softmax: INT32 scores -> UINT8 p + 1/S
+        (3, 0, 1, 2, 0, 2, False),  # silu: INT16 -> INT16
+        (4, 0, 1, 4, 4, 4, False),  # residual add: INT32 + INT32
+        (5, 0, 2, 2, 2, 1, True),  # gated product: a row-max pass, INT8 + row factor
+        (7, 0, 2, 2, 0, 1, True),  # OPT ReLU quantized per row
+    ],
+)
+def test_sfu_prices_passes_and_element_bytes_of_the_contract(
+    tiny, func, aux, passes, a_bytes, b_bytes, o_bytes, row_factor
+):
+    """Cycles: passes x ceil(elements / lanes) (tiny: 4 lanes, 8 latency stages); buffer bits:
+    every pass reads A at its width, B (or the norm's gains) once, the output once with a
+    32-bit row factor per row: the numbers of the numerics contract, written out by hand."""
+    rows, cols = 3, 20
+    prog = template([make("SFU", func=func, rows=rows, cols=cols, aux=aux, a_buf=1, o_buf=1)])
+    ops, acts = lower(tiny, expand(prog, Runtime(1, 0)))
+    beats = passes * (rows * cols // 4)
+    assert (ops[0].beats, ops[0].latency) == (beats, beats + 8)
+    assert acts.sfu_ops == passes * rows * cols
+    assert acts.buffer_read_bits == rows * cols * 8 * (a_bytes * passes + b_bytes)
+    assert acts.buffer_write_bits == rows * cols * 8 * o_bytes + (32 * rows if row_factor else 0)
+
+
+@pytest.mark.parametrize(("obits", "arow"), [(8, 1), (16, 1), (32, 0), (32, 1)])
+def test_matmul_writes_its_output_width_and_reads_row_factors(tiny, obits, arow):
+    """A linear op writes rows x cols elements of obits bits and, with arow, reads one 32-bit
+    row factor per input row besides the beats' operands (dense INT8 on tiny's MV: one M-block
+    of 16 INT8 activations and 2 chains x 16 weight slots of 8 bits per beat)."""
+    rows, cols, k = 1, 16, 64
+    ins = make("MV", func=0, rows=rows, cols=cols, k=k, n=16, m=16, wbits=8, a_buf=1, b_buf=0,
+               o_buf=1, obits=obits, arow=arow)  # fmt: skip
+    _, acts = lower(tiny, expand(template([ins]), Runtime(1, 0)))
+    beats = matmul_cost(tiny.mv, 16, rows, cols, k, 16).beats
+    assert acts.buffer_write_bits == rows * cols * obits
+    assert acts.buffer_read_bits == beats * (16 * 8 + 2 * 16 * 8) + 32 * rows * arow

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hwflow import numerics as nx
-from hwflow.compress import fold_norms, quantize_model, random_weights
+from hwflow.compress import fold_norm_biases, quantize_model, random_weights
 from hwflow.config import available, load_model, load_plan
 from hwflow.model import step_graph
 from hwflow.reference import KVCache, _float_embed, generate_int, quality, run_float, run_int
@@ -15,14 +15,18 @@ MODELS = ["tiny-llama", "tiny-opt"]
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_fold_norms_is_exact(name):
+def test_fold_norm_biases_is_exact(name):
     cfg = load_model(name)
     w = random_weights(cfg, 0)
     ids = np.arange(12)
     g = step_graph(cfg, load_plan("w8a8"), "prefill", 12)
     a = run_float(cfg, w, g, _float_embed(cfg, w, ids, 0), KVCache.empty(cfg, np.float64))
     b = run_float(
-        cfg, fold_norms(cfg, w), g, _float_embed(cfg, w, ids, 0), KVCache.empty(cfg, np.float64)
+        cfg,
+        fold_norm_biases(cfg, w),
+        g,
+        _float_embed(cfg, w, ids, 0),
+        KVCache.empty(cfg, np.float64),
     )
     assert np.allclose(a.logits, b.logits, rtol=1e-9, atol=1e-9)
 
@@ -41,7 +45,7 @@ def test_quantized_linears_follow_the_plan(name):
         packed["values"].size == q0.values.size // 2
         and packed["indices"].size == q0.values.size // 2
     )
-    assert qm.linears["head"].mult is None
+    assert qm.linears["head"].out_bits == 32  # INT32 logits
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -68,7 +72,7 @@ def test_int_run_is_deterministic_and_generates():
     a = generate_int(qm, ids, 3)
     b = generate_int(qm, ids, 3)
     assert len(a) == 4 and all((x.logits == y.logits).all() for x, y in zip(a, b, strict=True))
-    assert a[0].logits.dtype == np.int64 and a[0].logits.shape == (1, cfg.vocab)
+    assert a[0].logits.dtype == np.int32 and a[0].logits.shape == (1, cfg.vocab)
 
 
 def test_kv_length_mismatch_is_refused():
@@ -85,7 +89,17 @@ def test_kv_length_mismatch_is_refused():
 
 # Measured on seeded weights (see the closing notes); the bounds catch a broken pipeline,
 # not tuned to the decimal.
-MIN_SQNR = {"w8a8": 20.0, "w4a8": 12.0, "flightllm": 7.0, "w4a8-2of4": 7.0}
+MIN_SQNR = {
+    "w8a8": 20.0,
+    "w4a8": 12.0,
+    "flightllm": 7.0,
+    "w4a8-2of4": 7.0,
+    # GPTQ/SparseGPT on seeded Gaussian weights calibrated on 64 random tokens: no structure to
+    # exploit (real checkpoints are where they pay off: README, "Numerics")
+    "w4a8-gptq": 12.0,
+    "flightllm-sparsegpt": 5.0,
+    "flightllm-ir": 20.0,  # INT8 weights, dense (FlightLLM's public IR)
+}
 
 
 @pytest.mark.parametrize("plan_name", available("plans"))
@@ -114,3 +128,39 @@ def test_quality_orders_plans():
         for p in ("w8a8", "w4a8")
     }
     assert sq["w8a8"] > sq["w4a8"]
+
+
+def test_massive_activation_survives():
+    """Trained LLaMA models carry a few residual channels thousands of times the rest (with tiny
+    norm gains there). A per-tensor INT8 residual rounds every ordinary value to zero; the
+    contract's INT32 residual and per-token INT8 inputs keep the logits close to float64."""
+    cfg = load_model("tiny-llama")
+    w = random_weights(cfg, 0)
+    ids = np.random.default_rng(7).integers(cfg.vocab, size=40)
+    ch = 7
+    w["embed"][:, ch] = 3000.0  # a massive channel (trained models: on a few tokens)
+    for li in range(cfg.layers):
+        for n in ("norm1", "norm2"):
+            w[f"L{li}.{n}.g"][ch] = 1e-3
+    w["final.norm.g"][ch] = 1e-3
+    qm = quantize_model(cfg, load_plan("w8a8"), w, calib_ids=ids)
+    rows = {r["tensor"]: r["sqnr_db"] for r in quality(qm, w, ids, decode_steps=2)}
+    assert rows["prefill.logits"] > 25 and rows["decode.logits"] > 25, rows
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_smoothing_is_exact_in_float(name):
+    """SmoothQuant moves 1/s into the norm gains and s into the consuming weights: the float
+    model is unchanged, the smoothed inputs are flatter."""
+    from hwflow.compress import _calibrate, _smooth
+
+    cfg = load_model(name)
+    w = fold_norm_biases(cfg, random_weights(cfg, 0))
+    w["L0.norm1.g"][3] = 40.0  # an outlier channel to move
+    ids = np.arange(12)
+    _, ten = _calibrate(cfg, load_plan("w8a8"), w, ids)
+    ws = _smooth(cfg, w, ten, 0.5)
+    _, ten_s = _calibrate(cfg, load_plan("w8a8"), ws, ids)
+    assert np.allclose(ten["logits"], ten_s["logits"], rtol=1e-9, atol=1e-9)
+    spread = lambda t: np.abs(t).max(0).max() / np.abs(t).max(0).mean()  # noqa: E731
+    assert spread(ten_s["L0.h1"]) < spread(ten["L0.h1"])

@@ -1,40 +1,66 @@
 """GPU baselines for plots: HBM-roofline ESTIMATES from public datasheet figures.
 
 At batch 1 a decode token streams every weight and the KV cache once, so a GPU's decode rate is
-at most ``bandwidth / bytes per token``; with the same plan's bytes as the FPGA run it is a
-like-for-like upper bound, and ``tokens/s / board power`` an upper bound on tokens/J. These are
-estimates, labelled so in every plot; the numbers and their sources are in
-``mappings/gpus.yaml``.
+at most ``bandwidth / bytes per token``. The bytes are the *workload's own* (the model at the
+GPU's stated precision, :func:`workload_bytes_per_token`), never taken from a sweep grid: an FP16
+point (what FlightLLM compares against: vLLM FP16) and an INT4-weight point per GPU
+(:data:`PRECISIONS`). tokens/J is that rate over the GPU's stated power: at TDP (the datasheet
+maximum) it is a *lower bound* of tokens/J at that rate, since a GPU decoding at batch 1 draws
+less than TDP; the rate itself is an upper bound. Numbers and sources: ``mappings/gpus.yaml``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
-from hwflow.config import MAPPINGS, _Frozen, _read, _Sourced, _validate
+from hwflow.config import MAPPINGS, Frozen, ModelConfig, Sourced, read_data, validate_data
 
-__all__ = ["Gpu", "GpuEstimate", "estimate", "load_gpus"]
+__all__ = [
+    "PRECISIONS",
+    "Gpu",
+    "GpuEstimate",
+    "estimate",
+    "load_gpus",
+    "workload_bytes_per_token",
+]
+
+#: GPU precisions drawn: name -> (bits per weight, bits per KV element). INT4 weights carry one
+#: FP16 scale per group of 128 (AWQ's default group size, Lin et al., MLSys 2024): 4 + 16/128.
+PRECISIONS: dict[str, tuple[float, int]] = {"FP16": (16.0, 16), "INT4-weight": (4.125, 16)}
 
 
-class Gpu(_Sourced):
-    """One GPU's public memory bandwidth and board power."""
+class Gpu(Sourced):
+    """One GPU's public memory bandwidth and board power (``power_kind`` says which power)."""
 
     name: str
     bandwidth_gbps: float = Field(gt=0)
     power_w: float = Field(gt=0)
+    power_kind: Literal["tdp", "measured"] = "tdp"
 
 
-class _GpuFile(_Frozen):
+class _GpuFile(Frozen):
     gpus: tuple[Gpu, ...]
 
 
 def load_gpus(path: str | Path | None = None) -> tuple[Gpu, ...]:
     """The GPUs of ``mappings/gpus.yaml`` (or ``path``)."""
     p = Path(path) if path else MAPPINGS / "gpus.yaml"
-    return _validate(_GpuFile, _read(p), p).gpus
+    return validate_data(_GpuFile, read_data(p), p).gpus
+
+
+def workload_bytes_per_token(
+    cfg: ModelConfig, weight_bits: float, kv_bits: int, context: float
+) -> float:
+    """Bytes one batch-1 decode token reads: every linear weight of every layer and the LM head
+    at ``weight_bits``, and the K and V cache of ``context`` tokens at ``kv_bits``."""
+    per_layer = sum(o * i for o, i in map(cfg.linear_shape, cfg.linear_ops))
+    weights = (cfg.layers * per_layer + cfg.vocab * cfg.hidden) * weight_bits / 8
+    kv = 2 * cfg.layers * cfg.kv_heads * cfg.head_dim * context * kv_bits / 8
+    return weights + kv
 
 
 @dataclass(frozen=True)
@@ -42,8 +68,8 @@ class GpuEstimate:
     """A GPU's roofline estimate for one bytes-per-token figure."""
 
     gpu: str
-    tokens_per_s: float
-    tokens_per_j: float
+    tokens_per_s: float  #: upper bound: bandwidth / bytes per token
+    tokens_per_j: float  #: that rate / stated power (a lower bound at TDP)
     ms_per_token: float
 
 

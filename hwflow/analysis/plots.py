@@ -3,13 +3,19 @@
 Plots read results; they never run simulations. Each figure is written as PNG and SVG with
 labelled axes in SI units. GPU markers are HBM-roofline *estimates* (:mod:`.gpus`), labelled so.
 
-* ``efficiency``: tokens/J against tokens/s, every valid point, the Pareto front (points no
-  other point beats on both), GPU estimates at the table's median bytes per decode token.
-* ``sparsity``: the best tokens/J over the swept hardware against the kept fraction N/M, one
-  line per weight precision (needs a ``plan.sparsity`` column; skipped otherwise).
-* ``bits``: the best tokens/J against weight bits, one line per N:M (needs ``plan.bits``).
+Every figure gives each preset its own colour and each plan (with a sweep's overrides) its
+own marker, and names the model and the lengths in its title; discrete axes (weight bits,
+N:M) have one tick per value.
+
+* ``efficiency``: tokens/J against tokens/s, every valid point labelled, the Pareto front
+  (points no other point beats on both; ringed, joined when it has several), GPU estimates at
+  the workload's own bytes per decode token (FP16 and INT4 weights).
+* ``sparsity``: tokens/J against the kept fraction N/M, one line per preset and weight
+  precision (needs a ``plan.sparsity`` column; skipped otherwise).
+* ``bits``: tokens/J against weight bits, one line per preset and N:M (needs ``plan.bits``).
 * ``latency``: decode latency per token (ms) against context length, one line per run, from
-  the ``curve`` JSON column when present, else min/avg/max markers at the decode range.
+  the ``curve`` JSON column when present, else min/avg/max markers at the decode range; the
+  legend sits outside the axes.
 """
 
 from __future__ import annotations
@@ -22,10 +28,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from hwflow.analysis.gpus import estimate, load_gpus
-from hwflow.errors import ConfigError
+from hwflow.analysis.gpus import PRECISIONS, estimate, load_gpus, workload_bytes_per_token
+from hwflow.errors import ConfigError, HwflowError
 
-__all__ = ["pareto", "plot_results", "read_results"]
+__all__ = ["pareto", "pareto_min_max", "plot_results", "read_results"]
 
 _NUM = {"tokens_per_s", "tokens_per_j", "decode_tokens_per_s", "decode_bytes_per_token"}
 
@@ -45,7 +51,8 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
         d: dict[str, Any] = {}
         for k, v in r.items():
             try:
-                d[k] = float(v) if v not in ("", None) and k not in ("hw", "plan", "model") else v
+                text_cols = ("hw", "plan", "model", "quality_model")
+                d[k] = float(v) if v not in ("", None) and k not in text_cols else v
             except ValueError:
                 d[k] = v
         out.append(d)
@@ -63,6 +70,10 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "*", "p")
+_DASHES = ("-", "--", "-.", ":")
+
+
 def _save(fig: Any, out: Path, name: str) -> list[Path]:
     paths = []
     for ext in ("png", "svg"):
@@ -72,13 +83,101 @@ def _save(fig: Any, out: Path, name: str) -> list[Path]:
     return paths
 
 
+def _preset(r: dict[str, Any]) -> str:
+    """The row's base preset (a sweep's parameter overrides are in its ``hw`` name)."""
+    return str(r.get("point_preset") or r.get("hw", "?"))
+
+
+def _plan(r: dict[str, Any]) -> str:
+    """The row's plan, short: INTk and N:M when swept, else the plan's name."""
+    parts = []
+    if isinstance(r.get("plan.bits"), float):
+        parts.append(f"INT{r['plan.bits']:g}")
+    if r.get("plan.sparsity"):
+        sp = str(r["plan.sparsity"])
+        n, _, m = sp.partition(":")
+        parts.append("dense" if n == m else sp)
+    return " ".join(parts) or str(r.get("plan", ""))
+
+
 def _label(r: dict[str, Any]) -> str:
-    """The run's preset and plan names (a sweep's overrides are part of those names)."""
-    return f"{r.get('hw', '?')} / {r.get('plan', '')}"
+    """The run's preset and plan."""
+    return f"{r.get('hw', '?')} / {_plan(r)}"
+
+
+def _nm_order(sp: str) -> float:
+    """Sort key of an N:M string: the kept fraction (dense last)."""
+    n, _, m = sp.partition(":")
+    try:
+        return float(n) / float(m)
+    except ValueError:
+        return math.inf
+
+
+class _Style:
+    """One colour per preset and one marker (and dash) per plan, fixed for all figures."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        import matplotlib.pyplot as plt
+
+        cycle = plt.get_cmap("tab10").colors
+        presets = list(dict.fromkeys(_preset(r) for r in rows))
+        plans = list(dict.fromkeys(_plan(r) for r in rows))
+        self.colour = {p: cycle[i % len(cycle)] for i, p in enumerate(presets)}
+        self.marker = {p: _MARKERS[i % len(_MARKERS)] for i, p in enumerate(plans)}
+        self.dash = {p: _DASHES[i % len(_DASHES)] for i, p in enumerate(plans)}
+
+    def legend(self, ax: Any, **kw: Any) -> None:
+        """Two keys: colours for presets, markers for plans (not one entry per point)."""
+        from matplotlib.lines import Line2D
+
+        handles = [
+            Line2D([], [], color=c, marker="o", ls="", label=f"preset {p}")
+            for p, c in self.colour.items()
+        ]
+        if len(self.marker) > 1:
+            handles += [
+                Line2D([], [], color="black", marker=m, ls="", label=p)
+                for p, m in self.marker.items()
+            ]
+        ax.legend(handles=handles + ax.get_legend_handles_labels()[0], **kw)
+
+
+def _case(rows: list[dict[str, Any]]) -> str:
+    """The model(s) and lengths of the rows, for titles: 'llama2-7b, prefill 128, decode 512'."""
+    models = sorted({str(r.get("model") or r.get("point_model", "?")) for r in rows})
+    pre = sorted({_fmt(r.get("prefill")) for r in rows})
+    dec = sorted({_fmt(r.get("decode")) for r in rows})
+    return f"{', '.join(models)}, prefill {'/'.join(pre)}, decode {'/'.join(dec)}"
 
 
 def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _gpu_points(ok: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """GPU roofline estimates at the workload's own bytes per token: per model in the table,
+    each GPU at each precision of :data:`~hwflow.analysis.gpus.PRECISIONS`, at the table's mean
+    decode context of that model (prefill + decode / 2). Rows without a known model: none."""
+    from hwflow.config import load_model
+
+    out: list[tuple[str, Any]] = []
+    models = sorted({r["model"] for r in ok if isinstance(r.get("model"), str) and r["model"]})
+    for m in models:
+        try:
+            cfg = load_model(m)
+        except HwflowError:
+            continue
+        ctx = statistics.mean(
+            float(r.get("prefill") or 0) + float(r.get("decode") or 0) / 2
+            for r in ok
+            if r.get("model") == m
+        )
+        for g in load_gpus():
+            for prec, (wb, kvb) in PRECISIONS.items():
+                b = workload_bytes_per_token(cfg, wb, kvb, ctx)
+                out.append((f"{g.name} {prec}", estimate(g, b)))
+    return out
 
 
 def plot_results(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
@@ -89,122 +188,232 @@ def plot_results(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     ok = [r for r in rows if r.get("status") == "ok" and isinstance(r.get("tokens_per_j"), float)]
     if not ok:
         raise ConfigError("no valid points in the results table: nothing to plot")
+    out.mkdir(parents=True, exist_ok=True)
+    style = _Style(ok)
     written: list[Path] = []
+    for name, draw in (
+        ("efficiency", _efficiency),
+        ("sparsity", _sparsity),
+        ("bits", _bits),
+        ("latency", _latency),
+        ("quality", _quality),
+    ):
+        fig = draw(plt, ok, style)
+        if fig is not None:
+            written += _save(fig, out, name)
+            plt.close(fig)
+    return written
 
-    # --- tokens/J vs tokens/s with the Pareto front and GPU roofline estimates
-    fig, ax = plt.subplots(figsize=(7, 5))
+
+def _efficiency(plt: Any, ok: list[dict[str, Any]], style: _Style) -> Any:
+    """tokens/J against tokens/s: every point labelled, the Pareto front, GPU estimates."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
     xs = [r["tokens_per_s"] for r in ok]
     ys = [r["tokens_per_j"] for r in ok]
-    ax.scatter(xs, ys, s=18, color="tab:blue", alpha=0.7, label="hwflow simulated points")
+    side = {p: i % 2 for i, p in enumerate(style.colour)}  # labels right / left by preset
+    for r, x, y in zip(ok, xs, ys, strict=True):
+        colour, left = style.colour[_preset(r)], side[_preset(r)]
+        ax.scatter([x], [y], s=30, color=colour, marker=style.marker[_plan(r)])
+        ax.annotate(
+            _plan(r),
+            (x, y),
+            fontsize=6,
+            color=colour,
+            xytext=(-5, -3) if left else (5, 2),
+            textcoords="offset points",
+            ha="right" if left else "left",
+            va="top" if left else "bottom",
+        )
     front = pareto(list(zip(xs, ys, strict=True)))
-    ax.plot(
-        [xs[i] for i in front],
-        [ys[i] for i in front],
-        "-o",
-        color="tab:red",
-        ms=4,
-        label="Pareto front",
-    )
-    bpt = [
-        r["decode_bytes_per_token"]
-        for r in ok
-        if isinstance(r.get("decode_bytes_per_token"), float) and r["decode_bytes_per_token"] > 0
-    ]
-    if bpt:
-        b = statistics.median(bpt)
-        for g in load_gpus():
-            e = estimate(g, b)
+    fx, fy = [xs[i] for i in front], [ys[i] for i in front]
+    ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="tab:red", label="Pareto front")
+    if len(front) > 1:
+        ax.plot(fx, fy, "-", color="tab:red", lw=0.8, alpha=0.6)
+    gpu_pts = _gpu_points(ok)
+    title = f"Energy efficiency: {_case(ok)}"
+    if gpu_pts:
+        for name, e in gpu_pts:
             ax.scatter([e.tokens_per_s], [e.tokens_per_j], marker="*", s=90, color="tab:gray")
             ax.annotate(
-                f"{g.name} (roofline est.)",
+                name,
                 (e.tokens_per_s, e.tokens_per_j),
-                fontsize=7,
+                fontsize=6,
                 xytext=(4, 4),
                 textcoords="offset points",
             )
-        ax.set_title(
-            f"Energy efficiency (GPU stars: HBM-roofline estimates at {b / 1e6:.4g} MB/token)",
-            fontsize=10,
-        )
-    else:
-        ax.set_title("Energy efficiency")
-    for i in front:
-        ax.annotate(
-            _label(ok[i]), (xs[i], ys[i]), fontsize=6, xytext=(4, -8), textcoords="offset points"
-        )
-    if bpt:
+        title += "\nGPU stars: HBM-roofline estimates at the model's own bytes per token"
         fig.text(
             0.01,
-            -0.02,
-            "GPU stars: upper bounds = datasheet HBM bandwidth / the same bytes "
-            "per token, tokens/J at datasheet max power (mappings/gpus.yaml: NVIDIA "
-            "V100S, A100, H100 datasheets); not measurements",
+            0.0,
+            "GPU stars: tokens/s = datasheet HBM bandwidth / the model's own bytes per token at"
+            " FP16 or INT4 weights (an upper bound); tokens/J = that at TDP, a lower bound for"
+            " that rate (mappings/gpus.yaml, docs/SOURCES.md); not measurements",
             fontsize=6,
             color="tab:gray",
         )
+    ax.set_title(title, fontsize=9)
     ax.set_xlabel("throughput (tokens/s)")
     ax.set_ylabel("energy efficiency (tokens/J)")
     ax.set_xscale("log")
+    ax.margins(x=0.15, y=0.08)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    written += _save(fig, out, "efficiency")
-    plt.close(fig)
+    style.legend(ax, fontsize=7, loc="best")
+    return fig
 
-    # --- tokens/J vs sparsity and vs weight bits: for every (bits, N:M) the best design point
-    best: dict[tuple[float, str], float] = {}
+
+def pareto_min_max(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both lower x and higher y, by x."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best_y = [], -math.inf
+    for i in order:
+        if points[i][1] > best_y:
+            front.append(i)
+            best_y = points[i][1]
+    return front
+
+
+def _quality(plt: Any, ok: list[dict[str, Any]], style: _Style) -> Any:
+    """tokens/J against the plan's perplexity on real text (lower is better), Pareto front:
+    what each step of efficiency costs in quality. Needs the ``ppl`` column."""
+    rows = [r for r in ok if isinstance(r.get("ppl"), float) and r["ppl"] > 0]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    xs = [r["ppl"] for r in rows]
+    ys = [r["tokens_per_j"] for r in rows]
+    for r, x, y in zip(rows, xs, ys, strict=True):
+        colour = style.colour[_preset(r)]
+        ax.scatter([x], [y], s=30, color=colour, marker=style.marker[_plan(r)])
+        ax.annotate(
+            _plan(r), (x, y), fontsize=6, color=colour, xytext=(5, 2), textcoords="offset points"
+        )
+    front = pareto_min_max(list(zip(xs, ys, strict=True)))
+    fx, fy = [xs[i] for i in front], [ys[i] for i in front]
+    ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="tab:red", label="Pareto front")
+    if len(front) > 1:
+        ax.plot(fx, fy, "-", color="tab:red", lw=0.8, alpha=0.6)
+    fl = [r["float_ppl"] for r in rows if isinstance(r.get("float_ppl"), float)]
+    if fl:
+        ax.axvline(fl[0], color="tab:gray", ls=":", lw=0.9, label=f"float64 ({fl[0]:.3g})")
+    qm = sorted({str(r.get("quality_model", "?")) for r in rows})
+    toks = sorted({_fmt(r.get("quality_tokens")) for r in rows})
+    ax.set_title(
+        f"Efficiency against quality: {_case(rows)}\nperplexity of each plan applied to "
+        f"{', '.join(qm)} on {'/'.join(toks)} tokens of real text (integer reference)",
+        fontsize=9,
+    )
+    ax.set_xlabel("perplexity (lower is better, log scale)")
+    ax.set_ylabel("energy efficiency (tokens/J)")
+    ax.set_xscale("log")
+    ax.margins(x=0.15, y=0.08)
+    ax.grid(True, alpha=0.3)
+    style.legend(ax, fontsize=7, loc="best")
+    return fig
+
+
+def _nm_lines(ok: list[dict[str, Any]]) -> dict[tuple[str, str, float], float]:
+    """(preset, N:M, bits) -> the best tokens/J of the rows with those (over other axes)."""
+    best: dict[tuple[str, str, float], float] = {}
     for r in ok:
-        sp = str(r.get("plan.sparsity", ""))
+        sp = str(r.get("plan.sparsity") or "")
         bits = r.get("plan.bits")
-        if ":" in sp or isinstance(bits, float):
-            key = (bits if isinstance(bits, float) else math.nan, sp)
-            best[key] = max(best.get(key, 0.0), r["tokens_per_j"])
-    if any(":" in sp for _, sp in best):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        lines: dict[float, list[tuple[float, float]]] = defaultdict(list)
-        for (bits, sp), v in best.items():
-            if ":" in sp:
-                n, m = (float(x) for x in sp.split(":"))
-                lines[bits].append((n / m, v))
-        for bits, pts in sorted(lines.items()):
-            pts.sort()
-            name = "plan's weight bits" if math.isnan(bits) else f"INT{bits:g} weights"
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", ms=4, label=name)
-        ax.set_xlabel("kept weights N/M (1 = dense)")
-        ax.set_ylabel("energy efficiency (tokens/J), best design point")
-        ax.set_title("Energy efficiency against N:M sparsity")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-        written += _save(fig, out, "sparsity")
-        plt.close(fig)
-    if any(not math.isnan(b) for b, _ in best):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        by_sp: dict[str, list[tuple[float, float]]] = defaultdict(list)
-        for (bits, sp), v in best.items():
-            if not math.isnan(bits):
-                by_sp[sp or "plan's sparsity"].append((bits, v))
-        for sp, pts in sorted(by_sp.items()):
-            pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", ms=4, label=f"sparsity {sp}")
-        ax.set_xlabel("weight precision (bits)")
-        ax.set_ylabel("energy efficiency (tokens/J), best design point")
-        ax.set_title("Energy efficiency against weight bits")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-        written += _save(fig, out, "bits")
-        plt.close(fig)
+        key = (_preset(r), sp, bits if isinstance(bits, float) else math.nan)
+        best[key] = max(best.get(key, 0.0), r["tokens_per_j"])
+    return best
 
-    # --- decode latency against context
-    fig, ax = plt.subplots(figsize=(7, 4))
+
+def _sparsity(plt: Any, ok: list[dict[str, Any]], style: _Style) -> Any:
+    """tokens/J against the kept fraction N/M: a line per preset and precision."""
+    best = {k: v for k, v in _nm_lines(ok).items() if ":" in k[1]}
+    if not best:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    lines: dict[tuple[str, float], list[tuple[float, float]]] = defaultdict(list)
+    ticks: dict[float, str] = {}
+    for (preset, sp, bits), v in best.items():
+        frac = _nm_order(sp)
+        ticks[frac] = sp
+        lines[(preset, bits)].append((frac, v))
+    dashes = {b: _DASHES[i % len(_DASHES)] for i, b in enumerate(sorted({k[1] for k in lines}))}
+    for (preset, bits), pts in sorted(lines.items()):
+        pts.sort()
+        name = f"{preset}, " + ("plan's bits" if math.isnan(bits) else f"INT{bits:g}")
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            dashes[bits],
+            marker="o",
+            ms=4,
+            color=style.colour[preset],
+            label=name,
+        )
+    ax.set_xticks(sorted(ticks), [ticks[f] for f in sorted(ticks)])
+    ax.set_xlabel("N:M sparsity (kept weights N of every M; M:M = dense)")
+    ax.set_ylabel("energy efficiency (tokens/J)")
+    ax.set_title(f"Energy efficiency against N:M sparsity\n{_case(ok)}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _bits(plt: Any, ok: list[dict[str, Any]], style: _Style) -> Any:
+    """tokens/J against weight bits (one tick per precision): a line per preset and N:M."""
+    best = {k: v for k, v in _nm_lines(ok).items() if not math.isnan(k[2])}
+    if not best:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    lines: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for (preset, sp, bits), v in best.items():
+        lines[(preset, sp)].append((bits, v))
+    sps = sorted({k[1] for k in lines}, key=_nm_order)
+    dashes = {sp: _DASHES[i % len(_DASHES)] for i, sp in enumerate(sps)}
+    markers = {sp: _MARKERS[i % len(_MARKERS)] for i, sp in enumerate(sps)}
+    for (preset, sp), pts in sorted(lines.items(), key=lambda kv: (kv[0][0], _nm_order(kv[0][1]))):
+        pts.sort()
+        label = f"{preset}, " + (("dense" if _nm_order(sp) == 1 else sp) if sp else "plan's N:M")
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            dashes[sp],
+            marker=markers[sp],
+            ms=5,
+            color=style.colour[preset],
+            label=label,
+        )
+    bits = sorted({k[2] for k in best})
+    ax.set_xticks(bits, [f"INT{b:g}" for b in bits])
+    ax.set_xlim(bits[0] - 0.5, bits[-1] + 0.5)
+    ax.set_xlabel("weight precision")
+    ax.set_ylabel("energy efficiency (tokens/J)")
+    ax.set_title(f"Energy efficiency against weight precision\n{_case(ok)}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _latency(plt: Any, ok: list[dict[str, Any]], style: _Style) -> Any:
+    """Decode ms/token against context: a line per run (colour: preset, dash+marker: plan);
+    GPU roofline estimates as grey lines, named in the legend; the legend outside."""
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     curves = [r for r in ok if isinstance(r.get("curve"), str) and r["curve"].startswith("[")]
-    for r in curves[:12]:
+    for r in curves:
         pts = json.loads(r["curve"])
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.2, label=_label(r))
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            style.dash[_plan(r)],
+            marker=style.marker[_plan(r)],
+            markevery=max(1, len(pts) // 6),
+            ms=4,
+            lw=1.2,
+            color=style.colour[_preset(r)],
+            label=_label(r),
+        )
     if not curves:
-        for r in ok[:12]:
+        for r in ok:
             lo = r["prefill"] + 1
             hi = r["prefill"] + r["decode"]
             ax.errorbar(
@@ -214,28 +423,23 @@ def plot_results(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
                     [r["ms_per_token_avg"] - r["ms_per_token_min"]],
                     [r["ms_per_token_max"] - r["ms_per_token_avg"]],
                 ],
-                fmt="o",
+                fmt=style.marker[_plan(r)],
+                color=style.colour[_preset(r)],
                 capsize=3,
                 label=_label(r),
             )
-    if bpt:
-        b = statistics.median(bpt)
-        for g in load_gpus():
-            e = estimate(g, b)
-            ax.axhline(e.ms_per_token, color="tab:gray", ls=":", lw=0.8)
-            ax.annotate(
-                f"{g.name} (roofline est.)",
-                (ax.get_xlim()[0], e.ms_per_token),
-                fontsize=6,
-                color="tab:gray",
-                xytext=(2, 2),
-                textcoords="offset points",
-            )
+    fp16 = [(name, e) for name, e in _gpu_points(ok) if name.endswith("FP16")]
+    for i, (name, e) in enumerate(fp16):
+        ax.axhline(
+            e.ms_per_token,
+            color="tab:gray",
+            ls=_DASHES[(i + 1) % len(_DASHES)],
+            lw=0.9,
+            label=f"{name} (HBM-roofline est.)",
+        )
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("decode latency (ms/token)")
-    ax.set_title("Decode latency per token against context")
+    ax.set_title(f"Decode latency per token against context: {_case(ok)}", fontsize=9)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=6)
-    written += _save(fig, out, "latency")
-    plt.close(fig)
-    return written
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    return fig

@@ -12,8 +12,8 @@ from typing import Any
 
 from hwflow.analysis.plots import plot_results, read_results
 from hwflow.analysis.sweep import write_csv
-from hwflow.commands._common import atomic_write
 from hwflow.config import load_hw, load_model, load_plan
+from hwflow.files import atomic_write
 
 __all__ = ["DEFAULT_CASE", "perf_report"]
 

@@ -16,46 +16,51 @@ Grid file (YAML)::
       sparsity: ["4:16", "8:16"]
     lengths: [[128, 512]]            # (prefill, decode) pairs
     mode: fast                       # fast | exact (hwflow.perf.sim)
+    quality:                         # optional: each plan's perplexity on real text
+      model: smollm2-135m            #   a checkpoint (.gguf / HF folder; default: the swept
+      tokens: 128                    #   model when it is one), text (default: the shipped
+                                     #   GPL-3 text); columns ppl, float_ppl, quality_model
 
 A point whose preset or plan is invalid or unsupported (a DSP budget exceeded, an N:M the
 chain cannot run, a model that does not fit) is recorded with ``status = invalid`` and the
 reason, not fatal. Each finished point is stored under the cache directory by a hash of
-everything that determines its result (resolved preset, plan and model, lengths, mode and the
-source of the simulator, costs and compiler), so an interrupted or repeated sweep recomputes
-nothing it already has.
+everything that determines its result: the values of the resolved preset, plan, model and
+energy table, the lengths and mode, and the source of the whole package
+(:func:`hwflow.cache.key`), so an interrupted or repeated sweep recomputes nothing it already
+has, and an edited table or model file is never answered from old rows.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import itertools
 import json
 import multiprocessing as mp
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
+from hwflow import cache
+from hwflow.analysis.quality import QualitySpec, plan_quality, quality_spec
 from hwflow.config import (
     CompressionPlan,
     HardwarePreset,
-    _first_error,
+    first_error,
     load_hw,
     load_model,
     load_plan,
+    read_data,
 )
 from hwflow.energy import load_energy_table
 from hwflow.errors import ConfigError, HwflowError
 
 __all__ = ["Grid", "Point", "apply_hw", "load_grid", "run_sweep", "write_csv"]
 
-_GRID_KEYS = {"model", "presets", "hw", "plans", "plan_axes", "lengths", "mode"}
+_GRID_KEYS = {"model", "presets", "hw", "plans", "plan_axes", "lengths", "mode", "quality"}
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ class Point:
 @dataclass(frozen=True)
 class Grid:
     points: tuple[Point, ...]
+    quality: QualitySpec | None = None  #: what measures each plan's perplexity (or nothing)
 
 
 def _as_list(v: Any) -> list:
@@ -96,14 +102,19 @@ def _as_list(v: Any) -> list:
 
 
 def load_grid(path: str | Path) -> Grid:
-    """Read and check a grid file; ConfigError names the first bad entry."""
+    """Read and check a grid file; ConfigError names the file and its first bad entry (the
+    line and column of a YAML syntax error)."""
     p = Path(path)
+    data = read_data(p)
     try:
-        data = yaml.safe_load(p.read_text())
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: malformed YAML: {getattr(e, 'problem', e)}") from None
+        return _grid(p, data)
+    except ConfigError as e:
+        msg = str(e)
+        raise ConfigError(msg if msg.startswith(f"{p}:") else f"{p}: {msg}") from None
+
+
+def _grid(p: Path, data: Any) -> Grid:
+    """The points of a grid file's ``data`` (every name and parameter path checked)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: a grid is a mapping, got {type(data).__name__}")
     unknown = set(data) - _GRID_KEYS
@@ -158,7 +169,7 @@ def load_grid(path: str | Path) -> Grid:
             models, presets, hw_combos, plan_combos, pairs
         )
     ]
-    return Grid(tuple(pts))
+    return Grid(tuple(pts), quality_spec(data.get("quality"), models, str(p)))
 
 
 def _check_path(hw: HardwarePreset, path: str) -> None:
@@ -194,7 +205,7 @@ def apply_hw(hw: HardwarePreset, changes: Iterable[tuple[str, Any]]) -> Hardware
     try:
         return HardwarePreset.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"preset {data['name']}: {_first_error(e)}") from None
+        raise ConfigError(f"preset {data['name']}: {first_error(e)}") from None
 
 
 def _plan_for(point: Point) -> CompressionPlan:
@@ -216,21 +227,7 @@ def _plan_for(point: Point) -> CompressionPlan:
     try:
         return CompressionPlan.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"plan {name}: {_first_error(e)}") from None
-
-
-def _code_digest() -> str:
-    import hwflow.costs
-    import hwflow.energy
-    import hwflow.perf.sim
-
-    h = hashlib.sha256()
-    for mod in (hwflow.costs, hwflow.energy):
-        h.update(Path(mod.__file__).read_bytes())
-    for f in sorted(Path(hwflow.perf.sim.__file__).parent.glob("*.py")):
-        h.update(f.read_bytes())
-    h.update(hwflow.perf.sim._compiler_digest().encode())
-    return h.hexdigest()[:16]
+        raise ConfigError(f"plan {name}: {first_error(e)}") from None
 
 
 def _resolve(point: Point):
@@ -240,18 +237,26 @@ def _resolve(point: Point):
     return cfg, hw, plan
 
 
-def point_key(point: Point, code: str) -> str:
-    """Hash of the point (its labels are in its row) and of everything that determines its
-    result: the resolved model, preset, energy table and plan and the simulator's source."""
+def point_key(point: Point) -> str:
+    """Cache key of a point: its labels (they are in its row) and the values of everything
+    that determines its result: the resolved model, preset (its digest) and plan, the energy
+    table the preset names, and the package source (:func:`hwflow.cache.key`)."""
     try:
         cfg, hw, plan = _resolve(point)
-        what = [cfg.model_dump(mode="json"), hw.digest, plan.model_dump(mode="json")]
-        if hw.energy_table is not None:  # the table's numbers, not only its name
-            what.append(load_energy_table(hw.energy_table).model_dump(mode="json"))
+        table = load_energy_table(hw.energy_table) if hw.energy_table else None
+        what: list[Any] = [cfg, hw.digest, plan, table]
     except HwflowError as e:
         what = ["invalid", str(e)]
-    blob = json.dumps([repr(point), what, code], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    return cache.key("sweep-point", repr(point), what)
+
+
+def _invalid_row(point: Point) -> dict[str, Any] | None:
+    """The row of a point whose preset or plan does not even validate, else None."""
+    try:
+        _resolve(point)
+    except HwflowError as e:
+        return {**point.label(), "status": "invalid", "reason": str(e)}
+    return None
 
 
 def run_point(point: Point) -> dict[str, Any]:
@@ -284,50 +289,75 @@ def run_sweep(
     *,
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every point not already in ``cache_dir``; return all rows in grid order."""
+    """Run every point not already in ``cache_dir``; return all rows in grid order.
+    ``note`` hears how many points came from the cache, ``progress(done, total)`` counts.
+    A point invalid before it runs (its preset or plan does not validate) is not cached."""
     cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    code = _code_digest()
-    keys = [point_key(p, code) for p in grid.points]
+    keys = [point_key(p) for p in grid.points]
     rows: dict[str, dict[str, Any]] = {}
-    todo: list[tuple[Point, str]] = []
+    todo: dict[str, Point] = {}
+    cached = early = 0
     for p, k in zip(grid.points, keys, strict=True):
-        f = cache_dir / f"{k}.json"
-        if k in rows:
+        if k in rows or k in todo:
             continue
-        if f.is_file():
-            try:
-                rows[k] = json.loads(f.read_text())
-                continue
-            except (OSError, json.JSONDecodeError):
-                pass  # a damaged entry is recomputed
-        if k not in {t[1] for t in todo}:
-            todo.append((p, k))
+        row = _invalid_row(p)  # cheap to redo: never cached
+        if row is None:
+            row = cache.read_json(cache_dir / f"{k}.json")  # None: missing or damaged
+            cached += isinstance(row, dict)
+        else:
+            early += 1
+        if isinstance(row, dict):
+            rows[k] = row
+        else:
+            todo[k] = p
     done = len(grid.points) - len(todo)
+    if note:
+        note(
+            f"sweep: {cached}/{len(grid.points)} points from the cache ({cache_dir}), "
+            f"{len(todo)} to simulate, {early} invalid presets/plans"
+        )
     if progress:
         progress(done, len(grid.points))
 
     def store(k: str, row: dict[str, Any]) -> None:
         nonlocal done
         rows[k] = row
-        tmp = cache_dir / f".{k}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(row, sort_keys=True, default=str))
-        tmp.replace(cache_dir / f"{k}.json")
+        cache.write_json(cache_dir / f"{k}.json", row)
         done += 1
         if progress:
             progress(done, len(grid.points))
 
     if todo:
         if workers <= 1 or len(todo) == 1:
-            for p, k in todo:
+            for k, p in todo.items():
                 store(k, run_point(p))
         else:
             ctx = mp.get_context("fork")
             with ctx.Pool(workers) as pool:
-                for k, row in pool.imap_unordered(_worker, todo):
+                for k, row in pool.imap_unordered(_worker, [(p, k) for k, p in todo.items()]):
                     store(k, row)
-    return [rows[k] for k in keys]
+    out = [rows[k] for k in keys]
+    if grid.quality is not None:
+        _add_quality(grid, out, note)
+    return out
+
+
+def _add_quality(
+    grid: Grid, rows: list[dict[str, Any]], note: Callable[[str], None] | None
+) -> None:
+    """Each valid row gets its plan's perplexity (:func:`~hwflow.analysis.quality.plan_quality`,
+    once per distinct plan, cached)."""
+    assert grid.quality is not None
+    seen: dict[str, dict[str, Any]] = {}
+    for p, row in zip(grid.points, rows, strict=True):
+        if row.get("status") != "ok":
+            continue
+        plan = _plan_for(p)
+        if plan.name not in seen:
+            seen[plan.name] = plan_quality(grid.quality, plan, note)
+        row.update(seen[plan.name])
 
 
 def write_csv(rows: list[dict[str, Any]]) -> str:

@@ -16,14 +16,16 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from hwflow.commands._common import atomic_write, print_json, seed
-from hwflow.compiler import compile_model, storage_report
-from hwflow.config import HardwarePreset, ModelConfig, load_hw, load_model, load_plan
+from hwflow import cache
+from hwflow.analysis.compiled import compile_with_summary
+from hwflow.checkpoint import is_checkpoint, load_checkpoint
+from hwflow.commands._common import Progress, atomic_write, check_output_dir, print_json, seed
+from hwflow.config import load_hw, load_model, load_plan
 from hwflow.errors import ConfigError
-from hwflow.isa import Runtime, disasm, expand, load_program
-from hwflow.reference import QUALITY_MAX_PARAMS, check_quality_size, quality, quality_sample
+from hwflow.isa import disasm, load_program
+from hwflow.reference import check_quality_size
 
-__all__ = ["decode_hbm_bytes", "register", "summary"]
+__all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,53 +71,6 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", required=True, help="shipped compression plan name or YAML path")
 
 
-def decode_hbm_bytes(compiled: Any, hw: HardwarePreset) -> dict[str, int]:
-    """HBM bytes one decode step moves at the longest context, by transfer kind (from the
-    expanded program, so it is what the machine does, not an estimate)."""
-    prog = compiled.program
-    ctx = prog.header["max_len"]
-    tmpl = prog.select("decode", Runtime(1, ctx - 1))
-    kinds = ("weights", "params", "kv", "act", "rope", "logits")
-    out = dict.fromkeys(kinds, 0)
-    for c in expand(tmpl, Runtime(1, ctx - 1)):
-        if c.op in ("LD", "ST"):
-            out[kinds[c["kind"]]] += max(c["rows"], 0) * c["row_bytes"]
-    out["total"] = sum(out[k] for k in kinds)
-    out["context"] = ctx
-    return out
-
-
-def summary(cfg: ModelConfig, plan: Any, hw: HardwarePreset, compiled: Any) -> dict[str, Any]:
-    """The figures ``hwflow compile`` prints."""
-    st = storage_report(compiled)
-    hbm = decode_hbm_bytes(compiled, hw)
-    per_channel = compiled.layout.channel_bytes(hw.hbm.channels, hw.hbm.interleave_bytes)
-    out: dict[str, Any] = {
-        "model": cfg.name,
-        "plan": plan.name,
-        "preset": hw.name,
-        "max_len": compiled.program.header["max_len"],
-        "prefill_bucket": compiled.tt,
-        "layer_runs": [list(r) for r in compiled.layout.runs],
-        **st,
-        "decode_hbm_bytes_per_token": hbm,
-        "hbm_total_bytes": compiled.layout.total,
-        "hbm_channel_bytes_min_max": [min(per_channel), max(per_channel)],
-        "compile_seconds": compiled.seconds,
-    }
-    if cfg.params <= QUALITY_MAX_PARAMS:
-        from hwflow.compress import quantize_model, random_weights
-
-        w = random_weights(cfg, 0)
-        import numpy as np
-
-        ids, decode = quality_sample(cfg, cfg.max_positions, np.random.default_rng(7))
-        out["quality"] = quality(quantize_model(cfg, plan, w), w, ids, decode)
-    else:
-        out["quality"] = None
-    return out
-
-
 def _write_outputs(out: Path, program: bytes, info: dict[str, Any]) -> None:
     """Write program.hwp and summary.json, each atomically; on any failure (or an interrupt)
     leave neither, nor the folders made for them."""
@@ -141,12 +96,13 @@ def _write_outputs(out: Path, program: bytes, info: dict[str, Any]) -> None:
 
 def run_compile(args: argparse.Namespace) -> int:
     cfg, hw, plan = load_model(args.model), load_hw(args.hw), load_plan(args.plan)
-    if args.output is not None and args.output.exists() and not args.output.is_dir():
-        raise ConfigError(f"-o {args.output}: exists and is not a directory")
-    compiled = compile_model(cfg, plan, hw, args.max_len)
-    info = summary(cfg, plan, hw, compiled)
     if args.output is not None:
-        _write_outputs(args.output, compiled.program.to_bytes(), info)
+        check_output_dir(args.output, "-o")
+    with Progress() as prog:
+        program, info, cached = compile_with_summary(cfg, plan, hw, args.max_len, note=prog.note)
+    info["cached"] = cached
+    if args.output is not None:
+        _write_outputs(args.output, program, info)
         info["written"] = str(args.output / "program.hwp")
     if args.json:
         print_json(info)
@@ -176,7 +132,10 @@ def run_compile(args: argparse.Namespace) -> int:
             f"{info['decode_hbm_bytes_per_token']['total']:,}",
         ),
         ("HBM allocated", f"{info['hbm_total_bytes']:,}"),
-        ("compile time", f"{info['compile_seconds']:.2f} s"),
+        (
+            "compile time",
+            f"{info['compile_seconds']:.2f} s" + (" (program from the cache)" if cached else ""),
+        ),
     ]
     if info.get("written"):
         rows.append(("written", info["written"]))
@@ -187,13 +146,15 @@ def run_compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_quality(con: Console, rows: list[dict[str, Any]] | None) -> None:
+def _print_quality(
+    con: Console, rows: list[dict[str, Any]] | None, weights: str = "seeded weights"
+) -> None:
     if rows is None:
         con.print(
             "quality: not computed (model too large for the float64 reference; see hwflow quality)"
         )
         return
-    t = Table(title="quality vs float64 (seeded weights)")
+    t = Table(title=f"quality vs float64 ({weights})")
     t.add_column("tensor")
     t.add_column("SQNR dB", justify="right")
     t.add_column("max abs err", justify="right")
@@ -232,7 +193,29 @@ def run_check(args: argparse.Namespace) -> int:
 
     cfg, hw, plan = load_model(args.model), load_hw(args.hw), load_plan(args.plan)
     check_quality_size(cfg, "check")
-    res = check_against_reference(cfg, plan, hw, args.max_len, args.decode, args.seed)
+    real: dict[str, Any] = {}
+    parts: list[Any] = [cfg, plan, hw.digest, args.max_len, args.decode, args.seed]
+    if is_checkpoint(args.model):  # trained weights, prompts and calibration from real text
+        from hwflow.perplexity import DEFAULT_TEXT, calibration_ids, read_text, text_ids
+
+        ck = load_checkpoint(args.model)
+        cfg = ck.cfg.model_copy(update={"max_positions": args.max_len})
+        text = read_text(DEFAULT_TEXT)
+        prompt = text_ids(ck.tokenizer(), text, args.max_len, DEFAULT_TEXT)
+        calib = calibration_ids(ck.tokenizer(), text, args.max_len, DEFAULT_TEXT)[: args.max_len]
+        real = {"weights": ck.weights, "prompt": prompt, "calib_ids": calib}
+        parts += [cache.files_digest(ck.files()), prompt.tolist(), calib.tolist()]
+    with Progress() as prog:
+        prog.note(f"checking {cfg.name} / {plan.name} on {hw.name} against the reference")
+        res, _ = cache.memo(
+            "checks",
+            parts,
+            lambda: check_against_reference(
+                cfg, plan, hw, args.max_len, args.decode, args.seed, **real
+            ),
+            note=prog.note,
+            what="check result",
+        )
     if args.json:
         print_json(res)
     else:
@@ -248,5 +231,7 @@ def run_check(args: argparse.Namespace) -> int:
         )
         for s in bad:
             con.print(f"  differs: {s}")
-        _print_quality(con, res["quality"])
+        _print_quality(
+            con, res["quality"], "checkpoint weights, real text" if real else "seeded weights"
+        )
     return 0 if res["bit_exact"] else 1

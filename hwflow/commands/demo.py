@@ -21,6 +21,7 @@ import shlex
 import time
 from pathlib import Path
 
+from hwflow.commands._common import check_output_dir
 from hwflow.config import MAPPINGS
 
 
@@ -28,11 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="the main job on the shipped defaults: compile, check, RTL, simulate, sweep, plot",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description="\n\n".join(__doc__.split("\n\n")[1:]) if __doc__ else None,
     )
-    p.add_argument(
-        "-o", "--output", type=Path, default=Path("out"), help="output directory (default out/)"
-    )
+    p.add_argument("-o", "--output", type=Path, default=Path("out"), help="output directory")
     p.add_argument("--model", default="llama2-7b", help="model of the compile/simulate steps")
     p.add_argument("--hw", default="u280", help="hardware preset of the compile/simulate/RTL steps")
     p.add_argument(
@@ -42,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--rtl-chains",
         type=int,
         default=8,
-        help="chains of the default preset's RTL slice (0: the whole engines; default 8)",
+        help="chains of the default preset's RTL slice (0: the whole engines)",
     )
     p.add_argument("--prefill", type=int, default=128, help="prompt tokens of the simulated case")
     p.add_argument("--decode", type=int, default=512, help="generated tokens of the simulated case")
@@ -91,6 +90,8 @@ def _slice(args: argparse.Namespace) -> bool:
 def run(args: argparse.Namespace) -> int:
     from hwflow.cli import main
 
+    check_output_dir(args.output, "-o")
+    (args.output / "sweep").mkdir(parents=True, exist_ok=True)  # sweep -o names a file in it
     t0 = time.perf_counter()
     for argv in steps(args):
         print(f"\n$ hwflow {shlex.join(argv)}", flush=True)

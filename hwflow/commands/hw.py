@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
-from hwflow.config import load_hw
+from hwflow import cache
+from hwflow.commands._common import Progress, atomic_write, check_output_dir, positive
+from hwflow.config import HardwarePreset, load_hw
 
 __all__ = ["register"]
 
@@ -20,9 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "as Verilog (from Amaranth) with manifest.json (parameters, ports, payload fields, "
         "latency), and lint them with verilator --lint-only -Wall and rtl/lint.vlt.",
     )
-    p.add_argument("--hw", default="tiny", help="hardware preset name or YAML path (tiny)")
-    p.add_argument("-o", "--out", type=Path, help="output folder (rtl/generated/<preset>)")
-    p.add_argument("--chains", type=int, help="generate slices of this many chains")
+    p.add_argument("--hw", default="tiny", help="hardware preset name or YAML path")
+    p.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        help="output folder (default: rtl/generated/<preset> under the current folder)",
+    )
+    p.add_argument("--chains", type=positive, help="generate slices of this many chains")
     p.add_argument("--no-lint", action="store_true", help="skip the Verilator lint")
     p.set_defaults(func=_rtl)
 
@@ -33,39 +41,73 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and report LUT, FF, DSP48E2, RAM counts and whether the chain adders went into the "
         "DSP cascade. --chains synthesizes a slice of a large engine.",
     )
-    s.add_argument("--hw", default="tiny", help="hardware preset name or YAML path (tiny)")
-    s.add_argument("--engine", choices=("mv", "mpe"), default="mv", help="which engine (mv)")
-    s.add_argument("--chains", type=int, help="synthesize a slice of this many chains")
+    s.add_argument("--hw", default="tiny", help="hardware preset name or YAML path")
+    s.add_argument("--engine", choices=("mv", "mpe"), default="mv", help="which engine")
+    s.add_argument("--chains", type=positive, help="synthesize a slice of this many chains")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(func=_synth)
 
 
 def _rtl(args: argparse.Namespace) -> int:
-    from hwflow.hw.generate import DEFAULT_OUT, lint, write_rtl
-
     hw = load_hw(args.hw)
-    out = args.out or DEFAULT_OUT / hw.name
-    manifest = write_rtl(hw, out, chains=args.chains)
+    out = args.out or Path("rtl") / "generated" / hw.name  # the user's folder, not the repo
+    check_output_dir(out, "-o")
+    from hwflow.hw.generate import LINT_WAIVERS
+
+    waivers = LINT_WAIVERS.read_text() if LINT_WAIVERS.is_file() else None
+    key = cache.key("rtl", hw.digest, args.chains, args.no_lint, waivers)
+    stamp = out / ".hwflow-rtl.json"
+    done = cache.read_json(stamp)
+    if isinstance(done, dict) and done.get("key") == key and _intact(out):
+        print(f"{out}: unchanged since it was written for the same preset and code (not redone)")
+        print("\n".join(done["report"]))
+        return int(done["status"])
+    with Progress() as prog:
+        prog.note(f"generating the RTL of {hw.name} into {out}")
+        status, report = _generate(hw, out, args.chains, lint=not args.no_lint)
+    print("\n".join(report))
+    atomic_write(stamp, json.dumps({"key": key, "status": status, "report": report}))
+    return status
+
+
+def _intact(out: Path) -> bool:
+    """Whether every file the manifest in ``out`` lists is there with its recorded hash."""
+    manifest = cache.read_json(out / "manifest.json")
+    if not isinstance(manifest, dict):
+        return False
+    for eng in manifest.get("engines", {}).values():
+        f = out / eng["file"]
+        if not f.is_file() or hashlib.sha256(f.read_bytes()).hexdigest() != eng["sha256"]:
+            return False
+    return True
+
+
+def _generate(hw: HardwarePreset, out: Path, chains: int | None, lint: bool) -> tuple[int, list]:
+    """Write and (with ``lint``) lint the engines; (exit status, the lines to print)."""
+    from hwflow.hw.generate import lint as run_lint
+    from hwflow.hw.generate import write_rtl
+
+    manifest = write_rtl(hw, out, chains=chains)
     status = 0
+    lines: list[str] = []
     for kind, eng in manifest["engines"].items():
         prm = eng["params"]
-        print(
+        lines.append(
             f"{kind}: {out / eng['file']}  {prm['chains']} chains x {prm['chain_length']} "
             f"{prm['dsp_kind']}, {prm['rows']} token lane(s){' dual INT8' if prm['dual_int8'] else ''}"
             f", N in {prm['n_modes']} of M={prm['m']}, INT{prm['weight_bits']} weights, "
             f"{prm['lanes']} output lanes, latency beats+{prm['latency']}"
         )
-        if not args.no_lint:
-            msgs = lint([out / eng["file"]], eng["module"])
+        if lint:
+            msgs = run_lint([out / eng["file"]], eng["module"])
             if msgs:
                 status = 1
-                print(f"  lint: {len(msgs)} warnings beyond rtl/lint.vlt:")
-                for m in msgs[:20]:
-                    print(f"    {m}")
+                lines.append(f"  lint: {len(msgs)} warnings beyond rtl/lint.vlt:")
+                lines += [f"    {m}" for m in msgs[:20]]
             else:
-                print("  lint: verilator --lint-only -Wall clean (waivers: rtl/lint.vlt)")
-    print(f"manifest: {out / 'manifest.json'}")
-    return status
+                lines.append("  lint: verilator --lint-only -Wall clean (waivers: rtl/lint.vlt)")
+    lines.append(f"manifest: {out / 'manifest.json'}")
+    return status, lines
 
 
 def _synth(args: argparse.Namespace) -> int:

@@ -7,15 +7,27 @@ Thin: parse, call :mod:`hwflow.perf.sim` / :mod:`hwflow.analysis`, print. Errors
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hwflow.commands._common import atomic_write, print_json
+from hwflow.commands._common import (
+    Progress,
+    atomic_write,
+    check_output_dir,
+    check_output_file,
+    positive,
+    print_json,
+)
 from hwflow.config import load_hw, load_model, load_plan
+from hwflow.errors import ConfigError
 from hwflow.perf.machine import UNITS
+
+#: The default case of ``hwflow sim``: prompt and generated tokens (shortened to fit a
+#: model's shorter context, see :func:`case_lengths`).
+PREFILL, DECODE = 128, 512
 
 __all__ = ["register", "sim_table"]
 
@@ -31,8 +43,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--model", default="llama2-7b", help="model name or HF config.json path")
     s.add_argument("--hw", default="u280", help="hardware preset name or path")
     s.add_argument("--plan", default="flightllm", help="compression plan name or path")
-    s.add_argument("--prefill", type=int, default=128, help="prompt tokens")
-    s.add_argument("--decode", type=int, default=512, help="generated tokens after the first")
+    s.add_argument(
+        "--prefill",
+        type=int,
+        help=f"prompt tokens (default: {PREFILL}, at most a quarter of the program's max length)",
+    )
+    s.add_argument(
+        "--decode",
+        type=int,
+        help=f"generated tokens after the first (default: {DECODE}, at most what fits the "
+        "program's max length after the prompt)",
+    )
     s.add_argument(
         "--mode",
         choices=("fast", "exact"),
@@ -40,8 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="exact: expand and simulate every decode step in full; fast (same cycles): one "
         "simulation per distinct step, normally one per length bucket (see hwflow.perf.sim)",
     )
-    s.add_argument("--max-len", type=int, help="program's longest context (default 2048)")
-    s.add_argument("--workers", type=int, default=2, help="processes for the steps (default 2)")
+    s.add_argument(
+        "--max-len", type=int, help="program's longest context (default: the model's, at most 2048)"
+    )
+    s.add_argument("--workers", type=positive, default=2, help="processes for the steps")
     s.add_argument("--json", action="store_true", help="print the figures as JSON")
     s.add_argument("--trace", type=Path, help="write a Perfetto / chrome://tracing timeline")
     s.set_defaults(func=run_sim)
@@ -54,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     w.add_argument("grid", type=Path, help="grid YAML")
     w.add_argument("-o", "--output", type=Path, required=True, help="results CSV")
-    w.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
+    w.add_argument("--workers", type=positive, default=2, help="parallel processes")
     w.add_argument("--cache", type=Path, help="cache directory (default: next to the output)")
     w.set_defaults(func=run_sweep)
 
@@ -96,7 +119,14 @@ def sim_table(res) -> Table:
         ("tokens/J", f"{res.tokens_per_j:.3f}"),
         ("energy per token", _si(res.j_per_token, "J")),
         ("decode HBM roofline ms/token (avg)", f"{res.roofline_ms_per_token:.3f}"),
-        ("decode HBM roofline fraction", f"{res.roofline_fraction:.3f}"),
+        (
+            f"decode HBM roofline fraction (of {res.hbm_achievable_gbps:.0f} GB/s achievable)",
+            f"{res.roofline_fraction:.3f}",
+        ),
+        (
+            f"decode HBM roofline fraction (of {res.hbm_peak_gbps:.0f} GB/s raw peak)",
+            f"{res.roofline_fraction_raw:.3f}",
+        ),
         ("HBM bandwidth achieved (decode)", f"{res.decode_hbm_gbps:.1f} GB/s"),
         ("decode bytes per token", _si(res.decode_hbm_bytes / max(res.decode, 1), "B")),
         ("total cycles", f"{res.total_cycles:,}"),
@@ -130,22 +160,41 @@ def sim_table(res) -> Table:
     return t
 
 
+def case_lengths(prefill: int | None, decode: int | None, max_len: int) -> tuple[int, int]:
+    """The (prefill, decode) of a case: the given ones, else the defaults shortened to fit
+    ``max_len`` (a prompt of at most a quarter of it, the decode steps in the rest)."""
+    if prefill is None:
+        prefill = max(1, min(PREFILL, max_len // 4))
+    if decode is None:
+        decode = max(0, min(DECODE, max_len - prefill))
+    return prefill, decode
+
+
 def run_sim(args: argparse.Namespace) -> int:
-    from hwflow.perf.sim import simulate
+    from hwflow.perf.sim import default_max_len, simulate_cached
     from hwflow.perf.trace import write_trace
 
+    if args.trace is not None:
+        check_output_file(args.trace, "--trace")
     cfg, hw, plan = load_model(args.model), load_hw(args.hw), load_plan(args.plan)
-    res = simulate(
-        cfg,
-        plan,
-        hw,
-        args.prefill,
-        args.decode,
-        mode=args.mode,
-        max_len=args.max_len,
-        trace=args.trace is not None,
-        workers=args.workers,
-    )
+    max_len = args.max_len if args.max_len is not None else default_max_len(cfg)
+    if max_len < 1:
+        raise ConfigError(f"--max-len {max_len} (allowed: a whole number >= 1)")
+    prefill, decode = case_lengths(args.prefill, args.decode, max_len)
+    with Progress() as prog:
+        res, _ = simulate_cached(
+            cfg,
+            plan,
+            hw,
+            prefill,
+            decode,
+            mode=args.mode,
+            max_len=max_len,
+            trace=args.trace is not None,
+            workers=args.workers,
+            note=prog.note,
+            progress=prog.step,
+        )
     if args.trace:
         write_trace(args.trace, res.trace, res.clock_hz, f"{res.model} on {res.hw}")
     if args.json:
@@ -163,26 +212,40 @@ def run_sim(args: argparse.Namespace) -> int:
 def run_sweep(args: argparse.Namespace) -> int:
     from hwflow.analysis.sweep import load_grid, run_sweep, write_csv
 
+    check_output_file(args.output, "-o")
+    if args.cache is not None:
+        check_output_dir(args.cache, "--cache")
     grid = load_grid(args.grid)
     cache = args.cache or args.output.parent / f".{args.output.stem}.cache"
-    with Progress(
-        TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False
-    ) as prog:
-        task = prog.add_task("points", total=len(grid.points))
-
-        def progress(done: int, total: int) -> None:
-            prog.update(task, completed=done, total=total)
-
-        rows = run_sweep(grid, cache, workers=args.workers, progress=progress)
+    with Progress() as prog:
+        rows = run_sweep(grid, cache, workers=args.workers, progress=prog.step, note=prog.note)
+    bad = [r for r in rows if r.get("status") != "ok"]
+    for r in bad:
+        print(f"invalid point {_point_name(r)}: {r.get('reason')}", file=sys.stderr)
+    if len(bad) == len(rows):
+        print(
+            f"hwflow sweep: error: all {len(rows)} points of {args.grid} are invalid "
+            "(no results CSV written)",
+            file=sys.stderr,
+        )
+        return 2
     atomic_write(args.output, write_csv(rows))
-    bad = sum(r.get("status") != "ok" for r in rows)
-    print(f"{len(rows)} points ({bad} invalid) -> {args.output}")
+    print(f"{len(rows)} points ({len(bad)} invalid) -> {args.output}")
     return 0
+
+
+def _point_name(row: dict) -> str:
+    """A sweep row's point in one phrase: preset, plan, lengths and swept parameters."""
+    extra = [f"{k}={v}" for k, v in row.items() if k.startswith(("hw.", "plan."))]
+    name = f"{row.get('point_preset')} / {row.get('point_plan')} {row.get('point_model')}"
+    lengths = f"prefill {row.get('prefill')}, decode {row.get('decode')}"
+    return f"{name} ({', '.join([lengths, *extra])})"
 
 
 def run_plot(args: argparse.Namespace) -> int:
     from hwflow.analysis.plots import plot_results, read_results
 
+    check_output_dir(args.output, "-o")
     files = plot_results(read_results(args.results), args.output)
     for f in files:
         print(f)

@@ -22,16 +22,24 @@ One linear HBM address space, interleaved over the preset's pseudo-channels ever
                 apart, a multiple of the period. A head's rows start on a granule boundary, so
                 the rows of positions ``16k .. 16k+15`` (one decode bucket) share one channel
                 whenever ``16 * head_dim`` divides the granule.
-``input``       ``max_len`` rows of INT8 embeddings (written by the host before a step).
-``logits``      ``vocab`` int64 raw logits of the step's last token (read by the host).
+``input``       ``max_len`` rows of INT32 embeddings (``4 * hidden`` bytes each; the residual
+                stream's format, written by the host before a step).
+``logits``      ``vocab`` INT32 logits of the step's last token (read by the host).
 
 Weight tile format (the blob one LD moves and one MM/MV op consumes): for ``R`` output rows of
 an op with ``kept = K / m * n`` stored weights per row: the values, each row packed at ``bits``
 and padded to a byte (``numerics.pack_bits`` per row); then the indices the same way at
 ``log2(m)`` bits (absent when dense); then per row an INT32 bias (when the op has one), then
-per row an int16 multiplier and an int8 shift (absent for the head). Parameter blob of a layer:
-little-endian int32 words at the offsets of :data:`PARAM_WORDS`, then the 256-entry softmax
-exponential table (int32) and the 256-entry activation LUT (int8).
+per row a uint16 multiplier and an int8 shift (every linear op and the head: all are
+requantized in two stages, :func:`hwflow.numerics.linear_out`).
+
+Parameter blob of a layer (:func:`param_blob`, little-endian): per norm (``norm1``,
+``norm2``) an int32 pre-shift then the INT16 gains (``hidden`` of them, padded to 4 bytes);
+per linear op its row-stage guard (int32); ``scores``: per head (mult, shift) int32;
+``pv``: per head (mult, shift, guard) int32; ``act``: the SiLU index (mult, shift) int32
+(zero for ReLU). The ``final`` region starts with the final blob (:func:`final_blob`): the
+final norm's record then the head's guard. Table lookups (softmax EXP2, SiLU sigmoid) are
+ROMs of the special-function unit (the numerics module's tables), not parameters.
 """
 
 from __future__ import annotations
@@ -48,19 +56,24 @@ from hwflow.config import HardwarePreset, LinearQuant, ModelConfig
 from hwflow.errors import CapacityError, ConfigError
 from hwflow.isa import Region
 from hwflow.model import BIAS_BYTES, REQ_PARAM_BYTES, has_bias
+from hwflow.numerics import GATE_BITS, RESIDUAL_BITS
 
 if TYPE_CHECKING:
     from hwflow.compress import QuantizedModel
 
 __all__ = [
     "ALIGN",
-    "PARAM_WORDS",
     "WEIGHT_SLOTS",
     "HbmLayout",
+    "ParamBlob",
     "TileSpec",
     "build_hbm_image",
+    "final_blob",
     "layer_runs",
+    "linear_out_bits",
+    "norm_record_bytes",
     "pack_rows",
+    "param_blob",
     "plan_hbm",
     "unpack_rows",
 ]
@@ -73,29 +86,51 @@ ALIGN = 64  #: byte alignment of every region and tile
 #: short.
 WEIGHT_SLOTS = 2
 
-#: Word offsets (int32) of the scalar parameters in a layer's parameter blob.
-PARAM_WORDS: dict[str, int] = {
-    "norm1.mult": 0,
-    "norm1.shift": 1,
-    "norm2.mult": 2,
-    "norm2.shift": 3,
-    "scores.mult": 4,
-    "scores.shift": 5,
-    "pv.mult": 6,
-    "pv.shift": 7,
-    "add1.mult_a": 8,
-    "add1.mult_b": 9,
-    "add1.shift": 10,
-    "add2.mult_a": 11,
-    "add2.mult_b": 12,
-    "add2.shift": 13,
-    "mul.mult": 14,
-    "mul.shift": 15,
-}
-EXP_OFF = 4 * 16  #: byte offset of the softmax table (256 int32)
-LUT_OFF = EXP_OFF + 4 * 256  #: byte offset of the activation LUT (256 int8)
-PARAM_BLOB = LUT_OFF + 256  #: bytes of a layer's parameter blob
-FINAL_BLOB = ALIGN  #: final norm: mult, shift (int32) padded
+
+@dataclass(frozen=True)
+class ParamBlob:
+    """Byte offsets of the records of a parameter blob (see the module doc) and its size."""
+
+    offsets: Mapping[str, int]
+    size: int
+
+    def __getitem__(self, key: str) -> int:
+        return self.offsets[key]
+
+
+def _records(items: list[tuple[str, int]]) -> ParamBlob:
+    off: dict[str, int] = {}
+    at = 0
+    for name, size in items:
+        off[name] = at
+        at += -(-size // 4) * 4
+    return ParamBlob(MappingProxyType(off), _align(at))
+
+
+def norm_record_bytes(cfg: ModelConfig) -> int:
+    """A norm's record: int32 pre-shift, then ``hidden`` INT16 gains."""
+    return 4 + 2 * cfg.hidden
+
+
+def linear_out_bits(op: str) -> int:
+    """Output width of a linear op (or ``"head"``) in the numerics contract: q/k/v INT8, gate/up
+    INT16 (the SiLU input), o/down INT32 (residual-stream branches), the head's INT32 logits."""
+    if op in ("o", "down", "head"):
+        return RESIDUAL_BITS
+    return GATE_BITS if op in ("gate", "up") else 8
+
+
+def param_blob(cfg: ModelConfig) -> ParamBlob:
+    """The layout of a layer's parameter blob (see the module doc)."""
+    items = [("norm1", norm_record_bytes(cfg)), ("norm2", norm_record_bytes(cfg))]
+    items += [(f"{op}.guard", 4) for op in cfg.linear_ops]
+    items += [("scores", 8 * cfg.heads), ("pv", 12 * cfg.heads), ("act", 8)]
+    return _records(items)
+
+
+def final_blob(cfg: ModelConfig) -> ParamBlob:
+    """The layout of the final blob: the final norm's record, then the head's guard."""
+    return _records([("norm", norm_record_bytes(cfg)), ("head.guard", 4)])
 
 
 def _align(n: int) -> int:
@@ -268,7 +303,7 @@ def plan_hbm(
     for run in layer_runs(cfg, quant):
         stride = 0
         for li in run:
-            off = _align(PARAM_BLOB)
+            off = _align(param_blob(cfg).size)
             specs = []
             for op in cfg.linear_ops:
                 out, k = cfg.linear_shape(op)
@@ -288,10 +323,11 @@ def plan_hbm(
             at += size
         runs.append((run.start, len(run), stride))
     hb = has_bias(cfg, "head")
-    probe = TileSpec("head", cfg.vocab, cfg.hidden, head_q, hb, False, 1, 0)
+    probe = TileSpec("head", cfg.vocab, cfg.hidden, head_q, hb, True, 1, 0)
     rows = _tile_rows(cfg.vocab, probe.row_bytes, slot, hw.mv.chains, "head")
-    head = TileSpec("head", cfg.vocab, cfg.hidden, head_q, hb, False, rows, FINAL_BLOB)
-    fsize = _align(FINAL_BLOB + head.nbytes)
+    fblob = final_blob(cfg).size
+    head = TileSpec("head", cfg.vocab, cfg.hidden, head_q, hb, True, rows, fblob)
+    fsize = _align(fblob + head.nbytes)
     regions.append(Region("final", at, fsize, "weights"))
     at += fsize
     at = _round(at, period)
@@ -309,7 +345,8 @@ def plan_hbm(
     size = kv_layer * cfg.layers
     regions.append(Region("kv", at, size, "kv"))
     at += size
-    for name, size in (("input", max_len * cfg.hidden), ("logits", 8 * cfg.vocab)):
+    res = RESIDUAL_BITS // 8
+    for name, size in (("input", max_len * res * cfg.hidden), ("logits", 4 * cfg.vocab)):
         regions.append(Region(name, at, _align(size), "io"))
         at += _align(size)
     cap = hw.hbm.capacity_bytes
@@ -336,19 +373,44 @@ def plan_hbm(
 def _tile_bytes(ts: TileSpec, ql: Any, r0: int, r: int) -> np.ndarray:
     if (ql.bias is not None) != ts.bias:
         raise ConfigError(f"{ql.name}: the layout assumed bias={ts.bias}, the model disagrees")
+    if ql.out_bits != linear_out_bits(ts.name):
+        raise ConfigError(
+            f"{ql.name}: the program writes {linear_out_bits(ts.name)}-bit outputs, the model "
+            f"{ql.out_bits}-bit"
+        )
     parts = [pack_rows(ql.values[r0 : r0 + r], ts.quant.bits).ravel()]
     if not ts.quant.dense:
         parts.append(pack_rows(ql.indices[r0 : r0 + r], int(math.log2(ts.quant.m))).ravel())
     if ts.bias:
         parts.append(np.asarray(ql.bias[r0 : r0 + r], "<i4").view(np.uint8))
     if ts.requant:
-        parts.append(np.asarray(ql.mult[r0 : r0 + r], "<i2").view(np.uint8))
+        parts.append(np.asarray(ql.mult[r0 : r0 + r], "<u2").view(np.uint8))
         parts.append(np.asarray(ql.shift[r0 : r0 + r], "<i1").view(np.uint8))
     return np.concatenate(parts)
 
 
-def _i32(*vals: int) -> np.ndarray:
-    return np.asarray(vals, "<i4").view(np.uint8)
+def _i32(*vals: Any) -> np.ndarray:
+    return np.asarray(np.concatenate([np.ravel(v) for v in vals]), "<i4").view(np.uint8)
+
+
+def _norm_record(p: Mapping[str, Any]) -> np.ndarray:
+    """A norm's record: int32 pre-shift, INT16 gains."""
+    return np.concatenate([_i32(p["pre"]), np.asarray(p["gamma"], "<i2").view(np.uint8)])
+
+
+def _layer_params(qm: QuantizedModel, li: int) -> dict[str, np.ndarray]:
+    """The bytes of every record of layer ``li``'s parameter blob, by record name."""
+    cfg, p = qm.cfg, f"L{li}."
+    out = {n: _norm_record(qm.params[p + n]) for n in ("norm1", "norm2")}
+    for op in cfg.linear_ops:
+        out[f"{op}.guard"] = _i32(qm.linears[p + op].guard)
+    sc, pv = qm.params[p + "scores"], qm.params[p + "pv"]
+    out["scores"] = _i32(np.stack([sc["mult"], sc["shift"]], axis=1))
+    guard = np.full(cfg.heads, pv["guard"])
+    out["pv"] = _i32(np.stack([pv["mult"], pv["shift"], guard], axis=1))
+    act = qm.params[p + "act"]
+    out["act"] = _i32(act.get("mult", 0), act.get("shift", 0))
+    return out
 
 
 def build_hbm_image(layout: HbmLayout, qm: QuantizedModel) -> np.ndarray:
@@ -359,26 +421,19 @@ def build_hbm_image(layout: HbmLayout, qm: QuantizedModel) -> np.ndarray:
     def put(at: int, data: np.ndarray) -> None:
         img[at : at + data.size] = data
 
+    pb = param_blob(cfg)
     for li, specs in layout.tiles.items():
         base = layout.region(f"L{li}").base
-        p = {k: qm.params[f"L{li}.{k}"] for k in ("norm1", "norm2", "scores", "pv", "add1", "add2")}
-        words = np.zeros(16, np.int64)
-        for key, w in PARAM_WORDS.items():
-            op, name = key.split(".")
-            if op == "mul" and not cfg.gated_mlp:
-                continue
-            src = qm.params[f"L{li}.{op}"] if op == "mul" else p[op]
-            words[w] = int(src[name])
-        put(base, _i32(*words))
-        put(base + EXP_OFF, np.asarray(qm.params[f"L{li}.softmax"]["table"], "<i4").view(np.uint8))
-        put(base + LUT_OFF, np.asarray(qm.params[f"L{li}.act"]["lut"], np.int8).view(np.uint8))
+        for key, data in _layer_params(qm, li).items():
+            put(base + pb[key], data)
         for ts in specs:
             ql = qm.linears[f"L{li}.{ts.name}"]
             for r0, r, off in ts.tiles:
                 put(base + off, _tile_bytes(ts, ql, r0, r))
     fbase = layout.region("final").base
-    fp = qm.params["final.norm"]
-    put(fbase, _i32(fp["mult"], fp["shift"]))
+    fb = final_blob(cfg)
+    put(fbase + fb["norm"], _norm_record(qm.params["final.norm"]))
+    put(fbase + fb["head.guard"], _i32(qm.linears["head"].guard))
     for r0, r, off in layout.head.tiles:
         put(fbase + off, _tile_bytes(layout.head, qm.linears["head"], r0, r))
     if layout.rope_row:

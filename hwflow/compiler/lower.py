@@ -7,6 +7,16 @@ the chunk's new K/V rows are both stored to the cache (ST) and copied on chip ne
 streamed past rows (SFU ``mov``), so LD never waits for this step's compute to read the cache.
 Chunking is exact: every op is per row except attention, which is causal by absolute position.
 
+Activation formats (numerics contract): the residual ``X`` is INT32 (both residual adds write
+it in place, so ``x1`` is ``X`` after the first), ``o`` and ``d`` INT32, gate/up INT16, q/k/v
+and ``a`` INT8; the per-row INT8 linear inputs (``h1``, ``h2``, the gated product ``mm`` or
+OPT's ``ua``, ``hf``) keep each row's row factor in the 4 bytes before the row
+(:data:`hwflow.isa.ROW_FACTOR_BYTES`); ``mm``/``ua`` are written over the INT16 tensor they
+come from. A score slot holds INT32 scores at ``score_stride`` bytes per row; the softmax
+writes the UINT8 probabilities and their row factors (1/row sum) in place at the same stride.
+Parameters (norm gains, guards, per-head attention multipliers) are one blob per layer
+(:func:`hwflow.compiler.layout.param_blob`) loaded to the param buffer at 0.
+
 Registers (set by SYS in the template; R1 = LEN, R2 = POS from the runtime)::
 
     R3 ROWS  rows of this chunk: min(LEN - CB, tt)      R4 QPOS  POS + CB (first row's position)
@@ -37,17 +47,17 @@ from types import MappingProxyType
 from typing import Any
 
 from hwflow.compiler.layout import (
-    EXP_OFF,
-    LUT_OFF,
-    PARAM_BLOB,
-    PARAM_WORDS,
     WEIGHT_SLOTS,
     HbmLayout,
     TileSpec,
+    final_blob,
+    linear_out_bits,
+    param_blob,
 )
 from hwflow.config import CompressionPlan, HardwarePreset, ModelConfig
 from hwflow.errors import CapacityError
-from hwflow.isa import Buf
+from hwflow.isa import MATMUL_FUNCS, ROW_FACTOR_BYTES, SFU_FUNCS, Buf
+from hwflow.numerics import GATE_BITS, RESIDUAL_BITS
 
 __all__ = ["BufferPlan", "Node", "lower_step", "plan_buffers"]
 
@@ -58,8 +68,8 @@ R_ROWS, R_QPOS, R_KEYS, R_QOFF, R_LW, R_LKV, R_LKVQ, R_CB, R_IOFF, R_ROFF, R_LAS
 #: footprints the token assignment sees: orders a decode step's KV loads before its KV stores.
 HBM_KV = 8
 
-SFU_FUNC = {"norm": 0, "softmax": 1, "rope": 2, "lut": 3, "add": 4, "mul": 5, "mov": 6}
-MM_FUNC = {"linear": 0, "qk": 1, "pv": 2, "head": 3}
+SFU_FUNC = {name: i for i, name in enumerate(SFU_FUNCS)}
+MM_FUNC = {name: i for i, name in enumerate(MATMUL_FUNCS)}
 KIND = {"weights": 0, "params": 1, "kv": 2, "act": 3, "rope": 4, "logits": 5}
 
 Span = tuple[int, int, int]  # (buffer, first byte, end byte)
@@ -82,12 +92,14 @@ class BufferPlan:
     tt: int
     keys_max: int
     rope_rows: int  #: RoPE rows in the param buffer (prefill: tt; decode: the bucket's)
-    act: Mapping[str, tuple[int, int]]  #: tensor -> (offset, row bytes)
+    act: Mapping[str, tuple[int, int]]  #: tensor -> (offset of row 0's data, row stride)
+    act_span: Mapping[str, tuple[int, int]]  #: tensor -> allocated [first, end) bytes
     act_bytes: int
     kv_slots: tuple[int, ...]
     kv_slot_bytes: int
     score_slots: tuple[int, ...]
     score_slot_bytes: int
+    score_stride: int  #: bytes per score row: INT32 scores, later the probabilities in place
     weight_slots: tuple[int, ...]
     weight_slot_bytes: int
     p_rope: int
@@ -106,29 +118,38 @@ class BufferPlan:
         }
 
 
-def _tensors(cfg: ModelConfig) -> list[tuple[str, int, int, int]]:
-    """(name, bytes per row, first op index, last op index) of a layer's tensors (op order)."""
+def _tensors(cfg: ModelConfig) -> list[tuple[str, int, int, int, bool, str | None]]:
+    """(name, bytes per row, first op index, last op index, row factor, written over) of a
+    layer's tensors (op order). The residual ``X`` (INT32) is not among them: it has its own
+    place, and both residual adds write it in place (``x1`` is ``X`` after add1). Per-row
+    tensors hold a row factor in the ``ROW_FACTOR_BYTES`` before each row. A tensor "written
+    over" another starts where that one does: the per-row INT8 gated product over ``g`` and
+    OPT's quantized ReLU over ``u`` (shorter rows, so a row-by-row SFU never overwrites a row it
+    has yet to read); the rest of the INT16 tensor is free once it is consumed."""
     d, f = cfg.hidden, cfg.intermediate
     qd, kd = cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    res, gate = RESIDUAL_BITS // 8, GATE_BITS // 8
+    rf = ROW_FACTOR_BYTES
     rope = cfg.positions == "rope"
     # op indices: 0 norm1, 1 qkv, 2 rope, 3 kv/attn, 4 o, 5 add1, 6 norm2, 7 gate/up, 8 act,
     # 9 mul, 10 down, 11 add2
-    t = [
-        ("h1", d, 0, 1),
-        ("q", qd, 1, 3 if not rope else 2),
-        ("k", kd, 1, 3 if not rope else 2),
-        ("v", kd, 1, 3),
-        ("a", qd, 3, 4),
-        ("o", d, 4, 5),
-        ("x1", d, 5, 11),
-        ("h2", d, 6, 7),
-        ("u", f, 7, 9 if cfg.gated_mlp else 10),  # OPT: relu in place, then down
-        ("d", d, 10, 11),
+    t: list[tuple[str, int, int, int, bool, str | None]] = [
+        ("h1", d + rf, 0, 1, True, None),
+        ("q", qd, 1, 3 if not rope else 2, False, None),
+        ("k", kd, 1, 3 if not rope else 2, False, None),
+        ("v", kd, 1, 3, False, None),
+        ("a", qd, 3, 4, False, None),
+        ("o", res * d, 4, 5, False, None),
+        ("h2", d + rf, 6, 7, True, None),
+        ("d", res * d, 10, 11, False, None),
     ]
     if rope:
-        t += [("qr", qd, 2, 3), ("kr", kd, 2, 3)]
-    if cfg.gated_mlp:
-        t += [("g", f, 7, 10)]  # silu and the product are computed in place
+        t += [("qr", qd, 2, 3, False, None), ("kr", kd, 2, 3, False, None)]
+    if cfg.gated_mlp:  # silu on g in place, then the product over it
+        t += [("g", gate * f, 7, 9, False, None), ("u", gate * f, 7, 9, False, None)]
+        t += [("mm", f + rf, 9, 10, True, "g")]
+    else:
+        t += [("u", gate * f, 7, 8, False, None), ("ua", f + rf, 8, 10, True, "u")]
     return t
 
 
@@ -140,24 +161,33 @@ def plan_buffers(
     CapacityError naming the buffer when one overflows."""
     rope_rows = tt if rope_rows is None else rope_rows
     act_cap = hw.buffers.bytes("act")
-    d = cfg.hidden
-    act: dict[str, tuple[int, int]] = {"X": (0, d)}
+    d, rf = cfg.hidden, ROW_FACTOR_BYTES
+    res = RESIDUAL_BITS // 8
+    act: dict[str, tuple[int, int]] = {"X": (0, res * d)}
+    span: dict[str, tuple[int, int]] = {"X": (0, tt * res * d)}
     placed: list[tuple[int, int, int, int]] = []  # (lo, hi, first, last)
-    base = _al(tt * d)
+    base = _al(tt * res * d)
     top = base
-    for name, rb, first, last in sorted(_tensors(cfg), key=lambda x: x[2]):
+    for name, rb, first, last, rowf, over in sorted(_tensors(cfg), key=lambda x: x[2]):
         size = _al(tt * rb)
         at = base
-        for lo, hi, f0, l0 in sorted(placed):
-            if f0 <= last and first <= l0 and at < hi and lo < at + size:
-                at = _al(hi)
-        # one pass suffices: placements are visited in offset order
-        act[name] = (at, rb)
+        if over is not None:
+            at = span[over][0]
+        else:
+            for lo, hi, f0, l0 in sorted(placed):
+                if f0 <= last and first <= l0 and at < hi and lo < at + size:
+                    at = _al(hi)
+            # one pass suffices: placements are visited in offset order
+        act[name] = (at + (rf if rowf else 0), rb)
+        span[name] = (at, at + tt * rb)
         placed.append((at, at + size, first, last))
         top = max(top, at + size)
-    act["hf"] = (base, d)
-    act["logits"] = (base + _al(d), 8 * cfg.vocab)
-    top = max(top, base + _al(d) + _al(8 * cfg.vocab))
+    act["hf"] = (base + rf, d + rf)
+    span["hf"] = (base, base + d + rf)
+    lg = base + _al(d + rf)
+    act["logits"] = (lg, 4 * cfg.vocab)
+    span["logits"] = (lg, lg + 4 * cfg.vocab)
+    top = max(top, lg + _al(4 * cfg.vocab))
     if top > act_cap:
         raise CapacityError(
             f"activations of a {tt}-token chunk need {top} bytes but buffers.act_kib holds "
@@ -170,7 +200,8 @@ def plan_buffers(
             f"attention at {keys_max} keys needs two KV slots of {kv_slot} bytes (K and V of one "
             f"head) but buffers.kv_kib holds {hw.buffers.bytes('kv')} bytes"
         )
-    sc_slot = _al(tt * keys_max)
+    sst = max(4 * keys_max, keys_max + rf)  # INT32 scores; UINT8 p and its factor in place
+    sc_slot = _al(tt * sst)
     n_sc = min(hw.buffers.bytes("score") // sc_slot, 4)
     if n_sc < 1:
         raise CapacityError(
@@ -178,11 +209,12 @@ def plan_buffers(
             f"buffers.score_kib holds {hw.buffers.bytes('score')} bytes"
         )
     wslot = hw.buffers.bytes("weight") // WEIGHT_SLOTS
-    p_rope = _al(PARAM_BLOB)
+    p_rope = _al(param_blob(cfg).size)
     p_final = p_rope + _al(rope_rows * 2 * cfg.head_dim)
-    if p_final + 64 > hw.buffers.bytes("param"):
+    need = p_final + final_blob(cfg).size
+    if need > hw.buffers.bytes("param"):
         raise CapacityError(
-            f"layer parameters and {rope_rows} RoPE rows need {p_final + 64} bytes but "
+            f"layer parameters and {rope_rows} RoPE rows need {need} bytes but "
             f"buffers.param_kib holds {hw.buffers.bytes('param')} bytes"
         )
     return BufferPlan(
@@ -190,11 +222,13 @@ def plan_buffers(
         keys_max,
         rope_rows,
         MappingProxyType(act),
+        MappingProxyType(span),
         top,
         tuple(i * kv_slot for i in range(n_kv)),
         kv_slot,
         tuple(i * sc_slot for i in range(n_sc)),
         sc_slot,
+        sst,
         tuple(i * wslot for i in range(WEIGHT_SLOTS)),
         wslot,
         p_rope,
@@ -255,15 +289,15 @@ def lower_step(
         return bp.act[name]
 
     def aspan(name: str) -> Span:
-        off, rb = bp.act[name]
-        return (A, off, off + tt * rb)
+        lo, hi = bp.act_span[name]
+        return (A, lo, hi)
 
-    def pw(key: str) -> int:
-        return 4 * PARAM_WORDS[key]
-
-    params_span: Span = (Buf.PARAM, 0, PARAM_BLOB)
+    pb, fb = param_blob(cfg), final_blob(cfg)
+    params_span: Span = (Buf.PARAM, 0, pb.size)
     rope_span: Span = (Buf.PARAM, bp.p_rope, bp.p_final)
-    final_span: Span = (Buf.PARAM, bp.p_final, bp.p_final + 8)
+    final_span: Span = (Buf.PARAM, bp.p_final, bp.p_final + fb.size)
+    # linear inputs with row factors (``a`` has a static scale): the per-row tensors and hf
+    rowf = {t[0] for t in _tensors(cfg) if t[4]} | {"hf"}
 
     def sfu(
         func: str,
@@ -343,6 +377,7 @@ def lower_step(
                 self.loaded += 1
 
     def linear_ops(tiles: Tiles, index: dict[str, int], op: str, src: str, dst: str) -> None:
+        obits = linear_out_bits(op)
         for j in range(index[op], index[op] + sum(1 for t in tiles.items if t[0].name == op)):
             tiles.load_upto(j + len(bp.weight_slots) - 1)
             ts, r0, r, _ = tiles.items[j]
@@ -361,8 +396,11 @@ def lower_step(
                 a_off=so,
                 a_stride=srb,
                 o_buf=A,
-                o_off=do + r0,
+                o_off=do + r0 * obits // 8,
                 o_stride=drb,
+                p_off=pb[f"{op}.guard"],
+                obits=obits,
+                arow=int(src in rowf),
                 **_weight_operand(ts, s),
             )
 
@@ -381,15 +419,15 @@ def lower_step(
             kind=KIND["params"],
             hbm=0,
             hbm_reg=R_LW,
-            hbm_stride=PARAM_BLOB,
+            hbm_stride=pb.size,
             buf=Buf.PARAM,
             off=0,
-            stride=PARAM_BLOB,
-            row_bytes=PARAM_BLOB,
+            stride=pb.size,
+            row_bytes=pb.size,
             rows=1,
         )
         tiles.load_upto(0)
-        sfu("norm", "X", "h1", d, reads=(params_span,), p_off=pw("norm1.mult"),
+        sfu("norm", "X", "h1", d, reads=(params_span,), p_off=pb["norm1"],
             aux=int(cfg.norm == "layer"))  # fmt: skip
         for op in ("q", "k", "v"):
             linear_ops(tiles, index, op, "h1", op)
@@ -446,16 +484,17 @@ def lower_step(
             g = h // rep
             ss = sc_of[h] = bp.score_slots[h % n_sc]
             sspan = (Buf.SCORE, ss, ss + bp.score_slot_bytes)
+            sst = bp.score_stride
             e.unit(eng, (aspan(qn), kvspan(g, "K"), params_span), (sspan,), func=MM_FUNC["qk"],
                    rows=tt, rows_reg=R_ROWS, cols=bp.keys_max, cols_reg=0 if dec else R_KEYS,
                    k=hd, n=1, m=1,
                    wbits=8, a_buf=A, a_off=qo + h * hd, a_stride=qrb, b_buf=Buf.KV,
                    b_off=kv_of[g]["K"], b_stride=hd, o_buf=Buf.SCORE, o_off=ss,
-                   o_stride=bp.keys_max, p_off=pw("scores.mult"))  # fmt: skip
-            sfu("softmax", (Buf.SCORE, ss, bp.keys_max, 0), (Buf.SCORE, ss, bp.keys_max, 0),
-                bp.keys_max, reads=(sspan, params_span), writes=(sspan,),
+                   o_stride=sst, p_off=pb["scores"] + 8 * h, obits=32)  # fmt: skip
+            sfu("softmax", (Buf.SCORE, ss, sst, 0), (Buf.SCORE, ss + ROW_FACTOR_BYTES, sst, 0),
+                bp.keys_max, reads=(sspan,), writes=(sspan,),
                 cols_reg=0 if dec else R_KEYS,
-                p_off=EXP_OFF, mask=2 if block else 1, qpos_reg=R_QPOS,
+                mask=2 if block else 1, qpos_reg=R_QPOS,
                 blk=att.block if block else 0, local=att.local_blocks if block else 0,
                 glob=att.global_blocks if block else 0)  # fmt: skip
 
@@ -465,10 +504,10 @@ def lower_step(
             sspan = (Buf.SCORE, ss, ss + bp.score_slot_bytes)
             e.unit(eng, (sspan, kvspan(g, "V"), params_span), (aspan("a"),), func=MM_FUNC["pv"],
                    rows=tt, rows_reg=R_ROWS, cols=hd, k=bp.keys_max, k_reg=0 if dec else R_KEYS,
-                   n=1, m=1,
-                   wbits=8, a_buf=Buf.SCORE, a_off=ss, a_stride=bp.keys_max, b_buf=Buf.KV,
+                   n=1, m=1, wbits=8, a_buf=Buf.SCORE, a_off=ss + ROW_FACTOR_BYTES,
+                   a_stride=bp.score_stride, arow=1, b_buf=Buf.KV,
                    b_off=kv_of[g]["V"], b_stride=hd, o_buf=A, o_off=ao + h * hd, o_stride=arb,
-                   p_off=pw("pv.mult"))  # fmt: skip
+                   p_off=pb["pv"] + 12 * h, obits=8)  # fmt: skip
 
         for step in range(-ahead, nh + lag):
             if 0 <= step + ahead < nh and (step + ahead) % rep == 0:
@@ -486,21 +525,21 @@ def lower_step(
                        kind=KIND["kv"], hbm=h0, hbm_reg=R_LKVQ, hbm_stride=layout.kv_head_bytes,
                        buf=A, off=so, stride=hd, row_bytes=hd, rows=nkv)  # fmt: skip
         linear_ops(tiles, index, "o", "a", "o")
-        sfu("add", "X", "x1", d, b="o", reads=(params_span,), p_off=pw("add1.mult_a"))
-        sfu("norm", "x1", "h2", d, reads=(params_span,), p_off=pw("norm2.mult"),
+        sfu("add", "X", "X", d, b="o")  # x1, in place
+        sfu("norm", "X", "h2", d, reads=(params_span,), p_off=pb["norm2"],
             aux=int(cfg.norm == "layer"))  # fmt: skip
         f = cfg.intermediate
         if cfg.gated_mlp:
             linear_ops(tiles, index, "gate", "h2", "g")
             linear_ops(tiles, index, "up", "h2", "u")
-            sfu("lut", "g", "g", f, reads=(params_span,), p_off=LUT_OFF)
-            sfu("mul", "g", "g", f, b="u", reads=(params_span,), p_off=pw("mul.mult"))
-            linear_ops(tiles, index, "down", "g", "d")
+            sfu("silu", "g", "g", f, reads=(params_span,), p_off=pb["act"])
+            sfu("mul", "g", "mm", f, b="u")
+            linear_ops(tiles, index, "down", "mm", "d")
         else:
             linear_ops(tiles, index, "up", "h2", "u")
-            sfu("lut", "u", "u", f, reads=(params_span,), p_off=LUT_OFF)
-            linear_ops(tiles, index, "down", "u", "d")
-        sfu("add", "x1", "X", d, b="d", reads=(params_span,), p_off=pw("add2.mult_a"))
+            sfu("reluq", "u", "ua", f)
+            linear_ops(tiles, index, "down", "ua", "d")
+        sfu("add", "X", "X", d, b="d")  # x{l+1}, in place
 
     # ---- program
     inp = layout.region("input").base
@@ -513,19 +552,20 @@ def lower_step(
     e.sys("ADD", rd=R_QPOS, ra=2, rb=R_CB)
     e.sys("ADD", rd=R_KEYS, ra=R_QPOS, rb=R_ROWS)
     e.sys("MULI", rd=R_QOFF, ra=R_QPOS, imm=hd)
-    e.sys("MULI", rd=R_IOFF, ra=R_CB, imm=d)
+    xrow = RESIDUAL_BITS // 8 * d  # INT32 residual rows
+    e.sys("MULI", rd=R_IOFF, ra=R_CB, imm=xrow)
     e.unit(
         "LD",
         (),
-        ((A, 0, tt * d),),
+        ((A, 0, tt * xrow),),
         kind=KIND["act"],
         hbm=inp,
         hbm_reg=R_IOFF,
-        hbm_stride=d,
+        hbm_stride=xrow,
         buf=A,
         off=0,
-        stride=d,
-        row_bytes=d,
+        stride=xrow,
+        row_bytes=xrow,
         rows=tt,
         rows_reg=R_ROWS,
     )
@@ -566,7 +606,7 @@ def lower_step(
     # ---- head on the last row of the last chunk
     fbase = layout.region("final").base
     e.sys("ADDI", rd=R_LAST, ra=R_ROWS, imm=-1)
-    e.sys("MULI", rd=R_LAST, ra=R_LAST, imm=d)
+    e.sys("MULI", rd=R_LAST, ra=R_LAST, imm=xrow)
     e.sys("SETI", rd=R_LW, imm=fbase)
     e.unit(
         "LD",
@@ -575,39 +615,43 @@ def lower_step(
         kind=KIND["params"],
         hbm=0,
         hbm_reg=R_LW,
-        hbm_stride=8,
+        hbm_stride=fb.size,
         buf=Buf.PARAM,
         off=bp.p_final,
-        stride=8,
-        row_bytes=8,
+        stride=fb.size,
+        row_bytes=fb.size,
         rows=1,
     )
-    hf_off, _ = act("hf")
-    sfu("norm", (A, 0, d, R_LAST), (A, hf_off, d, 0), d, reads=((A, 0, tt * d), final_span),
-        writes=((A, hf_off, hf_off + d),), rows=1, rows_reg=0, p_off=bp.p_final,
-        aux=int(cfg.norm == "layer"))  # fmt: skip
+    hf_off, hf_rb = act("hf")
+    sfu("norm", (A, 0, xrow, R_LAST), (A, hf_off, hf_rb, 0), d,
+        reads=((A, 0, tt * xrow), final_span), writes=(aspan("hf"),), rows=1, rows_reg=0,
+        p_off=bp.p_final + fb["norm"], aux=int(cfg.norm == "layer"))  # fmt: skip
     head = layout.head
     items = [(head, r0, r, off) for (r0, r, off) in head.tiles]
     tiles = Tiles(items, R_LW)
-    lo, _ = act("logits")
-    lspan = (A, lo, lo + 8 * cfg.vocab)
+    lo, lrb = act("logits")
+    lspan = aspan("logits")
+    hbits = linear_out_bits("head")
     for j, (ts, r0, r, _) in enumerate(items):
         tiles.load_upto(j + len(bp.weight_slots) - 1)
         s = bp.weight_slots[j % len(bp.weight_slots)]
         e.unit(
             eng,
-            ((A, hf_off, hf_off + d), (Buf.WEIGHT, s, s + bp.weight_slot_bytes)),
+            (aspan("hf"), (Buf.WEIGHT, s, s + bp.weight_slot_bytes), final_span),
             (lspan,),
             func=MM_FUNC["head"],
             rows=1,
             cols=r,
             a_buf=A,
             a_off=hf_off,
-            a_stride=d,
+            a_stride=hf_rb,
+            arow=1,
             **_weight_operand(ts, s),
             o_buf=A,
-            o_off=lo + 8 * r0,
-            o_stride=8 * cfg.vocab,
+            o_off=lo + hbits // 8 * r0,
+            o_stride=lrb,
+            p_off=bp.p_final + fb["head.guard"],
+            obits=hbits,
         )
     e.unit(
         "ST",
@@ -615,11 +659,11 @@ def lower_step(
         (),
         kind=KIND["logits"],
         hbm=layout.region("logits").base,
-        hbm_stride=8 * cfg.vocab,
+        hbm_stride=lrb,
         buf=A,
         off=lo,
-        stride=8 * cfg.vocab,
-        row_bytes=8 * cfg.vocab,
+        stride=lrb,
+        row_bytes=lrb,
         rows=1,
     )
     e.barrier()

@@ -1,8 +1,9 @@
 """The HBM model of the cycle simulator: pseudo-channels that serve transfer pieces in order.
 
 A transfer (one LD or ST instruction) is split by :func:`hwflow.costs.hbm_pieces` into one
-piece per pseudo-channel it touches (the split, the efficiency of each piece and its channel
-occupancy are defined once there). Every channel is a server of capacity one that serves the
+piece per pseudo-channel it touches (the split and each piece's channel occupancy, from the
+bandwidth model of port, burst, outstanding bursts, refresh, row misses and read/write
+turnaround, are defined once there). Every channel is a server of capacity one that serves the
 pieces given to it in arrival order; the pieces of one transfer run in parallel on their
 channels, and the data of the transfer is on chip ``hbm_latency_cycles`` after its last piece
 left its channel.

@@ -11,8 +11,12 @@ cost, shared with the RTL). This module only reads the instruction fields and ca
   kept -> :func:`~hwflow.costs.matmul_cost` on the preset's ``mpe`` / ``mv`` engine. A
   reduction that is not a whole number of M-blocks is padded to the next block (the chain
   consumes whole blocks).
-* SFU: ``rows x cols`` elements, read twice by softmax and normalisation
-  (the preset's ``softmax_passes`` / ``norm_passes``) -> :func:`~hwflow.costs.sfu_cost`.
+* SFU: ``rows x cols`` elements, read as many times as :func:`~hwflow.costs.sfu_passes`
+  says (softmax and normalisation: the preset's passes, LayerNorm one more; the per-row INT8
+  quantization of the gated product / OPT's ReLU: a row-maximum pass) ->
+  :func:`~hwflow.costs.sfu_cost`; the bytes per element of each operand
+  (:data:`hwflow.isa.SFU_FORMATS`: the INT32 residual, INT16 gate/up, INT8 outputs with
+  their row factors) count in the buffer actions.
 * SYNC: :func:`~hwflow.costs.sync_cost`.
 
 Reuse (:func:`lower_reused`, :func:`step_signature`). A loop iteration is priced once per
@@ -23,30 +27,48 @@ address enters a cost. A step's *signature* prices only the instructions with a 
 (not an on-chip offset or the mask position) that depends on POS (register taint from R2), and
 LEN: two steps of one template with equal signatures have equal
 priced programs, so one simulation stands for both, exactly. Equal priced results are interned
-(one object), so equal segments are recognised by identity (:class:`~hwflow.perf.SegmentMemo`).
+(one object) and numbered (:attr:`MOp.key <hwflow.perf.machine.MOp.key>`, from a counter that
+never repeats in a process), so equal segments are recognised by their ops' numbers
+(:class:`~hwflow.perf.SegmentMemo`) and signatures hold numbers, not object ids.
+
+Caches. Priced ops, loop analyses and simulated segments live in a :class:`PerfContext`, one
+per simulation (per worker process): dropped with it, so a long sweep does not grow memory.
 
 Actions per op (for :mod:`hwflow.energy`): MACs by weight bits; buffer bits read per beat
 (one M-block of INT8 activations per token lane and every chain's weight slots with their
-indices) and written (outputs); HBM bytes; special-function element operations; instruction
+indices, plus the A rows' row factors) and written (outputs at the instruction's ``obits``);
+HBM bytes; special-function element operations; instruction
 words.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from math import ceil, log2
 
 from hwflow.config import HardwarePreset
-from hwflow.costs import HbmPiece, effective_nm, hbm_pieces, matmul_cost, sfu_cost, sync_cost
+from hwflow.costs import (
+    HbmPiece,
+    effective_nm,
+    hbm_pieces,
+    matmul_cost,
+    sfu_cost,
+    sfu_passes,
+    sync_cost,
+)
 from hwflow.energy import Actions
 from hwflow.errors import CapacityError, ProgramError
 from hwflow.isa import (
     MATMUL_FUNCS,
     OPCODES,
     REG_POS,
+    ROW_FACTOR_BYTES,
+    SFU_FORMATS,
     SFU_FUNCS,
     SYS_ALU,
     Buf,
@@ -57,9 +79,9 @@ from hwflow.isa import (
     Unit,
     expand,
 )
-from hwflow.perf.machine import MOp
+from hwflow.perf.machine import MOp, SegmentMemo
 
-__all__ = ["OpActions", "lower", "lower_reused", "step_signature"]
+__all__ = ["OpActions", "PerfContext", "lower", "lower_reused", "step_signature"]
 
 _WORDS = {s.name: s.words for s in OPCODES}
 _BUF_NAMES = {
@@ -93,12 +115,13 @@ def _merge(pieces: Iterable[HbmPiece]) -> tuple[HbmPiece, ...]:
     """Pieces of several rows of one transfer: a channel streams its rows one after another."""
     by: dict[int, list[int]] = {}
     for p in pieces:
-        acc = by.setdefault(p.channel, [0, 0, 1])
+        acc = by.setdefault(p.channel, [0, 0, 1, 0])
         acc[0] += p.nbytes
         acc[1] += p.occupancy
         acc[2] &= p.same_channel
+        acc[3] |= p.write
     return tuple(
-        HbmPiece(channel=c, nbytes=v[0], occupancy=v[1], same_channel=bool(v[2]))
+        HbmPiece(channel=c, nbytes=v[0], occupancy=v[1], same_channel=bool(v[2]), write=bool(v[3]))
         for c, v in sorted(by.items())
     )
 
@@ -111,16 +134,20 @@ class _Pricer:
         self.interned: dict[tuple[MOp, OpActions], tuple[MOp, OpActions]] = {}
         self.pieces = lru_cache(maxsize=65536)(self._pieces)
 
-    def _pieces(self, base: int, rows: int, row_bytes: int, stride: int) -> tuple[HbmPiece, ...]:
+    def _pieces(
+        self, base: int, rows: int, row_bytes: int, stride: int, write: bool = False
+    ) -> tuple[HbmPiece, ...]:
         # the channel map repeats every interleave x channels bytes: price at base mod period
         hw = self.hw
         if rows == 0 or row_bytes == 0:
             return ()
         if rows == 1 or stride == row_bytes:
-            return tuple(hbm_pieces(hw, base, rows * row_bytes))
+            return tuple(hbm_pieces(hw, base, rows * row_bytes, write=write))
         hop = row_bytes < hw.hbm.interleave_bytes
         return _merge(
-            p for i in range(rows) for p in hbm_pieces(hw, base + i * stride, row_bytes, hop=hop)
+            p
+            for i in range(rows)
+            for p in hbm_pieces(hw, base + i * stride, row_bytes, hop=hop, write=write)
         )
 
     def _check_buf(
@@ -173,9 +200,12 @@ class _Pricer:
         else:
             key = (op, c.wait, c.release, *c.fields.values())
         hit = self.cache.get(key)
-        if hit is None:  # equal prices are one object (segments compare ops by identity)
+        if hit is None:  # equal prices are one object with one number (module doc)
             hit = self._price(c)
-            hit = self.cache[key] = self.interned.setdefault(hit, hit)
+            got = self.interned.get(hit)
+            if got is None:
+                got = self.interned[hit] = (replace(hit[0], key=next(_KEYS)), hit[1])
+            hit = self.cache[key] = got
         return hit
 
     def _price(self, c: Concrete) -> tuple[MOp, OpActions]:
@@ -190,7 +220,7 @@ class _Pricer:
             base = hbm % self.period
             if base + (rows - 1) * stride + row_bytes > hw.hbm.capacity_bytes:
                 base = hbm
-            pieces = self.pieces(base, rows, row_bytes, stride)
+            pieces = self.pieces(base, rows, row_bytes, stride, op == "ST")
             mop = MOp(
                 unit,
                 op,
@@ -226,13 +256,13 @@ class _Pricer:
             cost = matmul_cost(engine, me, rows, cols, kp, ne)
             idx = 0 if ne == me else int(log2(me))
             per_beat = me * 8 * engine.rows + engine.chains * engine.chain_length * (wbits + idx)
-            out_bits = 64 if func == "head" else 8
+            rowf = 8 * ROW_FACTOR_BYTES * rows if f["arow"] else 0  # the A rows' row factors
             mop = MOp(unit, f"{op}.{func}", words, cost.beats, cost.latency, wait, release)
             acts = OpActions(
                 wbits=wbits,
                 macs=cost.macs,
-                buf_read_bits=cost.beats * per_beat,
-                buf_write_bits=rows * cols * out_bits,
+                buf_read_bits=cost.beats * per_beat + rowf,
+                buf_write_bits=rows * cols * f["obits"],
                 words=words,
             )
             return mop, acts
@@ -241,14 +271,19 @@ class _Pricer:
             elements = f["rows"] * f["cols"]
             if elements == 0:
                 return MOp(unit, f"SFU.{func}", words, 0, 0, wait, release), OpActions(words=words)
-            passes = {"norm": hw.sfu.norm_passes, "softmax": hw.sfu.softmax_passes}.get(func, 1)
+            fmt = SFU_FORMATS.get(func)
+            if fmt is None:
+                raise ProgramError(f"SFU (pc {c.pc}): function {func} unknown")
+            passes = sfu_passes(hw, func, bool(f["aux"] & 1) if func == "norm" else False)
             cost = sfu_cost(hw, elements, passes)
-            second = elements * 8 if func in ("add", "mul", "rope") else 0
+            # the B operand (rope: its cos/sin rows) and the norm's INT16 gains, read once
+            second = elements * 8 * (fmt.b + (2 if func == "norm" else 0))
+            rowf = 8 * ROW_FACTOR_BYTES * f["rows"] if fmt.row_factor else 0
             mop = MOp(unit, f"SFU.{func}", words, cost.beats, cost.latency, wait, release)
             acts = OpActions(
                 sfu_ops=elements * passes,
-                buf_read_bits=elements * 8 * passes + second,
-                buf_write_bits=elements * 8,
+                buf_read_bits=elements * 8 * fmt.a * passes + second,
+                buf_write_bits=elements * 8 * fmt.o + rowf,
                 words=words,
             )
             return mop, acts
@@ -260,14 +295,38 @@ class _Pricer:
         raise ProgramError(f"pc {c.pc}: the cycle model has no cost for opcode {op!r}")
 
 
-_PRICERS: dict[str, _Pricer] = {}
+#: Numbers of interned priced ops: never repeated in a process, so keys made of them stay
+#: valid whichever context made them (unlike ``id()``, reused once an object is freed).
+_KEYS = itertools.count()
+
+
+@dataclass
+class PerfContext:
+    """The caches of simulating programs on one preset: priced ops (interned and numbered),
+    loop analyses per template and simulated segments. Keep one for a simulation (or a
+    worker's share of it) and drop it afterwards; nothing is cached globally."""
+
+    hw: HardwarePreset
+    memo: SegmentMemo = dataclasses.field(default_factory=SegmentMemo)
+    pricer: _Pricer = dataclasses.field(init=False)
+    analyses: dict[int, tuple[Template, _Analysis]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.pricer = _Pricer(self.hw)
+
+
+def _context(hw: HardwarePreset, ctx: PerfContext | None) -> PerfContext:
+    """``ctx`` checked against ``hw``, or a fresh context."""
+    if ctx is None:
+        return PerfContext(hw)
+    if ctx.hw.digest != hw.digest:
+        raise ValueError(f"context of preset {ctx.hw.name} used for preset {hw.name}")
+    return ctx
 
 
 def _pricer(hw: HardwarePreset) -> _Pricer:
-    pricer = _PRICERS.get(hw.digest)
-    if pricer is None:
-        pricer = _PRICERS[hw.digest] = _Pricer(hw)
-    return pricer
+    """A fresh pricer for ``hw`` (tests price single instructions with it)."""
+    return _Pricer(hw)
 
 
 def _count(acts: Sequence[OpActions]) -> Actions:
@@ -288,9 +347,11 @@ def _count(acts: Sequence[OpActions]) -> Actions:
     return total
 
 
-def lower(hw: HardwarePreset, instrs: Iterable[Concrete]) -> tuple[list[MOp], Actions]:
+def lower(
+    hw: HardwarePreset, instrs: Iterable[Concrete], ctx: PerfContext | None = None
+) -> tuple[list[MOp], Actions]:
     """Price ``instrs`` (dispatch order) for ``hw``; return the machine ops and their actions."""
-    price = _pricer(hw).price
+    price = _context(hw, ctx).pricer.price
     ops: list[MOp] = []
     acts: list[OpActions] = []
     for c in instrs:
@@ -318,9 +379,6 @@ class _Analysis:
         exact, mod = got
         p = self.period
         return (tuple([regs[r] for r in exact]), tuple([regs[r] % p for r in mod]))
-
-
-_ANALYSES: dict[tuple[int, int], tuple[Template, _Analysis]] = {}
 
 
 #: Fields no price depends on: on-chip offsets (read only by the bounds checks of
@@ -360,8 +418,10 @@ def _srcs(ins) -> list[int]:
     return [ins["ra"], ins["rb"]] if ins.op in ("ADD", "SUB") else [ins["ra"]]
 
 
-def _analyse(template: Template, period: int) -> _Analysis:
-    hit = _ANALYSES.get((id(template), period))
+def _analyse(template: Template, period: int, ctx: PerfContext | None = None) -> _Analysis:
+    """The iteration keys and POS-tainted pcs of ``template`` (kept in ``ctx``, which also
+    holds the template, so the id cannot be reused while the entry lives)."""
+    hit = ctx.analyses.get(id(template)) if ctx is not None else None
     if hit is not None and hit[0] is template:
         return hit[1]
     instrs = template.instrs
@@ -423,18 +483,19 @@ def _analyse(template: Template, period: int) -> _Analysis:
                 changed = True
     tainted = frozenset(pc for pc, regs in priced.items() if taint.intersection(regs))
     a = _Analysis(keys, tainted, period)
-    _ANALYSES[(id(template), period)] = (template, a)
+    if ctx is not None:
+        ctx.analyses[id(template)] = (template, a)
     return a
 
 
 def lower_reused(
-    hw: HardwarePreset, template: Template, runtime: Runtime
+    hw: HardwarePreset, template: Template, runtime: Runtime, ctx: PerfContext | None = None
 ) -> tuple[list[MOp], Actions]:
     """:func:`lower` of the whole step, each distinct loop iteration expanded and priced once
     and copied for the iterations with its key (the same result, see the module doc)."""
-    pricer = _pricer(hw)
-    price = pricer.price
-    an = _analyse(template, pricer.period)
+    ctx = _context(hw, ctx)
+    price = ctx.pricer.price
+    an = _analyse(template, ctx.pricer.period, ctx)
     ops: list[MOp] = []
     acts: list[OpActions] = []
     done: dict[int, tuple[list[MOp], list[OpActions]]] = {}
@@ -457,16 +518,15 @@ def lower_reused(
     return ops, _count(acts)
 
 
-def step_signature(hw: HardwarePreset, template: Template, runtime: Runtime) -> tuple:
+def step_signature(ctx: PerfContext, template: Template, runtime: Runtime) -> tuple:
     """LEN and the priced instructions of a step that depend on POS, with the iteration-reuse
     structure: equal signatures (same template) mean equal priced programs (module doc)."""
-    pricer = _pricer(hw)
-    price = pricer.price
-    an = _analyse(template, pricer.period)
+    price = ctx.pricer.price
+    an = _analyse(template, ctx.pricer.period, ctx)
     out: list[Hashable] = [runtime.length]
     for c in expand(template, runtime, iteration_key=an.key, only=an.tainted):
         if type(c) is Reuse:
             out.append((c.what, c.ident))
         else:
-            out.append(id(price(c)))  # type: ignore[arg-type]
+            out.append(price(c)[0].key)  # type: ignore[arg-type]
     return tuple(out)

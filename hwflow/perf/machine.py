@@ -49,10 +49,12 @@ import simpy
 from hwflow.config import Buffers, HardwarePreset
 from hwflow.costs import LDST_ISSUE_CYCLES, HbmPiece
 from hwflow.errors import SyncError
+from hwflow.isa import TOKEN_UNITS, Unit
 from hwflow.perf.hbm import HbmChannels
 
 __all__ = [
     "QUEUE_DEPTH",
+    "TOKEN_UNIT_NAMES",
     "UNITS",
     "MOp",
     "Machine",
@@ -62,8 +64,10 @@ __all__ = [
     "barrier_cuts",
 ]
 
-#: The units, in the order of :class:`hwflow.isa.Unit` (the wait/release mask bits).
-UNITS = ("ld", "st", "mm", "mv", "sfu", "sys")
+#: The units' names, in the order of :class:`hwflow.isa.Unit` (the wait/release mask bits).
+UNITS = tuple(u.name.lower() for u in sorted(Unit))
+#: The units that own token queues (:data:`hwflow.isa.TOKEN_UNITS`), by name.
+TOKEN_UNIT_NAMES = tuple(UNITS[u] for u in TOKEN_UNITS)
 #: Entries of each unit's instruction queue unless the preset says otherwise
 #: (``HardwarePreset.buffers.queue_entries``, where the number and its source live).
 QUEUE_DEPTH = Buffers.model_fields["queue_entries"].default
@@ -83,6 +87,9 @@ class MOp:
     hbm: tuple[HbmPiece, ...] | None = None  #: LD/ST: the transfer's per-channel pieces
     hbm_bytes: int = 0  #: LD/ST: bytes moved (the pieces' sum)
     hbm_occupancy: int = 0  #: LD/ST: channel-cycles streamed (the pieces' sum)
+    #: a number naming this priced op in segment keys (:mod:`hwflow.perf.lower` numbers the
+    #: ops it interns, never twice in a process); -1: unnumbered (compared by value)
+    key: int = field(default=-1, compare=False)
 
 
 @dataclass
@@ -202,7 +209,8 @@ class _Seg:
 
 
 class SegmentMemo:
-    """Results of simulated segments keyed by (segment ops, entry state relative to origin).
+    """Results of simulated segments keyed by (segment ops, entry state relative to origin):
+    the ops by their :attr:`MOp.key`, or by value when unnumbered.
 
     The machine is deterministic, so a segment with the same ops entered in the same relative
     state has the same relative timeline: reusing it is exact, not an approximation."""
@@ -211,6 +219,13 @@ class SegmentMemo:
         self.table: dict[tuple, _Seg] = {}
         self.hits = 0
         self.misses = 0
+
+
+def _ops_key(seg: Sequence[MOp]) -> tuple:
+    """A segment's ops as a hashable key: their numbers, or the ops themselves (by value) when
+    any is unnumbered."""
+    keys = tuple([op.key for op in seg])
+    return tuple(seg) if -1 in keys else keys
 
 
 def barrier_cuts(program: Sequence[MOp]) -> list[int]:
@@ -282,7 +297,7 @@ class Machine:
             rel = state.relative(used)
             hit = None
             if memo is not None:
-                key = (tuple(map(id, seg)), rel)
+                key = (_ops_key(seg), rel)
                 hit = memo.table.get(key)
             if hit is None:
                 res = self._segment(seg, rel)
@@ -325,176 +340,213 @@ class Machine:
     def _segment(self, program: Sequence[MOp], entry: MachineState) -> _Seg:
         """Simulate one segment from a :meth:`MachineState.relative` ``entry`` (cycle 0 is its
         origin); the result is relative to the same origin."""
-        env = simpy.Environment()
+        return _SegmentRun(self, program, entry).run()
+
+
+class _SegmentRun:
+    """One segment's simulation: the SimPy processes (:meth:`dispatcher`, :meth:`unit`) and
+    the state they share, built from a relative entry state (:meth:`Machine._segment`)."""
+
+    def __init__(self, machine: Machine, program: Sequence[MOp], entry: MachineState) -> None:
         n = len(UNITS)
-        depth = self.depth
-        queues = [[_Queue(entry.tokens[a * n + b]) for b in range(n)] for a in range(n)]
-        hbm = HbmChannels(self.hw)
-        hbm.free = [max(t, 0) for t in entry.channels]
-        streams: list[list[MOp]] = [[] for _ in range(n)]
+        self.env = simpy.Environment()
+        self.program = program
+        self.entry = entry
+        self.depth = machine.depth
+        self.trace_on = machine.trace_on
+        self.queues = [[_Queue(entry.tokens[a * n + b]) for b in range(n)] for a in range(n)]
+        self.hbm = HbmChannels(machine.hw)
+        self.hbm.free = [max(t, 0) for t in entry.channels]
+        self.streams: list[list[MOp]] = [[] for _ in range(n)]
         for op in program:
-            streams[op.unit].append(op)
+            self.streams[op.unit].append(op)
         # instruction index s of unit u in this segment is hist + s in these lists
-        hist = [len(h) for h in entry.issued]
-        avail: list[list[int]] = [[0] * hist[u] for u in range(n)]
-        issued: list[list[int]] = [list(entry.issued[u]) for u in range(n)]
-        unit_wait: list[simpy.Event | None] = [None] * n
-        disp_wait: list[simpy.Event | None] = [None]
-        busy = [0] * n
-        stall = [0] * n
-        pos = [0] * n
-        blocked: dict[int, int] = {}
-        finished = [False] * n
-        free = list(entry.free)
-        done_last = list(entry.done)
-        cover = list(entry.cover)
-        trace: list[tuple[str, str, int, int]] = []
-        counter = [0]
-        disp = [entry.fetch, False, -1]  # fetch clock, finished, unit blocked on
-        trace_on = self.trace_on
+        self.hist = [len(h) for h in entry.issued]
+        self.avail: list[list[int]] = [[0] * self.hist[u] for u in range(n)]
+        self.issued: list[list[int]] = [list(entry.issued[u]) for u in range(n)]
+        self.unit_wait: list[simpy.Event | None] = [None] * n
+        self.disp_wait: list[simpy.Event | None] = [None]
+        self.busy = [0] * n
+        self.stall = [0] * n
+        self.pos = [0] * n
+        self.blocked: dict[int, int] = {}
+        self.finished = [False] * n
+        self.free = list(entry.free)
+        self.done_last = list(entry.done)
+        self.cover = list(entry.cover)
+        self.trace: list[tuple[str, str, int, int]] = []
+        self.counter = [0]
+        self.disp = [entry.fetch, False, -1]  # fetch clock, finished, unit blocked on
 
-        def dispatcher() -> Generator:
-            tf = entry.fetch
-            for op in program:
-                u = op.unit
-                tf += op.words
-                s = len(avail[u])
-                if s >= depth:
-                    while len(issued[u]) <= s - depth:
-                        disp[2] = u
-                        ev = env.event()
-                        disp_wait[0] = ev
-                        counter[0] += 1
-                        yield ev
-                    disp[2] = -1
-                    t = issued[u][s - depth]
-                    if t > tf:
-                        tf = t
-                avail[u].append(tf)
-                w = unit_wait[u]
-                if w is not None:
-                    unit_wait[u] = None
-                    w.succeed()
-            disp[0] = tf
-            disp[1] = True
+    def run(self) -> _Seg:
+        """Simulate the segment; its statistics and exit state relative to the entry origin."""
+        self.env.process(self.dispatcher())
+        for u in range(len(UNITS)):
+            if self.streams[u]:
+                self.env.process(self.unit(u))
+            else:
+                self.finished[u] = True
+        self.env.run()
+        self._check_finished()
+        return self._result()
 
-        def unit(u: int) -> Generator:
-            done_prev = done_last[u]
-            my_queues = [queues[src][u] for src in range(n)]
-            out_queues = queues[u]
-            my_avail = avail[u]
-            my_issued = issued[u]
-            base = hist[u]
-            if free[u] > env.now:
-                counter[0] += 1
-                yield env.timeout(free[u] - env.now)
-            for i, op in enumerate(streams[u]):
-                pos[u] = i
-                t = env.now
-                while len(my_avail) <= base + i:
+    def dispatcher(self) -> Generator:
+        """SYS: fetch words in order, append each op to its unit's queue, stall on a full one."""
+        env, depth, avail, issued = self.env, self.depth, self.avail, self.issued
+        unit_wait, disp_wait, disp, counter = (
+            self.unit_wait,
+            self.disp_wait,
+            self.disp,
+            self.counter,
+        )
+        tf = self.entry.fetch
+        for op in self.program:
+            u = op.unit
+            tf += op.words
+            s = len(avail[u])
+            if s >= depth:
+                while len(issued[u]) <= s - depth:
+                    disp[2] = u
                     ev = env.event()
-                    unit_wait[u] = ev
+                    disp_wait[0] = ev
                     counter[0] += 1
                     yield ev
-                ready = my_avail[base + i]
-                for src in op.wait:
-                    q = my_queues[src]
-                    while not q.times:
-                        blocked[u] = src
-                        ev = env.event()
-                        q.waiter = ev
-                        counter[0] += 1
-                        yield ev
-                    blocked.pop(u, None)
-                    r = q.times.popleft()
-                    if r > ready:
-                        ready = r
-                now = env.now
-                start = ready if ready > now else now
-                if op.hbm is not None:
-                    if start > now:  # join the channels' FIFOs at the real arrival time
-                        counter[0] += 1
-                        yield env.timeout(start - now)
-                    tr = hbm.issue(start, op.hbm)
-                    # waiting while earlier transfers still stream is not a stall
-                    waited = start - (cover[u] if cover[u] > t else t)
-                    stall[u] += waited if waited > 0 else 0
-                    issue_end = start + LDST_ISSUE_CYCLES
-                    done = tr.done
-                    # busy = the union of the unit's streaming intervals (issue order)
-                    lo = cover[u] if cover[u] > tr.start else tr.start
-                    occupied = tr.streamed - lo if tr.streamed > lo else 0
-                    if tr.streamed > cover[u]:
-                        cover[u] = tr.streamed
-                    span = (tr.start, tr.streamed)
-                else:
-                    issue_end = start + op.beats
-                    done = start + op.latency
-                    occupied = op.beats
-                    span = (start, issue_end)
-                    stall[u] += start - t
-                if done < done_prev:
-                    done = done_prev
-                done_prev = done
-                my_issued.append(start)
-                w = disp_wait[0]
-                if w is not None and disp[2] == u:
-                    disp_wait[0] = None
-                    w.succeed()
-                busy[u] += occupied
-                for dst in op.release:
-                    q = out_queues[dst]
-                    q.times.append(done)
-                    if q.waiter is not None:
-                        w, q.waiter = q.waiter, None
-                        w.succeed()
-                if trace_on:
-                    trace.append((UNITS[u], op.name, span[0], max(span[1], span[0] + 1)))
-                delay = issue_end - env.now
-                if delay > 0:
-                    counter[0] += 1
-                    yield env.timeout(delay)
-            done_last[u] = done_prev
-            free[u] = env.now
-            pos[u] = len(streams[u])
-            finished[u] = True
+                disp[2] = -1
+                t = issued[u][s - depth]
+                if t > tf:
+                    tf = t
+            avail[u].append(tf)
+            w = unit_wait[u]
+            if w is not None:
+                unit_wait[u] = None
+                w.succeed()
+        disp[0] = tf
+        disp[1] = True
 
-        env.process(dispatcher())
-        for u in range(n):
-            if streams[u]:
-                env.process(unit(u))
-            else:
-                finished[u] = True
-        env.run()
-        if not all(finished) or not disp[1]:
-            why = [
-                f"{UNITS[u]} op {pos[u]} ({streams[u][pos[u]].name}) waits for a token from"
-                f" {UNITS[blocked[u]]}"
-                for u in range(n)
-                if not finished[u] and u in blocked
-            ]
-            if not disp[1] and disp[2] >= 0:
-                why.append(f"the dispatcher waits for room in the full {UNITS[disp[2]]} queue")
-            raise SyncError("deadlock: " + "; ".join(why))
-        busy[UNITS.index("sys")] = sum(op.words for op in program)
-        end = max(entry.end, env.now, disp[0], *done_last)
+    def unit(self, u: int) -> Generator:
+        """Unit ``u``: issue its ops in order once queued and holding their tokens; release
+        tokens at completion."""
+        env, n = self.env, len(UNITS)
+        my_queues = [self.queues[src][u] for src in range(n)]
+        out_queues = self.queues[u]
+        my_avail, my_issued, base = self.avail[u], self.issued[u], self.hist[u]
+        counter, disp, disp_wait = self.counter, self.disp, self.disp_wait
+        done_prev = self.done_last[u]
+        if self.free[u] > env.now:
+            counter[0] += 1
+            yield env.timeout(self.free[u] - env.now)
+        for i, op in enumerate(self.streams[u]):
+            self.pos[u] = i
+            t = env.now
+            while len(my_avail) <= base + i:
+                ev = env.event()
+                self.unit_wait[u] = ev
+                counter[0] += 1
+                yield ev
+            ready = my_avail[base + i]
+            for src in op.wait:
+                q = my_queues[src]
+                while not q.times:
+                    self.blocked[u] = src
+                    ev = env.event()
+                    q.waiter = ev
+                    counter[0] += 1
+                    yield ev
+                self.blocked.pop(u, None)
+                r = q.times.popleft()
+                if r > ready:
+                    ready = r
+            now = env.now
+            start = ready if ready > now else now
+            if op.hbm is not None and start > now:  # join the channels' FIFOs on arrival
+                counter[0] += 1
+                yield env.timeout(start - now)
+            issue_end, done = self._issue(u, op, start, t)
+            if done < done_prev:
+                done = done_prev
+            done_prev = done
+            my_issued.append(start)
+            w = disp_wait[0]
+            if w is not None and disp[2] == u:
+                disp_wait[0] = None
+                w.succeed()
+            for dst in op.release:
+                q = out_queues[dst]
+                q.times.append(done)
+                if q.waiter is not None:
+                    w, q.waiter = q.waiter, None
+                    w.succeed()
+            delay = issue_end - env.now
+            if delay > 0:
+                counter[0] += 1
+                yield env.timeout(delay)
+        self.done_last[u] = done_prev
+        self.free[u] = env.now
+        self.pos[u] = len(self.streams[u])
+        self.finished[u] = True
+
+    def _issue(self, u: int, op: MOp, start: int, t: int) -> tuple[int, int]:
+        """Start ``op`` on unit ``u`` at ``start`` (its unit was free from ``t``): account busy,
+        stall and trace; return (end of its issue, completion)."""
+        cover = self.cover
+        if op.hbm is not None:
+            tr = self.hbm.issue(start, op.hbm)
+            # waiting while earlier transfers still stream is not a stall
+            waited = start - (cover[u] if cover[u] > t else t)
+            self.stall[u] += waited if waited > 0 else 0
+            issue_end, done = start + LDST_ISSUE_CYCLES, tr.done
+            # busy = the union of the unit's streaming intervals (issue order)
+            lo = cover[u] if cover[u] > tr.start else tr.start
+            self.busy[u] += tr.streamed - lo if tr.streamed > lo else 0
+            if tr.streamed > cover[u]:
+                cover[u] = tr.streamed
+            span = (tr.start, tr.streamed)
+        else:
+            issue_end, done = start + op.beats, start + op.latency
+            self.busy[u] += op.beats
+            self.stall[u] += start - t
+            span = (start, issue_end)
+        if self.trace_on:
+            self.trace.append((UNITS[u], op.name, span[0], max(span[1], span[0] + 1)))
+        return issue_end, done
+
+    def _check_finished(self) -> None:
+        """SyncError naming every blocked unit (and a blocked dispatcher) unless all finished."""
+        if all(self.finished) and self.disp[1]:
+            return
+        why = [
+            f"{UNITS[u]} op {self.pos[u]} ({self.streams[u][self.pos[u]].name}) waits for a"
+            f" token from {UNITS[self.blocked[u]]}"
+            for u in range(len(UNITS))
+            if not self.finished[u] and u in self.blocked
+        ]
+        if not self.disp[1] and self.disp[2] >= 0:
+            why.append(f"the dispatcher waits for room in the full {UNITS[self.disp[2]]} queue")
+        raise SyncError("deadlock: " + "; ".join(why))
+
+    def _result(self) -> _Seg:
+        """The segment's statistics and exit state."""
+        n = len(UNITS)
+        program = self.program
+        self.busy[UNITS.index("sys")] = sum(op.words for op in program)
+        end = max(self.entry.end, self.env.now, self.disp[0], *self.done_last)
         exit_ = MachineState(
-            free=tuple(free),
-            done=tuple(done_last),
-            tokens=tuple(tuple(queues[a][b].times) for a in range(n) for b in range(n)),
-            channels=tuple(hbm.free),
-            fetch=disp[0],
-            issued=tuple(tuple(h[-depth:]) for h in issued),
+            free=tuple(self.free),
+            done=tuple(self.done_last),
+            tokens=tuple(tuple(self.queues[a][b].times) for a in range(n) for b in range(n)),
+            channels=tuple(self.hbm.free),
+            fetch=self.disp[0],
+            issued=tuple(tuple(h[-self.depth :]) for h in self.issued),
             end=end,
-            cover=tuple(cover),
+            cover=tuple(self.cover),
         )
         return _Seg(
             exit=exit_,
-            busy=busy,
-            stall=stall,
-            ops=[len(st) for st in streams],
+            busy=self.busy,
+            stall=self.stall,
+            ops=[len(st) for st in self.streams],
             hbm_bytes=sum(op.hbm_bytes for op in program),
             channel_cycles=sum(op.hbm_occupancy for op in program),
-            events=counter[0] + n + 1,
-            trace=trace,
+            events=self.counter[0] + n + 1,
+            trace=self.trace,
         )

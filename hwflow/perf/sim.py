@@ -28,25 +28,35 @@ in the context; they are computed at both ends of the case and checked at two in
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from hwflow import cache
 from hwflow.config import CompressionPlan, HardwarePreset, ModelConfig
+from hwflow.costs import hbm_achievable_gbps
 from hwflow.energy import Actions, Energy, energy
 from hwflow.errors import ConfigError
 from hwflow.isa import Program, Runtime, expand
 from hwflow.model import step_graph
-from hwflow.perf.lower import lower, lower_reused, step_signature
-from hwflow.perf.machine import UNITS, Machine, RunStats, SegmentMemo
+from hwflow.perf.lower import PerfContext, lower, lower_reused, step_signature
+from hwflow.perf.machine import TOKEN_UNIT_NAMES, UNITS, Machine, RunStats, SegmentMemo
 
-__all__ = ["SimResult", "StepResult", "compile_cached", "run_step", "simulate"]
+__all__ = [
+    "SimResult",
+    "StepResult",
+    "compile_cached",
+    "default_max_len",
+    "program_key",
+    "run_step",
+    "simulate",
+    "simulate_cached",
+]
 
 Mode = Literal["exact", "fast"]
-TOKEN_UNITS = ("ld", "st", "mm", "mv", "sfu")
 
 
 @dataclass
@@ -73,18 +83,20 @@ def run_step(
     memo: SegmentMemo | None = None,
     trace: bool = False,
     reuse: bool = False,
+    ctx: PerfContext | None = None,
 ) -> StepResult:
     """Expand, price and simulate one step of ``program`` on ``hw`` (with ``reuse``, each
-    distinct loop iteration is expanded and priced once: the same ops, faster)."""
+    distinct loop iteration is expanded and priced once: the same ops, faster). ``ctx`` keeps
+    the priced ops between steps (see :class:`~hwflow.perf.lower.PerfContext`)."""
     program.check_preset(hw.digest, hw.name)
     template = program.select(phase, runtime)
     if reuse:
-        ops, actions = lower_reused(hw, template, runtime)
+        ops, actions = lower_reused(hw, template, runtime, ctx)
     else:
-        ops, actions = lower(hw, expand(template, runtime))
+        ops, actions = lower(hw, expand(template, runtime), ctx)
     stats = Machine(hw, trace=trace).run(ops, memo)
     actions.idle_unit_cycles = sum(
-        stats.cycles - stats.busy[u] for u in TOKEN_UNITS if stats.ops[u]
+        stats.cycles - stats.busy[u] for u in TOKEN_UNIT_NAMES if stats.ops[u]
     )
     return StepResult(phase, runtime.length, runtime.pos, stats, actions)
 
@@ -100,22 +112,38 @@ def _job(task: Task) -> list[tuple[int, StepResult, bool]]:
     result, simulated) for each position of the task; with ``fast``, one simulation per
     distinct signature among the positions (one template's)."""
     phase, length, positions, trace, fast = task
-    memo = _JOB.setdefault("memo", SegmentMemo())
     hw, prog = _JOB["hw"], _JOB["prog"]
+    ctx = _JOB.setdefault("ctx", PerfContext(hw))
     out: list[tuple[int, StepResult, bool]] = []
     done: dict[tuple, StepResult] = {}
     for p in positions:
         rt = Runtime(length, p)
         sig: tuple | None = None
         if fast and len(positions) > 1:
-            sig = step_signature(hw, prog.select(phase, rt), rt)
+            sig = step_signature(ctx, prog.select(phase, rt), rt)
             if sig in done:
                 out.append((p, done[sig], False))
                 continue
-        r = run_step(hw, prog, phase, rt, memo=memo, trace=trace and not out, reuse=fast)
+        r = run_step(
+            hw, prog, phase, rt, memo=ctx.memo, trace=trace and not out, reuse=fast, ctx=ctx
+        )
         if sig is not None:
             done[sig] = r
         out.append((p, r, True))
+    return out
+
+
+def _collect(
+    results: Iterable[list[tuple[int, StepResult, bool]]],
+    total: int,
+    progress: Callable[[int, int], None] | None,
+) -> list[tuple[int, StepResult, bool]]:
+    """The tasks' results in one list, ``progress`` told after each task."""
+    out: list[tuple[int, StepResult, bool]] = []
+    for i, got in enumerate(results, 1):
+        out += got
+        if progress:
+            progress(i, total)
     return out
 
 
@@ -126,8 +154,10 @@ def _run_steps(
     prog: Program,
     tasks: list[Task],
     workers: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[tuple[int, StepResult, bool]]:
-    """Run the steps, in ``workers`` forked processes when > 1 (results are identical)."""
+    """Run the steps, in ``workers`` forked processes when > 1 (results are identical);
+    ``progress(done, total)`` after each task."""
     import gc
     import multiprocessing as mp
 
@@ -136,60 +166,64 @@ def _run_steps(
     gc.freeze()  # the program's objects live for the whole run: keep them out of collections
     try:
         if workers <= 1 or len(tasks) < 2 or mp.current_process().daemon:
-            return [x for t in tasks for x in _job(t)]
+            return _collect(map(_job, tasks), len(tasks), progress)
         with mp.get_context("fork").Pool(workers) as pool:
-            return [x for got in pool.imap_unordered(_job, tasks) for x in got]
+            return _collect(pool.imap_unordered(_job, tasks), len(tasks), progress)
     finally:
         _JOB.clear()
         gc.unfreeze()
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("HWFLOW_CACHE", Path.home() / ".cache" / "hwflow"))
+def program_key(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, max_len: int) -> str:
+    """Cache key of a compiled program: the model, plan and preset values, ``max_len`` and the
+    package source (:mod:`hwflow.cache`)."""
+    return cache.key("program", cfg, plan, hw.digest, max_len)
 
 
-def _compiler_digest() -> str:
-    """Hash of the compiler and ISA sources: a cached program is reused only by the same code."""
-    import hwflow.compiler as comp
-    import hwflow.isa as isa
-
-    h = hashlib.sha256()
-    files = [*sorted(Path(comp.__file__).parent.glob("*.py")), Path(isa.__file__)]
-    for f in files:
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+def program_path(key: str) -> Path:
+    """Where the program of ``key`` is cached."""
+    return cache.cache_dir() / "programs" / f"{key}.hwp"
 
 
-_PROGRAMS: dict[str, Program] = {}
+#: The programs compiled or loaded most recently, by key: a few, so that a sweep in one
+#: process does not keep every program it ever used.
+_PROGRAMS: OrderedDict[str, Program] = OrderedDict()
+_PROGRAMS_KEPT = 2
 
 
 def compile_cached(
-    cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, max_len: int
+    cfg: ModelConfig,
+    plan: CompressionPlan,
+    hw: HardwarePreset,
+    max_len: int,
+    *,
+    note: Callable[[str], None] | None = None,
 ) -> Program:
-    """The compiled program, from memory, the on-disk cache or :func:`compile_model`."""
+    """The compiled program, from memory, the on-disk cache or :func:`compile_model`;
+    ``note`` is told which (for progress output)."""
     from hwflow.compiler import compile_model
 
-    key_src = f"{cfg.model_dump_json()}|{plan.model_dump_json()}|{hw.digest}|{max_len}"
-    key = hashlib.sha256(f"{key_src}|{_compiler_digest()}".encode()).hexdigest()[:24]
+    key = program_key(cfg, plan, hw, max_len)
     if key in _PROGRAMS:
+        _PROGRAMS.move_to_end(key)
         return _PROGRAMS[key]
-    path = _cache_dir() / "programs" / f"{key}.hwp"
+    path = program_path(key)
     prog = None
     if path.is_file():
         try:
             prog = Program.from_bytes(path.read_bytes(), str(path))
+            if note:
+                note(f"compiled program from the cache ({path})")
         except Exception:  # a damaged cache entry is recompiled, never trusted
             prog = None
     if prog is None:
+        if note:
+            note(f"compiling {cfg.name} / {plan.name} for {hw.name} (max_len {max_len})")
         prog = compile_model(cfg, plan, hw, max_len).program
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(prog.to_bytes())
-            tmp.replace(path)
-        except OSError:
-            pass  # caching is an optimisation only
+        cache.write_bytes(path, prog.to_bytes())
     _PROGRAMS[key] = prog
+    while len(_PROGRAMS) > _PROGRAMS_KEPT:
+        _PROGRAMS.popitem(last=False)
     return prog
 
 
@@ -223,6 +257,8 @@ class SimResult:
     decode_buckets: int = 0
     fallback_steps: int = 0
     replayed_events: int = 0  #: the part of ``events`` in segments replayed from the memo
+    hbm_peak_gbps: float = 0.0  #: raw HBM peak of the preset (channels x channel_gbps)
+    hbm_achievable_gbps: float = 0.0  #: the model's sustained bandwidth of long reads
 
     # --- derived figures (SI units) ---
     @property
@@ -281,10 +317,19 @@ class SimResult:
 
     @property
     def roofline_fraction(self) -> float:
-        """Decode: HBM roofline time / simulated time (1.0 = every cycle at full bandwidth)."""
+        """Decode: roofline time at the *achievable* HBM bandwidth / simulated time (1.0 = every
+        cycle moving bytes as fast as long sequential reads can)."""
         if not self.decode_cycles:
             return 0.0
         return sum(self.decode_roofline_cycles) / sum(self.decode_cycles)
+
+    @property
+    def roofline_fraction_raw(self) -> float:
+        """Decode: the same against the *raw* peak (channels x channel_gbps, e.g. 460 GB/s on the
+        U280): achieved decode bandwidth of the needed bytes / peak."""
+        if not self.hbm_peak_gbps:
+            return 0.0
+        return self.roofline_fraction * self.hbm_achievable_gbps / self.hbm_peak_gbps
 
     @property
     def roofline_ms_per_token(self) -> float:
@@ -332,6 +377,9 @@ class SimResult:
             "decode_hbm_gbps": self.decode_hbm_gbps,
             "decode_bytes_per_token": self.decode_hbm_bytes / self.decode if self.decode else 0,
             "roofline_fraction": self.roofline_fraction,
+            "roofline_fraction_raw": self.roofline_fraction_raw,
+            "hbm_peak_gbps": self.hbm_peak_gbps,
+            "hbm_achievable_gbps": self.hbm_achievable_gbps,
             "roofline_ms_per_token": self.roofline_ms_per_token,
             "simulated_steps": self.simulated_steps,
             "fallback_steps": self.fallback_steps,
@@ -366,11 +414,11 @@ class SimResult:
 def _roofline_cycles(
     cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pos: int
 ) -> float:
-    """Cycles the decode step at ``pos`` needs at the preset's sustained HBM bandwidth (every
-    channel streaming at same-channel efficiency): the bytes the step must move (weights and
-    KV cache, :func:`hwflow.model.step_graph`) / bandwidth."""
+    """Cycles the decode step at ``pos`` needs at the preset's achievable HBM bandwidth (long
+    sequential reads on every channel, :func:`hwflow.costs.hbm_achievable_gbps`): the bytes the
+    step must move (weights and KV cache, :func:`hwflow.model.step_graph`) / bandwidth."""
     nbytes = step_graph(cfg, plan, "decode", 1, pos).hbm_bytes
-    bw = hw.hbm.peak_gbps * 1e9 * hw.hbm.efficiency_same_channel
+    bw = hbm_achievable_gbps(hw) * 1e9
     return nbytes / bw * hw.clock_hz
 
 
@@ -395,6 +443,11 @@ def _rooflines(
     return {p: line(p) for p in positions}
 
 
+def default_max_len(cfg: ModelConfig) -> int:
+    """The program's longest context when none is given: the model's, at most 2048."""
+    return min(cfg.max_positions, 2048)
+
+
 def simulate(
     cfg: ModelConfig,
     plan: CompressionPlan,
@@ -407,19 +460,23 @@ def simulate(
     program: Program | None = None,
     trace: bool = False,
     workers: int = 1,
+    note: Callable[[str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SimResult:
-    """Simulate the (prefill, decode) case; see the module doc for ``mode``."""
+    """Simulate the (prefill, decode) case; see the module doc for ``mode``. ``note`` hears
+    what is being done (compiling, or the cached program used, then simulating), ``progress``
+    counts the step groups done."""
     t0 = time.perf_counter()
     if mode not in ("exact", "fast"):
         raise ConfigError(f"mode {mode!r} unknown (allowed: exact, fast)")
     if prefill < 1 or decode < 0:
         raise ConfigError(f"need prefill >= 1 and decode >= 0, got {prefill} and {decode}")
-    max_len = max_len or min(cfg.max_positions, 2048)
+    max_len = max_len or default_max_len(cfg)
     if prefill + decode > max_len:
         raise ConfigError(
             f"prefill {prefill} + decode {decode} = {prefill + decode} exceeds max_len {max_len}"
         )
-    prog = program or compile_cached(cfg, plan, hw, max_len)
+    prog = program or compile_cached(cfg, plan, hw, max_len, note=note)
     positions = list(range(prefill, prefill + decode))
     fast = mode == "fast"
     tasks: list[Task] = [("prefill", prefill, (0,), trace, fast)]
@@ -431,7 +488,9 @@ def simulate(
     else:
         groups = [[p] for p in positions]
     tasks += [("decode", 1, tuple(g), trace and i == 0, fast) for i, g in enumerate(groups)]
-    out = _run_steps(cfg, plan, hw, prog, tasks, workers)
+    if note:
+        note(f"simulating prefill {prefill} + {decode} decode steps ({mode} mode)")
+    out = _run_steps(cfg, plan, hw, prog, tasks, workers, progress)
     pre = next(r for p, r, _ in out if r.phase == "prefill")
     results = {p: r for p, r, _ in out if r.phase == "decode"}
     simulated = [results[p] for p, r, sim in out if sim and r.phase == "decode"]
@@ -488,4 +547,48 @@ def simulate(
         decode_buckets=len(groups) if fast else 0,
         fallback_steps=len(simulated) - len(groups) if fast else 0,
         replayed_events=replayed,
+        hbm_peak_gbps=hw.hbm.peak_gbps,
+        hbm_achievable_gbps=hbm_achievable_gbps(hw),
+    )
+
+
+def simulate_cached(
+    cfg: ModelConfig,
+    plan: CompressionPlan,
+    hw: HardwarePreset,
+    prefill: int,
+    decode: int,
+    *,
+    mode: Mode = "fast",
+    max_len: int | None = None,
+    trace: bool = False,
+    workers: int = 1,
+    note: Callable[[str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[SimResult, bool]:
+    """(:func:`simulate`, whether it came from the cache). The key holds the values of the
+    model, plan, preset and its energy table, the case and the package source
+    (:mod:`hwflow.cache`); ``workers`` does not change results and is not in it."""
+    from hwflow.energy import load_energy_table
+
+    max_len = max_len or default_max_len(cfg)
+    table = load_energy_table(hw.energy_table) if hw.energy_table else None
+    return cache.memo(
+        "sims",
+        (cfg, plan, hw.digest, table, prefill, decode, mode, max_len, trace),
+        lambda: simulate(
+            cfg,
+            plan,
+            hw,
+            prefill,
+            decode,
+            mode=mode,
+            max_len=max_len,
+            trace=trace,
+            workers=workers,
+            note=note,
+            progress=progress,
+        ),
+        note=note,
+        what="simulated result",
     )

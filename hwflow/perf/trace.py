@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from hwflow.files import atomic_write
 from hwflow.perf.machine import UNITS
 
 __all__ = ["chrome_trace", "write_trace"]
@@ -49,6 +50,4 @@ def write_trace(
     path: Path, events: Sequence[tuple[str, str, int, int]], clock_hz: float, name: str
 ) -> None:
     """Write the timeline to ``path`` (JSON, atomically)."""
-    from hwflow.commands._common import atomic_write
-
     atomic_write(Path(path), json.dumps(chrome_trace(events, clock_hz, name)))
