@@ -20,7 +20,7 @@ from hwflow.config import MAPPINGS, load_hw
 from hwflow.costs import (
     OpCost,
     effective_nm,
-    hbm_channel_bytes_per_cycle,
+    hbm_burst_ns,
     hbm_latency_cycles,
     hbm_pieces,
     hbm_transfer_cost,
@@ -40,56 +40,62 @@ LD, ST, MM, MV, SFU, SYS = range(6)
 
 
 def test_64kib_transfer_cycles_on_tiny():
-    """64 KiB from address 0 on ``tiny`` (pins today's HBM pricing formula: if you change the
-    formula, rework this derivation by hand from the preset's numbers).
+    """64 KiB from address 0 on ``tiny`` (pins today's HBM pricing formula of costs.py: if you
+    change the formula, rework this derivation by hand from the preset's numbers).
 
-    tiny.yaml: 4 channels interleaved every 256 B, 14.375 GB/s per channel, 100 MHz clock,
-    same-channel efficiency 0.70, latency 107 ns.
-    * 65536 B = 256 granules of 256 B, dealt round-robin: 64 granules = 16384 B per channel.
-    * one channel streams 14.375e9 * 0.70 / 100e6 = 100.625 B per cycle, so its piece takes
-      ceil(16384 / 100.625) = ceil(162.82) = 163 cycles (a 10 % slower price would be 180).
-    * first-beat latency: 107 ns * 100 MHz = 10.7 -> 11 cycles; the data is on chip at 174.
+    tiny.yaml hbm: 4 channels interleaved every 256 B, 14.375 GB/s per channel, refresh
+    260 ns every 3900 ns, 256-bit port at 450 MHz, 16 outstanding, bursts of 512 B, latency
+    107 ns; clock 100 MHz.
+    * 65536 B = 256 granules of 256 B, dealt round-robin: 16384 B per channel, one run of
+      32 bursts of 512 B.
+    * one burst holds its channel for the slowest of: port 512 / 32 = 16 beats at 450 MHz =
+      35.56 ns; device 512 B at 14.375 x (1 - 260 / 3900) = 13.4167 GB/s = 38.16 ns; latency
+      107 / 16 = 6.69 ns: 38.16 ns. 32 bursts: 1221.2 ns = 122.1 cycles -> 123 (a 10 % slower
+      price would be 135).
+    * first-beat latency: 107 ns * 100 MHz = 10.7 -> 11 cycles; the data is on chip at 134.
     """
     hw = load_hw("tiny")
     pieces = hbm_pieces(hw, 0, 64 * 1024)
     assert [(p.channel, p.nbytes, p.occupancy) for p in pieces] == [
-        (0, 16384, 163),
-        (1, 16384, 163),
-        (2, 16384, 163),
-        (3, 16384, 163),
+        (0, 16384, 123),
+        (1, 16384, 123),
+        (2, 16384, 123),
+        (3, 16384, 123),
     ]
     assert all(p.same_channel for p in pieces)
     assert hbm_latency_cycles(hw) == 11
     cost = hbm_transfer_cost(hw, 0, 64 * 1024)
-    assert (cost.beats, cost.latency) == (163, 174)
+    assert (cost.beats, cost.latency) == (123, 134)
 
 
 def test_64kib_transfer_through_the_machine():
-    """The same transfer as an LD op on an idle machine: streamed 0..163, data on chip at 174."""
+    """The same transfer as an LD op on an idle machine: streamed 0..123, data on chip at 134."""
     hw = load_hw("tiny")
     pieces = tuple(hbm_pieces(hw, 0, 64 * 1024))
     op = MOp(LD, "LD", 0, 0, 0, (), (), pieces, 65536, sum(p.occupancy for p in pieces))
     r = Machine(hw, trace=True).run([op])
-    assert r.trace == [("ld", "LD", 0, 163)]
-    assert r.cycles == 174 and r.busy["ld"] == 163 and r.hbm_bytes == 65536
+    assert r.trace == [("ld", "LD", 0, 123)]
+    assert r.cycles == 134 and r.busy["ld"] == 123 and r.hbm_bytes == 65536
 
 
 def test_transfer_pricing_edges_on_tiny():
-    """Edges of the HBM split and pricing, each worked out from tiny.yaml (256 B granules over
-    4 channels, 14.375 GB/s x 0.70 / 100 MHz = 100.625 B per cycle, 1 GiB)."""
+    """Edges of the HBM split and pricing, each worked out from tiny.yaml (see the 64 KiB
+    test: a 512 B burst is device-bound, 38.16 ns; 256 B, 19.08 ns; a 32 B burst is bound by
+    latency / outstanding = 107 / 16 = 6.6875 ns; 1 GiB)."""
     hw = load_hw("tiny")
-    assert hbm_channel_bytes_per_cycle(hw, True) == pytest.approx(100.625, rel=1e-12)
-    assert hbm_channel_bytes_per_cycle(hw, False) == pytest.approx(50.3125, rel=1e-12)
+    assert hbm_burst_ns(hw, 512) == pytest.approx(512 / (14.375 * 14 / 15), rel=1e-12)
+    assert hbm_burst_ns(hw, 256) == pytest.approx(256 / (14.375 * 14 / 15), rel=1e-12)
+    assert hbm_burst_ns(hw, 32) == pytest.approx(107 / 16, rel=1e-12)
     # 257 B from 0: a whole granule in channel 0 and its last byte in channel 1
     assert [(p.channel, p.nbytes) for p in hbm_pieces(hw, 0, 257)] == [(0, 256), (1, 1)]
     # one byte still takes a cycle
     assert [(p.channel, p.nbytes, p.occupancy) for p in hbm_pieces(hw, 300, 1)] == [(1, 1, 1)]
-    # 824320 B = 3220 granules, 805 per channel = 206080 B = exactly 2048 x 100.625: no
-    # rounding up at an exact multiple
-    assert {p.occupancy for p in hbm_pieces(hw, 0, 824320)} == {2048}
+    # 824320 B = 3220 granules, 805 per channel = 206080 B, all bursts device-bound:
+    # 206080 / 13.4167 GB/s = 15360 ns = exactly 1536 cycles: no rounding up
+    assert {p.occupancy for p in hbm_pieces(hw, 0, 824320)} == {1536}
     assert hbm_pieces(hw, 5, 0) == []
     assert hbm_transfer_cost(hw, 5, 0) == OpCost(beats=0, latency=11, macs=0, dense_macs=0)
-    assert hbm_transfer_cost(hw, 0, 65536) == OpCost(beats=163, latency=174, macs=0, dense_macs=0)
+    assert hbm_transfer_cost(hw, 0, 65536) == OpCost(beats=123, latency=134, macs=0, dense_macs=0)
     cap = 1 << 30
     assert sum(p.nbytes for p in hbm_pieces(hw, cap - 512, 512)) == 512  # ends at the last byte
     with pytest.raises(

