@@ -1,13 +1,15 @@
 # hwflow: the two commands of the README.
 #   make run   set up .venv, then the main job on the shipped defaults
 #   make test  set up .venv, then the whole test suite (what CI runs)
+#   make mutate  mutation check of the core with mutmut (not in CI: hours on two cores);
+#              MUTANTS='hwflow.costs*' runs a subset (see scripts/mutate.sh)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: run test lint setup clean
+.PHONY: run test lint setup clean mutate
 
 setup: $(STAMP)
 
@@ -21,8 +23,11 @@ run: $(STAMP)
 test: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n 2 --dist loadgroup
 
+mutate: $(STAMP)
+	bash scripts/mutate.sh $(VENV) $(MUTANTS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(OUT) rtl/build sim_build .pytest_cache
+	rm -rf $(OUT) rtl/build sim_build .pytest_cache mutants

@@ -1,0 +1,76 @@
+"""Kill rate per module of the last mutmut run (reads mutants/**/*.meta; run from the repo).
+
+A mutant counts as killed when the tests failed (or timed out) with it; ``no tests`` means no
+selected test reaches the mutated function. Mutants not run yet (a sampled run) are left out
+of the rate and counted apart. tests/mutation/EQUIVALENT.md lists, under its
+"## Equivalent" heading, mutants that cannot change behaviour (taken out of the denominator),
+and under "## Killed when applied by hand" mutants mutmut cannot activate (code run at import)
+that a test kills when the change is made in the source (counted as killed). The file says
+why for each.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+from mutmut.stats import status_by_exit_code
+
+ROOT = Path("mutants")
+EQUIVALENT = Path("tests/mutation/EQUIVALENT.md")
+
+
+def listed() -> dict[str, str]:
+    """``{mutant name: "equiv" | "by hand"}`` from the backquoted names of EQUIVALENT.md."""
+    if not EQUIVALENT.is_file():
+        return {}
+    out: dict[str, str] = {}
+    kind = ""
+    for line in EQUIVALENT.read_text().splitlines():
+        if line.startswith("## "):
+            kind = "by hand" if "by hand" in line else "equiv" if "Equivalent" in line else ""
+        elif kind:
+            for name in re.findall(r"`(hwflow\.[^`\s]+__mutmut_\d+)`", line):
+                out[name] = kind
+    return out
+
+
+def main() -> int:
+    metas = sorted(ROOT.glob("hwflow/**/*.py.meta"))
+    if not metas:
+        print("no mutmut results under mutants/ (run `make mutate` first)", file=sys.stderr)
+        return 2
+    marks = listed()
+    head = f"{'module':<26}{'mutants':>8}{'run':>6}{'killed':>8}{'survived':>9}{'no test':>8}"
+    print(head + f"{'equiv':>6}{'kill rate':>11}")
+    for meta in metas:
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        c: Counter[str] = Counter()
+        for name, code in codes.items():
+            st = status_by_exit_code[code]
+            if st == "not checked":
+                continue
+            if st == "survived" and marks.get(name) == "equiv":
+                c["equiv"] += 1
+            elif st in ("killed", "timeout") or (st == "survived" and marks.get(name) == "by hand"):
+                c["killed"] += 1
+            elif st == "survived":
+                c["survived"] += 1
+            else:
+                c["no tests"] += 1
+        run = c["killed"] + c["survived"] + c["no tests"] + c["equiv"]
+        denom = c["killed"] + c["survived"] + c["no tests"]
+        rate = f"{100 * c['killed'] / denom:.1f}%" if denom else "-"
+        mod = str(meta.relative_to(ROOT)).removesuffix(".meta")
+        print(
+            f"{mod:<26}{len(codes):>8}{run:>6}{c['killed']:>8}{c['survived']:>9}"
+            f"{c['no tests']:>8}{c['equiv']:>6}{rate:>11}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

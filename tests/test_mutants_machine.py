@@ -1,0 +1,111 @@
+"""The cycle model on hand-made programs: barrier cuts, tokens across cuts, reports (issue 13)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hwflow.config import load_hw
+from hwflow.errors import SyncError
+from hwflow.perf.machine import Machine, MOp, SegmentMemo, barrier_cuts
+
+LD, ST, MM, MV, SFU, SYS = range(6)
+
+
+def _sync(unit: int, wait=(), release=()) -> MOp:
+    return MOp(unit, f"SYNC.{('LD', 'ST', 'MM', 'MV', 'SFU')[unit]}", 1, 1, 1, wait, release)
+
+
+def _barrier(before_units=(LD, MV), after_wait=(SFU,)) -> list[MOp]:
+    """The compiler's barrier with SFU as the hub: SYNC.U -> hub, hub <-> all, hub -> SYNC.U."""
+    return [
+        *(_sync(u, release=(SFU,)) for u in before_units),
+        _sync(SFU, wait=(LD, MV), release=(LD, MV)),
+        *(_sync(u, wait=after_wait) for u in (LD, MV)),
+    ]
+
+
+def _body() -> list[MOp]:
+    return [MOp(LD, "ld", 1, 5, 9, (), (MV,)), MOp(MV, "mv", 1, 7, 12, (LD,)), *_barrier()]
+
+
+def test_barrier_cuts_only_at_a_whole_barrier():
+    """A cut goes after the barrier's last SYNC (index 7 of body + tail) and only when all
+    three parts are there: SYNCs releasing the hub from every other unit, the hub, SYNCs
+    waiting for the hub."""
+    tail = [MOp(MV, "mv2", 1, 2, 2)]
+    assert barrier_cuts([*_body(), *tail]) == [7]
+    # the before-SYNCs come from LD twice, not from LD and MV: no barrier
+    wrong_before = [*_body()[:2], *_barrier(before_units=(LD, LD)), *tail]
+    assert barrier_cuts(wrong_before) == []
+    # the after-SYNCs do not wait for the hub: no barrier
+    no_wait = [*_body()[:2], *_barrier(after_wait=()), *tail]
+    assert barrier_cuts(no_wait) == []
+    # nothing after the barrier: no cut needed
+    assert barrier_cuts(_body()) == []
+
+
+def test_tokens_carried_across_a_cut():
+    """LD releases two tokens to MV before the barrier and MV takes one; the other crosses the
+    cut and feeds MV's op after it. Simulated whole or in segments (memo), the same timeline."""
+    hw = load_hw("tiny")
+    prog = [
+        MOp(LD, "ld1", 1, 5, 9, (), (MV,)),
+        MOp(LD, "ld2", 1, 5, 9, (), (MV,)),
+        MOp(MV, "mv1", 1, 7, 12, (LD,)),
+        *_barrier(),
+        MOp(MV, "mv2", 1, 3, 4, (LD,)),
+    ]
+    assert barrier_cuts(prog) == [8]
+    plain = Machine(hw, trace=True).run(prog)
+    cut = Machine(hw, trace=True).run(prog, SegmentMemo())
+    assert cut.segments == 2 and cut.trace == plain.trace and cut.cycles == plain.cycles
+
+
+def test_zero_beat_op_is_drawn_one_cycle_wide():
+    r = Machine(load_hw("tiny"), trace=True).run([MOp(SFU, "nop", 0, 0, 0)])
+    assert r.trace == [("sfu", "nop", 0, 1)]
+
+
+def test_dispatcher_blocked_on_the_ld_queue_is_reported():
+    """Depth 1: the second LD cannot be queued until the first issues, which waits for an SFU
+    op behind them in program order: the dispatcher is named as blocked on the LD queue."""
+    prog = [MOp(LD, "a", 1, 1, 1, (SFU,)), MOp(LD, "b", 1, 1, 1), MOp(SFU, "s", 1, 1, 1, (), (LD,))]
+    with pytest.raises(SyncError, match="the dispatcher waits for room in the full ld queue"):
+        Machine(load_hw("tiny"), depth=1).run(prog)
+
+
+def test_event_count_of_a_trivial_run():
+    """``events`` counts the SimPy waits of a run plus one start per unit process (6) and
+    the dispatcher (1). Two back-to-back 5-beat SFU ops on an idle machine: the SFU waits
+    out each op's beats once (2 waits), nothing else ever waits: 2 + 6 + 1 = 9."""
+    r = Machine(load_hw("tiny")).run([MOp(SFU, "a", 0, 5, 5), MOp(SFU, "b", 0, 5, 5)])
+    assert r.events == 9 and r.cycles == 10
+    # a 0-beat op has nothing to wait out: 0 + 6 + 1
+    assert Machine(load_hw("tiny")).run([MOp(SFU, "nop", 0, 0, 0)]).events == 7
+
+
+def test_memo_bookkeeping_on_compiled_steps(tmp_path, monkeypatch):
+    """Steps of tiny-llama on tiny cut at their barriers, one memo for all (as the simulator
+    does): in each step every segment is either simulated (a memo miss) or taken from the
+    memo (a hit, counted as reused), and replayed events are a part of the step's events."""
+    from hwflow.config import load_model, load_plan
+    from hwflow.isa import Runtime
+    from hwflow.perf.sim import compile_cached, run_step
+
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    hw = load_hw("tiny")
+    prog = compile_cached(load_model("tiny-llama"), load_plan("flightllm"), hw, 512)
+    memo = SegmentMemo()
+    segments = 0
+    for phase, rt in [
+        ("prefill", Runtime(100, 0)),
+        ("decode", Runtime(1, 99)),
+        ("decode", Runtime(1, 300)),
+    ]:
+        misses, hits = memo.misses, memo.hits
+        s = run_step(hw, prog, phase, rt, memo=memo).stats
+        assert (memo.misses - misses) + (memo.hits - hits) == s.segments
+        assert s.reused == memo.hits - hits
+        assert 0 <= s.replayed_events < s.events
+        segments += s.segments
+    assert memo.misses + memo.hits == segments

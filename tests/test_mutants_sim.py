@@ -1,0 +1,95 @@
+"""The simulator's program cache and its summary row (issue 13)."""
+
+from __future__ import annotations
+
+import pytest
+
+import hwflow.compiler
+from hwflow.config import load_hw, load_model, load_plan
+from hwflow.energy import load_energy_table
+from hwflow.isa import Runtime
+from hwflow.model import step_graph
+from hwflow.perf import sim
+from hwflow.perf.machine import UNITS
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny-llama"), load_plan("flightllm"), load_hw("tiny")
+
+
+def test_programs_are_cached_under_home_and_read_back(tiny, tmp_path, monkeypatch):
+    """README: compiled programs are cached under ~/.cache/hwflow unless HWFLOW_CACHE moves
+    them. A second process (empty in-memory table) reads the file instead of compiling."""
+    monkeypatch.delenv("HWFLOW_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(sim, "_PROGRAMS", type(sim._PROGRAMS)())
+    first = sim.compile_cached(*tiny, 64)
+    files = list((tmp_path / ".cache" / "hwflow" / "programs").glob("*.hwp"))
+    assert len(files) == 1 and files[0].read_bytes() == first.to_bytes()
+    assert sim.compile_cached(*tiny, 64) is first  # the in-memory table
+    monkeypatch.setattr(sim, "_PROGRAMS", type(sim._PROGRAMS)())
+
+    def no_compile(*a, **k):
+        raise AssertionError("compiled again although the cache file is there")
+
+    monkeypatch.setattr(hwflow.compiler, "compile_model", no_compile)
+    again = sim.compile_cached(*tiny, 64)
+    assert again.to_bytes() == first.to_bytes()
+
+
+def test_summary_row(tiny, tmp_path, monkeypatch):
+    """The row a sweep writes: the columns the plots read, action counts consistent with the
+    energy table (joules = count x pJ), every step simulated in exact mode; decode 0 is a
+    prefill-only run."""
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    r = sim.simulate(*tiny, 8, 3, mode="exact")
+    s = r.summary()
+    assert {"decode_bytes_per_token", "roofline_ms_per_token", "tokens_per_j"} <= set(s)
+    assert s["j_per_token"] == pytest.approx(1 / s["tokens_per_j"])
+    seconds = s["total_cycles"] / (s["clock_mhz"] * 1e6)
+    assert s["average_w"] == pytest.approx(s["energy_j"] / seconds)
+    assert s["simulated_steps"] == 4  # the prefill and 3 decode steps, each simulated
+    assert (s["prefill"], s["decode"]) == (8, 3)
+    for u in UNITS:  # fractions of the run: no unit is busy or stalled longer than the run
+        assert 0 <= s[f"util_{u}"] <= 1 and 0 <= s[f"stall_{u}"] <= 1, u
+    t = load_energy_table(tiny[2].energy_table)
+    bits = s["buffer_read_bits"] + s["buffer_write_bits"]
+    assert bits > 0 and s["energy_buffers_j"] == pytest.approx(bits * t.sram_pj_per_bit * 1e-12)
+    hbm = s["hbm_read_bytes"] + s["hbm_write_bytes"]
+    assert s["energy_hbm_j"] == pytest.approx(hbm * 8 * t.hbm_pj_per_bit * 1e-12)
+    p = sim.simulate(*tiny, 8, 0, mode="exact").summary()
+    assert p["decode"] == 0 and p["decode_bytes_per_token"] == 0
+
+
+def test_run_totals_are_the_sums_of_its_steps(tiny, tmp_path, monkeypatch):
+    """An exact run of prefill 8 + decode 3 is four steps one after the other: its cycles,
+    busy and stall cycles per unit are the sums of the four steps run one by one."""
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    cfg, plan, hw = tiny
+    r = sim.simulate(cfg, plan, hw, 8, 3, mode="exact")
+    prog = sim.compile_cached(cfg, plan, hw, min(cfg.max_positions, 2048))
+    steps = [sim.run_step(hw, prog, "prefill", Runtime(8, 0))]
+    steps += [sim.run_step(hw, prog, "decode", Runtime(1, p)) for p in (8, 9, 10)]
+    assert r.total_cycles == sum(s.cycles for s in steps)
+    assert all(s.stats.trace == [] for s in steps)  # no trace unless asked for
+    for u in UNITS:
+        assert r.busy[u] == sum(s.stats.busy[u] for s in steps), u
+        assert r.stall[u] == sum(s.stats.stall[u] for s in steps), u
+    assert sum(r.stall.values()) > 0
+
+
+def test_decode_roofline_is_the_step_bytes_at_sustained_bandwidth(tiny, tmp_path, monkeypatch):
+    """Each decode step's roofline is the bytes that step must move (model.step_graph at its
+    own context) at the achievable bandwidth of tiny.yaml: long reads are 512 B bursts bound by
+    the device, 14.375 GB/s less the refresh share 260 / 3900, on 4 channels, at 100 MHz:
+    4 x 14.375 x 14 / 15 / 0.1 = 536.67 B per cycle. Short runs (<= 4 steps) and long ones
+    (interpolated)."""
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    cfg, plan, hw = tiny
+    BW = 4 * 14.375 * 14 / 15 / 0.1
+    for decode in (3, 9):
+        r = sim.simulate(cfg, plan, hw, 8, decode, mode="fast")
+        want = [step_graph(cfg, plan, "decode", 1, p).hbm_bytes / BW for p in range(8, 8 + decode)]
+        assert r.decode_roofline_cycles == pytest.approx(want, rel=1e-9)
+        assert want[-1] > want[0]  # the KV cache grows with the context
