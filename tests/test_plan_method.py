@@ -66,6 +66,6 @@ def test_method_changes_the_sweep_cache_key(tmp_path):
     keys = []
     for method in ("magnitude", "sparsegpt"):
         path = _plan(tmp_path, f"{{prune: {method}}}")  # the same file, rewritten
-        point = Point("tiny-llama", "tiny", (), str(path), (), 16, 4, "both")
-        keys.append(point_key(point, "code"))
+        point = Point("tiny-llama", "tiny", (), str(path), (), 16, 4, "fast")
+        keys.append(point_key(point))
     assert keys[0] != keys[1]
