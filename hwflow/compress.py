@@ -204,11 +204,26 @@ def _absmax(t: np.ndarray, axis: Any = None) -> np.ndarray:
     return np.maximum(np.abs(t).max(axis=axis), 1e-30)
 
 
-def _head_max(t: np.ndarray, n: int) -> np.ndarray:
-    """Per-head max |t| of [T, n*hd] (or [n, T, hd]) -> [n]."""
-    if t.ndim == 3:
-        return _absmax(t, axis=(1, 2))
-    return _absmax(t.reshape(t.shape[0], n, -1), axis=(0, 2))
+#: Clip ratios (of the calibrated maximum) searched for the static per-head INT8 scales.
+CLIP_GRID = np.linspace(1.0, 0.4, 13)
+
+
+def _head_clip(ts: list[np.ndarray], n: int) -> np.ndarray:
+    """Per-head clipping value of INT8 tensors ``ts`` (each [T, n*hd] or [n, T, hd], the same
+    heads): the ratio of CLIP_GRID times the head's maximum with the least squared quantization
+    error over the calibration values. Measured on SmolLM2-135M (w8a8, 256 tokens): max-based
+    scales 22.35 perplexity, clipped 22.17 (float 21.67)."""
+    heads = [t if t.ndim == 3 else t.reshape(t.shape[0], n, -1).transpose(1, 0, 2) for t in ts]
+    out = np.empty(n)
+    for h in range(n):
+        x = np.concatenate([t[h].ravel() for t in heads])
+        top = max(float(np.abs(x).max()), 1e-30)
+        err = [
+            np.sum((x - np.clip(np.rint(x / (top * r / 127)), -127, 127) * (top * r / 127)) ** 2)
+            for r in CLIP_GRID
+        ]
+        out[h] = top * CLIP_GRID[int(np.argmin(err))]
+    return out
 
 
 def _calibrate(cfg: ModelConfig, plan: CompressionPlan, w: dict[str, np.ndarray], ids: np.ndarray):
@@ -269,11 +284,11 @@ def quantize_model(
             row_inputs[op.output] = gs / 127
         elif op.kind == "rope":
             n = cfg.heads if op.name.endswith("rope_q") else cfg.kv_heads
-            hmax = np.maximum(_head_max(ten[op.inputs[0]], n), _head_max(ten[op.output], n))
+            hmax = _head_clip([ten[op.inputs[0]], ten[op.output]], n)
             scales[op.inputs[0]] = scales[op.output] = hmax / 127
         elif op.kind == "lut":
             src = op.inputs[0]
-            scales[src] = float(_absmax(ten[src])) / 32767
+            scales[src] = float(_absmax(ten[src])) * 2**HEADROOM_BITS / 32767
             if cfg.gated_mlp:
                 scales[op.output] = scales[src]
                 params[op.name] = _mult(nx.SIG_STEPS * scales[src])
@@ -282,15 +297,19 @@ def quantize_model(
                 row_inputs[op.output] = scales[src] / 127
         elif op.kind == "mul":
             a, b = op.inputs
-            scales[b] = float(_absmax(ten[b])) / 32767
+            scales[b] = float(_absmax(ten[b])) * 2**HEADROOM_BITS / 32767
             row_inputs[op.output] = scales[a] * scales[b] / 127
     # static scales of the rest: per-head q/k/v (OPT: no rope), a, logits
     for li in range(cfg.layers):
         p = f"L{li}."
         for t, n in (("q", cfg.heads), ("k", cfg.kv_heads), ("v", cfg.kv_heads)):
             if p + t not in scales:
-                scales[p + t] = _head_max(ten[p + t], n) / 127
-        scales[p + "a"] = float(_absmax(ten[p + "a"])) / 127
+                scales[p + t] = _head_clip([ten[p + t]], n) / 127
+        # the attention output per head: each head's own INT8 scale, folded into o's columns
+        # (exact in real arithmetic), so o reads one tensor at scale 1
+        sa = _head_clip([ten[p + "a"]], cfg.heads) / 127
+        scales[p + "a.heads"], scales[p + "a"] = sa, 1.0
+        w[p + "o.w"] = w[p + "o.w"] * np.repeat(sa, hd)[None, :]
         scales[p + "p"] = 1.0  # probabilities are normalised in P x V
         for t in ("x1", "o", "d"):  # residual-stream tensors
             scales[p + t] = 2.0**-res_frac
@@ -315,7 +334,8 @@ def quantize_model(
             params[op.name] = {"mult": m, "shift": s}
         elif op.kind == "pv":
             sv = np.repeat(np.asarray(scales[f"L{op.layer}.v"]), rep)
-            m, s = nx.quant_multiplier(sv * 2.0**-PV_GUARD / scales[op.output])
+            sa = np.asarray(scales[op.output + ".heads"])
+            m, s = nx.quant_multiplier(sv * 2.0**-PV_GUARD / sa)
             params[op.name] = {"mult": m, "shift": s, "guard": PV_GUARD}
     for name, s_in in row_inputs.items():
         scales[name] = s_in
