@@ -152,23 +152,29 @@ def _run_checkpoint(args: argparse.Namespace) -> int:
         )
         return 0
     table = Table(title=f"{cfg.name}: perplexity on {tokens} tokens of {source.name}")
-    table.add_column("model")
+    table.add_column("model", no_wrap=True)
     table.add_column("perplexity", justify="right")
     table.add_column("x float", justify="right")
     table.add_row("float64", f"{float_ppl.ppl:.3f}", "1.00")
     for name, value in ppl.items():
         table.add_row(name, f"{value:.3f}", f"{value / float_ppl.ppl:.2f}")
-    Console().print(table)
+    _wide_console(table).print(table)
     _print_sqnr(sqnr, f"{cfg.name}: compressed vs float64 on the same {tokens} tokens")
     return 0
 
 
 def _print_sqnr(results: dict[str, list[dict[str, Any]]], title: str) -> None:
     table = Table(title=title)
-    table.add_column("tensor")
+    table.add_column("tensor", no_wrap=True)
     for plan_name in results:
-        table.add_column(f"{plan_name}\nSQNR dB / max err", justify="right")
+        table.add_column(f"{plan_name}\nSQNR dB / max err", justify="right", no_wrap=True)
     for i, row in enumerate(next(iter(results.values()))):
         cells = [f"{r[i]['sqnr_db']:.1f} / {r[i]['max_abs_error']:.3g}" for r in results.values()]
         table.add_row(row["tensor"], *cells)
-    Console().print(table)
+    _wide_console(table).print(table)
+
+
+def _wide_console(table: Table) -> Console:
+    """A console as wide as the table needs (names are not cut at 80 columns off a terminal)."""
+    width = Console(width=10_000).measure(table).maximum
+    return Console(width=max(width, Console().width))
