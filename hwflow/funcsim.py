@@ -37,6 +37,7 @@ from hwflow.compiler.layout import HbmLayout, unpack_rows
 from hwflow.config import HardwarePreset, ModelConfig
 from hwflow.errors import ConfigError, ProgramError, SyncError
 from hwflow.isa import (
+    MATMUL_FUNCS,
     ROW_FACTOR_BYTES,
     SFU_FORMATS,
     SFU_FUNCS,
@@ -310,16 +311,19 @@ class FuncSim:
 
     def _matmul(self, c: Concrete) -> None:
         func, rows, cols, k = c["func"], c["rows"], c["cols"], c["k"]
+        if func >= len(MATMUL_FUNCS):
+            raise ProgramError(f"pc {c.pc}: matrix func {func} unknown")
+        kind = MATMUL_FUNCS[func]
         obits = c["obits"]
         if obits not in _WIDTH:
             raise ProgramError(f"pc {c.pc}: output width obits={obits} (allowed: 8, 16, 32)")
         row = self._rows(c, "a", rows) if c["arow"] else nx.unit_rows(rows)
-        if func in (0, 3):  # linear, head: weight tile blob at b
+        if kind in ("linear", "head"):  # weight tile blob at b
             codes, bias, mult, shift = self._tile(c)
             acc = nx.matmul_int(self._operand(c, "a", rows, k, "i1"), codes)
             (guard,) = self._params(c, 1)
             out = nx.linear_out(acc, mult, shift, obits, row, guard, bias)
-        elif func == 1:  # qk: A [rows, k] x K [cols, k]
+        elif kind == "qk":  # A [rows, k] x K [cols, k]
             mult, shift = self._params(c, 2)
             acc = nx.matmul_int(
                 self._operand(c, "a", rows, k, "i1"), self._operand(c, "b", cols, k, "i1")
