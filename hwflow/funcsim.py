@@ -50,7 +50,7 @@ from hwflow.isa import (
     dispatch,
     expand,
 )
-from hwflow.model import BIAS_BYTES, REQ_PARAM_BYTES
+from hwflow.model import BIAS_BYTES, REQ_PARAM_BYTES, block_keep
 from hwflow.numerics import RESIDUAL_BITS
 
 __all__ = ["FuncSim", "StepStats", "boundary_lengths", "check_against_reference"]
@@ -384,8 +384,7 @@ class FuncSim:
                 kp = np.arange(cols)[None, :]
                 mask = np.broadcast_to(kp <= q, (rows, cols))
                 if c["mask"] == 2:
-                    qb, kb = q // c["blk"], kp // c["blk"]
-                    mask = mask & ((kb < c["glob"]) | (qb - kb < c["local"]))
+                    mask = mask & block_keep(q, kp, c["blk"], c["glob"], c["local"])
             out, total = nx.softmax_rows(x, mask)
             rf = nx.recip_factor(total)
         elif name == "rope":

@@ -34,6 +34,7 @@ __all__ = [
     "Op",
     "StepGraph",
     "attention_mask",
+    "block_keep",
     "has_bias",
     "linear_bytes",
     "step_graph",
@@ -153,9 +154,17 @@ def attention_mask(
     if cfg.sliding_window:
         mask &= q - kpos < cfg.sliding_window
     if phase == "prefill" and attn.pattern == "block":
-        qb, kb = q // attn.block, kpos // attn.block
-        mask &= (kb < attn.global_blocks) | (qb - kb < attn.local_blocks)
+        mask &= block_keep(q, kpos, attn.block, attn.global_blocks, attn.local_blocks)
     return mask
+
+
+def block_keep(
+    q: np.ndarray, kpos: np.ndarray, block: int, global_blocks: int, local_blocks: int
+) -> np.ndarray:
+    """The block-sparse pattern (broadcast over query and key positions): a query block keeps
+    the first ``global_blocks`` key blocks and the ``local_blocks`` nearest, its own included."""
+    qb, kb = q // block, kpos // block
+    return (kb < global_blocks) | (qb - kb < local_blocks)
 
 
 def _block_kept(mask: np.ndarray, block: int) -> int:
