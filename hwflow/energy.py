@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from hwflow.config import MAPPINGS, HardwarePreset, _read, _Sourced, _validate
+from hwflow.config import MAPPINGS, HardwarePreset, Sourced, read_data, validate_data
 from hwflow.errors import ConfigError
 
 __all__ = ["Actions", "Energy", "EnergyTable", "energy", "load_energy_table"]
@@ -51,7 +51,7 @@ class Actions:
         return sum(self.macs.values())
 
 
-class EnergyTable(_Sourced):
+class EnergyTable(Sourced):
     """Energy per action of one board; every number cites its source in ``sources``."""
 
     name: str
@@ -76,7 +76,7 @@ def load_energy_table(ref: str | Path) -> EnergyTable:
                 f"energy table {str(ref)!r} not found (shipped: {', '.join(shipped)})"
             )
         p = cand
-    return _validate(EnergyTable, _read(p), p)
+    return validate_data(EnergyTable, read_data(p), p)
 
 
 @dataclass(frozen=True)

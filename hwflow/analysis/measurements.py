@@ -14,13 +14,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from hwflow.config import MAPPINGS, _Frozen, _read, _validate, load_hw
+from hwflow.config import MAPPINGS, Frozen, load_hw, read_data, validate_data
 from hwflow.costs import hbm_stream_gbps
 
 __all__ = ["FlightLlmFigure", "HbmPoint", "flightllm_figures", "hbm_points", "model_gbps"]
 
 
-class HbmPoint(_Frozen):
+class HbmPoint(Frozen):
     """One published HBM bandwidth figure."""
 
     name: str
@@ -34,14 +34,14 @@ class HbmPoint(_Frozen):
     source: str
 
 
-class _HbmFile(_Frozen):
+class _HbmFile(Frozen):
     points: tuple[HbmPoint, ...]
 
 
 def hbm_points(path: str | Path | None = None) -> tuple[HbmPoint, ...]:
     """The points of ``mappings/measurements/hbm.yaml`` (or ``path``)."""
     p = Path(path) if path else MAPPINGS / "measurements" / "hbm.yaml"
-    return _validate(_HbmFile, _read(p), p).points
+    return validate_data(_HbmFile, read_data(p), p).points
 
 
 def model_gbps(point: HbmPoint) -> float:
@@ -53,7 +53,7 @@ def model_gbps(point: HbmPoint) -> float:
     )
 
 
-class FlightLlmFigure(_Frozen):
+class FlightLlmFigure(Frozen):
     """One published FlightLLM result and the hwflow case that replicates it."""
 
     name: str
@@ -67,11 +67,11 @@ class FlightLlmFigure(_Frozen):
     source: str
 
 
-class _FlightLlmFile(_Frozen):
+class _FlightLlmFile(Frozen):
     figures: tuple[FlightLlmFigure, ...]
 
 
 def flightllm_figures(path: str | Path | None = None) -> tuple[FlightLlmFigure, ...]:
     """The figures of ``mappings/measurements/flightllm.yaml`` (or ``path``)."""
     p = Path(path) if path else MAPPINGS / "measurements" / "flightllm.yaml"
-    return _validate(_FlightLlmFile, _read(p), p).figures
+    return validate_data(_FlightLlmFile, read_data(p), p).figures
