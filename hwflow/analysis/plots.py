@@ -247,9 +247,9 @@ def _efficiency(plt: Any, ok: list[dict[str, Any]], style: _Style) -> Any:
         title += "\nGPU stars: HBM-roofline estimates at the model's own bytes per token"
         fig.text(
             0.01,
-            0.0,
+            -0.03,
             "GPU stars: tokens/s = datasheet HBM bandwidth / the model's own bytes per token at"
-            " FP16 or INT4 weights (an upper bound); tokens/J = that at TDP, a lower bound for"
+            " FP16 or INT4 weights (an upper bound);\ntokens/J = that at TDP, a lower bound for"
             " that rate (mappings/gpus.yaml, docs/SOURCES.md); not measurements",
             fontsize=6,
             color="tab:gray",
