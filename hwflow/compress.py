@@ -262,14 +262,34 @@ def quantize_model(
     res_max = max(float(_absmax(ten[f"x{li}"])) for li in range(cfg.layers + 1))
     res_frac = math.floor(math.log2((2**31 - 1) / res_max)) - HEADROOM_BITS
     scales: dict[str, Any] = {f"x{li}": 2.0**-res_frac for li in range(cfg.layers + 1)}
-    quant = plan.resolve(cfg)
-    linears: dict[str, QLinear] = {}
     params: dict[str, dict[str, Any]] = {}
-    rep = cfg.heads // cfg.kv_heads
-    hd = cfg.head_dim
     row_inputs: dict[str, float] = {}  #: per-row tensor -> static scale (row factor aside)
-    calibs: dict[str, Calibration] = {}  #: input statistics shared by the linears reading them
+    _elementwise_params(cfg, graph, w, ten, res_frac, scales, params, row_inputs)
+    _static_scales(cfg, w, ten, res_frac, scales)
+    linears = _matmul_params(cfg, plan, graph, w, ten, scales, params, row_inputs)
+    for name, s_in in row_inputs.items():
+        scales[name] = s_in
+    if cfg.positions == "rope":
+        cos, sin = nx.rope_tables(cfg.max_positions, cfg.head_dim, cfg.rope_theta)
+    else:
+        cos = sin = np.zeros((0, 0), np.int64)
+    return QuantizedModel(
+        cfg, plan, linears, params, scales, res_frac, cos, sin, w["embed"], w.get("pos")
+    )
 
+
+def _elementwise_params(
+    cfg: ModelConfig,
+    graph: Any,
+    w: dict[str, np.ndarray],
+    ten: dict[str, np.ndarray],
+    res_frac: int,
+    scales: dict[str, Any],
+    params: dict[str, dict[str, Any]],
+    row_inputs: dict[str, float],
+) -> None:
+    """Norm gains and pre-shifts, RoPE's per-head scales, the INT16 gate/up scales and SiLU
+    index multiplier; which tensors carry row factors (with their static scale)."""
     for op in graph.ops:
         if op.kind == "norm":
             g = w.get(op.name + ".g", np.ones(cfg.hidden))
@@ -299,7 +319,18 @@ def quantize_model(
             a, b = op.inputs
             scales[b] = float(_absmax(ten[b])) * 2**HEADROOM_BITS / 32767
             row_inputs[op.output] = scales[a] * scales[b] / 127
-    # static scales of the rest: per-head q/k/v (OPT: no rope), a, logits
+
+
+def _static_scales(
+    cfg: ModelConfig,
+    w: dict[str, np.ndarray],
+    ten: dict[str, np.ndarray],
+    res_frac: int,
+    scales: dict[str, Any],
+) -> None:
+    """Static scales of the rest: per-head q/k/v (OPT: no RoPE), the attention output per head
+    (folded into o's columns: ``w`` is updated), the residual-stream tensors, the logits."""
+    hd = cfg.head_dim
     for li in range(cfg.layers):
         p = f"L{li}."
         for t, n in (("q", cfg.heads), ("k", cfg.kv_heads), ("v", cfg.kv_heads)):
@@ -315,6 +346,23 @@ def quantize_model(
             scales[p + t] = 2.0**-res_frac
     scales["logits"] = float(_absmax(ten["logits"])) * 2**HEADROOM_BITS / (2**31 - 1)
 
+
+def _matmul_params(
+    cfg: ModelConfig,
+    plan: CompressionPlan,
+    graph: Any,
+    w: dict[str, np.ndarray],
+    ten: dict[str, np.ndarray],
+    scales: dict[str, Any],
+    params: dict[str, dict[str, Any]],
+    row_inputs: dict[str, float],
+) -> dict[str, QLinear]:
+    """Every linear compressed by the plan's method; the scores' and P x V's multipliers."""
+    quant = plan.resolve(cfg)
+    linears: dict[str, QLinear] = {}
+    calibs: dict[str, Calibration] = {}  #: input statistics shared by the linears reading them
+    rep = cfg.heads // cfg.kv_heads
+    hd = cfg.head_dim
     for op in graph.ops:
         if op.kind in ("linear", "head"):
             lq = quant[(op.layer, op.name.split(".")[1])] if op.kind == "linear" else plan.head()
@@ -337,15 +385,7 @@ def quantize_model(
             sa = np.asarray(scales[op.output + ".heads"])
             m, s = nx.quant_multiplier(sv * 2.0**-PV_GUARD / sa)
             params[op.name] = {"mult": m, "shift": s, "guard": PV_GUARD}
-    for name, s_in in row_inputs.items():
-        scales[name] = s_in
-    if cfg.positions == "rope":
-        cos, sin = nx.rope_tables(cfg.max_positions, cfg.head_dim, cfg.rope_theta)
-    else:
-        cos = sin = np.zeros((0, 0), np.int64)
-    return QuantizedModel(
-        cfg, plan, linears, params, scales, res_frac, cos, sin, w["embed"], w.get("pos")
-    )
+    return linears
 
 
 def _needs_calibration(method: CompressionMethod) -> bool:
