@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from hwflow.calib import Calibration
-from hwflow.commands._common import print_json, seed
+from hwflow.commands._common import positive, print_json, seed
 from hwflow.config import ModelConfig, _parse_nm, load_model
 from hwflow.errors import ConfigError
 from hwflow.prune import PRUNE_METHODS, prune
@@ -67,23 +67,13 @@ def _methods(text: str) -> list[str]:
     return out
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r} (allowed: a whole number >= 1)")
-    return value
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model config for the shapes (default: SmolLM2-135M's)")
-    p.add_argument("--layers", type=_positive, help="layers to run (default: all)")
-    p.add_argument("--tokens", type=_positive, default=256, help="calibration tokens (256)")
+    p.add_argument("--layers", type=positive, help="layers to run (default: all)")
+    p.add_argument("--tokens", type=positive, default=256, help="calibration tokens (256)")
     p.add_argument("--sparsity", default="4:16", help="N:M of the pruning methods (4:16)")
     p.add_argument("--bits", type=int, choices=(2, 3, 4, 8), default=4, help="weight bits (4)")
-    p.add_argument("--group", type=_positive, help="group size of the quantizers (per channel)")
+    p.add_argument("--group", type=positive, help="group size of the quantizers (per channel)")
     p.add_argument(
         "--methods",
         type=_methods,
