@@ -41,7 +41,8 @@ Operations
   guard per op; inputs without row factors use the factor 1, ``m = 2**14, e = 14``), then the INT32 bias (at ``y``'s
   scale) is added, then the *channel stage* ``out = saturate(round_shift(y * mult[o], shift[o]))``
   to the output width (8, 16 or 32 bits). ``mult`` is an unsigned 15-bit integer,
-  ``0 <= shift <= 47``. ``round_shift(x, s) = (x + 2**(s-1)) >> s`` (arithmetic shift: round half
+  ``0 <= shift <= 47``. INT8 results saturate to the symmetric -127..127 (the dual-INT8 DSP
+  packing needs activations >= -127). ``round_shift(x, s) = (x + 2**(s-1)) >> s`` (arithmetic shift: round half
   towards +infinity); a negative ``s`` is an exact left shift.
 * **Per-row quantization** (:func:`quant_rows`): ``M = max(max|v|, 1)`` per row,
   ``q = sat8(round_shift(v * ((127 << 46) // M), 46))``, row factor ``M`` (``v ~= q * M / 127``).
@@ -79,6 +80,7 @@ import math
 import numpy as np
 
 __all__ = [
+    "ACT_MIN",
     "EXP2_FRAC",
     "GATE_BITS",
     "NORM_FRAC",
@@ -135,11 +137,17 @@ GATE_BITS = 16  #: width of the gate/up outputs (SiLU input)
 SIG_STEPS = 64  #: SiLU's sigmoid table steps per unit of the real input
 SIG_HALF = 1024  #: half the sigmoid table's entries (covers [-16, 16) at 1/64)
 QROW_SHIFT = 46  #: fraction bits of quant_rows' reciprocal
+#: INT8 activations are symmetric, -127..127: a dual-INT8 DSP48E2 packs the upper activation
+#: as ``a << 19`` into the 27-bit pre-adder, exact only for a >= -127 (hwflow.hw.params).
+ACT_MIN = -127
 
 
 def saturate(x: np.ndarray, bits: int = 8) -> np.ndarray:
-    """Clip to the signed range of ``bits`` and return the smallest fitting int dtype."""
+    """Clip to the signed range of ``bits`` (INT8: the symmetric -127..127, :data:`ACT_MIN`)
+    and return the smallest fitting int dtype."""
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if bits == 8:
+        lo = ACT_MIN
     out = np.clip(x, lo, hi)
     return out.astype(
         np.int8 if bits <= 8 else np.int16 if bits <= 16 else np.int32 if bits <= 32 else np.int64

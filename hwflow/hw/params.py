@@ -44,7 +44,7 @@ from hwflow.config import HardwarePreset
 from hwflow.costs import chain_latency
 from hwflow.errors import UnsupportedError
 from hwflow.hw.requant import PER_TOKEN_EXTRA_STAGES
-from hwflow.numerics import REQ_MULT_BITS, REQ_SHIFT_MAX
+from hwflow.numerics import ACT_MIN, REQ_MULT_BITS, REQ_SHIFT_MAX
 
 __all__ = ["ACC_BITS", "DUAL_ACT_MIN", "EngineParams", "dual_act_clamp"]
 
@@ -58,8 +58,8 @@ _A_PORT_BITS = 27
 #: 16-stage chain), ``-128 << 19`` is already -2**26, the most negative 27-bit value, and any
 #: negative d overflows it; ``-127 << 19`` leaves 2**19 of room for every d in -128..127, so
 #: with a >= -127 the operand is exact in 27 bits (8 + F <= 27). The numerics contract's
-#: symmetric INT8 activations (-127..127) pass unchanged.
-DUAL_ACT_MIN = -127
+#: symmetric INT8 activations (:data:`hwflow.numerics.ACT_MIN`) pass unchanged.
+DUAL_ACT_MIN = ACT_MIN
 #: Largest |activation x weight| product: INT8 activations, weights in -127..127 (the
 #: numerics contract never produces -128).
 _MAX_PRODUCT = 128 * 127

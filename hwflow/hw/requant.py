@@ -22,7 +22,7 @@ from amaranth.hdl import Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hwflow.numerics import REQ_MULT_BITS, REQ_SHIFT_MAX
+from hwflow.numerics import ACT_MIN, REQ_MULT_BITS, REQ_SHIFT_MAX
 
 __all__ = ["PER_TOKEN_EXTRA_STAGES", "Requantizer"]
 
@@ -42,7 +42,10 @@ def _round_shift(m: Module, x: Value, shift: Value, width: int) -> Signal:
 
 
 def _saturate(x: Value, bits: int) -> Value:
+    """:func:`hwflow.numerics.saturate` (INT8: the symmetric -127..127)."""
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if bits == 8:
+        lo = ACT_MIN
     return Mux(x > hi, hi, Mux(x < lo, lo, x))
 
 
