@@ -227,11 +227,7 @@ def _efficiency(plt: Any, ok: list[dict[str, Any]], style: _Style) -> Any:
             ha="right" if left else "left",
             va="top" if left else "bottom",
         )
-    front = pareto(list(zip(xs, ys, strict=True)))
-    fx, fy = [xs[i] for i in front], [ys[i] for i in front]
-    ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="tab:red", label="Pareto front")
-    if len(front) > 1:
-        ax.plot(fx, fy, "-", color="tab:red", lw=0.8, alpha=0.6)
+    _ring_front(ax, xs, ys, pareto(list(zip(xs, ys, strict=True))))
     gpu_pts = _gpu_points(ok)
     title = f"Energy efficiency: {_case(ok)}"
     if gpu_pts:
@@ -275,6 +271,14 @@ def pareto_min_max(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def _ring_front(ax: Any, xs: list[float], ys: list[float], front: list[int]) -> None:
+    """Ring the Pareto points (joined when there are several)."""
+    fx, fy = [xs[i] for i in front], [ys[i] for i in front]
+    ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="tab:red", label="Pareto front")
+    if len(front) > 1:
+        ax.plot(fx, fy, "-", color="tab:red", lw=0.8, alpha=0.6)
+
+
 def _quality(plt: Any, ok: list[dict[str, Any]], style: _Style) -> Any:
     """tokens/J against the plan's perplexity on real text (lower is better), Pareto front:
     what each step of efficiency costs in quality. Needs the ``ppl`` column."""
@@ -290,11 +294,7 @@ def _quality(plt: Any, ok: list[dict[str, Any]], style: _Style) -> Any:
         ax.annotate(
             _plan(r), (x, y), fontsize=6, color=colour, xytext=(5, 2), textcoords="offset points"
         )
-    front = pareto_min_max(list(zip(xs, ys, strict=True)))
-    fx, fy = [xs[i] for i in front], [ys[i] for i in front]
-    ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="tab:red", label="Pareto front")
-    if len(front) > 1:
-        ax.plot(fx, fy, "-", color="tab:red", lw=0.8, alpha=0.6)
+    _ring_front(ax, xs, ys, pareto_min_max(list(zip(xs, ys, strict=True))))
     fl = [r["float_ppl"] for r in rows if isinstance(r.get("float_ppl"), float)]
     if fl:
         ax.axvline(fl[0], color="tab:gray", ls=":", lw=0.9, label=f"float64 ({fl[0]:.3g})")
