@@ -1,5 +1,6 @@
-"""Sweeps: the cross product of hardware parameters, plans and lengths, run in parallel
-processes, cached on disk, written as one CSV row per point.
+"""Sweeps: the cross product of hardware parameters, plans and lengths, run in parallel on a
+Dask cluster (local by default, :mod:`hwflow.analysis.distributed`), cached on disk, written
+as one CSV row per point.
 
 Grid file (YAML)::
 
@@ -36,7 +37,6 @@ import csv
 import io
 import itertools
 import json
-import multiprocessing as mp
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +49,7 @@ from hwflow.analysis.quality import QualitySpec, plan_quality, quality_spec
 from hwflow.config import (
     CompressionPlan,
     HardwarePreset,
+    ModelConfig,
     first_error,
     load_hw,
     load_model,
@@ -57,8 +58,18 @@ from hwflow.config import (
 )
 from hwflow.energy import load_energy_table
 from hwflow.errors import ConfigError, HwflowError
+from hwflow.isa import Program
 
-__all__ = ["Grid", "Point", "apply_hw", "load_grid", "run_sweep", "write_csv"]
+__all__ = [
+    "Grid",
+    "Point",
+    "apply_hw",
+    "load_grid",
+    "resolve_point",
+    "run_point",
+    "run_sweep",
+    "write_csv",
+]
 
 _GRID_KEYS = {"model", "presets", "hw", "plans", "plan_axes", "lengths", "mode", "quality"}
 
@@ -230,7 +241,9 @@ def _plan_for(point: Point) -> CompressionPlan:
         raise ConfigError(f"plan {name}: {first_error(e)}") from None
 
 
-def _resolve(point: Point):
+def resolve_point(point: Point) -> tuple[ModelConfig, HardwarePreset, CompressionPlan]:
+    """The model, preset (with the point's changes) and plan of ``point``; HwflowError when
+    one of them does not validate."""
     cfg = load_model(point.model)
     hw = apply_hw(load_hw(point.preset), point.hw)
     plan = _plan_for(point)
@@ -242,7 +255,7 @@ def point_key(point: Point) -> str:
     that determines its result: the resolved model, preset (its digest) and plan, the energy
     table the preset names, and the package source (:func:`hwflow.cache.key`)."""
     try:
-        cfg, hw, plan = _resolve(point)
+        cfg, hw, plan = resolve_point(point)
         table = load_energy_table(hw.energy_table) if hw.energy_table else None
         what: list[Any] = [cfg, hw.digest, plan, table]
     except HwflowError as e:
@@ -253,20 +266,29 @@ def point_key(point: Point) -> str:
 def _invalid_row(point: Point) -> dict[str, Any] | None:
     """The row of a point whose preset or plan does not even validate, else None."""
     try:
-        _resolve(point)
+        resolve_point(point)
     except HwflowError as e:
         return {**point.label(), "status": "invalid", "reason": str(e)}
     return None
 
 
-def run_point(point: Point) -> dict[str, Any]:
-    """Simulate one point; an invalid point becomes a row with its reason."""
+def run_point(point: Point, program: Program | None = None) -> dict[str, Any]:
+    """Simulate one point (on ``program`` when given: the point's compiled program, shared by
+    the points of a distributed sweep); an invalid point becomes a row with its reason."""
     from hwflow.perf.sim import simulate
 
     row: dict[str, Any] = point.label()
     try:
-        cfg, hw, plan = _resolve(point)
-        res = simulate(cfg, plan, hw, point.prefill, point.decode, mode=point.mode)  # type: ignore[arg-type]
+        cfg, hw, plan = resolve_point(point)
+        res = simulate(
+            cfg,
+            plan,
+            hw,
+            point.prefill,
+            point.decode,
+            mode=point.mode,
+            program=program,  # type: ignore[arg-type]
+        )
     except HwflowError as e:
         row.update(status="invalid", reason=str(e))
         return row
@@ -278,22 +300,23 @@ def run_point(point: Point) -> dict[str, Any]:
     return row
 
 
-def _worker(args: tuple[Point, str]) -> tuple[str, dict[str, Any]]:
-    point, key = args
-    return key, run_point(point)
-
-
 def run_sweep(
     grid: Grid,
     cache_dir: Path,
     *,
     workers: int = 2,
+    scheduler: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     note: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every point not already in ``cache_dir``; return all rows in grid order.
-    ``note`` hears how many points came from the cache, ``progress(done, total)`` counts.
-    A point invalid before it runs (its preset or plan does not validate) is not cached."""
+
+    With ``scheduler`` (a Dask scheduler address) the points run on that cluster, else with
+    ``workers`` > 1 on a local Dask cluster of that many processes, else in this process
+    (:mod:`hwflow.analysis.distributed`). ``note`` hears how many points came from the cache
+    and how many failed, ``progress(done, total)`` counts. A point invalid before it runs (its
+    preset or plan does not validate) and a failed point (its worker died, or it raised) are
+    not cached: the next run tries them again."""
     cache_dir = Path(cache_dir)
     keys = [point_key(p) for p in grid.points]
     rows: dict[str, dict[str, Any]] = {}
@@ -329,15 +352,26 @@ def run_sweep(
         if progress:
             progress(done, len(grid.points))
 
-    if todo:
-        if workers <= 1 or len(todo) == 1:
-            for k, p in todo.items():
-                store(k, run_point(p))
-        else:
-            ctx = mp.get_context("fork")
-            with ctx.Pool(workers) as pool:
-                for k, row in pool.imap_unordered(_worker, [(p, k) for k, p in todo.items()]):
-                    store(k, row)
+    failed = 0
+
+    def fail(k: str, row: dict[str, Any]) -> None:
+        nonlocal done, failed
+        rows[k] = row
+        done += 1
+        failed += 1
+        if progress:
+            progress(done, len(grid.points))
+
+    if todo and scheduler is None and (workers <= 1 or len(todo) == 1):
+        for k, p in todo.items():
+            store(k, run_point(p))
+    elif todo:
+        from hwflow.analysis.distributed import dask_client, run_points
+
+        with dask_client(scheduler, workers) as client:
+            run_points(client, todo, store, fail)
+    if failed and note:
+        note(f"sweep: {failed} points failed (not cached: a rerun tries them again)")
     out = [rows[k] for k in keys]
     if grid.quality is not None:
         _add_quality(grid, out, note)

@@ -77,7 +77,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     w.add_argument("grid", type=Path, help="grid YAML")
     w.add_argument("-o", "--output", type=Path, required=True, help="results CSV")
-    w.add_argument("--workers", type=positive, default=2, help="parallel processes")
+    w.add_argument(
+        "--workers",
+        type=positive,
+        default=2,
+        help="processes of the local Dask cluster (ignored with --scheduler; 1: in this process)",
+    )
+    w.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on the Dask cluster of this scheduler (tcp://host:8786; start it with "
+        "`dask scheduler` and `dask worker ADDRESS` on each machine) instead of a local one",
+    )
     w.add_argument("--cache", type=Path, help="cache directory (default: next to the output)")
     w.set_defaults(func=run_sweep)
 
@@ -218,19 +229,34 @@ def run_sweep(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid)
     cache = args.cache or args.output.parent / f".{args.output.stem}.cache"
     with Progress() as prog:
-        rows = run_sweep(grid, cache, workers=args.workers, progress=prog.step, note=prog.note)
+        rows = run_sweep(
+            grid,
+            cache,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            progress=prog.step,
+            note=prog.note,
+        )
     bad = [r for r in rows if r.get("status") != "ok"]
     for r in bad:
-        print(f"invalid point {_point_name(r)}: {r.get('reason')}", file=sys.stderr)
+        print(f"{r.get('status')} point {_point_name(r)}: {r.get('reason')}", file=sys.stderr)
     if len(bad) == len(rows):
         print(
-            f"hwflow sweep: error: all {len(rows)} points of {args.grid} are invalid "
+            f"hwflow sweep: error: all {len(rows)} points of {args.grid} are invalid or failed "
             "(no results CSV written)",
             file=sys.stderr,
         )
         return 2
     atomic_write(args.output, write_csv(rows))
-    print(f"{len(rows)} points ({len(bad)} invalid) -> {args.output}")
+    failed = sum(r.get("status") == "failed" for r in rows)
+    print(f"{len(rows)} points ({len(bad) - failed} invalid, {failed} failed) -> {args.output}")
+    if failed:
+        print(
+            f"hwflow sweep: error: {failed} points failed (their workers died or they raised); "
+            "finished points are cached, rerun the same command to retry only those",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 
