@@ -847,8 +847,9 @@ def available(kind: str) -> list[str]:
     )
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, but a mapping naming one key twice is an error (the plain loader
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """YAML's safe loader (libyaml's C parser when PyYAML has it: sweeps read thousands of
+    preset and plan files), but a mapping naming one key twice is an error (the plain loader
     keeps the last value silently: a typo'd override would go unnoticed)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:

@@ -57,7 +57,7 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Client]:
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
-                silence_logs=logging.ERROR,
+                silence_logs=logging.CRITICAL,  # shutdown races log noise; failures come back through futures
             ) as cluster,
             Client(cluster) as client,
         ):
