@@ -15,7 +15,7 @@ from hwflow.costs import chain_latency
 from hwflow.errors import UnsupportedError
 from hwflow.hw.generate import write_rtl
 from hwflow.hw.params import EngineParams
-from hwflow.hw.synth import _cascade_links, parse_stat
+from hwflow.hw.synth import _cascade_links, _run_yosys, _synth_script, parse_sta, parse_stat
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +124,62 @@ def test_synth_report_parsing() -> None:
     # only the Z = PCIN (OPMODE[6:4] = 001) link counts as a chain cascade: not the
     # constant PCIN, not the shifted one (Z = PCIN >> 17: a wide multiplier's split)
     assert _cascade_links(_NET) == 1
+
+
+#: The tail of a real ``sta`` report (Yosys 0.70) of a requantizer, shortened: the path is
+#: listed from its end; 3 LUTs, 2 CARRY4s and the FD/BUFG start.
+_STA = """
+Latest arrival time in 'hwflow_tiny_mv_rq' is 6824:
+    6824 (<primary output>)
+           \\out [1]
+    6824 _1297_ (LUT5.I3->O)
+           \\_0769_ [3]
+    6586 _1573_ (CARRY4.CI->O)
+           \\_0119_
+    6273 _1572_ (CARRY4.CI->CO)
+           \\_0111_
+    5761 _1314_ (LUT6.I3->O)
+           \\_0718_ [3]
+    1683 _1361_ (LUT5.I2->O)
+           \\_0590_ [2]
+     526 _1286_ (INV.I->O)
+           \\shift2 [1]
+     399 _1511_ (FDRE.C->Q)
+           \\_0556_
+      96 _1443_ (BUFG.I->O)
+       0   \\clk (<primary input>)
+
+Arrival histogram:
+(  6840,   6498] |*******
+"""
+
+
+def test_sta_report_parsing() -> None:
+    path = parse_sta(_STA)
+    assert path is not None and path.arrival_ps == 6824
+    assert (path.lut_levels, path.carry_cells, path.levels) == (3, 2, 5)
+    assert path.cells[:3] == ("BUFG", "FDRE", "INV") and path.cells[-1] == "LUT5"
+    assert parse_sta("no report here") is None
+
+
+@pytest.mark.parametrize(
+    ("expr", "width", "luts", "carries"),
+    [
+        # 36 inputs = 6 LUT6s feeding a seventh: two LUT levels, no carry
+        ("&ar[35:0]", 1, 2, 0),
+        # a 16-bit add: one LUT level (the propagate terms) and its carry chain of 4-bit
+        # CARRY4 cells (the coarse pass maps as the 7 series does): 16 / 4 = 4
+        ("ar[15:0] + ar[31:16]", 16, 1, 4),
+    ],
+)
+def test_timing_proxy_counts_levels_of_a_known_depth(tmp_path, expr, width, luts, carries) -> None:
+    """Logic between registers whose depth is known by construction."""
+    (tmp_path / "d.v").write_text(
+        f"module d(input clk, input [35:0] a, output reg [{width - 1}:0] o);\n"
+        "  reg [35:0] ar;\n"
+        f"  always @(posedge clk) begin ar <= a; o <= {expr}; end\n"
+        "endmodule\n"
+    )
+    _cells, _links, _secs, path = _run_yosys(tmp_path, _synth_script("d", "d.v"), 600, "d")
+    assert path is not None and path.arrival_ps > 0
+    assert (path.lut_levels, path.carry_cells) == (luts, carries), path.cells

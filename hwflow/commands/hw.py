@@ -128,15 +128,17 @@ def _synth(args: argparse.Namespace) -> int:
     print(f"{hw.name} ({scope}): each distinct module synthesized once (yosys synth_xilinx)")
     print(
         f"  {'engine':<6} {'module':<28} {'x':>5} {'LUT':>8} {'FF':>8} {'DSP':>5} "
-        f"{'BRAM36':>7} {'cascade':>7} {'yosys s':>8}"
+        f"{'BRAM36':>7} {'cascade':>7} {'LUT lv':>6} {'path ns':>7} {'yosys s':>8}"
     )
     for m in rep["modules"]:
         c = m["counts"]
         secs = f"{m['seconds']:.0f}" + ("*" if m["cached"] else "")
+        pa = m.get("path")
+        lv, ns = (pa["lut_levels"], f"{pa['arrival_ps'] / 1000:.2f}") if pa else ("-", "-")
         print(
             f"  {m['engine']:<6} {m['module']:<28} {m['instances']:>5} {c['lut']:>8.0f} "
             f"{c['ff']:>8.0f} {c['dsp']:>5.0f} {c['bram36']:>7g} {m['cascade_links']:>7} "
-            f"{secs:>8}"
+            f"{lv:>6} {ns:>7} {secs:>8}"
         )
     dev = rep["device"]
     print(f"  buffers: {rep['buffers_uram']} URAM288")
@@ -146,6 +148,12 @@ def _synth(args: argparse.Namespace) -> int:
     print(f"  cascade links {rep['cascade_links']} of {rep['cascade_expected']} chain links")
     print(
         f"  fits {dev['part']}: {'yes' if rep['fits'] else 'NO, over in ' + ', '.join(rep['over'])}"
+    )
+    t = rep["timing"]
+    print(
+        f"  timing proxy ({t['proxy']}): clock period {t['period_ps'] / 1000:.2f} ns; slowest "
+        f"{t['worst_module']} {(t['worst_arrival_ps'] or 0) / 1000:.2f} ns; over "
+        f"{t['max_lut_levels']} LUT levels: {', '.join(t['over_levels']) or 'none'}"
     )
     print(f"  not counted: {rep['not_counted']}")
     return 0

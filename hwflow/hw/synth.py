@@ -9,6 +9,14 @@ when every stage after a chain's first is fed from its predecessor's PCOUT.
 
 Versal (DSP58) presets get no estimate: Yosys has no Versal family.
 
+Timing proxy (:func:`parse_sta`): after synthesis, Yosys's ``sta`` walks each module's netlist
+with the delays in the ``specify`` blocks of its Xilinx cell library (``cells_sim.v``, figures
+taken from Project X-Ray's Artix-7 timing database) and reports the latest arrival and its
+path; the report gives that path's delay and its *LUT levels* (LUT cells on it; carry cells
+are counted apart). It has no net (routing) delays and uses 7-series cell delays, so it is a
+logic-depth proxy, not timing closure: ports of a module count as path ends, which holds
+where the neighbours register them.
+
 Whole designs (:func:`synth_design`, ``hwflow synth``): each distinct module of the
 hierarchical Verilog (:mod:`hwflow.hw.hier`) is synthesized once, the top with its leaves as
 black boxes, and counted times its instances; results are cached per module by content under
@@ -42,7 +50,15 @@ from hwflow.errors import HwflowError, UnsupportedError
 from hwflow.hw.generate import engine_design, engine_verilog, module_name
 from hwflow.hw.params import EngineParams
 
-__all__ = ["ModuleReport", "SynthReport", "parse_stat", "synthesize", "synthesize_engine"]
+__all__ = [
+    "ModuleReport",
+    "PathReport",
+    "SynthReport",
+    "parse_sta",
+    "parse_stat",
+    "synthesize",
+    "synthesize_engine",
+]
 
 _FF = ("FDRE", "FDSE", "FDCE", "FDPE")
 _LUTRAM = ("RAM32M", "RAM32M16", "RAM64M", "RAM64M8", "RAM32X1D", "RAM64X1D", "RAM128X1D")
@@ -67,6 +83,7 @@ class SynthReport:
     chain_dsps: int  #: DSPs of the chains (the preset's count for this slice)
     seconds: float
     cells: dict[str, int] = field(default_factory=dict)
+    path: PathReport | None = None  #: the critical path (timing proxy, see the module doc)
 
     @property
     def cascaded(self) -> bool:
@@ -117,9 +134,73 @@ def _cascade_links(netlist: str) -> int:
     return links
 
 
-def _run_yosys(work: Path, script: str, timeout: int) -> tuple[Counter[str], int, float]:
-    """Run a Yosys script in ``work``; the cells of its ``stat`` and the cascade links of the
-    netlist it wrote to net.v."""
+@dataclass(frozen=True)
+class PathReport:
+    """The latest-arriving path of one module (:func:`parse_sta`)."""
+
+    arrival_ps: int  #: cell delays from the path's start to its end
+    lut_levels: int  #: LUT cells on the path
+    carry_cells: int  #: CARRY4/CARRY8 cells on the path (dedicated carry logic)
+    cells: tuple[str, ...]  #: cell types along the path, start to end
+
+    @property
+    def levels(self) -> int:
+        """Logic levels as a vendor timing report counts them: LUTs plus carry cells."""
+        return self.lut_levels + self.carry_cells
+
+
+def parse_sta(text: str) -> PathReport | None:
+    """The critical path of the last ``sta`` report in a Yosys log (None: no path, e.g. a
+    module without logic)."""
+    start = text.rfind("Latest arrival time in ")
+    if start < 0:
+        return None
+    head = re.match(r"Latest arrival time in '[^']*' is (-?\d+):", text[start:])
+    if head is None:
+        raise HwflowError("cannot read Yosys's sta report")
+    types = []
+    for line in text[start:].splitlines()[1:]:
+        if line.startswith(("Arrival histogram", "Warnings:", "End of script")):
+            break
+        m = re.match(r"^\s+\d+\s+\S+\s+\((\w+)\.\w+->\w+\)\s*$", line)
+        if m:
+            types.append(m.group(1))
+    types.reverse()  # the report lists the path from its end
+    return PathReport(
+        arrival_ps=max(int(head.group(1)), 0),
+        lut_levels=sum(bool(re.fullmatch(r"LUT\d", t)) for t in types),
+        carry_cells=sum(t.startswith("CARRY") for t in types),
+        cells=tuple(types),
+    )
+
+
+def _sta(work: Path, top: str, libs: str, timeout: int) -> PathReport | None:
+    """Yosys ``sta`` of the netlist ``work/net.v`` (see the module doc)."""
+    script = (
+        f"read_verilog -specify -lib +/xilinx/cells_sim.v; {libs}"
+        f"read_verilog net.v; hierarchy -top {top}; sta"
+    )
+    try:
+        res = subprocess.run(
+            [*_yosys(), "-q", "-l", "sta.log", "-p", script],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise HwflowError(f"yosys sta failed to run: {e}") from None
+    log = (work / "sta.log").read_text() if (work / "sta.log").is_file() else ""
+    if res.returncode:
+        raise HwflowError(f"yosys sta failed (exit {res.returncode}): {(res.stderr or log)[-800:]}")
+    return parse_sta(log)
+
+
+def _run_yosys(
+    work: Path, script: str, timeout: int, top: str, libs: str = ""
+) -> tuple[Counter[str], int, float, PathReport | None]:
+    """Run a synthesis script in ``work``; the cells of its ``stat``, the cascade links of the
+    netlist it wrote to net.v, the seconds it took and the netlist's critical path."""
     t0 = time.perf_counter()
     try:
         res = subprocess.run(
@@ -136,7 +217,8 @@ def _run_yosys(work: Path, script: str, timeout: int) -> tuple[Counter[str], int
     if res.returncode:
         tail = (res.stderr or log)[-800:]
         raise HwflowError(f"yosys failed (exit {res.returncode}): {tail}")
-    return parse_stat(log), _cascade_links((work / "net.v").read_text()), seconds
+    path = _sta(work, top, libs, timeout)
+    return parse_stat(log), _cascade_links((work / "net.v").read_text()), seconds, path
 
 
 def _synth_script(top: str, files: str, libs: str = "", chparam: str = "") -> str:
@@ -176,8 +258,8 @@ def synthesize(p: EngineParams, *, keep: Path | None = None, timeout: int = 3600
         work.mkdir(parents=True, exist_ok=True)
         (work / f"{name}.v").write_text(engine_verilog(p, name=name))
         ram = _ram_chparam(p)
-        cells, links, seconds = _run_yosys(
-            work, _synth_script(name, f"{name}.v", chparam=ram), timeout
+        cells, links, seconds, path = _run_yosys(
+            work, _synth_script(name, f"{name}.v", chparam=ram), timeout, name
         )
     c = _counts(cells)
     groups = p.rows // 2 if p.dual_int8 else p.rows
@@ -197,6 +279,7 @@ def synthesize(p: EngineParams, *, keep: Path | None = None, timeout: int = 3600
         chain_dsps=p.dsps,
         seconds=seconds,
         cells=dict(sorted(cells.items())),
+        path=path,
     )
 
 
@@ -223,6 +306,7 @@ class ModuleReport:
     cascade_links: int  #: per instance
     seconds: float
     cached: bool
+    path: PathReport | None = None  #: the critical path (timing proxy, see the module doc)
 
 
 def _cache_dir() -> Path:
@@ -232,16 +316,24 @@ def _cache_dir() -> Path:
 
 
 def _synth_cached(
-    key_text: str, run: Callable[[Path], tuple[Counter[str], int, float]]
+    key_text: str, run: Callable[[Path], tuple[Counter[str], int, float, PathReport | None]]
 ) -> tuple[dict[str, Any], bool]:
-    """A module's synthesis result, cached on disk by the hash of what Yosys reads."""
-    key = hashlib.sha256(key_text.encode()).hexdigest()[:20]
+    """A module's synthesis result, cached on disk by the hash of what Yosys reads and runs
+    (``key_text``: the Verilog, the scripts) and of this module's own source (how the
+    results are read)."""
+    own = Path(__file__).read_bytes()
+    key = hashlib.sha256(key_text.encode() + own).hexdigest()[:20]
     path = _cache_dir() / f"{key}.json"
     if path.is_file():
         return json.loads(path.read_text()), True
     with tempfile.TemporaryDirectory(prefix="hwflow-synth-") as tmp:
-        cells, links, seconds = run(Path(tmp))
-    rec = {"cells": dict(cells), "links": links, "seconds": seconds}
+        cells, links, seconds, crit = run(Path(tmp))
+    rec = {
+        "cells": dict(cells),
+        "links": links,
+        "seconds": seconds,
+        "path": asdict(crit) if crit else None,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rec))
     return rec, False
@@ -271,12 +363,14 @@ def synthesize_engine(p: EngineParams, *, timeout: int = 3600) -> tuple[list[Mod
             leaf_name: str = leaf_name,
             libs: str = libs,
             chparam: str = chparam,
-        ) -> tuple[Counter[str], int, float]:
+        ) -> tuple[Counter[str], int, float, PathReport | None]:
             (work / "m.v").write_text(body)
             (work / "leaves.v").write_text(hier.verilog())
-            return _run_yosys(work, _synth_script(leaf_name, "m.v", libs, chparam), timeout)
+            script = _synth_script(leaf_name, "m.v", libs, chparam)
+            return _run_yosys(work, script, timeout, leaf_name, libs)
 
-        rec, cached = _synth_cached(generic + chparam + libs, run)
+        script = _synth_script("M", "m.v", libs, chparam)
+        rec, cached = _synth_cached(generic + script, run)
         cells = Counter(rec["cells"])
         for other in hier.leaves:  # black-box leaf instances in the top's table
             cells.pop(other, None)
@@ -289,10 +383,15 @@ def synthesize_engine(p: EngineParams, *, timeout: int = 3600) -> tuple[list[Mod
                 cascade_links=rec["links"],
                 seconds=rec["seconds"],
                 cached=cached,
+                path=_path(rec.get("path")),
             )
         )
     groups = p.rows // 2 if p.dual_int8 else p.rows
     return reports, p.chains * groups * (p.chain_length - 1)
+
+
+def _path(rec: dict[str, Any] | None) -> PathReport | None:
+    return None if rec is None else PathReport(**{**rec, "cells": tuple(rec["cells"])})
 
 
 #: Device logic budgets the presets' board sections do not carry, by part.
@@ -352,6 +451,45 @@ def synth_design(hw: Any, chains: int | None = None) -> dict[str, Any]:
         "logic_source": logic.get("source"),
     }
     over = [k for k in _RESOURCES if device[k] is not None and totals[k] > device[k]]
+    return {
+        **_design_totals(hw, chains, modules, totals, expected, urams, device, over),
+        "timing": timing_summary(hw, modules),
+    }
+
+
+#: The issue's target for datapath modules: LUT levels between registers.
+MAX_LUT_LEVELS = 4
+
+
+def timing_summary(hw: Any, modules: list[ModuleReport]) -> dict[str, Any]:
+    """The timing proxy over the design's modules: the clock period, the slowest module's
+    path and the modules whose critical path has more than :data:`MAX_LUT_LEVELS` LUT levels
+    (see the module doc for what the proxy does and does not include)."""
+    paths = [(m, m.path) for m in modules if m.path is not None]
+    worst = max(paths, key=lambda mp: mp[1].arrival_ps, default=None)
+    return {
+        "proxy": "Yosys sta, Xilinx cell delays of cells_sim.v (Project X-Ray Artix-7), "
+        "no net delays; ports count as path ends",
+        "period_ps": round(1e6 / hw.clock_mhz),
+        "worst_module": worst[0].module if worst else None,
+        "worst_arrival_ps": worst[1].arrival_ps if worst else None,
+        "max_lut_levels": MAX_LUT_LEVELS,
+        "over_levels": sorted(
+            {f"{m.engine}:{m.module}" for m, pr in paths if pr.lut_levels > MAX_LUT_LEVELS}
+        ),
+    }
+
+
+def _design_totals(
+    hw: Any,
+    chains: int | None,
+    modules: list[ModuleReport],
+    totals: dict[str, float],
+    expected: int,
+    urams: dict[str, int],
+    device: dict[str, Any],
+    over: list[str],
+) -> dict[str, Any]:
     return {
         "preset": hw.name,
         "chains": chains,
