@@ -155,5 +155,7 @@ def _synth(args: argparse.Namespace) -> int:
         f"{t['worst_module']} {(t['worst_arrival_ps'] or 0) / 1000:.2f} ns; over "
         f"{t['max_lut_levels']} LUT levels: {', '.join(t['over_levels']) or 'none'}"
     )
+    for what, how in rep.get("estimates", {}).items():
+        print(f"  ESTIMATE {what}: {how}")
     print(f"  not counted: {rep['not_counted']}")
     return 0

@@ -7,7 +7,11 @@ multiply with a 26-27-bit operand splits over two DSPs). The cascade check count
 non-constant ``PCIN`` connections in the netlist: the chain's adders are in the DSP cascade
 when every stage after a chain's first is fed from its predecessor's PCOUT.
 
-Versal (DSP58) presets get no estimate: Yosys has no Versal family.
+Versal (DSP58) presets: Yosys has no Versal family, so :func:`synth_design` counts their
+DSP58s structurally (:attr:`hwflow.config.HardwarePreset.dsps_used`: every chain stage and
+requantizer) and estimates LUT/FF/BRAM from the UltraScale+ mapping of the same RTL built for
+DSP48E2 (48-bit accumulators); the report labels these figures as estimates. The flat
+:func:`synthesize` refuses DSP58 (it would only measure the stand-in).
 
 Timing proxy (:func:`parse_sta`): after synthesis, Yosys's ``sta`` walks each module's netlist
 with the delays in the ``specify`` blocks of its Xilinx cell library (``cells_sim.v``, figures
@@ -42,7 +46,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -343,10 +347,8 @@ def synthesize_engine(p: EngineParams, *, timeout: int = 3600) -> tuple[list[Mod
     """Synthesize each distinct module of the engine once (leaves alone, the top with the
     leaves as black boxes); the reports (per instance, with instance counts) and the cascade
     links the chains need."""
-    if p.dsp_kind != "DSP48E2":
-        raise UnsupportedError(
-            f"no synthesis estimate for {p.dsp_kind} (preset {p.preset}): Yosys has no Versal family"
-        )
+    if p.dsp_kind != "DSP48E2":  # the UltraScale+ stand-in (see the module doc)
+        p = replace(p, dsp_kind="DSP48E2")
     name = module_name(p)
     text, _eng, hier = engine_design(p, name)
     top_text = text[len(hier.verilog()) :]
@@ -440,6 +442,16 @@ def synth_design(hw: Any, chains: int | None = None) -> dict[str, Any]:
     }
     urams = buffer_urams(hw)
     totals["uram"] += sum(urams.values())
+    estimates: dict[str, str] = {}
+    if hw.board.dsp_kind != "DSP48E2":
+        totals["dsp"] = hw.dsps_used
+        estimates = {
+            "dsp": f"{hw.board.dsp_kind}: counted structurally (chain stages + requantizers "
+            "x hwflow.config.REQUANT_DSPS), not synthesized",
+            "logic": f"LUT/FF/BRAM of the UltraScale+ mapping of the same RTL (Yosys has no "
+            f"{hw.board.family} family)",
+            "cascade_links": "assumed complete: no Versal netlist to count them in",
+        }
     logic = DEVICE_LOGIC.get(hw.board.part, {})
     device = {
         "part": hw.board.part,
@@ -451,10 +463,14 @@ def synth_design(hw: Any, chains: int | None = None) -> dict[str, Any]:
         "logic_source": logic.get("source"),
     }
     over = [k for k in _RESOURCES if device[k] is not None and totals[k] > device[k]]
-    return {
+    out = {
         **_design_totals(hw, chains, modules, totals, expected, urams, device, over),
         "timing": timing_summary(hw, modules),
+        "estimates": estimates,
     }
+    if estimates:
+        out["cascade_links"] = expected
+    return out
 
 
 #: The issue's target for datapath modules: LUT levels between registers.
