@@ -95,6 +95,14 @@ class OpCost:
     latency: int  #: cycles from the first beat to the last result, in an idle engine
     macs: int  #: useful (kept-weight) multiply-accumulates
     dense_macs: int  #: multiply-accumulates of the dense equivalent
+    #: beats that carry operands (matmul: K/M per result; the input waits without reading
+    #: while a drain-bound group drains); -1: every one of ``beats``
+    reads: int = -1
+
+    @property
+    def operand_beats(self) -> int:
+        """Beats that read operands from the buffers (what the buffer energy counts)."""
+        return self.beats if self.reads < 0 else self.reads
 
 
 def effective_nm(hw: HardwarePreset, n: int, m: int) -> tuple[int, int]:
@@ -156,6 +164,7 @@ def matmul_cost(engine: Engine, m_block: int, tokens: int, rows: int, k: int, n:
         latency=beats - slot + per_result + chain_latency(c) + drain - 1,
         macs=tokens * rows * (k // m_block) * n,
         dense_macs=tokens * rows * k,
+        reads=groups * passes * per_result,
     )
 
 

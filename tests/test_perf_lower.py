@@ -154,3 +154,15 @@ def test_matmul_writes_its_output_width_and_reads_row_factors(tiny, obits, arow)
     beats = matmul_cost(tiny.mv, 16, rows, cols, k, 16).beats
     assert acts.buffer_write_bits == rows * cols * obits
     assert acts.buffer_read_bits == beats * (16 * 8 + 2 * 16 * 8) + 32 * rows * arow
+
+
+def test_drain_bound_matmul_reads_only_its_operand_beats(tiny):
+    """tiny MV at 2:16: 2 chains x 16/2 = 16 rows per beat, whose 16 results drain through 2
+    requantizers in 8 cycles, while K = 16 is one beat: each row group holds the input 8
+    cycles but reads its operands in 1. cols = 32 is 2 groups: 16 cycles, 2 operand beats of
+    16 INT8 activations + 2 x 16 slots of (8-bit value + 4-bit index) = 512 bits each."""
+    ins = make("MV", func=0, rows=1, cols=32, k=16, n=2, m=16, wbits=8, a_buf=1, b_buf=0,
+               o_buf=1, obits=8, arow=0)  # fmt: skip
+    ops, acts = lower(tiny, expand(template([ins]), Runtime(1, 0)))
+    assert ops[0].beats == 16
+    assert acts.buffer_read_bits == 2 * 512

@@ -261,7 +261,7 @@ class _Pricer:
             acts = OpActions(
                 wbits=wbits,
                 macs=cost.macs,
-                buf_read_bits=cost.beats * per_beat + rowf,
+                buf_read_bits=cost.operand_beats * per_beat + rowf,
                 buf_write_bits=rows * cols * f["obits"],
                 words=words,
             )
