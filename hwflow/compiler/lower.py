@@ -56,7 +56,7 @@ from hwflow.compiler.layout import (
 )
 from hwflow.config import CompressionPlan, HardwarePreset, ModelConfig
 from hwflow.errors import CapacityError
-from hwflow.isa import MATMUL_FUNCS, ROW_FACTOR_BYTES, SFU_FUNCS, Buf
+from hwflow.isa import ROW_FACTOR_BYTES, Buf, MatmulFunc, SfuFunc, SoftmaxMask, XferKind
 from hwflow.numerics import GATE_BITS, RESIDUAL_BITS
 
 __all__ = ["BufferPlan", "Node", "lower_step", "plan_buffers"]
@@ -68,9 +68,6 @@ R_ROWS, R_QPOS, R_KEYS, R_QOFF, R_LW, R_LKV, R_LKVQ, R_CB, R_IOFF, R_ROFF, R_LAS
 #: footprints the token assignment sees: orders a decode step's KV loads before its KV stores.
 HBM_KV = 8
 
-SFU_FUNC = {name: i for i, name in enumerate(SFU_FUNCS)}
-MM_FUNC = {name: i for i, name in enumerate(MATMUL_FUNCS)}
-KIND = {"weights": 0, "params": 1, "kv": 2, "act": 3, "rope": 4, "logits": 5}
 
 Span = tuple[int, int, int]  # (buffer, first byte, end byte)
 
@@ -329,7 +326,7 @@ class _Tiles:
             ts, _r0, r, off = self.items[self.loaded]
             s = self.slot(self.loaded)
             nbytes = r * ts.row_bytes
-            self.e.unit("LD", (), (self.slot_span(self.loaded),), kind=KIND["weights"], hbm=off,
+            self.e.unit("LD", (), (self.slot_span(self.loaded),), kind=XferKind.WEIGHTS, hbm=off,
                         hbm_reg=self.base_reg, hbm_stride=nbytes, buf=Buf.WEIGHT, off=s,
                         stride=nbytes, row_bytes=nbytes, rows=1)  # fmt: skip
             self.loaded += 1
@@ -383,7 +380,7 @@ class _Lowering:
 
     def sfu(
         self,
-        func: str,
+        func: SfuFunc,
         a: str | Operand,
         o: str | Operand,
         cols: int,
@@ -406,15 +403,15 @@ class _Lowering:
             reads = (*reads, self.aspan(a))
         if isinstance(o, str):
             writes = (*writes, self.aspan(o))
-        self.e.unit("SFU", reads, writes, func=SFU_FUNC[func], rows=f.pop("rows", self.tt),
+        self.e.unit("SFU", reads, writes, func=func, rows=f.pop("rows", self.tt),
                     rows_reg=f.pop("rows_reg", R_ROWS), cols=cols, a_buf=ab, a_off=ao,
                     a_stride=ast, a_reg=ar, o_buf=ob, o_off=oo, o_stride=ost, o_reg=orr,
                     **extra, **f)  # fmt: skip
 
     def norm(self, a: str | Operand, o: str | Operand, p_off: int, **f: Any) -> None:
         """RMSNorm / LayerNorm (the model's) of ``a`` into ``o``, gains at ``p_off``."""
-        self.sfu("norm", a, o, self.cfg.hidden, p_off=p_off, aux=int(self.cfg.norm == "layer"),
-                 **f)  # fmt: skip
+        aux = int(self.cfg.norm == "layer")
+        self.sfu(SfuFunc.NORM, a, o, self.cfg.hidden, p_off=p_off, aux=aux, **f)
 
     def linear(self, tiles: _Tiles, op: str, src: str, dst: str) -> None:
         """Linear op ``op`` of the layer: ``dst = src @ W^T``, one engine op per weight tile."""
@@ -426,7 +423,7 @@ class _Lowering:
             tiles.prefetch(j)
             ts, r0, r, _ = tiles.items[j]
             self.e.unit(self.eng, (self.aspan(src), tiles.slot_span(j)), (self.aspan(dst),),
-                        func=MM_FUNC["linear"], rows=self.tt, rows_reg=R_ROWS, cols=r,
+                        func=MatmulFunc.LINEAR, rows=self.tt, rows_reg=R_ROWS, cols=r,
                         a_buf=Buf.ACT, a_off=so, a_stride=srb, o_buf=Buf.ACT,
                         o_off=do + r0 * obits // 8, o_stride=drb, p_off=self.pb[f"{op}.guard"],
                         obits=obits, arow=int(src in self.rowf),
@@ -465,7 +462,7 @@ class _Lowering:
     def chunk_loads(self) -> None:
         """The chunk's input rows, then (RoPE models) its RoPE rows (decode: the bucket's)."""
         e, lay, tt, xrow = self.e, self.layout, self.tt, self.xrow
-        e.unit("LD", (), ((Buf.ACT, 0, tt * xrow),), kind=KIND["act"],
+        e.unit("LD", (), ((Buf.ACT, 0, tt * xrow),), kind=XferKind.ACT,
                hbm=lay.region("input").base, hbm_reg=R_IOFF, hbm_stride=xrow, buf=Buf.ACT, off=0,
                stride=xrow, row_bytes=xrow, rows=tt, rows_reg=R_ROWS)  # fmt: skip
         if not self.rope:
@@ -479,7 +476,7 @@ class _Lowering:
         else:
             e.sys("MULI", rd=R_ROFF, ra=R_QPOS, imm=lay.rope_row)
             rope_at = dict(hbm=rope_base, hbm_reg=R_ROFF, rows=tt, rows_reg=R_ROWS)
-        e.unit("LD", (), (self.rope_span,), kind=KIND["rope"], hbm_stride=lay.rope_row,
+        e.unit("LD", (), (self.rope_span,), kind=XferKind.ROPE, hbm_stride=lay.rope_row,
                buf=Buf.PARAM, off=self.bp.p_rope, stride=lay.rope_row, row_bytes=lay.rope_row,
                **rope_at)  # fmt: skip
 
@@ -503,7 +500,7 @@ class _Lowering:
         e, pb, d = self.e, self.pb, self.cfg.hidden
         tiles = _Tiles(e, self.bp, list(self.layout.tiles[li]), R_LW)
         e.sys("ADD", rd=R_LKVQ, ra=R_LKV, rb=R_QOFF)
-        e.unit("LD", (), (self.params_span,), kind=KIND["params"], hbm=0, hbm_reg=R_LW,
+        e.unit("LD", (), (self.params_span,), kind=XferKind.PARAMS, hbm=0, hbm_reg=R_LW,
                hbm_stride=pb.size, buf=Buf.PARAM, off=0, stride=pb.size, row_bytes=pb.size,
                rows=1)  # fmt: skip
         tiles.load_upto(0)
@@ -513,17 +510,17 @@ class _Lowering:
         qn, kn = self.rotate() if self.rope else ("q", "k")
         _Attention(self, qn, kn).emit()
         self.linear(tiles, "o", "a", "o")
-        self.sfu("add", "X", "X", d, b="o")  # x1, in place
+        self.sfu(SfuFunc.ADD, "X", "X", d, b="o")  # x1, in place
         self.norm("X", "h2", pb["norm2"], reads=(self.params_span,))
         self.mlp(tiles)
-        self.sfu("add", "X", "X", d, b="d")  # x{l+1}, in place
+        self.sfu(SfuFunc.ADD, "X", "X", d, b="d")  # x{l+1}, in place
 
     def rotate(self) -> tuple[str, str]:
         """RoPE of q and k into qr and kr (decode: the step's row RROW bytes into the bucket's
         rows); returns the tensors attention reads."""
         hd, bp = self.cfg.head_dim, self.bp
         for src, dst, n in (("q", "qr", self.cfg.heads), ("k", "kr", self.cfg.kv_heads)):
-            self.sfu("rope", src, dst, n * hd, reads=(self.rope_span,),
+            self.sfu(SfuFunc.ROPE, src, dst, n * hd, reads=(self.rope_span,),
                      b=(Buf.PARAM, bp.p_rope, 2 * hd, R_RROW if self.dec else 0), aux=hd,
                      qpos_reg=R_QPOS)  # fmt: skip
         return "qr", "kr"
@@ -534,12 +531,12 @@ class _Lowering:
         if self.cfg.gated_mlp:
             self.linear(tiles, "gate", "h2", "g")
             self.linear(tiles, "up", "h2", "u")
-            self.sfu("silu", "g", "g", f, reads=(self.params_span,), p_off=self.pb["act"])
-            self.sfu("mul", "g", "mm", f, b="u")
+            self.sfu(SfuFunc.SILU, "g", "g", f, reads=(self.params_span,), p_off=self.pb["act"])
+            self.sfu(SfuFunc.MUL, "g", "mm", f, b="u")
             self.linear(tiles, "down", "mm", "d")
         else:
             self.linear(tiles, "up", "h2", "u")
-            self.sfu("reluq", "u", "ua", f)
+            self.sfu(SfuFunc.RELUQ, "u", "ua", f)
             self.linear(tiles, "down", "ua", "d")
 
     # ---- head
@@ -550,7 +547,7 @@ class _Lowering:
         e.sys("ADDI", rd=R_LAST, ra=R_ROWS, imm=-1)
         e.sys("MULI", rd=R_LAST, ra=R_LAST, imm=xrow)
         e.sys("SETI", rd=R_LW, imm=lay.region("final").base)
-        e.unit("LD", (), (self.final_span,), kind=KIND["params"], hbm=0, hbm_reg=R_LW,
+        e.unit("LD", (), (self.final_span,), kind=XferKind.PARAMS, hbm=0, hbm_reg=R_LW,
                hbm_stride=fb.size, buf=Buf.PARAM, off=bp.p_final, stride=fb.size,
                row_bytes=fb.size, rows=1)  # fmt: skip
         hf_off, hf_rb = self.act("hf")
@@ -564,11 +561,11 @@ class _Lowering:
         for j, (ts, r0, r, _) in enumerate(tiles.items):
             tiles.prefetch(j)
             e.unit(self.eng, (self.aspan("hf"), tiles.slot_span(j), self.final_span), (lspan,),
-                   func=MM_FUNC["head"], rows=1, cols=r, a_buf=Buf.ACT, a_off=hf_off,
+                   func=MatmulFunc.HEAD, rows=1, cols=r, a_buf=Buf.ACT, a_off=hf_off,
                    a_stride=hf_rb, arow=1, **_weight_operand(ts, tiles.slot(j)), o_buf=Buf.ACT,
                    o_off=lg + hbits // 8 * r0, o_stride=lrb,
                    p_off=bp.p_final + fb["head.guard"], obits=hbits)  # fmt: skip
-        e.unit("ST", (lspan,), (), kind=KIND["logits"], hbm=lay.region("logits").base,
+        e.unit("ST", (lspan,), (), kind=XferKind.LOGITS, hbm=lay.region("logits").base,
                hbm_stride=lrb, buf=Buf.ACT, off=lg, stride=lrb, row_bytes=lrb,
                rows=1)  # fmt: skip
 
@@ -620,14 +617,14 @@ class _Attention:
             kspan = (Buf.KV, ks, ks + bp.kv_slot_bytes)
             slots[which] = ks
             if not dec:  # past rows only: disjoint from the rows stored
-                s.e.unit("ST", (s.aspan(src),), (), kind=KIND["kv"], hbm=hb, hbm_reg=R_LKVQ,
+                s.e.unit("ST", (s.aspan(src),), (), kind=XferKind.KV, hbm=hb, hbm_reg=R_LKVQ,
                          hbm_stride=hd, buf=Buf.ACT, off=so + g * hd, stride=srb, row_bytes=hd,
                          rows=s.tt, rows_reg=R_ROWS)  # fmt: skip
             s.e.unit("LD", ((HBM_KV, hb, hb + bp.keys_max * hd),) if dec else (), (kspan,),
-                     kind=KIND["kv"], hbm=hb, hbm_reg=R_LKV, hbm_stride=hd, buf=Buf.KV, off=ks,
+                     kind=XferKind.KV, hbm=hb, hbm_reg=R_LKV, hbm_stride=hd, buf=Buf.KV, off=ks,
                      stride=hd, row_bytes=hd, rows=bp.keys_max,
                      rows_reg=0 if dec else R_QPOS)  # fmt: skip
-            s.sfu("mov", (Buf.ACT, so + g * hd, srb, 0), (Buf.KV, ks, hd, R_QOFF), hd,
+            s.sfu(SfuFunc.MOV, (Buf.ACT, so + g * hd, srb, 0), (Buf.KV, ks, hd, R_QOFF), hd,
                   reads=(s.aspan(src),), writes=(kspan,))  # fmt: skip
         self.kv_of[g] = slots
 
@@ -646,17 +643,19 @@ class _Attention:
         sst = bp.score_stride
         qo, qrb = s.act(self.qn)
         s.e.unit(s.eng, (s.aspan(self.qn), self.kvspan(g, "K"), s.params_span), (sspan,),
-                 func=MM_FUNC["qk"], rows=s.tt, rows_reg=R_ROWS, cols=bp.keys_max,
+                 func=MatmulFunc.QK, rows=s.tt, rows_reg=R_ROWS, cols=bp.keys_max,
                  cols_reg=0 if dec else R_KEYS, k=hd, n=1, m=1, wbits=8, a_buf=Buf.ACT,
                  a_off=qo + h * hd, a_stride=qrb, b_buf=Buf.KV, b_off=self.kv_of[g]["K"],
                  b_stride=hd, o_buf=Buf.SCORE, o_off=ss, o_stride=sst,
                  p_off=s.pb["scores"] + 8 * h, obits=32)  # fmt: skip
-        block = s.block
-        s.sfu("softmax", (Buf.SCORE, ss, sst, 0), (Buf.SCORE, ss + ROW_FACTOR_BYTES, sst, 0),
+        if s.block:
+            mask = dict(mask=SoftmaxMask.BLOCK, blk=att.block, local=att.local_blocks,
+                        glob=att.global_blocks)  # fmt: skip
+        else:
+            mask = dict(mask=SoftmaxMask.CAUSAL)
+        s.sfu(SfuFunc.SOFTMAX, (Buf.SCORE, ss, sst, 0), (Buf.SCORE, ss + ROW_FACTOR_BYTES, sst, 0),
               bp.keys_max, reads=(sspan,), writes=(sspan,), cols_reg=0 if dec else R_KEYS,
-              mask=2 if block else 1, qpos_reg=R_QPOS, blk=att.block if block else 0,
-              local=att.local_blocks if block else 0,
-              glob=att.global_blocks if block else 0)  # fmt: skip
+              qpos_reg=R_QPOS, **mask)  # fmt: skip
 
     def pv(self, h: int) -> None:
         """Probabilities of head ``h`` times its group's V into its columns of ``a``."""
@@ -666,7 +665,7 @@ class _Attention:
         sspan = (Buf.SCORE, ss, ss + bp.score_slot_bytes)
         ao, arb = s.act("a")
         s.e.unit(s.eng, (sspan, self.kvspan(g, "V"), s.params_span), (s.aspan("a"),),
-                 func=MM_FUNC["pv"], rows=s.tt, rows_reg=R_ROWS, cols=hd, k=bp.keys_max,
+                 func=MatmulFunc.PV, rows=s.tt, rows_reg=R_ROWS, cols=hd, k=bp.keys_max,
                  k_reg=0 if dec else R_KEYS, n=1, m=1, wbits=8, a_buf=Buf.SCORE,
                  a_off=ss + ROW_FACTOR_BYTES, a_stride=bp.score_stride, arow=1, b_buf=Buf.KV,
                  b_off=self.kv_of[g]["V"], b_stride=hd, o_buf=Buf.ACT, o_off=ao + h * hd,
@@ -681,7 +680,7 @@ class _Attention:
             h0, hn = self.kvoff[which], self.kvoff[which] + (self.nkv - 1) * lay.kv_head_bytes
             s.e.unit("ST", (s.aspan(src),),
                      ((HBM_KV, h0 + (s.lo - 1) * hd, hn + s.bp.keys_max * hd),),
-                     kind=KIND["kv"], hbm=h0, hbm_reg=R_LKVQ, hbm_stride=lay.kv_head_bytes,
+                     kind=XferKind.KV, hbm=h0, hbm_reg=R_LKVQ, hbm_stride=lay.kv_head_bytes,
                      buf=Buf.ACT, off=so, stride=hd, row_bytes=hd, rows=self.nkv)  # fmt: skip
 
 
