@@ -46,6 +46,7 @@ from hwflow.isa import (
     Concrete,
     Program,
     Runtime,
+    SoftmaxMask,
     Unit,
     dispatch,
     expand,
@@ -383,7 +384,7 @@ class FuncSim:
                 q = c["qpos"] + np.arange(rows)[:, None]
                 kp = np.arange(cols)[None, :]
                 mask = np.broadcast_to(kp <= q, (rows, cols))
-                if c["mask"] == 2:
+                if c["mask"] == SoftmaxMask.BLOCK:
                     mask = mask & block_keep(q, kp, c["blk"], c["glob"], c["local"])
             out, total = nx.softmax_rows(x, mask)
             rf = nx.recip_factor(total)

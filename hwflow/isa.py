@@ -119,25 +119,33 @@ from hwflow.errors import ProgramError
 __all__ = [
     "ISA_VERSION",
     "MAGIC",
+    "MATMUL_FUNCS",
     "NREGS",
     "OPCODES",
     "REG_LEN",
     "REG_POS",
     "ROW_FACTOR_BYTES",
     "SFU_FORMATS",
+    "SFU_FUNCS",
     "SYS_ALU",
+    "TOKEN_UNITS",
+    "XFER_KINDS",
     "Buf",
     "Concrete",
     "Field",
     "Instr",
+    "MatmulFunc",
     "OpSpec",
     "Program",
     "Region",
     "Reuse",
     "Runtime",
     "SfuFormat",
+    "SfuFunc",
+    "SoftmaxMask",
     "Template",
     "Unit",
+    "XferKind",
     "decode",
     "decode_stream",
     "disasm",
@@ -182,6 +190,57 @@ class Buf(IntEnum):
     KV = 2
     SCORE = 3
     PARAM = 4
+
+
+class XferKind(IntEnum):
+    """What an LD/ST moves (its ``kind`` field)."""
+
+    WEIGHTS = 0
+    PARAMS = 1
+    KV = 2
+    ACT = 3  #: activations (the step's input rows)
+    ROPE = 4
+    LOGITS = 5
+
+
+class MatmulFunc(IntEnum):
+    """What an MM/MV computes (its ``func`` field; formulas in the module doc)."""
+
+    LINEAR = 0  #: two-stage requantization of A @ W^T
+    QK = 1  #: attention scores
+    PV = 2  #: probabilities times V
+    HEAD = 3  #: logits
+
+
+class SfuFunc(IntEnum):
+    """What an SFU op computes (its ``func`` field; operand formats in :data:`SFU_FORMATS`)."""
+
+    NORM = 0
+    SOFTMAX = 1
+    ROPE = 2
+    SILU = 3
+    ADD = 4
+    MUL = 5
+    MOV = 6
+    RELUQ = 7
+
+
+class SoftmaxMask(IntEnum):
+    """The softmax's ``mask`` field: which keys a row sees."""
+
+    NONE = 0
+    CAUSAL = 1
+    BLOCK = 2  #: block-sparse causal (``blk``, ``local``, ``glob``)
+
+
+def _names(codes: type[IntEnum]) -> tuple[str, ...]:
+    """Lower-case member names indexed by code (the codes are 0, 1, ...; tests/test_isa.py)."""
+    return tuple(c.name.lower() for c in codes)
+
+
+def _code_doc(codes: type[IntEnum]) -> str:
+    """``0 weights, 1 params, ...``: the field doc of a code."""
+    return ", ".join(f"{c.value} {c.name.lower()}" for c in codes)
 
 
 @dataclass(frozen=True)
@@ -248,7 +307,7 @@ def _operand(p: str, what: str, stride_bits: int = 24) -> tuple[Field, ...]:
 
 _XFER = (
     *_hdr(),
-    Field("kind", 3, "what moves: 0 weights, 1 params, 2 kv, 3 act/input, 4 rope, 5 logits"),
+    Field("kind", 3, f"what moves (XferKind): {_code_doc(XferKind)}"),
     Field("hbm", 40, "HBM byte address (+ R[hbm_reg])", dyn=("add", "hbm_reg")),
     Field("hbm_reg", 4, "register added to the HBM address"),
     Field("hbm_stride", 24, "bytes between rows in HBM"),
@@ -261,12 +320,12 @@ _XFER = (
     Field("rows_reg", 4, "register clamping rows to 0..rows"),
 )
 
-#: Transfer kinds (``kind`` of LD/ST).
-XFER_KINDS = ("weights", "params", "kv", "act", "rope", "logits")
+#: Transfer kind names (``kind`` of LD/ST), indexed by code.
+XFER_KINDS = _names(XferKind)
 
 _MATMUL = (
     *_hdr(),
-    Field("func", 2, "0 linear (two-stage requant), 1 qk (scores), 2 pv, 3 head (logits)"),
+    Field("func", 2, f"MatmulFunc: {_code_doc(MatmulFunc)}"),
     Field("rows", 16, "token rows (max when rows_reg != 0)", dyn=("clamp", "rows_reg")),
     Field("rows_reg", 4, "register clamping rows"),
     Field("cols", 16, "output columns (max when cols_reg != 0)", dyn=("clamp", "cols_reg")),
@@ -287,11 +346,12 @@ _MATMUL = (
     Field("arow", 1, "A rows carry a row factor in the 4 bytes before each row"),
 )
 
-MATMUL_FUNCS = ("linear", "qk", "pv", "head")
+#: Matrix function names, indexed by code.
+MATMUL_FUNCS = _names(MatmulFunc)
 
 _SFU = (
     *_hdr(),
-    Field("func", 4, "0 norm, 1 softmax, 2 rope, 3 silu, 4 add, 5 mul, 6 mov, 7 reluq"),
+    Field("func", 4, f"SfuFunc: {_code_doc(SfuFunc)}"),
     Field("rows", 16, "rows (max when rows_reg != 0)", dyn=("clamp", "rows_reg")),
     Field("rows_reg", 4, "register clamping rows"),
     Field("cols", 16, "elements per row (max when cols_reg != 0)", dyn=("clamp", "cols_reg")),
@@ -301,7 +361,7 @@ _SFU = (
     *_operand("o", "output"),
     Field("p_off", 20, "param buffer offset (norm pre-shift and gains, silu mult/shift)"),
     Field("aux", 16, "rope: head_dim; norm: 1 = centre (LayerNorm)"),
-    Field("mask", 2, "softmax mask: 0 none, 1 causal, 2 block-sparse causal"),
+    Field("mask", 2, f"softmax mask (SoftmaxMask): {_code_doc(SoftmaxMask)}"),
     Field(
         "qpos",
         16,
@@ -314,7 +374,8 @@ _SFU = (
     Field("glob", 6, "softmax block mask: leading global blocks"),
 )
 
-SFU_FUNCS = ("norm", "softmax", "rope", "silu", "add", "mul", "mov", "reluq")
+#: SFU function names, indexed by code.
+SFU_FUNCS = _names(SfuFunc)
 
 #: Bytes of a row factor (uint16 mantissa, int16 exponent) stored before its row's data.
 ROW_FACTOR_BYTES = 4

@@ -12,7 +12,7 @@ from hwflow.compiler.layout import pack_rows, unpack_rows
 from hwflow.compiler.sync import check_deadlock
 from hwflow.config import load_hw, load_model, load_plan
 from hwflow.errors import CapacityError, ConfigError, SyncError, UnsupportedError
-from hwflow.isa import Runtime, Unit, make
+from hwflow.isa import Runtime, Unit, XferKind, make
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_ld_never_waits_for_sfu_and_reads_weights_ahead():
     for t in comp.program.templates:
         eng = Unit.MM if t.phase == "prefill" else Unit.MV
         for ins in t.instrs:
-            if ins.op == "LD" and ins["kind"] in (0, 2):
+            if ins.op == "LD" and ins["kind"] in (XferKind.WEIGHTS, XferKind.KV):
                 assert ins.wait & ~(1 << eng) == 0, isa.disasm(ins)
 
 

@@ -11,7 +11,7 @@ from hwflow.compress import quantize_model, random_weights
 from hwflow.config import available, load_hw, load_model, load_plan
 from hwflow.errors import ProgramError, SyncError, UnsupportedError
 from hwflow.funcsim import FuncSim, boundary_lengths, check_against_reference
-from hwflow.isa import Buf, Program, Runtime, Template, Unit, make
+from hwflow.isa import Buf, Program, Runtime, SfuFunc, Template, Unit, XferKind, make
 
 TINY_PLANS = [p for p in available("plans") if p != "w4a8-2of4"]
 
@@ -110,9 +110,9 @@ def test_overwrite_before_the_reader_released_is_a_hazard(setup):
     writer: only the WAR check can report it)."""
     cfg, hw, comp, _, image = setup
     out = comp.layout.region("logits").base
-    st = make("ST", kind=5, hbm=out, hbm_stride=16, buf=Buf.ACT, off=0, stride=16, row_bytes=16,
-              rows=1)  # fmt: skip
-    mov = make("SFU", func=6, rows=1, cols=16, a_buf=Buf.ACT, a_off=64, a_stride=16,
+    st = make("ST", kind=XferKind.LOGITS, hbm=out, hbm_stride=16, buf=Buf.ACT, off=0, stride=16,
+              row_bytes=16, rows=1)  # fmt: skip
+    mov = make("SFU", func=SfuFunc.MOV, rows=1, cols=16, a_buf=Buf.ACT, a_off=64, a_stride=16,
                o_buf=Buf.ACT, o_off=0, o_stride=16)  # fmt: skip
     racing = (st, mov, make("END"))
     prog = Program(comp.program.header, comp.program.regions, (Template("decode", 1, 16, racing),))

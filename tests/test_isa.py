@@ -227,3 +227,23 @@ def test_every_sfu_function_has_its_operand_formats():
     assert isa.SFU_FORMATS["mul"] == isa.SfuFormat(gate, gate, 1, True)
     # a row factor holds a ROW_MULT_BITS mantissa in 2 bytes and the exponent in 2 more
     assert nx.ROW_MULT_BITS <= 16 and isa.ROW_FACTOR_BYTES == 4
+
+
+def test_function_and_kind_codes_are_isa_v2s():
+    """The codes the compiler writes and the simulators read, pinned by hand from ISA v2 (the
+    RTL decodes the same numbers): a renumbered member must come with a new ISA_VERSION. The
+    name tuples are indexed by code (``disasm`` and the cycle model read them so)."""
+    assert isa.ISA_VERSION == 2
+    v2 = {
+        isa.XferKind: "weights params kv act rope logits",
+        isa.MatmulFunc: "linear qk pv head",
+        isa.SfuFunc: "norm softmax rope silu add mul mov reluq",
+        isa.SoftmaxMask: "none causal block",
+    }
+    for codes, names in v2.items():
+        assert [(c.value, c.name.lower()) for c in codes] == list(enumerate(names.split()))
+    assert tuple(v2[isa.XferKind].split()) == isa.XFER_KINDS
+    assert tuple(v2[isa.MatmulFunc].split()) == isa.MATMUL_FUNCS
+    assert tuple(v2[isa.SfuFunc].split()) == isa.SFU_FUNCS
+    assert "kind=kv" in isa.disasm(isa.make("LD", kind=2))
+    assert "func=reluq" in isa.disasm(isa.make("SFU", func=7))

@@ -7,7 +7,20 @@ import pytest
 from hwflow.config import load_hw
 from hwflow.costs import hbm_latency_cycles, hbm_pieces, matmul_cost, sfu_cost
 from hwflow.errors import CapacityError
-from hwflow.isa import Buf, Runtime, Template, Unit, decode_stream, encode_stream, expand, make
+from hwflow.isa import (
+    Buf,
+    MatmulFunc,
+    Runtime,
+    SfuFunc,
+    SoftmaxMask,
+    Template,
+    Unit,
+    XferKind,
+    decode_stream,
+    encode_stream,
+    expand,
+    make,
+)
 from hwflow.perf.lower import lower
 from hwflow.perf.machine import Machine
 
@@ -31,16 +44,34 @@ def test_ld_mv_st_program_timeline(tiny):
             make(
                 "LD",
                 release=MV,
-                kind=0,
+                kind=XferKind.WEIGHTS,
                 hbm=0,
                 hbm_stride=rows_b,
                 buf=Buf.WEIGHT,
                 row_bytes=rows_b,
                 rows=1,
             ),
-            make("MV", wait=LD, release=ST, func=0, rows=1, cols=64, k=256, n=4, m=16, wbits=4),
             make(
-                "ST", wait=MV, kind=5, hbm=1 << 20, hbm_stride=64, buf=Buf.ACT, row_bytes=64, rows=1
+                "MV",
+                wait=LD,
+                release=ST,
+                func=MatmulFunc.LINEAR,
+                rows=1,
+                cols=64,
+                k=256,
+                n=4,
+                m=16,
+                wbits=4,
+            ),
+            make(
+                "ST",
+                wait=MV,
+                kind=XferKind.LOGITS,
+                hbm=1 << 20,
+                hbm_stride=64,
+                buf=Buf.ACT,
+                row_bytes=64,
+                rows=1,
             ),
         ]
     )
@@ -68,7 +99,7 @@ def test_loop_and_length_register(tiny):
     prog = template(
         [
             make("LOOP", count=3),
-            make("SFU", func=3, rows=8, rows_reg=1, cols=32),
+            make("SFU", func=SfuFunc.SILU, rows=8, rows_reg=1, cols=32),
             make("ENDLOOP"),
         ],
         phase="prefill",
@@ -83,7 +114,17 @@ def test_loop_and_length_register(tiny):
 
 def test_buffer_overflow_is_a_capacity_error(tiny):
     prog = template(
-        [make("LD", kind=0, hbm=0, hbm_stride=1024, buf=Buf.WEIGHT, row_bytes=1024, rows=17)]
+        [
+            make(
+                "LD",
+                kind=XferKind.WEIGHTS,
+                hbm=0,
+                hbm_stride=1024,
+                buf=Buf.WEIGHT,
+                row_bytes=1024,
+                rows=17,
+            )
+        ]
     )
     with pytest.raises(CapacityError, match=r"weight buffer bytes \[0, 17408\) but preset tiny"):
         lower(tiny, expand(prog, Runtime(1, 0)))
@@ -96,12 +137,42 @@ def test_cost_free_fields_do_not_change_a_price(tiny):
     from hwflow.perf.lower import _COST_FREE, _pricer
 
     cases = [
-        make("MV", func=0, rows=1, cols=16, k=64, n=4, m=16, wbits=4, a_buf=1, b_buf=0, o_buf=1),
-        make("MV", func=1, rows=1, cols=48, k=16, n=1, m=1, wbits=8, a_buf=1, b_buf=2, o_buf=3),
-        make("SFU", func=1, rows=1, cols=48, a_buf=3, o_buf=3, mask=1),
-        make("SFU", func=6, rows=1, cols=16, a_buf=1, o_buf=2),
-        make("ST", kind=2, hbm=4096, rows=2, row_bytes=16, hbm_stride=512, buf=1, stride=16),
-        make("LD", kind=2, hbm=4096, rows=3, row_bytes=16, hbm_stride=16, buf=2, stride=16),
+        make(
+            "MV",
+            func=MatmulFunc.LINEAR,
+            rows=1,
+            cols=16,
+            k=64,
+            n=4,
+            m=16,
+            wbits=4,
+            a_buf=1,
+            b_buf=0,
+            o_buf=1,
+        ),
+        make(
+            "MV",
+            func=MatmulFunc.QK,
+            rows=1,
+            cols=48,
+            k=16,
+            n=1,
+            m=1,
+            wbits=8,
+            a_buf=1,
+            b_buf=2,
+            o_buf=3,
+        ),
+        make(
+            "SFU", func=SfuFunc.SOFTMAX, rows=1, cols=48, a_buf=3, o_buf=3, mask=SoftmaxMask.CAUSAL
+        ),
+        make("SFU", func=SfuFunc.MOV, rows=1, cols=16, a_buf=1, o_buf=2),
+        make(
+            "ST", kind=XferKind.KV, hbm=4096, rows=2, row_bytes=16, hbm_stride=512, buf=1, stride=16
+        ),
+        make(
+            "LD", kind=XferKind.KV, hbm=4096, rows=3, row_bytes=16, hbm_stride=16, buf=2, stride=16
+        ),
     ]
     price = _pricer(tiny).price
     for ins in cases:
@@ -148,8 +219,8 @@ def test_matmul_writes_its_output_width_and_reads_row_factors(tiny, obits, arow)
     row factor per input row besides the beats' operands (dense INT8 on tiny's MV: one M-block
     of 16 INT8 activations and 2 chains x 16 weight slots of 8 bits per beat)."""
     rows, cols, k = 1, 16, 64
-    ins = make("MV", func=0, rows=rows, cols=cols, k=k, n=16, m=16, wbits=8, a_buf=1, b_buf=0,
-               o_buf=1, obits=obits, arow=arow)  # fmt: skip
+    ins = make("MV", func=MatmulFunc.LINEAR, rows=rows, cols=cols, k=k, n=16, m=16, wbits=8,
+               a_buf=Buf.ACT, b_buf=Buf.WEIGHT, o_buf=Buf.ACT, obits=obits, arow=arow)  # fmt: skip
     _, acts = lower(tiny, expand(template([ins]), Runtime(1, 0)))
     beats = matmul_cost(tiny.mv, 16, rows, cols, k, 16).beats
     assert acts.buffer_write_bits == rows * cols * obits

@@ -56,7 +56,7 @@ from hwflow.compiler.layout import (
 )
 from hwflow.config import CompressionPlan, HardwarePreset, ModelConfig
 from hwflow.errors import CapacityError
-from hwflow.isa import MATMUL_FUNCS, ROW_FACTOR_BYTES, SFU_FUNCS, Buf
+from hwflow.isa import ROW_FACTOR_BYTES, Buf, MatmulFunc, SfuFunc, SoftmaxMask, XferKind
 from hwflow.numerics import GATE_BITS, RESIDUAL_BITS
 
 __all__ = ["BufferPlan", "Node", "lower_step", "plan_buffers"]
@@ -68,9 +68,6 @@ R_ROWS, R_QPOS, R_KEYS, R_QOFF, R_LW, R_LKV, R_LKVQ, R_CB, R_IOFF, R_ROFF, R_LAS
 #: footprints the token assignment sees: orders a decode step's KV loads before its KV stores.
 HBM_KV = 8
 
-SFU_FUNC = {name: i for i, name in enumerate(SFU_FUNCS)}
-MM_FUNC = {name: i for i, name in enumerate(MATMUL_FUNCS)}
-KIND = {"weights": 0, "params": 1, "kv": 2, "act": 3, "rope": 4, "logits": 5}
 
 Span = tuple[int, int, int]  # (buffer, first byte, end byte)
 
@@ -160,7 +157,36 @@ def plan_buffers(
     liveness in the activation buffer), with ``rope_rows`` RoPE rows (default ``tt``);
     CapacityError naming the buffer when one overflows."""
     rope_rows = tt if rope_rows is None else rope_rows
-    act_cap = hw.buffers.bytes("act")
+    act, span, top = _place_activations(cfg, hw, tt)
+    kv_slot, n_kv = _kv_slots(cfg, hw, keys_max)
+    sst, sc_slot, n_sc = _score_slots(hw, tt, keys_max)
+    wslot = hw.buffers.bytes("weight") // WEIGHT_SLOTS
+    p_rope, p_final = _param_places(cfg, hw, rope_rows)
+    return BufferPlan(
+        tt,
+        keys_max,
+        rope_rows,
+        MappingProxyType(act),
+        MappingProxyType(span),
+        top,
+        tuple(i * kv_slot for i in range(n_kv)),
+        kv_slot,
+        tuple(i * sc_slot for i in range(n_sc)),
+        sc_slot,
+        sst,
+        tuple(i * wslot for i in range(WEIGHT_SLOTS)),
+        wslot,
+        p_rope,
+        p_final,
+    )
+
+
+def _place_activations(
+    cfg: ModelConfig, hw: HardwarePreset, tt: int
+) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]], int]:
+    """(tensor -> (row 0 offset, row stride), tensor -> [first, end) bytes, bytes used) of the
+    activation buffer: the residual at 0, then a layer's tensors first fit by liveness, then
+    the head's ``hf`` and logits over the (by then dead) layer tensors."""
     d, rf = cfg.hidden, ROW_FACTOR_BYTES
     res = RESIDUAL_BITS // 8
     act: dict[str, tuple[int, int]] = {"X": (0, res * d)}
@@ -188,11 +214,18 @@ def plan_buffers(
     act["logits"] = (lg, 4 * cfg.vocab)
     span["logits"] = (lg, lg + 4 * cfg.vocab)
     top = max(top, lg + _al(4 * cfg.vocab))
+    act_cap = hw.buffers.bytes("act")
     if top > act_cap:
         raise CapacityError(
             f"activations of a {tt}-token chunk need {top} bytes but buffers.act_kib holds "
             f"{act_cap} bytes"
         )
+    return act, span, top
+
+
+def _kv_slots(cfg: ModelConfig, hw: HardwarePreset, keys_max: int) -> tuple[int, int]:
+    """(bytes, count) of the KV slots: one head's K or V over ``keys_max`` keys each, at most
+    every K and V of the KV heads and 16; at least two (K and V of one head)."""
     kv_slot = _al(keys_max * cfg.head_dim)
     n_kv = min(hw.buffers.bytes("kv") // kv_slot, 2 * cfg.kv_heads, 16)
     if n_kv < 2:
@@ -200,7 +233,13 @@ def plan_buffers(
             f"attention at {keys_max} keys needs two KV slots of {kv_slot} bytes (K and V of one "
             f"head) but buffers.kv_kib holds {hw.buffers.bytes('kv')} bytes"
         )
-    sst = max(4 * keys_max, keys_max + rf)  # INT32 scores; UINT8 p and its factor in place
+    return kv_slot, n_kv
+
+
+def _score_slots(hw: HardwarePreset, tt: int, keys_max: int) -> tuple[int, int, int]:
+    """(row stride, slot bytes, count) of the score slots: ``tt`` rows of INT32 scores (later
+    the UINT8 probabilities and their row factor in place), at most 4 slots, at least one."""
+    sst = max(4 * keys_max, keys_max + ROW_FACTOR_BYTES)
     sc_slot = _al(tt * sst)
     n_sc = min(hw.buffers.bytes("score") // sc_slot, 4)
     if n_sc < 1:
@@ -208,7 +247,11 @@ def plan_buffers(
             f"scores of a {tt}-token chunk at {keys_max} keys need {sc_slot} bytes but "
             f"buffers.score_kib holds {hw.buffers.bytes('score')} bytes"
         )
-    wslot = hw.buffers.bytes("weight") // WEIGHT_SLOTS
+    return sst, sc_slot, n_sc
+
+
+def _param_places(cfg: ModelConfig, hw: HardwarePreset, rope_rows: int) -> tuple[int, int]:
+    """(RoPE rows' offset, final blob's offset) in the param buffer, after the layer blob."""
     p_rope = _al(param_blob(cfg).size)
     p_final = p_rope + _al(rope_rows * 2 * cfg.head_dim)
     need = p_final + final_blob(cfg).size
@@ -217,23 +260,7 @@ def plan_buffers(
             f"layer parameters and {rope_rows} RoPE rows need {need} bytes but "
             f"buffers.param_kib holds {hw.buffers.bytes('param')} bytes"
         )
-    return BufferPlan(
-        tt,
-        keys_max,
-        rope_rows,
-        MappingProxyType(act),
-        MappingProxyType(span),
-        top,
-        tuple(i * kv_slot for i in range(n_kv)),
-        kv_slot,
-        tuple(i * sc_slot for i in range(n_sc)),
-        sc_slot,
-        sst,
-        tuple(i * wslot for i in range(WEIGHT_SLOTS)),
-        wslot,
-        p_rope,
-        p_final,
-    )
+    return p_rope, p_final
 
 
 def _weight_operand(ts: TileSpec, slot: int) -> dict[str, int]:
@@ -264,6 +291,399 @@ class _Emitter:
         self.nodes.append(Node("BARRIER", {}))
 
 
+Operand = tuple[int, int, int, int]  # (buffer, offset, row stride, offset register)
+
+
+class _Tiles:
+    """The weight tiles of one layer (or the head) streamed through the weight slots: the LD of
+    tile ``j`` is emitted just before the engine op of tile ``j - (slots - 1)``, i.e. right after
+    the engine op that last used its slot (double buffering with two slots)."""
+
+    def __init__(self, e: _Emitter, bp: BufferPlan, specs: list[TileSpec], base_reg: int) -> None:
+        self.e, self.bp, self.base_reg = e, bp, base_reg
+        #: (spec, first output row, rows, offset in the region at ``base_reg``) per tile
+        self.items = [(ts, r0, r, off) for ts in specs for (r0, r, off) in ts.tiles]
+        self.first: dict[str, int] = {}  #: op -> index of its first tile
+        for j, it in enumerate(self.items):
+            self.first.setdefault(it[0].name, j)
+        self.loaded = 0
+
+    def slot(self, j: int) -> int:
+        """Offset of the weight slot tile ``j`` goes to."""
+        return self.bp.weight_slots[j % len(self.bp.weight_slots)]
+
+    def slot_span(self, j: int) -> Span:
+        s = self.slot(j)
+        return (Buf.WEIGHT, s, s + self.bp.weight_slot_bytes)
+
+    def prefetch(self, j: int) -> None:
+        """Load every tile up to the one the slots can hold ahead of the engine at tile ``j``."""
+        self.load_upto(j + len(self.bp.weight_slots) - 1)
+
+    def load_upto(self, j: int) -> None:
+        """Emit the LDs of the tiles not yet loaded up to ``j`` (capped at the last)."""
+        while self.loaded <= min(j, len(self.items) - 1):
+            ts, _r0, r, off = self.items[self.loaded]
+            s = self.slot(self.loaded)
+            nbytes = r * ts.row_bytes
+            self.e.unit("LD", (), (self.slot_span(self.loaded),), kind=XferKind.WEIGHTS, hbm=off,
+                        hbm_reg=self.base_reg, hbm_stride=nbytes, buf=Buf.WEIGHT, off=s,
+                        stride=nbytes, row_bytes=nbytes, rows=1)  # fmt: skip
+            self.loaded += 1
+
+
+class _Lowering:
+    """The lowering of one template: the model, plan, layouts and phase every part reads, and
+    one method per part of the program (chunk loop, layer, attention, MLP, head)."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        plan: CompressionPlan,
+        layout: HbmLayout,
+        bp: BufferPlan,
+        phase: str,
+        lo: int,
+    ) -> None:
+        self.cfg, self.plan, self.layout, self.bp, self.lo = cfg, plan, layout, bp, lo
+        self.e = _Emitter()
+        self.dec = phase == "decode"
+        self.eng = "MV" if self.dec else "MM"
+        self.block = not self.dec and plan.attention.pattern == "block"
+        self.rope = cfg.positions == "rope"
+        self.tt = bp.tt
+        self.xrow = RESIDUAL_BITS // 8 * cfg.hidden  # INT32 residual rows
+        self.pb, self.fb = param_blob(cfg), final_blob(cfg)
+        self.params_span: Span = (Buf.PARAM, 0, self.pb.size)
+        self.rope_span: Span = (Buf.PARAM, bp.p_rope, bp.p_final)
+        self.final_span: Span = (Buf.PARAM, bp.p_final, bp.p_final + self.fb.size)
+        # linear inputs with row factors (``a`` has a static scale): the per-row tensors and hf
+        self.rowf = {t[0] for t in _tensors(cfg) if t[4]} | {"hf"}
+
+    # ---- operands
+
+    def act(self, name: str) -> tuple[int, int]:
+        """(offset of row 0's data, row stride) of an activation tensor."""
+        return self.bp.act[name]
+
+    def aspan(self, name: str) -> Span:
+        """The bytes allocated to an activation tensor."""
+        lo, hi = self.bp.act_span[name]
+        return (Buf.ACT, lo, hi)
+
+    def operand(self, x: str | Operand) -> Operand:
+        """An SFU operand: an activation tensor by name, or (buffer, offset, stride, reg)."""
+        if isinstance(x, str):
+            off, rb = self.act(x)
+            return (Buf.ACT, off, rb, 0)
+        return x
+
+    def sfu(
+        self,
+        func: SfuFunc,
+        a: str | Operand,
+        o: str | Operand,
+        cols: int,
+        reads: tuple[Span, ...] = (),
+        writes: tuple[Span, ...] = (),
+        b: str | Operand | None = None,
+        **f: int,
+    ) -> None:
+        """An SFU op (``rows`` default: the chunk's rows); a named tensor operand adds its
+        span to the footprint."""
+        ab, ao, ast, ar = self.operand(a)
+        ob, oo, ost, orr = self.operand(o)
+        extra: dict[str, int] = {}
+        if b is not None:
+            bb, bo, bs, br = self.operand(b)
+            extra = {"b_buf": bb, "b_off": bo, "b_stride": bs, "b_reg": br}
+            if isinstance(b, str):
+                reads = (*reads, self.aspan(b))
+        if isinstance(a, str):
+            reads = (*reads, self.aspan(a))
+        if isinstance(o, str):
+            writes = (*writes, self.aspan(o))
+        self.e.unit("SFU", reads, writes, func=func, rows=f.pop("rows", self.tt),
+                    rows_reg=f.pop("rows_reg", R_ROWS), cols=cols, a_buf=ab, a_off=ao,
+                    a_stride=ast, a_reg=ar, o_buf=ob, o_off=oo, o_stride=ost, o_reg=orr,
+                    **extra, **f)  # fmt: skip
+
+    def norm(self, a: str | Operand, o: str | Operand, p_off: int, **f: Any) -> None:
+        """RMSNorm / LayerNorm (the model's) of ``a`` into ``o``, gains at ``p_off``."""
+        aux = int(self.cfg.norm == "layer")
+        self.sfu(SfuFunc.NORM, a, o, self.cfg.hidden, p_off=p_off, aux=aux, **f)
+
+    def linear(self, tiles: _Tiles, op: str, src: str, dst: str) -> None:
+        """Linear op ``op`` of the layer: ``dst = src @ W^T``, one engine op per weight tile."""
+        obits = linear_out_bits(op)
+        so, srb = self.act(src)
+        do, drb = self.act(dst)
+        first = tiles.first[op]
+        for j in range(first, first + sum(1 for t in tiles.items if t[0].name == op)):
+            tiles.prefetch(j)
+            ts, r0, r, _ = tiles.items[j]
+            self.e.unit(self.eng, (self.aspan(src), tiles.slot_span(j)), (self.aspan(dst),),
+                        func=MatmulFunc.LINEAR, rows=self.tt, rows_reg=R_ROWS, cols=r,
+                        a_buf=Buf.ACT, a_off=so, a_stride=srb, o_buf=Buf.ACT,
+                        o_off=do + r0 * obits // 8, o_stride=drb, p_off=self.pb[f"{op}.guard"],
+                        obits=obits, arow=int(src in self.rowf),
+                        **_weight_operand(ts, tiles.slot(j)))  # fmt: skip
+
+    # ---- program structure
+
+    def program(self, nchunks: int) -> list[Node]:
+        """Chunk loop (input rows, RoPE rows, every layer run), then the head."""
+        e, tt = self.e, self.tt
+        e.sys("SETI", rd=R_CB, imm=0)
+        e.barrier()
+        e.sys("LOOP", count=nchunks)
+        self.chunk_registers()
+        self.chunk_loads()
+        for run in self.layout.runs:
+            self.layer_run(*run)
+        e.sys("ADDI", rd=R_CB, ra=R_CB, imm=tt)
+        e.barrier()
+        e.sys("ENDLOOP")
+        self.head()
+        e.barrier()
+        e.sys("END")
+        return e.nodes
+
+    def chunk_registers(self) -> None:
+        """ROWS, QPOS, KEYS, QOFF and IOFF of the chunk at CB (see the module doc)."""
+        e = self.e
+        e.sys("SUB", rd=R_ROWS, ra=1, rb=R_CB)
+        e.sys("MINI", rd=R_ROWS, ra=R_ROWS, imm=self.tt)
+        e.sys("ADD", rd=R_QPOS, ra=2, rb=R_CB)
+        e.sys("ADD", rd=R_KEYS, ra=R_QPOS, rb=R_ROWS)
+        e.sys("MULI", rd=R_QOFF, ra=R_QPOS, imm=self.cfg.head_dim)
+        e.sys("MULI", rd=R_IOFF, ra=R_CB, imm=self.xrow)
+
+    def chunk_loads(self) -> None:
+        """The chunk's input rows, then (RoPE models) its RoPE rows (decode: the bucket's)."""
+        e, lay, tt, xrow = self.e, self.layout, self.tt, self.xrow
+        e.unit("LD", (), ((Buf.ACT, 0, tt * xrow),), kind=XferKind.ACT,
+               hbm=lay.region("input").base, hbm_reg=R_IOFF, hbm_stride=xrow, buf=Buf.ACT, off=0,
+               stride=xrow, row_bytes=xrow, rows=tt, rows_reg=R_ROWS)  # fmt: skip
+        if not self.rope:
+            return
+        rope_base = lay.region("rope").base
+        rope_at: dict[str, int]
+        if self.dec:  # the bucket's rows, static; the step's row is RROW bytes into them
+            e.sys("ADDI", rd=R_RROW, ra=R_QPOS, imm=1 - self.lo)
+            e.sys("MULI", rd=R_RROW, ra=R_RROW, imm=lay.rope_row)
+            rope_at = dict(hbm=rope_base + (self.lo - 1) * lay.rope_row, rows=self.bp.rope_rows)
+        else:
+            e.sys("MULI", rd=R_ROFF, ra=R_QPOS, imm=lay.rope_row)
+            rope_at = dict(hbm=rope_base, hbm_reg=R_ROFF, rows=tt, rows_reg=R_ROWS)
+        e.unit("LD", (), (self.rope_span,), kind=XferKind.ROPE, hbm_stride=lay.rope_row,
+               buf=Buf.PARAM, off=self.bp.p_rope, stride=lay.rope_row, row_bytes=lay.rope_row,
+               **rope_at)  # fmt: skip
+
+    def layer_run(self, first: int, count: int, stride: int) -> None:
+        """A loop over ``count`` identical layers from ``first``, advancing LW / LKV."""
+        e, lay = self.e, self.layout
+        e.sys("SETI", rd=R_LW, imm=lay.region(f"L{first}").base)
+        e.sys("SETI", rd=R_LKV, imm=lay.region("kv").base + first * lay.kv_layer_bytes)
+        e.barrier()
+        e.sys("LOOP", count=count)
+        self.layer(first)
+        e.sys("ADDI", rd=R_LW, ra=R_LW, imm=stride)
+        e.sys("ADDI", rd=R_LKV, ra=R_LKV, imm=lay.kv_layer_bytes)
+        e.barrier()
+        e.sys("ENDLOOP")
+
+    # ---- one layer
+
+    def layer(self, li: int) -> None:
+        """The body of layer ``li`` (and of every layer of its run)."""
+        e, pb, d = self.e, self.pb, self.cfg.hidden
+        tiles = _Tiles(e, self.bp, list(self.layout.tiles[li]), R_LW)
+        e.sys("ADD", rd=R_LKVQ, ra=R_LKV, rb=R_QOFF)
+        e.unit("LD", (), (self.params_span,), kind=XferKind.PARAMS, hbm=0, hbm_reg=R_LW,
+               hbm_stride=pb.size, buf=Buf.PARAM, off=0, stride=pb.size, row_bytes=pb.size,
+               rows=1)  # fmt: skip
+        tiles.load_upto(0)
+        self.norm("X", "h1", pb["norm1"], reads=(self.params_span,))
+        for op in ("q", "k", "v"):
+            self.linear(tiles, op, "h1", op)
+        qn, kn = self.rotate() if self.rope else ("q", "k")
+        _Attention(self, qn, kn).emit()
+        self.linear(tiles, "o", "a", "o")
+        self.sfu(SfuFunc.ADD, "X", "X", d, b="o")  # x1, in place
+        self.norm("X", "h2", pb["norm2"], reads=(self.params_span,))
+        self.mlp(tiles)
+        self.sfu(SfuFunc.ADD, "X", "X", d, b="d")  # x{l+1}, in place
+
+    def rotate(self) -> tuple[str, str]:
+        """RoPE of q and k into qr and kr (decode: the step's row RROW bytes into the bucket's
+        rows); returns the tensors attention reads."""
+        hd, bp = self.cfg.head_dim, self.bp
+        for src, dst, n in (("q", "qr", self.cfg.heads), ("k", "kr", self.cfg.kv_heads)):
+            self.sfu(SfuFunc.ROPE, src, dst, n * hd, reads=(self.rope_span,),
+                     b=(Buf.PARAM, bp.p_rope, 2 * hd, R_RROW if self.dec else 0), aux=hd,
+                     qpos_reg=R_QPOS)  # fmt: skip
+        return "qr", "kr"
+
+    def mlp(self, tiles: _Tiles) -> None:
+        """Gated (SiLU) or OPT's ReLU MLP from h2 into d."""
+        f = self.cfg.intermediate
+        if self.cfg.gated_mlp:
+            self.linear(tiles, "gate", "h2", "g")
+            self.linear(tiles, "up", "h2", "u")
+            self.sfu(SfuFunc.SILU, "g", "g", f, reads=(self.params_span,), p_off=self.pb["act"])
+            self.sfu(SfuFunc.MUL, "g", "mm", f, b="u")
+            self.linear(tiles, "down", "mm", "d")
+        else:
+            self.linear(tiles, "up", "h2", "u")
+            self.sfu(SfuFunc.RELUQ, "u", "ua", f)
+            self.linear(tiles, "down", "ua", "d")
+
+    # ---- head
+
+    def head(self) -> None:
+        """Final norm and LM head on the last row of the last chunk; the logits to HBM."""
+        e, bp, fb, lay, xrow = self.e, self.bp, self.fb, self.layout, self.xrow
+        e.sys("ADDI", rd=R_LAST, ra=R_ROWS, imm=-1)
+        e.sys("MULI", rd=R_LAST, ra=R_LAST, imm=xrow)
+        e.sys("SETI", rd=R_LW, imm=lay.region("final").base)
+        e.unit("LD", (), (self.final_span,), kind=XferKind.PARAMS, hbm=0, hbm_reg=R_LW,
+               hbm_stride=fb.size, buf=Buf.PARAM, off=bp.p_final, stride=fb.size,
+               row_bytes=fb.size, rows=1)  # fmt: skip
+        hf_off, hf_rb = self.act("hf")
+        self.norm((Buf.ACT, 0, xrow, R_LAST), (Buf.ACT, hf_off, hf_rb, 0),
+                  bp.p_final + fb["norm"], reads=((Buf.ACT, 0, self.tt * xrow), self.final_span),
+                  writes=(self.aspan("hf"),), rows=1, rows_reg=0)  # fmt: skip
+        tiles = _Tiles(e, bp, [lay.head], R_LW)
+        lg, lrb = self.act("logits")
+        lspan = self.aspan("logits")
+        hbits = linear_out_bits("head")
+        for j, (ts, r0, r, _) in enumerate(tiles.items):
+            tiles.prefetch(j)
+            e.unit(self.eng, (self.aspan("hf"), tiles.slot_span(j), self.final_span), (lspan,),
+                   func=MatmulFunc.HEAD, rows=1, cols=r, a_buf=Buf.ACT, a_off=hf_off,
+                   a_stride=hf_rb, arow=1, **_weight_operand(ts, tiles.slot(j)), o_buf=Buf.ACT,
+                   o_off=lg + hbits // 8 * r0, o_stride=lrb,
+                   p_off=bp.p_final + fb["head.guard"], obits=hbits)  # fmt: skip
+        e.unit("ST", (lspan,), (), kind=XferKind.LOGITS, hbm=lay.region("logits").base,
+               hbm_stride=lrb, buf=Buf.ACT, off=lg, stride=lrb, row_bytes=lrb,
+               rows=1)  # fmt: skip
+
+
+class _Attention:
+    """One layer's attention, software-pipelined over heads. In program order per step ``s``:
+    the K/V of head ``s + ahead``'s group (ST, LD, on-chip mov), qk + softmax of head ``s``, pv
+    of head ``s - lag``. The engine then computes scores while the SFU runs a softmax, and the
+    SFU moves the next group's rows while the engine works. A KV slot is rewritten
+    ``D = kv slots // 2`` groups later, so ``ahead + lag <= (D - 1) * rep`` keeps its last
+    reader before its next writer in program order; ``lag < score slots`` does the same for
+    the score buffer."""
+
+    def __init__(self, s: _Lowering, qn: str, kn: str) -> None:
+        self.s, self.qn, self.kn = s, qn, kn
+        cfg, bp = s.cfg, s.bp
+        self.hd, self.nh, self.nkv = cfg.head_dim, cfg.heads, cfg.kv_heads
+        self.rep = self.nh // self.nkv
+        self.kvoff = {"K": 0, "V": s.layout.kv_v_offset}
+        self.n_kv, self.n_sc = len(bp.kv_slots), len(bp.score_slots)
+        budget = (self.n_kv // 2 - 1) * self.rep
+        self.ahead = 1 if budget >= 2 else 0
+        self.lag = max(0, min(self.n_sc - 1, budget - self.ahead, 2))
+        self.kv_of: dict[int, dict[str, int]] = {}  #: group -> {"K"/"V": its KV slot}
+        self.sc_of: dict[int, int] = {}  #: head -> its score slot
+
+    def emit(self) -> None:
+        """The pipelined heads, then (decode) the new K/V rows' store."""
+        nh, rep, ahead, lag = self.nh, self.rep, self.ahead, self.lag
+        for step in range(-ahead, nh + lag):
+            if 0 <= step + ahead < nh and (step + ahead) % rep == 0:
+                self.kv_load((step + ahead) // rep)
+            if 0 <= step < nh:
+                self.scores(step)
+            if 0 <= step - lag < nh:
+                self.pv(step - lag)
+        if self.s.dec:
+            self.store_new_rows()
+
+    def kv_load(self, g: int) -> None:
+        """K and V of group ``g`` into two KV slots: (prefill) store the chunk's rows, load the
+        past rows (decode: the bucket's), copy the chunk's rows next to them on chip."""
+        s, bp, hd, dec = self.s, self.s.bp, self.hd, self.s.dec
+        slots = {}
+        for j, (which, src) in enumerate((("K", self.kn), ("V", "v"))):
+            so, srb = s.act(src)
+            hb = self.kvoff[which] + g * s.layout.kv_head_bytes
+            ks = bp.kv_slots[(2 * g + j) % self.n_kv]
+            kspan = (Buf.KV, ks, ks + bp.kv_slot_bytes)
+            slots[which] = ks
+            if not dec:  # past rows only: disjoint from the rows stored
+                s.e.unit("ST", (s.aspan(src),), (), kind=XferKind.KV, hbm=hb, hbm_reg=R_LKVQ,
+                         hbm_stride=hd, buf=Buf.ACT, off=so + g * hd, stride=srb, row_bytes=hd,
+                         rows=s.tt, rows_reg=R_ROWS)  # fmt: skip
+            s.e.unit("LD", ((HBM_KV, hb, hb + bp.keys_max * hd),) if dec else (), (kspan,),
+                     kind=XferKind.KV, hbm=hb, hbm_reg=R_LKV, hbm_stride=hd, buf=Buf.KV, off=ks,
+                     stride=hd, row_bytes=hd, rows=bp.keys_max,
+                     rows_reg=0 if dec else R_QPOS)  # fmt: skip
+            s.sfu(SfuFunc.MOV, (Buf.ACT, so + g * hd, srb, 0), (Buf.KV, ks, hd, R_QOFF), hd,
+                  reads=(s.aspan(src),), writes=(kspan,))  # fmt: skip
+        self.kv_of[g] = slots
+
+    def kvspan(self, g: int, which: str) -> Span:
+        o = self.kv_of[g][which]
+        return (Buf.KV, o, o + self.s.bp.kv_slot_bytes)
+
+    def scores(self, h: int) -> None:
+        """qk of head ``h`` into a score slot, then its softmax in place (causal, or the
+        plan's block mask in prefill)."""
+        s, bp, hd, dec = self.s, self.s.bp, self.hd, self.s.dec
+        att = s.plan.attention
+        g = h // self.rep
+        ss = self.sc_of[h] = bp.score_slots[h % self.n_sc]
+        sspan = (Buf.SCORE, ss, ss + bp.score_slot_bytes)
+        sst = bp.score_stride
+        qo, qrb = s.act(self.qn)
+        s.e.unit(s.eng, (s.aspan(self.qn), self.kvspan(g, "K"), s.params_span), (sspan,),
+                 func=MatmulFunc.QK, rows=s.tt, rows_reg=R_ROWS, cols=bp.keys_max,
+                 cols_reg=0 if dec else R_KEYS, k=hd, n=1, m=1, wbits=8, a_buf=Buf.ACT,
+                 a_off=qo + h * hd, a_stride=qrb, b_buf=Buf.KV, b_off=self.kv_of[g]["K"],
+                 b_stride=hd, o_buf=Buf.SCORE, o_off=ss, o_stride=sst,
+                 p_off=s.pb["scores"] + 8 * h, obits=32)  # fmt: skip
+        if s.block:
+            mask = dict(mask=SoftmaxMask.BLOCK, blk=att.block, local=att.local_blocks,
+                        glob=att.global_blocks)  # fmt: skip
+        else:
+            mask = dict(mask=SoftmaxMask.CAUSAL)
+        s.sfu(SfuFunc.SOFTMAX, (Buf.SCORE, ss, sst, 0), (Buf.SCORE, ss + ROW_FACTOR_BYTES, sst, 0),
+              bp.keys_max, reads=(sspan,), writes=(sspan,), cols_reg=0 if dec else R_KEYS,
+              qpos_reg=R_QPOS, **mask)  # fmt: skip
+
+    def pv(self, h: int) -> None:
+        """Probabilities of head ``h`` times its group's V into its columns of ``a``."""
+        s, bp, hd, dec = self.s, self.s.bp, self.hd, self.s.dec
+        g = h // self.rep
+        ss = self.sc_of[h]
+        sspan = (Buf.SCORE, ss, ss + bp.score_slot_bytes)
+        ao, arb = s.act("a")
+        s.e.unit(s.eng, (sspan, self.kvspan(g, "V"), s.params_span), (s.aspan("a"),),
+                 func=MatmulFunc.PV, rows=s.tt, rows_reg=R_ROWS, cols=hd, k=bp.keys_max,
+                 k_reg=0 if dec else R_KEYS, n=1, m=1, wbits=8, a_buf=Buf.SCORE,
+                 a_off=ss + ROW_FACTOR_BYTES, a_stride=bp.score_stride, arow=1, b_buf=Buf.KV,
+                 b_off=self.kv_of[g]["V"], b_stride=hd, o_buf=Buf.ACT, o_off=ao + h * hd,
+                 o_stride=arb, p_off=s.pb["pv"] + 12 * h, obits=8)  # fmt: skip
+
+    def store_new_rows(self) -> None:
+        """Decode: the new K (V) row of every head in one strided store, after the bucket's
+        rows were loaded (the loads read the row stored here)."""
+        s, lay, hd = self.s, self.s.layout, self.hd
+        for which, src in (("K", self.kn), ("V", "v")):
+            so, _ = s.act(src)
+            h0, hn = self.kvoff[which], self.kvoff[which] + (self.nkv - 1) * lay.kv_head_bytes
+            s.e.unit("ST", (s.aspan(src),),
+                     ((HBM_KV, h0 + (s.lo - 1) * hd, hn + s.bp.keys_max * hd),),
+                     kind=XferKind.KV, hbm=h0, hbm_reg=R_LKVQ, hbm_stride=lay.kv_head_bytes,
+                     buf=Buf.ACT, off=so, stride=hd, row_bytes=hd, rows=self.nkv)  # fmt: skip
+
+
 def lower_step(
     cfg: ModelConfig,
     plan: CompressionPlan,
@@ -275,397 +695,6 @@ def lower_step(
     lo: int = 1,
 ) -> list[Node]:
     """The node list of a template: ``nchunks`` chunks of ``bp.tt`` rows, then the head
-    (decode: ``lo``..``bp.keys_max`` is the bucket's context range)."""
-    e = _Emitter()
-    eng = "MM" if phase == "prefill" else "MV"
-    dec = phase == "decode"
-    tt, d, hd = bp.tt, cfg.hidden, cfg.head_dim
-    nh, nkv = cfg.heads, cfg.kv_heads
-    rep = nh // nkv
-    A = Buf.ACT
-    rope = cfg.positions == "rope"
-
-    def act(name: str) -> tuple[int, int]:
-        return bp.act[name]
-
-    def aspan(name: str) -> Span:
-        lo, hi = bp.act_span[name]
-        return (A, lo, hi)
-
-    pb, fb = param_blob(cfg), final_blob(cfg)
-    params_span: Span = (Buf.PARAM, 0, pb.size)
-    rope_span: Span = (Buf.PARAM, bp.p_rope, bp.p_final)
-    final_span: Span = (Buf.PARAM, bp.p_final, bp.p_final + fb.size)
-    # linear inputs with row factors (``a`` has a static scale): the per-row tensors and hf
-    rowf = {t[0] for t in _tensors(cfg) if t[4]} | {"hf"}
-
-    def sfu(
-        func: str,
-        a: str | tuple[int, int, int, int],
-        o: str | tuple[int, int, int, int],
-        cols: int,
-        reads: tuple[Span, ...] = (),
-        writes: tuple[Span, ...] = (),
-        b: str | tuple[int, int, int, int] | None = None,
-        **f: int,
-    ) -> None:
-        def opnd(x: Any) -> tuple[int, int, int, int]:
-            if isinstance(x, str):
-                off, rb = act(x)
-                return (A, off, rb, 0)
-            return x
-
-        ab, ao, ast, ar = opnd(a)
-        ob, oo, ost, orr = opnd(o)
-        extra: dict[str, int] = {}
-        if b is not None:
-            bb, bo, bs, br = opnd(b)
-            extra = {"b_buf": bb, "b_off": bo, "b_stride": bs, "b_reg": br}
-            if isinstance(b, str):
-                reads = (*reads, aspan(b))
-        if isinstance(a, str):
-            reads = (*reads, aspan(a))
-        if isinstance(o, str):
-            writes = (*writes, aspan(o))
-        e.unit(
-            "SFU",
-            reads,
-            writes,
-            func=SFU_FUNC[func],
-            rows=f.pop("rows", tt),
-            rows_reg=f.pop("rows_reg", R_ROWS),
-            cols=cols,
-            a_buf=ab,
-            a_off=ao,
-            a_stride=ast,
-            a_reg=ar,
-            o_buf=ob,
-            o_off=oo,
-            o_stride=ost,
-            o_reg=orr,
-            **extra,
-            **f,
-        )
-
-    # ---- weight tiles: LD of global tile j is emitted just before the engine op of tile
-    # j - (slots - 1), i.e. right after the engine op that last used its slot
-    class Tiles:
-        def __init__(self, specs: list[tuple[TileSpec, int, int, int]], base_reg: int) -> None:
-            self.items = specs  # (spec, r0, rows, region offset)
-            self.base_reg = base_reg
-            self.loaded = 0
-
-        def load_upto(self, j: int) -> None:
-            while self.loaded <= min(j, len(self.items) - 1):
-                ts, _r0, r, off = self.items[self.loaded]
-                s = bp.weight_slots[self.loaded % len(bp.weight_slots)]
-                nbytes = r * ts.row_bytes
-                e.unit(
-                    "LD",
-                    (),
-                    ((Buf.WEIGHT, s, s + bp.weight_slot_bytes),),
-                    kind=KIND["weights"],
-                    hbm=off,
-                    hbm_reg=self.base_reg,
-                    hbm_stride=nbytes,
-                    buf=Buf.WEIGHT,
-                    off=s,
-                    stride=nbytes,
-                    row_bytes=nbytes,
-                    rows=1,
-                )
-                self.loaded += 1
-
-    def linear_ops(tiles: Tiles, index: dict[str, int], op: str, src: str, dst: str) -> None:
-        obits = linear_out_bits(op)
-        for j in range(index[op], index[op] + sum(1 for t in tiles.items if t[0].name == op)):
-            tiles.load_upto(j + len(bp.weight_slots) - 1)
-            ts, r0, r, _ = tiles.items[j]
-            s = bp.weight_slots[j % len(bp.weight_slots)]
-            so, srb = act(src)
-            do, drb = act(dst)
-            e.unit(
-                eng,
-                (aspan(src), (Buf.WEIGHT, s, s + bp.weight_slot_bytes)),
-                (aspan(dst),),
-                func=MM_FUNC["linear"],
-                rows=tt,
-                rows_reg=R_ROWS,
-                cols=r,
-                a_buf=A,
-                a_off=so,
-                a_stride=srb,
-                o_buf=A,
-                o_off=do + r0 * obits // 8,
-                o_stride=drb,
-                p_off=pb[f"{op}.guard"],
-                obits=obits,
-                arow=int(src in rowf),
-                **_weight_operand(ts, s),
-            )
-
-    def layer_body(li: int) -> None:
-        specs = layout.tiles[li]
-        items = [(ts, r0, r, off) for ts in specs for (r0, r, off) in ts.tiles]
-        index: dict[str, int] = {}
-        for j, it in enumerate(items):
-            index.setdefault(it[0].name, j)
-        tiles = Tiles(items, R_LW)
-        e.sys("ADD", rd=R_LKVQ, ra=R_LKV, rb=R_QOFF)
-        e.unit(
-            "LD",
-            (),
-            (params_span,),
-            kind=KIND["params"],
-            hbm=0,
-            hbm_reg=R_LW,
-            hbm_stride=pb.size,
-            buf=Buf.PARAM,
-            off=0,
-            stride=pb.size,
-            row_bytes=pb.size,
-            rows=1,
-        )
-        tiles.load_upto(0)
-        sfu("norm", "X", "h1", d, reads=(params_span,), p_off=pb["norm1"],
-            aux=int(cfg.norm == "layer"))  # fmt: skip
-        for op in ("q", "k", "v"):
-            linear_ops(tiles, index, op, "h1", op)
-        qn, kn = "q", "k"
-        if rope:
-            for src, dst, n in (("q", "qr", nh), ("k", "kr", nkv)):
-                sfu("rope", src, dst, n * hd, reads=(rope_span,),
-                    b=(Buf.PARAM, bp.p_rope, 2 * hd, R_RROW if dec else 0), aux=hd,
-                    qpos_reg=R_QPOS)  # fmt: skip
-            qn, kn = "qr", "kr"
-        kvoff = {"K": 0, "V": layout.kv_v_offset}
-        att = plan.attention
-        block = phase == "prefill" and att.pattern == "block"
-        qo, qrb = act(qn)
-        ao, arb = act("a")
-        n_kv, n_sc = len(bp.kv_slots), len(bp.score_slots)
-        # Software pipeline over heads, in program order per step s: the K/V of head s + ahead's
-        # group (ST, LD, on-chip mov), qk + softmax of head s, pv of head s - lag. The engine then
-        # computes scores while the SFU runs a softmax, and the SFU moves the next group's rows
-        # while the engine works. A KV slot is rewritten D = n_kv // 2 groups later, so
-        # ahead + lag <= (D - 1) * rep keeps its last reader before its next writer in program
-        # order; lag < score slots does the same for the score buffer.
-        budget = (n_kv // 2 - 1) * rep
-        ahead = 1 if budget >= 2 else 0
-        lag = max(0, min(n_sc - 1, budget - ahead, 2))
-        kv_of: dict[int, dict[str, int]] = {}
-        sc_of: dict[int, int] = {}
-
-        def kv_load(g: int) -> None:
-            slots = {}
-            for j, (which, src) in enumerate((("K", kn), ("V", "v"))):
-                so, srb = act(src)
-                hb = kvoff[which] + g * layout.kv_head_bytes
-                ks = bp.kv_slots[(2 * g + j) % n_kv]
-                kspan = (Buf.KV, ks, ks + bp.kv_slot_bytes)
-                slots[which] = ks
-                if not dec:  # past rows only: disjoint from the rows stored
-                    e.unit("ST", (aspan(src),), (), kind=KIND["kv"], hbm=hb, hbm_reg=R_LKVQ,
-                           hbm_stride=hd, buf=A, off=so + g * hd, stride=srb, row_bytes=hd,
-                           rows=tt, rows_reg=R_ROWS)  # fmt: skip
-                e.unit("LD", ((HBM_KV, hb, hb + bp.keys_max * hd),) if dec else (), (kspan,),
-                       kind=KIND["kv"], hbm=hb, hbm_reg=R_LKV, hbm_stride=hd, buf=Buf.KV, off=ks,
-                       stride=hd, row_bytes=hd, rows=bp.keys_max,
-                       rows_reg=0 if dec else R_QPOS)  # fmt: skip
-                sfu("mov", (A, so + g * hd, srb, 0), (Buf.KV, ks, hd, R_QOFF), hd,
-                    reads=(aspan(src),), writes=(kspan,))  # fmt: skip
-            kv_of[g] = slots
-
-        def kvspan(g: int, which: str) -> Span:
-            o = kv_of[g][which]
-            return (Buf.KV, o, o + bp.kv_slot_bytes)
-
-        def scores(h: int) -> None:
-            g = h // rep
-            ss = sc_of[h] = bp.score_slots[h % n_sc]
-            sspan = (Buf.SCORE, ss, ss + bp.score_slot_bytes)
-            sst = bp.score_stride
-            e.unit(eng, (aspan(qn), kvspan(g, "K"), params_span), (sspan,), func=MM_FUNC["qk"],
-                   rows=tt, rows_reg=R_ROWS, cols=bp.keys_max, cols_reg=0 if dec else R_KEYS,
-                   k=hd, n=1, m=1,
-                   wbits=8, a_buf=A, a_off=qo + h * hd, a_stride=qrb, b_buf=Buf.KV,
-                   b_off=kv_of[g]["K"], b_stride=hd, o_buf=Buf.SCORE, o_off=ss,
-                   o_stride=sst, p_off=pb["scores"] + 8 * h, obits=32)  # fmt: skip
-            sfu("softmax", (Buf.SCORE, ss, sst, 0), (Buf.SCORE, ss + ROW_FACTOR_BYTES, sst, 0),
-                bp.keys_max, reads=(sspan,), writes=(sspan,),
-                cols_reg=0 if dec else R_KEYS,
-                mask=2 if block else 1, qpos_reg=R_QPOS,
-                blk=att.block if block else 0, local=att.local_blocks if block else 0,
-                glob=att.global_blocks if block else 0)  # fmt: skip
-
-        def pv(h: int) -> None:
-            g = h // rep
-            ss = sc_of[h]
-            sspan = (Buf.SCORE, ss, ss + bp.score_slot_bytes)
-            e.unit(eng, (sspan, kvspan(g, "V"), params_span), (aspan("a"),), func=MM_FUNC["pv"],
-                   rows=tt, rows_reg=R_ROWS, cols=hd, k=bp.keys_max, k_reg=0 if dec else R_KEYS,
-                   n=1, m=1, wbits=8, a_buf=Buf.SCORE, a_off=ss + ROW_FACTOR_BYTES,
-                   a_stride=bp.score_stride, arow=1, b_buf=Buf.KV,
-                   b_off=kv_of[g]["V"], b_stride=hd, o_buf=A, o_off=ao + h * hd, o_stride=arb,
-                   p_off=pb["pv"] + 12 * h, obits=8)  # fmt: skip
-
-        for step in range(-ahead, nh + lag):
-            if 0 <= step + ahead < nh and (step + ahead) % rep == 0:
-                kv_load((step + ahead) // rep)
-            if 0 <= step < nh:
-                scores(step)
-            if 0 <= step - lag < nh:
-                pv(step - lag)
-        if dec:  # the new K (V) row of every head in one strided store, after the bucket's
-            # rows were loaded (the loads read the row stored here)
-            for which, src in (("K", kn), ("V", "v")):
-                so, _ = act(src)
-                h0, hn = kvoff[which], kvoff[which] + (nkv - 1) * layout.kv_head_bytes
-                e.unit("ST", (aspan(src),), ((HBM_KV, h0 + (lo - 1) * hd, hn + bp.keys_max * hd),),
-                       kind=KIND["kv"], hbm=h0, hbm_reg=R_LKVQ, hbm_stride=layout.kv_head_bytes,
-                       buf=A, off=so, stride=hd, row_bytes=hd, rows=nkv)  # fmt: skip
-        linear_ops(tiles, index, "o", "a", "o")
-        sfu("add", "X", "X", d, b="o")  # x1, in place
-        sfu("norm", "X", "h2", d, reads=(params_span,), p_off=pb["norm2"],
-            aux=int(cfg.norm == "layer"))  # fmt: skip
-        f = cfg.intermediate
-        if cfg.gated_mlp:
-            linear_ops(tiles, index, "gate", "h2", "g")
-            linear_ops(tiles, index, "up", "h2", "u")
-            sfu("silu", "g", "g", f, reads=(params_span,), p_off=pb["act"])
-            sfu("mul", "g", "mm", f, b="u")
-            linear_ops(tiles, index, "down", "mm", "d")
-        else:
-            linear_ops(tiles, index, "up", "h2", "u")
-            sfu("reluq", "u", "ua", f)
-            linear_ops(tiles, index, "down", "ua", "d")
-        sfu("add", "X", "X", d, b="d")  # x{l+1}, in place
-
-    # ---- program
-    inp = layout.region("input").base
-    kv = layout.region("kv").base
-    e.sys("SETI", rd=R_CB, imm=0)
-    e.barrier()
-    e.sys("LOOP", count=nchunks)
-    e.sys("SUB", rd=R_ROWS, ra=1, rb=R_CB)
-    e.sys("MINI", rd=R_ROWS, ra=R_ROWS, imm=tt)
-    e.sys("ADD", rd=R_QPOS, ra=2, rb=R_CB)
-    e.sys("ADD", rd=R_KEYS, ra=R_QPOS, rb=R_ROWS)
-    e.sys("MULI", rd=R_QOFF, ra=R_QPOS, imm=hd)
-    xrow = RESIDUAL_BITS // 8 * d  # INT32 residual rows
-    e.sys("MULI", rd=R_IOFF, ra=R_CB, imm=xrow)
-    e.unit(
-        "LD",
-        (),
-        ((A, 0, tt * xrow),),
-        kind=KIND["act"],
-        hbm=inp,
-        hbm_reg=R_IOFF,
-        hbm_stride=xrow,
-        buf=A,
-        off=0,
-        stride=xrow,
-        row_bytes=xrow,
-        rows=tt,
-        rows_reg=R_ROWS,
-    )
-    if rope:
-        rope_base = layout.region("rope").base
-        if dec:  # the bucket's rows, static; the step's row is RROW bytes into them
-            e.sys("ADDI", rd=R_RROW, ra=R_QPOS, imm=1 - lo)
-            e.sys("MULI", rd=R_RROW, ra=R_RROW, imm=layout.rope_row)
-            rope_at = dict(hbm=rope_base + (lo - 1) * layout.rope_row, rows=bp.rope_rows)
-        else:
-            e.sys("MULI", rd=R_ROFF, ra=R_QPOS, imm=layout.rope_row)
-            rope_at = dict(hbm=rope_base, hbm_reg=R_ROFF, rows=tt, rows_reg=R_ROWS)
-        e.unit(
-            "LD",
-            (),
-            (rope_span,),
-            kind=KIND["rope"],
-            hbm_stride=layout.rope_row,
-            buf=Buf.PARAM,
-            off=bp.p_rope,
-            stride=layout.rope_row,
-            row_bytes=layout.rope_row,
-            **rope_at,
-        )
-    for first, count, stride in layout.runs:
-        e.sys("SETI", rd=R_LW, imm=layout.region(f"L{first}").base)
-        e.sys("SETI", rd=R_LKV, imm=kv + first * layout.kv_layer_bytes)
-        e.barrier()
-        e.sys("LOOP", count=count)
-        layer_body(first)
-        e.sys("ADDI", rd=R_LW, ra=R_LW, imm=stride)
-        e.sys("ADDI", rd=R_LKV, ra=R_LKV, imm=layout.kv_layer_bytes)
-        e.barrier()
-        e.sys("ENDLOOP")
-    e.sys("ADDI", rd=R_CB, ra=R_CB, imm=tt)
-    e.barrier()
-    e.sys("ENDLOOP")
-    # ---- head on the last row of the last chunk
-    fbase = layout.region("final").base
-    e.sys("ADDI", rd=R_LAST, ra=R_ROWS, imm=-1)
-    e.sys("MULI", rd=R_LAST, ra=R_LAST, imm=xrow)
-    e.sys("SETI", rd=R_LW, imm=fbase)
-    e.unit(
-        "LD",
-        (),
-        (final_span,),
-        kind=KIND["params"],
-        hbm=0,
-        hbm_reg=R_LW,
-        hbm_stride=fb.size,
-        buf=Buf.PARAM,
-        off=bp.p_final,
-        stride=fb.size,
-        row_bytes=fb.size,
-        rows=1,
-    )
-    hf_off, hf_rb = act("hf")
-    sfu("norm", (A, 0, xrow, R_LAST), (A, hf_off, hf_rb, 0), d,
-        reads=((A, 0, tt * xrow), final_span), writes=(aspan("hf"),), rows=1, rows_reg=0,
-        p_off=bp.p_final + fb["norm"], aux=int(cfg.norm == "layer"))  # fmt: skip
-    head = layout.head
-    items = [(head, r0, r, off) for (r0, r, off) in head.tiles]
-    tiles = Tiles(items, R_LW)
-    lo, lrb = act("logits")
-    lspan = aspan("logits")
-    hbits = linear_out_bits("head")
-    for j, (ts, r0, r, _) in enumerate(items):
-        tiles.load_upto(j + len(bp.weight_slots) - 1)
-        s = bp.weight_slots[j % len(bp.weight_slots)]
-        e.unit(
-            eng,
-            (aspan("hf"), (Buf.WEIGHT, s, s + bp.weight_slot_bytes), final_span),
-            (lspan,),
-            func=MM_FUNC["head"],
-            rows=1,
-            cols=r,
-            a_buf=A,
-            a_off=hf_off,
-            a_stride=hf_rb,
-            arow=1,
-            **_weight_operand(ts, s),
-            o_buf=A,
-            o_off=lo + hbits // 8 * r0,
-            o_stride=lrb,
-            p_off=bp.p_final + fb["head.guard"],
-            obits=hbits,
-        )
-    e.unit(
-        "ST",
-        (lspan,),
-        (),
-        kind=KIND["logits"],
-        hbm=layout.region("logits").base,
-        hbm_stride=lrb,
-        buf=A,
-        off=lo,
-        stride=lrb,
-        row_bytes=lrb,
-        rows=1,
-    )
-    e.barrier()
-    e.sys("END")
-    return e.nodes
+    (decode: ``lo``..``bp.keys_max`` is the bucket's context range). ``hw`` is not read: the
+    buffer plan ``bp`` holds what the lowering needs of the preset."""
+    return _Lowering(cfg, plan, layout, bp, phase, lo).program(nchunks)
