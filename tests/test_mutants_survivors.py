@@ -1,0 +1,140 @@
+"""Survivors of the mutation check (issue 13) in the compiler: the HBM image's split over the
+channels and the barrier rule of token assignment, with expectations worked out by hand."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from hwflow.compiler import compile_model
+from hwflow.compiler.lower import Node
+from hwflow.compiler.sync import assign_tokens
+from hwflow.config import load_hw, load_model, load_plan
+from hwflow.errors import SyncError
+
+
+@pytest.fixture(scope="module")
+def tiny_layout():
+    hw = load_hw("tiny")
+    return compile_model(load_model("tiny-llama"), load_plan("flightllm"), hw, 16).layout
+
+
+@pytest.mark.parametrize(
+    ("total", "want"),
+    [
+        # 10 granules of 256 B and one byte more: 11 granules dealt round-robin over 4
+        # channels from channel 0: 3, 3, 3, 2 granules
+        (10 * 256 + 1, [768, 768, 768, 512]),
+        # 8 whole granules: 2 each, nothing left over
+        (8 * 256, [512, 512, 512, 512]),
+        # one byte: one granule in channel 0
+        (1, [256, 0, 0, 0]),
+        (0, [0, 0, 0, 0]),
+    ],
+)
+def test_channel_bytes_deals_granules_round_robin(tiny_layout, total, want):
+    layout = dataclasses.replace(tiny_layout, total=total)
+    assert layout.channel_bytes(4, 256) == want
+
+
+def test_channel_bytes_of_a_compiled_image_on_tiny(tiny_layout):
+    """tiny.yaml: 4 channels interleaved every 256 B. The per-channel bytes add up to the
+    image rounded up to whole granules, the lower channels take the leftover granules, and
+    they differ by at most one granule."""
+    per = tiny_layout.channel_bytes(4, 256)
+    assert sum(per) == -(-tiny_layout.total // 256) * 256
+    assert per == sorted(per, reverse=True) and per[0] - per[-1] <= 256
+
+
+def _ld(lo: int) -> Node:
+    return Node("LD", {}, (), ((0, lo, lo + 64),))
+
+
+def test_loop_and_endloop_must_follow_a_barrier():
+    """The lowering puts a BARRIER before every LOOP and ENDLOOP (sync.py's module doc); a
+    node list without one is refused, naming the node, also when the LOOP is the first node
+    (whose predecessor in Python's indexing would be the last node, here a BARRIER)."""
+    with pytest.raises(SyncError, match=r"^node 1: LOOP not preceded by a barrier$"):
+        assign_tokens([_ld(0), Node("LOOP", {"count": 2}), _ld(64), Node("END", {})])
+    with pytest.raises(SyncError, match=r"^node 3: ENDLOOP not preceded by a barrier$"):
+        assign_tokens(
+            [Node("BARRIER", {}), Node("LOOP", {"count": 2}), _ld(0), Node("ENDLOOP", {})]
+        )
+    with pytest.raises(SyncError, match=r"^node 0: LOOP not preceded by a barrier$"):
+        assign_tokens([Node("LOOP", {"count": 2}), _ld(0), Node("BARRIER", {})])
+    ok = assign_tokens(
+        [
+            Node("BARRIER", {}),
+            Node("LOOP", {"count": 2}),
+            _ld(0),
+            Node("BARRIER", {}),
+            Node("ENDLOOP", {}),
+            Node("END", {}),
+        ]
+    )
+    assert [i.op for i in ok if i.op in ("LOOP", "ENDLOOP", "END")] == ["LOOP", "ENDLOOP", "END"]
+
+
+# --------------------------------------------------------------------------------------------
+# perf/machine.py: the relative entry state the segment memo is keyed by
+
+
+def test_relative_state_clips_the_past_and_clears_unused_units():
+    """Units 0 (LD) and 3 (MV) used; the origin is min(fetch 110, free 100, free 120) = 100.
+    Times after it move by -100; earlier ones (LD's last completion 90, its streaming cover
+    99, a token ready at 95, a channel free since 80) become 0, issue cycles at or before the
+    origin are dropped, and every record of the unused unit 1 (free 150, done 160) is
+    cleared, so two entries that differ only there key the memo alike."""
+    from hwflow.perf.machine import UNITS, MachineState
+
+    n = len(UNITS)
+    tokens = [()] * (n * n)
+    tokens[0 * n + 3] = (95, 105)  # LD -> MV
+    state = MachineState(
+        free=(100, 150, 0, 120, 0, 0),
+        done=(90, 160, 0, 130, 0, 0),
+        tokens=tuple(tokens),
+        channels=(80, 115),
+        fetch=110,
+        issued=((90, 100), (150,), (), (100, 120), (), ()),
+        end=160,
+        cover=(99, 155, 0, 125, 0, 0),
+    )
+    assert state.origin((0, 3)) == 100
+    rel = state.relative((0, 3))
+    want_tokens = [()] * (n * n)
+    want_tokens[0 * n + 3] = (0, 5)
+    assert rel == MachineState(
+        free=(0, 0, 0, 20, 0, 0),
+        done=(0, 0, 0, 30, 0, 0),
+        tokens=tuple(want_tokens),
+        channels=(0, 15),
+        fetch=10,
+        issued=((), (), (), (20,), (), ()),
+        end=60,
+        cover=(0, 0, 0, 25, 0, 0),
+    )
+
+
+def test_dispatcher_is_woken_only_by_the_unit_it_waits_for():
+    """Queue depth 1. The dispatcher queues MV's ``m`` and LD's ``a`` and blocks at LD's ``b``
+    until ``a`` issues; ``a`` waits for ``m``'s token. At cycle 0 MV issues ``m`` (10 beats):
+    the dispatcher waits on LD's queue, not MV's, so it must not be woken. LD gets the token,
+    issues ``a`` at 10 (that wakes the dispatcher: ``b`` queued at 10) and ``b`` at 15.
+
+    SimPy waits counted (``events``): the dispatcher's one wait, LD's wait for the token, MV's
+    10 beats, LD's two issue waits (0 -> 15 and 15 -> 20): 5, plus one start per unit process
+    (6) and the dispatcher (1) = 12. A spurious wake-up would add a second dispatcher wait."""
+    from hwflow.perf.machine import Machine, MOp
+
+    ld, mv = 0, 3
+    prog = [
+        MOp(mv, "m", 0, 10, 10, (), (ld,)),
+        MOp(ld, "a", 0, 5, 5, (mv,)),
+        MOp(ld, "b", 0, 5, 5),
+    ]
+    r = Machine(load_hw("tiny"), trace=True, depth=1).run(prog)
+    assert sorted(r.trace) == [("ld", "a", 10, 15), ("ld", "b", 15, 20), ("mv", "m", 0, 10)]
+    assert r.cycles == 20
+    assert r.events == 12
