@@ -16,6 +16,9 @@ N:M) have one tick per value.
 * ``latency``: decode latency per token (ms) against context length, one line per run, from
   the ``curve`` JSON column when present, else min/avg/max markers at the decode range; the
   legend sits outside the axes.
+* ``energy``: energy per token by component (static, HBM, buffers, MACs, SFU, idle units,
+  instruction fetch), one stacked bar per design point (:mod:`.energy_plot`; needs the
+  ``energy_*_j`` columns).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from hwflow.analysis.energy_plot import draw_energy
 from hwflow.analysis.gpus import PRECISIONS, estimate, load_gpus, workload_bytes_per_token
 from hwflow.errors import ConfigError, HwflowError
 
@@ -200,12 +204,18 @@ def plot_results(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
         ("bits", _bits),
         ("latency", _latency),
         ("quality", _quality),
+        ("energy", _energy),
     ):
         fig = draw(plt, ok, style)
         if fig is not None:
             written += _save(fig, out, name)
             plt.close(fig)
     return written
+
+
+def _energy(plt: Any, ok: list[dict[str, Any]], style: _Style) -> Any:
+    """Energy per token by component, one bar per design point (:mod:`.energy_plot`)."""
+    return draw_energy(plt, ok, _label, _case(ok))
 
 
 def _efficiency(plt: Any, ok: list[dict[str, Any]], style: _Style) -> Any:
