@@ -79,9 +79,10 @@ PRODUCT_STAGES = 1
 ACC_STAGES = 1
 #: Capturing a row group's segment results (prefix-sum differences) into the output buffer.
 CAPTURE_STAGES = 1
-#: Requantization: add the INT32 bias (1), multiply by ``mult`` (1), round, shift and
-#: saturate (1).
-REQUANT_STAGES = 3
+#: Requantization: add the INT32 bias (1), multiply by ``mult`` (1), add the rounding constant
+#: (1), shift (1), saturate into the output FIFO (1): few LUT levels per stage (the timing
+#: proxy of ``hwflow synth``).
+REQUANT_STAGES = 5
 #: The output FIFO (credit-based, never full): a written word is presented one cycle later
 #: than a plain output register would present it.
 OUTPUT_STAGES = 1

@@ -32,13 +32,14 @@ t+5+C                 captured: the output buffer (one shift register per requan
                       token lane) loads every lane's ``acc[end] - acc[previous end]``
 t+5+C+q               drain step q (0 <= q < D): R lanes leave the buffer; their parameter
                       word was read the cycle before
-t+6+C+q, t+7+C+q      requantizer: bias add, multiply; round/shift/saturate into the FIFO
-t+9+C+q               the drain word on the output FIFO (``o``)
+t+6+C+q .. t+9+C+q    requantizer: bias add, multiply, rounding add, shift; saturate into
+                      the FIFO
+t+11+C+q              the drain word on the output FIFO (``o``)
 ====================  =======================================================================
 
 A row group at N has ``chains*C/N`` rows x ``rows`` token lanes of results: D =
 :meth:`EngineParams.drain_cycles` words of R values, token lane by token lane. So a group's
-first word leaves ``C + 9`` cycles (:func:`hwflow.costs.chain_latency`) after its last beat
+first word leaves ``C + 11`` cycles (:func:`hwflow.costs.chain_latency`) after its last beat
 and its last word D - 1 cycles later.
 
 Flow control (no global stall: every register of the datapath moves every cycle, bubbles
@@ -95,7 +96,7 @@ from hwflow.errors import UnsupportedError
 from hwflow.hw.dsp import DspChain, unpack_dual
 from hwflow.hw.hier import Hierarchy, place
 from hwflow.hw.params import DUAL_ACT_MIN, EngineParams
-from hwflow.hw.requant import PER_TOKEN_EXTRA_STAGES, Requantizer
+from hwflow.hw.requant import Requantizer
 from hwflow.hw.tools import ROOT
 from hwflow.hw.widen import WeightWidener
 
@@ -578,7 +579,7 @@ class ChainEngine(wiring.Component):
                 word.data[r].eq(rq.out),
             ]
         # valid, last and raw of each step, delayed through the requantizer's stages
-        depth_rq = 2 + (PER_TOKEN_EXTRA_STAGES if p.per_token else 0)
+        depth_rq = Requantizer.registers(p.per_token)
         v_d, l_d, raw_d = active, step_last, raw
         for i in range(depth_rq):
             nv, nl, nr = Signal(name=f"v{i}"), Signal(name=f"l{i}"), Signal(name=f"w{i}")
