@@ -188,7 +188,7 @@ def test_unexplained_disagreement_exits_1(tmp_path, capsys):
     d = _folder(tmp_path, {"hbm.yaml": {"points": [far]}})
     assert main(["validate", "--measurements", str(d), "--groups", "hbm", "--markdown"]) == 0
     out = capsys.readouterr().out
-    assert "| 1 | far | 100 GB/s | 429.3 GB/s | 4.293 | explained: a reason |" in out
+    assert "| 1 | far | 100 GB/s | 429.3 GB/s | 4.293 | explained: a reason | S1 |" in out
 
 
 def test_readme_quotes_every_published_figure():
