@@ -277,9 +277,9 @@ def validate(
             raise ConfigError(f"{base}: no {GROUPS[g]} (the data of group {g!r})")
     sims = sims or Sims()
     make = {
-        "hbm": lambda p: _hbm_rows(p),
+        "hbm": _hbm_rows,
         "flightllm": lambda p: _flightllm_rows(p, sims),
-        "gpu": lambda p: _gpu_rows(p),
+        "gpu": _gpu_rows,
         "claims": lambda p: _claim_rows(p, sims),
     }
     return [row for g in GROUPS if g in groups for row in make[g](base / GROUPS[g])]
