@@ -113,6 +113,7 @@ def test_flightllm_and_claim_rows_against_a_hand_run_of_the_model(tmp_path):
     figs = [
         {"name": "tps", "metric": "decode_tokens_per_s", "value": 50.0, "kind": "measured"},
         {"name": "ttft", "metric": "ttft_ms", "value": 400.0, "kind": "profiler", "why": "x"},
+        {"name": "step", "metric": "decode_ms", "context": 144, "value": 9.0, "kind": "profiler"},
     ]
     claim = {
         "name": "eff",
@@ -134,12 +135,16 @@ def test_flightllm_and_claim_rows_against_a_hand_run_of_the_model(tmp_path):
     rows = validate(["flightllm", "claims"], d)
     cfg = load_model("llama2-7b")
     r = simulate(cfg, load_plan("flightllm-ir"), load_hw("flightllm-u280"), 128, 16)
-    tps, ttft, eff = rows
+    tps, ttft, step, eff = rows
     assert tps.model == pytest.approx(r.decode_tokens_per_s, rel=1e-12)
     assert tps.ratio == pytest.approx(r.decode_tokens_per_s / 50.0, rel=1e-12)
     assert tps.model_profiler is None  # a board measurement: no divisor column
     assert ttft.model == pytest.approx(r.ttft_s * 1e3, rel=1e-12)
     assert ttft.model_profiler == pytest.approx(r.ttft_s * 1e3 / 3.2, rel=1e-12)
+    # the last of the 16 decode steps has context 128 + 16 = 144
+    last_ms = r.decode_cycles[-1] / r.clock_hz * 1e3
+    assert step.model == pytest.approx(last_ms, rel=1e-12)
+    assert step.model_profiler == pytest.approx(last_ms / 3.2, rel=1e-12)
     # V100S at FP16 over contexts 129..144 (mean 136.5): 1134 GB/s over the bytes, / 250 W TDP
     v100s_tpj = 1134e9 / (LLAMA_LINEAR_PARAMS * 2 + 2 * 32 * 4096 * 2 * 136.5) / 250
     assert eff.model == pytest.approx(r.tokens_per_j / v100s_tpj, rel=1e-9)
@@ -168,6 +173,12 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
     gpu["figures"] = [{**gpu["figures"][0], "gpu": "V100S", "precision": "FP8"}]
     d = _folder(tmp_path, {"gpu.yaml": gpu})
     _one_line(capsys, ["validate", "--measurements", str(d), "--groups", "gpu"], 2, "FP8", "FP16")
+    step = {**_CASE, "name": "s", "metric": "decode_ms", "value": 9.0, "kind": "profiler"}
+    for ctx in (None, 128, 145):  # contexts of the case: 129 .. 144
+        fig = {**step, "source": "s"} | ({"context": ctx} if ctx else {})
+        d = _folder(tmp_path, {"flightllm.yaml": {"figures": [fig]}})
+        argv = ["validate", "--measurements", str(d), "--groups", "flightllm"]
+        _one_line(capsys, argv, 2, "allowed: 129 to 144", f"got {ctx}")
     hbm = yaml.safe_load((MEASUREMENTS / "hbm.yaml").read_text())
     hbm["points"] = [{**hbm["points"][3], "channels": 33}]
     d = _folder(tmp_path, {"hbm.yaml": hbm})
@@ -188,7 +199,7 @@ def test_unexplained_disagreement_exits_1(tmp_path, capsys):
     d = _folder(tmp_path, {"hbm.yaml": {"points": [far]}})
     assert main(["validate", "--measurements", str(d), "--groups", "hbm", "--markdown"]) == 0
     out = capsys.readouterr().out
-    assert "| 1 | far | 100 GB/s | 429.3 GB/s | 4.293 | explained: a reason |" in out
+    assert "| 1 | far | 100 GB/s | 429.3 GB/s | 4.293 | explained: a reason | S1 |" in out
 
 
 def test_readme_quotes_every_published_figure():

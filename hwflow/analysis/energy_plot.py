@@ -57,7 +57,7 @@ def _stack(ax: Any, points: list[tuple[str, dict[str, float]]], keys: list[str])
         left = [a + w for a, w in zip(left, widths, strict=True)]
     for y, total in zip(ys, left, strict=True):
         ax.annotate(
-            f"{total:.3g}",
+            f"{total:,.0f}" if total >= 100 else f"{total:.3g}",
             (total, y),
             xytext=(3, 0),
             textcoords="offset points",

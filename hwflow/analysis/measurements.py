@@ -94,7 +94,10 @@ class FlightLlmFigure(Frozen):
     plan: str
     prefill: int = Field(gt=0)
     decode: int = Field(gt=0)
-    metric: Literal["decode_tokens_per_s", "ttft_ms"]
+    metric: Literal["decode_tokens_per_s", "ttft_ms", "decode_ms"]
+    #: decode_ms: the context (tokens in the cache after the step) of the decode step timed;
+    #: one of the case's, prefill + 1 .. prefill + decode
+    context: int | None = Field(default=None, gt=0)
     value: float = Field(gt=0)
     kind: Literal["measured", "profiler"]
     source: str
@@ -109,7 +112,17 @@ class _FlightLlmFile(Frozen):
 def flightllm_figures(path: str | Path | None = None) -> tuple[FlightLlmFigure, ...]:
     """The figures of ``mappings/measurements/flightllm.yaml`` (or ``path``)."""
     p = Path(path) if path else MEASUREMENTS / "flightllm.yaml"
-    return validate_data(_FlightLlmFile, read_data(p), p).figures
+    figs = validate_data(_FlightLlmFile, read_data(p), p).figures
+    for i, f in enumerate(figs):
+        lo, hi = f.prefill + 1, f.prefill + f.decode
+        if f.metric == "decode_ms" and not (f.context is not None and lo <= f.context <= hi):
+            raise ConfigError(
+                f"{p}: figures.{i}: decode_ms needs a context of the case (allowed: {lo} to {hi},"
+                f" got {f.context})"
+            )
+        if f.metric != "decode_ms" and f.context is not None:
+            raise ConfigError(f"{p}: figures.{i}: context is for metric decode_ms only")
+    return figs
 
 
 def _check_gpu(gpu: str, precision: str, where: str) -> None:

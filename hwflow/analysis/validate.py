@@ -29,6 +29,7 @@ from hwflow.analysis.flightllm import PROFILER_DIVISOR, with_profiler_divisor
 from hwflow.analysis.gpus import PRECISIONS, estimate, load_gpus, workload_bytes_per_token
 from hwflow.analysis.measurements import (
     MEASUREMENTS,
+    FlightLlmFigure,
     claim_figures,
     flightllm_figures,
     gpu_figures,
@@ -47,6 +48,7 @@ __all__ = [
     "Sims",
     "board_power",
     "gpu_case_tokens_per_s",
+    "replica_figure",
     "validate",
 ]
 
@@ -178,16 +180,25 @@ def _case(hw: str, plan: str, prefill: int, decode: int) -> str:
     return f"hwflow sim --hw {hw} --plan {plan} --prefill {prefill} --decode {decode}"
 
 
+def replica_figure(fig: FlightLlmFigure, result: Any) -> tuple[str, float, float]:
+    """(unit, the replica's figure, that figure as FlightLLM's profiler would give it) of
+    ``fig``'s metric in the simulated ``result`` of its case: every instruction time divided
+    by :data:`~hwflow.analysis.flightllm.PROFILER_DIVISOR`, so a rate multiplied by it."""
+    if fig.metric == "decode_tokens_per_s":
+        model = result.decode_tokens_per_s
+        return "tokens/s", model, with_profiler_divisor(model)
+    if fig.metric == "ttft_ms":
+        model = result.ttft_s * 1e3
+    else:  # decode_ms: the step whose context is fig.context
+        _, model = result.decode_curve()[fig.context - fig.prefill - 1]
+    return "ms", model, model / PROFILER_DIVISOR
+
+
 def _flightllm_rows(path: Path, sims: Sims) -> list[Row]:
     out = []
     for f in flightllm_figures(path):
         r = sims(f.hw, f.plan, f.prefill, f.decode)
-        if f.metric == "decode_tokens_per_s":
-            unit, model = "tokens/s", r.decode_tokens_per_s
-            scaled = with_profiler_divisor(model)
-        else:
-            unit, model = "ms", r.ttft_s * 1e3
-            scaled = model / PROFILER_DIVISOR
+        unit, model, scaled = replica_figure(f, r)
         out.append(
             Row(
                 group="flightllm",
@@ -277,9 +288,9 @@ def validate(
             raise ConfigError(f"{base}: no {GROUPS[g]} (the data of group {g!r})")
     sims = sims or Sims()
     make = {
-        "hbm": lambda p: _hbm_rows(p),
+        "hbm": _hbm_rows,
         "flightllm": lambda p: _flightllm_rows(p, sims),
-        "gpu": lambda p: _gpu_rows(p),
+        "gpu": _gpu_rows,
         "claims": lambda p: _claim_rows(p, sims),
     }
     return [row for g in GROUPS if g in groups for row in make[g](base / GROUPS[g])]

@@ -22,8 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hwflow.analysis.flightllm import PROFILER_DIVISOR
     from hwflow.analysis.measurements import flightllm_figures
+    from hwflow.analysis.validate import replica_figure
     from hwflow.config import load_hw, load_model, load_plan
     from hwflow.perf.sim import compile_cached, simulate
 
@@ -32,6 +32,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'published':>10} {'model':>9} {'model/pub':>9} {'x3.2/pub':>9}  figure")
     for f in flightllm_figures():
         decode = args.decode or f.decode
+        if f.context is not None and f.context > f.prefill + decode:
+            print(f"{'':>41}skipped: {f.name} (context {f.context} beyond --decode {decode})")
+            continue
         key = (f.hw, f.plan, f.prefill, decode)
         if key not in cache:
             hw, plan = load_hw(f.hw), load_plan(f.plan)
@@ -39,17 +42,8 @@ def run(args: argparse.Namespace) -> int:
             cache[key] = simulate(
                 cfg, plan, hw, f.prefill, decode, program=prog, workers=args.workers
             )
-        r = cache[key]
-        model = r.decode_tokens_per_s if f.metric == "decode_tokens_per_s" else r.ttft_s * 1e3
-        if f.kind == "profiler":
-            scaled = (
-                model * PROFILER_DIVISOR
-                if f.metric == "decode_tokens_per_s"
-                else model / PROFILER_DIVISOR
-            )
-            div = f"{scaled / f.value:>9.3f}"
-        else:
-            div = f"{'-':>9}"
+        _, model, scaled = replica_figure(f, cache[key])
+        div = f"{scaled / f.value:>9.3f}" if f.kind == "profiler" else f"{'-':>9}"
         print(
             f"{f.value:>10.1f} {model:>9.1f} {model / f.value:>9.3f} {div}  {f.name} ({f.metric}, {f.kind})"
         )

@@ -98,36 +98,47 @@ def _notes(rows: list) -> list[str]:
     return out
 
 
+def _refs(texts: list[str]) -> tuple[list[str], list[int]]:
+    """The distinct texts in order of first use, and each row's index into them (1-based)."""
+    distinct = list(dict.fromkeys(texts))
+    return distinct, [distinct.index(x) + 1 for x in texts]
+
+
 def markdown(rows: list, power: list) -> str:
-    """The Markdown table and notes the README quotes (generated, never hand-typed)."""
+    """The Markdown the README quotes (generated, never hand-typed): the table, each distinct
+    source and uncertainty once, and the replicas' board power."""
+    sources, src = _refs([r.source for r in rows])
+    doubts, _ = _refs([r.unsure for r in rows if r.unsure])
+    first_why: dict[str, int] = {}
     lines = [
-        "| # | figure | published | model | model / published | verdict |",
-        "|---|---|---|---|---|---|",
+        "| # | figure | published | model | model / published | verdict | source |",
+        "|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(rows, 1):
         ratio = f"{r.ratio:.3f}"
         if r.ratio_profiler is not None:
             ratio += f" (x3.2: {r.ratio_profiler:.3f})"
-        verdict = r.verdict if r.within else f"{r.verdict}: {r.why or '-'}"
-        flag = " (unsure\\*)" if r.unsure else ""
+        verdict = r.verdict
+        if not r.within and r.why:
+            seen = first_why.setdefault(r.why, i)
+            verdict += f": {r.why}" if seen == i else f" (as #{seen})"
+        flag = f" (unsure: U{doubts.index(r.unsure) + 1})" if r.unsure else ""
         lines.append(
             f"| {i} | {r.name}{flag} | {_num(r.published)} {r.unit} | {_num(r.model)} {r.unit} "
-            f"| {ratio} | {verdict} |"
+            f"| {ratio} | {verdict} | S{src[i - 1]} |"
         )
-    lines += ["", "Sources (\\* what is unsure):", ""]
-    for i, r in enumerate(rows, 1):
-        lines.append(f"{i}. {r.source}" + (f" \\* {r.unsure}" if r.unsure else ""))
+    lines += ["", "Sources:", ""]
+    lines += [f"- S{k}: {s}" for k, s in enumerate(sources, 1)]
+    if doubts:
+        lines += ["", "What is unsure:", ""]
+        lines += [f"- U{k}: {d}" for k, d in enumerate(doubts, 1)]
     if power:
-        lines += [
-            "",
-            "| replica case | modelled board power | static | dynamic | FlightLLM reports |",
-        ]
-        lines.append("|---|---|---|---|---|")
+        lines += ["", "| replica case | modelled board power | static | dynamic by component |"]
+        lines.append("|---|---|---|---|")
         for p in power:
             dyn = ", ".join(f"{k} {w:.2f}" for k, w in p.dynamic_w.items())
-            lines.append(
-                f"| `{p.case}` | {p.average_w:.1f} W | {p.static_w:.1f} W | {dyn} W | {p.reported} |"
-            )
+            lines.append(f"| `{p.case}` | {p.average_w:.1f} W | {p.static_w:.1f} W | {dyn} W |")
+        lines += ["", f"FlightLLM's reported board power: {power[0].reported}."]
     return "\n".join(lines)
 
 
