@@ -63,7 +63,6 @@ __all__ = [
     "hbm_refresh_share",
     "hbm_run_ns",
     "hbm_stream_gbps",
-    "hbm_transfer_cost",
     "matmul_cost",
     "sfu_cost",
     "sfu_passes",
@@ -107,7 +106,10 @@ class OpCost:
 
 
 def effective_nm(hw: HardwarePreset, n: int, m: int) -> tuple[int, int]:
-    """The (N, M) the chain runs for a layer compressed N:M: dense layers run as M:M."""
+    """The (N, M) the chain runs for a layer compressed N:M: a dense layer (N = M, any M) runs
+    as the preset's M:M (M its activation block, ``sparsity.m``); the one definition, which
+    the compiler's tiling and checks and the cycle model read. UnsupportedError for an N:M
+    the preset does not run."""
     hm = hw.sparsity.m
     if n == m:
         return hm, hm
@@ -203,8 +205,9 @@ def sfu_cost(hw: HardwarePreset, elements: int, passes: int = 1) -> OpCost:
 
 
 # --------------------------------------------------------------------------------------------
-# HBM transfers (LD / ST), defined once: the cycle model's HBM channels charge these and the
-# RTL's load/store unit is held to them.
+# HBM transfers (LD / ST), defined once: the cycle model's HBM channels charge these (the RTL
+# has no LD/ST unit yet; its bench will be held to them once it exists). The LD/ST unit below
+# is the cycle model's.
 #
 # The address space is interleaved across the preset's pseudo-channels in granules of
 # ``hbm.interleave_bytes``: granule g lives in channel ``g % channels``, and the LD/ST unit has
@@ -334,14 +337,6 @@ def hbm_pieces(
         )
         for ch, b in sorted(per.items())
     ]
-
-
-def hbm_transfer_cost(hw: HardwarePreset, addr: int, nbytes: int) -> OpCost:
-    """Cost of one HBM transfer on an otherwise idle memory: ``beats`` = the busiest channel's
-    occupancy, ``latency`` = that plus the first-beat latency."""
-    pieces = hbm_pieces(hw, addr, nbytes)
-    occ = max((p.occupancy for p in pieces), default=0)
-    return OpCost(beats=occ, latency=occ + hbm_latency_cycles(hw), macs=0, dense_macs=0)
 
 
 def sync_cost() -> OpCost:

@@ -933,7 +933,68 @@ def expand(
 
     Raises ProgramError for a runtime the template does not serve, unbalanced loops, a program
     that does not END, or a register write to R0..R2 (read-only).
+
+    The hot path (one unit instruction) stays inline here; loops, registers and skipping are
+    :class:`_Expansion`'s.
     """
+    _check_runtime(template, runtime)
+    x = _Expansion(template, runtime, iteration_key, only)
+    instrs, resolved, regs, seq, stack = template.instrs, template._resolved, x.regs, x.seq, x.stack
+    pc = 0
+    while pc < len(instrs):
+        ins = instrs[pc]
+        op = ins.op
+        if op == "LOOP":
+            pc, marker = x.loop(pc, ins["count"])
+            if marker is not None:
+                yield marker
+        elif op == "ENDLOOP":
+            pc, end, begin = x.endloop(pc)
+            if end is not None:
+                yield end
+            if begin is not None:
+                yield begin
+        elif op in _ALU:
+            _alu(ins, regs, pc)
+            pc += 1
+        elif op == "END":
+            if stack:
+                raise ProgramError(f"pc {pc}: END inside a loop")
+            return
+        elif x.mute:
+            pc = x.skip_muted(pc, ins.unit)
+        elif only is not None and pc not in only:
+            pc = x.skip_unwanted(pc)
+        else:
+            u = ins.unit
+            got = resolved[pc]
+            static, dyn = got if got is not False else template.resolver(pc)  # type: ignore[misc]
+            fields = dict(static)
+            for name, v, add, r in dyn:  # the register-modified fields (module doc)
+                if add:
+                    fields[name] = v + regs[r]
+                elif r:
+                    y = regs[r]
+                    fields[name] = v if y > v else (y if y > 0 else 0)
+                else:
+                    fields[name] = v
+            yield Concrete(
+                pc,
+                op,
+                u,
+                ins.wait,
+                ins.release,
+                MappingProxyType(fields),
+                seq[u],
+                tuple((s[0], s[1]) for s in stack),
+            )
+            seq[u] += 1
+            pc += 1
+    raise ProgramError("program ends without END")
+
+
+def _check_runtime(template: Template, runtime: Runtime) -> None:
+    """ProgramError unless ``runtime`` is a valid step the template serves."""
     if runtime.length < 1 or runtime.pos < 0:
         raise ProgramError(
             f"runtime LEN = {runtime.length}, POS = {runtime.pos}: need LEN >= 1, POS >= 0"
@@ -943,120 +1004,111 @@ def expand(
             f"{template.phase} template {template.lo}..{template.hi} does not serve "
             f"LEN = {runtime.length}, POS = {runtime.pos}"
         )
-    instrs = template.instrs
-    resolved = template._resolved  # filled lazily by template.resolver
-    spans = template.spans
-    regs = [0] * NREGS
-    regs[REG_LEN] = runtime.length
-    regs[REG_POS] = runtime.pos
-    seq = dict.fromkeys(TOKEN_UNITS, 0)
-    stack: list[list[int]] = []  # [loop pc, iteration, count, ident of a recorded one or -1]
-    idents: dict[tuple[int, Hashable], int] = {}
-    nxt, pre = template.skips
-    only_pcs = sorted(only) if only is not None else []
-    mute = 0  # > 0: inside a repeated iteration at this loop depth (yield nothing)
-    pc = 0
-    while pc < len(instrs):
-        ins = instrs[pc]
-        op = ins.op
-        start = False
-        if op == "END":
-            if stack:
-                raise ProgramError(f"pc {pc}: END inside a loop")
-            return
-        if op == "LOOP":
-            if ins["count"] == 0:
-                pc = spans[pc] + 1
-                continue
-            stack.append([pc, 0, ins["count"], -1])
-            start = True
-        elif op == "ENDLOOP":
-            top = stack[-1]
-            if mute == len(stack):
-                mute = 0
-            elif top[3] >= 0:
-                yield Reuse("end", top[0], top[1], top[3])
-            top[1] += 1
-            if top[1] < top[2]:
-                pc = top[0] + 1
-                top[3] = -1
-                if iteration_key is not None and not mute:
-                    start = True
-                else:
-                    continue
-            else:
-                stack.pop()
-        elif op in _ALU:
-            rd = ins["rd"]
-            if rd <= REG_POS:
-                raise ProgramError(f"pc {pc}: {op} writes read-only register R{rd}")
-            if op == "SETI":
-                regs[rd] = ins["imm"]
-            elif op == "ADDI":
-                regs[rd] = regs[ins["ra"]] + ins["imm"]
-            elif op == "SUB":
-                regs[rd] = regs[ins["ra"]] - regs[ins["rb"]]
-            elif op == "ADD":
-                regs[rd] = regs[ins["ra"]] + regs[ins["rb"]]
-            elif op == "MINI":
-                regs[rd] = min(regs[ins["ra"]], ins["imm"])
-            else:
-                regs[rd] = regs[ins["ra"]] * ins["imm"]
-        else:
-            u = ins.unit
-            if only is not None and not mute and pc not in only:
-                k = bisect_left(only_pcs, pc)  # the next pc in only, or the next SYS one
-                to = only_pcs[k] if k < len(only_pcs) and only_pcs[k] < nxt[pc] else nxt[pc]
-                a, b = pre[pc], pre[to]
-                for v in TOKEN_UNITS:
-                    seq[v] += b[v] - a[v]
-                pc = to
-                continue
-            if not mute:
-                got = resolved[pc]
-                static, dyn = got if got is not False else template.resolver(pc)  # type: ignore[misc]
-                fields = dict(static)
-                for name, v, add, r in dyn:
-                    if add:
-                        fields[name] = v + regs[r]
-                    elif r:
-                        x = regs[r]
-                        fields[name] = v if x > v else (x if x > 0 else 0)
-                    else:
-                        fields[name] = v
-                yield Concrete(
-                    pc,
-                    op,
-                    u,
-                    ins.wait,
-                    ins.release,
-                    MappingProxyType(fields),
-                    seq[u],
-                    tuple((s[0], s[1]) for s in stack),
-                )
-            seq[u] += 1
-            if mute:  # skip the rest of the unit instructions up to the next SYS one
-                to = nxt[pc + 1]
-                a, b = pre[pc + 1], pre[to]
-                for v in TOKEN_UNITS:
-                    seq[v] += b[v] - a[v]
-                pc = to
-                continue
-        if start and iteration_key is not None and not mute:
-            top = stack[-1]
-            k = (top[0], iteration_key(top[0], regs))
-            ident = idents.get(k)
-            if ident is None:
-                ident = idents[k] = len(idents)
-                top[3] = ident
-                yield Reuse("begin", top[0], top[1], ident)
-            else:
-                mute = len(stack)
-                yield Reuse("repeat", top[0], top[1], ident)
-            pc = top[0] + 1
-            continue
-        pc += 1
-    raise ProgramError("program ends without END")
+
+
+def _alu(ins: Instr, regs: list[int], pc: int) -> None:
+    """Run a SYS register instruction on ``regs``; R0..R2 are read-only."""
+    op, rd = ins.op, ins["rd"]
+    if rd <= REG_POS:
+        raise ProgramError(f"pc {pc}: {op} writes read-only register R{rd}")
+    if op == "SETI":
+        regs[rd] = ins["imm"]
+    elif op == "ADDI":
+        regs[rd] = regs[ins["ra"]] + ins["imm"]
+    elif op == "SUB":
+        regs[rd] = regs[ins["ra"]] - regs[ins["rb"]]
+    elif op == "ADD":
+        regs[rd] = regs[ins["ra"]] + regs[ins["rb"]]
+    elif op == "MINI":
+        regs[rd] = min(regs[ins["ra"]], ins["imm"])
+    else:
+        regs[rd] = regs[ins["ra"]] * ins["imm"]
+
+
+class _Expansion:
+    """What :func:`expand` carries through a template besides the pc: the registers, each
+    token unit's next sequence number, the loop stack, the iteration keys seen and the depth
+    of the loop whose current iteration is a repeat (0: none; nothing is yielded inside)."""
+
+    def __init__(
+        self,
+        template: Template,
+        runtime: Runtime,
+        iteration_key: Callable[[int, Sequence[int]], Hashable] | None,
+        only: frozenset[int] | None,
+    ) -> None:
+        self.spans = template.spans  # ProgramError on unbalanced loops
+        self.nxt, self.pre = template.skips
+        self.regs = [0] * NREGS
+        self.regs[REG_LEN] = runtime.length
+        self.regs[REG_POS] = runtime.pos
+        self.seq = dict.fromkeys(TOKEN_UNITS, 0)
+        self.stack: list[list[int]] = []  # [loop pc, iteration, count, ident recorded or -1]
+        self.idents: dict[tuple[int, Hashable], int] = {}
+        self.key = iteration_key
+        self.only_pcs = sorted(only) if only is not None else []
+        self.mute = 0
+
+    def loop(self, pc: int, count: int) -> tuple[int, Reuse | None]:
+        """LOOP at ``pc``: (next pc, the first iteration's marker if any); a loop of count 0
+        is skipped whole."""
+        if count == 0:
+            return self.spans[pc] + 1, None
+        self.stack.append([pc, 0, count, -1])
+        return pc + 1, self.begin()
+
+    def endloop(self, pc: int) -> tuple[int, Reuse | None, Reuse | None]:
+        """ENDLOOP at ``pc``: (next pc, the end marker of a recorded iteration, the next
+        iteration's marker)."""
+        top = self.stack[-1]
+        end = None
+        if self.mute == len(self.stack):
+            self.mute = 0
+        elif top[3] >= 0:
+            end = Reuse("end", top[0], top[1], top[3])
+        top[1] += 1
+        if top[1] < top[2]:
+            top[3] = -1
+            return top[0] + 1, end, self.begin()
+        self.stack.pop()
+        return pc + 1, end, None
+
+    def begin(self) -> Reuse | None:
+        """An iteration of the innermost loop starts: with an iteration key, outside a repeat,
+        mark it the first with its key (recorded) or a repeat (muted up to its ENDLOOP)."""
+        if self.key is None or self.mute:
+            return None
+        top = self.stack[-1]
+        k = (top[0], self.key(top[0], self.regs))
+        ident = self.idents.get(k)
+        if ident is None:
+            ident = self.idents[k] = len(self.idents)
+            top[3] = ident
+            return Reuse("begin", top[0], top[1], ident)
+        self.mute = len(self.stack)
+        return Reuse("repeat", top[0], top[1], ident)
+
+    def advance(self, a: int, b: int) -> int:
+        """Count the unit instructions at pcs ``a``..``b - 1`` as dispatched but not yielded;
+        returns ``b``."""
+        pa, pb = self.pre[a], self.pre[b]
+        seq = self.seq
+        for v in TOKEN_UNITS:
+            seq[v] += pb[v] - pa[v]
+        return b
+
+    def skip_muted(self, pc: int, unit: Unit) -> int:
+        """In a repeated iteration: the unit instruction at ``pc`` and the ones after it up to
+        the next SYS instruction (where the pc goes)."""
+        self.seq[unit] += 1
+        return self.advance(pc + 1, self.nxt[pc + 1])
+
+    def skip_unwanted(self, pc: int) -> int:
+        """A pc not in ``only``: skip to the next pc in it or the next SYS instruction."""
+        only_pcs, nxt = self.only_pcs, self.nxt
+        k = bisect_left(only_pcs, pc)
+        to = only_pcs[k] if k < len(only_pcs) and only_pcs[k] < nxt[pc] else nxt[pc]
+        return self.advance(pc, to)
 
 
 def hbm_channel(addr: int, channels: int, interleave_bytes: int) -> int:

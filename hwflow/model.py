@@ -63,7 +63,8 @@ BIAS_BYTES = 4  #: INT32 bias
 
 def has_bias(cfg: ModelConfig, op: str) -> bool:
     """Whether a linear op (or ``"head"``) carries an INT32 bias: the model's own biases, plus
-    the LayerNorm beta folded into every op that consumes a norm (:func:`hwflow.compress.fold_norm_biases`)."""
+    the LayerNorm beta folded into every op that consumes a norm
+    (:func:`hwflow.compress.fold_norm_biases`)."""
     folded = cfg.norm == "layer" and op in ("q", "k", "v", "gate", "up", "head")
     return folded or (cfg.bias and op != "head")
 
@@ -183,6 +184,16 @@ def step_graph(
     cfg: ModelConfig, plan: CompressionPlan, phase: Phase, tokens: int, past: int = 0
 ) -> StepGraph:
     """The graph of one prefill (``past`` 0) or decode (``tokens`` 1) step."""
+    _check_step(cfg, phase, tokens, past)
+    g = _GraphBuilder(cfg, plan, phase, tokens, past)
+    for li in range(cfg.layers):
+        g.layer(li)
+    g.head()
+    return StepGraph(phase, tokens, past, tuple(g.ops))
+
+
+def _check_step(cfg: ModelConfig, phase: str, tokens: int, past: int) -> None:
+    """ConfigError unless (phase, tokens, past) is a step the model can run."""
     if phase not in ("prefill", "decode"):
         raise ConfigError(f"phase {phase!r} unknown (allowed: prefill, decode)")
     if tokens < 1 or past < 0:
@@ -191,136 +202,104 @@ def step_graph(
         )
     if phase == "decode" and tokens != 1:
         raise ConfigError(f"a decode step has one token, got {tokens}")
-    keys = past + tokens
-    if keys > cfg.max_positions:
+    if past + tokens > cfg.max_positions:
         raise ConfigError(
-            f"{keys} positions exceed {cfg.name}'s max_position_embeddings {cfg.max_positions}"
+            f"{past + tokens} positions exceed {cfg.name}'s max_position_embeddings "
+            f"{cfg.max_positions}"
         )
-    quant = plan.resolve(cfg)
-    t, d, hd, nh, nkv = tokens, cfg.hidden, cfg.head_dim, cfg.heads, cfg.kv_heads
-    mask = attention_mask(cfg, plan.attention, phase, tokens, past)
-    kept = _block_kept(mask, plan.attention.block) if phase == "prefill" else int(mask.size)
-    ops: list[Op] = []
 
-    def linear(layer: int, op: str, src: str, dst: str) -> None:
-        out_f, in_f = cfg.linear_shape(op)
-        lq = quant[(layer, op)]
-        b = sum(linear_bytes(out_f, in_f, lq, has_bias(cfg, op)).values())
-        ops.append(
-            Op(
-                f"L{layer}.{op}",
-                "linear",
-                layer,
-                (src,),
-                dst,
-                t,
-                out_f,
-                in_f,
-                1,
-                lq,
-                macs=t * out_f * (in_f // lq.m) * lq.n,
-                dense_macs=t * out_f * in_f,
-                weight_bytes=b,
-            )
+
+class _GraphBuilder:
+    """The ops of one step, appended in execution order (see the module doc's dataflow)."""
+
+    def __init__(
+        self, cfg: ModelConfig, plan: CompressionPlan, phase: Phase, tokens: int, past: int
+    ) -> None:
+        self.cfg, self.plan, self.t = cfg, plan, tokens
+        self.keys = past + tokens
+        self.quant = plan.resolve(cfg)
+        mask = attention_mask(cfg, plan.attention, phase, tokens, past)
+        #: attention entries computed: the kept blocks' in prefill, all in decode
+        self.kept = int(
+            _block_kept(mask, plan.attention.block) if phase == "prefill" else mask.size
         )
+        self.ops: list[Op] = []
+
+    def linear(self, layer: int, op: str, src: str, dst: str) -> None:
+        """Linear op ``op`` of ``layer`` at the plan's quantization and sparsity."""
+        out_f, in_f = self.cfg.linear_shape(op)
+        lq, t = self.quant[(layer, op)], self.t
+        b = sum(linear_bytes(out_f, in_f, lq, has_bias(self.cfg, op)).values())
+        o = Op(f"L{layer}.{op}", "linear", layer, (src,), dst, t, out_f, in_f, 1, lq,
+               macs=t * out_f * (in_f // lq.m) * lq.n, dense_macs=t * out_f * in_f,
+               weight_bytes=b)  # fmt: skip
+        self.ops.append(o)
 
     def elementwise(
-        layer: int | None, name: str, kind: str, srcs: tuple[str, ...], dst: str, n: int
+        self, layer: int | None, name: str, kind: str, srcs: tuple[str, ...], dst: str, n: int
     ) -> None:
+        """An element-wise or normalisation op producing ``n`` elements per token."""
         prefix = f"L{layer}." if layer is not None else "final."
-        ops.append(Op(prefix + name, kind, layer, srcs, dst, t, elements=t * n))
+        self.ops.append(Op(prefix + name, kind, layer, srcs, dst, self.t, elements=self.t * n))
 
-    for li in range(cfg.layers):
-        p = f"L{li}."
-        x = f"x{li}"
-        elementwise(li, "norm1", "norm", (x,), p + "h1", d)
+    def layer(self, li: int) -> None:
+        """Decoder layer ``li``: x{li} -> x{li + 1}."""
+        cfg, p, x, d = self.cfg, f"L{li}.", f"x{li}", self.cfg.hidden
+        hd = cfg.head_dim
+        self.elementwise(li, "norm1", "norm", (x,), p + "h1", d)
         for op in ("q", "k", "v"):
-            linear(li, op, p + "h1", p + op)
+            self.linear(li, op, p + "h1", p + op)
         qn, kn = p + "q", p + "k"
         if cfg.positions == "rope":
-            elementwise(li, "rope_q", "rope", (qn,), p + "qr", nh * hd)
-            elementwise(li, "rope_k", "rope", (kn,), p + "kr", nkv * hd)
+            self.elementwise(li, "rope_q", "rope", (qn,), p + "qr", cfg.heads * hd)
+            self.elementwise(li, "rope_k", "rope", (kn,), p + "kr", cfg.kv_heads * hd)
             qn, kn = p + "qr", p + "kr"
-        ops.append(
-            Op(
-                p + "kv_write",
-                "kv_write",
-                li,
-                (kn, p + "v"),
-                f"KV{li}",
-                t,
-                kv_bytes=2 * t * nkv * hd,
-            )
+        self.attention(li, qn, kn)
+        self.linear(li, "o", p + "a", p + "o")
+        self.elementwise(li, "add1", "add", (x, p + "o"), p + "x1", d)
+        self.elementwise(li, "norm2", "norm", (p + "x1",), p + "h2", d)
+        self.mlp(li)
+        self.elementwise(li, "add2", "add", (p + "x1", p + "d"), f"x{li + 1}", d)
+
+    def attention(self, li: int, qn: str, kn: str) -> None:
+        """KV-cache write, scores, softmax and pv of layer ``li`` (q ``qn``, k ``kn``)."""
+        p, t, keys, kept = f"L{li}.", self.t, self.keys, self.kept
+        hd, nh, nkv = self.cfg.head_dim, self.cfg.heads, self.cfg.kv_heads
+        kv, dense = f"KV{li}", nh * t * keys * hd
+        self.ops.append(
+            Op(p + "kv_write", "kv_write", li, (kn, p + "v"), kv, t, kv_bytes=2 * t * nkv * hd)
         )
         kv_read = nkv * keys * hd  # each KV head's keys are read once per step, shared by its group
-        ops.append(
-            Op(
-                p + "scores",
-                "scores",
-                li,
-                (qn, f"KV{li}"),
-                p + "s",
-                t,
-                keys,
-                hd,
-                nh,
-                macs=nh * kept * hd,
-                dense_macs=nh * t * keys * hd,
-                kv_bytes=kv_read,
-            )
-        )
-        elementwise(li, "softmax", "softmax", (p + "s",), p + "p", nh * keys)
-        ops.append(
-            Op(
-                p + "pv",
-                "pv",
-                li,
-                (p + "p", f"KV{li}"),
-                p + "a",
-                t,
-                hd,
-                keys,
-                nh,
-                macs=nh * kept * hd,
-                dense_macs=nh * t * keys * hd,
-                kv_bytes=kv_read,
-            )
-        )
-        linear(li, "o", p + "a", p + "o")
-        elementwise(li, "add1", "add", (x, p + "o"), p + "x1", d)
-        elementwise(li, "norm2", "norm", (p + "x1",), p + "h2", d)
-        f = cfg.intermediate
-        if cfg.gated_mlp:
-            linear(li, "gate", p + "h2", p + "g")
-            linear(li, "up", p + "h2", p + "u")
-            elementwise(li, "act", "lut", (p + "g",), p + "ga", f)
-            elementwise(li, "mul", "mul", (p + "ga", p + "u"), p + "mm", f)
-            linear(li, "down", p + "mm", p + "d")
-        else:
-            linear(li, "up", p + "h2", p + "u")
-            elementwise(li, "act", "lut", (p + "u",), p + "ua", f)
-            linear(li, "down", p + "ua", p + "d")
-        elementwise(li, "add2", "add", (p + "x1", p + "d"), f"x{li + 1}", d)
+        scores = Op(p + "scores", "scores", li, (qn, kv), p + "s", t, keys, hd, nh,
+                    macs=nh * kept * hd, dense_macs=dense, kv_bytes=kv_read)  # fmt: skip
+        self.ops.append(scores)
+        self.elementwise(li, "softmax", "softmax", (p + "s",), p + "p", nh * keys)
+        pv = Op(p + "pv", "pv", li, (p + "p", kv), p + "a", t, hd, keys, nh,
+                macs=nh * kept * hd, dense_macs=dense, kv_bytes=kv_read)  # fmt: skip
+        self.ops.append(pv)
 
-    last = f"x{cfg.layers}"
-    ops.append(Op("final.norm", "norm", None, (last,), "hf", 1, elements=d))  # last token only
-    hq = plan.head()
-    hb = sum(linear_bytes(cfg.vocab, d, hq, bias=has_bias(cfg, "head")).values())
-    ops.append(
-        Op(
-            "head",
-            "head",
-            None,
-            ("hf",),
-            "logits",
-            1,
-            cfg.vocab,
-            d,
-            1,
-            hq,
-            macs=cfg.vocab * (d // hq.m) * hq.n,
-            dense_macs=cfg.vocab * d,
-            weight_bytes=hb,
-        )
-    )
-    return StepGraph(phase, tokens, past, tuple(ops))
+    def mlp(self, li: int) -> None:
+        """Gated (SiLU) MLP, or OPT's ReLU MLP, of layer ``li``: h2 -> d."""
+        p, f = f"L{li}.", self.cfg.intermediate
+        if self.cfg.gated_mlp:
+            self.linear(li, "gate", p + "h2", p + "g")
+            self.linear(li, "up", p + "h2", p + "u")
+            self.elementwise(li, "act", "lut", (p + "g",), p + "ga", f)
+            self.elementwise(li, "mul", "mul", (p + "ga", p + "u"), p + "mm", f)
+            self.linear(li, "down", p + "mm", p + "d")
+        else:
+            self.linear(li, "up", p + "h2", p + "u")
+            self.elementwise(li, "act", "lut", (p + "u",), p + "ua", f)
+            self.linear(li, "down", p + "ua", p + "d")
+
+    def head(self) -> None:
+        """Final norm and LM head, on the last token only."""
+        cfg, d = self.cfg, self.cfg.hidden
+        last = f"x{cfg.layers}"
+        self.ops.append(Op("final.norm", "norm", None, (last,), "hf", 1, elements=d))
+        hq = self.plan.head()
+        hb = sum(linear_bytes(cfg.vocab, d, hq, bias=has_bias(cfg, "head")).values())
+        head = Op("head", "head", None, ("hf",), "logits", 1, cfg.vocab, d, 1, hq,
+                  macs=cfg.vocab * (d // hq.m) * hq.n, dense_macs=cfg.vocab * d,
+                  weight_bytes=hb)  # fmt: skip
+        self.ops.append(head)

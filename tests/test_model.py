@@ -85,14 +85,20 @@ def test_masks():
 
 
 def test_block_sparse_macs_count_kept_tiles():
-    cfg, plan = load_model("tiny-llama"), load_plan("flightllm")
-    g = step_graph(cfg, plan, "prefill", 384)
-    s = g.by_name("L0.scores")
-    assert s.macs < s.dense_macs  # blocks beyond the local window are skipped
+    """384 tokens of tiny-llama (4 heads of 16) in 64 x 64 tiles: 6 query x 6 key blocks.
+    Causal (w8a8, dense attention): the tiles with key block <= query block, 1 + 2 + ... + 6 =
+    21 whole tiles (384 = 6 x 64), every entry computed as a tiled engine does. flightllm's
+    block pattern (1 global block, 4 local ones, own included) keeps of those the key blocks
+    kb = 0 or qb - kb < 4: only query block 5's key block 1 is dropped, 20 tiles. Each entry
+    costs head_dim 16 MACs in each of the 4 heads; the dense count is 384 x 384 entries."""
+    cfg = load_model("tiny-llama")
+    tile, per_entry = 64 * 64, 4 * 16
     dense = step_graph(cfg, load_plan("w8a8"), "prefill", 384).by_name("L0.scores")
-    assert dense.macs == dense.dense_macs * 0 + 4 * 16 * sum(  # causal, tiled by 64
-        min(64, 384 - 64 * qb) * min(64, 384 - 64 * kb) for qb in range(6) for kb in range(qb + 1)
-    )
+    assert dense.macs == 21 * tile * per_entry
+    assert dense.dense_macs == 384 * 384 * per_entry
+    sparse = step_graph(cfg, load_plan("flightllm"), "prefill", 384).by_name("L0.scores")
+    assert sparse.macs == 20 * tile * per_entry
+    assert sparse.dense_macs == dense.dense_macs
 
 
 @pytest.mark.parametrize(

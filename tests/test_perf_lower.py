@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from hwflow.config import load_hw
-from hwflow.costs import hbm_latency_cycles, hbm_pieces, matmul_cost, sfu_cost
 from hwflow.errors import CapacityError
 from hwflow.isa import (
     Buf,
@@ -77,20 +76,29 @@ def test_ld_mv_st_program_timeline(tiny):
     )
     ops, acts = lower(tiny, expand(prog, Runtime(1, 0)))
     r = Machine(tiny, trace=True).run(ops)
-    lat = hbm_latency_cycles(tiny)
-    ld_occ = max(p.occupancy for p in hbm_pieces(tiny, 0, rows_b))
-    mv = matmul_cost(tiny.mv, 16, 1, 64, 256, 4)
-    st_occ = max(p.occupancy for p in hbm_pieces(tiny, 1 << 20, 64, write=True))
+    # By hand from tiny.yaml (100 MHz; HBM: 256 B granules over 4 channels, 14.375 GB/s less
+    # the refresh share 260 / 3900 = 13.417 GB/s, 256-bit port at 450 MHz, 107 ns latency with
+    # 16 bursts in flight, 10 ns turnaround; MV: 2 chains x 16, 2 requantizers, 25 stages):
+    # * LD 288 B from 0: 256 B in channel 0 (device-bound: 256 / 13.417 = 19.1 ns -> 2
+    #   cycles) and 32 B in channel 1 (latency-bound: 107 / 16 = 6.7 ns -> 1): occupancy 2;
+    #   the data lands 107 ns = 10.7 -> 11 cycles after the channel finished.
+    # * MV 64 rows x K 256 at 4:16: row groups of 2 chains x 16 / 4 = 8 rows, 8 groups of
+    #   256 / 16 = 16 beats (their 8 x 1 / 2 = 4 drain words hide behind them): 128 beats;
+    #   the last group starts at 112 and ends at 128, + 25 pipeline stages + 4 drain words - 1:
+    #   latency 156.
+    # * ST 64 B at 1 MiB (granule 4096, channel 0): latency-bound 6.7 ns + 2 x 10 ns
+    #   turnaround = 26.7 ns -> 3 cycles.
+    lat, ld_occ, mv_beats, mv_latency, st_occ = 11, 2, 128, 156, 3
     ld_start = 6  # the dispatcher reads LD's 6 words first
     mv_start = ld_start + ld_occ + lat
-    st_start = mv_start + mv.latency
+    st_start = mv_start + mv_latency
     assert [(u, s, e) for u, _, s, e in r.trace] == [
         ("ld", ld_start, ld_start + ld_occ),
-        ("mv", mv_start, mv_start + mv.beats),
+        ("mv", mv_start, mv_start + mv_beats),
         ("st", st_start, st_start + st_occ),
     ]
     assert r.cycles == st_start + st_occ + lat
-    assert acts.macs == {4: mv.macs} and acts.hbm_read_bytes == rows_b
+    assert acts.macs == {4: 64 * 256 // 16 * 4} and acts.hbm_read_bytes == rows_b
     assert acts.hbm_write_bytes == 64 and acts.instr_words == 6 + 9 + 6
 
 
@@ -107,8 +115,8 @@ def test_loop_and_length_register(tiny):
         hi=8,
     )
     ops, acts = lower(tiny, expand(prog, Runtime(5, 0)))
-    c = sfu_cost(tiny, 5 * 32)
-    assert [(o.beats, o.latency) for o in ops] == [(c.beats, c.latency)] * 3
+    # silu, one pass: 5 rows x 32 = 160 elements on tiny's 4 lanes = 40 beats, + 8 stages
+    assert [(o.beats, o.latency) for o in ops] == [(40, 48)] * 3
     assert acts.sfu_ops == 3 * 5 * 32
 
 
@@ -188,13 +196,21 @@ def test_cost_free_fields_do_not_change_a_price(tiny):
 @pytest.mark.parametrize(
     ("func", "aux", "passes", "a_bytes", "b_bytes", "o_bytes", "row_factor"),
     [
-        (0, 0, 2, 4, 2, 1, True),  # RMSNorm: INT32 in, INT16 gains, INT8 + row factor out
-        (0, 1, 3, 4, 2, 1, True),  # LayerNorm: a centring pass more
-        (1, 0, 2, 4, 0, 1, True),  # softmax: INT32 scores -> UINT8 p + 1/S
-        (3, 0, 1, 2, 0, 2, False),  # silu: INT16 -> INT16
-        (4, 0, 1, 4, 4, 4, False),  # residual add: INT32 + INT32
-        (5, 0, 2, 2, 2, 1, True),  # gated product: a row-max pass, INT8 + row factor
-        (7, 0, 2, 2, 0, 1, True),  # OPT ReLU quantized per row
+        (
+            SfuFunc.NORM,
+            0,
+            2,
+            4,
+            2,
+            1,
+            True,
+        ),  # RMSNorm: INT32 in, INT16 gains, INT8 + row factor out
+        (SfuFunc.NORM, 1, 3, 4, 2, 1, True),  # LayerNorm: a centring pass more
+        (SfuFunc.SOFTMAX, 0, 2, 4, 0, 1, True),  # softmax: INT32 scores -> UINT8 p + 1/S
+        (SfuFunc.SILU, 0, 1, 2, 0, 2, False),  # silu: INT16 -> INT16
+        (SfuFunc.ADD, 0, 1, 4, 4, 4, False),  # residual add: INT32 + INT32
+        (SfuFunc.MUL, 0, 2, 2, 2, 1, True),  # gated product: a row-max pass, INT8 + row factor
+        (SfuFunc.RELUQ, 0, 2, 2, 0, 1, True),  # OPT ReLU quantized per row
     ],
 )
 def test_sfu_prices_passes_and_element_bytes_of_the_contract(
@@ -222,7 +238,8 @@ def test_matmul_writes_its_output_width_and_reads_row_factors(tiny, obits, arow)
     ins = make("MV", func=MatmulFunc.LINEAR, rows=rows, cols=cols, k=k, n=16, m=16, wbits=8,
                a_buf=Buf.ACT, b_buf=Buf.WEIGHT, o_buf=Buf.ACT, obits=obits, arow=arow)  # fmt: skip
     _, acts = lower(tiny, expand(template([ins]), Runtime(1, 0)))
-    beats = matmul_cost(tiny.mv, 16, rows, cols, k, 16).beats
+    # dense: row groups of 2 chains x 16 / 16 = 2 rows, 16 / 2 = 8 groups of 64 / 16 = 4 beats
+    beats = 8 * 4
     assert acts.buffer_write_bits == rows * cols * obits
     assert acts.buffer_read_bits == beats * (16 * 8 + 2 * 16 * 8) + 32 * rows * arow
 

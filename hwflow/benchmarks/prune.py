@@ -26,7 +26,7 @@ import numpy as np
 
 from hwflow.calib import Calibration
 from hwflow.commands._common import positive, print_json, seed
-from hwflow.config import ModelConfig, _parse_nm, load_model
+from hwflow.config import ModelConfig, load_model, parse_nm
 from hwflow.errors import ConfigError
 from hwflow.prune import PRUNE_METHODS, prune
 from hwflow.wquant import QUANT_METHODS, dequantize, quantize
@@ -108,7 +108,7 @@ def _rel_err(x: np.ndarray, w: np.ndarray, w2: np.ndarray) -> float:
 
 def measure(cfg: ModelConfig, layers: int, args: argparse.Namespace) -> dict[str, Any]:
     """Run every method on every linear op of ``layers`` layers; seconds and mean error."""
-    n, m = _parse_nm(args.sparsity)
+    n, m = parse_nm(args.sparsity)
     rng = np.random.default_rng(args.seed)
     names = list(args.methods)
     secs = dict.fromkeys([*names, "calibration"], 0.0)
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         else ModelConfig.from_hf(SMOLLM2_135M, "SmolLM2-135M", "hwflow.benchmarks.prune")
     )
     try:
-        m = _parse_nm(args.sparsity)[1]
+        m = parse_nm(args.sparsity)[1]
     except ValueError as e:
         raise ConfigError(f"--sparsity: {e}") from None
     for op in cfg.linear_ops:

@@ -30,6 +30,7 @@ from hwflow.compiler.layout import HbmLayout, plan_hbm
 from hwflow.compiler.lower import BufferPlan, lower_step, plan_buffers
 from hwflow.compiler.sync import assign_tokens, check_deadlock
 from hwflow.config import CompressionPlan, HardwarePreset, ModelConfig
+from hwflow.costs import effective_nm
 from hwflow.errors import CapacityError, ConfigError, ProgramError, UnsupportedError
 from hwflow.isa import ISA_VERSION, Instr, Program, Template, Unit, loop_spans, spec
 
@@ -78,7 +79,7 @@ def _check(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, max_len:
             hw.check_plan_support(q.bits, q.n, q.m)
         except UnsupportedError as e:
             raise UnsupportedError(f"plan {plan.name}, L{li}.{op}: {e}") from None
-        block = hw.sparsity.m if q.dense else q.m  # the activation block one beat consumes
+        block = effective_nm(hw, q.n, q.m)[1]  # the activation block one beat consumes
         if cfg.linear_shape(op)[1] % block:
             raise UnsupportedError(
                 f"L{li}.{op}: reduction length {cfg.linear_shape(op)[1]} is not a multiple of "

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hwflow.config import HardwarePreset, LinearQuant, ModelConfig
+from hwflow.costs import effective_nm
 from hwflow.errors import CapacityError, ConfigError
 from hwflow.isa import Region
 from hwflow.model import BIAS_BYTES, REQ_PARAM_BYTES, has_bias
@@ -310,7 +311,7 @@ def plan_hbm(
                 q = quant[(li, op)]
                 bias = has_bias(cfg, op)
                 probe = TileSpec(op, out, k, q, bias, True, 1, 0)
-                n_eff = q.n if not q.dense else hw.sparsity.m
+                n_eff = effective_nm(hw, q.n, q.m)[0]
                 chain_rows = hw.mv.chains * max(1, hw.mv.chain_length // n_eff)
                 rows = _tile_rows(out, probe.row_bytes, slot, chain_rows, f"L{li}.{op}")
                 ts = TileSpec(op, out, k, q, bias, True, rows, off)

@@ -209,90 +209,102 @@ class _Pricer:
         return hit
 
     def _price(self, c: Concrete) -> tuple[MOp, OpActions]:
+        """The op and actions of one instruction, by its unit's cost."""
+        op = c.op
+        if op in ("LD", "ST"):
+            return self._price_transfer(c)
+        if op in ("MM", "MV"):
+            return self._price_matmul(c)
+        if op == "SFU":
+            return self._price_sfu(c)
+        if op.startswith("SYNC."):
+            cost = sync_cost()
+            wait, release, words = _mask(c.wait), _mask(c.release), _WORDS[op]
+            mop = MOp(int(c.unit), op, words, cost.beats, cost.latency, wait, release)
+            return mop, OpActions(words=words)
+        raise ProgramError(f"pc {c.pc}: the cycle model has no cost for opcode {op!r}")
+
+    def _price_transfer(self, c: Concrete) -> tuple[MOp, OpActions]:
+        """LD / ST: the HBM pieces per channel (addresses folded into one layout period when
+        the transfer stays inside the HBM), the bytes read and written."""
+        hw, f, op = self.hw, c.fields, c.op
+        words = _WORDS[op]
+        rows, row_bytes = f["rows"], f["row_bytes"]
+        hbm, stride = f["hbm"], f["hbm_stride"]
+        nbytes = rows * row_bytes
+        self._check_buf(c, f["buf"], f["off"], rows, f["stride"] or row_bytes, row_bytes)
+        base = hbm % self.period
+        if base + (rows - 1) * stride + row_bytes > hw.hbm.capacity_bytes:
+            base = hbm
+        pieces = self.pieces(base, rows, row_bytes, stride, op == "ST")
+        mop = MOp(int(c.unit), op, words, 0, 0, _mask(c.wait), _mask(c.release), pieces,
+                  sum(p.nbytes for p in pieces), sum(p.occupancy for p in pieces))  # fmt: skip
+        ld = op == "LD"
+        acts = OpActions(
+            hbm_read=nbytes if ld else 0,
+            hbm_write=0 if ld else nbytes,
+            buf_write_bits=8 * nbytes if ld else 0,
+            buf_read_bits=0 if ld else 8 * nbytes,
+            words=words,
+        )
+        return mop, acts
+
+    def _price_matmul(self, c: Concrete) -> tuple[MOp, OpActions]:
+        """MM / MV: :func:`~hwflow.costs.matmul_cost` at the N:M the chain runs, the operand
+        bits every beat reads, the output written."""
         hw, f, op = self.hw, c.fields, c.op
         unit, words = int(c.unit), _WORDS[op]
         wait, release = _mask(c.wait), _mask(c.release)
-        if op in ("LD", "ST"):
-            rows, row_bytes = f["rows"], f["row_bytes"]
-            hbm, stride = f["hbm"], f["hbm_stride"]
-            nbytes = rows * row_bytes
-            self._check_buf(c, f["buf"], f["off"], rows, f["stride"] or row_bytes, row_bytes)
-            base = hbm % self.period
-            if base + (rows - 1) * stride + row_bytes > hw.hbm.capacity_bytes:
-                base = hbm
-            pieces = self.pieces(base, rows, row_bytes, stride, op == "ST")
-            mop = MOp(
-                unit,
-                op,
-                words,
-                0,
-                0,
-                wait,
-                release,
-                pieces,
-                sum(p.nbytes for p in pieces),
-                sum(p.occupancy for p in pieces),
-            )
-            ld = op == "LD"
-            acts = OpActions(
-                hbm_read=nbytes if ld else 0,
-                hbm_write=0 if ld else nbytes,
-                buf_write_bits=8 * nbytes if ld else 0,
-                buf_read_bits=0 if ld else 8 * nbytes,
-                words=words,
-            )
-            return mop, acts
-        if op in ("MM", "MV"):
-            func = MATMUL_FUNCS[f["func"]] if f["func"] < len(MATMUL_FUNCS) else f["func"]
-            rows, cols, k = f["rows"], f["cols"], f["k"]
-            n, m, wbits = f["n"], f["m"], f["wbits"]
-            engine = hw.mpe if op == "MM" else hw.mv
-            if rows == 0 or cols == 0 or k == 0:
-                return MOp(unit, op, words, 0, 0, wait, release), OpActions(words=words)
-            if m == 0 or n == 0:
-                raise ProgramError(f"{op} (pc {c.pc}): sparsity n:m = {n}:{m} needs n, m >= 1")
-            ne, me = effective_nm(hw, n, m)
-            kp = ceil(k / me) * me
-            cost = matmul_cost(engine, me, rows, cols, kp, ne)
-            idx = 0 if ne == me else int(log2(me))
-            per_beat = me * 8 * engine.rows + engine.chains * engine.chain_length * (wbits + idx)
-            rowf = 8 * ROW_FACTOR_BYTES * rows if f["arow"] else 0  # the A rows' row factors
-            mop = MOp(unit, f"{op}.{func}", words, cost.beats, cost.latency, wait, release)
-            acts = OpActions(
-                wbits=wbits,
-                macs=cost.macs,
-                buf_read_bits=cost.operand_beats * per_beat + rowf,
-                buf_write_bits=rows * cols * f["obits"],
-                words=words,
-            )
-            return mop, acts
-        if op == "SFU":
-            func = SFU_FUNCS[f["func"]] if f["func"] < len(SFU_FUNCS) else str(f["func"])
-            elements = f["rows"] * f["cols"]
-            if elements == 0:
-                return MOp(unit, f"SFU.{func}", words, 0, 0, wait, release), OpActions(words=words)
-            fmt = SFU_FORMATS.get(func)
-            if fmt is None:
-                raise ProgramError(f"SFU (pc {c.pc}): function {func} unknown")
-            passes = sfu_passes(hw, func, bool(f["aux"] & 1) if func == "norm" else False)
-            cost = sfu_cost(hw, elements, passes)
-            # the B operand (rope: its cos/sin rows) and the norm's INT16 gains, read once
-            second = elements * 8 * (fmt.b + (2 if func == "norm" else 0))
-            rowf = 8 * ROW_FACTOR_BYTES * f["rows"] if fmt.row_factor else 0
-            mop = MOp(unit, f"SFU.{func}", words, cost.beats, cost.latency, wait, release)
-            acts = OpActions(
-                sfu_ops=elements * passes,
-                buf_read_bits=elements * 8 * fmt.a * passes + second,
-                buf_write_bits=elements * 8 * fmt.o + rowf,
-                words=words,
-            )
-            return mop, acts
-        if op.startswith("SYNC."):
-            cost = sync_cost()
-            return MOp(unit, op, words, cost.beats, cost.latency, wait, release), OpActions(
-                words=words
-            )
-        raise ProgramError(f"pc {c.pc}: the cycle model has no cost for opcode {op!r}")
+        func = MATMUL_FUNCS[f["func"]] if f["func"] < len(MATMUL_FUNCS) else f["func"]
+        rows, cols, k = f["rows"], f["cols"], f["k"]
+        n, m, wbits = f["n"], f["m"], f["wbits"]
+        engine = hw.mpe if op == "MM" else hw.mv
+        if rows == 0 or cols == 0 or k == 0:
+            return MOp(unit, op, words, 0, 0, wait, release), OpActions(words=words)
+        if m == 0 or n == 0:
+            raise ProgramError(f"{op} (pc {c.pc}): sparsity n:m = {n}:{m} needs n, m >= 1")
+        ne, me = effective_nm(hw, n, m)
+        kp = ceil(k / me) * me
+        cost = matmul_cost(engine, me, rows, cols, kp, ne)
+        idx = 0 if ne == me else int(log2(me))
+        per_beat = me * 8 * engine.rows + engine.chains * engine.chain_length * (wbits + idx)
+        rowf = 8 * ROW_FACTOR_BYTES * rows if f["arow"] else 0  # the A rows' row factors
+        mop = MOp(unit, f"{op}.{func}", words, cost.beats, cost.latency, wait, release)
+        acts = OpActions(
+            wbits=wbits,
+            macs=cost.macs,
+            buf_read_bits=cost.operand_beats * per_beat + rowf,
+            buf_write_bits=rows * cols * f["obits"],
+            words=words,
+        )
+        return mop, acts
+
+    def _price_sfu(self, c: Concrete) -> tuple[MOp, OpActions]:
+        """SFU: :func:`~hwflow.costs.sfu_cost` of the function's passes, the operand bytes
+        of its formats (:data:`hwflow.isa.SFU_FORMATS`)."""
+        hw, f = self.hw, c.fields
+        unit, words = int(c.unit), _WORDS["SFU"]
+        wait, release = _mask(c.wait), _mask(c.release)
+        func = SFU_FUNCS[f["func"]] if f["func"] < len(SFU_FUNCS) else str(f["func"])
+        elements = f["rows"] * f["cols"]
+        if elements == 0:
+            return MOp(unit, f"SFU.{func}", words, 0, 0, wait, release), OpActions(words=words)
+        fmt = SFU_FORMATS.get(func)
+        if fmt is None:
+            raise ProgramError(f"SFU (pc {c.pc}): function {func} unknown")
+        passes = sfu_passes(hw, func, bool(f["aux"] & 1) if func == "norm" else False)
+        cost = sfu_cost(hw, elements, passes)
+        # the B operand (rope: its cos/sin rows) and the norm's INT16 gains, read once
+        second = elements * 8 * (fmt.b + (2 if func == "norm" else 0))
+        rowf = 8 * ROW_FACTOR_BYTES * f["rows"] if fmt.row_factor else 0
+        mop = MOp(unit, f"SFU.{func}", words, cost.beats, cost.latency, wait, release)
+        acts = OpActions(
+            sfu_ops=elements * passes,
+            buf_read_bits=elements * 8 * fmt.a * passes + second,
+            buf_write_bits=elements * 8 * fmt.o + rowf,
+            words=words,
+        )
+        return mop, acts
 
 
 #: Numbers of interned priced ops: never repeated in a process, so keys made of them stay

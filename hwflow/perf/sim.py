@@ -467,26 +467,13 @@ def simulate(
     what is being done (compiling, or the cached program used, then simulating), ``progress``
     counts the step groups done."""
     t0 = time.perf_counter()
-    if mode not in ("exact", "fast"):
-        raise ConfigError(f"mode {mode!r} unknown (allowed: exact, fast)")
-    if prefill < 1 or decode < 0:
-        raise ConfigError(f"need prefill >= 1 and decode >= 0, got {prefill} and {decode}")
     max_len = max_len or default_max_len(cfg)
-    if prefill + decode > max_len:
-        raise ConfigError(
-            f"prefill {prefill} + decode {decode} = {prefill + decode} exceeds max_len {max_len}"
-        )
+    _check_case(mode, prefill, decode, max_len)
     prog = program or compile_cached(cfg, plan, hw, max_len, note=note)
     positions = list(range(prefill, prefill + decode))
     fast = mode == "fast"
+    groups = _decode_groups(prog, positions, fast)
     tasks: list[Task] = [("prefill", prefill, (0,), trace, fast)]
-    if fast:  # one task per template (bucket): its steps grouped by signature
-        by_t: dict[int, list[int]] = {}
-        for p in positions:
-            by_t.setdefault(id(prog.select("decode", Runtime(1, p))), []).append(p)
-        groups = list(by_t.values())
-    else:
-        groups = [[p] for p in positions]
     tasks += [("decode", 1, tuple(g), trace and i == 0, fast) for i, g in enumerate(groups)]
     if note:
         note(f"simulating prefill {prefill} + {decode} decode steps ({mode} mode)")
@@ -494,35 +481,13 @@ def simulate(
     pre = next(r for p, r, _ in out if r.phase == "prefill")
     results = {p: r for p, r, _ in out if r.phase == "decode"}
     simulated = [results[p] for p, r, sim in out if sim and r.phase == "decode"]
-    roof_at = _rooflines(cfg, plan, hw, positions)
-    busy = dict(pre.stats.busy)
-    stall = dict(pre.stats.stall)
-    hbm = pre.stats.hbm_bytes
-    events = pre.stats.events
+    steps = [pre, *(results[p] for p in positions)]
     actions = Actions()
-    actions.add(pre.actions)
-    events_out = list(pre.stats.trace)
-    if trace and positions:  # the first decode step follows the prefill on the timeline
-        c0 = pre.cycles
-        first = results[positions[0]].stats.trace
-        events_out += [(u, n, s + c0, e + c0) for u, n, s, e in first]
-    dec_cycles: list[int] = []
-    dec_bytes = 0
-    for p in positions:
-        r = results[p]
-        dec_cycles.append(r.cycles)
-        dec_bytes += r.stats.hbm_bytes
-        for u in UNITS:
-            busy[u] += r.stats.busy[u]
-            stall[u] += r.stats.stall[u]
+    for r in steps:
         actions.add(r.actions)
-    replayed = pre.stats.replayed_events
-    for r in simulated:
-        events += r.stats.events
-        replayed += r.stats.replayed_events
-    hbm += dec_bytes
-    roof = [roof_at[p] for p in positions]
-    total = pre.cycles + sum(dec_cycles)
+    dec_cycles = [results[p].cycles for p in positions]
+    dec_bytes = sum(results[p].stats.hbm_bytes for p in positions)
+    roof_at = _rooflines(cfg, plan, hw, positions)
     return SimResult(
         model=cfg.name,
         hw=hw.name,
@@ -533,23 +498,54 @@ def simulate(
         clock_hz=hw.clock_hz,
         prefill_step=pre,
         decode_cycles=dec_cycles,
-        decode_roofline_cycles=roof,
+        decode_roofline_cycles=[roof_at[p] for p in positions],
         decode_hbm_bytes=dec_bytes,
-        busy=busy,
-        stall=stall,
-        hbm_bytes=hbm,
+        busy={u: sum(r.stats.busy[u] for r in steps) for u in pre.stats.busy},
+        stall={u: sum(r.stats.stall[u] for r in steps) for u in pre.stats.stall},
+        hbm_bytes=pre.stats.hbm_bytes + dec_bytes,
         actions=actions,
-        energy=energy(hw, actions, total),
+        energy=energy(hw, actions, pre.cycles + sum(dec_cycles)),
         simulated_steps=1 + len(simulated),
-        events=events,
+        events=pre.stats.events + sum(r.stats.events for r in simulated),
         wall_s=time.perf_counter() - t0,
-        trace=events_out,
+        trace=_timeline(pre, [results[p] for p in positions[:1]] if trace else []),
         decode_buckets=len(groups) if fast else 0,
         fallback_steps=len(simulated) - len(groups) if fast else 0,
-        replayed_events=replayed,
+        replayed_events=pre.stats.replayed_events + sum(r.stats.replayed_events for r in simulated),
         hbm_peak_gbps=hw.hbm.peak_gbps,
         hbm_achievable_gbps=hbm_achievable_gbps(hw),
     )
+
+
+def _check_case(mode: str, prefill: int, decode: int, max_len: int) -> None:
+    """ConfigError unless the mode is known and the case fits the program's lengths."""
+    if mode not in ("exact", "fast"):
+        raise ConfigError(f"mode {mode!r} unknown (allowed: exact, fast)")
+    if prefill < 1 or decode < 0:
+        raise ConfigError(f"need prefill >= 1 and decode >= 0, got {prefill} and {decode}")
+    if prefill + decode > max_len:
+        raise ConfigError(
+            f"prefill {prefill} + decode {decode} = {prefill + decode} exceeds max_len {max_len}"
+        )
+
+
+def _decode_groups(prog: Program, positions: list[int], fast: bool) -> list[list[int]]:
+    """The decode positions in tasks: fast, one group per template (bucket), whose steps the
+    worker groups by signature; exact, one position each."""
+    if not fast:
+        return [[p] for p in positions]
+    by_t: dict[int, list[int]] = {}
+    for p in positions:
+        by_t.setdefault(id(prog.select("decode", Runtime(1, p))), []).append(p)
+    return list(by_t.values())
+
+
+def _timeline(pre: StepResult, after: list[StepResult]) -> list[tuple[str, str, int, int]]:
+    """The traced timeline: the prefill's, then that of the steps ``after`` it (the first
+    decode step when tracing), shifted to start where the prefill ends."""
+    c0 = pre.cycles
+    shifted = [(u, n, s + c0, e + c0) for r in after for u, n, s, e in r.stats.trace]
+    return [*pre.stats.trace, *shifted]
 
 
 def simulate_cached(
