@@ -34,8 +34,8 @@ def tiny_layout():
     ],
 )
 def test_channel_bytes_deals_granules_round_robin(tiny_layout, total, want):
-    layout = dataclasses.replace(tiny_layout, total=total)
-    assert layout.channel_bytes(4, 256) == want
+    per = dataclasses.replace(tiny_layout, total=total).channel_bytes(4, 256)
+    assert per == want and all(type(b) is int for b in per)  # whole bytes (reported in JSON)
 
 
 def test_channel_bytes_of_a_compiled_image_on_tiny(tiny_layout):
