@@ -34,8 +34,8 @@ def tiny_layout():
     ],
 )
 def test_channel_bytes_deals_granules_round_robin(tiny_layout, total, want):
-    layout = dataclasses.replace(tiny_layout, total=total)
-    assert layout.channel_bytes(4, 256) == want
+    per = dataclasses.replace(tiny_layout, total=total).channel_bytes(4, 256)
+    assert per == want and all(type(b) is int for b in per)  # whole bytes (reported in JSON)
 
 
 def test_channel_bytes_of_a_compiled_image_on_tiny(tiny_layout):
@@ -138,3 +138,38 @@ def test_dispatcher_is_woken_only_by_the_unit_it_waits_for():
     assert sorted(r.trace) == [("ld", "a", 10, 15), ("ld", "b", 15, 20), ("mv", "m", 0, 10)]
     assert r.cycles == 20
     assert r.events == 12
+
+
+# --------------------------------------------------------------------------------------------
+# perf/sim.py: decode rooflines, interpolated only when the bytes are affine
+
+
+def test_rooflines_are_computed_at_every_position_when_not_affine(monkeypatch):
+    """A step cost quadratic in the context (no shipped model has one today: the KV read is
+    linear in the keys; a windowed KV read would not be) must not be interpolated: every
+    position is computed, each with the model, plan and preset it was given. An affine cost is
+    computed at the ends and at the two check points only (positions 10, 13, 16, 19)."""
+    from hwflow.perf import sim
+
+    calls: list[tuple] = []
+
+    def quadratic(cfg, plan, hw, p):
+        calls.append((cfg, plan, hw, p))
+        return float(p * p)
+
+    monkeypatch.setattr(sim, "_roofline_cycles", quadratic)
+    positions = list(range(10, 20))
+    assert sim._rooflines("cfg", "plan", "hw", positions) == {p: float(p * p) for p in positions}
+    assert {c[:3] for c in calls} == {("cfg", "plan", "hw")}
+    assert {c[3] for c in calls} == set(positions)
+
+    calls.clear()
+
+    def affine(cfg, plan, hw, p):
+        calls.append((cfg, plan, hw, p))
+        return 3.0 * p + 1.0
+
+    monkeypatch.setattr(sim, "_roofline_cycles", affine)
+    out = sim._rooflines("cfg", "plan", "hw", positions)
+    assert out == pytest.approx({p: 3.0 * p + 1.0 for p in positions}, rel=1e-12)
+    assert sorted(c[3] for c in calls) == [10, 13, 16, 19]

@@ -478,3 +478,171 @@ def test_quality_metric_edges():
     assert nx.sqnr_db(np.array([1.0, 2.0]), np.array([1.5, 1.5])) == pytest.approx(10.0)
     assert nx.max_abs_error(np.array([]), np.array([])) == 0.0
     assert nx.max_abs_error(np.array([1.0, -1.0]), np.array([1.25, -1.5])) == 0.5
+
+
+# --------------------------------------------------------------------------------------------
+# narrow input dtypes (what the executors hold: INT8 codes, INT16 gate outputs, INT32 scores)
+
+
+def test_silu_of_an_int16_array_does_not_wrap():
+    """g is INT16 in the contract. mult 3, shift 1 (x = 1.5 g / 64): g * 3 must not wrap in
+    16 bits: 20000 -> index 30000 -> clipped to 1023, sigmoid 1 -> 20000; -20000 -> 0.
+    g = 64 is x = 1.5: SIG[1120] = 32768 * sigmoid(1.5) = 26790.3 -> 26790,
+    64 * 26790 / 2**15 = 52.3 -> 52."""
+    assert round(2**15 / (1 + math.exp(-1.5))) == 26790
+    out = nx.silu_int16(np.array([20000, -20000, 64], np.int16), 3, 1)
+    assert out.tolist() == [20000, 0, 52]
+
+
+def test_softmax_of_int32_scores_at_the_extremes():
+    """INT32 scores 2**31 - 1 and -2**31: the difference 2**32 - 1 does not fit INT32 and
+    must not wrap: the small one is 0. Ordinary INT32 scores as in the hand case above."""
+    p, s = nx.softmax_rows(np.array([[2**31 - 1, -(2**31)]], np.int32))
+    assert p.tolist() == [[255, 0]] and s.tolist() == [255]
+    p, s = nx.softmax_rows(np.array([[0, -256, -512, -128]], np.int32))
+    assert p.tolist() == [[255, 128, 64, 180]] and s.tolist() == [627]
+
+
+def test_rope_of_int8_rows_with_int16_tables():
+    """The Q14 tables fit INT16 (as stored in HBM) and x is INT8: products such as
+    100 * 8852 must not wrap in 16 bits (same hand values as test_rope_int_by_hand)."""
+    c, s = np.array([[8852, 16383]], np.int16), np.array([[13787, 164]], np.int16)
+    y = nx.rope_int(np.array([[100, 0, 0, 50]], np.int8), c, s)
+    assert y.tolist() == [[54, -1, 84, 50]]
+
+
+def test_quant_rows_of_int16_with_the_most_negative_value():
+    """|-32768| is 32768 (not INT16's wrapped -32768): M = 32768, 100 -> 127 * 100 / 32768 =
+    0.39 -> 0."""
+    q, (m, e) = nx.quant_rows(np.array([[-32768, 100]], np.int16))
+    assert q.tolist() == [[-127, 0]] and (m * 2.0**-e).tolist() == [32768.0]
+
+
+def test_quant_rows_reciprocal_is_floored():
+    """The contract's reciprocal is ``(127 << 46) // M``, floored: v = 3 of M = 6 is 63.5
+    exactly, but 127 * 2**46 is 4 mod 6, so 3 * floor(127 * 2**46 / 6) = 63.5 * 2**46 - 2,
+    and adding the half 2**45 gives 64 * 2**46 - 2: >> 46 = 63, not 64. The maximum stays 127."""
+    assert 3 * ((127 << 46) // 6) == 127 * 2**45 - 2
+    q, _ = nx.quant_rows(np.array([[3, 6]]))
+    assert q.tolist() == [[63, 127]]
+
+
+def test_integer_weights_by_magnitude():
+    """INT8 -128 is the largest magnitude (|int8(-128)| must not wrap): it sets the scale
+    128 / 127 and becomes -127; 1 -> rint(0.99) = 1. N:M pruning keeps it as the largest."""
+    w = np.array([[-128, 1, 2, 3]], np.int8)
+    codes, scale = nx.quantize_weight(w, 8)
+    assert codes.tolist() == [[-127, 1, 2, 3]] and scale.tolist() == pytest.approx([128 / 127])
+    assert nx.nm_prune_mask(w, 1, 4).tolist() == [[True, False, False, False]]
+
+
+def test_sqnr_of_integer_arrays():
+    """INT8 outputs compared directly: signal 100**2 + 100**2 = 20000 (not wrapped in 8 bits),
+    noise 10**2 + 10**2 = 200: 20 dB. A signal below 1 is still a signal: 0.25 / 0.0625 =
+    4 -> 6.02 dB."""
+    ref, test = np.array([100, -100], np.int8), np.array([90, -90], np.int8)
+    assert nx.sqnr_db(ref, test) == pytest.approx(20.0)
+    assert nx.sqnr_db(np.array([0.5]), np.array([0.25])) == pytest.approx(10 * math.log10(4))
+
+
+def test_unpack_takes_a_byte_list():
+    assert nx.unpack_bits([0x8D], 2, 4).tolist() == [1, -1, 0, -2]
+
+
+# --------------------------------------------------------------------------------------------
+# leading axes: heads x tokens x channels (the ops work on the last axis)
+
+
+def test_row_ops_on_three_axes():
+    """[2 heads, 1 token, n] stacks of the hand rows above give the same rows."""
+    q, (m, e) = nx.quant_rows(np.array([[[1000, -500, 3, 4]], [[-7, 7, 1, 0]]]))
+    assert q.tolist() == [[[127, -63, 0, 1]], [[-127, 127, 18, 0]]]
+    assert (m * 2.0**-e).tolist() == [[1000.0], [7.0]]
+    p, s = nx.softmax_rows(np.array([[[0, -256, -512, -128]], [[-256, -512, 0, -128]]]))
+    assert p.tolist() == [[[255, 128, 64, 180]], [[128, 64, 255, 180]]]
+    assert s.tolist() == [[627], [627]]
+    c, sn = np.array([[8852, 16383]]), np.array([[13787, 164]])
+    # head 1 = (0, 100 | 50, 0): y1 = (-50 * 13787, 100 * 16383) / 2**14 = (-42.07, 99.99),
+    # y2 = (50 * 8852, 100 * 164) / 2**14 = (27.01, 1.001)
+    y = nx.rope_int(np.array([[[100, 0, 0, 50]], [[0, 100, 50, 0]]]), c, sn)
+    assert y.tolist() == [[[54, -1, 84, 50]], [[-42, 100, 27, 1]]]
+
+
+def test_norm_rows_on_three_axes():
+    """LayerNorm of [2, 1, 4]: (1, 2, 3, 6) as in test_layer_norm_rows_by_hand; (0, 0, 0, 4):
+    4 x - 4 = (-4, -4, -4, 12) >> 2 half up = (-1, -1, -1, 3), ss = 12, M = 3, q = (-42.3,
+    ..., 127) -> (-42, -42, -42, 127), factor 3 * sqrt(4 / 12) = 1.73205 = 28377.9 * 2**-14
+    -> (28378, 14)."""
+    x = np.array([[[1, 2, 3, 6]], [[0, 0, 0, 4]]])
+    q, (m, e) = nx.norm_rows(x, np.ones(4, np.int64), True, 0)
+    assert q.tolist() == [[[-85, -42, 0, 127]], [[-42, -42, -42, 127]]]
+    assert m.tolist() == [[26273], [28378]] and e.tolist() == [[14], [14]]
+    # RMSNorm: (3, 4, 0, 0) -> (26214, 14); (2, 2, 2, 2) -> factor 2 * sqrt(4 / 16) = 1
+    x = np.array([[[3, 4, 0, 0]], [[2, 2, 2, 2]]])
+    q, (m, e) = nx.norm_rows(x, np.ones(4, np.int64), False, 0)
+    assert q.tolist() == [[[95, 127, 0, 0]], [[127, 127, 127, 127]]]
+    assert m.tolist() == [[26214], [16384]] and e.tolist() == [[14], [14]]
+
+
+def test_matmul_int_bound_uses_the_reduction_length_of_batched_inputs():
+    """x [1, 1, K = 2]: 3001 * 3001 + 3001 * 3000 = 18009001, odd and above 2**24 (not a
+    float32), although each product (9006001) is below 2**24."""
+    out = nx.matmul_int(np.array([[[3001, 3001]]]), np.array([[3001, 3000]]))
+    assert out.tolist() == [[[18009001]]]
+
+
+def test_softmax_refuses_one_fully_masked_row_among_kept_ones():
+    z = np.zeros((1, 2, 2), np.int64)
+    mask = np.array([[[True, True], [False, False]]])
+    with pytest.raises(ValueError, match=r"^softmax row with every entry masked$"):
+        nx.softmax_rows(z, mask)
+    with pytest.raises(ValueError, match=r"^softmax row with every entry masked$"):
+        nx.softmax_rows(z[0], mask[0])
+
+
+# --------------------------------------------------------------------------------------------
+# defaults, dtypes and messages
+
+
+def test_linear_out_guard_defaults_to_zero():
+    # row factor 3 * 2**-1 = 1.5 and no guard: 100 * 1.5 = 150 (a guard of 1 would give 300)
+    row = (np.array([3]), np.array([1]))
+    assert nx.linear_out(np.array([[100]]), 1, 0, 32, row).tolist() == [[150]]
+
+
+def test_quant_multiplier_arrays_are_int64_and_the_refusal_shows_three_values():
+    m, s = nx.quant_multiplier(np.array([0.5, 3.0]))
+    assert m.dtype == np.int64 and s.dtype == np.int64
+    with pytest.raises(ValueError, match=r"got \[-1\. -2\. -3\.\]$"):
+        nx.quant_multiplier(np.array([-1.0, -2.0, -3.0, -4.0]))
+
+
+def test_nm_expand_gives_int8_codes():
+    out = nx.nm_expand(np.array([[2, -4]], np.int8), np.array([[1, 3]], np.uint8), 2, 4)
+    assert out.tolist() == [[0, 2, 0, -4]] and out.dtype == np.int8
+
+
+def test_nm_ties_keep_the_lower_index_in_long_groups():
+    """Groups of 64 with many equal magnitudes (1, 2 or 3): the kept set is the N largest,
+    ties to the lower index (Python's sorted() is stable)."""
+    rng = np.random.default_rng(5)
+    w = rng.integers(1, 4, size=(3, 128)) * rng.choice([-1, 1], size=(3, 128))
+    keep = nx.nm_prune_mask(w.astype(np.float64), 20, 64)
+    for r in range(3):
+        for g in range(2):
+            grp = [abs(int(v)) for v in w[r, 64 * g : 64 * (g + 1)]]
+            want = sorted(sorted(range(64), key=lambda i: -grp[i])[:20])
+            assert np.flatnonzero(keep[r, 64 * g : 64 * (g + 1)]).tolist() == want
+
+
+def test_factors_of_an_empty_batch_are_int64():
+    """No rows (an empty batch) still gives int64 mantissas and exponents."""
+    none = np.zeros(0, np.int64)
+    for m, e in (nx.row_factor(none), nx.recip_factor(none), nx.rsqrt_fixed(none, 4)):
+        assert m.shape == e.shape == (0,) and m.dtype == e.dtype == np.int64
+
+
+def test_unpack_refuses_one_bit_short():
+    # 17 one-bit fields need 17 bits; 2 bytes hold 16
+    with pytest.raises(ValueError, match=r"^2 bytes hold fewer than 17 fields of 1 bits$"):
+        nx.unpack_bits(np.zeros(2, np.uint8), 1, 17)
