@@ -57,7 +57,7 @@ def test_group_must_tile_every_reduction(tmp_path):
     plan = load_plan(_plan(tmp_path, "{quant: gptq, group: 128}"))
     plan.resolve(load_model("llama2-7b"))  # 4096 and 11008 are multiples of 128
     with pytest.raises(
-        UnsupportedError, match=r"method\.group 128 does not divide the reduction length 64"
+        UnsupportedError, match=r"L0\.q: weight group 128 does not divide the reduction length 64"
     ):
         plan.resolve(load_model("tiny-llama"))
 
