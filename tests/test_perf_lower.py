@@ -6,7 +6,7 @@ import pytest
 
 from hwflow.config import load_hw
 from hwflow.costs import hbm_latency_cycles, hbm_pieces, matmul_cost, sfu_cost
-from hwflow.errors import CapacityError
+from hwflow.errors import CapacityError, UnsupportedError
 from hwflow.isa import Buf, Runtime, Template, Unit, decode_stream, encode_stream, expand, make
 from hwflow.perf.lower import lower
 from hwflow.perf.machine import Machine
@@ -154,3 +154,19 @@ def test_matmul_writes_its_output_width_and_reads_row_factors(tiny, obits, arow)
     beats = matmul_cost(tiny.mv, 16, rows, cols, k, 16).beats
     assert acts.buffer_write_bits == rows * cols * obits
     assert acts.buffer_read_bits == beats * (16 * 8 + 2 * 16 * 8) + 32 * rows * arow
+
+
+def test_matmul_with_a_weight_group_prices_latency_and_multiplier_reads(tiny):
+    """wgroup 5 (G = 32): the same beats, 2 cycles more latency (costs.GROUP_STAGES: the
+    multiply by the group's multiplier, the add into the row accumulator) and the multipliers
+    read once: cols x K/G bytes (16 x 2 x 8 bits)."""
+    fields = dict(func=0, rows=1, cols=16, k=64, n=16, m=16, wbits=4, a_buf=1, b_buf=0, o_buf=1)
+    plain, plain_acts = lower(tiny, expand(template([make("MV", **fields)]), Runtime(1, 0)))
+    ops, acts = lower(tiny, expand(template([make("MV", **fields, wgroup=5)]), Runtime(1, 0)))
+    assert ops[0].beats == plain[0].beats
+    assert ops[0].latency == plain[0].latency + 2
+    assert acts.buffer_read_bits == plain_acts.buffer_read_bits + 16 * 2 * 8
+    with pytest.raises(
+        UnsupportedError, match="weight group 8 is not a multiple of the block M = 16"
+    ):
+        matmul_cost(tiny.mv, 16, 1, 16, 64, 16, group=8)
