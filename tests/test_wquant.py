@@ -237,10 +237,11 @@ def test_bad_input(data):
 
 
 def test_grouped_rtn_by_hand():
-    """w = [0.7, -0.35 | 0.1, 0.05], INT4, groups of 2: RTN group scales 0.1 and 0.1/7; unit
+    """w = [0.7, -0.35 | 0.1, 0.0499], INT4, groups of 2: RTN group scales 0.1 and 0.1/7; unit
     0.1/255, g = [255, rint(255/7 = 36.43) = 36]; codes against the snapped scales: 7,
-    rint(-3.5) = -4 (to even); 0.1 / (36 * 0.1/255) = 7.08 -> 7, 0.05 / ... = 3.54 -> 4."""
-    codes, g, unit = quantize_grouped("rtn", np.array([[0.7, -0.35, 0.1, 0.05]]), 4, 2)
+    rint(-3.5) = -4 (to even); 0.1 / (36 * 0.1/255) = 7.08 -> 7, 0.0499 / ... = 3.53 -> 4
+    (against the unsnapped 0.1/7 it would be 3.49 -> 3)."""
+    codes, g, unit = quantize_grouped("rtn", np.array([[0.7, -0.35, 0.1, 0.0499]]), 4, 2)
     assert codes.tolist() == [[7, -4, 7, 4]]
     assert g.tolist() == [[255, 36]]
     assert unit.tolist() == pytest.approx([0.1 / 255])
