@@ -17,7 +17,9 @@ Steps (all deterministic):
    plan's method (:mod:`hwflow.prune`, :mod:`hwflow.wquant`: magnitude/Wanda/SparseGPT, round to
    nearest/scale search/GPTQ, statistics of each linear's float input), the compressed
    values/indices and their packed bytes; biases to INT32 at the row stage's scale; per-channel
-   requantization (mult, shift) of the channel stage.
+   requantization (mult, shift) of the channel stage. With a weight group (``group`` of the
+   plan, per linear) the scales are per (row, group): integer group multipliers times a row
+   unit (:func:`hwflow.wquant.quantize_grouped`), the unit taking the per-channel scale's place.
 5. Integer parameters of every other op (norm gains and pre-shifts, score multipliers, SiLU
    index multiplier, RoPE tables).
 
@@ -35,12 +37,11 @@ import numpy as np
 from hwflow import numerics as nx
 from hwflow.calib import Calibration
 from hwflow.config import CompressionMethod, CompressionPlan, LinearQuant, ModelConfig
-from hwflow.errors import UnsupportedError
 from hwflow.model import attention_mask, step_graph
 from hwflow.prune import prune
 from hwflow.reference import KVCache, run_float
 from hwflow.smooth import smooth_factors
-from hwflow.wquant import quantize
+from hwflow.wquant import quantize, quantize_grouped
 
 __all__ = ["QLinear", "QuantizedModel", "fold_norm_biases", "quantize_model", "random_weights"]
 
@@ -150,6 +151,9 @@ class QLinear:
     weight_scale: np.ndarray = field(repr=False)
     out_bits: int = 8
     guard: int = 0
+    #: integer group multipliers [out, K/group] (``quant.group`` set), else None; then
+    #: ``weight_scale`` is each row's unit (numerics, weights)
+    gmult: np.ndarray | None = field(default=None, repr=False)
 
     def packed(self) -> dict[str, np.ndarray]:
         """The bytes stored in HBM, row by row (each row padded to whole bytes)."""
@@ -158,6 +162,8 @@ class QLinear:
         if self.indices is not None:
             ib = int(math.log2(self.quant.m))
             out["indices"] = np.concatenate([nx.pack_bits(r, ib) for r in self.indices])
+        if self.gmult is not None:
+            out["scales"] = np.asarray(self.gmult, np.uint8).ravel()
         return out
 
 
@@ -412,20 +418,18 @@ def _out_format(op_name: str, out: str, scales: dict[str, Any], cfg: ModelConfig
 
 def _compress_weight(
     wf: np.ndarray, lq: LinearQuant, method: CompressionMethod, calib: Calibration | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """N:M pruning then INT``bits`` quantization by the plan's method: (codes, scale[out],
-    keep-mask or None when dense)."""
-    if method.group is not None:
-        raise UnsupportedError(
-            f"method.group {method.group}: group-wise weight scales are not part of the integer "
-            "contract (hwflow/numerics.py); use per-channel scales (omit group)"
-        )
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """N:M pruning then INT``bits`` quantization by the plan's method: (codes, scale[out]
+    (with a group: the row unit), keep-mask or None when dense, group multipliers or None)."""
     needs = method.prune != "magnitude" and not lq.dense
     needs = needs or method.quant in ("gptq", "gptq-search")
     calib = calib if needs or method.quant == "search" else None
     wp, mask = prune(method.prune, wf, lq.n, lq.m, calib) if not lq.dense else (wf, None)
+    if lq.group is not None:
+        codes, gmult, unit = quantize_grouped(method.quant, wp, lq.bits, lq.group, mask, calib)
+        return codes.astype(np.int8), np.asarray(unit, np.float64), mask, gmult
     codes, scale = quantize(method.quant, wp, lq.bits, mask, None, calib)
-    return codes.astype(np.int8), np.asarray(scale, np.float64), mask
+    return codes.astype(np.int8), np.asarray(scale, np.float64), mask, None
 
 
 def _quantize_linear(
@@ -442,7 +446,7 @@ def _quantize_linear(
     name, src = op.name, op.inputs[0]
     if name.split(".")[-1] in ("gate", "up") and op.output not in scales:
         scales[op.output] = float(_absmax(ten[op.output])) / 32767
-    codes, wscale, mask = _compress_weight(w[name + ".w"], lq, method, calib)
+    codes, wscale, mask, gmult = _compress_weight(w[name + ".w"], lq, method, calib)
     if lq.dense:
         values, indices = codes, None
     else:
@@ -457,4 +461,4 @@ def _quantize_linear(
     if name + ".b" in w:
         bias = np.clip(np.rint(w[name + ".b"] / y_scale), -(2**31), 2**31 - 1).astype(np.int64)
     mult, shift = nx.quant_multiplier(y_scale / s_out)
-    return QLinear(name, lq, codes, values, indices, bias, mult, shift, wscale, bits, guard)
+    return QLinear(name, lq, codes, values, indices, bias, mult, shift, wscale, bits, guard, gmult)

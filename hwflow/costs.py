@@ -47,6 +47,7 @@ from hwflow.errors import CapacityError, UnsupportedError
 
 __all__ = [
     "ACC_STAGES",
+    "GROUP_STAGES",
     "HBM_ATOM_BYTES",
     "LDST_ISSUE_CYCLES",
     "OPERAND_STAGES",
@@ -85,6 +86,13 @@ REQUANT_STAGES = 5
 #: The output FIFO (credit-based, never full): a written word is presented one cycle later
 #: than a plain output register would present it.
 OUTPUT_STAGES = 1
+#: Group-wise weight scales (numerics, weights; an op with a weight group G): at each segment
+#: end the group's partial sum (accumulated over its G/M beats) is multiplied by the row's
+#: 8-bit group multiplier (one DSP48E2: the <= 22-bit partial on the 27-bit port, the
+#: multiplier on the 18-bit one; its M register, 1 stage) and added into the row accumulator
+#: (its P register, 1 stage). One multiply per segment every G/M >= 1 beats, so it is
+#: pipelined behind the segment accumulator: latency only, no beats.
+GROUP_STAGES = 2
 
 
 @dataclass(frozen=True)
@@ -139,11 +147,14 @@ def drain_cycles(engine: Engine, n: int) -> int:
     return ceil(engine.rows * engine.chains * (engine.chain_length // n) / engine.requantizers)
 
 
-def matmul_cost(engine: Engine, m_block: int, tokens: int, rows: int, k: int, n: int) -> OpCost:
+def matmul_cost(
+    engine: Engine, m_block: int, tokens: int, rows: int, k: int, n: int, group: int | None = None
+) -> OpCost:
     """Cost of ``out[tokens, rows] = x[tokens, k] @ W[rows, k]^T`` on a chain engine.
 
     ``n`` is the kept weights per ``m_block`` activations (n = m_block for dense). The
-    matrix-vector engine is the case ``engine.rows == 1`` (one token).
+    matrix-vector engine is the case ``engine.rows == 1`` (one token). A weight ``group``
+    (whole blocks) adds :data:`GROUP_STAGES` of latency and no beats.
 
     Each result (row group x token pass) takes its K/M beats and then drains for
     D = :func:`drain_cycles` cycles; a group captures its results only once the previous group
@@ -156,6 +167,8 @@ def matmul_cost(engine: Engine, m_block: int, tokens: int, rows: int, k: int, n:
         raise UnsupportedError(f"N = {n} does not divide chain length {c}")
     if k % m_block:
         raise UnsupportedError(f"reduction length {k} is not a multiple of the block M = {m_block}")
+    if group is not None and group % m_block:
+        raise UnsupportedError(f"weight group {group} is not a multiple of the block M = {m_block}")
     rows_per_beat = engine.chains * (c // n)
     groups = ceil(rows / rows_per_beat)
     passes = ceil(tokens / engine.rows)
@@ -164,7 +177,13 @@ def matmul_cost(engine: Engine, m_block: int, tokens: int, rows: int, k: int, n:
     beats = groups * passes * slot
     return OpCost(
         beats=beats,
-        latency=beats - slot + per_result + chain_latency(c) + drain - 1,
+        latency=beats
+        - slot
+        + per_result
+        + chain_latency(c)
+        + drain
+        - 1
+        + (GROUP_STAGES if group is not None else 0),
         macs=tokens * rows * (k // m_block) * n,
         dense_macs=tokens * rows * k,
         reads=groups * passes * per_result,

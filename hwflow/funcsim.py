@@ -51,7 +51,7 @@ from hwflow.isa import (
     dispatch,
     expand,
 )
-from hwflow.model import BIAS_BYTES, REQ_PARAM_BYTES, block_keep
+from hwflow.model import BIAS_BYTES, REQ_PARAM_BYTES, block_keep, group_scale_bytes
 from hwflow.numerics import RESIDUAL_BITS
 
 __all__ = ["FuncSim", "StepStats", "boundary_lengths", "check_against_reference"]
@@ -320,8 +320,9 @@ class FuncSim:
             raise ProgramError(f"pc {c.pc}: output width obits={obits} (allowed: 8, 16, 32)")
         row = self._rows(c, "a", rows) if c["arow"] else nx.unit_rows(rows)
         if kind in ("linear", "head"):  # weight tile blob at b
-            codes, bias, mult, shift = self._tile(c)
-            acc = nx.matmul_int(self._operand(c, "a", rows, k, "i1"), codes)
+            codes, bias, mult, shift, gmult = self._tile(c)
+            group = 1 << c["wgroup"] if c["wgroup"] else None
+            acc = nx.weight_matmul(self._operand(c, "a", rows, k, "i1"), codes, gmult, group)
             (guard,) = self._params(c, 1)
             out = nx.linear_out(acc, mult, shift, obits, row, guard, bias)
         elif kind == "qk":  # A [rows, k] x K [cols, k]
@@ -337,14 +338,22 @@ class FuncSim:
             out = nx.linear_out(nx.matmul_int(p, v.T), mult, shift, obits, row, guard)
         self._put(c, out, _WIDTH[obits])
 
-    def _tile(self, c: Concrete) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
-        """The weight tile at b: dense codes [cols, k], INT32 bias (or None), mult, shift."""
+    def _tile(
+        self, c: Concrete
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The weight tile at b: dense codes [cols, k], INT32 bias (or None), mult, shift and
+        the group multipliers [cols, k/G] (``wgroup`` g > 0: G = 2**g; else None)."""
         cols, k, n, m, bits = c["cols"], c["k"], c["n"], c["m"], c["wbits"]
+        group = 1 << c["wgroup"] if c["wgroup"] else None
+        if group is not None and k % group:
+            raise ProgramError(f"pc {c.pc}: weight group {group} does not divide k = {k}")
         kept = k // m * n
         vrow = -(-kept * bits // 8)
         irow = 0 if n == m else -(-kept * int(np.log2(m)) // 8)
         prow = (BIAS_BYTES if c["bias"] else 0) + REQ_PARAM_BYTES
-        blob = self._read(c, c["b_buf"], c["b_off"], 1, 0, cols * (vrow + irow + prow)).ravel()
+        grow = group_scale_bytes(k, group)
+        size = cols * (vrow + irow + prow + grow)
+        blob = self._read(c, c["b_buf"], c["b_off"], 1, 0, size).ravel()
         vals = unpack_rows(blob[: cols * vrow], bits, cols, kept, True)
         at = cols * vrow
         if n != m:
@@ -359,7 +368,11 @@ class FuncSim:
             at += 4 * cols
         mult = blob[at : at + 2 * cols].view("<u2").astype(np.int64)
         shift = blob[at + 2 * cols : at + 3 * cols].view(np.int8).astype(np.int64)
-        return codes, bias, mult, shift
+        at += 3 * cols
+        gmult = None
+        if group is not None:  # the trailing section: K/G uint8 multipliers per row
+            gmult = blob[at : at + cols * grow].reshape(cols, grow).astype(np.int64)
+        return codes, bias, mult, shift, gmult
 
     def _sfu(self, c: Concrete) -> None:
         func, rows, cols = c["func"], c["rows"], c["cols"]

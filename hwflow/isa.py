@@ -60,7 +60,8 @@ of row i is at ``p_off + i * p_stride - 4``. Multi-byte elements are little-endi
 * MM / MV ``linear`` and ``head``: ``o[rows, cols] = numerics.linear_out(a[rows, k] @ W^T,
   mult, shift, obits, row, guard, bias)``: A INT8 (``arow`` 1: with row factors, else the unit
   factor), W the weight tile at ``b`` (format in :mod:`hwflow.compiler.layout`: packed values,
-  N:M indices, INT32 bias, per-row mult/shift), the guard an int32 at ``p_off`` in the param
+  N:M indices, INT32 bias, per-row mult/shift, with ``wgroup`` g > 0 the per-row group
+  multipliers of groups of ``2**g`` inputs, ``numerics.weight_matmul``), the guard an int32 at ``p_off`` in the param
   buffer, the output ``obits`` (8, 16 or 32) wide. ``qk``: ``o = requantize(a[rows, k] @
   b[cols, k]^T, mult, shift, obits)`` (INT8 x INT8 -> INT32 scores), mult/shift int32 at
   ``p_off``; ``pv``: ``o = linear_out(a[rows, k] @ b[k, cols], mult, shift, obits, row,
@@ -160,7 +161,9 @@ __all__ = [
     "mask_str",
 ]
 
-ISA_VERSION = 2  #: 2: numerics v2 (INT32 residual, row factors, MM obits/arow, SFU silu/reluq)
+#: 2: numerics v2 (INT32 residual, row factors, MM obits/arow, SFU silu/reluq);
+#: 3: MM/MV ``wgroup`` (group-wise weight scales: the tile's trailing group multipliers)
+ISA_VERSION = 3
 MAGIC = b"HWFLOWP\0"
 NREGS = 16
 REG_LEN = 1  #: R1 = LEN, tokens of this step (runtime)
@@ -344,6 +347,7 @@ _MATMUL = (
     ),
     Field("obits", 6, "output element bits: 8, 16 or 32"),
     Field("arow", 1, "A rows carry a row factor in the 4 bytes before each row"),
+    Field("wgroup", 3, "linear/head: log2 of the weight group (G <= 128); 0: no group"),
 )
 
 #: Matrix function names, indexed by code.

@@ -28,6 +28,7 @@ import numpy as np
 
 from hwflow.config import AttentionSparsity, CompressionPlan, LinearQuant, ModelConfig
 from hwflow.errors import ConfigError
+from hwflow.numerics import GROUP_MULT_BITS
 
 __all__ = [
     "OP_KINDS",
@@ -35,6 +36,7 @@ __all__ = [
     "StepGraph",
     "attention_mask",
     "block_keep",
+    "group_scale_bytes",
     "has_bias",
     "linear_bytes",
     "step_graph",
@@ -61,6 +63,12 @@ REQ_PARAM_BYTES = 3
 BIAS_BYTES = 4  #: INT32 bias
 
 
+def group_scale_bytes(k: int, group: int | None) -> int:
+    """Bytes of one output row's weight-group multipliers: K/G of GROUP_MULT_BITS (8) bits
+    each (numerics, weights), whole bytes; 0 without a group."""
+    return 0 if group is None else -(-(k // group) * GROUP_MULT_BITS // 8)
+
+
 def has_bias(cfg: ModelConfig, op: str) -> bool:
     """Whether a linear op (or ``"head"``) carries an INT32 bias: the model's own biases, plus
     the LayerNorm beta folded into every op that consumes a norm
@@ -76,13 +84,15 @@ def linear_bytes(
 
     ``values``: kept weights packed at ``quant.bits``; ``indices``: their log2(M)-bit in-group
     indices (none when dense); ``params``: requantization multiplier/shift and INT32 bias per
-    output channel. Rows are padded to whole bytes (``numerics.pack_bits`` per row).
+    output channel; ``scales``: the weight-group multipliers (:func:`group_scale_bytes`).
+    Rows are padded to whole bytes (``numerics.pack_bits`` per row).
     """
     kept = in_features // quant.m * quant.n
     values = out_features * math.ceil(kept * quant.bits / 8)
     indices = 0 if quant.dense else out_features * math.ceil(kept * int(math.log2(quant.m)) / 8)
     params = out_features * ((REQ_PARAM_BYTES if requant else 0) + (BIAS_BYTES if bias else 0))
-    return {"values": values, "indices": indices, "params": params}
+    scales = out_features * group_scale_bytes(in_features, quant.group)
+    return {"values": values, "indices": indices, "params": params, "scales": scales}
 
 
 @dataclass(frozen=True)

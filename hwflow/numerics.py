@@ -13,6 +13,9 @@ fake quantization of each choice (README "Numerics" has the table): an INT32 res
 per-token linear inputs with the norm gain applied *before* quantization, INT16 gate/up outputs
 and 8-bit softmax probabilities relative to the row maximum (normalised after P x V) keep w8a8
 within ~2 % of float; INT8 static gate/up costs +14 %, probabilities normalised to 1/127 +3 %.
+INT4 weights with one scale per output row lose +61 % (w4a8, the integer reference on the
+same checkpoint, whose own weights are Q4_1 groups of 32); group-wise scales in this contract's
+integer form (below) bring RTN to +35 % with groups of 64 and +13 % with groups of 32.
 
 Formats
 -------
@@ -30,12 +33,28 @@ Formats
 * **Weights** are INT\\ *b* (b in 2, 3, 4, 8) symmetric per output channel:
   ``q = clip(rint(w / scale), -qmax, qmax)`` (on the host; the method choosing ``scale`` and
   ``w`` is the plan's). The most negative code is never produced (INT2 weights are ternary).
+  With a weight **group** ``G`` (the plan's, per linear) the scale is per output row ``o`` and
+  run ``j`` of ``G`` inputs along K: ``scale[o, j] = u[o] * g[o, j]`` with a real row *unit*
+  ``u[o]`` (folded into the channel stage's ``mult``/``shift``, like a per-channel scale) and
+  an unsigned :data:`GROUP_MULT_BITS`-bit integer *group multiplier* ``1 <= g <= 255``
+  (:func:`group_multipliers`: ``u = max_j scale / 255``, so the largest group of a row gets
+  255 and every group keeps its scale to 0.5/g relative; codes are chosen against the
+  snapped ``u * g``). ``G`` is a multiple of the block M (a group is whole beats of the DSP
+  chain) and divides K.
 * **Logits**: INT32 at a static scale.
 
 Operations
 ----------
 * **Accumulation** is exact (int64 here; the hardware's 48-bit DSP accumulator cannot overflow
   for K < 2**33 / 127**2).
+* **Group-scaled accumulation** (:func:`weight_matmul` with a group): the chain's reduction
+  point forms each group's partial sum ``p[t, o, j] = sum_{k in group j} x[t, k] * q[o, k]``
+  (exact; ``|p| <= G * 127 * qmax``, a signed :func:`group_partial_bits`-bit value: 18 bits
+  for INT4 at G = 128, 22 for INT8), multiplies it by ``g[o, j]`` (exact, no shift or
+  rounding: +8 bits) and accumulates ``acc = sum_j g[o, j] * p[t, o, j]`` (exact; the 48-bit
+  accumulator holds it for ``K * 127 * qmax * 255 < 2**47``: K < 620,000 at INT4, 34,000 at
+  INT8). ``acc`` then goes through :func:`linear_out` unchanged, the row unit ``u`` being part
+  of the channel stage's scale. Without a group ``g = 1`` and this is plain accumulation.
 * **Linear requantization** is two-stage (:func:`linear_out`): the *row stage*
   ``y = sat32(round_shift(acc * m_t, e_t - G))`` applies the input's row factor (``G`` a static
   guard per op; inputs without row factors use the factor 1, ``m = 2**14, e = 14``), then the INT32 bias (at ``y``'s
@@ -83,6 +102,8 @@ __all__ = [
     "ACT_MIN",
     "EXP2_FRAC",
     "GATE_BITS",
+    "GROUP_MULT_BITS",
+    "GROUP_MULT_MAX",
     "NORM_FRAC",
     "NORM_IN_BITS",
     "P_MAX",
@@ -94,6 +115,8 @@ __all__ = [
     "SIG_STEPS",
     "add_residual",
     "exp2_table",
+    "group_multipliers",
+    "group_partial_bits",
     "linear_out",
     "matmul_int",
     "max_abs_error",
@@ -122,6 +145,7 @@ __all__ = [
     "sqnr_db",
     "unit_rows",
     "unpack_bits",
+    "weight_matmul",
 ]
 
 REQ_MULT_BITS = 15  #: requantization multiplier width (unsigned)
@@ -134,6 +158,12 @@ ROPE_FRAC = 14  #: fraction bits of the RoPE cos/sin tables
 ROW_MULT_BITS = 15  #: mantissa width of a row factor
 RESIDUAL_BITS = 32  #: width of the residual stream
 GATE_BITS = 16  #: width of the gate/up outputs (SiLU input)
+#: Width of a weight group's integer multiplier (unsigned). 8 bits: one byte per group in HBM
+#: (6 % over the INT4 values at G = 32) and the group partial (<= 22 bits) times it fits one
+#: DSP48E2 multiplier (27 x 18). llama.cpp's Q4_K stores 6-bit sub-block scales under one
+#: per-super-block float the same way (ggml PR #1684, "k-quants").
+GROUP_MULT_BITS = 8
+GROUP_MULT_MAX = (1 << GROUP_MULT_BITS) - 1  #: largest group multiplier (255)
 SIG_STEPS = 64  #: SiLU's sigmoid table steps per unit of the real input
 SIG_HALF = 1024  #: half the sigmoid table's entries (covers [-16, 16) at 1/64)
 QROW_SHIFT = 46  #: fraction bits of quant_rows' reciprocal
@@ -290,6 +320,24 @@ def unpack_bits(data: np.ndarray, bits: int, count: int, signed: bool = True) ->
     return vals.astype(np.uint8)
 
 
+def group_multipliers(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Real group scales ``scales[out, K/G]`` (positive) -> (integer multipliers ``g[out, K/G]``,
+    row units ``u[out]``) with ``u = max_j scales / 255`` and ``g = clip(rint(scales / u), 1,
+    255)``: the snapped scale ``u * g`` is within 0.5/g of ``scales`` (relative)."""
+    s = np.asarray(scales, dtype=np.float64)
+    if s.ndim != 2 or np.any(~np.isfinite(s)) or np.any(s <= 0):
+        raise ValueError("group scales must be a positive finite [out, groups] array")
+    unit = s.max(axis=1) / GROUP_MULT_MAX
+    g = np.clip(np.rint(s / unit[:, None]), 1, GROUP_MULT_MAX).astype(np.int64)
+    return g, unit
+
+
+def group_partial_bits(wbits: int, group: int) -> int:
+    """Signed width of a group's partial sum ``sum x * q`` over ``group`` INT8 x INT``wbits``
+    products (``|p| <= group * 127 * qmax``)."""
+    return (group * 127 * qmax(wbits)).bit_length() + 1
+
+
 # --------------------------------------------------------------------------------------------
 # Products
 
@@ -311,6 +359,24 @@ def matmul_int(x: np.ndarray, w: np.ndarray) -> np.ndarray:
         return np.matmul(x.astype(np.int64), w.astype(np.int64).T)
     ft = np.float32 if bound < 2**24 else np.float64  # every partial sum exact in the mantissa
     return np.rint(np.matmul(x.astype(ft), w.astype(ft).T)).astype(np.int64)
+
+
+def weight_matmul(
+    x: np.ndarray, codes: np.ndarray, gmult: np.ndarray | None = None, group: int | None = None
+) -> np.ndarray:
+    """The accumulators of a linear op: ``acc[..., o] = sum_j g[o, j] * sum_{k in group j}
+    x[..., k] * codes[o, k]`` (groups of ``group`` inputs along K), or :func:`matmul_int`
+    without group multipliers. Exact: computed as one product with the weights ``codes * g``
+    (the same integer, by distributivity)."""
+    if gmult is None:
+        return matmul_int(x, codes)
+    codes = np.asarray(codes, dtype=np.int64)
+    gmult = np.asarray(gmult, dtype=np.int64)
+    if group is None or codes.shape[1] != gmult.shape[1] * group:
+        raise ValueError(
+            f"group multipliers {gmult.shape} do not tile weights {codes.shape} in groups of {group}"
+        )
+    return matmul_int(x, codes * np.repeat(gmult, group, axis=1))
 
 
 def linear_out(

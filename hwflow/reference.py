@@ -110,7 +110,7 @@ def run_int(
             out, rows[op.output] = nx.norm_rows(x, pr["gamma"], pr["center"], pr["pre"])
         elif op.kind in ("linear", "head"):
             ql = qm.linears[op.name]
-            acc = nx.matmul_int(src[0], ql.codes)
+            acc = nx.weight_matmul(src[0], ql.codes, ql.gmult, ql.quant.group)
             row = rows.get(op.inputs[0], nx.unit_rows(acc.shape[0]))
             out = nx.linear_out(acc, ql.mult, ql.shift, ql.out_bits, row, ql.guard, ql.bias)
         elif op.kind == "rope":

@@ -21,6 +21,11 @@ A keep-mask (N:M pruning) makes pruned weights code 0 and keeps them out of the 
   ``gptq-search`` takes each scale from the clip search (error weighted by ``diag(H)``)
   instead of ``max|w|``; the reference quantizer's ``mse`` option is the same idea (it shrinks
   ``max|w|`` on a grid down to 0.2 and minimises the unweighted ``sum |err|^2.4``).
+
+The accelerator stores a group scale as an integer multiplier of a per-row unit
+(:func:`hwflow.numerics.group_multipliers`); :func:`quantize_grouped` returns that form, with
+the codes chosen against the snapped scales ``unit * g`` (GPTQ: a first pass finds each row's
+unit, a second quantizes with every group scale snapped to it as the group starts).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import numpy as np
 
 from hwflow.calib import BLOCKSIZE, PERCDAMP, Calibration, obs_sweep
 from hwflow.config import WEIGHT_BITS, QuantMethod
-from hwflow.numerics import qmax, quantize_weight
+from hwflow.numerics import GROUP_MULT_MAX, group_multipliers, qmax, quantize_weight
 
 __all__ = [
     "CLIP_GRID",
@@ -39,6 +44,7 @@ __all__ = [
     "dequantize",
     "gptq",
     "quantize",
+    "quantize_grouped",
     "rtn",
     "search",
     "search_scales",
@@ -161,11 +167,13 @@ def gptq(
     clip_search: bool = False,
     percdamp: float = PERCDAMP,
     blocksize: int = BLOCKSIZE,
+    unit: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """GPTQ: quantize columns left to right, compensating each one's error with the Hessian.
 
     Per-channel scales are RTN's of the (masked) original weights; group scales are RTN's of
-    the group's compensated weights when its first column is reached. Inputs that never fire
+    the group's compensated weights when its first column is reached, snapped to
+    ``unit[out] * g`` (integer ``1 <= g <= 255``) when ``unit`` is given. Inputs that never fire
     (``H_jj = 0``) have their weights zeroed after the scales are chosen, as the reference.
     """
     w = _check(w, bits, mask, group)
@@ -181,8 +189,10 @@ def gptq(
 
     def pick(cols: np.ndarray, j: int) -> np.ndarray:
         if clip_search:
-            return search_scales(cols, bits, d[j : j + cols.shape[1]])
-        return quantize_weight(cols, bits)[1]
+            sc = search_scales(cols, bits, d[j : j + cols.shape[1]])
+        else:
+            sc = quantize_weight(cols, bits)[1]
+        return sc if unit is None else _snap(sc, unit)
 
     if group is None:
         scale = pick(w, 0)
@@ -206,6 +216,47 @@ def gptq(
     block = max(inner, blocksize - blocksize % inner)
     obs_sweep(w, u, on_group, on_column, blocksize=block, inner=inner)
     return codes, scales
+
+
+def _snap(scale: np.ndarray, unit: np.ndarray) -> np.ndarray:
+    """``scale`` rounded to the grid ``unit * g``, ``1 <= g <= 255`` (numerics' multipliers)."""
+    return np.clip(np.rint(scale / unit), 1, GROUP_MULT_MAX) * unit
+
+
+def _live_scales(codes: np.ndarray, scales: np.ndarray, group: int) -> np.ndarray:
+    """Group scales with those of all-zero groups (their scale is arbitrary: 1.0 by
+    quantize_weight) replaced by the row's largest live one, so they set no row unit."""
+    live = np.any(codes.reshape(codes.shape[0], -1, group) != 0, axis=2)
+    top = np.where(live, scales, 0.0).max(axis=1)
+    top = np.where(top > 0, top, 1.0)
+    return np.where(live, scales, top[:, None])
+
+
+def quantize_grouped(
+    method: QuantMethod,
+    w: np.ndarray,
+    bits: int,
+    group: int,
+    mask: np.ndarray | None = None,
+    calib: Calibration | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group-wise quantization in the accelerator's form: (codes int8 [out, K], integer group
+    multipliers ``g[out, K/group]``, row units ``unit[out]``), the weights being ``codes * g *
+    unit`` per group (:func:`hwflow.numerics.group_multipliers`). RTN and search snap their
+    group scales and re-round the codes; GPTQ runs twice (see the module docstring)."""
+    codes, scales = quantize(method, w, bits, mask, group, calib)
+    gmult, unit = group_multipliers(_live_scales(codes, scales, group))
+    if method in ("gptq", "gptq-search"):
+        assert calib is not None  # quantize refused a missing calibration
+        codes, scales = gptq(
+            w, bits, calib, mask, group, clip_search=method == "gptq-search", unit=unit
+        )
+        gmult = np.rint(scales / unit[:, None]).astype(np.int64)
+    else:
+        wm = _check(w, bits, mask, group)
+        snapped = np.repeat(gmult * unit[:, None], group, axis=1)
+        codes = _codes(wm, snapped, bits)
+    return codes, gmult, unit
 
 
 def quantize(

@@ -376,3 +376,34 @@ def test_hbm_image_holds_the_numerics_parameters_at_their_offsets(model):
     assert i32(fbase + fb["head.guard"], 1) == [qm.linears["head"].guard]
     assert comp.layout.region("input").size >= 64 * 4 * d
     assert comp.layout.region("logits").size >= 4 * cfg.vocab
+
+
+def test_weight_tile_ends_with_the_group_multipliers():
+    """Decoded by hand from the layout docstring: a tile of R rows holds R rows of packed INT4
+    values (K/2 bytes each), R (uint16 mult, int8 shift) pairs... then, trailing, R rows of K/G
+    uint8 group multipliers; the engine op names the group as log2(G) in ``wgroup``."""
+    from hwflow.compiler.layout import build_hbm_image
+    from hwflow.compress import quantize_model, random_weights
+    from hwflow.isa import MATMUL_FUNCS, Runtime, expand
+
+    cfg, hw, plan = load_model("tiny-llama"), load_hw("tiny"), load_plan("w4a8-gptq-g32")
+    comp = compile_model(cfg, plan, hw, 64)
+    qm = quantize_model(cfg, plan, random_weights(cfg, 1))
+    img = build_hbm_image(comp.layout, qm)
+    for li in range(cfg.layers):
+        base = comp.layout.region(f"L{li}").base
+        for ts in comp.layout.tiles[li]:
+            ql = qm.linears[f"L{li}.{ts.name}"]
+            groups = ts.k // 32
+            assert ql.gmult.shape == (ts.out, groups) and ql.gmult.min() >= 1
+            for r0, r, at in ts.tiles:
+                head = r * (ts.k // 2 + 3)  # dense INT4 values, then mult/shift; no bias
+                got = img[base + at + head : base + at + head + r * groups].reshape(r, groups)
+                assert got.tolist() == ql.gmult[r0 : r0 + r].tolist(), (li, ts.name)
+    prog = comp.program
+    t = prog.templates[0]
+    seen: dict[str, set[int]] = {"linear": set(), "head": set()}
+    for c in expand(t, Runtime(t.lo, 0)):
+        if c.op in ("MM", "MV") and MATMUL_FUNCS[c["func"]] in seen:
+            seen[MATMUL_FUNCS[c["func"]]].add(c["wgroup"])
+    assert seen == {"linear": {5}, "head": {0}}  # log2(32); the head has per-row scales

@@ -52,7 +52,7 @@ def test_sparse_int4_bytes():
     assert (lq.bits, lq.n, lq.m) == (4, 4, 16)
     b = linear_bytes(11008, 4096, lq, bias=False)
     kept = 11008 * 4096 // 4
-    assert b == {"values": kept // 2, "indices": kept // 2, "params": 3 * 11008}
+    assert b == {"values": kept // 2, "indices": kept // 2, "params": 3 * 11008, "scales": 0}
 
 
 def test_opt_graph_has_no_gate_or_rope_and_has_bias():

@@ -68,7 +68,7 @@ def test_older_versions_are_refused_not_misread():
 
 
 def test_hand_encoded_words():
-    assert isa.ISA_VERSION == 2, "checked by hand for versions 1 and 2: rework for the new layout"
+    assert isa.ISA_VERSION == 3, "checked by hand for versions 1-3: rework for the new layout"
     # END: opcode 31, no fields
     assert isa.encode(make("END")) == [31]
     # SYNC.MV (8 + 3 = 11), wait LD (bit 0) at bit 6, release SFU (bit 4) at bit 11
@@ -81,6 +81,10 @@ def test_hand_encoded_words():
     # 166..181 (word 5, bit 6); 186 bits in all -> 6 words
     ld = make("LD", kind=2, hbm=0x100, row_bytes=64, rows=1)
     assert isa.encode(ld) == [1 | 2 << 16 | 0x100 << 19, 0, 0, 0, 64 << 14, 1 << 6]
+    # MM 3 (v3): wgroup is the last field, 3 bits at 285..287 (word 8, bit 29): before it 16
+    # header + 2 func + 3 * (16 + 4) extents + 5 n + 5 m + 4 wbits + 1 bias + 3 * 55 operands
+    # + 20 p_off + 6 obits + 1 arow = 285 bits; 288 in all, still 9 words
+    assert isa.encode(make("MM", wgroup=5)) == [3, 0, 0, 0, 0, 0, 0, 0, 5 << 29]
 
 
 def test_program_file_refusals_name_the_file_and_the_fault():

@@ -212,3 +212,38 @@ def test_quality_metrics():
     assert nx.sqnr_db(a, a) == math.inf
     assert nx.sqnr_db(a, a * 1.1) == pytest.approx(20.0)
     assert nx.max_abs_error(a, a + np.array([0, 0.5, -0.25])) == 0.5
+
+
+# --------------------------------------------------------------------------------------------
+# Group-wise weight scales
+
+
+def test_group_scaled_dot_product_by_hand():
+    """Groups of 2 along K = 4: acc = sum_j g[o, j] * (partial sum of group j), worked out by
+    hand: row 0: 3 * (1*1 + 2*-1) + 5 * (3*2 + 4*0) = -3 + 30 = 27;
+    row 1: 1 * (1*7 + 2*7) + 255 * (3*-7 + 4*1) = 21 - 4335 = -4314."""
+    x = np.array([[1, 2, 3, 4]], np.int8)
+    codes = np.array([[1, -1, 2, 0], [7, 7, -7, 1]], np.int8)
+    g = np.array([[3, 5], [1, 255]])
+    assert nx.weight_matmul(x, codes, g, 2).tolist() == [[27, -4314]]
+    assert nx.weight_matmul(x, codes).tolist() == [[-1 + 6, 21 - 21 + 4]]  # no group: g = 1
+    with pytest.raises(ValueError, match="do not tile"):
+        nx.weight_matmul(x, codes, g, 4)
+
+
+def test_group_multipliers_by_hand():
+    """u = max / 255; g = rint(s / u) clipped to 1..255: 0.5 -> 127.5 -> 128 (rint: to even),
+    1.0 -> 255, 0.25 -> 63.75 -> 64, 0.001 -> 0.255 -> 0 -> clipped to 1."""
+    g, u = nx.group_multipliers(np.array([[0.5, 1.0, 0.25, 0.001]]))
+    assert g.tolist() == [[128, 255, 64, 1]]
+    assert u.tolist() == pytest.approx([1 / 255])
+    with pytest.raises(ValueError, match="positive finite"):
+        nx.group_multipliers(np.array([[1.0, 0.0]]))
+
+
+def test_group_partial_widths_by_hand():
+    """INT4 at G = 128: 128 * 127 * 7 = 113,792 < 2**17 -> 18 signed bits; INT8: 128 * 127 *
+    127 = 2,064,512 < 2**21 -> 22 bits (both fit the DSP48E2's 27-bit port)."""
+    assert nx.group_partial_bits(4, 128) == 18
+    assert nx.group_partial_bits(8, 128) == 22
+    assert nx.group_partial_bits(4, 32) == 16  # 28,448 < 2**15

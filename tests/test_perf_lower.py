@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hwflow.config import load_hw
-from hwflow.errors import CapacityError
+from hwflow.costs import matmul_cost
+from hwflow.errors import CapacityError, UnsupportedError
 from hwflow.isa import (
     Buf,
     MatmulFunc,
@@ -254,3 +255,19 @@ def test_drain_bound_matmul_reads_only_its_operand_beats(tiny):
     ops, acts = lower(tiny, expand(template([ins]), Runtime(1, 0)))
     assert ops[0].beats == 16
     assert acts.buffer_read_bits == 2 * 512
+
+
+def test_matmul_with_a_weight_group_prices_latency_and_multiplier_reads(tiny):
+    """wgroup 5 (G = 32): the same beats, 2 cycles more latency (costs.GROUP_STAGES: the
+    multiply by the group's multiplier, the add into the row accumulator) and the multipliers
+    read once: cols x K/G bytes (16 x 2 x 8 bits)."""
+    fields = dict(func=0, rows=1, cols=16, k=64, n=16, m=16, wbits=4, a_buf=1, b_buf=0, o_buf=1)
+    plain, plain_acts = lower(tiny, expand(template([make("MV", **fields)]), Runtime(1, 0)))
+    ops, acts = lower(tiny, expand(template([make("MV", **fields, wgroup=5)]), Runtime(1, 0)))
+    assert ops[0].beats == plain[0].beats
+    assert ops[0].latency == plain[0].latency + 2
+    assert acts.buffer_read_bits == plain_acts.buffer_read_bits + 16 * 2 * 8
+    with pytest.raises(
+        UnsupportedError, match="weight group 8 is not a multiple of the block M = 16"
+    ):
+        matmul_cost(tiny.mv, 16, 1, 16, 64, 16, group=8)

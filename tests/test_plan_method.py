@@ -57,7 +57,7 @@ def test_group_must_tile_every_reduction(tmp_path):
     plan = load_plan(_plan(tmp_path, "{quant: gptq, group: 128}"))
     plan.resolve(load_model("llama2-7b"))  # 4096 and 11008 are multiples of 128
     with pytest.raises(
-        UnsupportedError, match=r"method\.group 128 does not divide the reduction length 64"
+        UnsupportedError, match=r"L0\.q: weight group 128 does not divide the reduction length 64"
     ):
         plan.resolve(load_model("tiny-llama"))
 
@@ -69,3 +69,61 @@ def test_method_changes_the_sweep_cache_key(tmp_path):
         point = Point("tiny-llama", "tiny", (), str(path), (), 16, 4, "fast")
         keys.append(point_key(point))
     assert keys[0] != keys[1]
+
+
+def _group_plan(tmp_path, body: str):
+    p = tmp_path / "g.yaml"
+    p.write_text(f"name: g\n{body}\n")
+    return str(p)
+
+
+def test_group_per_linear_resolves_with_rules_and_method_default(tmp_path):
+    """method.group is every layer linear's default; weights/rules set it per op ('channel':
+    per-row scales); the head keeps its own (per row unless lm_head says)."""
+    plan = load_plan(
+        _group_plan(
+            tmp_path,
+            "weights: {bits: 4, sparsity: dense}\nmethod: {group: 64}\n"
+            "rules:\n  - {ops: [down], group: 32}\n  - {layers: [0], ops: [q], group: channel}",
+        )
+    )
+    q = plan.resolve(load_model("tiny-llama"))
+    assert (q[(1, "q")].group, q[(0, "q")].group, q[(0, "down")].group) == (64, None, 32)
+    assert plan.head().group is None
+    assert q[(1, "q")].label == "W4 g64"
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        # tiny-llama: q/k/v/gate/up reduce over 64, down over 128
+        (
+            "weights: {bits: 4, sparsity: dense, group: 128}",
+            "plan g, L0.q: weight group 128 does not divide the reduction length 64",
+        ),
+        (
+            "weights: {bits: 4, sparsity: '4:16', group: 8}",
+            "plan g, L0.q: weight group 8 is not a multiple of the 4:16 sparsity block M = 16",
+        ),
+        (  # dense ops run in 16-wide blocks on preset tiny (sparsity.m)
+            "weights: {bits: 4, sparsity: dense, group: 8}",
+            "plan g, L0.q: weight group 8 is not a multiple of the 16-wide activation block of "
+            "preset tiny",
+        ),
+        (
+            "weights: {bits: 4, sparsity: dense, group: 48}",
+            "must be a power of two (e.g. 32, 64 or 128) or 'channel'",
+        ),
+    ],
+)
+def test_bad_group_is_one_clear_error_exit_2(tmp_path, capsys, body, needle):
+    from hwflow.cli import main
+
+    argv = ["compile", "--model", "tiny-llama", "--hw", "tiny", "--plan"]
+    argv += [_group_plan(tmp_path, body), "--max-len", "16", "-o", str(tmp_path / "out")]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert needle in err, err
+    assert not (tmp_path / "out").exists()

@@ -13,6 +13,7 @@ from hwflow.wquant import (
     dequantize,
     gptq,
     quantize,
+    quantize_grouped,
     rtn,
     search,
     search_scales,
@@ -233,3 +234,40 @@ def test_bad_input(data):
         quantize("gptq", w, 4)
     with pytest.raises(ValueError, match="mask shape"):
         rtn(w, 4, np.ones((2, 2), dtype=bool))
+
+
+def test_grouped_rtn_by_hand():
+    """w = [0.7, -0.35 | 0.1, 0.0499], INT4, groups of 2: RTN group scales 0.1 and 0.1/7; unit
+    0.1/255, g = [255, rint(255/7 = 36.43) = 36]; codes against the snapped scales: 7,
+    rint(-3.5) = -4 (to even); 0.1 / (36 * 0.1/255) = 7.08 -> 7, 0.0499 / ... = 3.53 -> 4
+    (against the unsnapped 0.1/7 it would be 3.49 -> 3)."""
+    codes, g, unit = quantize_grouped("rtn", np.array([[0.7, -0.35, 0.1, 0.0499]]), 4, 2)
+    assert codes.tolist() == [[7, -4, 7, 4]]
+    assert g.tolist() == [[255, 36]]
+    assert unit.tolist() == pytest.approx([0.1 / 255])
+
+
+@pytest.mark.parametrize("method", ["rtn", "search", "gptq", "gptq-search"])
+def test_grouped_multipliers_are_the_scales_in_effect(data, method):
+    """Integer multipliers in 1..255, every row's largest group (per-pass for GPTQ: up to the
+    snap) near 255, and the codes within one step of the weights they stand for (RTN/search:
+    half a step or clipped; GPTQ compensates, so only its range is checked)."""
+    x, w, calib = data
+    codes, g, unit = quantize_grouped(method, w, 4, 32, None, calib)
+    assert g.shape == (64, 4) and g.min() >= 1 and g.max() <= 255
+    assert np.all(np.abs(codes) <= 7)
+    if method == "rtn":
+        assert np.all(g.max(axis=1) == 255)
+        step = np.repeat(g * unit[:, None], 32, axis=1)
+        assert np.all(np.abs(w - codes * step) <= step / 2 + 1e-12)
+    w_int = dequantize(codes, g * unit[:, None])
+    w_rtn = dequantize(*rtn(w, 4))  # per channel
+    assert _rel_err(x, w, w_int) < _rel_err(x, w, w_rtn)
+
+
+def test_grouped_all_zero_group_sets_no_unit():
+    """A pruned (all-zero) group must not become the row's unit (its RTN scale is 1.0)."""
+    w = np.array([[0.0, 0.0, 0.02, -0.01]])
+    codes, g, unit = quantize_grouped("rtn", w, 4, 2)
+    assert unit.tolist() == pytest.approx([0.02 / 7 / 255])
+    assert codes.tolist() == [[0, 0, 7, -4]] and g[0, 1] == 255

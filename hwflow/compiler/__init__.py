@@ -85,18 +85,33 @@ def _check(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, max_len:
                 f"L{li}.{op}: reduction length {cfg.linear_shape(op)[1]} is not a multiple of "
                 f"the {block}-wide activation block of preset {hw.name}"
             )
+        _group_blocks(q.group, block, hw.name, f"plan {plan.name}, L{li}.{op}")
     h = plan.head()
     try:
         hw.check_plan_support(h.bits, h.n, h.m)
     except UnsupportedError as e:
         raise UnsupportedError(f"plan {plan.name}, head: {e}") from None
+    _group_blocks(h.group, hw.sparsity.m if h.dense else h.m, hw.name, f"plan {plan.name}, head")
     for q, where in (*((q, f"L{li}.{op}") for (li, op), q in plan.resolve(cfg).items()),
                      (h, "head")):  # fmt: skip
         if not q.dense:  # the engine instruction carries M (dense rows are cut by the preset)
             _fits("MM", "m", q.m, f"plan {plan.name}, {where}: {q.n}:{q.m} sparsity, M")
+        if q.group is not None:  # and log2 of the weight group
+            _fits("MM", "wgroup", q.group.bit_length() - 1,
+                  f"plan {plan.name}, {where}: weight group {q.group}, log2")  # fmt: skip
     if plan.attention.pattern == "block":  # the softmax instruction carries the block mask
         for key, name in (("block", "blk"), ("local_blocks", "local"), ("global_blocks", "glob")):
             _fits("SFU", name, getattr(plan.attention, key), f"plan {plan.name}: attention.{key}")
+
+
+def _group_blocks(group: int | None, block: int, preset: str, where: str) -> None:
+    """UnsupportedError unless a weight group is whole beats: the DSP chain applies a group's
+    multiplier at a reduction point after the group's last block (numerics, weights)."""
+    if group is not None and group % block:
+        raise UnsupportedError(
+            f"{where}: weight group {group} is not a multiple of the {block}-wide activation "
+            f"block of preset {preset} (allowed: multiples of {block})"
+        )
 
 
 def _fits(op: str, name: str, value: int, what: str) -> None:

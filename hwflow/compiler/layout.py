@@ -31,7 +31,10 @@ an op with ``kept = K / m * n`` stored weights per row: the values, each row pac
 and padded to a byte (``numerics.pack_bits`` per row); then the indices the same way at
 ``log2(m)`` bits (absent when dense); then per row an INT32 bias (when the op has one), then
 per row a uint16 multiplier and an int8 shift (every linear op and the head: all are
-requantized in two stages, :func:`hwflow.numerics.linear_out`).
+requantized in two stages, :func:`hwflow.numerics.linear_out`); then, when the op has a
+weight group G, per row its K/G group multipliers, one uint8 each
+(:data:`hwflow.numerics.GROUP_MULT_BITS`; :func:`hwflow.numerics.weight_matmul`), a separate
+trailing section.
 
 Parameter blob of a layer (:func:`param_blob`, little-endian): per norm (``norm1``,
 ``norm2``) an int32 pre-shift then the INT16 gains (``hidden`` of them, padded to 4 bytes);
@@ -56,7 +59,7 @@ from hwflow.config import HardwarePreset, LinearQuant, ModelConfig
 from hwflow.costs import effective_nm
 from hwflow.errors import CapacityError, ConfigError
 from hwflow.isa import Region
-from hwflow.model import BIAS_BYTES, REQ_PARAM_BYTES, has_bias
+from hwflow.model import BIAS_BYTES, REQ_PARAM_BYTES, group_scale_bytes, has_bias
 from hwflow.numerics import GATE_BITS, RESIDUAL_BITS
 
 if TYPE_CHECKING:
@@ -205,8 +208,13 @@ class TileSpec:
         return (BIAS_BYTES if self.bias else 0) + (REQ_PARAM_BYTES if self.requant else 0)
 
     @property
+    def grow(self) -> int:
+        """Bytes of one row's group multipliers (the trailing section; 0 without a group)."""
+        return group_scale_bytes(self.k, self.quant.group)
+
+    @property
     def row_bytes(self) -> int:
-        return self.vrow + self.irow + self.prow
+        return self.vrow + self.irow + self.prow + self.grow
 
     @property
     def tiles(self) -> list[tuple[int, int, int]]:
@@ -387,6 +395,13 @@ def _tile_bytes(ts: TileSpec, ql: Any, r0: int, r: int) -> np.ndarray:
     if ts.requant:
         parts.append(np.asarray(ql.mult[r0 : r0 + r], "<u2").view(np.uint8))
         parts.append(np.asarray(ql.shift[r0 : r0 + r], "<i1").view(np.uint8))
+    if ts.grow:
+        if ql.gmult is None or ql.quant.group != ts.quant.group:
+            raise ConfigError(
+                f"{ql.name}: the layout assumed weight group {ts.quant.group}, the model has "
+                f"{ql.quant.group}"
+            )
+        parts.append(np.asarray(ql.gmult[r0 : r0 + r], "u1").ravel())
     return np.concatenate(parts)
 
 

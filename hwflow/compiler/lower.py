@@ -265,10 +265,13 @@ def _param_places(cfg: ModelConfig, hw: HardwarePreset, rope_rows: int) -> tuple
 
 def _weight_operand(ts: TileSpec, slot: int) -> dict[str, int]:
     """The fields of an engine op (linear or head) whose B operand is weight tile ``ts`` in
-    the weight slot at ``slot``: reduction length, N:M, weight bits, bias and the slot."""
+    the weight slot at ``slot``: reduction length, N:M, weight bits, bias, weight group
+    (log2) and the slot."""
     q = ts.quant
+    wgroup = 0 if q.group is None else q.group.bit_length() - 1
     return {"k": ts.k, "n": q.n, "m": q.m, "wbits": q.bits, "bias": int(ts.bias),
-            "b_buf": Buf.WEIGHT, "b_off": slot, "b_stride": ts.row_bytes}  # fmt: skip
+            "wgroup": wgroup, "b_buf": Buf.WEIGHT, "b_off": slot,
+            "b_stride": ts.row_bytes}  # fmt: skip
 
 
 def _al(n: int) -> int:

@@ -25,11 +25,14 @@ __all__ = [
 
 
 class LinearQuant(Frozen):
-    """How one linear op's weights are compressed: INT``bits``, N:M sparsity along K."""
+    """How one linear op's weights are compressed: INT``bits``, N:M sparsity along K, and
+    ``group``: one weight scale per output row and run of ``group`` inputs (None: per row;
+    :mod:`hwflow.numerics`, weights)."""
 
     bits: Literal[2, 3, 4, 8]
     n: PositiveInt
     m: PositiveInt
+    group: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _nm(self) -> LinearQuant:
@@ -45,7 +48,8 @@ class LinearQuant(Frozen):
 
     @property
     def label(self) -> str:
-        return f"W{self.bits}" + ("" if self.dense else f" {self.n}:{self.m}")
+        nm = "" if self.dense else f" {self.n}:{self.m}"
+        return f"W{self.bits}" + nm + ("" if self.group is None else f" g{self.group}")
 
 
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
@@ -85,6 +89,7 @@ def _parse_layers(text: str) -> list[tuple[int, int]]:
 class _QuantSpec(Frozen):
     bits: Literal[2, 3, 4, 8] | None = None
     sparsity: str | None = None  # "N:M" or "dense"
+    group: PositiveInt | Literal["channel"] | None = None  # weight group size or per channel
 
     @field_validator("sparsity")
     @classmethod
@@ -92,10 +97,18 @@ class _QuantSpec(Frozen):
         parse_nm(v)  # checked when the plan is read, so the error names the file and key
         return v
 
+    @field_validator("group")
+    @classmethod
+    def _group_pow2(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and not pow2(v):
+            raise ValueError("must be a power of two (e.g. 32, 64 or 128) or 'channel'")
+        return v
+
     def apply(self, base: LinearQuant) -> LinearQuant:
         bits = self.bits or base.bits
         n, m = (base.n, base.m) if self.sparsity is None else parse_nm(self.sparsity)
-        return LinearQuant(bits=bits, n=n, m=m)
+        group = base.group if self.group is None else self.group
+        return LinearQuant(bits=bits, n=n, m=m, group=None if group == "channel" else group)
 
 
 class _Rule(_QuantSpec):
@@ -160,8 +173,10 @@ class CompressionMethod(Frozen):
     :mod:`hwflow.smooth`). Defaults are the data-free baseline: magnitude N:M, round to
     nearest with per-channel scales, no smoothing.
 
-    ``group``: one weight scale per output channel and run of ``group`` inputs (a power of
-    two dividing every pruned reduction length); ``smooth``: the SmoothQuant alpha in [0, 1].
+    ``group``: one weight scale per output row and run of ``group`` inputs (a power of two,
+    a multiple of the op's M, dividing its reduction length) for every linear op of the
+    layers; ``weights``/``rules`` may set ``group`` per op instead (a size, or ``channel``
+    for per-row scales), ``lm_head`` its own. ``smooth``: the SmoothQuant alpha in [0, 1].
     """
 
     prune: PruneMethod = "magnitude"
@@ -202,7 +217,7 @@ class CompressionPlan(Frozen):
     def resolve(self, model: ModelConfig) -> dict[tuple[int, str], LinearQuant]:
         """The compression of every (layer, linear op) of ``model``; UnsupportedError when an
         N:M pattern (of an op or of the head) does not tile the reduction length it prunes."""
-        base = self.weights.apply(LinearQuant(bits=8, n=1, m=1))
+        base = self.weights.apply(LinearQuant(bits=8, n=1, m=1, group=self.method.group))
         out = {(li, op): base for li in range(model.layers) for op in model.linear_ops}
         for i, rule in enumerate(self.rules):
             ops = rule.ops or list(model.linear_ops)
@@ -227,11 +242,16 @@ class CompressionPlan(Frozen):
                 f"plan {self.name}, {where}: {q.n}:{q.m} sparsity prunes groups of {q.m} "
                 f"along a reduction of {k}, not a multiple of {q.m}"
             )
-        group = self.method.group
+        group = q.group
         if group is not None and k % group:
             raise UnsupportedError(
-                f"plan {self.name}, {where}: method.group {group} does not divide the "
-                f"reduction length {k}"
+                f"plan {self.name}, {where}: weight group {group} does not divide the "
+                f"reduction length {k} (allowed: a power of two dividing {k}, or 'channel')"
+            )
+        if group is not None and group % q.m:
+            raise UnsupportedError(
+                f"plan {self.name}, {where}: weight group {group} is not a multiple of the "
+                f"{q.n}:{q.m} sparsity block M = {q.m} (a group must be whole blocks)"
             )
 
     def head(self) -> LinearQuant:

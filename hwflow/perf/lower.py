@@ -79,6 +79,7 @@ from hwflow.isa import (
     Unit,
     expand,
 )
+from hwflow.model import group_scale_bytes
 from hwflow.perf.machine import MOp, SegmentMemo
 
 __all__ = ["OpActions", "PerfContext", "lower", "lower_reused", "step_signature"]
@@ -265,15 +266,17 @@ class _Pricer:
             raise ProgramError(f"{op} (pc {c.pc}): sparsity n:m = {n}:{m} needs n, m >= 1")
         ne, me = effective_nm(hw, n, m)
         kp = ceil(k / me) * me
-        cost = matmul_cost(engine, me, rows, cols, kp, ne)
+        group = 1 << f["wgroup"] if f["wgroup"] else None
+        cost = matmul_cost(engine, me, rows, cols, kp, ne, group)
         idx = 0 if ne == me else int(log2(me))
         per_beat = me * 8 * engine.rows + engine.chains * engine.chain_length * (wbits + idx)
+        gbits = 8 * cols * group_scale_bytes(kp, group)  # the group multipliers, once each
         rowf = 8 * ROW_FACTOR_BYTES * rows if f["arow"] else 0  # the A rows' row factors
         mop = MOp(unit, f"{op}.{func}", words, cost.beats, cost.latency, wait, release)
         acts = OpActions(
             wbits=wbits,
             macs=cost.macs,
-            buf_read_bits=cost.operand_beats * per_beat + rowf,
+            buf_read_bits=cost.operand_beats * per_beat + rowf + gbits,
             buf_write_bits=rows * cols * f["obits"],
             words=words,
         )
