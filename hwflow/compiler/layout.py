@@ -56,7 +56,7 @@ from hwflow.config import HardwarePreset, LinearQuant, ModelConfig
 from hwflow.errors import CapacityError, ConfigError
 from hwflow.isa import Region
 from hwflow.model import BIAS_BYTES, REQ_PARAM_BYTES, has_bias
-from hwflow.numerics import GATE_BITS, RESIDUAL_BITS
+from hwflow.numerics import GATE_BITS, RESIDUAL_BITS, nm_expand
 
 if TYPE_CHECKING:
     from hwflow.compress import QuantizedModel
@@ -220,6 +220,52 @@ class TileSpec:
     @property
     def nbytes(self) -> int:
         return sum(_align(r * self.row_bytes) for _, r, _ in self.tiles)
+
+    @staticmethod
+    def sections(rows: int, k: int, n: int, m: int, bits: int, bias: bool) -> dict[str, int]:
+        """Byte offset of each section of a tile of ``rows`` rows (and ``"end"``, its size):
+        ``values``, ``indices`` (empty when dense, ``n == m``), ``bias`` (empty without),
+        ``mult`` (uint16 per row), ``shift`` (int8 per row). The format's one definition,
+        read by :meth:`decode` and by the RTL matmul unit's bench."""
+        kept = k // m * n
+        vrow = -(-kept * bits // 8)
+        irow = 0 if n == m else -(-kept * int(math.log2(m)) // 8)
+        at, out = 0, {}
+        for name, size in (
+            ("values", rows * vrow),
+            ("indices", rows * irow),
+            ("bias", rows * BIAS_BYTES if bias else 0),
+            ("mult", 2 * rows),
+            ("shift", rows),
+        ):
+            out[name] = at
+            at += size
+        out["end"] = at
+        return out
+
+    @staticmethod
+    def decode(
+        blob: np.ndarray, rows: int, k: int, n: int, m: int, bits: int, bias: bool
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+        """The weight tile in ``blob`` (uint8, at least its size): dense INT8 codes
+        [rows, k] (N:M indices expanded), the INT32 bias per row (None without), the uint16
+        multiplier and int8 shift per row, all int64 but the codes."""
+        blob = np.asarray(blob, np.uint8).ravel()
+        at = TileSpec.sections(rows, k, n, m, bits, bias)
+        kept = k // m * n
+        vals = unpack_rows(blob[at["values"] : at["indices"]], bits, rows, kept, True)
+        if n != m:
+            ib = int(math.log2(m))
+            idx = unpack_rows(blob[at["indices"] : at["bias"]], ib, rows, kept, False)
+            codes = nm_expand(vals.astype(np.int8), idx.astype(np.uint8), n, m)
+        else:
+            codes = vals.astype(np.int8)
+        b = None
+        if bias:
+            b = blob[at["bias"] : at["mult"]].copy().view("<i4").astype(np.int64)
+        mult = blob[at["mult"] : at["shift"]].copy().view("<u2").astype(np.int64)
+        shift = blob[at["shift"] : at["end"]].copy().view(np.int8).astype(np.int64)
+        return codes, b, mult, shift
 
 
 def layer_runs(cfg: ModelConfig, quant: dict[tuple[int, str], LinearQuant]) -> list[range]:
