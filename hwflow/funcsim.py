@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from hwflow import numerics as nx
-from hwflow.compiler.layout import HbmLayout, TileSpec
+from hwflow.compiler.layout import BeatGeometry, HbmLayout, TileSpec
 from hwflow.config import HardwarePreset, ModelConfig
 from hwflow.errors import ConfigError, ProgramError, SyncError
 from hwflow.isa import (
@@ -100,6 +100,7 @@ class FuncSim:
         self.hbm = hbm
         self.check_hazards = check_hazards
         self.sizes = {b: hw.buffers.bytes(b.name.lower()) for b in Buf}
+        self.geo = BeatGeometry.from_preset(hw)
 
     @classmethod
     def on_buffers(cls, hw: HardwarePreset, bufs: Mapping[Buf, np.ndarray]) -> FuncSim:
@@ -110,6 +111,7 @@ class FuncSim:
         fs.hw, fs.check_hazards = hw, False
         fs.hbm = np.zeros(0, np.uint8)
         fs.sizes = {b: hw.buffers.bytes(b.name.lower()) for b in Buf}
+        fs.geo = BeatGeometry.from_preset(hw)
         fs.bufs = dict(bufs)
         return fs
 
@@ -355,10 +357,10 @@ class FuncSim:
     def _tile(self, c: Concrete) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
         """The weight tile at b (:meth:`TileSpec.decode`): dense codes [cols, k], INT32 bias
         (or None), mult, shift."""
-        geo = (c["cols"], c["k"], c["n"], c["m"], c["wbits"], bool(c["bias"]))
-        size = TileSpec.sections(*geo)["end"]
+        fmt = (c["cols"], c["k"], c["n"], c["m"], c["wbits"], bool(c["bias"]), self.geo)
+        size = TileSpec.sections(*fmt)["end"]
         blob = self._read(c, c["b_buf"], c["b_off"], 1, 0, size).ravel()
-        return TileSpec.decode(blob, *geo)
+        return TileSpec.decode(blob, *fmt)
 
     def _sfu(self, c: Concrete) -> None:
         func, rows, cols = c["func"], c["rows"], c["cols"]

@@ -28,7 +28,7 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, RisingEdge
 
-from hwflow.compiler.layout import TileSpec, pack_rows
+from hwflow.compiler.layout import BeatGeometry, TileSpec, encode_tile
 from hwflow.config import load_hw
 from hwflow.costs import matmul_cost
 from hwflow.funcsim import FuncSim
@@ -64,59 +64,75 @@ class Buffers:
         return int(self.rng.random() >= self.stall)
 
     async def serve(self) -> None:
+        """Every cycle: read data for last cycle's granted requests, grant (or stall) this
+        cycle's requests, apply granted writes. Without stalls the grants stay tied high."""
+        rd = {b: {s: self.port("rd", b, s) for s in ("en", "addr", "grant", "data")} for b in Buf}
+        wr = {b: {s: self.port("wr", b, s) for s in ("en", "addr", "grant", "data", "strb")}
+              for b in Buf}  # fmt: skip
+        tied = self.stall == 0.0
+        for b in Buf:
+            rd[b]["grant"].value = int(tied)
+            wr[b]["grant"].value = int(tied)
         pend: dict[Buf, int] = {}
         while True:
             await FallingEdge(self.dut.clk)
             for b in Buf:
-                mem = self.mem[b]
+                mem, r, w = self.mem[b], rd[b], wr[b]
                 if b in pend:
-                    w = pend.pop(b)
-                    self.port("rd", b, "data").value = int.from_bytes(
-                        mem[w * _WB : (w + 1) * _WB].tobytes(), "little"
+                    a = pend.pop(b)
+                    r["data"].value = int.from_bytes(
+                        mem[a * _WB : (a + 1) * _WB].tobytes(), "little"
                     )
-                if self.port("rd", b, "en").value:
-                    g = self._grant()
-                    self.port("rd", b, "grant").value = g
+                if r["en"].value:
+                    g = 1 if tied else self._grant()
+                    if not tied:
+                        r["grant"].value = g
                     if g:
-                        pend[b] = int(self.port("rd", b, "addr").value)
+                        pend[b] = int(r["addr"].value)
                         self.reads += 1
-                else:
-                    self.port("rd", b, "grant").value = 0
-                if self.port("wr", b, "en").value:
-                    g = self._grant()
-                    self.port("wr", b, "grant").value = g
+                elif not tied:
+                    r["grant"].value = 0
+                if w["en"].value:
+                    g = 1 if tied else self._grant()
+                    if not tied:
+                        w["grant"].value = g
                     if g:
-                        w = int(self.port("wr", b, "addr").value)
-                        data = int(self.port("wr", b, "data").value).to_bytes(_WB, "little")
-                        strb = int(self.port("wr", b, "strb").value)
+                        a = int(w["addr"].value)
+                        data = int(w["data"].value).to_bytes(_WB, "little")
+                        strb = int(w["strb"].value)
                         for i in range(_WB):
                             if strb >> i & 1:
-                                mem[w * _WB + i] = data[i]
+                                mem[a * _WB + i] = data[i]
                         self.writes += 1
-                else:
-                    self.port("wr", b, "grant").value = 0
+                elif not tied:
+                    w["grant"].value = 0
 
 
-def _tile(rng: np.random.Generator, cols: int, k: int, n: int, m: int, bits: int, bias: bool):
-    """A random weight tile's bytes in the compiler's format."""
+def _tile(
+    rng: np.random.Generator,
+    cols: int,
+    k: int,
+    n: int,
+    m: int,
+    bits: int,
+    bias: bool,
+    geo: BeatGeometry,
+) -> np.ndarray:
+    """A random weight tile's bytes in the compiler's format (dense when n == m)."""
     q = qmax(bits)
     codes = rng.integers(-q, q + 1, size=(cols, k))
-    parts = []
-    if n == m:
-        parts.append(pack_rows(codes, bits).ravel())
-    else:
+    idx = None
+    if n != m:
         mask = np.zeros((cols, k // m, m), bool)
         for r in range(cols):
             for g in range(k // m):
                 mask[r, g, rng.choice(m, n, replace=False)] = True
-        vals, idx = nm_compress(codes, mask.reshape(cols, k), n, m)
-        parts += [pack_rows(vals, bits).ravel(), pack_rows(idx, int(np.log2(m))).ravel()]
-    if bias:
-        parts.append(rng.integers(-(2**20), 2**20, cols).astype("<i4").view(np.uint8))
-    parts.append(rng.integers(1, 2**15, cols).astype("<u2").view(np.uint8))
-    parts.append(rng.integers(0, 40, cols).astype("<i1").view(np.uint8))
-    blob = np.concatenate(parts)
-    assert blob.size == TileSpec.sections(cols, k, n, m, bits, bias)["end"]
+        codes, idx = nm_compress(codes, mask.reshape(cols, k), n, m)
+    b = rng.integers(-(2**20), 2**20, cols) if bias else None
+    mult = rng.integers(1, 2**15, cols)
+    shift = rng.integers(0, 40, cols)
+    blob = encode_tile(codes, idx, b, mult, shift, n, m, bits, geo)
+    assert blob.size == TileSpec.sections(cols, k, n, m, bits, bias, geo)["end"]
     return blob
 
 
@@ -143,13 +159,17 @@ def random_instr(rng: np.random.Generator, hw: Any, kind: str, bufs: Buffers, fu
     f.update(n=m, wbits=8, bias=0, arow=0)
     act, kv, score, wgt, prm = Buf.ACT, Buf.KV, Buf.SCORE, Buf.WEIGHT, Buf.PARAM
     if func in ("linear", "head"):
-        k = m * int(rng.integers(1, 5))
-        n = int(rng.choice([2, 4, 8, m]))
+        n = int(rng.choice([2, 4, 8, m, 1]))
+        k = m * int(rng.integers(1, 5)) - (int(rng.integers(0, 8)) if n == 1 else 0)
         bits = int(rng.choice(hw.weight_bits))
-        cols = int(rng.integers(1, 3 * eng.chains * eng.chain_length // n + 2))
+        cols = int(
+            rng.integers(1, 3 * eng.chains * eng.chain_length // (m if n in (1, m) else n) + 2)
+        )
         bias = int(rng.random() < 0.5)
-        f.update(k=k, n=n, wbits=bits, bias=bias, arow=int(rng.random() < 0.6), cols=cols)
-        blob = _tile(rng, cols, k, n, m, bits, bool(bias))
+        nm = (1, 1) if n == 1 else (n, m)  # the compiler writes dense ops as 1:1
+        f.update(k=k, n=nm[0], m=nm[1], wbits=bits, bias=bias, cols=cols)
+        f.update(arow=int(rng.random() < 0.6))
+        blob = _tile(rng, cols, k, *nm, bits, bool(bias), BeatGeometry.from_preset(hw))
         b_off = int(rng.integers(0, bufs.mem[wgt].size - blob.size))
         bufs.mem[wgt][b_off : b_off + blob.size] = blob
         f.update(b_buf=wgt, b_off=b_off, b_stride=0)
@@ -279,7 +299,7 @@ async def _run(dut: Any, stall: float, tag: str) -> None:
             bufs.mem = {b: v.copy() for b, v in want.items()}  # resync, keep going
         else:
             funcs_ok[func] += 1
-        n = f["n"] if func in ("linear", "head") else hw.sparsity.m
+        n = f["n"] if func in ("linear", "head") and f["n"] != f["m"] else hw.sparsity.m
         kp = -(-f["k"] // hw.sparsity.m) * hw.sparsity.m
         cost = matmul_cost(eng, hw.sparsity.m, f["rows"], f["cols"], kp, n)
         table.append(

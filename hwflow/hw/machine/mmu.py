@@ -12,32 +12,41 @@ How an instruction runs (sequential: gather a beat, hand it to the engine, drain
 * the parameters at ``p_off`` (linear/head: guard; qk: mult, shift; pv: mult, shift, guard);
 * per token pass (``engine.rows`` tokens) and row group (``chains*C/N`` output rows; qk/pv
   dense, N = M), per M-block of K: the activations of each token lane (bytes past ``k``
-  zeroed), then the weights: linear/head from the weight tile
-  (:meth:`hwflow.compiler.layout.TileSpec.sections`: packed INTk values, N:M indices),
-  widened to INT8 here; qk the K rows; pv the V block, transposed (one V row per key). Output
-  row ``l`` of a group is the engine's lane ``l``: segment ``l // chains`` of chain
-  ``l % chains``. pv's UINT8 probabilities do not fit the engine's INT8 activation lane: each
-  block is fed as three beats ``p >> 1``, ``p >> 1``, ``p & 1`` of the same weights (their
-  sum is ``p``), all exact INT8;
+  zeroed), then the weights: linear/head the beat's record of the weight tile
+  (:class:`hwflow.compiler.layout.BeatGeometry`: one span of packed INTk values, one of N:M
+  indices; the records of a pass are read in order), widened to INT8 here; qk the K rows;
+  pv the V block, transposed (one V row per key). qk/pv output row ``l`` of a group is the
+  engine's lane ``l`` (segment ``l // chains`` of chain ``l % chains``); linear/head row ``r``
+  of a stripe is chain ``r // (C/N)``'s segment ``r % (C/N)``, as the tile format puts it.
+  pv's UINT8 probabilities: the MV engine gets a 9-bit activation lane
+  (:attr:`hwflow.hw.params.EngineParams.act_bits`); the dual-INT8 MM engine cannot have one
+  (the packed ``a << F`` would outgrow the DSP48E2's 27-bit pre-adder), so there each block
+  is fed as three INT8 beats ``p >> 1``, ``p >> 1``, ``p & 1`` of the same weights (their
+  sum is ``p``): pv on MM takes three times the beats :func:`hwflow.costs.matmul_cost`
+  charges;
 * the engine runs raw (accumulators out); the unit applies the numerics contract's
   requantization itself (:func:`hwflow.numerics.linear_out`: row stage with the A rows'
   factors or the unit factor and the guard, INT32 bias, channel stage with per-row mult/shift
   to 8, 16 or 32 bits; qk :func:`hwflow.numerics.requantize`) and writes each value with
   strobes.
 
-Cycles: far from :func:`hwflow.costs.matmul_cost`, which assumes one beat per cycle; the unit
-spends a span read (2-4 cycles) per token lane and per weight row piece of every beat and
-several cycles per output value (see ``sim/mmu_bench.py`` for the measured table).
+Cycles: far from :func:`hwflow.costs.matmul_cost`, which assumes one beat per cycle: the unit
+is sequential (a span read of 2-4 cycles per token lane, one or two per weight record, one per
+K row (qk) or V row (pv) of every beat; linear/head: four reads of the group's per-row
+parameters; about ten cycles per output value (requantization stages and a strobed write);
+see ``sim/mmu_bench.py`` for the measured table).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out, connect, flipped
 
+from hwflow.compiler.layout import BeatGeometry
 from hwflow.config import HardwarePreset
 from hwflow.errors import UnsupportedError
 from hwflow.hw.engine import MatrixMatrixEngine, MatrixVectorEngine
@@ -65,7 +74,11 @@ class MatmulUnit(wiring.Component):
     def __init__(
         self, hw: HardwarePreset, kind: Literal["mv", "mpe"], word_bytes: int | None = None
     ) -> None:
-        self.ep = EngineParams.from_preset(hw, kind)
+        ep = EngineParams.from_preset(hw, kind)
+        # pv multiplies UINT8 probabilities: a 9-bit activation lane where the engine allows
+        # it (no dual-INT8 packing), else three INT8 beats per block (see the module doc)
+        self.ep = ep if ep.dual_int8 else replace(ep, act_bits=9)
+        self.split_pv = self.ep.act_bits == 8
         self.kind = kind
         self.wb = word_bytes or hw.hbm.port_bits // 8
         if 8 not in self.ep.weight_bits:
@@ -75,6 +88,17 @@ class MatmulUnit(wiring.Component):
                 f"{hw.name}: the unit needs an M-block ({self.ep.m}) dividing the chain and "
                 f"fitting one buffer word ({self.wb} bytes)"
             )
+        geo = BeatGeometry.from_preset(hw)
+        if geo.chains != self.ep.chains or any(
+            self.ep.rows_per_beat(n) & (self.ep.rows_per_beat(n) - 1) for n in self.ep.n_modes
+        ):
+            raise UnsupportedError(
+                f"{hw.name} {kind}: the unit reads one tile record per beat, so the engine's "
+                f"chains ({self.ep.chains}) must be a stripe ({geo.chains}) and every row group "
+                "a power of two"
+            )
+        if geo.chains * geo.chain_length > self.wb:
+            raise UnsupportedError(f"{hw.name}: a beat's INT8 weights exceed one buffer word")
         self.words = buffer_words(hw, self.wb)
         unit = Unit.MM if kind == "mpe" else Unit.MV
         ports = {}
@@ -118,9 +142,12 @@ class MatmulUnit(wiring.Component):
         rpb = Signal(range(lanes + 1))  # rows per beat (group) at this N
         dense = Signal()
         wbits = Signal(4)
-        kept = Signal(24)
-        vrow, irow = Signal(24), Signal(24)
-        sec_idx, sec_bias, sec_mult, sec_shift = (Signal(ADDR_BITS) for _ in range(4))
+        blocks, stripes = Signal(17), Signal(17)
+        rec_v, rec_i, rec = Signal(8), Signal(8), Signal(9)  # a beat record's bytes
+        last_rows = Signal(range(lanes + 1))  # rows of the last stripe
+        rec_vl, rec_il = Signal(8), Signal(8)  # its records' bytes
+        wrec = Signal(ADDR_BITS)  # the next beat record of the tile
+        sec_bias, sec_mult, sec_shift = (Signal(ADDR_BITS) for _ in range(3))
         prm = [Signal(signed(32), name=f"prm{i}") for i in range(3)]
         guard = Signal(signed(32))
 
@@ -141,6 +168,9 @@ class MatmulUnit(wiring.Component):
         dt, dl = Signal(range(rt + 1)), Signal(range(lanes + 1))
 
         # ---- post-processing registers
+        g_bias = [Signal(signed(32), name=f"g_bias{i}") for i in range(lanes)]
+        g_mult = [Signal(16, name=f"g_mult{i}") for i in range(lanes)]
+        g_shift = [Signal(8, name=f"g_shift{i}") for i in range(lanes)]
         m_t, e_t = Signal(16), Signal(signed(16))
         bias_v, mult_v, shift_v = Signal(signed(32)), Signal(signed(33)), Signal(signed(32))
         acc_v = Signal(signed(ep.acc_bits))
@@ -153,8 +183,18 @@ class MatmulUnit(wiring.Component):
         obytes = Signal(3)
 
         tok = tbase + t
+        last_stripe = gbase + rpb >= c.cols
+        cur_v = Mux(last_stripe, rec_vl, rec_v)
+        cur_i = Mux(last_stripe, rec_il, rec_i)
+        # linear/head: row r of a stripe sits in chain r // (C/N), segment r % (C/N): the
+        # engine's lane (segment * chains + chain)
+        lane_lin = Signal(range(lanes))
+        with m.Switch(nsel):
+            for k, n in enumerate(ep.n_modes):
+                cpn = chl // n
+                with m.Case(k):
+                    m.d.comb += lane_lin.eq((lidx % cpn) * nch + lidx // cpn)
         row = gbase + lidx
-        blk = bbase >> mb
 
         # ---- span reader requests: the FSM sets these with rd.go
         m.d.comb += wr.buf.eq(c.o_buf)
@@ -162,21 +202,24 @@ class MatmulUnit(wiring.Component):
         def read(buf: object, addr: object, nbytes: object) -> list:
             return [rd.go.eq(1), rd.buf.eq(buf), rd.addr.eq(addr), rd.nbytes.eq(nbytes)]
 
-        # extraction of up to M values of ``wbits`` (or M bytes) from the window >> boff bits
-        boff = Signal(3)
-        stream_bits = Signal(8 * wb)
-        m.d.comb += stream_bits.eq(rd.win >> boff)
-        vals = [Signal(signed(8), name=f"val{i}") for i in range(big_m)]
-        idxs = [Signal(ib, name=f"idx{i}") for i in range(big_m)]
+        # a beat's slots (``wbits`` values or ``ib``-bit indices) from the read window
+        nslot = nch * chl
+        stream_bits = rd.win
+        vals = [Signal(signed(8), name=f"val{i}") for i in range(nslot)]
+        idxs = [Signal(ib, name=f"idx{i}") for i in range(nslot)]
         with m.Switch(wbits):
             for bits in ep.weight_bits:
                 with m.Case(bits):
-                    for i in range(big_m):
-                        if (i + 1) * bits <= 8 * wb:
-                            v = stream_bits[i * bits : (i + 1) * bits].as_signed()
-                            m.d.comb += vals[i].eq(v)
-        for i in range(big_m):
+                    for i in range(nslot):
+                        v = stream_bits[i * bits : (i + 1) * bits].as_signed()
+                        m.d.comb += vals[i].eq(v)
+        for i in range(nslot):
             m.d.comb += idxs[i].eq(stream_bits[i * ib : (i + 1) * ib])
+
+        def place_record(which: list, src: list) -> None:
+            """A tile record's slots: slot j to chain j // C, stage j % C."""
+            for i in range(nslot):
+                m.d.sync += which[i // chl][i % chl].eq(src[i])
 
         def place(which: list, src: list) -> None:
             """Row piece of lane ``lidx`` (N values) into its chain's segment slots."""
@@ -195,7 +238,7 @@ class MatmulUnit(wiring.Component):
         for ti in range(rt):
             for i in range(big_m):
                 byte = act_raw[ti][8 * i : 8 * i + 8]
-                pv_act = Mux(sub == 2, byte[0], byte[1:])
+                pv_act = Mux(sub == 2, byte[0], byte[1:]) if self.split_pv else byte
                 m.d.comb += beat.act[ti][i].eq(Mux(is_pv, pv_act, byte.as_signed()))
         for ci in range(nch):
             m.d.comb += [beat.wval[ci].eq(Cat(*wv[ci])), beat.widx[ci].eq(Cat(*wi[ci]))]
@@ -205,7 +248,7 @@ class MatmulUnit(wiring.Component):
             beat.wsel.eq(wsel8),
             beat.raw.eq(1),
             beat.paddr.eq(0),
-            beat.last.eq(last_block & (~is_pv | (sub == 2))),
+            beat.last.eq(last_block & (~is_pv | (sub == 2) | (not self.split_pv))),
             eng.p.valid.eq(0),
         ]
 
@@ -219,32 +262,48 @@ class MatmulUnit(wiring.Component):
                     m.d.sync += c.eq(self.cmd.payload)
                     m.next = "SETUP0"
             with m.State("SETUP0"):
+                dense_now = ~is_lin | (c.n == c.m)
                 m.d.sync += [
-                    n_eff.eq(Mux(is_lin, c.n, big_m)),
+                    dense.eq(dense_now),
+                    n_eff.eq(Mux(dense_now, big_m, c.n)),
                     wbits.eq(Mux(is_lin, c.wbits, 8)),
                     obytes.eq(c.obits >> 3),
                     tbase.eq(0),
                     gbase.eq(0),
+                    wrec.eq(c.b_off),
                 ]
                 m.next = "SETUP1"
             with m.State("SETUP1"):
-                m.d.sync += [kept.eq((c.k >> mb) * n_eff), dense.eq(n_eff == big_m)]
                 with m.Switch(n_eff):
                     for k, n in enumerate(ep.n_modes):
                         with m.Case(n):
                             m.d.sync += [nsel.eq(k), rpb.eq(ep.rows_per_beat(n))]
+                m.d.sync += [
+                    blocks.eq((c.k + big_m - 1) >> mb),
+                    rec_v.eq(nslot // 8 * wbits),
+                    rec_i.eq(Mux(dense, 0, nslot * ib // 8)),
+                ]
                 m.next = "SETUP2"
             with m.State("SETUP2"):
-                m.d.sync += [
-                    vrow.eq((kept * wbits + 7) >> 3),
-                    irow.eq(Mux(dense, 0, (kept * ib + 7) >> 3)),
-                ]
+                with m.Switch(nsel):
+                    for k, n in enumerate(ep.n_modes):
+                        sh = ep.rows_per_beat(n).bit_length() - 1
+                        with m.Case(k):
+                            m.d.sync += stripes.eq((c.cols + (1 << sh) - 1) >> sh)
+                m.d.sync += rec.eq(rec_v + rec_i)
+                low = c.cols & (rpb - 1)
+                m.d.sync += last_rows.eq(Mux(low == 0, rpb, low))
                 m.next = "SETUP3"
-            with m.State("SETUP3"):
-                m.d.sync += sec_idx.eq(c.cols * vrow)
+            with m.State("SETUP3"):  # the last stripe's records hold its rows only
+                slots_l = last_rows * n_eff
+                m.d.sync += [
+                    rec_vl.eq((slots_l * wbits + 7) >> 3),
+                    rec_il.eq(Mux(dense, 0, (slots_l * ib + 7) >> 3)),
+                ]
                 m.next = "SETUP4"
             with m.State("SETUP4"):
-                m.d.sync += sec_bias.eq(sec_idx + c.cols * irow)
+                full = (stripes - 1) * blocks * rec
+                m.d.sync += sec_bias.eq(full + blocks * (rec_vl + rec_il))
                 m.next = "SETUP5"
             with m.State("SETUP5"):
                 m.d.sync += sec_mult.eq(sec_bias + Mux(c.bias, c.cols << 2, 0))
@@ -266,14 +325,41 @@ class MatmulUnit(wiring.Component):
 
             # ---------------------------------------------------------- one row group
             with m.State("GROUP"):
-                m.d.sync += [bbase.eq(0), t.eq(0), dt.eq(0), dl.eq(0)]
-                with m.If(c.k == 0):
+                m.d.sync += [bbase.eq(0), t.eq(0), dt.eq(0), dl.eq(0), lidx.eq(0)]
+                with m.If(is_lin):
+                    m.next = "PG0"
+                with m.Else():
+                    m.next = "OPERANDS"
+            with m.State("OPERANDS"):
+                with m.If(c.k == 0):  # no beats: every accumulator is 0
                     for a in accs:
                         m.d.sync += a.eq(0)
-                    m.d.sync += [lidx.eq(0)]
                     m.next = "POST"
                 with m.Else():
                     m.next = "ACT"
+            # linear/head: the group's per-row bias, mult and shift, one word-sized span at a
+            # time (rows past ``cols`` read whatever follows; never used)
+            spans = []
+            for what, size in (("bias", 4), ("mult", 2), ("shift", 1)):
+                for at in range(0, size * lanes, wb):
+                    spans.append((what, size, at, min(wb, size * lanes - at)))
+            sec = {"bias": sec_bias, "mult": sec_mult, "shift": sec_shift}
+            for i, (what, size, at, nb) in enumerate(spans):
+                nxt = f"PG{i + 1}" if i + 1 < len(spans) else "OPERANDS"
+                with m.State(f"PG{i}"):
+                    with m.If((what == "bias") & ~c.bias):
+                        m.next = nxt
+                    with m.Elif(rd.idle):
+                        addr = c.b_off + sec[what] + gbase * size + at
+                        m.d.comb += read(c.b_buf, addr, nb)
+                        m.next = f"PG{i}_WAIT"
+                with m.State(f"PG{i}_WAIT"), m.If(rd.valid):
+                    regs = {"bias": g_bias, "mult": g_mult, "shift": g_shift}[what]
+                    for e in range(nb // size):
+                        m.d.sync += regs[at // size + e].eq(
+                            rd.win[8 * size * e : 8 * size * (e + 1)]
+                        )
+                    m.next = nxt
             with m.State("ACT"):  # activations of token lane t for block bbase
                 with m.If(tok >= c.rows):
                     with m.Switch(t):
@@ -301,41 +387,31 @@ class MatmulUnit(wiring.Component):
             with m.State("W"):  # weights: dispatch by func
                 with m.If(is_pv):
                     m.next = "PV"
+                with m.Elif(is_lin):  # noqa: SIM117 - the beat record: values, then indices
+                    with m.If(rd.idle):
+                        m.d.comb += read(c.b_buf, wrec, cur_v)
+                        m.next = "W_WAIT"
                 with m.Elif(row >= c.cols):
                     m.next = "PUSH"
-                with m.Elif(rd.idle):
-                    with m.If(is_qk):
-                        m.d.comb += read(c.b_buf, c.b_off + row * c.b_stride + bbase, big_m)
-                        m.d.sync += boff.eq(0)
-                    with m.Else():
-                        bitpos = blk * n_eff * wbits
-                        bo = bitpos[:3]
-                        m.d.comb += read(
-                            c.b_buf,
-                            c.b_off + row * vrow + (bitpos >> 3),
-                            (bo + n_eff * wbits + 7) >> 3,
-                        )
-                        m.d.sync += boff.eq(bo)
+                with m.Elif(rd.idle):  # qk: the block of key row ``row``
+                    m.d.comb += read(c.b_buf, c.b_off + row * c.b_stride + bbase, big_m)
                     m.next = "W_WAIT"
             with m.State("W_WAIT"), m.If(rd.valid):
-                place(wv, vals)
-                with m.If(is_lin & ~dense):
-                    m.next = "WI"
+                with m.If(is_lin):
+                    place_record(wv, vals)
+                    m.next = "W_DONE"
                 with m.Else():
+                    place(wv, vals)
                     m.next = "W_NEXT"
-            with m.State("WI"), m.If(rd.idle):
-                bitpos = blk * n_eff * ib
-                bo = bitpos[:3]
-                m.d.comb += read(
-                    c.b_buf,
-                    c.b_off + sec_idx + row * irow + (bitpos >> 3),
-                    (bo + n_eff * ib + 7) >> 3,
-                )
-                m.d.sync += boff.eq(bo)
-                m.next = "WI_WAIT"
+            with m.State("W_DONE"):
+                with m.If(dense):
+                    m.next = "PUSH"
+                with m.Elif(rd.idle):
+                    m.d.comb += read(c.b_buf, wrec + cur_v, cur_i)
+                    m.next = "WI_WAIT"
             with m.State("WI_WAIT"), m.If(rd.valid):
-                place(wi, idxs)
-                m.next = "W_NEXT"
+                place_record(wi, idxs)
+                m.next = "PUSH"
             with m.State("W_NEXT"):
                 with m.If(lidx + 1 >= rpb):
                     m.next = "PUSH"
@@ -366,7 +442,8 @@ class MatmulUnit(wiring.Component):
             with m.State("PUSH"):
                 m.d.comb += eng.i.valid.eq(1)
                 with m.If(eng.i.ready):
-                    with m.If(is_pv & (sub != 2)):
+                    m.d.sync += wrec.eq(wrec + cur_v + cur_i)
+                    with m.If(is_pv & (sub != 2) & self.split_pv):
                         m.d.sync += sub.eq(sub + 1)
                     with m.Else():
                         m.d.sync += [sub.eq(0), t.eq(0)]
@@ -396,7 +473,7 @@ class MatmulUnit(wiring.Component):
                     m.d.sync += [t.eq(t + 1), lidx.eq(0)]
                     m.next = "POST_T"
                 with m.Else():
-                    m.d.sync += acc_v.eq(accs[t * lanes + lidx])
+                    m.d.sync += acc_v.eq(accs[t * lanes + Mux(is_lin, lane_lin, lidx)])
                     with m.If((lidx == 0) & c.arow & ~is_qk):
                         m.next = "RF"
                     with m.Elif(lidx == 0):
@@ -416,30 +493,15 @@ class MatmulUnit(wiring.Component):
             with m.State("RF_WAIT"), m.If(rd.valid):
                 m.d.sync += [m_t.eq(rd.win[:16]), e_t.eq(rd.win[16:32])]
                 m.next = "PRM"
-            with m.State("PRM"):  # per-row parameters: from the tile, or the instruction's
-                with m.If(~is_lin):
+            with m.State("PRM"):  # per-row parameters: the group's, or the instruction's
+                with m.If(is_lin):
+                    m.d.sync += [
+                        bias_v.eq(Mux(c.bias, Array(g_bias)[lidx], 0)),
+                        mult_v.eq(Array(g_mult)[lidx]),
+                        shift_v.eq(Array(g_shift)[lidx].as_signed()),
+                    ]
+                with m.Else():
                     m.d.sync += [bias_v.eq(0), mult_v.eq(prm[0]), shift_v.eq(prm[1])]
-                    m.next = "C1"
-                with m.Elif(~c.bias):
-                    m.d.sync += bias_v.eq(0)
-                    m.next = "MULT"
-                with m.Elif(rd.idle):
-                    m.d.comb += read(c.b_buf, c.b_off + sec_bias + (row << 2), 4)
-                    m.next = "BIAS_WAIT"
-            with m.State("BIAS_WAIT"), m.If(rd.valid):
-                m.d.sync += bias_v.eq(rd.win[:32])
-                m.next = "MULT"
-            with m.State("MULT"), m.If(rd.idle):
-                m.d.comb += read(c.b_buf, c.b_off + sec_mult + (row << 1), 2)
-                m.next = "MULT_WAIT"
-            with m.State("MULT_WAIT"), m.If(rd.valid):
-                m.d.sync += mult_v.eq(rd.win[:16])
-                m.next = "SHIFT"
-            with m.State("SHIFT"), m.If(rd.idle):
-                m.d.comb += read(c.b_buf, c.b_off + sec_shift + row, 1)
-                m.next = "SHIFT_WAIT"
-            with m.State("SHIFT_WAIT"), m.If(rd.valid):
-                m.d.sync += shift_v.eq(rd.win[:8].as_signed())
                 m.next = "C1"
             with m.State("C1"):  # row stage product
                 m.d.sync += [p1.eq(acc_v * m_t), s1.eq(e_t - guard)]
@@ -461,15 +523,13 @@ class MatmulUnit(wiring.Component):
                         with m.Case(bits):
                             m.d.sync += out_v.eq(saturate(rs2, bits))
                 m.next = "WRITE"
-            with m.State("WRITE"), m.If(wr.idle):
+            with m.State("WRITE"), m.If(wr.idle):  # the writer finishes on its own
                 m.d.comb += [
                     wr.go.eq(1),
                     wr.addr.eq(c.o_off + tok * c.o_stride + row * obytes),
                     wr.value.eq(out_v),
                     wr.nbytes.eq(obytes),
                 ]
-                m.next = "WRITE_WAIT"
-            with m.State("WRITE_WAIT"), m.If(wr.done):
                 with m.If(lidx + 1 >= rpb):
                     m.d.sync += [lidx.eq(0), t.eq(t + 1)]
                     m.next = "POST_T"
@@ -481,10 +541,12 @@ class MatmulUnit(wiring.Component):
                     m.d.sync += gbase.eq(gbase + rpb)
                     m.next = "GROUP"
                 with m.Elif(tbase + rt < c.rows):
-                    m.d.sync += [gbase.eq(0), tbase.eq(tbase + rt)]
+                    m.d.sync += [gbase.eq(0), tbase.eq(tbase + rt), wrec.eq(c.b_off)]
                     m.next = "GROUP"
                 with m.Else():
-                    m.next = "DONE"
+                    m.next = "DRAIN_WRITES"
+            with m.State("DRAIN_WRITES"), m.If(wr.idle & ~wr.go):
+                m.next = "DONE"
             with m.State("DONE"):
                 m.d.comb += done.eq(1)
                 m.next = "IDLE"

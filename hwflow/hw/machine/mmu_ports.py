@@ -13,7 +13,7 @@ word reads) and :class:`SpanWriter` writes up to four bytes at any byte address 
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Signal, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -93,16 +93,22 @@ class SpanReader(wiring.Component):
         d0 = Signal(8 * wb)
         en = Signal()
         ports = [getattr(self, f"rd_{b.name.lower()}") for b in Buf]
-        grant = Array(p.grant for p in ports)[buf]
+        # the request goes out in the cycle of ``go`` already (from the inputs), later from
+        # the registers
+        now = Signal()
+        cur_buf = Mux(now, self.buf, buf)
+        cur_addr = Mux(now, self.addr[sb:], waddr)
+        grant = Array(p.grant for p in ports)[cur_buf]
         rdata = Array(p.data for p in ports)[buf]
         for i, p in enumerate(ports):
-            m.d.comb += [p.en.eq(en & (buf == i)), p.addr.eq(waddr)]
+            m.d.comb += [p.en.eq(en & (cur_buf == i)), p.addr.eq(cur_addr)]
         m.d.comb += self.win.eq((Cat(d0, rdata) >> (off * 8))[: 8 * wb])
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.idle.eq(1)
                 with m.If(self.go):
                     end = self.addr[:sb] + self.nbytes
+                    m.d.comb += [now.eq(1), en.eq(1)]
                     m.d.sync += [
                         buf.eq(self.buf),
                         waddr.eq(self.addr[sb:]),
@@ -110,6 +116,8 @@ class SpanReader(wiring.Component):
                         two.eq(end > wb),
                     ]
                     m.next = "REQ0"
+                    with m.If(grant):
+                        m.next = "DATA0"
             with m.State("REQ0"):
                 m.d.comb += en.eq(1)
                 with m.If(grant):
