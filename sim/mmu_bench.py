@@ -9,7 +9,8 @@ the compiler writes (weight tiles by :meth:`hwflow.compiler.layout.TileSpec.sect
 ``pack_rows``), runs the instruction on the RTL, and compares every byte of every buffer with
 :meth:`hwflow.funcsim.FuncSim.execute` run on the same buffer contents (the executable
 reference, independent of the RTL). Per instruction the busy cycles (command accepted ->
-``done``) are recorded next to :func:`hwflow.costs.matmul_cost`'s latency.
+``done``) are recorded next to the cycle model's latency for it (``hwflow.perf.lower``'s
+pricing: :func:`hwflow.costs.matmul_cost`, 0 for an empty extent).
 
 Environment: ``HWFLOW_PRESET``, ``HWFLOW_KIND`` (mv/mpe), ``HWFLOW_STATS`` (JSON out),
 ``HWFLOW_CORRUPT=1`` flips one expected byte (the run must then fail), ``HWFLOW_OPS``
@@ -30,12 +31,12 @@ from cocotb.triggers import FallingEdge, RisingEdge
 
 from hwflow.compiler.layout import BeatGeometry, TileSpec, encode_tile
 from hwflow.config import load_hw
-from hwflow.costs import matmul_cost
 from hwflow.funcsim import FuncSim
 from hwflow.hw.machine.decode import cmd_layout
 from hwflow.hw.pack import encode
 from hwflow.isa import MATMUL_FUNCS, Buf, Concrete, Unit
 from hwflow.numerics import nm_compress, qmax
+from hwflow.perf.lower import _pricer
 
 _STATS: dict[str, Any] = {}
 _WB = 32
@@ -227,11 +228,14 @@ def random_instr(rng: np.random.Generator, hw: Any, kind: str, bufs: Buffers, fu
     return f
 
 
+def _concrete(f: dict, unit: Unit) -> Concrete:
+    return Concrete(0, "MM" if unit == Unit.MM else "MV", unit, 0, 0, f, 0, ())
+
+
 def expected(hw: Any, bufs: Buffers, f: dict, unit: Unit) -> dict[Buf, np.ndarray]:
     """The buffers after funcsim executes ``f`` on a copy of the current contents."""
     fs = FuncSim.on_buffers(hw, {b: v.copy() for b, v in bufs.mem.items()})
-    op = "MM" if unit == Unit.MM else "MV"
-    fs.execute(Concrete(0, op, unit, 0, 0, f, 0, ()))
+    fs.execute(_concrete(f, unit))
     return fs.bufs
 
 
@@ -278,7 +282,6 @@ async def _run(dut: Any, stall: float, tag: str) -> None:
     layout = cmd_layout(unit)
     n_ops = int(os.environ.get("HWFLOW_OPS", "12"))
     corrupt = os.environ.get("HWFLOW_CORRUPT") == "1"
-    eng = getattr(hw, kind)
     table, bad, funcs_ok = [], [], {f: 0 for f in MATMUL_FUNCS}
     cycles, t0 = 0, time.perf_counter()
     for i in range(n_ops):
@@ -299,21 +302,20 @@ async def _run(dut: Any, stall: float, tag: str) -> None:
             bufs.mem = {b: v.copy() for b, v in want.items()}  # resync, keep going
         else:
             funcs_ok[func] += 1
-        n = f["n"] if func in ("linear", "head") and f["n"] != f["m"] else hw.sparsity.m
-        kp = -(-f["k"] // hw.sparsity.m) * hw.sparsity.m
-        cost = matmul_cost(eng, hw.sparsity.m, f["rows"], f["cols"], kp, n)
+        model = _pricer(hw).price(_concrete(f, unit))[0]  # the cycle model's charge
         table.append(
             {
                 "func": func,
                 "rows": f["rows"],
                 "cols": f["cols"],
                 "k": f["k"],
-                "n": n,
+                "n": f["n"],
+                "m": f["m"],
                 "wbits": f["wbits"],
                 "obits": f["obits"],
                 "rtl": end - start,
-                "cost_latency": cost.latency,
-                "cost_beats": cost.beats,
+                "model_latency": model.latency,
+                "model_beats": model.beats,
             }
         )
     secs = time.perf_counter() - t0
