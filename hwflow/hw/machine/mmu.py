@@ -20,10 +20,10 @@ How an instruction runs (sequential: gather a beat, hand it to the engine, drain
   of a stripe is chain ``r // (C/N)``'s segment ``r % (C/N)``, as the tile format puts it.
   pv's UINT8 probabilities: the MV engine gets a 9-bit activation lane
   (:attr:`hwflow.hw.params.EngineParams.act_bits`); the dual-INT8 MM engine cannot have one
-  (the packed ``a << F`` would outgrow the DSP48E2's 27-bit pre-adder), so there each block
-  is fed as three INT8 beats ``p >> 1``, ``p >> 1``, ``p & 1`` of the same weights (their
-  sum is ``p``): pv on MM takes three times the beats :func:`hwflow.costs.matmul_cost`
-  charges;
+  (the packed ``a << F`` would outgrow the DSP48E2's 27-bit pre-adder), so it runs pv
+  bit-sliced: one token per pass, its two INT8 token lanes carrying ``p >> 1`` and ``p & 1``
+  of the same probabilities, combined as ``2 * lane0 + lane1`` (exact): pv on MM takes twice
+  the beats :func:`hwflow.costs.matmul_cost` charges;
 * the engine runs raw (accumulators out); the unit applies the numerics contract's
   requantization itself (:func:`hwflow.numerics.linear_out`: row stage with the A rows'
   factors or the unit factor and the guard, INT32 bias, channel stage with per-row mult/shift
@@ -156,7 +156,6 @@ class MatmulUnit(wiring.Component):
         t = Signal(range(rt + 1))
         lidx = Signal(range(lanes + 1))
         j = Signal(range(big_m + 1))
-        sub = Signal(2)  # pv: sub-beat 0..2
 
         # ---- beat registers
         act_raw = [Signal(8 * big_m, name=f"act{i}") for i in range(rt)]
@@ -183,6 +182,10 @@ class MatmulUnit(wiring.Component):
         obytes = Signal(3)
 
         tok = tbase + t
+        # the dual-INT8 MM engine runs pv bit-sliced: one token per pass, its UINT8 p as the
+        # two INT8 token lanes p >> 1 and p & 1 (see the module doc)
+        pv2 = is_pv & self.split_pv
+        tstep = Mux(pv2, 1, rt)
         last_stripe = gbase + rpb >= c.cols
         cur_v = Mux(last_stripe, rec_vl, rec_v)
         cur_i = Mux(last_stripe, rec_il, rec_i)
@@ -238,7 +241,11 @@ class MatmulUnit(wiring.Component):
         for ti in range(rt):
             for i in range(big_m):
                 byte = act_raw[ti][8 * i : 8 * i + 8]
-                pv_act = Mux(sub == 2, byte[0], byte[1:]) if self.split_pv else byte
+                if self.split_pv:  # lane 0: p >> 1, lane 1: p & 1, of token lane 0
+                    b0 = act_raw[0][8 * i : 8 * i + 8]
+                    pv_act = b0[1:] if ti == 0 else b0[0]
+                else:
+                    pv_act = byte
                 m.d.comb += beat.act[ti][i].eq(Mux(is_pv, pv_act, byte.as_signed()))
         for ci in range(nch):
             m.d.comb += [beat.wval[ci].eq(Cat(*wv[ci])), beat.widx[ci].eq(Cat(*wi[ci]))]
@@ -248,7 +255,7 @@ class MatmulUnit(wiring.Component):
             beat.wsel.eq(wsel8),
             beat.raw.eq(1),
             beat.paddr.eq(0),
-            beat.last.eq(last_block & (~is_pv | (sub == 2) | (not self.split_pv))),
+            beat.last.eq(last_block),
             eng.p.valid.eq(0),
         ]
 
@@ -361,7 +368,7 @@ class MatmulUnit(wiring.Component):
                         )
                     m.next = nxt
             with m.State("ACT"):  # activations of token lane t for block bbase
-                with m.If(tok >= c.rows):
+                with m.If((tok >= c.rows) | (pv2 & (t != 0))):
                     with m.Switch(t):
                         for ti in range(rt):
                             with m.Case(ti):
@@ -443,15 +450,12 @@ class MatmulUnit(wiring.Component):
                 m.d.comb += eng.i.valid.eq(1)
                 with m.If(eng.i.ready):
                     m.d.sync += wrec.eq(wrec + cur_v + cur_i)
-                    with m.If(is_pv & (sub != 2) & self.split_pv):
-                        m.d.sync += sub.eq(sub + 1)
+                    m.d.sync += t.eq(0)
+                    with m.If(last_block):
+                        m.next = "DRAIN"
                     with m.Else():
-                        m.d.sync += [sub.eq(0), t.eq(0)]
-                        with m.If(last_block):
-                            m.next = "DRAIN"
-                        with m.Else():
-                            m.d.sync += bbase.eq(bbase + big_m)
-                            m.next = "ACT"
+                        m.d.sync += bbase.eq(bbase + big_m)
+                        m.next = "ACT"
             with m.State("DRAIN"):  # the group's raw accumulators, token lane by token lane
                 m.d.comb += eng.o.ready.eq(1)
                 with m.If(eng.o.valid):
@@ -467,13 +471,16 @@ class MatmulUnit(wiring.Component):
 
             # ---------------------------------------------------------- requantize, write
             with m.State("POST"):  # value (token lane t, lane lidx)
-                with m.If((tok >= c.rows) | (t >= rt)):
+                with m.If((tok >= c.rows) | (t >= rt) | (pv2 & (t != 0))):
                     m.next = "GROUP_NEXT"
                 with m.Elif((row >= c.cols) | (lidx >= rpb)):
                     m.d.sync += [t.eq(t + 1), lidx.eq(0)]
                     m.next = "POST_T"
                 with m.Else():
-                    m.d.sync += acc_v.eq(accs[t * lanes + Mux(is_lin, lane_lin, lidx)])
+                    acc_t = accs[t * lanes + Mux(is_lin, lane_lin, lidx)]
+                    if self.split_pv:  # bit-sliced pv: 2 * (lane 0) + lane 1
+                        acc_t = Mux(pv2, (accs[lidx] << 1) + accs[lanes + lidx], acc_t)
+                    m.d.sync += acc_v.eq(acc_t)
                     with m.If((lidx == 0) & c.arow & ~is_qk):
                         m.next = "RF"
                     with m.Elif(lidx == 0):
@@ -540,8 +547,8 @@ class MatmulUnit(wiring.Component):
                 with m.If(gbase + rpb < c.cols):
                     m.d.sync += gbase.eq(gbase + rpb)
                     m.next = "GROUP"
-                with m.Elif(tbase + rt < c.rows):
-                    m.d.sync += [gbase.eq(0), tbase.eq(tbase + rt), wrec.eq(c.b_off)]
+                with m.Elif(tbase + tstep < c.rows):
+                    m.d.sync += [gbase.eq(0), tbase.eq(tbase + tstep), wrec.eq(c.b_off)]
                     m.next = "GROUP"
                 with m.Else():
                     m.next = "DRAIN_WRITES"
