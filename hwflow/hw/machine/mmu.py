@@ -7,7 +7,10 @@ cmd_layout` of the unit: the resolved instruction), ``done`` (one pulse per inst
 its last buffer write is visible), ``busy``; per buffer one read port ``rd_<buf>`` and one
 write port ``wr_<buf>`` (:mod:`hwflow.hw.machine.mmu_ports`).
 
-How an instruction runs (sequential: gather a beat, hand it to the engine, drain, write):
+How an instruction runs: two sequential machines, overlapped through the engine's output
+FIFO: the *feed* gathers each beat from the buffers and hands it to the engine; the *drain*
+takes a row group's accumulators, requantizes and writes them while the feed already runs the
+next groups (its span reads have priority on a shared buffer port).
 
 * the parameters at ``p_off`` (linear/head: guard; qk: mult, shift; pv: mult, shift, guard);
 * per token pass (``engine.rows`` tokens) and row group (``chains*C/N`` output rows; qk/pv
@@ -30,11 +33,11 @@ How an instruction runs (sequential: gather a beat, hand it to the engine, drain
   to 8, 16 or 32 bits; qk :func:`hwflow.numerics.requantize`) and writes each value with
   strobes.
 
-Cycles: far from :func:`hwflow.costs.matmul_cost`, which assumes one beat per cycle: the unit
-is sequential (a span read of 2-4 cycles per token lane, one or two per weight record, one per
-K row (qk) or V row (pv) of every beat; linear/head: four reads of the group's per-row
-parameters; about ten cycles per output value (requantization stages and a strobed write);
-see ``sim/mmu_bench.py`` for the measured table).
+Cycles: far from :func:`hwflow.costs.matmul_cost`, which assumes one beat per cycle: the feed
+spends a span read (2-4 cycles) per token lane and one or two per weight record, one per K
+row (qk) or V row (pv) of every beat; the drain four reads per group (linear/head row
+parameters) and about ten cycles per output value (requantization stages, a strobed write).
+``sim/mmu_bench.py`` measures it per instruction.
 """
 
 from __future__ import annotations
@@ -123,12 +126,22 @@ class MatmulUnit(wiring.Component):
         mb = big_m.bit_length() - 1
         eng = (MatrixVectorEngine if self.kind == "mv" else MatrixMatrixEngine)(ep)
         m.submodules.engine = eng
-        rd = SpanReader(self.words, wb)
+        # two span readers: the feed's (operands) and the drain's (row parameters, row
+        # factors); the drain's has priority on a shared buffer port
+        rd, rdp = SpanReader(self.words, wb), SpanReader(self.words, wb)
         wr = SpanWriter(self.words, wb)
-        m.submodules.rd, m.submodules.wr = rd, wr
+        m.submodules.rd, m.submodules.rdp, m.submodules.wr = rd, rdp, wr
         for b in Buf:
             n = b.name.lower()
-            connect(m, flipped(getattr(self, f"rd_{n}")), getattr(rd, f"rd_{n}"))
+            u, f, q = getattr(self, f"rd_{n}"), getattr(rd, f"rd_{n}"), getattr(rdp, f"rd_{n}")
+            m.d.comb += [
+                u.en.eq(f.en | q.en),
+                u.addr.eq(Mux(q.en, q.addr, f.addr)),
+                q.grant.eq(u.grant & q.en),
+                f.grant.eq(u.grant & f.en & ~q.en),
+                q.data.eq(u.data),
+                f.data.eq(u.data),
+            ]
             connect(m, flipped(getattr(self, f"wr_{n}")), getattr(wr, f"wr_{n}"))
 
         c = Signal(self.cmd.payload.shape())
@@ -151,11 +164,15 @@ class MatmulUnit(wiring.Component):
         prm = [Signal(signed(32), name=f"prm{i}") for i in range(3)]
         guard = Signal(signed(32))
 
-        # ---- loop counters
+        # ---- loop counters: the feed's, and the drain's (one group behind or more)
         tbase, gbase, bbase = Signal(17), Signal(17), Signal(17)
         t = Signal(range(rt + 1))
         lidx = Signal(range(lanes + 1))
         j = Signal(range(big_m + 1))
+        tbase_p, gbase_p = Signal(17), Signal(17)
+        t_p = Signal(range(rt + 1))
+        lidx_p = Signal(range(lanes + 1))
+        post_go, post_done = Signal(), Signal()
 
         # ---- beat registers
         act_raw = [Signal(8 * big_m, name=f"act{i}") for i in range(rt)]
@@ -196,14 +213,19 @@ class MatmulUnit(wiring.Component):
             for k, n in enumerate(ep.n_modes):
                 cpn = chl // n
                 with m.Case(k):
-                    m.d.comb += lane_lin.eq((lidx % cpn) * nch + lidx // cpn)
+                    m.d.comb += lane_lin.eq((lidx_p % cpn) * nch + lidx_p // cpn)
         row = gbase + lidx
+        tok_p = tbase_p + t_p
+        row_p = gbase_p + lidx_p
 
         # ---- span reader requests: the FSM sets these with rd.go
         m.d.comb += wr.buf.eq(c.o_buf)
 
-        def read(buf: object, addr: object, nbytes: object) -> list:
-            return [rd.go.eq(1), rd.buf.eq(buf), rd.addr.eq(addr), rd.nbytes.eq(nbytes)]
+        def read(buf: object, addr: object, nbytes: object, r: SpanReader = rd) -> list:
+            return [r.go.eq(1), r.buf.eq(buf), r.addr.eq(addr), r.nbytes.eq(nbytes)]
+
+        def readp(buf: object, addr: object, nbytes: object) -> list:
+            return read(buf, addr, nbytes, rdp)
 
         # a beat's slots (``wbits`` values or ``ib``-bit indices) from the read window
         nslot = nch * chl
@@ -328,45 +350,17 @@ class MatmulUnit(wiring.Component):
                 m.next = "PARAMS1"
             with m.State("PARAMS1"):
                 m.d.sync += guard.eq(Mux(is_pv, prm[2], prm[0]))
+                m.d.comb += post_go.eq(1)
                 m.next = "GROUP"
 
-            # ---------------------------------------------------------- one row group
+            # ---------------------------------------------------------- feed: one row group
             with m.State("GROUP"):
-                m.d.sync += [bbase.eq(0), t.eq(0), dt.eq(0), dl.eq(0), lidx.eq(0)]
-                with m.If(is_lin):
-                    m.next = "PG0"
-                with m.Else():
-                    m.next = "OPERANDS"
-            with m.State("OPERANDS"):
-                with m.If(c.k == 0):  # no beats: every accumulator is 0
-                    for a in accs:
-                        m.d.sync += a.eq(0)
-                    m.next = "POST"
+                m.d.sync += [bbase.eq(0), t.eq(0), lidx.eq(0)]
+                with m.If(c.k == 0):  # no beats (the drain writes requantized zeros)
+                    m.next = "FEED_NEXT"
                 with m.Else():
                     m.next = "ACT"
-            # linear/head: the group's per-row bias, mult and shift, one word-sized span at a
-            # time (rows past ``cols`` read whatever follows; never used)
-            spans = []
-            for what, size in (("bias", 4), ("mult", 2), ("shift", 1)):
-                for at in range(0, size * lanes, wb):
-                    spans.append((what, size, at, min(wb, size * lanes - at)))
-            sec = {"bias": sec_bias, "mult": sec_mult, "shift": sec_shift}
-            for i, (what, size, at, nb) in enumerate(spans):
-                nxt = f"PG{i + 1}" if i + 1 < len(spans) else "OPERANDS"
-                with m.State(f"PG{i}"):
-                    with m.If((what == "bias") & ~c.bias):
-                        m.next = nxt
-                    with m.Elif(rd.idle):
-                        addr = c.b_off + sec[what] + gbase * size + at
-                        m.d.comb += read(c.b_buf, addr, nb)
-                        m.next = f"PG{i}_WAIT"
-                with m.State(f"PG{i}_WAIT"), m.If(rd.valid):
-                    regs = {"bias": g_bias, "mult": g_mult, "shift": g_shift}[what]
-                    for e in range(nb // size):
-                        m.d.sync += regs[at // size + e].eq(
-                            rd.win[8 * size * e : 8 * size * (e + 1)]
-                        )
-                    m.next = nxt
+
             with m.State("ACT"):  # activations of token lane t for block bbase
                 with m.If((tok >= c.rows) | (pv2 & (t != 0))):
                     with m.Switch(t):
@@ -452,10 +446,66 @@ class MatmulUnit(wiring.Component):
                     m.d.sync += wrec.eq(wrec + cur_v + cur_i)
                     m.d.sync += t.eq(0)
                     with m.If(last_block):
-                        m.next = "DRAIN"
+                        m.next = "FEED_NEXT"
                     with m.Else():
                         m.d.sync += bbase.eq(bbase + big_m)
                         m.next = "ACT"
+            with m.State("FEED_NEXT"):
+                with m.If(gbase + rpb < c.cols):
+                    m.d.sync += gbase.eq(gbase + rpb)
+                    m.next = "GROUP"
+                with m.Elif(tbase + tstep < c.rows):
+                    m.d.sync += [gbase.eq(0), tbase.eq(tbase + tstep), wrec.eq(c.b_off)]
+                    m.next = "GROUP"
+                with m.Else():
+                    m.next = "FEED_END"
+            with m.State("FEED_END"), m.If(post_done):
+                m.d.sync += post_done.eq(0)
+                m.next = "DONE"
+            with m.State("DONE"):
+                m.d.comb += done.eq(1)
+                m.next = "IDLE"
+        # ---------------------------------------------------------- drain, requantize, write
+        with m.FSM():
+            with m.State("P_IDLE"), m.If(post_go):
+                m.d.sync += [tbase_p.eq(0), gbase_p.eq(0)]
+                m.next = "P_GROUP"
+            with m.State("P_GROUP"):
+                m.d.sync += [dt.eq(0), dl.eq(0), t_p.eq(0), lidx_p.eq(0)]
+                with m.If(is_lin):
+                    m.next = "PG0"
+                with m.Else():
+                    m.next = "P_OPER"
+            with m.State("P_OPER"):
+                with m.If(c.k == 0):  # no beats: every accumulator is 0
+                    for a in accs:
+                        m.d.sync += a.eq(0)
+                    m.next = "POST"
+                with m.Else():
+                    m.next = "DRAIN"
+            # linear/head: the group's per-row bias, mult and shift, one word-sized span at a
+            # time (rows past ``cols`` read whatever follows; never used)
+            spans = []
+            for what, size in (("bias", 4), ("mult", 2), ("shift", 1)):
+                for at in range(0, size * lanes, wb):
+                    spans.append((what, size, at, min(wb, size * lanes - at)))
+            sec = {"bias": sec_bias, "mult": sec_mult, "shift": sec_shift}
+            for i, (what, size, at, nb) in enumerate(spans):
+                nxt = f"PG{i + 1}" if i + 1 < len(spans) else "P_OPER"
+                with m.State(f"PG{i}"):
+                    with m.If((what == "bias") & ~c.bias):
+                        m.next = nxt
+                    with m.Elif(rdp.idle):
+                        addr = c.b_off + sec[what] + gbase_p * size + at
+                        m.d.comb += readp(c.b_buf, addr, nb)
+                        m.next = f"PG{i}_WAIT"
+                with m.State(f"PG{i}_WAIT"), m.If(rdp.valid):
+                    regs = {"bias": g_bias, "mult": g_mult, "shift": g_shift}[what]
+                    for e in range(nb // size):
+                        m.d.sync += regs[at // size + e].eq(
+                            rdp.win[8 * size * e : 8 * size * (e + 1)]
+                        )
+                    m.next = nxt
             with m.State("DRAIN"):  # the group's raw accumulators, token lane by token lane
                 m.d.comb += eng.o.ready.eq(1)
                 with m.If(eng.o.valid):
@@ -466,46 +516,46 @@ class MatmulUnit(wiring.Component):
                     with m.Else():
                         m.d.sync += dl.eq(dl + ep.requantizers)
                     with m.If(eng.o.payload.last):
-                        m.d.sync += [t.eq(0), lidx.eq(0)]
+                        m.d.sync += [t_p.eq(0), lidx_p.eq(0)]
                         m.next = "POST"
 
             # ---------------------------------------------------------- requantize, write
-            with m.State("POST"):  # value (token lane t, lane lidx)
-                with m.If((tok >= c.rows) | (t >= rt) | (pv2 & (t != 0))):
+            with m.State("POST"):  # value (token lane t_p, lane lidx_p)
+                with m.If((tok_p >= c.rows) | (t_p >= rt) | (pv2 & (t_p != 0))):
                     m.next = "GROUP_NEXT"
-                with m.Elif((row >= c.cols) | (lidx >= rpb)):
-                    m.d.sync += [t.eq(t + 1), lidx.eq(0)]
+                with m.Elif((row_p >= c.cols) | (lidx_p >= rpb)):
+                    m.d.sync += [t_p.eq(t_p + 1), lidx_p.eq(0)]
                     m.next = "POST_T"
                 with m.Else():
-                    acc_t = accs[t * lanes + Mux(is_lin, lane_lin, lidx)]
+                    acc_t = accs[t_p * lanes + Mux(is_lin, lane_lin, lidx_p)]
                     if self.split_pv:  # bit-sliced pv: 2 * (lane 0) + lane 1
-                        acc_t = Mux(pv2, (accs[lidx] << 1) + accs[lanes + lidx], acc_t)
+                        acc_t = Mux(pv2, (accs[lidx_p] << 1) + accs[lanes + lidx_p], acc_t)
                     m.d.sync += acc_v.eq(acc_t)
-                    with m.If((lidx == 0) & c.arow & ~is_qk):
+                    with m.If((lidx_p == 0) & c.arow & ~is_qk):
                         m.next = "RF"
-                    with m.Elif(lidx == 0):
+                    with m.Elif(lidx_p == 0):
                         m.d.sync += [m_t.eq(1 << (ROW_MULT_BITS - 1)), e_t.eq(ROW_MULT_BITS - 1)]
                         m.next = "PRM"
                     with m.Else():
                         m.next = "PRM"
             with m.State("POST_T"):
-                with m.If(t >= rt):
+                with m.If(t_p >= rt):
                     m.next = "GROUP_NEXT"
                 with m.Else():
                     m.next = "POST"
-            with m.State("RF"), m.If(rd.idle):
-                addr = c.a_off + tok * c.a_stride - ROW_FACTOR_BYTES
-                m.d.comb += read(c.a_buf, addr, ROW_FACTOR_BYTES)
+            with m.State("RF"), m.If(rdp.idle):
+                addr = c.a_off + tok_p * c.a_stride - ROW_FACTOR_BYTES
+                m.d.comb += readp(c.a_buf, addr, ROW_FACTOR_BYTES)
                 m.next = "RF_WAIT"
-            with m.State("RF_WAIT"), m.If(rd.valid):
-                m.d.sync += [m_t.eq(rd.win[:16]), e_t.eq(rd.win[16:32])]
+            with m.State("RF_WAIT"), m.If(rdp.valid):
+                m.d.sync += [m_t.eq(rdp.win[:16]), e_t.eq(rdp.win[16:32])]
                 m.next = "PRM"
             with m.State("PRM"):  # per-row parameters: the group's, or the instruction's
                 with m.If(is_lin):
                     m.d.sync += [
-                        bias_v.eq(Mux(c.bias, Array(g_bias)[lidx], 0)),
-                        mult_v.eq(Array(g_mult)[lidx]),
-                        shift_v.eq(Array(g_shift)[lidx].as_signed()),
+                        bias_v.eq(Mux(c.bias, Array(g_bias)[lidx_p], 0)),
+                        mult_v.eq(Array(g_mult)[lidx_p]),
+                        shift_v.eq(Array(g_shift)[lidx_p].as_signed()),
                     ]
                 with m.Else():
                     m.d.sync += [bias_v.eq(0), mult_v.eq(prm[0]), shift_v.eq(prm[1])]
@@ -533,30 +583,28 @@ class MatmulUnit(wiring.Component):
             with m.State("WRITE"), m.If(wr.idle):  # the writer finishes on its own
                 m.d.comb += [
                     wr.go.eq(1),
-                    wr.addr.eq(c.o_off + tok * c.o_stride + row * obytes),
+                    wr.addr.eq(c.o_off + tok_p * c.o_stride + row_p * obytes),
                     wr.value.eq(out_v),
                     wr.nbytes.eq(obytes),
                 ]
-                with m.If(lidx + 1 >= rpb):
-                    m.d.sync += [lidx.eq(0), t.eq(t + 1)]
+                with m.If(lidx_p + 1 >= rpb):
+                    m.d.sync += [lidx_p.eq(0), t_p.eq(t_p + 1)]
                     m.next = "POST_T"
                 with m.Else():
-                    m.d.sync += lidx.eq(lidx + 1)
+                    m.d.sync += lidx_p.eq(lidx_p + 1)
                     m.next = "POST"
             with m.State("GROUP_NEXT"):
-                with m.If(gbase + rpb < c.cols):
-                    m.d.sync += gbase.eq(gbase + rpb)
-                    m.next = "GROUP"
-                with m.Elif(tbase + tstep < c.rows):
-                    m.d.sync += [gbase.eq(0), tbase.eq(tbase + tstep), wrec.eq(c.b_off)]
-                    m.next = "GROUP"
+                with m.If(gbase_p + rpb < c.cols):
+                    m.d.sync += gbase_p.eq(gbase_p + rpb)
+                    m.next = "P_GROUP"
+                with m.Elif(tbase_p + tstep < c.rows):
+                    m.d.sync += [gbase_p.eq(0), tbase_p.eq(tbase_p + tstep)]
+                    m.next = "P_GROUP"
                 with m.Else():
                     m.next = "DRAIN_WRITES"
             with m.State("DRAIN_WRITES"), m.If(wr.idle & ~wr.go):
-                m.next = "DONE"
-            with m.State("DONE"):
-                m.d.comb += done.eq(1)
-                m.next = "IDLE"
+                m.d.sync += post_done.eq(1)
+                m.next = "P_IDLE"
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
         return m
 
