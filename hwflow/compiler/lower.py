@@ -328,7 +328,7 @@ class _Tiles:
         while self.loaded <= min(j, len(self.items) - 1):
             ts, _r0, r, off = self.items[self.loaded]
             s = self.slot(self.loaded)
-            nbytes = r * ts.row_bytes
+            nbytes = ts.tile_bytes(r)
             self.e.unit("LD", (), (self.slot_span(self.loaded),), kind=XferKind.WEIGHTS, hbm=off,
                         hbm_reg=self.base_reg, hbm_stride=nbytes, buf=Buf.WEIGHT, off=s,
                         stride=nbytes, row_bytes=nbytes, rows=1)  # fmt: skip
