@@ -54,7 +54,7 @@ def test_rtl_command_writes_linted_verilog(rtl_out: tuple[Path, int, str]) -> No
 _TINY_COMMON = {"preset": "tiny", "chains": 2, "chain_length": 16, "m": 16,
                 "n_modes": [2, 4, 8, 16], "weight_bits": [2, 3, 4, 8], "dsp_kind": "DSP48E2",
                 "acc_bits": 48, "lanes": 16, "dsps": 32, "param_depth": 128, "requantizers": 2,
-                "latency": 27, "per_token": False}  # fmt: skip
+                "latency": 27, "per_token": False, "act_bits": 8}  # fmt: skip
 TINY_PARAMS = {
     "mv": {**_TINY_COMMON, "kind": "mv", "rows": 1, "dual_int8": False, "dual_field": None,
            "drain_cycles": {"2": 8, "4": 4, "8": 2, "16": 1}, "fifo_depth": 35},

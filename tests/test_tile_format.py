@@ -44,7 +44,7 @@ def test_dense_int8_records_are_two_rows_per_block() -> None:
     )  # fmt: skip
     assert np.array_equal(blob, want)
     assert TileSpec.sections(3, 32, 1, 1, 8, True, GEO) == {
-        "beats": 0, "bias": 96, "mult": 108, "shift": 114, "end": 117
+        "beats": 0, "bias": 96, "mult": 108, "shift": 114, "gmult": 117, "end": 117
     }  # fmt: skip
     got, b, mu, sh = TileSpec.decode(blob, 3, 32, 1, 1, 8, True, GEO)
     assert np.array_equal(got, codes) and np.array_equal(b, bias)
@@ -109,3 +109,18 @@ def test_a_tile_of_no_rows_decodes_empty() -> None:
     blob = encode_tile(np.zeros((0, 16)), None, None, np.zeros(0), np.zeros(0), 1, 1, 8, GEO)
     codes, bias, mult, shift = TileSpec.decode(blob, 0, 16, 1, 1, 8, False, GEO)
     assert codes.shape == (0, 16) and bias is None and mult.size == shift.size == 0
+
+
+def test_group_multipliers_are_the_trailing_section() -> None:
+    """G = 16 over K = 32: two uint8 multipliers per row, row by row after the shifts; the
+    sections before them are those of the same tile without a group."""
+    codes = (np.arange(3 * 32).reshape(3, 32) % 17 - 8).astype(np.int64)
+    bias, mult, shift = _params(3)
+    gm = np.array([[1, 2], [250, 3], [7, 255]])
+    plain = encode_tile(codes, None, bias, mult, shift, 1, 1, 8, GEO)
+    blob = encode_tile(codes, None, bias, mult, shift, 1, 1, 8, GEO, gm)
+    assert np.array_equal(blob, np.concatenate([plain, [1, 2, 250, 3, 7, 255]]))
+    at = TileSpec.sections(3, 32, 1, 1, 8, True, GEO, 16)
+    assert (at["gmult"], at["end"]) == (117, 123)
+    assert np.array_equal(TileSpec.decode_groups(blob, 3, 32, at, 16), gm)
+    assert TileSpec.decode_groups(blob, 3, 32, at, None) is None
