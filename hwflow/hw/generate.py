@@ -52,7 +52,8 @@ LINT_WAIVERS = ROOT / "rtl" / "lint.vlt"
 
 
 def module_name(p: EngineParams) -> str:
-    """Verilog module name of an engine: ``hwflow_<preset>_<kind>[_c<chains>]``."""
+    """Verilog module name of an engine: ``hwflow_<preset>_<kind>`` (the preset name with
+    every non-word character as ``_``); slices add their chain count where they are built."""
     base = re.sub(r"\W", "_", p.preset)
     return f"hwflow_{base}_{p.kind}"
 

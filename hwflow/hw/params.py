@@ -41,7 +41,7 @@ from amaranth.hdl import Shape, signed, unsigned
 from amaranth.lib import data
 
 from hwflow.config import HardwarePreset
-from hwflow.costs import chain_latency
+from hwflow.costs import chain_latency, effective_nm
 from hwflow.errors import UnsupportedError
 from hwflow.hw.requant import PER_TOKEN_EXTRA_STAGES
 from hwflow.numerics import ACT_MIN, REQ_MULT_BITS, REQ_SHIFT_MAX
@@ -146,8 +146,9 @@ class EngineParams:
         eng = getattr(hw, kind)
         c, m = eng.chain_length, hw.sparsity.m
         modes = {n for n in hw.sparsity.n_allowed if c % n == 0}
-        if c % m == 0:
-            modes.add(m)  # dense runs as N = M with implicit indices
+        dense_n = effective_nm(hw, 1, 1)[0]  # dense runs as M:M, indices implicit
+        if c % dense_n == 0:
+            modes.add(dense_n)
         if chains is not None and chains < 1:
             raise UnsupportedError(f"chains = {chains!r} must be >= 1")
         n_chains = chains or eng.chains
