@@ -173,3 +173,94 @@ def test_rooflines_are_computed_at_every_position_when_not_affine(monkeypatch):
     out = sim._rooflines("cfg", "plan", "hw", positions)
     assert out == pytest.approx({p: 3.0 * p + 1.0 for p in positions}, rel=1e-12)
     assert sorted(c[3] for c in calls) == [10, 13, 16, 19]
+
+
+def _machine_run(prog, depth):
+    from hwflow.perf.machine import Machine
+
+    return Machine(load_hw("tiny"), trace=True, depth=depth).run(prog)
+
+
+def test_unit_waits_for_a_dispatcher_blocked_elsewhere():
+    """Depth 1: LD x0, x1, x2 (20 beats each) around MV v0, v1 (1 beat). The dispatcher queues
+    x0 and v0, blocks on LD's queue until x0 issues (cycle 0), queues x1 and blocks again
+    until x1 issues at 20; MV finishes v0 at 1 and waits for v1, queued at 20.
+
+    Waits counted: dispatcher x2 (2), LD's three 20-beat issues (3), MV's v0 beat (1), MV
+    waiting for v1 to be queued (1), MV's v1 beat (1): 8, plus 6 unit starts and the
+    dispatcher's: 15. LD ends at 60."""
+    from hwflow.perf.machine import MOp
+
+    ld, mv = 0, 3
+    prog = [
+        MOp(ld, "x0", 0, 20, 20),
+        MOp(mv, "v0", 0, 1, 1),
+        MOp(ld, "x1", 0, 20, 20),
+        MOp(ld, "x2", 0, 20, 20),
+        MOp(mv, "v1", 0, 1, 1),
+    ]
+    r = _machine_run(prog, 1)
+    assert sorted(r.trace, key=lambda t: (t[2], t[1])) == [
+        ("mv", "v0", 0, 1),
+        ("ld", "x0", 0, 20),
+        ("mv", "v1", 20, 21),
+        ("ld", "x1", 20, 40),
+        ("ld", "x2", 40, 60),
+    ]
+    assert (r.cycles, r.events) == (60, 15)
+
+
+def test_dispatcher_queues_twice_for_a_unit_it_woke():
+    """Depth 1: SFU s (10 beats) releases LD's a; LD b; MV m1, m2 (3 beats). The dispatcher
+    blocks at b until a issues (at 10, once s's token is known: cycle 0 of the simulation),
+    then queues b and m1 (waking MV, which waits for its first op) and blocks at m2 until m1
+    issues (at 10), then queues m2 for the MV it woke before.
+
+    Waits: dispatcher 2, LD's token 1, MV's first op 1, SFU's 10 beats 1, LD's a and b 2,
+    MV's m1 and m2 2: 9, + 7 = 16. Timeline: s 0-10, a 10-15, m1 10-13, m2 13-16, b 15-20."""
+    from hwflow.perf.machine import MOp
+
+    ld, mv, sfu = 0, 3, 4
+    prog = [
+        MOp(sfu, "s", 0, 10, 10, (), (ld,)),
+        MOp(ld, "a", 0, 5, 5, (sfu,)),
+        MOp(ld, "b", 0, 5, 5),
+        MOp(mv, "m1", 0, 3, 3),
+        MOp(mv, "m2", 0, 3, 3),
+    ]
+    r = _machine_run(prog, 1)
+    assert sorted(r.trace, key=lambda t: (t[2], t[1])) == [
+        ("sfu", "s", 0, 10),
+        ("ld", "a", 10, 15),
+        ("mv", "m1", 10, 13),
+        ("mv", "m2", 13, 16),
+        ("ld", "b", 15, 20),
+    ]
+    assert (r.cycles, r.events) == (20, 16)
+
+
+def test_zero_cycle_ops_issue_back_to_back():
+    """Depth 2, three LD ops of 0 beats and 0 latency: a and b are queued, the dispatcher
+    blocks at c; LD issues a (waking it) and b in the same cycle, then waits for c to be
+    queued. Waits: dispatcher 1, LD 1: 2 + 7 = 9 events; nothing takes a cycle: 0 cycles."""
+    from hwflow.perf.machine import MOp
+
+    prog = [MOp(0, n, 0, 0, 0) for n in ("a", "b", "c")]
+    r = _machine_run(prog, 2)
+    assert (r.cycles, r.events) == (0, 9)
+
+
+def test_hbm_op_events_with_and_without_a_wait_for_its_start():
+    """An LD of 256 B from an idle machine starts at once: its only wait is its issue cycles
+    (1 + 7 = 8 events). Behind MV's 10-beat op (token), it joins the channels' FIFOs at 10:
+    LD's token wait, MV's 10 beats, LD's wait for cycle 10, its issue: 4 + 7 = 11."""
+    from hwflow.costs import hbm_pieces
+    from hwflow.perf.machine import MOp
+
+    pieces = tuple(hbm_pieces(load_hw("tiny"), 0, 256))
+    ld = MOp(0, "ld", 0, 0, 0, hbm=pieces, hbm_bytes=256)
+    assert _machine_run([ld], 1).events == 8
+    mv = MOp(3, "mv", 0, 10, 10, (), (0,))
+    waiting = MOp(0, "ld", 0, 0, 0, (3,), (), pieces, 256)
+    r = _machine_run([mv, waiting], 1)
+    assert r.events == 11 and r.trace[-1][2] >= 10

@@ -234,8 +234,9 @@ def test_recip_factor_hand_values(t, m, e):
 def test_row_factors_keep_the_shape():
     m, e = nx.row_factor(np.array([[1, 3], [100000, 65535]]))
     assert m.tolist() == [[16384, 24576], [25000, 16384]] and e.tolist() == [[14, 13], [-2, -2]]
-    m, e = nx.recip_factor(np.array([[3, 7]]))
-    assert m.tolist() == [[21845, 18725]] and e.tolist() == [[16, 17]]
+    m, e = nx.recip_factor(np.array([[3, 7], [255, 4096]]))
+    assert m.tolist() == [[21845, 18725], [16448, 16384]]
+    assert e.tolist() == [[16, 17], [22, 26]]
 
 
 def test_linear_out_without_row_factors_is_the_channel_stage():
@@ -495,12 +496,17 @@ def test_silu_of_an_int16_array_does_not_wrap():
 
 
 def test_softmax_of_int32_scores_at_the_extremes():
-    """INT32 scores 2**31 - 1 and -2**31: the difference 2**32 - 1 does not fit INT32 and
-    must not wrap: the small one is 0. Ordinary INT32 scores as in the hand case above."""
+    """INT32 scores 2**31 - 1 and -2**31: the difference 2**32 - 1 does not fit INT32: the
+    small one is 0. Ordinary and masked INT32 scores as in the hand cases above."""
     p, s = nx.softmax_rows(np.array([[2**31 - 1, -(2**31)]], np.int32))
     assert p.tolist() == [[255, 0]] and s.tolist() == [255]
     p, s = nx.softmax_rows(np.array([[0, -256, -512, -128]], np.int32))
     assert p.tolist() == [[255, 128, 64, 180]] and s.tolist() == [627]
+    # masked INT32 scores, every kept one negative: the maximum is the kept -1000 (a masked
+    # entry must not count as 0, nor as any value an INT32 can hold)
+    z = np.array([[5000, -1000, -1256]], np.int32)
+    p, s = nx.softmax_rows(z, np.array([[False, True, True]]))
+    assert p.tolist() == [[0, 255, 128]] and s.tolist() == [383]
 
 
 def test_rope_of_int8_rows_with_int16_tables():
@@ -534,6 +540,9 @@ def test_integer_weights_by_magnitude():
     codes, scale = nx.quantize_weight(w, 8)
     assert codes.tolist() == [[-127, 1, 2, 3]] and scale.tolist() == pytest.approx([128 / 127])
     assert nx.nm_prune_mask(w, 1, 4).tolist() == [[True, False, False, False]]
+    # unsigned magnitudes (e.g. scores): 0 is the smallest, 5 and 3 are kept
+    scores = np.array([[0, 5, 3, 1]], np.uint8)
+    assert nx.nm_prune_mask(scores, 2, 4).tolist() == [[False, True, True, False]]
 
 
 def test_sqnr_of_integer_arrays():

@@ -1,0 +1,33 @@
+"""costs.py survivors of the mutation check (issue 13), worked out by hand from tiny.yaml."""
+
+from __future__ import annotations
+
+import pytest
+
+from hwflow.config import load_hw
+from hwflow.costs import hbm_burst_ns, hbm_run_ns, sfu_passes
+
+#: tiny.yaml: 512 B bursts are device-bound at 14.375 GB/s less the refresh share 260 / 3900
+DEVICE_GBPS = 14.375 * 14 / 15
+
+
+def test_hbm_run_edges_and_default_row_state():
+    """An empty run takes no channel time (also when it would open a row); one byte is one
+    32-byte atom, bound by latency / outstanding = 107 / 16 ns; 1024 B is two device-bound
+    bursts; a new row adds row_miss_ns = 31. Without ``new_row`` the row is open."""
+    hw = load_hw("tiny")
+    assert hbm_run_ns(hw, 0) == 0.0 and hbm_run_ns(hw, 0, new_row=True) == 0.0
+    assert hbm_run_ns(hw, 1) == pytest.approx(107 / 16, rel=1e-12)
+    assert hbm_run_ns(hw, 1024) == pytest.approx(1024 / DEVICE_GBPS, rel=1e-12)
+    assert hbm_run_ns(hw, 1024, new_row=True) == pytest.approx(1024 / DEVICE_GBPS + 31)
+    assert hbm_burst_ns(hw, 512) == pytest.approx(512 / DEVICE_GBPS, rel=1e-12)
+
+
+def test_sfu_passes_default_is_rms_norm():
+    """tiny.yaml: norm_passes 2, softmax_passes 2. A norm without ``center`` is RMSNorm (2),
+    LayerNorm one more; per-row quantizing ops read twice, the rest once."""
+    hw = load_hw("tiny")
+    assert (hw.sfu.norm_passes, hw.sfu.softmax_passes) == (2, 2)
+    assert sfu_passes(hw, "norm") == 2 and sfu_passes(hw, "norm", True) == 3
+    assert sfu_passes(hw, "softmax") == 2
+    assert [sfu_passes(hw, f) for f in ("mul", "reluq", "rope", "silu", "add")] == [2, 2, 1, 1, 1]
