@@ -209,7 +209,9 @@ def quant_multiplier(real: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
     """The (mult, shift) pair with ``mult / 2**shift ~= real``, mult normalised to 15 bits.
 
     Raises ValueError for a non-positive or too large (>= 2**15) scale. A scale too small for
-    the largest shift keeps shift = 47 and a small (possibly zero) multiplier.
+    the largest shift keeps shift = 47 and a small (possibly zero) multiplier; one that rounds
+    up to 2**15 at shift 0 (in [2**15 - 0.5, 2**15)) saturates to (2**15 - 1, 0), so the shift
+    stays in 0..47.
     """
     r = np.atleast_1d(np.asarray(real, dtype=np.float64))
     if np.any(~np.isfinite(r)) or np.any(r <= 0):
@@ -225,8 +227,9 @@ def quant_multiplier(real: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
     shift = np.minimum(shift, REQ_SHIFT_MAX)
     mult = np.rint(r * np.exp2(shift)).astype(np.int64)
     over = mult >= (1 << REQ_MULT_BITS)
-    mult = np.where(over, mult >> 1, mult)
-    shift = np.where(over, shift - 1, shift)
+    top = over & (shift == 0)  # no shift left to take back: the largest multiplier
+    mult = np.where(top, (1 << REQ_MULT_BITS) - 1, np.where(over, mult >> 1, mult))
+    shift = np.where(over & ~top, shift - 1, shift)
     if np.ndim(real) == 0:
         return mult[0], shift[0]
     return mult, shift

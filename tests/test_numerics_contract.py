@@ -655,3 +655,12 @@ def test_unpack_refuses_one_bit_short():
     # 17 one-bit fields need 17 bits; 2 bytes hold 16
     with pytest.raises(ValueError, match=r"^2 bytes hold fewer than 17 fields of 1 bits$"):
         nx.unpack_bits(np.zeros(2, np.uint8), 1, 17)
+
+
+def test_quant_multiplier_saturates_a_scale_that_rounds_to_two_to_the_15() -> None:
+    """32767.7 at shift 0 rounds to 32768, which needs 16 bits; no shift is left to take back,
+    so the pair saturates to (32767, 0) (error 0.7 / 32767.7) instead of a shift of -1.
+    32767.4 rounds down to 32767 and 16383.9 takes shift 1 (32767.8 -> 32768 -> 16384, 0)."""
+    assert tuple(int(v) for v in nx.quant_multiplier(32767.7)) == (32767, 0)
+    assert tuple(int(v) for v in nx.quant_multiplier(32767.4)) == (32767, 0)
+    assert tuple(int(v) for v in nx.quant_multiplier(16383.9)) == (16384, 0)
