@@ -184,3 +184,93 @@ def run_bench(
     return BenchRun(
         tests, failed, build_s, run_s, built, facts["gen_s"], int(facts["lines"]), stats
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The whole machine (hwflow.hw.machine): keyed before generation, since generating its
+# Verilog (the buffers' memories) takes far longer than a cached build's check.
+
+_MACHINE_SOURCES = ("hw/machine", "hw/engine.py", "hw/params.py", "hw/requant.py", "hw/dsp.py",
+                    "hw/widen.py", "hw/pack.py", "isa.py", "numerics.py")  # fmt: skip
+#: Host-side modules of hw/machine (runners, comparisons): not part of the Verilog.
+_HOST_ONLY = frozenset({"run.py", "cosim.py", "cycles.py", "units.py"})
+
+
+def machine_key(mp: Any, units: str) -> str:
+    """Hash of what the machine's Verilog is made of: the sources of the machine and its
+    parts, the parameters, the unit slots and the build flags."""
+    import amaranth
+
+    h = hashlib.sha256(repr((mp, units, _BUILD_ARGS, amaranth.__version__)).encode())
+    pkg = Path(__file__).resolve().parents[1]
+    for rel in _MACHINE_SOURCES:
+        p = pkg / rel
+        for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
+            if f.name not in _HOST_ONLY or not p.is_dir():
+                h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build_machine(
+    mp: Any, units: dict[Any, Any], name: str = "accel"
+) -> tuple[Path, bool, float, dict[str, float]]:
+    """Verilog + Verilator build of the :class:`~hwflow.hw.machine.top.Accelerator` of ``mp``
+    with the unit factories ``units``, cached under ``rtl/build/<name>-<key>``
+    (:func:`machine_key`): a cached build is reused without generating the Verilog again."""
+    from amaranth.back import verilog
+
+    from hwflow.hw.machine.top import Accelerator
+
+    ensure_verilator_on_path()
+    slots = ",".join(f"{u.name}={f.__module__}.{f.__qualname__}" for u, f in sorted(units.items()))
+    key = machine_key(mp, slots)
+    bdir = BUILD_ROOT / f"{name}-{key}"
+    BUILD_ROOT.mkdir(parents=True, exist_ok=True)
+    with open(BUILD_ROOT / f"{name}-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            facts = {"gen_s": 0.0, "lines": 0.0}
+            src = bdir / f"{name}.v"
+            if not (bdir / name).is_file():
+                t0 = time.perf_counter()
+                text = verilog.convert(Accelerator(mp, units), name=name)
+                facts = {"gen_s": time.perf_counter() - t0, "lines": text.count("\n")}
+            else:
+                text = src.read_text()
+                facts["lines"] = text.count("\n")
+            return _build_locked(None, name, text, bdir, facts, list(_BUILD_ARGS), False)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def run_machine_bench(
+    bdir: Path, name: str, env: dict[str, str], *, testcase: str | None = None, seed: int = 1
+) -> tuple[int, int, float]:
+    """Run ``sim/machine_bench.py`` on a machine build; returns (tests, failed, seconds)."""
+    from cocotb_tools.runner import get_results, get_runner
+
+    results = bdir / f"results-{os.getpid()}.xml"
+    log = bdir / f"sim-{os.getpid()}.log"
+    sim_dir = str(SIM_DIR)
+    if sim_dir not in sys.path:
+        sys.path.insert(0, sim_dir)
+    t0 = time.perf_counter()
+    with contextlib.suppress(SystemExit):
+        get_runner("verilator").test(
+            test_module="machine_bench",
+            hdl_toplevel=name,
+            hdl_toplevel_lang="verilog",
+            build_dir=bdir,
+            test_dir=bdir,
+            testcase=testcase,
+            extra_env=env,
+            results_xml=str(results),
+            seed=seed,
+            log_file=log,
+        )
+    run_s = time.perf_counter() - t0
+    tests, failed = get_results(results)
+    results.unlink()
+    if not failed:
+        log.unlink(missing_ok=True)
+    return tests, failed, run_s

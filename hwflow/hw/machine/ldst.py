@@ -107,16 +107,14 @@ class LoadUnit(wiring.Component):
         mp = self.mp
         wb = mp.beat_bytes
         lg = (wb - 1).bit_length()
-        m.submodules.align = al = Realign(wb)
+        m.submodules.align = al = Realign(wb, max(mp.addr_bits(b) for b in Buf))
         c = Signal(cmd_layout(Unit.LD))
         running = Signal()
         empty = c.row_bytes == 0
         ar = _Rows(m, mp.axi_addr_bits, "ar")
         rx_a = _Rows(m, mp.axi_addr_bits, "rxa")  # the receiver's own walk (HBM side)
         rx_b = Signal(LEN_BITS, name="rx_b")  # ... and its buffer byte address
-        rx_rows = Signal(17)
         rx_busy = Signal()
-        word = Signal(mp.addr_bits(Buf.ACT) + 8)  # buffer word of the realigner's next output
         fire = self.axi.arvalid & self.axi.arready
         cur, blen, valid, ar_busy, ar_setup = _bursts(
             m, mp, ar, c.row_bytes, c.hbm_stride, fire, "ar"
@@ -143,8 +141,7 @@ class LoadUnit(wiring.Component):
                 m.d.sync += [rx_b.eq(p.off), rx_busy.eq(1)]
                 m.d.sync += [ar_busy.eq(1), ar_setup.eq(1)]
         # receiver: one row at a time through the realigner into the buffer
-        loading = Signal()
-        with m.If(rx_busy & al.idle & ~al.o_valid & ~loading):
+        with m.If(rx_busy & al.idle):
             with m.If(rx_a.left == 0):
                 m.d.sync += rx_busy.eq(0)
             with m.Else():
@@ -153,11 +150,10 @@ class LoadUnit(wiring.Component):
                     al.s_in.eq(rx_a.addr[:lg]),
                     al.s_out.eq(rx_b[:lg]),
                     al.n.eq(c.row_bytes),
+                    al.base.eq(rx_b >> lg),
                 ]
-                m.d.sync += [word.eq(rx_b >> lg), rx_b.eq(rx_b + c.stride), loading.eq(1)]
+                m.d.sync += rx_b.eq(rx_b + c.stride)
                 rx_a.next(c.hbm_stride)
-        with m.If(loading):
-            m.d.sync += loading.eq(0)
         m.d.comb += [
             al.i_data.eq(self.axi.rdata),
             al.i_valid.eq(self.axi.rvalid),
@@ -168,16 +164,14 @@ class LoadUnit(wiring.Component):
             port = getattr(self, f"wr_{b.name.lower()}")
             sel = c.buf == b
             m.d.comb += [
-                port.addr.eq(word),
+                port.addr.eq(al.o_addr),
                 port.data.eq(al.o_data),
                 port.strb.eq(al.o_strb),
                 port.en.eq(al.o_valid & sel),
             ]
             grant = grant | (port.grant & sel)
         m.d.comb += al.o_ready.eq(grant)
-        with m.If(al.o_valid & grant):
-            m.d.sync += word.eq(word + 1)
-        idle = ~rx_busy & al.idle & ~al.o_valid & ~ar_busy & (inflight == 0) & ~loading
+        idle = ~rx_busy & al.idle & ~al.o_valid & ~ar_busy & (inflight == 0)
         with m.If(running & idle & ~(self.cmd.valid & self.cmd.ready)):
             m.d.sync += [running.eq(0), self.done.eq(1)]
         del empty
@@ -208,7 +202,7 @@ class StoreUnit(wiring.Component):
         wb = mp.beat_bytes
         lg = (wb - 1).bit_length()
         mb = mp.max_burst_beats * wb
-        m.submodules.align = al = Realign(wb)
+        m.submodules.align = al = Realign(wb, mp.axi_addr_bits)
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=8 * wb, depth=4)
         c = Signal(cmd_layout(Unit.ST))
         running = Signal()
@@ -267,11 +261,7 @@ class StoreUnit(wiring.Component):
         tx = _Rows(m, mp.axi_addr_bits, "tx")
         tx_b = Signal(LEN_BITS)
         tx_busy = Signal()
-        loading = Signal()
-        wnext = Signal(mp.axi_addr_bits)  # byte address after the beat being presented
-        with m.If(loading):
-            m.d.sync += loading.eq(0)
-        with m.If(tx_busy & al.idle & ~al.o_valid & ~loading):
+        with m.If(tx_busy & al.idle):
             with m.If(tx.left == 0):
                 m.d.sync += tx_busy.eq(0)
             with m.Else():
@@ -280,12 +270,9 @@ class StoreUnit(wiring.Component):
                     al.s_in.eq(tx_b[:lg]),
                     al.s_out.eq(tx.addr[:lg]),
                     al.n.eq(c.row_bytes),
+                    al.base.eq(tx.addr >> lg),
                 ]
-                m.d.sync += [
-                    wnext.eq((tx.addr & ~(wb - 1)) + wb),
-                    tx_b.eq(tx_b + c.stride),
-                    loading.eq(1),
-                ]
+                m.d.sync += tx_b.eq(tx_b + c.stride)
                 tx.next(c.hbm_stride)
         m.d.comb += [
             al.i_data.eq(fifo.r_data),
@@ -293,12 +280,10 @@ class StoreUnit(wiring.Component):
             fifo.r_en.eq(al.i_ready),
             axi.wdata.eq(al.o_data),
             axi.wstrb.eq(al.o_strb),
-            axi.wlast.eq(al.o_last | ((wnext & (mb - 1)) == 0)),
+            axi.wlast.eq(al.o_last | (((al.o_addr + 1) & (mb // wb - 1)) == 0)),
             axi.wvalid.eq(al.o_valid),
             al.o_ready.eq(axi.wready),
         ]
-        with m.If(axi.wvalid & axi.wready):
-            m.d.sync += wnext.eq(wnext + wb)
         # commands
         m.d.comb += [self.cmd.ready.eq(~running), self.busy.eq(running)]
         m.d.sync += self.done.eq(0)
@@ -310,7 +295,7 @@ class StoreUnit(wiring.Component):
                 tx.start(p.hbm, p.rows)
                 m.d.sync += [aw_busy.eq(1), aw_setup.eq(1), tx_b.eq(p.off), tx_busy.eq(1)]
                 m.d.sync += [rd_busy.eq(1), rd_rows.eq(p.rows), rd_b.eq(p.off), rd_left.eq(0)]
-        idle = ~aw_busy & ~rd_busy & ~tx_busy & ~loading & al.idle & ~al.o_valid
+        idle = ~aw_busy & ~rd_busy & ~tx_busy & al.idle & ~al.o_valid
         idle = idle & (pending == 0) & ~inflight & ~fifo.r_rdy
         with m.If(running & idle & ~(self.cmd.valid & self.cmd.ready)):
             m.d.sync += [running.eq(0), self.done.eq(1)]

@@ -28,11 +28,13 @@ def span_words(start: int, n: int, wb: int) -> int:
 
 
 class Realign(wiring.Component):
-    """Realigns one row at a time: ``load`` (while ``idle``) takes ``s_in``, ``s_out``, ``n``;
-    input words stream in on ``i_*``, output words with byte enables leave on ``o_*``
-    (``o_last``: the row's last output word). Valid/ready handshakes on both sides."""
+    """Realigns one row at a time: ``load`` (while ``idle``) takes ``s_in``, ``s_out``, ``n``
+    and ``base`` (the word index of the row's first output word); input words stream in on
+    ``i_*``, output words with byte enables and their word index leave on ``o_*``
+    (``o_last``: the row's last output word). Valid/ready handshakes on both sides; the next
+    row may be loaded in the cycle the current one consumed its last input."""
 
-    def __init__(self, wb: int) -> None:
+    def __init__(self, wb: int, addr_bits: int) -> None:
         self.wb = wb
         self.lg = (wb - 1).bit_length()
         super().__init__(
@@ -41,6 +43,7 @@ class Realign(wiring.Component):
                 "s_in": In(self.lg),
                 "s_out": In(self.lg),
                 "n": In(LEN_BITS),
+                "base": In(addr_bits),
                 "idle": Out(1),
                 "i_data": In(8 * wb),
                 "i_valid": In(1),
@@ -48,6 +51,7 @@ class Realign(wiring.Component):
                 "o_data": Out(8 * wb),
                 "o_strb": Out(wb),
                 "o_last": Out(1),
+                "o_addr": Out(addr_bits),
                 "o_valid": Out(1),
                 "o_ready": In(1),
             }
@@ -65,8 +69,10 @@ class Realign(wiring.Component):
         lo = Signal(lg)  # s_out: bytes before it in output word 0 are not the row's
         end = Signal(cnt)  # s_out + n: bytes from it on are not the row's
         hold = Signal(8 * wb)
+        base = Signal(len(self.base), name="row_base")
         can_out = ~self.o_valid | self.o_ready
-        m.d.comb += self.idle.eq(~active)
+        finished = active & (k == n_in) & (j == n_out) & ~flush
+        m.d.comb += self.idle.eq(~active | finished)
 
         with m.If(self.o_valid & self.o_ready):
             m.d.sync += self.o_valid.eq(0)
@@ -74,36 +80,39 @@ class Realign(wiring.Component):
         def emit(cur: object) -> None:
             """Register output word j from the window (cur, hold)."""
             window = Cat(hold, cur)
-            base = j << lg  # byte of output word j, from the start of output word 0
-            strb = Cat(*((base + t >= lo) & (base + t < end) for t in range(wb)))
+            at = j << lg  # byte of output word j, from the start of output word 0
+            strb = Cat(*((at + t >= lo) & (at + t < end) for t in range(wb)))
             m.d.sync += [
                 self.o_data.eq((window >> (shift << 3))[: 8 * wb]),
                 self.o_strb.eq(strb),
                 self.o_valid.eq(1),
                 self.o_last.eq(j + 1 == n_out),
+                self.o_addr.eq(base + j),
                 j.eq(j + 1),
             ]
 
-        with m.If(~active), m.If(self.load & (self.n != 0)):
-            s_in, s_out = self.s_in, self.s_out
-            m.d.sync += [
-                active.eq(1),
-                flush.eq(0),
-                k.eq(0),
-                j.eq(0),
-                hold.eq(0),
-                n_in.eq((s_in + self.n + (wb - 1)) >> lg),
-                n_out.eq((s_out + self.n + (wb - 1)) >> lg),
-                lead.eq(s_in >= s_out),
-                shift.eq((s_in - s_out)[:lg]),
-                lo.eq(s_out),
-                end.eq(s_out + self.n),
-            ]
+        with m.If(self.idle):
+            with m.If(finished):
+                m.d.sync += active.eq(0)
+            with m.If(self.load & (self.n != 0)):
+                s_in, s_out = self.s_in, self.s_out
+                m.d.sync += [
+                    active.eq(1),
+                    flush.eq(0),
+                    k.eq(0),
+                    j.eq(0),
+                    hold.eq(0),
+                    n_in.eq((s_in + self.n + (wb - 1)) >> lg),
+                    n_out.eq((s_out + self.n + (wb - 1)) >> lg),
+                    lead.eq(s_in >= s_out),
+                    shift.eq((s_in - s_out)[:lg]),
+                    lo.eq(s_out),
+                    end.eq(s_out + self.n),
+                    base.eq(self.base),
+                ]
         with m.Elif(flush), m.If(can_out):
             emit(Const(0, 8 * wb))
             m.d.sync += flush.eq(0)
-        with m.Elif((k == n_in) & (j == n_out)):
-            m.d.sync += active.eq(0)
         with m.Else():
             m.d.comb += self.i_ready.eq(can_out & (k < n_in))
             with m.If(self.i_valid & self.i_ready):

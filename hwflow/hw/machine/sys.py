@@ -61,6 +61,21 @@ def resolve(m: Module, unit: Unit, raw: data.View, regs: Array) -> data.View:
     return out
 
 
+def _alu(op: str, v: data.View, ra: object, regs: Array) -> object:
+    """The result of SYS ALU instruction ``op`` (fields ``v``, ``ra`` = R[v.ra])."""
+    if op == "SETI":
+        return v.imm
+    if op == "ADDI":
+        return ra + v.imm
+    if op == "ADD":
+        return ra + regs[v.rb]
+    if op == "SUB":
+        return ra - regs[v.rb]
+    if op == "MULI":
+        return ra * v.imm
+    return Mux(ra < v.imm, ra, v.imm)  # MINI
+
+
 class Dispatcher(wiring.Component):
     """Fetches from :class:`~hwflow.hw.machine.fetch.InstrMem` (``raddr``/``window``) and
     pushes entries into the five unit queues (``q_<unit>``); ``start`` with ``length``,
@@ -166,14 +181,7 @@ class Dispatcher(wiring.Component):
                     advance(s.name)
                     if s.name in ("SETI", "ADDI", "ADD", "SUB", "MULI", "MINI"):
                         ra = regs[v.ra] if s.name != "SETI" else 0
-                        res = {
-                            "SETI": lambda: v.imm,
-                            "ADDI": lambda: ra + v.imm,
-                            "ADD": lambda: ra + regs[v.rb],
-                            "SUB": lambda: ra - regs[v.rb],
-                            "MULI": lambda: ra * v.imm,
-                            "MINI": lambda: Mux(ra < v.imm, ra, v.imm),
-                        }[s.name]()
+                        res = _alu(s.name, v, ra, regs)
                         with m.If(v.rd <= REG_POS):
                             fail(2)
                         with m.Else():

@@ -12,7 +12,8 @@ never bit-exact). ``dbg_*`` reads any buffer word (lowest priority) for the benc
 
 Monitor: in the cycle after a unit starts or finishes an instruction, ``mon_start`` /
 ``mon_done`` (one bit per token unit) say so and ``mon_pc`` holds the started instructions'
-pcs; ``mon_seq`` changes whenever any of them does, ``cycle`` counts cycles since ``start``.
+pcs; ``mon_seq`` changes whenever any of them does, ``cycle`` counts cycles since ``start``;
+``fetch_cycles`` / ``run_cycles`` hold its value when the fetch finished / ``done`` rose.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class Accelerator(wiring.Component):
                 "absent_used": Out(NU),
                 "issued": Out(32),
                 "cycle": Out(32),
+                "run_cycles": Out(32),
+                "fetch_cycles": Out(32),
                 "mon_start": Out(NU),
                 "mon_done": Out(NU),
                 "mon_pc": Out(PC_BITS * NU),
@@ -120,6 +123,8 @@ class Accelerator(wiring.Component):
             fetch.addr.eq(self.prog_addr),
             fetch.words.eq(self.prog_words),
             disp.start.eq(fetch.done),
+            disp.length.eq(self.length),
+            disp.pos.eq(self.pos),
             self.error.eq(disp.error),
             self.issued.eq(disp.issued),
             tok.clear.eq(self.start),
@@ -147,6 +152,7 @@ class Accelerator(wiring.Component):
         m.d.comb += [self.absent_used.eq(Cat(*absent)), self.done.eq(idle)]
         m.d.comb += self.tok_left.eq(tok.left)
         self._buffers(m, units)
+        self.fetch_done = fetch.done
         self._monitor(m, fes)
         return m
 
@@ -196,5 +202,10 @@ class Accelerator(wiring.Component):
         ]
         with m.If((starts | dones) != 0):
             m.d.sync += self.mon_seq.eq(self.mon_seq + 1)
+        with m.If(self.fetch_done):
+            m.d.sync += self.fetch_cycles.eq(self.cycle)
+        seen = Signal()
+        with m.If(self.done & ~seen):
+            m.d.sync += [seen.eq(1), self.run_cycles.eq(self.cycle)]
         with m.If(self.start):
-            m.d.sync += self.cycle.eq(0)
+            m.d.sync += [self.cycle.eq(0), seen.eq(0)]
