@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from hwflow import numerics as nx
-from hwflow.compiler.layout import HbmLayout, unpack_rows
+from hwflow.compiler.layout import BeatGeometry, HbmLayout, TileSpec
 from hwflow.config import HardwarePreset, ModelConfig
 from hwflow.errors import ConfigError, ProgramError, SyncError
 from hwflow.isa import (
@@ -50,7 +50,7 @@ from hwflow.isa import (
     dispatch,
     expand,
 )
-from hwflow.model import BIAS_BYTES, REQ_PARAM_BYTES, block_keep
+from hwflow.model import block_keep
 from hwflow.numerics import RESIDUAL_BITS
 
 __all__ = ["FuncSim", "StepStats", "boundary_lengths", "check_against_reference"]
@@ -100,6 +100,24 @@ class FuncSim:
         self.hbm = hbm
         self.check_hazards = check_hazards
         self.sizes = {b: hw.buffers.bytes(b.name.lower()) for b in Buf}
+        self.geo = BeatGeometry.from_preset(hw)
+
+    @classmethod
+    def on_buffers(cls, hw: HardwarePreset, bufs: Mapping[Buf, np.ndarray]) -> FuncSim:
+        """An executor of single unit instructions (:meth:`execute`) on the given on-chip
+        buffer contents (modified in place), without a program, HBM or hazard checks: the
+        reference an RTL unit bench compares with."""
+        fs = cls.__new__(cls)
+        fs.hw, fs.check_hazards = hw, False
+        fs.hbm = np.zeros(0, np.uint8)
+        fs.sizes = {b: hw.buffers.bytes(b.name.lower()) for b in Buf}
+        fs.geo = BeatGeometry.from_preset(hw)
+        fs.bufs = dict(bufs)
+        return fs
+
+    def execute(self, c: Concrete) -> None:
+        """Execute one unit instruction on the current buffers (and HBM)."""
+        self._exec(c)
 
     # ---------------------------------------------------------------- host side
     def step(self, phase: str, x0: np.ndarray, pos: int) -> np.ndarray:
@@ -337,28 +355,12 @@ class FuncSim:
         self._put(c, out, _WIDTH[obits])
 
     def _tile(self, c: Concrete) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
-        """The weight tile at b: dense codes [cols, k], INT32 bias (or None), mult, shift."""
-        cols, k, n, m, bits = c["cols"], c["k"], c["n"], c["m"], c["wbits"]
-        kept = k // m * n
-        vrow = -(-kept * bits // 8)
-        irow = 0 if n == m else -(-kept * int(np.log2(m)) // 8)
-        prow = (BIAS_BYTES if c["bias"] else 0) + REQ_PARAM_BYTES
-        blob = self._read(c, c["b_buf"], c["b_off"], 1, 0, cols * (vrow + irow + prow)).ravel()
-        vals = unpack_rows(blob[: cols * vrow], bits, cols, kept, True)
-        at = cols * vrow
-        if n != m:
-            idx = unpack_rows(blob[at : at + cols * irow], int(np.log2(m)), cols, kept, False)
-            codes = nx.nm_expand(vals.astype(np.int8), idx.astype(np.uint8), n, m)
-            at += cols * irow
-        else:
-            codes = vals.astype(np.int8)
-        bias = None
-        if c["bias"]:
-            bias = blob[at : at + 4 * cols].view("<i4").astype(np.int64)
-            at += 4 * cols
-        mult = blob[at : at + 2 * cols].view("<u2").astype(np.int64)
-        shift = blob[at + 2 * cols : at + 3 * cols].view(np.int8).astype(np.int64)
-        return codes, bias, mult, shift
+        """The weight tile at b (:meth:`TileSpec.decode`): dense codes [cols, k], INT32 bias
+        (or None), mult, shift."""
+        fmt = (c["cols"], c["k"], c["n"], c["m"], c["wbits"], bool(c["bias"]), self.geo)
+        size = TileSpec.sections(*fmt)["end"]
+        blob = self._read(c, c["b_buf"], c["b_off"], 1, 0, size).ravel()
+        return TileSpec.decode(blob, *fmt)
 
     def _sfu(self, c: Concrete) -> None:
         func, rows, cols = c["func"], c["rows"], c["cols"]

@@ -30,12 +30,20 @@ One linear HBM address space, interleaved over the preset's pseudo-channels ever
                 compiler once the templates exist, after everything above (kind ``program``).
                 The machine fetches the template serving a step from here.
 
-Weight tile format (the blob one LD moves and one MM/MV op consumes): for ``R`` output rows of
-an op with ``kept = K / m * n`` stored weights per row: the values, each row packed at ``bits``
-and padded to a byte (``numerics.pack_bits`` per row); then the indices the same way at
-``log2(m)`` bits (absent when dense); then per row an INT32 bias (when the op has one), then
-per row a uint16 multiplier and an int8 shift (every linear op and the head: all are
-requantized in two stages, :func:`hwflow.numerics.linear_out`).
+Weight tile format (the blob one LD moves and one MM/MV op consumes), for ``R`` output rows
+of an op keeping ``N`` of every ``M`` weights along K (dense: ``N = M``, the preset's
+``sparsity.m``) at ``bits`` bits, beat-major so that one engine beat's weights are one
+contiguous record (:class:`BeatGeometry`: a *stripe* of ``S`` chains of ``C`` slots, ``S`` the
+greatest common divisor of the MV and MM engines' chain counts): the rows form stripes of
+``S*C/N`` rows (the last may be shorter); per stripe, per block of ``M`` reduction elements (a
+dense row's last block zero padded), one *record*: the values of the stripe's rows, row by row,
+the block's ``N`` values of each row (``numerics.pack_bits`` at ``bits``, padded to a byte),
+then their in-block indices the same way at ``log2(M)`` bits (absent when dense). Slot ``j`` of a record belongs to
+chain ``j // C``, so chain ``c`` holds the rows ``c*C/N .. (c+1)*C/N - 1`` of the stripe, one per
+N-segment. Then per row an INT32 bias (when the op has one), then per row a uint16 multiplier,
+then per row an int8 shift (every linear op and the head: all are requantized in two stages,
+:func:`hwflow.numerics.linear_out`). :meth:`TileSpec.sections` gives the offsets,
+:func:`encode_tile` writes and :meth:`TileSpec.decode` reads the format.
 
 Parameter blob of a layer (:func:`param_blob`, little-endian): per norm (``norm1``,
 ``norm2``) an int32 pre-shift then the INT16 gains (``hidden`` of them, padded to 4 bytes);
@@ -59,8 +67,8 @@ import numpy as np
 from hwflow.config import HardwarePreset, LinearQuant, ModelConfig
 from hwflow.errors import CapacityError, ConfigError
 from hwflow.isa import Region, Template
-from hwflow.model import BIAS_BYTES, REQ_PARAM_BYTES, has_bias
-from hwflow.numerics import GATE_BITS, RESIDUAL_BITS
+from hwflow.model import BIAS_BYTES, has_bias
+from hwflow.numerics import GATE_BITS, RESIDUAL_BITS, nm_expand
 
 if TYPE_CHECKING:
     from hwflow.compress import QuantizedModel
@@ -68,10 +76,12 @@ if TYPE_CHECKING:
 __all__ = [
     "ALIGN",
     "WEIGHT_SLOTS",
+    "BeatGeometry",
     "HbmLayout",
     "ParamBlob",
     "TileSpec",
     "build_hbm_image",
+    "encode_tile",
     "final_blob",
     "layer_runs",
     "linear_out_bits",
@@ -180,9 +190,58 @@ def unpack_rows(data: np.ndarray, bits: int, rows: int, n: int, signed: bool) ->
 
 
 @dataclass(frozen=True)
+class BeatGeometry:
+    """How a weight tile's values and indices group into engine beats (the module doc's weight
+    tile format): ``chains`` chains of a *stripe* (the greatest common divisor of the MV and
+    MM engines' chain counts, so one stripe record serves both), ``chain_length`` C slots per
+    chain, the preset's sparsity block ``m``."""
+
+    chains: int
+    chain_length: int
+    m: int
+
+    @classmethod
+    def from_preset(cls, hw: HardwarePreset) -> BeatGeometry:
+        if hw.mv.chain_length != hw.mpe.chain_length:
+            raise ConfigError(
+                f"preset {hw.name}: mv.chain_length {hw.mv.chain_length} and mpe.chain_length "
+                f"{hw.mpe.chain_length} differ; one weight tile format serves both engines"
+            )
+        return cls(math.gcd(hw.mv.chains, hw.mpe.chains), hw.mv.chain_length, hw.sparsity.m)
+
+    def per_block(self, n: int, m: int) -> int:
+        """Values of one row per block of ``self.m`` reduction elements (dense: ``self.m``)."""
+        if n == m:
+            return self.m
+        if m != self.m:
+            raise ConfigError(f"{n}:{m} sparsity on a preset with sparsity.m = {self.m}")
+        return n
+
+    def stripe_rows(self, n: int, m: int) -> int:
+        """Output rows of one stripe: ``chains * C / N``."""
+        return self.chains * self.chain_length // self.per_block(n, m)
+
+    def blocks(self, k: int) -> int:
+        """Reduction blocks of ``self.m`` (a dense row's last block is zero padded)."""
+        return -(-k // self.m)
+
+    def record_bytes(self, n: int, m: int, bits: int, rows: int | None = None) -> tuple[int, int]:
+        """(value bytes, index bytes) of one record (one beat's weights) of a stripe of
+        ``rows`` rows (default a whole stripe)."""
+        slots = (self.stripe_rows(n, m) if rows is None else rows) * self.per_block(n, m)
+        ib = 0 if n == m else int(math.log2(self.m))
+        return -(-slots * bits // 8), -(-slots * ib // 8)
+
+    def stripes(self, rows: int, n: int, m: int) -> list[int]:
+        """Rows of each stripe of a tile of ``rows`` rows (only the last may be partial)."""
+        sr = self.stripe_rows(n, m)
+        return [min(sr, rows - r0) for r0 in range(0, rows, sr)]
+
+
+@dataclass(frozen=True)
 class TileSpec:
     """The row tiling of one linear op: tiles of ``rows`` output rows (the last may be
-    shorter), each ``row_bytes`` per row, at byte offset ``offset`` inside its layer region."""
+    shorter), each :meth:`tile_bytes` long, at byte offset ``offset`` inside its layer region."""
 
     name: str  #: op name inside the layer ("q", ..., or "head")
     out: int
@@ -192,26 +251,23 @@ class TileSpec:
     requant: bool
     rows: int  #: rows per full tile
     offset: int  #: of the first tile within the region
+    geo: BeatGeometry  #: the beat grouping of the values and indices
 
     @property
     def kept(self) -> int:
         return self.k // self.quant.m * self.quant.n
 
     @property
-    def vrow(self) -> int:
-        return -(-self.kept * self.quant.bits // 8)
-
-    @property
-    def irow(self) -> int:
-        return 0 if self.quant.dense else -(-self.kept * int(math.log2(self.quant.m)) // 8)
-
-    @property
-    def prow(self) -> int:
-        return (BIAS_BYTES if self.bias else 0) + (REQ_PARAM_BYTES if self.requant else 0)
-
-    @property
     def row_bytes(self) -> int:
-        return self.vrow + self.irow + self.prow
+        """Bytes per row of a tile, on average over whole stripes (the tile sizing's guide)."""
+        q = self.quant
+        sr = self.geo.stripe_rows(q.n, q.m)
+        return -(-self.tile_bytes(sr) // sr)
+
+    def tile_bytes(self, rows: int) -> int:
+        """Bytes of a tile of ``rows`` rows."""
+        q = self.quant
+        return self.sections(rows, self.k, q.n, q.m, q.bits, self.bias, self.geo)["end"]
 
     @property
     def tiles(self) -> list[tuple[int, int, int]]:
@@ -220,12 +276,117 @@ class TileSpec:
         for r0 in range(0, self.out, self.rows):
             r = min(self.rows, self.out - r0)
             out.append((r0, r, at))
-            at += _align(r * self.row_bytes)
+            at += _align(self.tile_bytes(r))
         return out
 
     @property
     def nbytes(self) -> int:
-        return sum(_align(r * self.row_bytes) for _, r, _ in self.tiles)
+        return sum(_align(self.tile_bytes(r)) for _, r, _ in self.tiles)
+
+    @staticmethod
+    def sections(
+        rows: int, k: int, n: int, m: int, bits: int, bias: bool, geo: BeatGeometry
+    ) -> dict[str, int]:
+        """Byte offset of each section of a tile of ``rows`` rows (and ``"end"``, its size):
+        ``beats`` (one record per stripe and block, stripe-major), ``bias`` (empty without),
+        ``mult`` (uint16 per row), ``shift`` (int8 per row). The format's one definition,
+        read by :func:`encode_tile`, :meth:`decode` and the RTL matmul unit's bench."""
+        nb = geo.blocks(k)
+        beats = sum(nb * sum(geo.record_bytes(n, m, bits, r)) for r in geo.stripes(rows, n, m))
+        at, out = 0, {}
+        for name, size in (
+            ("beats", beats),
+            ("bias", rows * BIAS_BYTES if bias else 0),
+            ("mult", 2 * rows),
+            ("shift", rows),
+        ):
+            out[name] = at
+            at += size
+        out["end"] = at
+        return out
+
+    @staticmethod
+    def decode(
+        blob: np.ndarray,
+        rows: int,
+        k: int,
+        n: int,
+        m: int,
+        bits: int,
+        bias: bool,
+        geo: BeatGeometry,
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+        """The weight tile in ``blob`` (uint8, at least its size): dense INT8 codes
+        [rows, k] (N:M indices expanded), the INT32 bias per row (None without), the uint16
+        multiplier and int8 shift per row, all int64 but the codes."""
+        blob = np.asarray(blob, np.uint8).ravel()
+        at = TileSpec.sections(rows, k, n, m, bits, bias, geo)
+        npb, nb = geo.per_block(n, m), geo.blocks(k)
+        ib = int(math.log2(m)) if n != m else 0
+        vals, idx, pos = [], [], at["beats"]
+        for r in geo.stripes(rows, n, m):
+            vb, xb = geo.record_bytes(n, m, bits, r)
+            recs = blob[pos : pos + nb * (vb + xb)].reshape(nb, vb + xb)
+            pos += nb * (vb + xb)
+            for part, width, signed, out in ((recs[:, :vb], bits, True, vals),
+                                             (recs[:, vb:], ib, False, idx)):  # fmt: skip
+                if width:
+                    f = unpack_rows(part, width, nb, r * npb, signed).reshape(nb, r, npb)
+                    out.append(f.transpose(1, 0, 2).reshape(r, nb * npb))
+        v = np.concatenate(vals) if vals else np.zeros((0, nb * npb), np.int64)
+        if not vals:
+            codes = np.zeros((0, k), np.int8)
+        elif n != m:
+            codes = nm_expand(v.astype(np.int8), np.concatenate(idx).astype(np.uint8), n, m)
+        else:
+            codes = v[:, :k].astype(np.int8)
+        b = None
+        if bias:
+            b = blob[at["bias"] : at["mult"]].copy().view("<i4").astype(np.int64)
+        mult = blob[at["mult"] : at["shift"]].copy().view("<u2").astype(np.int64)
+        shift = blob[at["shift"] : at["end"]].copy().view(np.int8).astype(np.int64)
+        return codes, b, mult, shift
+
+
+def encode_tile(
+    values: np.ndarray,
+    indices: np.ndarray | None,
+    bias: np.ndarray | None,
+    mult: np.ndarray,
+    shift: np.ndarray,
+    n: int,
+    m: int,
+    bits: int,
+    geo: BeatGeometry,
+) -> np.ndarray:
+    """The bytes of a weight tile (the module doc's format) of ``values`` [rows, kept] (dense:
+    the codes [rows, k]), N:M ``indices`` [rows, kept] (None when dense), the INT32 ``bias``
+    per row (or None), uint16 ``mult`` and int8 ``shift`` per row."""
+    values = np.asarray(values, np.int64)
+    rows = values.shape[0]
+    npb = geo.per_block(n, m)
+    nb = -(-values.shape[1] // npb)
+
+    def records(f: np.ndarray, width: int, r0: int, r: int) -> np.ndarray:
+        full = np.zeros((r, nb * npb), np.int64)
+        full[:, : f.shape[1]] = f[r0 : r0 + r]
+        full = full.reshape(r, nb, npb).transpose(1, 0, 2)
+        return pack_rows(full.reshape(nb, r * npb), width)
+
+    parts, r0 = [], 0
+    for r in geo.stripes(rows, n, m):
+        rec = [records(values, bits, r0, r)]
+        if n != m:
+            assert indices is not None
+            rec.append(records(np.asarray(indices, np.int64), int(math.log2(m)), r0, r))
+        parts.append(np.concatenate(rec, axis=1).ravel())
+        r0 += r
+    out = [np.concatenate(parts)] if parts else []
+    if bias is not None:
+        out.append(np.asarray(bias, "<i4").view(np.uint8))
+    out.append(np.asarray(mult, "<u2").view(np.uint8))
+    out.append(np.asarray(shift, "<i1").view(np.uint8))
+    return np.concatenate(out)
 
 
 def layer_runs(cfg: ModelConfig, quant: dict[tuple[int, str], LinearQuant]) -> list[range]:
@@ -269,15 +430,20 @@ class HbmLayout:
         return per
 
 
-def _tile_rows(out: int, row_bytes: int, slot: int, chain_rows: int, what: str) -> int:
+def _tile_rows(probe: TileSpec, slot: int, chain_rows: int, what: str) -> int:
     """Rows per weight tile: as many as fit one weight slot, a multiple of the engine's rows per
     beat when possible. CapacityError when not even one row fits."""
-    fit = slot // row_bytes
-    if fit < 1:
+    out = probe.out
+    if probe.tile_bytes(1) > slot:
         raise CapacityError(
-            f"{what}: one weight row needs {row_bytes} bytes but a weight slot (1/{WEIGHT_SLOTS} "
-            f"of buffers.weight_kib) holds {slot} bytes"
+            f"{what}: one weight row needs {probe.tile_bytes(1)} bytes but a weight slot "
+            f"(1/{WEIGHT_SLOTS} of buffers.weight_kib) holds {slot} bytes"
         )
+    fit = max(1, min(out, slot // probe.row_bytes))
+    while fit < out and probe.tile_bytes(fit + 1) <= slot:
+        fit += 1
+    while probe.tile_bytes(fit) > slot:
+        fit -= 1
     rows = min(out, fit)
     if rows < out and rows >= chain_rows:
         rows -= rows % chain_rows
@@ -301,6 +467,7 @@ def plan_hbm(
 ) -> HbmLayout:
     """Allocate every region (see the module doc); CapacityError if HBM is too small."""
     slot = hw.buffers.bytes("weight") // WEIGHT_SLOTS
+    geo = BeatGeometry.from_preset(hw)
     period = hw.hbm.channels * hw.hbm.interleave_bytes
     regions: list[Region] = []
     tiles: dict[int, tuple[TileSpec, ...]] = {}
@@ -315,11 +482,11 @@ def plan_hbm(
                 out, k = cfg.linear_shape(op)
                 q = quant[(li, op)]
                 bias = has_bias(cfg, op)
-                probe = TileSpec(op, out, k, q, bias, True, 1, 0)
+                probe = TileSpec(op, out, k, q, bias, True, 1, 0, geo)
                 n_eff = q.n if not q.dense else hw.sparsity.m
                 chain_rows = hw.mv.chains * max(1, hw.mv.chain_length // n_eff)
-                rows = _tile_rows(out, probe.row_bytes, slot, chain_rows, f"L{li}.{op}")
-                ts = TileSpec(op, out, k, q, bias, True, rows, off)
+                rows = _tile_rows(probe, slot, chain_rows, f"L{li}.{op}")
+                ts = TileSpec(op, out, k, q, bias, True, rows, off, geo)
                 specs.append(ts)
                 off += ts.nbytes
             tiles[li] = tuple(specs)
@@ -329,10 +496,10 @@ def plan_hbm(
             at += size
         runs.append((run.start, len(run), stride))
     hb = has_bias(cfg, "head")
-    probe = TileSpec("head", cfg.vocab, cfg.hidden, head_q, hb, True, 1, 0)
-    rows = _tile_rows(cfg.vocab, probe.row_bytes, slot, hw.mv.chains, "head")
+    probe = TileSpec("head", cfg.vocab, cfg.hidden, head_q, hb, True, 1, 0, geo)
+    rows = _tile_rows(probe, slot, hw.mv.chains, "head")
     fblob = final_blob(cfg).size
-    head = TileSpec("head", cfg.vocab, cfg.hidden, head_q, hb, True, rows, fblob)
+    head = TileSpec("head", cfg.vocab, cfg.hidden, head_q, hb, True, rows, fblob, geo)
     fsize = _align(fblob + head.nbytes)
     regions.append(Region("final", at, fsize, "weights"))
     at += fsize
@@ -384,15 +551,18 @@ def _tile_bytes(ts: TileSpec, ql: Any, r0: int, r: int) -> np.ndarray:
             f"{ql.name}: the program writes {linear_out_bits(ts.name)}-bit outputs, the model "
             f"{ql.out_bits}-bit"
         )
-    parts = [pack_rows(ql.values[r0 : r0 + r], ts.quant.bits).ravel()]
-    if not ts.quant.dense:
-        parts.append(pack_rows(ql.indices[r0 : r0 + r], int(math.log2(ts.quant.m))).ravel())
-    if ts.bias:
-        parts.append(np.asarray(ql.bias[r0 : r0 + r], "<i4").view(np.uint8))
-    if ts.requant:
-        parts.append(np.asarray(ql.mult[r0 : r0 + r], "<u2").view(np.uint8))
-        parts.append(np.asarray(ql.shift[r0 : r0 + r], "<i1").view(np.uint8))
-    return np.concatenate(parts)
+    q, sl = ts.quant, slice(r0, r0 + r)
+    return encode_tile(
+        ql.values[sl],
+        None if q.dense else ql.indices[sl],
+        ql.bias[sl] if ts.bias else None,
+        ql.mult[sl],
+        ql.shift[sl],
+        q.n,
+        q.m,
+        q.bits,
+        ts.geo,
+    )
 
 
 def _i32(*vals: Any) -> np.ndarray:

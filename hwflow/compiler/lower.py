@@ -359,7 +359,7 @@ def lower_step(
             while self.loaded <= min(j, len(self.items) - 1):
                 ts, _r0, r, off = self.items[self.loaded]
                 s = bp.weight_slots[self.loaded % len(bp.weight_slots)]
-                nbytes = r * ts.row_bytes
+                nbytes = ts.tile_bytes(r)
                 e.unit(
                     "LD",
                     (),

@@ -27,7 +27,7 @@ from hwflow.hw.generate import engine_verilog, module_name, write_if_changed
 from hwflow.hw.params import EngineParams
 from hwflow.hw.tools import ROOT, ensure_verilator_on_path
 
-__all__ = ["BUILD_ROOT", "SIM_DIR", "BenchRun", "build", "run_bench"]
+__all__ = ["BUILD_ROOT", "SIM_DIR", "BenchRun", "build", "build_verilog", "run_bench"]
 
 BUILD_ROOT = ROOT / "rtl" / "build"
 SIM_DIR = ROOT / "sim"
@@ -65,10 +65,18 @@ def build(
 
     Returns (build folder, whether it was built now, build seconds (recorded ones for a cached
     build), Verilog facts: generation seconds and line count)."""
-    ensure_verilator_on_path()
     t0 = time.perf_counter()
     text = engine_verilog(p, name=name)
-    facts = {"gen_s": time.perf_counter() - t0, "lines": text.count("\n")}
+    return build_verilog(name, text, time.perf_counter() - t0, hierarchical=hierarchical)
+
+
+def build_verilog(
+    name: str, text: str, gen_s: float = 0.0, *, hierarchical: bool = False
+) -> tuple[Path, bool, float, dict[str, float]]:
+    """Verilator build of the Verilog ``text`` (top module ``name``), cached like
+    :func:`build`; ``gen_s`` the seconds its generation took (reported in the facts)."""
+    ensure_verilator_on_path()
+    facts = {"gen_s": gen_s, "lines": text.count("\n")}
     args = list(_BUILD_ARGS)
     if hierarchical:
         args += ["--hierarchical"]
@@ -80,13 +88,12 @@ def build(
     with open(BUILD_ROOT / f"{name}-{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            return _build_locked(p, name, text, bdir, facts, args, hierarchical)
+            return _build_locked(name, text, bdir, facts, args, hierarchical)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _build_locked(
-    p: EngineParams,
     name: str,
     text: str,
     bdir: Path,
@@ -137,13 +144,21 @@ def run_bench(
     seed: int = 1,
     hierarchical: bool = False,
     name: str | None = None,
+    design: tuple[str, str, float] | None = None,
+    bench: str = "engine_bench",
 ) -> BenchRun:
-    """Build (if needed) and run ``sim/engine_bench.py`` on ``p``; never raises on failing
-    tests (the counts say), raises if the simulator could not run at all."""
+    """Build (if needed) and run ``sim/<bench>.py`` (default the engine bench) on ``p``;
+    ``design`` = (top name, Verilog text, generation seconds) builds that design instead of
+    the engine alone. Never raises on failing tests (the counts say), raises if the
+    simulator could not run at all."""
     from cocotb_tools.runner import get_results, get_runner
 
-    name = name or _sim_name(p, preset_chains)
-    bdir, built, build_s, facts = build(p, name, hierarchical=hierarchical)
+    if design is not None:
+        name = design[0]
+        bdir, built, build_s, facts = build_verilog(*design, hierarchical=hierarchical)
+    else:
+        name = name or _sim_name(p, preset_chains)
+        bdir, built, build_s, facts = build(p, name, hierarchical=hierarchical)
     stats_file = bdir / f"stats-{os.getpid()}.json"
     stats_file.unlink(missing_ok=True)
     results = bdir / f"results-{os.getpid()}.xml"
@@ -163,7 +178,7 @@ def run_bench(
     # under pytest the runner exits on failures; the results file tells
     with contextlib.suppress(SystemExit):
         runner.test(
-            test_module="engine_bench",
+            test_module=bench,
             hdl_toplevel=name,
             hdl_toplevel_lang="verilog",
             build_dir=bdir,
@@ -238,7 +253,7 @@ def build_machine(
             else:
                 text = src.read_text()
                 facts["lines"] = text.count("\n")
-            return _build_locked(None, name, text, bdir, facts, list(_BUILD_ARGS), False)
+            return _build_locked(name, text, bdir, facts, list(_BUILD_ARGS), False)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 

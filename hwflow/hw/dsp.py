@@ -36,14 +36,17 @@ class DspStage(wiring.Component):
     ``p`` (one cycle less skew).
     """
 
-    def __init__(self, *, skew: int, acc_bits: int, dual: bool = False, field: int = 0) -> None:
+    def __init__(
+        self, *, skew: int, acc_bits: int, dual: bool = False, field: int = 0, a_bits: int = 8
+    ) -> None:
         if skew < 0:
             raise ValueError(f"skew must be >= 0, got {skew!r}")
         if dual and not 0 < field < acc_bits - 16:
             raise ValueError(f"dual packing field {field!r} does not fit {acc_bits} bits")
         self.skew, self.acc_bits, self.dual, self.field = skew, acc_bits, dual, field
+        self.a_bits = a_bits
         members = {
-            "a": In(signed(8)),
+            "a": In(signed(a_bits)),
             "b": In(signed(8)),
             "pcin": In(signed(acc_bits)),
             "p": Out(signed(acc_bits)),
@@ -58,7 +61,7 @@ class DspStage(wiring.Component):
         d = self.d if self.dual else None
         # systolic skew, then the A/B(/D) input registers: skew + 1 register levels
         for level in range(self.skew + 1):
-            na = Signal(signed(8), name=f"a_r{level}", reset_less=True)
+            na = Signal(signed(self.a_bits), name=f"a_r{level}", reset_less=True)
             nb = Signal(signed(8), name=f"b_r{level}", reset_less=True)
             m.d.sync += [na.eq(a), nb.eq(b)]
             a, b = na, nb
@@ -87,10 +90,13 @@ class DspChain(wiring.Component):
     beat's prefix sum of products 0..j in cycle ``t + 3 + j``.
     """
 
-    def __init__(self, *, length: int, acc_bits: int, dual: bool = False, field: int = 0) -> None:
+    def __init__(
+        self, *, length: int, acc_bits: int, dual: bool = False, field: int = 0, a_bits: int = 8
+    ) -> None:
         self.length, self.acc_bits, self.dual, self.field = length, acc_bits, dual, field
+        self.a_bits = a_bits
         members = {
-            "a": In(signed(8)).array(length),
+            "a": In(signed(a_bits)).array(length),
             "b": In(signed(8)).array(length),
             "p": Out(signed(acc_bits)).array(length),
         }
@@ -102,7 +108,9 @@ class DspChain(wiring.Component):
         m = Module()
         prev: Value = Const(0, signed(self.acc_bits))
         for j in range(self.length):
-            st = DspStage(skew=j, acc_bits=self.acc_bits, dual=self.dual, field=self.field)
+            st = DspStage(
+                skew=j, acc_bits=self.acc_bits, dual=self.dual, field=self.field, a_bits=self.a_bits
+            )
             m.submodules[f"dsp{j}"] = st
             m.d.comb += [st.a.eq(self.a[j]), st.b.eq(self.b[j]), st.pcin.eq(prev)]
             if self.dual:

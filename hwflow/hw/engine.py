@@ -183,7 +183,13 @@ class ChainSlice(wiring.Component):
         m.d.comb += [wid.packed.eq(self.wval), wid.sel.eq(self.wsel)]
         groups = p.rows // 2 if p.dual_int8 else p.rows
         dsp = [
-            DspChain(length=c_len, acc_bits=p.acc_bits, dual=p.dual_int8, field=p.dual_field)
+            DspChain(
+                length=c_len,
+                acc_bits=p.acc_bits,
+                dual=p.dual_int8,
+                field=p.dual_field,
+                a_bits=p.act_bits,
+            )
             for _ in range(groups)
         ]
         for g, ch in enumerate(dsp):
@@ -194,7 +200,7 @@ class ChainSlice(wiring.Component):
             m.d.sync += w.eq(wid.values[i])
             acts = []
             for t in range(p.rows):
-                a = Signal(signed(8), name=f"a{i}_{t}", reset_less=True)
+                a = Signal(signed(p.act_bits), name=f"a{i}_{t}", reset_less=True)
                 m.d.sync += a.eq(self.act[t][idx])
                 acts.append(a)
             for g, ch in enumerate(dsp):

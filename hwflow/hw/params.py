@@ -97,9 +97,17 @@ class EngineParams:
     #: the per-token (dynamic activation scale) requantizer: each beat carries a multiplier
     #: and shift per token lane (``tmult``, ``tshift``), applied after the per-row ones
     per_token: bool = False
+    #: activation lane width: 8 (INT8), or 9 for a matrix-vector engine that also multiplies
+    #: UINT8 softmax probabilities (0..255) exactly (P x V; a dual-INT8 engine cannot: the
+    #: packed operand ``a << F`` would outgrow the DSP48E2's 27-bit pre-adder)
+    act_bits: int = 8
 
     def __post_init__(self) -> None:
         c = self.chain_length
+        if self.act_bits not in (8, 9) or (self.dual_int8 and self.act_bits != 8):
+            raise UnsupportedError(
+                f"act_bits = {self.act_bits!r}: 8, or 9 on an engine without dual INT8 packing"
+            )
         if self.m < 2:
             raise UnsupportedError(f"sparsity.m = {self.m!r}: the chain needs M >= 2")
         if not self.n_modes:
@@ -264,7 +272,7 @@ class EngineParams:
             fields["tshift"] = data.ArrayLayout(unsigned(REQ_SHIFT_MAX.bit_length()), self.rows)
         return data.StructLayout(
             {
-                "act": data.ArrayLayout(data.ArrayLayout(signed(8), self.m), self.rows),
+                "act": data.ArrayLayout(data.ArrayLayout(signed(self.act_bits), self.m), self.rows),
                 "wval": data.ArrayLayout(unsigned(c * 8), self.chains),
                 "widx": data.ArrayLayout(unsigned(c * self.index_bits), self.chains),
                 "nsel": unsigned(_sel_bits(len(self.n_modes))),
@@ -344,4 +352,5 @@ class EngineParams:
             "fifo_depth": self.fifo_depth,
             "latency": self.latency,
             "per_token": self.per_token,
+            "act_bits": self.act_bits,
         }

@@ -1,0 +1,334 @@
+"""cocotb bench of the matmul unit (``hwflow.hw.machine.mmu``) on Verilator.
+
+A Python model of the five on-chip buffers serves the unit's read and write ports (grant in
+the request's cycle, read data the cycle after; random grant stalls in ``random_ops``). Each
+test draws random MM/MV instructions of every func (linear, head: dense and N:M, wbits 2/3/4/8,
+bias, row factors or none; qk; pv with UINT8 probabilities; obits 8/16/32; token, column and
+key extents clamped past a group or zero), lays their operands into the buffers in the formats
+the compiler writes (weight tiles by :meth:`hwflow.compiler.layout.TileSpec.sections` and
+``pack_rows``), runs the instruction on the RTL, and compares every byte of every buffer with
+:meth:`hwflow.funcsim.FuncSim.execute` run on the same buffer contents (the executable
+reference, independent of the RTL). Per instruction the busy cycles (command accepted ->
+``done``) are recorded next to :func:`hwflow.costs.matmul_cost`'s latency.
+
+Environment: ``HWFLOW_PRESET``, ``HWFLOW_KIND`` (mv/mpe), ``HWFLOW_STATS`` (JSON out),
+``HWFLOW_CORRUPT=1`` flips one expected byte (the run must then fail), ``HWFLOW_OPS``
+(instructions per test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import FallingEdge, RisingEdge
+
+from hwflow.compiler.layout import BeatGeometry, TileSpec, encode_tile
+from hwflow.config import load_hw
+from hwflow.costs import matmul_cost
+from hwflow.funcsim import FuncSim
+from hwflow.hw.machine.decode import cmd_layout
+from hwflow.hw.pack import encode
+from hwflow.isa import MATMUL_FUNCS, Buf, Concrete, Unit
+from hwflow.numerics import nm_compress, qmax
+
+_STATS: dict[str, Any] = {}
+_WB = 32
+
+
+def _save(**kv: Any) -> None:
+    _STATS.update(kv)
+    path = os.environ.get("HWFLOW_STATS")
+    if path:
+        with open(path, "w") as f:
+            json.dump(_STATS, f)
+
+
+class Buffers:
+    """The five buffers as byte arrays, serving the unit's ports every cycle."""
+
+    def __init__(self, dut: Any, hw: Any, rng: np.random.Generator, stall: float) -> None:
+        self.dut, self.rng, self.stall = dut, rng, stall
+        self.mem = {b: np.zeros(hw.buffers.bytes(b.name.lower()), np.uint8) for b in Buf}
+        self.reads = self.writes = 0
+
+    def port(self, kind: str, b: Buf, sig: str) -> Any:
+        return getattr(self.dut, f"{kind}_{b.name.lower()}__{sig}")
+
+    def _grant(self) -> int:
+        return int(self.rng.random() >= self.stall)
+
+    async def serve(self) -> None:
+        """Every cycle: read data for last cycle's granted requests, grant (or stall) this
+        cycle's requests, apply granted writes. Without stalls the grants stay tied high."""
+        rd = {b: {s: self.port("rd", b, s) for s in ("en", "addr", "grant", "data")} for b in Buf}
+        wr = {b: {s: self.port("wr", b, s) for s in ("en", "addr", "grant", "data", "strb")}
+              for b in Buf}  # fmt: skip
+        tied = self.stall == 0.0
+        for b in Buf:
+            rd[b]["grant"].value = int(tied)
+            wr[b]["grant"].value = int(tied)
+        pend: dict[Buf, int] = {}
+        while True:
+            await FallingEdge(self.dut.clk)
+            for b in Buf:
+                mem, r, w = self.mem[b], rd[b], wr[b]
+                if b in pend:
+                    a = pend.pop(b)
+                    r["data"].value = int.from_bytes(
+                        mem[a * _WB : (a + 1) * _WB].tobytes(), "little"
+                    )
+                if r["en"].value:
+                    g = 1 if tied else self._grant()
+                    if not tied:
+                        r["grant"].value = g
+                    if g:
+                        pend[b] = int(r["addr"].value)
+                        self.reads += 1
+                elif not tied:
+                    r["grant"].value = 0
+                if w["en"].value:
+                    g = 1 if tied else self._grant()
+                    if not tied:
+                        w["grant"].value = g
+                    if g:
+                        a = int(w["addr"].value)
+                        data = int(w["data"].value).to_bytes(_WB, "little")
+                        strb = int(w["strb"].value)
+                        for i in range(_WB):
+                            if strb >> i & 1:
+                                mem[a * _WB + i] = data[i]
+                        self.writes += 1
+                elif not tied:
+                    w["grant"].value = 0
+
+
+def _tile(
+    rng: np.random.Generator,
+    cols: int,
+    k: int,
+    n: int,
+    m: int,
+    bits: int,
+    bias: bool,
+    geo: BeatGeometry,
+) -> np.ndarray:
+    """A random weight tile's bytes in the compiler's format (dense when n == m)."""
+    q = qmax(bits)
+    codes = rng.integers(-q, q + 1, size=(cols, k))
+    idx = None
+    if n != m:
+        mask = np.zeros((cols, k // m, m), bool)
+        for r in range(cols):
+            for g in range(k // m):
+                mask[r, g, rng.choice(m, n, replace=False)] = True
+        codes, idx = nm_compress(codes, mask.reshape(cols, k), n, m)
+    b = rng.integers(-(2**20), 2**20, cols) if bias else None
+    mult = rng.integers(1, 2**15, cols)
+    shift = rng.integers(0, 40, cols)
+    blob = encode_tile(codes, idx, b, mult, shift, n, m, bits, geo)
+    assert blob.size == TileSpec.sections(cols, k, n, m, bits, bias, geo)["end"]
+    return blob
+
+
+def _rows_with_factors(rng, mem, off, stride, rows, width, lo, hi, dtype):
+    """Random rows of ``width`` elements at off (stride), each with a row factor before it."""
+    for r in range(rows):
+        at = off + r * stride
+        mem[at - 4 : at - 2] = np.frombuffer(
+            np.uint16(rng.integers(2**14, 2**15)).tobytes(), np.uint8
+        )
+        mem[at - 2 : at] = np.frombuffer(np.int16(rng.integers(0, 24)).tobytes(), np.uint8)
+        mem[at : at + width] = rng.integers(lo, hi + 1, width).astype(dtype).view(np.uint8)
+
+
+def random_instr(rng: np.random.Generator, hw: Any, kind: str, bufs: Buffers, func: str) -> dict:
+    """Draw one instruction of ``func`` and lay its operands into the buffers."""
+    eng = getattr(hw, kind)
+    m = hw.sparsity.m
+    rows = 1 if kind == "mv" else int(rng.integers(1, 6))
+    if rng.random() < 0.1:
+        rows = 0
+    obits = int(rng.choice([8, 16, 32]))
+    f: dict[str, int] = {"func": MATMUL_FUNCS.index(func), "rows": rows, "m": m, "obits": obits}
+    f.update(n=m, wbits=8, bias=0, arow=0)
+    act, kv, score, wgt, prm = Buf.ACT, Buf.KV, Buf.SCORE, Buf.WEIGHT, Buf.PARAM
+    if func in ("linear", "head"):
+        n = int(rng.choice([2, 4, 8, m, 1]))
+        k = m * int(rng.integers(1, 5)) - (int(rng.integers(0, 8)) if n == 1 else 0)
+        bits = int(rng.choice(hw.weight_bits))
+        cols = int(
+            rng.integers(1, 3 * eng.chains * eng.chain_length // (m if n in (1, m) else n) + 2)
+        )
+        bias = int(rng.random() < 0.5)
+        nm = (1, 1) if n == 1 else (n, m)  # the compiler writes dense ops as 1:1
+        f.update(k=k, n=nm[0], m=nm[1], wbits=bits, bias=bias, cols=cols)
+        f.update(arow=int(rng.random() < 0.6))
+        blob = _tile(rng, cols, k, *nm, bits, bool(bias), BeatGeometry.from_preset(hw))
+        b_off = int(rng.integers(0, bufs.mem[wgt].size - blob.size))
+        bufs.mem[wgt][b_off : b_off + blob.size] = blob
+        f.update(b_buf=wgt, b_off=b_off, b_stride=0)
+        a_buf, o_buf = act, act
+        guard = int(rng.integers(0, 12))
+        bufs.mem[prm][(p := int(rng.integers(0, 1000)) * 4) : p + 4] = np.frombuffer(
+            np.int32(guard).tobytes(), np.uint8
+        )
+        alo = -127
+    elif func == "qk":
+        k = int(rng.choice([16, 32]))
+        cols = int(rng.integers(1, 40))
+        f.update(k=k, cols=cols, arow=int(rng.random() < 0.3))
+        stride = k + int(rng.integers(0, 8))
+        b_off = int(rng.integers(0, bufs.mem[kv].size - cols * stride))
+        for r in range(cols):
+            at = b_off + r * stride
+            bufs.mem[kv][at : at + k] = rng.integers(-127, 128, k).astype(np.int8).view(np.uint8)
+        f.update(b_buf=kv, b_off=b_off, b_stride=stride)
+        a_buf, o_buf = act, score
+        p = int(rng.integers(0, 1000)) * 4
+        vals = np.array([rng.integers(1, 2**15), rng.integers(0, 40)], "<i4")
+        bufs.mem[prm][p : p + 8] = vals.view(np.uint8)
+        alo = -127
+    else:  # pv
+        k = int(rng.integers(0, 40))
+        cols = int(rng.choice([8, 16, 32]))
+        f.update(k=k, cols=cols, arow=int(rng.random() < 0.8))
+        stride = cols + int(rng.integers(0, 8))
+        b_off = int(rng.integers(0, bufs.mem[kv].size - max(k, 1) * stride))
+        for r in range(k):
+            at = b_off + r * stride
+            bufs.mem[kv][at : at + cols] = (
+                rng.integers(-127, 128, cols).astype(np.int8).view(np.uint8)
+            )
+        f.update(b_buf=kv, b_off=b_off, b_stride=stride)
+        a_buf, o_buf = score, act
+        p = int(rng.integers(0, 1000)) * 4
+        vals = np.array([rng.integers(1, 2**15), rng.integers(0, 40), rng.integers(0, 12)], "<i4")
+        bufs.mem[prm][p : p + 12] = vals.view(np.uint8)
+        alo = 0
+    f["p_off"] = p
+    if rng.random() < 0.1:
+        f["cols"] = 0
+    a_stride = k + 4 + int(rng.integers(0, 6))
+    a_off = 4 + int(rng.integers(0, 4000))
+    dtype = np.int8 if alo < 0 else np.uint8
+    _rows_with_factors(
+        rng, bufs.mem[a_buf], a_off, a_stride, rows, k, alo, 127 if alo < 0 else 255, dtype
+    )
+    o_stride = f["cols"] * obits // 8 + int(rng.integers(0, 6))
+    o_off = 40000 + int(rng.integers(0, 3000))
+    f.update(a_buf=a_buf, a_off=a_off, a_stride=a_stride, o_buf=o_buf, o_off=o_off)
+    f.update(o_stride=o_stride)
+    return f
+
+
+def expected(hw: Any, bufs: Buffers, f: dict, unit: Unit) -> dict[Buf, np.ndarray]:
+    """The buffers after funcsim executes ``f`` on a copy of the current contents."""
+    fs = FuncSim.on_buffers(hw, {b: v.copy() for b, v in bufs.mem.items()})
+    op = "MM" if unit == Unit.MM else "MV"
+    fs.execute(Concrete(0, op, unit, 0, 0, f, 0, ()))
+    return fs.bufs
+
+
+async def run_instr(dut: Any, f: dict, layout: Any) -> tuple[int, int]:
+    """Issue one command; (cycle accepted, cycle of done)."""
+    await FallingEdge(dut.clk)
+    dut.cmd__payload.value = encode(layout, f)
+    dut.cmd__valid.value = 1
+    cyc = 0
+    start = None
+    while True:
+        await RisingEdge(dut.clk)
+        cyc += 1
+        if start is None and dut.cmd__ready.value and dut.cmd__valid.value:
+            start = cyc
+            await FallingEdge(dut.clk)
+            dut.cmd__valid.value = 0
+        elif start is not None and dut.done.value:
+            return start, cyc
+        if cyc > 400_000:
+            raise AssertionError(f"no done after {cyc} cycles: {f}")
+
+
+async def _setup(dut: Any, stall: float) -> tuple[Any, str, Unit, Buffers, np.random.Generator]:
+    hw = load_hw(os.environ["HWFLOW_PRESET"])
+    kind = os.environ["HWFLOW_KIND"]
+    unit = Unit.MM if kind == "mpe" else Unit.MV
+    rng = np.random.default_rng(int(os.environ.get("HWFLOW_SEED", "7")) + (kind == "mpe"))
+    bufs = Buffers(dut, hw, rng, stall)
+    for b in Buf:  # garbage everywhere: a read from a wrong place shows
+        bufs.mem[b][:] = rng.integers(0, 256, bufs.mem[b].size)
+    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    dut.cmd__valid.value = 0
+    dut.rst.value = 1
+    for _ in range(3):
+        await RisingEdge(dut.clk)
+    dut.rst.value = 0
+    cocotb.start_soon(bufs.serve())
+    return hw, kind, unit, bufs, rng
+
+
+async def _run(dut: Any, stall: float, tag: str) -> None:
+    hw, kind, unit, bufs, rng = await _setup(dut, stall)
+    layout = cmd_layout(unit)
+    n_ops = int(os.environ.get("HWFLOW_OPS", "12"))
+    corrupt = os.environ.get("HWFLOW_CORRUPT") == "1"
+    eng = getattr(hw, kind)
+    table, bad, funcs_ok = [], [], {f: 0 for f in MATMUL_FUNCS}
+    cycles, t0 = 0, time.perf_counter()
+    for i in range(n_ops):
+        func = MATMUL_FUNCS[i % len(MATMUL_FUNCS)]
+        f = random_instr(rng, hw, kind, bufs, func)
+        want = expected(hw, bufs, f, unit)
+        if corrupt and i == 0:  # flip one expected byte the instruction writes
+            diff = np.nonzero(want[Buf(f["o_buf"])] != bufs.mem[Buf(f["o_buf"])])[0]
+            at = int(diff[0]) if diff.size else f["o_off"]
+            want[Buf(f["o_buf"])][at] ^= 1
+        start, end = await run_instr(dut, f, layout)
+        cycles += end
+        same = all(np.array_equal(want[b], bufs.mem[b]) for b in Buf)
+        if not same:
+            b = next(b for b in Buf if not np.array_equal(want[b], bufs.mem[b]))
+            at = int(np.nonzero(want[b] != bufs.mem[b])[0][0])
+            bad.append(f"{func} {f}: {b.name} byte {at} rtl {bufs.mem[b][at]} want {want[b][at]}")
+            bufs.mem = {b: v.copy() for b, v in want.items()}  # resync, keep going
+        else:
+            funcs_ok[func] += 1
+        n = f["n"] if func in ("linear", "head") and f["n"] != f["m"] else hw.sparsity.m
+        kp = -(-f["k"] // hw.sparsity.m) * hw.sparsity.m
+        cost = matmul_cost(eng, hw.sparsity.m, f["rows"], f["cols"], kp, n)
+        table.append(
+            {
+                "func": func,
+                "rows": f["rows"],
+                "cols": f["cols"],
+                "k": f["k"],
+                "n": n,
+                "wbits": f["wbits"],
+                "obits": f["obits"],
+                "rtl": end - start,
+                "cost_latency": cost.latency,
+                "cost_beats": cost.beats,
+            }
+        )
+    secs = time.perf_counter() - t0
+    _save(**{f"{tag}_table": table, f"{tag}_ok": funcs_ok, f"{tag}_bad": bad[:5]})
+    _save(**{f"{tag}_cycles_per_s": cycles / secs if secs else 0.0})
+    assert not bad, "\n".join(bad[:5])
+
+
+@cocotb.test()
+async def random_ops(dut: Any) -> None:
+    """Random instructions of every func under random grant stalls, bytes vs funcsim."""
+    await _run(dut, 0.25, "random_ops")
+
+
+@cocotb.test()
+async def cost_table(dut: Any) -> None:
+    """Random instructions with every request granted at once: busy cycles vs matmul_cost."""
+    await _run(dut, 0.0, "cost_table")
