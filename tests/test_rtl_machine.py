@@ -8,7 +8,6 @@ tests share one build (one xdist group).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from functools import cache
 
 import numpy as np
@@ -18,6 +17,7 @@ from hwflow.compiler import compile_model
 from hwflow.config import load_hw, load_model, load_plan
 from hwflow.funcsim import FuncSim
 from hwflow.hw.machine.run import Step, run_steps
+from hwflow.hw.machine.units import available_units
 from hwflow.isa import Buf, Program, Runtime, Template, Unit, make
 
 pytestmark = [pytest.mark.rtl, pytest.mark.xdist_group("rtl-tiny-machine")]
@@ -71,6 +71,13 @@ def _ldst_program(src: int, dst: int, mutate: str = "") -> tuple[Template, ...]:
     return (Template("prefill", 1, 16, tuple(instrs)),)
 
 
+def _run(hw, prog, hbm, **kw):
+    """The program on the machine with every implemented unit (one build for all tests)."""
+    return run_steps(
+        hw, prog, hbm, [Step("prefill", Runtime(3, 0))], units=available_units(hw)[0], **kw
+    )
+
+
 def _case(mutate: str = ""):
     comp = _compiled()
     hw = load_hw("tiny")
@@ -88,8 +95,7 @@ def test_ldst_sys_program_matches_funcsim() -> None:
     comp, hw, prog, hbm = _case()
     fs = FuncSim(prog, hw, load_model("tiny-llama"), comp.layout, hbm.copy())
     stats = fs.run("prefill", Runtime(3, 0))
-    run = run_steps(hw, prog, hbm, [Step("prefill", Runtime(3, 0))],
-                    dump=(Buf.ACT, Buf.KV, Buf.PARAM))  # fmt: skip
+    run = _run(hw, prog, hbm, dump=(Buf.ACT, Buf.KV, Buf.PARAM))
     assert (run.tests, run.failed) == (1, 0), run
     assert np.array_equal(run.hbm[0], fs.hbm)
     for b in (Buf.ACT, Buf.KV, Buf.PARAM):
@@ -102,8 +108,8 @@ def test_ldst_sys_program_matches_funcsim() -> None:
 def test_machine_bench_fails_on_a_dropped_token() -> None:
     """Dropping LD's release in the loop leaves ST waiting: the step never ends, the bench
     fails."""
-    comp, hw, prog, hbm = _case("drop_token")
-    run = run_steps(hw, prog, hbm, [Step("prefill", Runtime(3, 0))], timeout=5_000)
+    _comp, hw, prog, hbm = _case("drop_token")
+    run = _run(hw, prog, hbm, timeout=5_000)
     assert run.failed == 1
 
 
@@ -114,8 +120,5 @@ def test_machine_hbm_differs_from_a_flipped_bit() -> None:
     bad[comp.layout.region("L0").base + 5] ^= 1
     fs = FuncSim(prog, hw, load_model("tiny-llama"), comp.layout, bad)
     fs.run("prefill", Runtime(3, 0))
-    run = run_steps(hw, prog, hbm, [Step("prefill", Runtime(3, 0))])
+    run = _run(hw, prog, hbm)
     assert not np.array_equal(run.hbm[0], fs.hbm)
-
-
-del replace

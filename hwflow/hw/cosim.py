@@ -226,6 +226,13 @@ def machine_key(mp: Any, units: str) -> str:
     return h.hexdigest()[:16]
 
 
+def _slot_name(f: Any) -> str:
+    """A unit factory's name for the build key: its function and plain arguments."""
+    fn = getattr(f, "func", f)
+    plain = [a for a in getattr(f, "args", ()) if isinstance(a, str | int)]
+    return f"{fn.__module__}.{fn.__qualname__}{plain}"
+
+
 def build_machine(
     mp: Any, units: dict[Any, Any], name: str = "accel"
 ) -> tuple[Path, bool, float, dict[str, float]]:
@@ -237,7 +244,7 @@ def build_machine(
     from hwflow.hw.machine.top import Accelerator
 
     ensure_verilator_on_path()
-    slots = ",".join(f"{u.name}={f.__module__}.{f.__qualname__}" for u, f in sorted(units.items()))
+    slots = ",".join(f"{u.name}={_slot_name(f)}" for u, f in sorted(units.items()))
     key = machine_key(mp, slots)
     bdir = BUILD_ROOT / f"{name}-{key}"
     BUILD_ROOT.mkdir(parents=True, exist_ok=True)

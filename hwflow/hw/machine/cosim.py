@@ -106,7 +106,12 @@ def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pre
         diff = np.nonzero(got != want)[0]
         if diff.size and mismatch is None:
             w = first_writer(prog, step.phase, step.runtime, int(diff[0]))
-            mismatch = {"step": i, "phase": step.phase, "byte": int(diff[0]), "bytes": int(diff.size)}
+            mismatch = {
+                "step": i,
+                "phase": step.phase,
+                "byte": int(diff[0]),
+                "bytes": int(diff.size),
+            }
             if w is not None:
                 c, tmpl = w
                 mismatch.update(pc=c.pc, unit=c.unit.name, template=tmpl,
@@ -130,8 +135,15 @@ def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pre
         fetch_cycles=sum(s["fetch_cycles"] for s in run.steps),
         model_cycles=model,
         cycle_error=(rtl - model) / model if model else 0.0,
-        classes={k: {"n": v[0], "rtl": v[1] / v[0], "model": v[2] / v[0],
-                     "error": (v[1] - v[2]) / v[2] if v[2] else 0.0} for k, v in table.items()},  # fmt: skip
+        classes={
+            k: {
+                "n": v[0],
+                "rtl": v[1] / v[0],
+                "model": v[2] / v[0],
+                "error": (v[1] - v[2]) / v[2] if v[2] else 0.0,
+            }
+            for k, v in table.items()
+        },  # fmt: skip
         sim_cycles=run.sim_cycles,
         sim_cycles_per_s=run.sim_cycles / run.sim_seconds if run.sim_seconds else 0.0,
         wall_s=wall,
