@@ -39,7 +39,7 @@ from hwflow.hw.machine.sfu_stream import Streamer
 from hwflow.hw.machine.sfu_write import Writer
 from hwflow.isa import ROW_FACTOR_BYTES, SFU_FORMATS, SFU_FUNCS, Buf, Unit
 
-__all__ = ["Sfu", "buffer_words_bits"]
+__all__ = ["Sfu", "buffer_words_bits", "sfu_verilog"]
 
 _F = {name: i for i, name in enumerate(SFU_FUNCS)}
 _QUANT = ("norm", "mul", "reluq")  #: functions whose output pass quantizes per row
@@ -228,3 +228,10 @@ class Sfu(wiring.Component):
         from hwflow.hw.machine.sfu_consume import build_consumer
 
         build_consumer(self, m, c)
+
+
+def sfu_verilog(hw: HardwarePreset, word_bytes: int, name: str) -> str:
+    """The Verilog text of the SFU of ``hw`` as module ``name``."""
+    from amaranth.back import verilog
+
+    return verilog.convert(Sfu(hw, word_bytes), name=name, emit_src=False)

@@ -169,12 +169,14 @@ def _factors(u: Any, m: Module, c: Any, r: _Regs) -> dict[str, Value]:
     q = u.scalar.q
     over = q[ROW_MULT_BITS:].any()
     fac = Signal(32)
+    re16, en16 = Signal(signed(16)), Signal(signed(16))
+    m.d.comb += [re16.eq(re), en16.eq(en)]
     with m.If(u.is_["softmax"]):
         m.d.comb += fac.eq(Cat(Mux(over, q >> 1, q)[:16], (es - over)[:16]))
     with m.Elif(u.is_["norm"]):
-        m.d.comb += fac.eq(Cat(m2[:16], en[:16]))
+        m.d.comb += fac.eq(Cat(m2[:16], en16))
     with m.Else():
-        m.d.comb += fac.eq(Cat(rm[:16], re[:16]))
+        m.d.comb += fac.eq(Cat(rm[:16], re16))
     return {
         "fac": fac,
         "mx1": Mux(r.M == 0, 1, r.M),
