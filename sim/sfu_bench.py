@@ -75,7 +75,7 @@ class _Alloc:
         return off
 
 
-def _operand(rng, alloc, bufs, rows, width, pad=0, choices=(Buf.ACT, Buf.SCORE, Buf.KV)):  # noqa: ANN001, ANN202
+def _operand(rng, alloc, bufs, rows, width, pad=0, choices=(Buf.ACT, Buf.SCORE, Buf.KV)):
     """A random row-strided operand region: (buf, off, stride)."""
     buf = Buf(int(rng.choice([int(b) for b in choices])))
     stride = width + pad + int(rng.integers(0, 24))
@@ -156,7 +156,7 @@ class BufferModel:
     """The five on-chip buffers behind the unit's ports: a granted read's word appears in the
     next cycle (read before the same cycle's write), writes obey the byte strobes."""
 
-    def __init__(self, io: Io, bufs: dict[Buf, np.ndarray], wb: int, rng, grant_p: float) -> None:  # noqa: ANN001
+    def __init__(self, io: Io, bufs: dict[Buf, np.ndarray], wb: int, rng, grant_p: float) -> None:
         self.io, self.bufs, self.wb, self.rng, self.grant_p = io, bufs, wb, rng, grant_p
         self.pending: dict[Buf, int | None] = {b: None for b in Buf}
         self.names = {b: b.name.lower() for b in Buf}

@@ -156,7 +156,7 @@ class Sfu(wiring.Component):
     # ------------------------------------------------------------------ producer
     def _producer(self, m: Module, c: object) -> None:
         """Push each row's segments (every pass; RoPE: every half head) to the streamers."""
-        a0, a1, b0, b1 = self.streams
+        b0 = self.streams[2]
         i = self.is_
         row = Signal(16)
         ps = Signal(2)

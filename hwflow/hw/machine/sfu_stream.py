@@ -102,7 +102,8 @@ class Streamer(wiring.Component):
             self.req_buf.eq(buf),
             self.req_word.eq(word),
         ]
-        with m.If(~active & rq.r_rdy):
+        final = self.req_en & self.req_grant & (word == last)
+        with m.If(rq.r_rdy & (~active | final)):  # next segment, without a gap
             m.d.comb += rq.r_en.eq(1)
             m.d.sync += [
                 active.eq(1),
@@ -110,7 +111,7 @@ class Streamer(wiring.Component):
                 word.eq(seg.addr >> self.wsh_word),
                 last.eq(end[self.wsh_word : ADDR_BITS]),
             ]
-        with m.If(self.req_en & self.req_grant):
+        with m.Elif(self.req_en & self.req_grant):
             m.d.sync += word.eq(word + 1)
             with m.If(word == last):
                 m.d.sync += active.eq(0)
@@ -151,23 +152,27 @@ class Streamer(wiring.Component):
             self.g.payload.n.eq(n),
             self.g.payload.last.eq(last),
         ]
-        with m.If(~started & aq.r_rdy):
-            m.d.comb += aq.r_en.eq(1)
-            m.d.sync += [
-                started.eq(1),
-                ptr.eq(seg.addr[: self.wsh_word]),
-                left.eq(seg.count),
-                wsh.eq(seg.wsh),
-            ]
+        load = Signal()  # take the next segment (none started, or the last group leaves)
+        m.d.comb += load.eq(aq.r_rdy & (~started | (self.g.valid & self.g.ready & last)))
         nxt = ptr + gbytes
         with m.If(self.g.valid & self.g.ready):
             m.d.sync += left.eq(left - n)
             with m.If(last):
                 m.d.comb += pops.eq(1 + span)
-                m.d.sync += started.eq(0)
             with m.Elif(nxt >= wb):
                 m.d.comb += pops.eq(1)
                 m.d.sync += ptr.eq(nxt - wb)
             with m.Else():
                 m.d.sync += ptr.eq(nxt)
+        with m.If(load):
+            m.d.comb += aq.r_en.eq(1)
+            m.d.sync += [
+                ptr.eq(seg.addr[: self.wsh_word]),
+                left.eq(seg.count),
+                wsh.eq(seg.wsh),
+            ]  # after the consumption above: its updates yield
+        with m.If(load):
+            m.d.sync += started.eq(1)
+        with m.Elif(self.g.valid & self.g.ready & last):
+            m.d.sync += started.eq(0)
         m.d.sync += rd.eq((rd + pops) % self.depth)

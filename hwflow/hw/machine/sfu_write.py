@@ -82,7 +82,10 @@ class Writer(wiring.Component):
                 self.w_data.eq(hdata),
                 self.w_strb.eq(hstrb),
             ]
-            with m.If(self.w_grant):
+            with m.If(self.w_grant & ~sstrb[wb - 1]):  # the request starts the next held word
+                m.d.comb += self.req.ready.eq(1)
+                m.d.sync += [idx.eq(lo), hdata.eq(sdata[: 8 * wb]), hstrb.eq(sstrb[:wb])]
+            with m.Elif(self.w_grant):
                 m.d.sync += held.eq(0)
         with m.Elif(self.req.valid & sstrb[wb - 1]):  # first word complete: write, keep the rest
             m.d.comb += [
