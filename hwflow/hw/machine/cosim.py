@@ -143,7 +143,7 @@ def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pre
                 "error": (v[1] - v[2]) / v[2] if v[2] else 0.0,
             }
             for k, v in table.items()
-        },  # fmt: skip
+        },
         sim_cycles=run.sim_cycles,
         sim_cycles_per_s=run.sim_cycles / run.sim_seconds if run.sim_seconds else 0.0,
         wall_s=wall,
