@@ -122,3 +122,25 @@ def test_machine_hbm_differs_from_a_flipped_bit() -> None:
     fs.run("prefill", Runtime(3, 0))
     run = _run(hw, prog, hbm)
     assert not np.array_equal(run.hbm[0], fs.hbm)
+
+
+def test_cosim_tiny_llama_is_bit_exact() -> None:
+    """tiny-llama w8a8, prefill 4 + decode 2 on the whole machine: the HBM image equals
+    FuncSim's after every step, every unit implemented."""
+    from hwflow.hw.machine.cosim import cosim_model
+
+    res = cosim_model(load_model("tiny-llama"), load_plan("w8a8"), load_hw("tiny"), 4, 2)
+    assert res["missing_units"] == [] and not res["absent_unit_used"]
+    assert res["bit_exact"], res["mismatch"]
+
+
+def test_cosim_fails_on_a_flipped_weight_bit() -> None:
+    """One flipped weight bit in the RTL's HBM image: not bit-exact, and the mismatch names
+    a diverging step, unit and instruction."""
+    from hwflow.hw.machine.cosim import cosim_model
+
+    res = cosim_model(
+        load_model("tiny-llama"), load_plan("w8a8"), load_hw("tiny"), 4, 1, flip_weight_bit=True
+    )
+    assert not res["bit_exact"]
+    assert res["mismatch"]["step"] == 0 and res["mismatch"]["unit"] == "ST", res["mismatch"]

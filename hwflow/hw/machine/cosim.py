@@ -78,15 +78,22 @@ def _raw(x: np.ndarray) -> np.ndarray:
 
 
 def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, prefill: int,
-                decode: int, *, seed: int = 0) -> dict[str, Any]:  # fmt: skip
-    """Run and compare (module doc); returns the figures (``bit_exact`` and the rest)."""
+                decode: int, *, seed: int = 0, flip_weight_bit: bool = False,
+                timeout: int = 5_000_000) -> dict[str, Any]:  # fmt: skip
+    """Run and compare (module doc); returns the figures (``bit_exact`` and the rest).
+    ``flip_weight_bit`` flips one bit of the first weight tile in the RTL's HBM image only
+    (a must-fail check: the run must then differ)."""
     if prefill < 1 or decode < 0:
         raise ConfigError(f"--prefill {prefill} must be >= 1 and --decode {decode} >= 0")
     ref = _reference(cfg, plan, hw, prefill, decode, seed)
     prog = ref["comp"].program
     units, names = available_units(hw)
     t0 = time.perf_counter()
-    run = run_steps(hw, prog, ref["image"], ref["steps"], units=units)
+    image = ref["image"].copy()
+    if flip_weight_bit:
+        tile = ref["comp"].layout.tiles[0][0]
+        image[ref["comp"].layout.region("L0").base + tile.offset] ^= 1
+    run = run_steps(hw, prog, image, ref["steps"], units=units, timeout=timeout)
     wall = time.perf_counter() - t0
     out: dict[str, Any] = {
         "model": cfg.name,
