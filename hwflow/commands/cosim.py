@@ -32,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run a compiled model on the accelerator's Verilog and compare with funcsim",
         description="Compile the model (seeded random weights), build the whole accelerator "
         "with Verilator (cached by content), run prefill then greedy decode steps on it and on "
-        "the functional simulator with the same inputs, and compare the whole HBM image after "
-        "every step bit for bit. A mismatch names the first diverging instruction and exits 1; "
+        "the functional simulator with the same inputs, and compare what every step writes to "
+        "HBM (KV rows, logits) bit for bit. A mismatch names the first diverging instruction and exits 1; "
         "a unit slot without an implementation is never bit-exact. Cycles are compared with "
         "the SimPy model of the same program.",
     )

@@ -3,9 +3,10 @@
 :func:`cosim_model` compiles the model (seeded random weights, quantized by the plan), runs
 prefill of ``prefill`` tokens then ``decode`` greedy decode steps on
 :class:`~hwflow.funcsim.FuncSim` (the executable reference) and, with the same step inputs,
-on the RTL machine (:func:`hwflow.hw.machine.run.run_steps`), and compares the whole HBM data
-image after every step bit for bit. A mismatch names the first diverging instruction: the
-first instruction of the step (dispatch order) that wrote a differing byte. Cycles are
+on the RTL machine (:func:`hwflow.hw.machine.run.run_steps`), and compares the HBM bytes
+every step writes (its ST rows: KV cache rows, logits) after it, bit for bit. A mismatch
+names the first diverging instruction: the first ST of the step (dispatch order) that wrote
+a differing byte. Cycles are
 compared with the SimPy model of the same program (:mod:`hwflow.hw.machine.cycles`).
 
 A unit slot without an implementation (:class:`~hwflow.hw.machine.top.AbsentUnit`) makes the
@@ -26,7 +27,7 @@ from hwflow.hw.machine.run import Step, run_steps
 from hwflow.hw.machine.units import available_units
 from hwflow.isa import TOKEN_UNITS, Concrete, Program, Runtime, disasm, expand
 
-__all__ = ["cosim_model", "first_writer"]
+__all__ = ["cosim_model", "first_writer", "written"]
 
 
 def first_writer(
@@ -42,6 +43,17 @@ def first_writer(
             if lo <= addr < lo + c["row_bytes"]:
                 return c, f"{tmpl.phase} {tmpl.lo}..{tmpl.hi}"
     return None
+
+
+def written(program: Program, phase: str, runtime: Runtime, size: int) -> np.ndarray:
+    """Mask of the HBM bytes the step's ST instructions write (what a step produces)."""
+    mask = np.zeros(size, bool)
+    for c in expand(program.select(phase, runtime), runtime):
+        if c.op == "ST":
+            for i in range(c["rows"]):
+                lo = c["hbm"] + i * c["hbm_stride"]
+                mask[lo : lo + c["row_bytes"]] = True
+    return mask
 
 
 def _reference(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, prefill: int,
@@ -92,7 +104,7 @@ def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pre
     image = ref["image"].copy()
     if flip_weight_bit:
         tile = ref["comp"].layout.tiles[0][0]
-        image[ref["comp"].layout.region("L0").base + tile.offset] ^= 1
+        image[ref["comp"].layout.region("L0").base + tile.offset] ^= 0x80  # an INT8 sign bit
     run = run_steps(hw, prog, image, ref["steps"], units=units, timeout=timeout)
     wall = time.perf_counter() - t0
     out: dict[str, Any] = {
@@ -110,7 +122,8 @@ def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pre
         return out
     mismatch = None
     for i, (step, want, got) in enumerate(zip(ref["steps"], ref["after"], run.hbm, strict=True)):
-        diff = np.nonzero(got != want)[0]
+        mask = written(prog, step.phase, step.runtime, want.size)
+        diff = np.nonzero((got != want) & mask)[0]
         if diff.size and mismatch is None:
             w = first_writer(prog, step.phase, step.runtime, int(diff[0]))
             mismatch = {
