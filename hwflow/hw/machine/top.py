@@ -149,7 +149,12 @@ class Accelerator(wiring.Component):
             ]
             idle = idle & fe.idle & ~unit.busy
             absent.append(unit.used if isinstance(unit, AbsentUnit) else 0)
-        m.d.comb += [self.absent_used.eq(Cat(*absent)), self.done.eq(idle)]
+        fetching = Signal()  # from start to the end of the fetch: the last step's END is stale
+        with m.If(self.start):
+            m.d.sync += fetching.eq(1)
+        with m.Elif(fetch.done):
+            m.d.sync += fetching.eq(0)
+        m.d.comb += [self.absent_used.eq(Cat(*absent)), self.done.eq(idle & ~fetching)]
         m.d.comb += self.tok_left.eq(tok.left)
         self._buffers(m, units)
         self.fetch_done = fetch.done
