@@ -622,7 +622,7 @@ def disasm(ins: Instr) -> str:
 
 @dataclass(frozen=True)
 class Region:
-    """A named HBM region: ``[base, base + size)`` bytes; ``kind`` weights/kv/io/table."""
+    """A named HBM region: ``[base, base + size)`` bytes; ``kind`` weights/kv/io/table/program."""
 
     name: str
     base: int

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from hwflow.compiler.layout import HbmLayout, plan_hbm
+from hwflow.compiler.layout import HbmLayout, place_program, plan_hbm
 from hwflow.compiler.lower import BufferPlan, lower_step, plan_buffers
 from hwflow.compiler.sync import assign_tokens, check_deadlock
 from hwflow.config import CompressionPlan, HardwarePreset, ModelConfig
@@ -192,7 +192,11 @@ def compile_model(
         "runs": [list(r) for r in layout.runs],
         "hbm_bytes": layout.total,
     }
-    prog = Program(MappingProxyType(header), layout.regions, tuple(templates))
+    try:
+        code = place_program(layout.total, templates, hw)
+    except CapacityError as e:
+        raise CapacityError(f"{where}: {e}") from None
+    prog = Program(MappingProxyType(header), (*layout.regions, code), tuple(templates))
     return Compiled(prog, layout, tt, time.perf_counter() - t0)
 
 

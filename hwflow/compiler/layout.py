@@ -25,6 +25,10 @@ One linear HBM address space, interleaved over the preset's pseudo-channels ever
 ``input``       ``max_len`` rows of INT32 embeddings (``4 * hidden`` bytes each; the residual
                 stream's format, written by the host before a step).
 ``logits``      ``vocab`` INT32 logits of the step's last token (read by the host).
+``program``     every template's instruction words (little-endian 32-bit), each template at a
+                multiple of ``ALIGN`` in template order (:func:`place_program`); placed by the
+                compiler once the templates exist, after everything above (kind ``program``).
+                The machine fetches the template serving a step from here.
 
 Weight tile format (the blob one LD moves and one MM/MV op consumes), for ``R`` output rows
 of an op keeping ``N`` of every ``M`` weights along K (dense: ``N = M``, the preset's
@@ -56,7 +60,7 @@ ROMs of the special-function unit (the numerics module's tables), not parameters
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -66,7 +70,7 @@ import numpy as np
 from hwflow.config import HardwarePreset, LinearQuant, ModelConfig
 from hwflow.costs import effective_nm
 from hwflow.errors import CapacityError, ConfigError
-from hwflow.isa import Region
+from hwflow.isa import Region, Template
 from hwflow.model import BIAS_BYTES, group_scale_bytes, has_bias
 from hwflow.numerics import GATE_BITS, RESIDUAL_BITS, nm_expand
 
@@ -88,7 +92,9 @@ __all__ = [
     "norm_record_bytes",
     "pack_rows",
     "param_blob",
+    "place_program",
     "plan_hbm",
+    "program_image",
     "unpack_rows",
 ]
 
@@ -658,3 +664,34 @@ def build_hbm_image(layout: HbmLayout, qm: QuantizedModel) -> np.ndarray:
         )
         put(rb.base, rows.view(np.uint8).ravel())
     return img
+
+
+def _program_offsets(templates: Sequence[Template]) -> list[int]:
+    """Byte offset of each template's words in the program region (ALIGN-aligned)."""
+    out, at = [], 0
+    for t in templates:
+        out.append(at)
+        at += _align(t.nbytes)
+    return [*out, at]
+
+
+def place_program(at: int, templates: Sequence[Template], hw: HardwarePreset) -> Region:
+    """The ``program`` region at byte ``at`` (rounded up to ALIGN) holding ``templates``;
+    CapacityError if it does not fit the preset's HBM."""
+    base = _align(at)
+    size = _program_offsets(templates)[-1]
+    if base + size > hw.hbm.capacity_bytes:
+        raise CapacityError(
+            f"the program ({_size(size)}) does not fit after {_size(base)} of HBM data in "
+            f"preset {hw.name}'s {_size(hw.hbm.capacity_bytes)} (hbm.capacity_gib)"
+        )
+    return Region("program", base, size, "program")
+
+
+def program_image(templates: Sequence[Template]) -> tuple[np.ndarray, list[int]]:
+    """The ``program`` region's bytes and each template's byte offset in it."""
+    offs = _program_offsets(templates)
+    img = np.zeros(offs[-1], np.uint8)
+    for t, off in zip(templates, offs, strict=False):
+        img[off : off + t.nbytes] = np.asarray(t.words, "<u4").view(np.uint8)
+    return img, offs[:-1]

@@ -1,4 +1,4 @@
-"""Build an engine's Verilog with Verilator and run a cocotb bench of ``sim/`` on it.
+"""Build an engine's (or any design's) Verilog with Verilator and run a cocotb bench of ``sim/`` on it.
 
 Build folders live under ``rtl/build/<module>-<hash>``, keyed by a hash of the Verilog text
 (and the build flags), so a rebuild happens only when the design changes and two designs never
@@ -27,7 +27,18 @@ from hwflow.hw.generate import engine_verilog, module_name, write_if_changed
 from hwflow.hw.params import EngineParams
 from hwflow.hw.tools import ROOT, ensure_verilator_on_path
 
-__all__ = ["BUILD_ROOT", "SIM_DIR", "BenchRun", "build", "build_verilog", "run_bench"]
+__all__ = [
+    "BUILD_ROOT",
+    "SIM_DIR",
+    "BenchRun",
+    "build",
+    "build_machine",
+    "build_verilog",
+    "machine_key",
+    "run_bench",
+    "run_cocotb",
+    "run_machine_bench",
+]
 
 BUILD_ROOT = ROOT / "rtl" / "build"
 SIM_DIR = ROOT / "sim"
@@ -67,14 +78,14 @@ def build(
     build), Verilog facts: generation seconds and line count)."""
     t0 = time.perf_counter()
     text = engine_verilog(p, name=name)
-    return build_verilog(name, text, time.perf_counter() - t0, hierarchical=hierarchical)
+    return build_verilog(text, name, hierarchical=hierarchical, gen_s=time.perf_counter() - t0)
 
 
 def build_verilog(
-    name: str, text: str, gen_s: float = 0.0, *, hierarchical: bool = False
+    text: str, name: str, *, hierarchical: bool = False, gen_s: float = 0.0
 ) -> tuple[Path, bool, float, dict[str, float]]:
-    """Verilator build of the Verilog ``text`` (top module ``name``), cached like
-    :func:`build`; ``gen_s`` the seconds its generation took (reported in the facts)."""
+    """Verilator build of the Verilog ``text`` with top module ``name`` (any design: an
+    engine, a machine unit), cached by the text's hash; returns as :func:`build`."""
     ensure_verilator_on_path()
     facts = {"gen_s": gen_s, "lines": text.count("\n")}
     args = list(_BUILD_ARGS)
@@ -151,14 +162,37 @@ def run_bench(
     ``design`` = (top name, Verilog text, generation seconds) builds that design instead of
     the engine alone. Never raises on failing tests (the counts say), raises if the
     simulator could not run at all."""
-    from cocotb_tools.runner import get_results, get_runner
-
     if design is not None:
         name = design[0]
-        bdir, built, build_s, facts = build_verilog(*design, hierarchical=hierarchical)
+        bdir, built, build_s, facts = build_verilog(
+            design[1], name, hierarchical=hierarchical, gen_s=design[2]
+        )
     else:
         name = name or _sim_name(p, preset_chains)
         bdir, built, build_s, facts = build(p, name, hierarchical=hierarchical)
+    extra = {"HWFLOW_PRESET": p.preset, "HWFLOW_KIND": p.kind, "HWFLOW_CHAINS": str(p.chains)}
+    tests, failed, run_s, stats = run_cocotb(
+        name, bdir, bench, testcase=testcase, env={**extra, **(env or {})}, seed=seed
+    )
+    return BenchRun(
+        tests, failed, build_s, run_s, built, facts["gen_s"], int(facts["lines"]), stats
+    )
+
+
+def run_cocotb(
+    name: str,
+    bdir: Path,
+    test_module: str,
+    *,
+    testcase: str | list[str] | None = None,
+    env: dict[str, str] | None = None,
+    seed: int = 1,
+) -> tuple[int, int, float, dict[str, Any]]:
+    """Run the cocotb module ``sim/<test_module>.py`` on the build in ``bdir`` (top ``name``);
+    the bench may write statistics to the JSON file named by ``HWFLOW_STATS``. Returns (tests,
+    failed, run seconds, statistics); never raises on failing tests."""
+    from cocotb_tools.runner import get_results, get_runner
+
     stats_file = bdir / f"stats-{os.getpid()}.json"
     stats_file.unlink(missing_ok=True)
     results = bdir / f"results-{os.getpid()}.xml"
@@ -167,24 +201,17 @@ def run_bench(
     if sim_dir not in sys.path:
         sys.path.insert(0, sim_dir)  # the runner passes sys.path to the simulator
     runner = get_runner("verilator")
-    extra = {
-        "HWFLOW_PRESET": p.preset,
-        "HWFLOW_KIND": p.kind,
-        "HWFLOW_CHAINS": str(p.chains),
-        "HWFLOW_STATS": str(stats_file),
-        **(env or {}),
-    }
     t0 = time.perf_counter()
     # under pytest the runner exits on failures; the results file tells
     with contextlib.suppress(SystemExit):
         runner.test(
-            test_module=bench,
+            test_module=test_module,
             hdl_toplevel=name,
             hdl_toplevel_lang="verilog",
             build_dir=bdir,
             test_dir=bdir,
             testcase=testcase,
-            extra_env=extra,
+            extra_env={"HWFLOW_STATS": str(stats_file), **(env or {})},
             results_xml=str(results),
             seed=seed,
             log_file=log,
@@ -196,6 +223,101 @@ def run_bench(
     stats_file.unlink(missing_ok=True)
     if not failed:  # keep the simulator's log only when something failed
         log.unlink(missing_ok=True)
-    return BenchRun(
-        tests, failed, build_s, run_s, built, facts["gen_s"], int(facts["lines"]), stats
-    )
+    return tests, failed, run_s, stats
+
+
+# --------------------------------------------------------------------------------------------
+# The whole machine (hwflow.hw.machine): keyed before generation, since generating its
+# Verilog (the buffers' memories) takes far longer than a cached build's check.
+
+_MACHINE_SOURCES = ("hw/machine", "hw/engine.py", "hw/params.py", "hw/requant.py", "hw/dsp.py",
+                    "hw/widen.py", "hw/pack.py", "isa.py", "numerics.py")  # fmt: skip
+#: Host-side modules of hw/machine (runners, comparisons): not part of the Verilog.
+_HOST_ONLY = frozenset({"run.py", "cosim.py", "cycles.py", "units.py"})
+
+
+def machine_key(mp: Any, units: str) -> str:
+    """Hash of what the machine's Verilog is made of: the sources of the machine and its
+    parts, the parameters, the unit slots and the build flags."""
+    import amaranth
+
+    h = hashlib.sha256(repr((mp, units, _BUILD_ARGS, amaranth.__version__)).encode())
+    pkg = Path(__file__).resolve().parents[1]
+    for rel in _MACHINE_SOURCES:
+        p = pkg / rel
+        for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
+            if f.name not in _HOST_ONLY or not p.is_dir():
+                h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _slot_name(f: Any) -> str:
+    """A unit factory's name for the build key: its function and plain arguments."""
+    fn = getattr(f, "func", f)
+    plain = [a for a in getattr(f, "args", ()) if isinstance(a, str | int)]
+    return f"{fn.__module__}.{fn.__qualname__}{plain}"
+
+
+def build_machine(
+    mp: Any, units: dict[Any, Any], name: str = "accel"
+) -> tuple[Path, bool, float, dict[str, float]]:
+    """Verilog + Verilator build of the :class:`~hwflow.hw.machine.top.Accelerator` of ``mp``
+    with the unit factories ``units``, cached under ``rtl/build/<name>-<key>``
+    (:func:`machine_key`): a cached build is reused without generating the Verilog again."""
+    from amaranth.back import verilog
+
+    from hwflow.hw.machine.top import Accelerator
+
+    ensure_verilator_on_path()
+    slots = ",".join(f"{u.name}={_slot_name(f)}" for u, f in sorted(units.items()))
+    key = machine_key(mp, slots)
+    bdir = BUILD_ROOT / f"{name}-{key}"
+    BUILD_ROOT.mkdir(parents=True, exist_ok=True)
+    with open(BUILD_ROOT / f"{name}-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            facts = {"gen_s": 0.0, "lines": 0.0}
+            src = bdir / f"{name}.v"
+            if not (bdir / name).is_file():
+                t0 = time.perf_counter()
+                text = verilog.convert(Accelerator(mp, units), name=name)
+                facts = {"gen_s": time.perf_counter() - t0, "lines": text.count("\n")}
+            else:
+                text = src.read_text()
+                facts["lines"] = text.count("\n")
+            return _build_locked(name, text, bdir, facts, list(_BUILD_ARGS), False)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def run_machine_bench(
+    bdir: Path, name: str, env: dict[str, str], *, testcase: str | None = None, seed: int = 1
+) -> tuple[int, int, float]:
+    """Run ``sim/machine_bench.py`` on a machine build; returns (tests, failed, seconds)."""
+    from cocotb_tools.runner import get_results, get_runner
+
+    results = bdir / f"results-{os.getpid()}.xml"
+    log = bdir / f"sim-{os.getpid()}.log"
+    sim_dir = str(SIM_DIR)
+    if sim_dir not in sys.path:
+        sys.path.insert(0, sim_dir)
+    t0 = time.perf_counter()
+    with contextlib.suppress(SystemExit):
+        get_runner("verilator").test(
+            test_module="machine_bench",
+            hdl_toplevel=name,
+            hdl_toplevel_lang="verilog",
+            build_dir=bdir,
+            test_dir=bdir,
+            testcase=testcase,
+            extra_env=env,
+            results_xml=str(results),
+            seed=seed,
+            log_file=log,
+        )
+    run_s = time.perf_counter() - t0
+    tests, failed = get_results(results)
+    results.unlink()
+    if not failed:
+        log.unlink(missing_ok=True)
+    return tests, failed, run_s

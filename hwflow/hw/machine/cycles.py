@@ -1,0 +1,94 @@
+"""Per-instruction cycles of the RTL machine against the SimPy model (:mod:`hwflow.perf`).
+
+The RTL's monitor records, per unit instruction, the cycle its unit accepted it and the cycle
+its ``done`` came (a SYNC: the cycle the front end retired it); its time is the difference
+plus one (the results are there after the ``done`` cycle, the model's completion). The model's trace gives each
+op's issue span; an op's *time* there is start to completion: LD/ST the streaming span plus
+the first-beat latency (``costs.hbm_latency_cycles``: the model completes a transfer one
+latency after its last piece streamed), every other op its priced ``latency``. Both sides
+run each unit in order, so the n-th instruction of a unit on one side is the n-th on the
+other. :func:`class_table` averages per instruction class (LD, ST, MM, MV, SFU, SYNC).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hwflow.config import HardwarePreset
+from hwflow.costs import hbm_latency_cycles
+from hwflow.isa import TOKEN_UNITS, Program, Runtime, expand
+from hwflow.perf.lower import lower
+from hwflow.perf.machine import UNITS, Machine
+
+__all__ = ["ClassRow", "class_table", "format_table", "model_times"]
+
+
+@dataclass(frozen=True)
+class ClassRow:
+    """One instruction class: count, mean RTL and model cycles (start to done), and the
+    signed relative error of the means (RTL vs model)."""
+
+    name: str
+    count: int
+    rtl: float
+    model: float
+
+    @property
+    def error(self) -> float:
+        return (self.rtl - self.model) / self.model if self.model else 0.0
+
+
+def model_times(
+    hw: HardwarePreset, program: Program, phase: str, runtime: Runtime
+) -> tuple[int, dict[int, list[tuple[str, int]]]]:
+    """The model's step cycles and, per token unit, its ops' (class, start-to-done cycles)."""
+    template = program.select(phase, runtime)
+    ops, _ = lower(hw, expand(template, runtime))
+    stats = Machine(hw, trace=True).run(ops)
+    per_unit: dict[int, list] = {u: [] for u in TOKEN_UNITS}
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for unit, _name, a, b in stats.trace:
+        spans.setdefault(unit, []).append((a, b))
+    lat = hbm_latency_cycles(hw)
+    for u in TOKEN_UNITS:
+        mine = [op for op in ops if op.unit == u]
+        for op, (a, b) in zip(mine, spans.get(UNITS[u], []), strict=True):
+            cls = "SYNC" if op.name.startswith("SYNC") else u.name
+            t = (b - a) + lat if op.hbm is not None else op.latency
+            per_unit[u].append((cls, t))
+    return stats.cycles, per_unit
+
+
+def class_table(
+    records: Sequence[Sequence[int]], model: dict[int, list[tuple[str, int]]]
+) -> list[ClassRow]:
+    """Per class means of the RTL records (unit, pc, start, end) vs the model's times."""
+    rtl: dict[int, list[int]] = {u: [] for u in TOKEN_UNITS}
+    for unit, _pc, start, end in sorted(records, key=lambda r: (r[2], r[0])):
+        rtl[unit].append(end - start + 1)  # done in cycle ``end``: results visible after it
+    acc: dict[str, list[float]] = {}
+    for u in TOKEN_UNITS:
+        if len(rtl[u]) != len(model[u]):
+            raise ValueError(
+                f"{u.name}: the RTL ran {len(rtl[u])} instructions, the model {len(model[u])}"
+            )
+        for r, (cls, m) in zip(rtl[u], model[u], strict=True):
+            a = acc.setdefault(cls, [0, 0.0, 0.0])
+            a[0] += 1
+            a[1] += r
+            a[2] += m
+    order = ["LD", "ST", "MM", "MV", "SFU", "SYNC"]
+    return [
+        ClassRow(c, int(acc[c][0]), acc[c][1] / acc[c][0], acc[c][2] / acc[c][0])
+        for c in order
+        if c in acc
+    ]
+
+
+def format_table(rows: Sequence[ClassRow]) -> str:
+    """The table as text: class, count, mean RTL and model cycles, error."""
+    lines = [f"{'class':<6} {'n':>6} {'rtl':>10} {'model':>10} {'error':>8}"]
+    for r in rows:
+        lines.append(f"{r.name:<6} {r.count:>6} {r.rtl:>10.1f} {r.model:>10.1f} {r.error:>+8.1%}")
+    return "\n".join(lines)

@@ -1,0 +1,302 @@
+"""LD and ST: the units moving rows between HBM (an AXI4 manager port each) and the buffers.
+
+An LD/ST command (:func:`hwflow.hw.machine.decode.cmd_layout` of ``Unit.LD``/``Unit.ST``)
+moves ``rows`` rows of ``row_bytes`` bytes; row i is at HBM byte ``hbm + i * hbm_stride`` and at
+byte ``off + i * stride`` of buffer ``buf`` (:meth:`hwflow.funcsim.FuncSim._exec`, LD/ST).
+Each row is carried by INCR bursts of whole beats covering it, split at multiples of
+``hbm.max_burst_bytes`` (so no burst crosses a 4 KiB page or exceeds the preset's burst); up to
+``hbm.outstanding`` bursts are in flight. Byte offsets need not be aligned: a
+:class:`~hwflow.hw.machine.realign.Realign` shifts each row between beat and word alignment,
+and byte enables (buffer write strobes, AXI ``wstrb``) confine the writes to the row's bytes.
+
+``done`` pulses once per command, in the cycle after its last buffer word was written (LD) or
+its last write response arrived (ST); one command runs at a time.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from hwflow.hw.machine.axi import AXI_INCR, AxiRead, AxiWrite
+from hwflow.hw.machine.bus import ReadPort, WritePort
+from hwflow.hw.machine.decode import cmd_layout
+from hwflow.hw.machine.params import MachineParams
+from hwflow.hw.machine.realign import LEN_BITS, Realign
+from hwflow.isa import Buf, Unit
+
+__all__ = ["LoadUnit", "StoreUnit"]
+
+
+class _Rows:
+    """Walks the rows of a command: ``addr`` (byte address of the current row), ``left``."""
+
+    def __init__(self, m: Module, bits: int, name: str) -> None:
+        self.m = m
+        self.addr = Signal(bits, name=f"{name}_addr")
+        self.left = Signal(17, name=f"{name}_left")
+
+    def start(self, addr: object, rows: object) -> None:
+        self.m.d.sync += [self.addr.eq(addr), self.left.eq(rows)]
+
+    def next(self, stride: object) -> None:
+        self.m.d.sync += [self.addr.eq(self.addr + stride), self.left.eq(self.left - 1)]
+
+
+def _bursts(
+    m: Module, mp: MachineParams, rows: _Rows, n: object, stride: object, fire: object, name: str
+) -> tuple[Signal, Signal, Signal, Signal]:
+    """The burst issuer of one command: returns (address, beats - 1, valid, busy). ``fire`` is
+    the address channel's handshake; rows with ``n`` bytes from ``rows.addr``, stride
+    ``stride``. Starts when ``rows`` is loaded with ``busy`` set by the caller."""
+    wb = mp.beat_bytes
+    lg = (wb - 1).bit_length()
+    mb = mp.max_burst_beats * wb
+    abits = len(rows.addr)
+    busy = Signal(name=f"{name}_busy")
+    setup = Signal(name=f"{name}_setup")  # computing the current row's span
+    cur = Signal(abits, name=f"{name}_cur")
+    rend = Signal(abits + 1, name=f"{name}_rend")
+    room = mb - (cur & (mb - 1))
+    left = rend - cur
+    beats = Signal(9, name=f"{name}_beats")
+    m.d.comb += beats.eq(Mux(left.as_unsigned() < room, left, room) >> lg)
+    valid = Signal(name=f"{name}_valid")
+    m.d.comb += valid.eq(busy & ~setup & (rows.left != 0))
+    with m.If(busy):
+        with m.If(rows.left == 0):
+            m.d.sync += busy.eq(0)
+        with m.Elif(setup):
+            a = rows.addr
+            m.d.sync += [
+                cur.eq(a & ~(wb - 1)),
+                rend.eq((a + n + (wb - 1)) & ~(wb - 1)),
+                setup.eq(0),
+            ]
+        with m.Elif(fire):
+            nxt = cur + (beats << lg)
+            m.d.sync += cur.eq(nxt)
+            with m.If(nxt == rend):
+                rows.next(stride)
+                m.d.sync += setup.eq(1)
+    return cur, beats - 1, valid, busy, setup  # type: ignore[return-value]
+
+
+class LoadUnit(wiring.Component):
+    """LD: HBM -> buffer over an AXI4 read port (see module doc)."""
+
+    def __init__(self, mp: MachineParams) -> None:
+        self.mp = mp
+        ports = {
+            f"wr_{b.name.lower()}": Out(WritePort(mp.addr_bits(b), mp.word_bytes[b])) for b in Buf
+        }
+        super().__init__(
+            {
+                "cmd": In(stream.Signature(cmd_layout(Unit.LD))),
+                "done": Out(1),
+                "busy": Out(1),
+                "axi": Out(AxiRead(mp.axi_addr_bits, mp.axi_data_bits)),
+                **ports,
+            }
+        )
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        mp = self.mp
+        wb = mp.beat_bytes
+        lg = (wb - 1).bit_length()
+        m.submodules.align = al = Realign(wb, max(mp.addr_bits(b) for b in Buf))
+        c = Signal(cmd_layout(Unit.LD))
+        running = Signal()
+        empty = c.row_bytes == 0
+        ar = _Rows(m, mp.axi_addr_bits, "ar")
+        rx_a = _Rows(m, mp.axi_addr_bits, "rxa")  # the receiver's own walk (HBM side)
+        rx_b = Signal(LEN_BITS, name="rx_b")  # ... and its buffer byte address
+        rx_busy = Signal()
+        fire = self.axi.arvalid & self.axi.arready
+        cur, blen, valid, ar_busy, ar_setup = _bursts(
+            m, mp, ar, c.row_bytes, c.hbm_stride, fire, "ar"
+        )
+        inflight = Signal(range(mp.outstanding + 1))
+        m.d.comb += [
+            self.axi.araddr.eq(cur),
+            self.axi.arlen.eq(blen),
+            self.axi.arsize.eq(lg),
+            self.axi.arburst.eq(AXI_INCR),
+            self.axi.arvalid.eq(valid & (inflight < mp.outstanding)),
+        ]
+        rlast = self.axi.rvalid & self.axi.rready & self.axi.rlast
+        m.d.sync += inflight.eq(inflight + fire - rlast)
+        m.d.comb += self.cmd.ready.eq(~running)
+        m.d.comb += self.busy.eq(running)
+        m.d.sync += self.done.eq(0)
+        with m.If(self.cmd.valid & self.cmd.ready):
+            p = self.cmd.payload
+            m.d.sync += [c.eq(p), running.eq(1)]
+            with m.If((p.rows != 0) & (p.row_bytes != 0)):
+                ar.start(p.hbm, p.rows)
+                rx_a.start(p.hbm, p.rows)
+                m.d.sync += [rx_b.eq(p.off), rx_busy.eq(1)]
+                m.d.sync += [ar_busy.eq(1), ar_setup.eq(1)]
+        # receiver: one row at a time through the realigner into the buffer
+        with m.If(rx_busy & al.idle):
+            with m.If(rx_a.left == 0):
+                m.d.sync += rx_busy.eq(0)
+            with m.Else():
+                m.d.comb += [
+                    al.load.eq(1),
+                    al.s_in.eq(rx_a.addr[:lg]),
+                    al.s_out.eq(rx_b[:lg]),
+                    al.n.eq(c.row_bytes),
+                    al.base.eq(rx_b >> lg),
+                ]
+                m.d.sync += rx_b.eq(rx_b + c.stride)
+                rx_a.next(c.hbm_stride)
+        m.d.comb += [
+            al.i_data.eq(self.axi.rdata),
+            al.i_valid.eq(self.axi.rvalid),
+            self.axi.rready.eq(al.i_ready),
+        ]
+        grant = 0
+        for b in Buf:
+            port = getattr(self, f"wr_{b.name.lower()}")
+            sel = c.buf == b
+            m.d.comb += [
+                port.addr.eq(al.o_addr),
+                port.data.eq(al.o_data),
+                port.strb.eq(al.o_strb),
+                port.en.eq(al.o_valid & sel),
+            ]
+            grant = grant | (port.grant & sel)
+        m.d.comb += al.o_ready.eq(grant)
+        idle = ~rx_busy & al.idle & ~al.o_valid & ~ar_busy & (inflight == 0)
+        with m.If(running & idle & ~(self.cmd.valid & self.cmd.ready)):
+            m.d.sync += [running.eq(0), self.done.eq(1)]
+        del empty
+        return m
+
+
+class StoreUnit(wiring.Component):
+    """ST: buffer -> HBM over an AXI4 write port (see module doc)."""
+
+    def __init__(self, mp: MachineParams) -> None:
+        self.mp = mp
+        ports = {
+            f"rd_{b.name.lower()}": Out(ReadPort(mp.addr_bits(b), mp.word_bytes[b])) for b in Buf
+        }
+        super().__init__(
+            {
+                "cmd": In(stream.Signature(cmd_layout(Unit.ST))),
+                "done": Out(1),
+                "busy": Out(1),
+                "axi": Out(AxiWrite(mp.axi_addr_bits, mp.axi_data_bits)),
+                **ports,
+            }
+        )
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        mp = self.mp
+        wb = mp.beat_bytes
+        lg = (wb - 1).bit_length()
+        mb = mp.max_burst_beats * wb
+        m.submodules.align = al = Realign(wb, mp.axi_addr_bits)
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=8 * wb, depth=4)
+        c = Signal(cmd_layout(Unit.ST))
+        running = Signal()
+        axi = self.axi
+        aw = _Rows(m, mp.axi_addr_bits, "aw")
+        fire = axi.awvalid & axi.awready
+        cur, blen, valid, aw_busy, aw_setup = _bursts(
+            m, mp, aw, c.row_bytes, c.hbm_stride, fire, "aw"
+        )
+        pending = Signal(range(mp.outstanding + 1))  # bursts issued whose response is due
+        bfire = axi.bvalid & axi.bready
+        m.d.comb += [
+            axi.awaddr.eq(cur),
+            axi.awlen.eq(blen),
+            axi.awsize.eq(lg),
+            axi.awburst.eq(AXI_INCR),
+            axi.awvalid.eq(valid & (pending < mp.outstanding)),
+            axi.bready.eq(1),
+        ]
+        m.d.sync += pending.eq(pending + fire - bfire)
+        # buffer reader: the words covering each row, into the FIFO (credit: FIFO room)
+        rd_rows = Signal(17)
+        rd_b = Signal(LEN_BITS)
+        rd_word = Signal(max(mp.addr_bits(b) for b in Buf) + 8)
+        rd_left = Signal(LEN_BITS + 1)  # words of the current row still to read
+        rd_busy = Signal()
+        inflight = Signal()
+        m.d.sync += inflight.eq(0)
+        m.d.comb += [fifo.w_data.eq(0), fifo.w_en.eq(inflight)]
+        space = fifo.level + inflight < fifo.depth - 1
+        grant = 0
+        want = Signal()
+        for b in Buf:
+            port = getattr(self, f"rd_{b.name.lower()}")
+            sel = c.buf == b
+            m.d.comb += [port.addr.eq(rd_word), port.en.eq(want & sel)]
+            grant = grant | (port.grant & sel)
+            with m.If(inflight & sel):
+                m.d.comb += fifo.w_data.eq(port.data)
+        with m.If(rd_busy):
+            with m.If(rd_left == 0):
+                with m.If(rd_rows == 0):
+                    m.d.sync += rd_busy.eq(0)
+                with m.Else():
+                    m.d.sync += [
+                        rd_word.eq(rd_b >> lg),
+                        rd_left.eq((rd_b[:lg] + c.row_bytes + (wb - 1)) >> lg),
+                        rd_b.eq(rd_b + c.stride),
+                        rd_rows.eq(rd_rows - 1),
+                    ]
+            with m.Elif(space):
+                m.d.comb += want.eq(1)
+                with m.If(grant):
+                    m.d.sync += [inflight.eq(1), rd_word.eq(rd_word + 1), rd_left.eq(rd_left - 1)]
+        # realigner: buffer words -> HBM beats; W channel with wlast at burst ends
+        tx = _Rows(m, mp.axi_addr_bits, "tx")
+        tx_b = Signal(LEN_BITS)
+        tx_busy = Signal()
+        with m.If(tx_busy & al.idle):
+            with m.If(tx.left == 0):
+                m.d.sync += tx_busy.eq(0)
+            with m.Else():
+                m.d.comb += [
+                    al.load.eq(1),
+                    al.s_in.eq(tx_b[:lg]),
+                    al.s_out.eq(tx.addr[:lg]),
+                    al.n.eq(c.row_bytes),
+                    al.base.eq(tx.addr >> lg),
+                ]
+                m.d.sync += tx_b.eq(tx_b + c.stride)
+                tx.next(c.hbm_stride)
+        m.d.comb += [
+            al.i_data.eq(fifo.r_data),
+            al.i_valid.eq(fifo.r_rdy),
+            fifo.r_en.eq(al.i_ready),
+            axi.wdata.eq(al.o_data),
+            axi.wstrb.eq(al.o_strb),
+            axi.wlast.eq(al.o_last | (((al.o_addr + 1) & (mb // wb - 1)) == 0)),
+            axi.wvalid.eq(al.o_valid),
+            al.o_ready.eq(axi.wready),
+        ]
+        # commands
+        m.d.comb += [self.cmd.ready.eq(~running), self.busy.eq(running)]
+        m.d.sync += self.done.eq(0)
+        with m.If(self.cmd.valid & self.cmd.ready):
+            p = self.cmd.payload
+            m.d.sync += [c.eq(p), running.eq(1)]
+            with m.If((p.rows != 0) & (p.row_bytes != 0)):
+                aw.start(p.hbm, p.rows)
+                tx.start(p.hbm, p.rows)
+                m.d.sync += [aw_busy.eq(1), aw_setup.eq(1), tx_b.eq(p.off), tx_busy.eq(1)]
+                m.d.sync += [rd_busy.eq(1), rd_rows.eq(p.rows), rd_b.eq(p.off), rd_left.eq(0)]
+        idle = ~aw_busy & ~rd_busy & ~tx_busy & al.idle & ~al.o_valid
+        idle = idle & (pending == 0) & ~inflight & ~fifo.r_rdy
+        with m.If(running & idle & ~(self.cmd.valid & self.cmd.ready)):
+            m.d.sync += [running.eq(0), self.done.eq(1)]
+        return m

@@ -1,0 +1,237 @@
+"""The special-function unit of the RTL machine: every SFU function of the ISA, bit-exact.
+
+Structure (``lanes`` elements per cycle, the preset's ``sfu.lanes``):
+
+* a *producer* walks the instruction's rows and passes and pushes one segment per operand
+  and pass to four :class:`~hwflow.hw.machine.sfu_stream.Streamer` s (A, A's RoPE partner
+  half, B, B's second half: RoPE's sin rows); the streamers read the buffers ahead of use;
+* a *consumer* takes one group of up to ``lanes`` elements per cycle from the active streams:
+  in a statistics pass it updates the row's registers (row maximum, sum of squares, LayerNorm
+  row sum, softmax maximum), in the output pass it computes the lanes
+  (:mod:`hwflow.hw.machine.sfu_lanes`) and hands the bytes to the
+  :class:`~hwflow.hw.machine.sfu_write.Writer` (the row factor rides in front of a row's first
+  group; softmax writes it after the row, once its sum is known);
+* between a row's statistics and output passes the :class:`~hwflow.hw.machine.sfu_math.Scalar`
+  engine computes the per-row scalars (``(127 << 46) // M``, the norm's ``isqrt``, the
+  reciprocal of the softmax sum). This work is *not* overlapped with the next row's pass (as
+  :func:`hwflow.costs.sfu_cost` assumes): its cycles show in the bench's comparison.
+
+Passes per function equal :func:`hwflow.costs.sfu_passes` with the preset's ``norm_passes``
+and ``softmax_passes`` of 2 (the tiny preset's; the structure here is fixed at 2).
+
+Interfaces: seam 1 (``cmd`` stream of :func:`~hwflow.hw.machine.decode.cmd_layout`,
+``done`` pulse, ``busy``) and seam 2 (``rd_<buf>`` / ``wr_<buf>`` for every buffer). The
+instruction record for a monitor: ``rec_start`` / ``rec_end`` (the unit's cycle counter when
+the command was accepted and when ``done`` pulses), valid with ``done``.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hwflow.config import HardwarePreset
+from hwflow.hw.machine.decode import cmd_layout
+from hwflow.hw.machine.sfu_math import Scalar
+from hwflow.hw.machine.sfu_ports import ReadPort, WritePort
+from hwflow.hw.machine.sfu_stream import Streamer
+from hwflow.hw.machine.sfu_write import Writer
+from hwflow.isa import ROW_FACTOR_BYTES, SFU_FORMATS, SFU_FUNCS, Buf, Unit
+
+__all__ = ["Sfu", "buffer_words_bits", "sfu_verilog"]
+
+_F = {name: i for i, name in enumerate(SFU_FUNCS)}
+_QUANT = ("norm", "mul", "reluq")  #: functions whose output pass quantizes per row
+
+
+def buffer_words_bits(hw: HardwarePreset, word_bytes: int, buf: Buf) -> int:
+    """Word-address width of buffer ``buf`` for ``word_bytes``-byte words."""
+    words = max(1, -(-hw.buffers.bytes(buf.name.lower()) // word_bytes))
+    return max(1, (words - 1).bit_length())
+
+
+def _log2(n: int) -> int:
+    return n.bit_length() - 1
+
+
+class Sfu(wiring.Component):
+    """The SFU of preset ``hw`` with ``word_bytes``-byte buffer words (all buffers alike)."""
+
+    def __init__(self, hw: HardwarePreset, word_bytes: int, scalar_steps: int = 8) -> None:
+        self.hw, self.wb, self.lanes = hw, word_bytes, hw.sfu.lanes
+        self.scalar_steps = scalar_steps
+        ports = {}
+        for b in Buf:
+            wbits = buffer_words_bits(hw, word_bytes, b)
+            ports[f"rd_{b.name.lower()}"] = Out(ReadPort(wbits, word_bytes))
+            ports[f"wr_{b.name.lower()}"] = Out(WritePort(wbits, word_bytes))
+        super().__init__(
+            {
+                "cmd": In(stream.Signature(cmd_layout(Unit.SFU))),
+                "done": Out(1),
+                "busy": Out(1),
+                "rec_start": Out(32),
+                "rec_end": Out(32),
+                **ports,
+            }
+        )
+
+    # ------------------------------------------------------------------ top
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        self.c = c = Signal(cmd_layout(Unit.SFU))
+        s = self.streams = [Streamer(self.wb, self.lanes) for _ in range(4)]
+        m.submodules.sa0, m.submodules.sa1, m.submodules.sb0, m.submodules.sb1 = s
+        m.submodules.writer = self.writer = Writer(self.wb, 4 * self.lanes + ROW_FACTOR_BYTES)
+        m.submodules.scalar = self.scalar = Scalar(steps=self.scalar_steps)
+        self._decode(m, c)
+        self._route_reads(m)
+        self._route_writes(m, c)
+        self.go = Signal()  # the cycle after a command was accepted
+        self._producer(m, c)
+        self._consumer(m, c)
+        return m
+
+    def _decode(self, m: Module, c: object) -> None:
+        """Per-function facts of the latched command, from isa.SFU_FORMATS."""
+        self.is_ = {name: Signal(name=f"is_{name}") for name in SFU_FUNCS}
+        for name, sig in self.is_.items():
+            m.d.comb += sig.eq(c.func == _F[name])
+        fmt = [SFU_FORMATS[n] for n in SFU_FUNCS]
+        self.wsh_a = Array(Const(_log2(f.a), 2) for f in fmt)[c.func[:3]]
+        self.wsh_b = Array(Const(_log2(max(f.b, 2)), 2) for f in fmt)[c.func[:3]]
+        self.wsh_o = Array(Const(_log2(f.o), 2) for f in fmt)[c.func[:3]]
+        self.rowf = Signal()
+        m.d.comb += self.rowf.eq(Array(Const(int(f.row_factor), 1) for f in fmt)[c.func[:3]])
+        i = self.is_
+        self.center = Signal()
+        self.uses_b = Signal()
+        self.prelude = Signal()
+        self.npass = Signal(2)
+        self.hh = Signal(16)
+        self.known = Signal()
+        m.d.comb += [
+            self.center.eq(i["norm"] & c.aux[0]),
+            self.uses_b.eq(i["norm"] | i["rope"] | i["add"] | i["mul"]),
+            self.prelude.eq(i["norm"] | i["silu"]),
+            self.npass.eq(
+                Mux(i["norm"], 2 + self.center, Mux(i["softmax"] | i["mul"] | i["reluq"], 2, 1))
+            ),
+            self.hh.eq(c.aux >> 1),
+            self.known.eq((c.func < len(SFU_FUNCS)) & ~(i["rope"] & (self.hh == 0))),
+        ]
+
+    # ------------------------------------------------------------------ buffer ports
+    def _route_reads(self, m: Module) -> None:
+        """Per buffer, a fixed-priority choice among the streamers (A, A', B, B')."""
+        ports = [getattr(self, f"rd_{b.name.lower()}") for b in Buf]
+        for b, port in zip(Buf, ports, strict=True):
+            taken = Const(0, 1)
+            for st in self.streams:
+                mine = st.req_en & (st.req_buf == b) & ~taken
+                with m.If(mine):
+                    m.d.comb += [port.en.eq(1), port.addr.eq(st.req_word)]
+                with m.If(mine & port.grant):
+                    m.d.comb += st.req_grant.eq(1)
+                taken = taken | (st.req_en & (st.req_buf == b))
+        data = Array(p.data for p in ports)
+        for st in self.streams:
+            m.d.comb += st.rd_data.eq(data[st.pend_buf])
+
+    def _route_writes(self, m: Module, c: object) -> None:
+        w = self.writer
+        for b in Buf:
+            port = getattr(self, f"wr_{b.name.lower()}")
+            sel = c.o_buf == b
+            m.d.comb += [
+                port.en.eq(w.w_en & sel),
+                port.addr.eq(w.w_addr),
+                port.data.eq(w.w_data),
+                port.strb.eq(w.w_strb),
+            ]
+            with m.If(sel):
+                m.d.comb += w.w_grant.eq(port.grant)
+
+    # ------------------------------------------------------------------ producer
+    def _producer(self, m: Module, c: object) -> None:
+        """Push each row's segments (every pass; RoPE: every half head) to the streamers."""
+        b0 = self.streams[2]
+        i = self.is_
+        row = Signal(16)
+        ps = Signal(2)
+        pos = Signal(16)  # RoPE: element offset of the half head in the row
+        half = Signal()
+        arow = Signal(24)
+        brow = Signal(24)
+        rope = i["rope"]
+        act = [Const(1, 1), rope, self.uses_b, rope]
+        ready = Cat(*(st.seg.ready | ~a for st, a in zip(self.streams, act, strict=True))).all()
+        with m.FSM(name="prod"):
+            with m.State("IDLE"), m.If(self.go):
+                m.d.sync += [row.eq(0), ps.eq(0), pos.eq(0), half.eq(0)]
+                m.d.sync += [arow.eq(c.a_off), brow.eq(c.b_off)]
+                with m.If(~self.known | (c.rows == 0) | (c.cols == 0)):
+                    pass
+                with m.Elif(self.prelude):
+                    m.next = "PRE"
+                with m.Else():
+                    m.next = "RUN"
+            with m.State("PRE"):
+                self._seg(m, b0, Buf.PARAM, c.p_off, Mux(i["silu"], 2, 1), 2)
+                with m.If(b0.seg.ready):
+                    m.next = "RUN"
+            with m.State("RUN"), m.If(ready):
+                self._push_row(m, c, arow, brow, pos, half)
+                last_seg = ~rope | (pos + self.hh >= c.cols)
+                with m.If(~last_seg):
+                    m.d.sync += [pos.eq(pos + self.hh), half.eq(~half)]
+                with m.Else():
+                    m.d.sync += [pos.eq(0), half.eq(0), ps.eq(ps + 1)]
+                    with m.If(ps == self.npass - 1):
+                        m.d.sync += [
+                            ps.eq(0),
+                            row.eq(row + 1),
+                            arow.eq(arow + c.a_stride),
+                            brow.eq(brow + c.b_stride),
+                        ]
+                        with m.If(row == c.rows - 1):
+                            m.next = "IDLE"
+
+    def _seg(self, m: Module, st: Streamer, buf: object, addr: object, count: object, wsh: object):
+        m.d.comb += [
+            st.seg.valid.eq(1),
+            st.seg.payload.buf.eq(buf),
+            st.seg.payload.addr.eq(addr),
+            st.seg.payload.count.eq(count),
+            st.seg.payload.wsh.eq(wsh),
+        ]
+
+    def _push_row(self, m, c, arow, brow, pos, half) -> None:
+        """The segments of one row and pass (RoPE: of one half head)."""
+        a0, a1, b0, b1 = self.streams
+        with m.If(self.is_["rope"]):
+            partner = Mux(half, pos - self.hh, pos + self.hh)
+            self._seg(m, a0, c.a_buf, arow + pos, self.hh, 0)
+            self._seg(m, a1, c.a_buf, arow + partner, self.hh, 0)
+            self._seg(m, b0, c.b_buf, brow, self.hh, 1)
+            self._seg(m, b1, c.b_buf, brow + 2 * self.hh, self.hh, 1)
+        with m.Else():
+            self._seg(m, a0, c.a_buf, arow, c.cols, self.wsh_a)
+            with m.If(self.is_["norm"]):
+                self._seg(m, b0, Buf.PARAM, c.p_off + 4, c.cols, 1)
+            with m.Elif(self.uses_b):
+                self._seg(m, b0, c.b_buf, brow, c.cols, self.wsh_b)
+
+    # ------------------------------------------------------------------ consumer
+    def _consumer(self, m: Module, c: object) -> None:
+        from hwflow.hw.machine.sfu_consume import build_consumer
+
+        build_consumer(self, m, c)
+
+
+def sfu_verilog(hw: HardwarePreset, word_bytes: int, name: str) -> str:
+    """The Verilog text of the SFU of ``hw`` as module ``name``."""
+    from amaranth.back import verilog
+
+    return verilog.convert(Sfu(hw, word_bytes), name=name, emit_src=False)

@@ -1,0 +1,377 @@
+"""cocotb bench of the special-function unit (``hwflow.hw.machine.sfu``), run on Verilator.
+
+Scoreboard: the *driver* issues random SFU instructions (every function; random rows and
+columns including 0 extents, odd widths, unaligned offsets and strides, every softmax mask,
+LayerNorm and RMSNorm) on the ``cmd`` stream; a Python *model of the five buffers* serves the
+unit's read and write ports (1-cycle reads, strobed writes, random grants); the *reference*
+is the functional simulator's own SFU executor (``FuncSim._sfu``, i.e. hwflow.numerics) run
+on a copy of the same buffers; the *checker* compares every byte of every buffer after each
+instruction. Cycles: each instruction's busy time (command accepted to ``done``) beside
+:func:`hwflow.costs.sfu_cost`, as a table per function.
+
+The bench core is independent of the simulator: :class:`Io` adapters exist for cocotb
+(Verilator) and for Amaranth's Python simulator (quick checks without a build).
+
+``HWFLOW_CORRUPT=1`` flips one expected byte: the run must then fail (tested).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hwflow.config import HardwarePreset, load_hw
+from hwflow.costs import sfu_cost, sfu_passes
+from hwflow.funcsim import FuncSim
+from hwflow.hw.machine.decode import cmd_layout
+from hwflow.isa import ROW_FACTOR_BYTES, SFU_FORMATS, SFU_FUNCS, Buf, Concrete, Unit
+
+_STATS: dict[str, Any] = {}
+
+
+def _save_stats(**kv: Any) -> None:
+    _STATS.update(kv)
+    path = os.environ.get("HWFLOW_STATS")
+    if path:
+        with open(path, "w") as f:
+            json.dump(_STATS, f)
+
+
+@dataclass
+class Io:
+    """Simulator access by flattened port name (``rd_act__en``): get, set, one clock."""
+
+    get: Callable[[str], int]
+    set: Callable[[str, int], None]
+    tick: Callable[[], Awaitable[None]]
+
+
+# ---------------------------------------------------------------------------- instructions
+def _fields(**kw: int) -> dict[str, int]:
+    base = {name: 0 for name in cmd_layout(Unit.SFU).members}
+    base.update(kw)
+    return base
+
+
+class _Alloc:
+    """Disjoint byte regions per buffer, at unaligned offsets."""
+
+    def __init__(self, rng: np.random.Generator, sizes: dict[Buf, int]) -> None:
+        self.rng, self.sizes = rng, sizes
+        self.at = {b: int(rng.integers(4, 70)) for b in Buf}
+
+    def take(self, buf: Buf, nbytes: int) -> int:
+        off = self.at[buf] + 4 + int(self.rng.integers(0, 40))
+        self.at[buf] = off + nbytes
+        if self.at[buf] > self.sizes[buf]:
+            raise ValueError("region beyond the buffer")
+        return off
+
+
+def _operand(rng, alloc, bufs, rows, width, pad=0, choices=(Buf.ACT, Buf.SCORE, Buf.KV)):
+    """A random row-strided operand region: (buf, off, stride)."""
+    buf = Buf(int(rng.choice([int(b) for b in choices])))
+    stride = width + pad + int(rng.integers(0, 24))
+    off = alloc.take(buf, max(rows, 1) * max(stride, 1) + pad)
+    return buf, off, stride
+
+
+def _put(bufs: dict[Buf, np.ndarray], buf: Buf, off: int, stride: int, rows: np.ndarray) -> None:
+    """Write [rows, bytes] at a row-strided region."""
+    if rows.size == 0:
+        return
+    raw = np.ascontiguousarray(rows).view(np.uint8).reshape(rows.shape[0], -1)
+    for i, r in enumerate(raw):
+        bufs[buf][off + i * stride : off + i * stride + r.size] = r
+
+
+def random_instr(
+    rng: np.random.Generator, hw: HardwarePreset, func: str, bufs: dict[Buf, np.ndarray]
+) -> dict[str, int]:
+    """Fields of one random ``func`` instruction; writes its operands into ``bufs``."""
+    sizes = {b: bufs[b].size for b in Buf}
+    alloc = _Alloc(rng, sizes)
+    fmt = SFU_FORMATS[func]
+    rows = int(rng.choice([0, 1, 1, 2, 3, 4])) if rng.random() > 0.1 else 0
+    cols = int(rng.choice([0, 1, 2, 3, 5, 7, 8, 13, 16, 31, 33, 64, 97]))
+    aux, extra = 0, {}
+    if func == "rope":
+        aux = int(rng.choice([2, 4, 8, 16, 32]))
+        cols = aux * int(rng.integers(0, 4))
+    a = _operand(rng, alloc, bufs, rows, cols * fmt.a)
+    o = _operand(rng, alloc, bufs, rows, cols * fmt.o, ROW_FACTOR_BYTES * fmt.row_factor)
+    o = (o[0], o[1] + ROW_FACTOR_BYTES * fmt.row_factor, o[2])
+    b = (0, 0, 0)
+    if func in ("add", "mul"):
+        b = _operand(rng, alloc, bufs, rows, cols * fmt.b)
+    if func == "rope":
+        b = _operand(rng, alloc, bufs, rows, aux * 2)
+        cs = rng.integers(-(1 << 14), (1 << 14) + 1, size=(max(rows, 1), aux)).astype("<i2")
+        _put(bufs, b[0], b[1], b[2], cs[:rows])
+    n = max(rows, 1) * max(cols, 1)
+    if func == "softmax":
+        spread = int(rng.choice([300, 3000, 1 << 20, 1 << 31]))
+        z = rng.integers(-spread, spread, size=n).clip(-(1 << 31), (1 << 31) - 1)
+        _put(bufs, a[0], a[1], a[2], z.astype("<i4").reshape(max(rows, 1), -1)[:rows])
+        extra = {"mask": int(rng.integers(0, 3)), "qpos": int(rng.integers(0, 70))}
+        extra.update(blk=int(rng.integers(1, 9)), local=int(rng.integers(1, 4)))
+        extra["glob"] = int(rng.integers(0, 3))
+    p_off = alloc.take(Buf.PARAM, 4 + 2 * max(cols, 1))
+    if func == "norm":
+        aux = int(rng.integers(0, 2))
+        pre = np.array([rng.integers(0, 14)], "<i4").view(np.uint8)
+        gam = rng.integers(-(1 << 15), 1 << 15, size=cols).astype("<i2").view(np.uint8)
+        bufs[Buf.PARAM][p_off : p_off + 4 + gam.size] = np.concatenate([pre, gam])
+    if func == "silu":
+        ms = np.array([rng.integers(1, 1 << 15), rng.integers(8, 30)], "<i4").view(np.uint8)
+        bufs[Buf.PARAM][p_off : p_off + 8] = ms
+    return _fields(
+        func=SFU_FUNCS.index(func), rows=rows, cols=cols, aux=aux, p_off=p_off,
+        a_buf=int(a[0]), a_off=a[1], a_stride=a[2], b_buf=int(b[0]), b_off=b[1],
+        b_stride=b[2], o_buf=int(o[0]), o_off=o[1], o_stride=o[2], **extra,
+    )  # fmt: skip
+
+
+def reference(
+    hw: HardwarePreset, fields: dict[str, int], bufs: dict[Buf, np.ndarray]
+) -> dict[Buf, np.ndarray]:
+    """The buffers after the functional simulator's SFU executor ran ``fields`` on a copy."""
+    fs = FuncSim.__new__(FuncSim)  # only the operand access and the SFU semantics are used
+    fs.check_hazards = False
+    fs.hbm = np.zeros(1, np.uint8)
+    fs.bufs = {b: v.copy() for b, v in bufs.items()}
+    fs._sfu(Concrete(0, "SFU", Unit.SFU, 0, 0, fields, 0, ()))
+    return fs.bufs
+
+
+# ---------------------------------------------------------------------------- buffer model
+class BufferModel:
+    """The five on-chip buffers behind the unit's ports: a granted read's word appears in the
+    next cycle (read before the same cycle's write), writes obey the byte strobes."""
+
+    def __init__(self, io: Io, bufs: dict[Buf, np.ndarray], wb: int, rng, grant_p: float) -> None:
+        self.io, self.bufs, self.wb, self.rng, self.grant_p = io, bufs, wb, rng, grant_p
+        self.pending: dict[Buf, int | None] = {b: None for b in Buf}
+        self.names = {b: b.name.lower() for b in Buf}
+
+    def _grant(self) -> int:
+        return int(self.grant_p >= 1 or self.rng.random() < self.grant_p)
+
+    def cycle(self) -> None:
+        """One cycle of every port (call once per clock, outputs already settled)."""
+        for b, nm in self.names.items():
+            word = self.pending[b]
+            if word is not None:
+                raw = self.bufs[b][word * self.wb : (word + 1) * self.wb]
+                self.io.set(f"rd_{nm}__data", int.from_bytes(raw.tobytes(), "little"))
+            self.pending[b] = None
+            if self.io.get(f"rd_{nm}__en"):
+                g = self._grant()
+                self.io.set(f"rd_{nm}__grant", g)
+                if g:
+                    self.pending[b] = self.io.get(f"rd_{nm}__addr")
+            else:
+                self.io.set(f"rd_{nm}__grant", 0)
+            if self.io.get(f"wr_{nm}__en"):
+                g = self._grant()
+                self.io.set(f"wr_{nm}__grant", g)
+                if g:
+                    self._write(b, nm)
+            else:
+                self.io.set(f"wr_{nm}__grant", 0)
+
+    def _write(self, b: Buf, nm: str) -> None:
+        addr = self.io.get(f"wr_{nm}__addr")
+        data = self.io.get(f"wr_{nm}__data").to_bytes(self.wb, "little")
+        strb = self.io.get(f"wr_{nm}__strb")
+        base = addr * self.wb
+        if base + self.wb > self.bufs[b].size:
+            raise AssertionError(f"write beyond {b.name}: word {addr}")
+        for i in range(self.wb):
+            if strb >> i & 1:
+                self.bufs[b][base + i] = data[i]
+
+
+# ---------------------------------------------------------------------------- driver
+@dataclass
+class Result:
+    """Per instruction: function, elements, passes, measured busy cycles, cost, equality."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    sim_cycles: int = 0
+
+
+async def run_one(
+    io: Io, model: BufferModel, fields: dict[str, int], cycle0: int, limit: int = 20000
+) -> tuple[int, int]:
+    """Issue one instruction and serve the ports until ``done``: (busy cycles, cycles run)."""
+    payload = cmd_layout(Unit.SFU).const(fields).as_value().value
+    io.set("cmd__payload", payload)
+    io.set("cmd__valid", 1)
+    accepted = None
+    for t in range(limit):
+        ready, done = io.get("cmd__ready"), io.get("done")
+        if accepted is None and ready:
+            accepted = t
+        elif accepted is not None:
+            io.set("cmd__valid", 0)
+        model.cycle()
+        if done:
+            if accepted is None:
+                raise AssertionError("done before the command was accepted")
+            await io.tick()
+            return t - accepted, t + 1
+        await io.tick()
+    raise AssertionError(f"no done within {limit} cycles: {fields}")
+
+
+def fresh_buffers(rng: np.random.Generator, hw: HardwarePreset) -> dict[Buf, np.ndarray]:
+    """Every buffer of the preset, filled with random bytes."""
+    return {b: rng.integers(0, 256, hw.buffers.bytes(b.name.lower()), dtype=np.uint8) for b in Buf}
+
+
+async def scoreboard(
+    io: Io,
+    hw: HardwarePreset,
+    wb: int,
+    count: int,
+    seed: int,
+    grant_p: float,
+    corrupt: bool,
+    funcs: tuple[str, ...] = SFU_FUNCS,
+) -> Result:
+    """``count`` random instructions per function, each checked byte for byte."""
+    rng = np.random.default_rng(seed)
+    bufs = fresh_buffers(rng, hw)
+    model = BufferModel(io, bufs, wb, rng, grant_p)
+    res = Result()
+    for func in funcs:
+        done = 0
+        while done < count:
+            fields = random_instr(rng, hw, func, bufs)
+            try:
+                want = reference(hw, fields, bufs)
+            except ValueError:  # a softmax row with every key masked: not a valid program
+                continue
+            if corrupt and not res.rows and fields["rows"] and fields["cols"]:
+                want[Buf(fields["o_buf"])][fields["o_off"]] ^= 1
+            busy, ran = await run_one(io, model, fields, res.sim_cycles)
+            res.sim_cycles += ran
+            diff = [b.name for b in Buf if not np.array_equal(bufs[b], want[b])]
+            elements = fields["rows"] * fields["cols"]
+            center = bool(fields["aux"] & 1) if func == "norm" else False
+            cost = sfu_cost(hw, elements, sfu_passes(hw, func, center)).latency if elements else 0
+            res.rows.append(
+                {"func": func, "elements": elements, "rows": fields["rows"], "busy": busy,
+                 "cost": cost, "equal": not diff, "center": center}
+            )  # fmt: skip
+            if diff:
+                first = _first_diff(bufs, want, diff[0])
+                raise AssertionError(f"{func} {fields}: buffers {diff} differ ({first})")
+            done += 1
+    return res
+
+
+def _first_diff(got: dict[Buf, np.ndarray], want: dict[Buf, np.ndarray], name: str) -> str:
+    b = Buf[name]
+    i = int(np.argmax(got[b] != want[b]))
+    return f"{name} byte {i}: got {got[b][i]}, expected {want[b][i]}"
+
+
+def cycle_table(res: Result, hw: HardwarePreset) -> list[dict[str, Any]]:
+    """Per function (norm split into RMS and LayerNorm): instructions with elements, summed
+    measured busy cycles and summed sfu_cost latencies, and their relative difference."""
+    agg: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for r in res.rows:
+        if not r["elements"]:
+            continue
+        key = r["func"] + ("/ln" if r["center"] else "")
+        a = agg[key]
+        a[0] += 1
+        a[1] += r["busy"]
+        a[2] += r["cost"]
+        a[3] += r["rows"]
+    return [
+        {"func": k, "instrs": a[0], "rows": a[3], "rtl_cycles": a[1], "cost_cycles": a[2],
+         "error": (a[1] - a[2]) / a[2]}
+        for k, a in sorted(agg.items())
+    ]  # fmt: skip
+
+
+def print_table(table: list[dict[str, Any]]) -> None:
+    print(f"{'func':<10} {'instrs':>6} {'rows':>5} {'rtl':>7} {'costs.py':>8} {'error':>7}")
+    for t in table:
+        print(
+            f"{t['func']:<10} {t['instrs']:>6} {t['rows']:>5} {t['rtl_cycles']:>7} "
+            f"{t['cost_cycles']:>8} {t['error']:>+7.1%}"
+        )
+
+
+# ---------------------------------------------------------------------------- cocotb
+def _cocotb_io(dut: Any) -> Io:
+    from cocotb.triggers import FallingEdge
+
+    def get(name: str) -> int:
+        return int(getattr(dut, name).value)
+
+    def put(name: str, v: int) -> None:
+        getattr(dut, name).value = v
+
+    async def tick() -> None:
+        await FallingEdge(dut.clk)
+
+    return Io(get, put, tick)
+
+
+async def _start(dut: Any) -> Io:
+    from cocotb.clock import Clock
+    from cocotb.triggers import FallingEdge
+
+    Clock(dut.clk, 10, unit="ns").start()
+    dut.rst.value = 1
+    dut.cmd__valid.value = 0
+    for _ in range(3):
+        await FallingEdge(dut.clk)
+    dut.rst.value = 0
+    await FallingEdge(dut.clk)
+    return _cocotb_io(dut)
+
+
+def _env() -> tuple[HardwarePreset, int]:
+    return load_hw(os.environ.get("HWFLOW_PRESET", "tiny")), int(os.environ["HWFLOW_WORD_BYTES"])
+
+
+try:
+    import cocotb
+
+    @cocotb.test()
+    async def random_ops(dut: Any) -> None:
+        """Random instructions of every function under random grants, byte-exact."""
+        hw, wb = _env()
+        io = await _start(dut)
+        corrupt = os.environ.get("HWFLOW_CORRUPT") == "1"
+        res = await scoreboard(
+            io, hw, wb, int(os.environ.get("HWFLOW_COUNT", "12")), 1, 0.7, corrupt
+        )
+        _save_stats(random_ops=len(res.rows), random_equal=sum(r["equal"] for r in res.rows))
+
+    @cocotb.test()
+    async def cost_model(dut: Any) -> None:
+        """Grants always given: busy cycles per instruction against costs.sfu_cost."""
+        hw, wb = _env()
+        io = await _start(dut)
+        t0 = time.perf_counter()
+        res = await scoreboard(io, hw, wb, int(os.environ.get("HWFLOW_COUNT", "12")), 2, 1.0, False)
+        secs = time.perf_counter() - t0
+        table = cycle_table(res, hw)
+        print_table(table)
+        _save_stats(cost_table=table, sim_cycles=res.sim_cycles, sim_seconds=secs)
+except ImportError:  # pragma: no cover - the bench is imported outside cocotb (pysim use)
+    pass

@@ -1,0 +1,146 @@
+"""The whole machine (hwflow.hw.machine) on Verilator, against the functional simulator.
+
+Hand-written programs of LD/ST/SYNC/SYS instructions (loops, register-modified addresses, rows
+clamped by LEN, unaligned offsets and strides, multi-burst rows) run on the RTL
+(sim/machine_bench.py) and on hwflow.funcsim.FuncSim; HBM and buffer bytes must be equal. All
+tests share one build (one xdist group).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import pytest
+
+from hwflow.compiler import compile_model
+from hwflow.config import load_hw, load_model, load_plan
+from hwflow.funcsim import FuncSim
+from hwflow.hw.machine.run import Step, run_steps
+from hwflow.hw.machine.units import available_units
+from hwflow.isa import Buf, Program, Runtime, Template, Unit, make
+
+pytestmark = [pytest.mark.rtl, pytest.mark.xdist_group("rtl-tiny-machine")]
+
+ST, LD = 1 << Unit.ST, 1 << Unit.LD
+
+
+@cache
+def _compiled():
+    return compile_model(load_model("tiny-llama"), load_plan("w8a8"), load_hw("tiny"), 16)
+
+
+def _xfer(op: str, **f: int):
+    return make(op, kind=3, **f)
+
+
+def _ldst_program(src: int, dst: int, mutate: str = "") -> tuple[Template, ...]:
+    """Loops over three tiles: LD rows (clamped to LEN) from ``src`` into ACT at a moving,
+    unaligned offset, ST them to ``dst`` with another stride; then one 1500-byte row through
+    KV (three bursts, unaligned both ends) and a SYNC barrier."""
+    rel = 0 if mutate == "drop_token" else ST
+    body = [
+        _xfer("LD", release=rel, hbm=src + 5, hbm_reg=3, hbm_stride=77, buf=Buf.ACT, off=3,
+              off_reg=4, stride=100, row_bytes=70, rows=5, rows_reg=1),
+        _xfer("ST", wait=LD, hbm=dst + 9, hbm_reg=3, hbm_stride=130, buf=Buf.ACT, off=3,
+              off_reg=4, stride=100, row_bytes=70, rows=5, rows_reg=1),
+        make("ADDI", rd=3, ra=3, imm=1000),
+        make("ADDI", rd=4, ra=4, imm=600),
+    ]  # fmt: skip
+    instrs = [
+        make("SETI", rd=3, imm=0),
+        make("SETI", rd=4, imm=0),
+        make("LOOP", count=3),
+        *body,
+        make("ENDLOOP"),
+        make("LOOP", count=0),
+        _xfer("LD", hbm=src, buf=Buf.KV, row_bytes=32, rows=1),
+        make("ENDLOOP"),
+        _xfer("LD", release=ST, hbm=src + 4001, buf=Buf.KV, off=17, row_bytes=1500, rows=1),
+        make("SYNC.ST", wait=LD, release=LD),
+        make("SYNC.LD", wait=ST, release=ST),
+        _xfer("ST", wait=LD, hbm=dst + 5003, buf=Buf.KV, off=17, row_bytes=1500, rows=1),
+        make("MULI", rd=5, ra=1, imm=3),
+        make("MINI", rd=6, ra=5, imm=4),
+        _xfer("LD", release=ST, hbm=src + 9000, buf=Buf.PARAM, off=64, stride=32,
+              hbm_stride=40, row_bytes=32, rows=7, rows_reg=6),
+        _xfer("ST", wait=LD, hbm=dst + 9000, buf=Buf.PARAM, off=64, stride=32,
+              hbm_stride=40, row_bytes=32, rows=7, rows_reg=6),
+        make("END"),
+    ]  # fmt: skip
+    return (Template("prefill", 1, 16, tuple(instrs)),)
+
+
+def _run(hw, prog, hbm, **kw):
+    """The program on the machine with every implemented unit (one build for all tests)."""
+    return run_steps(
+        hw, prog, hbm, [Step("prefill", Runtime(3, 0))], units=available_units(hw)[0], **kw
+    )
+
+
+def _case(mutate: str = ""):
+    comp = _compiled()
+    hw = load_hw("tiny")
+    src = comp.layout.region("L0").base
+    dst = src + 50_000  # inside the image, away from the source rows
+    prog = Program(comp.program.header, comp.layout.regions, _ldst_program(src, dst, mutate))
+    rng = np.random.default_rng(7)
+    hbm = rng.integers(0, 256, comp.layout.total, dtype=np.uint8)
+    return comp, hw, prog, hbm
+
+
+def test_ldst_sys_program_matches_funcsim() -> None:
+    """LD/ST/SYNC/SYS program, LEN 3: HBM and ACT/KV/PARAM bytes equal FuncSim's, no token
+    left, every unit instruction recorded by the monitor."""
+    comp, hw, prog, hbm = _case()
+    fs = FuncSim(prog, hw, load_model("tiny-llama"), comp.layout, hbm.copy())
+    stats = fs.run("prefill", Runtime(3, 0))
+    run = _run(hw, prog, hbm, dump=(Buf.ACT, Buf.KV, Buf.PARAM))
+    assert (run.tests, run.failed) == (1, 0), run
+    assert np.array_equal(run.hbm[0], fs.hbm)
+    for b in (Buf.ACT, Buf.KV, Buf.PARAM):
+        assert np.array_equal(run.buffers[b], fs.bufs[b]), b
+    recs = run.steps[0]["records"]
+    assert len(recs) == stats.instructions
+    assert run.steps[0]["absent_used"] == 0
+
+
+def test_machine_bench_fails_on_a_dropped_token() -> None:
+    """Dropping LD's release in the loop leaves ST waiting: the step never ends, the bench
+    fails."""
+    _comp, hw, prog, hbm = _case("drop_token")
+    run = _run(hw, prog, hbm, timeout=5_000)
+    assert run.failed == 1
+
+
+def test_machine_hbm_differs_from_a_flipped_bit() -> None:
+    """The comparison is live: FuncSim on an image with one flipped source bit disagrees."""
+    comp, hw, prog, hbm = _case()
+    bad = hbm.copy()
+    bad[comp.layout.region("L0").base + 5] ^= 1
+    fs = FuncSim(prog, hw, load_model("tiny-llama"), comp.layout, bad)
+    fs.run("prefill", Runtime(3, 0))
+    run = _run(hw, prog, hbm)
+    assert not np.array_equal(run.hbm[0], fs.hbm)
+
+
+def test_cosim_tiny_llama_is_bit_exact() -> None:
+    """tiny-llama w8a8, prefill 4 + decode 2 on the whole machine: the HBM image equals
+    FuncSim's after every step, every unit implemented."""
+    from hwflow.hw.machine.cosim import cosim_model
+
+    res = cosim_model(load_model("tiny-llama"), load_plan("w8a8"), load_hw("tiny"), 4, 2)
+    assert res["missing_units"] == [] and not res["absent_unit_used"]
+    assert res["bit_exact"], res["mismatch"]
+
+
+def test_cosim_fails_on_a_flipped_weight_bit() -> None:
+    """One flipped weight bit in the RTL's HBM image: not bit-exact, and the mismatch names
+    a diverging step, unit and instruction."""
+    from hwflow.hw.machine.cosim import cosim_model
+
+    res = cosim_model(
+        load_model("tiny-llama"), load_plan("w8a8"), load_hw("tiny"), 4, 1, flip_weight_bit=True
+    )
+    assert not res["bit_exact"]
+    assert res["mismatch"]["step"] == 0 and res["mismatch"]["unit"] == "ST", res["mismatch"]
