@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from hwflow.config import CompressionPlan, HardwarePreset, ModelConfig
-from hwflow.errors import ConfigError
+from hwflow.errors import ConfigError, UnsupportedError
 from hwflow.hw.machine.cycles import class_table, model_times
 from hwflow.hw.machine.run import Step, run_steps
 from hwflow.hw.machine.units import available_units
@@ -97,6 +97,12 @@ def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pre
     (a must-fail check: the run must then differ)."""
     if prefill < 1 or decode < 0:
         raise ConfigError(f"--prefill {prefill} must be >= 1 and --decode {decode} >= 0")
+    grouped = sorted({q.group for q in plan.resolve(cfg).values() if q.group is not None})
+    if grouped:
+        raise UnsupportedError(
+            f"plan {plan.name}: weight groups {grouped} (ISA wgroup) are not in the RTL matmul "
+            "unit yet; cosim runs plans with per-row weight scales (e.g. w8a8, w4a8, flightllm)"
+        )
     ref = _reference(cfg, plan, hw, prefill, decode, seed)
     prog = ref["comp"].program
     units, names = available_units(hw)
