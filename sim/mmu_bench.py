@@ -232,7 +232,10 @@ def random_instr(
 
 
 def _concrete(f: dict, unit: Unit) -> Concrete:
-    return Concrete(0, "MM" if unit == Unit.MM else "MV", unit, 0, 0, f, 0, ())
+    """The instruction as funcsim executes it: every field of the unit's command layout (the
+    ones the bench does not draw, e.g. ``wgroup``, are 0)."""
+    full = dict.fromkeys(cmd_layout(unit).members, 0) | f
+    return Concrete(0, "MM" if unit == Unit.MM else "MV", unit, 0, 0, full, 0, ())
 
 
 def expected(hw: Any, bufs: Buffers, f: dict, unit: Unit) -> dict[Buf, np.ndarray]:

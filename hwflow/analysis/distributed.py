@@ -56,7 +56,7 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Client]:
                 n_workers=workers,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                dashboard_address=":0",  # a free port: never collide with another cluster
                 silence_logs=logging.CRITICAL,  # shutdown races log noise; failures come back through futures
             ) as cluster,
             Client(cluster) as client,
