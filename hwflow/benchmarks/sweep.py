@@ -37,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
         run_sweep(grid, Path(d), workers=args.workers, scheduler=args.scheduler)
         warm = time.perf_counter() - t0
     bad = sum(r.get("status") != "ok" for r in rows)
-    where = args.scheduler or f"local cluster of {args.workers} workers"
+    where = args.scheduler or (
+        f"a local cluster of {args.workers} workers" if args.workers > 1 else "this process"
+    )
     n = len(grid.points)
     print(f"grid: {args.grid} ({n} points, {bad} invalid), on {where}")
     print(f"cold: {cold:.1f} s = {n / cold:.2f} points/s (target < 120 s)")
