@@ -178,26 +178,31 @@ def parse_sta(text: str) -> PathReport | None:
     )
 
 
-def _sta(work: Path, top: str, libs: str, timeout: int) -> PathReport | None:
-    """Yosys ``sta`` of the netlist ``work/net.v`` (see the module doc)."""
-    script = (
-        f"read_verilog -specify -lib +/xilinx/cells_sim.v; {libs}"
-        f"read_verilog net.v; hierarchy -top {top}; sta"
-    )
+def _yosys_script(work: Path, script: str, log_name: str, timeout: int) -> str:
+    """Run one Yosys script in ``work``; its log (HwflowError naming the failure)."""
     try:
         res = subprocess.run(
-            [*_yosys(), "-q", "-l", "sta.log", "-p", script],
+            [*_yosys(), "-q", "-l", log_name, "-p", script],
             cwd=work,
             capture_output=True,
             text=True,
             timeout=timeout,
         )
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise HwflowError(f"yosys sta failed to run: {e}") from None
-    log = (work / "sta.log").read_text() if (work / "sta.log").is_file() else ""
+        raise HwflowError(f"yosys failed to run: {e}") from None
+    log = (work / log_name).read_text() if (work / log_name).is_file() else ""
     if res.returncode:
-        raise HwflowError(f"yosys sta failed (exit {res.returncode}): {(res.stderr or log)[-800:]}")
-    return parse_sta(log)
+        raise HwflowError(f"yosys failed (exit {res.returncode}): {(res.stderr or log)[-800:]}")
+    return log
+
+
+def _sta(work: Path, top: str, libs: str, timeout: int) -> PathReport | None:
+    """Yosys ``sta`` of the netlist ``work/net.v`` (see the module doc)."""
+    script = (
+        f"read_verilog -specify -lib +/xilinx/cells_sim.v; {libs}"
+        f"read_verilog net.v; hierarchy -top {top}; sta"
+    )
+    return parse_sta(_yosys_script(work, script, "sta.log", timeout))
 
 
 def _run_yosys(
@@ -206,21 +211,8 @@ def _run_yosys(
     """Run a synthesis script in ``work``; the cells of its ``stat``, the cascade links of the
     netlist it wrote to net.v, the seconds it took and the netlist's critical path."""
     t0 = time.perf_counter()
-    try:
-        res = subprocess.run(
-            [*_yosys(), "-q", "-l", "yosys.log", "-p", script],
-            cwd=work,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise HwflowError(f"yosys failed to run: {e}") from None
+    log = _yosys_script(work, script, "yosys.log", timeout)
     seconds = time.perf_counter() - t0
-    log = (work / "yosys.log").read_text() if (work / "yosys.log").is_file() else ""
-    if res.returncode:
-        tail = (res.stderr or log)[-800:]
-        raise HwflowError(f"yosys failed (exit {res.returncode}): {tail}")
     path = _sta(work, top, libs, timeout)
     return parse_stat(log), _cascade_links((work / "net.v").read_text()), seconds, path
 
