@@ -23,7 +23,6 @@ Tests:
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from cocotb.triggers import ReadOnly, RisingEdge
 
 from hwflow.config import load_hw
 from hwflow.costs import matmul_cost
+from hwflow.hw.cosim import save_bench_stats
 from hwflow.hw.pack import decode, encode
 from hwflow.hw.params import EngineParams
 from hwflow.hw.stimulus import (
@@ -61,10 +61,7 @@ def _params() -> tuple[EngineParams, object]:
 
 def _save_stats(**kv: float) -> None:
     _STATS.update(kv)
-    path = os.environ.get("HWFLOW_STATS")
-    if path:
-        with open(path, "w") as f:
-            json.dump(_STATS, f)
+    save_bench_stats(_STATS)
 
 
 @dataclass

@@ -19,7 +19,6 @@ Environment: ``HWFLOW_PRESET``, ``HWFLOW_KIND`` (mv/mpe), ``HWFLOW_STATS`` (JSON
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -32,6 +31,7 @@ from cocotb.triggers import FallingEdge, RisingEdge
 from hwflow.compiler.layout import BeatGeometry, TileSpec, encode_tile
 from hwflow.config import load_hw
 from hwflow.funcsim import FuncSim
+from hwflow.hw.cosim import save_bench_stats
 from hwflow.hw.machine.decode import cmd_layout
 from hwflow.hw.pack import encode
 from hwflow.isa import MATMUL_FUNCS, Buf, Concrete, Unit
@@ -44,10 +44,7 @@ _WB = 32
 
 def _save(**kv: Any) -> None:
     _STATS.update(kv)
-    path = os.environ.get("HWFLOW_STATS")
-    if path:
-        with open(path, "w") as f:
-            json.dump(_STATS, f)
+    save_bench_stats(_STATS)
 
 
 class Buffers:

@@ -17,7 +17,6 @@ The bench core is independent of the simulator: :class:`Io` adapters exist for c
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import defaultdict
@@ -30,6 +29,7 @@ import numpy as np
 from hwflow.config import HardwarePreset, load_hw
 from hwflow.costs import sfu_cost, sfu_passes
 from hwflow.funcsim import FuncSim
+from hwflow.hw.cosim import save_bench_stats
 from hwflow.hw.machine.decode import cmd_layout
 from hwflow.isa import ROW_FACTOR_BYTES, SFU_FORMATS, SFU_FUNCS, Buf, Concrete, Unit
 
@@ -38,10 +38,7 @@ _STATS: dict[str, Any] = {}
 
 def _save_stats(**kv: Any) -> None:
     _STATS.update(kv)
-    path = os.environ.get("HWFLOW_STATS")
-    if path:
-        with open(path, "w") as f:
-            json.dump(_STATS, f)
+    save_bench_stats(_STATS)
 
 
 @dataclass

@@ -179,6 +179,17 @@ def run_bench(
     )
 
 
+#: Environment variable naming the JSON file a bench writes its statistics to.
+STATS_ENV = "HWFLOW_STATS"
+
+
+def save_bench_stats(stats: dict[str, Any]) -> None:
+    """Called inside a cocotb bench: write ``stats`` where :func:`run_cocotb` reads them."""
+    path = os.environ.get(STATS_ENV)
+    if path:
+        Path(path).write_text(json.dumps(stats))
+
+
 def run_cocotb(
     name: str,
     bdir: Path,
@@ -211,7 +222,7 @@ def run_cocotb(
             build_dir=bdir,
             test_dir=bdir,
             testcase=testcase,
-            extra_env={"HWFLOW_STATS": str(stats_file), **(env or {})},
+            extra_env={STATS_ENV: str(stats_file), **(env or {})},
             results_xml=str(results),
             seed=seed,
             log_file=log,
