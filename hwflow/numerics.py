@@ -27,7 +27,11 @@ Formats
   ``f_t ~= m_t * 2**-e_t`` (``m_t`` 15-bit, :func:`row_factor`) produced by the SFU with the row.
 * **Attention output** ``a``: INT8, static per-tensor scale.
 * **q, k, v** (and the KV cache): INT8, static **per-head** scales (per output channel of the
-  linear, so free in the requantizer).
+  linear, so free in the requantizer) at the head's calibrated maximum (nothing clipped). q and
+  k are **balanced** per channel first (``q * lam``, ``k / lam``, folded into the q/k weights on
+  the host, :func:`hwflow.smooth.qk_factors`): trained models carry attention-sink channels in
+  q and k that one per-head INT8 scale cannot hold next to the ordinary channels (SmolLM2-135M
+  w8a8: 24.28 perplexity clipped and unbalanced, 22.10 balanced, float 21.67).
 * **gate / up** outputs: INT16, static per-tensor scale (SiLU needs a static input scale, and
   INT8 cannot hold both the massive tokens and the ordinary ones).
 * **Weights** are INT\\ *b* (b in 2, 3, 4, 8) symmetric per output channel:
