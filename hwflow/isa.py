@@ -74,7 +74,16 @@ of row i is at ``p_off + i * p_stride - 4``. Multi-byte elements are little-endi
   (cos/sin rows at ``b``, head_dim ``aux``), ``silu`` (INT16 -> INT16, mult/shift of the
   table index at ``p_off``; the sigmoid table is a ROM), ``reluq`` (ReLU of INT16, quantized
   per row), ``add`` (INT32 residual add, second operand ``b``), ``mul`` (INT16 x INT16 gated
-  product, quantized per row), ``mov`` (bytes).
+  product, quantized per row), ``mov`` (bytes); for tensor-parallel boards (numerics contract,
+  tensor-parallel reduction) ``requant`` (a linear's two-stage requantization of INT32 ``a``:
+  guard, then per column mult, shift and bias int32 at ``p_off``; the row factors of ``b``
+  when ``aux`` 1), ``rowmax`` (INT32 per row: max|a * b|, ``aux`` 1: max relu(a)) and
+  ``qrows`` (``a * b`` or relu(a) quantized per row by the INT32 maxima at ``p_off``).
+* Links (multi-board programs, ISA v4): ``SEND`` (ST unit) copies ``rows`` x ``row_bytes``
+  from a buffer to the link towards board ``peer``; ``RECV`` (LD unit) waits for them from
+  board ``peer`` and writes them; ``ALLRED`` (ST unit) is a collective of the ``peer`` boards of
+  the ring, each holding INT32 rows at the same place, which all end with their sum (``red``
+  0) or maximum (``red`` 1). The single-board RTL machine refuses them.
 
 For the cycle model. ``expand(template, runtime)`` yields :class:`Concrete` instructions in
 dispatch order; filter by ``unit`` for the per-unit queues. Every field a cost needs is in
