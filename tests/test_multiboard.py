@@ -42,6 +42,20 @@ def test_two_boards_are_bit_exact_with_the_single_board_reference(model, plan, m
     assert res["bit_exact"], res["steps"]
 
 
+@pytest.mark.parametrize(
+    ("model", "boards", "mode"), [("tiny-opt", 4, "tensor"), ("tiny-llama", 2, "pipeline")]
+)
+def test_more_boards_and_two_prefill_chunks(model, boards, mode):
+    """A ring of 4 (every collective has 4 members); a 130-token prompt runs as two 128-row
+    chunks, each passing the links (pipeline: a SEND/RECV per chunk)."""
+    res = check_system_against_reference(
+        load_model(model), load_plan("w8a8"), TINY, boards, mode, max_len=256, decode_steps=2,
+        lengths=[130],
+    )  # fmt: skip
+    assert res["steps"][0]["tokens"] == 130
+    assert res["bit_exact"], res["steps"]
+
+
 def _system(model: str, mode: str, boards: int = 2):
     cfg, plan = load_model(model), load_plan("w8a8")
     sysc = compile_system(cfg, plan, TINY, 32, boards, mode)
