@@ -337,7 +337,8 @@ def _run_system(point: Point, row: dict[str, Any]) -> dict[str, Any]:
         row.update(status="invalid", reason=str(e))
         return row
     out = res.summary()
-    out["board_decode_tokens_per_s"] = json.dumps(out["board_decode_tokens_per_s"])
+    for k in ("board_decode_tokens_per_s", "board_energy_j"):
+        out[k] = json.dumps(out[k])
     row.update(out)
     row.update(status="ok", reason="")
     return row

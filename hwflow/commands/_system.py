@@ -142,6 +142,8 @@ def run_sim(args: argparse.Namespace, prefill: int, decode: int, max_len: int) -
     """``hwflow sim --boards N``: the system's cycle model."""
     from hwflow.perf.system import simulate_system
 
+    if args.trace is not None:
+        raise ConfigError("--trace records one board's timeline: run it without --boards")
     cfg, hw, plan = load_model(args.model), load_hw(args.hw), load_plan(args.plan)
     with Progress() as prog:
         res = simulate_system(cfg, plan, hw, prefill, decode, args.boards, args.parallel,
@@ -164,6 +166,7 @@ def run_sim(args: argparse.Namespace, prefill: int, decode: int, max_len: int) -
         ("link time per decode token", f"{out['link_ms_per_token']:.3f} ms"),
         ("energy (all boards)", f"{out['energy_j']:.3f} J"),
         ("  of which idle static (pipeline waits)", f"{out['idle_static_j']:.3f} J"),
+        ("per-board energy (own steps)", ", ".join(f"{v:.3f} J" for v in out["board_energy_j"])),
         ("tokens/J", f"{out['tokens_per_j']:.4f}"),
         ("average power", f"{out['average_w']:.1f} W"),
         ("link energy", "not modelled"),

@@ -97,6 +97,7 @@ class SystemResult:
             "tokens_per_s": self.tokens_per_s,
             "decode_tokens_per_s": self.decode_tokens_per_s,
             "board_decode_tokens_per_s": [r.decode_tokens_per_s for r in self.per_board],
+            "board_energy_j": [r.energy.total for r in self.per_board],
             "energy_j": self.energy_j,
             "idle_static_j": self.idle_static_j,
             "tokens_per_j": self.tokens_per_j,
