@@ -97,7 +97,7 @@ def run_compile(args: argparse.Namespace) -> int:
         t.add_row(
             str(r["board"]), f"{r['layers'][0]}..{r['layers'][1] - 1}",
             f"{r['heads']} / {r['kv_heads']}", str(r["ffn_columns"]),
-            f"{r['hbm_bytes'] / 2**30:.2f} / {r['hbm_capacity_bytes'] / 2**30:.2f} GiB",
+            f"{r['hbm_bytes'] / 2**20:,.1f} / {r['hbm_capacity_bytes'] / 2**20:,.0f} MiB",
             f"{r['largest_template_bytes']:,} / {r['instr_capacity_bytes']:,} B",
             str(r["link_instructions"]),
         )  # fmt: skip
