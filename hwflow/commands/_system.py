@@ -15,6 +15,7 @@ from hwflow.commands._common import Progress, atomic_write, check_output_dir, pr
 from hwflow.compiler.partition import check_system, compile_system
 from hwflow.config import HardwarePreset, load_hw, load_model, load_plan
 from hwflow.errors import ConfigError
+from hwflow.isa import LINK_OPS
 
 __all__ = ["add_args", "run_check", "run_compile", "run_sim", "wants_system"]
 
@@ -54,7 +55,7 @@ def _board_rows(sysc: Any, hw: HardwarePreset) -> list[dict[str, Any]]:
             "instr_capacity_bytes": hw.buffers.bytes("instr"),
             "link_instructions": sum(
                 1 for t in comp.program.templates for i in t.instrs
-                if i.op in ("SEND", "RECV", "ALLRED")
+                if i.op in LINK_OPS
             ),
         })  # fmt: skip
     return rows
