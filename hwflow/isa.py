@@ -74,7 +74,16 @@ of row i is at ``p_off + i * p_stride - 4``. Multi-byte elements are little-endi
   (cos/sin rows at ``b``, head_dim ``aux``), ``silu`` (INT16 -> INT16, mult/shift of the
   table index at ``p_off``; the sigmoid table is a ROM), ``reluq`` (ReLU of INT16, quantized
   per row), ``add`` (INT32 residual add, second operand ``b``), ``mul`` (INT16 x INT16 gated
-  product, quantized per row), ``mov`` (bytes).
+  product, quantized per row), ``mov`` (bytes); for tensor-parallel boards (numerics contract,
+  tensor-parallel reduction) ``requant`` (a linear's two-stage requantization of INT32 ``a``:
+  guard, then per column mult, shift and bias int32 at ``p_off``; the row factors of ``b``
+  when ``aux`` 1), ``rowmax`` (INT32 per row: max|a * b|, ``aux`` 1: max relu(a)) and
+  ``qrows`` (``a * b`` or relu(a) quantized per row by the INT32 maxima at ``p_off``).
+* Links (multi-board programs, ISA v4): ``SEND`` (ST unit) copies ``rows`` x ``row_bytes``
+  from a buffer to the link towards board ``peer``; ``RECV`` (LD unit) waits for them from
+  board ``peer`` and writes them; ``ALLRED`` (ST unit) is a collective of the ``peer`` boards of
+  the ring, each holding INT32 rows at the same place, which all end with their sum (``red``
+  0) or maximum (``red`` 1). The single-board RTL machine refuses them.
 
 For the cycle model. ``expand(template, runtime)`` yields :class:`Concrete` instructions in
 dispatch order; filter by ``unit`` for the per-unit queues. Every field a cost needs is in
@@ -119,6 +128,7 @@ from hwflow.errors import ProgramError
 
 __all__ = [
     "ISA_VERSION",
+    "LINK_OPS",
     "MAGIC",
     "MATMUL_FUNCS",
     "NREGS",
@@ -162,8 +172,9 @@ __all__ = [
 ]
 
 #: 2: numerics v2 (INT32 residual, row factors, MM obits/arow, SFU silu/reluq);
-#: 3: MM/MV ``wgroup`` (group-wise weight scales: the tile's trailing group multipliers)
-ISA_VERSION = 3
+#: 3: MM/MV ``wgroup`` (group-wise weight scales: the tile's trailing group multipliers);
+#: 4: board-to-board links (SEND, RECV, ALLRED) and the SFU ``requant`` of a reduced linear
+ISA_VERSION = 4
 MAGIC = b"HWFLOWP\0"
 NREGS = 16
 REG_LEN = 1  #: R1 = LEN, tokens of this step (runtime)
@@ -226,6 +237,9 @@ class SfuFunc(IntEnum):
     MUL = 5
     MOV = 6
     RELUQ = 7
+    REQUANT = 8  #: the two-stage requantization of a linear's (reduced) INT32 accumulators
+    ROWMAX = 9  #: per-row maximum of |a * b| (aux 1: of relu(a)) as one INT32 per output row
+    QROWS = 10  #: a * b (aux 1: relu(a)) quantized per row by the INT32 maxima at ``p_off``
 
 
 class SoftmaxMask(IntEnum):
@@ -408,8 +422,31 @@ SFU_FORMATS: Mapping[str, SfuFormat] = MappingProxyType(
         "mul": SfuFormat(2, 2, 1, True),
         "mov": SfuFormat(1, 0, 1, False),
         "reluq": SfuFormat(2, 0, 1, True),
+        "requant": SfuFormat(4, 0, 4, False),
+        "rowmax": SfuFormat(2, 2, 4, False),
+        "qrows": SfuFormat(2, 2, 1, True),
     }
 )
+
+#: A board-to-board transfer (SEND / RECV) or collective (ALLRED): ``rows`` rows of
+#: ``row_bytes`` at (``buf``, ``off``, ``stride``). SEND/RECV: ``peer`` is the other board;
+#: ALLRED: ``peer`` is the ring size, every board of the ring issues it on the same rows (of
+#: INT32 elements) and each ends holding their sum (``red`` 0,
+#: :func:`hwflow.numerics.reduce_partials`) or maximum (``red`` 1, ``reduce_max``).
+_LINK = (
+    *_hdr(),
+    Field("buf", 3, "on-chip buffer id (Buf)"),
+    Field("off", 24, "on-chip byte offset (+ R[off_reg])", dyn=("add", "off_reg")),
+    Field("off_reg", 4, "register added to the on-chip offset"),
+    Field("stride", 24, "on-chip bytes between rows"),
+    Field("row_bytes", 24, "bytes per row"),
+    Field("rows", 16, "rows (max when rows_reg != 0)", dyn=("clamp", "rows_reg")),
+    Field("rows_reg", 4, "register clamping rows to 0..rows"),
+    Field("peer", 6, "SEND/RECV: the other board; ALLRED: boards in the ring"),
+    Field("red", 1, "ALLRED: 0 sum (INT32 partials), 1 maximum (INT32 row maxima)"),
+)
+#: Link opcodes (multi-board programs; the single-board RTL machine has no link ports).
+LINK_OPS = frozenset({"SEND", "RECV", "ALLRED"})
 
 _REG = Field("rd", 4, "destination register")
 OPCODES: tuple[OpSpec, ...] = (
@@ -467,6 +504,10 @@ OPCODES: tuple[OpSpec, ...] = (
         "R[rd] = min(R[ra], imm)",
     ),
     OpSpec("END", 31, Unit.SYS, _hdr(), "end of program"),
+    # multi-board systems (ISA v4): the DMA units drive the board-to-board link ports
+    OpSpec("SEND", 24, Unit.ST, _LINK, "copy rows buffer -> the link to board ``peer``"),
+    OpSpec("RECV", 25, Unit.LD, _LINK, "copy rows from the link of board ``peer`` -> buffer"),
+    OpSpec("ALLRED", 26, Unit.ST, _LINK, "sum INT32 rows over the ``peer`` boards of the ring"),
 )
 
 _BY_NAME: Mapping[str, OpSpec] = MappingProxyType({s.name: s for s in OPCODES})
@@ -1128,6 +1169,8 @@ def dispatch(
     streams: Mapping[Unit, Sequence[Any]],
     queues: dict[tuple[int, int], deque[Any]],
     fire: Callable[[Unit, Any, list[Any]], Any] | None = None,
+    ready: Callable[[Unit, Any], bool] | None = None,
+    pos: dict[Unit, int] | None = None,
 ) -> dict[Unit, int]:
     """Run each unit's in-order ``streams`` (items with ``wait`` / ``release`` masks) under the
     token discipline of the module doc, from and into the token ``queues`` ((src, dst) -> FIFO).
@@ -1138,8 +1181,12 @@ def dispatch(
     until it blocks, until no unit can start anything. Each queue has one consumer, so any
     order reaches the same end. Returns how far each stream got: a stream not at its end is
     blocked (a deadlock, for the caller to report).
+
+    Multi-board: ``ready(unit, item)``, asked once an item's tokens are there, holds it back
+    until its link data are (a RECV before the SEND, a collective before every board joined);
+    ``pos`` resumes the streams where an earlier call left them (updated in place).
     """
-    pos = dict.fromkeys(streams, 0)
+    pos = pos if pos is not None else dict.fromkeys(streams, 0)
     progress = True
     while progress:
         progress = False
@@ -1149,6 +1196,8 @@ def dispatch(
                 item = s[i]
                 w = item.wait
                 if w and any(w >> v & 1 and not queues.get((v, u)) for v in TOKEN_UNITS):
+                    break
+                if ready is not None and not ready(u, item):
                     break
                 popped = [queues[(v, u)].popleft() for v in TOKEN_UNITS if w >> v & 1]
                 token = fire(u, item, popped) if fire is not None else None

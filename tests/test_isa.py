@@ -221,7 +221,7 @@ def test_every_sfu_function_has_its_operand_formats():
     factor of 4 bytes (uint16 mantissa, int16 exponent) before each row."""
     assert set(isa.SFU_FORMATS) == set(isa.SFU_FUNCS)
     rows = {f for f, fmt in isa.SFU_FORMATS.items() if fmt.row_factor}
-    assert rows == {"norm", "softmax", "mul", "reluq"}
+    assert rows == {"norm", "softmax", "mul", "reluq", "qrows"}
     res, gate = nx.RESIDUAL_BITS // 8, nx.GATE_BITS // 8
     assert isa.SFU_FORMATS["add"] == isa.SfuFormat(res, res, res, False)
     assert isa.SFU_FORMATS["norm"].a == res and isa.SFU_FORMATS["softmax"].a == 4  # INT32 z
@@ -236,11 +236,11 @@ def test_function_and_kind_codes_are_isa_v2s():
     unchanged in v3 (which only added the MM/MV ``wgroup`` field; the RTL decodes the same
     numbers): a renumbered member must come with a new ISA_VERSION (and this test's update).
     The name tuples are indexed by code (``disasm`` and the cycle model read them so)."""
-    assert isa.ISA_VERSION == 3
+    assert isa.ISA_VERSION == 4  # v4 appended the SFU's requant, rowmax, qrows
     v2 = {
         isa.XferKind: "weights params kv act rope logits",
         isa.MatmulFunc: "linear qk pv head",
-        isa.SfuFunc: "norm softmax rope silu add mul mov reluq",
+        isa.SfuFunc: "norm softmax rope silu add mul mov reluq requant rowmax qrows",
         isa.SoftmaxMask: "none causal block",
     }
     for codes, names in v2.items():

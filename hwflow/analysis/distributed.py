@@ -81,7 +81,8 @@ def _program_key(point: Point) -> str:
     from hwflow.perf.sim import default_max_len
 
     cfg, hw, plan = resolve_point(point)
-    return cache.key("sweep-program", cfg, hw.digest, plan, default_max_len(cfg))
+    system = (point.boards, point.parallel) if point.boards > 1 else ()
+    return cache.key("sweep-program", cfg, hw.digest, plan, default_max_len(cfg), *system)
 
 
 def _compile(point: Point) -> Program | None:
@@ -90,6 +91,8 @@ def _compile(point: Point) -> Program | None:
     from hwflow.analysis.sweep import resolve_point
     from hwflow.perf.sim import compile_cached, default_max_len
 
+    if point.boards > 1:  # a multi-board point compiles its boards' programs itself
+        return None
     try:
         cfg, hw, plan = resolve_point(point)
         return compile_cached(cfg, plan, hw, default_max_len(cfg))

@@ -16,6 +16,8 @@ Grid file (YAML)::
                                      #     per-layer rules keep their other fields)
       sparsity: ["4:16", "8:16"]
     lengths: [[128, 512]]            # (prefill, decode) pairs
+    boards: [1, 2, 4, 8]             # optional: multi-board systems (hwflow.perf.system) ...
+    parallel: tensor                 # ... split tensor or pipeline (one value or a list)
     mode: fast                       # fast | exact (hwflow.perf.sim)
     quality:                         # optional: each plan's perplexity on real text
       model: smollm2-135m            #   a checkpoint (.gguf / HF folder; default: the swept
@@ -71,7 +73,8 @@ __all__ = [
     "write_csv",
 ]
 
-_GRID_KEYS = {"model", "presets", "hw", "plans", "plan_axes", "lengths", "mode", "quality"}
+_GRID_KEYS = {"model", "presets", "hw", "plans", "plan_axes", "lengths", "mode", "quality",
+              "boards", "parallel"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ class Point:
     prefill: int
     decode: int
     mode: str
+    boards: int = 1  #: boards of the system (hwflow.perf.system when > 1)
+    parallel: str = "tensor"  #: how the model splits over them
 
     def label(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -94,6 +99,8 @@ class Point:
             "point_plan": self.plan,
             "prefill": self.prefill,
             "decode": self.decode,
+            "boards": self.boards,
+            "parallel": self.parallel,
         }
         for k, v in self.hw:
             d[f"hw.{k}"] = v
@@ -153,6 +160,7 @@ def _grid(p: Path, data: Any) -> Grid:
     mode = str(data.get("mode", "fast"))
     if mode not in ("fast", "exact"):
         raise ConfigError(f"{p}: mode {mode!r} unknown (allowed: fast, exact)")
+    systems = _systems(p, data)
     # check names and parameter paths now, not in the workers
     for m in models:
         load_model(m)
@@ -175,12 +183,26 @@ def _grid(p: Path, data: Any) -> Grid:
         for vals in itertools.product(*(_as_list(plan_axes[k]) for k in pa_keys)):
             plan_combos.append((plans[0], tuple(zip(pa_keys, vals, strict=True))))
     pts = [
-        Point(m, pr, hwc, pl, po, a, b, mode)
-        for m, pr, hwc, (pl, po), (a, b) in itertools.product(
-            models, presets, hw_combos, plan_combos, pairs
+        Point(m, pr, hwc, pl, po, a, b, mode, nb, par)
+        for m, pr, hwc, (pl, po), (a, b), (par, nb) in itertools.product(
+            models, presets, hw_combos, plan_combos, pairs, systems
         )
     ]
     return Grid(tuple(pts), quality_spec(data.get("quality"), models, str(p)))
+
+
+def _systems(p: Path, data: dict[str, Any]) -> list[tuple[str, int]]:
+    """The grid's (parallel mode, boards) pairs: ``boards`` (whole numbers >= 1) crossed with
+    ``parallel`` (tensor, pipeline)."""
+    boards = _as_list(data.get("boards", [1]))
+    modes = [str(m) for m in _as_list(data.get("parallel", ["tensor"]))]
+    bad = [b for b in boards if not isinstance(b, int) or isinstance(b, bool) or b < 1]
+    if bad:
+        raise ConfigError(f"{p}: boards {bad} (allowed: whole numbers >= 1)")
+    wrong = [m for m in modes if m not in ("tensor", "pipeline")]
+    if wrong:
+        raise ConfigError(f"{p}: parallel {wrong} unknown (allowed: tensor, pipeline)")
+    return [(m, b) for m in modes for b in boards]
 
 
 def _check_path(hw: HardwarePreset, path: str) -> None:
@@ -278,6 +300,8 @@ def run_point(point: Point, program: Program | None = None) -> dict[str, Any]:
     from hwflow.perf.sim import simulate
 
     row: dict[str, Any] = point.label()
+    if point.boards > 1:
+        return _run_system(point, row)
     try:
         cfg, hw, plan = resolve_point(point)
         res = simulate(
@@ -296,6 +320,26 @@ def run_point(point: Point, program: Program | None = None) -> dict[str, Any]:
     curve = res.decode_curve()
     pts = curve[::16] + ([curve[-1]] if curve and (len(curve) - 1) % 16 else [])
     row["curve"] = json.dumps([[c, round(ms, 6)] for c, ms in pts])
+    row.update(status="ok", reason="")
+    return row
+
+
+def _run_system(point: Point, row: dict[str, Any]) -> dict[str, Any]:
+    """A multi-board point (:func:`hwflow.perf.system.simulate_system`); invalid (a board count
+    that does not split the model, a share that does not fit a board) with its reason."""
+    from hwflow.perf.system import simulate_system
+
+    try:
+        cfg, hw, plan = resolve_point(point)
+        res = simulate_system(cfg, plan, hw, point.prefill, point.decode, point.boards,
+                              point.parallel)  # fmt: skip
+    except HwflowError as e:
+        row.update(status="invalid", reason=str(e))
+        return row
+    out = res.summary()
+    for k in ("board_decode_tokens_per_s", "board_energy_j"):
+        out[k] = json.dumps(out[k])
+    row.update(out)
     row.update(status="ok", reason="")
     return row
 

@@ -19,6 +19,7 @@ from rich.table import Table
 from hwflow import cache
 from hwflow.analysis.compiled import compile_with_summary
 from hwflow.checkpoint import is_checkpoint, load_checkpoint
+from hwflow.commands import _system
 from hwflow.commands._common import Progress, atomic_write, check_output_dir, print_json, seed
 from hwflow.config import load_hw, load_model, load_plan
 from hwflow.errors import ConfigError
@@ -37,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "them deadlock-free, and print a summary.",
     )
     _common_args(p)
+    _system.add_args(p)
     p.add_argument(
         "--max-len", type=int, help="longest prompt + context (default: min(2048, model max))"
     )
@@ -58,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "for bit with the integer reference, and print the quality figures vs float64.",
     )
     _common_args(c)
+    _system.add_args(c)
     c.add_argument("--max-len", type=int, default=256, help="longest length checked (default 256)")
     c.add_argument("--decode", type=int, default=8, help="decode steps (default 8)")
     c.add_argument("--seed", type=seed, default=0, help="weight seed (default 0)")
@@ -96,6 +99,8 @@ def _write_outputs(out: Path, program: bytes, info: dict[str, Any]) -> None:
 
 def run_compile(args: argparse.Namespace) -> int:
     cfg, hw, plan = load_model(args.model), load_hw(args.hw), load_plan(args.plan)
+    if _system.wants_system(args, hw):
+        return _system.run_compile(args)
     if args.output is not None:
         check_output_dir(args.output, "-o")
     with Progress() as prog:
@@ -192,6 +197,8 @@ def run_check(args: argparse.Namespace) -> int:
     from hwflow.funcsim import check_against_reference
 
     cfg, hw, plan = load_model(args.model), load_hw(args.hw), load_plan(args.plan)
+    if _system.wants_system(args, hw):
+        return _system.run_check(args)
     check_quality_size(cfg, "check")
     real: dict[str, Any] = {}
     parts: list[Any] = [cfg, plan, hw.digest, args.max_len, args.decode, args.seed]

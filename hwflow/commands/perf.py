@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from hwflow.commands import _system
 from hwflow.commands._common import (
     Progress,
     atomic_write,
@@ -67,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--workers", type=positive, default=2, help="processes for the steps")
     s.add_argument("--json", action="store_true", help="print the figures as JSON")
     s.add_argument("--trace", type=Path, help="write a Perfetto / chrome://tracing timeline")
+    _system.add_args(s)
     s.set_defaults(func=run_sim)
 
     w = sub.add_parser(
@@ -192,6 +194,8 @@ def run_sim(args: argparse.Namespace) -> int:
     if max_len < 1:
         raise ConfigError(f"--max-len {max_len} (allowed: a whole number >= 1)")
     prefill, decode = case_lengths(args.prefill, args.decode, max_len)
+    if _system.wants_system(args, hw):
+        return _system.run_sim(args, prefill, decode, max_len)
     with Progress() as prog:
         res, _ = simulate_cached(
             cfg,

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from hwflow.compiler import parallel
 from hwflow.compiler.layout import (
     WEIGHT_SLOTS,
     HbmLayout,
@@ -347,8 +348,12 @@ class _Lowering:
         bp: BufferPlan,
         phase: str,
         lo: int,
+        hw: HardwarePreset | None = None,
+        par: parallel.Board | None = None,
     ) -> None:
         self.cfg, self.plan, self.layout, self.bp, self.lo = cfg, plan, layout, bp, lo
+        self.hw, self.par = hw, par  # multi-board: this board's share (compiler.parallel)
+        self.rows_reg = R_ROWS
         self.e = _Emitter()
         self.dec = phase == "decode"
         self.eng = "MV" if self.dec else "MM"
@@ -429,7 +434,8 @@ class _Lowering:
                         func=MatmulFunc.LINEAR, rows=self.tt, rows_reg=R_ROWS, cols=r,
                         a_buf=Buf.ACT, a_off=so, a_stride=srb, o_buf=Buf.ACT,
                         o_off=do + r0 * obits // 8, o_stride=drb, p_off=self.pb[f"{op}.guard"],
-                        obits=obits, arow=int(src in self.rowf),
+                        obits=obits, **{"arow": int(src in self.rowf),
+                                        **parallel.row_parallel_fields(self, op)},
                         **_weight_operand(ts, tiles.slot(j)))  # fmt: skip
 
     # ---- program structure
@@ -444,10 +450,12 @@ class _Lowering:
         self.chunk_loads()
         for run in self.layout.runs:
             self.layer_run(*run)
+        parallel.chunk_output(self)
         e.sys("ADDI", rd=R_CB, ra=R_CB, imm=tt)
         e.barrier()
         e.sys("ENDLOOP")
-        self.head()
+        if parallel.runs_head(self):
+            self.head()
         e.barrier()
         e.sys("END")
         return e.nodes
@@ -465,9 +473,10 @@ class _Lowering:
     def chunk_loads(self) -> None:
         """The chunk's input rows, then (RoPE models) its RoPE rows (decode: the bucket's)."""
         e, lay, tt, xrow = self.e, self.layout, self.tt, self.xrow
-        e.unit("LD", (), ((Buf.ACT, 0, tt * xrow),), kind=XferKind.ACT,
-               hbm=lay.region("input").base, hbm_reg=R_IOFF, hbm_stride=xrow, buf=Buf.ACT, off=0,
-               stride=xrow, row_bytes=xrow, rows=tt, rows_reg=R_ROWS)  # fmt: skip
+        if not parallel.chunk_input(self):
+            e.unit("LD", (), ((Buf.ACT, 0, tt * xrow),), kind=XferKind.ACT,
+                   hbm=lay.region("input").base, hbm_reg=R_IOFF, hbm_stride=xrow, buf=Buf.ACT,
+                   off=0, stride=xrow, row_bytes=xrow, rows=tt, rows_reg=R_ROWS)  # fmt: skip
         if not self.rope:
             return
         rope_base = lay.region("rope").base
@@ -488,9 +497,11 @@ class _Lowering:
         e, lay = self.e, self.layout
         e.sys("SETI", rd=R_LW, imm=lay.region(f"L{first}").base)
         e.sys("SETI", rd=R_LKV, imm=lay.region("kv").base + first * lay.kv_layer_bytes)
+        parallel.layer_run_start(self, first)
         e.barrier()
         e.sys("LOOP", count=count)
         self.layer(first)
+        parallel.layer_run_step(self)
         e.sys("ADDI", rd=R_LW, ra=R_LW, imm=stride)
         e.sys("ADDI", rd=R_LKV, ra=R_LKV, imm=lay.kv_layer_bytes)
         e.barrier()
@@ -506,6 +517,7 @@ class _Lowering:
         e.unit("LD", (), (self.params_span,), kind=XferKind.PARAMS, hbm=0, hbm_reg=R_LW,
                hbm_stride=pb.size, buf=Buf.PARAM, off=0, stride=pb.size, row_bytes=pb.size,
                rows=1)  # fmt: skip
+        parallel.load_records(self)
         tiles.load_upto(0)
         self.norm("X", "h1", pb["norm1"], reads=(self.params_span,))
         for op in ("q", "k", "v"):
@@ -513,6 +525,7 @@ class _Lowering:
         qn, kn = self.rotate() if self.rope else ("q", "k")
         _Attention(self, qn, kn).emit()
         self.linear(tiles, "o", "a", "o")
+        parallel.reduce(self, "o", "o", "a")
         self.sfu(SfuFunc.ADD, "X", "X", d, b="o")  # x1, in place
         self.norm("X", "h2", pb["norm2"], reads=(self.params_span,))
         self.mlp(tiles)
@@ -535,12 +548,16 @@ class _Lowering:
             self.linear(tiles, "gate", "h2", "g")
             self.linear(tiles, "up", "h2", "u")
             self.sfu(SfuFunc.SILU, "g", "g", f, reads=(self.params_span,), p_off=self.pb["act"])
-            self.sfu(SfuFunc.MUL, "g", "mm", f, b="u")
+            if not parallel.quant_ffn(self, "g", "u", "mm", f):
+                self.sfu(SfuFunc.MUL, "g", "mm", f, b="u")
             self.linear(tiles, "down", "mm", "d")
+            parallel.reduce(self, "down", "d", "mm")
         else:
             self.linear(tiles, "up", "h2", "u")
-            self.sfu(SfuFunc.RELUQ, "u", "ua", f)
+            if not parallel.quant_ffn(self, "u", None, "ua", f):
+                self.sfu(SfuFunc.RELUQ, "u", "ua", f)
             self.linear(tiles, "down", "ua", "d")
+            parallel.reduce(self, "down", "d", "ua")
 
     # ---- head
 
@@ -696,8 +713,10 @@ def lower_step(
     phase: str,
     nchunks: int,
     lo: int = 1,
+    par: parallel.Board | None = None,
 ) -> list[Node]:
     """The node list of a template: ``nchunks`` chunks of ``bp.tt`` rows, then the head
     (decode: ``lo``..``bp.keys_max`` is the bucket's context range). ``hw`` is not read: the
-    buffer plan ``bp`` holds what the lowering needs of the preset."""
-    return _Lowering(cfg, plan, layout, bp, phase, lo).program(nchunks)
+    buffer plan ``bp`` holds what the lowering needs of the preset, but for the param buffer's
+    room for a multi-board program's reduce records (``par``: :mod:`.parallel`)."""
+    return _Lowering(cfg, plan, layout, bp, phase, lo, hw, par).program(nchunks)

@@ -64,6 +64,7 @@ from hwflow.costs import (
 from hwflow.energy import Actions
 from hwflow.errors import CapacityError, ProgramError
 from hwflow.isa import (
+    LINK_OPS,
     MATMUL_FUNCS,
     OPCODES,
     REG_POS,
@@ -80,6 +81,7 @@ from hwflow.isa import (
     expand,
 )
 from hwflow.model import group_scale_bytes
+from hwflow.perf.links import price_link
 from hwflow.perf.machine import MOp, SegmentMemo
 
 __all__ = ["OpActions", "PerfContext", "lower", "lower_reused", "step_signature"]
@@ -218,6 +220,10 @@ class _Pricer:
             return self._price_matmul(c)
         if op == "SFU":
             return self._price_sfu(c)
+        if op in LINK_OPS:  # multi-board: the links' SimPy model (hwflow.perf.links)
+            words = _WORDS[op]
+            mop = price_link(self.hw, c, words, _mask(c.wait), _mask(c.release))
+            return mop, OpActions(words=words)
         if op.startswith("SYNC."):
             cost = sync_cost()
             wait, release, words = _mask(c.wait), _mask(c.release), _WORDS[op]
