@@ -156,10 +156,7 @@ def _batched_template(
 ) -> Template:
     """The decode template of contexts ``lo..hi`` for up to ``batch`` sequences (:mod:`.batch`);
     CapacityError naming the batch when its buffers do not fit."""
-    try:
-        bp = plan_buffers(cfg, hw, batch, hi, 1, score_rows=1, head_rows=batch)
-    except CapacityError as e:
-        raise CapacityError(f"batch {batch}: {e}") from None
+    bp = plan_buffers(cfg, hw, batch, hi, 1, score_rows=1, head_rows=batch)
     engine = batch_engine(cfg, plan, hw, batch)
     instrs = assign_tokens(lower_batched_decode(cfg, plan, layout, bp, lo, engine))
     check_deadlock(instrs)
