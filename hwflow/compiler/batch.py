@@ -63,7 +63,13 @@ from hwflow.costs import effective_nm, matmul_cost
 from hwflow.errors import ConfigError
 from hwflow.isa import REG_POS, REG_SEQ, Buf, MatmulFunc, SfuFunc, XferKind, spec
 
-__all__ = ["batch_engine", "check_batch", "lower_batched_decode"]
+__all__ = ["RTL_NO_BATCH", "batch_engine", "check_batch", "lower_batched_decode"]
+
+#: Why the RTL machine runs batch-1 programs only (hwflow cosim and the machine runner say it).
+RTL_NO_BATCH = (
+    "the RTL SYS dispatcher has no context table yet (ISA v4: R2 reads CTX[R15]), so the "
+    "machine runs batch-1 programs only; check batched programs with hwflow check --batch"
+)
 
 R_LKVS, R_ACT, R_SQ, R_SK = 10, 11, 13, 14
 
