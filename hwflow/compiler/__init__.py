@@ -156,7 +156,8 @@ def _batched_template(
 ) -> Template:
     """The decode template of contexts ``lo..hi`` for up to ``batch`` sequences (:mod:`.batch`);
     CapacityError naming the batch when its buffers do not fit."""
-    bp = plan_buffers(cfg, hw, batch, hi, 1, score_rows=1, head_rows=batch)
+    cols = max(r for _, r, _ in layout.head.tiles)  # the widest head tile's logit columns
+    bp = plan_buffers(cfg, hw, batch, hi, 1, score_rows=1, head_rows=batch, logit_cols=cols)
     engine = batch_engine(cfg, plan, hw, batch)
     instrs = assign_tokens(lower_batched_decode(cfg, plan, layout, bp, lo, engine))
     check_deadlock(instrs)

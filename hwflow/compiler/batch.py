@@ -209,7 +209,8 @@ class _BatchLowering(_Lowering):
         return "qr", "kr"
 
     def head(self) -> None:
-        """Final norm and LM head of every sequence's row; the b logit rows to HBM."""
+        """Final norm and LM head of every sequence's row; each head tile's logit columns of
+        the b rows go to HBM as they come (two tiles' worth on chip, as the weight slots)."""
         e, bp, fb, lay, tt = self.e, self.bp, self.fb, self.layout, self.tt
         e.sys("SETI", rd=R_LW, imm=lay.region("final").base)
         e.unit("LD", (), (self.final_span,), kind=XferKind.PARAMS, hbm=0, hbm_reg=R_LW,
@@ -218,19 +219,22 @@ class _BatchLowering(_Lowering):
         hf_off, hf_rb = self.act("hf")
         self.norm("X", "hf", bp.p_final + fb["norm"], reads=(self.final_span,))
         tiles = _Tiles(e, bp, [lay.head], R_LW)
-        lg, lrb = self.act("logits")
-        lspan = self.aspan("logits")
+        lg, lrb = self.act("logits")  # row stride: the widest tile's columns
         hbits = linear_out_bits("head")
+        vrow = hbits // 8 * self.cfg.vocab  # a logit row in HBM
         for j, (ts, r0, r, _) in enumerate(tiles.items):
             tiles.prefetch(j)
+            at = lg + (j % 2) * tt * lrb
+            lspan = (Buf.ACT, at, at + tt * lrb)
             e.unit(self.eng, (self.aspan("hf"), tiles.slot_span(j), self.final_span), (lspan,),
                    func=MatmulFunc.HEAD, rows=tt, rows_reg=R_ROWS, cols=r, a_buf=Buf.ACT,
                    a_off=hf_off, a_stride=hf_rb, arow=1, **_weight_operand(ts, tiles.slot(j)),
-                   o_buf=Buf.ACT, o_off=lg + hbits // 8 * r0, o_stride=lrb,
+                   o_buf=Buf.ACT, o_off=at, o_stride=lrb,
                    p_off=bp.p_final + fb["head.guard"], obits=hbits)  # fmt: skip
-        e.unit("ST", (lspan,), (), kind=XferKind.LOGITS, hbm=lay.region("logits").base,
-               hbm_stride=lrb, buf=Buf.ACT, off=lg, stride=lrb, row_bytes=lrb, rows=tt,
-               rows_reg=R_ROWS)  # fmt: skip
+            e.unit("ST", (lspan,), (), kind=XferKind.LOGITS,
+                   hbm=lay.region("logits").base + hbits // 8 * r0, hbm_stride=vrow,
+                   buf=Buf.ACT, off=at, stride=lrb, row_bytes=hbits // 8 * r, rows=tt,
+                   rows_reg=R_ROWS)  # fmt: skip
 
 
 def lower_batched_decode(

@@ -168,14 +168,17 @@ def plan_buffers(
     *,
     score_rows: int | None = None,
     head_rows: int = 1,
+    logit_cols: int | None = None,
 ) -> BufferPlan:
     """Allocate the on-chip buffers for ``tt`` rows and ``keys_max`` keys (first fit by
     liveness in the activation buffer), with ``rope_rows`` RoPE rows (default ``tt``),
     ``score_rows`` query rows per score slot (default ``tt``; a batched decode's attention
     runs one sequence's row at a time) and ``head_rows`` rows through the LM head (a batched
-    decode: every sequence's); CapacityError naming the buffer when one overflows."""
+    decode: every sequence's) whose logits are kept ``logit_cols`` wide (default: the whole
+    vocabulary; a batched decode stores each head tile's columns as they come, two tiles'
+    worth on chip); CapacityError naming the buffer when one overflows."""
     rope_rows = tt if rope_rows is None else rope_rows
-    act, span, top = _place_activations(cfg, hw, tt, head_rows)
+    act, span, top = _place_activations(cfg, hw, tt, head_rows, logit_cols)
     kv_slot, n_kv = _kv_slots(cfg, hw, keys_max)
     sst, sc_slot, n_sc = _score_slots(hw, tt if score_rows is None else score_rows, keys_max)
     wslot = hw.buffers.bytes("weight") // WEIGHT_SLOTS
@@ -200,7 +203,7 @@ def plan_buffers(
 
 
 def _place_activations(
-    cfg: ModelConfig, hw: HardwarePreset, tt: int, head_rows: int = 1
+    cfg: ModelConfig, hw: HardwarePreset, tt: int, head_rows: int = 1, logit_cols: int | None = None
 ) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]], int]:
     """(tensor -> (row 0 offset, row stride), tensor -> [first, end) bytes, bytes used) of the
     activation buffer: the residual at 0, then a layer's tensors first fit by liveness, then
@@ -230,9 +233,10 @@ def _place_activations(
     act["hf"] = (base + rf, d + rf)
     span["hf"] = (base, base + hr * (d + rf))
     lg = base + _al(hr * (d + rf))
-    act["logits"] = (lg, 4 * cfg.vocab)
-    span["logits"] = (lg, lg + hr * 4 * cfg.vocab)
-    top = max(top, lg + _al(hr * 4 * cfg.vocab))
+    lrow, slots = (4 * cfg.vocab, 1) if logit_cols is None else (4 * logit_cols, 2)
+    act["logits"] = (lg, lrow)
+    span["logits"] = (lg, lg + slots * hr * lrow)
+    top = max(top, lg + _al(slots * hr * lrow))
     act_cap = hw.buffers.bytes("act")
     if top > act_cap:
         what = f"a batch of {tt} sequences" if hr > 1 else f"a {tt}-token chunk"

@@ -29,7 +29,7 @@ from hwflow.config import CompressionPlan, HardwarePreset, ModelConfig
 from hwflow.costs import hbm_achievable_gbps
 from hwflow.energy import Actions, Energy, energy
 from hwflow.errors import ConfigError
-from hwflow.isa import Runtime
+from hwflow.isa import Program, Runtime
 from hwflow.model import step_graph
 from hwflow.perf.sim import (
     Mode,
@@ -158,15 +158,17 @@ def simulate_batch(
     workers: int = 1,
     note: Callable[[str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    program: Program | None = None,
 ) -> BatchSimResult:
-    """Simulate the batched case (module doc); ``mode`` as :func:`hwflow.perf.sim.simulate`."""
+    """Simulate the batched case (module doc); ``mode`` as :func:`hwflow.perf.sim.simulate`;
+    ``program``: the compiled program for ``batch`` when the caller has it."""
     t0 = time.perf_counter()
     check_batch(batch)
     max_len = max_len or default_max_len(cfg)
     _check_case(mode, prefill, decode, max_len)
     if decode < 1:
         raise ConfigError(f"--decode {decode}: a batched case needs at least one decode step")
-    prog = compile_cached(cfg, plan, hw, max_len, note=note, batch=batch)
+    prog = program or compile_cached(cfg, plan, hw, max_len, note=note, batch=batch)
     fast = mode == "fast"
     positions = list(range(prefill, prefill + decode))
     slots = tuple(range(batch))
