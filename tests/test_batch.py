@@ -180,3 +180,45 @@ def test_sim_batch_reports_tokens_of_all_sequences(tmp_path, capsys, monkeypatch
     assert main(["compile", *base, "--batch", "3", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["batch"] == 3 and info["decode_engine"] == "MM"
+    step, per = info["decode_hbm_bytes_per_step"], info["decode_hbm_bytes_per_token"]
+    assert per["total"] == step["total"] // 3 and step["context"] == 48
+    # the step moves each weight once and 3 sequences' KV rows: more than one sequence's
+    # step of a batch-1 program, less than three of them
+    assert main(["compile", *base, "--json"]) == 0
+    one = json.loads(capsys.readouterr().out)["decode_hbm_bytes_per_token"]
+    assert one["total"] < step["total"] < 3 * one["total"]
+    assert step["weights"] == one["weights"] and step["kv"] > 2 * one["kv"]
+
+
+def test_batch_sweep_and_its_figure(tmp_path, monkeypatch):
+    """A grid's ``batch`` axis: one row per batch with the batch simulation's figures, the
+    program holding B KV caches at max_len = prefill + decode; ``hwflow plot`` draws the batch
+    figure from it. A batch of 0 in the grid is refused naming the file."""
+    from hwflow.analysis.batch_plot import compute_bound_batch
+    from hwflow.analysis.plots import plot_results, read_results
+    from hwflow.analysis.sweep import load_grid, run_sweep, write_csv
+
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path / "cache"))
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "model: tiny-llama\npresets: [tiny]\nplans: [flightllm]\nlengths: [[30, 2]]\n"
+        "batch: [1, 2, 4]\n"
+    )
+    rows = run_sweep(load_grid(grid), tmp_path / "points", workers=1)
+    assert [(r["status"], r["batch"], r["engine"]) for r in rows] == [
+        ("ok", 1, "MV"),
+        ("ok", 2, "MM"),
+        ("ok", 4, "MM"),
+    ]
+    for r in rows:  # B tokens per decode step, every step's time
+        assert r["decode_tokens_per_s"] == pytest.approx(r["batch"] / (r["ms_per_token"] / 1e3))
+    csv = tmp_path / "out.csv"
+    csv.write_text(write_csv(rows))
+    back = read_results(csv)
+    first = next((r["batch"] for r in rows if r["compute_bound"]), None)
+    assert compute_bound_batch(back) == first
+    files = plot_results(back, tmp_path / "plots")
+    assert [f.name for f in files] == ["batch.png", "batch.svg"]
+    grid.write_text("model: tiny-llama\npresets: [tiny]\nbatch: [0]\n")
+    with pytest.raises(ConfigError, match=r"grid\.yaml: batch 0: a batch is 1\.\.65535"):
+        load_grid(grid)

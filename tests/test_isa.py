@@ -170,7 +170,7 @@ def test_r2_reads_the_context_table_through_r15():
     with pytest.raises(ProgramError, match="one POS >= 0 per row"):
         list(isa.expand(t, Runtime(2, 7, 0, (7, -1))))
     prog = Program({}, (), (t,))
-    with pytest.raises(ProgramError, match="serves 1..4: compile with --batch 5"):
+    with pytest.raises(ProgramError, match=r"serves 1\.\.4: compile with --batch 5"):
         prog.select("decode", Runtime.batch([1] * 5))
 
 

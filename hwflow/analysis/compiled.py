@@ -56,9 +56,12 @@ def summary(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, compile
         "compile_seconds": compiled.seconds,
         "batch": compiled.batch,
     }
-    if compiled.batch > 1:
-        t = compiled.program.templates[-1]
-        out["decode_engine"] = t.info["engine"]
+    if compiled.batch > 1:  # the step makes a token of every sequence: per token is per B
+        b = compiled.batch
+        step = out["decode_hbm_bytes_per_step"] = out["decode_hbm_bytes_per_token"]
+        out["decode_hbm_bytes_per_token"] = {k: v if k == "context" else v // b
+                                             for k, v in step.items()}  # fmt: skip
+        out["decode_engine"] = compiled.program.templates[-1].info["engine"]
     out["quality"] = None
     if cfg.params <= QUALITY_MAX_PARAMS:
         import numpy as np

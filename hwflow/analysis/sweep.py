@@ -201,7 +201,7 @@ def _batches(p: Path, value: Any) -> list[int | None]:
     for b in _as_list(value):
         if isinstance(b, bool) or not isinstance(b, int):
             raise ConfigError(f"{p}: batch entry {b!r} is not a whole number of sequences")
-        out.append(check_batch(b))
+        out.append(check_batch(b, "batch"))
     return out
 
 

@@ -164,11 +164,12 @@ def _batch_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
     ctx = info["max_len"]
     if b == 1:
         return [(f"decode HBM bytes per token at context {ctx}", f"{total:,}")]
+    step = info["decode_hbm_bytes_per_step"]["total"]
     return [
         ("batch (sequences per decode step; KV caches)", str(b)),
         ("decode linears and head on", f"{info['decode_engine']} engine (thin matrix product)"),
-        (f"decode HBM bytes per step of {b} at context {ctx}", f"{total:,}"),
-        (f"decode HBM bytes per token at context {ctx}", f"{total // b:,}"),
+        (f"decode HBM bytes per step of {b} at context {ctx}", f"{step:,}"),
+        (f"decode HBM bytes per token at context {ctx}", f"{total:,}"),
     ]
 
 

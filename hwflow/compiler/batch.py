@@ -74,12 +74,12 @@ RTL_NO_BATCH = (
 R_LKVS, R_ACT, R_SQ, R_SK = 10, 11, 13, 14
 
 
-def check_batch(batch: int) -> int:
+def check_batch(batch: int, what: str = "--batch") -> int:
     """``batch`` if it is a usable batch size (1 .. the LOOP count field's maximum), else a
-    ConfigError naming what is allowed."""
+    ConfigError naming ``what`` was bad and what is allowed."""
     hi = (1 << spec("LOOP").index["count"].bits) - 1
     if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= hi:
-        raise ConfigError(f"--batch {batch!r}: a batch is 1..{hi} sequences")
+        raise ConfigError(f"{what} {batch!r}: a batch is 1..{hi} sequences")
     return batch
 
 
