@@ -30,8 +30,8 @@ Registers (besides those of :mod:`.lower`)::
     R3  ROWS  min(LEN, B): the sequences of this step
     R4  QPOS  POS of sequence SEQ (= R2)        R5 KEYS  QPOS + 1      R6 QOFF  QPOS * head_dim
     R8  LKV   the layer's KV base of slot 0     R9 LKVQ  LKVS + QOFF (where the new row goes)
-    R10 LKVS  LKV + SEQ * kv_seq_bytes          R11 ACT  (ROWS - SEQ) * kv_heads: > 0 iff
-              the slot is active (every per-sequence extent clamps by it: 1 row, kv_heads rows)
+    R10 LKVS  LKV + SEQ * kv_seq_bytes          R11 ACT  ROWS - SEQ: > 0 iff the slot is
+              active (every per-sequence extent is one row, clamped by it to 0 or 1)
     R12 ROFF  QPOS * rope row bytes             R13 SQ   SEQ * q row bytes   R14 SK  SEQ * kv row bytes
     R15 SEQ   the sequence whose attention runs (the loop walks 0 .. B-1)
 
@@ -181,7 +181,6 @@ class _BatchLowering(_Lowering):
         e.sys("ADD", rd=R_LKVS, ra=R_LKVS, rb=R_LKV)
         e.sys("ADD", rd=R_LKVQ, ra=R_LKVS, rb=R_QOFF)
         e.sys("SUB", rd=R_ACT, ra=R_ROWS, rb=REG_SEQ)
-        e.sys("MULI", rd=R_ACT, ra=R_ACT, imm=self.cfg.kv_heads)
         e.sys("MULI", rd=R_SQ, ra=REG_SEQ, imm=self.qd)
         e.sys("MULI", rd=R_SK, ra=REG_SEQ, imm=self.kd)
         qn, kn = self.rotate() if self.rope else ("q", "k")
