@@ -49,15 +49,17 @@ def compute_bound_batch(series: list[dict[str, Any]]) -> int | None:
 
 
 def _title(rows: list[dict[str, Any]]) -> str:
+    """Model, plan and workload: the decode contexts the steps ran at."""
     models = sorted({str(r.get("model")) for r in rows})
     plans = sorted({str(r.get("plan")) for r in rows})
-    ctx = sorted({int(r["prefill"]) + int(r["decode"]) for r in rows})
-    pre = sorted({int(r["prefill"]) for r in rows})
-    dec = sorted({int(r["decode"]) for r in rows})
+    cases = sorted({(int(r["prefill"]), int(r["decode"])) for r in rows})
+    work = "; ".join(
+        f"decode at context {p + 1}" if d == 1 else f"decode at contexts {p + 1}..{p + d}"
+        for p, d in cases
+    )
     return (
-        f"{', '.join(models)} (plan {', '.join(plans)}): batched decode, each sequence a "
-        f"{'/'.join(map(str, pre))}-token prompt + {'/'.join(map(str, dec))} decode steps "
-        f"(context {'/'.join(map(str, ctx))})"
+        f"{', '.join(models)}, plan {', '.join(plans)}: batched decode of B sequences, {work} "
+        f"(every sequence at the same context)"
     )
 
 
@@ -97,8 +99,12 @@ def draw_batch(plt: Any, rows: list[dict[str, Any]]) -> Any:
     left.set_ylabel("decode tokens/s (all sequences)")
     left.set_ylim(bottom=0)
     left.set_title("throughput")
-    right.set_ylabel("ms per decode step (= ms/token of each sequence)")
-    right.set_ylim(bottom=0)
+    right.set_ylabel("ms per step (= ms/token of each sequence), log scale")
+    right.set_yscale("log")
+    lo, hi = right.get_ylim()
+    ticks = [t * 10**e for e in range(-4, 6) for t in (1, 2, 5) if lo <= t * 10**e <= hi]
+    right.set_yticks(ticks, [f"{t:g}" for t in ticks])
+    right.minorticks_off()
     right.set_title("latency, engine time and HBM time per step")
     left.legend(fontsize=8, loc="upper left")
     right.legend(fontsize=7, loc="upper left")
