@@ -256,7 +256,10 @@ def batch_table(res) -> Table:
         ("decode HBM roofline ms per step", f"{s['roofline_ms_per_step']:.3f}"),
         ("decode bound by", bound),
         ("decode HBM bytes per token", _si(s["decode_bytes_per_token"], "B")),
-        ("tokens/J", f"{res.tokens_per_j:.3f}"),
+        (
+            "tokens/J (decode steps; whole case incl. prefills)",
+            f"{res.decode_tokens_per_j:.3f}; {res.tokens_per_j:.3f}",
+        ),
         ("average power", f"{res.energy.average_w:.1f} W"),
         ("simulated steps", str(res.simulated_steps)),
         ("wall time", f"{res.wall_s:.2f} s"),

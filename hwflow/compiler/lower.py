@@ -26,6 +26,8 @@ Registers (set by SYS in the template; R1 = LEN, R2 = POS from the runtime)::
     R11 IOFF CB * hidden (input rows)                   R12 ROFF QPOS * rope row bytes
     R13 LAST (ROWS - 1) * hidden (the last row, for the head)
     R14 RROW decode: (POS - bucket start) * rope row bytes (this position's RoPE row on chip)
+    R15 SEQ  (read) a program for a batch (:mod:`.batch`): the KV-cache slot whose cache LKV
+             points into (a prefill's slot comes from the runtime)
 
 Every prefill instruction whose extent depends on the length clamps it by one of these
 registers, so one template serves every length of its bucket. Decode is static per bucket, as

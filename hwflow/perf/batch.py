@@ -63,7 +63,8 @@ class BatchSimResult:
     roofline_cycles: list[float]  #: each decode step's HBM roofline
     decode_hbm_bytes: int
     actions: Actions
-    energy: Energy
+    energy: Energy  #: the whole case (B prefills and the decode steps)
+    decode_energy: Energy  #: the decode steps alone
     simulated_steps: int
     wall_s: float
 
@@ -101,6 +102,11 @@ class BatchSimResult:
         return self.batch * (1 + self.decode) / self.energy.total
 
     @property
+    def decode_tokens_per_j(self) -> float:
+        """Tokens of all sequences per joule of the decode steps alone."""
+        return self.batch * self.decode / self.decode_energy.total
+
+    @property
     def compute_bound(self) -> bool:
         """Whether the decode steps' engine time exceeds their HBM time (module doc)."""
         return sum(self.engine_cycles) > sum(self.hbm_cycles)
@@ -123,6 +129,7 @@ class BatchSimResult:
             "decode_tokens_per_s": self.decode_tokens_per_s,
             "tokens_per_s": self.tokens_per_s,
             "tokens_per_j": self.tokens_per_j,
+            "decode_tokens_per_j": self.decode_tokens_per_j,
             "energy_j": self.energy.total,
             "average_w": self.energy.average_w,
             "decode_engine_ms_per_step": sum(self.engine_cycles) / d / self.clock_hz * 1e3,
@@ -183,9 +190,11 @@ def simulate_batch(
     pre = {p: r for p, r, _ in out if r.phase == "prefill"}
     dec = {p: r for p, r, _ in out if r.phase == "decode"}
     steps = [*(pre[s] for s in slots), *(dec[p] for p in positions)]
-    actions = Actions()
+    actions, dec_actions = Actions(), Actions()
     for r in steps:
         actions.add(r.actions)
+    for p in positions:
+        dec_actions.add(dec[p].actions)
     cycles = sum(r.cycles for r in steps)
     nch = hw.hbm.channels
     return BatchSimResult(
@@ -208,6 +217,7 @@ def simulate_batch(
         decode_hbm_bytes=sum(dec[p].stats.hbm_bytes for p in positions),
         actions=actions,
         energy=energy(hw, actions, cycles),
+        decode_energy=energy(hw, dec_actions, sum(dec[p].cycles for p in positions)),
         simulated_steps=sum(sim for _, _, sim in out),
         wall_s=time.perf_counter() - t0,
     )
