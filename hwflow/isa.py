@@ -1060,8 +1060,11 @@ def _check_runtime(template: Template, runtime: Runtime) -> None:
             f"runtime positions {list(ps)}: need one POS >= 0 per row (LEN = {runtime.length}) "
             f"and POS = {runtime.pos} the first's"
         )
-    if runtime.seq < 0:
-        raise ProgramError(f"runtime SEQ = {runtime.seq}: need SEQ >= 0")
+    if runtime.seq < 0 or (template.phase == "decode" and runtime.seq):
+        raise ProgramError(
+            f"runtime SEQ = {runtime.seq}: a prefill's slot is >= 0; a decode step's rows are "
+            "slots 0..LEN-1 (SEQ starts at 0)"
+        )
     if not template.serves(runtime):
         raise ProgramError(
             f"{template.phase} template {template.lo}..{template.hi} does not serve "

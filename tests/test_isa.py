@@ -167,6 +167,8 @@ def test_r2_reads_the_context_table_through_r15():
     pre = Template("prefill", 1, 8, (ld, make("END")))
     (c,) = isa.expand(pre, Runtime(3, 0, seq=2))
     assert (c["hbm"], c["rows"]) == (1000, 2)
+    with pytest.raises(ProgramError, match=r"decode step's rows are slots 0\.\.LEN-1"):
+        list(isa.expand(t, Runtime(1, 7, seq=1)))
     with pytest.raises(ProgramError, match="one POS >= 0 per row"):
         list(isa.expand(t, Runtime(2, 7, 0, (7, -1))))
     prog = Program({}, (), (t,))
