@@ -142,9 +142,10 @@ class FuncSim:
         lo, hi = -(2 ** (RESIDUAL_BITS - 1)), 2 ** (RESIDUAL_BITS - 1) - 1
         if x0.size and (x0.min() < lo or x0.max() > hi):
             raise ProgramError(f"step input outside the INT{RESIDUAL_BITS} range")
-        if rt.seq >= self.layout.batch:
+        if rt.seq >= self.layout.batch or (phase == "decode" and rt.seq):
             raise ProgramError(
-                f"sequence {rt.seq}: the program holds {self.layout.batch} KV caches"
+                f"sequence {rt.seq}: the program holds {self.layout.batch} KV caches and a "
+                "decode step's rows are slots 0..LEN-1 (step_batch)"
             )
         self.program.select(phase, rt)  # refuse before writing HBM
         inp = self.layout.region("input")
