@@ -14,8 +14,9 @@ INT8 tokens per DSP), so on every shipped preset it takes ceil(B / rows) passes 
 where the matrix-vector engine, one lane, streams the B rows through its chains one after the
 other (B passes): the MM engine wins from B = 2 on, and at B = 1 the two tie and decode keeps
 the MV engine. Attention stays per sequence (one query row against that sequence's own K and
-V: a matrix-vector op) on the MV engine, so it can overlap the MM engine's linears of other
-work.
+V: a matrix-vector op, no weight beat to share) on the MV engine. The sequences' attention
+runs one after another (a barrier closes each iteration of the sequence loop), so in a step
+the two engines mostly take turns; running a batch's linears on both at once is not done.
 
 Template (one per decode bucket, :func:`hwflow.compiler.compile_model` with ``batch``). The
 step's ``LEN`` is the number of sequences ``b <= B`` (row i is KV-cache slot i); each
