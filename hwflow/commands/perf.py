@@ -237,7 +237,7 @@ def batch_table(res) -> Table:
     s = res.summary()
     t = Table(
         title=f"{res.model} on {res.hw}, plan {res.plan}: batch {res.batch}, prefill "
-        f"{res.prefill} each, {res.decode} decode steps ({_mode(res)})"
+        f"{res.prefill} each, {res.decode} decode step{'s' * (res.decode != 1)} ({_mode(res)})"
     )
     t.add_column("figure")
     t.add_column("value", justify="right")
