@@ -125,8 +125,19 @@ class FuncSim:
         self._exec(c)
 
     # ---------------------------------------------------------------- host side
-    def step(self, phase: str, x0: np.ndarray, pos: int) -> np.ndarray:
-        """Write the INT32 input rows, run one step, return the last token's INT32 logits."""
+    def step(self, phase: str, x0: np.ndarray, pos: int, seq: int = 0) -> np.ndarray:
+        """Write the INT32 input rows, run one step (of sequence / KV-cache slot ``seq``),
+        return the last token's INT32 logits."""
+        rt = Runtime(np.shape(x0)[0] if np.ndim(x0) == 2 else 0, pos, seq)
+        return self._step(phase, x0, rt)[0]
+
+    def step_batch(self, x0: np.ndarray, positions: list[int]) -> np.ndarray:
+        """A batched decode step: row i of ``x0`` is sequence (slot) i's token at position
+        ``positions[i]``; returns the INT32 logits of every sequence, [len(positions), vocab]."""
+        return self._step("decode", x0, Runtime.batch(positions))
+
+    def _step(self, phase: str, x0: np.ndarray, rt: Runtime) -> np.ndarray:
+        """Write the input rows, run the step, return its logit rows (prefill: one)."""
         x0 = np.asarray(x0)
         if x0.ndim != 2 or x0.shape[1] != self.cfg.hidden:
             raise ProgramError(
@@ -135,18 +146,27 @@ class FuncSim:
         lo, hi = -(2 ** (RESIDUAL_BITS - 1)), 2 ** (RESIDUAL_BITS - 1) - 1
         if x0.size and (x0.min() < lo or x0.max() > hi):
             raise ProgramError(f"step input outside the INT{RESIDUAL_BITS} range")
-        self.program.select(phase, Runtime(x0.shape[0], pos))  # refuse before writing HBM
+        if rt.seq >= self.layout.batch or (phase == "decode" and rt.seq):
+            raise ProgramError(
+                f"sequence {rt.seq}: the program holds {self.layout.batch} KV caches and a "
+                "decode step's rows are slots 0..LEN-1 (step_batch)"
+            )
+        self.program.select(phase, rt)  # refuse before writing HBM
         inp = self.layout.region("input")
         raw = x0.astype("<i4").view(np.uint8).ravel()
         self.hbm[inp.base : inp.base + raw.size] = raw
-        self.last_stats = self.run(phase, Runtime(x0.shape[0], pos))
+        self.last_stats = self.run(phase, rt)
         lg = self.layout.region("logits")
-        return self.hbm[lg.base : lg.base + 4 * self.cfg.vocab].view("<i4").astype(np.int64)
+        n = 4 * self.cfg.vocab * (rt.length if phase == "decode" else 1)
+        out = self.hbm[lg.base : lg.base + n].view("<i4").astype(np.int64)
+        return out.reshape(-1, self.cfg.vocab)
 
-    def kv_cache(self, layer: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """K and V of ``layer``'s first ``length`` positions as [kv_heads, length, head_dim]."""
+    def kv_cache(self, layer: int, length: int, seq: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """K and V of ``layer``'s first ``length`` positions of sequence (KV-cache slot)
+        ``seq`` as [kv_heads, length, head_dim]."""
         c = self.cfg
-        base = self.layout.region("kv").base + layer * self.layout.kv_layer_bytes
+        base = self.layout.region("kv").base + seq * self.layout.kv_seq_bytes
+        base += layer * self.layout.kv_layer_bytes
         hs = self.layout.kv_head_bytes  # head stride (padded)
         out = []
         for at in (base, base + self.layout.kv_v_offset):

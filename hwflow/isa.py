@@ -31,9 +31,17 @@ Unused trailing bits are zero. The same table drives :func:`encode`, :func:`deco
 :func:`disasm`; there is no other copy of any field list.
 
 Registers and length adaptivity. SYS owns 16 scalar registers R0..R15 (64-bit signed). R0 is
-always 0; ``R1 = LEN`` (tokens of this step) and ``R2 = POS`` (cached positions before it) are
-set from the :class:`Runtime` before the program starts; the program computes the others with
-``SETI/ADDI/ADD/SUB/MULI/MINI``. A field may be *register-modified* (column ``dyn`` of the layout):
+always 0; ``R1 = LEN`` (token rows of this step) and ``R2 = POS`` (cached positions before it)
+are set from the :class:`Runtime` before the program starts; the program computes the others with
+``SETI/ADDI/ADD/SUB/MULI/MINI``.
+
+Batches (ISA v4). SYS also holds a *context table* CTX, one POS per sequence (KV-cache slot),
+written by the host like LEN and POS (:attr:`Runtime.positions`). ``R15 = SEQ`` selects the
+sequence: R2 always reads ``CTX[SEQ]`` (0 for a slot the runtime does not name: an idle one),
+so a write to R15 also reloads R2. SEQ starts at :attr:`Runtime.seq` (a prefill's slot; 0 for a
+batched decode, whose template walks SEQ over its rows: row i is slot i). A single-sequence
+runtime reads its POS for every SEQ, so a program run with one sequence sees R2 = POS all along,
+as before v4, whatever it writes to R15. A field may be *register-modified* (column ``dyn`` of the layout):
 
 * ``add``: the value used is ``field + R[reg]`` (an address or offset that moves with POS, a
   layer's base address, ...). ``reg = 0`` adds R0 = 0.
@@ -135,6 +143,7 @@ __all__ = [
     "OPCODES",
     "REG_LEN",
     "REG_POS",
+    "REG_SEQ",
     "ROW_FACTOR_BYTES",
     "SFU_FORMATS",
     "SFU_FUNCS",
@@ -173,12 +182,14 @@ __all__ = [
 
 #: 2: numerics v2 (INT32 residual, row factors, MM obits/arow, SFU silu/reluq);
 #: 3: MM/MV ``wgroup`` (group-wise weight scales: the tile's trailing group multipliers);
-#: 4: board-to-board links (SEND, RECV, ALLRED) and the SFU ``requant`` of a reduced linear
+#: 4: board-to-board links (SEND, RECV, ALLRED) and the SFU ``requant`` of a reduced linear;
+#:    the context table CTX read through R15 = SEQ (batched decode; no field changed)
 ISA_VERSION = 4
 MAGIC = b"HWFLOWP\0"
 NREGS = 16
 REG_LEN = 1  #: R1 = LEN, tokens of this step (runtime)
-REG_POS = 2  #: R2 = POS, cached positions before this step (runtime)
+REG_POS = 2  #: R2 = POS, cached positions before this step (runtime): CTX[SEQ]
+REG_SEQ = 15  #: R15 = SEQ, the sequence (KV-cache slot) R2 reads the context of
 
 
 class Unit(IntEnum):
@@ -740,18 +751,54 @@ class Template:
         """:func:`loop_spans` of the instructions (``{LOOP pc: ENDLOOP pc}``)."""
         return MappingProxyType(loop_spans(self.instrs))
 
+    @property
+    def batch(self) -> int:
+        """Sequences a decode template serves at once (``info["batch"]``; 1 without it)."""
+        return int(self.info.get("batch", 1))
+
     def serves(self, runtime: Runtime) -> bool:
         if self.phase == "prefill":
-            return runtime.pos == 0 and self.lo <= runtime.length <= self.hi
-        return runtime.length == 1 and self.lo <= runtime.pos + 1 <= self.hi
+            return (
+                runtime.pos == 0 and not runtime.positions and self.lo <= runtime.length <= self.hi
+            )
+        rows = runtime.length
+        if rows > 1 and len(runtime.positions) != rows:  # a batch names every row's POS
+            return False
+        return rows <= self.batch and self.lo <= runtime.context <= self.hi
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """Run-time registers: ``length`` tokens of this step after ``pos`` cached positions."""
+    """Run-time registers: ``length`` token rows of this step after ``pos`` cached positions;
+    ``seq`` the sequence (KV-cache slot) of the step (R15 at the start); a batched decode's
+    ``positions``: the context table CTX, the POS of each row's sequence (row i is slot i;
+    :meth:`batch`)."""
 
     length: int
     pos: int = 0
+    seq: int = 0
+    positions: tuple[int, ...] = ()
+
+    @classmethod
+    def batch(cls, positions: Sequence[int]) -> Runtime:
+        """A decode step of ``len(positions)`` sequences, sequence i at POS ``positions[i]``."""
+        ps = tuple(int(p) for p in positions)
+        return cls(len(ps), ps[0] if ps else 0, 0, ps)
+
+    def ctx(self, slot: int) -> int:
+        """CTX[slot]: the POS R2 reads while SEQ = ``slot`` (0 for a slot a batch does not
+        name). A single-sequence runtime has one context: every SEQ reads its POS, so a
+        program that uses R15 as an ordinary register (the multi-board lowering's reduce
+        records) keeps R2 = POS."""
+        if self.positions:
+            return self.positions[slot] if 0 <= slot < len(self.positions) else 0
+        return self.pos
+
+    @property
+    def context(self) -> int:
+        """The longest context of a decode step (what selects its template): POS + 1 of its
+        furthest sequence."""
+        return max(self.positions, default=self.pos) + 1
 
 
 @dataclass(frozen=True)
@@ -777,8 +824,14 @@ class Program:
             if t.phase == phase and t.serves(runtime):
                 return t
         ranges = [f"{t.lo}..{t.hi}" for t in self.templates if t.phase == phase]
+        batch = max((t.batch for t in self.templates if t.phase == phase), default=1)
+        if phase == "decode" and runtime.length > batch:
+            raise ProgramError(
+                f"no decode template serves a batch of {runtime.length} sequences (the program "
+                f"serves 1..{batch}: compile with --batch {runtime.length})"
+            )
         what = "LEN" if phase == "prefill" else "context POS+1"
-        n = runtime.length if phase == "prefill" else runtime.pos + runtime.length
+        n = runtime.length if phase == "prefill" else runtime.context
         span = f"{ranges[0].split('..')[0]}..{ranges[-1].split('..')[1]}" if ranges else "none"
         raise ProgramError(f"no {phase} template serves {what} = {n} (served: {span})")
 
@@ -1001,6 +1054,8 @@ def expand(
                 yield begin
         elif op in _ALU:
             _alu(ins, regs, pc)
+            if ins["rd"] == REG_SEQ:  # R2 reads CTX[SEQ] (module doc)
+                regs[REG_POS] = runtime.ctx(regs[REG_SEQ])
             pc += 1
         elif op == "END":
             if stack:
@@ -1044,6 +1099,17 @@ def _check_runtime(template: Template, runtime: Runtime) -> None:
         raise ProgramError(
             f"runtime LEN = {runtime.length}, POS = {runtime.pos}: need LEN >= 1, POS >= 0"
         )
+    ps = runtime.positions
+    if ps and (len(ps) != runtime.length or min(ps) < 0 or runtime.pos != runtime.ctx(runtime.seq)):
+        raise ProgramError(
+            f"runtime positions {list(ps)}: need one POS >= 0 per row (LEN = {runtime.length}) "
+            f"and POS = {runtime.pos} the first's"
+        )
+    if runtime.seq < 0 or (template.phase == "decode" and runtime.seq):
+        raise ProgramError(
+            f"runtime SEQ = {runtime.seq}: a prefill's slot is >= 0; a decode step's rows are "
+            "slots 0..LEN-1 (SEQ starts at 0)"
+        )
     if not template.serves(runtime):
         raise ProgramError(
             f"{template.phase} template {template.lo}..{template.hi} does not serve "
@@ -1086,7 +1152,8 @@ class _Expansion:
         self.nxt, self.pre = template.skips
         self.regs = [0] * NREGS
         self.regs[REG_LEN] = runtime.length
-        self.regs[REG_POS] = runtime.pos
+        self.regs[REG_SEQ] = runtime.seq
+        self.regs[REG_POS] = runtime.ctx(runtime.seq)
         self.seq = dict.fromkeys(TOKEN_UNITS, 0)
         self.stack: list[list[int]] = []  # [loop pc, iteration, count, ident recorded or -1]
         self.idents: dict[tuple[int, Hashable], int] = {}

@@ -33,6 +33,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from hwflow.analysis.batch_plot import batch_rows, draw_batch
 from hwflow.analysis.boards_plot import draw_boards
 from hwflow.analysis.energy_plot import draw_energy
 from hwflow.analysis.gpus import PRECISIONS, estimate, load_gpus, workload_bytes_per_token
@@ -195,12 +196,20 @@ def plot_results(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out = Path(out)
+    batched = batch_rows(rows)  # a batch sweep's rows: their own figure (:mod:`.batch_plot`)
     ok = [r for r in rows if r.get("status") == "ok" and isinstance(r.get("tokens_per_j"), float)]
-    if not ok:
+    ok = [r for r in ok if r not in batched]
+    if not ok and not batched:
         raise ConfigError("no valid points in the results table: nothing to plot")
     out.mkdir(parents=True, exist_ok=True)
-    style = _Style(ok)
     written: list[Path] = []
+    if batched:
+        fig = draw_batch(plt, batched)
+        written += _save(fig, out, "batch")
+        plt.close(fig)
+    if not ok:
+        return written
+    style = _Style(ok)
     for name, draw in (
         ("efficiency", _efficiency),
         ("sparsity", _sparsity),

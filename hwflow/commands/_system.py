@@ -36,6 +36,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def wants_system(args: argparse.Namespace, hw: HardwarePreset) -> bool:
     """Check ``--boards``/``--parallel`` (ConfigError, exit 2); whether it is more than one."""
     check_system(args.boards, args.parallel, hw)
+    if args.boards > 1 and getattr(args, "batch", 1) != 1:
+        raise ConfigError(
+            f"--batch {args.batch} with --boards {args.boards}: batched decode runs on one board"
+        )
     return args.boards > 1
 
 
