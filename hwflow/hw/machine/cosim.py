@@ -16,6 +16,7 @@ run not bit-exact, whatever the bytes say.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -91,10 +92,10 @@ def _raw(x: np.ndarray) -> np.ndarray:
 
 def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, prefill: int,
                 decode: int, *, seed: int = 0, flip_weight_bit: bool = False,
-                timeout: int = 5_000_000) -> dict[str, Any]:  # fmt: skip
+                timeout: int = 5_000_000, waves: Path | None = None) -> dict[str, Any]:  # fmt: skip
     """Run and compare (module doc); returns the figures (``bit_exact`` and the rest).
     ``flip_weight_bit`` flips one bit of the first weight tile in the RTL's HBM image only
-    (a must-fail check: the run must then differ)."""
+    (a must-fail check: the run must then differ). ``waves``: write the run's VCD there."""
     if prefill < 1 or decode < 0:
         raise ConfigError(f"--prefill {prefill} must be >= 1 and --decode {decode} >= 0")
     grouped = sorted({q.group for q in plan.resolve(cfg).values() if q.group is not None})
@@ -111,7 +112,7 @@ def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pre
     if flip_weight_bit:
         tile = ref["comp"].layout.tiles[0][0]
         image[ref["comp"].layout.region("L0").base + tile.offset] ^= 0x80  # an INT8 sign bit
-    run = run_steps(hw, prog, image, ref["steps"], units=units, timeout=timeout)
+    run = run_steps(hw, prog, image, ref["steps"], units=units, timeout=timeout, waves=waves)
     wall = time.perf_counter() - t0
     out: dict[str, Any] = {
         "model": cfg.name,
@@ -119,6 +120,7 @@ def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pre
         "preset": hw.name,
         "units": names,
         "missing_units": [u.name for u in TOKEN_UNITS if u.name not in names and u.value > 1],
+        "gen_s": run.gen_s,
         "build_s": run.build_s,
         "built": run.built,
         "instructions": ref["instrs"],
