@@ -144,3 +144,42 @@ def test_cosim_fails_on_a_flipped_weight_bit() -> None:
     )
     assert not res["bit_exact"]
     assert res["mismatch"]["step"] == 0 and res["mismatch"]["unit"] == "ST", res["mismatch"]
+
+
+def test_cosim_gqa_tied_flightllm_is_bit_exact() -> None:
+    """Another config on the tiny preset: 4 query heads over 1 K/V head (GQA ratio 4, the
+    shipped tiny-llama has 2), tied embeddings, the flightllm plan (N:M sparse weights);
+    prefill 3 + decode 1."""
+    from hwflow.hw.machine.cosim import cosim_model
+
+    cfg = load_model("tiny-llama").model_copy(
+        update={"name": "tiny-llama-gqa4", "kv_heads": 1, "tie_word_embeddings": True}
+    )
+    res = cosim_model(cfg, load_plan("flightllm"), load_hw("tiny"), 3, 1)
+    assert res["bit_exact"], res["mismatch"]
+
+
+def test_cosim_opt_w4a8_is_bit_exact() -> None:
+    """The OPT family (LayerNorm, ReLU, learned positions, biases) with INT4 weights (w4a8);
+    prefill 2 + decode 1."""
+    from hwflow.hw.machine.cosim import cosim_model
+
+    res = cosim_model(load_model("tiny-opt"), load_plan("w4a8"), load_hw("tiny"), 2, 1)
+    assert res["bit_exact"], res["mismatch"]
+
+
+def test_ldst_cycles_match_the_model_and_a_wrong_expectation_fails() -> None:
+    """The LD/ST/SYNC program's per-class busy cycles on the RTL agree with the SimPy model
+    (:func:`hwflow.hw.machine.cycles.check_agreement`: LD and ST within 2 %); the same check
+    against an expectation 3 % off (the model's times scaled) fails."""
+    from hwflow.hw.machine.cycles import check_agreement, class_table, model_times
+
+    _comp, hw, prog, hbm = _case()
+    run = _run(hw, prog, hbm)
+    _cyc, per = model_times(hw, prog, "prefill", Runtime(3, 0))
+    rows = class_table(run.steps[0]["records"], per)
+    print("\n" + "\n".join(f"{r.name} {r.count} {r.rtl:.1f} {r.model:.1f}" for r in rows))
+    check_agreement(rows, 0.02, classes=("LD", "ST"))
+    wrong = {u: [(c, t * 1.03) for c, t in ops] for u, ops in per.items()}
+    with pytest.raises(AssertionError, match=r"LD|ST"):
+        check_agreement(class_table(run.steps[0]["records"], wrong), 0.02, classes=("LD", "ST"))
