@@ -26,7 +26,7 @@ import time
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, Edge, First, RisingEdge, Timer
+from cocotb.triggers import ClockCycles, First, RisingEdge, Timer
 
 from hwflow.isa import TOKEN_UNITS
 
@@ -115,7 +115,7 @@ async def _run_step(dut: object, i: int, row: list, records: list, first: int) -
     await ClockCycles(dut.clk, 2)  # done drops in the cycle after start (fetching)
     limit = Timer(timeout * PERIOD_NS, "ns")
     while not int(dut.done.value):
-        got = await First(RisingEdge(dut.done), Edge(dut.error), limit)
+        got = await First(RisingEdge(dut.done), dut.error.value_change, limit)
         assert int(dut.error.value) == 0, f"step {i}: dispatcher error {int(dut.error.value)}"
         assert got is not limit and _now() - t0 < timeout, (
             f"step {i}: not done after {timeout} cycles; {int(dut.issued.value)} instructions "
@@ -140,7 +140,7 @@ async def run_case(dut: object) -> None:
     cocotb.start_soon(_monitor(dut, records))
     out: dict[str, object] = {}
     stats = []
-    wall = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     sim0 = _now()
     for i, row in enumerate(steps):
         first = len(records)
@@ -164,10 +164,18 @@ async def run_case(dut: object) -> None:
         out[f"hbm{i}"] = np.frombuffer(img, np.uint8)
     sim_cycles = _now() - sim0
     seconds = time.perf_counter() - wall
+    cpu_seconds = time.process_time() - cpu  # Verilator and Python: this process's CPU time
     for b, nwords in case["dump"].tolist():
         out[f"buf{b}"] = np.frombuffer(await _dump(dut, b, nwords, wb), np.uint8)
     out["stats"] = np.frombuffer(
-        json.dumps({"steps": stats, "sim_cycles": sim_cycles, "sim_seconds": seconds}).encode(),
+        json.dumps(
+            {
+                "steps": stats,
+                "sim_cycles": sim_cycles,
+                "sim_seconds": seconds,
+                "sim_cpu_seconds": cpu_seconds,
+            }
+        ).encode(),
         np.uint8,
     )
     np.savez(os.environ["HWFLOW_OUT"], **out)

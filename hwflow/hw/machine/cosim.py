@@ -145,6 +145,7 @@ def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pre
                 mismatch.update(pc=c.pc, unit=c.unit.name, template=tmpl,
                                 disasm=disasm(prog.select(step.phase, step.runtime).instrs[c.pc]))  # fmt: skip
     absent = any(s["absent_used"] for s in run.steps)
+    cpu = run.extra.get("sim_cpu_seconds", 0.0)
     rtl = sum(s["cycles"] - s["fetch_cycles"] for s in run.steps)
     model, table = 0, {}
     for step, s in zip(ref["steps"], run.steps, strict=True):
@@ -174,6 +175,8 @@ def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pre
         },
         sim_cycles=run.sim_cycles,
         sim_cycles_per_s=run.sim_cycles / run.sim_seconds if run.sim_seconds else 0.0,
+        # per CPU second of the simulator process: the rate on a machine not shared with others
+        sim_cycles_per_cpu_s=run.sim_cycles / cpu if cpu else 0.0,
         wall_s=wall,
         records=[
             {"step": i, "unit": TOKEN_UNITS[u].name, "pc": pc, "start": a, "end": b}

@@ -132,4 +132,5 @@ def run_steps(
             gen_s=facts["gen_s"],
             tests=tests,
             failed=failed,
+            extra={"sim_cpu_seconds": stats.get("sim_cpu_seconds", 0.0)},
         )
