@@ -95,7 +95,7 @@ def test_ldst_sys_program_matches_funcsim() -> None:
     comp, hw, prog, hbm = _case()
     fs = FuncSim(prog, hw, load_model("tiny-llama"), comp.layout, hbm.copy())
     stats = fs.run("prefill", Runtime(3, 0))
-    run = _run(hw, prog, hbm, dump=(Buf.ACT, Buf.KV, Buf.PARAM))
+    run = _ldst_run()
     assert (run.tests, run.failed) == (1, 0), run
     assert np.array_equal(run.hbm[0], fs.hbm)
     for b in (Buf.ACT, Buf.KV, Buf.PARAM):
@@ -120,8 +120,7 @@ def test_machine_hbm_differs_from_a_flipped_bit() -> None:
     bad[comp.layout.region("L0").base + 5] ^= 1
     fs = FuncSim(prog, hw, load_model("tiny-llama"), comp.layout, bad)
     fs.run("prefill", Runtime(3, 0))
-    run = _run(hw, prog, hbm)
-    assert not np.array_equal(run.hbm[0], fs.hbm)
+    assert not np.array_equal(_ldst_run().hbm[0], fs.hbm)
 
 
 def test_cosim_tiny_llama_is_bit_exact() -> None:
@@ -169,14 +168,20 @@ def test_cosim_opt_w4a8_is_bit_exact() -> None:
 
 
 @cache
+def _ldst_run():
+    """The LD/ST/SYNC program on the machine, ACT/KV/PARAM dumped (one run for its tests)."""
+    _comp, hw, prog, hbm = _case()
+    return _run(hw, prog, hbm, dump=(Buf.ACT, Buf.KV, Buf.PARAM))
+
+
+@cache
 def _ldst_classes():
     """The LD/ST/SYNC program's RTL records and the model's per-unit times."""
     from hwflow.hw.machine.cycles import model_times
 
-    _comp, hw, prog, hbm = _case()
-    run = _run(hw, prog, hbm)
+    _comp, hw, prog, _hbm = _case()
     _cyc, per = model_times(hw, prog, "prefill", Runtime(3, 0))
-    return run.steps[0]["records"], per
+    return _ldst_run().steps[0]["records"], per
 
 
 def test_sync_cycles_match_the_model_and_a_wrong_expectation_fails() -> None:
