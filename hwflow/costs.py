@@ -55,6 +55,7 @@ __all__ = [
     "HbmPiece",
     "OpCost",
     "chain_latency",
+    "core_port_bytes",
     "drain_cycles",
     "effective_nm",
     "hbm_achievable_gbps",
@@ -226,9 +227,8 @@ def sfu_cost(hw: HardwarePreset, elements: int, passes: int = 1) -> OpCost:
 
 
 # --------------------------------------------------------------------------------------------
-# HBM transfers (LD / ST), defined once: the cycle model's HBM channels charge these (the RTL
-# has no LD/ST unit yet; its bench will be held to them once it exists). The LD/ST unit below
-# is the cycle model's.
+# HBM transfers (LD / ST), defined once: the cycle model's HBM channels charge these, and the
+# RTL machine's HBM model (sim/machine_bench.py) times its AXI bursts with them.
 #
 # The address space is interleaved across the preset's pseudo-channels in granules of
 # ``hbm.interleave_bytes``: granule g lives in channel ``g % channels``, and the LD/ST unit has
@@ -252,6 +252,14 @@ def sfu_cost(hw: HardwarePreset, elements: int, passes: int = 1) -> OpCost:
 # finished streaming it (the first-beat latency; later bursts are pipelined behind it). The
 # load/store unit itself only hands a transfer's pieces to the channels' command queues:
 # ``LDST_ISSUE_CYCLES`` per transfer.
+#
+# The core side: the HBM's AXI ports run at ``port_mhz`` (450 MHz on the U280, PG276) and a
+# clock/width converter brings each channel into the accelerator's clock domain, where a buffer
+# word (``buffers.word_bytes``) is every channel's core-side port side by side: one buffer word
+# per accelerator cycle, ``word_bytes / channels`` bytes of each channel (:func:`core_port_bytes`).
+# That port is a fourth bound of a burst (``ceil(b / core bytes)`` cycles at ``clock_mhz``): on
+# a preset whose core clock is slow (the 100 MHz simulation preset) it, not the channel, is the
+# limit; the RTL machine's LD/ST path is built this way (hwflow.hw.machine.ldst).
 
 #: Cycles the LD/ST unit spends issuing one transfer's per-channel commands.
 LDST_ISSUE_CYCLES = 1
@@ -281,15 +289,23 @@ def hbm_refresh_share(hw: HardwarePreset) -> float:
     return hw.hbm.refresh_ns / hw.hbm.refresh_interval_ns
 
 
+def core_port_bytes(hw: HardwarePreset) -> int:
+    """Bytes one channel moves per accelerator cycle on the core side of its clock/width
+    converter: its share of a buffer word (module comment above)."""
+    return hw.buffers.word_bytes // hw.hbm.channels
+
+
 def hbm_burst_ns(hw: HardwarePreset, nbytes: int) -> float:
     """Channel time of one burst of ``nbytes`` (<= ``max_burst_bytes``) in a stream of them:
-    the slowest of port, device (refresh included) and latency / outstanding."""
+    the slowest of the HBM-side port, the core-side port (:func:`core_port_bytes` per
+    accelerator cycle), device (refresh included) and latency / outstanding."""
     h = hw.hbm
     t_port = ceil(nbytes / (h.port_bits // 8)) * 1e3 / h.port_mhz
+    t_core = ceil(nbytes / core_port_bytes(hw)) * 1e3 / hw.clock_mhz
     atoms = ceil(nbytes / HBM_ATOM_BYTES) * HBM_ATOM_BYTES
     t_dev = atoms / (h.channel_gbps * (1 - hbm_refresh_share(hw)))
     t_lat = h.latency_ns / h.outstanding
-    return max(t_port, t_dev, t_lat)
+    return max(t_port, t_core, t_dev, t_lat)
 
 
 def hbm_run_ns(hw: HardwarePreset, nbytes: int, *, new_row: bool = False) -> float:

@@ -102,22 +102,24 @@ def test_deadlock_is_a_sync_error(tiny):
 
 def test_hbm_split_and_rates(tiny):
     # tiny: 256 B granule, 4 channels of 14.375 GB/s, refresh 260 / 3900 ns -> 13.4167 GB/s of
-    # device time; 256-bit port at 450 MHz; 16 bursts in flight over 107 ns; clock 100 MHz
+    # device time; 256-bit port at 450 MHz; 16 bursts in flight over 107 ns; clock 100 MHz; the
+    # core side of each channel: 128-B buffer words / 4 channels = 32 B per 100 MHz cycle
     g = tiny.hbm.interleave_bytes
     whole = hbm_pieces(tiny, 0, 8 * g)
     assert [(p.channel, p.nbytes, p.same_channel) for p in whole] == [
         (c, 2 * g, True) for c in range(4)
     ]
     # one 512 B burst: port 16 beats / 450 MHz = 35.6 ns, device 512 / 13.4167 = 38.2 ns,
-    # latency 107 / 16 = 6.7 ns -> 38.2 ns = 3.8 cycles -> 4
-    assert whole[0].occupancy == 4
+    # latency 107 / 16 = 6.7 ns, core 512 / 32 = 16 cycles = 160 ns -> 16
+    assert whole[0].occupancy == 16
     part = hbm_pieces(tiny, 100, g)  # 156 B in channel 0, 100 B in channel 1
     assert [(p.channel, p.nbytes) for p in part] == [(0, 156), (1, 100)]
-    assert part[0].occupancy == 2  # 160 B of device atoms / 13.4167 = 11.9 ns -> 2 cycles
-    hop = hbm_pieces(tiny, 100, 156, hop=True)  # + a 31 ns row miss: 42.9 ns -> 5 cycles
-    assert [(p.channel, p.nbytes, p.same_channel, p.occupancy) for p in hop] == [(0, 156, False, 5)]
-    wr = hbm_pieces(tiny, 100, 156, write=True)  # + 2 x 10 ns turnaround: 31.9 ns -> 4 cycles
-    assert [(p.write, p.occupancy) for p in wr] == [(True, 4)]
+    # 156 B: device 160 B of atoms / 13.4167 = 11.9 ns, core ceil(156 / 32) = 5 cycles -> 5
+    assert part[0].occupancy == 5
+    hop = hbm_pieces(tiny, 100, 156, hop=True)  # + a 31 ns row miss: 81 ns -> 9 cycles
+    assert [(p.channel, p.nbytes, p.same_channel, p.occupancy) for p in hop] == [(0, 156, False, 9)]
+    wr = hbm_pieces(tiny, 100, 156, write=True)  # + 2 x 10 ns turnaround: 70 ns -> 7 cycles
+    assert [(p.write, p.occupancy) for p in wr] == [(True, 7)]
     assert sum(p.nbytes for p in hbm_pieces(tiny, 3 * g + 7, 5000)) == 5000
     # the head and tail granules of an unaligned transfer share a channel when it wraps
     wrap = hbm_pieces(tiny, 10, 4 * g)

@@ -26,11 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from hwflow.commands._common import print_json
     from hwflow.config import load_hw, load_model, load_plan
-    from hwflow.hw.cosim import BUILD_ROOT
+    from hwflow.hw.cosim import BUILD_ROOT, SIM_TOP
     from hwflow.hw.machine.cosim import cosim_model
 
     if args.rebuild:
-        for d in BUILD_ROOT.glob("accel-*"):
+        for d in BUILD_ROOT.glob(f"{SIM_TOP}-*"):
             if d.is_dir():
                 shutil.rmtree(d)
     cfg, plan, hw = load_model(args.model), load_plan(args.plan), load_hw(args.hw)
@@ -41,9 +41,14 @@ def run(args: argparse.Namespace) -> int:
         "plan": plan.name,
         "preset": hw.name,
         "built_now": res["built"],
+        "verilog_gen_s": res.get("gen_s", 0.0),
         "verilator_build_s": res["build_s"],
+        "rtl_cycles": res.get("rtl_cycles", 0),
+        "model_cycles": res.get("model_cycles", 0),
+        "cycle_error": res.get("cycle_error", 0.0),
         "sim_cycles": res.get("sim_cycles", 0),
         "sim_cycles_per_s": res.get("sim_cycles_per_s", 0.0),
+        "sim_cycles_per_cpu_s": res.get("sim_cycles_per_cpu_s", 0.0),
         "end_to_end_s": time.perf_counter() - t0,
         "bit_exact": res["bit_exact"],
         "missing_units": res.get("missing_units", []),

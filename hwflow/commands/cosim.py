@@ -51,6 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--trace", type=Path, help="write the per-instruction records (JSON) here")
     p.add_argument("--boards", type=int, default=1, help="boards (the RTL machine runs 1)")
+    p.add_argument(
+        "--waves",
+        type=Path,
+        help="write the run's waveform (VCD) here; a traced Verilator build of its own, slower "
+        "and large: use short runs",
+    )
     p.set_defaults(func=run_cosim)
 
 
@@ -68,7 +74,9 @@ def run_cosim(args: argparse.Namespace) -> int:
         raise UnsupportedError(f"--batch {args.batch}: {RTL_NO_BATCH}")
     with Progress() as prog:
         prog.note(f"co-simulating {cfg.name} / {plan.name} on {hw.name} (Verilator)")
-        res = cosim_model(cfg, plan, hw, args.prefill, args.decode, seed=args.seed)
+        res = cosim_model(
+            cfg, plan, hw, args.prefill, args.decode, seed=args.seed, waves=args.waves
+        )
     records = res.pop("records", None)
     if args.trace is not None:
         atomic_write(args.trace, json.dumps(records or [], indent=1))

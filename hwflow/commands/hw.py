@@ -18,10 +18,12 @@ __all__ = ["register"]
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "rtl",
-        help="write the Verilog of a preset's matrix engines and a manifest",
-        description="Generate the matrix-vector and matrix-matrix engines of a hardware preset "
-        "as Verilog (from Amaranth) with manifest.json (parameters, ports, payload fields, "
-        "latency), and lint them with verilator --lint-only -Wall and rtl/lint.vlt.",
+        help="write the Verilog of a preset's accelerator and its matrix engines, a manifest",
+        description="Generate the whole accelerator (accel.v: fetch, dispatcher, queues, "
+        "buffers, LD/ST, MM/MV/SFU units; the Verilog hwflow cosim runs) and the matrix-vector "
+        "and matrix-matrix engines alone of a hardware preset as Verilog (from Amaranth) with "
+        "manifest.json (parameters, ports, payload fields, latency), and lint the engines with "
+        "verilator --lint-only -Wall and rtl/lint.vlt.",
     )
     p.add_argument("--hw", default="tiny", help="hardware preset name or YAML path")
     p.add_argument(
@@ -75,7 +77,10 @@ def _intact(out: Path) -> bool:
     manifest = cache.read_json(out / "manifest.json")
     if not isinstance(manifest, dict):
         return False
-    for eng in manifest.get("engines", {}).values():
+    files = [*manifest.get("engines", {}).values(), manifest.get("accelerator") or {}]
+    for eng in files:
+        if "file" not in eng:
+            continue
         f = out / eng["file"]
         if not f.is_file() or hashlib.sha256(f.read_bytes()).hexdigest() != eng["sha256"]:
             return False
@@ -112,6 +117,15 @@ def _generate(hw: HardwarePreset, out: Path, chains: int | None, lint: bool) -> 
                 lines += [f"    {m}" for m in msgs[:20]]
             else:
                 lines.append("  lint: verilator --lint-only -Wall clean (waivers: rtl/lint.vlt)")
+    acc = manifest.get("accelerator")
+    if acc is not None and "skipped" in acc:
+        lines.append(f"accelerator: not written: {acc['skipped']}")
+    elif acc is not None:
+        lines.append(
+            f"accelerator: {out / acc['file']}  units {', '.join(acc['units'])}, "
+            f"{acc['word_bytes']}-byte buffer words and HBM port; {acc['verilog_lines']} lines "
+            f"of Verilog ({acc['generate_seconds']:.1f} s to generate, cached with hwflow cosim)"
+        )
     lines.append(f"manifest: {out / 'manifest.json'}")
     return status, lines
 

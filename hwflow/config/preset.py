@@ -172,6 +172,10 @@ class Buffers(Sourced):
     #: decoded-instruction queue entries per unit (the dispatcher stalls when one is full);
     #: 64 x 9-word entries = 18 Kib, half a BRAM36 per unit
     queue_entries: PositiveInt = 64
+    #: bytes of one buffer word, what a buffer's port moves per accelerator cycle: the core-side
+    #: ports of every HBM channel side by side (``word_bytes / hbm.channels`` each, a bound of
+    #: every burst: :func:`hwflow.costs.core_port_bytes`; the RTL's buffers and LD/ST path)
+    word_bytes: PositiveInt
 
     def bytes(self, name: str) -> int:
         return getattr(self, f"{name}_kib") * 1024
@@ -241,6 +245,11 @@ class HardwarePreset(Sourced):
         have = self.board.onchip_bytes // 1024
         if need > have:
             raise ValueError(f"buffers need {need} KiB but board {self.board.part} has {have} KiB")
+        if self.buffers.word_bytes % self.hbm.channels:
+            raise ValueError(
+                f"buffers.word_bytes = {self.buffers.word_bytes} must be a multiple of "
+                f"hbm.channels = {self.hbm.channels} (a word is every channel's core-side port)"
+            )
         return self
 
     @property

@@ -30,11 +30,13 @@ from hwflow.hw.tools import ROOT, ensure_verilator_on_path
 __all__ = [
     "BUILD_ROOT",
     "SIM_DIR",
+    "SIM_TOP",
     "BenchRun",
     "build",
     "build_machine",
     "build_verilog",
     "machine_key",
+    "machine_verilog",
     "run_bench",
     "run_cocotb",
     "run_machine_bench",
@@ -43,7 +45,8 @@ __all__ = [
 BUILD_ROOT = ROOT / "rtl" / "build"
 SIM_DIR = ROOT / "sim"
 #: Verilator flags: Amaranth's Verilog draws width warnings (linted separately with waivers).
-_BUILD_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3")
+_BUILD_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "--x-assign", "fast",
+               "--x-initial", "0")  # fmt: skip
 _PCH_FIX = "CFG_CXXFLAGS_PCH_I=-include"
 
 
@@ -111,6 +114,7 @@ def _build_locked(
     facts: dict[str, float],
     args: list[str],
     hierarchical: bool,
+    waves: bool = False,
 ) -> tuple[Path, bool, float, dict[str, float]]:
     from cocotb_tools.runner import get_runner
 
@@ -137,6 +141,7 @@ def _build_locked(
         build_dir=bdir,
         build_args=args,
         log_file=bdir / "build.log",
+        waves=waves,
     )
     seconds = time.perf_counter() - t0
     record.write_text(json.dumps({"seconds": seconds}))
@@ -269,42 +274,80 @@ def _slot_name(f: Any) -> str:
     return f"{fn.__module__}.{fn.__qualname__}{plain}"
 
 
-def build_machine(
-    mp: Any, units: dict[Any, Any], name: str = "accel"
-) -> tuple[Path, bool, float, dict[str, float]]:
-    """Verilog + Verilator build of the :class:`~hwflow.hw.machine.top.Accelerator` of ``mp``
-    with the unit factories ``units``, cached under ``rtl/build/<name>-<key>``
-    (:func:`machine_key`): a cached build is reused without generating the Verilog again."""
-    from amaranth.back import verilog
+def machine_verilog(
+    mp: Any, units: dict[Any, Any], name: str = "accel", *, sim_hw: Any = None
+) -> tuple[Path, str, dict[str, float]]:
+    """The Verilog of the :class:`~hwflow.hw.machine.top.Accelerator` of ``mp`` with the unit
+    factories ``units`` (with ``sim_hw``, a preset: the machine on its simulated HBM,
+    :class:`~hwflow.hw.machine.hbm_sim.SimTop`, timed by that preset), cached as
+    ``rtl/build/<name>-<key>/<name>.v`` (:func:`machine_key`): generated only when that file
+    is missing. Returns (build folder, text, facts: generation seconds (recorded ones when
+    cached) and line count)."""
+    from hwflow.hw.machine.verilog import accelerator_verilog, sim_verilog
 
-    from hwflow.hw.machine.top import Accelerator
-
-    ensure_verilator_on_path()
     slots = ",".join(f"{u.name}={_slot_name(f)}" for u, f in sorted(units.items()))
+    if sim_hw is not None:
+        slots += f";sim={sim_hw.digest}"
     key = machine_key(mp, slots)
     bdir = BUILD_ROOT / f"{name}-{key}"
-    BUILD_ROOT.mkdir(parents=True, exist_ok=True)
+    bdir.mkdir(parents=True, exist_ok=True)
+    src, record = bdir / f"{name}.v", bdir / "gen_seconds.json"
     with open(BUILD_ROOT / f"{name}-{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            facts = {"gen_s": 0.0, "lines": 0.0}
-            src = bdir / f"{name}.v"
-            if not (bdir / name).is_file():
-                t0 = time.perf_counter()
-                text = verilog.convert(Accelerator(mp, units), name=name)
-                facts = {"gen_s": time.perf_counter() - t0, "lines": text.count("\n")}
-            else:
+            if src.is_file():
                 text = src.read_text()
-                facts["lines"] = text.count("\n")
-            return _build_locked(name, text, bdir, facts, list(_BUILD_ARGS), False)
+                done = json.loads(record.read_text()) if record.is_file() else {}
+                gen_s = float(done.get("seconds", 0.0))
+            else:
+                t0 = time.perf_counter()
+                if sim_hw is None:
+                    text = accelerator_verilog(mp, units, name)
+                else:
+                    text = sim_verilog(sim_hw, mp, units, name)
+                gen_s = time.perf_counter() - t0
+                write_if_changed(src, text)
+                record.write_text(json.dumps({"seconds": gen_s}))
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return bdir, text, {"gen_s": gen_s, "lines": text.count("\n")}
+
+
+#: Top module of the simulated machine (accelerator + HBM model).
+SIM_TOP = "accel_sim"
+
+
+def build_machine(
+    hw: Any, mp: Any, units: dict[Any, Any], *, waves: bool = False
+) -> tuple[Path, bool, float, dict[str, float]]:
+    """Verilog (:func:`machine_verilog` of the machine on its simulated HBM, timed by preset
+    ``hw``) + Verilator build, cached in the same folder: a cached build is reused without
+    generating the Verilog again. ``waves``: a build with Verilator's VCD tracing, in a folder
+    of its own (``<folder>-waves``; tracing slows every run, so the plain build stays
+    untraced)."""
+    ensure_verilator_on_path()
+    bdir, text, facts = machine_verilog(mp, units, SIM_TOP, sim_hw=hw)
+    if waves:
+        bdir = bdir.with_name(bdir.name + "-waves")
+    with open(BUILD_ROOT / f"{bdir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _build_locked(SIM_TOP, text, bdir, facts, list(_BUILD_ARGS), False, waves)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def run_machine_bench(
-    bdir: Path, name: str, env: dict[str, str], *, testcase: str | None = None, seed: int = 1
+    bdir: Path,
+    name: str,
+    env: dict[str, str],
+    *,
+    testcase: str | None = None,
+    seed: int = 1,
+    waves: Path | None = None,
 ) -> tuple[int, int, float]:
-    """Run ``sim/machine_bench.py`` on a machine build; returns (tests, failed, seconds)."""
+    """Run ``sim/machine_bench.py`` on a machine build (a ``waves`` build when ``waves`` names
+    the VCD file to write); returns (tests, failed, seconds)."""
     from cocotb_tools.runner import get_results, get_runner
 
     results = bdir / f"results-{os.getpid()}.xml"
@@ -325,10 +368,13 @@ def run_machine_bench(
             results_xml=str(results),
             seed=seed,
             log_file=log,
+            waves=waves is not None,
         )
     run_s = time.perf_counter() - t0
     tests, failed = get_results(results)
     results.unlink()
     if not failed:
         log.unlink(missing_ok=True)
+    if waves is not None and (bdir / "dump.vcd").is_file():
+        shutil.move(bdir / "dump.vcd", waves)
     return tests, failed, run_s

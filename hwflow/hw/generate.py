@@ -42,6 +42,7 @@ __all__ = [
     "engine_verilog",
     "lint",
     "module_name",
+    "write_accelerator",
     "write_if_changed",
     "write_rtl",
 ]
@@ -131,8 +132,10 @@ def write_rtl(
     out: Path | None = None,
     kinds: tuple[Literal["mv", "mpe"], ...] = ("mv", "mpe"),
     chains: int | None = None,
+    accelerator: bool = True,
 ) -> dict[str, Any]:
-    """Write the Verilog of the preset's engines (or slices of ``chains`` chains) and
+    """Write the Verilog of the preset's engines (or slices of ``chains`` chains), with
+    ``accelerator`` (and no ``chains``) the whole machine (:func:`write_accelerator`), and
     ``manifest.json`` into ``out``."""
     out = Path(out) if out is not None else DEFAULT_OUT / hw.name
     engines: dict[str, Any] = {}
@@ -169,8 +172,41 @@ def write_rtl(
             },
         }
     manifest = {"preset": hw.name, "preset_digest": hw.digest, "engines": engines}
+    if accelerator and chains is None:
+        manifest["accelerator"] = write_accelerator(hw, out)
     write_if_changed(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
+
+
+def write_accelerator(hw: HardwarePreset, out: Path) -> dict[str, Any]:
+    """Write the whole machine (:class:`~hwflow.hw.machine.top.Accelerator` with every
+    implemented unit) as ``accel.v`` into ``out``; its manifest entry. The Verilog comes from
+    the machine's build cache (:func:`hwflow.hw.cosim.machine_verilog`, shared with
+    ``hwflow cosim``). A preset the machine cannot be built for gets ``{"skipped": reason}``."""
+    from hwflow.errors import UnsupportedError
+    from hwflow.hw.cosim import machine_verilog
+    from hwflow.hw.machine.params import MachineParams
+    from hwflow.hw.machine.units import available_units
+
+    try:
+        mp = MachineParams.from_preset(hw)
+    except UnsupportedError as e:
+        return {"skipped": str(e)}
+    units, names = available_units(hw)
+    _bdir, text, facts = machine_verilog(mp, units)
+    path = out / "accel.v"
+    write_if_changed(path, text)
+    return {
+        "module": "accel",
+        "file": path.name,
+        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "verilog_lines": text.count("\n"),
+        "generate_seconds": round(facts["gen_s"], 2),
+        "units": names,
+        "word_bytes": mp.word_bytes[next(iter(mp.word_bytes))],
+        "axi_data_bits": mp.axi_data_bits,
+        "queue_depth": mp.queue_depth,
+    }
 
 
 def lint(files: list[Path], top: str) -> list[str]:

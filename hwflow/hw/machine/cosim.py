@@ -16,6 +16,7 @@ run not bit-exact, whatever the bytes say.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -101,10 +102,10 @@ def check_single_board(program: Program) -> None:
 
 def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, prefill: int,
                 decode: int, *, seed: int = 0, flip_weight_bit: bool = False,
-                timeout: int = 5_000_000) -> dict[str, Any]:  # fmt: skip
+                timeout: int = 5_000_000, waves: Path | None = None) -> dict[str, Any]:  # fmt: skip
     """Run and compare (module doc); returns the figures (``bit_exact`` and the rest).
     ``flip_weight_bit`` flips one bit of the first weight tile in the RTL's HBM image only
-    (a must-fail check: the run must then differ)."""
+    (a must-fail check: the run must then differ). ``waves``: write the run's VCD there."""
     if prefill < 1 or decode < 0:
         raise ConfigError(f"--prefill {prefill} must be >= 1 and --decode {decode} >= 0")
     grouped = sorted({q.group for q in plan.resolve(cfg).values() if q.group is not None})
@@ -122,7 +123,7 @@ def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pre
     if flip_weight_bit:
         tile = ref["comp"].layout.tiles[0][0]
         image[ref["comp"].layout.region("L0").base + tile.offset] ^= 0x80  # an INT8 sign bit
-    run = run_steps(hw, prog, image, ref["steps"], units=units, timeout=timeout)
+    run = run_steps(hw, prog, image, ref["steps"], units=units, timeout=timeout, waves=waves)
     wall = time.perf_counter() - t0
     out: dict[str, Any] = {
         "model": cfg.name,
@@ -130,6 +131,7 @@ def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pre
         "preset": hw.name,
         "units": names,
         "missing_units": [u.name for u in TOKEN_UNITS if u.name not in names and u.value > 1],
+        "gen_s": run.gen_s,
         "build_s": run.build_s,
         "built": run.built,
         "instructions": ref["instrs"],
@@ -154,6 +156,7 @@ def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pre
                 mismatch.update(pc=c.pc, unit=c.unit.name, template=tmpl,
                                 disasm=disasm(prog.select(step.phase, step.runtime).instrs[c.pc]))  # fmt: skip
     absent = any(s["absent_used"] for s in run.steps)
+    cpu = run.extra.get("sim_cpu_seconds", 0.0)
     rtl = sum(s["cycles"] - s["fetch_cycles"] for s in run.steps)
     model, table = 0, {}
     for step, s in zip(ref["steps"], run.steps, strict=True):
@@ -183,6 +186,8 @@ def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pre
         },
         sim_cycles=run.sim_cycles,
         sim_cycles_per_s=run.sim_cycles / run.sim_seconds if run.sim_seconds else 0.0,
+        # per CPU second of the simulator process: the rate on a machine not shared with others
+        sim_cycles_per_cpu_s=run.sim_cycles / cpu if cpu else 0.0,
         wall_s=wall,
         records=[
             {"step": i, "unit": TOKEN_UNITS[u].name, "pc": pc, "start": a, "end": b}

@@ -21,7 +21,7 @@ from hwflow.isa import TOKEN_UNITS, Program, Runtime, expand
 from hwflow.perf.lower import lower
 from hwflow.perf.machine import UNITS, Machine
 
-__all__ = ["ClassRow", "class_table", "format_table", "model_times"]
+__all__ = ["ClassRow", "check_agreement", "class_table", "format_table", "model_times"]
 
 
 @dataclass(frozen=True)
@@ -92,3 +92,17 @@ def format_table(rows: Sequence[ClassRow]) -> str:
     for r in rows:
         lines.append(f"{r.name:<6} {r.count:>6} {r.rtl:>10.1f} {r.model:>10.1f} {r.error:>+8.1%}")
     return "\n".join(lines)
+
+
+def check_agreement(
+    rows: Sequence[ClassRow], tolerance: float, classes: Sequence[str] | None = None
+) -> None:
+    """AssertionError naming every class (of ``classes``, default all) whose mean RTL busy
+    cycles differ from the model's by more than ``tolerance`` (relative)."""
+    bad = [
+        f"{r.name}: rtl {r.rtl:.1f} vs model {r.model:.1f} ({r.error:+.1%})"
+        for r in rows
+        if (classes is None or r.name in classes) and abs(r.error) > tolerance
+    ]
+    if bad:
+        raise AssertionError(f"cycles disagree beyond {tolerance:.0%}: " + "; ".join(bad))

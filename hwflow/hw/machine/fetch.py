@@ -80,8 +80,10 @@ class InstrMem(wiring.Component):
 
 
 class Fetch(wiring.Component):
-    """Copies ``words`` 32-bit words from HBM byte ``addr`` (beat aligned) into the
-    instruction memory on ``start``; ``done`` pulses when the last beat is written."""
+    """Copies ``words`` 32-bit words from HBM byte ``addr`` (4-byte aligned) into the
+    instruction memory on ``start``, from the beat holding ``addr`` on (the memory's first
+    ``addr % beat / 4`` words precede the program); ``done`` pulses when the last beat is
+    written."""
 
     def __init__(self, mp: MachineParams, line_bits: int) -> None:
         self.mp = mp
@@ -126,9 +128,14 @@ class Fetch(wiring.Component):
             m.d.sync += [self.w_line.eq(self.w_line + 1), rx_left.eq(rx_left - 1)]
             with m.If(rx_left == 1):
                 m.d.sync += self.done.eq(1)
-        with m.If(self.start):
-            n = (self.words + (wb // 4 - 1)) >> (lg - 2)
-            m.d.sync += [cur.eq(self.addr), ar_left.eq(n), rx_left.eq(n), self.w_line.eq(0)]
+        with m.If(self.start):  # from the beat holding ``addr`` (top skips its leading words)
+            n = ((self.addr[:lg] >> 2) + self.words + (wb // 4 - 1)) >> (lg - 2)
+            m.d.sync += [
+                cur.eq(self.addr & ~(wb - 1)),
+                ar_left.eq(n),
+                rx_left.eq(n),
+                self.w_line.eq(0),
+            ]
             with m.If(n == 0):
                 m.d.sync += self.done.eq(1)
         return m

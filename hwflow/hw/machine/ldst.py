@@ -110,7 +110,6 @@ class LoadUnit(wiring.Component):
         m.submodules.align = al = Realign(wb, max(mp.addr_bits(b) for b in Buf))
         c = Signal(cmd_layout(Unit.LD))
         running = Signal()
-        empty = c.row_bytes == 0
         ar = _Rows(m, mp.axi_addr_bits, "ar")
         rx_a = _Rows(m, mp.axi_addr_bits, "rxa")  # the receiver's own walk (HBM side)
         rx_b = Signal(LEN_BITS, name="rx_b")  # ... and its buffer byte address
@@ -159,6 +158,14 @@ class LoadUnit(wiring.Component):
             al.i_valid.eq(self.axi.rvalid),
             self.axi.rready.eq(al.i_ready),
         ]
+        self._buffer_writes(m, c, al)
+        idle = ~rx_busy & al.idle & ~al.o_valid & ~ar_busy & (inflight == 0)
+        with m.If(running & idle & ~(self.cmd.valid & self.cmd.ready)):
+            m.d.sync += [running.eq(0), self.done.eq(1)]
+        return m
+
+    def _buffer_writes(self, m: Module, c: Signal, al: Realign) -> None:
+        """The realigner's words go to the command's buffer (its write port's grant)."""
         grant = 0
         for b in Buf:
             port = getattr(self, f"wr_{b.name.lower()}")
@@ -171,11 +178,6 @@ class LoadUnit(wiring.Component):
             ]
             grant = grant | (port.grant & sel)
         m.d.comb += al.o_ready.eq(grant)
-        idle = ~rx_busy & al.idle & ~al.o_valid & ~ar_busy & (inflight == 0)
-        with m.If(running & idle & ~(self.cmd.valid & self.cmd.ready)):
-            m.d.sync += [running.eq(0), self.done.eq(1)]
-        del empty
-        return m
 
 
 class StoreUnit(wiring.Component):
@@ -200,66 +202,101 @@ class StoreUnit(wiring.Component):
         m = Module()
         mp = self.mp
         wb = mp.beat_bytes
-        lg = (wb - 1).bit_length()
-        mb = mp.max_burst_beats * wb
         m.submodules.align = al = Realign(wb, mp.axi_addr_bits)
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=8 * wb, depth=4)
         c = Signal(cmd_layout(Unit.ST))
         running = Signal()
-        axi = self.axi
         aw = _Rows(m, mp.axi_addr_bits, "aw")
-        fire = axi.awvalid & axi.awready
+        fire = self.axi.awvalid & self.axi.awready
         cur, blen, valid, aw_busy, aw_setup = _bursts(
             m, mp, aw, c.row_bytes, c.hbm_stride, fire, "aw"
         )
-        pending = Signal(range(mp.outstanding + 1))  # bursts issued whose response is due
+        pending = self._addresses(m, cur, blen, valid, fire)
+        rd = self._reader(m, c, fifo)
+        tx_busy = self._writer(m, c, al, fifo)
+        # commands
+        m.d.comb += [self.cmd.ready.eq(~running), self.busy.eq(running)]
+        m.d.sync += self.done.eq(0)
+        with m.If(self.cmd.valid & self.cmd.ready):
+            p = self.cmd.payload
+            m.d.sync += [c.eq(p), running.eq(1)]
+            with m.If((p.rows != 0) & (p.row_bytes != 0)):
+                aw.start(p.hbm, p.rows)
+                self._tx.start(p.hbm, p.rows)
+                m.d.sync += [aw_busy.eq(1), aw_setup.eq(1), self._tx_b.eq(p.off), tx_busy.eq(1)]
+                m.d.sync += [rd.busy.eq(1), rd.rows.eq(p.rows), rd.b.eq(p.off), rd.left.eq(0)]
+        idle = ~aw_busy & ~rd.busy & ~tx_busy & al.idle & ~al.o_valid
+        idle = idle & (pending == 0) & ~rd.inflight & ~fifo.r_rdy
+        with m.If(running & idle & ~(self.cmd.valid & self.cmd.ready)):
+            m.d.sync += [running.eq(0), self.done.eq(1)]
+        return m
+
+    def _addresses(
+        self, m: Module, cur: Signal, blen: Signal, valid: Signal, fire: object
+    ) -> Signal:
+        """The AW channel and the count of bursts whose write response is due."""
+        mp, axi = self.mp, self.axi
+        pending = Signal(range(mp.outstanding + 1))
         bfire = axi.bvalid & axi.bready
         m.d.comb += [
             axi.awaddr.eq(cur),
             axi.awlen.eq(blen),
-            axi.awsize.eq(lg),
+            axi.awsize.eq((mp.beat_bytes - 1).bit_length()),
             axi.awburst.eq(AXI_INCR),
             axi.awvalid.eq(valid & (pending < mp.outstanding)),
             axi.bready.eq(1),
         ]
         m.d.sync += pending.eq(pending + fire - bfire)
-        # buffer reader: the words covering each row, into the FIFO (credit: FIFO room)
-        rd_rows = Signal(17)
-        rd_b = Signal(LEN_BITS)
-        rd_word = Signal(max(mp.addr_bits(b) for b in Buf) + 8)
-        rd_left = Signal(LEN_BITS + 1)  # words of the current row still to read
-        rd_busy = Signal()
-        inflight = Signal()
-        m.d.sync += inflight.eq(0)
-        m.d.comb += [fifo.w_data.eq(0), fifo.w_en.eq(inflight)]
-        space = fifo.level + inflight < fifo.depth - 1
+        return pending
+
+    def _reader(self, m: Module, c: Signal, fifo: SyncFIFOBuffered) -> _StoreReader:
+        """Buffer reader: the words covering each row, into the FIFO (credit: FIFO room)."""
+        mp = self.mp
+        wb = mp.beat_bytes
+        lg = (wb - 1).bit_length()
+        rd = _StoreReader(mp)
+        m.d.sync += rd.inflight.eq(0)
+        m.d.comb += [fifo.w_data.eq(0), fifo.w_en.eq(rd.inflight)]
+        space = fifo.level + rd.inflight < fifo.depth - 1
         grant = 0
         want = Signal()
         for b in Buf:
             port = getattr(self, f"rd_{b.name.lower()}")
             sel = c.buf == b
-            m.d.comb += [port.addr.eq(rd_word), port.en.eq(want & sel)]
+            m.d.comb += [port.addr.eq(rd.word), port.en.eq(want & sel)]
             grant = grant | (port.grant & sel)
-            with m.If(inflight & sel):
+            with m.If(rd.inflight & sel):
                 m.d.comb += fifo.w_data.eq(port.data)
-        with m.If(rd_busy):
-            with m.If(rd_left == 0):
-                with m.If(rd_rows == 0):
-                    m.d.sync += rd_busy.eq(0)
+        with m.If(rd.busy):
+            with m.If(rd.left == 0):
+                with m.If(rd.rows == 0):
+                    m.d.sync += rd.busy.eq(0)
                 with m.Else():
                     m.d.sync += [
-                        rd_word.eq(rd_b >> lg),
-                        rd_left.eq((rd_b[:lg] + c.row_bytes + (wb - 1)) >> lg),
-                        rd_b.eq(rd_b + c.stride),
-                        rd_rows.eq(rd_rows - 1),
+                        rd.word.eq(rd.b >> lg),
+                        rd.left.eq((rd.b[:lg] + c.row_bytes + (wb - 1)) >> lg),
+                        rd.b.eq(rd.b + c.stride),
+                        rd.rows.eq(rd.rows - 1),
                     ]
             with m.Elif(space):
                 m.d.comb += want.eq(1)
                 with m.If(grant):
-                    m.d.sync += [inflight.eq(1), rd_word.eq(rd_word + 1), rd_left.eq(rd_left - 1)]
-        # realigner: buffer words -> HBM beats; W channel with wlast at burst ends
-        tx = _Rows(m, mp.axi_addr_bits, "tx")
-        tx_b = Signal(LEN_BITS)
+                    m.d.sync += [
+                        rd.inflight.eq(1),
+                        rd.word.eq(rd.word + 1),
+                        rd.left.eq(rd.left - 1),
+                    ]
+        return rd
+
+    def _writer(self, m: Module, c: Signal, al: Realign, fifo: SyncFIFOBuffered) -> Signal:
+        """Realigner: buffer words -> HBM beats; the W channel with wlast at burst ends.
+        Returns its busy flag (the row walk is ``self._tx``, ``self._tx_b``)."""
+        mp, axi = self.mp, self.axi
+        wb = mp.beat_bytes
+        lg = (wb - 1).bit_length()
+        mb = mp.max_burst_beats * wb
+        tx = self._tx = _Rows(m, mp.axi_addr_bits, "tx")
+        tx_b = self._tx_b = Signal(LEN_BITS)
         tx_busy = Signal()
         with m.If(tx_busy & al.idle):
             with m.If(tx.left == 0):
@@ -284,19 +321,17 @@ class StoreUnit(wiring.Component):
             axi.wvalid.eq(al.o_valid),
             al.o_ready.eq(axi.wready),
         ]
-        # commands
-        m.d.comb += [self.cmd.ready.eq(~running), self.busy.eq(running)]
-        m.d.sync += self.done.eq(0)
-        with m.If(self.cmd.valid & self.cmd.ready):
-            p = self.cmd.payload
-            m.d.sync += [c.eq(p), running.eq(1)]
-            with m.If((p.rows != 0) & (p.row_bytes != 0)):
-                aw.start(p.hbm, p.rows)
-                tx.start(p.hbm, p.rows)
-                m.d.sync += [aw_busy.eq(1), aw_setup.eq(1), tx_b.eq(p.off), tx_busy.eq(1)]
-                m.d.sync += [rd_busy.eq(1), rd_rows.eq(p.rows), rd_b.eq(p.off), rd_left.eq(0)]
-        idle = ~aw_busy & ~rd_busy & ~tx_busy & al.idle & ~al.o_valid
-        idle = idle & (pending == 0) & ~inflight & ~fifo.r_rdy
-        with m.If(running & idle & ~(self.cmd.valid & self.cmd.ready)):
-            m.d.sync += [running.eq(0), self.done.eq(1)]
-        return m
+        return tx_busy
+
+
+class _StoreReader:
+    """The ST unit's buffer-reader state: rows left, the buffer byte of the next row, the
+    word to read, words of the row still to read, busy, a word in flight."""
+
+    def __init__(self, mp: MachineParams) -> None:
+        self.rows = Signal(17, name="rd_rows")
+        self.b = Signal(LEN_BITS, name="rd_b")
+        self.word = Signal(max(mp.addr_bits(b) for b in Buf) + 8, name="rd_word")
+        self.left = Signal(LEN_BITS + 1, name="rd_left")
+        self.busy = Signal(name="rd_busy")
+        self.inflight = Signal(name="rd_inflight")

@@ -3,11 +3,14 @@
 Every width and depth of the machine (buffers, queues, AXI ports, the instruction memory)
 comes from here, so the Amaranth components, the Verilog and the cocotb benches agree.
 
-Buffer words: every on-chip buffer is ``hbm.port_bits / 8`` bytes wide, one AXI data beat,
-so the LD/ST units move one beat into or out of a buffer per cycle. (The machine's HBM ports
-run at the accelerator clock ``clock_mhz``; the preset's ``port_mhz`` is the HBM controller's
-clock, which the cycle model charges. The LD/ST units therefore move at most one word per
-cycle, a real limit of a design with these buffer ports; the benches report it.)
+Buffer words: every on-chip buffer word is ``buffers.word_bytes`` wide, the core-side ports of
+every HBM channel side by side (:func:`hwflow.costs.core_port_bytes`: the HBM's AXI ports run
+at ``hbm.port_mhz`` and a clock/width converter per channel brings ``word_bytes / channels``
+bytes of it into the accelerator clock per cycle). The machine's HBM port (fetch, LD, ST) is
+one AXI4 port of that width in front of the channel interleave: a beat lies in one
+interleave granule, so it comes from one channel, and the HBM model paces each channel by
+:func:`hwflow.costs.hbm_pieces` (which charges the core-side port), so a long transfer moves
+one word per cycle over all channels, as the cycle model says.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class MachineParams:
     word_bytes: Mapping[Buf, int]  #: bytes per buffer word
     words: Mapping[Buf, int]  #: words per buffer
     queue_depth: int  #: per-unit instruction queue entries
-    axi_data_bits: int  #: AXI data width of every HBM port (one beat)
+    axi_data_bits: int  #: AXI data width of the HBM port (one beat = one buffer word)
     axi_addr_bits: int  #: AXI byte address width (the HBM capacity)
     max_burst_beats: int  #: beats of the longest AXI burst
     outstanding: int  #: AXI read bursts in flight per port
@@ -50,11 +53,13 @@ class MachineParams:
     @classmethod
     def from_preset(cls, hw: HardwarePreset) -> MachineParams:
         """The machine of ``hw``; UnsupportedError when a width is not a power of two."""
-        beat = hw.hbm.port_bits // 8
-        if beat & (beat - 1) or hw.hbm.max_burst_bytes % beat:
+        beat = hw.buffers.word_bytes
+        g = hw.hbm.interleave_bytes
+        if beat & (beat - 1) or beat < 32 or hw.hbm.max_burst_bytes % beat or g % beat:
             raise UnsupportedError(
-                f"preset {hw.name}: hbm.port_bits = {hw.hbm.port_bits} must be a power-of-two "
-                f"number of bytes dividing hbm.max_burst_bytes = {hw.hbm.max_burst_bytes}"
+                f"preset {hw.name}: buffers.word_bytes = {beat} must be a power of two >= 32 "
+                f"dividing hbm.max_burst_bytes = {hw.hbm.max_burst_bytes} and "
+                f"hbm.interleave_bytes = {g} (the RTL machine's one HBM port is a word wide)"
             )
         wb = {b: beat for b in Buf}
         words = {b: -(-hw.buffers.bytes(b.name.lower()) // beat) for b in Buf}
@@ -63,7 +68,7 @@ class MachineParams:
             word_bytes=MappingProxyType(wb),
             words=MappingProxyType(words),
             queue_depth=hw.buffers.queue_entries,
-            axi_data_bits=hw.hbm.port_bits,
+            axi_data_bits=8 * beat,
             axi_addr_bits=_bits(hw.hbm.capacity_bytes),
             max_burst_beats=hw.hbm.max_burst_bytes // beat,
             outstanding=hw.hbm.outstanding,

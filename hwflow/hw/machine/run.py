@@ -90,15 +90,23 @@ def run_steps(
     units: Mapping[Unit, Any] | None = None,
     dump: Sequence[Buf] = (),
     timeout: int = 2_000_000,
+    waves: Path | None = None,
 ) -> MachineRun:
-    """Run ``steps`` of ``program`` on the machine from HBM image ``hbm`` (data regions)."""
-    from hwflow.hw.cosim import build_machine, run_machine_bench
+    """Run ``steps`` of ``program`` on the machine from HBM image ``hbm`` (data regions);
+    ``waves``: write the run's VCD there (a traced build, :func:`~hwflow.hw.cosim.build_machine`)."""
+    from hwflow.hw.cosim import SIM_TOP, build_machine, run_machine_bench
+    from hwflow.hw.machine.hbm_sim import SIM_HBM_BYTES
 
     refuse_batched(program, steps)
     mp = MachineParams.from_preset(hw)
     units = dict(units or {})
-    bdir, built, build_s, facts = build_machine(mp, units)
+    bdir, built, build_s, facts = build_machine(hw, mp, units, waves=waves is not None)
     img, base = program_hbm(hbm, program, hw)
+    if img.size > SIM_HBM_BYTES:
+        raise UnsupportedError(
+            f"the HBM image with its program ({img.size:,} bytes) exceeds the simulated HBM's "
+            f"{SIM_HBM_BYTES:,} bytes (hwflow.hw.machine.hbm_sim.SIM_HBM_BYTES)"
+        )
     rows = []
     for s in steps:
         t = program.select(s.phase, s.runtime)
@@ -117,7 +125,7 @@ def run_steps(
         )
         env = {"HWFLOW_PRESET": hw.name, "HWFLOW_CASE": str(case), "HWFLOW_OUT": str(out)}
         env.update({k: v for k, v in os.environ.items() if k.startswith("HWFLOW_CORRUPT")})
-        tests, failed, _ = run_machine_bench(bdir, "accel", env)
+        tests, failed, _ = run_machine_bench(bdir, SIM_TOP, env, waves=waves)
         if not out.is_file():
             return MachineRun([], {}, [], 0, 0.0, build_s, built, facts["gen_s"], tests, failed)
         res = np.load(out)
@@ -133,4 +141,5 @@ def run_steps(
             gen_s=facts["gen_s"],
             tests=tests,
             failed=failed,
+            extra={"sim_cpu_seconds": stats.get("sim_cpu_seconds", 0.0)},
         )

@@ -113,11 +113,15 @@ class Accelerator(wiring.Component):
         m.submodules.sys = disp = Dispatcher(mp, imem.word_bits)
         m.submodules.tokens = tok = Tokens(mp)
         connect(m, wiring.flipped(self.ifetch), fetch.axi)
+        lg = (mp.beat_bytes - 1).bit_length()
+        skip = Signal(max(lg - 2, 1))  # program words before ``prog_addr`` in its first beat
+        with m.If(self.start):
+            m.d.sync += skip.eq(self.prog_addr[2:lg])
         m.d.comb += [
             imem.w_line.eq(fetch.w_line),
             imem.w_data.eq(fetch.w_data),
             imem.w_en.eq(fetch.w_en),
-            imem.raddr.eq(disp.raddr),
+            imem.raddr.eq(disp.raddr + skip),
             disp.window.eq(imem.window),
             fetch.start.eq(self.start),
             fetch.addr.eq(self.prog_addr),

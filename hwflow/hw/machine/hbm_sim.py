@@ -1,0 +1,262 @@
+"""A simulation model of the HBM, in the simulated design: a memory preloaded by the host and
+three AXI4 subordinates (instruction fetch, LD, ST) timed by the preset (not part of the
+accelerator ``hwflow rtl`` writes; :class:`SimTop` wraps the two for ``hwflow cosim``).
+
+Keeping the memory and its timing in the design lets Verilator run whole steps without the
+cocotb side waking every cycle (the bench only loads the image, starts a step, waits for
+``done`` and reads the image back through the host port).
+
+Timing, per port, in address order (what :func:`hwflow.costs.hbm_pieces` charges, the same
+rule the cycle model's channels follow, :class:`hwflow.perf.hbm.HbmChannels`): a burst arriving
+in cycle ``t`` splits into per-channel pieces; piece p starts at ``max(t, free[channel])`` and
+holds its channel for its occupancy; the burst's data is on chip ``hbm_latency_cycles`` after
+its latest piece ended (the model's completion), so a read burst's beats come one per cycle
+ending then (the first no earlier than ``t`` + latency), and a write burst's response is due
+then, and never before the cycle after its last data beat. The occupancies are a table computed from ``hbm_pieces`` for
+every beat-aligned start in one interleave period and every burst length (one definition).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hwflow.config import HardwarePreset
+from hwflow.costs import hbm_latency_cycles, hbm_pieces
+from hwflow.hw.machine.axi import AxiRead, AxiWrite
+from hwflow.hw.machine.params import MachineParams
+
+__all__ = ["SIM_HBM_BYTES", "HbmModel", "SimTop", "occupancy_table"]
+
+STAMP_BITS = 32  #: cycle stamps (a run is far shorter than 2**32 cycles)
+SIM_HBM_BYTES = 1 << 22  #: the simulated HBM's size (the tiny models' images are ~0.1 MiB)
+
+
+def occupancy_table(hw: HardwarePreset, mp: MachineParams, write: bool) -> list[list[int]]:
+    """Per (start beat in the interleave period) x (burst beats - 1): each channel's
+    occupancy in cycles (0: the burst does not touch it), from :func:`hbm_pieces`."""
+    wb = mp.beat_bytes
+    period = mp.interleave_bytes * mp.channels
+    rows = []
+    for pos in range(period // wb):
+        for beats in range(1, mp.max_burst_beats + 1):
+            occ = [0] * mp.channels
+            for p in hbm_pieces(hw, pos * wb, beats * wb, write=write):
+                occ[p.channel] = p.occupancy
+            rows.append(occ)
+    return rows
+
+
+class _Timing:
+    """The channel table of one port: ``issue`` computes a burst's start times and updates
+    the channels (combinational results, registered by the caller)."""
+
+    def __init__(self, m: Module, hw: HardwarePreset, mp: MachineParams, write: bool, name: str):
+        self.mp = mp
+        table = occupancy_table(hw, mp, write)
+        self.occ_bits = max(1, max(max(r) for r in table).bit_length())
+        self.table = Array(
+            Array(Const(v, self.occ_bits) for v in row) for row in table
+        )  # [pos * beats_max + beats - 1][channel]
+        self.free = [Signal(STAMP_BITS, name=f"{name}_free{c}") for c in range(mp.channels)]
+        self.m = m
+        self.latency = hbm_latency_cycles(hw)
+        self.write = write
+
+    def issue(self, addr: object, blen: object, stamp: object, fire: object) -> Signal:
+        """When ``fire``: charge the burst (``addr``, ``blen`` = beats - 1, arrived at
+        ``stamp``); returns its due cycle (read: first beat; write: response)."""
+        mp, m = self.mp, self.m
+        lg = (mp.beat_bytes - 1).bit_length()
+        per = mp.interleave_bytes * mp.channels // mp.beat_bytes
+        pos = (addr >> lg) & (per - 1)
+        row = self.table[pos * mp.max_burst_beats + blen]
+        due = Signal(STAMP_BITS + 1, name="due")
+        last = stamp + self.latency  # when the last beat (read) / the response (write) is due
+        for c in range(mp.channels):
+            occ = row[c]
+            start = Mux(self.free[c] > stamp, self.free[c], stamp)
+            end = start + occ
+            t = end + self.latency
+            last = Mux((occ != 0) & (t > last), t, last)
+            with m.If(fire & (occ != 0)):
+                m.d.sync += self.free[c].eq(end)
+        if self.write:
+            m.d.comb += due.eq(last)
+        else:  # the first beat: the burst's beats follow it one per cycle
+            first = last - blen
+            floor = stamp + self.latency
+            m.d.comb += due.eq(Mux(first > floor, first, floor))
+        return due
+
+
+class HbmModel(wiring.Component):
+    """The HBM model (module doc): ``words`` words of one beat each, AXI ports ``ifetch``,
+    ``ld`` (read) and ``st`` (write), and the host's word port (``host_*``: write a word
+    with ``host_we``; ``host_rdata`` is the word at ``host_addr``, combinational)."""
+
+    def __init__(self, hw: HardwarePreset, mp: MachineParams, words: int) -> None:
+        self.hw, self.mp, self.words = hw, mp, words
+        self.wbits = max(1, (words - 1).bit_length())
+        ab, db = mp.axi_addr_bits, mp.axi_data_bits
+        super().__init__(
+            {
+                "ifetch": In(AxiRead(ab, db)),
+                "ld": In(AxiRead(ab, db)),
+                "st": In(AxiWrite(ab, db)),
+                "host_addr": In(self.wbits),
+                "host_wdata": In(db),
+                "host_we": In(1),
+                "host_rdata": Out(db),
+            }
+        )
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        mp = self.mp
+        m.submodules.mem = mem = Memory(shape=unsigned(mp.axi_data_bits), depth=self.words, init=[])
+        now = Signal(STAMP_BITS)
+        m.d.sync += now.eq(now + 1)
+        host_r = mem.read_port(domain="comb")
+        host_w = mem.write_port(granularity=8)
+        m.d.comb += [
+            host_r.addr.eq(self.host_addr),
+            self.host_rdata.eq(host_r.data),
+            host_w.addr.eq(self.host_addr),
+            host_w.data.eq(self.host_wdata),
+            host_w.en.eq(self.host_we.replicate(mp.beat_bytes)),
+        ]
+        for name in ("ifetch", "ld"):
+            self._reader(m, mem, getattr(self, name), now, name)
+        self._writer(m, mem, now)
+        return m
+
+    def _word(self, addr: object) -> object:
+        return (addr >> (self.mp.beat_bytes - 1).bit_length())[: self.wbits]
+
+    def _reader(self, m: Module, mem: Memory, axi: object, now: Signal, name: str) -> None:
+        """AR queue -> timing -> the beats of each burst, back to back once due."""
+        mp = self.mp
+        ab = mp.axi_addr_bits
+        ar_w = ab + 8 + STAMP_BITS
+        m.submodules[f"{name}_arq"] = arq = SyncFIFOBuffered(width=ar_w, depth=mp.outstanding)
+        m.d.comb += [
+            arq.w_data.eq(axi.araddr | (axi.arlen << ab) | (now << (ab + 8))),
+            arq.w_en.eq(axi.arvalid),
+            axi.arready.eq(arq.w_rdy),
+        ]
+        timing = _Timing(m, self.hw, mp, write=False, name=name)
+        head_addr, head_len = arq.r_data[:ab], arq.r_data[ab : ab + 8]
+        head_stamp = arq.r_data[ab + 8 :]
+        m.submodules[f"{name}_due"] = dq = SyncFIFOBuffered(width=ab + 8 + STAMP_BITS + 1, depth=4)
+        fire = arq.r_rdy & dq.w_rdy
+        due = timing.issue(head_addr, head_len, head_stamp, fire)
+        m.d.comb += [
+            arq.r_en.eq(fire),
+            dq.w_en.eq(fire),
+            dq.w_data.eq(head_addr | (head_len << ab) | (due << (ab + 8))),
+        ]
+        # streaming: ``cur`` word, ``left`` beats after the current one
+        rd = mem.read_port(domain="comb")
+        active = Signal(name=f"{name}_active")
+        cur = Signal(self.wbits, name=f"{name}_cur")
+        left = Signal(8, name=f"{name}_left")
+        q_addr, q_len, q_due = dq.r_data[:ab], dq.r_data[ab : ab + 8], dq.r_data[ab + 8 :]
+        can_load = dq.r_rdy & (q_due <= now + 1)  # the first beat is valid in cycle ``due``
+        last_taken = active & axi.rready & (left == 0)
+        m.d.comb += [
+            rd.addr.eq(cur),
+            axi.rdata.eq(rd.data),
+            axi.rvalid.eq(active),
+            axi.rlast.eq(left == 0),
+            axi.rid.eq(0),
+            axi.rresp.eq(0),
+        ]
+        with m.If(active & axi.rready & (left != 0)):
+            m.d.sync += [cur.eq(cur + 1), left.eq(left - 1)]
+        with m.If(~active | last_taken):
+            m.d.comb += dq.r_en.eq(can_load)
+            m.d.sync += active.eq(can_load)
+            with m.If(can_load):
+                m.d.sync += [cur.eq(self._word(q_addr)), left.eq(q_len)]
+
+    def _writer(self, m: Module, mem: Memory, now: Signal) -> None:
+        """AW queue -> timing; W beats into the memory (strobed); responses when due."""
+        mp, axi = self.mp, self.st
+        ab = mp.axi_addr_bits
+        m.submodules.st_awq = awq = SyncFIFOBuffered(
+            width=ab + 8 + STAMP_BITS, depth=mp.outstanding
+        )
+        m.d.comb += [
+            awq.w_data.eq(axi.awaddr | (axi.awlen << ab) | (now << (ab + 8))),
+            awq.w_en.eq(axi.awvalid),
+            axi.awready.eq(awq.w_rdy),
+        ]
+        timing = _Timing(m, self.hw, mp, write=True, name="st")
+        head_addr, head_len = awq.r_data[:ab], awq.r_data[ab : ab + 8]
+        head_stamp = awq.r_data[ab + 8 :]
+        m.submodules.st_bq = bq = SyncFIFOBuffered(width=STAMP_BITS + 1, depth=mp.outstanding)
+        wr = mem.write_port(granularity=8)
+        busy = Signal(name="st_busy")  # taking the W beats of the head burst
+        cur = Signal(self.wbits, name="st_cur")
+        due = Signal(STAMP_BITS + 1, name="st_due_r")
+        take = awq.r_rdy & ~busy
+        charged = timing.issue(head_addr, head_len, head_stamp, take)
+        m.d.comb += awq.r_en.eq(take)
+        with m.If(take):
+            m.d.sync += [busy.eq(1), cur.eq(self._word(head_addr)), due.eq(charged)]
+        beat = busy & axi.wvalid
+        m.d.comb += [
+            axi.wready.eq(busy & bq.w_rdy),
+            wr.addr.eq(cur),
+            wr.data.eq(axi.wdata),
+            wr.en.eq(Mux(beat & bq.w_rdy, axi.wstrb, 0)),
+        ]
+        done_beat = beat & bq.w_rdy & axi.wlast
+        with m.If(beat & bq.w_rdy):
+            m.d.sync += cur.eq(cur + 1)
+        with m.If(done_beat):
+            m.d.sync += busy.eq(0)
+        m.d.comb += [
+            bq.w_en.eq(done_beat),
+            bq.w_data.eq(Mux(due > now, due, now + 1)),
+        ]
+        m.d.comb += [
+            axi.bvalid.eq(bq.r_rdy & (bq.r_data <= now)),
+            axi.bid.eq(0),
+            axi.bresp.eq(0),
+            bq.r_en.eq(axi.bvalid & axi.bready),
+        ]
+
+
+class SimTop(wiring.Component):
+    """The :class:`~hwflow.hw.machine.top.Accelerator` on an :class:`HbmModel` of
+    :data:`SIM_HBM_BYTES`: the accelerator's host ports and the model's ``host_*`` ports."""
+
+    def __init__(self, hw: HardwarePreset, mp: MachineParams, units: dict | None) -> None:
+        from hwflow.hw.machine.top import Accelerator
+
+        self.acc = Accelerator(mp, units)
+        self.hbm = HbmModel(hw, mp, SIM_HBM_BYTES // mp.beat_bytes)
+        own = {k: v for k, v in self.acc.signature.members.items() if k not in _AXI}
+        host = {k: v for k, v in self.hbm.signature.members.items() if k.startswith("host_")}
+        super().__init__({**own, **host})
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        m.submodules.acc, m.submodules.hbm = acc, hbm = self.acc, self.hbm
+        for k in _AXI:
+            wiring.connect(m, getattr(acc, k), getattr(hbm, k))
+        for k, member in self.signature.members.items():
+            inner = getattr(hbm if k.startswith("host_") else acc, k)
+            if member.flow == In:
+                m.d.comb += inner.eq(getattr(self, k))
+            else:
+                m.d.comb += getattr(self, k).eq(inner)
+        return m
+
+
+_AXI = ("ifetch", "ld", "st")

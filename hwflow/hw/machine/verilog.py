@@ -1,0 +1,65 @@
+"""The accelerator's Verilog (:class:`~hwflow.hw.machine.top.Accelerator`), generated fast.
+
+Amaranth writes a memory's initial contents bit by bit into RTLIL (``$meminit_v2``), which
+for the machine's buffers (hundreds of KiB of zeros) took most of the generation time and
+gave Verilator tens of thousands of ``initial`` assignments. A memory whose contents are all
+zero needs none of it: the machine's Verilator builds start every variable at zero
+(``--x-initial 0``, :data:`hwflow.hw.cosim._BUILD_ARGS`), and FPGA block RAM powers up to zero
+unless initialised (Xilinx UG573, "Block RAM initialization"). :func:`accelerator_verilog` leaves such memories uninitialised;
+memories with contents (none in the machine today) keep them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from amaranth.back import rtlil, verilog
+
+from hwflow.config import HardwarePreset
+from hwflow.hw.machine.params import MachineParams
+from hwflow.isa import Unit
+
+__all__ = ["accelerator_verilog", "sim_verilog"]
+
+
+@contextlib.contextmanager
+def _zero_memories_uninitialised() -> Iterator[None]:
+    """While active, Amaranth's RTLIL backend emits no ``$meminit`` for all-zero memories."""
+    emitter = getattr(rtlil, "ModuleEmitter", None)
+    plain = getattr(emitter, "emit_memory", None)
+    if plain is None:  # another Amaranth version: generate as it does (slower, same design)
+        yield
+        return
+
+    def emit_memory(self: Any, cell_idx: int, cell: Any) -> None:
+        if any(cell.init):
+            plain(self, cell_idx, cell)
+
+    emitter.emit_memory = emit_memory
+    try:
+        yield
+    finally:
+        emitter.emit_memory = plain
+
+
+def accelerator_verilog(
+    mp: MachineParams, units: Mapping[Unit, Any] | None = None, name: str = "accel"
+) -> str:
+    """Verilog of the whole machine for ``mp`` with the unit factories ``units``."""
+    from hwflow.hw.machine.top import Accelerator
+
+    with _zero_memories_uninitialised():
+        return verilog.convert(Accelerator(mp, units), name=name)
+
+
+def sim_verilog(
+    hw: HardwarePreset, mp: MachineParams, units: Mapping[Unit, Any] | None, name: str
+) -> str:
+    """Verilog of the machine on its simulated HBM (:class:`~hwflow.hw.machine.hbm_sim.SimTop`),
+    what ``hwflow cosim`` runs."""
+    from hwflow.hw.machine.hbm_sim import SimTop
+
+    with _zero_memories_uninitialised():
+        return verilog.convert(SimTop(hw, mp, dict(units or {})), name=name)
