@@ -44,6 +44,7 @@ from math import ceil
 
 from hwflow.config import Engine, HardwarePreset
 from hwflow.errors import CapacityError, UnsupportedError
+from hwflow.numerics import NORM_FRAC, QROW_SHIFT
 
 __all__ = [
     "ACC_STAGES",
@@ -188,6 +189,18 @@ def matmul_cost(
         dense_macs=tokens * rows * k,
         reads=groups * passes * per_result,
     )
+
+
+#: Result bits per cycle of the SFU's per-row scalar engines (a restoring divider and a
+#: digit-by-digit square root, one adder-comparator per result bit: radix-2 long division
+#: unrolled 8 times, as in Xilinx's Divider Generator radix-2 core, PG151 "Radix-2").
+SFU_SCALAR_BITS = 8
+#: Numerator bits of the quantization reciprocal ``(127 << QROW_SHIFT) // M``
+#: (numerics.quant_rows), rounded up to whole cycles of the engine.
+SFU_RECIP_BITS = -(-(127 << QROW_SHIFT).bit_length() // SFU_SCALAR_BITS) * SFU_SCALAR_BITS
+#: Numerator bits of the norm's ``(d << 2*NORM_FRAC) // ss'`` (numerics.rsqrt_fixed, a row of
+#: ``d < 2**16`` elements: the ISA's 16-bit ``cols``); its root has half as many bits.
+SFU_NORM_BITS = -(-(16 + 2 * NORM_FRAC) // (2 * SFU_SCALAR_BITS)) * 2 * SFU_SCALAR_BITS
 
 
 def sfu_passes(hw: HardwarePreset, func: str, center: bool = False) -> int:

@@ -32,9 +32,11 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hwflow.config import HardwarePreset
+from hwflow.costs import SFU_NORM_BITS, SFU_RECIP_BITS, SFU_SCALAR_BITS
 from hwflow.hw.machine.decode import cmd_layout
 from hwflow.hw.machine.sfu_math import Scalar
 from hwflow.hw.machine.sfu_ports import ReadPort, WritePort
+from hwflow.hw.machine.sfu_seq import advance
 from hwflow.hw.machine.sfu_stream import Streamer
 from hwflow.hw.machine.sfu_write import Writer
 from hwflow.isa import ROW_FACTOR_BYTES, SFU_FORMATS, SFU_FUNCS, Buf, Unit
@@ -58,7 +60,9 @@ def _log2(n: int) -> int:
 class Sfu(wiring.Component):
     """The SFU of preset ``hw`` with ``word_bytes``-byte buffer words (all buffers alike)."""
 
-    def __init__(self, hw: HardwarePreset, word_bytes: int, scalar_steps: int = 8) -> None:
+    def __init__(
+        self, hw: HardwarePreset, word_bytes: int, scalar_steps: int = SFU_SCALAR_BITS
+    ) -> None:
         self.hw, self.wb, self.lanes = hw, word_bytes, hw.sfu.lanes
         self.scalar_steps = scalar_steps
         ports = {}
@@ -84,11 +88,12 @@ class Sfu(wiring.Component):
         s = self.streams = [Streamer(self.wb, self.lanes) for _ in range(4)]
         m.submodules.sa0, m.submodules.sa1, m.submodules.sb0, m.submodules.sb1 = s
         m.submodules.writer = self.writer = Writer(self.wb, 4 * self.lanes + ROW_FACTOR_BYTES)
-        m.submodules.scalar = self.scalar = Scalar(steps=self.scalar_steps)
+        steps = self.scalar_steps
+        m.submodules.e1 = self.e1 = Scalar(SFU_RECIP_BITS, 48, steps, roots=False)
+        m.submodules.e2 = self.e2 = Scalar(SFU_NORM_BITS, 48, steps)
         self._decode(m, c)
         self._route_reads(m)
         self._route_writes(m, c)
-        self.go = Signal()  # the cycle after a command was accepted
         self._producer(m, c)
         self._consumer(m, c)
         return m
@@ -111,7 +116,9 @@ class Sfu(wiring.Component):
         self.npass = Signal(2)
         self.hh = Signal(16)
         self.known = Signal()
+        self.il = Signal()
         m.d.comb += [
+            self.il.eq(i["norm"] | i["mul"] | i["reluq"]),
             self.center.eq(i["norm"] & c.aux[0]),
             self.uses_b.eq(i["norm"] | i["rope"] | i["add"] | i["mul"]),
             self.prelude.eq(i["norm"] | i["silu"]),
@@ -155,48 +162,53 @@ class Sfu(wiring.Component):
 
     # ------------------------------------------------------------------ producer
     def _producer(self, m: Module, c: object) -> None:
-        """Push each row's segments (every pass; RoPE: every half head) to the streamers."""
+        """Push each pass's segments (RoPE: each half head's) to the streamers, in the
+        order of :func:`~hwflow.hw.machine.sfu_seq.advance`."""
         b0 = self.streams[2]
         i = self.is_
-        row = Signal(16)
+        k = Signal(16)
         ps = Signal(2)
         pos = Signal(16)  # RoPE: element offset of the half head in the row
         half = Signal()
-        arow = Signal(24)
-        brow = Signal(24)
+        arow, brow = Signal(24), Signal(24)  # the row of the statistics passes
+        arow_o, brow_o = Signal(24), Signal(24)  # interleaved: the output pass's row
         rope = i["rope"]
         act = [Const(1, 1), rope, self.uses_b, rope]
         ready = Cat(*(st.seg.ready | ~a for st, a in zip(self.streams, act, strict=True))).all()
+        pre = Signal()  # the parameter words at p_off are still to push
+        cmd = self.cmd.payload
         with m.FSM(name="prod"):
-            with m.State("IDLE"), m.If(self.go):
-                m.d.sync += [row.eq(0), ps.eq(0), pos.eq(0), half.eq(0)]
-                m.d.sync += [arow.eq(c.a_off), brow.eq(c.b_off)]
+            with m.State("IDLE"), m.If(self.cmd.valid & self.cmd.ready):
+                m.d.sync += [k.eq(0), ps.eq(0), pos.eq(0), half.eq(0), pre.eq(1)]
+                m.d.sync += [arow.eq(cmd.a_off), brow.eq(cmd.b_off)]
+                m.next = "RUN"
+            with m.State("RUN"):
                 with m.If(~self.known | (c.rows == 0) | (c.cols == 0)):
-                    pass
-                with m.Elif(self.prelude):
-                    m.next = "PRE"
-                with m.Else():
-                    m.next = "RUN"
-            with m.State("PRE"):
-                self._seg(m, b0, Buf.PARAM, c.p_off, Mux(i["silu"], 2, 1), 2)
-                with m.If(b0.seg.ready):
-                    m.next = "RUN"
-            with m.State("RUN"), m.If(ready):
-                self._push_row(m, c, arow, brow, pos, half)
-                last_seg = ~rope | (pos + self.hh >= c.cols)
-                with m.If(~last_seg):
-                    m.d.sync += [pos.eq(pos + self.hh), half.eq(~half)]
-                with m.Else():
-                    m.d.sync += [pos.eq(0), half.eq(0), ps.eq(ps + 1)]
-                    with m.If(ps == self.npass - 1):
-                        m.d.sync += [
-                            ps.eq(0),
-                            row.eq(row + 1),
-                            arow.eq(arow + c.a_stride),
-                            brow.eq(brow + c.b_stride),
-                        ]
-                        with m.If(row == c.rows - 1):
-                            m.next = "IDLE"
+                    m.next = "IDLE"
+                with m.Elif(self.prelude & pre):
+                    self._seg(m, b0, Buf.PARAM, c.p_off, Mux(i["silu"], 2, 1), 2)
+                    m.d.sync += pre.eq(~b0.seg.ready)
+                with m.Elif(ready):
+                    self._push(m, c, k, ps, (arow, brow, arow_o, brow_o), pos, half)
+
+    def _push(self, m: Module, c: object, k, ps, rows, pos, half) -> None:
+        """Push one pass's segments (RoPE: one half head's) and move to the next."""
+        arow, brow, arow_o, brow_o = rows
+        out = self.il & (ps == self.npass - 1)
+        self._push_row(m, c, Mux(out, arow_o, arow), Mux(out, brow_o, brow), pos, half)
+        with m.If(self.is_["rope"] & (pos + self.hh < c.cols)):
+            m.d.sync += [pos.eq(pos + self.hh), half.eq(~half)]
+        with m.Else():
+            m.d.sync += [pos.eq(0), half.eq(0)]
+
+            def step() -> None:
+                m.d.sync += [arow_o.eq(arow), brow_o.eq(brow)]
+                m.d.sync += [arow.eq(arow + c.a_stride), brow.eq(brow + c.b_stride)]
+
+            def end() -> None:
+                m.next = "IDLE"
+
+            advance(m, k, ps, self.il, self.npass, c.rows, step, end)
 
     def _seg(self, m: Module, st: Streamer, buf: object, addr: object, count: object, wsh: object):
         m.d.comb += [
