@@ -43,11 +43,13 @@ def _save_stats(**kv: Any) -> None:
 
 @dataclass
 class Io:
-    """Simulator access by flattened port name (``rd_act__en``): get, set, one clock."""
+    """Simulator access by flattened port name (``rd_act__en``): get, set, one clock, and
+    ``settle`` (let values just set propagate through the unit's combinational paths)."""
 
     get: Callable[[str], int]
     set: Callable[[str, int], None]
     tick: Callable[[], Awaitable[None]]
+    settle: Callable[[], Awaitable[None]]
 
 
 # ---------------------------------------------------------------------------- instructions
@@ -214,17 +216,18 @@ async def run_one(
     io.set("cmd__valid", 1)
     accepted = None
     for t in range(limit):
-        ready, done = io.get("cmd__ready"), io.get("done")
+        ready = io.get("cmd__ready")
         if accepted is None and ready:
             accepted = t
         elif accepted is not None:
             io.set("cmd__valid", 0)
         model.cycle()
-        if done:
+        await io.settle()  # done may follow this cycle's write grant
+        if io.get("done"):
             if accepted is None:
                 raise AssertionError("done before the command was accepted")
             await io.tick()
-            return t - accepted, t + 1
+            return t - accepted + 1, t + 1  # the machine's count: results after the done cycle
         await io.tick()
     raise AssertionError(f"no done within {limit} cycles: {fields}")
 
@@ -313,7 +316,7 @@ def print_table(table: list[dict[str, Any]]) -> None:
 
 # ---------------------------------------------------------------------------- cocotb
 def _cocotb_io(dut: Any) -> Io:
-    from cocotb.triggers import FallingEdge
+    from cocotb.triggers import FallingEdge, Timer
 
     def get(name: str) -> int:
         return int(getattr(dut, name).value)
@@ -324,7 +327,10 @@ def _cocotb_io(dut: Any) -> Io:
     async def tick() -> None:
         await FallingEdge(dut.clk)
 
-    return Io(get, put, tick)
+    async def settle() -> None:
+        await Timer(1, unit="ps")
+
+    return Io(get, put, tick, settle)
 
 
 async def _start(dut: Any) -> Io:
