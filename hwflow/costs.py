@@ -67,7 +67,9 @@ __all__ = [
     "hbm_stream_gbps",
     "matmul_cost",
     "sfu_cost",
+    "sfu_op_cost",
     "sfu_passes",
+    "sfu_scalar_cycles",
     "sync_cost",
 ]
 
@@ -234,6 +236,62 @@ def sfu_cost(hw: HardwarePreset, elements: int, passes: int = 1) -> OpCost:
     behind the next row's pass."""
     beats = passes * ceil(elements / hw.sfu.lanes)
     return OpCost(beats=beats, latency=beats + hw.sfu.latency, macs=0, dense_macs=0)
+
+
+def sfu_scalar_cycles(func: str) -> int:
+    """Cycles from the last statistics group of a row to the first output group that can use
+    its per-row scalars (norm, mul, reluq), or from a softmax row's last output group to its
+    row factor write: each scalar engine operation takes its result bits at
+    :data:`SFU_SCALAR_BITS` per cycle plus one (start), the row's state moves one cycle later.
+    The norm divides, then takes the root; the quantization reciprocal runs beside them."""
+    op = lambda bits: bits // SFU_SCALAR_BITS + 1  # noqa: E731
+    if func == "norm":
+        return op(SFU_NORM_BITS) + op(SFU_NORM_BITS // 2) + 1
+    if func in ("mul", "reluq", "softmax"):
+        return op(SFU_RECIP_BITS) + 1
+    return 0
+
+
+def _interleaved_slots(rows: int, stats: int, out: int, scalar: int) -> int:
+    """Group slots of an interleaved instruction (norm, mul, reluq): the output pass of row
+    ``k - 1`` follows the statistics of row ``k``; a row's statistics end waits for the scalar
+    engines to be free, its output pass for its scalars (:func:`sfu_scalar_cycles`)."""
+    t, ready, rel, latch = 0, 0, -1, 0
+    for k in range(rows + 1):
+        if k < rows:
+            t = max(t + stats - 1, ready if k else 0)
+            latch, t = t, t + 1
+        if k >= 1:
+            t = max(t, ready) + out
+            rel = t - 1
+        ready = max(latch + scalar - 1, rel) + 1
+    return t
+
+
+def sfu_op_cost(
+    hw: HardwarePreset, func: str, rows: int, cols: int, center: bool = False, head_dim: int = 0
+) -> OpCost:
+    """Cost of one SFU instruction as the unit runs it (:mod:`hwflow.hw.machine.sfu`).
+
+    The lanes take ``sfu.lanes`` elements of one row per cycle (a row's statistics are its
+    own, so a group never mixes rows; RoPE: of one half head), each pass of a row in
+    ``ceil(cols / lanes)`` cycles. Per-row scalars (:func:`sfu_scalar_cycles`) overlap the
+    next row's statistics pass; what they cannot hide (one-row instructions, short rows) is
+    charged. The norm reads its parameter word through its gains' streamer first (one
+    cycle). ``latency``: the unit's pipeline depth beyond the last group."""
+    if rows <= 0 or cols <= 0:
+        return OpCost(beats=0, latency=0, macs=0, dense_macs=0)
+    lanes, passes = hw.sfu.lanes, sfu_passes(hw, func, center)
+    half = head_dim // 2
+    per = (cols // half) * ceil(half / lanes) if func == "rope" and half else ceil(cols / lanes)
+    if func in ("norm", "mul", "reluq"):
+        slots = _interleaved_slots(rows, (passes - 1) * per, per, sfu_scalar_cycles(func))
+    else:
+        slots = passes * rows * per
+    if func == "softmax":  # the last row's reciprocal and row factor write
+        slots += sfu_scalar_cycles(func) - 1 + (rows > 1)
+    slots += int(func == "norm")  # its parameter word goes through the gains' streamer first
+    return OpCost(beats=slots, latency=slots + hw.sfu.latency, macs=0, dense_macs=0)
 
 
 # --------------------------------------------------------------------------------------------

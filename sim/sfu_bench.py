@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from hwflow.config import HardwarePreset, load_hw
-from hwflow.costs import sfu_cost, sfu_passes
+from hwflow.costs import sfu_op_cost
 from hwflow.funcsim import FuncSim
 from hwflow.hw.cosim import save_bench_stats
 from hwflow.hw.machine.decode import cmd_layout
@@ -267,7 +267,9 @@ async def scoreboard(
             diff = [b.name for b in Buf if not np.array_equal(bufs[b], want[b])]
             elements = fields["rows"] * fields["cols"]
             center = bool(fields["aux"] & 1) if func == "norm" else False
-            cost = sfu_cost(hw, elements, sfu_passes(hw, func, center)).latency if elements else 0
+            cost = sfu_op_cost(
+                hw, func, fields["rows"], fields["cols"], center, fields["aux"]
+            ).latency
             res.rows.append(
                 {"func": func, "elements": elements, "rows": fields["rows"], "busy": busy,
                  "cost": cost, "equal": not diff, "center": center}
@@ -373,6 +375,9 @@ try:
         t0 = time.perf_counter()
         res = await scoreboard(io, hw, wb, int(os.environ.get("HWFLOW_COUNT", "12")), 2, 1.0, False)
         secs = time.perf_counter() - t0
+        skew = float(os.environ.get("HWFLOW_COST_SKEW", "0"))  # must-fail check: a wrong cost
+        for r in res.rows:
+            r["cost"] = round(r["cost"] * (1 + skew))
         table = cycle_table(res, hw)
         print_table(table)
         _save_stats(cost_table=table, sim_cycles=res.sim_cycles, sim_seconds=secs)

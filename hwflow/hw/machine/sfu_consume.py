@@ -33,6 +33,10 @@ from hwflow.isa import ROW_FACTOR_BYTES
 __all__ = ["build_consumer"]
 
 _MIN32 = -(1 << 31)
+#: Cycles from accepting a command to its first group: the segment push, two word reads (a
+#: group may straddle two words) and the aligner; with the output register and the last
+#: write this makes the preset's ``sfu.latency`` beyond the groups.
+FILL = 6
 
 
 class _Regs(RowState):
@@ -235,7 +239,8 @@ def _pass(u: Any, m: Module, c: Any, r: _Regs, ln: dict, fx: dict) -> None:
     )
     m.d.comb += [r.M_n.eq(ln["M"]), r.ss_n.eq(r.ss + ln["ss"])]
     sr = ~r.o_valid | (w.req.ready & ~r.fwrite)  # the output register takes a group
-    fire = avail & gate & (~is_out | sr)
+    # the first group leaves a fixed FILL cycles after the command (its words may straddle)
+    fire = avail & gate & (~is_out | sr) & (r.cyc - r.start >= FILL)
     with m.If(fire & is_out):
         m.d.sync += [
             r.o_valid.eq(1),
