@@ -44,6 +44,7 @@ from math import ceil
 
 from hwflow.config import Engine, HardwarePreset
 from hwflow.errors import CapacityError, UnsupportedError
+from hwflow.isa import Buf
 from hwflow.numerics import NORM_FRAC, QROW_SHIFT
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "sfu_op_cost",
     "sfu_passes",
     "sfu_scalar_cycles",
+    "sfu_shared_port",
     "sync_cost",
 ]
 
@@ -268,8 +270,26 @@ def _interleaved_slots(rows: int, stats: int, out: int, scalar: int) -> int:
     return t
 
 
+def sfu_shared_port(func: str, a_buf: int, b_buf: int) -> bool:
+    """Whether two operand streams of an SFU op read through one buffer's read port (one
+    port per buffer): RoPE's element and its partner (and its cos and sin rows) always; add and
+    mul when both operands sit in one buffer; the norm when its input sits with its gains in
+    PARAM."""
+    if func == "rope":
+        return True
+    if func == "norm":
+        return a_buf == Buf.PARAM
+    return func in ("add", "mul") and a_buf == b_buf
+
+
 def sfu_op_cost(
-    hw: HardwarePreset, func: str, rows: int, cols: int, center: bool = False, head_dim: int = 0
+    hw: HardwarePreset,
+    func: str,
+    rows: int,
+    cols: int,
+    center: bool = False,
+    head_dim: int = 0,
+    shared: bool = False,
 ) -> OpCost:
     """Cost of one SFU instruction as the unit runs it (:mod:`hwflow.hw.machine.sfu`).
 
@@ -278,7 +298,9 @@ def sfu_op_cost(
     ``ceil(cols / lanes)`` cycles. Per-row scalars (:func:`sfu_scalar_cycles`) overlap the
     next row's statistics pass; what they cannot hide (one-row instructions, short rows) is
     charged. The norm reads its parameter word through its gains' streamer first (one
-    cycle). ``latency``: the unit's pipeline depth beyond the last group."""
+    cycle). Operand streams sharing a buffer's read port (``shared``,
+    :func:`sfu_shared_port`) take turns for their first two words each: two cycles before
+    the first group. ``latency``: the unit's pipeline depth beyond the last group."""
     if rows <= 0 or cols <= 0:
         return OpCost(beats=0, latency=0, macs=0, dense_macs=0)
     lanes, passes = hw.sfu.lanes, sfu_passes(hw, func, center)
@@ -290,7 +312,7 @@ def sfu_op_cost(
         slots = passes * rows * per
     if func == "softmax":  # the last row's reciprocal and row factor write
         slots += sfu_scalar_cycles(func) - 1 + (rows > 1)
-    slots += int(func == "norm")  # its parameter word goes through the gains' streamer first
+    slots += int(func == "norm") + 2 * int(shared)
     return OpCost(beats=slots, latency=slots + hw.sfu.latency, macs=0, dense_macs=0)
 
 

@@ -59,6 +59,7 @@ from hwflow.costs import (
     matmul_cost,
     sfu_op_cost,
     sfu_passes,
+    sfu_shared_port,
     sync_cost,
 )
 from hwflow.energy import Actions
@@ -297,7 +298,8 @@ class _Pricer:
             raise ProgramError(f"SFU (pc {c.pc}): function {func} unknown")
         center = bool(f["aux"] & 1) if func == "norm" else False
         passes = sfu_passes(hw, func, center)
-        cost = sfu_op_cost(hw, func, f["rows"], f["cols"], center, f["aux"])
+        shared = sfu_shared_port(func, f["a_buf"], f["b_buf"])
+        cost = sfu_op_cost(hw, func, f["rows"], f["cols"], center, f["aux"], shared)
         # the B operand (rope: its cos/sin rows) and the norm's INT16 gains, read once
         second = elements * 8 * (fmt.b + (2 if func == "norm" else 0))
         rowf = 8 * ROW_FACTOR_BYTES * f["rows"] if fmt.row_factor else 0

@@ -117,7 +117,13 @@ class Sfu(wiring.Component):
         self.hh = Signal(16)
         self.known = Signal()
         self.il = Signal()
+        self.shared = Signal()  # two operand streams share one buffer's read port
         m.d.comb += [
+            self.shared.eq(
+                i["rope"]
+                | (i["norm"] & (c.a_buf == Buf.PARAM))
+                | ((i["add"] | i["mul"]) & (c.a_buf == c.b_buf))
+            ),
             self.il.eq(i["norm"] | i["mul"] | i["reluq"]),
             self.center.eq(i["norm"] & c.aux[0]),
             self.uses_b.eq(i["norm"] | i["rope"] | i["add"] | i["mul"]),
@@ -131,17 +137,27 @@ class Sfu(wiring.Component):
 
     # ------------------------------------------------------------------ buffer ports
     def _route_reads(self, m: Module) -> None:
-        """Per buffer, a fixed-priority choice among the streamers (A, A', B, B')."""
+        """Per buffer, a round-robin choice among the streamers (A, A', B, B') asking for it:
+        operands sharing a buffer's one read port take turns, so each gets its first words
+        early."""
         ports = [getattr(self, f"rd_{b.name.lower()}") for b in Buf]
+        n = len(self.streams)
         for b, port in zip(Buf, ports, strict=True):
-            taken = Const(0, 1)
-            for st in self.streams:
-                mine = st.req_en & (st.req_buf == b) & ~taken
-                with m.If(mine):
+            rr = Signal(range(n), name=f"rr_{b.name.lower()}")  # the last streamer granted
+            want = [st.req_en & (st.req_buf == b) for st in self.streams]
+            pick = Signal(range(n), name=f"pick_{b.name.lower()}")
+            for first in range(n):  # priority starts after rr
+                with m.If(rr == (first - 1) % n):
+                    for j in reversed(range(n)):
+                        with m.If(want[(first + j) % n]):
+                            m.d.comb += pick.eq((first + j) % n)
+            anyw = Cat(*want).any()
+            for idx, st in enumerate(self.streams):
+                with m.If(anyw & (pick == idx)):
                     m.d.comb += [port.en.eq(1), port.addr.eq(st.req_word)]
-                with m.If(mine & port.grant):
-                    m.d.comb += st.req_grant.eq(1)
-                taken = taken | (st.req_en & (st.req_buf == b))
+                    m.d.comb += st.req_grant.eq(port.grant)
+                    with m.If(port.grant):
+                        m.d.sync += rr.eq(idx)
         data = Array(p.data for p in ports)
         for st in self.streams:
             m.d.comb += st.rd_data.eq(data[st.pend_buf])
@@ -195,7 +211,8 @@ class Sfu(wiring.Component):
         """Push one pass's segments (RoPE: one half head's) and move to the next."""
         arow, brow, arow_o, brow_o = rows
         out = self.il & (ps == self.npass - 1)
-        self._push_row(m, c, Mux(out, arow_o, arow), Mux(out, brow_o, brow), pos, half)
+        again = (k != 0) | (pos != 0)
+        self._push_row(m, c, Mux(out, arow_o, arow), Mux(out, brow_o, brow), pos, half, again)
         with m.If(self.is_["rope"] & (pos + self.hh < c.cols)):
             m.d.sync += [pos.eq(pos + self.hh), half.eq(~half)]
         with m.Else():
@@ -210,24 +227,27 @@ class Sfu(wiring.Component):
 
             advance(m, k, ps, self.il, self.npass, c.rows, step, end)
 
-    def _seg(self, m: Module, st: Streamer, buf: object, addr: object, count: object, wsh: object):
+    def _seg(self, m: Module, st: Streamer, buf, addr, count, wsh, reuse=0) -> None:
+        """Offer one segment to streamer ``st`` (``reuse``: it may reuse the last word)."""
         m.d.comb += [
             st.seg.valid.eq(1),
+            st.seg.payload.reuse.eq(reuse),
             st.seg.payload.buf.eq(buf),
             st.seg.payload.addr.eq(addr),
             st.seg.payload.count.eq(count),
             st.seg.payload.wsh.eq(wsh),
         ]
 
-    def _push_row(self, m, c, arow, brow, pos, half) -> None:
-        """The segments of one row and pass (RoPE: of one half head)."""
+    def _push_row(self, m, c, arow, brow, pos, half, again) -> None:
+        """The segments of one row and pass (RoPE: of one half head; ``again``: not the
+        instruction's first, so a half head may reuse the word the previous one ended in)."""
         a0, a1, b0, b1 = self.streams
         with m.If(self.is_["rope"]):
             partner = Mux(half, pos - self.hh, pos + self.hh)
-            self._seg(m, a0, c.a_buf, arow + pos, self.hh, 0)
-            self._seg(m, a1, c.a_buf, arow + partner, self.hh, 0)
-            self._seg(m, b0, c.b_buf, brow, self.hh, 1)
-            self._seg(m, b1, c.b_buf, brow + 2 * self.hh, self.hh, 1)
+            self._seg(m, a0, c.a_buf, arow + pos, self.hh, 0, again)
+            self._seg(m, a1, c.a_buf, arow + partner, self.hh, 0, again)
+            self._seg(m, b0, c.b_buf, brow, self.hh, 1, again)
+            self._seg(m, b1, c.b_buf, brow + 2 * self.hh, self.hh, 1, again)
         with m.Else():
             self._seg(m, a0, c.a_buf, arow, c.cols, self.wsh_a)
             with m.If(self.is_["norm"]):

@@ -35,7 +35,8 @@ __all__ = ["build_consumer"]
 _MIN32 = -(1 << 31)
 #: Cycles from accepting a command to its first group: the segment push, two word reads (a
 #: group may straddle two words) and the aligner; with the output register and the last
-#: write this makes the preset's ``sfu.latency`` beyond the groups.
+#: write this makes the preset's ``sfu.latency`` beyond the groups. Two cycles more when
+#: two operand streams share a buffer's read port (two words each, taking turns).
 FILL = 6
 
 
@@ -240,7 +241,7 @@ def _pass(u: Any, m: Module, c: Any, r: _Regs, ln: dict, fx: dict) -> None:
     m.d.comb += [r.M_n.eq(ln["M"]), r.ss_n.eq(r.ss + ln["ss"])]
     sr = ~r.o_valid | (w.req.ready & ~r.fwrite)  # the output register takes a group
     # the first group leaves a fixed FILL cycles after the command (its words may straddle)
-    fire = avail & gate & (~is_out | sr) & (r.cyc - r.start >= FILL)
+    fire = avail & gate & (~is_out | sr) & (r.cyc - r.start >= FILL + 2 * u.shared)
     with m.If(fire & is_out):
         m.d.sync += [
             r.o_valid.eq(1),
