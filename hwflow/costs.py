@@ -282,6 +282,22 @@ def sfu_shared_port(func: str, a_buf: int, b_buf: int) -> bool:
     return func in ("add", "mul") and a_buf == b_buf
 
 
+def _softmax_slots(rows: int, per: int, scalar: int) -> int:
+    """Group slots of a softmax: row by row (maximum, then numerators); after a row's output
+    pass the engine divides its sum and writes its row factor (``scalar`` cycles), taking the
+    writer for one cycle (a stall when the next row's output pass is on); a row's output pass
+    ends only once the previous row's factor is out. The last row's factor write is exposed."""
+    t, prev = 0, None
+    for _ in range(rows):
+        t += per  # statistics
+        end = t + per - 1  # the last numerator group
+        if prev is not None:
+            end += int(t <= prev + scalar - 1 <= end)
+            end = max(end, prev + scalar)
+        prev, t = end, end + 1
+    return t + scalar - 2
+
+
 def sfu_op_cost(
     hw: HardwarePreset,
     func: str,
@@ -297,10 +313,9 @@ def sfu_op_cost(
     own, so a group never mixes rows; RoPE: of one half head), each pass of a row in
     ``ceil(cols / lanes)`` cycles. Per-row scalars (:func:`sfu_scalar_cycles`) overlap the
     next row's statistics pass; what they cannot hide (one-row instructions, short rows) is
-    charged. The norm reads its parameter word through its gains' streamer first (one
-    cycle). Operand streams sharing a buffer's read port (``shared``,
+    charged. Operand streams sharing a buffer's read port (``shared``,
     :func:`sfu_shared_port`) take turns for their first two words each: two cycles before
-    the first group. ``latency``: the unit's pipeline depth beyond the last group."""
+    the first group (RoPE, four streams on two ports: four). ``latency``: the unit's pipeline depth beyond the last group."""
     if rows <= 0 or cols <= 0:
         return OpCost(beats=0, latency=0, macs=0, dense_macs=0)
     lanes, passes = hw.sfu.lanes, sfu_passes(hw, func, center)
@@ -308,11 +323,11 @@ def sfu_op_cost(
     per = (cols // half) * ceil(half / lanes) if func == "rope" and half else ceil(cols / lanes)
     if func in ("norm", "mul", "reluq"):
         slots = _interleaved_slots(rows, (passes - 1) * per, per, sfu_scalar_cycles(func))
+    elif func == "softmax" and passes == 2:
+        slots = _softmax_slots(rows, per, sfu_scalar_cycles(func))
     else:
         slots = passes * rows * per
-    if func == "softmax":  # the last row's reciprocal and row factor write
-        slots += sfu_scalar_cycles(func) - 1 + (rows > 1)
-    slots += int(func == "norm") + 2 * int(shared)
+    slots += 2 * int(shared) + 2 * int(func == "rope")
     return OpCost(beats=slots, latency=slots + hw.sfu.latency, macs=0, dense_macs=0)
 
 

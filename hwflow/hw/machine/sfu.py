@@ -91,6 +91,7 @@ class Sfu(wiring.Component):
         steps = self.scalar_steps
         m.submodules.e1 = self.e1 = Scalar(SFU_RECIP_BITS, 48, steps, roots=False)
         m.submodules.e2 = self.e2 = Scalar(SFU_NORM_BITS, 48, steps)
+        m.submodules.e3 = self.e3 = Scalar(16, 12, steps, roots=False)  # qpos // blk
         self._decode(m, c)
         self._route_reads(m)
         self._route_writes(m, c)

@@ -2,8 +2,8 @@
 
 Built into :class:`~hwflow.hw.machine.sfu.Sfu`'s module by :func:`build_consumer` (split out
 to keep the unit's file short). States: ``IDLE`` (accept a command), ``START`` (per
-instruction setup; the producer starts), ``PRE`` (the parameter words at ``p_off``), ``QB``
-(softmax block mask: ``qpos // blk``), ``PASS`` (one group per cycle; passes and rows follow
+instruction setup; the producer starts; a small divider makes the block mask's ``qpos //
+blk``), ``PRE`` (the parameter words at ``p_off``), ``PASS`` (one group per cycle; passes and rows follow
 each other without a gap in the order of :mod:`hwflow.hw.machine.sfu_seq`; the per-row
 scalars run beside it in :mod:`hwflow.hw.machine.sfu_rows`), ``FLUSH`` (the last row factor
 and the writer's last word, then ``done``).
@@ -36,7 +36,8 @@ _MIN32 = -(1 << 31)
 #: Cycles from accepting a command to its first group: the segment push, two word reads (a
 #: group may straddle two words) and the aligner; with the output register and the last
 #: write this makes the preset's ``sfu.latency`` beyond the groups. Two cycles more when
-#: two operand streams share a buffer's read port (two words each, taking turns).
+#: two operand streams share a buffer's read port (two words each, taking turns); RoPE's
+#: four streams on two ports two more.
 FILL = 6
 
 
@@ -155,11 +156,15 @@ def build_consumer(u: Any, m: Module, c: Any) -> None:
     m.d.sync += r.cyc.eq(r.cyc + 1)
     m.d.comb += [u.rec_start.eq(r.start), u.rec_end.eq(r.cyc)]
     _drive_writer(u, m, r, fx)
+    with m.If(u.e3.done):
+        m.d.sync += [r.qb.eq(u.e3.q), r.qrem.eq(u.e3.rem)]
     with m.FSM(name="cons") as fsm:
         with m.State("IDLE"):
             m.d.comb += u.cmd.ready.eq(1)
             with m.If(u.cmd.valid):
                 m.d.sync += [u.c.eq(u.cmd.payload), r.start.eq(r.cyc)]
+                p = u.cmd.payload  # the block mask's qpos // blk, done before the first group
+                m.d.comb += [u.e3.start.eq(1), u.e3.a.eq(p.qpos), u.e3.d.eq(p.blk)]
                 m.next = "START"
         with m.State("START"):
             _start(u, m, c, r)
@@ -167,12 +172,6 @@ def build_consumer(u: Any, m: Module, c: Any) -> None:
             m.d.comb += u.streams[2].g.ready.eq(1)
             g = u.streams[2].g.payload.data
             m.d.sync += [r.p0.eq(g[:32]), r.p1.eq(g[32:64])]
-            m.next = "PASS"
-        with m.State("QB"):
-            m.d.comb += [u.e2.start.eq(1), u.e2.a.eq(c.qpos), u.e2.d.eq(c.blk)]
-            m.next = "QBW"
-        with m.State("QBW"), m.If(u.e2.done):
-            m.d.sync += [r.qb.eq(u.e2.q), r.qrem.eq(u.e2.rem)]
             m.next = "PASS"
         with m.State("PASS"):
             _pass(u, m, c, r, ln, fx)
@@ -189,14 +188,12 @@ def _start(u: Any, m: Module, c: Any, r: _Regs) -> None:
     m.d.sync += [r.k.eq(0), r.pas.eq(0), r.col.eq(0), r.pos.eq(0), r.half.eq(0)]
     m.d.sync += [r.first.eq(1), r.orow.eq(c.o_off), r.optr.eq(c.o_off), r.cfull.eq(0)]
     m.d.sync += [r.M.eq(0), r.ss.eq(0), r.sxr.eq(0), r.mx.eq(_MIN32), r.S.eq(0)]
-    m.d.sync += [r.qv.eq(c.qpos), r.qb.eq(0), r.qrem.eq(0)]
+    m.d.sync += r.qv.eq(c.qpos)
     m.d.sync += r.cshift.eq(bit_length(m, (c.cols - 1)[:16], "bl_d"))
     with m.If(~u.known | (c.rows == 0) | (c.cols == 0)):
         m.next = "FLUSH"
     with m.Elif(u.prelude):
         m.next = "PRE"
-    with m.Elif(u.is_["softmax"] & (c.mask == 2)):
-        m.next = "QB"
     with m.Else():
         m.next = "PASS"
 
@@ -241,7 +238,9 @@ def _pass(u: Any, m: Module, c: Any, r: _Regs, ln: dict, fx: dict) -> None:
     m.d.comb += [r.M_n.eq(ln["M"]), r.ss_n.eq(r.ss + ln["ss"])]
     sr = ~r.o_valid | (w.req.ready & ~r.fwrite)  # the output register takes a group
     # the first group leaves a fixed FILL cycles after the command (its words may straddle)
-    fire = avail & gate & (~is_out | sr) & (r.cyc - r.start >= FILL + 2 * u.shared)
+    fire = (
+        avail & gate & (~is_out | sr) & (r.cyc - r.start >= FILL + 2 * u.shared + 2 * u.is_["rope"])
+    )
     with m.If(fire & is_out):
         m.d.sync += [
             r.o_valid.eq(1),

@@ -15,7 +15,8 @@ The *chain* moves ``L`` to ``C`` once the scalars are done and the previous outp
 released ``C``. Softmax instead latches its row sum after the output pass; the chain then
 divides and writes the row factor (4 bytes before the row) through the writer, while the
 next row's passes run. Two :class:`~hwflow.hw.machine.sfu_math.Scalar` engines: ``e1``
-(the quantization reciprocal) and ``e2`` (the norm's division and root, the block mask's ``qpos // blk``), the norm's first two in parallel.
+(the quantization reciprocal, the softmax row sum's) and ``e2`` (the norm's division and
+root), the norm's first two in parallel.
 """
 
 from __future__ import annotations
