@@ -233,9 +233,8 @@ def sfu_cost(hw: HardwarePreset, elements: int, passes: int = 1) -> OpCost:
     (:func:`sfu_passes`). Each of the preset's ``sfu.lanes`` lanes takes one element per cycle
     whatever its width (a lane is 32 bits wide: the INT32 residual stream), so a pass takes
     ``ceil(elements / lanes)`` cycles; the bytes moved count in the buffer energy
-    (:mod:`hwflow.perf.lower`), not in cycles. The per-row scalar work (the norm's inverse
-    square root, the reciprocals of the row maximum and of the softmax row sum) is pipelined
-    behind the next row's pass."""
+    (:mod:`hwflow.perf.lower`), not in cycles. This is the lane rate alone: an instruction's
+    cost with its rows and per-row scalar work is :func:`sfu_op_cost`."""
     beats = passes * ceil(elements / hw.sfu.lanes)
     return OpCost(beats=beats, latency=beats + hw.sfu.latency, macs=0, dense_macs=0)
 

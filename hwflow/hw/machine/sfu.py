@@ -2,19 +2,24 @@
 
 Structure (``lanes`` elements per cycle, the preset's ``sfu.lanes``):
 
-* a *producer* walks the instruction's rows and passes and pushes one segment per operand
-  and pass to four :class:`~hwflow.hw.machine.sfu_stream.Streamer` s (A, A's RoPE partner
-  half, B, B's second half: RoPE's sin rows); the streamers read the buffers ahead of use;
+* a *producer* walks the instruction's rows and passes (in the order of
+  :mod:`~hwflow.hw.machine.sfu_seq`) and pushes one segment per operand and pass to four
+  :class:`~hwflow.hw.machine.sfu_stream.Streamer` s (A, A's RoPE partner half, B, B's second
+  half: RoPE's sin rows); the streamers read the buffers ahead of use, taking turns
+  (round robin) where they share a buffer's read port;
 * a *consumer* takes one group of up to ``lanes`` elements per cycle from the active streams:
   in a statistics pass it updates the row's registers (row maximum, sum of squares, LayerNorm
   row sum, softmax maximum), in the output pass it computes the lanes
-  (:mod:`hwflow.hw.machine.sfu_lanes`) and hands the bytes to the
-  :class:`~hwflow.hw.machine.sfu_write.Writer` (the row factor rides in front of a row's first
-  group; softmax writes it after the row, once its sum is known);
-* between a row's statistics and output passes the :class:`~hwflow.hw.machine.sfu_math.Scalar`
-  engine computes the per-row scalars (``(127 << 46) // M``, the norm's ``isqrt``, the
-  reciprocal of the softmax sum). This work is *not* overlapped with the next row's pass (as
-  :func:`hwflow.costs.sfu_cost` assumes): its cycles show in the bench's comparison.
+  (:mod:`hwflow.hw.machine.sfu_lanes`) and hands the bytes through one output register to
+  the :class:`~hwflow.hw.machine.sfu_write.Writer` (the row factor rides in front of a row's
+  first group; softmax writes it after the row, once its sum is known);
+* the per-row scalars (``(127 << 46) // M``, the norm's ``isqrt``, the reciprocal of the
+  softmax sum) run on :class:`~hwflow.hw.machine.sfu_math.Scalar` engines *beside* the
+  passes (:mod:`~hwflow.hw.machine.sfu_rows`): the output pass of row ``k - 1`` follows the
+  statistics of row ``k``, so a row's scalars overlap the next row's statistics.
+
+Cycles: :func:`hwflow.costs.sfu_op_cost` describes this mechanism (per-row lane groups, the
+scalars' exposed part, the fixed fill); ``sim/sfu_bench.py`` holds every instruction to it.
 
 Passes per function equal :func:`hwflow.costs.sfu_passes` with the preset's ``norm_passes``
 and ``softmax_passes`` of 2 (the tiny preset's; the structure here is fixed at 2).
