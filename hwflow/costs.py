@@ -219,7 +219,9 @@ def sfu_passes(hw: HardwarePreset, func: str, center: bool = False) -> int:
       numerators and their row sum; the normalisation moved into P x V's row stage).
     * ``mul``, ``reluq`` (per-row INT8 quantization, :func:`~hwflow.numerics.quant_rows`):
       two, a row-maximum pass before the quantizing one.
-    * ``rope``, ``silu``, ``add``, ``mov``: one.
+    * ``rope``, ``silu``, ``add``, ``mov``: one; and tensor parallelism's ``requant`` (one
+      pass over the reduced accumulators), ``rowmax`` and ``qrows`` (``mul``/``reluq``'s two
+      passes, split around the all-reduce of the row maxima).
     """
     if func == "norm":
         return hw.sfu.norm_passes + int(center)

@@ -37,6 +37,7 @@ from hwflow.compiler.layout import BeatGeometry, HbmLayout, TileSpec
 from hwflow.config import HardwarePreset, ModelConfig
 from hwflow.errors import ConfigError, ProgramError, SyncError
 from hwflow.isa import (
+    LINK_OPS,
     MATMUL_FUNCS,
     ROW_FACTOR_BYTES,
     SFU_FORMATS,
@@ -90,6 +91,7 @@ class FuncSim:
         layout: HbmLayout,
         hbm: np.ndarray,
         check_hazards: bool = True,
+        links: Any = None,
     ) -> None:
         program.check_preset(hw.digest, hw.name)
         if hbm.size < layout.total:
@@ -102,6 +104,8 @@ class FuncSim:
         self.check_hazards = check_hazards
         self.sizes = {b: hw.buffers.bytes(b.name.lower()) for b in Buf}
         self.geo = BeatGeometry.from_preset(hw)
+        #: multi-board: this board's end of the links (:class:`hwflow.multiboard.BoardLinks`)
+        self.links = links
 
     @classmethod
     def on_buffers(cls, hw: HardwarePreset, bufs: Mapping[Buf, np.ndarray]) -> FuncSim:
@@ -121,8 +125,19 @@ class FuncSim:
         self._exec(c)
 
     # ---------------------------------------------------------------- host side
-    def step(self, phase: str, x0: np.ndarray, pos: int) -> np.ndarray:
-        """Write the INT32 input rows, run one step, return the last token's INT32 logits."""
+    def step(self, phase: str, x0: np.ndarray, pos: int, seq: int = 0) -> np.ndarray:
+        """Write the INT32 input rows, run one step (of sequence / KV-cache slot ``seq``),
+        return the last token's INT32 logits."""
+        rt = Runtime(np.shape(x0)[0] if np.ndim(x0) == 2 else 0, pos, seq)
+        return self._step(phase, x0, rt)[0]
+
+    def step_batch(self, x0: np.ndarray, positions: list[int]) -> np.ndarray:
+        """A batched decode step: row i of ``x0`` is sequence (slot) i's token at position
+        ``positions[i]``; returns the INT32 logits of every sequence, [len(positions), vocab]."""
+        return self._step("decode", x0, Runtime.batch(positions))
+
+    def _step(self, phase: str, x0: np.ndarray, rt: Runtime) -> np.ndarray:
+        """Write the input rows, run the step, return its logit rows (prefill: one)."""
         x0 = np.asarray(x0)
         if x0.ndim != 2 or x0.shape[1] != self.cfg.hidden:
             raise ProgramError(
@@ -131,18 +146,27 @@ class FuncSim:
         lo, hi = -(2 ** (RESIDUAL_BITS - 1)), 2 ** (RESIDUAL_BITS - 1) - 1
         if x0.size and (x0.min() < lo or x0.max() > hi):
             raise ProgramError(f"step input outside the INT{RESIDUAL_BITS} range")
-        self.program.select(phase, Runtime(x0.shape[0], pos))  # refuse before writing HBM
+        if rt.seq >= self.layout.batch or (phase == "decode" and rt.seq):
+            raise ProgramError(
+                f"sequence {rt.seq}: the program holds {self.layout.batch} KV caches and a "
+                "decode step's rows are slots 0..LEN-1 (step_batch)"
+            )
+        self.program.select(phase, rt)  # refuse before writing HBM
         inp = self.layout.region("input")
         raw = x0.astype("<i4").view(np.uint8).ravel()
         self.hbm[inp.base : inp.base + raw.size] = raw
-        self.last_stats = self.run(phase, Runtime(x0.shape[0], pos))
+        self.last_stats = self.run(phase, rt)
         lg = self.layout.region("logits")
-        return self.hbm[lg.base : lg.base + 4 * self.cfg.vocab].view("<i4").astype(np.int64)
+        n = 4 * self.cfg.vocab * (rt.length if phase == "decode" else 1)
+        out = self.hbm[lg.base : lg.base + n].view("<i4").astype(np.int64)
+        return out.reshape(-1, self.cfg.vocab)
 
-    def kv_cache(self, layer: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """K and V of ``layer``'s first ``length`` positions as [kv_heads, length, head_dim]."""
+    def kv_cache(self, layer: int, length: int, seq: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """K and V of ``layer``'s first ``length`` positions of sequence (KV-cache slot)
+        ``seq`` as [kv_heads, length, head_dim]."""
         c = self.cfg
-        base = self.layout.region("kv").base + layer * self.layout.kv_layer_bytes
+        base = self.layout.region("kv").base + seq * self.layout.kv_seq_bytes
+        base += layer * self.layout.kv_layer_bytes
         hs = self.layout.kv_head_bytes  # head stride (padded)
         out = []
         for at in (base, base + self.layout.kv_v_offset):
@@ -153,7 +177,15 @@ class FuncSim:
     # ---------------------------------------------------------------- execution
     def run(self, phase: str, runtime: Runtime) -> StepStats:
         """Execute the template serving ``runtime``; SyncError on a hazard or a deadlock."""
-        t0 = time.perf_counter()
+        self.begin(phase, runtime)
+        self.advance()
+        return self.finish()
+
+    def begin(self, phase: str, runtime: Runtime) -> None:
+        """Expand the template serving ``runtime`` and reset the buffers (then
+        :meth:`advance` until done, then :meth:`finish`: a multi-board system interleaves
+        its boards' advances)."""
+        self.t0 = time.perf_counter()
         tmpl = self.program.select(phase, runtime)
         streams: dict[Unit, list[Concrete]] = {u: [] for u in TOKEN_UNITS}
         for c in expand(tmpl, runtime):
@@ -164,29 +196,47 @@ class FuncSim:
             self.track[HBM] = _Tracker(self.hbm.size)
         nu = len(TOKEN_UNITS)
         self.vc = {u: np.zeros(nu, np.int64) for u in TOKEN_UNITS}
-        queues: dict[tuple[int, int], deque[np.ndarray]] = {}
+        self.streams = streams
+        self.queues: dict[tuple[int, int], deque[np.ndarray]] = {}
+        self.pos = dict.fromkeys(streams, 0)
 
-        def fire(u: Unit, c: Concrete, popped: list[np.ndarray]) -> np.ndarray | None:
-            vc = self.vc[u]
-            for clock in popped:  # a token carries its releaser's vector clock
-                np.maximum(vc, clock, out=vc)
-            self._exec(c)
-            vc[u] += 1
-            return vc.copy() if c.release else None
+    def _fire(self, u: Unit, c: Concrete, popped: list[np.ndarray]) -> np.ndarray | None:
+        vc = self.vc[u]
+        for clock in popped:  # a token carries its releaser's vector clock
+            np.maximum(vc, clock, out=vc)
+        self._exec(c)
+        vc[u] += 1
+        return vc.copy() if c.release else None
 
-        pos = dispatch(streams, queues, fire)
-        stuck = [
-            f"{u.name} at pc {streams[u][pos[u]].pc}"
+    def advance(self) -> bool:
+        """Run every unit as far as tokens (and link data) allow; whether anything ran."""
+        before = sum(self.pos.values())
+        ready = self.links.ready if self.links is not None else None
+        dispatch(self.streams, self.queues, self._fire, ready, self.pos)
+        return sum(self.pos.values()) > before
+
+    @property
+    def done(self) -> bool:
+        return all(self.pos[u] == len(s) for u, s in self.streams.items())
+
+    def blocked(self) -> list[str]:
+        """The units not at their stream's end: where each waits."""
+        return [
+            f"{u.name} at pc {self.streams[u][self.pos[u]].pc} ({self.streams[u][self.pos[u]].op})"
             for u in TOKEN_UNITS
-            if pos[u] < len(streams[u])
+            if self.pos[u] < len(self.streams[u])
         ]
+
+    def finish(self) -> StepStats:
+        """SyncError on a deadlock or tokens left over; the step's statistics."""
+        stuck = self.blocked()
         if stuck:
             raise SyncError(f"deadlock while running: {', '.join(stuck)} wait for tokens")
-        left = {f"{Unit(a).name}->{Unit(b).name}": len(q) for (a, b), q in queues.items() if q}
+        left = {f"{Unit(a).name}->{Unit(b).name}": len(q) for (a, b), q in self.queues.items() if q}
         if left:
             raise SyncError(f"tokens left in queues at the end of the step: {left}")
-        per = {u.name: len(streams[u]) for u in TOKEN_UNITS}
-        return StepStats(sum(per.values()), per, time.perf_counter() - t0)
+        per = {u.name: len(self.streams[u]) for u in TOKEN_UNITS}
+        return StepStats(sum(per.values()), per, time.perf_counter() - self.t0)
 
     # ---------------------------------------------------------------- hazards
     def _access(self, c: Concrete, mem: int, lo: int, hi: int, write: bool) -> None:
@@ -325,6 +375,12 @@ class FuncSim:
             self._matmul(c)
         elif op == "SFU":
             self._sfu(c)
+        elif op in LINK_OPS:
+            if self.links is None:
+                raise ProgramError(
+                    f"pc {c.pc}: {op} needs a multi-board system (hwflow.multiboard)"
+                )
+            self.links.execute(self, c)
         else:  # pragma: no cover - expand yields unit instructions only
             raise ProgramError(f"pc {c.pc}: cannot execute {op}")
 
@@ -413,6 +469,18 @@ class FuncSim:
             out = nx.add_residual(x, self._operand(c, "b", rows, cols, "<i4"))
         elif name == "mul":
             out, rf = nx.mul_rows(x, self._operand(c, "b", rows, cols, "<i2"))
+        elif name in ("rowmax", "qrows"):  # tensor parallel: the FFN activation's row maxima
+            v = nx.relu(x) if c["aux"] & 1 else x * self._operand(c, "b", rows, cols, "<i2")
+            if name == "rowmax":
+                self._put(c, nx.row_max(v)[:, None], "<i4")
+                return
+            big = np.ascontiguousarray(self._read(c, Buf.PARAM, c["p_off"], rows, 4, 4))
+            out, rf = nx.quant_rows(v, big.view("<i4").ravel())
+        elif name == "requant":  # a reduced linear: guard, then mult, shift, bias per column
+            p = np.asarray(self._params(c, 1 + 3 * cols), np.int64)
+            row = self._rows(c, "b", rows) if c["aux"] & 1 else nx.unit_rows(rows)
+            mult, shift, bias = p[1 : 1 + cols], p[1 + cols : 1 + 2 * cols], p[1 + 2 * cols :]
+            out = nx.linear_out(x, mult, shift, 32, row, int(p[0]), bias)
         else:  # mov
             out = x
         if fmt.row_factor:

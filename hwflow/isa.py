@@ -31,9 +31,17 @@ Unused trailing bits are zero. The same table drives :func:`encode`, :func:`deco
 :func:`disasm`; there is no other copy of any field list.
 
 Registers and length adaptivity. SYS owns 16 scalar registers R0..R15 (64-bit signed). R0 is
-always 0; ``R1 = LEN`` (tokens of this step) and ``R2 = POS`` (cached positions before it) are
-set from the :class:`Runtime` before the program starts; the program computes the others with
-``SETI/ADDI/ADD/SUB/MULI/MINI``. A field may be *register-modified* (column ``dyn`` of the layout):
+always 0; ``R1 = LEN`` (token rows of this step) and ``R2 = POS`` (cached positions before it)
+are set from the :class:`Runtime` before the program starts; the program computes the others with
+``SETI/ADDI/ADD/SUB/MULI/MINI``.
+
+Batches (ISA v4). SYS also holds a *context table* CTX, one POS per sequence (KV-cache slot),
+written by the host like LEN and POS (:attr:`Runtime.positions`). ``R15 = SEQ`` selects the
+sequence: R2 always reads ``CTX[SEQ]`` (0 for a slot the runtime does not name: an idle one),
+so a write to R15 also reloads R2. SEQ starts at :attr:`Runtime.seq` (a prefill's slot; 0 for a
+batched decode, whose template walks SEQ over its rows: row i is slot i). A single-sequence
+runtime reads its POS for every SEQ, so a program run with one sequence sees R2 = POS all along,
+as before v4, whatever it writes to R15. A field may be *register-modified* (column ``dyn`` of the layout):
 
 * ``add``: the value used is ``field + R[reg]`` (an address or offset that moves with POS, a
   layer's base address, ...). ``reg = 0`` adds R0 = 0.
@@ -74,7 +82,16 @@ of row i is at ``p_off + i * p_stride - 4``. Multi-byte elements are little-endi
   (cos/sin rows at ``b``, head_dim ``aux``), ``silu`` (INT16 -> INT16, mult/shift of the
   table index at ``p_off``; the sigmoid table is a ROM), ``reluq`` (ReLU of INT16, quantized
   per row), ``add`` (INT32 residual add, second operand ``b``), ``mul`` (INT16 x INT16 gated
-  product, quantized per row), ``mov`` (bytes).
+  product, quantized per row), ``mov`` (bytes); for tensor-parallel boards (numerics contract,
+  tensor-parallel reduction) ``requant`` (a linear's two-stage requantization of INT32 ``a``:
+  guard, then per column mult, shift and bias int32 at ``p_off``; the row factors of ``b``
+  when ``aux`` 1), ``rowmax`` (INT32 per row: max|a * b|, ``aux`` 1: max relu(a)) and
+  ``qrows`` (``a * b`` or relu(a) quantized per row by the INT32 maxima at ``p_off``).
+* Links (multi-board programs, ISA v4): ``SEND`` (ST unit) copies ``rows`` x ``row_bytes``
+  from a buffer to the link towards board ``peer``; ``RECV`` (LD unit) waits for them from
+  board ``peer`` and writes them; ``ALLRED`` (ST unit) is a collective of the ``peer`` boards of
+  the ring, each holding INT32 rows at the same place, which all end with their sum (``red``
+  0) or maximum (``red`` 1). The single-board RTL machine refuses them.
 
 For the cycle model. ``expand(template, runtime)`` yields :class:`Concrete` instructions in
 dispatch order; filter by ``unit`` for the per-unit queues. Every field a cost needs is in
@@ -119,12 +136,14 @@ from hwflow.errors import ProgramError
 
 __all__ = [
     "ISA_VERSION",
+    "LINK_OPS",
     "MAGIC",
     "MATMUL_FUNCS",
     "NREGS",
     "OPCODES",
     "REG_LEN",
     "REG_POS",
+    "REG_SEQ",
     "ROW_FACTOR_BYTES",
     "SFU_FORMATS",
     "SFU_FUNCS",
@@ -162,12 +181,15 @@ __all__ = [
 ]
 
 #: 2: numerics v2 (INT32 residual, row factors, MM obits/arow, SFU silu/reluq);
-#: 3: MM/MV ``wgroup`` (group-wise weight scales: the tile's trailing group multipliers)
-ISA_VERSION = 3
+#: 3: MM/MV ``wgroup`` (group-wise weight scales: the tile's trailing group multipliers);
+#: 4: board-to-board links (SEND, RECV, ALLRED) and the SFU ``requant`` of a reduced linear;
+#:    the context table CTX read through R15 = SEQ (batched decode; no field changed)
+ISA_VERSION = 4
 MAGIC = b"HWFLOWP\0"
 NREGS = 16
 REG_LEN = 1  #: R1 = LEN, tokens of this step (runtime)
-REG_POS = 2  #: R2 = POS, cached positions before this step (runtime)
+REG_POS = 2  #: R2 = POS, cached positions before this step (runtime): CTX[SEQ]
+REG_SEQ = 15  #: R15 = SEQ, the sequence (KV-cache slot) R2 reads the context of
 
 
 class Unit(IntEnum):
@@ -226,6 +248,9 @@ class SfuFunc(IntEnum):
     MUL = 5
     MOV = 6
     RELUQ = 7
+    REQUANT = 8  #: the two-stage requantization of a linear's (reduced) INT32 accumulators
+    ROWMAX = 9  #: per-row maximum of |a * b| (aux 1: of relu(a)) as one INT32 per output row
+    QROWS = 10  #: a * b (aux 1: relu(a)) quantized per row by the INT32 maxima at ``p_off``
 
 
 class SoftmaxMask(IntEnum):
@@ -408,8 +433,31 @@ SFU_FORMATS: Mapping[str, SfuFormat] = MappingProxyType(
         "mul": SfuFormat(2, 2, 1, True),
         "mov": SfuFormat(1, 0, 1, False),
         "reluq": SfuFormat(2, 0, 1, True),
+        "requant": SfuFormat(4, 0, 4, False),
+        "rowmax": SfuFormat(2, 2, 4, False),
+        "qrows": SfuFormat(2, 2, 1, True),
     }
 )
+
+#: A board-to-board transfer (SEND / RECV) or collective (ALLRED): ``rows`` rows of
+#: ``row_bytes`` at (``buf``, ``off``, ``stride``). SEND/RECV: ``peer`` is the other board;
+#: ALLRED: ``peer`` is the ring size, every board of the ring issues it on the same rows (of
+#: INT32 elements) and each ends holding their sum (``red`` 0,
+#: :func:`hwflow.numerics.reduce_partials`) or maximum (``red`` 1, ``reduce_max``).
+_LINK = (
+    *_hdr(),
+    Field("buf", 3, "on-chip buffer id (Buf)"),
+    Field("off", 24, "on-chip byte offset (+ R[off_reg])", dyn=("add", "off_reg")),
+    Field("off_reg", 4, "register added to the on-chip offset"),
+    Field("stride", 24, "on-chip bytes between rows"),
+    Field("row_bytes", 24, "bytes per row"),
+    Field("rows", 16, "rows (max when rows_reg != 0)", dyn=("clamp", "rows_reg")),
+    Field("rows_reg", 4, "register clamping rows to 0..rows"),
+    Field("peer", 6, "SEND/RECV: the other board; ALLRED: boards in the ring"),
+    Field("red", 1, "ALLRED: 0 sum (INT32 partials), 1 maximum (INT32 row maxima)"),
+)
+#: Link opcodes (multi-board programs; the single-board RTL machine has no link ports).
+LINK_OPS = frozenset({"SEND", "RECV", "ALLRED"})
 
 _REG = Field("rd", 4, "destination register")
 OPCODES: tuple[OpSpec, ...] = (
@@ -467,6 +515,10 @@ OPCODES: tuple[OpSpec, ...] = (
         "R[rd] = min(R[ra], imm)",
     ),
     OpSpec("END", 31, Unit.SYS, _hdr(), "end of program"),
+    # multi-board systems (ISA v4): the DMA units drive the board-to-board link ports
+    OpSpec("SEND", 24, Unit.ST, _LINK, "copy rows buffer -> the link to board ``peer``"),
+    OpSpec("RECV", 25, Unit.LD, _LINK, "copy rows from the link of board ``peer`` -> buffer"),
+    OpSpec("ALLRED", 26, Unit.ST, _LINK, "sum INT32 rows over the ``peer`` boards of the ring"),
 )
 
 _BY_NAME: Mapping[str, OpSpec] = MappingProxyType({s.name: s for s in OPCODES})
@@ -699,18 +751,54 @@ class Template:
         """:func:`loop_spans` of the instructions (``{LOOP pc: ENDLOOP pc}``)."""
         return MappingProxyType(loop_spans(self.instrs))
 
+    @property
+    def batch(self) -> int:
+        """Sequences a decode template serves at once (``info["batch"]``; 1 without it)."""
+        return int(self.info.get("batch", 1))
+
     def serves(self, runtime: Runtime) -> bool:
         if self.phase == "prefill":
-            return runtime.pos == 0 and self.lo <= runtime.length <= self.hi
-        return runtime.length == 1 and self.lo <= runtime.pos + 1 <= self.hi
+            return (
+                runtime.pos == 0 and not runtime.positions and self.lo <= runtime.length <= self.hi
+            )
+        rows = runtime.length
+        if rows > 1 and len(runtime.positions) != rows:  # a batch names every row's POS
+            return False
+        return rows <= self.batch and self.lo <= runtime.context <= self.hi
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """Run-time registers: ``length`` tokens of this step after ``pos`` cached positions."""
+    """Run-time registers: ``length`` token rows of this step after ``pos`` cached positions;
+    ``seq`` the sequence (KV-cache slot) of the step (R15 at the start); a batched decode's
+    ``positions``: the context table CTX, the POS of each row's sequence (row i is slot i;
+    :meth:`batch`)."""
 
     length: int
     pos: int = 0
+    seq: int = 0
+    positions: tuple[int, ...] = ()
+
+    @classmethod
+    def batch(cls, positions: Sequence[int]) -> Runtime:
+        """A decode step of ``len(positions)`` sequences, sequence i at POS ``positions[i]``."""
+        ps = tuple(int(p) for p in positions)
+        return cls(len(ps), ps[0] if ps else 0, 0, ps)
+
+    def ctx(self, slot: int) -> int:
+        """CTX[slot]: the POS R2 reads while SEQ = ``slot`` (0 for a slot a batch does not
+        name). A single-sequence runtime has one context: every SEQ reads its POS, so a
+        program that uses R15 as an ordinary register (the multi-board lowering's reduce
+        records) keeps R2 = POS."""
+        if self.positions:
+            return self.positions[slot] if 0 <= slot < len(self.positions) else 0
+        return self.pos
+
+    @property
+    def context(self) -> int:
+        """The longest context of a decode step (what selects its template): POS + 1 of its
+        furthest sequence."""
+        return max(self.positions, default=self.pos) + 1
 
 
 @dataclass(frozen=True)
@@ -736,8 +824,14 @@ class Program:
             if t.phase == phase and t.serves(runtime):
                 return t
         ranges = [f"{t.lo}..{t.hi}" for t in self.templates if t.phase == phase]
+        batch = max((t.batch for t in self.templates if t.phase == phase), default=1)
+        if phase == "decode" and runtime.length > batch:
+            raise ProgramError(
+                f"no decode template serves a batch of {runtime.length} sequences (the program "
+                f"serves 1..{batch}: compile with --batch {runtime.length})"
+            )
         what = "LEN" if phase == "prefill" else "context POS+1"
-        n = runtime.length if phase == "prefill" else runtime.pos + runtime.length
+        n = runtime.length if phase == "prefill" else runtime.context
         span = f"{ranges[0].split('..')[0]}..{ranges[-1].split('..')[1]}" if ranges else "none"
         raise ProgramError(f"no {phase} template serves {what} = {n} (served: {span})")
 
@@ -960,6 +1054,8 @@ def expand(
                 yield begin
         elif op in _ALU:
             _alu(ins, regs, pc)
+            if ins["rd"] == REG_SEQ:  # R2 reads CTX[SEQ] (module doc)
+                regs[REG_POS] = runtime.ctx(regs[REG_SEQ])
             pc += 1
         elif op == "END":
             if stack:
@@ -1003,6 +1099,17 @@ def _check_runtime(template: Template, runtime: Runtime) -> None:
         raise ProgramError(
             f"runtime LEN = {runtime.length}, POS = {runtime.pos}: need LEN >= 1, POS >= 0"
         )
+    ps = runtime.positions
+    if ps and (len(ps) != runtime.length or min(ps) < 0 or runtime.pos != runtime.ctx(runtime.seq)):
+        raise ProgramError(
+            f"runtime positions {list(ps)}: need one POS >= 0 per row (LEN = {runtime.length}) "
+            f"and POS = {runtime.pos} the first's"
+        )
+    if runtime.seq < 0 or (template.phase == "decode" and runtime.seq):
+        raise ProgramError(
+            f"runtime SEQ = {runtime.seq}: a prefill's slot is >= 0; a decode step's rows are "
+            "slots 0..LEN-1 (SEQ starts at 0)"
+        )
     if not template.serves(runtime):
         raise ProgramError(
             f"{template.phase} template {template.lo}..{template.hi} does not serve "
@@ -1045,7 +1152,8 @@ class _Expansion:
         self.nxt, self.pre = template.skips
         self.regs = [0] * NREGS
         self.regs[REG_LEN] = runtime.length
-        self.regs[REG_POS] = runtime.pos
+        self.regs[REG_SEQ] = runtime.seq
+        self.regs[REG_POS] = runtime.ctx(runtime.seq)
         self.seq = dict.fromkeys(TOKEN_UNITS, 0)
         self.stack: list[list[int]] = []  # [loop pc, iteration, count, ident recorded or -1]
         self.idents: dict[tuple[int, Hashable], int] = {}
@@ -1128,6 +1236,8 @@ def dispatch(
     streams: Mapping[Unit, Sequence[Any]],
     queues: dict[tuple[int, int], deque[Any]],
     fire: Callable[[Unit, Any, list[Any]], Any] | None = None,
+    ready: Callable[[Unit, Any], bool] | None = None,
+    pos: dict[Unit, int] | None = None,
 ) -> dict[Unit, int]:
     """Run each unit's in-order ``streams`` (items with ``wait`` / ``release`` masks) under the
     token discipline of the module doc, from and into the token ``queues`` ((src, dst) -> FIFO).
@@ -1138,8 +1248,12 @@ def dispatch(
     until it blocks, until no unit can start anything. Each queue has one consumer, so any
     order reaches the same end. Returns how far each stream got: a stream not at its end is
     blocked (a deadlock, for the caller to report).
+
+    Multi-board: ``ready(unit, item)``, asked once an item's tokens are there, holds it back
+    until its link data are (a RECV before the SEND, a collective before every board joined);
+    ``pos`` resumes the streams where an earlier call left them (updated in place).
     """
-    pos = dict.fromkeys(streams, 0)
+    pos = pos if pos is not None else dict.fromkeys(streams, 0)
     progress = True
     while progress:
         progress = False
@@ -1149,6 +1263,8 @@ def dispatch(
                 item = s[i]
                 w = item.wait
                 if w and any(w >> v & 1 and not queues.get((v, u)) for v in TOKEN_UNITS):
+                    break
+                if ready is not None and not ready(u, item):
                     break
                 popped = [queues[(v, u)].popleft() for v in TOKEN_UNITS if w >> v & 1]
                 token = fire(u, item, popped) if fire is not None else None

@@ -27,7 +27,11 @@ Formats
   ``f_t ~= m_t * 2**-e_t`` (``m_t`` 15-bit, :func:`row_factor`) produced by the SFU with the row.
 * **Attention output** ``a``: INT8, static per-tensor scale.
 * **q, k, v** (and the KV cache): INT8, static **per-head** scales (per output channel of the
-  linear, so free in the requantizer).
+  linear, so free in the requantizer) at the head's calibrated maximum (nothing clipped). q and
+  k are **balanced** per channel first (``q * lam``, ``k / lam``, folded into the q/k weights on
+  the host, :func:`hwflow.smooth.qk_factors`): trained models carry attention-sink channels in
+  q and k that one per-head INT8 scale cannot hold next to the ordinary channels (SmolLM2-135M
+  w8a8: 24.28 perplexity clipped and unbalanced, 22.10 balanced, float 21.67).
 * **gate / up** outputs: INT16, static per-tensor scale (SiLU needs a static input scale, and
   INT8 cannot hold both the massive tokens and the ordinary ones).
 * **Weights** are INT\\ *b* (b in 2, 3, 4, 8) symmetric per output channel:
@@ -87,6 +91,23 @@ Operations
 * **Packing**: a tensor of b-bit fields is a little-endian bit stream over its row-major
   elements: element i occupies stream bits ``[i*b, (i+1)*b)``; byte j holds stream bits
   ``[8j, 8j+8)``. Weights are two's complement; indices unsigned.
+* **Tensor-parallel reduction** (multi-board systems, :mod:`hwflow.compiler.partition`): a
+  row-parallel linear (attention's ``o`` and the MLP's ``down``: their reduction axis K split
+  over B boards at multiples of the sparsity block M and of the weight group) computes on each
+  board the exact accumulators of its K slice, ``acc_b = sum_{k in slice b} x * w``
+  (:func:`weight_matmul` with group multipliers), and writes them as INT32 without any row or
+  channel stage. The ring all-reduce sums those INT32 partials (:func:`reduce_partials`):
+  ``acc = sum_b acc_b``, exact because the compiler admits a split only when the full
+  accumulator's bound ``K * 127 * qmax * gmax`` is below 2**31 (then every partial sum is too, in
+  any order of the ring). Every board then applies the op's :func:`linear_out` (row stage with
+  the input's row factors and the guard, bias once, channel stage) to ``acc``: the result equals
+  the single-board reference bit for bit, because integer addition is associative and the
+  nonlinear stages run once, after the sum. Column-parallel linears (q, k, v, gate, up) split
+  output rows: each row's arithmetic is unchanged. The per-row quantization of the FFN
+  activation (the gated product ``mm``, OPT's ``ua``) needs its row's maximum over *all* FFN
+  columns: each board computes the maximum of its columns (:func:`row_max`, INT32: ``|g u| <
+  2**30``), the ring all-reduces the maximum (:func:`reduce_max`) and each board quantizes its
+  columns with it (:func:`quant_rows` with ``big``): the same codes and row factor as one board.
 * **RoPE** (HF ``rotate_half`` convention): ``cos``/``sin`` tables in Q14;
   ``y1 = round_shift(x1*c - x2*s, 14)``, ``y2 = round_shift(x2*c + x1*s, 14)``, saturated to
   INT8 at the input's scale.
@@ -126,17 +147,21 @@ __all__ = [
     "nm_prune_mask",
     "norm_rows",
     "pack_bits",
+    "partial_bound",
     "qmax",
     "quant_multiplier",
     "quant_rows",
     "quantize_weight",
     "recip_factor",
+    "reduce_max",
+    "reduce_partials",
     "relu",
     "requantize",
     "rope_int",
     "rope_tables",
     "round_shift",
     "row_factor",
+    "row_max",
     "rsqrt_fixed",
     "saturate",
     "sigmoid_table",
@@ -382,6 +407,34 @@ def weight_matmul(
     return matmul_int(x, codes * np.repeat(gmult, group, axis=1))
 
 
+def reduce_partials(parts: list[np.ndarray]) -> np.ndarray:
+    """The all-reduce of a row-parallel linear (module doc, tensor-parallel reduction): the sum
+    of the boards' INT32 accumulator partials. ``ValueError`` when a sum leaves INT32 (the
+    compiler's bound rules that out; an executor meeting it has a bug)."""
+    total = np.zeros(np.shape(parts[0]), np.int64)
+    for p in parts:
+        total = total + np.asarray(p, np.int64)
+    lim = 1 << (RESIDUAL_BITS - 1)
+    if total.size and (total.min() < -lim or total.max() >= lim):
+        raise ValueError("tensor-parallel partial sum leaves INT32 (the compiler's bound failed)")
+    return total
+
+
+def reduce_max(parts: list[np.ndarray]) -> np.ndarray:
+    """The all-reduce of row maxima (module doc, tensor-parallel reduction): their maximum."""
+    out = np.asarray(parts[0], np.int64)
+    for p in parts[1:]:
+        out = np.maximum(out, np.asarray(p, np.int64))
+    return out
+
+
+def partial_bound(k: int, wbits: int, group: int | None) -> int:
+    """The largest ``|acc|`` of a linear over ``k`` INT8 inputs (|x| <= 127) and INT``wbits``
+    weights, times the largest group multiplier with a weight group: what must fit INT32 for
+    its K to be split over boards (:func:`reduce_partials`)."""
+    return k * 127 * qmax(wbits) * (GROUP_MULT_MAX if group is not None else 1)
+
+
 def linear_out(
     acc: np.ndarray,
     mult: np.ndarray,
@@ -436,15 +489,23 @@ def recip_factor(total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(over, m >> 1, m), np.where(over, e - 1, e)
 
 
-def quant_rows(v: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+def row_max(v: np.ndarray) -> np.ndarray:
+    """``M = max(max|v|, 1)`` per row of integer rows ``v[..., n]`` (:func:`quant_rows`)."""
+    return np.maximum(np.abs(np.asarray(v, dtype=np.int64)).max(axis=-1), 1)
+
+
+def quant_rows(
+    v: np.ndarray, big: np.ndarray | None = None
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """Per-row INT8 quantization of integer rows ``v[..., n]`` (``|v| < 2**46``).
 
     ``M = max(max|v|, 1)``; ``q = sat8(round_shift(v * ((127 << 46) // M), 46))``, so
     ``v ~= q * M / 127``; returns ``q`` and the row factor of ``M`` (:func:`row_factor`).
+    ``big``: the rows' ``M`` given (tensor parallel: the row maximum over every board's
+    columns, :func:`reduce_max`, so each board quantizes its columns as one board would).
     """
     v = np.asarray(v, dtype=np.int64)
-    big = np.abs(v).max(axis=-1)
-    big = np.maximum(big, 1)
+    big = row_max(v) if big is None else np.asarray(big, np.int64)
     recip = (np.int64(127) << QROW_SHIFT) // big
     q = saturate(round_shift(v * recip[..., None], QROW_SHIFT), 8)
     return q, row_factor(big)

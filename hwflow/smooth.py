@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["FLOOR", "apply_smoothing", "smooth_factors"]
+__all__ = ["FLOOR", "apply_smoothing", "qk_factors", "smooth_factors"]
 
 FLOOR = 1e-5  #: lower clamp of max|W_j| and of s_j, as in the reference code
 
@@ -69,3 +69,25 @@ def apply_smoothing(
     s = np.asarray(s, dtype=np.float64)
     xs = None if x is None else np.asarray(x, dtype=np.float64) / s
     return xs, [np.asarray(w, dtype=np.float64) * s[None, :] for w in weights]
+
+
+def qk_factors(k_absmax: np.ndarray, q_absmax: np.ndarray, rotate_half: bool) -> np.ndarray:
+    """Per-channel factors ``lam[hd]`` of one KV head's scores ``q . k``: ``q * lam`` and
+    ``k / lam`` leave every score unchanged while the two INT8 operands get balanced channel
+    ranges, ``max|q_c * lam_c| = max|k_c / lam_c|``.
+
+    This is :func:`smooth_factors` at alpha 0.5 with K as the activation and Q as the weight
+    (SmoothQuant Eq. 4 applied to the attention product, as QServe's *SmoothAttention* does:
+    Lin et al., "QServe: W4A8KV4 Quantization and System Co-design for Efficient LLM Serving",
+    arXiv:2405.04532). ``q_absmax`` is the maximum over the query heads sharing the KV head
+    (GQA). With RoPE (``rotate_half``) channels ``c`` and ``c + hd/2`` rotate into each other,
+    so they take one factor from their joint maxima (QServe's RoPE constraint).
+    Why: trained LLaMA models put attention-sink channels into q and k (one channel of a head
+    thousands of times the others); one INT8 scale per head then either clips the sink or
+    rounds the ordinary channels away, and the scores carry the error (hwflow.numerics).
+    """
+    k = np.asarray(k_absmax, dtype=np.float64)
+    q = np.asarray(q_absmax, dtype=np.float64)
+    if rotate_half:
+        k, q = (np.maximum(t, np.roll(t, t.size // 2)) for t in (k, q))
+    return smooth_factors(k, [q[None, :]], 0.5)

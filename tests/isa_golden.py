@@ -75,7 +75,7 @@ def main() -> int:
         )
         return 2
     golden = []
-    for s in isa.OPCODES:
+    for s in sorted(isa.OPCODES, key=lambda s: s.code):  # by code: END (31) ends the program
         vals = _values(s)
         golden.append({"op": s.name, "values": vals, "words": isa.encode(isa.make(s.name, **vals))})
     instrs = tuple(isa.make(g["op"], **g["values"]) for g in golden)

@@ -151,6 +151,31 @@ def test_expand_resolves_loops_and_registers():
         list(isa.expand(t, Runtime(5, pos=3)))  # prefill templates start at POS 0
 
 
+def test_r2_reads_the_context_table_through_r15():
+    """ISA v4: R2 = CTX[SEQ]; writing R15 reloads R2; an unnamed slot reads 0; a prefill's
+    SEQ comes from the runtime (hand-computed addresses: hbm = 1000 + R2)."""
+    ld = make("LD", hbm=1000, hbm_reg=2, rows=4, rows_reg=15, row_bytes=2, kind=2)
+    body = (make("SETI", rd=15, imm=0), make("LOOP", count=4), ld,
+            make("ADDI", rd=15, ra=15, imm=1), make("ENDLOOP"), make("END"))  # fmt: skip
+    t = Template("decode", 1, 64, body, {"batch": 4})
+    out = list(isa.expand(t, Runtime.batch([7, 30, 2])))
+    assert [c["hbm"] for c in out] == [1007, 1030, 1002, 1000]  # slot 3 is idle: POS 0
+    assert [c["rows"] for c in out] == [0, 1, 2, 3]  # clamp(SEQ, 0, 4)
+    assert t.serves(Runtime.batch([7, 30, 2])) and not t.serves(Runtime.batch([1] * 5))
+    assert not t.serves(Runtime.batch([64]))  # context 65 > 64
+    assert not t.serves(Runtime(2, 5))  # two rows need two positions
+    pre = Template("prefill", 1, 8, (ld, make("END")))
+    (c,) = isa.expand(pre, Runtime(3, 0, seq=2))
+    assert (c["hbm"], c["rows"]) == (1000, 2)
+    with pytest.raises(ProgramError, match=r"decode step's rows are slots 0\.\.LEN-1"):
+        list(isa.expand(t, Runtime(1, 7, seq=1)))
+    with pytest.raises(ProgramError, match="one POS >= 0 per row"):
+        list(isa.expand(t, Runtime(2, 7, 0, (7, -1))))
+    prog = Program({}, (), (t,))
+    with pytest.raises(ProgramError, match=r"serves 1\.\.4: compile with --batch 5"):
+        prog.select("decode", Runtime.batch([1] * 5))
+
+
 def test_expand_replays_iterations_by_key():
     """With an iteration key, the first iteration per key is bracketed, later ones are one
     ``repeat`` marker; registers and seq run on exactly as in the full expansion."""
@@ -221,7 +246,7 @@ def test_every_sfu_function_has_its_operand_formats():
     factor of 4 bytes (uint16 mantissa, int16 exponent) before each row."""
     assert set(isa.SFU_FORMATS) == set(isa.SFU_FUNCS)
     rows = {f for f, fmt in isa.SFU_FORMATS.items() if fmt.row_factor}
-    assert rows == {"norm", "softmax", "mul", "reluq"}
+    assert rows == {"norm", "softmax", "mul", "reluq", "qrows"}
     res, gate = nx.RESIDUAL_BITS // 8, nx.GATE_BITS // 8
     assert isa.SFU_FORMATS["add"] == isa.SfuFormat(res, res, res, False)
     assert isa.SFU_FORMATS["norm"].a == res and isa.SFU_FORMATS["softmax"].a == 4  # INT32 z
@@ -234,13 +259,14 @@ def test_every_sfu_function_has_its_operand_formats():
 def test_function_and_kind_codes_are_isa_v2s():
     """The codes the compiler writes and the simulators read, pinned by hand from ISA v2 and
     unchanged in v3 (which only added the MM/MV ``wgroup`` field; the RTL decodes the same
-    numbers): a renumbered member must come with a new ISA_VERSION (and this test's update).
+    numbers) and v4 (the context table read through R15, no field): a renumbered member must
+    come with a new ISA_VERSION (and this test's update).
     The name tuples are indexed by code (``disasm`` and the cycle model read them so)."""
-    assert isa.ISA_VERSION == 3
+    assert isa.ISA_VERSION == 4  # v4 appended the SFU's requant, rowmax, qrows
     v2 = {
         isa.XferKind: "weights params kv act rope logits",
         isa.MatmulFunc: "linear qk pv head",
-        isa.SfuFunc: "norm softmax rope silu add mul mov reluq",
+        isa.SfuFunc: "norm softmax rope silu add mul mov reluq requant rowmax qrows",
         isa.SoftmaxMask: "none causal block",
     }
     for codes, names in v2.items():

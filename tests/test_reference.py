@@ -168,3 +168,49 @@ def test_smoothing_is_exact_in_float(name):
     assert np.allclose(ten["logits"], ten_s["logits"], rtol=1e-9, atol=1e-9)
     spread = lambda t: np.abs(t).max(0).max() / np.abs(t).max(0).mean()  # noqa: E731
     assert spread(ten_s["L0.h1"]) < spread(ten["L0.h1"])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_qk_balancing_is_exact_and_balanced(name):
+    """q's rows times lam, k's rows divided by it (per KV head channel, RoPE pairs shared): the
+    float model is unchanged, and every used channel's q and k ranges come out equal."""
+    from hwflow.compress import _balance_qk, _calibrate, _heads
+
+    cfg = load_model(name)
+    w = fold_norm_biases(cfg, random_weights(cfg, 0))
+    w["L0.k.w"][5] *= 200.0  # a sink-like k channel (trained LLaMA models have them)
+    ids, plan = np.arange(12), load_plan("w8a8")
+    _, ten = _calibrate(cfg, plan, w, ids)
+    wb = _balance_qk(cfg, w, ten)
+    _, tb = _calibrate(cfg, plan, wb, ids)
+    np.testing.assert_allclose(tb["logits"], ten["logits"], rtol=1e-9, atol=1e-9)
+    rope, rep = cfg.positions == "rope", cfg.heads // cfg.kv_heads
+    for li in range(cfg.layers):
+        k = np.abs(_heads(tb[f"L{li}." + ("kr" if rope else "k")], cfg.kv_heads)).max(axis=1)
+        q = np.abs(_heads(tb[f"L{li}." + ("qr" if rope else "q")], cfg.heads)).max(axis=1)
+        q = q.reshape(cfg.kv_heads, rep, -1).max(axis=1)
+        if rope:  # balanced per rotating pair
+            k, q = (np.maximum(t, np.roll(t, t.shape[1] // 2, axis=1)) for t in (k, q))
+        np.testing.assert_allclose(q, k, rtol=1e-9)
+    # the planted channel gives up about sqrt(200) ~ 14 of its range to q
+    assert np.abs(ten["L0.k"]).max() > 10 * np.abs(tb["L0.k"]).max()
+
+
+def test_attention_sink_channel_survives():
+    """A k channel 300x the rest with q's matching channel 300x smaller (the scores unchanged:
+    how trained models carry attention sinks): one INT8 scale per head would round the other
+    channels of k to zero; balanced q/k keep the logits close to float64."""
+    cfg = load_model("tiny-llama")
+    w = random_weights(cfg, 0)
+    hd = cfg.head_dim
+    for li in range(cfg.layers):
+        for h in range(cfg.kv_heads):
+            c = h * hd + 3  # and its RoPE partner c + hd/2 rotates with it
+            w[f"L{li}.k.w"][[c, c + hd // 2]] *= 300.0
+        for h in range(cfg.heads):
+            c = h * hd + 3
+            w[f"L{li}.q.w"][[c, c + hd // 2]] /= 300.0
+    ids = np.random.default_rng(7).integers(cfg.vocab, size=40)
+    qm = quantize_model(cfg, load_plan("w8a8"), w, calib_ids=ids)
+    rows = {r["tensor"]: r["sqnr_db"] for r in quality(qm, w, ids, decode_steps=2)}
+    assert rows["prefill.logits"] > 25 and rows["decode.logits"] > 25, rows

@@ -65,3 +65,15 @@ def test_smoothing_is_exact_and_helps_int8_activations():
     after = int8_err(xs, wss[0], ws[0])
     assert after < 0.5 * before, (after, before)
     assert xs is not None and apply_smoothing(None, ws, s)[0] is None
+
+
+def test_qk_factors_hand_computed():
+    """lam = sqrt(max|K_c| / max|Q_c|); a channel K never uses keeps 1; with RoPE the pairs
+    (c, c + hd/2) share the factor of their joint maxima."""
+    from hwflow.smooth import qk_factors
+
+    k = np.array([4.0, 1.0, 9.0, 0.0])
+    q = np.array([1.0, 4.0, 1.0, 2.0])
+    np.testing.assert_allclose(qk_factors(k, q, rotate_half=False), [2.0, 0.5, 3.0, 1.0])
+    # pairs (0, 2) and (1, 3): k -> [9, 1, 9, 1], q -> [1, 4, 1, 4]
+    np.testing.assert_allclose(qk_factors(k, q, rotate_half=True), [3.0, 0.5, 3.0, 0.5])

@@ -21,9 +21,11 @@ __all__ = ["compile_with_summary", "decode_hbm_bytes", "summary"]
 
 def decode_hbm_bytes(program: Program) -> dict[str, int]:
     """HBM bytes one decode step moves at the longest context, by transfer kind (from the
-    expanded program, so it is what the machine does, not an estimate)."""
+    expanded program, so it is what the machine does, not an estimate); a batched program's
+    step serves its whole batch, every sequence at that context."""
     ctx = program.header["max_len"]
-    rt = Runtime(1, ctx - 1)
+    batch = int(program.header.get("batch", 1))
+    rt = Runtime.batch([ctx - 1] * batch)
     out = dict.fromkeys(XFER_KINDS, 0)
     for c in expand(program.select("decode", rt), rt):
         if c.op in ("LD", "ST"):
@@ -52,7 +54,14 @@ def summary(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, compile
         "hbm_total_bytes": compiled.layout.total,
         "hbm_channel_bytes_min_max": [min(per_channel), max(per_channel)],
         "compile_seconds": compiled.seconds,
+        "batch": compiled.batch,
     }
+    if compiled.batch > 1:  # the step makes a token of every sequence: per token is per B
+        b = compiled.batch
+        step = out["decode_hbm_bytes_per_step"] = out["decode_hbm_bytes_per_token"]
+        out["decode_hbm_bytes_per_token"] = {k: v if k == "context" else v // b
+                                             for k, v in step.items()}  # fmt: skip
+        out["decode_engine"] = compiled.program.templates[-1].info["engine"]
     out["quality"] = None
     if cfg.params <= QUALITY_MAX_PARAMS:
         import numpy as np
@@ -72,6 +81,7 @@ def compile_with_summary(
     max_len: int | None,
     *,
     note: Callable[[str], None] | None = None,
+    batch: int = 1,
 ) -> tuple[bytes, dict[str, Any], bool]:
     """(program bytes, :func:`summary`, whether both came from the cache). The program is
     stored where :func:`hwflow.perf.sim.compile_cached` finds it, so ``sim`` reuses it."""
@@ -79,7 +89,7 @@ def compile_with_summary(
     from hwflow.perf.sim import default_max_len, program_key, program_path
 
     max_len = max_len if max_len is not None else default_max_len(cfg)
-    key = program_key(cfg, plan, hw, max_len)
+    key = program_key(cfg, plan, hw, max_len, batch)
     path = program_path(key)
     info = cache.read_json(path.with_suffix(".summary.json"))
     if isinstance(info, dict) and path.is_file():
@@ -89,8 +99,9 @@ def compile_with_summary(
                 note(f"compiled program and summary from the cache ({path})")
             return data, info, True
     if note:
-        note(f"compiling {cfg.name} / {plan.name} for {hw.name} (max_len {max_len})")
-    compiled = compile_model(cfg, plan, hw, max_len)
+        b = f", batch {batch}" if batch > 1 else ""
+        note(f"compiling {cfg.name} / {plan.name} for {hw.name} (max_len {max_len}{b})")
+    compiled = compile_model(cfg, plan, hw, max_len, batch)
     info = summary(cfg, plan, hw, compiled)
     data = compiled.program.to_bytes()
     info["program_sha256"] = hashlib.sha256(data).hexdigest()

@@ -77,22 +77,25 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Client]:
 
 def _program_key(point: Point) -> str:
     """Points with equal keys run the same compiled program."""
-    from hwflow.analysis.sweep import resolve_point
-    from hwflow.perf.sim import default_max_len
+    from hwflow.analysis.sweep import program_spec, resolve_point
 
     cfg, hw, plan = resolve_point(point)
-    return cache.key("sweep-program", cfg, hw.digest, plan, default_max_len(cfg))
+    system = (point.boards, point.parallel) if point.boards > 1 else ()
+    return cache.key("sweep-program", cfg, hw.digest, plan, *program_spec(point, cfg), *system)
 
 
 def _compile(point: Point) -> Program | None:
     """The program every point of ``point``'s group runs (None: the point is invalid, and
     each point of the group then reports its own reason)."""
-    from hwflow.analysis.sweep import resolve_point
-    from hwflow.perf.sim import compile_cached, default_max_len
+    from hwflow.analysis.sweep import program_spec, resolve_point
+    from hwflow.perf.sim import compile_cached
 
+    if point.boards > 1:  # a multi-board point compiles its boards' programs itself
+        return None
     try:
         cfg, hw, plan = resolve_point(point)
-        return compile_cached(cfg, plan, hw, default_max_len(cfg))
+        max_len, batch = program_spec(point, cfg)
+        return compile_cached(cfg, plan, hw, max_len, batch=batch)
     except HwflowError:
         return None
 

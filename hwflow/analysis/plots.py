@@ -19,6 +19,8 @@ N:M) have one tick per value.
 * ``energy``: energy per token by component (static, HBM, buffers, MACs, SFU, idle units,
   instruction fetch), one stacked bar per design point (:mod:`.energy_plot`; needs the
   ``energy_*_j`` columns).
+* ``boards``: decode tokens/s and tokens/J against the board count of a multi-board sweep
+  (:mod:`.boards_plot`; needs a ``boards`` column with two or more counts).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from hwflow.analysis.batch_plot import batch_rows, draw_batch
+from hwflow.analysis.boards_plot import draw_boards
 from hwflow.analysis.energy_plot import draw_energy
 from hwflow.analysis.gpus import PRECISIONS, estimate, load_gpus, workload_bytes_per_token
 from hwflow.errors import ConfigError, HwflowError
@@ -192,12 +196,20 @@ def plot_results(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out = Path(out)
+    batched = batch_rows(rows)  # a batch sweep's rows: their own figure (:mod:`.batch_plot`)
     ok = [r for r in rows if r.get("status") == "ok" and isinstance(r.get("tokens_per_j"), float)]
-    if not ok:
+    ok = [r for r in ok if r not in batched]
+    if not ok and not batched:
         raise ConfigError("no valid points in the results table: nothing to plot")
     out.mkdir(parents=True, exist_ok=True)
-    style = _Style(ok)
     written: list[Path] = []
+    if batched:
+        fig = draw_batch(plt, batched)
+        written += _save(fig, out, "batch")
+        plt.close(fig)
+    if not ok:
+        return written
+    style = _Style(ok)
     for name, draw in (
         ("efficiency", _efficiency),
         ("sparsity", _sparsity),
@@ -205,12 +217,19 @@ def plot_results(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
         ("latency", _latency),
         ("quality", _quality),
         ("energy", _energy),
+        ("boards", _boards),
     ):
         fig = draw(plt, ok, style)
         if fig is not None:
             written += _save(fig, out, name)
             plt.close(fig)
     return written
+
+
+def _boards(plt: Any, ok: list[dict[str, Any]], style: _Style) -> Any:
+    """Decode tokens/s and tokens/J against boards (:mod:`.boards_plot`; needs a ``boards``
+    column with two or more counts)."""
+    return draw_boards(plt, ok, _label, _case(ok))
 
 
 def _energy(plt: Any, ok: list[dict[str, Any]], style: _Style) -> Any:

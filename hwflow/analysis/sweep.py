@@ -16,6 +16,11 @@ Grid file (YAML)::
                                      #     per-layer rules keep their other fields)
       sparsity: ["4:16", "8:16"]
     lengths: [[128, 512]]            # (prefill, decode) pairs
+    boards: [1, 2, 4, 8]             # optional: multi-board systems (hwflow.perf.system) ...
+    parallel: tensor                 # ... split tensor or pipeline (one value or a list)
+    batch: [1, 2, 4, 8]              # optional: batched decode (hwflow.perf.batch): B prefills,
+                                     #   then decode steps of all B; each point's program holds
+                                     #   B KV caches at max_len = prefill + decode (one board)
     mode: fast                       # fast | exact (hwflow.perf.sim)
     quality:                         # optional: each plan's perplexity on real text
       model: smollm2-135m            #   a checkpoint (.gguf / HF folder; default: the swept
@@ -46,6 +51,7 @@ from pydantic import ValidationError
 
 from hwflow import cache
 from hwflow.analysis.quality import QualitySpec, plan_quality, quality_spec
+from hwflow.compiler.batch import check_batch
 from hwflow.config import (
     CompressionPlan,
     HardwarePreset,
@@ -71,7 +77,8 @@ __all__ = [
     "write_csv",
 ]
 
-_GRID_KEYS = {"model", "presets", "hw", "plans", "plan_axes", "lengths", "mode", "quality"}
+_GRID_KEYS = {"model", "presets", "hw", "plans", "plan_axes", "lengths", "mode", "quality",
+              "boards", "parallel", "batch"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,9 @@ class Point:
     prefill: int
     decode: int
     mode: str
+    boards: int = 1  #: boards of the system (hwflow.perf.system when > 1)
+    parallel: str = "tensor"  #: how the model splits over them
+    batch: int | None = None  #: a batch sweep's point (:mod:`hwflow.perf.batch`); None: not one
 
     def label(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -94,7 +104,11 @@ class Point:
             "point_plan": self.plan,
             "prefill": self.prefill,
             "decode": self.decode,
+            "boards": self.boards,
+            "parallel": self.parallel,
         }
+        if self.batch is not None:
+            d["point_batch"] = self.batch
         for k, v in self.hw:
             d[f"hw.{k}"] = v
         for k, v in self.plan_override:
@@ -150,9 +164,13 @@ def _grid(p: Path, data: Any) -> Grid:
         ):
             raise ConfigError(f"{p}: lengths entry {ln!r} is not [prefill, decode]")
         pairs.append((ln[0], ln[1]))
+    batches = _batches(p, data.get("batch"))
     mode = str(data.get("mode", "fast"))
     if mode not in ("fast", "exact"):
         raise ConfigError(f"{p}: mode {mode!r} unknown (allowed: fast, exact)")
+    systems = _systems(p, data)
+    if batches != [None] and any(nb > 1 for _, nb in systems):
+        raise ConfigError(f"{p}: batch and boards > 1 together (batched decode runs on one board)")
     # check names and parameter paths now, not in the workers
     for m in models:
         load_model(m)
@@ -175,12 +193,49 @@ def _grid(p: Path, data: Any) -> Grid:
         for vals in itertools.product(*(_as_list(plan_axes[k]) for k in pa_keys)):
             plan_combos.append((plans[0], tuple(zip(pa_keys, vals, strict=True))))
     pts = [
-        Point(m, pr, hwc, pl, po, a, b, mode)
-        for m, pr, hwc, (pl, po), (a, b) in itertools.product(
-            models, presets, hw_combos, plan_combos, pairs
+        Point(m, pr, hwc, pl, po, a, b, mode, nb, par, bt)
+        for m, pr, hwc, (pl, po), (a, b), (par, nb), bt in itertools.product(
+            models, presets, hw_combos, plan_combos, pairs, systems, batches
         )
     ]
     return Grid(tuple(pts), quality_spec(data.get("quality"), models, str(p)))
+
+
+def _systems(p: Path, data: dict[str, Any]) -> list[tuple[str, int]]:
+    """The grid's (parallel mode, boards) pairs: ``boards`` (whole numbers >= 1) crossed with
+    ``parallel`` (tensor, pipeline)."""
+    boards = _as_list(data.get("boards", [1]))
+    modes = [str(m) for m in _as_list(data.get("parallel", ["tensor"]))]
+    bad = [b for b in boards if not isinstance(b, int) or isinstance(b, bool) or b < 1]
+    if bad:
+        raise ConfigError(f"{p}: boards {bad} (allowed: whole numbers >= 1)")
+    wrong = [m for m in modes if m not in ("tensor", "pipeline")]
+    if wrong:
+        raise ConfigError(f"{p}: parallel {wrong} unknown (allowed: tensor, pipeline)")
+    return [(m, b) for m in modes for b in boards]
+
+
+def _batches(p: Path, value: Any) -> list[int | None]:
+    """The grid's ``batch`` list ([None]: no batch axis); ConfigError on a bad entry."""
+    if value is None:
+        return [None]
+    out: list[int | None] = []
+    for b in _as_list(value):
+        if isinstance(b, bool) or not isinstance(b, int):
+            raise ConfigError(f"{p}: batch entry {b!r} is not a whole number of sequences")
+        out.append(check_batch(b, "batch"))
+    return out
+
+
+def program_spec(point: Point, cfg: ModelConfig) -> tuple[int, int]:
+    """(max_len, batch) of the program ``point`` runs: the model's default max_len at batch 1,
+    or for a batch sweep's point its batch and the case's length (B KV caches at the context
+    the case reaches: what a server limited to that context holds)."""
+    from hwflow.perf.sim import default_max_len
+
+    if point.batch is None:
+        return default_max_len(cfg), 1
+    return point.prefill + point.decode, point.batch
 
 
 def _check_path(hw: HardwarePreset, path: str) -> None:
@@ -278,6 +333,10 @@ def run_point(point: Point, program: Program | None = None) -> dict[str, Any]:
     from hwflow.perf.sim import simulate
 
     row: dict[str, Any] = point.label()
+    if point.boards > 1:
+        return _run_system(point, row)
+    if point.batch is not None:
+        return _run_batch_point(point, row, program)
     try:
         cfg, hw, plan = resolve_point(point)
         res = simulate(
@@ -296,6 +355,45 @@ def run_point(point: Point, program: Program | None = None) -> dict[str, Any]:
     curve = res.decode_curve()
     pts = curve[::16] + ([curve[-1]] if curve and (len(curve) - 1) % 16 else [])
     row["curve"] = json.dumps([[c, round(ms, 6)] for c, ms in pts])
+    row.update(status="ok", reason="")
+    return row
+
+
+def _run_system(point: Point, row: dict[str, Any]) -> dict[str, Any]:
+    """A multi-board point (:func:`hwflow.perf.system.simulate_system`); invalid (a board count
+    that does not split the model, a share that does not fit a board) with its reason."""
+    from hwflow.perf.system import simulate_system
+
+    try:
+        cfg, hw, plan = resolve_point(point)
+        res = simulate_system(cfg, plan, hw, point.prefill, point.decode, point.boards,
+                              point.parallel)  # fmt: skip
+    except HwflowError as e:
+        row.update(status="invalid", reason=str(e))
+        return row
+    out = res.summary()
+    for k in ("board_decode_tokens_per_s", "board_energy_j"):
+        out[k] = json.dumps(out[k])
+    row.update(out)
+    row.update(status="ok", reason="")
+    return row
+
+
+def _run_batch_point(point: Point, row: dict[str, Any], program: Program | None) -> dict[str, Any]:
+    """A batch sweep's point: :func:`hwflow.perf.batch.simulate_batch` at the point's batch."""
+    from hwflow.perf.batch import simulate_batch
+
+    try:
+        cfg, hw, plan = resolve_point(point)
+        max_len, batch = program_spec(point, cfg)
+        res = simulate_batch(
+            cfg, plan, hw, batch, point.prefill, point.decode, mode=point.mode, max_len=max_len,
+            program=program,
+        )  # fmt: skip
+    except HwflowError as e:
+        row.update(status="invalid", reason=str(e))
+        return row
+    row.update(res.summary())
     row.update(status="ok", reason="")
     return row
 

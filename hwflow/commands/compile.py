@@ -19,7 +19,9 @@ from rich.table import Table
 from hwflow import cache
 from hwflow.analysis.compiled import compile_with_summary
 from hwflow.checkpoint import is_checkpoint, load_checkpoint
+from hwflow.commands import _system
 from hwflow.commands._common import Progress, atomic_write, check_output_dir, print_json, seed
+from hwflow.compiler.batch import check_batch
 from hwflow.config import load_hw, load_model, load_plan
 from hwflow.errors import ConfigError
 from hwflow.isa import disasm, load_program
@@ -37,9 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "them deadlock-free, and print a summary.",
     )
     _common_args(p)
+    _system.add_args(p)
     p.add_argument(
         "--max-len", type=int, help="longest prompt + context (default: min(2048, model max))"
     )
+    _batch_arg(p)
     p.add_argument("-o", "--output", type=Path, help="directory for program.hwp and summary.json")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_compile)
@@ -58,8 +62,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "for bit with the integer reference, and print the quality figures vs float64.",
     )
     _common_args(c)
+    _system.add_args(c)
     c.add_argument("--max-len", type=int, default=256, help="longest length checked (default 256)")
     c.add_argument("--decode", type=int, default=8, help="decode steps (default 8)")
+    _batch_arg(c)
     c.add_argument("--seed", type=seed, default=0, help="weight seed (default 0)")
     c.add_argument("--json", action="store_true", help="print JSON")
     c.set_defaults(func=run_check)
@@ -69,6 +75,16 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="shipped model name or HF config.json path")
     p.add_argument("--hw", required=True, help="shipped hardware preset name or YAML path")
     p.add_argument("--plan", required=True, help="shipped compression plan name or YAML path")
+
+
+def _batch_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="sequences per decode step (default 1): B KV caches, decode templates for up to B "
+        "sequences with their own positions, the linears as thin matrix products",
+    )
 
 
 def _write_outputs(out: Path, program: bytes, info: dict[str, Any]) -> None:
@@ -96,10 +112,14 @@ def _write_outputs(out: Path, program: bytes, info: dict[str, Any]) -> None:
 
 def run_compile(args: argparse.Namespace) -> int:
     cfg, hw, plan = load_model(args.model), load_hw(args.hw), load_plan(args.plan)
+    if _system.wants_system(args, hw):
+        return _system.run_compile(args)
     if args.output is not None:
         check_output_dir(args.output, "-o")
     with Progress() as prog:
-        program, info, cached = compile_with_summary(cfg, plan, hw, args.max_len, note=prog.note)
+        program, info, cached = compile_with_summary(
+            cfg, plan, hw, args.max_len, note=prog.note, batch=check_batch(args.batch)
+        )
     info["cached"] = cached
     if args.output is not None:
         _write_outputs(args.output, program, info)
@@ -127,10 +147,7 @@ def run_compile(args: argparse.Namespace) -> int:
             "ratio of unrolled bucket programs (no loops)",
             f"{info['ratio_bucketed_unrolled']:,.0f}x",
         ),
-        (
-            f"decode HBM bytes per token at context {info['max_len']}",
-            f"{info['decode_hbm_bytes_per_token']['total']:,}",
-        ),
+        *_batch_rows(info),
         ("HBM allocated", f"{info['hbm_total_bytes']:,}"),
         (
             "compile time",
@@ -144,6 +161,21 @@ def run_compile(args: argparse.Namespace) -> int:
     con.print(t)
     _print_quality(con, info["quality"])
     return 0
+
+
+def _batch_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """The decode rows of the compile table: per token, and per step of a batch."""
+    b, total = info.get("batch", 1), info["decode_hbm_bytes_per_token"]["total"]
+    ctx = info["max_len"]
+    if b == 1:
+        return [(f"decode HBM bytes per token at context {ctx}", f"{total:,}")]
+    step = info["decode_hbm_bytes_per_step"]["total"]
+    return [
+        ("batch (sequences per decode step; KV caches)", str(b)),
+        ("decode linears and head on", f"{info['decode_engine']} engine (thin matrix product)"),
+        (f"decode HBM bytes per step of {b} at context {ctx}", f"{step:,}"),
+        (f"decode HBM bytes per token at context {ctx}", f"{total:,}"),
+    ]
 
 
 def _print_quality(
@@ -192,7 +224,11 @@ def run_check(args: argparse.Namespace) -> int:
     from hwflow.funcsim import check_against_reference
 
     cfg, hw, plan = load_model(args.model), load_hw(args.hw), load_plan(args.plan)
+    if _system.wants_system(args, hw):
+        return _system.run_check(args)
     check_quality_size(cfg, "check")
+    if check_batch(args.batch) > 1:
+        return _run_check_batch(args, cfg, hw, plan)
     real: dict[str, Any] = {}
     parts: list[Any] = [cfg, plan, hw.digest, args.max_len, args.decode, args.seed]
     if is_checkpoint(args.model):  # trained weights, prompts and calibration from real text
@@ -234,4 +270,45 @@ def run_check(args: argparse.Namespace) -> int:
         _print_quality(
             con, res["quality"], "checkpoint weights, real text" if real else "seeded weights"
         )
+    return 0 if res["bit_exact"] else 1
+
+
+def _run_check_batch(args: argparse.Namespace, cfg: Any, hw: Any, plan: Any) -> int:
+    """``check --batch B``: :func:`hwflow.batchcheck.check_batch_against_reference`."""
+    from hwflow.batchcheck import check_batch_against_reference
+
+    if is_checkpoint(args.model):
+        raise ConfigError(
+            f"--batch {args.batch}: the batched check runs seeded weights (a model config, not "
+            f"the checkpoint {args.model})"
+        )
+    parts = ["batch", cfg, plan, hw.digest, args.max_len, args.batch, args.decode, args.seed]
+    with Progress() as prog:
+        prog.note(f"checking {cfg.name} / {plan.name} on {hw.name}, batch {args.batch}")
+        res, _ = cache.memo(
+            "checks",
+            parts,
+            lambda: check_batch_against_reference(
+                cfg, plan, hw, args.max_len, args.batch, args.decode, args.seed
+            ),
+            note=prog.note,
+            what="check result",
+        )
+    if args.json:
+        print_json(res)
+    else:
+        bad = [s for s in res["steps"] if not s["equal"]]
+        kv_bad = [s for s, ok in enumerate(res["kv_equal"]) if not ok]
+        verdict = "[green]bit-exact[/green]" if res["bit_exact"] else "[red]differs[/red]"
+        Console().print(
+            f"{cfg.name} / {plan.name} on {hw.name}, batch {args.batch} ({res['engine']} "
+            f"engine): prompts {res['prompt_lengths']}, {args.decode} decode steps of "
+            f"{args.batch} and one of {args.batch - 1}, {len(res['steps'])} sequence-steps, "
+            f"{res['instructions']:,} instructions: every sequence against its batch-1 "
+            f"reference {verdict}"
+        )
+        for s in bad:
+            Console().print(f"  differs: {s}")
+        for s in kv_bad:
+            Console().print(f"  KV cache of sequence {s} differs")
     return 0 if res["bit_exact"] else 1

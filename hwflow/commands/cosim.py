@@ -10,7 +10,9 @@ from pathlib import Path
 from rich.console import Console
 
 from hwflow.commands._common import Progress, atomic_write, positive, print_json, seed
+from hwflow.compiler.batch import RTL_NO_BATCH, check_batch
 from hwflow.config import load_hw, load_model, load_plan
+from hwflow.errors import UnsupportedError
 
 __all__ = ["register"]
 
@@ -43,8 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prefill", type=positive, default=16, help="prompt tokens")
     p.add_argument("--decode", type=_count, default=8, help="decode steps after the prompt")
     p.add_argument("--seed", type=seed, default=0, help="weight seed")
+    p.add_argument(
+        "--batch", type=int, default=1, help="sequences per decode step (the RTL runs 1 only)"
+    )
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--trace", type=Path, help="write the per-instruction records (JSON) here")
+    p.add_argument("--boards", type=int, default=1, help="boards (the RTL machine runs 1)")
     p.set_defaults(func=run_cosim)
 
 
@@ -52,6 +58,14 @@ def run_cosim(args: argparse.Namespace) -> int:
     from hwflow.hw.machine.cosim import cosim_model
 
     cfg, hw, plan = load_model(args.model), load_hw(args.hw), load_plan(args.plan)
+    if args.boards != 1:
+        raise UnsupportedError(
+            f"--boards {args.boards}: hwflow cosim runs one board (the RTL machine has no "
+            "board-to-board link ports for SEND/RECV/ALLRED); check a multi-board system on the "
+            "functional simulator with hwflow check --boards N"
+        )
+    if check_batch(args.batch) > 1:
+        raise UnsupportedError(f"--batch {args.batch}: {RTL_NO_BATCH}")
     with Progress() as prog:
         prog.note(f"co-simulating {cfg.name} / {plan.name} on {hw.name} (Verilator)")
         res = cosim_model(cfg, plan, hw, args.prefill, args.decode, seed=args.seed)

@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from hwflow.commands import _system
 from hwflow.commands._common import (
     Progress,
     atomic_write,
@@ -21,6 +22,7 @@ from hwflow.commands._common import (
     positive,
     print_json,
 )
+from hwflow.compiler.batch import check_batch
 from hwflow.config import load_hw, load_model, load_plan
 from hwflow.errors import ConfigError
 from hwflow.perf.machine import UNITS
@@ -64,9 +66,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--max-len", type=int, help="program's longest context (default: the model's, at most 2048)"
     )
+    s.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="sequences decoded together (default 1): B prefills, then decode steps of all B "
+        "(hwflow.perf.batch); reports tokens/s of all sequences and ms/token",
+    )
     s.add_argument("--workers", type=positive, default=2, help="processes for the steps")
     s.add_argument("--json", action="store_true", help="print the figures as JSON")
     s.add_argument("--trace", type=Path, help="write a Perfetto / chrome://tracing timeline")
+    _system.add_args(s)
     s.set_defaults(func=run_sim)
 
     w = sub.add_parser(
@@ -192,6 +202,12 @@ def run_sim(args: argparse.Namespace) -> int:
     if max_len < 1:
         raise ConfigError(f"--max-len {max_len} (allowed: a whole number >= 1)")
     prefill, decode = case_lengths(args.prefill, args.decode, max_len)
+    if _system.wants_system(args, hw):
+        return _system.run_sim(args, prefill, decode, max_len)
+    if check_batch(args.batch) > 1:
+        if args.trace is not None:
+            raise ConfigError(f"--trace with --batch {args.batch}: tracing runs at batch 1")
+        return _run_sim_batch(args, cfg, hw, plan, prefill, decode, max_len)
     with Progress() as prog:
         res, _ = simulate_cached(
             cfg,
@@ -217,6 +233,59 @@ def run_sim(args: argparse.Namespace) -> int:
         Console().print(sim_table(res))
         if args.trace:
             print(f"timeline: {args.trace} (prefill + first decode step; open in ui.perfetto.dev)")
+    return 0
+
+
+def batch_table(res) -> Table:
+    """The readable table of one simulated batched case (:mod:`hwflow.perf.batch`)."""
+    s = res.summary()
+    t = Table(
+        title=f"{res.model} on {res.hw}, plan {res.plan}: batch {res.batch}, prefill "
+        f"{res.prefill} each, {res.decode} decode step{'s' * (res.decode != 1)} ({_mode(res)})"
+    )
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    bound = "compute (engines)" if res.compute_bound else "HBM"
+    rows = [
+        ("decode linears and head on", f"{res.engine} engine"),
+        ("decode ms/token (one step: a token of every sequence)", f"{res.ms_per_token:.3f}"),
+        (f"decode tokens/s (all {res.batch} sequences)", f"{res.decode_tokens_per_s:.1f}"),
+        ("tokens/s (whole case, all sequences, incl. prefills)", f"{res.tokens_per_s:.1f}"),
+        (
+            f"time to first token of all {res.batch} (prefills in turn)",
+            f"{res.ttft_s * 1e3:.2f} ms",
+        ),
+        ("decode engine (MM + MV busy) ms per step", f"{s['decode_engine_ms_per_step']:.3f}"),
+        ("decode HBM (channel streaming) ms per step", f"{s['decode_hbm_ms_per_step']:.3f}"),
+        ("decode HBM roofline ms per step", f"{s['roofline_ms_per_step']:.3f}"),
+        ("decode bound by", bound),
+        ("decode HBM bytes per token", _si(s["decode_bytes_per_token"], "B")),
+        (
+            "tokens/J (decode steps; whole case incl. prefills)",
+            f"{res.decode_tokens_per_j:.3f}; {res.tokens_per_j:.3f}",
+        ),
+        ("average power", f"{res.energy.average_w:.1f} W"),
+        ("simulated steps", str(res.simulated_steps)),
+        ("wall time", f"{res.wall_s:.2f} s"),
+    ]
+    for a, b in rows:
+        t.add_row(a, b)
+    return t
+
+
+def _run_sim_batch(args, cfg, hw, plan, prefill: int, decode: int, max_len: int) -> int:
+    """``sim --batch B``: :func:`hwflow.perf.batch.simulate_batch_cached`, printed."""
+    from hwflow.perf.batch import simulate_batch_cached
+
+    with Progress() as prog:
+        res, _ = simulate_batch_cached(
+            cfg, plan, hw, args.batch, prefill, decode, mode=args.mode, max_len=max_len,
+            workers=args.workers, note=prog.note, progress=prog.step,
+        )  # fmt: skip
+    if args.json:
+        print_json(res.summary())
+    else:
+        Console().print(batch_table(res))
     return 0
 
 

@@ -26,10 +26,12 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from hwflow.compiler.batch import batch_engine, check_batch, lower_batched_decode
 from hwflow.compiler.layout import HbmLayout, place_program, plan_hbm
 from hwflow.compiler.lower import BufferPlan, lower_step, plan_buffers
+from hwflow.compiler.parallel import Board, add_reduce_region
 from hwflow.compiler.sync import assign_tokens, check_deadlock
-from hwflow.config import CompressionPlan, HardwarePreset, ModelConfig
+from hwflow.config import CompressionPlan, HardwarePreset, LinearQuant, ModelConfig
 from hwflow.costs import effective_nm
 from hwflow.errors import CapacityError, ConfigError, ProgramError, UnsupportedError
 from hwflow.isa import ISA_VERSION, Instr, Program, Template, Unit, loop_spans, spec
@@ -48,6 +50,7 @@ class Compiled:
     layout: HbmLayout
     tt: int
     seconds: float
+    batch: int = 1  #: sequences a decode step serves (:mod:`.batch`)
 
 
 def _chunk_rows(cfg: ModelConfig, hw: HardwarePreset, max_len: int) -> int:
@@ -63,7 +66,13 @@ def _chunk_rows(cfg: ModelConfig, hw: HardwarePreset, max_len: int) -> int:
             tt //= 2
 
 
-def _check(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, max_len: int) -> None:
+def _check(
+    cfg: ModelConfig,
+    plan: CompressionPlan,
+    hw: HardwarePreset,
+    max_len: int,
+    quant: dict[tuple[int, str], LinearQuant],
+) -> None:
     if not 1 <= max_len <= cfg.max_positions:
         raise ConfigError(
             f"max_len = {max_len} must lie in 1..{cfg.max_positions} ({cfg.name}'s "
@@ -74,7 +83,7 @@ def _check(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, max_len:
             f"{cfg.name}: sliding_window {cfg.sliding_window} < max_len {max_len} unsupported "
             f"(use max_len <= {cfg.sliding_window})"
         )
-    for (li, op), q in plan.resolve(cfg).items():
+    for (li, op), q in quant.items():
         try:
             hw.check_plan_support(q.bits, q.n, q.m)
         except UnsupportedError as e:
@@ -92,7 +101,7 @@ def _check(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, max_len:
     except UnsupportedError as e:
         raise UnsupportedError(f"plan {plan.name}, head: {e}") from None
     _group_blocks(h.group, hw.sparsity.m if h.dense else h.m, hw.name, f"plan {plan.name}, head")
-    for q, where in (*((q, f"L{li}.{op}") for (li, op), q in plan.resolve(cfg).items()),
+    for q, where in (*((q, f"L{li}.{op}") for (li, op), q in quant.items()),
                      (h, "head")):  # fmt: skip
         if not q.dense:  # the engine instruction carries M (dense rows are cut by the preset)
             _fits("MM", "m", q.m, f"plan {plan.name}, {where}: {q.n}:{q.m} sparsity, M")
@@ -133,14 +142,35 @@ def _template(
     tt: int,
     lo: int,
     hi: int,
+    par: Board | None = None,
 ) -> Template:
     rope_rows = hi - lo + 1 if phase == "decode" else tt  # decode: the bucket's RoPE rows
     bp: BufferPlan = plan_buffers(cfg, hw, tt, hi, rope_rows)
     nchunks = -(-hi // tt) if phase == "prefill" else 1
-    instrs = assign_tokens(lower_step(cfg, plan, hw, layout, bp, phase, nchunks, lo))
+    instrs = assign_tokens(lower_step(cfg, plan, hw, layout, bp, phase, nchunks, lo, par))
     check_deadlock(instrs)
     info = {**bp.info(), "chunks": nchunks}
     return Template(phase, lo, hi, instrs, MappingProxyType(info))
+
+
+def _batched_template(
+    cfg: ModelConfig,
+    plan: CompressionPlan,
+    hw: HardwarePreset,
+    layout: HbmLayout,
+    batch: int,
+    lo: int,
+    hi: int,
+) -> Template:
+    """The decode template of contexts ``lo..hi`` for up to ``batch`` sequences (:mod:`.batch`);
+    CapacityError naming the batch when its buffers do not fit."""
+    cols = max(r for _, r, _ in layout.head.tiles)  # the widest head tile's logit columns
+    bp = plan_buffers(cfg, hw, batch, hi, 1, score_rows=1, head_rows=batch, logit_cols=cols)
+    engine = batch_engine(cfg, plan, hw, batch)
+    instrs = assign_tokens(lower_batched_decode(cfg, plan, layout, bp, lo, engine))
+    check_deadlock(instrs)
+    info = {**bp.info(), "chunks": 1, "batch": batch, "engine": engine}
+    return Template("decode", lo, hi, instrs, MappingProxyType(info))
 
 
 def compile_model(
@@ -148,25 +178,47 @@ def compile_model(
     plan: CompressionPlan,
     hw: HardwarePreset,
     max_len: int | None = None,
+    batch: int = 1,
+    *,
+    par: Board | None = None,
+    quant: dict[tuple[int, str], LinearQuant] | None = None,
 ) -> Compiled:
     """Compile every prefill length and decode context 1..``max_len`` (default: the model's
-    ``max_position_embeddings``, capped at 2048) into bucket templates (see module doc)."""
+    ``max_position_embeddings``, capped at 2048) into bucket templates (see module doc); with
+    ``batch`` B > 1, B KV caches and decode templates for up to B sequences (:mod:`.batch`).
+
+    Multi-board (:mod:`hwflow.compiler.partition` calls it): ``cfg`` is one board's sub-model,
+    ``par`` its place in the system and ``quant`` its layers' compression (default: the plan
+    resolved on ``cfg``). Batches run on one board."""
     t0 = time.perf_counter()
     max_len = max_len if max_len is not None else min(cfg.max_positions, 2048)
-    _check(cfg, plan, hw, max_len)
-    quant = plan.resolve(cfg)
+    check_batch(batch)
+    if batch > 1 and par is not None and par.boards > 1:
+        raise UnsupportedError(
+            f"batch {batch} on {par.boards} boards: batched decode runs on one board"
+        )
+    quant = quant if quant is not None else plan.resolve(cfg)
+    _check(cfg, plan, hw, max_len, quant)
     where = f"{cfg.name} / {plan.name} on preset {hw.name} at max_len {max_len}"
+    if par is not None and par.boards > 1:
+        where = f"board {par.index} of {par.boards} ({par.mode} parallel): {where}"
+    if batch > 1:
+        where += f", batch {batch}"
     try:
-        layout = plan_hbm(cfg, quant, plan.head(), hw, max_len)
+        layout = plan_hbm(cfg, quant, plan.head(), hw, max_len, batch)
+        if par is not None and par.tensor:
+            layout = add_reduce_region(layout, cfg, hw)
         tt = _chunk_rows(cfg, hw, max_len)
         templates: list[Template] = []
         for lo in range(1, max_len + 1, tt):
-            templates.append(
-                _template(cfg, plan, hw, layout, "prefill", tt, lo, min(lo + tt - 1, max_len))
-            )
+            hi = min(lo + tt - 1, max_len)
+            templates.append(_template(cfg, plan, hw, layout, "prefill", tt, lo, hi, par))
         for lo in range(1, max_len + 1, DECODE_BUCKET):
             hi = min(lo + DECODE_BUCKET - 1, max_len)
-            templates.append(_template(cfg, plan, hw, layout, "decode", 1, lo, hi))
+            if batch > 1:
+                templates.append(_batched_template(cfg, plan, hw, layout, batch, lo, hi))
+            else:
+                templates.append(_template(cfg, plan, hw, layout, "decode", 1, lo, hi, par))
     except CapacityError as e:
         raise CapacityError(f"{where}: {e}") from None
     except ProgramError as e:
@@ -192,12 +244,16 @@ def compile_model(
         "runs": [list(r) for r in layout.runs],
         "hbm_bytes": layout.total,
     }
+    if par is not None and par.boards > 1:
+        header["board"] = par.info()
+    if batch > 1:  # absent at batch 1: a batch-1 program is the same file as before batches
+        header["batch"] = batch
     try:
         code = place_program(layout.total, templates, hw)
     except CapacityError as e:
         raise CapacityError(f"{where}: {e}") from None
     prog = Program(MappingProxyType(header), (*layout.regions, code), tuple(templates))
-    return Compiled(prog, layout, tt, time.perf_counter() - t0)
+    return Compiled(prog, layout, tt, time.perf_counter() - t0, batch)
 
 
 def _unrolled_bytes(instrs: tuple[Instr, ...], counts: dict[int, int] | None = None) -> int:

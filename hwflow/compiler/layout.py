@@ -22,9 +22,13 @@ One linear HBM address space, interleaved over the preset's pseudo-channels ever
                 apart, a multiple of the period. A head's rows start on a granule boundary, so
                 the rows of positions ``16k .. 16k+15`` (one decode bucket) share one channel
                 whenever ``16 * head_dim`` divides the granule.
-``input``       ``max_len`` rows of INT32 embeddings (``4 * hidden`` bytes each; the residual
-                stream's format, written by the host before a step).
-``logits``      ``vocab`` INT32 logits of the step's last token (read by the host).
+                A program compiled for a batch of B sequences holds B such caches (one per
+                sequence, the KV-cache *slot*), ``kv_seq_bytes`` apart (a multiple of the period,
+                so every slot touches the channels alike).
+``input``       ``max(max_len, B)`` rows of INT32 embeddings (``4 * hidden`` bytes each; the
+                residual stream's format, written by the host before a step).
+``logits``      ``B`` rows of ``vocab`` INT32 logits: the step's last token (prefill), one row
+                per sequence (batched decode); read by the host.
 ``program``     every template's instruction words (little-endian 32-bit), each template at a
                 multiple of ``ALIGN`` in template order (:func:`place_program`); placed by the
                 compiler once the templates exist, after everything above (kind ``program``).
@@ -447,6 +451,8 @@ class HbmLayout:
     rope_row: int
     total: int
     kv_v_offset: int = 0  #: from a layer's K heads to its V heads (see the module doc)
+    batch: int = 1  #: sequences (KV-cache slots) the layout holds
+    kv_seq_bytes: int = 0  #: stride between the KV caches of two sequences (all layers)
 
     def region(self, name: str) -> Region:
         for r in self.regions:
@@ -498,8 +504,10 @@ def plan_hbm(
     head_q: LinearQuant,
     hw: HardwarePreset,
     max_len: int,
+    batch: int = 1,
 ) -> HbmLayout:
-    """Allocate every region (see the module doc); CapacityError if HBM is too small."""
+    """Allocate every region (see the module doc) for ``batch`` sequences; CapacityError if
+    HBM is too small."""
     slot = hw.buffers.bytes("weight") // WEIGHT_SLOTS
     geo = BeatGeometry.from_preset(hw)
     period = hw.hbm.channels * hw.hbm.interleave_bytes
@@ -549,20 +557,26 @@ def plan_hbm(
     kv_v = cfg.kv_heads * kv_head
     kv_v += ((hw.hbm.channels // 2) * g - kv_v) % period
     kv_layer = _round(kv_v + cfg.kv_heads * kv_head, period)
-    size = kv_layer * cfg.layers
+    kv_seq = kv_layer * cfg.layers
+    size = kv_seq * batch
     regions.append(Region("kv", at, size, "kv"))
     at += size
     res = RESIDUAL_BITS // 8
-    for name, size in (("input", max_len * res * cfg.hidden), ("logits", 4 * cfg.vocab)):
+    io = (("input", max(max_len, batch) * res * cfg.hidden), ("logits", batch * 4 * cfg.vocab))
+    for name, size in io:
         regions.append(Region(name, at, _align(size), "io"))
         at += _align(size)
     cap = hw.hbm.capacity_bytes
     if at > cap:
         weights = sum(r.size for r in regions if r.kind == "weights")
         kv = sum(r.size for r in regions if r.kind == "kv")
+        what = f"{batch} sequences' KV caches" if batch > 1 else "KV cache"
+        fit = (cap - (at - kv)) // kv_seq if batch > 1 else 0
+        more = f"; at max_len {max_len} {max(fit, 0)} sequences fit" if batch > 1 else ""
         raise CapacityError(
-            f"the model needs {_size(at)} of HBM ({_size(weights)} weights, {_size(kv)} KV "
-            f"cache) but preset {hw.name} has {_size(cap)} (hbm.capacity_gib)"
+            f"the model needs {_size(at)} of HBM ({_size(weights)} weights, {_size(kv)} "
+            f"{what} at max_len {max_len}) but preset {hw.name} has {_size(cap)} "
+            f"(hbm.capacity_gib){more}"
         )
     return HbmLayout(
         tuple(regions),
@@ -574,7 +588,17 @@ def plan_hbm(
         rope_row,
         at,
         kv_v,
+        batch,
+        kv_seq,
     )
+
+
+def slot_factors(kv_seq_bytes: int) -> tuple[int, int]:
+    """``(a, b)`` with ``a * b = kv_seq_bytes``, ``b`` its largest power-of-two divisor up to
+    1 MiB: a program computes a sequence's KV base as ``SEQ * a * b`` with two MULIs, whose
+    immediates are 24 bits (a too large ``a`` is refused by :func:`hwflow.isa.make`)."""
+    b = min(kv_seq_bytes & -kv_seq_bytes, 1 << 20) if kv_seq_bytes > 0 else 1
+    return kv_seq_bytes // b, b
 
 
 def _tile_bytes(ts: TileSpec, ql: Any, r0: int, r: int) -> np.ndarray:

@@ -26,6 +26,8 @@ Registers (set by SYS in the template; R1 = LEN, R2 = POS from the runtime)::
     R11 IOFF CB * hidden (input rows)                   R12 ROFF QPOS * rope row bytes
     R13 LAST (ROWS - 1) * hidden (the last row, for the head)
     R14 RROW decode: (POS - bucket start) * rope row bytes (this position's RoPE row on chip)
+    R15 SEQ  (read) a program for a batch (:mod:`.batch`): the KV-cache slot whose cache LKV
+             points into (a prefill's slot comes from the runtime)
 
 Every prefill instruction whose extent depends on the length clamps it by one of these
 registers, so one template serves every length of its bucket. Decode is static per bucket, as
@@ -46,6 +48,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from hwflow.compiler import parallel
 from hwflow.compiler.layout import (
     WEIGHT_SLOTS,
     HbmLayout,
@@ -53,10 +56,19 @@ from hwflow.compiler.layout import (
     final_blob,
     linear_out_bits,
     param_blob,
+    slot_factors,
 )
 from hwflow.config import CompressionPlan, HardwarePreset, ModelConfig
 from hwflow.errors import CapacityError
-from hwflow.isa import ROW_FACTOR_BYTES, Buf, MatmulFunc, SfuFunc, SoftmaxMask, XferKind
+from hwflow.isa import (
+    REG_SEQ,
+    ROW_FACTOR_BYTES,
+    Buf,
+    MatmulFunc,
+    SfuFunc,
+    SoftmaxMask,
+    XferKind,
+)
 from hwflow.numerics import GATE_BITS, RESIDUAL_BITS
 
 __all__ = ["BufferPlan", "Node", "lower_step", "plan_buffers"]
@@ -151,15 +163,27 @@ def _tensors(cfg: ModelConfig) -> list[tuple[str, int, int, int, bool, str | Non
 
 
 def plan_buffers(
-    cfg: ModelConfig, hw: HardwarePreset, tt: int, keys_max: int, rope_rows: int | None = None
+    cfg: ModelConfig,
+    hw: HardwarePreset,
+    tt: int,
+    keys_max: int,
+    rope_rows: int | None = None,
+    *,
+    score_rows: int | None = None,
+    head_rows: int = 1,
+    logit_cols: int | None = None,
 ) -> BufferPlan:
     """Allocate the on-chip buffers for ``tt`` rows and ``keys_max`` keys (first fit by
-    liveness in the activation buffer), with ``rope_rows`` RoPE rows (default ``tt``);
-    CapacityError naming the buffer when one overflows."""
+    liveness in the activation buffer), with ``rope_rows`` RoPE rows (default ``tt``),
+    ``score_rows`` query rows per score slot (default ``tt``; a batched decode's attention
+    runs one sequence's row at a time) and ``head_rows`` rows through the LM head (a batched
+    decode: every sequence's) whose logits are kept ``logit_cols`` wide (default: the whole
+    vocabulary; a batched decode stores each head tile's columns as they come, two tiles'
+    worth on chip); CapacityError naming the buffer when one overflows."""
     rope_rows = tt if rope_rows is None else rope_rows
-    act, span, top = _place_activations(cfg, hw, tt)
+    act, span, top = _place_activations(cfg, hw, tt, head_rows, logit_cols)
     kv_slot, n_kv = _kv_slots(cfg, hw, keys_max)
-    sst, sc_slot, n_sc = _score_slots(hw, tt, keys_max)
+    sst, sc_slot, n_sc = _score_slots(hw, tt if score_rows is None else score_rows, keys_max)
     wslot = hw.buffers.bytes("weight") // WEIGHT_SLOTS
     p_rope, p_final = _param_places(cfg, hw, rope_rows)
     return BufferPlan(
@@ -182,7 +206,7 @@ def plan_buffers(
 
 
 def _place_activations(
-    cfg: ModelConfig, hw: HardwarePreset, tt: int
+    cfg: ModelConfig, hw: HardwarePreset, tt: int, head_rows: int = 1, logit_cols: int | None = None
 ) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]], int]:
     """(tensor -> (row 0 offset, row stride), tensor -> [first, end) bytes, bytes used) of the
     activation buffer: the residual at 0, then a layer's tensors first fit by liveness, then
@@ -208,17 +232,19 @@ def _place_activations(
         span[name] = (at, at + tt * rb)
         placed.append((at, at + size, first, last))
         top = max(top, at + size)
+    hr = head_rows
     act["hf"] = (base + rf, d + rf)
-    span["hf"] = (base, base + d + rf)
-    lg = base + _al(d + rf)
-    act["logits"] = (lg, 4 * cfg.vocab)
-    span["logits"] = (lg, lg + 4 * cfg.vocab)
-    top = max(top, lg + _al(4 * cfg.vocab))
+    span["hf"] = (base, base + hr * (d + rf))
+    lg = base + _al(hr * (d + rf))
+    lrow, slots = (4 * cfg.vocab, 1) if logit_cols is None else (4 * logit_cols, 2)
+    act["logits"] = (lg, lrow)
+    span["logits"] = (lg, lg + slots * hr * lrow)
+    top = max(top, lg + _al(slots * hr * lrow))
     act_cap = hw.buffers.bytes("act")
     if top > act_cap:
+        what = f"a batch of {tt} sequences" if hr > 1 else f"a {tt}-token chunk"
         raise CapacityError(
-            f"activations of a {tt}-token chunk need {top} bytes but buffers.act_kib holds "
-            f"{act_cap} bytes"
+            f"activations of {what} need {top} bytes but buffers.act_kib holds {act_cap} bytes"
         )
     return act, span, top
 
@@ -347,8 +373,12 @@ class _Lowering:
         bp: BufferPlan,
         phase: str,
         lo: int,
+        hw: HardwarePreset | None = None,
+        par: parallel.Board | None = None,
     ) -> None:
         self.cfg, self.plan, self.layout, self.bp, self.lo = cfg, plan, layout, bp, lo
+        self.hw, self.par = hw, par  # multi-board: this board's share (compiler.parallel)
+        self.rows_reg = R_ROWS
         self.e = _Emitter()
         self.dec = phase == "decode"
         self.eng = "MV" if self.dec else "MM"
@@ -362,6 +392,13 @@ class _Lowering:
         self.final_span: Span = (Buf.PARAM, bp.p_final, bp.p_final + self.fb.size)
         # linear inputs with row factors (``a`` has a static scale): the per-row tensors and hf
         self.rowf = {t[0] for t in _tensors(cfg) if t[4]} | {"hf"}
+        # attention's rows (clamped by a register), engine, KV base register and the registers
+        # added to the offsets of its q-wide (q, qr, a) and kv-wide (k, kr, v) rows: the
+        # chunk's here; one sequence's row in a batched decode (:mod:`.batch`)
+        self.att_rows, self.att_reg, self.att_eng = self.tt, R_ROWS, self.eng
+        self.r_lkv, self.r_sq, self.r_sk = R_LKV, 0, 0
+        # a program for several sequences: each layer's KV base is the slot SEQ's (R15)
+        self.slot_kv = layout.batch > 1
 
     # ---- operands
 
@@ -429,7 +466,8 @@ class _Lowering:
                         func=MatmulFunc.LINEAR, rows=self.tt, rows_reg=R_ROWS, cols=r,
                         a_buf=Buf.ACT, a_off=so, a_stride=srb, o_buf=Buf.ACT,
                         o_off=do + r0 * obits // 8, o_stride=drb, p_off=self.pb[f"{op}.guard"],
-                        obits=obits, arow=int(src in self.rowf),
+                        obits=obits, **{"arow": int(src in self.rowf),
+                                        **parallel.row_parallel_fields(self, op)},
                         **_weight_operand(ts, tiles.slot(j)))  # fmt: skip
 
     # ---- program structure
@@ -444,10 +482,12 @@ class _Lowering:
         self.chunk_loads()
         for run in self.layout.runs:
             self.layer_run(*run)
+        parallel.chunk_output(self)
         e.sys("ADDI", rd=R_CB, ra=R_CB, imm=tt)
         e.barrier()
         e.sys("ENDLOOP")
-        self.head()
+        if parallel.runs_head(self):
+            self.head()
         e.barrier()
         e.sys("END")
         return e.nodes
@@ -465,9 +505,10 @@ class _Lowering:
     def chunk_loads(self) -> None:
         """The chunk's input rows, then (RoPE models) its RoPE rows (decode: the bucket's)."""
         e, lay, tt, xrow = self.e, self.layout, self.tt, self.xrow
-        e.unit("LD", (), ((Buf.ACT, 0, tt * xrow),), kind=XferKind.ACT,
-               hbm=lay.region("input").base, hbm_reg=R_IOFF, hbm_stride=xrow, buf=Buf.ACT, off=0,
-               stride=xrow, row_bytes=xrow, rows=tt, rows_reg=R_ROWS)  # fmt: skip
+        if not parallel.chunk_input(self):
+            e.unit("LD", (), ((Buf.ACT, 0, tt * xrow),), kind=XferKind.ACT,
+                   hbm=lay.region("input").base, hbm_reg=R_IOFF, hbm_stride=xrow, buf=Buf.ACT,
+                   off=0, stride=xrow, row_bytes=xrow, rows=tt, rows_reg=R_ROWS)  # fmt: skip
         if not self.rope:
             return
         rope_base = lay.region("rope").base
@@ -487,10 +528,19 @@ class _Lowering:
         """A loop over ``count`` identical layers from ``first``, advancing LW / LKV."""
         e, lay = self.e, self.layout
         e.sys("SETI", rd=R_LW, imm=lay.region(f"L{first}").base)
-        e.sys("SETI", rd=R_LKV, imm=lay.region("kv").base + first * lay.kv_layer_bytes)
+        kv0 = lay.region("kv").base + first * lay.kv_layer_bytes
+        if self.slot_kv:  # LKV = SEQ * kv_seq_bytes + kv0 (two 24-bit factors)
+            a, b = slot_factors(lay.kv_seq_bytes)
+            e.sys("MULI", rd=R_LKV, ra=REG_SEQ, imm=a)
+            e.sys("MULI", rd=R_LKV, ra=R_LKV, imm=b)
+            e.sys("ADDI", rd=R_LKV, ra=R_LKV, imm=kv0)
+        else:
+            e.sys("SETI", rd=R_LKV, imm=kv0)
+        parallel.layer_run_start(self, first)
         e.barrier()
         e.sys("LOOP", count=count)
         self.layer(first)
+        parallel.layer_run_step(self)
         e.sys("ADDI", rd=R_LW, ra=R_LW, imm=stride)
         e.sys("ADDI", rd=R_LKV, ra=R_LKV, imm=lay.kv_layer_bytes)
         e.barrier()
@@ -506,6 +556,7 @@ class _Lowering:
         e.unit("LD", (), (self.params_span,), kind=XferKind.PARAMS, hbm=0, hbm_reg=R_LW,
                hbm_stride=pb.size, buf=Buf.PARAM, off=0, stride=pb.size, row_bytes=pb.size,
                rows=1)  # fmt: skip
+        parallel.load_records(self)
         tiles.load_upto(0)
         self.norm("X", "h1", pb["norm1"], reads=(self.params_span,))
         for op in ("q", "k", "v"):
@@ -513,6 +564,7 @@ class _Lowering:
         qn, kn = self.rotate() if self.rope else ("q", "k")
         _Attention(self, qn, kn).emit()
         self.linear(tiles, "o", "a", "o")
+        parallel.reduce(self, "o", "o", "a")
         self.sfu(SfuFunc.ADD, "X", "X", d, b="o")  # x1, in place
         self.norm("X", "h2", pb["norm2"], reads=(self.params_span,))
         self.mlp(tiles)
@@ -535,12 +587,16 @@ class _Lowering:
             self.linear(tiles, "gate", "h2", "g")
             self.linear(tiles, "up", "h2", "u")
             self.sfu(SfuFunc.SILU, "g", "g", f, reads=(self.params_span,), p_off=self.pb["act"])
-            self.sfu(SfuFunc.MUL, "g", "mm", f, b="u")
+            if not parallel.quant_ffn(self, "g", "u", "mm", f):
+                self.sfu(SfuFunc.MUL, "g", "mm", f, b="u")
             self.linear(tiles, "down", "mm", "d")
+            parallel.reduce(self, "down", "d", "mm")
         else:
             self.linear(tiles, "up", "h2", "u")
-            self.sfu(SfuFunc.RELUQ, "u", "ua", f)
+            if not parallel.quant_ffn(self, "u", None, "ua", f):
+                self.sfu(SfuFunc.RELUQ, "u", "ua", f)
             self.linear(tiles, "down", "ua", "d")
+            parallel.reduce(self, "down", "d", "ua")
 
     # ---- head
 
@@ -619,16 +675,18 @@ class _Attention:
             ks = bp.kv_slots[(2 * g + j) % self.n_kv]
             kspan = (Buf.KV, ks, ks + bp.kv_slot_bytes)
             slots[which] = ks
+            rk = s.r_sk  # the sequence's row of a batched decode (0: the chunk's rows)
             if not dec:  # past rows only: disjoint from the rows stored
                 s.e.unit("ST", (s.aspan(src),), (), kind=XferKind.KV, hbm=hb, hbm_reg=R_LKVQ,
-                         hbm_stride=hd, buf=Buf.ACT, off=so + g * hd, stride=srb, row_bytes=hd,
-                         rows=s.tt, rows_reg=R_ROWS)  # fmt: skip
+                         hbm_stride=hd, buf=Buf.ACT, off=so + g * hd, off_reg=rk, stride=srb,
+                         row_bytes=hd, rows=s.att_rows, rows_reg=s.att_reg)  # fmt: skip
             s.e.unit("LD", ((HBM_KV, hb, hb + bp.keys_max * hd),) if dec else (), (kspan,),
-                     kind=XferKind.KV, hbm=hb, hbm_reg=R_LKV, hbm_stride=hd, buf=Buf.KV, off=ks,
-                     stride=hd, row_bytes=hd, rows=bp.keys_max,
+                     kind=XferKind.KV, hbm=hb, hbm_reg=s.r_lkv, hbm_stride=hd, buf=Buf.KV,
+                     off=ks, stride=hd, row_bytes=hd, rows=bp.keys_max,
                      rows_reg=0 if dec else R_QPOS)  # fmt: skip
-            s.sfu(SfuFunc.MOV, (Buf.ACT, so + g * hd, srb, 0), (Buf.KV, ks, hd, R_QOFF), hd,
-                  reads=(s.aspan(src),), writes=(kspan,))  # fmt: skip
+            s.sfu(SfuFunc.MOV, (Buf.ACT, so + g * hd, srb, rk), (Buf.KV, ks, hd, R_QOFF), hd,
+                  reads=(s.aspan(src),), writes=(kspan,), rows=s.att_rows,
+                  rows_reg=s.att_reg)  # fmt: skip
         self.kv_of[g] = slots
 
     def kvspan(self, g: int, which: str) -> Span:
@@ -645,10 +703,11 @@ class _Attention:
         sspan = (Buf.SCORE, ss, ss + bp.score_slot_bytes)
         sst = bp.score_stride
         qo, qrb = s.act(self.qn)
-        s.e.unit(s.eng, (s.aspan(self.qn), self.kvspan(g, "K"), s.params_span), (sspan,),
-                 func=MatmulFunc.QK, rows=s.tt, rows_reg=R_ROWS, cols=bp.keys_max,
+        s.e.unit(s.att_eng, (s.aspan(self.qn), self.kvspan(g, "K"), s.params_span), (sspan,),
+                 func=MatmulFunc.QK, rows=s.att_rows, rows_reg=s.att_reg, cols=bp.keys_max,
                  cols_reg=0 if dec else R_KEYS, k=hd, n=1, m=1, wbits=8, a_buf=Buf.ACT,
-                 a_off=qo + h * hd, a_stride=qrb, b_buf=Buf.KV, b_off=self.kv_of[g]["K"],
+                 a_off=qo + h * hd, a_reg=s.r_sq, a_stride=qrb, b_buf=Buf.KV,
+                 b_off=self.kv_of[g]["K"],
                  b_stride=hd, o_buf=Buf.SCORE, o_off=ss, o_stride=sst,
                  p_off=s.pb["scores"] + 8 * h, obits=32)  # fmt: skip
         if s.block:
@@ -658,7 +717,7 @@ class _Attention:
             mask = dict(mask=SoftmaxMask.CAUSAL)
         s.sfu(SfuFunc.SOFTMAX, (Buf.SCORE, ss, sst, 0), (Buf.SCORE, ss + ROW_FACTOR_BYTES, sst, 0),
               bp.keys_max, reads=(sspan,), writes=(sspan,), cols_reg=0 if dec else R_KEYS,
-              qpos_reg=R_QPOS, **mask)  # fmt: skip
+              qpos_reg=R_QPOS, rows=s.att_rows, rows_reg=s.att_reg, **mask)  # fmt: skip
 
     def pv(self, h: int) -> None:
         """Probabilities of head ``h`` times its group's V into its columns of ``a``."""
@@ -667,12 +726,12 @@ class _Attention:
         ss = self.sc_of[h]
         sspan = (Buf.SCORE, ss, ss + bp.score_slot_bytes)
         ao, arb = s.act("a")
-        s.e.unit(s.eng, (sspan, self.kvspan(g, "V"), s.params_span), (s.aspan("a"),),
-                 func=MatmulFunc.PV, rows=s.tt, rows_reg=R_ROWS, cols=hd, k=bp.keys_max,
-                 k_reg=0 if dec else R_KEYS, n=1, m=1, wbits=8, a_buf=Buf.SCORE,
+        s.e.unit(s.att_eng, (sspan, self.kvspan(g, "V"), s.params_span), (s.aspan("a"),),
+                 func=MatmulFunc.PV, rows=s.att_rows, rows_reg=s.att_reg, cols=hd,
+                 k=bp.keys_max, k_reg=0 if dec else R_KEYS, n=1, m=1, wbits=8, a_buf=Buf.SCORE,
                  a_off=ss + ROW_FACTOR_BYTES, a_stride=bp.score_stride, arow=1, b_buf=Buf.KV,
                  b_off=self.kv_of[g]["V"], b_stride=hd, o_buf=Buf.ACT, o_off=ao + h * hd,
-                 o_stride=arb, p_off=s.pb["pv"] + 12 * h, obits=8)  # fmt: skip
+                 o_reg=s.r_sq, o_stride=arb, p_off=s.pb["pv"] + 12 * h, obits=8)  # fmt: skip
 
     def store_new_rows(self) -> None:
         """Decode: the new K (V) row of every head in one strided store, after the bucket's
@@ -696,8 +755,10 @@ def lower_step(
     phase: str,
     nchunks: int,
     lo: int = 1,
+    par: parallel.Board | None = None,
 ) -> list[Node]:
     """The node list of a template: ``nchunks`` chunks of ``bp.tt`` rows, then the head
     (decode: ``lo``..``bp.keys_max`` is the bucket's context range). ``hw`` is not read: the
-    buffer plan ``bp`` holds what the lowering needs of the preset."""
-    return _Lowering(cfg, plan, layout, bp, phase, lo).program(nchunks)
+    buffer plan ``bp`` holds what the lowering needs of the preset, but for the param buffer's
+    room for a multi-board program's reduce records (``par``: :mod:`.parallel`)."""
+    return _Lowering(cfg, plan, layout, bp, phase, lo, hw, par).program(nchunks)

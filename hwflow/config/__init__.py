@@ -66,6 +66,7 @@ from hwflow.config.preset import (
     Hbm,
     Sfu,
     Sparsity,
+    System,
 )
 
 __all__ = [
@@ -93,6 +94,7 @@ __all__ = [
     "Sfu",
     "Sourced",
     "Sparsity",
+    "System",
     "UnitInterval",
     "available",
     "first_error",

@@ -24,6 +24,7 @@ __all__ = [
     "Hbm",
     "Sfu",
     "Sparsity",
+    "System",
 ]
 
 #: Weight precisions the numeric reference implements.
@@ -176,6 +177,26 @@ class Buffers(Sourced):
         return getattr(self, f"{name}_kib") * 1024
 
 
+class System(Sourced):
+    """How boards of this design are joined into a multi-board system (``--boards N``): the
+    board-to-board links of one board and the topology they form. A preset without this
+    section runs on one board only."""
+
+    topology: Literal["ring"]
+    ports: PositiveInt  #: link ports per board (a ring uses one to each neighbour)
+    link_gbps: PositiveFloat  #: payload GB/s (1e9 bytes/s) of one port, each direction
+    link_latency_ns: PositiveFloat  #: first byte out of one board to first byte into the next
+    max_boards: PositiveInt  #: largest ring the system section describes
+
+    @model_validator(mode="after")
+    def _ring(self) -> System:
+        if self.topology == "ring" and self.ports < 2:
+            raise ValueError(
+                f"system.ports = {self.ports}: a ring needs 2 ports per board (one per neighbour)"
+            )
+        return self
+
+
 class HardwarePreset(Sourced):
     """One accelerator design point on one board."""
 
@@ -192,6 +213,7 @@ class HardwarePreset(Sourced):
     kv_bits: Literal[8] = 8
     buffers: Buffers
     energy_table: str | None = None
+    system: System | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> HardwarePreset:

@@ -24,7 +24,8 @@ distinct *iteration key* (:func:`hwflow.isa.expand` replays the others): the exa
 the live-in registers the body uses anywhere but in an LD/ST HBM address, and those it uses
 only in addresses (through ADD/SUB/ADDI/MULI) modulo the channel map's period, the only way an
 address enters a cost. A step's *signature* prices only the instructions with a priced field
-(not an on-chip offset or the mask position) that depends on POS (register taint from R2), and
+(not an on-chip offset or the mask position) that depends on POS or on the sequence slot
+(register taint from R2 and R15, which selects the context R2 reads), and
 LEN: two steps of one template with equal signatures have equal
 priced programs, so one simulation stands for both, exactly. Equal priced results are interned
 (one object) and numbered (:attr:`MOp.key <hwflow.perf.machine.MOp.key>`, from a counter that
@@ -65,9 +66,11 @@ from hwflow.costs import (
 from hwflow.energy import Actions
 from hwflow.errors import CapacityError, ProgramError
 from hwflow.isa import (
+    LINK_OPS,
     MATMUL_FUNCS,
     OPCODES,
     REG_POS,
+    REG_SEQ,
     ROW_FACTOR_BYTES,
     SFU_FORMATS,
     SFU_FUNCS,
@@ -81,6 +84,7 @@ from hwflow.isa import (
     expand,
 )
 from hwflow.model import group_scale_bytes
+from hwflow.perf.links import price_link
 from hwflow.perf.machine import MOp, SegmentMemo
 
 __all__ = ["OpActions", "PerfContext", "lower", "lower_reused", "step_signature"]
@@ -219,6 +223,10 @@ class _Pricer:
             return self._price_matmul(c)
         if op == "SFU":
             return self._price_sfu(c)
+        if op in LINK_OPS:  # multi-board: the links' SimPy model (hwflow.perf.links)
+            words = _WORDS[op]
+            mop = price_link(self.hw, c, words, _mask(c.wait), _mask(c.release))
+            return mop, OpActions(words=words)
         if op.startswith("SYNC."):
             cost = sync_cost()
             wait, release, words = _mask(c.wait), _mask(c.release), _WORDS[op]
@@ -436,6 +444,13 @@ def _srcs(ins) -> list[int]:
     return [ins["ra"], ins["rb"]] if ins.op in ("ADD", "SUB") else [ins["ra"]]
 
 
+def _defs(ins) -> tuple[int, ...]:
+    """Registers a SYS ALU instruction writes: its ``rd``, and R2 with R15 (R2 reads the
+    context table at SEQ, :mod:`hwflow.isa`; not a ring operation of the sources)."""
+    rd = ins["rd"]
+    return (rd, REG_POS) if rd == REG_SEQ else (rd,)
+
+
 def _analyse(template: Template, period: int, ctx: PerfContext | None = None) -> _Analysis:
     """The iteration keys and POS-tainted pcs of ``template`` (kept in ``ctx``, which also
     holds the template, so the id cannot be reused while the entry lives)."""
@@ -463,17 +478,18 @@ def _analyse(template: Template, period: int, ctx: PerfContext | None = None) ->
         while changed:  # flow-insensitive closure over the body's register arithmetic
             changed = False
             for ins in alu:
-                rd = ins["rd"]
                 srcs = _srcs(ins)
-                if rd in exact or (rd in mod and ins.op not in ring):
-                    new = set(srcs) - exact
-                    exact |= new
-                elif rd in mod:
-                    new = set(srcs) - mod - exact
-                    mod |= new
-                else:
-                    new = set()
-                changed |= bool(new)
+                for rd in _defs(ins):
+                    ring_op = ins.op in ring and rd == ins["rd"]
+                    if rd in exact or (rd in mod and not ring_op):
+                        new = set(srcs) - exact
+                        exact |= new
+                    elif rd in mod:
+                        new = set(srcs) - mod - exact
+                        mod |= new
+                    else:
+                        new = set()
+                    changed |= bool(new)
         # live-in: read before the body's own top-level writes (pc order)
         live: set[int] = set()
         written: set[int] = set()
@@ -486,12 +502,12 @@ def _analyse(template: Template, period: int, ctx: PerfContext | None = None) ->
             elif ins.op in SYS_ALU:
                 live |= set(_srcs(ins)) - written
                 if depth == 0:
-                    written.add(ins["rd"])
+                    written.update(_defs(ins))
             elif ins.unit != Unit.SYS:
                 live |= {r for r, _ in uses.get(pc, ())} - written
         live.discard(0)
         keys[lp] = (tuple(sorted(exact & live)), tuple(sorted((mod - exact) & live)))
-    taint = {REG_POS}  # signatures compare steps of one LEN
+    taint = {REG_POS, REG_SEQ}  # signatures compare steps of one LEN (any contexts, slots)
     changed = True
     while changed:
         changed = False

@@ -104,20 +104,30 @@ def run_step(
 _JOB: dict[str, Any] = {}
 
 
-Task = tuple[str, int, tuple[int, ...], bool, bool]  # phase, LEN, positions, trace, fast
+#: phase, LEN, positions (a batched program's prefill: KV-cache slots), trace, fast, and the
+#: batch (decode: every sequence at the position; optional, 1)
+Task = tuple  # (str, int, tuple[int, ...], bool, bool[, int])
+
+
+def task_runtime(phase: str, length: int, p: int, batch: int = 1) -> Runtime:
+    """The runtime of a task's step at ``p``: a decode step of ``batch`` sequences at POS
+    ``p`` (batch 1: LEN ``length``), or a prefill of LEN ``length`` into KV-cache slot ``p``."""
+    if phase == "prefill":
+        return Runtime(length, 0, p)
+    return Runtime.batch([p] * batch) if batch > 1 else Runtime(length, p)
 
 
 def _job(task: Task) -> list[tuple[int, StepResult, bool]]:
     """A worker's steps (the program and preset are inherited through fork): (position,
     result, simulated) for each position of the task; with ``fast``, one simulation per
     distinct signature among the positions (one template's)."""
-    phase, length, positions, trace, fast = task
+    phase, length, positions, trace, fast, *rest = task
     hw, prog = _JOB["hw"], _JOB["prog"]
     ctx = _JOB.setdefault("ctx", PerfContext(hw))
     out: list[tuple[int, StepResult, bool]] = []
     done: dict[tuple, StepResult] = {}
     for p in positions:
-        rt = Runtime(length, p)
+        rt = task_runtime(phase, length, p, *rest)
         sig: tuple | None = None
         if fast and len(positions) > 1:
             sig = step_signature(ctx, prog.select(phase, rt), rt)
@@ -174,10 +184,12 @@ def _run_steps(
         gc.unfreeze()
 
 
-def program_key(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, max_len: int) -> str:
-    """Cache key of a compiled program: the model, plan and preset values, ``max_len`` and the
-    package source (:mod:`hwflow.cache`)."""
-    return cache.key("program", cfg, plan, hw.digest, max_len)
+def program_key(
+    cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, max_len: int, batch: int = 1
+) -> str:
+    """Cache key of a compiled program: the model, plan and preset values, ``max_len``, the
+    batch (when > 1) and the package source (:mod:`hwflow.cache`)."""
+    return cache.key("program", cfg, plan, hw.digest, max_len, *([batch] if batch > 1 else []))
 
 
 def program_path(key: str) -> Path:
@@ -198,12 +210,13 @@ def compile_cached(
     max_len: int,
     *,
     note: Callable[[str], None] | None = None,
+    batch: int = 1,
 ) -> Program:
-    """The compiled program, from memory, the on-disk cache or :func:`compile_model`;
-    ``note`` is told which (for progress output)."""
+    """The compiled program (for ``batch`` sequences), from memory, the on-disk cache or
+    :func:`compile_model`; ``note`` is told which (for progress output)."""
     from hwflow.compiler import compile_model
 
-    key = program_key(cfg, plan, hw, max_len)
+    key = program_key(cfg, plan, hw, max_len, batch)
     if key in _PROGRAMS:
         _PROGRAMS.move_to_end(key)
         return _PROGRAMS[key]
@@ -218,8 +231,9 @@ def compile_cached(
             prog = None
     if prog is None:
         if note:
-            note(f"compiling {cfg.name} / {plan.name} for {hw.name} (max_len {max_len})")
-        prog = compile_model(cfg, plan, hw, max_len).program
+            b = f", batch {batch}" if batch > 1 else ""
+            note(f"compiling {cfg.name} / {plan.name} for {hw.name} (max_len {max_len}{b})")
+        prog = compile_model(cfg, plan, hw, max_len, batch).program
         cache.write_bytes(path, prog.to_bytes())
     _PROGRAMS[key] = prog
     while len(_PROGRAMS) > _PROGRAMS_KEPT:

@@ -25,7 +25,7 @@ from hwflow.errors import ConfigError, UnsupportedError
 from hwflow.hw.machine.cycles import class_table, model_times
 from hwflow.hw.machine.run import Step, run_steps
 from hwflow.hw.machine.units import available_units
-from hwflow.isa import TOKEN_UNITS, Concrete, Program, Runtime, disasm, expand
+from hwflow.isa import LINK_OPS, TOKEN_UNITS, Concrete, Program, Runtime, disasm, expand
 
 __all__ = ["cosim_model", "first_writer", "written"]
 
@@ -89,6 +89,16 @@ def _raw(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x).astype("<i4")).view(np.uint8).ravel()
 
 
+def check_single_board(program: Program) -> None:
+    """UnsupportedError for a multi-board program: the RTL machine has no link ports."""
+    links = sorted({i.op for t in program.templates for i in t.instrs if i.op in LINK_OPS})
+    if links or "board" in program.header:
+        raise UnsupportedError(
+            f"a multi-board program ({', '.join(links) or 'board header'}): the RTL machine "
+            "runs one board, without board-to-board link ports"
+        )
+
+
 def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, prefill: int,
                 decode: int, *, seed: int = 0, flip_weight_bit: bool = False,
                 timeout: int = 5_000_000) -> dict[str, Any]:  # fmt: skip
@@ -105,6 +115,7 @@ def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pre
         )
     ref = _reference(cfg, plan, hw, prefill, decode, seed)
     prog = ref["comp"].program
+    check_single_board(prog)
     units, names = available_units(hw)
     t0 = time.perf_counter()
     image = ref["image"].copy()

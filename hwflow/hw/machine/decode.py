@@ -25,10 +25,11 @@ from functools import cache
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
-from hwflow.isa import OPCODES, OpSpec, Unit
+from hwflow.isa import LINK_OPS, OPCODES, OpSpec, Unit
 
 __all__ = [
     "HEADER_BITS",
+    "MACHINE_OPCODES",
     "MAX_INSTR_BITS",
     "cmd_layout",
     "executing_op",
@@ -36,10 +37,13 @@ __all__ = [
     "register_fields",
 ]
 
+#: The opcodes of the single-board machine: every opcode but the board-to-board links
+#: (:data:`hwflow.isa.LINK_OPS`), which the dispatcher refuses like an unknown opcode.
+MACHINE_OPCODES = tuple(s for s in OPCODES if s.name not in LINK_OPS)
 #: opcode (6) + wait (5) + release (5): the header every layout starts with.
 HEADER_BITS = sum(f.bits for f in OPCODES[0].fields[:3])
 #: The widest instruction, in bits (a queue entry / fetch assembly register holds one).
-MAX_INSTR_BITS = max(32 * s.words for s in OPCODES)
+MAX_INSTR_BITS = max(32 * s.words for s in MACHINE_OPCODES)
 
 
 def raw_layout(spec: OpSpec) -> data.StructLayout:
@@ -59,7 +63,7 @@ def register_fields(spec: OpSpec) -> frozenset[str]:
 @cache
 def executing_op(unit: Unit) -> OpSpec:
     """The one opcode a token unit executes (SYNC.<unit> aside)."""
-    ops = [s for s in OPCODES if s.unit == unit and not s.name.startswith("SYNC")]
+    ops = [s for s in MACHINE_OPCODES if s.unit == unit and not s.name.startswith("SYNC")]
     if len(ops) != 1:
         raise ValueError(f"unit {unit.name}: expected one executing opcode, found {len(ops)}")
     return ops[0]

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from hwflow.compiler.batch import RTL_NO_BATCH
 from hwflow.compiler.layout import place_program, program_image
 from hwflow.config import HardwarePreset
-from hwflow.errors import ProgramError
+from hwflow.errors import ProgramError, UnsupportedError
 from hwflow.hw.machine.params import MachineParams
 from hwflow.isa import Buf, Program, Runtime, Template, Unit
 
@@ -73,6 +74,13 @@ def _template_addr(program: Program, base: int, t: Template) -> int:
     return base + offs[program.templates.index(t)]
 
 
+def refuse_batched(program: Program, steps: Sequence[Step] = ()) -> None:
+    """UnsupportedError for a batched program or a step that needs the context table."""
+    batch = int(program.header.get("batch", 1))
+    if batch > 1 or any(s.runtime.positions or s.runtime.seq for s in steps):
+        raise UnsupportedError(f"program for a batch of {batch}: {RTL_NO_BATCH}")
+
+
 def run_steps(
     hw: HardwarePreset,
     program: Program,
@@ -86,6 +94,7 @@ def run_steps(
     """Run ``steps`` of ``program`` on the machine from HBM image ``hbm`` (data regions)."""
     from hwflow.hw.cosim import build_machine, run_machine_bench
 
+    refuse_batched(program, steps)
     mp = MachineParams.from_preset(hw)
     units = dict(units or {})
     bdir, built, build_s, facts = build_machine(mp, units)

@@ -19,6 +19,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from hwflow.hw.machine.decode import (
+    MACHINE_OPCODES,
     MAX_INSTR_BITS,
     cmd_layout,
     executing_op,
@@ -27,14 +28,14 @@ from hwflow.hw.machine.decode import (
 )
 from hwflow.hw.machine.params import MachineParams
 from hwflow.hw.machine.queue import PC_BITS, entry_layout
-from hwflow.isa import NREGS, OPCODES, REG_LEN, REG_POS, TOKEN_UNITS, Unit, spec
+from hwflow.isa import NREGS, REG_LEN, REG_POS, TOKEN_UNITS, Unit, spec
 
 __all__ = ["ERRORS", "Dispatcher"]
 
 ERRORS = {1: "unknown opcode", 2: "write to R0..R2", 3: "loops nested too deep",
           4: "END inside a loop", 5: "ENDLOOP without LOOP"}  # fmt: skip
 REG_BITS = 64
-_CODE = {s.name: s.code for s in OPCODES}
+_CODE = {s.name: s.code for s in MACHINE_OPCODES}
 
 
 def resolve(m: Module, unit: Unit, raw: data.View, regs: Array) -> data.View:
@@ -122,7 +123,9 @@ class Dispatcher(wiring.Component):
         sp = Signal(range(depth + 1))
         skip = Signal(range(depth + 2))  # > 0: skipping a zero-count loop body, at this depth
         opcode = self.window[:6]
-        views = {s.name: data.View(raw_layout(s), self.window[: 32 * s.words]) for s in OPCODES}
+        views = {
+            s.name: data.View(raw_layout(s), self.window[: 32 * s.words]) for s in MACHINE_OPCODES
+        }
         cmds = {u: resolve(m, u, views[executing_op(u).name], regs) for u in TOKEN_UNITS}
 
         def advance(s_name: str) -> None:
@@ -138,7 +141,7 @@ class Dispatcher(wiring.Component):
             m.d.sync += [regs[REG_LEN].eq(self.length), regs[REG_POS].eq(self.pos)]
             m.d.comb += [pc_next.eq(0), ipc_next.eq(0)]
         with m.Elif(self.running & (skip != 0)), m.Switch(opcode):
-            for s in OPCODES:
+            for s in MACHINE_OPCODES:
                 with m.Case(s.code):
                     advance(s.name)
                     if s.name == "LOOP":
@@ -158,7 +161,7 @@ class Dispatcher(wiring.Component):
         st_pc, st_ipc, st_cnt, st_it, sp, skip = stack
         depth = self.mp.loop_depth
         with m.Switch(opcode):
-            for s in OPCODES:
+            for s in MACHINE_OPCODES:
                 with m.Case(s.code):
                     v = views[s.name]
                     if s.unit != Unit.SYS:
