@@ -31,6 +31,7 @@ from hwflow.costs import sfu_op_cost, sfu_shared_port
 from hwflow.funcsim import FuncSim
 from hwflow.hw.cosim import save_bench_stats
 from hwflow.hw.machine.decode import cmd_layout
+from hwflow.hw.machine.sfu import FUNCS
 from hwflow.isa import ROW_FACTOR_BYTES, SFU_FORMATS, SFU_FUNCS, Buf, Concrete, Unit
 
 _STATS: dict[str, Any] = {}
@@ -257,7 +258,7 @@ async def scoreboard(
     seed: int,
     grant_p: float,
     corrupt: bool,
-    funcs: tuple[str, ...] = SFU_FUNCS,
+    funcs: tuple[str, ...] = FUNCS,
     shapes: list[tuple[str, dict[str, int]]] | None = None,
 ) -> Result:
     """``count`` random instructions per function (or one per entry of ``shapes``: function
@@ -341,7 +342,7 @@ def model_shapes(wb: int) -> list[tuple[str, dict[str, int]]]:
     out: list[tuple[str, dict[str, int]]] = []
     for rows in (1, 2, 4, 8):
         for cols in (16, 64, 128):
-            for func in SFU_FUNCS:
+            for func in FUNCS:
                 base = {"rows": rows, "cols": cols, "align": wb}
                 if func == "rope":
                     out.append((func, {**base, "aux": 16 + 16 * (cols > 64)}))

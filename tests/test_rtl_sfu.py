@@ -15,8 +15,7 @@ import pytest
 
 from hwflow.config import load_hw
 from hwflow.hw.cosim import build_verilog, run_cocotb
-from hwflow.hw.machine.sfu import sfu_verilog
-from hwflow.isa import SFU_FUNCS
+from hwflow.hw.machine.sfu import FUNCS, sfu_verilog
 
 pytestmark = [pytest.mark.rtl, pytest.mark.xdist_group("rtl-tiny-sfu")]
 
@@ -53,7 +52,7 @@ def test_sfu_bit_exact_under_random_grants() -> None:
     every buffer byte equals the functional simulator's result."""
     tests, failed, stats = _run("random_ops")
     assert (tests, failed) == (1, 0), stats
-    assert stats["random_ops"] == COUNT * len(SFU_FUNCS) == stats["random_equal"]
+    assert stats["random_ops"] == COUNT * len(FUNCS) == stats["random_equal"]
 
 
 def test_sfu_bench_fails_on_a_flipped_expected_byte() -> None:
@@ -66,7 +65,7 @@ def test_sfu_bit_exact_with_wider_words() -> None:
     """The same random scoreboard with buffer words twice as wide."""
     tests, failed, stats = _run("random_ops", WIDE)
     assert (tests, failed) == (1, 0), stats
-    assert stats["random_ops"] == COUNT * len(SFU_FUNCS) == stats["random_equal"]
+    assert stats["random_ops"] == COUNT * len(FUNCS) == stats["random_equal"]
 
 
 @pytest.mark.parametrize("wb", [WORD_BYTES, WIDE])
@@ -76,7 +75,7 @@ def test_sfu_cycles_against_costs(wb: int) -> None:
     the machine counts) within 2 % (or 2 cycles) of costs.sfu_op_cost, byte-exact."""
     tests, failed, stats = _run("model_costs", wb)
     assert (tests, failed) == (1, 0), stats
-    assert stats["model_off"] == 0 and {r["func"] for r in stats["model_table"]} >= set(SFU_FUNCS)
+    assert stats["model_off"] == 0 and {r["func"] for r in stats["model_table"]} >= set(FUNCS)
 
 
 def test_sfu_cycle_check_fails_on_a_wrong_cost() -> None:

@@ -46,9 +46,13 @@ from hwflow.hw.machine.sfu_stream import Streamer
 from hwflow.hw.machine.sfu_write import Writer
 from hwflow.isa import ROW_FACTOR_BYTES, SFU_FORMATS, SFU_FUNCS, Buf, Unit
 
-__all__ = ["Sfu", "buffer_words_bits", "sfu_verilog"]
+__all__ = ["FUNCS", "Sfu", "buffer_words_bits", "sfu_verilog"]
 
-_F = {name: i for i, name in enumerate(SFU_FUNCS)}
+#: The functions this unit implements: the single-board ones (the tensor-parallel requant,
+#: rowmax and qrows of multi-board programs are not built; the unit completes them as no-ops)
+FUNCS = ("norm", "softmax", "rope", "silu", "add", "mul", "mov", "reluq")
+assert SFU_FUNCS[: len(FUNCS)] == FUNCS, SFU_FUNCS
+_F = {name: i for i, name in enumerate(FUNCS)}
 _QUANT = ("norm", "mul", "reluq")  #: functions whose output pass quantizes per row
 
 
@@ -106,10 +110,10 @@ class Sfu(wiring.Component):
 
     def _decode(self, m: Module, c: object) -> None:
         """Per-function facts of the latched command, from isa.SFU_FORMATS."""
-        self.is_ = {name: Signal(name=f"is_{name}") for name in SFU_FUNCS}
+        self.is_ = {name: Signal(name=f"is_{name}") for name in FUNCS}
         for name, sig in self.is_.items():
             m.d.comb += sig.eq(c.func == _F[name])
-        fmt = [SFU_FORMATS[n] for n in SFU_FUNCS]
+        fmt = [SFU_FORMATS[n] for n in FUNCS]
         self.wsh_a = Array(Const(_log2(f.a), 2) for f in fmt)[c.func[:3]]
         self.wsh_b = Array(Const(_log2(max(f.b, 2)), 2) for f in fmt)[c.func[:3]]
         self.wsh_o = Array(Const(_log2(f.o), 2) for f in fmt)[c.func[:3]]
@@ -138,7 +142,7 @@ class Sfu(wiring.Component):
                 Mux(i["norm"], 2 + self.center, Mux(i["softmax"] | i["mul"] | i["reluq"], 2, 1))
             ),
             self.hh.eq(c.aux >> 1),
-            self.known.eq((c.func < len(SFU_FUNCS)) & ~(i["rope"] & (self.hh == 0))),
+            self.known.eq((c.func < len(FUNCS)) & ~(i["rope"] & (self.hh == 0))),
         ]
 
     # ------------------------------------------------------------------ buffer ports
