@@ -44,6 +44,8 @@ from math import ceil
 
 from hwflow.config import Engine, HardwarePreset
 from hwflow.errors import CapacityError, UnsupportedError
+from hwflow.isa import Buf
+from hwflow.numerics import NORM_FRAC, QROW_SHIFT
 
 __all__ = [
     "ACC_STAGES",
@@ -67,7 +69,10 @@ __all__ = [
     "hbm_stream_gbps",
     "matmul_cost",
     "sfu_cost",
+    "sfu_op_cost",
     "sfu_passes",
+    "sfu_scalar_cycles",
+    "sfu_shared_port",
     "sync_cost",
 ]
 
@@ -191,6 +196,18 @@ def matmul_cost(
     )
 
 
+#: Result bits per cycle of the SFU's per-row scalar engines (a restoring divider and a
+#: digit-by-digit square root, one adder-comparator per result bit: radix-2 long division
+#: unrolled 8 times, as in Xilinx's Divider Generator radix-2 core, PG151 "Radix-2").
+SFU_SCALAR_BITS = 8
+#: Numerator bits of the quantization reciprocal ``(127 << QROW_SHIFT) // M``
+#: (numerics.quant_rows), rounded up to whole cycles of the engine.
+SFU_RECIP_BITS = -(-(127 << QROW_SHIFT).bit_length() // SFU_SCALAR_BITS) * SFU_SCALAR_BITS
+#: Numerator bits of the norm's ``(d << 2*NORM_FRAC) // ss'`` (numerics.rsqrt_fixed, a row of
+#: ``d < 2**16`` elements: the ISA's 16-bit ``cols``); its root has half as many bits.
+SFU_NORM_BITS = -(-(16 + 2 * NORM_FRAC) // (2 * SFU_SCALAR_BITS)) * 2 * SFU_SCALAR_BITS
+
+
 def sfu_passes(hw: HardwarePreset, func: str, center: bool = False) -> int:
     """Reads of its input a special-function op makes under the numerics contract
     (:mod:`hwflow.numerics`; ``func`` one of :data:`hwflow.isa.SFU_FUNCS`).
@@ -219,11 +236,101 @@ def sfu_cost(hw: HardwarePreset, elements: int, passes: int = 1) -> OpCost:
     (:func:`sfu_passes`). Each of the preset's ``sfu.lanes`` lanes takes one element per cycle
     whatever its width (a lane is 32 bits wide: the INT32 residual stream), so a pass takes
     ``ceil(elements / lanes)`` cycles; the bytes moved count in the buffer energy
-    (:mod:`hwflow.perf.lower`), not in cycles. The per-row scalar work (the norm's inverse
-    square root, the reciprocals of the row maximum and of the softmax row sum) is pipelined
-    behind the next row's pass."""
+    (:mod:`hwflow.perf.lower`), not in cycles. This is the lane rate alone: an instruction's
+    cost with its rows and per-row scalar work is :func:`sfu_op_cost`."""
     beats = passes * ceil(elements / hw.sfu.lanes)
     return OpCost(beats=beats, latency=beats + hw.sfu.latency, macs=0, dense_macs=0)
+
+
+def sfu_scalar_cycles(func: str) -> int:
+    """Cycles from the last statistics group of a row to the first output group that can use
+    its per-row scalars (norm, mul, reluq), or from a softmax row's last output group to its
+    row factor write: each scalar engine operation takes its result bits at
+    :data:`SFU_SCALAR_BITS` per cycle plus one (start), the row's state moves one cycle later.
+    The norm divides, then takes the root; the quantization reciprocal runs beside them."""
+    op = lambda bits: bits // SFU_SCALAR_BITS + 1  # noqa: E731
+    if func == "norm":
+        return op(SFU_NORM_BITS) + op(SFU_NORM_BITS // 2) + 1
+    if func in ("mul", "reluq", "softmax"):
+        return op(SFU_RECIP_BITS) + 1
+    return 0
+
+
+def _interleaved_slots(rows: int, stats: int, out: int, scalar: int) -> int:
+    """Group slots of an interleaved instruction (norm, mul, reluq): the output pass of row
+    ``k - 1`` follows the statistics of row ``k``; a row's statistics end waits for the scalar
+    engines to be free, its output pass for its scalars (:func:`sfu_scalar_cycles`)."""
+    t, ready, rel, latch = 0, 0, -1, 0
+    for k in range(rows + 1):
+        if k < rows:
+            t = max(t + stats - 1, ready if k else 0)
+            latch, t = t, t + 1
+        if k >= 1:
+            t = max(t, ready) + out
+            rel = t - 1
+        ready = max(latch + scalar - 1, rel) + 1
+    return t
+
+
+def sfu_shared_port(func: str, a_buf: int, b_buf: int) -> bool:
+    """Whether two operand streams of an SFU op read through one buffer's read port (one
+    port per buffer): RoPE's element and its partner (and its cos and sin rows) always; add and
+    mul when both operands sit in one buffer; the norm when its input sits with its gains in
+    PARAM."""
+    if func == "rope":
+        return True
+    if func == "norm":
+        return a_buf == Buf.PARAM
+    return func in ("add", "mul") and a_buf == b_buf
+
+
+def _softmax_slots(rows: int, per: int, scalar: int) -> int:
+    """Group slots of a softmax: row by row (maximum, then numerators); after a row's output
+    pass the engine divides its sum and writes its row factor (``scalar`` cycles), taking the
+    writer for one cycle (a stall when the next row's output pass is on); a row's output pass
+    ends only once the previous row's factor is out. The last row's factor write is exposed."""
+    t, prev = 0, None
+    for _ in range(rows):
+        t += per  # statistics
+        end = t + per - 1  # the last numerator group
+        if prev is not None:
+            end += int(t <= prev + scalar - 1 <= end)
+            end = max(end, prev + scalar)
+        prev, t = end, end + 1
+    return t + scalar - 2
+
+
+def sfu_op_cost(
+    hw: HardwarePreset,
+    func: str,
+    rows: int,
+    cols: int,
+    center: bool = False,
+    head_dim: int = 0,
+    shared: bool = False,
+) -> OpCost:
+    """Cost of one SFU instruction as the unit runs it (:mod:`hwflow.hw.machine.sfu`).
+
+    The lanes take ``sfu.lanes`` elements of one row per cycle (a row's statistics are its
+    own, so a group never mixes rows; RoPE: of one half head), each pass of a row in
+    ``ceil(cols / lanes)`` cycles. Per-row scalars (:func:`sfu_scalar_cycles`) overlap the
+    next row's statistics pass; what they cannot hide (one-row instructions, short rows) is
+    charged. Operand streams sharing a buffer's read port (``shared``,
+    :func:`sfu_shared_port`) take turns for their first two words each: two cycles before
+    the first group (RoPE, four streams on two ports: four). ``latency``: the unit's pipeline depth beyond the last group."""
+    if rows <= 0 or cols <= 0:
+        return OpCost(beats=0, latency=0, macs=0, dense_macs=0)
+    lanes, passes = hw.sfu.lanes, sfu_passes(hw, func, center)
+    half = head_dim // 2
+    per = (cols // half) * ceil(half / lanes) if func == "rope" and half else ceil(cols / lanes)
+    if func in ("norm", "mul", "reluq"):
+        slots = _interleaved_slots(rows, (passes - 1) * per, per, sfu_scalar_cycles(func))
+    elif func == "softmax" and passes == 2:
+        slots = _softmax_slots(rows, per, sfu_scalar_cycles(func))
+    else:
+        slots = passes * rows * per
+    slots += 2 * int(shared) + 2 * int(func == "rope")
+    return OpCost(beats=slots, latency=slots + hw.sfu.latency, macs=0, dense_macs=0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 
 from hwflow.config import HardwarePreset, load_hw
-from hwflow.costs import sfu_cost, sfu_passes
+from hwflow.costs import sfu_op_cost, sfu_shared_port
 from hwflow.funcsim import FuncSim
 from hwflow.hw.cosim import save_bench_stats
 from hwflow.hw.machine.decode import cmd_layout
+from hwflow.hw.machine.sfu import FUNCS
 from hwflow.isa import ROW_FACTOR_BYTES, SFU_FORMATS, SFU_FUNCS, Buf, Concrete, Unit
 
 _STATS: dict[str, Any] = {}
@@ -43,11 +44,13 @@ def _save_stats(**kv: Any) -> None:
 
 @dataclass
 class Io:
-    """Simulator access by flattened port name (``rd_act__en``): get, set, one clock."""
+    """Simulator access by flattened port name (``rd_act__en``): get, set, one clock, and
+    ``settle`` (let values just set propagate through the unit's combinational paths)."""
 
     get: Callable[[str], int]
     set: Callable[[str, int], None]
     tick: Callable[[], Awaitable[None]]
+    settle: Callable[[], Awaitable[None]]
 
 
 # ---------------------------------------------------------------------------- instructions
@@ -64,19 +67,21 @@ class _Alloc:
         self.rng, self.sizes = rng, sizes
         self.at = {b: int(rng.integers(4, 70)) for b in Buf}
 
-    def take(self, buf: Buf, nbytes: int) -> int:
+    def take(self, buf: Buf, nbytes: int, align: int = 1) -> int:
         off = self.at[buf] + 4 + int(self.rng.integers(0, 40))
+        off = -(-off // align) * align
         self.at[buf] = off + nbytes
         if self.at[buf] > self.sizes[buf]:
             raise ValueError("region beyond the buffer")
         return off
 
 
-def _operand(rng, alloc, bufs, rows, width, pad=0, choices=(Buf.ACT, Buf.SCORE, Buf.KV)):
-    """A random row-strided operand region: (buf, off, stride)."""
+def _operand(rng, alloc, bufs, rows, width, pad=0, choices=(Buf.ACT, Buf.SCORE, Buf.KV), align=1):
+    """A random row-strided operand region: (buf, off, stride); ``align``: offset and stride
+    multiples of it (the compiler's layout of input rows)."""
     buf = Buf(int(rng.choice([int(b) for b in choices])))
-    stride = width + pad + int(rng.integers(0, 24))
-    off = alloc.take(buf, max(rows, 1) * max(stride, 1) + pad)
+    stride = -(-(width + pad + int(rng.integers(0, 24))) // align) * align
+    off = alloc.take(buf, max(rows, 1) * max(stride, 1) + pad, align)
     return buf, off, stride
 
 
@@ -90,26 +95,35 @@ def _put(bufs: dict[Buf, np.ndarray], buf: Buf, off: int, stride: int, rows: np.
 
 
 def random_instr(
-    rng: np.random.Generator, hw: HardwarePreset, func: str, bufs: dict[Buf, np.ndarray]
+    rng: np.random.Generator,
+    hw: HardwarePreset,
+    func: str,
+    bufs: dict[Buf, np.ndarray],
+    shape: dict[str, int] | None = None,
 ) -> dict[str, int]:
-    """Fields of one random ``func`` instruction; writes its operands into ``bufs``."""
+    """Fields of one random ``func`` instruction; writes its operands into ``bufs``.
+    ``shape`` fixes some fields (rows, cols, aux; softmax: mask) instead of drawing them."""
     sizes = {b: bufs[b].size for b in Buf}
     alloc = _Alloc(rng, sizes)
     fmt = SFU_FORMATS[func]
+    shape = shape or {}
     rows = int(rng.choice([0, 1, 1, 2, 3, 4])) if rng.random() > 0.1 else 0
     cols = int(rng.choice([0, 1, 2, 3, 5, 7, 8, 13, 16, 31, 33, 64, 97]))
+    rows, cols = shape.get("rows", rows), shape.get("cols", cols)
     aux, extra = 0, {}
     if func == "rope":
         aux = int(rng.choice([2, 4, 8, 16, 32]))
         cols = aux * int(rng.integers(0, 4))
-    a = _operand(rng, alloc, bufs, rows, cols * fmt.a)
+        aux, cols = shape.get("aux", aux), shape.get("cols", cols)
+    al = shape.get("align", 1)
+    a = _operand(rng, alloc, bufs, rows, cols * fmt.a, align=al)
     o = _operand(rng, alloc, bufs, rows, cols * fmt.o, ROW_FACTOR_BYTES * fmt.row_factor)
     o = (o[0], o[1] + ROW_FACTOR_BYTES * fmt.row_factor, o[2])
     b = (0, 0, 0)
     if func in ("add", "mul"):
-        b = _operand(rng, alloc, bufs, rows, cols * fmt.b)
+        b = _operand(rng, alloc, bufs, rows, cols * fmt.b, align=al)
     if func == "rope":
-        b = _operand(rng, alloc, bufs, rows, aux * 2)
+        b = _operand(rng, alloc, bufs, rows, aux * 2, align=al)
         cs = rng.integers(-(1 << 14), (1 << 14) + 1, size=(max(rows, 1), aux)).astype("<i2")
         _put(bufs, b[0], b[1], b[2], cs[:rows])
     n = max(rows, 1) * max(cols, 1)
@@ -118,11 +132,12 @@ def random_instr(
         z = rng.integers(-spread, spread, size=n).clip(-(1 << 31), (1 << 31) - 1)
         _put(bufs, a[0], a[1], a[2], z.astype("<i4").reshape(max(rows, 1), -1)[:rows])
         extra = {"mask": int(rng.integers(0, 3)), "qpos": int(rng.integers(0, 70))}
+        extra["mask"] = shape.get("mask", extra["mask"])
         extra.update(blk=int(rng.integers(1, 9)), local=int(rng.integers(1, 4)))
         extra["glob"] = int(rng.integers(0, 3))
     p_off = alloc.take(Buf.PARAM, 4 + 2 * max(cols, 1))
     if func == "norm":
-        aux = int(rng.integers(0, 2))
+        aux = shape.get("aux", int(rng.integers(0, 2)))
         pre = np.array([rng.integers(0, 14)], "<i4").view(np.uint8)
         gam = rng.integers(-(1 << 15), 1 << 15, size=cols).astype("<i2").view(np.uint8)
         bufs[Buf.PARAM][p_off : p_off + 4 + gam.size] = np.concatenate([pre, gam])
@@ -214,17 +229,18 @@ async def run_one(
     io.set("cmd__valid", 1)
     accepted = None
     for t in range(limit):
-        ready, done = io.get("cmd__ready"), io.get("done")
+        ready = io.get("cmd__ready")
         if accepted is None and ready:
             accepted = t
         elif accepted is not None:
             io.set("cmd__valid", 0)
         model.cycle()
-        if done:
+        await io.settle()  # done may follow this cycle's write grant
+        if io.get("done"):
             if accepted is None:
                 raise AssertionError("done before the command was accepted")
             await io.tick()
-            return t - accepted, t + 1
+            return t - accepted + 1, t + 1  # the machine's count: results after the done cycle
         await io.tick()
     raise AssertionError(f"no done within {limit} cycles: {fields}")
 
@@ -242,17 +258,20 @@ async def scoreboard(
     seed: int,
     grant_p: float,
     corrupt: bool,
-    funcs: tuple[str, ...] = SFU_FUNCS,
+    funcs: tuple[str, ...] = FUNCS,
+    shapes: list[tuple[str, dict[str, int]]] | None = None,
 ) -> Result:
-    """``count`` random instructions per function, each checked byte for byte."""
+    """``count`` random instructions per function (or one per entry of ``shapes``: function
+    and fixed fields), each checked byte for byte."""
     rng = np.random.default_rng(seed)
     bufs = fresh_buffers(rng, hw)
     model = BufferModel(io, bufs, wb, rng, grant_p)
     res = Result()
-    for func in funcs:
+    plan = shapes if shapes is not None else [(f, {}) for f in funcs for _ in range(count)]
+    for func, shape in plan:
         done = 0
-        while done < count:
-            fields = random_instr(rng, hw, func, bufs)
+        while done < 1:
+            fields = random_instr(rng, hw, func, bufs, shape)
             try:
                 want = reference(hw, fields, bufs)
             except ValueError:  # a softmax row with every key masked: not a valid program
@@ -264,10 +283,14 @@ async def scoreboard(
             diff = [b.name for b in Buf if not np.array_equal(bufs[b], want[b])]
             elements = fields["rows"] * fields["cols"]
             center = bool(fields["aux"] & 1) if func == "norm" else False
-            cost = sfu_cost(hw, elements, sfu_passes(hw, func, center)).latency if elements else 0
+            shared = sfu_shared_port(func, fields["a_buf"], fields["b_buf"])
+            cost = sfu_op_cost(
+                hw, func, fields["rows"], fields["cols"], center, fields["aux"], shared
+            ).latency
             res.rows.append(
                 {"func": func, "elements": elements, "rows": fields["rows"], "busy": busy,
-                 "cost": cost, "equal": not diff, "center": center}
+                 "cost": cost, "equal": not diff, "center": center, "cols": fields["cols"],
+                 "mask": fields["mask"]}
             )  # fmt: skip
             if diff:
                 first = _first_diff(bufs, want, diff[0])
@@ -311,9 +334,50 @@ def print_table(table: list[dict[str, Any]]) -> None:
         )
 
 
+def model_shapes(wb: int) -> list[tuple[str, dict[str, int]]]:
+    """The shapes compiled models give the SFU: several row counts and row widths (multiples
+    of the lanes), every function, RMSNorm and LayerNorm, no/causal/block softmax masks,
+    RoPE heads of 16 and 32; input rows word aligned (``wb``-byte words) as the compiler lays
+    them out."""
+    out: list[tuple[str, dict[str, int]]] = []
+    for rows in (1, 2, 4, 8):
+        for cols in (16, 64, 128):
+            for func in FUNCS:
+                base = {"rows": rows, "cols": cols, "align": wb}
+                if func == "rope":
+                    out.append((func, {**base, "aux": 16 + 16 * (cols > 64)}))
+                elif func == "softmax":
+                    out += [(func, {**base, "mask": k}) for k in range(3)]
+                elif func == "norm":
+                    out += [(func, {**base, "aux": k}) for k in range(2)]
+                else:
+                    out.append((func, base))
+    return out
+
+
+def cycles_agree(busy: int, cost: int) -> bool:
+    """The bench's bound: within 2 % of the cost, or 2 cycles for short instructions (the
+    writer's word changes and the softmax factor write's slot, which the cost model does not
+    track byte by byte)."""
+    return abs(busy - cost) <= max(0.02 * cost, 2)
+
+
+def print_rows(res: Result) -> None:
+    """Every instruction: function, shape, RTL busy cycles, cost, relative error."""
+    print(f"{'func':<8} {'rows':>4} {'cols':>4} {'mask':>4} {'rtl':>6} {'cost':>6} {'error':>7}")
+    for r in res.rows:
+        if r["elements"]:
+            name = r["func"] + ("/ln" if r["center"] else "")
+            err = (r["busy"] - r["cost"]) / r["cost"]
+            print(
+                f"{name:<8} {r['rows']:>4} {r['cols']:>4} {r['mask']:>4} {r['busy']:>6} "
+                f"{r['cost']:>6} {err:>+7.1%}"
+            )
+
+
 # ---------------------------------------------------------------------------- cocotb
 def _cocotb_io(dut: Any) -> Io:
-    from cocotb.triggers import FallingEdge
+    from cocotb.triggers import FallingEdge, Timer
 
     def get(name: str) -> int:
         return int(getattr(dut, name).value)
@@ -324,7 +388,10 @@ def _cocotb_io(dut: Any) -> Io:
     async def tick() -> None:
         await FallingEdge(dut.clk)
 
-    return Io(get, put, tick)
+    async def settle() -> None:
+        await Timer(1, unit="ps")
+
+    return Io(get, put, tick, settle)
 
 
 async def _start(dut: Any) -> Io:
@@ -370,5 +437,23 @@ try:
         table = cycle_table(res, hw)
         print_table(table)
         _save_stats(cost_table=table, sim_cycles=res.sim_cycles, sim_seconds=secs)
+
+    @cocotb.test()
+    async def model_costs(dut: Any) -> None:
+        """The model shapes (:func:`model_shapes`): every instruction's busy cycles within
+        2 % of costs.sfu_op_cost (``HWFLOW_COST_SKEW`` scales the costs: a must-fail check)."""
+        hw, wb = _env()
+        io = await _start(dut)
+        res = await scoreboard(io, hw, wb, 1, 3, 1.0, False, shapes=model_shapes(wb))
+        skew = float(os.environ.get("HWFLOW_COST_SKEW", "0"))
+        for r in res.rows:
+            r["cost"] = round(r["cost"] * (1 + skew))
+        print_rows(res)
+        table = cycle_table(res, hw)
+        print_table(table)
+        off = [r for r in res.rows if r["elements"] and not cycles_agree(r["busy"], r["cost"])]
+        worst = max(abs(r["busy"] - r["cost"]) / r["cost"] for r in res.rows if r["elements"])
+        _save_stats(model_table=table, model_worst=worst, model_off=len(off))
+        assert not off, f"{len(off)} instructions off costs.sfu_op_cost, e.g. {off[0]}"
 except ImportError:  # pragma: no cover - the bench is imported outside cocotb (pysim use)
     pass

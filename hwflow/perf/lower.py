@@ -14,7 +14,7 @@ cost, shared with the RTL). This module only reads the instruction fields and ca
 * SFU: ``rows x cols`` elements, read as many times as :func:`~hwflow.costs.sfu_passes`
   says (softmax and normalisation: the preset's passes, LayerNorm one more; the per-row INT8
   quantization of the gated product / OPT's ReLU: a row-maximum pass) ->
-  :func:`~hwflow.costs.sfu_cost`; the bytes per element of each operand
+  :func:`~hwflow.costs.sfu_op_cost`; the bytes per element of each operand
   (:data:`hwflow.isa.SFU_FORMATS`: the INT32 residual, INT16 gate/up, INT8 outputs with
   their row factors) count in the buffer actions.
 * SYNC: :func:`~hwflow.costs.sync_cost`.
@@ -58,8 +58,9 @@ from hwflow.costs import (
     effective_nm,
     hbm_pieces,
     matmul_cost,
-    sfu_cost,
+    sfu_op_cost,
     sfu_passes,
+    sfu_shared_port,
     sync_cost,
 )
 from hwflow.energy import Actions
@@ -291,7 +292,7 @@ class _Pricer:
         return mop, acts
 
     def _price_sfu(self, c: Concrete) -> tuple[MOp, OpActions]:
-        """SFU: :func:`~hwflow.costs.sfu_cost` of the function's passes, the operand bytes
+        """SFU: :func:`~hwflow.costs.sfu_op_cost` of the function's passes, the operand bytes
         of its formats (:data:`hwflow.isa.SFU_FORMATS`)."""
         hw, f = self.hw, c.fields
         unit, words = int(c.unit), _WORDS["SFU"]
@@ -303,8 +304,10 @@ class _Pricer:
         fmt = SFU_FORMATS.get(func)
         if fmt is None:
             raise ProgramError(f"SFU (pc {c.pc}): function {func} unknown")
-        passes = sfu_passes(hw, func, bool(f["aux"] & 1) if func == "norm" else False)
-        cost = sfu_cost(hw, elements, passes)
+        center = bool(f["aux"] & 1) if func == "norm" else False
+        passes = sfu_passes(hw, func, center)
+        shared = sfu_shared_port(func, f["a_buf"], f["b_buf"])
+        cost = sfu_op_cost(hw, func, f["rows"], f["cols"], center, f["aux"], shared)
         # the B operand (rope: its cos/sin rows) and the norm's INT16 gains, read once
         second = elements * 8 * (fmt.b + (2 if func == "norm" else 0))
         rowf = 8 * ROW_FACTOR_BYTES * f["rows"] if fmt.row_factor else 0

@@ -2,19 +2,24 @@
 
 Structure (``lanes`` elements per cycle, the preset's ``sfu.lanes``):
 
-* a *producer* walks the instruction's rows and passes and pushes one segment per operand
-  and pass to four :class:`~hwflow.hw.machine.sfu_stream.Streamer` s (A, A's RoPE partner
-  half, B, B's second half: RoPE's sin rows); the streamers read the buffers ahead of use;
+* a *producer* walks the instruction's rows and passes (in the order of
+  :mod:`~hwflow.hw.machine.sfu_seq`) and pushes one segment per operand and pass to four
+  :class:`~hwflow.hw.machine.sfu_stream.Streamer` s (A, A's RoPE partner half, B, B's second
+  half: RoPE's sin rows); the streamers read the buffers ahead of use, taking turns
+  (round robin) where they share a buffer's read port;
 * a *consumer* takes one group of up to ``lanes`` elements per cycle from the active streams:
   in a statistics pass it updates the row's registers (row maximum, sum of squares, LayerNorm
   row sum, softmax maximum), in the output pass it computes the lanes
-  (:mod:`hwflow.hw.machine.sfu_lanes`) and hands the bytes to the
-  :class:`~hwflow.hw.machine.sfu_write.Writer` (the row factor rides in front of a row's first
-  group; softmax writes it after the row, once its sum is known);
-* between a row's statistics and output passes the :class:`~hwflow.hw.machine.sfu_math.Scalar`
-  engine computes the per-row scalars (``(127 << 46) // M``, the norm's ``isqrt``, the
-  reciprocal of the softmax sum). This work is *not* overlapped with the next row's pass (as
-  :func:`hwflow.costs.sfu_cost` assumes): its cycles show in the bench's comparison.
+  (:mod:`hwflow.hw.machine.sfu_lanes`) and hands the bytes through one output register to
+  the :class:`~hwflow.hw.machine.sfu_write.Writer` (the row factor rides in front of a row's
+  first group; softmax writes it after the row, once its sum is known);
+* the per-row scalars (``(127 << 46) // M``, the norm's ``isqrt``, the reciprocal of the
+  softmax sum) run on :class:`~hwflow.hw.machine.sfu_math.Scalar` engines *beside* the
+  passes (:mod:`~hwflow.hw.machine.sfu_rows`): the output pass of row ``k - 1`` follows the
+  statistics of row ``k``, so a row's scalars overlap the next row's statistics.
+
+Cycles: :func:`hwflow.costs.sfu_op_cost` describes this mechanism (per-row lane groups, the
+scalars' exposed part, the fixed fill); ``sim/sfu_bench.py`` holds every instruction to it.
 
 Passes per function equal :func:`hwflow.costs.sfu_passes` with the preset's ``norm_passes``
 and ``softmax_passes`` of 2 (the tiny preset's; the structure here is fixed at 2).
@@ -32,16 +37,22 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hwflow.config import HardwarePreset
+from hwflow.costs import SFU_NORM_BITS, SFU_RECIP_BITS, SFU_SCALAR_BITS
 from hwflow.hw.machine.decode import cmd_layout
 from hwflow.hw.machine.sfu_math import Scalar
 from hwflow.hw.machine.sfu_ports import ReadPort, WritePort
+from hwflow.hw.machine.sfu_seq import advance
 from hwflow.hw.machine.sfu_stream import Streamer
 from hwflow.hw.machine.sfu_write import Writer
 from hwflow.isa import ROW_FACTOR_BYTES, SFU_FORMATS, SFU_FUNCS, Buf, Unit
 
-__all__ = ["Sfu", "buffer_words_bits", "sfu_verilog"]
+__all__ = ["FUNCS", "Sfu", "buffer_words_bits", "sfu_verilog"]
 
-_F = {name: i for i, name in enumerate(SFU_FUNCS)}
+#: The functions this unit implements: the single-board ones (the tensor-parallel requant,
+#: rowmax and qrows of multi-board programs are not built; the unit completes them as no-ops)
+FUNCS = ("norm", "softmax", "rope", "silu", "add", "mul", "mov", "reluq")
+assert SFU_FUNCS[: len(FUNCS)] == FUNCS, SFU_FUNCS
+_F = {name: i for i, name in enumerate(FUNCS)}
 _QUANT = ("norm", "mul", "reluq")  #: functions whose output pass quantizes per row
 
 
@@ -58,7 +69,9 @@ def _log2(n: int) -> int:
 class Sfu(wiring.Component):
     """The SFU of preset ``hw`` with ``word_bytes``-byte buffer words (all buffers alike)."""
 
-    def __init__(self, hw: HardwarePreset, word_bytes: int, scalar_steps: int = 8) -> None:
+    def __init__(
+        self, hw: HardwarePreset, word_bytes: int, scalar_steps: int = SFU_SCALAR_BITS
+    ) -> None:
         self.hw, self.wb, self.lanes = hw, word_bytes, hw.sfu.lanes
         self.scalar_steps = scalar_steps
         ports = {}
@@ -84,21 +97,23 @@ class Sfu(wiring.Component):
         s = self.streams = [Streamer(self.wb, self.lanes) for _ in range(4)]
         m.submodules.sa0, m.submodules.sa1, m.submodules.sb0, m.submodules.sb1 = s
         m.submodules.writer = self.writer = Writer(self.wb, 4 * self.lanes + ROW_FACTOR_BYTES)
-        m.submodules.scalar = self.scalar = Scalar(steps=self.scalar_steps)
+        steps = self.scalar_steps
+        m.submodules.e1 = self.e1 = Scalar(SFU_RECIP_BITS, 48, steps, roots=False)
+        m.submodules.e2 = self.e2 = Scalar(SFU_NORM_BITS, 48, steps)
+        m.submodules.e3 = self.e3 = Scalar(16, 12, steps, roots=False)  # qpos // blk
         self._decode(m, c)
         self._route_reads(m)
         self._route_writes(m, c)
-        self.go = Signal()  # the cycle after a command was accepted
         self._producer(m, c)
         self._consumer(m, c)
         return m
 
     def _decode(self, m: Module, c: object) -> None:
         """Per-function facts of the latched command, from isa.SFU_FORMATS."""
-        self.is_ = {name: Signal(name=f"is_{name}") for name in SFU_FUNCS}
+        self.is_ = {name: Signal(name=f"is_{name}") for name in FUNCS}
         for name, sig in self.is_.items():
             m.d.comb += sig.eq(c.func == _F[name])
-        fmt = [SFU_FORMATS[n] for n in SFU_FUNCS]
+        fmt = [SFU_FORMATS[n] for n in FUNCS]
         self.wsh_a = Array(Const(_log2(f.a), 2) for f in fmt)[c.func[:3]]
         self.wsh_b = Array(Const(_log2(max(f.b, 2)), 2) for f in fmt)[c.func[:3]]
         self.wsh_o = Array(Const(_log2(f.o), 2) for f in fmt)[c.func[:3]]
@@ -111,7 +126,15 @@ class Sfu(wiring.Component):
         self.npass = Signal(2)
         self.hh = Signal(16)
         self.known = Signal()
+        self.il = Signal()
+        self.shared = Signal()  # two operand streams share one buffer's read port
         m.d.comb += [
+            self.shared.eq(
+                i["rope"]
+                | (i["norm"] & (c.a_buf == Buf.PARAM))
+                | ((i["add"] | i["mul"]) & (c.a_buf == c.b_buf))
+            ),
+            self.il.eq(i["norm"] | i["mul"] | i["reluq"]),
             self.center.eq(i["norm"] & c.aux[0]),
             self.uses_b.eq(i["norm"] | i["rope"] | i["add"] | i["mul"]),
             self.prelude.eq(i["norm"] | i["silu"]),
@@ -119,22 +142,32 @@ class Sfu(wiring.Component):
                 Mux(i["norm"], 2 + self.center, Mux(i["softmax"] | i["mul"] | i["reluq"], 2, 1))
             ),
             self.hh.eq(c.aux >> 1),
-            self.known.eq((c.func < len(SFU_FUNCS)) & ~(i["rope"] & (self.hh == 0))),
+            self.known.eq((c.func < len(FUNCS)) & ~(i["rope"] & (self.hh == 0))),
         ]
 
     # ------------------------------------------------------------------ buffer ports
     def _route_reads(self, m: Module) -> None:
-        """Per buffer, a fixed-priority choice among the streamers (A, A', B, B')."""
+        """Per buffer, a round-robin choice among the streamers (A, A', B, B') asking for it:
+        operands sharing a buffer's one read port take turns, so each gets its first words
+        early."""
         ports = [getattr(self, f"rd_{b.name.lower()}") for b in Buf]
+        n = len(self.streams)
         for b, port in zip(Buf, ports, strict=True):
-            taken = Const(0, 1)
-            for st in self.streams:
-                mine = st.req_en & (st.req_buf == b) & ~taken
-                with m.If(mine):
+            rr = Signal(range(n), name=f"rr_{b.name.lower()}")  # the last streamer granted
+            want = [st.req_en & (st.req_buf == b) for st in self.streams]
+            pick = Signal(range(n), name=f"pick_{b.name.lower()}")
+            for first in range(n):  # priority starts after rr
+                with m.If(rr == (first - 1) % n):
+                    for j in reversed(range(n)):
+                        with m.If(want[(first + j) % n]):
+                            m.d.comb += pick.eq((first + j) % n)
+            anyw = Cat(*want).any()
+            for idx, st in enumerate(self.streams):
+                with m.If(anyw & (pick == idx)):
                     m.d.comb += [port.en.eq(1), port.addr.eq(st.req_word)]
-                with m.If(mine & port.grant):
-                    m.d.comb += st.req_grant.eq(1)
-                taken = taken | (st.req_en & (st.req_buf == b))
+                    m.d.comb += st.req_grant.eq(port.grant)
+                    with m.If(port.grant):
+                        m.d.sync += rr.eq(idx)
         data = Array(p.data for p in ports)
         for st in self.streams:
             m.d.comb += st.rd_data.eq(data[st.pend_buf])
@@ -155,67 +188,76 @@ class Sfu(wiring.Component):
 
     # ------------------------------------------------------------------ producer
     def _producer(self, m: Module, c: object) -> None:
-        """Push each row's segments (every pass; RoPE: every half head) to the streamers."""
+        """Push each pass's segments (RoPE: each half head's) to the streamers, in the
+        order of :func:`~hwflow.hw.machine.sfu_seq.advance`."""
         b0 = self.streams[2]
         i = self.is_
-        row = Signal(16)
+        k = Signal(16)
         ps = Signal(2)
         pos = Signal(16)  # RoPE: element offset of the half head in the row
         half = Signal()
-        arow = Signal(24)
-        brow = Signal(24)
+        arow, brow = Signal(24), Signal(24)  # the row of the statistics passes
+        arow_o, brow_o = Signal(24), Signal(24)  # interleaved: the output pass's row
         rope = i["rope"]
         act = [Const(1, 1), rope, self.uses_b, rope]
         ready = Cat(*(st.seg.ready | ~a for st, a in zip(self.streams, act, strict=True))).all()
+        pre = Signal()  # the parameter words at p_off are still to push
+        cmd = self.cmd.payload
         with m.FSM(name="prod"):
-            with m.State("IDLE"), m.If(self.go):
-                m.d.sync += [row.eq(0), ps.eq(0), pos.eq(0), half.eq(0)]
-                m.d.sync += [arow.eq(c.a_off), brow.eq(c.b_off)]
+            with m.State("IDLE"), m.If(self.cmd.valid & self.cmd.ready):
+                m.d.sync += [k.eq(0), ps.eq(0), pos.eq(0), half.eq(0), pre.eq(1)]
+                m.d.sync += [arow.eq(cmd.a_off), brow.eq(cmd.b_off)]
+                m.next = "RUN"
+            with m.State("RUN"):
                 with m.If(~self.known | (c.rows == 0) | (c.cols == 0)):
-                    pass
-                with m.Elif(self.prelude):
-                    m.next = "PRE"
-                with m.Else():
-                    m.next = "RUN"
-            with m.State("PRE"):
-                self._seg(m, b0, Buf.PARAM, c.p_off, Mux(i["silu"], 2, 1), 2)
-                with m.If(b0.seg.ready):
-                    m.next = "RUN"
-            with m.State("RUN"), m.If(ready):
-                self._push_row(m, c, arow, brow, pos, half)
-                last_seg = ~rope | (pos + self.hh >= c.cols)
-                with m.If(~last_seg):
-                    m.d.sync += [pos.eq(pos + self.hh), half.eq(~half)]
-                with m.Else():
-                    m.d.sync += [pos.eq(0), half.eq(0), ps.eq(ps + 1)]
-                    with m.If(ps == self.npass - 1):
-                        m.d.sync += [
-                            ps.eq(0),
-                            row.eq(row + 1),
-                            arow.eq(arow + c.a_stride),
-                            brow.eq(brow + c.b_stride),
-                        ]
-                        with m.If(row == c.rows - 1):
-                            m.next = "IDLE"
+                    m.next = "IDLE"
+                with m.Elif(self.prelude & pre):
+                    self._seg(m, b0, Buf.PARAM, c.p_off, Mux(i["silu"], 2, 1), 2)
+                    m.d.sync += pre.eq(~b0.seg.ready)
+                with m.Elif(ready):
+                    self._push(m, c, k, ps, (arow, brow, arow_o, brow_o), pos, half)
 
-    def _seg(self, m: Module, st: Streamer, buf: object, addr: object, count: object, wsh: object):
+    def _push(self, m: Module, c: object, k, ps, rows, pos, half) -> None:
+        """Push one pass's segments (RoPE: one half head's) and move to the next."""
+        arow, brow, arow_o, brow_o = rows
+        out = self.il & (ps == self.npass - 1)
+        again = (k != 0) | (pos != 0)
+        self._push_row(m, c, Mux(out, arow_o, arow), Mux(out, brow_o, brow), pos, half, again)
+        with m.If(self.is_["rope"] & (pos + self.hh < c.cols)):
+            m.d.sync += [pos.eq(pos + self.hh), half.eq(~half)]
+        with m.Else():
+            m.d.sync += [pos.eq(0), half.eq(0)]
+
+            def step() -> None:
+                m.d.sync += [arow_o.eq(arow), brow_o.eq(brow)]
+                m.d.sync += [arow.eq(arow + c.a_stride), brow.eq(brow + c.b_stride)]
+
+            def end() -> None:
+                m.next = "IDLE"
+
+            advance(m, k, ps, self.il, self.npass, c.rows, step, end)
+
+    def _seg(self, m: Module, st: Streamer, buf, addr, count, wsh, reuse=0) -> None:
+        """Offer one segment to streamer ``st`` (``reuse``: it may reuse the last word)."""
         m.d.comb += [
             st.seg.valid.eq(1),
+            st.seg.payload.reuse.eq(reuse),
             st.seg.payload.buf.eq(buf),
             st.seg.payload.addr.eq(addr),
             st.seg.payload.count.eq(count),
             st.seg.payload.wsh.eq(wsh),
         ]
 
-    def _push_row(self, m, c, arow, brow, pos, half) -> None:
-        """The segments of one row and pass (RoPE: of one half head)."""
+    def _push_row(self, m, c, arow, brow, pos, half, again) -> None:
+        """The segments of one row and pass (RoPE: of one half head; ``again``: not the
+        instruction's first, so a half head may reuse the word the previous one ended in)."""
         a0, a1, b0, b1 = self.streams
         with m.If(self.is_["rope"]):
             partner = Mux(half, pos - self.hh, pos + self.hh)
-            self._seg(m, a0, c.a_buf, arow + pos, self.hh, 0)
-            self._seg(m, a1, c.a_buf, arow + partner, self.hh, 0)
-            self._seg(m, b0, c.b_buf, brow, self.hh, 1)
-            self._seg(m, b1, c.b_buf, brow + 2 * self.hh, self.hh, 1)
+            self._seg(m, a0, c.a_buf, arow + pos, self.hh, 0, again)
+            self._seg(m, a1, c.a_buf, arow + partner, self.hh, 0, again)
+            self._seg(m, b0, c.b_buf, brow, self.hh, 1, again)
+            self._seg(m, b1, c.b_buf, brow + 2 * self.hh, self.hh, 1, again)
         with m.Else():
             self._seg(m, a0, c.a_buf, arow, c.cols, self.wsh_a)
             with m.If(self.is_["norm"]):

@@ -72,15 +72,18 @@ def row_factor(m: Module, v: Value, name: str) -> tuple[Signal, Signal]:
 class Scalar(wiring.Component):
     """Per-row scalar engine: ``q = a // d`` (``sqrt`` 0) or ``q = isqrt(a)`` (``sqrt`` 1).
 
-    Restoring division over ``num_bits`` numerator bits, or the digit-by-digit root over
-    ``num_bits // 2`` result bits, ``steps`` bits per cycle; ``done`` pulses with ``q``/``rem``
-    valid until the next ``start``.
+    Restoring division over ``num_bits`` numerator bits, or (``roots``) the digit-by-digit
+    root over ``num_bits // 2`` result bits, ``steps`` bits per cycle: :func:`scalar_cycles`
+    cycles from ``start`` to ``done``. ``done`` pulses with ``q``/``rem`` valid until the next
+    ``start``.
     """
 
-    def __init__(self, num_bits: int = 80, den_bits: int = 48, steps: int = 8) -> None:
-        if num_bits % (2 * steps):
-            raise ValueError(f"num_bits {num_bits!r} must be a multiple of 2 * steps ({steps})")
-        self.nb, self.db, self.steps = num_bits, den_bits, steps
+    def __init__(
+        self, num_bits: int = 80, den_bits: int = 48, steps: int = 8, roots: bool = True
+    ) -> None:
+        if num_bits % (2 * steps if roots else steps):
+            raise ValueError(f"num_bits {num_bits!r} must be a multiple of the bits per cycle")
+        self.nb, self.db, self.steps, self.roots = num_bits, den_bits, steps, roots
         super().__init__(
             {
                 "start": In(1),
@@ -112,11 +115,13 @@ class Scalar(wiring.Component):
                 self.done.eq(0),
                 mode.eq(self.sqrt),
                 dv.eq(self.d),
-                cnt.eq(Mux(self.sqrt, self.nb // 2 // self.steps, self.nb // self.steps)),
+                cnt.eq(
+                    Mux(self.sqrt & self.roots, self.nb // 2 // self.steps, self.nb // self.steps)
+                ),
             ]
         with m.Elif(cnt != 0):
             dn, dr, dq = self._div_steps(m, nsh, rem, quo, dv)
-            sn, sr, sq = self._sqrt_steps(m, nsh, rem, quo)
+            sn, sr, sq = self._sqrt_steps(m, nsh, rem, quo) if self.roots else (dn, dr, dq)
             m.d.sync += [
                 nsh.eq(Mux(mode, sn, dn)),
                 rem.eq(Mux(mode, sr, dr)),

@@ -7,7 +7,10 @@ room, so it runs ahead of the consumer and across segment boundaries), and its a
 the words into *groups* of up to ``lanes`` elements (the last group of a segment may be
 shorter), one group per cycle: the group's bytes are the two words at the FIFO head shifted
 by the byte pointer, so a group may straddle two words and a segment may start anywhere.
-Segments never share a group; ``last`` marks a segment's final group.
+Segments never share a group; ``last`` marks a segment's final group. A segment marked
+``reuse`` whose first word is the previous segment's last word (same buffer) takes that word
+from the FIFO instead of reading it again (RoPE's half heads and the cos/sin rows, which
+would otherwise read each word up to four times through one read port).
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ COUNT_BITS = 16  #: elements per segment (the ISA's ``cols``)
 
 
 def seg_layout() -> data.StructLayout:
-    """One segment command: buffer id, byte address, element count (> 0), log2 element bytes."""
-    return data.StructLayout({"buf": 3, "addr": ADDR_BITS, "count": COUNT_BITS, "wsh": 2})
+    """One segment command: buffer id, byte address, element count (> 0), log2 element bytes,
+    and whether it may reuse the previous segment's last word (in the FIFO: whether it does)."""
+    return data.StructLayout(
+        {"buf": 3, "addr": ADDR_BITS, "count": COUNT_BITS, "wsh": 2, "reuse": 1}
+    )
 
 
 def group_layout(group_bytes: int, lanes: int) -> data.StructLayout:
@@ -67,10 +73,11 @@ class Streamer(wiring.Component):
         width = seg_layout().size
         m.submodules.rq = rq = fifo.SyncFIFO(width=width, depth=self.seg_depth)
         m.submodules.aq = aq = fifo.SyncFIFO(width=width, depth=self.seg_depth)
+        stored = self._share(m)
         m.d.comb += [
             self.seg.ready.eq(rq.w_rdy & aq.w_rdy),
-            rq.w_data.eq(self.seg.payload.as_value()),
-            aq.w_data.eq(self.seg.payload.as_value()),
+            rq.w_data.eq(stored.as_value()),
+            aq.w_data.eq(stored.as_value()),
             rq.w_en.eq(self.seg.valid & self.seg.ready),
             aq.w_en.eq(self.seg.valid & self.seg.ready),
         ]
@@ -88,6 +95,22 @@ class Streamer(wiring.Component):
         m.d.comb += self.idle.eq(~rq.r_rdy & ~aq.r_rdy & (count == 0) & ~pend & ~self._busy)
         return m
 
+    def _share(self, m: Module) -> data.View:
+        """The pushed segment with ``reuse`` true only if it starts in the previous one's last
+        word of the same buffer."""
+        seg = self.seg.payload
+        first = seg.addr[self.wsh_word :]
+        end = seg.addr + (seg.count << seg.wsh) - 1
+        pbuf, plast = Signal(3), Signal(ADDR_BITS - self.wsh_word)
+        with m.If(self.seg.valid & self.seg.ready):
+            m.d.sync += [pbuf.eq(seg.buf), plast.eq(end[self.wsh_word : ADDR_BITS])]
+        stored = Signal(seg_layout())
+        m.d.comb += [
+            stored.eq(seg),
+            stored.reuse.eq(seg.reuse & (seg.buf == pbuf) & (first == plast)),
+        ]
+        return stored
+
     def _reader(self, m: Module, rq: fifo.SyncFIFO, count: Signal, pend: Signal) -> None:
         """Issue the word reads of each segment in order while the word FIFO has room."""
         seg = data.View(seg_layout(), rq.r_data)
@@ -103,13 +126,15 @@ class Streamer(wiring.Component):
             self.req_word.eq(word),
         ]
         final = self.req_en & self.req_grant & (word == last)
+        first = seg.addr[self.wsh_word :]
+        lastw = end[self.wsh_word : ADDR_BITS]
         with m.If(rq.r_rdy & (~active | final)):  # next segment, without a gap
             m.d.comb += rq.r_en.eq(1)
             m.d.sync += [
-                active.eq(1),
+                active.eq(~(seg.reuse & (first == lastw))),  # all in the reused word
                 buf.eq(seg.buf),
-                word.eq(seg.addr >> self.wsh_word),
-                last.eq(end[self.wsh_word : ADDR_BITS]),
+                word.eq(first + seg.reuse),
+                last.eq(lastw),
             ]
         with m.Elif(self.req_en & self.req_grant):
             m.d.sync += word.eq(word + 1)
@@ -155,15 +180,26 @@ class Streamer(wiring.Component):
         load = Signal()  # take the next segment (none started, or the last group leaves)
         m.d.comb += load.eq(aq.r_rdy & (~started | (self.g.valid & self.g.ready & last)))
         nxt = ptr + gbytes
+        # a finished segment's last word stays (``kept``) until the next segment says whether
+        # it reuses it
+        kept = Signal()
+        drop = Signal()
+        m.d.comb += drop.eq(load & ~seg.reuse & (kept | (self.g.valid & self.g.ready & last)))
+        with m.If(self.g.valid & self.g.ready & last):
+            m.d.sync += kept.eq(~load)
+        with m.Elif(load):
+            m.d.sync += kept.eq(0)
         with m.If(self.g.valid & self.g.ready):
             m.d.sync += left.eq(left - n)
             with m.If(last):
-                m.d.comb += pops.eq(1 + span)
+                m.d.comb += pops.eq(span + drop)
             with m.Elif(nxt >= wb):
                 m.d.comb += pops.eq(1)
                 m.d.sync += ptr.eq(nxt - wb)
             with m.Else():
                 m.d.sync += ptr.eq(nxt)
+        with m.If(load & ~(self.g.valid & self.g.ready)):
+            m.d.comb += pops.eq(drop)
         with m.If(load):
             m.d.comb += aq.r_en.eq(1)
             m.d.sync += [
