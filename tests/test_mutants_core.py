@@ -38,36 +38,43 @@ LD, ST, MM, MV, SFU, SYS = range(6)
 # costs.py: one large transfer
 
 
+def _wide(hw):
+    """``hw`` with 1024-byte buffer words: 256 B per channel per cycle on the core side, so the
+    HBM side (port, device, latency) sets every burst's time again."""
+    return hw.model_copy(update={"buffers": hw.buffers.model_copy(update={"word_bytes": 1024})})
+
+
 def test_64kib_transfer_cycles_on_tiny():
     """64 KiB from address 0 on ``tiny`` (pins today's HBM pricing formula of costs.py: if you
     change the formula, rework this derivation by hand from the preset's numbers).
 
     tiny.yaml hbm: 4 channels interleaved every 256 B, 14.375 GB/s per channel, refresh
     260 ns every 3900 ns, 256-bit port at 450 MHz, 16 outstanding, bursts of 512 B, latency
-    107 ns; clock 100 MHz.
+    107 ns; clock 100 MHz; buffers.word_bytes 128 (32 B per channel per cycle on the core side).
     * 65536 B = 256 granules of 256 B, dealt round-robin: 16384 B per channel, one run of
       32 bursts of 512 B.
-    * one burst holds its channel for the slowest of: port 512 / 32 = 16 beats at 450 MHz =
-      35.56 ns; device 512 B at 14.375 x (1 - 260 / 3900) = 13.4167 GB/s = 38.16 ns; latency
-      107 / 16 = 6.69 ns: 38.16 ns. 32 bursts: 1221.2 ns = 122.1 cycles -> 123 (a 10 % slower
-      price would be 135).
-    * first-beat latency: 107 ns * 100 MHz = 10.7 -> 11 cycles; the data is on chip at 134.
+    * one burst holds its channel for the slowest of: HBM-side port 512 / 32 = 16 beats at
+      450 MHz = 35.56 ns; core side 512 / 32 = 16 cycles at 100 MHz = 160 ns; device 512 B at
+      14.375 x (1 - 260 / 3900) = 13.4167 GB/s = 38.16 ns; latency 107 / 16 = 6.69 ns:
+      160 ns. 32 bursts: 5120 ns = 512 cycles.
+    * with 1024-byte words (256 B per channel per cycle: 2 cycles = 20 ns) the device bounds:
+      32 x 38.16 ns = 1221.2 ns = 122.1 cycles -> 123 (a 10 % slower price would be 135).
+    * first-beat latency: 107 ns * 100 MHz = 10.7 -> 11 cycles.
     """
     hw = load_hw("tiny")
-    pieces = hbm_pieces(hw, 0, 64 * 1024)
-    assert [(p.channel, p.nbytes, p.occupancy) for p in pieces] == [
-        (0, 16384, 123),
-        (1, 16384, 123),
-        (2, 16384, 123),
-        (3, 16384, 123),
-    ]
-    assert all(p.same_channel for p in pieces)
+    for preset, cycles in ((hw, 512), (_wide(hw), 123)):
+        pieces = hbm_pieces(preset, 0, 64 * 1024)
+        assert [(p.channel, p.nbytes, p.occupancy) for p in pieces] == [
+            (c, 16384, cycles) for c in range(4)
+        ]
+        assert all(p.same_channel for p in pieces)
     assert hbm_latency_cycles(hw) == 11
 
 
 def test_64kib_transfer_through_the_machine():
-    """The same transfer as an LD op on an idle machine: streamed 0..123, data on chip at 134."""
-    hw = load_hw("tiny")
+    """The same transfer as an LD op on an idle machine (1024-byte words): streamed 0..123,
+    data on chip at 134."""
+    hw = _wide(load_hw("tiny"))
     pieces = tuple(hbm_pieces(hw, 0, 64 * 1024))
     op = MOp(LD, "LD", 0, 0, 0, (), (), pieces, 65536, sum(p.occupancy for p in pieces))
     r = Machine(hw, trace=True).run([op])
@@ -77,12 +84,23 @@ def test_64kib_transfer_through_the_machine():
 
 def test_transfer_pricing_edges_on_tiny():
     """Edges of the HBM split and pricing, each worked out from tiny.yaml (see the 64 KiB
-    test: a 512 B burst is device-bound, 38.16 ns; 256 B, 19.08 ns; a 32 B burst is bound by
-    latency / outstanding = 107 / 16 = 6.6875 ns; 1 GiB)."""
-    hw = load_hw("tiny")
+    test). With 1024-byte words: a 512 B burst is device-bound, 38.16 ns; 256 B, 19.08 ns; a
+    32 B burst takes one core cycle, 10 ns (latency / outstanding = 107 / 16 = 6.69 ns is less). With tiny's 128-byte
+    words the core side bounds: 512 B 160 ns, 32 B one cycle, 10 ns; 1 GiB."""
+    tiny = load_hw("tiny")
+    hw = _wide(tiny)
     assert hbm_burst_ns(hw, 512) == pytest.approx(512 / (14.375 * 14 / 15), rel=1e-12)
     assert hbm_burst_ns(hw, 256) == pytest.approx(256 / (14.375 * 14 / 15), rel=1e-12)
-    assert hbm_burst_ns(hw, 32) == pytest.approx(107 / 16, rel=1e-12)
+    # a 32 B burst: one 10 ns cycle on the core side; latency / outstanding binds only past
+    # it (here 320 ns / 16 = 20 ns)
+    assert hbm_burst_ns(hw, 32) == pytest.approx(10.0, rel=1e-12)
+    slow = hw.model_copy(update={"hbm": hw.hbm.model_copy(update={"latency_ns": 320})})
+    assert hbm_burst_ns(slow, 32) == pytest.approx(320 / 16, rel=1e-12)
+    assert (hbm_burst_ns(tiny, 512), hbm_burst_ns(tiny, 33), hbm_burst_ns(tiny, 32)) == (
+        pytest.approx(160.0),
+        pytest.approx(20.0),
+        pytest.approx(10.0),
+    )
     # 257 B from 0: a whole granule in channel 0 and its last byte in channel 1
     assert [(p.channel, p.nbytes) for p in hbm_pieces(hw, 0, 257)] == [(0, 256), (1, 1)]
     # one byte still takes a cycle
@@ -90,6 +108,8 @@ def test_transfer_pricing_edges_on_tiny():
     # 824320 B = 3220 granules, 805 per channel = 206080 B, all bursts device-bound:
     # 206080 / 13.4167 GB/s = 15360 ns = exactly 1536 cycles: no rounding up
     assert {p.occupancy for p in hbm_pieces(hw, 0, 824320)} == {1536}
+    # on tiny: 402 bursts of 512 B (16 cycles) and one of 256 B (8): 6440 cycles
+    assert {p.occupancy for p in hbm_pieces(tiny, 0, 824320)} == {6440}
     assert hbm_pieces(hw, 5, 0) == []
     cap = 1 << 30
     assert sum(p.nbytes for p in hbm_pieces(hw, cap - 512, 512)) == 512  # ends at the last byte
