@@ -9,10 +9,11 @@ the compiler writes (weight tiles by :meth:`hwflow.compiler.layout.TileSpec.sect
 ``pack_rows``), runs the instruction on the RTL, and compares every byte of every buffer with
 :meth:`hwflow.funcsim.FuncSim.execute` run on the same buffer contents (the executable
 reference, independent of the RTL). Per instruction the busy cycles (command accepted ->
-``done``) are recorded next to the cycle model's latency for it (``hwflow.perf.lower``'s
-pricing: :func:`hwflow.costs.matmul_cost`, 0 for an empty extent).
+``done``) are recorded next to the cycle model's latency for it (:func:`hwflow.perf.lower.lower`:
+:func:`hwflow.costs.matmul_cost`, 0 for an empty extent).
 
-Environment: ``HWFLOW_PRESET``, ``HWFLOW_KIND`` (mv/mpe), ``HWFLOW_STATS`` (JSON out),
+Environment: ``HWFLOW_PRESET``, ``HWFLOW_KIND`` (mv/mpe), ``HWFLOW_WB`` (bytes per buffer word,
+default 32), ``HWFLOW_STATS`` (JSON out),
 ``HWFLOW_CORRUPT=1`` flips one expected byte (the run must then fail), ``HWFLOW_OPS``
 (instructions per test).
 """
@@ -36,10 +37,11 @@ from hwflow.hw.machine.decode import cmd_layout
 from hwflow.hw.pack import encode
 from hwflow.isa import MATMUL_FUNCS, Buf, Concrete, Unit
 from hwflow.numerics import nm_compress, qmax
-from hwflow.perf.lower import _pricer
+from hwflow.perf.lower import lower
 
 _STATS: dict[str, Any] = {}
-_WB = 32
+#: Bytes per buffer word of the unit under test (``unit_design``'s ``word_bytes``).
+_WB = int(os.environ.get("HWFLOW_WB", "32"))
 
 
 def _save(**kv: Any) -> None:
@@ -305,7 +307,7 @@ async def _run(dut: Any, stall: float, tag: str) -> None:
             bufs.mem = {b: v.copy() for b, v in want.items()}  # resync, keep going
         else:
             funcs_ok[func] += 1
-        model = _pricer(hw).price(_concrete(f, unit))[0]  # the cycle model's charge
+        model = lower(hw, [_concrete(f, unit)])[0][0]  # the cycle model's charge
         table.append(
             {
                 "func": func,
