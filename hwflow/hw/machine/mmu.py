@@ -129,23 +129,23 @@ class MatmulUnit(wiring.Component):
         m.submodules.engine = eng
         ins = Instr(ep, self.cmd.payload.shape(), self.split_pv)
         feed, post = Feed(ins, self.words, self.wb), Post(ins, self.words, self.wb)
-        running, start = Signal(), Signal()
+        running = Signal()
         accept = self.cmd.valid & self.cmd.ready
         m.d.comb += self.cmd.ready.eq(~running)
         with m.If(accept):
             ins.load(m, self.cmd.payload)
-        m.d.sync += start.eq(accept)
         ins.sections(m)
-        c = ins.c
-        go = (c.rows != 0) & (c.cols != 0)
-        feed.build(m, eng, start, go & (c.k != 0))
-        post.build(m, eng, start, go)
+        # the loops start with the command (their first step reads the registers after it)
+        p = self.cmd.payload
+        go = (p.rows != 0) & (p.cols != 0)
+        feed.build(m, eng, accept, go & (p.k != 0))
+        post.build(m, eng, accept, go)
         arbitrate_reads(m, self, [post.fetch.rd, post.fetch.pg, *feed.readers])
         for b in Buf:
             n = f"wr_{b.name.lower()}"
             connect(m, flipped(getattr(self, n)), getattr(post.comb, n))
         done = Signal()
-        m.d.comb += done.eq(running & ~start & post.finished)
+        m.d.comb += done.eq(running & post.finished)
         with m.If(accept):
             m.d.sync += running.eq(1)
         with m.Elif(done):

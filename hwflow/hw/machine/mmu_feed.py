@@ -117,12 +117,9 @@ class Feed:
         lp = Loops(f"b{lane}")
         fire = r.req.valid & r.req.ready
         room = _credit(m, f"b{lane}", fire, pop, start)
-        if lane == 0:
-            parts = Mux(ins.is_lin, Mux(single, 1, 2), Mux(ins.is_pv, big_m, 1))
-            active = go
-        else:
-            parts, active = 1, go & ins.is_qk
-        lp.build(m, start=start, go=active, fire=fire, rows=c.rows, tstep=ins.tstep,
+        parts = Mux(ins.is_lin, Mux(single, 1, 2), Mux(ins.is_pv, big_m, 1)) if lane == 0 else 1
+        active = 1 if lane == 0 else ins.is_qk  # (from the registers: after ``start``)
+        lp.build(m, start=start, go=go, fire=fire, rows=c.rows, tstep=ins.tstep,
                  cols=c.cols, rpb=ins.rpb, inner=c.k, istep=big_m, parts=parts)  # fmt: skip
         # linear/head: the next record; a pass restarts at the tile's first
         wrec = Signal(32, name=f"b{lane}_wrec")
@@ -157,7 +154,7 @@ class Feed:
                 req.tag.eq(lp.j),
             ]
         m.d.comb += [
-            r.req.valid.eq(lp.run & room),
+            r.req.valid.eq(lp.run & active & room),
             f.w_en.eq(r.out_valid),
             f.w_data.eq(Cat(r.out_win, r.out_tag)),
             f.r_en.eq(pop),

@@ -53,7 +53,9 @@ class ParamFetch:
         lanes, rt = ep.lanes, ep.rows
         self.rf_m = [[Signal(16, name=f"rfm{b}_{t}") for t in range(rt)] for b in range(2)]
         self.rf_e = [[Signal(signed(16), name=f"rfe{b}_{t}") for t in range(rt)] for b in range(2)]
-        self.bias = [[Signal(signed(32), name=f"gb{b}_{i}") for i in range(lanes)] for b in range(2)]
+        self.bias = [
+            [Signal(signed(32), name=f"gb{b}_{i}") for i in range(lanes)] for b in range(2)
+        ]
         self.mult = [[Signal(16, name=f"gm{b}_{i}") for i in range(lanes)] for b in range(2)]
         self.shift = [[Signal(8, name=f"gs{b}_{i}") for i in range(lanes)] for b in range(2)]
         self.prm_ok = Signal()
@@ -128,18 +130,19 @@ class ParamFetch:
         spans = self.spans
         lp = Loops("pg")
         fire = pg.req.valid & pg.req.ready
-        lp.build(m, start=start, go=go & ins.is_lin, fire=fire, rows=c.rows, tstep=ins.tstep,
+        lp.build(m, start=start, go=go, fire=fire, rows=c.rows, tstep=ins.tstep,
                  cols=c.cols, rpb=ins.rpb, inner=1, istep=1, parts=len(spans))  # fmt: skip
         sec = {"bias": ins.sec_bias, "mult": ins.sec_mult, "shift": ins.sec_shift}
         req = pg.req.payload
-        m.d.comb += pg.req.valid.eq(lp.run & (lp.gi < drained + 2))
+        m.d.comb += pg.req.valid.eq(lp.run & ins.is_lin & (lp.gi < drained + 2))
         with m.Switch(lp.j):
             for i, (what, size, at, nb) in enumerate(spans):
                 with m.Case(i):
+                    need = ins.rpb * size - at  # the group's rows only
                     skip = (at >= ins.rpb * size) | ((what == "bias") & ~c.bias)
                     m.d.comb += [
                         req.addr.eq(c.b_off + sec[what] + lp.gb * size + at),
-                        req.nbytes.eq(nb),
+                        req.nbytes.eq(Mux(need < nb, need, nb)),
                         req.zero.eq(skip),
                         req.sid.eq(("bias", "mult", "shift").index(what)),
                     ]
@@ -211,7 +214,7 @@ class Post:
         empty = ~Cat(*(s["v"] for s in stages)).any()
         m.d.comb += [
             wc.flush.eq(~lp.run & empty),
-            self.finished.eq(~lp.run & empty & wc.idle),
+            self.finished.eq(~lp.run & empty & (wc.idle | wc.flushed)),
         ]
 
     def _stages(
@@ -262,7 +265,10 @@ class Post:
                 ]
             lanes.append(regs)
         with m.If(adv):
-            m.d.sync += [s0["v"].eq(fire), s0["addr"].eq(c.o_off + tok * c.o_stride + row0 * ins.obytes)]
+            m.d.sync += [
+                s0["v"].eq(fire),
+                s0["addr"].eq(c.o_off + tok * c.o_stride + row0 * ins.obytes),
+            ]
         return self._requant(m, s0, lanes, adv)
 
     def _requant(self, m: Module, s0: dict, lanes: list[dict], adv: Value) -> list[dict]:
@@ -279,7 +285,8 @@ class Post:
             prev = cur
         outs, ens = [], []
         for r, x in enumerate(lanes):
-            def reg(k: int, name: str, shape: object, value: Value) -> Signal:
+
+            def reg(k: int, name: str, shape: object, value: Value, r: int = r) -> Signal:
                 s = Signal(shape, name=f"s{k}_{name}{r}")
                 with m.If(adv):
                     m.d.sync += s.eq(value)
@@ -302,11 +309,10 @@ class Post:
                 sh.append(reg(k, "shift", signed(32), sh[-1]))
             rs2 = round_shift(m, p2, sh[4], f"rs_ch{r}")
             out = Signal(signed(32), name=f"s5_out{r}")
-            with m.If(adv):
-                with m.Switch(ins.c.obits):
-                    for bits in (8, 16, 32):
-                        with m.Case(bits):
-                            m.d.sync += out.eq(saturate(rs2, bits))
+            with m.If(adv), m.Switch(ins.c.obits):
+                for bits in (8, 16, 32):
+                    with m.Case(bits):
+                        m.d.sync += out.eq(saturate(rs2, bits))
             en = [x["en"]]
             for k in range(1, DRAIN_STAGES):
                 en.append(reg(k, "en", 1, en[-1]))

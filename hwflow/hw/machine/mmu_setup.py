@@ -18,8 +18,8 @@ _LINEAR, _QK, _PV, _HEAD = (MATMUL_FUNCS.index(f) for f in ("linear", "qk", "pv"
 
 class Instr:
     """Registers of one instruction. :meth:`load` (in the cycle the command is accepted) sets
-    the command and everything derived from it combinationally; :meth:`sections` (the cycle
-    after) the tile's bias/mult/shift section offsets, which the drain needs later."""
+    the command and everything derived from it combinationally; :meth:`sections` the tile's
+    bias/mult/shift section offsets (combinational from the registers)."""
 
     def __init__(self, ep: EngineParams, layout: data.StructLayout, split_pv: bool) -> None:
         self.ep, self.split_pv = ep, split_pv
@@ -101,7 +101,7 @@ class Instr:
         full = (stripes - 1) * blocks * (self.rec_v + self.rec_i)
         bias = full + blocks * (self.rec_vl + self.rec_il)
         mult = bias + Mux(c.bias, c.cols << 2, 0)
-        m.d.sync += [
+        m.d.comb += [
             self.sec_bias.eq(bias),
             self.sec_mult.eq(mult),
             self.sec_shift.eq(mult + (c.cols << 1)),

@@ -2,7 +2,8 @@
 address, with byte enables) into strobed buffer word writes, one chunk per cycle.
 
 A pending word collects consecutive chunks; it is written when a chunk moves past it (into
-the next word or elsewhere) or on ``flush``. A chunk that straddles two words writes the
+the next word or elsewhere) or on ``flush`` (``flushed``: the last pending word is written
+this cycle, so it is visible after it). A chunk that straddles two words writes the
 first and keeps the second pending. Only a chunk that both straddles and lands away from the
 pending word needs two writes: it waits one cycle (``ready`` low). ``ready`` is also low
 while a needed write is not granted.
@@ -10,7 +11,7 @@ while a needed write is not granted.
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Const, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -41,6 +42,7 @@ class WriteCombiner(wiring.Component):
                 "flush": In(1),
                 "ready": Out(1),
                 "idle": Out(1),
+                "flushed": Out(1),
                 **{f"wr_{b.name.lower()}": Out(WritePort(words[b], word_bytes)) for b in Buf},
             }
         )
@@ -102,6 +104,7 @@ class WriteCombiner(wiring.Component):
             m.d.comb += self.ready.eq(1)
             with m.If(self.flush & pv):
                 m.d.comb += [en.eq(1), waddr.eq(pa), wdata.eq(pd), wstrb.eq(ps)]
+                m.d.comb += self.flushed.eq(grant)
                 with m.If(grant):
                     m.d.sync += pv.eq(0)
         return m
