@@ -324,6 +324,8 @@ async def _run(dut: Any, stall: float, tag: str) -> None:
                 "rtl": end - start + 1,  # accepted through done (the machine's count)
                 "model_latency": model.latency,
                 "model_beats": model.beats,
+                "fields": {k: int(v) for k, v in f.items()},
+                "port_demand": port_demand(hw, kind, f),
             }
         )
     secs = time.perf_counter() - t0
@@ -332,6 +334,50 @@ async def _run(dut: Any, stall: float, tag: str) -> None:
     assert not bad, "\n".join(bad[:5])
     off = _cycle_misses(table)
     assert not off, "\n".join(off)
+
+
+def _words(addr: int, nbytes: int) -> int:
+    """Buffer words covering the bytes [addr, addr + nbytes)."""
+    return (addr + nbytes - 1) // _WB - addr // _WB + 1 if nbytes > 0 else 0
+
+
+def port_demand(hw: Any, kind: str, f: dict) -> int:
+    """Cycles the unit's busiest operand port (or its part requests) needs for ``f``, counted
+    from the instruction alone as the unit streams its operands (hwflow.hw.machine.mmu_feed:
+    a token's row is read once per group, or once per pass when it fits one word; the tile's
+    records and its bias/mult/shift sections once per pass; a K row per group and lane; a V
+    row per key and group, one request per key). An instruction whose demand exceeds the
+    engine's beats is bound by the buffer ports, which the cycle model does not charge."""
+    eng = getattr(hw, kind)
+    big_m, func = hw.sparsity.m, MATMUL_FUNCS[f["func"]]
+    rows, cols, k = f["rows"], f["cols"], f["k"]
+    if not (rows and cols and k):
+        return 0
+    tstep = 1 if func == "pv" and eng.dual_int8 else eng.rows
+    lin = func in ("linear", "head")
+    n_eff = f["n"] if lin and f["n"] != f["m"] else big_m
+    rpb = eng.chains * eng.chain_length // n_eff
+    passes, groups, kp = -(-rows // tstep), -(-cols // rpb), -(-k // big_m) * big_m
+    a = 0
+    for tok in range(rows):
+        w = _words(f["a_off"] + tok * f["a_stride"], kp)
+        a += w if w == 1 else groups * w
+    b_off, b_stride = f["b_off"], f["b_stride"]
+    if lin:
+        geo = BeatGeometry.from_preset(hw)
+        sec = TileSpec.sections(cols, k, f["n"], f["m"], f["wbits"], bool(f["bias"]), geo)
+        b = _words(b_off, sec["beats"])
+        for what, size in (("bias", 4), ("mult", 2), ("shift", 1)):
+            b += (
+                _words(b_off + sec[what], groups * rpb * size) if what != "bias" or f["bias"] else 0
+            )
+        rec = sum(geo.record_bytes(f["n"], f["m"], f["wbits"]))
+        b = passes * max(b, groups * kp // big_m * (1 if rec <= _WB else 2))
+    elif func == "qk":
+        b = passes * sum(_words(b_off + r * b_stride, kp) for r in range(cols))
+    else:
+        b = passes * groups * kp  # one request per key
+    return max(a, b)
 
 
 def _cycle_misses(table: list[dict]) -> list[str]:
