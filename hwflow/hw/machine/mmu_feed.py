@@ -121,17 +121,19 @@ class Feed:
         active = 1 if lane == 0 else ins.is_qk  # (from the registers: after ``start``)
         lp.build(m, start=start, go=go, fire=fire, rows=c.rows, tstep=ins.tstep,
                  cols=c.cols, rpb=ins.rpb, inner=c.k, istep=big_m, parts=parts)  # fmt: skip
-        # linear/head: the next record; a pass restarts at the tile's first
-        wrec = Signal(32, name=f"b{lane}_wrec")
+        # linear/head: the next record (its offset in the tile: ``start`` comes with the
+        # command, before the command register holds ``b_off``); a pass restarts at 0
+        wrel = Signal(32, name=f"b{lane}_wrel")
+        wrec = c.b_off + wrel
         cur_v = Mux(lp.last_g, ins.rec_vl, ins.rec_v)
         cur_i = Mux(lp.last_g, ins.rec_il, ins.rec_i)
         with m.If(start):
-            m.d.sync += wrec.eq(c.b_off)
+            m.d.sync += wrel.eq(0)
         with m.Elif(fire & lp.last_j):
             with m.If(lp.last_i & lp.last_g):
-                m.d.sync += wrec.eq(c.b_off)
+                m.d.sync += wrel.eq(0)
             with m.Else():
-                m.d.sync += wrec.eq(wrec + cur_v + cur_i)
+                m.d.sync += wrel.eq(wrel + cur_v + cur_i)
         row, key = lp.gb + lane, lp.i + lp.j
         req = r.req.payload
         with m.If(ins.is_lin):
