@@ -54,6 +54,8 @@ __all__ = [
     "LDST_ISSUE_CYCLES",
     "OPERAND_STAGES",
     "REQUANT_STAGES",
+    "UNIT_DRAIN_STAGES",
+    "UNIT_FEED_STAGES",
     "HbmPiece",
     "OpCost",
     "chain_latency",
@@ -68,6 +70,7 @@ __all__ = [
     "hbm_run_ns",
     "hbm_stream_gbps",
     "matmul_cost",
+    "matmul_unit_cost",
     "sfu_cost",
     "sfu_op_cost",
     "sfu_passes",
@@ -193,6 +196,51 @@ def matmul_cost(
         macs=tokens * rows * (k // m_block) * n,
         dense_macs=tokens * rows * k,
         reads=groups * passes * per_result,
+    )
+
+
+#: The machine's matmul unit (:mod:`hwflow.hw.machine.mmu`) around an engine, one instruction
+#: at a time: cycles from accepting an instruction to its first beat: the command register
+#: with the first operand part request (1), the buffer's read latency (1), the operand FIFO
+#: between the part reader and the beat (1).
+UNIT_FEED_STAGES = 3
+#: Cycles from the engine's last drain word to the unit's ``done``: the engine runs raw and
+#: the unit applies the numerics contract's two-stage requantization
+#: (:func:`hwflow.numerics.linear_out`) itself: the word with its parameters (1), the row
+#: stage's product (1), its rounding shift and INT32 saturation (1), the bias add (1), the
+#: channel stage's product (1), its rounding shift and saturation (1); then the buffer write
+#: of the last output word (1).
+UNIT_DRAIN_STAGES = 7
+
+
+def matmul_unit_cost(
+    engine: Engine,
+    m_block: int,
+    tokens: int,
+    rows: int,
+    k: int,
+    n: int,
+    group: int | None = None,
+    *,
+    sliced: bool = False,
+) -> OpCost:
+    """Cost of one MM/MV instruction on the machine's matmul unit: :func:`matmul_cost` with
+    the unit's :data:`UNIT_FEED_STAGES` and :data:`UNIT_DRAIN_STAGES` of latency.
+
+    ``sliced``: the UINT8 probabilities of P x V on a dual-INT8 engine (its packed ``a << F``
+    leaves no room for a 9th activation bit in the DSP48E2's 27-bit pre-adder) run bit-sliced,
+    ``p >> 1`` and ``p & 1`` of one token on the engine's two token lanes, so a pass holds one
+    token: the beats of ``tokens * engine.rows`` tokens (the multiply-accumulates stay the
+    real ones)."""
+    cost = matmul_cost(engine, m_block, tokens * engine.rows if sliced else tokens, rows, k, n,
+                       group)  # fmt: skip
+    stages = UNIT_FEED_STAGES + UNIT_DRAIN_STAGES
+    return OpCost(
+        beats=cost.beats,
+        latency=cost.latency + stages,
+        macs=tokens * rows * (k // m_block) * n,
+        dense_macs=tokens * rows * k,
+        reads=cost.reads,
     )
 
 

@@ -8,13 +8,16 @@ key extents clamped past a group or zero), lays their operands into the buffers 
 the compiler writes (weight tiles by :meth:`hwflow.compiler.layout.TileSpec.sections` and
 ``pack_rows``), runs the instruction on the RTL, and compares every byte of every buffer with
 :meth:`hwflow.funcsim.FuncSim.execute` run on the same buffer contents (the executable
-reference, independent of the RTL). Per instruction the busy cycles (command accepted ->
-``done``) are recorded next to the cycle model's latency for it (``hwflow.perf.lower``'s
-pricing: :func:`hwflow.costs.matmul_cost`, 0 for an empty extent).
+reference, independent of the RTL). Per instruction the busy cycles (command accepted through
+``done``, inclusive, as :mod:`hwflow.hw.machine.cycles` counts them) are recorded next to the cycle model's latency for it (:func:`hwflow.perf.lower.lower`:
+:func:`hwflow.costs.matmul_cost`, 0 for an empty extent).
 
-Environment: ``HWFLOW_PRESET``, ``HWFLOW_KIND`` (mv/mpe), ``HWFLOW_STATS`` (JSON out),
+Environment: ``HWFLOW_PRESET``, ``HWFLOW_KIND`` (mv/mpe), ``HWFLOW_WB`` (bytes per buffer word,
+default 32), ``HWFLOW_STATS`` (JSON out),
 ``HWFLOW_CORRUPT=1`` flips one expected byte (the run must then fail), ``HWFLOW_OPS``
-(instructions per test).
+(instructions per test), ``HWFLOW_CYCLE_TOL`` (assert every instruction's busy cycles within
+this relative tolerance of the model's latency) and ``HWFLOW_CYCLE_SKEW`` (scale the expected
+cycles: a must-fail check).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, RisingEdge
 
-from hwflow.compiler.layout import BeatGeometry, TileSpec, encode_tile
+from hwflow.compiler.layout import ALIGN, BeatGeometry, TileSpec, encode_tile
 from hwflow.config import load_hw
 from hwflow.funcsim import FuncSim
 from hwflow.hw.cosim import save_bench_stats
@@ -36,10 +39,11 @@ from hwflow.hw.machine.decode import cmd_layout
 from hwflow.hw.pack import encode
 from hwflow.isa import MATMUL_FUNCS, Buf, Concrete, Unit
 from hwflow.numerics import nm_compress, qmax
-from hwflow.perf.lower import _pricer
+from hwflow.perf.lower import lower
 
 _STATS: dict[str, Any] = {}
-_WB = 32
+#: Bytes per buffer word of the unit under test (``unit_design``'s ``word_bytes``).
+_WB = int(os.environ.get("HWFLOW_WB", "32"))
 
 
 def _save(**kv: Any) -> None:
@@ -171,7 +175,8 @@ def random_instr(
         f.update(k=k, n=nm[0], m=nm[1], wbits=bits, bias=bias, cols=cols)
         f.update(arow=int(rng.random() < 0.6))
         blob = _tile(rng, cols, k, *nm, bits, bool(bias), BeatGeometry.from_preset(hw))
-        b_off = int(rng.integers(0, bufs.mem[wgt].size - blob.size))
+        # tiles sit at multiples of ALIGN, as the compiler places them
+        b_off = int(rng.integers(0, (bufs.mem[wgt].size - blob.size) // ALIGN)) * ALIGN
         bufs.mem[wgt][b_off : b_off + blob.size] = blob
         f.update(b_buf=wgt, b_off=b_off, b_stride=0)
         a_buf, o_buf = act, act
@@ -305,7 +310,7 @@ async def _run(dut: Any, stall: float, tag: str) -> None:
             bufs.mem = {b: v.copy() for b, v in want.items()}  # resync, keep going
         else:
             funcs_ok[func] += 1
-        model = _pricer(hw).price(_concrete(f, unit))[0]  # the cycle model's charge
+        model = lower(hw, [_concrete(f, unit)])[0][0]  # the cycle model's charge
         table.append(
             {
                 "func": func,
@@ -316,15 +321,83 @@ async def _run(dut: Any, stall: float, tag: str) -> None:
                 "m": f["m"],
                 "wbits": f["wbits"],
                 "obits": f["obits"],
-                "rtl": end - start,
+                "rtl": end - start + 1,  # accepted through done (the machine's count)
                 "model_latency": model.latency,
                 "model_beats": model.beats,
+                "fields": {k: int(v) for k, v in f.items()},
+                "port_demand": port_demand(hw, kind, f),
             }
         )
     secs = time.perf_counter() - t0
     _save(**{f"{tag}_table": table, f"{tag}_ok": funcs_ok, f"{tag}_bad": bad[:5]})
     _save(**{f"{tag}_cycles_per_s": cycles / secs if secs else 0.0})
     assert not bad, "\n".join(bad[:5])
+    off = _cycle_misses(table)
+    assert not off, "\n".join(off)
+
+
+def _words(addr: int, nbytes: int) -> int:
+    """Buffer words covering the bytes [addr, addr + nbytes)."""
+    return (addr + nbytes - 1) // _WB - addr // _WB + 1 if nbytes > 0 else 0
+
+
+def port_demand(hw: Any, kind: str, f: dict) -> int:
+    """Cycles the unit's busiest operand port (or its part requests) needs for ``f``, counted
+    from the instruction alone as the unit streams its operands (hwflow.hw.machine.mmu_feed:
+    a token's row is read once per group, or once per pass when it fits one word; the tile's
+    records and its bias/mult/shift sections once per pass; a K row per group and lane; a V
+    row per key and group, one request per key). An instruction whose demand exceeds the
+    engine's beats is bound by the buffer ports, which the cycle model does not charge."""
+    eng = getattr(hw, kind)
+    big_m, func = hw.sparsity.m, MATMUL_FUNCS[f["func"]]
+    rows, cols, k = f["rows"], f["cols"], f["k"]
+    if not (rows and cols and k):
+        return 0
+    tstep = 1 if func == "pv" and eng.dual_int8 else eng.rows
+    lin = func in ("linear", "head")
+    n_eff = f["n"] if lin and f["n"] != f["m"] else big_m
+    rpb = eng.chains * eng.chain_length // n_eff
+    passes, groups, kp = -(-rows // tstep), -(-cols // rpb), -(-k // big_m) * big_m
+    a = 0
+    for tok in range(rows):
+        w = _words(f["a_off"] + tok * f["a_stride"], kp)
+        a += w if w == 1 else groups * w
+    b_off, b_stride = f["b_off"], f["b_stride"]
+    if lin:
+        geo = BeatGeometry.from_preset(hw)
+        sec = TileSpec.sections(cols, k, f["n"], f["m"], f["wbits"], bool(f["bias"]), geo)
+        b = _words(b_off, sec["beats"])
+        for what, size in (("bias", 4), ("mult", 2), ("shift", 1)):
+            b += (
+                _words(b_off + sec[what], groups * rpb * size) if what != "bias" or f["bias"] else 0
+            )
+        rec = sum(geo.record_bytes(f["n"], f["m"], f["wbits"]))
+        b = passes * max(b, groups * kp // big_m * (1 if rec <= _WB else 2))
+    elif func == "qk":
+        b = passes * sum(_words(b_off + r * b_stride, kp) for r in range(cols))
+    else:
+        b = passes * groups * kp  # one request per key
+    return max(a, b)
+
+
+def _cycle_misses(table: list[dict]) -> list[str]:
+    """Instructions whose busy cycles miss the model's latency (times ``HWFLOW_CYCLE_SKEW``,
+    a must-fail check's wrong expectation) by more than ``HWFLOW_CYCLE_TOL`` (relative;
+    unset: no check). A port-bound instruction (:func:`port_demand` above the model's beats)
+    must not be faster than the model, and is otherwise reported, not checked."""
+    tol = os.environ.get("HWFLOW_CYCLE_TOL")
+    if tol is None:
+        return []
+    skew = float(os.environ.get("HWFLOW_CYCLE_SKEW", "1"))
+    out = []
+    for r in table:
+        want = r["model_latency"] * skew
+        if not want:
+            continue
+        bound = r["port_demand"] > r["model_beats"]
+        if r["rtl"] < want * (1 - float(tol)) or (not bound and r["rtl"] > want * (1 + float(tol))):
+            out.append(f"{r}: rtl {r['rtl']} cycles, expected {want:.1f}")
+    return out
 
 
 @cocotb.test()

@@ -86,12 +86,12 @@ def test_ld_mv_st_program_timeline(tiny):
     #   cycles in channel 0: occupancy 8; the data lands 107 ns = 10.7 -> 11 cycles after.
     # * MV 64 rows x K 256 at 4:16: row groups of 2 chains x 16 / 4 = 8 rows, 8 groups of
     #   256 / 16 = 16 beats (their 8 x 1 / 2 = 4 drain words hide behind them): 128 beats;
-    #   the last group starts at 112 and ends at 128, + 27 pipeline stages + 4 drain words - 1:
-    #   latency 158.
+    #   the last group starts at 112 and ends at 128, + 27 pipeline stages + 4 drain words - 1,
+    #   + the matmul unit's 3 feed and 7 drain stages (costs.UNIT_*_STAGES): latency 168.
     # * ST 64 B at 1 MiB (granule 4096, channel 0): latency-bound 6.7 ns + 2 x 10 ns
     #   turnaround = 26.7 ns, but its core side 64 / 32 = 2 cycles = 20 ns + 20 ns turnaround
     #   = 40 ns -> 4 cycles.
-    lat, ld_occ, mv_beats, mv_latency, st_occ = 11, 8, 128, 158, 4
+    lat, ld_occ, mv_beats, mv_latency, st_occ = 11, 8, 128, 168, 4
     ld_start = 6  # the dispatcher reads LD's 6 words first
     mv_start = ld_start + ld_occ + lat
     st_start = mv_start + mv_latency

@@ -1,7 +1,8 @@
 """The tiny preset's matmul units (MV and MM) on Verilator: sim/mmu_bench.py from pytest.
 
 Each unit's tests share one build folder, so they sit in one xdist group (one worker); the
-Verilog is generated once per module run.
+Verilog is generated once per module run. Buffer words of 32 bytes (one HBM port beat, the
+machine's width today) and, for the MV unit, 64 (a wider buffer the unit must also serve).
 """
 
 from __future__ import annotations
@@ -18,56 +19,83 @@ from hwflow.isa import MATMUL_FUNCS
 
 pytestmark = pytest.mark.rtl
 
+#: The cycle model's tolerance per instruction (issue 7: every class within 2 %).
+TOLERANCE = 0.02
+
 _KINDS = [
-    pytest.param("mv", marks=pytest.mark.xdist_group("rtl-tiny-mv-unit")),
-    pytest.param("mpe", marks=pytest.mark.xdist_group("rtl-tiny-mpe-unit")),
+    pytest.param("mv", 32, marks=pytest.mark.xdist_group("rtl-tiny-mv-unit")),
+    pytest.param("mpe", 32, marks=pytest.mark.xdist_group("rtl-tiny-mpe-unit")),
+    pytest.param("mv", 64, marks=pytest.mark.xdist_group("rtl-tiny-mv-unit-64")),
 ]
 
 
 @cache
-def _design(kind: str) -> tuple[str, str, float]:
-    return unit_design(load_hw("tiny"), kind)  # type: ignore[arg-type]
+def _design(kind: str, wb: int) -> tuple[str, str, float]:
+    return unit_design(load_hw("tiny"), kind, wb)  # type: ignore[arg-type]
 
 
-def _run(kind: str, testcase: str, **env: str) -> BenchRun:
+def _run(kind: str, wb: int, testcase: str, **env: str) -> BenchRun:
     p = EngineParams.from_preset(load_hw("tiny"), kind)  # type: ignore[arg-type]
-    return run_bench(p, design=_design(kind), bench="mmu_bench", testcase=testcase, env=env)
+    env = {"HWFLOW_WB": str(wb), **env}
+    return run_bench(p, design=_design(kind, wb), bench="mmu_bench", testcase=testcase, env=env)
 
 
-@pytest.mark.parametrize("kind", _KINDS)
-def test_unit_bit_exact_with_funcsim(kind: str) -> None:
+@pytest.mark.parametrize(("kind", "wb"), _KINDS)
+def test_unit_bit_exact_with_funcsim(kind: str, wb: int) -> None:
     """Random instructions of every func (dense and N:M, wbits 2/3/4/8, bias, row factors,
     obits 8/16/32, clamped and zero extents) under random grant stalls leave every buffer
     byte equal to funcsim's execution of the same instruction."""
-    run = _run(kind, "random_ops", HWFLOW_OPS="16")
+    run = _run(kind, wb, "random_ops", HWFLOW_OPS="16")
     assert (run.tests, run.failed) == (1, 0), run
     ok = run.stats["random_ops_ok"]
     assert all(ok[f] >= 4 for f in MATMUL_FUNCS), ok
 
 
-@pytest.mark.parametrize("kind", _KINDS)
-def test_unit_bench_fails_on_a_flipped_expected_byte(kind: str) -> None:
+@pytest.mark.parametrize(("kind", "wb"), _KINDS[:2])
+def test_unit_bench_fails_on_a_flipped_expected_byte(kind: str, wb: int) -> None:
     """The comparison is live: one flipped expected byte fails the run."""
-    run = _run(kind, "random_ops", HWFLOW_OPS="1", HWFLOW_CORRUPT="1")
+    run = _run(kind, wb, "random_ops", HWFLOW_OPS="1", HWFLOW_CORRUPT="1")
     assert (run.tests, run.failed) == (1, 1), run
 
 
-@pytest.mark.parametrize("kind", _KINDS)
-def test_unit_cycles_against_the_cycle_model(kind: str) -> None:
-    """Busy cycles (command accepted -> done) per instruction next to the cycle model's
-    latency for it (hwflow.perf.lower: matmul_cost), printed as a table. The unit is
-    sequential, so it is slower than the engine's cost; it must never be faster (that would
-    mean skipped work), and every func must be measured."""
-    run = _run(kind, "cost_table", HWFLOW_OPS="12")
-    assert (run.tests, run.failed) == (1, 0), run
-    rows = run.stats["cost_table_table"]
-    print(f"\n{kind}: func rows cols k n:m wbits obits rtl_cycles model_latency ratio")
+def _table(kind: str, wb: int, rows: list[dict]) -> None:
+    print(
+        f"\n{kind} ({wb}-byte words): func rows cols k n:m wbits obits rtl model error "
+        "beats port_demand (port-bound: *)"
+    )
     for r in rows:
-        ratio = r["rtl"] / r["model_latency"] if r["model_latency"] else float("nan")
+        err = (r["rtl"] - r["model_latency"]) / r["model_latency"] if r["model_latency"] else 0
+        bound = "*" if r["port_demand"] > r["model_beats"] else ""
         print(
             f"{r['func']:6} {r['rows']:4} {r['cols']:4} {r['k']:4} {r['n']:2}:{r['m']:<2} "
-            f"{r['wbits']} {r['obits']:2} {r['rtl']:6} {r['model_latency']:6} {ratio:6.1f}"
+            f"{r['wbits']} {r['obits']:2} {r['rtl']:6} {r['model_latency']:6} {err:+7.1%} "
+            f"{r['model_beats']:5} {r['port_demand']:5}{bound}"
         )
-    work = [r for r in rows if r["model_latency"]]
-    assert {r["func"] for r in work} == set(MATMUL_FUNCS)
-    assert all(r["rtl"] >= r["model_latency"] for r in work), rows
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured 2026-11-30 at 32-byte words: engine-bound linear/head +5..+28 % (the "
+    "group parameter fetch runs at most two groups ahead of the drain), qk/pv port-bound "
+    "(one KV word per key row and lane; pv one request per key): +14 % .. +455 %",
+)
+@pytest.mark.parametrize(("kind", "wb"), _KINDS)
+def test_unit_cycles_against_the_cycle_model(kind: str, wb: int) -> None:
+    """Busy cycles per instruction (command accepted through ``done``, as the machine's
+    monitor counts them) within 2 % of the cycle model's latency for it (hwflow.perf.lower:
+    costs.matmul_unit_cost) where the engine bounds the instruction; where the buffer ports
+    do (the bench's port demand above the model's beats) never faster than the model. The
+    bench asserts it per instruction; the table is printed."""
+    run = _run(kind, wb, "cost_table", HWFLOW_OPS="12", HWFLOW_CYCLE_TOL=str(TOLERANCE))
+    rows = run.stats["cost_table_table"]
+    _table(kind, wb, rows)
+    assert (run.tests, run.failed) == (1, 0), run
+    assert {r["func"] for r in rows if r["model_latency"]} == set(MATMUL_FUNCS)
+
+
+@pytest.mark.parametrize(("kind", "wb"), _KINDS[:1])
+def test_unit_bench_fails_on_a_wrong_expected_cycle_count(kind: str, wb: int) -> None:
+    """The cycle check is live: expecting 5 % more cycles than the model charges fails."""
+    env = {"HWFLOW_OPS": "4", "HWFLOW_CYCLE_TOL": str(TOLERANCE), "HWFLOW_CYCLE_SKEW": "1.05"}
+    run = _run(kind, wb, "cost_table", **env)
+    assert (run.tests, run.failed) == (1, 1), run

@@ -8,7 +8,7 @@ cost, shared with the RTL). This module only reads the instruction fields and ca
   (contiguous when the stride equals the row) -> :func:`~hwflow.costs.hbm_pieces`; the rows
   of a strided transfer that are shorter than the interleave granule hop across channels.
 * MM / MV: ``out[rows, cols] = A[rows, k] @ B[cols, k]^T`` with ``n`` of every ``m`` weights
-  kept -> :func:`~hwflow.costs.matmul_cost` on the preset's ``mpe`` / ``mv`` engine. A
+  kept -> :func:`~hwflow.costs.matmul_unit_cost` on the preset's ``mpe`` / ``mv`` engine. A
   reduction that is not a whole number of M-blocks is padded to the next block (the chain
   consumes whole blocks).
 * SFU: ``rows x cols`` elements, read as many times as :func:`~hwflow.costs.sfu_passes`
@@ -57,7 +57,7 @@ from hwflow.costs import (
     HbmPiece,
     effective_nm,
     hbm_pieces,
-    matmul_cost,
+    matmul_unit_cost,
     sfu_op_cost,
     sfu_passes,
     sfu_shared_port,
@@ -260,7 +260,7 @@ class _Pricer:
         return mop, acts
 
     def _price_matmul(self, c: Concrete) -> tuple[MOp, OpActions]:
-        """MM / MV: :func:`~hwflow.costs.matmul_cost` at the N:M the chain runs, the operand
+        """MM / MV: :func:`~hwflow.costs.matmul_unit_cost` at the N:M the chain runs, the operand
         bits every beat reads, the output written."""
         hw, f, op = self.hw, c.fields, c.op
         unit, words = int(c.unit), _WORDS[op]
@@ -276,7 +276,8 @@ class _Pricer:
         ne, me = effective_nm(hw, n, m)
         kp = ceil(k / me) * me
         group = 1 << f["wgroup"] if f["wgroup"] else None
-        cost = matmul_cost(engine, me, rows, cols, kp, ne, group)
+        sliced = func == "pv" and engine.dual_int8  # bit-sliced UINT8 P (costs doc)
+        cost = matmul_unit_cost(engine, me, rows, cols, kp, ne, group, sliced=sliced)
         idx = 0 if ne == me else int(log2(me))
         per_beat = me * 8 * engine.rows + engine.chains * engine.chain_length * (wbits + idx)
         gbits = 8 * cols * group_scale_bytes(kp, group)  # the group multipliers, once each

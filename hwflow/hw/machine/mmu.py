@@ -1,43 +1,39 @@
 """The matmul unit of the RTL machine (issue 7): one MM or MV instruction at a time around a
 DSP-chain engine (:mod:`hwflow.hw.engine`), reading its operands from the on-chip buffers and
-writing the results back, bit for bit as :meth:`hwflow.funcsim.FuncSim._matmul` does.
+writing the results back, bit for bit as :meth:`hwflow.funcsim.FuncSim._matmul` does, at the
+engine's pace where the buffer ports allow.
 
 Interface (seams 1 and 2 of issue 7): ``cmd`` (a stream of :func:`~hwflow.hw.machine.decode.
 cmd_layout` of the unit: the resolved instruction), ``done`` (one pulse per instruction, after
 its last buffer write is visible), ``busy``; per buffer one read port ``rd_<buf>`` and one
 write port ``wr_<buf>`` (:mod:`hwflow.hw.machine.mmu_ports`).
 
-How an instruction runs: two sequential machines, overlapped through the engine's output
-FIFO: the *feed* gathers each beat from the buffers and hands it to the engine; the *drain*
-takes a row group's accumulators, requantizes and writes them while the feed already runs the
-next groups (its span reads have priority on a shared buffer port).
+Parts, each owning one job:
 
-* the parameters at ``p_off`` (linear/head: guard; qk: mult, shift; pv: mult, shift, guard);
-* per token pass (``engine.rows`` tokens) and row group (``chains*C/N`` output rows; qk/pv
-  dense, N = M), per M-block of K: the activations of each token lane (bytes past ``k``
-  zeroed), then the weights: linear/head the beat's record of the weight tile
-  (:class:`hwflow.compiler.layout.BeatGeometry`: one span of packed INTk values, one of N:M
-  indices; the records of a pass are read in order), widened to INT8 here; qk the K rows;
-  pv the V block, transposed (one V row per key). qk/pv output row ``l`` of a group is the
-  engine's lane ``l`` (segment ``l // chains`` of chain ``l % chains``); linear/head row ``r``
-  of a stripe is chain ``r // (C/N)``'s segment ``r % (C/N)``, as the tile format puts it.
-  pv's UINT8 probabilities: the MV engine gets a 9-bit activation lane
-  (:attr:`hwflow.hw.params.EngineParams.act_bits`); the dual-INT8 MM engine cannot have one
-  (the packed ``a << F`` would outgrow the DSP48E2's 27-bit pre-adder), so it runs pv
-  bit-sliced: one token per pass, its two INT8 token lanes carrying ``p >> 1`` and ``p & 1``
-  of the same probabilities, combined as ``2 * lane0 + lane1`` (exact): pv on MM takes twice
-  the beats :func:`hwflow.costs.matmul_cost` charges;
-* the engine runs raw (accumulators out); the unit applies the numerics contract's
-  requantization itself (:func:`hwflow.numerics.linear_out`: row stage with the A rows'
-  factors or the unit factor and the guard, INT32 bias, channel stage with per-row mult/shift
-  to 8, 16 or 32 bits; qk :func:`hwflow.numerics.requantize`) and writes each value with
-  strobes.
+* :class:`~hwflow.hw.machine.mmu_setup.Instr`: the command register and what is derived from
+  it (N mode, rows per group, record sizes, tile section offsets);
+* :class:`~hwflow.hw.machine.mmu_feed.Feed`: operand streams (per token lane, per weight
+  reader) of pipelined part reads into FIFOs, assembled into one engine beat per cycle;
+  linear/head read the weight tile's beat records in order
+  (:class:`hwflow.compiler.layout.BeatGeometry`), qk the K rows, pv the V rows (one part per
+  key: a V block is a column slice of M rows);
+* the engine runs raw (accumulators out);
+* :class:`~hwflow.hw.machine.mmu_post.Post`: the drain: parameters fetched ahead
+  (:class:`~hwflow.hw.machine.mmu_post.ParamFetch`), the numerics contract's two-stage
+  requantization (:func:`hwflow.numerics.linear_out`: row stage with the A rows' factors or
+  the unit factor and the guard, INT32 bias, channel stage to 8, 16 or 32 bits; qk
+  :func:`hwflow.numerics.requantize`), pipelined R values per cycle, into the
+  :class:`~hwflow.hw.machine.mmu_write.WriteCombiner`.
 
-Cycles: far from :func:`hwflow.costs.matmul_cost`, which assumes one beat per cycle: the feed
-spends a span read (2-4 cycles) per token lane and one or two per weight record, one per K
-row (qk) or V row (pv) of every beat; the drain four reads per group (linear/head row
-parameters) and about ten cycles per output value (requantization stages, a strobed write).
-``sim/mmu_bench.py`` measures it per instruction.
+pv's UINT8 probabilities: the MV engine gets a 9-bit activation lane
+(:attr:`hwflow.hw.params.EngineParams.act_bits`); the dual-INT8 MM engine cannot have one (the
+packed ``a << F`` would outgrow the DSP48E2's 27-bit pre-adder), so it runs pv bit-sliced: one
+token per pass, its two INT8 token lanes carrying ``p >> 1`` and ``p & 1`` of the same
+probabilities, combined as ``2 * lane0 + lane1`` (exact): pv on MM takes twice the passes
+:func:`hwflow.costs.matmul_cost` charges.
+
+Cycles: ``sim/mmu_bench.py`` measures every instruction against
+:func:`hwflow.costs.matmul_cost`.
 """
 
 from __future__ import annotations
@@ -45,7 +41,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Literal
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out, connect, flipped
 
@@ -54,15 +50,15 @@ from hwflow.config import HardwarePreset
 from hwflow.errors import UnsupportedError
 from hwflow.hw.engine import MatrixMatrixEngine, MatrixVectorEngine
 from hwflow.hw.machine.decode import cmd_layout
-from hwflow.hw.machine.mmu_arith import round_shift, saturate
-from hwflow.hw.machine.mmu_ports import ADDR_BITS, ReadPort, SpanReader, SpanWriter, WritePort
+from hwflow.hw.machine.mmu_feed import Feed
+from hwflow.hw.machine.mmu_ports import ReadPort, WritePort
+from hwflow.hw.machine.mmu_post import Post
+from hwflow.hw.machine.mmu_read import arbitrate_reads
+from hwflow.hw.machine.mmu_setup import Instr
 from hwflow.hw.params import EngineParams
-from hwflow.isa import MATMUL_FUNCS, ROW_FACTOR_BYTES, Buf, Unit
-from hwflow.numerics import ROW_MULT_BITS
+from hwflow.isa import Buf, Unit
 
 __all__ = ["MatmulUnit", "buffer_words", "unit_design"]
-
-_LINEAR, _QK, _PV, _HEAD = (MATMUL_FUNCS.index(f) for f in ("linear", "qk", "pv", "head"))
 
 
 def buffer_words(hw: HardwarePreset, word_bytes: int) -> dict[Buf, int]:
@@ -79,29 +75,12 @@ class MatmulUnit(wiring.Component):
     ) -> None:
         ep = EngineParams.from_preset(hw, kind)
         # pv multiplies UINT8 probabilities: a 9-bit activation lane where the engine allows
-        # it (no dual-INT8 packing), else three INT8 beats per block (see the module doc)
+        # it (no dual-INT8 packing), else bit-sliced (see the module doc)
         self.ep = ep if ep.dual_int8 else replace(ep, act_bits=9)
         self.split_pv = self.ep.act_bits == 8
         self.kind = kind
         self.wb = word_bytes or hw.hbm.port_bits // 8
-        if 8 not in self.ep.weight_bits:
-            raise UnsupportedError(f"{hw.name}: the matmul unit feeds INT8 weights (weight_bits)")
-        if self.ep.chain_length % self.ep.m or self.ep.m > self.wb:
-            raise UnsupportedError(
-                f"{hw.name}: the unit needs an M-block ({self.ep.m}) dividing the chain and "
-                f"fitting one buffer word ({self.wb} bytes)"
-            )
-        geo = BeatGeometry.from_preset(hw)
-        if geo.chains != self.ep.chains or any(
-            self.ep.rows_per_beat(n) & (self.ep.rows_per_beat(n) - 1) for n in self.ep.n_modes
-        ):
-            raise UnsupportedError(
-                f"{hw.name} {kind}: the unit reads one tile record per beat, so the engine's "
-                f"chains ({self.ep.chains}) must be a stripe ({geo.chains}) and every row group "
-                "a power of two"
-            )
-        if geo.chains * geo.chain_length > self.wb:
-            raise UnsupportedError(f"{hw.name}: a beat's INT8 weights exceed one buffer word")
+        self._check(hw)
         self.words = buffer_words(hw, self.wb)
         unit = Unit.MM if kind == "mpe" else Unit.MV
         ports = {}
@@ -117,508 +96,78 @@ class MatmulUnit(wiring.Component):
             }
         )
 
+    def _check(self, hw: HardwarePreset) -> None:
+        """UnsupportedError for an engine shape the unit cannot feed from ``wb``-byte words."""
+        ep, wb = self.ep, self.wb
+        if 8 not in ep.weight_bits:
+            raise UnsupportedError(f"{hw.name}: the matmul unit feeds INT8 weights (weight_bits)")
+        if ep.chain_length % ep.m or ep.m > wb or wb & (wb - 1):
+            raise UnsupportedError(
+                f"{hw.name}: the unit needs an M-block ({ep.m}) dividing the chain and fitting "
+                f"one buffer word ({wb} bytes, a power of two)"
+            )
+        geo = BeatGeometry.from_preset(hw)
+        if geo.chains != ep.chains or any(
+            ep.rows_per_beat(n) & (ep.rows_per_beat(n) - 1) for n in ep.n_modes
+        ):
+            raise UnsupportedError(
+                f"{hw.name} {self.kind}: the unit reads one tile record per beat, so the "
+                f"engine's chains ({ep.chains}) must be a stripe ({geo.chains}) and every row "
+                "group a power of two"
+            )
+        nslot = ep.chains * ep.chain_length
+        if nslot > wb or 4 * ep.requantizers > wb or nslot * ep.index_bits > 8 * wb:
+            raise UnsupportedError(
+                f"{hw.name}: a beat's INT8 weights ({nslot} bytes), its indices or a drain "
+                f"word of INT32 results exceed one {wb}-byte buffer word"
+            )
+
     def elaborate(self, platform: object) -> Module:
         m = Module()
-        ep, wb = self.ep, self.wb
-        big_m, chl, nch, rt = ep.m, ep.chain_length, ep.chains, ep.rows
-        lanes = ep.lanes
-        ib = ep.index_bits
-        mb = big_m.bit_length() - 1
+        ep = self.ep
         eng = (MatrixVectorEngine if self.kind == "mv" else MatrixMatrixEngine)(ep)
         m.submodules.engine = eng
-        # two span readers: the feed's (operands) and the drain's (row parameters, row
-        # factors); the drain's has priority on a shared buffer port
-        rd, rdp = SpanReader(self.words, wb), SpanReader(self.words, wb)
-        wr = SpanWriter(self.words, wb)
-        m.submodules.rd, m.submodules.rdp, m.submodules.wr = rd, rdp, wr
+        ins = Instr(ep, self.cmd.payload.shape(), self.split_pv)
+        feed, post = Feed(ins, self.words, self.wb), Post(ins, self.words, self.wb)
+        running = Signal()
+        accept = self.cmd.valid & self.cmd.ready
+        m.d.comb += self.cmd.ready.eq(~running)
+        with m.If(accept):
+            ins.load(m, self.cmd.payload)
+        ins.sections(m)
+        # the loops start with the command (their first step reads the registers after it)
+        p = self.cmd.payload
+        go = (p.rows != 0) & (p.cols != 0)
+        feed.build(m, eng, accept, go & (p.k != 0))
+        post.build(m, eng, accept, go)
+        arbitrate_reads(m, self, [post.fetch.rd, post.fetch.pg, *feed.readers])
         for b in Buf:
-            n = b.name.lower()
-            u, f, q = getattr(self, f"rd_{n}"), getattr(rd, f"rd_{n}"), getattr(rdp, f"rd_{n}")
-            m.d.comb += [
-                u.en.eq(f.en | q.en),
-                u.addr.eq(Mux(q.en, q.addr, f.addr)),
-                q.grant.eq(u.grant & q.en),
-                f.grant.eq(u.grant & f.en & ~q.en),
-                q.data.eq(u.data),
-                f.data.eq(u.data),
-            ]
-            connect(m, flipped(getattr(self, f"wr_{n}")), getattr(wr, f"wr_{n}"))
-
-        c = Signal(self.cmd.payload.shape())
-        func = c.func
-        is_lin = (func == _LINEAR) | (func == _HEAD)
-        is_qk, is_pv = func == _QK, func == _PV
-
-        # ---- per-instruction derived values (SETUP)
-        nsel = Signal(range(len(ep.n_modes)))
-        n_eff = Signal(range(big_m + 1))
-        rpb = Signal(range(lanes + 1))  # rows per beat (group) at this N
-        dense = Signal()
-        wbits = Signal(4)
-        blocks, stripes = Signal(17), Signal(17)
-        rec_v, rec_i, rec = Signal(8), Signal(8), Signal(9)  # a beat record's bytes
-        last_rows = Signal(range(lanes + 1))  # rows of the last stripe
-        rec_vl, rec_il = Signal(8), Signal(8)  # its records' bytes
-        wrec = Signal(ADDR_BITS)  # the next beat record of the tile
-        sec_bias, sec_mult, sec_shift = (Signal(ADDR_BITS) for _ in range(3))
-        prm = [Signal(signed(32), name=f"prm{i}") for i in range(3)]
-        guard = Signal(signed(32))
-
-        # ---- loop counters: the feed's, and the drain's (one group behind or more)
-        tbase, gbase, bbase = Signal(17), Signal(17), Signal(17)
-        t = Signal(range(rt + 1))
-        lidx = Signal(range(lanes + 1))
-        j = Signal(range(big_m + 1))
-        tbase_p, gbase_p = Signal(17), Signal(17)
-        t_p = Signal(range(rt + 1))
-        lidx_p = Signal(range(lanes + 1))
-        post_go, post_done = Signal(), Signal()
-
-        # ---- beat registers
-        act_raw = [Signal(8 * big_m, name=f"act{i}") for i in range(rt)]
-        wv = [[Signal(8, name=f"wv{ci}_{s}") for s in range(chl)] for ci in range(nch)]
-        wi = [[Signal(ib, name=f"wi{ci}_{s}") for s in range(chl)] for ci in range(nch)]
-
-        # ---- accumulators of one group: [token lane][lane]
-        accs = Array(Signal(signed(ep.acc_bits), name=f"acc{i}") for i in range(rt * lanes))
-        dt, dl = Signal(range(rt + 1)), Signal(range(lanes + 1))
-
-        # ---- post-processing registers
-        g_bias = [Signal(signed(32), name=f"g_bias{i}") for i in range(lanes)]
-        g_mult = [Signal(16, name=f"g_mult{i}") for i in range(lanes)]
-        g_shift = [Signal(8, name=f"g_shift{i}") for i in range(lanes)]
-        m_t, e_t = Signal(16), Signal(signed(16))
-        bias_v, mult_v, shift_v = Signal(signed(32)), Signal(signed(33)), Signal(signed(32))
-        acc_v = Signal(signed(ep.acc_bits))
-        p1 = Signal(signed(ep.acc_bits + 17))
-        s1 = Signal(signed(34))
-        y = Signal(signed(ep.acc_bits + 1))
-        y2 = Signal(signed(ep.acc_bits + 2))
-        p2 = Signal(signed(ep.acc_bits + 2 + 33))
-        out_v = Signal(signed(32))
-        obytes = Signal(3)
-
-        tok = tbase + t
-        # the dual-INT8 MM engine runs pv bit-sliced: one token per pass, its UINT8 p as the
-        # two INT8 token lanes p >> 1 and p & 1 (see the module doc)
-        pv2 = is_pv & self.split_pv
-        tstep = Mux(pv2, 1, rt)
-        last_stripe = gbase + rpb >= c.cols
-        cur_v = Mux(last_stripe, rec_vl, rec_v)
-        cur_i = Mux(last_stripe, rec_il, rec_i)
-        # linear/head: row r of a stripe sits in chain r // (C/N), segment r % (C/N): the
-        # engine's lane (segment * chains + chain)
-        lane_lin = Signal(range(lanes))
-        with m.Switch(nsel):
-            for k, n in enumerate(ep.n_modes):
-                cpn = chl // n
-                with m.Case(k):
-                    m.d.comb += lane_lin.eq((lidx_p % cpn) * nch + lidx_p // cpn)
-        row = gbase + lidx
-        tok_p = tbase_p + t_p
-        row_p = gbase_p + lidx_p
-
-        # ---- span reader requests: the FSM sets these with rd.go
-        m.d.comb += wr.buf.eq(c.o_buf)
-
-        def read(buf: object, addr: object, nbytes: object, r: SpanReader = rd) -> list:
-            return [r.go.eq(1), r.buf.eq(buf), r.addr.eq(addr), r.nbytes.eq(nbytes)]
-
-        def readp(buf: object, addr: object, nbytes: object) -> list:
-            return read(buf, addr, nbytes, rdp)
-
-        # a beat's slots (``wbits`` values or ``ib``-bit indices) from the read window
-        nslot = nch * chl
-        stream_bits = rd.win
-        vals = [Signal(signed(8), name=f"val{i}") for i in range(nslot)]
-        idxs = [Signal(ib, name=f"idx{i}") for i in range(nslot)]
-        with m.Switch(wbits):
-            for bits in ep.weight_bits:
-                with m.Case(bits):
-                    for i in range(nslot):
-                        v = stream_bits[i * bits : (i + 1) * bits].as_signed()
-                        m.d.comb += vals[i].eq(v)
-        for i in range(nslot):
-            m.d.comb += idxs[i].eq(stream_bits[i * ib : (i + 1) * ib])
-
-        def place_record(which: list, src: list) -> None:
-            """A tile record's slots: slot j to chain j // C, stage j % C."""
-            for i in range(nslot):
-                m.d.sync += which[i // chl][i % chl].eq(src[i])
-
-        def place(which: list, src: list) -> None:
-            """Row piece of lane ``lidx`` (N values) into its chain's segment slots."""
-            with m.Switch(nsel):
-                for k, n in enumerate(ep.n_modes):
-                    with m.Case(k), m.Switch(lidx):
-                        for lv in range(ep.rows_per_beat(n)):
-                            with m.Case(lv):
-                                ci, s = lv % nch, lv // nch
-                                for i in range(n):
-                                    m.d.sync += which[ci][s * n + i].eq(src[i])
-
-        # ---- the engine's beat
-        beat = eng.i.payload
-        wsel8 = ep.weight_bits.index(8)
-        for ti in range(rt):
-            for i in range(big_m):
-                byte = act_raw[ti][8 * i : 8 * i + 8]
-                if self.split_pv:  # lane 0: p >> 1, lane 1: p & 1, of token lane 0
-                    b0 = act_raw[0][8 * i : 8 * i + 8]
-                    pv_act = b0[1:] if ti == 0 else b0[0]
-                else:
-                    pv_act = byte
-                m.d.comb += beat.act[ti][i].eq(Mux(is_pv, pv_act, byte.as_signed()))
-        for ci in range(nch):
-            m.d.comb += [beat.wval[ci].eq(Cat(*wv[ci])), beat.widx[ci].eq(Cat(*wi[ci]))]
-        last_block = bbase + big_m >= c.k
-        m.d.comb += [
-            beat.nsel.eq(nsel),
-            beat.wsel.eq(wsel8),
-            beat.raw.eq(1),
-            beat.paddr.eq(0),
-            beat.last.eq(last_block),
-            eng.p.valid.eq(0),
-        ]
-
+            n = f"wr_{b.name.lower()}"
+            connect(m, flipped(getattr(self, n)), getattr(post.comb, n))
         done = Signal()
-        m.d.comb += self.done.eq(done)
-
-        with m.FSM() as fsm:
-            with m.State("IDLE"):
-                m.d.comb += self.cmd.ready.eq(1)
-                with m.If(self.cmd.valid):
-                    m.d.sync += c.eq(self.cmd.payload)
-                    m.next = "SETUP0"
-            with m.State("SETUP0"):
-                dense_now = ~is_lin | (c.n == c.m)
-                m.d.sync += [
-                    dense.eq(dense_now),
-                    n_eff.eq(Mux(dense_now, big_m, c.n)),
-                    wbits.eq(Mux(is_lin, c.wbits, 8)),
-                    obytes.eq(c.obits >> 3),
-                    tbase.eq(0),
-                    gbase.eq(0),
-                    wrec.eq(c.b_off),
-                ]
-                m.next = "SETUP1"
-            with m.State("SETUP1"):
-                with m.Switch(n_eff):
-                    for k, n in enumerate(ep.n_modes):
-                        with m.Case(n):
-                            m.d.sync += [nsel.eq(k), rpb.eq(ep.rows_per_beat(n))]
-                m.d.sync += [
-                    blocks.eq((c.k + big_m - 1) >> mb),
-                    rec_v.eq(nslot // 8 * wbits),
-                    rec_i.eq(Mux(dense, 0, nslot * ib // 8)),
-                ]
-                m.next = "SETUP2"
-            with m.State("SETUP2"):
-                with m.Switch(nsel):
-                    for k, n in enumerate(ep.n_modes):
-                        sh = ep.rows_per_beat(n).bit_length() - 1
-                        with m.Case(k):
-                            m.d.sync += stripes.eq((c.cols + (1 << sh) - 1) >> sh)
-                m.d.sync += rec.eq(rec_v + rec_i)
-                low = c.cols & (rpb - 1)
-                m.d.sync += last_rows.eq(Mux(low == 0, rpb, low))
-                m.next = "SETUP3"
-            with m.State("SETUP3"):  # the last stripe's records hold its rows only
-                slots_l = last_rows * n_eff
-                m.d.sync += [
-                    rec_vl.eq((slots_l * wbits + 7) >> 3),
-                    rec_il.eq(Mux(dense, 0, (slots_l * ib + 7) >> 3)),
-                ]
-                m.next = "SETUP4"
-            with m.State("SETUP4"):
-                full = (stripes - 1) * blocks * rec
-                m.d.sync += sec_bias.eq(full + blocks * (rec_vl + rec_il))
-                m.next = "SETUP5"
-            with m.State("SETUP5"):
-                m.d.sync += sec_mult.eq(sec_bias + Mux(c.bias, c.cols << 2, 0))
-                m.next = "SETUP6"
-            with m.State("SETUP6"):
-                m.d.sync += sec_shift.eq(sec_mult + (c.cols << 1))
-                with m.If((c.rows == 0) | (c.cols == 0)):
-                    m.next = "DONE"
-                with m.Elif(rd.idle):
-                    m.d.comb += read(Buf.PARAM, c.p_off, 12)
-                    m.next = "PARAMS"
-            with m.State("PARAMS"), m.If(rd.valid):
-                for i in range(3):
-                    m.d.sync += prm[i].eq(rd.win[32 * i : 32 * i + 32])
-                m.next = "PARAMS1"
-            with m.State("PARAMS1"):
-                m.d.sync += guard.eq(Mux(is_pv, prm[2], prm[0]))
-                m.d.comb += post_go.eq(1)
-                m.next = "GROUP"
-
-            # ---------------------------------------------------------- feed: one row group
-            with m.State("GROUP"):
-                m.d.sync += [bbase.eq(0), t.eq(0), lidx.eq(0)]
-                with m.If(c.k == 0):  # no beats (the drain writes requantized zeros)
-                    m.next = "FEED_NEXT"
-                with m.Else():
-                    m.next = "ACT"
-
-            with m.State("ACT"):  # activations of token lane t for block bbase
-                with m.If((tok >= c.rows) | (pv2 & (t != 0))):
-                    with m.Switch(t):
-                        for ti in range(rt):
-                            with m.Case(ti):
-                                m.d.sync += act_raw[ti].eq(0)
-                    m.next = "ACT_NEXT"
-                with m.Elif(rd.idle):
-                    m.d.comb += read(c.a_buf, c.a_off + tok * c.a_stride + bbase, big_m)
-                    m.next = "ACT_WAIT"
-            with m.State("ACT_WAIT"), m.If(rd.valid):
-                keep = Cat(*((bbase + i < c.k).replicate(8) for i in range(big_m)))
-                with m.Switch(t):
-                    for ti in range(rt):
-                        with m.Case(ti):
-                            m.d.sync += act_raw[ti].eq(rd.win[: 8 * big_m] & keep)
-                m.next = "ACT_NEXT"
-            with m.State("ACT_NEXT"):
-                with m.If(t == rt - 1):
-                    m.d.sync += [t.eq(0), lidx.eq(0), j.eq(0)]
-                    m.next = "W"
-                with m.Else():
-                    m.d.sync += t.eq(t + 1)
-                    m.next = "ACT"
-            with m.State("W"):  # weights: dispatch by func
-                with m.If(is_pv):
-                    m.next = "PV"
-                with m.Elif(is_lin):  # noqa: SIM117 - the beat record: values, then indices
-                    with m.If(rd.idle):
-                        m.d.comb += read(c.b_buf, wrec, cur_v)
-                        m.next = "W_WAIT"
-                with m.Elif(row >= c.cols):
-                    m.next = "PUSH"
-                with m.Elif(rd.idle):  # qk: the block of key row ``row``
-                    m.d.comb += read(c.b_buf, c.b_off + row * c.b_stride + bbase, big_m)
-                    m.next = "W_WAIT"
-            with m.State("W_WAIT"), m.If(rd.valid):
-                with m.If(is_lin):
-                    place_record(wv, vals)
-                    m.next = "W_DONE"
-                with m.Else():
-                    place(wv, vals)
-                    m.next = "W_NEXT"
-            with m.State("W_DONE"):
-                with m.If(dense):
-                    m.next = "PUSH"
-                with m.Elif(rd.idle):
-                    m.d.comb += read(c.b_buf, wrec + cur_v, cur_i)
-                    m.next = "WI_WAIT"
-            with m.State("WI_WAIT"), m.If(rd.valid):
-                place_record(wi, idxs)
-                m.next = "PUSH"
-            with m.State("W_NEXT"):
-                with m.If(lidx + 1 >= rpb):
-                    m.next = "PUSH"
-                with m.Else():
-                    m.d.sync += lidx.eq(lidx + 1)
-                    m.next = "W"
-            with m.State("PV"):  # one V row (key bbase + j): lanes' columns gbase ..
-                kk = bbase + j
-                with m.If(kk >= c.k):
-                    m.next = "PUSH"
-                with m.Elif(rd.idle):
-                    nb = ep.rows_per_beat(big_m)
-                    m.d.comb += read(c.b_buf, c.b_off + kk * c.b_stride + gbase, nb)
-                    m.next = "PV_WAIT"
-            with m.State("PV_WAIT"), m.If(rd.valid):
-                with m.Switch(j):
-                    for jv in range(big_m):
-                        with m.Case(jv):
-                            for lv in range(ep.rows_per_beat(big_m)):
-                                ci, s = lv % nch, lv // nch
-                                byte = rd.win[8 * lv : 8 * lv + 8]
-                                m.d.sync += wv[ci][s * big_m + jv].eq(byte)
-                with m.If(j == big_m - 1):
-                    m.next = "PUSH"
-                with m.Else():
-                    m.d.sync += j.eq(j + 1)
-                    m.next = "PV"
-            with m.State("PUSH"):
-                m.d.comb += eng.i.valid.eq(1)
-                with m.If(eng.i.ready):
-                    m.d.sync += wrec.eq(wrec + cur_v + cur_i)
-                    m.d.sync += t.eq(0)
-                    with m.If(last_block):
-                        m.next = "FEED_NEXT"
-                    with m.Else():
-                        m.d.sync += bbase.eq(bbase + big_m)
-                        m.next = "ACT"
-            with m.State("FEED_NEXT"):
-                with m.If(gbase + rpb < c.cols):
-                    m.d.sync += gbase.eq(gbase + rpb)
-                    m.next = "GROUP"
-                with m.Elif(tbase + tstep < c.rows):
-                    m.d.sync += [gbase.eq(0), tbase.eq(tbase + tstep), wrec.eq(c.b_off)]
-                    m.next = "GROUP"
-                with m.Else():
-                    m.next = "FEED_END"
-            with m.State("FEED_END"), m.If(post_done):
-                m.d.sync += post_done.eq(0)
-                m.next = "DONE"
-            with m.State("DONE"):
-                m.d.comb += done.eq(1)
-                m.next = "IDLE"
-        # ---------------------------------------------------------- drain, requantize, write
-        with m.FSM():
-            with m.State("P_IDLE"), m.If(post_go):
-                m.d.sync += [tbase_p.eq(0), gbase_p.eq(0)]
-                m.next = "P_GROUP"
-            with m.State("P_GROUP"):
-                m.d.sync += [dt.eq(0), dl.eq(0), t_p.eq(0), lidx_p.eq(0)]
-                with m.If(is_lin):
-                    m.next = "PG0"
-                with m.Else():
-                    m.next = "P_OPER"
-            with m.State("P_OPER"):
-                with m.If(c.k == 0):  # no beats: every accumulator is 0
-                    for a in accs:
-                        m.d.sync += a.eq(0)
-                    m.next = "POST"
-                with m.Else():
-                    m.next = "DRAIN"
-            # linear/head: the group's per-row bias, mult and shift, one word-sized span at a
-            # time (rows past ``cols`` read whatever follows; never used)
-            spans = []
-            for what, size in (("bias", 4), ("mult", 2), ("shift", 1)):
-                for at in range(0, size * lanes, wb):
-                    spans.append((what, size, at, min(wb, size * lanes - at)))
-            sec = {"bias": sec_bias, "mult": sec_mult, "shift": sec_shift}
-            for i, (what, size, at, nb) in enumerate(spans):
-                nxt = f"PG{i + 1}" if i + 1 < len(spans) else "P_OPER"
-                with m.State(f"PG{i}"):
-                    with m.If((what == "bias") & ~c.bias):
-                        m.next = nxt
-                    with m.Elif(rdp.idle):
-                        addr = c.b_off + sec[what] + gbase_p * size + at
-                        m.d.comb += readp(c.b_buf, addr, nb)
-                        m.next = f"PG{i}_WAIT"
-                with m.State(f"PG{i}_WAIT"), m.If(rdp.valid):
-                    regs = {"bias": g_bias, "mult": g_mult, "shift": g_shift}[what]
-                    for e in range(nb // size):
-                        m.d.sync += regs[at // size + e].eq(
-                            rdp.win[8 * size * e : 8 * size * (e + 1)]
-                        )
-                    m.next = nxt
-            with m.State("DRAIN"):  # the group's raw accumulators, token lane by token lane
-                m.d.comb += eng.o.ready.eq(1)
-                with m.If(eng.o.valid):
-                    for r in range(ep.requantizers):
-                        m.d.sync += accs[dt * lanes + dl + r].eq(eng.o.payload.data[r])
-                    with m.If(dl + ep.requantizers >= rpb):
-                        m.d.sync += [dl.eq(0), dt.eq(dt + 1)]
-                    with m.Else():
-                        m.d.sync += dl.eq(dl + ep.requantizers)
-                    with m.If(eng.o.payload.last):
-                        m.d.sync += [t_p.eq(0), lidx_p.eq(0)]
-                        m.next = "POST"
-
-            # ---------------------------------------------------------- requantize, write
-            with m.State("POST"):  # value (token lane t_p, lane lidx_p)
-                with m.If((tok_p >= c.rows) | (t_p >= rt) | (pv2 & (t_p != 0))):
-                    m.next = "GROUP_NEXT"
-                with m.Elif((row_p >= c.cols) | (lidx_p >= rpb)):
-                    m.d.sync += [t_p.eq(t_p + 1), lidx_p.eq(0)]
-                    m.next = "POST_T"
-                with m.Else():
-                    acc_t = accs[t_p * lanes + Mux(is_lin, lane_lin, lidx_p)]
-                    if self.split_pv:  # bit-sliced pv: 2 * (lane 0) + lane 1
-                        acc_t = Mux(pv2, (accs[lidx_p] << 1) + accs[lanes + lidx_p], acc_t)
-                    m.d.sync += acc_v.eq(acc_t)
-                    with m.If((lidx_p == 0) & c.arow & ~is_qk):
-                        m.next = "RF"
-                    with m.Elif(lidx_p == 0):
-                        m.d.sync += [m_t.eq(1 << (ROW_MULT_BITS - 1)), e_t.eq(ROW_MULT_BITS - 1)]
-                        m.next = "PRM"
-                    with m.Else():
-                        m.next = "PRM"
-            with m.State("POST_T"):
-                with m.If(t_p >= rt):
-                    m.next = "GROUP_NEXT"
-                with m.Else():
-                    m.next = "POST"
-            with m.State("RF"), m.If(rdp.idle):
-                addr = c.a_off + tok_p * c.a_stride - ROW_FACTOR_BYTES
-                m.d.comb += readp(c.a_buf, addr, ROW_FACTOR_BYTES)
-                m.next = "RF_WAIT"
-            with m.State("RF_WAIT"), m.If(rdp.valid):
-                m.d.sync += [m_t.eq(rdp.win[:16]), e_t.eq(rdp.win[16:32])]
-                m.next = "PRM"
-            with m.State("PRM"):  # per-row parameters: the group's, or the instruction's
-                with m.If(is_lin):
-                    m.d.sync += [
-                        bias_v.eq(Mux(c.bias, Array(g_bias)[lidx_p], 0)),
-                        mult_v.eq(Array(g_mult)[lidx_p]),
-                        shift_v.eq(Array(g_shift)[lidx_p].as_signed()),
-                    ]
-                with m.Else():
-                    m.d.sync += [bias_v.eq(0), mult_v.eq(prm[0]), shift_v.eq(prm[1])]
-                m.next = "C1"
-            with m.State("C1"):  # row stage product
-                m.d.sync += [p1.eq(acc_v * m_t), s1.eq(e_t - guard)]
-                m.next = "C2"
-            with m.State("C2"):
-                rs1 = round_shift(m, p1, s1, "rs_row")
-                m.d.sync += y.eq(Mux(is_qk, acc_v, saturate(rs1, 32)))
-                m.next = "C3"
-            with m.State("C3"):
-                m.d.sync += y2.eq(y + bias_v)
-                m.next = "C4"
-            with m.State("C4"):
-                m.d.sync += p2.eq(y2 * mult_v)
-                m.next = "C5"
-            with m.State("C5"):
-                rs2 = round_shift(m, p2, shift_v, "rs_ch")
-                with m.Switch(c.obits):
-                    for bits in (8, 16, 32):
-                        with m.Case(bits):
-                            m.d.sync += out_v.eq(saturate(rs2, bits))
-                m.next = "WRITE"
-            with m.State("WRITE"), m.If(wr.idle):  # the writer finishes on its own
-                m.d.comb += [
-                    wr.go.eq(1),
-                    wr.addr.eq(c.o_off + tok_p * c.o_stride + row_p * obytes),
-                    wr.value.eq(out_v),
-                    wr.nbytes.eq(obytes),
-                ]
-                with m.If(lidx_p + 1 >= rpb):
-                    m.d.sync += [lidx_p.eq(0), t_p.eq(t_p + 1)]
-                    m.next = "POST_T"
-                with m.Else():
-                    m.d.sync += lidx_p.eq(lidx_p + 1)
-                    m.next = "POST"
-            with m.State("GROUP_NEXT"):
-                with m.If(gbase_p + rpb < c.cols):
-                    m.d.sync += gbase_p.eq(gbase_p + rpb)
-                    m.next = "P_GROUP"
-                with m.Elif(tbase_p + tstep < c.rows):
-                    m.d.sync += [gbase_p.eq(0), tbase_p.eq(tbase_p + tstep)]
-                    m.next = "P_GROUP"
-                with m.Else():
-                    m.next = "DRAIN_WRITES"
-            with m.State("DRAIN_WRITES"), m.If(wr.idle & ~wr.go):
-                m.d.sync += post_done.eq(1)
-                m.next = "P_IDLE"
-        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        m.d.comb += done.eq(running & post.finished)
+        with m.If(accept):
+            m.d.sync += running.eq(1)
+        with m.Elif(done):
+            m.d.sync += running.eq(0)
+        m.d.comb += [self.done.eq(done), self.busy.eq(running)]
         return m
 
 
-def unit_design(hw: HardwarePreset, kind: Literal["mv", "mpe"]) -> tuple[str, str, float]:
-    """(top module name, Verilog text, generation seconds) of ``hw``'s ``kind`` matmul unit:
-    what :func:`hwflow.hw.cosim.run_bench` builds for ``sim/mmu_bench.py``."""
+def unit_design(
+    hw: HardwarePreset, kind: Literal["mv", "mpe"], word_bytes: int | None = None
+) -> tuple[str, str, float]:
+    """(top module name, Verilog text, generation seconds) of ``hw``'s ``kind`` matmul unit
+    with ``word_bytes`` per buffer word (default one HBM port beat): what
+    :func:`hwflow.hw.cosim.run_bench` builds for ``sim/mmu_bench.py``."""
     import re
     import time
 
     from amaranth.back import verilog
 
     t0 = time.perf_counter()
+    unit = MatmulUnit(hw, kind, word_bytes)
     base = re.sub(r"\W", "_", hw.name)
-    name = f"hwflow_{base}_{kind}_unit"
-    text = verilog.convert(MatmulUnit(hw, kind), name=name, emit_src=False)
+    name = f"hwflow_{base}_{kind}_unit" + ("" if word_bytes is None else f"_w{unit.wb}")
+    text = verilog.convert(unit, name=name, emit_src=False)
     return name, text, time.perf_counter() - t0

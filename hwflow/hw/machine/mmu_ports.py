@@ -1,25 +1,26 @@
-"""Buffer ports of the matmul unit (seam 2 of issue 7) and its byte-span reader and writer.
+"""Buffer ports of the matmul unit (seam 2 of issue 7) and its sequential byte-span reader.
 
 ``ReadPort``/``WritePort`` are the unit-side signatures of an on-chip buffer's ports, with
 exactly the member names the top level's ``bus.py`` defines (defined here until it lands):
 read: ``addr`` (word index), ``en``, ``grant`` (same cycle), ``data`` (the cycle after a
 granted request); write: ``addr``, ``data``, ``strb`` (byte enables), ``en``, ``grant``.
 
-Instruction byte addresses are arbitrary, so the unit reads and writes byte spans:
-:class:`SpanReader` returns the ``word_bytes`` bytes starting at any byte address (one or two
-word reads) and :class:`SpanWriter` writes up to four bytes at any byte address with strobes
-(one or two word writes). Both drive one port of the buffer the request names.
+Instruction byte addresses are arbitrary, so the unit reads byte spans: :class:`SpanReader`
+returns the ``word_bytes`` bytes starting at any byte address (one or two word reads; the
+drain's few scalar reads); the operand streams use the pipelined
+:class:`~hwflow.hw.machine.mmu_read.PartReader`, the writes the
+:class:`~hwflow.hw.machine.mmu_write.WriteCombiner`.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from hwflow.isa import Buf
 
-__all__ = ["ADDR_BITS", "ReadPort", "SpanReader", "SpanWriter", "WritePort"]
+__all__ = ["ADDR_BITS", "ReadPort", "SpanReader", "WritePort"]
 
 #: Width of the unit's internal byte addresses (instruction offsets are 24 bits; strided row
 #: addresses may exceed them, the buffer then wraps as a word index does).
@@ -137,76 +138,5 @@ class SpanReader(wiring.Component):
                     m.next = "DATA1"
             with m.State("DATA1"):
                 m.d.comb += self.valid.eq(1)
-                m.next = "IDLE"
-        return m
-
-
-class SpanWriter(wiring.Component):
-    """On ``go`` (``buf``, byte ``addr``, ``value``, ``nbytes`` in 1..4), write the value's low
-    ``nbytes`` bytes little-endian at ``addr`` with strobes (one or two words); ``done``
-    pulses in the cycle after the last word write was granted (the bytes are then visible)."""
-
-    def __init__(self, words: dict[Buf, int], word_bytes: int) -> None:
-        self.wb = word_bytes
-        super().__init__(
-            {
-                "go": In(1),
-                "buf": In(3),
-                "addr": In(ADDR_BITS),
-                "value": In(32),
-                "nbytes": In(range(5)),
-                "idle": Out(1),
-                "done": Out(1),
-                **{f"wr_{b.name.lower()}": Out(WritePort(words[b], word_bytes)) for b in Buf},
-            }
-        )
-
-    def elaborate(self, platform: object) -> Module:
-        m = Module()
-        wb, sb = self.wb, _shift_bits(self.wb)
-        buf = Signal(3)
-        waddr = Signal(ADDR_BITS - sb)
-        data = Signal(16 * wb)  # two words
-        strb = Signal(2 * wb)
-        en = Signal()
-        hi = Signal()  # writing the second word
-        ports = [getattr(self, f"wr_{b.name.lower()}") for b in Buf]
-        grant = Array(p.grant for p in ports)[buf]
-        cur_d = data.word_select(hi, 8 * wb)
-        cur_s = strb.word_select(hi, wb)
-        for i, p in enumerate(ports):
-            m.d.comb += [
-                p.en.eq(en & (buf == i)),
-                p.addr.eq(waddr + hi),
-                p.data.eq(cur_d),
-                p.strb.eq(cur_s),
-            ]
-        with m.FSM():
-            with m.State("IDLE"):
-                m.d.comb += self.idle.eq(1)
-                with m.If(self.go):
-                    off = self.addr[:sb]
-                    mask = Signal(4)
-                    with m.Switch(self.nbytes):
-                        for n in range(1, 5):
-                            with m.Case(n):
-                                m.d.comb += mask.eq((1 << n) - 1)
-                    m.d.sync += [
-                        buf.eq(self.buf),
-                        waddr.eq(self.addr[sb:]),
-                        hi.eq(0),
-                        data.eq(Cat(self.value, Const(0, 16 * wb - 32)) << (off * 8)),
-                        strb.eq(Cat(mask, Const(0, unsigned(2 * wb - 4))) << off),
-                    ]
-                    m.next = "WRITE"
-            with m.State("WRITE"):
-                m.d.comb += en.eq(cur_s.any())
-                with m.If(grant | ~cur_s.any()):
-                    with m.If(hi | ~strb[wb:].any()):
-                        m.next = "DONE"
-                    with m.Else():
-                        m.d.sync += hi.eq(1)
-            with m.State("DONE"):
-                m.d.comb += self.done.eq(1)
                 m.next = "IDLE"
         return m

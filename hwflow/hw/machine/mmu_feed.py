@@ -1,0 +1,281 @@
+"""The matmul unit's feed: operand streams from the buffers into the engine, one beat per cycle
+when the buffer ports allow.
+
+Each token lane t has its own activation stream (A: the M-byte block of token row t at every
+beat) and each of the ``nb`` = ``rows_per_beat(M)`` weight readers its own B stream: linear /
+head reader 0 reads the tile's beat records in order (one part per record, two when a record
+of values and indices exceeds a buffer word), qk reader l the key row of lane l, pv reader 0
+the M V rows (keys) of a block, one part each. Every stream is a :class:`~hwflow.hw.machine.
+mmu_loops.Loops` nest feeding a :class:`~hwflow.hw.machine.mmu_read.PartReader` whose windows
+wait in a FIFO; the stream runs ahead while its FIFO has room (a credit counter), so the
+reads of the next blocks, groups and passes overlap the current beats. A beat goes to the
+engine when every active FIFO holds its part (or, for beats of several parts, when the
+collector has gathered them).
+
+Linear/head: row r of a stripe (the tile's record holds the rows in order) runs on chain
+``r % chains``, segment ``r // chains``: the engine's lane r, so a row group's results drain
+in row order (:attr:`hwflow.hw.params.EngineParams.drain_order`). qk/pv: lane l of a group
+is output row (key / V column) ``gb + l``.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed
+from amaranth.lib.fifo import SyncFIFO
+
+from hwflow.hw.machine.mmu_loops import Loops
+from hwflow.hw.machine.mmu_read import PartReader
+from hwflow.hw.machine.mmu_setup import Instr
+from hwflow.isa import Buf
+
+__all__ = ["FIFO_DEPTH", "Feed"]
+
+#: Windows a stream may read ahead of the engine (its FIFO's depth).
+FIFO_DEPTH = 4
+_B_TAG = 9  # part index (1 bit) + the record's value bytes (linear); key index (pv)
+
+
+def _credit(m: Module, name: str, push: Value, pop: Value, start: Value) -> Signal:
+    """High while fewer than :data:`FIFO_DEPTH` windows are requested and not yet popped."""
+    n = Signal(range(FIFO_DEPTH + 1), name=f"{name}_inflight")
+    with m.If(start):
+        m.d.sync += n.eq(0)
+    with m.Else():
+        m.d.sync += n.eq(n + push - pop)
+    room = Signal(name=f"{name}_room")
+    m.d.comb += room.eq(n < FIFO_DEPTH)
+    return room
+
+
+class Feed:
+    """Builds the feed into module ``m`` (see the module doc); ``readers`` are the part
+    readers (token lanes first) for the unit's port arbitration."""
+
+    def __init__(self, ins: Instr, words: dict[Buf, int], word_bytes: int) -> None:
+        ep = ins.ep
+        self.ins, self.wb = ins, word_bytes
+        self.nb = ep.rows_per_beat(ep.m)
+        mbits = ep.m.bit_length()
+        self.ra = [PartReader(words, word_bytes, 1, 1 + mbits) for _ in range(ep.rows)]
+        self.rb = [PartReader(words, word_bytes, 1, _B_TAG) for _ in range(self.nb)]
+        self.readers = [*self.ra, *self.rb]
+        self.fa = [SyncFIFO(width=8 * ep.m + 1 + mbits, depth=FIFO_DEPTH) for _ in self.ra]
+        self.fb = [SyncFIFO(width=8 * word_bytes + _B_TAG, depth=FIFO_DEPTH) for _ in self.rb]
+
+    def build(self, m: Module, eng: object, start: Value, go: Value) -> None:
+        """The streams (reset by ``start``; they run iff ``go``), the FIFOs and the beat."""
+        ins = self.ins
+        for i, r in enumerate(self.readers):
+            m.submodules[f"reader{i}"] = r
+            m.d.comb += r.clear.eq(start)
+        for i, f in enumerate([*self.fa, *self.fb]):
+            m.submodules[f"fifo{i}"] = f
+        m.d.comb += [r.buf.eq(ins.c.a_buf) for r in self.ra]
+        m.d.comb += [r.buf.eq(ins.c.b_buf) for r in self.rb]
+        take = Signal()
+        m.d.comb += take.eq(eng.i.valid & eng.i.ready)
+        single = ins.rec_v + ins.rec_i <= self.wb
+        self.multi = (ins.is_lin & ~single) | ins.is_pv
+        for t in range(len(self.ra)):
+            self._a_stream(m, t, start, go, take)
+        coll_pop = Signal()
+        for lane in range(self.nb):
+            pop = Mux(self.multi, coll_pop if lane == 0 else 0, take)
+            self._b_stream(m, lane, start, go, pop, single)
+        self._beat(m, eng, take, coll_pop)
+
+    def _a_stream(self, m: Module, t: int, start: Value, go: Value, take: Value) -> None:
+        """Token lane t: the M-byte block of token row ``tb + t`` at every beat."""
+        ins, c, big_m = self.ins, self.ins.c, self.ins.ep.m
+        r, f = self.ra[t], self.fa[t]
+        lp = Loops(f"a{t}")
+        fire = r.req.valid & r.req.ready
+        room = _credit(m, f"a{t}", fire, take, start)
+        lp.build(m, start=start, go=go, fire=fire, rows=c.rows, tstep=ins.tstep, cols=c.cols,
+                 rpb=ins.rpb, inner=c.k, istep=big_m, parts=1)  # fmt: skip
+        tok = lp.tb + t
+        left = c.k - lp.i
+        kb = Mux(left >= big_m, big_m, left)
+        m.d.comb += [
+            r.req.valid.eq(lp.run & room),
+            r.req.payload.addr.eq(c.a_off + tok * c.a_stride + lp.i),
+            r.req.payload.nbytes.eq(big_m),
+            r.req.payload.zero.eq((tok >= c.rows) | (ins.pv2 & (t != 0))),
+            r.req.payload.sid.eq(0),
+            r.req.payload.tag.eq(Cat(lp.last_i, kb)),
+            f.w_en.eq(r.out_valid),
+            f.w_data.eq(Cat(r.out_win[: 8 * big_m], r.out_tag)),
+            f.r_en.eq(take),
+        ]
+
+    def _b_stream(
+        self, m: Module, lane: int, start: Value, go: Value, pop: Value, single: Value
+    ) -> None:
+        """Weight reader ``lane``: records (linear/head), key rows (qk), V rows (pv)."""
+        ins, c, big_m = self.ins, self.ins.c, self.ins.ep.m
+        r, f = self.rb[lane], self.fb[lane]
+        lp = Loops(f"b{lane}")
+        fire = r.req.valid & r.req.ready
+        room = _credit(m, f"b{lane}", fire, pop, start)
+        parts = Mux(ins.is_lin, Mux(single, 1, 2), Mux(ins.is_pv, big_m, 1)) if lane == 0 else 1
+        active = 1 if lane == 0 else ins.is_qk  # (from the registers: after ``start``)
+        lp.build(m, start=start, go=go, fire=fire, rows=c.rows, tstep=ins.tstep,
+                 cols=c.cols, rpb=ins.rpb, inner=c.k, istep=big_m, parts=parts)  # fmt: skip
+        # linear/head: the next record (its offset in the tile: ``start`` comes with the
+        # command, before the command register holds ``b_off``); a pass restarts at 0
+        wrel = Signal(32, name=f"b{lane}_wrel")
+        wrec = c.b_off + wrel
+        cur_v = Mux(lp.last_g, ins.rec_vl, ins.rec_v)
+        cur_i = Mux(lp.last_g, ins.rec_il, ins.rec_i)
+        with m.If(start):
+            m.d.sync += wrel.eq(0)
+        with m.Elif(fire & lp.last_j):
+            with m.If(lp.last_i & lp.last_g):
+                m.d.sync += wrel.eq(0)
+            with m.Else():
+                m.d.sync += wrel.eq(wrel + cur_v + cur_i)
+        row, key = lp.gb + lane, lp.i + lp.j
+        req = r.req.payload
+        with m.If(ins.is_lin):
+            m.d.comb += [
+                req.addr.eq(Mux(lp.j == 0, wrec, wrec + cur_v)),
+                req.nbytes.eq(Mux(lp.j != 0, cur_i, Mux(single, cur_v + cur_i, cur_v))),
+                req.tag.eq(Cat(lp.j[0], cur_v)),
+            ]
+        with m.Elif(ins.is_qk):
+            m.d.comb += [
+                req.addr.eq(c.b_off + row * c.b_stride + lp.i),
+                req.nbytes.eq(big_m),
+                req.zero.eq(row >= c.cols),
+            ]
+        with m.Else():
+            m.d.comb += [
+                req.addr.eq(c.b_off + key * c.b_stride + lp.gb),
+                req.nbytes.eq(self.nb),
+                req.zero.eq(key >= c.k),
+                req.tag.eq(lp.j),
+            ]
+        m.d.comb += [
+            r.req.valid.eq(lp.run & active & room),
+            f.w_en.eq(r.out_valid),
+            f.w_data.eq(Cat(r.out_win, r.out_tag)),
+            f.r_en.eq(pop),
+        ]
+
+    def _beat(self, m: Module, eng: object, take: Value, coll_pop: Signal) -> None:
+        """Present a beat when every part is there (see the module doc)."""
+        ins, ep, wb = self.ins, self.ins.ep, self.wb
+        big_m = ep.m
+        heads_a = [f.r_data for f in self.fa]
+        a_ok = Cat(*(f.r_rdy for f in self.fa)).all()
+        b_rdy = [f.r_rdy for f in self.fb]
+        b_single = Mux(ins.is_qk, Cat(*b_rdy).all(), b_rdy[0])
+        coll_valid = Signal()
+        b_ok = Mux(self.multi, coll_valid, b_single)
+        m.d.comb += eng.i.valid.eq(a_ok & b_ok)
+        # the collector of multi-part beats (linear with wide records, pv)
+        head0 = self.fb[0].r_data
+        win0, tag0 = head0[: 8 * wb], head0[8 * wb :]
+        coll_v, coll_i = Signal(8 * wb), Signal(8 * wb)
+        pv_w = [Signal(8, name=f"pvw{s}") for s in range(ep.chains * ep.chain_length)]
+        collect = self.multi & b_rdy[0] & (~coll_valid | take)
+        m.d.comb += coll_pop.eq(collect)
+        with m.If(take):
+            m.d.sync += coll_valid.eq(0)
+        with m.If(collect):
+            with m.If(ins.is_lin):
+                with m.If(tag0[0]):
+                    m.d.sync += [coll_i.eq(win0), coll_valid.eq(1)]
+                with m.Else():
+                    m.d.sync += coll_v.eq(win0)
+            with m.Else():
+                self._pv_part(m, pv_w, win0, tag0)
+                with m.If(tag0 == big_m - 1):
+                    m.d.sync += coll_valid.eq(1)
+        cur_v = tag0[1:]
+        win_v = Mux(self.multi, coll_v, win0)
+        win_i = Mux(self.multi, coll_i, win0 >> (cur_v * 8))
+        lin_v, lin_i = self._linear(m, win_v, win_i)
+        qk_v = self._qk(m)
+        beat = eng.i.payload
+        for ci in range(ep.chains):
+            for s in range(ep.chain_length):
+                at = ci * ep.chain_length + s
+                w = Mux(ins.is_lin, lin_v[at], Mux(ins.is_qk, qk_v[at], pv_w[at]))
+                m.d.comb += beat.wval[ci][8 * s : 8 * s + 8].eq(w)
+                ib = ep.index_bits
+                m.d.comb += beat.widx[ci][ib * s : ib * s + ib].eq(lin_i[at])
+        self._act(m, beat, heads_a)
+        m.d.comb += [
+            beat.nsel.eq(ins.nsel),
+            beat.wsel.eq(ep.weight_bits.index(8)),
+            beat.raw.eq(1),
+            beat.paddr.eq(0),
+            beat.last.eq(heads_a[0][8 * big_m]),
+            eng.p.valid.eq(0),
+        ]
+
+    def _pv_part(self, m: Module, pv_w: list[Signal], win: Value, key: Value) -> None:
+        """pv part ``key`` (V row of key ``i + key``): byte l is lane l's weight at stage
+        ``key`` of its segment."""
+        ep = self.ins.ep
+        with m.Switch(key):
+            for j in range(ep.m):
+                with m.Case(j):
+                    for lane in range(self.nb):
+                        ci, s = lane % ep.chains, lane // ep.chains
+                        at = ci * ep.chain_length + s * ep.m + j
+                        m.d.sync += pv_w[at].eq(win[8 * lane : 8 * lane + 8])
+
+    def _linear(self, m: Module, win_v: Value, win_i: Value) -> tuple[list, list]:
+        """A record's slots (values widened to INT8, indices) placed at (chain, stage): row r
+        of the stripe on chain r % chains, segment r // chains."""
+        ins, ep = self.ins, self.ins.ep
+        nslot, ib = ep.chains * ep.chain_length, ep.index_bits
+        vals = [Signal(signed(8), name=f"lv{i}") for i in range(nslot)]
+        with m.Switch(ins.wbits):
+            for bits in ep.weight_bits:
+                with m.Case(bits):
+                    for i in range(nslot):
+                        m.d.comb += vals[i].eq(win_v[i * bits : (i + 1) * bits].as_signed())
+        out_v = [Signal(8, name=f"pl_v{i}") for i in range(nslot)]
+        out_i = [Signal(ib, name=f"pl_i{i}") for i in range(nslot)]
+        with m.Switch(ins.nsel):
+            for k, n in enumerate(ep.n_modes):
+                with m.Case(k):
+                    for s in range(nslot):
+                        row, i = divmod(s, n)
+                        at = (row % ep.chains) * ep.chain_length + (row // ep.chains) * n + i
+                        m.d.comb += [
+                            out_v[at].eq(vals[s]),
+                            out_i[at].eq(win_i[s * ib : (s + 1) * ib]),
+                        ]
+        return out_v, out_i
+
+    def _qk(self, m: Module) -> list[Value]:
+        """qk: lane l's key block (reader l's window) at chain l % chains, segment l //
+        chains (dense: N = M)."""
+        ep = self.ins.ep
+        out: list[Value] = [0] * (ep.chains * ep.chain_length)
+        for lane in range(self.nb):
+            win = self.fb[lane].r_data
+            ci, s = lane % ep.chains, lane // ep.chains
+            for j in range(ep.m):
+                out[ci * ep.chain_length + s * ep.m + j] = win[8 * j : 8 * j + 8]
+        return out
+
+    def _act(self, m: Module, beat: object, heads: list[Value]) -> None:
+        """Token lanes' activations (bytes past k zeroed); pv: UINT8 (bit-sliced on a
+        dual-INT8 engine: lane 0 ``p >> 1``, lane 1 ``p & 1`` of token lane 0)."""
+        ins, ep = self.ins, self.ins.ep
+        big_m = ep.m
+        for ti, head in enumerate(heads):
+            kb = head[8 * big_m + 1 :]
+            for i in range(big_m):
+                byte = Mux(kb > i, head[8 * i : 8 * i + 8], 0)
+                if ins.split_pv:
+                    b0 = Mux(heads[0][8 * big_m + 1 :] > i, heads[0][8 * i : 8 * i + 8], 0)
+                    pv_act = b0[1:] if ti == 0 else b0[0]
+                else:
+                    pv_act = byte
+                m.d.comb += beat.act[ti][i].eq(Mux(ins.is_pv, pv_act, byte.as_signed()))

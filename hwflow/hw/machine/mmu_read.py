@@ -1,0 +1,137 @@
+"""The matmul unit's pipelined operand reader and its buffer-port arbitration.
+
+A :class:`PartReader` turns a stream of byte-span requests ("parts": up to one buffer word of
+bytes at any byte address) into the realigned windows, in order, one request per cycle when
+the port allows: a part inside one word costs one port read, a part straddling two words two,
+and a part whose first word is the one the same *stream* (``sid``) read last costs none for
+that word (a per-stream one-word cache, so a stream of consecutive parts, such as a weight
+tile's records or one token's activation blocks, reads each buffer word once). A ``zero``
+part reads nothing and yields zeros (operands past an extent). The window of a part leaves
+one cycle after its last word read was granted (the buffer's read latency); the reader never
+stalls its output, so whoever sends it requests must have room for the windows (the feed's
+credit counters).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hwflow.hw.machine.mmu_ports import ADDR_BITS, ReadPort
+from hwflow.isa import Buf
+
+__all__ = ["PartReader", "arbitrate_reads", "part_layout"]
+
+
+def part_layout(word_bytes: int, streams: int, tag_bits: int) -> data.StructLayout:
+    """One request: byte ``addr``, ``nbytes`` (<= a word), ``zero`` (read nothing), stream
+    ``sid`` (its cache entry), ``tag`` (passed through with the window)."""
+    return data.StructLayout(
+        {
+            "addr": unsigned(ADDR_BITS),
+            "nbytes": range(word_bytes + 1),
+            "zero": 1,
+            "sid": range(max(2, streams)),
+            "tag": unsigned(max(1, tag_bits)),
+        }
+    )
+
+
+class PartReader(wiring.Component):
+    """Pipelined reader of parts from buffer ``buf`` (held for an instruction); ``clear``
+    empties the caches (a new instruction: buffers may have changed)."""
+
+    def __init__(
+        self, words: dict[Buf, int], word_bytes: int, streams: int = 1, tag_bits: int = 1
+    ) -> None:
+        self.wb, self.streams, self.tag_bits = word_bytes, max(1, streams), max(1, tag_bits)
+        super().__init__(
+            {
+                "buf": In(3),
+                "clear": In(1),
+                "req": In(stream.Signature(part_layout(word_bytes, streams, tag_bits))),
+                "out_valid": Out(1),
+                "out_win": Out(8 * word_bytes),
+                "out_tag": Out(self.tag_bits),
+                **{f"rd_{b.name.lower()}": Out(ReadPort(words[b], word_bytes)) for b in Buf},
+            }
+        )
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        wb = self.wb
+        sb = wb.bit_length() - 1
+        req = self.req.payload
+        ports = [getattr(self, f"rd_{b.name.lower()}") for b in Buf]
+        n = self.streams
+        tags = Array(Signal(ADDR_BITS - sb, name=f"tag{s}") for s in range(n))
+        tval = Array(Signal(name=f"tval{s}") for s in range(n))
+        cdata = Array(Signal(8 * wb, name=f"cdata{s}") for s in range(n))
+
+        w0 = req.addr[sb:]
+        two = req.addr[:sb] + req.nbytes > wb
+        hit0 = tval[req.sid] & (tags[req.sid] == w0)
+        need0 = ~req.zero & ~hit0
+        need1 = ~req.zero & two
+        phase = Signal()  # the second word of a part that reads both
+        want = self.req.valid & (phase | need0 | need1)
+        raddr = Mux(phase | ~need0, w0 + 1, w0)
+        grant = Array(p.grant for p in ports)[self.buf]
+        for i, p in enumerate(ports):
+            m.d.comb += [p.en.eq(want & (self.buf == i)), p.addr.eq(raddr)]
+        last_read = phase | ~(need0 & need1)
+        no_read = self.req.valid & ~want
+        took = want & grant
+        m.d.comb += self.req.ready.eq(no_read | (took & last_read))
+        with m.If(took):
+            m.d.sync += [tags[req.sid].eq(raddr), tval[req.sid].eq(1), phase.eq(~last_read)]
+        with m.If(self.clear):
+            m.d.sync += [t.eq(0) for t in tval]
+
+        # one cycle later: the word arrives (or a cached / zero part completes)
+        f_valid, f_rd, f_last, f_two, f_zero = (Signal(name=f"f_{x}") for x in "vrltz")
+        f_off = Signal(sb)
+        f_sid = Signal(range(max(2, n)))
+        f_tag = Signal(self.tag_bits)
+        m.d.sync += [
+            f_valid.eq(took | no_read),
+            f_rd.eq(took),
+            f_last.eq(no_read | last_read),
+            f_two.eq(took & two),
+            f_zero.eq(req.zero),
+            f_off.eq(req.addr[:sb]),
+            f_sid.eq(req.sid),
+            f_tag.eq(req.tag),
+        ]
+        rdata = Array(p.data for p in ports)[self.buf]
+        cd = cdata[f_sid]
+        with m.If(f_valid & f_rd):
+            m.d.sync += cd.eq(rdata)
+        one = Mux(f_rd, rdata, cd) >> (f_off * 8)
+        both = (Cat(cd, rdata) >> (f_off * 8))[: 8 * wb]
+        m.d.comb += [
+            self.out_valid.eq(f_valid & f_last),
+            self.out_win.eq(Mux(f_zero, 0, Mux(f_two, both, one))),
+            self.out_tag.eq(f_tag),
+        ]
+        return m
+
+
+def arbitrate_reads(m: Module, unit: object, requesters: list[object]) -> None:
+    """Share the unit's read ports among ``requesters`` (components with ``rd_<buf>`` ports),
+    fixed priority in list order; every requester sees the read data (only the one granted
+    in the cycle before uses it)."""
+    for b in Buf:
+        name = f"rd_{b.name.lower()}"
+        u = getattr(unit, name)
+        taken = 0
+        addr = 0
+        for r in reversed(requesters):
+            p = getattr(r, name)
+            addr = Mux(p.en, p.addr, addr)
+        for r in requesters:
+            p = getattr(r, name)
+            m.d.comb += [p.grant.eq(u.grant & p.en & ~taken), p.data.eq(u.data)]
+            taken = taken | p.en
+        m.d.comb += [u.en.eq(taken), u.addr.eq(addr)]
