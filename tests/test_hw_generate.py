@@ -46,20 +46,21 @@ def test_rtl_command_writes_linted_verilog(rtl_out: tuple[Path, int, str]) -> No
 # * drain words of a row group at N: token rows x (2 x 16 / N) lanes / 2 requantizers:
 #   mv N = 2: 16 / 2 = 8, N = 4: 4, N = 8: 2, N = 16: 1; mpe (2 token rows) twice that.
 # * latency, the stages of the hwflow.costs module doc: operands 2 + product 1 + cascade 16
-#   + accumulator 1 + capture 1 + requantizer 5 + output FIFO 1 = 27.
-# * output FIFO: latency + the largest drain: mv 27 + 8 = 35, mpe 27 + 16 = 43.
+#   + accumulator 1 + capture 1 + requantizer 6 (bias, two multiply, round, shift,
+#   saturate) + output FIFO 1 = 28.
+# * output FIFO: latency + the largest drain: mv 28 + 8 = 36, mpe 28 + 16 = 44.
 # * parameter memory: param_kib 16 = 16384 B / (16 lanes x 8 B per entry) = 128 entries.
 # * dual-INT8 field: the lower token's chain sum reaches 16 x 128 x 127 = 260,096 < 2**18,
 #   so 18 magnitude bits + 1 guard bit: the upper token starts at bit 19.
 _TINY_COMMON = {"preset": "tiny", "chains": 2, "chain_length": 16, "m": 16,
                 "n_modes": [2, 4, 8, 16], "weight_bits": [2, 3, 4, 8], "dsp_kind": "DSP48E2",
                 "acc_bits": 48, "lanes": 16, "dsps": 32, "param_depth": 128, "requantizers": 2,
-                "latency": 27, "per_token": False, "act_bits": 8}  # fmt: skip
+                "latency": 28, "per_token": False, "act_bits": 8}  # fmt: skip
 TINY_PARAMS = {
     "mv": {**_TINY_COMMON, "kind": "mv", "rows": 1, "dual_int8": False, "dual_field": None,
-           "drain_cycles": {"2": 8, "4": 4, "8": 2, "16": 1}, "fifo_depth": 35},
+           "drain_cycles": {"2": 8, "4": 4, "8": 2, "16": 1}, "fifo_depth": 36},
     "mpe": {**_TINY_COMMON, "kind": "mpe", "rows": 2, "dual_int8": True, "dual_field": 19,
-            "drain_cycles": {"2": 16, "4": 8, "8": 4, "16": 2}, "fifo_depth": 43},
+            "drain_cycles": {"2": 16, "4": 8, "8": 4, "16": 2}, "fifo_depth": 44},
 }  # fmt: skip
 
 
@@ -73,7 +74,7 @@ def test_manifest_records_params_ports_and_latency(rtl_out: tuple[Path, int, str
         eng = man["engines"][kind]
         p = EngineParams.from_preset(hw, kind)
         assert eng["params"] == TINY_PARAMS[kind]
-        assert eng["timing"]["latency"] == 27
+        assert eng["timing"]["latency"] == 28
         leaves = eng["modules"]["leaves"]
         assert leaves[f"{eng['module']}_slice"] == p.chains  # one module, one per chain
         assert leaves[f"{eng['module']}_rq"] == p.requantizers

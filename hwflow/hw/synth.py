@@ -305,6 +305,12 @@ class ModuleReport:
     path: PathReport | None = None  #: the critical path (timing proxy, see the module doc)
 
 
+#: Bump when what a cached record holds changes: the ``stat`` cells, the cascade links
+#: (:func:`_cascade_links`) and the critical path (:func:`parse_sta`, the ``sta`` script).
+#: (Keying on this file's whole source made every edit re-run every Yosys synthesis.)
+CACHE_VERSION = "1"
+
+
 def _cache_dir() -> Path:
     from hwflow.hw.cosim import BUILD_ROOT
 
@@ -315,10 +321,9 @@ def _synth_cached(
     key_text: str, run: Callable[[Path], tuple[Counter[str], int, float, PathReport | None]]
 ) -> tuple[dict[str, Any], bool]:
     """A module's synthesis result, cached on disk by the hash of what Yosys reads and runs
-    (``key_text``: the Verilog, the scripts) and of this module's own source (how the
-    results are read)."""
-    own = Path(__file__).read_bytes()
-    key = hashlib.sha256(key_text.encode() + own).hexdigest()[:20]
+    (``key_text``: the Verilog, the scripts) and of :data:`CACHE_VERSION` (how the results
+    are read from Yosys's output)."""
+    key = hashlib.sha256(f"{CACHE_VERSION}\n{key_text}".encode()).hexdigest()[:20]
     path = _cache_dir() / f"{key}.json"
     if path.is_file():
         return json.loads(path.read_text()), True
