@@ -103,24 +103,32 @@ def test_user_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_dsp58_design_counts_dsps_structurally(monkeypatch) -> None:
-    """vhk158 (DSP58, no Yosys family): DSPs = chain stages + requantizers x 3, whatever the
-    stand-in synthesis says; LUT/FF from the stand-in, every such figure labelled."""
+    """vhk158 (DSP58, no Yosys family): engine DSPs = chain stages + requantizer DSPs,
+    whatever the stand-in synthesis says, plus the machine's own; LUT/FF from
+    the stand-in, every such figure labelled."""
     from hwflow.hw import synth as sy
 
     hw = load_hw("vhk158")
+    zero = {k: 0.0 for k in ("lut", "lut_logic", "ff", "dsp", "bram36", "uram", "srl")}
+    zero |= {"lutram": 0.0, "carry": 0.0}
 
-    def fake(p, **_kw):
-        counts = {k: 0.0 for k in ("lut", "ff", "dsp", "bram36", "uram", "srl", "lutram", "carry")}
-        counts |= {"lut": 100.0, "dsp": 999.0}
+    def fake(p, *_a, **_kw):
+        counts = zero | {"lut": 100.0, "dsp": 999.0}
         return [sy.ModuleReport(p.kind, "m", 2, counts, 0, 0.0, True)], 7
 
+    def fake_machine(hw_, *_a, **_kw):
+        top = sy.ModuleReport("machine", "top", 1, zero | {"lut": 50.0, "dsp": 5.0}, 0, 0.0, True)
+        return top, None
+
     monkeypatch.setattr(sy, "synthesize_engine", fake)
+    monkeypatch.setattr(sy, "synthesize_machine", fake_machine)
     rep = sy.synth_design(hw)
     mv, mpe = hw.mv, hw.mpe
     stages = mv.chains * mv.chain_length + mpe.chains * mpe.chain_length * mpe.rows // 2
-    assert rep["dsp"] == stages + 3 * (mv.requantizers + mpe.requantizers)
-    assert rep["lut"] == 400 and rep["cascade_links"] == rep["cascade_expected"] == 14
-    assert set(rep["estimates"]) == {"dsp", "logic", "cascade_links"}
+    # a DSP58 requantizer multiplies a 59-bit operand in 24 + 24 + 11-bit pieces: 3 DSPs
+    assert rep["dsp"] == stages + 3 * (mv.requantizers + mpe.requantizers) + 5
+    assert rep["lut"] == 450 and rep["cascade_links"] == rep["cascade_expected"] == 14
+    assert {"dsp", "logic", "cascade_links", "machine"} <= set(rep["estimates"])
     assert rep["device"]["lut"] is None and "lut" not in rep["over"]
 
 
@@ -228,3 +236,18 @@ def test_timing_proxy_counts_levels_of_a_known_depth(tmp_path, expr, width, luts
     _cells, _links, _secs, path = _run_yosys(tmp_path, _synth_script("d", "d.v"), 600, "d")
     assert path is not None and path.arrival_ps > 0
     assert (path.lut_levels, path.carry_cells) == (luts, carries), path.cells
+
+
+def test_preset_over_the_device_dsps_is_refused(tmp_path, capsys) -> None:
+    """A copy of u280.yaml with 512 MV chains needs 512 x 16 = 8,192 MV stages + 128 x 16 x
+    2 / 2 = 2,048 MPE stages = 10,240 DSPs before its requantizers: more than the XCU280's
+    9,024. Every command refuses it at load, naming the resource; nothing is synthesized."""
+    from hwflow.config.loading import _resolve
+
+    text = _resolve("hw", "u280", (".yaml",)).read_text()
+    assert "mv:\n  chains: 128\n" in text
+    big = tmp_path / "u280-big.yaml"
+    big.write_text(text.replace("mv:\n  chains: 128\n", "mv:\n  chains: 512\n"))
+    assert main(["synth", "--hw", str(big)]) == 2
+    err = capsys.readouterr().err
+    assert "DSPs but board xcu280 has 9024" in err and "Traceback" not in err
