@@ -21,16 +21,20 @@ are counted apart). It has no net (routing) delays and uses 7-series cell delays
 logic-depth proxy, not timing closure: ports of a module count as path ends, which holds
 where the neighbours register them.
 
-LUT mapping: Yosys's LUT mapper (``abc9``) maps for the best delay it can reach unless given
-a target, so how much area it recovers depends on the slowest path of whatever netlist it
-sees: a module synthesized alone was mapped for its own critical path and came out 12 to
-17 % larger than the same logic inside the flattened engine (measured on the tiny MV
-engine). Every run here gets the preset's clock period as the delay target (``scratchpad
--set abc9.D``), as a vendor flow maps against the clock constraint, so a module's LUTs no
-longer depend on its neighbours' paths (:func:`validate_method` checks the per-module sum
-against a flat run). ``lut`` counts every LUT site the device's CLB LUT budget counts:
-logic LUTs (``lut_logic``), shift-register LUTs (``srl``: the deskew lines) and the LUTs of
-distributed RAM (``lutram``).
+Per-module method (:func:`synthesize_engine`): a module synthesized *alone*, with its ports
+as the netlist's inputs and outputs, costs more LUTs than the same module inside the
+flattened engine. Measured on the tiny MV engine (2 chains): alone, the chain slice took
+2,404 LUTs against about 2,080 in the flat run, and the per-module sum was 7,074 against
+6,420 flat (+10 %; +17 % before the output buffer took the slot multiplexers); the drain
+columns and requantizers cost the same alone as in context (to the LUT), and with the top's
+logic around one slice instance (other leaves black boxes) the slice cost what it costs
+flat (2,429 against 2,439, before that change). Mapping every run for the clock period
+(``abc9.D``, as a vendor flow maps against the clock constraint) changed the flat count by
+six LUTs, so it is not the cause. Hence each distinct leaf is synthesized once *in
+context*: the top with one instance of it and every other leaf a black box, its cost the
+difference from the top alone; :func:`validate_method` checks the sum against a flat run.
+``lut`` counts every LUT site of the device's CLB LUT budget: logic LUTs (``lut_logic``),
+shift-register LUTs (``srl``: the deskew lines) and distributed RAM (``lutram``).
 
 Whole designs (:func:`synth_design`, ``hwflow synth``): each distinct module of the
 hierarchical Verilog (:mod:`hwflow.hw.hier`) is synthesized once, the top with its leaves as
