@@ -28,9 +28,11 @@ flattened engine. Measured on the tiny MV engine (2 chains): alone, the chain sl
 6,420 flat (+10 %; +17 % before the output buffer took the slot multiplexers); the drain
 columns and requantizers cost the same alone as in context (to the LUT), and with the top's
 logic around one slice instance (other leaves black boxes) the slice cost what it costs
-flat (2,429 against 2,439, before that change). Mapping every run for the clock period
-(``abc9.D``, as a vendor flow maps against the clock constraint) changed the flat count by
-six LUTs, so it is not the cause. Hence each distinct leaf is synthesized once *in
+flat (2,429 against 2,439, before that change). Mapping for the clock period instead of the
+best delay (``scratchpad -set abc9.D 4444``, as a vendor flow maps against the clock
+constraint) changed the flat count by six LUTs, so it is not the cause (and it deepened
+control paths to 7 LUT levels within the period, so the runs keep the best-delay mapping).
+Hence each distinct leaf is synthesized once *in
 context*: the top with one instance of it and every other leaf a black box, its cost the
 difference from the top alone; :func:`validate_method` checks the sum against a flat run.
 ``lut`` counts every LUT site of the device's CLB LUT budget: logic LUTs (``lut_logic``),
@@ -53,14 +55,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -242,14 +247,10 @@ def _run_yosys(
     return parse_stat(log), _cascade_links((work / "net.v").read_text()), seconds, path
 
 
-def _synth_script(
-    top: str, files: str, libs: str = "", chparam: str = "", period_ps: int | None = None
-) -> str:
-    """The synthesis script (see the module doc); ``period_ps`` is the LUT mapper's delay
-    target (the clock period, :func:`period_ps`)."""
-    target = f"scratchpad -set abc9.D {period_ps}; " if period_ps else ""
+def _synth_script(top: str, files: str, libs: str = "", chparam: str = "") -> str:
+    """The synthesis script (see the module doc)."""
     return (
-        f"{libs}read_verilog -sv {files}; {chparam}{target}"
+        f"{libs}read_verilog -sv {files}; {chparam}"
         f"synth_xilinx -family xc7 -top {top} -flatten -noiopad -run :coarse; "
         f"synth_xilinx -family xcup -top {top} -flatten -noiopad -run coarse:; "
         "stat; write_verilog -noattr net.v"
@@ -276,12 +277,9 @@ def _counts(cells: Counter[str], skip: frozenset[str] = frozenset()) -> dict[str
     }
 
 
-def synthesize(
-    p: EngineParams, period_ps: int, *, keep: Path | None = None, timeout: int = 3600
-) -> SynthReport:
-    """Synthesize one engine (``p.chains`` chains) flat, as one module, for a clock of
-    ``period_ps`` and count its resources (the reference :func:`synthesize_engine` is
-    validated against on a slice)."""
+def synthesize(p: EngineParams, *, keep: Path | None = None, timeout: int = 3600) -> SynthReport:
+    """Synthesize one engine (``p.chains`` chains) flat, as one module, and count its
+    resources (the reference :func:`synthesize_engine` is validated against on a slice)."""
     if p.dsp_kind != "DSP48E2":
         raise UnsupportedError(
             f"no synthesis estimate for {p.dsp_kind} (preset {p.preset}): Yosys has no Versal family"
@@ -291,7 +289,7 @@ def synthesize(
         work = Path(keep) if keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         (work / f"{name}.v").write_text(engine_verilog(p, name=name))
-        script = _synth_script(name, f"{name}.v", chparam=_ram_chparam(p), period_ps=period_ps)
+        script = _synth_script(name, f"{name}.v", chparam=_ram_chparam(p))
         cells, links, seconds, path = _run_yosys(work, script, timeout, name)
     c = _counts(cells)
     groups = p.rows // 2 if p.dual_int8 else p.rows
@@ -388,37 +386,56 @@ def _in_context(top_text: str, leaf: str, leaf_text: str) -> str:
     return top + leaf_text.replace(leaf, ctx)  # the module and its submodules, renamed
 
 
-def synthesize_engine(
-    p: EngineParams, period_ps: int, *, timeout: int = 3600
-) -> tuple[list[ModuleReport], int]:
-    """Synthesize each distinct module of the engine once, in context, for a clock of
-    ``period_ps``: the top with every leaf a black box (the top's own logic), then for each
+#: Amaranth elaborates one design at a time (its conversion is not known to be thread-safe).
+_ELABORATION = threading.Lock()
+
+
+def _jobs() -> int:
+    """Yosys runs at once (``HWFLOW_SYNTH_JOBS``, default 2): each run is one process."""
+    try:
+        return max(1, int(os.environ.get("HWFLOW_SYNTH_JOBS", "2")))
+    except ValueError:
+        raise UnsupportedError(
+            f"HWFLOW_SYNTH_JOBS = {os.environ['HWFLOW_SYNTH_JOBS']!r} must be a whole number"
+        ) from None
+
+
+def _parallel(tasks: list[Callable[[], Any]]) -> list[Any]:
+    """Run ``tasks`` (each starting Yosys processes) on :func:`_jobs` threads, in order."""
+    with ThreadPoolExecutor(max_workers=_jobs()) as pool:
+        return list(pool.map(lambda t: t(), tasks))
+
+
+def synthesize_engine(p: EngineParams, *, timeout: int = 3600) -> tuple[list[ModuleReport], int]:
+    """Synthesize each distinct module of the engine once, in context: the top with every leaf a black box (the top's own logic), then for each
     leaf the top with one instance of it (:func:`_in_context`), whose cost is the difference
     (the module doc says why alone is not enough). The reports (per instance, with instance
     counts; a leaf's path is that of its in-context run) and the cascade links the chains
-    need. Runs on :func:`stand_in`."""
+    need. Runs on :func:`stand_in`; the runs go in parallel (:func:`_jobs`)."""
     p = stand_in(p)
     name = module_name(p)
-    text, _eng, hier = engine_design(p, name)
+    with _ELABORATION:
+        text, _eng, hier = engine_design(p, name)
     leaves = hier.verilog()
     top_text = text[len(leaves) :]
-    runs = [(name, None, top_text), *((n, lf, None) for n, lf in hier.leaves.items())]
-    reports: list[ModuleReport] = []
-    base: tuple[dict[str, float], int] = ({}, 0)
-    for leaf_name, leaf, body in runs:
-        if leaf is not None:
-            body = _in_context(top_text, leaf_name, leaf.text)
+    libs = "read_verilog -lib -sv leaves.v; "
+    script = _synth_script(name, "m.v", libs)
+    bodies = [top_text, *(_in_context(top_text, n, lf.text) for n, lf in hier.leaves.items())]
 
-        def run(work: Path, body: str = body) -> tuple[Counter[str], int, float, Any]:
+    def task(body: str) -> Callable[[], tuple[dict[str, Any], bool]]:
+        def run(work: Path) -> tuple[Counter[str], int, float, Any]:
             (work / "m.v").write_text(body)
             (work / "leaves.v").write_text(leaves)
-            libs = "read_verilog -lib -sv leaves.v; "
-            return _run_yosys(
-                work, _synth_script(name, "m.v", libs, "", period_ps), timeout, name, libs
-            )
+            return _run_yosys(work, script, timeout, name, libs)
 
-        script = _synth_script(name, "m.v", "read_verilog -lib -sv leaves.v; ", "", period_ps)
-        rec, cached = _synth_cached(leaves + body + script, run)
+        return lambda: _synth_cached(leaves + body + script, run)
+
+    results = _parallel([task(b) for b in bodies])
+    reports: list[ModuleReport] = []
+    base: tuple[dict[str, float], int] = ({}, 0)
+    for (leaf_name, leaf), (rec, cached) in zip(
+        [(name, None), *hier.leaves.items()], results, strict=True
+    ):
         cells = Counter(rec["cells"])
         for other in hier.leaves:  # black-box leaf instances in the table
             cells.pop(other, None)
@@ -558,19 +575,18 @@ def machine_design(hw: Any) -> tuple[str, str, str | None]:
     return name, verilog.convert(Accelerator(mp), name=name, emit_src=False), missing
 
 
-def synthesize_machine(
-    hw: Any, period_ps: int, *, timeout: int = 3600
-) -> tuple[ModuleReport, str | None]:
+def synthesize_machine(hw: Any, *, timeout: int = 3600) -> tuple[ModuleReport, str | None]:
     """The machine of :func:`machine_design`, synthesized flat once (cached like a module),
     and why its SFU is missing (None: it is there)."""
-    name, text, missing = machine_design(hw)
+    with _ELABORATION:
+        name, text, missing = machine_design(hw)
     generic = text.replace(name, "M")
 
     def run(work: Path) -> tuple[Counter[str], int, float, PathReport | None]:
         (work / "m.v").write_text(text)
-        return _run_yosys(work, _synth_script(name, "m.v", period_ps=period_ps), timeout, name)
+        return _run_yosys(work, _synth_script(name, "m.v"), timeout, name)
 
-    rec, cached = _synth_cached(generic + _synth_script("M", "m.v", period_ps=period_ps), run)
+    rec, cached = _synth_cached(generic + _synth_script("M", "m.v"), run)
     report = ModuleReport(
         engine="machine",
         module=name,
@@ -585,7 +601,7 @@ def synthesize_machine(
 
 
 def period_ps(hw: Any) -> int:
-    """The preset's clock period in picoseconds (the LUT mapper's delay target)."""
+    """The preset's clock period in picoseconds (what the timing proxy compares with)."""
     return round(1e6 / hw.clock_mhz)
 
 
@@ -596,12 +612,16 @@ def synth_design(hw: Any, chains: int | None = None) -> dict[str, Any]:
     ``chains`` makes slices of the engines."""
     modules: list[ModuleReport] = []
     expected = 0
-    for kind in ("mv", "mpe"):
-        p = EngineParams.from_preset(hw, kind, chains)
-        reports, exp = synthesize_engine(p, period_ps(hw))
+    params = [EngineParams.from_preset(hw, kind, chains) for kind in ("mv", "mpe")]
+    tasks: list[Callable[[], Any]] = [
+        *(lambda p=p: synthesize_engine(p) for p in params),
+        lambda: synthesize_machine(hw),
+    ]
+    with ThreadPoolExecutor(max_workers=len(tasks)) as pool:  # each waits on its own runs
+        *engines, (machine, sfu_missing) = pool.map(lambda t: t(), tasks)
+    for reports, exp in engines:
         modules += reports
         expected += exp
-    machine, sfu_missing = synthesize_machine(hw, period_ps(hw))
     modules.append(machine)
     totals = {
         k: sum(m.counts[k] * m.instances for m in modules)
@@ -642,12 +662,11 @@ VALIDATION_CHAINS = 2
 
 def validate_method(hw: Any, chains: int = VALIDATION_CHAINS) -> dict[str, Any]:
     """The per-module method against a flat synthesis (one Yosys run of the whole engine,
-    as a vendor flow flattens it) of a ``chains``-chain slice of ``hw``'s MV engine, both at
-    the preset's clock: LUT, FF, DSP of each and the relative deviation of the per-module
+    as a vendor flow flattens it) of a ``chains``-chain slice of ``hw``'s MV engine: LUT, FF, DSP of each and the relative deviation of the per-module
     sum from the flat run (the issue asks for 5%)."""
     p = EngineParams.from_preset(hw, "mv", chains)
-    flat = synthesize(p, period_ps(hw))
-    mods, _ = synthesize_engine(p, period_ps(hw))
+    flat = synthesize(p)
+    mods, _ = synthesize_engine(p)
     keys = ("lut", "ff", "dsp")
     per = {k: sum(m.counts[k] * m.instances for m in mods) for k in keys}
     flat_c = {"lut": flat.lut, "ff": flat.ff, "dsp": flat.dsp}
