@@ -88,10 +88,11 @@ PRODUCT_STAGES = 1
 ACC_STAGES = 1
 #: Capturing a row group's segment results (prefix-sum differences) into the output buffer.
 CAPTURE_STAGES = 1
-#: Requantization: add the INT32 bias (1), multiply by ``mult`` (1), add the rounding constant
-#: (1), shift (1), saturate into the output FIFO (1): few LUT levels per stage (the timing
-#: proxy of ``hwflow synth``).
-REQUANT_STAGES = 5
+#: Requantization: add the INT32 bias (1), multiply by ``mult`` (2: the partial products in
+#: the DSPs' M registers, their sum in a P register), add the rounding constant (1), shift
+#: (1), saturate into the output FIFO (1): few LUT levels per stage and no DSP-to-DSP path
+#: without a register (the timing proxy of ``hwflow synth``).
+REQUANT_STAGES = 6
 #: The output FIFO (credit-based, never full): a written word is presented one cycle later
 #: than a plain output register would present it.
 OUTPUT_STAGES = 1

@@ -71,7 +71,7 @@ def test_requantizer_matches_numerics() -> None:
 
     async def bench(ctx) -> None:
         got = []
-        for i in range(n + 3):
+        for i in range(n + 4):
             if i < n:
                 ctx.set(dut.acc, int(acc[i]))
                 ctx.set(dut.bias, int(bias[i]))
@@ -79,8 +79,9 @@ def test_requantizer_matches_numerics() -> None:
                 ctx.set(dut.shift, int(shift[i]))
                 ctx.set(dut.raw, int(raw[i]))
             await ctx.tick()
-            if i >= 3:
-                # bias, multiply, rounding add, shift: four registers, then combinational
+            if i >= 4:
+                # bias, multiply (partial products, their sum), rounding add, shift: five
+                # registers, then combinational
                 got.append(ctx.get(dut.out))
         assert got == [int(v) for v in expected]
 
@@ -118,7 +119,7 @@ def test_per_token_requantizer_matches_its_formula() -> None:
 
     async def bench(ctx) -> None:
         got = []
-        for i in range(n + 7):
+        for i in range(n + 9):
             if i < n:
                 for port, v in (
                     ("acc", acc),
@@ -131,8 +132,8 @@ def test_per_token_requantizer_matches_its_formula() -> None:
                 ):
                     ctx.set(getattr(dut, port), int(v[i]))
             await ctx.tick()
-            if i >= 7:
-                # four registers, then INT32 saturation, multiply, rounding add, shift
+            if i >= 9:
+                # five registers, then INT32 saturation, multiply (two), rounding add, shift
                 got.append(ctx.get(dut.out))
         assert got == want
 
@@ -210,14 +211,14 @@ def test_params_from_presets() -> None:
     mv = EngineParams.from_preset(tiny, "mv")
     assert (mv.chains, mv.chain_length, mv.rows, mv.m) == (2, 16, 1, 16)
     assert mv.n_modes == (2, 4, 8, 16) and mv.weight_bits == (2, 3, 4, 8)
-    assert mv.lanes == 16 and mv.latency == 16 + 11 and mv.dsps == tiny.mv.dsps
+    assert mv.lanes == 16 and mv.latency == 16 + 12 and mv.dsps == tiny.mv.dsps
     assert mv.requantizers == 2 and mv.drain_cycles(2) == 8 and mv.drain_cycles(16) == 1
     mpe = EngineParams.from_preset(tiny, "mpe")
     assert mpe.dual_int8 and mpe.rows == 2 and mpe.dsps == tiny.mpe.dsps
     assert mpe.dual_field == 19  # 16 products of 128*127 need 19 signed bits
     u280 = EngineParams.from_preset(load_hw("u280"), "mv")
     assert u280.chains == 128 and u280.acc_bits == 48 and u280.requantizers == 16
-    assert u280.drain_max == 1024 // 16 and u280.fifo_depth == 27 + 64
+    assert u280.drain_max == 1024 // 16 and u280.fifo_depth == 28 + 64
     assert EngineParams.from_preset(load_hw("u280"), "mv", chains=4).requantizers == 4
     vhk = EngineParams.from_preset(load_hw("vhk158"), "mv")
     assert vhk.dsp_kind == "DSP58" and vhk.acc_bits == 58

@@ -46,20 +46,21 @@ def test_rtl_command_writes_linted_verilog(rtl_out: tuple[Path, int, str]) -> No
 # * drain words of a row group at N: token rows x (2 x 16 / N) lanes / 2 requantizers:
 #   mv N = 2: 16 / 2 = 8, N = 4: 4, N = 8: 2, N = 16: 1; mpe (2 token rows) twice that.
 # * latency, the stages of the hwflow.costs module doc: operands 2 + product 1 + cascade 16
-#   + accumulator 1 + capture 1 + requantizer 5 + output FIFO 1 = 27.
-# * output FIFO: latency + the largest drain: mv 27 + 8 = 35, mpe 27 + 16 = 43.
+#   + accumulator 1 + capture 1 + requantizer 6 (bias, two multiply, round, shift,
+#   saturate) + output FIFO 1 = 28.
+# * output FIFO: latency + the largest drain: mv 28 + 8 = 36, mpe 28 + 16 = 44.
 # * parameter memory: param_kib 16 = 16384 B / (16 lanes x 8 B per entry) = 128 entries.
 # * dual-INT8 field: the lower token's chain sum reaches 16 x 128 x 127 = 260,096 < 2**18,
 #   so 18 magnitude bits + 1 guard bit: the upper token starts at bit 19.
 _TINY_COMMON = {"preset": "tiny", "chains": 2, "chain_length": 16, "m": 16,
                 "n_modes": [2, 4, 8, 16], "weight_bits": [2, 3, 4, 8], "dsp_kind": "DSP48E2",
                 "acc_bits": 48, "lanes": 16, "dsps": 32, "param_depth": 128, "requantizers": 2,
-                "latency": 27, "per_token": False, "act_bits": 8}  # fmt: skip
+                "latency": 28, "per_token": False, "act_bits": 8}  # fmt: skip
 TINY_PARAMS = {
     "mv": {**_TINY_COMMON, "kind": "mv", "rows": 1, "dual_int8": False, "dual_field": None,
-           "drain_cycles": {"2": 8, "4": 4, "8": 2, "16": 1}, "fifo_depth": 35},
+           "drain_cycles": {"2": 8, "4": 4, "8": 2, "16": 1}, "fifo_depth": 36},
     "mpe": {**_TINY_COMMON, "kind": "mpe", "rows": 2, "dual_int8": True, "dual_field": 19,
-            "drain_cycles": {"2": 16, "4": 8, "8": 4, "16": 2}, "fifo_depth": 43},
+            "drain_cycles": {"2": 16, "4": 8, "8": 4, "16": 2}, "fifo_depth": 44},
 }  # fmt: skip
 
 
@@ -73,7 +74,7 @@ def test_manifest_records_params_ports_and_latency(rtl_out: tuple[Path, int, str
         eng = man["engines"][kind]
         p = EngineParams.from_preset(hw, kind)
         assert eng["params"] == TINY_PARAMS[kind]
-        assert eng["timing"]["latency"] == 27
+        assert eng["timing"]["latency"] == 28
         leaves = eng["modules"]["leaves"]
         assert leaves[f"{eng['module']}_slice"] == p.chains  # one module, one per chain
         assert leaves[f"{eng['module']}_rq"] == p.requantizers
@@ -102,24 +103,32 @@ def test_user_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_dsp58_design_counts_dsps_structurally(monkeypatch) -> None:
-    """vhk158 (DSP58, no Yosys family): DSPs = chain stages + requantizers x 3, whatever the
-    stand-in synthesis says; LUT/FF from the stand-in, every such figure labelled."""
+    """vhk158 (DSP58, no Yosys family): engine DSPs = chain stages + requantizer DSPs,
+    whatever the stand-in synthesis says, plus the machine's own; LUT/FF from
+    the stand-in, every such figure labelled."""
     from hwflow.hw import synth as sy
 
     hw = load_hw("vhk158")
+    zero = {k: 0.0 for k in ("lut", "lut_logic", "ff", "dsp", "bram36", "uram", "srl")}
+    zero |= {"lutram": 0.0, "carry": 0.0}
 
-    def fake(p, **_kw):
-        counts = {k: 0.0 for k in ("lut", "ff", "dsp", "bram36", "uram", "srl", "lutram", "carry")}
-        counts |= {"lut": 100.0, "dsp": 999.0}
+    def fake(p, *_a, **_kw):
+        counts = zero | {"lut": 100.0, "dsp": 999.0}
         return [sy.ModuleReport(p.kind, "m", 2, counts, 0, 0.0, True)], 7
 
+    def fake_machine(hw_, *_a, **_kw):
+        top = sy.ModuleReport("machine", "top", 1, zero | {"lut": 50.0, "dsp": 5.0}, 0, 0.0, True)
+        return top, None
+
     monkeypatch.setattr(sy, "synthesize_engine", fake)
+    monkeypatch.setattr(sy, "synthesize_machine", fake_machine)
     rep = sy.synth_design(hw)
     mv, mpe = hw.mv, hw.mpe
     stages = mv.chains * mv.chain_length + mpe.chains * mpe.chain_length * mpe.rows // 2
-    assert rep["dsp"] == stages + 3 * (mv.requantizers + mpe.requantizers)
-    assert rep["lut"] == 400 and rep["cascade_links"] == rep["cascade_expected"] == 14
-    assert set(rep["estimates"]) == {"dsp", "logic", "cascade_links"}
+    # a DSP58 requantizer multiplies a 59-bit operand in 24 + 24 + 11-bit pieces: 3 DSPs
+    assert rep["dsp"] == stages + 3 * (mv.requantizers + mpe.requantizers) + 5
+    assert rep["lut"] == 450 and rep["cascade_links"] == rep["cascade_expected"] == 14
+    assert {"dsp", "logic", "cascade_links", "machine"} <= set(rep["estimates"])
     assert rep["device"]["lut"] is None and "lut" not in rep["over"]
 
 
@@ -227,3 +236,37 @@ def test_timing_proxy_counts_levels_of_a_known_depth(tmp_path, expr, width, luts
     _cells, _links, _secs, path = _run_yosys(tmp_path, _synth_script("d", "d.v"), 600, "d")
     assert path is not None and path.arrival_ps > 0
     assert (path.lut_levels, path.carry_cells) == (luts, carries), path.cells
+
+
+def test_preset_over_the_device_dsps_is_refused(tmp_path, capsys) -> None:
+    """A copy of u280.yaml with 512 MV chains needs 512 x 16 = 8,192 MV stages + 128 x 16 x
+    2 / 2 = 2,048 MPE stages = 10,240 DSPs before its requantizers: more than the XCU280's
+    9,024. Every command refuses it at load, naming the resource; nothing is synthesized."""
+    from hwflow.config.loading import _resolve
+
+    text = _resolve("hw", "u280", (".yaml",)).read_text()
+    assert "mv:\n  chains: 128\n" in text
+    big = tmp_path / "u280-big.yaml"
+    big.write_text(text.replace("mv:\n  chains: 128\n", "mv:\n  chains: 512\n"))
+    assert main(["synth", "--hw", str(big)]) == 2
+    err = capsys.readouterr().err
+    assert "DSPs but board xcu280 has 9024" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured at h-synth: flat 7,394 LUT sites vs 7,766 per module (+5.03 %); FF and "
+    "DSP equal: the in-context slice still costs ~190 LUTs more than inside the flat run",
+)
+def test_per_module_estimate_matches_a_flat_synthesis() -> None:
+    """The method's validation (the issue asks for 5 %): one flat Yosys run of a 2-chain
+    u280 MV slice against each distinct module synthesized once in context x its instances.
+    The DSPs are known by construction: 2 chains x 16 stages + 2 requantizers x 2 (a 49-bit
+    operand in a 24-bit and a 25-bit piece) = 36."""
+    from hwflow.hw.synth import validate_method
+
+    rep = validate_method(load_hw("u280"), 2)
+    assert rep["flat"]["dsp"] == rep["per_module"]["dsp"] == 36, rep
+    for k in ("lut", "ff"):
+        assert abs(rep["deviation"][k]) <= 0.05, rep

@@ -152,20 +152,20 @@ def test_matmul_costs_worked_by_hand_on_tiny():
     rows, so 5 row groups; a group's results drain in ceil(1 token x 2 chains x 4 / 2) = 4
     cycles, no longer than its 4 blocks, so each group holds the input 4 cycles: 20 beats.
     Chain depth to the first word: operands 2 + product 1 + 16 stages + accumulator 1 +
-    capture 1 + requantizer 5 + output 1 = 27; the last word leaves 27 + 4 - 1 = 30 cycles
-    after the last beat: latency 20 + 30 = 50. MACs kept: tokens x 40 x 4 blocks x 4 = 640
+    capture 1 + requantizer 6 + output 1 = 28; the last word leaves 28 + 4 - 1 = 31 cycles
+    after the last beat: latency 20 + 31 = 51. MACs kept: tokens x 40 x 4 blocks x 4 = 640
     per token; dense: tokens x 40 x 64 = 2560. On the MPE 3 tokens take ceil(3 / 2) = 2
     passes and a group drains 2 lanes x 2 chains x 4 rows / 2 = 8 cycles, longer than its 4
     blocks: 5 x 2 x 8 = 80 beats; the last result's 4 blocks start 8 cycles before the end and
-    its last word leaves 27 + 8 - 1 after them: latency 80 - 8 + 4 + 34 = 110. Dense: 2 rows a
-    beat, 20 groups x 4 blocks = 80 beats, drain ceil(2 / 2) = 1: latency 80 + 27 = 107.
+    its last word leaves 28 + 8 - 1 after them: latency 80 - 8 + 4 + 35 = 111. Dense: 2 rows a
+    beat, 20 groups x 4 blocks = 80 beats, drain ceil(2 / 2) = 1: latency 80 + 28 = 108.
     Operand beats (``reads``): 4 blocks per result: 5 x 4 = 20 (MV), 5 x 2 x 4 = 40 (MPE), 20
     x 4 = 80 (dense)."""
     hw = load_hw("tiny")
-    assert matmul_cost(hw.mv, 16, 1, 40, 64, 4) == OpCost(20, 50, 640, 2560, reads=20)
-    assert matmul_cost(hw.mpe, 16, 3, 40, 64, 4) == OpCost(80, 110, 1920, 7680, reads=40)
+    assert matmul_cost(hw.mv, 16, 1, 40, 64, 4) == OpCost(20, 51, 640, 2560, reads=20)
+    assert matmul_cost(hw.mpe, 16, 3, 40, 64, 4) == OpCost(80, 111, 1920, 7680, reads=40)
     # dense (N = M = 16): a beat advances 2 x 1 rows: 20 groups x 4 blocks
-    assert matmul_cost(hw.mv, 16, 1, 40, 64, 16) == OpCost(80, 107, 2560, 2560, reads=80)
+    assert matmul_cost(hw.mv, 16, 1, 40, 64, 16) == OpCost(80, 108, 2560, 2560, reads=80)
     c = matmul_cost(hw.mv, 16, 1, 40, 64, 4)
     assert all(type(v) is int for v in (c.beats, c.latency, c.macs, c.dense_macs))
     with pytest.raises(UnsupportedError, match="N = 3 does not divide chain length 16"):

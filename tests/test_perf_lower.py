@@ -79,19 +79,19 @@ def test_ld_mv_st_program_timeline(tiny):
     r = Machine(tiny, trace=True).run(ops)
     # By hand from tiny.yaml (100 MHz; HBM: 256 B granules over 4 channels, 14.375 GB/s less
     # the refresh share 260 / 3900 = 13.417 GB/s, 256-bit port at 450 MHz, 107 ns latency with
-    # 16 bursts in flight, 10 ns turnaround; MV: 2 chains x 16, 2 requantizers, 27 stages):
+    # 16 bursts in flight, 10 ns turnaround; MV: 2 chains x 16, 2 requantizers, 28 stages):
     # * LD 288 B from 0: 256 B in channel 0 (device-bound: 256 / 13.417 = 19.1 ns -> 2
     #   cycles) and 32 B in channel 1 (latency-bound: 107 / 16 = 6.7 ns -> 1), but the core
     #   side of a channel moves 128-B buffer words / 4 channels = 32 B per cycle: 256 / 32 = 8
     #   cycles in channel 0: occupancy 8; the data lands 107 ns = 10.7 -> 11 cycles after.
     # * MV 64 rows x K 256 at 4:16: row groups of 2 chains x 16 / 4 = 8 rows, 8 groups of
     #   256 / 16 = 16 beats (their 8 x 1 / 2 = 4 drain words hide behind them): 128 beats;
-    #   the last group starts at 112 and ends at 128, + 27 pipeline stages + 4 drain words - 1,
-    #   + the matmul unit's 3 feed and 7 drain stages (costs.UNIT_*_STAGES): latency 168.
+    #   the last group starts at 112 and ends at 128, + 28 pipeline stages + 4 drain words - 1,
+    #   + the matmul unit's 3 feed and 7 drain stages (costs.UNIT_*_STAGES): latency 169.
     # * ST 64 B at 1 MiB (granule 4096, channel 0): latency-bound 6.7 ns + 2 x 10 ns
     #   turnaround = 26.7 ns, but its core side 64 / 32 = 2 cycles = 20 ns + 20 ns turnaround
     #   = 40 ns -> 4 cycles.
-    lat, ld_occ, mv_beats, mv_latency, st_occ = 11, 8, 128, 168, 4
+    lat, ld_occ, mv_beats, mv_latency, st_occ = 11, 8, 128, 169, 4
     ld_start = 6  # the dispatcher reads LD's 6 words first
     mv_start = ld_start + ld_occ + lat
     st_start = mv_start + mv_latency

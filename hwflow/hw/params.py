@@ -207,6 +207,11 @@ class EngineParams:
         return self.chain_length // min(self.n_modes)
 
     @property
+    def drain_depth(self) -> int:
+        """Positions of one output-buffer column: a token lane's lanes over the R columns."""
+        return self.lanes // self.requantizers
+
+    @property
     def param_chunk(self) -> int:
         """Lanes of one parameter-memory word (one ``p`` beat): the requantizer count R."""
         return self.requantizers
