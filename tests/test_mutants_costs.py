@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hwflow.config import load_hw
-from hwflow.costs import hbm_burst_ns, hbm_run_ns, sfu_passes
+from hwflow.costs import hbm_achievable_gbps, hbm_burst_ns, hbm_run_ns, sfu_passes
 
 #: tiny.yaml: 512 B bursts are device-bound at 14.375 GB/s less the refresh share 260 / 3900
 DEVICE_GBPS = 14.375 * 14 / 15
@@ -31,3 +31,16 @@ def test_sfu_passes_default_is_rms_norm():
     assert sfu_passes(hw, "norm") == 2 and sfu_passes(hw, "norm", True) == 3
     assert sfu_passes(hw, "softmax") == 2
     assert [sfu_passes(hw, f) for f in ("mul", "reluq", "rope", "silu", "add")] == [2, 2, 1, 1, 1]
+
+
+def test_roofline_is_a_1_mib_run():
+    """The roofline streams 1 MiB runs. With 96-byte bursts (3 port beats) on tiny:
+    1 MiB = 10922 bursts of 96 B (device-bound, 96 / DEVICE_GBPS ns each) + a 64 B remainder,
+    bound by latency / outstanding = 107 / 16 ns (its device time is 64 / 13.42 = 4.8 ns).
+    (A 2 MiB run would end in a 32 B remainder: 21845 full bursts, a slightly other figure.)"""
+    hw = load_hw("tiny")
+    hw = hw.model_copy(update={"hbm": hw.hbm.model_copy(update={"max_burst_bytes": 96})})
+    run_ns = 10922 * 96 / DEVICE_GBPS + 107 / 16
+    assert hbm_achievable_gbps(hw) == pytest.approx(4 * 2**20 / run_ns, rel=1e-12)
+    # the shipped 512 B bursts divide 1 MiB: all device-bound, 4 channels at DEVICE_GBPS
+    assert hbm_achievable_gbps(load_hw("tiny")) == pytest.approx(4 * DEVICE_GBPS, rel=1e-12)
