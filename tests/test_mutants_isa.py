@@ -136,3 +136,77 @@ def test_template_with_an_unknown_phase_is_refused():
         ProgramError, match=r"^p\.hwp: malformed program \(template 0 is malformed\)$"
     ):
         Program.from_bytes(data, "p.hwp")
+
+
+# Text and refusals, written out by hand from the module doc and the field tables.
+
+
+def test_disasm_lines_written_out_by_hand():
+    """``disasm``: the name padded to 8, for unit ops ``w=`` and ``r=`` masks padded to 11,
+    then every non-zero field in table order (``count`` and ``imm`` also when 0); code fields
+    by name, buffer ids by Buf name, the HBM address in hex."""
+    ld = make("LD", wait=1 | 8, release=16, kind=2, hbm=0x100, buf=1, off=64, row_bytes=64, rows=3)
+    assert isa.disasm(ld) == (
+        "LD       w=LD|MV       r=SFU         kind=kv hbm=0x100 buf=ACT off=64 row_bytes=64 rows=3"
+    )
+    assert isa.disasm(make("SYNC.ST")) == "SYNC.ST  w=-           r=-          "
+    assert isa.disasm(make("LOOP", count=0)) == "LOOP     count=0"
+    assert isa.disasm(make("SETI", rd=3, imm=0)) == "SETI     rd=3 imm=0"
+    assert isa.disasm(make("ENDLOOP")) == "ENDLOOP "
+    mv = make("MV", func=1, rows=2, a_buf=2, a_off=16, o_buf=3, b_buf=7)
+    assert isa.disasm(mv).split()[3:] == [
+        "func=qk",
+        "rows=2",
+        "a_buf=KV",
+        "a_off=16",
+        "b_buf=7",
+        "o_buf=SCORE",
+    ]
+    assert isa.disasm(make("MM", func=3)).split()[3:] == ["func=head"]
+    assert isa.disasm(make("SFU", func=1, mask=2)).split()[3:] == ["func=softmax", "mask=2"]
+    assert isa.disasm(make("SFU", func=9)).split()[3:] == ["func=9"]
+    assert isa.disasm(make("ST", kind=7)).split()[3:] == ["kind=7"]
+
+
+def test_mask_str_names_units_in_bit_order():
+    assert isa.mask_str(0) == "-"
+    assert isa.mask_str(0b11111) == "LD|ST|MM|MV|SFU"
+    assert isa.mask_str(0b10100) == "MM|SFU"
+
+
+def test_program_file_refusals_word_for_word(tmp_path):
+    """Each refusal names the file and the fault; the magic shown is the file's first 8 bytes.
+    The version and header length are unsigned (u16, u32): version 0x8003 reads as 32771."""
+    data = _program_bytes()
+    with pytest.raises(ProgramError) as err:
+        Program.from_bytes(b"NOTHWFLW" + data[8:])
+    assert str(err.value) == "program: bad magic b'NOTHWFLW', not an hwflow program"
+    with pytest.raises(ProgramError) as err:
+        Program.from_bytes(data[:17])
+    assert str(err.value) == "program: truncated (17 bytes), not an hwflow program"
+    v = bytearray(data)
+    v[8:10] = struct.pack("<H", 0x8003)
+    with pytest.raises(ProgramError) as err:
+        Program.from_bytes(_with_crc(bytes(v[:-4])), "p.hwp")
+    assert (
+        str(err.value) == f"p.hwp: ISA version 32771, this hwflow reads version {isa.ISA_VERSION}"
+    )
+    h = bytearray(data)
+    h[10:14] = struct.pack("<I", 0x80000000)
+    with pytest.raises(ProgramError) as err:
+        Program.from_bytes(_with_crc(bytes(h[:-4])), "p.hwp")
+    assert str(err.value) == (
+        "p.hwp: malformed program (header length 2147483648 runs past the end of the file)"
+    )
+    f = tmp_path / "bad.hwp"
+    f.write_bytes(b"NOTHWFLW" + data[8:])
+    with pytest.raises(ProgramError) as err:
+        isa.load_program(f)
+    assert str(err.value) == f"{f}: bad magic b'NOTHWFLW', not an hwflow program"
+
+
+def _program_bytes() -> bytes:
+    """A small program file: one decode template holding END."""
+    head = {"isa_version": isa.ISA_VERSION, "preset": "x", "preset_digest": "0", "model": "m"}
+    t = isa.Template("decode", 1, 4, (make("END"),))
+    return Program({**head, "plan": "p", "max_len": 4}, (), (t,)).to_bytes()
