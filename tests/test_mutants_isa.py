@@ -210,3 +210,85 @@ def _program_bytes() -> bytes:
     head = {"isa_version": isa.ISA_VERSION, "preset": "x", "preset_digest": "0", "model": "m"}
     t = isa.Template("decode", 1, 4, (make("END"),))
     return Program({**head, "plan": "p", "max_len": 4}, (), (t,)).to_bytes()
+
+
+HEAD = {
+    "isa_version": isa.ISA_VERSION,
+    "preset": "x",
+    "preset_digest": "0",
+    "model": "m",
+    "plan": "p",
+}
+
+
+def _frame(header: dict, sections: list[tuple[bytes, bytes]], nsec: int | None = None) -> bytes:
+    """A program file laid out by hand from the module doc: magic, version u16, header length
+    u32, header JSON, section count u16, sections (tag, length u32, payload), CRC-32."""
+    head = json.dumps(header).encode()
+    body = isa.MAGIC + struct.pack("<HI", isa.ISA_VERSION, len(head)) + head
+    body += struct.pack("<H", len(sections) if nsec is None else nsec)
+    for tag, payload in sections:
+        body += tag + struct.pack("<I", len(payload)) + payload
+    return _with_crc(body)
+
+
+def _tmpl(words: list[int]) -> tuple[bytes, bytes]:
+    """A TMPL section: meta length u32, meta JSON, the instruction words."""
+    meta = json.dumps({"phase": "decode", "lo": 1, "hi": 4, "info": {}}).encode()
+    return b"TMPL", struct.pack("<I", len(meta)) + meta + struct.pack(f"<{len(words)}I", *words)
+
+
+def _refusal(data: bytes) -> str:
+    with pytest.raises(ProgramError) as err:
+        Program.from_bytes(data, "p.hwp")
+    return str(err.value)
+
+
+def test_smallest_program_files_load():
+    """No sections at all (the header ends 2 bytes before the CRC: the section count), and a
+    file with a template but no REGN section (no regions)."""
+    empty = Program.from_bytes(_frame({**HEAD, "max_len": 4}, []))
+    assert (empty.regions, empty.templates, empty.header["max_len"]) == ((), (), 4)
+    only = Program.from_bytes(_frame({**HEAD, "max_len": 4}, [_tmpl([31])]))
+    assert only.regions == () and only.templates[0].instrs == (make("END"),)
+
+
+def test_header_refusals_word_for_word():
+    pre = "p.hwp: malformed program"
+    assert _refusal(_frame(HEAD, [])) == f"{pre} (header lacks ['max_len'])"
+    assert _refusal(_frame({"model": "m"}, [])) == (
+        f"{pre} (header lacks ['isa_version', 'max_len', 'plan', 'preset', 'preset_digest'])"
+    )
+    assert _refusal(_frame({**HEAD, "max_len": True}, [])) == (
+        f"{pre} (header max_len = True is not int)"
+    )
+    assert _refusal(_frame({**HEAD, "max_len": "4"}, [])) == (
+        f"{pre} (header max_len = '4' is not int)"
+    )
+    data = bytearray(_frame({**HEAD, "max_len": 4}, []))
+    (hlen,) = struct.unpack_from("<I", data, 10)
+    data[10:14] = struct.pack("<I", hlen + 1)  # the count's 2 bytes no longer fit
+    assert _refusal(_with_crc(bytes(data[:-4]))) == (
+        f"{pre} (header length {hlen + 1} runs past the end of the file)"
+    )
+
+
+def test_section_refusals_word_for_word():
+    pre = "p.hwp: malformed program"
+    head = {**HEAD, "max_len": 4}
+    assert _refusal(_frame(head, [], nsec=0x8000)) == (
+        f"{pre} (the file ends before section 0 of 32768)"
+    )
+    regn = (b"REGN", b"[]")
+    assert _refusal(_frame(head, [regn], nsec=2)) == (
+        f"{pre} (the file ends before section 1 of 2)"
+    )
+    assert _refusal(_frame(head, [(b"ZZZZ", b"")])) == "p.hwp: unknown section b'ZZZZ'"
+    for length in (3, 0x80000000):  # one byte past the end; past it by 2 GiB (unsigned)
+        data = bytearray(_frame(head, [regn]))
+        data[-10:-6] = struct.pack("<I", length)
+        assert _refusal(_with_crc(bytes(data[:-4]))) == (
+            f"{pre} (section 0 (b'REGN') runs past the end of the file)"
+        )
+    stray = _frame(head, [regn])[:-4] + b"abc"
+    assert _refusal(_with_crc(stray)) == f"{pre} (3 stray bytes after the last section)"
