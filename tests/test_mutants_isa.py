@@ -292,3 +292,13 @@ def test_section_refusals_word_for_word():
         )
     stray = _frame(head, [regn])[:-4] + b"abc"
     assert _refusal(_with_crc(stray)) == f"{pre} (3 stray bytes after the last section)"
+
+
+def test_decode_past_the_end_is_a_truncation():
+    for words, at in (([], 0), ([31], 1)):
+        with pytest.raises(ProgramError) as err:
+            isa.decode(words, at)
+        assert str(err.value) == f"instruction stream truncated at word {at}"
+    with pytest.raises(ProgramError) as err:
+        isa.decode([31, 1], 1)  # LD needs 6 words
+    assert str(err.value) == "word 1: LD needs 6 words, stream truncated"
