@@ -20,7 +20,7 @@ from isa_golden import DATA, table
 
 from hwflow import isa
 from hwflow.errors import ProgramError
-from hwflow.isa import Program, make
+from hwflow.isa import Program, Runtime, make
 
 BUMP = "bump ISA_VERSION in hwflow/isa.py and run python tests/isa_golden.py"
 
@@ -302,3 +302,191 @@ def test_decode_past_the_end_is_a_truncation():
     with pytest.raises(ProgramError) as err:
         isa.decode([31, 1], 1)  # LD needs 6 words
     assert str(err.value) == "word 1: LD needs 6 words, stream truncated"
+
+
+# Expansion and dispatch semantics, expectations worked out by hand from the module doc.
+
+
+def _run(instrs: list[isa.Instr], length: int = 5, pos: int = 0, phase: str = "prefill"):
+    t = isa.Template(phase, 1, 64, (*instrs, make("END")))
+    return list(isa.expand(t, Runtime(length, pos)))
+
+
+def _probe(*regs: int) -> list[isa.Instr]:
+    """One LD per register: its ``hbm`` (field 0, add mode) reads R[reg]."""
+    return [make("LD", hbm_reg=r) for r in regs]
+
+
+def test_every_alu_op_by_hand():
+    """LEN 5, POS 0 (prefill). R3 = 7; R4 = R3 + -10 = -3; R5 = R3 - R4 = 10;
+    R6 = R3 * -4 = -28; R7 = R4 + R5 = 7; R8 = min(R5, 9) = 9; R9 = min(R4, 9) = -3;
+    R10 = LEN - POS = 5 (SUB of the runtime registers)."""
+    prog = [
+        make("SETI", rd=3, imm=7),
+        make("ADDI", rd=4, ra=3, imm=-10),
+        make("SUB", rd=5, ra=3, rb=4),
+        make("MULI", rd=6, ra=3, imm=-4),
+        make("ADD", rd=7, ra=4, rb=5),
+        make("MINI", rd=8, ra=5, imm=9),
+        make("MINI", rd=9, ra=4, imm=9),
+        make("SUB", rd=10, ra=1, rb=2),
+        *_probe(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10),
+    ]
+    got = [c["hbm"] for c in _run(prog)]
+    assert got == [0, 5, 0, 7, -3, 10, -28, 7, 9, -3, 5]
+
+
+def test_runtime_registers_and_read_only_ones():
+    """R1 = LEN, R2 = POS (a decode step: LEN 1 after 9 positions); R3 is the first register a
+    program may write, R0..R2 are refused with the pc and the op named."""
+    c = _run(_probe(1, 2), length=1, pos=9, phase="decode")
+    assert [x["hbm"] for x in c] == [1, 9]
+    assert [x["hbm"] for x in _run([make("SETI", rd=3, imm=4), *_probe(3)])] == [4]
+    for rd in (0, 1, 2):
+        with pytest.raises(ProgramError) as err:
+            _run([make("SETI", rd=3, imm=1), make("ADDI", rd=rd, ra=3, imm=1)])
+        assert str(err.value) == f"pc 1: ADDI writes read-only register R{rd}"
+
+
+def test_clamp_and_add_modes_by_hand():
+    """``rows`` (clamp by ``rows_reg``): R3 = 8 > 6 gives 6; R3 = 6 gives 6; 4 gives 4; 0 and
+    -2 give 0; ``rows_reg`` 0 keeps the field. ``off`` (add ``off_reg``): 100 + R3."""
+    out = []
+    for r3 in (8, 6, 4, 0, -2):
+        prog = [make("SETI", rd=3, imm=r3), make("LD", rows=6, rows_reg=3, off=100, off_reg=3)]
+        (c,) = _run(prog)
+        out.append((c["rows"], c["off"]))
+    assert out == [(6, 108), (6, 106), (4, 104), (0, 100), (0, 98)]
+    (c,) = _run([make("SETI", rd=3, imm=2), make("LD", rows=6, off=100)])
+    assert (c["rows"], c["off"]) == (6, 100)
+    assert set(c.fields) == set(isa.spec("LD").index) - {"opcode", "wait", "release"} - {
+        "hbm_reg",
+        "off_reg",
+        "rows_reg",
+    }
+
+
+def test_concrete_records_by_hand():
+    """pc, op, unit, masks, per-unit seq and the (loop pc, iteration) of each enclosing loop."""
+    prog = [
+        make("SYNC.MV", wait=1, release=16),
+        make("LOOP", count=2),
+        make("SYNC.LD", release=8),
+        make("LOOP", count=1),
+        make("SYNC.MV", wait=1),
+        make("ENDLOOP"),
+        make("ENDLOOP"),
+        make("LOOP", count=0),
+        make("SYNC.LD"),
+        make("ENDLOOP"),
+    ]
+    got = [(c.pc, c.op, c.unit, c.wait, c.release, c.seq, c.loops) for c in _run(prog)]
+    assert got == [
+        (0, "SYNC.MV", isa.Unit.MV, 1, 16, 0, ()),
+        (2, "SYNC.LD", isa.Unit.LD, 0, 8, 0, ((1, 0),)),
+        (4, "SYNC.MV", isa.Unit.MV, 1, 0, 1, ((1, 0), (3, 0))),
+        (2, "SYNC.LD", isa.Unit.LD, 0, 8, 1, ((1, 1),)),
+        (4, "SYNC.MV", isa.Unit.MV, 1, 0, 2, ((1, 1), (3, 0))),
+    ]
+
+
+def test_expand_refusals_word_for_word():
+    t = isa.Template("prefill", 2, 8, (make("END"),))
+    for rt, msg in (
+        (Runtime(0), "runtime LEN = 0, POS = 0: need LEN >= 1, POS >= 0"),
+        (Runtime(3, -1), "runtime LEN = 3, POS = -1: need LEN >= 1, POS >= 0"),
+        (Runtime(1), "prefill template 2..8 does not serve LEN = 1, POS = 0"),
+        (Runtime(9), "prefill template 2..8 does not serve LEN = 9, POS = 0"),
+    ):
+        with pytest.raises(ProgramError) as err:
+            list(isa.expand(t, rt))
+        assert str(err.value) == msg
+    assert list(isa.expand(t, Runtime(2))) == [] and list(isa.expand(t, Runtime(8))) == []
+    inside = isa.Template("prefill", 1, 8, (make("LOOP", count=1), make("END"), make("ENDLOOP")))
+    with pytest.raises(ProgramError) as err:
+        list(isa.expand(inside, Runtime(1)))
+    assert str(err.value) == "pc 1: END inside a loop"
+    with pytest.raises(ProgramError) as err:
+        isa.loop_spans((make("ENDLOOP"),))
+    assert str(err.value) == "pc 0: ENDLOOP without LOOP"
+    with pytest.raises(ProgramError) as err:
+        isa.loop_spans((make("LOOP", count=1), make("LOOP", count=1), make("ENDLOOP")))
+    assert str(err.value) == "pc 0: LOOP without ENDLOOP"
+    assert isa.loop_spans([make("LOOP"), make("LOOP"), make("ENDLOOP"), make("ENDLOOP")]) == {
+        0: 3,
+        1: 2,
+    }
+
+
+def test_serves_at_the_range_edges():
+    """Prefill serves LEN lo..hi at POS 0; decode serves LEN 1 at context POS + 1 in lo..hi."""
+    pre = isa.Template("prefill", 4, 8, (make("END"),))
+    assert [pre.serves(Runtime(n)) for n in (3, 4, 8, 9)] == [False, True, True, False]
+    assert not pre.serves(Runtime(4, 1))
+    dec = isa.Template("decode", 4, 8, (make("END"),))
+    assert [dec.serves(Runtime(1, p)) for p in (2, 3, 7, 8)] == [False, True, True, False]
+    assert not dec.serves(Runtime(2, 3))
+
+
+def test_select_and_check_preset_messages():
+    t = [isa.Template("prefill", lo, hi, (make("END"),)) for lo, hi in ((1, 4), (5, 16))]
+    d = isa.Template("decode", 1, 32, (make("END"),))
+    p = Program({"preset": "tiny", "preset_digest": "ab" * 32}, (), (*t, d))
+    assert p.select("prefill", Runtime(5)) is t[1] and p.select("prefill", Runtime(4)) is t[0]
+    assert p.select("decode", Runtime(1, 31)) is d
+    for phase, rt, msg in (
+        ("prefill", Runtime(17), "no prefill template serves LEN = 17 (served: 1..16)"),
+        ("decode", Runtime(1, 32), "no decode template serves context POS+1 = 33 (served: 1..32)"),
+        ("sideways", Runtime(1), "no sideways template serves context POS+1 = 1 (served: none)"),
+    ):
+        with pytest.raises(ProgramError) as err:
+            p.select(phase, rt)
+        assert str(err.value) == msg
+    p.check_preset("ab" * 32)
+    with pytest.raises(ProgramError) as err:
+        p.check_preset("cd" * 32, "u280")
+    assert str(err.value) == (
+        "program was compiled for preset 'tiny' (digest abababababab), "
+        "not for u280 (digest cdcdcdcdcdcd)"
+    )
+    with pytest.raises(ProgramError) as err:
+        p.check_preset("cd" * 32)
+    assert str(err.value).endswith("not for this preset (digest cdcdcdcdcdcd)")
+    with pytest.raises(ProgramError) as err:
+        p.region("kv")
+    assert str(err.value) == "program has no HBM region 'kv'"
+
+
+def test_make_ranges_at_the_edges():
+    """Unsigned fields take 0..2**bits - 1, signed ones -2**(bits-1)..2**(bits-1) - 1."""
+    assert make("MV", rows=65535)["rows"] == 65535
+    assert make("SETI", rd=3, imm=-(1 << 43))["imm"] == -(1 << 43)
+    assert make("SETI", rd=3, imm=(1 << 43) - 1)["imm"] == (1 << 43) - 1
+    for op, field, v, msg in (
+        ("MV", "rows", 65536, "MV.rows = 65536 does not fit 16 bits (0..65535)"),
+        ("MV", "rows", -1, "MV.rows = -1 does not fit 16 bits (0..65535)"),
+        ("MINI", "imm", 1 << 23, "MINI.imm = 8388608 does not fit 24 bits (-8388608..8388607)"),
+        (
+            "MINI",
+            "imm",
+            -(1 << 23) - 1,
+            "MINI.imm = -8388609 does not fit 24 bits (-8388608..8388607)",
+        ),
+        ("SYNC.LD", "wait", 32, "SYNC.LD.wait = 32 does not fit 5 bits (0..31)"),
+    ):
+        with pytest.raises(ProgramError) as err:
+            make(op, **{field: v})
+        assert str(err.value) == msg
+    with pytest.raises(ProgramError) as err:
+        make("LD", zz=1, bogus=2)
+    assert str(err.value) == "LD: unknown fields ['bogus', 'zz']"
+    with pytest.raises(ProgramError) as err:
+        make("ENDLOOP", release=2)
+    assert str(err.value) == "ENDLOOP: SYS instructions carry no tokens"
+    with pytest.raises(ProgramError) as err:
+        make("NOP")
+    assert str(err.value).startswith("unknown opcode 'NOP' (known: ['ADD', 'ADDI', ")
+    ins = make("END", opcode=5)  # the opcode comes from the name
+    assert ins["opcode"] == 31 and ins.fields == {"opcode": 31, "wait": 0, "release": 0}
+    m = make("SYNC.MM", wait=3).with_masks(4, 8)
+    assert (m.op, m.wait, m.release, m.unit) == ("SYNC.MM", 4, 8, isa.Unit.MM)
