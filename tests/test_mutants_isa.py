@@ -490,3 +490,118 @@ def test_make_ranges_at_the_edges():
     assert ins["opcode"] == 31 and ins.fields == {"opcode": 31, "wait": 0, "release": 0}
     m = make("SYNC.MM", wait=3).with_masks(4, 8)
     assert (m.op, m.wait, m.release, m.unit) == ("SYNC.MM", 4, 8, isa.Unit.MM)
+
+
+def test_iteration_keys_in_nested_loops_by_hand():
+    """Outer loop (pc 1, 2 iterations, one key): its second iteration is a ``repeat``, muted
+    whole, inner loop included (no keys asked inside). Inner loop (pc 3) keyed by R3 % 2: both
+    of its iterations in the first outer iteration are new. seq and R3 run on through the
+    muted iteration: the LD after the loops is LD's third op and reads R3 = 4."""
+    prog = (
+        make("SETI", rd=3, imm=0),
+        make("LOOP", count=2),
+        make("SYNC.LD"),
+        make("LOOP", count=2),
+        make("SYNC.MV"),
+        make("ADDI", rd=3, ra=3, imm=1),
+        make("ENDLOOP"),
+        make("SYNC.SFU"),
+        make("ENDLOOP"),
+        make("LD", hbm_reg=3),
+        make("END"),
+    )
+    t = isa.Template("prefill", 1, 8, prog)
+    asked = []
+
+    def key(loop, regs):
+        asked.append((loop, regs[3]))
+        return "outer" if loop == 1 else regs[3] % 2
+
+    def show(items):
+        return [
+            (x.what, x.pc, x.iteration, x.ident)
+            if isinstance(x, isa.Reuse)
+            else (x.pc, x.seq, x.loops, x["hbm"] if x.op == "LD" else None)
+            for x in items
+        ]
+
+    want = [
+        ("begin", 1, 0, 0),
+        (2, 0, ((1, 0),), None),
+        ("begin", 3, 0, 1),
+        (4, 0, ((1, 0), (3, 0)), None),
+        ("end", 3, 0, 1),
+        ("begin", 3, 1, 2),
+        (4, 1, ((1, 0), (3, 1)), None),
+        ("end", 3, 1, 2),
+        (7, 0, ((1, 0),), None),
+        ("end", 1, 0, 0),
+        ("repeat", 1, 1, 0),
+        (9, 2, (), 4),
+    ]
+    assert show(isa.expand(t, Runtime(1), iteration_key=key)) == want
+    assert asked == [(1, 0), (3, 0), (3, 1), (1, 2)]
+    only = show(isa.expand(t, Runtime(1), iteration_key=key, only=frozenset({4, 9})))
+    assert only == [w for w in want if w[0] not in (2, 7)]
+
+
+def test_only_skips_to_the_wanted_pc_and_counts_the_rest():
+    """Four unit ops in a row (LD, MV, LD, MV), then a LOOP of 2 around an SFU op: with
+    ``only`` the skipped ops still advance their unit's seq."""
+    prog = (
+        make("SYNC.LD"),
+        make("SYNC.MV"),
+        make("SYNC.LD"),
+        make("SYNC.MV"),
+        make("LOOP", count=2),
+        make("SYNC.SFU"),
+        make("ENDLOOP"),
+        make("SYNC.LD"),
+        make("END"),
+    )
+    t = isa.Template("prefill", 1, 8, prog)
+
+    def run(*pcs):
+        return [(c.pc, c.seq) for c in isa.expand(t, Runtime(1), only=frozenset(pcs))]
+
+    assert run(2) == [(2, 1)]
+    assert run(3) == [(3, 1)]
+    assert run(1, 3) == [(1, 0), (3, 1)]
+    assert run(5) == [(5, 0), (5, 1)]
+    assert run(7) == [(7, 2)]
+    assert run() == []
+
+
+class _Item:
+    def __init__(self, name: str, wait: int = 0, release: int = 0) -> None:
+        self.name, self.wait, self.release = name, wait, release
+
+
+def test_dispatch_token_discipline_by_hand():
+    """MV listed first: its ``b`` waits for LD, so the first round runs LD's ``a`` (releasing
+    to MV and SFU); the second round runs ``b`` (popping a's token) and stops at ``c``, which
+    waits for a second LD token that never comes. SFU's ``s`` waits for LD and MV: it pops
+    a's token and b's, in unit order. Queues are keyed (src, dst)."""
+    from collections import deque
+
+    LD, MV, SFU = isa.Unit.LD, isa.Unit.MV, isa.Unit.SFU
+    streams = {
+        MV: [_Item("b", wait=1 << LD, release=1 << SFU), _Item("c", wait=1 << LD)],
+        LD: [_Item("a", release=1 << MV | 1 << SFU)],
+        SFU: [_Item("s", wait=1 << LD | 1 << MV)],
+    }
+    fired = []
+
+    def fire(unit, item, popped):
+        fired.append((unit.name, item.name, popped))
+        return item.name
+
+    queues: dict = {}
+    pos = isa.dispatch(streams, queues, fire)
+    assert pos == {MV: 1, LD: 1, SFU: 1}
+    assert fired == [("LD", "a", []), ("MV", "b", ["a"]), ("SFU", "s", ["a", "b"])]
+    assert all(not q for q in queues.values()) and set(queues) == {(LD, MV), (LD, SFU), (MV, SFU)}
+    # without fire the tokens are None; a token already queued (LD -> MV) lets c run at once
+    queues = {(LD, MV): deque(["x"])}
+    pos = isa.dispatch({MV: [_Item("c", wait=1 << LD, release=1 << LD)]}, queues)
+    assert pos == {MV: 1} and list(queues[(MV, LD)]) == [None] and not queues[(LD, MV)]
