@@ -605,3 +605,12 @@ def test_dispatch_token_discipline_by_hand():
     queues = {(LD, MV): deque(["x"])}
     pos = isa.dispatch({MV: [_Item("c", wait=1 << LD, release=1 << LD)]}, queues)
     assert pos == {MV: 1} and list(queues[(MV, LD)]) == [None] and not queues[(LD, MV)]
+
+
+def test_instruction_bytes_by_hand():
+    """LD is 186 bits (6 words), MM 288 (9), END 16 (1): 4 bytes a word."""
+    a = isa.Template("prefill", 1, 1, (make("LD"), make("END")))
+    b = isa.Template("decode", 1, 1, (make("MM"), make("END")))
+    assert (isa.spec("LD").bits, isa.spec("MM").bits, isa.spec("END").bits) == (186, 288, 16)
+    assert (a.nbytes, b.nbytes) == (28, 40)
+    assert Program({}, (), (a, b)).instr_bytes == 68
