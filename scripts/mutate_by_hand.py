@@ -9,10 +9,10 @@ per mutant: ``NAME killed by TEST`` or ``NAME survived``. The killed ones go und
 when applied by hand" in tests/mutation/EQUIVALENT.md. Usage (from the repository, after
 ``make mutate`` ran the module)::
 
-    python scripts/mutate_by_hand.py hwflow/isa.py _hdr _operand -- tests/test_isa.py
+    python scripts/mutate_by_hand.py [--meta=FILE] hwflow/isa.py _hdr _operand -- tests/test_isa.py
 
 Never run it beside another job that imports the package from this tree: the source file is
-mutated while it runs (and restored, also on Ctrl-C).
+mutated while it runs (and restored, also on Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -20,14 +20,17 @@ from __future__ import annotations
 import ast
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 
-def survivors(module: Path, functions: list[str]) -> list[str]:
-    """Names of the surviving mutants of top-level ``functions`` in the last mutmut run."""
-    meta = json.loads((Path("mutants") / f"{module}.meta").read_text())["exit_code_by_key"]
+def survivors(module: Path, functions: list[str], meta_file: Path | None = None) -> list[str]:
+    """Names of the surviving mutants of top-level ``functions`` in the last mutmut run (or
+    in ``meta_file``, a copy of a run's ``.meta``)."""
+    path = meta_file or Path("mutants") / f"{module}.meta"
+    meta = json.loads(path.read_text())["exit_code_by_key"]
     dotted = ".".join(module.with_suffix("").parts)
     want = {f"{dotted}.x_{fn}" for fn in functions}
     return [n for n, code in meta.items() if code == 0 and n.split("__mutmut_")[0] in want]
@@ -76,10 +79,14 @@ def main(argv: list[str]) -> int:
     if "--" not in argv or len(argv) < 4:
         print(__doc__, file=sys.stderr)
         return 2
+    meta = None
+    if argv[0].startswith("--meta="):
+        meta, argv = Path(argv[0].removeprefix("--meta=")), argv[1:]
     cut = argv.index("--")
     module, functions, tests = Path(argv[0]), argv[1:cut], argv[cut + 1 :]
     original = module.read_text()
-    for mutant in survivors(module, functions):
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # restore the source on kill too
+    for mutant in survivors(module, functions, meta):
         print(run(mutant, module, original, tests), flush=True)
     return 0
 
