@@ -614,3 +614,9 @@ def test_instruction_bytes_by_hand():
     assert (isa.spec("LD").bits, isa.spec("MM").bits, isa.spec("END").bits) == (186, 288, 16)
     assert (a.nbytes, b.nbytes) == (28, 40)
     assert Program({}, (), (a, b)).instr_bytes == 68
+
+
+def test_region_by_name():
+    a, b = isa.Region("weights", 0, 64, "weights"), isa.Region("kv", 64, 32, "kv")
+    p = Program({}, (a, b), ())
+    assert p.region("kv") is b and p.region("weights") is a
