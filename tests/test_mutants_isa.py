@@ -620,3 +620,23 @@ def test_region_by_name():
     a, b = isa.Region("weights", 0, 64, "weights"), isa.Region("kv", 64, 32, "kv")
     p = Program({}, (a, b), ())
     assert p.region("kv") is b and p.region("weights") is a
+
+
+def test_header_is_written_with_sorted_keys():
+    """Equal programs give equal bytes whatever order their header was built in."""
+    header = {"preset_digest": "0", "preset": "x", "plan": "p", "model": "m", "max_len": 4}
+    data = Program({**header, "isa_version": isa.ISA_VERSION}, (), ()).to_bytes()
+    (hlen,) = struct.unpack_from("<I", data, 10)
+    assert data[14 : 14 + hlen] == (
+        b'{"isa_version": %d, "max_len": 4, "model": "m", "plan": "p", "preset": "x", '
+        b'"preset_digest": "0"}' % isa.ISA_VERSION
+    )
+
+
+def test_template_meta_length_is_unsigned():
+    """A TMPL's meta length of 2**32 - 8 runs past its payload: refused. (Read as a signed
+    -8 it would take all but the last 8 bytes as the meta and 2 words as instructions.)"""
+    meta = json.dumps({"phase": "decode", "lo": 1, "hi": 4, "info": {}}).encode()
+    payload = struct.pack("<I", 2**32 - 8) + meta + struct.pack("<2I", 31, 31)
+    data = _frame({**HEAD, "max_len": 4}, [(b"TMPL", payload)])
+    assert _refusal(data).startswith("p.hwp: malformed program (")
