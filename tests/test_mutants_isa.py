@@ -640,3 +640,13 @@ def test_template_meta_length_is_unsigned():
     payload = struct.pack("<I", 2**32 - 8) + meta + struct.pack("<2I", 31, 31)
     data = _frame({**HEAD, "max_len": 4}, [(b"TMPL", payload)])
     assert _refusal(data).startswith("p.hwp: malformed program (")
+
+
+def test_section_count_is_unsigned():
+    """The section count is a u16: 32767 templates and the REGN section make 32768 sections,
+    written as 0x8000 and read back."""
+    end = isa.Template("decode", 1, 1, (make("END"),))
+    data = Program({**HEAD, "max_len": 1}, (), (end,) * 32767).to_bytes()
+    (hlen,) = struct.unpack_from("<I", data, 10)
+    assert struct.unpack_from("<H", data, 14 + hlen) == (0x8000,)
+    assert len(Program.from_bytes(data).templates) == 32767
