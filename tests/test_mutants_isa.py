@@ -634,10 +634,10 @@ def test_header_is_written_with_sorted_keys():
 
 
 def test_template_meta_length_is_unsigned():
-    """A TMPL's meta length of 2**32 - 8 runs past its payload: refused. (Read as a signed
-    -8 it would take all but the last 8 bytes as the meta and 2 words as instructions.)"""
+    """A TMPL's meta length of 2**32 - 12 runs past its payload: refused. (Read as a signed
+    -12, ``payload[4:-8]`` would be the meta and the last 8 bytes 2 instruction words.)"""
     meta = json.dumps({"phase": "decode", "lo": 1, "hi": 4, "info": {}}).encode()
-    payload = struct.pack("<I", 2**32 - 8) + meta + struct.pack("<2I", 31, 31)
+    payload = struct.pack("<I", 2**32 - 12) + meta + struct.pack("<2I", 31, 31)
     data = _frame({**HEAD, "max_len": 4}, [(b"TMPL", payload)])
     assert _refusal(data).startswith("p.hwp: malformed program (")
 
