@@ -650,3 +650,14 @@ def test_section_count_is_unsigned():
     (hlen,) = struct.unpack_from("<I", data, 10)
     assert struct.unpack_from("<H", data, 14 + hlen) == (0x8000,)
     assert len(Program.from_bytes(data).templates) == 32767
+
+
+def test_resolvers_by_hand():
+    """Per pc: None for SYS; for a unit op its static fields and its register-modified ones
+    as (name, field value, add mode, register)."""
+    t = isa.Template(
+        "prefill", 1, 1, (make("SETI", rd=3), make("LD", hbm=5, hbm_reg=3, kind=2), make("END"))
+    )
+    statics = {"kind": 2, "hbm_stride": 0, "buf": 0, "stride": 0, "row_bytes": 0}
+    dyn = (("hbm", 5, True, 3), ("off", 0, True, 0), ("rows", 0, False, 0))
+    assert t.resolvers == (None, (statics, dyn), None)
