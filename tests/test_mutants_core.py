@@ -336,3 +336,27 @@ def test_hbm_regions_have_their_documented_kinds(tmp_path, monkeypatch):
     assert kinds["final"] == "weights" and kinds["kv"] == "kv" and kinds["rope"] == "table"
     assert kinds["input"] == kinds["logits"] == "io"
     assert all(kinds[n] == "weights" for n in kinds if n.startswith("L"))
+
+
+def test_norm_sum_of_squares_is_exact_past_2_to_53():
+    """RMSNorm's ``ss`` is an exact integer (the numerics contract), also for a row wide
+    enough that it passes 2**53 (16384 channels: 8192 at the INT21 maximum C = 2**20 - 1, then
+    148476, 362, 3, 1, 1, the rest 0). By hand: ss = 8192 C**2 + 148476**2 + 362**2 + 9 + 1 + 1
+    = 2**22 * (2**31 + 1160) - 1, 54 bits, so rsqrt_fixed shifts it by 2k = 22: ss >> 22 =
+    2**31 + 1159. Dropping one of the 1s gives ss - 1, the same after the shift, and the max
+    |x * gamma| is unchanged: the row factor must not change. Summed in float64 (spacing 2 past
+    2**53), the odd ss rounds up to 2**22 * (2**31 + 1160) and crosses the shift's step."""
+    c = (1 << 20) - 1
+    d = 16384
+    head = [c] * 8192 + [148476, 362, 3, 1, 1]
+    x = np.zeros((2, d), np.int64)
+    x[0, : len(head)] = head
+    x[1, : len(head) - 1] = head[:-1]
+    ss = sum(v * v for v in head)
+    assert ss == (1 << 22) * ((1 << 31) + 1160) - 1 and ss.bit_length() == 54
+    gamma = np.full(d, 65, np.int64)
+    _, (m, e) = nx.norm_rows(x, gamma, False, 0)
+    assert m[0] == m[1] and e[0] == e[1]
+    # the factor is M * sqrt(d / ss) with M = 65 c (to the 15-bit mantissa)
+    want = 65 * c * (d / ss) ** 0.5
+    assert m[0] * 2.0 ** -int(e[0]) == pytest.approx(want, rel=2**-14)

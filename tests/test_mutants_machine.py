@@ -109,3 +109,42 @@ def test_memo_bookkeeping_on_compiled_steps(tmp_path, monkeypatch):
         assert 0 <= s.replayed_events < s.events
         segments += s.segments
     assert memo.misses + memo.hits == segments
+
+
+def test_event_count_of_a_segmented_run():
+    """Cut after a barrier, the second segment starts with LD and MV still busy (MV's last
+    SYNC runs 10 beats): each waits once for its entry free cycle, then once for its op's
+    beats: 4 waits + 7 starts = 11 events. The first segment is the run of the ops before
+    the cut from idle: LD waits out ld1 and two SYNCs (3) and once for the hub's token, MV
+    waits out mv1 and two SYNCs (3), the hub waits for LD's and MV's tokens (2) and out its
+    beat (1): 10 waits + 7 = 17. Whole, the machine has no entry waits: 19."""
+    hw = load_hw("tiny")
+    barrier = _barrier()
+    barrier[-1] = MOp(MV, "SYNC.MV", 1, 10, 10, (SFU,))
+    head = [MOp(LD, "ld1", 1, 5, 9, (), (MV,)), MOp(MV, "mv1", 1, 7, 12, (LD,)), *barrier]
+    prog = [*head, MOp(MV, "mv2", 1, 3, 4), MOp(LD, "ld3", 1, 2, 2)]
+    assert barrier_cuts(prog) == [7]
+    cut = Machine(hw).run(prog, SegmentMemo())
+    assert cut.segments == 2
+    assert Machine(hw).run(head).events == 17
+    assert cut.events == 17 + 11
+    assert Machine(hw).run(prog).events == 19
+
+
+def test_deadlock_report_names_only_units_waiting_for_tokens():
+    """Depth 1: LD gets SFU's token for its first op, then waits for its second op to be
+    queued; the dispatcher cannot queue it, MV's queue is full behind an op that waits for
+    a token SFU never sends. Only MV waits for a token; LD is not named."""
+    prog = [
+        MOp(SFU, "s1", 1, 1, 1, (), (LD,)),
+        MOp(LD, "a", 1, 1, 1, (SFU,)),
+        MOp(MV, "m1", 1, 1, 1, (SFU,)),
+        MOp(MV, "m2", 1, 1, 1),
+        MOp(LD, "b", 1, 1, 1),
+    ]
+    with pytest.raises(SyncError) as err:
+        Machine(load_hw("tiny"), depth=1).run(prog)
+    assert str(err.value) == (
+        "deadlock: mv op 0 (m1) waits for a token from sfu; "
+        "the dispatcher waits for room in the full mv queue"
+    )
