@@ -41,6 +41,7 @@ from hwflow.config import CompressionMethod, CompressionPlan, LinearQuant, Model
 from hwflow.model import attention_mask, step_graph
 from hwflow.prune import prune
 from hwflow.reference import KVCache, run_float
+from hwflow.reference import _heads as split_heads
 from hwflow.smooth import qk_factors, smooth_factors
 from hwflow.wquant import quantize, quantize_grouped
 
@@ -213,7 +214,7 @@ def _absmax(t: np.ndarray, axis: Any = None) -> np.ndarray:
 
 def _heads(t: np.ndarray, n: int) -> np.ndarray:
     """A per-head tensor ([T, n*hd] or [n, T, hd]) as [n, T, hd]."""
-    return t if t.ndim == 3 else t.reshape(t.shape[0], n, -1).transpose(1, 0, 2)
+    return t if t.ndim == 3 else split_heads(t, n)
 
 
 def _head_max(ts: list[np.ndarray], n: int) -> np.ndarray:
