@@ -168,6 +168,7 @@ def test_help_shows_defaults_and_version(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("rtl-tiny")  # shares the accelerator's cached Verilog
 def test_rtl_writes_under_the_current_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["rtl", "--hw", "tiny", "--no-lint"]) == 0

@@ -30,6 +30,7 @@ def rtl_out(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str]:
 
 
 @pytest.mark.rtl
+@pytest.mark.xdist_group("rtl-tiny")  # the accelerator's Verilog: one worker
 def test_rtl_command_writes_linted_verilog(rtl_out: tuple[Path, int, str]) -> None:
     out, code, text = rtl_out
     assert code == 0, text
@@ -65,6 +66,7 @@ TINY_PARAMS = {
 
 
 @pytest.mark.rtl
+@pytest.mark.xdist_group("rtl-tiny")  # the accelerator's Verilog: one worker
 def test_manifest_records_params_ports_and_latency(rtl_out: tuple[Path, int, str]) -> None:
     out, _, _ = rtl_out
     man = json.loads((out / "manifest.json").read_text())
@@ -89,6 +91,7 @@ def test_manifest_records_params_ports_and_latency(rtl_out: tuple[Path, int, str
 
 
 @pytest.mark.rtl
+@pytest.mark.xdist_group("rtl-tiny")  # the accelerator's Verilog: one worker
 def test_rewrite_only_on_change(rtl_out: tuple[Path, int, str]) -> None:
     out, _, _ = rtl_out
     before = (out / "hwflow_tiny_mv.v").stat().st_mtime_ns
