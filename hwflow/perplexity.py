@@ -9,7 +9,7 @@ are raw accumulators; :meth:`~hwflow.compress.QuantizedModel.dequant_logits` sca
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +29,7 @@ __all__ = [
     "Perplexity",
     "float_perplexity",
     "int_perplexity",
+    "kl_divergence",
     "perplexity_of_logits",
     "read_text",
     "text_ids",
@@ -89,6 +90,8 @@ class Perplexity:
     ppl: float
     nll: float  #: mean negative log-likelihood in nats
     tokens: int
+    #: next-token log-probabilities [tokens - 1, vocab] (for :func:`kl_divergence`)
+    logp: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def perplexity_of_logits(logits: np.ndarray, ids: np.ndarray) -> Perplexity:
@@ -96,9 +99,20 @@ def perplexity_of_logits(logits: np.ndarray, ids: np.ndarray) -> Perplexity:
     ids = np.asarray(ids)
     lg = np.asarray(logits, np.float64)[:-1]
     m = lg.max(axis=-1, keepdims=True)
-    logz = m[:, 0] + np.log(np.exp(lg - m).sum(axis=-1))
-    nll = float(np.mean(logz - lg[np.arange(len(lg)), ids[1:]]))
-    return Perplexity(float(np.exp(nll)), nll, len(ids))
+    logp = lg - (m + np.log(np.exp(lg - m).sum(axis=-1, keepdims=True)))
+    nll = float(-np.mean(logp[np.arange(len(lg)), ids[1:]]))
+    return Perplexity(float(np.exp(nll)), nll, len(ids), logp)
+
+
+def kl_divergence(ref: Perplexity, test: Perplexity) -> float:
+    """Mean over the predicted positions of KL(ref || test) of the next-token distributions,
+    in nats per token: how far a compressed model's predictions are from the float model's
+    on the same tokens. Unlike a perplexity difference (a difference of two noisy means, which
+    a few tokens can flip) every position and every vocabulary entry contributes, so small
+    arithmetic changes are resolved on a few hundred tokens."""
+    if ref.logp is None or test.logp is None or ref.logp.shape != test.logp.shape:
+        raise ValueError("KL divergence needs the log-probabilities of two runs on the same ids")
+    return float(np.mean(np.sum(np.exp(ref.logp) * (ref.logp - test.logp), axis=-1)))
 
 
 def _check(cfg: ModelConfig, ids: np.ndarray) -> None:

@@ -93,6 +93,7 @@ def test_quality_checkpoint_json(tmp_path, capsys):
     want = float_perplexity(load_model("tiny-llama"), load_plan("w8a8"), w32, ids).ppl
     assert out["float_ppl"] == want
     assert all(1 < p < 1e6 for p in out["ppl"].values())
+    assert set(out["kl"]) == {"w8a8", "w4a8"} and all(k > 0 for k in out["kl"].values())
     assert {r["tensor"] for r in out["plans"]["w8a8"]} >= {"prefill.x2", "prefill.logits"}
 
 

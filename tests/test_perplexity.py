@@ -18,6 +18,7 @@ from hwflow.perplexity import (
     DEFAULT_TEXT,
     float_perplexity,
     int_perplexity,
+    kl_divergence,
     perplexity_of_logits,
     read_text,
     text_ids,
@@ -34,6 +35,20 @@ def test_perplexity_of_logits_by_hand():
     # mean NLL over rows: p = 1/2 and 1/4 -> exp((ln 2 + ln 4) / 2) = sqrt(8)
     lg = np.log(np.array([[1, 1, 0, 0], [1, 3, 0, 0], [1, 1, 1, 1]]) + 1e-300)
     assert perplexity_of_logits(lg, np.array([3, 0, 0])).ppl == pytest.approx(math.sqrt(8))
+
+
+def test_kl_divergence_by_hand():
+    """KL(p || q) of two-way distributions, averaged over the predicted rows (the last row
+    predicts nothing): p = (1/2, 1/2), q = (1/4, 3/4) gives ln 2 - (ln(4/3) + ln 4) / 2 ...
+    written out: 1/2 ln(2) + 1/2 ln(2/3); identical rows give 0."""
+    ids = np.array([0, 1, 0])
+    ref = perplexity_of_logits(np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 9.0]]), ids)
+    test = perplexity_of_logits(np.array([[0.0, math.log(3)], [1.0, 1.0], [5.0, 0.0]]), ids)
+    want = (0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75) + 0.0) / 2
+    assert kl_divergence(ref, test) == pytest.approx(want, rel=1e-12)
+    assert kl_divergence(ref, ref) == 0.0
+    with pytest.raises(ValueError, match="same ids"):
+        kl_divergence(ref, perplexity_of_logits(np.zeros((4, 2)), np.arange(4) % 2))
 
 
 def test_float_perplexity_is_teacher_forcing():

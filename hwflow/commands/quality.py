@@ -25,6 +25,7 @@ from hwflow.perplexity import (
     calibration_ids,
     float_perplexity,
     int_perplexity,
+    kl_divergence,
     read_text,
     text_ids,
 )
@@ -133,10 +134,12 @@ def _run_checkpoint(args: argparse.Namespace) -> int:
     weights = ck.weights.materialize()  # read (and dequantize) every tensor once
     float_ppl = float_perplexity(cfg, plans[0], weights, ids)
     ppl: dict[str, float] = {}
+    kl: dict[str, float] = {}
     sqnr: dict[str, list[dict[str, Any]]] = {}
     for plan in plans:
         qm = quantize_model(cfg, plan, weights, calib_ids=calib[: cfg.max_positions])
-        ppl[plan.name] = int_perplexity(qm, ids).ppl
+        int_ppl = int_perplexity(qm, ids)
+        ppl[plan.name], kl[plan.name] = int_ppl.ppl, kl_divergence(float_ppl, int_ppl)
         sqnr[plan.name] = quality(qm, weights, ids, args.decode)
     if args.json:
         print_json(
@@ -147,6 +150,7 @@ def _run_checkpoint(args: argparse.Namespace) -> int:
                 "tokens": tokens,
                 "float_ppl": float_ppl.ppl,
                 "ppl": ppl,
+                "kl": kl,
                 "plans": sqnr,
             }
         )
@@ -155,9 +159,10 @@ def _run_checkpoint(args: argparse.Namespace) -> int:
     table.add_column("model", no_wrap=True)
     table.add_column("perplexity", justify="right")
     table.add_column("x float", justify="right")
-    table.add_row("float64", f"{float_ppl.ppl:.3f}", "1.00")
+    table.add_column("KL to float\nnats/token", justify="right")
+    table.add_row("float64", f"{float_ppl.ppl:.3f}", "1.00", "0")
     for name, value in ppl.items():
-        table.add_row(name, f"{value:.3f}", f"{value / float_ppl.ppl:.2f}")
+        table.add_row(name, f"{value:.3f}", f"{value / float_ppl.ppl:.3f}", f"{kl[name]:.4f}")
     _wide_console(table).print(table)
     _print_sqnr(sqnr, f"{cfg.name}: compressed vs float64 on the same {tokens} tokens")
     return 0
