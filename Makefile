@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(BIN)/hwflow demo -o $(OUT)
 
 test: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n 2 --dist loadgroup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25
 
 mutate: $(STAMP)
 	bash scripts/mutate.sh $(VENV) $(MUTANTS)
