@@ -11,7 +11,7 @@ Steps (all deterministic):
 3. Calibration: a float64 run of the model on calibration tokens (real text for a real
    checkpoint) gives the residual's binary point, the static scales (per head for q/k/v and the
    KV cache, per tensor for ``a``, gate/up and the logits) and each linear's row-stage guard.
-   With the plan's ``method.smooth`` (SmoothQuant alpha) the norms' consumers are smoothed
+   With the plan's ``method.smooth`` (SmoothQuant alpha) the norms' consumers (the head too) are smoothed
    (``1/s`` into the norm gain, ``s`` into the weights); q and k are always balanced per
    channel (:func:`hwflow.smooth.qk_factors` into the q/k weights); then the run is repeated.
 4. Weights: N:M pruning along K and symmetric per-channel INT``bits`` quantization by the
@@ -111,18 +111,28 @@ def fold_norm_biases(cfg: ModelConfig, weights: dict[str, np.ndarray]) -> dict[s
 def _smooth(
     cfg: ModelConfig, w: dict[str, np.ndarray], ten: dict[str, np.ndarray], alpha: float
 ) -> dict[str, np.ndarray]:
-    """SmoothQuant (:mod:`hwflow.smooth`) on the inputs of the norms' consumers: ``1/s`` into
-    the norm's gain (applied on chip before the per-token quantization), ``s`` into the
-    consuming linears' columns. Exact in real arithmetic."""
+    """SmoothQuant (:mod:`hwflow.smooth`) on the inputs of the norms' consumers, the final
+    norm's head included: ``1/s`` into the norm's gain (applied on chip before the per-token
+    quantization), ``s`` into the consuming linears' columns. Exact in real arithmetic. The
+    head's weight is its own array after :func:`fold_norm_biases` (a tied embedding keeps
+    its values)."""
     out = dict(w)
-    for li in range(cfg.layers):
-        for norm, consumers in _NORM_CONSUMERS.items():
-            ops = [f"L{li}.{op}" for op in consumers if op in cfg.linear_ops]
-            amax = np.abs(ten[f"L{li}.{'h1' if norm == 'norm1' else 'h2'}"]).max(axis=0)
-            s = smooth_factors(amax, [w[o + ".w"] for o in ops], alpha)
-            out[f"L{li}.{norm}.g"] = w.get(f"L{li}.{norm}.g", np.ones(cfg.hidden)) / s
-            for o in ops:
-                out[o + ".w"] = w[o + ".w"] * s[None, :]
+    sites = [
+        (
+            f"L{li}.{norm}",
+            f"L{li}.{'h1' if norm == 'norm1' else 'h2'}",
+            [f"L{li}.{op}" for op in ops],
+        )
+        for li in range(cfg.layers)
+        for norm, ops in _NORM_CONSUMERS.items()
+    ]
+    for norm, act, ops in [*sites, ("final.norm", "hf", ["head"])]:
+        ops = [o for o in ops if o + ".w" in w]
+        amax = np.abs(ten[act]).reshape(-1, cfg.hidden).max(axis=0)
+        s = smooth_factors(amax, [w[o + ".w"] for o in ops], alpha)
+        out[f"{norm}.g"] = w.get(f"{norm}.g", np.ones(cfg.hidden)) / s
+        for o in ops:
+            out[o + ".w"] = w[o + ".w"] * s[None, :]
     return out
 
 

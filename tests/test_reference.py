@@ -154,20 +154,22 @@ def test_massive_activation_survives():
 
 @pytest.mark.parametrize("name", MODELS)
 def test_smoothing_is_exact_in_float(name):
-    """SmoothQuant moves 1/s into the norm gains and s into the consuming weights: the float
-    model is unchanged, the smoothed inputs are flatter."""
+    """SmoothQuant moves 1/s into the norm gains and s into the consuming weights (the final
+    norm's head too): the float model is unchanged, the smoothed inputs are flatter."""
     from hwflow.compress import _calibrate, _smooth
 
     cfg = load_model(name)
     w = fold_norm_biases(cfg, random_weights(cfg, 0))
     w["L0.norm1.g"][3] = 40.0  # an outlier channel to move
+    w["final.norm.g"][5] = 40.0
     ids = np.arange(12)
     _, ten = _calibrate(cfg, load_plan("w8a8"), w, ids)
     ws = _smooth(cfg, w, ten, 0.5)
     _, ten_s = _calibrate(cfg, load_plan("w8a8"), ws, ids)
     assert np.allclose(ten["logits"], ten_s["logits"], rtol=1e-9, atol=1e-9)
     spread = lambda t: np.abs(t).max(0).max() / np.abs(t).max(0).mean()  # noqa: E731
-    assert spread(ten_s["L0.h1"]) < spread(ten["L0.h1"])
+    assert spread(ten_s["L0.h1"]) < 0.5 * spread(ten["L0.h1"])
+    assert spread(ten_s["hf"]) < 0.5 * spread(ten["hf"])
 
 
 @pytest.mark.parametrize("name", MODELS)
