@@ -1,4 +1,5 @@
-"""Kill rate per module of the last mutmut run (reads mutants/**/*.meta; run from the repo).
+"""Kill rate per module of the last mutmut runs (reads mutants/<group>/mutants/hwflow/**/*.meta
+of scripts/mutate.py's run directories; run from the repository).
 
 A mutant counts as killed when the tests failed (or timed out) with it; ``no tests`` means no
 selected test reaches the mutated function. Mutants not run yet (a sampled run) are left out
@@ -39,7 +40,7 @@ def listed() -> dict[str, str]:
 
 
 def main() -> int:
-    metas = sorted(ROOT.glob("hwflow/**/*.py.meta"))
+    metas = sorted(ROOT.glob("*/mutants/hwflow/**/*.py.meta"))
     if not metas:
         print("no mutmut results under mutants/ (run `make mutate` first)", file=sys.stderr)
         return 2
@@ -64,7 +65,7 @@ def main() -> int:
         run = c["killed"] + c["survived"] + c["no tests"] + c["equiv"]
         denom = c["killed"] + c["survived"] + c["no tests"]
         rate = f"{100 * c['killed'] / denom:.1f}%" if denom else "-"
-        mod = str(meta.relative_to(ROOT)).removesuffix(".meta")
+        mod = str(meta.relative_to(meta.parents[len(meta.relative_to(ROOT).parts) - 3])).removesuffix(".meta")
         print(
             f"{mod:<26}{len(codes):>8}{run:>6}{c['killed']:>8}{c['survived']:>9}"
             f"{c['no tests']:>8}{c['equiv']:>6}{rate:>11}"
