@@ -77,18 +77,24 @@ def main(argv: list[str]) -> int:
     jobs = "1"
     if argv and argv[0].startswith("--jobs="):
         jobs, argv = argv[0].removeprefix("--jobs="), argv[1:]
-    names, globs = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    names, globs = (
+        (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    )
     groups = load_groups()
     unknown = [n for n in names if n not in groups]
     if unknown:
-        print(f"unknown group(s) {', '.join(unknown)}; groups: {', '.join(groups)}", file=sys.stderr)
+        print(
+            f"unknown group(s) {', '.join(unknown)}; groups: {', '.join(groups)}", file=sys.stderr
+        )
         return 2
     mutmut = str(Path(sys.executable).parent / "mutmut")
     for name in names or list(groups):
         run = prepare(name, groups[name])
         print(f"== {name}: {', '.join(groups[name]['mutate'])}", flush=True)
         cmd = ["nice", mutmut, "run", "--max-children", jobs, *globs]
-        subprocess.run(cmd, cwd=run, check=False, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        subprocess.run(
+            cmd, cwd=run, check=False, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        )
     return 0
 
 

@@ -65,7 +65,7 @@ def main() -> int:
         run = c["killed"] + c["survived"] + c["no tests"] + c["equiv"]
         denom = c["killed"] + c["survived"] + c["no tests"]
         rate = f"{100 * c['killed'] / denom:.1f}%" if denom else "-"
-        mod = str(meta.relative_to(meta.parents[len(meta.relative_to(ROOT).parts) - 3])).removesuffix(".meta")
+        mod = str(Path(*meta.relative_to(ROOT).parts[2:])).removesuffix(".meta")  # <group>/mutants/
         print(
             f"{mod:<26}{len(codes):>8}{run:>6}{c['killed']:>8}{c['survived']:>9}"
             f"{c['no tests']:>8}{c['equiv']:>6}{rate:>11}"
