@@ -716,3 +716,14 @@ def test_dispatch_holds_items_back_until_ready_and_resumes():
     fired.clear()
     row = [_Item(n) for n in "wxyz"]
     assert isa.dispatch({LD: row}, {}, fire) == {LD: 4} and fired == list("wxyz")
+
+
+def test_repeat_markers_name_the_loop_pc_and_the_iteration():
+    """One loop at pc 0, 3 iterations with one key: the first is recorded, the other two are
+    repeats of loop pc 0, iterations 1 and 2 (their SYNC.LD muted)."""
+    t = isa.Template(
+        "prefill", 1, 8, (make("LOOP", count=3), make("SYNC.LD"), make("ENDLOOP"), make("END"))
+    )
+    items = isa.expand(t, Runtime(1), iteration_key=lambda loop, regs: "same")
+    marks = [(x.what, x.pc, x.iteration) if isinstance(x, isa.Reuse) else x.pc for x in items]
+    assert marks == [("begin", 0, 0), 1, ("end", 0, 0), ("repeat", 0, 1), ("repeat", 0, 2)]
