@@ -4,15 +4,13 @@ mutmut 3 switches a mutant on when its function is called; a function called whi
 module is imported (the ISA's field tables are built so) has already run, unmutated, so its
 mutants always survive a mutmut run. This script takes the survivors of such functions from
 the last run (``mutants/<module>.meta``), writes each mutant's function over the original in
-the source file, runs the given tests (``pytest -x``), restores the file and prints one line
-per mutant: ``NAME killed by TEST`` or ``NAME survived``. The killed ones go under "Killed
-when applied by hand" in tests/mutation/EQUIVALENT.md. Usage (from the repository, after
-``make mutate`` ran the module)::
+a scratch copy of the repository (``hwflow``, ``tests``, ``mappings``; the source tree is never
+touched), runs the given tests there (``pytest -x``) and prints one line per mutant: ``NAME
+killed by TEST`` or ``NAME survived``. The killed ones go under "Killed when applied by hand"
+in tests/mutation/EQUIVALENT.md. Usage (from the repository, after ``make mutate`` ran the
+module's group, e.g. ``isa``)::
 
     python scripts/mutate_by_hand.py [--meta=FILE] hwflow/isa.py _hdr _operand -- tests/test_isa.py
-
-Never run it beside another job that imports the package from this tree: the source file is
-mutated while it runs (and restored, also on Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -20,16 +18,25 @@ from __future__ import annotations
 import ast
 import json
 import re
-import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+
+def mutmut_copy(module: Path) -> Path:
+    """mutmut's copy of ``module`` in the run directory of the group that mutates it."""
+    found = sorted(Path("mutants").glob(f"*/mutants/{module}.meta"))
+    if not found:
+        raise SystemExit(f"no mutmut results for {module} under mutants/*/ (run make mutate)")
+    return found[0].with_suffix("")
 
 
 def survivors(module: Path, functions: list[str], meta_file: Path | None = None) -> list[str]:
     """Names of the surviving mutants of top-level ``functions`` in the last mutmut run (or
     in ``meta_file``, a copy of a run's ``.meta``)."""
-    path = meta_file or Path("mutants") / f"{module}.meta"
+    path = meta_file or mutmut_copy(module).with_name(module.name + ".meta")
     meta = json.loads(path.read_text())["exit_code_by_key"]
     dotted = ".".join(module.with_suffix("").parts)
     want = {f"{dotted}.x_{fn}" for fn in functions}
@@ -47,7 +54,7 @@ def function_span(source: str, name: str) -> tuple[int, int]:
 
 def mutant_source(module: Path, mutant: str) -> tuple[str, str]:
     """(original function name, the mutant's function renamed to it) from mutmut's copy."""
-    copy = (Path("mutants") / module).read_text()
+    copy = mutmut_copy(module).read_text()
     local = mutant.rsplit(".", 1)[1]  # x_<fn>__mutmut_<n>
     fn = re.fullmatch(r"x_(.+)__mutmut_\d+", local)
     if fn is None:
@@ -57,18 +64,20 @@ def mutant_source(module: Path, mutant: str) -> tuple[str, str]:
     return fn.group(1), text.replace(f"def {local}(", f"def {fn.group(1)}(", 1)
 
 
-def run(mutant: str, module: Path, original: str, tests: list[str]) -> str:
-    """Write ``mutant`` into ``module``, run ``tests``, restore; the verdict line."""
+def run(mutant: str, module: Path, original: str, tests: list[str], root: Path) -> str:
+    """Write ``mutant`` into the scratch copy of ``module`` under ``root``, run ``tests``
+    there, restore it; the verdict line."""
     name, text = mutant_source(module, mutant)
     first, last = function_span(original, name)
     lines = original.splitlines()
-    module.write_text("\n".join([*lines[: first - 1], text, *lines[last:]]) + "\n")
+    target = root / module
+    target.write_text("\n".join([*lines[: first - 1], text, *lines[last:]]) + "\n")
     try:
         cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:xdist", "-p", "no:randomly"]
         cmd += ["-p", "no:cacheprovider", *tests]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
     finally:
-        module.write_text(original)
+        target.write_text(original)
     if out.returncode == 0:
         return f"{mutant} survived"
     failed = re.search(r"^(?:FAILED|ERROR) (\S+)", out.stdout, re.M)
@@ -85,9 +94,13 @@ def main(argv: list[str]) -> int:
     cut = argv.index("--")
     module, functions, tests = Path(argv[0]), argv[1:cut], argv[cut + 1 :]
     original = module.read_text()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # restore the source on kill too
-    for mutant in survivors(module, functions, meta):
-        print(run(mutant, module, original, tests), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for part in ("hwflow", "tests", "mappings"):
+            shutil.copytree(part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2("pyproject.toml", root / "pyproject.toml")
+        for mutant in survivors(module, functions, meta):
+            print(run(mutant, module, original, tests, root), flush=True)
     return 0
 
 
