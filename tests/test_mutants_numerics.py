@@ -40,3 +40,31 @@ def test_partial_bound_by_hand():
     assert nx.partial_bound(64, 4, 32) == 56896 * 255
     assert nx.partial_bound(4096, 8, None) == 4096 * 127 * 127
     assert nx.partial_bound(10, 2, None) == 10 * 127 * 1
+
+
+def test_group_multipliers_by_hand_and_refusals():
+    """Row unit = max / 255; g = rint(scale / unit) clipped to 1..255: 0.4 / (1 / 255) = 102,
+    0.05 -> 12.75 -> 13, 0.001 -> 0.255 -> 1 (at least 1). A float32 input is taken in
+    float64 (the unit is a float64 scale). Anything but a positive finite 2-D array is refused
+    with the one message."""
+    g, unit = nx.group_multipliers(np.array([[1.0, 0.4, 0.05, 0.001]], np.float32))
+    assert g.dtype == np.int64 and g.tolist() == [[255, 102, 13, 1]]
+    assert unit.dtype == np.float64 and unit[0] == pytest.approx(1 / 255, rel=1e-7)
+    for bad in (
+        [1.0, 2.0],
+        [[[1.0, 2.0]]],
+        [[np.inf, 1.0]],
+        [[np.nan, 1.0]],
+        [[0.0, 1.0]],
+        [[-1.0, 1.0]],
+    ):
+        with pytest.raises(ValueError, match=r"^group scales must be a positive finite \["):
+            nx.group_multipliers(np.array(bad))
+
+
+def test_group_partial_bits_at_a_power_of_two():
+    """|p| <= G x 127 x qmax: INT8, G = 65: 65 x 16129 = 1048385 < 2**20 -> 20 bits + sign;
+    INT4, G = 147: 147 x 889 = 130683 < 2**17 -> 18. (With 128 for 127 both would cross.)"""
+    assert nx.group_partial_bits(8, 65) == 21
+    assert nx.group_partial_bits(4, 147) == 18
+    assert nx.group_partial_bits(8, 64) == 21  # 1032256 < 2**20
