@@ -7,7 +7,9 @@ of the rate and counted apart. tests/mutation/EQUIVALENT.md lists, under its
 "## Equivalent" heading, mutants that cannot change behaviour (taken out of the denominator),
 and under "## Killed when applied by hand" mutants mutmut cannot activate (code run at import)
 that a test kills when the change is made in the source (counted as killed). The file says
-why for each.
+why for each. ``--open`` also prints, per module, the survivors EQUIVALENT.md does not list
+(each needs a test or an entry) and the listed names that did not survive the last run (stale
+entries: renumbered or killed since).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def listed() -> dict[str, str]:
     return out
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     metas = sorted(ROOT.glob("*/mutants/hwflow/**/*.py.meta"))
     if not metas:
         print("no mutmut results under mutants/ (run `make mutate` first)", file=sys.stderr)
@@ -47,6 +49,7 @@ def main() -> int:
     marks = listed()
     head = f"{'module':<26}{'mutants':>8}{'run':>6}{'killed':>8}{'survived':>9}{'no test':>8}"
     print(head + f"{'equiv':>6}{'kill rate':>11}")
+    notes: list[str] = []
     for meta in metas:
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         c: Counter[str] = Counter()
@@ -70,8 +73,19 @@ def main() -> int:
             f"{mod:<26}{len(codes):>8}{run:>6}{c['killed']:>8}{c['survived']:>9}"
             f"{c['no tests']:>8}{c['equiv']:>6}{rate:>11}"
         )
+        if "--open" in argv:
+            notes += [
+                f"  open: {n} ({status_by_exit_code[k]})"
+                for n, k in codes.items()
+                if status_by_exit_code[k] in ("survived", "no tests") and n not in marks
+            ]
+            dotted = mod.removesuffix(".py").replace("/", ".") + "."
+            alive = {n for n, k in codes.items() if status_by_exit_code[k] == "survived"}
+            notes += [f"  stale: {n}" for n in marks if n.startswith(dotted) and n not in alive
+                      and codes.get(n) is not None]  # fmt: skip
+    print("\n".join(notes))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -727,3 +727,13 @@ def test_repeat_markers_name_the_loop_pc_and_the_iteration():
     items = isa.expand(t, Runtime(1), iteration_key=lambda loop, regs: "same")
     marks = [(x.what, x.pc, x.iteration) if isinstance(x, isa.Reuse) else x.pc for x in items]
     assert marks == [("begin", 0, 0), 1, ("end", 0, 0), ("repeat", 0, 1), ("repeat", 0, 2)]
+
+
+def test_expand_refuses_a_template_without_end_and_takes_pos_0_in_a_batch():
+    """A template whose instructions run out before END is refused word for word; a decode
+    step whose (only) sequence is at POS 0 (its first token) is a valid batch runtime."""
+    with pytest.raises(ProgramError) as err:
+        list(isa.expand(isa.Template("prefill", 1, 8, (make("SYNC.LD"),)), Runtime(1)))
+    assert str(err.value) == "program ends without END"
+    dec = isa.Template("decode", 1, 8, (make("SYNC.LD"), make("END")))
+    assert [c.pc for c in isa.expand(dec, Runtime.batch([0]))] == [0]
