@@ -51,6 +51,7 @@ def test_simulation_cache_key_and_pass_through(tiny, tmp_path, monkeypatch):
         True,
     )
     assert len(heard) == 1 and heard[0].startswith("simulated result from the cache (")
+    assert len(list((tmp_path / "sims").glob("*.pickle"))) == 1  # <cache>/sims/
     assert sim.simulate_cached(cfg, plan, hw, 8, 2, max_len=512) == ({"n": 1}, True)
     # every part of the key recomputes
     other_hw = hw.model_copy(update={"clock_mhz": 123.0})
@@ -110,3 +111,24 @@ def test_a_changed_preset_copy_has_its_own_digest():
     assert hw.model_copy().digest == before
     hbm = hw.hbm.model_copy(update={"latency_ns": 1.0})
     assert hw.model_copy(update={"hbm": hbm}).digest != before
+
+
+def test_empty_transfer_is_done_when_issued():
+    """Both HBM models: a transfer without pieces (0 bytes) starts, streams and is on chip at
+    the cycle it is issued (here 7)."""
+    import simpy
+
+    from hwflow.perf.hbm import HbmChannels, ResourceHbm
+
+    hw = load_hw("tiny")
+    env = simpy.Environment()
+    ref = ResourceHbm(env, hw)
+    env.run(until=7)
+    proc = env.process(ref.transfer([]))
+    env.run()
+    v = proc.value
+    assert (v.start, v.streamed, v.done) == (7, 7, 7)
+    assert len(ref.channels) == 4 and all(c.capacity == 1 for c in ref.channels)
+    chans = HbmChannels(hw)
+    v = chans.issue(7, [])
+    assert (v.start, v.streamed, v.done) == (7, 7, 7)
