@@ -68,3 +68,20 @@ def test_group_partial_bits_at_a_power_of_two():
     assert nx.group_partial_bits(8, 65) == 21
     assert nx.group_partial_bits(4, 147) == 18
     assert nx.group_partial_bits(8, 64) == 21  # 1032256 < 2**20
+
+
+def test_row_max_of_int8_rows_at_minus_128():
+    """|-128| is 128, which INT8 arithmetic cannot hold: M = max(max|v|, 1) per row."""
+    out = nx.row_max(np.array([[-128, 5], [0, 0], [3, -7]], np.int8))
+    assert out.tolist() == [128, 1, 7]
+
+
+def test_quant_rows_with_a_given_row_maximum():
+    """Tensor parallel: each board quantizes by the maximum over every board's columns. A
+    board holding 127 and -64 of a row whose maximum elsewhere is 254: recip = (127 << 46) //
+    254 = 2**45; 127 * 2**45 >> 46 = 63.5 -> 64 (round half up), -64 * 2**45 >> 46 = -32;
+    without ``big`` the board's own maximum 127 maps 127 -> 127."""
+    q, _ = nx.quant_rows(np.array([[127, -64]]), big=np.array([254]))
+    assert q.tolist() == [[64, -32]]
+    q, _ = nx.quant_rows(np.array([[127, -64]]))
+    assert q.tolist() == [[127, -64]]
