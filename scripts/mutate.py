@@ -8,16 +8,20 @@ links to ``hwflow``, ``tests`` and ``mappings`` and a copy of ``pyproject.toml``
 in the repository's ``[tool.mutmut]``). Results stay there (``mutants/`` is ignored by git);
 ``scripts/mutate_summary.py`` prints the kill rate per module. Usage, from the repository::
 
-    python scripts/mutate.py [--jobs=N] [GROUP ...] [-- MUTANT-GLOB ...]
+    python scripts/mutate.py [--jobs=N] [--sample=K] [GROUP ...] [-- MUTANT-GLOB ...]
 
 Without groups every group runs; without globs every mutant of the group. ``nice`` is applied
 to mutmut; ``--jobs`` is mutmut's ``--max-children`` (default 1: the machine is shared).
+``--sample=K``: once a group's mutants exist (a first, possibly interrupted, run generated
+them), run K of those not run yet, drawn uniformly with a fixed seed: a partial run that
+represents the whole module instead of its first functions.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import tomllib
@@ -73,10 +77,21 @@ def prepare(name: str, group: dict) -> Path:
     return run
 
 
+def unrun(run: Path) -> list[str]:
+    """Names of the group's mutants that have no result yet (from its .meta files)."""
+    out: list[str] = []
+    for meta in sorted((run / "mutants").glob("hwflow/**/*.py.meta")):
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        out += [name for name, code in codes.items() if code is None]
+    return out
+
+
 def main(argv: list[str]) -> int:
-    jobs = "1"
-    if argv and argv[0].startswith("--jobs="):
-        jobs, argv = argv[0].removeprefix("--jobs="), argv[1:]
+    jobs, sample = "1", 0
+    while argv and argv[0].startswith(("--jobs=", "--sample=")):
+        opt, _, value = argv[0].partition("=")
+        jobs, sample = (value, sample) if opt == "--jobs" else (jobs, int(value))
+        argv = argv[1:]
     names, globs = (
         (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     )
@@ -91,7 +106,16 @@ def main(argv: list[str]) -> int:
     for name in names or list(groups):
         run = prepare(name, groups[name])
         print(f"== {name}: {', '.join(groups[name]['mutate'])}", flush=True)
-        cmd = ["nice", mutmut, "run", "--max-children", jobs, *globs]
+        chosen = globs
+        if sample and not globs:
+            todo = unrun(run)
+            chosen = sorted(random.Random(13).sample(todo, min(sample, len(todo))))
+            print(
+                f"   a sample of {len(chosen)} of the {len(todo)} mutants not run yet", flush=True
+            )
+            if not chosen:
+                continue
+        cmd = ["nice", mutmut, "run", "--max-children", jobs, *chosen]
         subprocess.run(
             cmd, cwd=run, check=False, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
         )
