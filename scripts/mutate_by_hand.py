@@ -45,13 +45,14 @@ def mutmut_name(dotted: str, fn: str) -> str:
 
 
 def survivors(module: Path, functions: list[str], meta_file: Path | None = None) -> list[str]:
-    """Names of the surviving mutants of ``functions`` (top-level ``f`` or ``Class.method``)
+    """Names of the surviving (or untested) mutants of ``functions`` (``f`` or ``Class.method``)
     in the last mutmut run (or in ``meta_file``, a copy of a run's ``.meta``)."""
     path = meta_file or mutmut_copy(module).with_name(module.name + ".meta")
     meta = json.loads(path.read_text())["exit_code_by_key"]
     dotted = ".".join(module.with_suffix("").parts)
     want = {mutmut_name(dotted, fn) for fn in functions}
-    return [n for n, code in meta.items() if code == 0 and n.split("__mutmut_")[0] in want]
+    open_codes = (0, 5, 33)  # survived, or no selected test reached the function
+    return [n for n, c in meta.items() if c in open_codes and n.split("__mutmut_")[0] in want]
 
 
 def function_span(source: str, name: str, cls: str = "") -> tuple[int, int]:
