@@ -132,3 +132,39 @@ def test_empty_transfer_is_done_when_issued():
     chans = HbmChannels(hw)
     v = chans.issue(7, [])
     assert (v.start, v.streamed, v.done) == (7, 7, 7)
+
+
+def test_ld_busy_is_the_union_of_overlapping_transfers_and_channel_cycles_add_up():
+    """Two loads on tiny, pieces made by hand: ld1 streams 20 cycles on channel 0 from cycle
+    0; ld2 is issued one cycle later (LD/ST issue: 1 cycle) and streams 14 on channel 1,
+    [1, 15), inside ld1's [0, 20): LD is busy 20 cycles (the union), not 34. A third load
+    after a barrier cut streams 7 more: the channels streamed 20 + 14 + 7 = 41 cycles, whole
+    or run in segments."""
+    from hwflow.costs import HbmPiece
+    from hwflow.perf.machine import Machine, MOp, SegmentMemo, barrier_cuts
+
+    LD, MV, SFU = 0, 3, 4
+
+    def ld(name, ch, occ):
+        piece = HbmPiece(channel=ch, nbytes=64, occupancy=occ, same_channel=True)
+        return MOp(LD, name, 1, 1, 0, hbm=(piece,), hbm_bytes=64, hbm_occupancy=occ)
+
+    def sync(unit, wait=(), release=()):
+        return MOp(unit, f"SYNC.{('LD', 'ST', 'MM', 'MV', 'SFU')[unit]}", 1, 1, 1, wait, release)
+
+    hw = load_hw("tiny")
+    two = [ld("ld1", 0, 20), ld("ld2", 1, 14)]
+    stats = Machine(hw).run(two)
+    assert stats.busy["ld"] == 20
+    assert stats.hbm_channel_cycles == 34
+    barrier = [
+        sync(LD, release=(SFU,)),
+        sync(MV, release=(SFU,)),
+        sync(SFU, wait=(LD, MV), release=(LD, MV)),
+        sync(LD, wait=(SFU,)),
+        sync(MV, wait=(SFU,)),
+    ]
+    prog = [*two, *barrier, ld("ld3", 2, 7)]
+    assert barrier_cuts(prog) == [7]
+    for memo in (None, SegmentMemo()):
+        assert Machine(hw).run(prog, memo).hbm_channel_cycles == 41
