@@ -57,9 +57,10 @@ def main(argv: list[str]) -> int:
             st = status_by_exit_code[code]
             if st == "not checked":
                 continue
-            if st == "survived" and marks.get(name) == "equiv":
+            open_ = st in ("survived", "no tests")  # no selected test reached it
+            if open_ and marks.get(name) == "equiv":
                 c["equiv"] += 1
-            elif st in ("killed", "timeout") or (st == "survived" and marks.get(name) == "by hand"):
+            elif st in ("killed", "timeout") or (open_ and marks.get(name) == "by hand"):
                 c["killed"] += 1
             elif st == "survived":
                 c["survived"] += 1
@@ -80,7 +81,9 @@ def main(argv: list[str]) -> int:
                 if status_by_exit_code[k] in ("survived", "no tests") and n not in marks
             ]
             dotted = mod.removesuffix(".py").replace("/", ".") + "."
-            alive = {n for n, k in codes.items() if status_by_exit_code[k] == "survived"}
+            alive = {
+                n for n, k in codes.items() if status_by_exit_code[k] in ("survived", "no tests")
+            }
             notes += [f"  stale: {n}" for n in marks if n.startswith(dotted) and n not in alive
                       and codes.get(n) is not None]  # fmt: skip
     print("\n".join(notes))
