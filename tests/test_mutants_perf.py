@@ -96,6 +96,16 @@ def test_decode_curve_and_utilisation_by_hand(tiny, tmp_path, monkeypatch):
     curve = r.decode_curve()
     assert [c for c, _ in curve] == [5, 6]
     assert [ms for _, ms in curve] == [pytest.approx(0.01), pytest.approx(0.025)]
+    s = r.summary()
+    assert (s["model"], s["hw"], s["plan"], s["prefill"], s["decode"]) == (
+        "tiny-llama",
+        "tiny",
+        "flightllm",
+        4,
+        2,
+    )
+    # a prefill-only result has no decode figures
+    assert replace(r, decode=0, decode_cycles=[]).token_ms() == (0.0, 0.0, 0.0)
     util = r.utilisation()
     assert set(util) == set(UNITS)
     assert util[UNITS[0]] == 0.25 and util[UNITS[1]] == 1.0 and util[UNITS[2]] == 0.0
