@@ -104,6 +104,7 @@ def test_decode_curve_and_utilisation_by_hand(tiny, tmp_path, monkeypatch):
         4,
         2,
     )
+    assert s["clock_mhz"] == 100.0 and s["total_cycles"] == 4000
     # a prefill-only result has no decode figures
     assert replace(r, decode=0, decode_cycles=[]).token_ms() == (0.0, 0.0, 0.0)
     util = r.utilisation()
