@@ -85,8 +85,8 @@ def test_simulation_cache_key_and_pass_through(tiny, tmp_path, monkeypatch):
 
 def test_decode_curve_and_utilisation_by_hand(tiny, tmp_path, monkeypatch):
     """A result with a 500-cycle prefill of 4 tokens and decode steps of 1000 and 2500
-    cycles at tiny's 100 MHz: contexts 5 and 6 at 0.01 and 0.025 ms; 4000 cycles in all, so a
-    unit busy 1000 cycles is 25 % utilised."""
+    cycles at tiny's 100 MHz: contexts 5 and 6 at 0.01 and 0.025 ms (mean 0.0175), the first
+    token after 0.005 ms; 4000 cycles in all, so a unit busy 1000 cycles is 25 % utilised."""
     monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
     r = sim.simulate(*tiny, 4, 2, mode="exact")
     step = replace(r.prefill_step, stats=replace(r.prefill_step.stats, cycles=500))
@@ -105,6 +105,10 @@ def test_decode_curve_and_utilisation_by_hand(tiny, tmp_path, monkeypatch):
         2,
     )
     assert s["clock_mhz"] == 100.0 and s["total_cycles"] == 4000
+    assert (s["mode"], s["prefill_cycles"], s["ttft_ms"]) == ("exact", 500, pytest.approx(0.005))
+    per_token = (s["ms_per_token_min"], s["ms_per_token_avg"], s["ms_per_token_max"])
+    assert per_token == (pytest.approx(0.01), pytest.approx(0.0175), pytest.approx(0.025))
+    assert s[f"util_{UNITS[0]}"] == 0.25 and s["decode_bytes_per_token"] == r.decode_hbm_bytes / 2
     # a prefill-only result has no decode figures
     assert replace(r, decode=0, decode_cycles=[]).token_ms() == (0.0, 0.0, 0.0)
     util = r.utilisation()
