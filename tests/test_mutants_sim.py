@@ -122,3 +122,16 @@ def test_equal_step_signatures_mean_equal_priced_programs():
         for q in sigs:
             if sigs[p] == sigs[q]:
                 assert progs[p] == progs[q], (p, q)
+
+
+def test_alu_source_registers():
+    """The registers a SYS ALU instruction reads (the POS-taint analysis follows them): none
+    for SETI, ra and rb for ADD and SUB, ra for the immediate forms."""
+    from hwflow.isa import make
+    from hwflow.perf.lower import _srcs
+
+    assert _srcs(make("SETI", rd=3, imm=5)) == []
+    assert _srcs(make("ADD", rd=3, ra=4, rb=5)) == [4, 5]
+    assert _srcs(make("SUB", rd=3, ra=6, rb=7)) == [6, 7]
+    assert _srcs(make("ADDI", rd=3, ra=8, imm=1)) == [8]
+    assert _srcs(make("MINI", rd=3, ra=9, imm=1)) == [9]
