@@ -1,4 +1,5 @@
-"""Kill rate per module of the last mutmut run (reads mutants/**/*.meta; run from the repo).
+"""Kill rate per module of the last mutmut runs (reads mutants/<group>/mutants/hwflow/**/*.meta
+of scripts/mutate.py's run directories; run from the repository).
 
 A mutant counts as killed when the tests failed (or timed out) with it; ``no tests`` means no
 selected test reaches the mutated function. Mutants not run yet (a sampled run) are left out
@@ -6,7 +7,9 @@ of the rate and counted apart. tests/mutation/EQUIVALENT.md lists, under its
 "## Equivalent" heading, mutants that cannot change behaviour (taken out of the denominator),
 and under "## Killed when applied by hand" mutants mutmut cannot activate (code run at import)
 that a test kills when the change is made in the source (counted as killed). The file says
-why for each.
+why for each. ``--open`` also prints, per module, the survivors EQUIVALENT.md does not list
+(each needs a test or an entry) and the listed names that did not survive the last run (stale
+entries: renumbered or killed since).
 """
 
 from __future__ import annotations
@@ -38,14 +41,15 @@ def listed() -> dict[str, str]:
     return out
 
 
-def main() -> int:
-    metas = sorted(ROOT.glob("hwflow/**/*.py.meta"))
+def main(argv: list[str]) -> int:
+    metas = sorted(ROOT.glob("*/mutants/hwflow/**/*.py.meta"))
     if not metas:
         print("no mutmut results under mutants/ (run `make mutate` first)", file=sys.stderr)
         return 2
     marks = listed()
     head = f"{'module':<26}{'mutants':>8}{'run':>6}{'killed':>8}{'survived':>9}{'no test':>8}"
     print(head + f"{'equiv':>6}{'kill rate':>11}")
+    notes: list[str] = []
     for meta in metas:
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         c: Counter[str] = Counter()
@@ -53,9 +57,10 @@ def main() -> int:
             st = status_by_exit_code[code]
             if st == "not checked":
                 continue
-            if st == "survived" and marks.get(name) == "equiv":
+            open_ = st in ("survived", "no tests")  # no selected test reached it
+            if open_ and marks.get(name) == "equiv":
                 c["equiv"] += 1
-            elif st in ("killed", "timeout") or (st == "survived" and marks.get(name) == "by hand"):
+            elif st in ("killed", "timeout") or (open_ and marks.get(name) == "by hand"):
                 c["killed"] += 1
             elif st == "survived":
                 c["survived"] += 1
@@ -64,13 +69,26 @@ def main() -> int:
         run = c["killed"] + c["survived"] + c["no tests"] + c["equiv"]
         denom = c["killed"] + c["survived"] + c["no tests"]
         rate = f"{100 * c['killed'] / denom:.1f}%" if denom else "-"
-        mod = str(meta.relative_to(ROOT)).removesuffix(".meta")
+        mod = str(Path(*meta.relative_to(ROOT).parts[2:])).removesuffix(".meta")  # <group>/mutants/
         print(
             f"{mod:<26}{len(codes):>8}{run:>6}{c['killed']:>8}{c['survived']:>9}"
             f"{c['no tests']:>8}{c['equiv']:>6}{rate:>11}"
         )
+        if "--open" in argv:
+            notes += [
+                f"  open: {n} ({status_by_exit_code[k]})"
+                for n, k in codes.items()
+                if status_by_exit_code[k] in ("survived", "no tests") and n not in marks
+            ]
+            dotted = mod.removesuffix(".py").replace("/", ".") + "."
+            alive = {
+                n for n, k in codes.items() if status_by_exit_code[k] in ("survived", "no tests")
+            }
+            notes += [f"  stale: {n}" for n in marks if n.startswith(dotted) and n not in alive
+                      and codes.get(n) is not None]  # fmt: skip
+    print("\n".join(notes))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -663,3 +663,77 @@ def test_resolvers_by_hand():
     statics = {"kind": 2, "hbm_stride": 0, "buf": 0, "stride": 0, "row_bytes": 0}
     dyn = (("hbm", 5, True, 3), ("off", 0, True, 0), ("rows", 0, False, 0))
     assert t.resolvers == (None, (statics, dyn), None)
+
+
+def test_select_without_decode_templates():
+    """A prefill-only program asked for decode: a single sequence gets the served range
+    ("none"), a batch of 2 the batch message (a program without decode templates serves 1)."""
+    p = Program({}, (), (isa.Template("prefill", 1, 4, (make("END"),)),))
+    with pytest.raises(ProgramError) as err:
+        p.select("decode", Runtime(1, 5))
+    assert str(err.value) == "no decode template serves context POS+1 = 6 (served: none)"
+    with pytest.raises(ProgramError) as err:
+        p.select("decode", Runtime.batch([3, 4]))
+    assert str(err.value) == (
+        "no decode template serves a batch of 2 sequences (the program serves 1..1: "
+        "compile with --batch 2)"
+    )
+
+
+def test_batch_runtime_of_no_sequences():
+    """An empty batch: no rows, POS 0, no positions."""
+    assert Runtime.batch([]) == Runtime(0, 0, 0, ())
+    assert Runtime.batch([7, 2]) == Runtime(2, 7, 0, (7, 2))
+
+
+def test_dispatch_holds_items_back_until_ready_and_resumes():
+    """``ready(unit, item)`` is asked once an item's tokens are there; a held item stops its
+    stream, not the others; ``pos`` resumes where the last call stopped. LD's ``a`` releases
+    to MV; LD's ``r`` (a RECV) waits for its link; MV's ``b`` waits for a's token."""
+    LD, MV = isa.Unit.LD, isa.Unit.MV
+    streams = {LD: [_Item("a", release=1 << MV), _Item("r")], MV: [_Item("b", wait=1 << LD)]}
+    asked, fired = [], []
+
+    def fire(unit, item, popped):
+        fired.append(item.name)
+        if len(fired) > 10:
+            raise AssertionError("an item fired twice")
+        return item.name
+
+    def ready(unit, item):
+        asked.append((unit, item.name))
+        return item.name != "r" or link_up
+
+    link_up = False
+    queues: dict = {}
+    pos = isa.dispatch(streams, queues, fire, ready)
+    assert pos == {LD: 1, MV: 1} and fired == ["a", "b"]
+    assert asked[:3] == [(LD, "a"), (LD, "r"), (MV, "b")]
+    link_up = True
+    again = isa.dispatch(streams, queues, fire, ready, pos)
+    assert again is pos and pos == {LD: 2, MV: 1} and fired == ["a", "b", "r"]
+    # four items without tokens run in order, each once
+    fired.clear()
+    row = [_Item(n) for n in "wxyz"]
+    assert isa.dispatch({LD: row}, {}, fire) == {LD: 4} and fired == list("wxyz")
+
+
+def test_repeat_markers_name_the_loop_pc_and_the_iteration():
+    """One loop at pc 0, 3 iterations with one key: the first is recorded, the other two are
+    repeats of loop pc 0, iterations 1 and 2 (their SYNC.LD muted)."""
+    t = isa.Template(
+        "prefill", 1, 8, (make("LOOP", count=3), make("SYNC.LD"), make("ENDLOOP"), make("END"))
+    )
+    items = isa.expand(t, Runtime(1), iteration_key=lambda loop, regs: "same")
+    marks = [(x.what, x.pc, x.iteration) if isinstance(x, isa.Reuse) else x.pc for x in items]
+    assert marks == [("begin", 0, 0), 1, ("end", 0, 0), ("repeat", 0, 1), ("repeat", 0, 2)]
+
+
+def test_expand_refuses_a_template_without_end_and_takes_pos_0_in_a_batch():
+    """A template whose instructions run out before END is refused word for word; a decode
+    step whose (only) sequence is at POS 0 (its first token) is a valid batch runtime."""
+    with pytest.raises(ProgramError) as err:
+        list(isa.expand(isa.Template("prefill", 1, 8, (make("SYNC.LD"),)), Runtime(1)))
+    assert str(err.value) == "program ends without END"
+    dec = isa.Template("decode", 1, 8, (make("SYNC.LD"), make("END")))
+    assert [c.pc for c in isa.expand(dec, Runtime.batch([0]))] == [0]

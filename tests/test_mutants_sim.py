@@ -94,3 +94,44 @@ def test_decode_roofline_is_the_step_bytes_at_sustained_bandwidth(tiny, tmp_path
         want = [step_graph(cfg, plan, "decode", 1, p).hbm_bytes / BW for p in range(8, 8 + decode)]
         assert r.decode_roofline_cycles == pytest.approx(want, rel=1e-9)
         assert want[-1] > want[0]  # the KV cache grows with the context
+
+
+def test_equal_step_signatures_mean_equal_priced_programs():
+    """Fast mode simulates one step per signature. With a 64-byte interleave granule the
+    16-byte K/V rows of the 16 positions of decode bucket 33..48 land on four channels (four
+    positions per granule: tests/test_perf_sim.py), so the steps price in 4 ways. Equal
+    signatures must mean equal priced programs (the full lowering, op for op), so one
+    signature for the whole bucket would be wrong."""
+    from hwflow.isa import expand
+    from hwflow.perf.lower import PerfContext, lower, step_signature
+
+    tiny = load_hw("tiny")
+    hw = tiny.model_copy(update={"hbm": tiny.hbm.model_copy(update={"interleave_bytes": 64})})
+    cfg, plan = load_model("tiny-llama"), load_plan("flightllm")
+    prog = sim.compile_cached(cfg, plan, hw, 512)
+    ctx = PerfContext(hw)
+    sigs, progs = {}, {}
+    for pos in range(32, 48):
+        rt = Runtime(1, pos)
+        t = prog.select("decode", rt)
+        assert (t.lo, t.hi) == (33, 48)
+        sigs[pos] = step_signature(ctx, t, rt)
+        progs[pos] = lower(hw, expand(t, rt), ctx)[0]
+    assert len({tuple(p) for p in progs.values()}) == 4
+    for p in sigs:
+        for q in sigs:
+            if sigs[p] == sigs[q]:
+                assert progs[p] == progs[q], (p, q)
+
+
+def test_alu_source_registers():
+    """The registers a SYS ALU instruction reads (the POS-taint analysis follows them): none
+    for SETI, ra and rb for ADD and SUB, ra for the immediate forms."""
+    from hwflow.isa import make
+    from hwflow.perf.lower import _srcs
+
+    assert _srcs(make("SETI", rd=3, imm=5)) == []
+    assert _srcs(make("ADD", rd=3, ra=4, rb=5)) == [4, 5]
+    assert _srcs(make("SUB", rd=3, ra=6, rb=7)) == [6, 7]
+    assert _srcs(make("ADDI", rd=3, ra=8, imm=1)) == [8]
+    assert _srcs(make("MINI", rd=3, ra=9, imm=1)) == [9]

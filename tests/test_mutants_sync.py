@@ -24,3 +24,21 @@ def test_deadlock_report_names_every_blocked_unit():
     with pytest.raises(SyncError) as e:
         check_deadlock(cyc)
     assert str(e.value) == want
+
+
+def test_a_loop_body_is_checked_from_its_first_instruction():
+    """The body's first instruction releases a token to MV that nothing takes: the body
+    changes the token counts, so its iterations differ (LD -> MV goes 0 -> 1)."""
+    body = [
+        make("LOOP", count=2),
+        make("SYNC.LD", release=1 << Unit.MV),
+        make("SYNC.SFU"),
+        make("ENDLOOP"),
+        make("END"),
+    ]
+    with pytest.raises(SyncError) as e:
+        check_deadlock(body)
+    assert str(e.value) == (
+        "loop at pc 0: its body changes the token counts "
+        "({} -> {(<Unit.LD: 0>, <Unit.MV: 3>): 1}), so iterations differ"
+    )

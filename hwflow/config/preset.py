@@ -6,8 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from functools import cached_property
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, StrictInt, model_validator
 
@@ -274,6 +275,13 @@ class HardwarePreset(Sourced):
         """SHA-256 of the preset's canonical JSON: programs record it and are refused elsewhere."""
         text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """Pydantic's copy without the cached :attr:`digest`: a copy with changed fields is
+        another preset (pydantic copies the instance dict, the cached value with it)."""
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("digest", None)
+        return copy
 
     def check_plan_support(self, bits: int, n: int, m: int) -> None:
         """Raise UnsupportedError unless this preset runs INT``bits`` weights at N:M = n:m."""
