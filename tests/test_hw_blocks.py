@@ -257,6 +257,11 @@ def test_engine_in_amaranth_simulator(variant: str) -> None:
         make_op(p, rng, tokens=3 if p.rows > 1 and not r else 1, rows=20, k=32, n=n, bits=b, raw=r)
         for n, b, r in [(4, 4, False), (16, 8, False), (2, 2, True), (8, 3, False)]
     ]
+    if not p.per_token:  # weight groups (numerics.weight_matmul), then an ungrouped op right after
+        ops += [
+            make_op(p, rng, tokens=p.rows + 1, rows=20, k=64, n=4, bits=4, group=32),
+            make_op(p, rng, tokens=1, rows=3, k=48, n=16, bits=8, group=16),
+        ]
     ops.append(make_op(p, rng, tokens=p.rows, rows=5, k=16, n=4, bits=8, extreme=True))
     beats, writes, expected = [], [], []
     first = 0
