@@ -85,9 +85,10 @@ def _table(kind: str, wb: int, rows: list[dict]) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="measured 2026-11-30 at 32-byte words: engine-bound linear/head +5..+28 % (the "
-    "group parameter fetch runs at most two groups ahead of the drain), qk/pv port-bound "
-    "(one KV word per key row and lane; pv one request per key): +14 % .. +455 %",
+    reason="measured 2026-11-30 (h-mmu, 4 parameter banks) at 32-byte words, MV, mean per "
+    "instruction: linear +5 %, head +15 % (cause of the sparse multi-beat cases not located), "
+    "qk +42 % (one KV port for both lanes' key rows), pv +380 % (one request per key: the V "
+    "rows are gathered a key per cycle; needs a V^T layout or a transposing buffer)",
 )
 @pytest.mark.parametrize(("kind", "wb"), _KINDS)
 def test_unit_cycles_against_the_cycle_model(kind: str, wb: int) -> None:
