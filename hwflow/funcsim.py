@@ -425,7 +425,8 @@ class FuncSim:
         fmt = (cols, k, c["n"], c["m"], c["wbits"], bool(c["bias"]), self.geo)
         at = TileSpec.sections(*fmt, group)
         blob = self._read(c, c["b_buf"], c["b_off"], 1, 0, at["end"]).ravel()
-        return (*TileSpec.decode(blob, *fmt), TileSpec.decode_groups(blob, cols, k, at, group))
+        gmult = TileSpec.decode_groups(blob, cols, k, c["n"], c["m"], self.geo, at, group)
+        return (*TileSpec.decode(blob, *fmt), gmult)
 
     def _sfu(self, c: Concrete) -> None:
         func, rows, cols = c["func"], c["rows"], c["cols"]

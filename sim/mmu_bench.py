@@ -38,7 +38,7 @@ from hwflow.hw.cosim import save_bench_stats
 from hwflow.hw.machine.decode import cmd_layout
 from hwflow.hw.pack import encode
 from hwflow.isa import MATMUL_FUNCS, Buf, Concrete, Unit
-from hwflow.numerics import nm_compress, qmax
+from hwflow.numerics import GROUP_MULT_MAX, nm_compress, qmax
 from hwflow.perf.lower import lower
 
 _STATS: dict[str, Any] = {}
@@ -58,6 +58,8 @@ class Buffers:
         self.dut, self.rng, self.stall = dut, rng, stall
         self.mem = {b: np.zeros(hw.buffers.bytes(b.name.lower()), np.uint8) for b in Buf}
         self.reads = self.writes = 0
+        #: byte span [first, end) of the current instruction's group multipliers (WEIGHT)
+        self.gmult: tuple[int, int] | None = None
 
     def port(self, kind: str, b: Buf, sig: str) -> Any:
         return getattr(self.dut, f"{kind}_{b.name.lower()}__{sig}")
@@ -119,8 +121,10 @@ def _tile(
     bits: int,
     bias: bool,
     geo: BeatGeometry,
+    group: int | None = None,
 ) -> np.ndarray:
-    """A random weight tile's bytes in the compiler's format (dense when n == m)."""
+    """A random weight tile's bytes in the compiler's format (dense when n == m), with
+    random group multipliers (1..255) per row and ``group`` inputs when given."""
     q = qmax(bits)
     codes = rng.integers(-q, q + 1, size=(cols, k))
     idx = None
@@ -133,8 +137,9 @@ def _tile(
     b = rng.integers(-(2**20), 2**20, cols) if bias else None
     mult = rng.integers(1, 2**15, cols)
     shift = rng.integers(0, 40, cols)
-    blob = encode_tile(codes, idx, b, mult, shift, n, m, bits, geo)
-    assert blob.size == TileSpec.sections(cols, k, n, m, bits, bias, geo)["end"]
+    gm = None if group is None else rng.integers(1, GROUP_MULT_MAX + 1, (cols, k // group))
+    blob = encode_tile(codes, idx, b, mult, shift, n, m, bits, geo, gm)
+    assert blob.size == TileSpec.sections(cols, k, n, m, bits, bias, geo, group)["end"]
     return blob
 
 
@@ -161,7 +166,8 @@ def random_instr(
         rows = 0
     obits = int(rng.choice([8, 16, 32]))
     f: dict[str, int] = {"func": MATMUL_FUNCS.index(func), "rows": rows, "m": m, "obits": obits}
-    f.update(n=m, wbits=8, bias=0, arow=0)
+    f.update(n=m, wbits=8, bias=0, arow=0, wgroup=0)
+    bufs.gmult = None
     act, kv, score, wgt, prm = Buf.ACT, Buf.KV, Buf.SCORE, Buf.WEIGHT, Buf.PARAM
     if func in ("linear", "head"):
         n = int(rng.choice([2, 4, 8, m, 1]))
@@ -174,10 +180,18 @@ def random_instr(
         nm = (1, 1) if n == 1 else (n, m)  # the compiler writes dense ops as 1:1
         f.update(k=k, n=nm[0], m=nm[1], wbits=bits, bias=bias, cols=cols)
         f.update(arow=int(rng.random() < 0.6))
-        blob = _tile(rng, cols, k, *nm, bits, bool(bias), BeatGeometry.from_preset(hw))
+        # weight groups (whole blocks dividing k) on about half of the ops that allow one
+        groups = [g for g in (m, 2 * m, 4 * m) if k % g == 0 and g <= 128]
+        group = int(rng.choice(groups)) if groups and rng.random() < 0.5 else None
+        f["wgroup"] = 0 if group is None else group.bit_length() - 1
+        geo = BeatGeometry.from_preset(hw)
+        blob = _tile(rng, cols, k, *nm, bits, bool(bias), geo, group)
         # tiles sit at multiples of ALIGN, as the compiler places them
         b_off = int(rng.integers(0, (bufs.mem[wgt].size - blob.size) // ALIGN)) * ALIGN
         bufs.mem[wgt][b_off : b_off + blob.size] = blob
+        if group is not None:  # where the group multipliers sit (a must-fail check's target)
+            at = TileSpec.sections(cols, k, *nm, bits, bool(bias), geo, group)
+            bufs.gmult = (b_off + at["gmult"], b_off + at["end"])
         f.update(b_buf=wgt, b_off=b_off, b_stride=0)
         a_buf, o_buf = act, act
         guard = int(rng.integers(0, 12))
@@ -247,6 +261,18 @@ def expected(hw: Any, bufs: Buffers, f: dict, unit: Unit) -> dict[Buf, np.ndarra
     return fs.bufs
 
 
+def _gmult_matters(hw: Any, bufs: Buffers, f: dict, unit: Unit, want: dict) -> bool:
+    """Whether changing the instruction's group multipliers (each byte xor 0x55) changes
+    funcsim's result (not every change shows through saturation): the must-fail check
+    flips them only where it does."""
+    span = slice(*bufs.gmult)
+    bufs.mem[Buf.WEIGHT][span] ^= 0x55
+    other = expected(hw, bufs, f, unit)
+    bufs.mem[Buf.WEIGHT][span] ^= 0x55
+    o = Buf(f["o_buf"])
+    return not np.array_equal(other[o], want[o])
+
+
 async def run_instr(dut: Any, f: dict, layout: Any) -> tuple[int, int]:
     """Issue one command; (cycle accepted, cycle of done)."""
     await FallingEdge(dut.clk)
@@ -290,7 +316,9 @@ async def _run(dut: Any, stall: float, tag: str) -> None:
     layout = cmd_layout(unit)
     n_ops = int(os.environ.get("HWFLOW_OPS", "12"))
     corrupt = os.environ.get("HWFLOW_CORRUPT") == "1"
+    corrupt_g = os.environ.get("HWFLOW_CORRUPT_GMULT") == "1"
     table, bad, funcs_ok = [], [], {f: 0 for f in MATMUL_FUNCS}
+    grouped_ok = 0
     cycles, t0 = 0, time.perf_counter()
     for i in range(n_ops):
         func = MATMUL_FUNCS[i % len(MATMUL_FUNCS)]
@@ -300,7 +328,13 @@ async def _run(dut: Any, stall: float, tag: str) -> None:
             diff = np.nonzero(want[Buf(f["o_buf"])] != bufs.mem[Buf(f["o_buf"])])[0]
             at = int(diff[0]) if diff.size else f["o_off"]
             want[Buf(f["o_buf"])][at] ^= 1
+        flip = corrupt_g and bufs.gmult is not None and _gmult_matters(hw, bufs, f, unit, want)
+        if flip:  # the RTL reads changed group multipliers, funcsim's expectation does not
+            corrupt_g = False
+            bufs.mem[Buf.WEIGHT][slice(*bufs.gmult)] ^= 0x55
         start, end = await run_instr(dut, f, layout)
+        if flip:
+            bufs.mem[Buf.WEIGHT][slice(*bufs.gmult)] ^= 0x55
         cycles += end
         same = all(np.array_equal(want[b], bufs.mem[b]) for b in Buf)
         if not same:
@@ -310,6 +344,7 @@ async def _run(dut: Any, stall: float, tag: str) -> None:
             bufs.mem = {b: v.copy() for b, v in want.items()}  # resync, keep going
         else:
             funcs_ok[func] += 1
+            grouped_ok += f["wgroup"] != 0
         model = lower(hw, [_concrete(f, unit)])[0][0]  # the cycle model's charge
         table.append(
             {
@@ -321,6 +356,7 @@ async def _run(dut: Any, stall: float, tag: str) -> None:
                 "m": f["m"],
                 "wbits": f["wbits"],
                 "obits": f["obits"],
+                "group": 1 << f["wgroup"] if f["wgroup"] else 0,
                 "rtl": end - start + 1,  # accepted through done (the machine's count)
                 "model_latency": model.latency,
                 "model_beats": model.beats,
@@ -330,6 +366,7 @@ async def _run(dut: Any, stall: float, tag: str) -> None:
         )
     secs = time.perf_counter() - t0
     _save(**{f"{tag}_table": table, f"{tag}_ok": funcs_ok, f"{tag}_bad": bad[:5]})
+    _save(**{f"{tag}_grouped_ok": grouped_ok})
     _save(**{f"{tag}_cycles_per_s": cycles / secs if secs else 0.0})
     assert not bad, "\n".join(bad[:5])
     off = _cycle_misses(table)
@@ -365,12 +402,14 @@ def port_demand(hw: Any, kind: str, f: dict) -> int:
     b_off, b_stride = f["b_off"], f["b_stride"]
     if lin:
         geo = BeatGeometry.from_preset(hw)
-        sec = TileSpec.sections(cols, k, f["n"], f["m"], f["wbits"], bool(f["bias"]), geo)
+        sec = TileSpec.sections(cols, k, f["n"], f["m"], f["wbits"], bool(f["bias"]), geo,
+                                1 << f["wgroup"] if f["wgroup"] else None)  # fmt: skip
         b = _words(b_off, sec["beats"])
         for what, size in (("bias", 4), ("mult", 2), ("shift", 1)):
             b += (
                 _words(b_off + sec[what], groups * rpb * size) if what != "bias" or f["bias"] else 0
             )
+        b += _words(b_off + sec["gmult"], sec["end"] - sec["gmult"])
         rec = sum(geo.record_bytes(f["n"], f["m"], f["wbits"]))
         b = passes * max(b, groups * kp // big_m * (1 if rec <= _WB else 2))
     elif func == "qk":

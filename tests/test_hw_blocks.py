@@ -218,7 +218,7 @@ def test_params_from_presets() -> None:
     assert mpe.dual_field == 19  # 16 products of 128*127 need 19 signed bits
     u280 = EngineParams.from_preset(load_hw("u280"), "mv")
     assert u280.chains == 128 and u280.acc_bits == 48 and u280.requantizers == 16
-    assert u280.drain_max == 1024 // 16 and u280.fifo_depth == 28 + 64
+    assert u280.drain_max == 1024 // 16 and u280.fifo_depth == 28 + 2 + 64
     assert EngineParams.from_preset(load_hw("u280"), "mv", chains=4).requantizers == 4
     vhk = EngineParams.from_preset(load_hw("vhk158"), "mv")
     assert vhk.dsp_kind == "DSP58" and vhk.acc_bits == 58
@@ -257,6 +257,11 @@ def test_engine_in_amaranth_simulator(variant: str) -> None:
         make_op(p, rng, tokens=3 if p.rows > 1 and not r else 1, rows=20, k=32, n=n, bits=b, raw=r)
         for n, b, r in [(4, 4, False), (16, 8, False), (2, 2, True), (8, 3, False)]
     ]
+    if not p.per_token:  # weight groups (numerics.weight_matmul), then an ungrouped op right after
+        ops += [
+            make_op(p, rng, tokens=p.rows + 1, rows=20, k=64, n=4, bits=4, group=32),
+            make_op(p, rng, tokens=1, rows=3, k=48, n=16, bits=8, group=16),
+        ]
     ops.append(make_op(p, rng, tokens=p.rows, rows=5, k=16, n=4, bits=8, extreme=True))
     beats, writes, expected = [], [], []
     first = 0

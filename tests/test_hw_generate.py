@@ -59,9 +59,9 @@ _TINY_COMMON = {"preset": "tiny", "chains": 2, "chain_length": 16, "m": 16,
                 "latency": 28, "per_token": False, "act_bits": 8}  # fmt: skip
 TINY_PARAMS = {
     "mv": {**_TINY_COMMON, "kind": "mv", "rows": 1, "dual_int8": False, "dual_field": None,
-           "drain_cycles": {"2": 8, "4": 4, "8": 2, "16": 1}, "fifo_depth": 36},
+           "drain_cycles": {"2": 8, "4": 4, "8": 2, "16": 1}, "fifo_depth": 38},
     "mpe": {**_TINY_COMMON, "kind": "mpe", "rows": 2, "dual_int8": True, "dual_field": 19,
-            "drain_cycles": {"2": 16, "4": 8, "8": 4, "16": 2}, "fifo_depth": 44},
+            "drain_cycles": {"2": 16, "4": 8, "8": 4, "16": 2}, "fifo_depth": 46},
 }  # fmt: skip
 
 

@@ -112,15 +112,16 @@ def test_a_tile_of_no_rows_decodes_empty() -> None:
 
 
 def test_group_multipliers_are_the_trailing_section() -> None:
-    """G = 16 over K = 32: two uint8 multipliers per row, row by row after the shifts; the
-    sections before them are those of the same tile without a group."""
+    """G = 16 over K = 32: two uint8 multipliers per row after the shifts, per stripe (two
+    dense rows on the tiny stripe) group by group; the sections before them are those of the
+    same tile without a group."""
     codes = (np.arange(3 * 32).reshape(3, 32) % 17 - 8).astype(np.int64)
     bias, mult, shift = _params(3)
     gm = np.array([[1, 2], [250, 3], [7, 255]])
     plain = encode_tile(codes, None, bias, mult, shift, 1, 1, 8, GEO)
     blob = encode_tile(codes, None, bias, mult, shift, 1, 1, 8, GEO, gm)
-    assert np.array_equal(blob, np.concatenate([plain, [1, 2, 250, 3, 7, 255]]))
+    assert np.array_equal(blob, np.concatenate([plain, [1, 250, 2, 3, 7, 255]]))
     at = TileSpec.sections(3, 32, 1, 1, 8, True, GEO, 16)
     assert (at["gmult"], at["end"]) == (117, 123)
-    assert np.array_equal(TileSpec.decode_groups(blob, 3, 32, at, 16), gm)
-    assert TileSpec.decode_groups(blob, 3, 32, at, None) is None
+    assert np.array_equal(TileSpec.decode_groups(blob, 3, 32, 1, 1, GEO, at, 16), gm)
+    assert TileSpec.decode_groups(blob, 3, 32, 1, 1, GEO, at, None) is None

@@ -46,9 +46,11 @@ then their in-block indices the same way at ``log2(M)`` bits (absent when dense)
 chain ``j // C``, so chain ``c`` holds the rows ``c*C/N .. (c+1)*C/N - 1`` of the stripe, one per
 N-segment. Then per row an INT32 bias (when the op has one), then per row a uint16 multiplier,
 then per row an int8 shift (every linear op and the head: all are requantized in two stages,
-:func:`hwflow.numerics.linear_out`); then, when the op has a weight group G, per row its
-K/G group multipliers, one uint8 each (:data:`hwflow.numerics.GROUP_MULT_BITS`;
-:func:`hwflow.numerics.weight_matmul`), a separate trailing section. :meth:`TileSpec.sections`
+:func:`hwflow.numerics.linear_out`); then, when the op has a weight group G, the K/G group
+multipliers of every row, one uint8 each (:data:`hwflow.numerics.GROUP_MULT_BITS`;
+:func:`hwflow.numerics.weight_matmul`), a separate trailing section ordered like the records:
+per stripe, per group, the stripe's rows' multipliers in row order (what one group end of a
+row group multiplies with: one contiguous part, read in whole buffer words). :meth:`TileSpec.sections`
 gives the offsets,
 :func:`encode_tile` writes and :meth:`TileSpec.decode` reads the format.
 
@@ -371,15 +373,29 @@ class TileSpec:
 
     @staticmethod
     def decode_groups(
-        blob: np.ndarray, rows: int, k: int, sections: Mapping[str, int], group: int | None
+        blob: np.ndarray,
+        rows: int,
+        k: int,
+        n: int,
+        m: int,
+        geo: BeatGeometry,
+        sections: Mapping[str, int],
+        group: int | None,
     ) -> np.ndarray | None:
         """The group multipliers [rows, K/G] (int64) of the tile in ``blob`` whose
-        :meth:`sections` are ``sections``; None without a weight group."""
+        :meth:`sections` are ``sections`` (stored stripe by stripe, group by group: the
+        module doc); None without a weight group."""
         if group is None:
             return None
         blob = np.asarray(blob, np.uint8).ravel()
         g = group_scale_bytes(k, group)
-        return blob[sections["gmult"] : sections["end"]].reshape(rows, g).astype(np.int64)
+        out, pos = [], sections["gmult"]
+        for r in geo.stripes(rows, n, m):
+            out.append(blob[pos : pos + r * g].reshape(g, r).T)
+            pos += r * g
+        if not out:
+            return np.zeros((0, g), np.int64)
+        return np.concatenate(out).astype(np.int64)
 
 
 def encode_tile(
@@ -422,8 +438,11 @@ def encode_tile(
         out.append(np.asarray(bias, "<i4").view(np.uint8))
     out.append(np.asarray(mult, "<u2").view(np.uint8))
     out.append(np.asarray(shift, "<i1").view(np.uint8))
-    if gmult is not None:
-        out.append(np.asarray(gmult, "u1").ravel())
+    if gmult is not None:  # stripe by stripe, group by group, the stripe's rows
+        gm, r0 = np.asarray(gmult, "u1"), 0
+        for r in geo.stripes(rows, n, m):
+            out.append(np.ascontiguousarray(gm[r0 : r0 + r].T).ravel())
+            r0 += r
     return np.concatenate(out)
 
 

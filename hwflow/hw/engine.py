@@ -37,6 +37,16 @@ t+6+C+q .. t+10+C+q   requantizer: bias add, multiply (partial products, their s
 t+12+C+q              the drain word on the output FIFO (``o``)
 ====================  =======================================================================
 
+Weight groups (a beat's ``wgrp``; :func:`hwflow.numerics.weight_matmul`): the segment-end
+accumulators restart at every weight group (G/M beats) instead of every row group; when a
+group's last beat (``glast``) reaches t+4+C, each chain's segments at the beat's N (per token
+lane) are multiplied by their rows' group multipliers (``gmult``, carried by that beat and
+delayed with it; one DSP48E2 per slot and token lane, its M register: t+5+C) and added into
+the row accumulators (its P register: t+6+C, restarted by the row group's first group); the
+row group is captured from those at t+7+C, :data:`hwflow.costs.GROUP_STAGES` later than an
+ungrouped one, and drains the same way. (An ungrouped row group ending right after a grouped
+one waits GROUP_STAGES cycles more, so that captures stay a drain apart and in order.)
+
 A row group at N has ``chains*C/N`` rows x ``rows`` token lanes of results: D =
 :meth:`EngineParams.drain_cycles` words of R values, token lane by token lane. So a group's
 first word leaves ``C + 12`` cycles (:func:`hwflow.costs.chain_latency`) after its last beat
@@ -92,6 +102,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hwflow.config import HardwarePreset
+from hwflow.costs import GROUP_STAGES
 from hwflow.errors import UnsupportedError
 from hwflow.hw.dsp import DspChain, unpack_dual
 from hwflow.hw.hier import Hierarchy, place
@@ -99,6 +110,12 @@ from hwflow.hw.params import DUAL_ACT_MIN, EngineParams
 from hwflow.hw.requant import Requantizer
 from hwflow.hw.tools import ROOT
 from hwflow.hw.widen import WeightWidener
+from hwflow.numerics import GROUP_MULT_BITS
+
+#: Bits of a group partial sum on the group multiplier's DSP48E2 A port (the 27-bit
+#: pre-adder path): ``|p| <= G * 127 * 127 < 2**21`` for every group the ISA encodes
+#: (G <= 128, :func:`hwflow.numerics.group_partial_bits`), so the slice is exact.
+GROUP_PARTIAL_BITS = 27
 
 #: The hand-written block RAM of the parameter memory.
 RAM_VERILOG = ROOT / "rtl" / "hwflow_sdp_ram.v"
@@ -119,6 +136,9 @@ def _ctl_layout(p: EngineParams) -> data.StructLayout:
             "first": 1,
             "last": 1,
             "raw": 1,
+            "wgrp": 1,
+            "glast": 1,
+            "gfirst": 1,
             "nsel": p.beat_layout["nsel"].shape,
             "paddr": p.beat_layout["paddr"].shape,
         }
@@ -171,6 +191,14 @@ class ChainSlice(wiring.Component):
                 "acc_first": In(ends),
                 # one port per (token lane, slot and mode): the top reads each apart
                 "seg": Out(signed(p.acc_bits)).array(p.rows, sum(map(len, _slot_cases(p)))),
+                # the weight-group stage (module doc): N of the group ending at the chain's
+                # end, its multipliers (per slot), multiply, accumulate (restart first)
+                "gsel": In(p.beat_layout["nsel"].shape),
+                "gmult": In(unsigned(p.slots * GROUP_MULT_BITS)),
+                "gmul": In(1),
+                "gacc": In(1),
+                "gfirst": In(1),
+                "gseg": Out(signed(p.acc_bits)).array(p.rows, p.slots),
             }
         )
 
@@ -240,7 +268,37 @@ class ChainSlice(wiring.Component):
                     seg = end - final[t][s_ * n - 1] if s_ else end
                     m.d.comb += self.seg[t][at].eq(seg)
                     at += 1
+        self._groups(m)
         return m
+
+    def _groups(self, m: Module) -> None:
+        """The weight-group stage: per token lane and slot, the ending group's partial sum
+        (the segment at the group's N) times the row's multiplier (one DSP48E2: the M
+        register), added into the row accumulator (its P register), restarted by the row
+        group's first group."""
+        p = self.p
+        gb = GROUP_MULT_BITS
+        for t in range(p.rows):
+            at = 0
+            for s_, cases in enumerate(_slot_cases(p)):
+                part = Signal(signed(GROUP_PARTIAL_BITS), name=f"gp{t}_{s_}")
+                with m.Switch(self.gsel):
+                    for k, _n in cases:
+                        with m.Case(k):
+                            m.d.comb += part.eq(self.seg[t][at])
+                        at += 1
+                    with m.Default():
+                        m.d.comb += part.eq(0)
+                g = self.gmult[s_ * gb : (s_ + 1) * gb]
+                prod = Signal(
+                    signed(GROUP_PARTIAL_BITS + gb + 1), name=f"gm{t}_{s_}", reset_less=True
+                )
+                racc = Signal(signed(p.acc_bits), name=f"gr{t}_{s_}", reset_less=True)
+                with m.If(self.gmul):
+                    m.d.sync += prod.eq(part * g)
+                with m.If(self.gacc):
+                    m.d.sync += racc.eq(Mux(self.gfirst, 0, racc) + prod)
+                m.d.comb += self.gseg[t][s_].eq(racc)
 
 
 def _slot_cases(p: EngineParams) -> list[list[tuple[int, int]]]:
@@ -263,7 +321,8 @@ class DrainColumn(wiring.Component):
     requantizer and token lane. Position q loads its slot's segment at the N ``sel`` picks
     (``cand[q]``: one candidate per N mode the slot exists at, :func:`_slot_cases`; zero at
     an N without that slot), so the mode multiplexer and the load multiplexer are one piece
-    of logic inside this module."""
+    of logic inside this module; a weight-grouped row group (``grp``) loads each position's
+    row accumulator ``gcand[q]`` instead (its N picked before the group multiply)."""
 
     def __init__(self, p: EngineParams) -> None:
         self.p = p
@@ -272,6 +331,8 @@ class DrainColumn(wiring.Component):
             {
                 "cand": In(signed(p.acc_bits)).array(sum(map(len, self.cases))),
                 "sel": In(p.beat_layout["nsel"].shape),
+                "gcand": In(signed(p.acc_bits)).array(p.drain_depth),
+                "grp": In(1),
                 "load": In(1),
                 "shift": In(1),
                 "head": Out(signed(p.acc_bits)),
@@ -285,7 +346,9 @@ class DrainColumn(wiring.Component):
             Signal(signed(p.acc_bits), name=f"q{i}", reset_less=True) for i in range(p.drain_depth)
         ]
         at = 0
-        with m.If(self.load):
+        with m.If(self.load & self.grp):
+            m.d.sync += [reg.eq(self.gcand[q]) for q, reg in enumerate(regs)]
+        with m.Elif(self.load):
             for reg, cases in zip(regs, self.cases, strict=True):
                 with m.Switch(self.sel):
                     for k, _n in cases:
@@ -352,9 +415,12 @@ class _Issue(Elaboratable):
         self.p = p
         self.valid = Signal()
         self.last = Signal()
+        self.wgrp = Signal()
+        self.glast = Signal()
         self.nsel = Signal(p.beat_layout["nsel"].shape)
         self.ready = Signal()
-        self.first = Signal()  # the offered beat starts a row group
+        self.first = Signal()  # the offered beat starts a row group, or a weight group
+        self.gfirst = Signal()  # the offered beat lies in its row group's first weight group
         self.word_out = Signal()  # a drain word left the output FIFO
 
     def elaborate(self, platform: object) -> Module:
@@ -364,26 +430,42 @@ class _Issue(Elaboratable):
         width = Shape.cast(range(p.fifo_depth + 1)).width
         d_in = _by_mode(m, self.nsel, p, {n: p.drain_cycles(n) for n in p.n_modes}, width)
         after_last = Signal(init=1)
+        after_group = Signal(init=1)  # after a row group's or a weight group's last beat
+        in_first = Signal(init=1)  # no weight group of the current row group ended yet
         bcount = Signal(range(dmax + 1))  # beats of the current group so far (saturating)
         pad = Signal(range(dmax + 1))  # cycles the input still waits for the drain
         hold = Signal(range(dmax + 1))  # cycles until a group may end (capture) again
+        # after a grouped row group's end, an ungrouped one captures GROUP_STAGES earlier
+        # in the pipeline: it may end only once the grouped capture has drained
+        ghold = Signal(range(dmax + GROUP_STAGES + 1))
         credits = Signal(range(p.fifo_depth + 1), init=p.fifo_depth)
         b_now = Mux(after_last, 1, Mux(bcount == dmax, dmax, bcount + 1))
+        end_ok = (hold == 0) & (self.wgrp | (ghold == 0)) & (credits >= d_in)
         m.d.comb += [
-            self.first.eq(after_last),
-            self.ready.eq((pad == 0) & (~self.last | ((hold == 0) & (credits >= d_in)))),
+            self.first.eq(after_group),
+            self.gfirst.eq(in_first),
+            self.ready.eq((pad == 0) & (~self.last | end_ok)),
         ]
         take = self.valid & self.ready
         ends = take & self.last
+        gend = self.wgrp & self.glast
         with m.If(take):
-            m.d.sync += [after_last.eq(self.last), bcount.eq(b_now)]
+            m.d.sync += [
+                after_last.eq(self.last),
+                after_group.eq(self.last | gend),
+                in_first.eq(self.last | (in_first & ~gend)),
+                bcount.eq(b_now),
+            ]
         with m.If(ends):
             m.d.sync += [pad.eq(Mux(d_in > b_now, d_in - b_now, 0)), hold.eq(d_in - 1)]
+            m.d.sync += ghold.eq(Mux(self.wgrp, d_in - 1 + GROUP_STAGES, 0))
         with m.Else():
             with m.If(pad != 0):
                 m.d.sync += pad.eq(pad - 1)
             with m.If(hold != 0):
                 m.d.sync += hold.eq(hold - 1)
+            with m.If(ghold != 0):
+                m.d.sync += ghold.eq(ghold - 1)
         m.d.sync += credits.eq(credits - Mux(ends, d_in, 0) + self.word_out)
         return m
 
@@ -400,7 +482,10 @@ class _Beat:
         self.widx = [
             Signal(lay["widx"].shape.elem_shape, name=f"b_widx{c}") for c in range(p.chains)
         ]
-        for name in ("nsel", "wsel", "last", "raw", "paddr", "tmult", "tshift"):
+        self.gmult = [
+            Signal(lay["gmult"].shape.elem_shape, name=f"b_gmult{c}") for c in range(p.chains)
+        ]
+        for name in ("nsel", "wsel", "last", "raw", "paddr", "wgrp", "glast", "tmult", "tshift"):
             if name in {n for n, _ in lay}:
                 setattr(self, name, Signal(lay[name].shape, name=f"b_{name}"))
 
@@ -410,7 +495,7 @@ def _unpack_beat(m: Module, p: EngineParams, payload: data.View) -> _Beat:
     a signal costs Amaranth's netlist builder time in proportion to its width, so a
     50,000-bit payload sliced once per chain would cost chains x width."""
     b = _Beat(p)
-    parts = {"act": [b.act], "wval": b.wval, "widx": b.widx}
+    parts = {"act": [b.act], "wval": b.wval, "widx": b.widx, "gmult": b.gmult}
     lhs, at = [], 0
     for name, fld in p.beat_layout:
         assert fld.offset == at, name  # fields are packed in declaration order
@@ -457,16 +542,21 @@ class ChainEngine(wiring.Component):
         m.d.comb += [
             issue.valid.eq(self.i.valid),
             issue.last.eq(beat.last),
+            issue.wgrp.eq(beat.wgrp),
+            issue.glast.eq(beat.glast),
             issue.nsel.eq(beat.nsel),
             self.i.ready.eq(issue.ready),
             issue.word_out.eq(self.o.valid & self.o.ready),
         ]
 
         # control pipeline: ctl[d] describes the beat handed over d + 1 cycles ago
-        ctl = [Signal(_ctl_layout(p), name=f"ctl{d}") for d in range(c_len + 4)]
+        ctl = [Signal(_ctl_layout(p), name=f"ctl{d}") for d in range(c_len + 4 + GROUP_STAGES)]
         m.d.sync += [
             ctl[0].valid.eq(take),
             ctl[0].first.eq(issue.first),
+            ctl[0].gfirst.eq(issue.gfirst),
+            ctl[0].wgrp.eq(beat.wgrp),
+            ctl[0].glast.eq(beat.glast | beat.last),
             ctl[0].last.eq(beat.last),
             ctl[0].raw.eq(beat.raw),
             ctl[0].nsel.eq(beat.nsel),
@@ -485,8 +575,31 @@ class ChainEngine(wiring.Component):
             end = _by_mode(m, cj.nsel, p, {n: (j + 1) % n == 0 for n in p.n_modes})
             m.d.comb += [acc_en[e].eq(cj.valid & end), acc_first[e].eq(cj.first)]
         cq = ctl[3 + c_len]  # the beat whose deskewed accumulators are complete now
-        cap = Signal()
-        m.d.comb += cap.eq(cq.valid & cq.last)
+        # weight groups: cq's group partials multiplied (M), accumulated a cycle later (P),
+        # the row group captured GROUP_STAGES after an ungrouped one would be
+        cm, cg = ctl[3 + c_len + 1], ctl[3 + c_len + GROUP_STAGES]
+        gmul = Signal()
+        gacc = Signal()
+        m.d.comb += [
+            gmul.eq(cq.valid & cq.wgrp & cq.glast),
+            gacc.eq(cm.valid & cm.wgrp & cm.glast),
+        ]
+        cap_n, cap_g, cap = Signal(), Signal(), Signal()
+        m.d.comb += [
+            cap_n.eq(cq.valid & cq.last & ~cq.wgrp),
+            cap_g.eq(cg.valid & cg.last & cg.wgrp),
+            cap.eq(cap_n | cap_g),
+        ]
+        cc = Signal(_ctl_layout(p))  # the captured row group's control
+        m.d.comb += cc.eq(Mux(cap_g, cg, cq))
+        # each chain's group multipliers, delayed with their beat to the chain's end
+        gmult_d = beat.gmult
+        for d in range(3 + c_len + 1):
+            nxt = [
+                Signal.like(g, name=f"gmd{d}_{c}", reset_less=True) for c, g in enumerate(gmult_d)
+            ]
+            m.d.sync += [n.eq(g) for n, g in zip(nxt, gmult_d, strict=True)]
+            gmult_d = nxt
 
         # activations (clamped for the dual-INT8 pre-adder), dense flag: shared by all chains
         act = Signal(p.beat_layout["act"].shape)
@@ -508,6 +621,11 @@ class ChainEngine(wiring.Component):
                 sl.dense.eq(dense),
                 sl.acc_en.eq(acc_en),
                 sl.acc_first.eq(acc_first),
+                sl.gsel.eq(cq.nsel),
+                sl.gmult.eq(gmult_d[c]),
+                sl.gmul.eq(gmul),
+                sl.gacc.eq(gacc),
+                sl.gfirst.eq(cm.gfirst),
             ]
             slices.append(sl)
 
@@ -530,12 +648,12 @@ class ChainEngine(wiring.Component):
                 active.eq(1),
                 tok.eq(0),
                 k.eq(0),
-                kmask.eq(_by_mode(m, cq.nsel, p, kmax, len(kmask))),
-                paddr.eq(cq.paddr),
-                raw.eq(cq.raw),
+                kmask.eq(_by_mode(m, cc.nsel, p, kmax, len(kmask))),
+                paddr.eq(cc.paddr),
+                raw.eq(cc.raw),
             ]
             if p.per_token:
-                m.d.sync += [tmult.eq(cq.tmult), tshift.eq(cq.tshift)]
+                m.d.sync += [tmult.eq(cc.tmult), tshift.eq(cc.tshift)]
         with m.Elif(active):
             m.d.sync += k.eq(k_next)
             with m.If(wrap):
@@ -559,8 +677,10 @@ class ChainEngine(wiring.Component):
                     for i in range(len(_slot_cases(p)[s])):
                         m.d.comb += col.cand[at].eq(slices[c].seg[t][first_cand[s] + i])
                         at += 1
+                    m.d.comb += col.gcand[q].eq(slices[c].gseg[t][s])
                 m.d.comb += [
-                    col.sel.eq(cq.nsel),
+                    col.sel.eq(cc.nsel),
+                    col.grp.eq(cap_g),
                     col.load.eq(cap),
                     col.shift.eq(active & (tok == t)),
                 ]
@@ -579,7 +699,7 @@ class ChainEngine(wiring.Component):
             ram.wdata.shift.eq(pw.shift),
             ram.wdata.bias.eq(pw.bias),
             ram.we.eq(self.p.valid),
-            ram.raddr.eq(Mux(cap, cq.paddr * p.param_chunks, paddr * p.param_chunks + k_next)),
+            ram.raddr.eq(Mux(cap, cc.paddr * p.param_chunks, paddr * p.param_chunks + k_next)),
         ]
         # the read word split into per-lane signals in one assignment (see _unpack_beat)
         lanes = {

@@ -12,7 +12,11 @@ Port layouts (see :mod:`hwflow.hw.engine` for the timing):
   the low ``C*bits`` bits of a ``C*8``-bit field) plus packed ``log2(M)``-bit indices (ignored
   for dense ops, whose indices are implicit); ``nsel`` indexes :attr:`EngineParams.n_modes`,
   ``wsel`` indexes :attr:`EngineParams.weight_bits`; ``last`` marks a row group's last block;
-  ``raw`` asks for accumulators instead of requantized INT8.
+  ``raw`` asks for accumulators instead of requantized INT8. Weight groups
+  (:func:`hwflow.numerics.weight_matmul`): ``wgrp`` marks every beat of a grouped op,
+  ``glast`` a beat that ends a weight group (a row group's last beat ends its last group), and
+  such a beat carries in ``gmult`` the group's multipliers, per chain ``slots`` uint8 (slot s:
+  the chain's segment s, lane ``s*chains + c``); ignored on other beats.
 * ``params`` (input stream ``p``): writes into the requantization parameter memory: one word
   of ``requantizers`` (R) lanes (15-bit unsigned multiplier, shift 0..47, INT32 bias per lane)
   at entry ``addr``, lane chunk ``chunk`` (lanes ``chunk*R .. chunk*R + R-1``). A beat's
@@ -41,10 +45,10 @@ from amaranth.hdl import Shape, signed, unsigned
 from amaranth.lib import data
 
 from hwflow.config import HardwarePreset
-from hwflow.costs import chain_latency, effective_nm
+from hwflow.costs import GROUP_STAGES, chain_latency, effective_nm
 from hwflow.errors import UnsupportedError
 from hwflow.hw.requant import PER_TOKEN_EXTRA_STAGES
-from hwflow.numerics import ACT_MIN, REQ_MULT_BITS, REQ_SHIFT_MAX
+from hwflow.numerics import ACT_MIN, GROUP_MULT_BITS, REQ_MULT_BITS, REQ_SHIFT_MAX
 
 __all__ = ["ACC_BITS", "DUAL_ACT_MIN", "EngineParams", "dual_act_clamp"]
 
@@ -241,8 +245,9 @@ class EngineParams:
         when the output is always ready. A group's words hold credits from its last beat
         until they leave; the previous group's words all leave within ``latency`` cycles of
         the new last beat (last beats are at least the previous group's drain apart, and at
-        most one word leaves per cycle), so ``latency + drain_max`` words."""
-        return self.latency + self.drain_max
+        most one word leaves per cycle), so ``latency + drain_max`` words, plus the
+        :data:`~hwflow.costs.GROUP_STAGES` a row group of a weight-grouped op takes longer."""
+        return self.latency + GROUP_STAGES + self.drain_max
 
     def rows_per_beat(self, n: int) -> int:
         """Output rows one beat advances at N (the row-group size)."""
@@ -286,6 +291,9 @@ class EngineParams:
                 "last": unsigned(1),
                 "raw": unsigned(1),
                 "paddr": unsigned(_sel_bits(self.param_depth)),
+                "wgrp": unsigned(1),
+                "glast": unsigned(1),
+                "gmult": data.ArrayLayout(unsigned(self.slots * GROUP_MULT_BITS), self.chains),
                 **fields,
             }
         )

@@ -49,6 +49,8 @@ class MatmulOp:
     bias: np.ndarray  #: [rows] INT32 biases
     tmult: np.ndarray | None = None  #: [tokens] per-token multipliers (per_token engines)
     tshift: np.ndarray | None = None  #: [tokens] per-token shifts
+    group: int | None = None  #: weight group G (inputs per group multiplier), None: none
+    gmult: np.ndarray | None = None  #: [rows, k/G] group multipliers (1..255)
 
     @property
     def tokens(self) -> int:
@@ -74,8 +76,10 @@ def make_op(
     bits: int,
     raw: bool = False,
     extreme: bool = False,
+    group: int | None = None,
 ) -> MatmulOp:
-    """A random op; ``extreme`` uses full-scale activations (-128/127) and weights (+-qmax).
+    """A random op; ``extreme`` uses full-scale activations (-128/127) and weights (+-qmax);
+    ``group``: random group multipliers per row and ``group`` inputs (a multiple of M).
 
     A raw op (accumulators out, the LM head) has one token: the engine returns raw values on
     token lane 0 only."""
@@ -95,6 +99,11 @@ def make_op(
     spread = 128 * nx.qmax(bits) * np.sqrt(k * n / m) + 1
     mult, shift = nx.quant_multiplier(rng.uniform(0.3, 3.0, size=rows) * 127 / spread)
     bias = rng.integers(-(2**20), 2**20, size=rows)
+    if group is not None:
+        gm = rng.integers(1, nx.GROUP_MULT_MAX + 1, size=(rows, k // group))
+        mult, shift = nx.quant_multiplier(np.asarray(mult) / (2.0 ** np.asarray(shift)) / 128)
+        return MatmulOp(x, values, indices, n, bits, raw, np.asarray(mult), np.asarray(shift),
+                        bias, group=group, gmult=gm)  # fmt: skip
     if not p.per_token:
         return MatmulOp(x, values, indices, n, bits, raw, np.asarray(mult), np.asarray(shift), bias)
     # per token: the per-row scale leaves INT32 values ~2**12 x the INT8 range, the per-token
@@ -169,9 +178,20 @@ def op_beats(p: EngineParams, op: MatmulOp, first_result: int = 0) -> list[dict]
                         "tmult": [int(op.tmult[k]) if has and k < op.tokens else 0 for k in toks],
                         "tshift": [int(op.tshift[k]) if has and k < op.tokens else 0 for k in toks],
                     }
+                grp = {}
+                if op.group is not None:  # a group's last beat carries its multipliers
+                    gb = op.group // m
+                    gm = [0] * p.chains
+                    for ch in range(p.chains):
+                        for s in range(per):
+                            r = g * rpb + s * p.chains + ch
+                            if r < op.rows and (b + 1) % gb == 0:
+                                gm[ch] |= int(op.gmult[r, b // gb]) << (8 * s)
+                    grp = {"wgrp": 1, "glast": int((b + 1) % gb == 0), "gmult": gm}
                 beats.append(
                     {
                         **tok_scale,
+                        **grp,
                         "act": [[int(v) for v in a[b * m : (b + 1) * m]] for a in act_rows],
                         "wval": wval,
                         "widx": widx,
@@ -222,7 +242,7 @@ def op_expected(p: EngineParams, op: MatmulOp) -> list[list[list[int]]]:
     """Reference results in output order: per row-group result, ``[token lane][lane]``."""
     dense_w = nx.nm_expand(op.values, op.indices, op.n, p.m)
     x = dual_act_clamp(op.x) if p.dual_int8 else op.x
-    acc = nx.matmul_int(x, dense_w)  # [tokens, rows]
+    acc = nx.weight_matmul(x, dense_w, op.gmult, op.group)  # [tokens, rows]
     if op.raw:
         res = acc
     elif p.per_token:

@@ -108,12 +108,6 @@ def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pre
     (a must-fail check: the run must then differ). ``waves``: write the run's VCD there."""
     if prefill < 1 or decode < 0:
         raise ConfigError(f"--prefill {prefill} must be >= 1 and --decode {decode} >= 0")
-    grouped = sorted({q.group for q in plan.resolve(cfg).values() if q.group is not None})
-    if grouped:
-        raise UnsupportedError(
-            f"plan {plan.name}: weight groups {grouped} (ISA wgroup) are not in the RTL matmul "
-            "unit yet; cosim runs plans with per-row weight scales (e.g. w8a8, w4a8, flightllm)"
-        )
     ref = _reference(cfg, plan, hw, prefill, decode, seed)
     prog = ref["comp"].program
     check_single_board(prog)

@@ -56,11 +56,13 @@ class Feed:
         self.ins, self.wb = ins, word_bytes
         self.nb = ep.rows_per_beat(ep.m)
         mbits = ep.m.bit_length()
-        self.ra = [PartReader(words, word_bytes, 1, 1 + mbits) for _ in range(ep.rows)]
+        self.ra = [PartReader(words, word_bytes, 1, 2 + mbits) for _ in range(ep.rows)]
         self.rb = [PartReader(words, word_bytes, 1, _B_TAG) for _ in range(self.nb)]
-        self.readers = [*self.ra, *self.rb]
-        self.fa = [SyncFIFO(width=8 * ep.m + 1 + mbits, depth=FIFO_DEPTH) for _ in self.ra]
+        self.rg = PartReader(words, word_bytes, 1, 1)  # the group multipliers
+        self.readers = [*self.ra, *self.rb, self.rg]
+        self.fa = [SyncFIFO(width=8 * ep.m + 2 + mbits, depth=FIFO_DEPTH) for _ in self.ra]
         self.fb = [SyncFIFO(width=8 * word_bytes + _B_TAG, depth=FIFO_DEPTH) for _ in self.rb]
+        self.fg = SyncFIFO(width=8 * ep.lanes, depth=FIFO_DEPTH)
 
     def build(self, m: Module, eng: object, start: Value, go: Value) -> None:
         """The streams (reset by ``start``; they run iff ``go``), the FIFOs and the beat."""
@@ -68,10 +70,10 @@ class Feed:
         for i, r in enumerate(self.readers):
             m.submodules[f"reader{i}"] = r
             m.d.comb += r.clear.eq(start)
-        for i, f in enumerate([*self.fa, *self.fb]):
+        for i, f in enumerate([*self.fa, *self.fb, self.fg]):
             m.submodules[f"fifo{i}"] = f
         m.d.comb += [r.buf.eq(ins.c.a_buf) for r in self.ra]
-        m.d.comb += [r.buf.eq(ins.c.b_buf) for r in self.rb]
+        m.d.comb += [r.buf.eq(ins.c.b_buf) for r in [*self.rb, self.rg]]
         take = Signal()
         m.d.comb += take.eq(eng.i.valid & eng.i.ready)
         single = ins.rec_v + ins.rec_i <= self.wb
@@ -82,7 +84,9 @@ class Feed:
         for lane in range(self.nb):
             pop = Mux(self.multi, coll_pop if lane == 0 else 0, take)
             self._b_stream(m, lane, start, go, pop, single)
-        self._beat(m, eng, take, coll_pop)
+        g_pop = Signal()
+        self._g_stream(m, start, go, g_pop)
+        self._beat(m, eng, take, coll_pop, g_pop)
 
     def _a_stream(self, m: Module, t: int, start: Value, go: Value, take: Value) -> None:
         """Token lane t: the M-byte block of token row ``tb + t`` at every beat."""
@@ -96,13 +100,14 @@ class Feed:
         tok = lp.tb + t
         left = c.k - lp.i
         kb = Mux(left >= big_m, big_m, left)
+        glast = lp.last_i | (((lp.i + big_m) & ins.gmask) == 0)  # the block ends a group
         m.d.comb += [
             r.req.valid.eq(lp.run & room),
             r.req.payload.addr.eq(c.a_off + tok * c.a_stride + lp.i),
             r.req.payload.nbytes.eq(big_m),
             r.req.payload.zero.eq((tok >= c.rows) | (ins.pv2 & (t != 0))),
             r.req.payload.sid.eq(0),
-            r.req.payload.tag.eq(Cat(lp.last_i, kb)),
+            r.req.payload.tag.eq(Cat(lp.last_i, glast, kb)),
             f.w_en.eq(r.out_valid),
             f.w_data.eq(Cat(r.out_win[: 8 * big_m], r.out_tag)),
             f.r_en.eq(take),
@@ -162,12 +167,42 @@ class Feed:
             f.r_en.eq(pop),
         ]
 
-    def _beat(self, m: Module, eng: object, take: Value, coll_pop: Signal) -> None:
+    def _g_stream(self, m: Module, start: Value, go: Value, pop: Value) -> None:
+        """A weight-grouped op's group multipliers: per pass, row group and weight group the
+        group's part of the tile's ``gmult`` section (the row group's rows' multipliers,
+        consecutive: :class:`hwflow.compiler.layout.TileSpec`), in order."""
+        ins, c = self.ins, self.ins.c
+        r, f = self.rg, self.fg
+        lp = Loops("g")
+        fire = r.req.valid & r.req.ready
+        room = _credit(m, "g", fire, pop, start)
+        lp.build(m, start=start, go=go, fire=fire, rows=c.rows, tstep=ins.tstep, cols=c.cols,
+                 rpb=ins.rpb, inner=c.k, istep=ins.gmask + 1, parts=1)  # fmt: skip
+        rel = Signal(32, name="g_rel")
+        nbytes = Mux(lp.last_g, c.cols - lp.gb, ins.rpb)
+        with m.If(start):
+            m.d.sync += rel.eq(0)
+        with m.Elif(fire):
+            with m.If(lp.last_i & lp.last_g):
+                m.d.sync += rel.eq(0)
+            with m.Else():
+                m.d.sync += rel.eq(rel + nbytes)
+        m.d.comb += [
+            r.req.valid.eq(lp.run & ins.grouped & room),
+            r.req.payload.addr.eq(c.b_off + ins.sec_gmult + rel),
+            r.req.payload.nbytes.eq(nbytes),
+            f.w_en.eq(r.out_valid),
+            f.w_data.eq(r.out_win[: 8 * ins.ep.lanes]),
+            f.r_en.eq(pop),
+        ]
+
+    def _beat(self, m: Module, eng: object, take: Value, coll_pop: Signal, g_pop: Signal) -> None:
         """Present a beat when every part is there (see the module doc)."""
         ins, ep, wb = self.ins, self.ins.ep, self.wb
         big_m = ep.m
         heads_a = [f.r_data for f in self.fa]
-        a_ok = Cat(*(f.r_rdy for f in self.fa)).all()
+        g_need = ins.grouped & heads_a[0][8 * big_m + 1]  # the beat ends a weight group
+        a_ok = Cat(*(f.r_rdy for f in self.fa)).all() & (~g_need | self.fg.r_rdy)
         b_rdy = [f.r_rdy for f in self.fb]
         b_single = Mux(ins.is_qk, Cat(*b_rdy).all(), b_rdy[0])
         coll_valid = Signal()
@@ -212,8 +247,15 @@ class Feed:
             beat.raw.eq(1),
             beat.paddr.eq(0),
             beat.last.eq(heads_a[0][8 * big_m]),
+            beat.wgrp.eq(ins.grouped),
+            beat.glast.eq(heads_a[0][8 * big_m + 1]),
+            g_pop.eq(take & g_need),
             eng.p.valid.eq(0),
         ]
+        gw = self.fg.r_data  # lane l: chain l % chains, slot l // chains
+        for lane in range(ep.lanes):
+            ci, s = lane % ep.chains, lane // ep.chains
+            m.d.comb += beat.gmult[ci][8 * s : 8 * s + 8].eq(gw[8 * lane : 8 * lane + 8])
 
     def _pv_part(self, m: Module, pv_w: list[Signal], win: Value, key: Value) -> None:
         """pv part ``key`` (V row of key ``i + key``): byte l is lane l's weight at stage
@@ -270,11 +312,11 @@ class Feed:
         ins, ep = self.ins, self.ins.ep
         big_m = ep.m
         for ti, head in enumerate(heads):
-            kb = head[8 * big_m + 1 :]
+            kb = head[8 * big_m + 2 :]
             for i in range(big_m):
                 byte = Mux(kb > i, head[8 * i : 8 * i + 8], 0)
                 if ins.split_pv:
-                    b0 = Mux(heads[0][8 * big_m + 1 :] > i, heads[0][8 * i : 8 * i + 8], 0)
+                    b0 = Mux(heads[0][8 * big_m + 2 :] > i, heads[0][8 * i : 8 * i + 8], 0)
                     pv_act = b0[1:] if ti == 0 else b0[0]
                 else:
                     pv_act = byte

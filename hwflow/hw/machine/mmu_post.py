@@ -5,7 +5,8 @@ contract's requantization into the output buffer.
   instruction's parameters at ``p_off`` (linear/head: guard; qk: mult, shift; pv: mult,
   shift, guard), per token pass the A rows' row factors (``arow``; qk has no row stage), per
   row group of a linear/head op its rows' bias, mult and shift from the tile's trailing
-  sections. Two banks: group g's parameters load while group g - 1 drains.
+  sections, :data:`PARAM_BANKS` banks: the parameters of the next groups load while group g
+  drains, so the fetch (a part per cycle) runs ahead through the engine's pipeline depth.
 * the drain (:meth:`Post.build`) walks the engine's drain words in its order (per group,
   token lane by token lane, R consecutive rows per word) and pipelines each word's R values
   through the row stage (``sat32(round_shift(acc * m, e - guard))``, skipped by qk), the bias
@@ -31,6 +32,13 @@ from hwflow.numerics import ROW_MULT_BITS
 
 __all__ = ["DRAIN_STAGES", "ParamFetch", "Post"]
 
+#: Row groups whose parameters the fetch holds at once (the one draining and those ahead of
+#: it): the fetch takes a cycle per part (three or four per group), the drain a row group
+#: every max(K/M, D) cycles; four banks let it run ahead through the engine's pipeline depth,
+#: so short groups drain back to back (two banks kept them 2..3 cycles apart).
+PARAM_BANKS = 4
+_BANK_BITS = PARAM_BANKS.bit_length() - 1
+
 #: Register stages of the drain from taking a word off the engine to handing it to the write
 #: combiner: the word with its parameters, the row-stage product, its rounding shift and
 #: saturation, the bias add, the channel-stage product, its rounding shift and saturation.
@@ -48,16 +56,15 @@ class ParamFetch:
         self.ins, self.wb = ins, word_bytes
         self.rd = SpanReader(words, word_bytes)
         self.spans = self._spans()
-        self.pg = PartReader(words, word_bytes, 3, 2 + len(self.spans).bit_length())
+        self.pg = PartReader(words, word_bytes, 3, 1 + _BANK_BITS + len(self.spans).bit_length())
         self.prm = [Signal(signed(32), name=f"prm{i}") for i in range(3)]
         lanes, rt = ep.lanes, ep.rows
         self.rf_m = [[Signal(16, name=f"rfm{b}_{t}") for t in range(rt)] for b in range(2)]
         self.rf_e = [[Signal(signed(16), name=f"rfe{b}_{t}") for t in range(rt)] for b in range(2)]
-        self.bias = [
-            [Signal(signed(32), name=f"gb{b}_{i}") for i in range(lanes)] for b in range(2)
-        ]
-        self.mult = [[Signal(16, name=f"gm{b}_{i}") for i in range(lanes)] for b in range(2)]
-        self.shift = [[Signal(8, name=f"gs{b}_{i}") for i in range(lanes)] for b in range(2)]
+        nb = range(PARAM_BANKS)
+        self.bias = [[Signal(signed(32), name=f"gb{b}_{i}") for i in range(lanes)] for b in nb]
+        self.mult = [[Signal(16, name=f"gm{b}_{i}") for i in range(lanes)] for b in nb]
+        self.shift = [[Signal(8, name=f"gs{b}_{i}") for i in range(lanes)] for b in nb]
         self.prm_ok = Signal()
         self.fetched = Signal(24)  #: row groups whose parameters are in their bank
         self.rf_done = Signal(17)  #: passes whose row factors are in their bank
@@ -123,7 +130,8 @@ class ParamFetch:
 
     def _groups(self, m: Module, start: Value, go: Value, drained: Value) -> None:
         """Linear/head: per row group its rows' bias, mult, shift (a zero part for a span
-        past the group's rows or a bias the op lacks), banked by group parity."""
+        past the group's rows or a bias the op lacks), bank: the group's number modulo
+        :data:`PARAM_BANKS`."""
         ins, c, pg = self.ins, self.ins.c, self.pg
         m.submodules.group_reader = pg
         m.d.comb += [pg.buf.eq(c.b_buf), pg.clear.eq(start)]
@@ -134,7 +142,7 @@ class ParamFetch:
                  cols=c.cols, rpb=ins.rpb, inner=1, istep=1, parts=len(spans))  # fmt: skip
         sec = {"bias": ins.sec_bias, "mult": ins.sec_mult, "shift": ins.sec_shift}
         req = pg.req.payload
-        m.d.comb += pg.req.valid.eq(lp.run & ins.is_lin & (lp.gi < drained + 2))
+        m.d.comb += pg.req.valid.eq(lp.run & ins.is_lin & (lp.gi < drained + PARAM_BANKS))
         with m.Switch(lp.j):
             for i, (what, size, at, nb) in enumerate(spans):
                 with m.Case(i):
@@ -146,17 +154,17 @@ class ParamFetch:
                         req.zero.eq(skip),
                         req.sid.eq(("bias", "mult", "shift").index(what)),
                     ]
-        m.d.comb += req.tag.eq(Cat(lp.last_j, lp.gi[0], lp.j))
+        m.d.comb += req.tag.eq(Cat(lp.last_j, lp.gi[:_BANK_BITS], lp.j))
         tag, win = pg.out_tag, pg.out_win
         regs = {"bias": self.bias, "mult": self.mult, "shift": self.shift}
         with m.If(start):
             m.d.sync += self.fetched.eq(0)
         with m.Elif(pg.out_valid):
-            with m.Switch(tag[2:]):
+            with m.Switch(tag[1 + _BANK_BITS :]):
                 for i, (what, size, at, nb) in enumerate(spans):
                     with m.Case(i):
-                        for b in range(2):
-                            with m.If(tag[1] == b):
+                        for b in range(PARAM_BANKS):
+                            with m.If(tag[1 : 1 + _BANK_BITS] == b):
                                 for e in range(nb // size):
                                     val = win[8 * size * e : 8 * size * (e + 1)]
                                     m.d.sync += regs[what][b][at // size + e].eq(val)
@@ -227,7 +235,7 @@ class Post:
         lane_t = Mux(ins.pv2, 0, lp.i)
         tok = lp.tb + lane_t
         row0 = lp.gb + lp.j * r_n
-        bank = lp.gi[0]
+        bank = lp.gi[:_BANK_BITS]
         save = [Array(Signal(signed(ep.acc_bits), name=f"sv{r}_{q}") for q in range(ep.lanes // r_n)) for r in range(r_n)]  # fmt: skip
         unit_m, unit_e = 1 << (ROW_MULT_BITS - 1), ROW_MULT_BITS - 1
         use_rf = c.arow & ~ins.is_qk
@@ -238,7 +246,7 @@ class Post:
         lanes: list[dict] = []
         for r in range(r_n):
             idx = lp.j * r_n + r
-            sel = {k: Mux(bank, Array(reg[1])[idx], Array(reg[0])[idx])
+            sel = {k: Array(Array(reg[b])[idx] for b in range(PARAM_BANKS))[bank]
                    for k, reg in (("bias", f.bias), ("mult", f.mult), ("shift", f.shift))}  # fmt: skip
             acc = Mux(ins.pv2, (save[r][lp.j] << 1) + vals[r], vals[r])
             en = (tok < c.rows) & (row0 + r < c.cols) & (~ins.pv2 | (lp.i == 1))

@@ -4,7 +4,7 @@ unit's feed and drain (:mod:`hwflow.hw.machine.mmu`)."""
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, Value
+from amaranth.hdl import Const, Module, Mux, Signal, Value
 from amaranth.lib import data
 
 from hwflow.hw.machine.mmu_ports import ADDR_BITS
@@ -34,6 +34,8 @@ class Instr:
         self.rec_v, self.rec_i = Signal(8), Signal(8)  #: a full stripe's record bytes
         self.rec_vl, self.rec_il = Signal(8), Signal(8)  #: the last stripe's
         self.sec_bias, self.sec_mult, self.sec_shift = (Signal(ADDR_BITS) for _ in range(3))
+        self.sec_gmult = Signal(ADDR_BITS)
+        self.grouped = Signal()  #: a linear/head op with weight groups (``wgroup`` > 0)
 
     # ---- decoded function flags (combinational from the command register)
     @property
@@ -75,6 +77,7 @@ class Instr:
         slots_l = last_rows * n_eff
         m.d.sync += [
             self.c.eq(cmd),
+            self.grouped.eq(lin & (cmd.wgroup != 0)),
             self.dense.eq(dense),
             self.n_eff.eq(n_eff),
             self.wbits.eq(wbits),
@@ -86,6 +89,11 @@ class Instr:
             self.rec_vl.eq((slots_l * wbits + 7) >> 3),
             self.rec_il.eq(Mux(dense, 0, (slots_l * ep.index_bits + 7) >> 3)),
         ]
+
+    @property
+    def gmask(self) -> Value:
+        """Byte offsets within a weight group (``G - 1``; 0 without a group)."""
+        return (Const(1, 9) << self.c.wgroup) - 1
 
     def sections(self, m: Module) -> None:
         """The tile's section offsets (:meth:`hwflow.compiler.layout.TileSpec.sections`)."""
@@ -105,4 +113,5 @@ class Instr:
             self.sec_bias.eq(bias),
             self.sec_mult.eq(mult),
             self.sec_shift.eq(mult + (c.cols << 1)),
+            self.sec_gmult.eq(mult + (c.cols << 1) + c.cols),
         ]
