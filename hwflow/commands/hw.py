@@ -158,7 +158,11 @@ def _synth(args: argparse.Namespace) -> int:
             f"{lv:>6} {ns:>7} {secs:>8}"
         )
     dev = rep["device"]
-    print(f"  buffers: {rep['buffers_uram']} URAM288")
+    buf = rep["buffers"]
+    mems = ", ".join(
+        f"{n} {v['shape']} -> {v['tiles']} {v['kind'].upper()}" for n, v in buf["memories"].items()
+    )
+    print(f"  buffers: {buf['uram']} URAM288 + {buf['bram36']} BRAM36 ({mems})")
     for k in ("dsp", "lut", "ff", "bram36", "uram"):
         have = dev[k] if dev[k] is not None else "unknown"
         print(f"  {k:<7} {rep[k]:>10g} of {have}")

@@ -43,7 +43,7 @@ hierarchical Verilog (:mod:`hwflow.hw.hier`) is synthesized once, the top with i
 black boxes, and counted times its instances; the RTL machine around the engines (the
 :class:`~hwflow.hw.machine.top.Accelerator` with its SFU, buffers shrunk) once, flat; results
 are cached per module by content under ``rtl/build/synth``. The on-chip buffers add URAMs
-from their sizes and port widths (:func:`buffer_urams`).
+as the RTL shapes them, each in URAM or block RAM (:mod:`hwflow.hw.memories`).
 
 Dual-INT8 MPE: its stages multiply a 27-bit pre-adder result, which fits the DSP48E2's
 27 x 18 multiplier but not the DSP48E1's 25 x 18 that the xc7 coarse pass maps to (two DSPs
@@ -503,37 +503,7 @@ DEVICE_LOGIC: dict[str, dict[str, Any]] = {
         "table: XCU280 1,303,680 CLB LUTs, 2,607,360 CLB flip-flops",
     },
 }
-#: UltraRAM: 288 Kib, 4K x 72 (UG573, UltraRAM: each URAM288 is 4,096 x 72 bits).
-_URAM_BITS, _URAM_WIDTH = 288 * 1024, 72
 _RESOURCES = ("dsp", "lut", "ff", "bram36", "uram")
-
-
-def _urams(words: int, width: int) -> int:
-    """URAM288s of a ``words`` x ``width``-bit memory: 4K-deep, 72-bit columns (UG573)."""
-    return -(-words // 4096) * -(-width // _URAM_WIDTH)
-
-
-def buffer_urams(hw: Any) -> dict[str, int]:
-    """URAM288s of the machine's on-chip memories at their real sizes (the synthesized
-    machine has them shrunk, :func:`machine_design`; the engines' parameter memories are
-    counted with the engines): each buffer bank (:class:`hwflow.hw.machine.bus.BufferBank`,
-    ``hbm.port_bits``-wide words) in 4K x 72 tiles, the weight buffer at least as wide as
-    one beat's weights and indices of the widest engine (what the engine takes per cycle),
-    and the two banks of the instruction memory (:class:`~hwflow.hw.machine.fetch.InstrMem`:
-    words of two AXI beats)."""
-    word = hw.hbm.port_bits
-    beat_bits = max(
-        e.chains * e.chain_length * (8 + hw.sparsity.index_bits) for e in (hw.mv, hw.mpe)
-    )
-    out = {}
-    for name in ("weight", "act", "kv", "score", "param"):
-        words = -(-hw.buffers.bytes(name) * 8 // word)
-        out[name] = _urams(words, word)
-        if name == "weight":
-            out[name] = max(out[name], _urams(hw.buffers.bytes(name) * 8 // beat_bits, beat_bits))
-    lines = hw.buffers.bytes("instr") * 8 // word
-    out["instr"] = 2 * _urams(max(1, lines // 4), 2 * word)
-    return out
 
 
 #: KiB of every buffer of the synthesized machine (:func:`machine_design`): small enough to
@@ -541,14 +511,16 @@ def buffer_urams(hw: Any) -> dict[str, int]:
 _SHRUNK_KIB = 1
 
 
-def machine_design(hw: Any) -> tuple[str, str, str | None]:
-    """(module name, Verilog, why the SFU is missing or None) of the RTL machine around the
+def machine_design(hw: Any) -> tuple[str, str | None, str | None]:
+    """(module name, Verilog, what is missing or None) of the RTL machine around the
     engines: the :class:`~hwflow.hw.machine.top.Accelerator` (fetch, SYS dispatcher, unit
     queues and tokens, LD/ST, buffer ports and arbitration) with the preset's SFU in its
     slot; the MM/MV slots left empty (their engines are synthesized apart). Every buffer is
-    shrunk to :data:`_SHRUNK_KIB` KiB (only address widths change; :func:`buffer_urams`
-    counts the real memories), which keeps the Verilog small. An SFU its module cannot
-    build for this preset is left out, and the reason returned."""
+    shrunk to :data:`_SHRUNK_KIB` KiB (only address widths change;
+    :func:`hwflow.hw.memories.buffer_memories` counts the real memories), which keeps the
+    Verilog small. An SFU its module cannot build for this preset is left out, and the
+    reason returned; a preset the machine itself refuses gets no Verilog (None) and the
+    reason."""
     from functools import partial
 
     from amaranth.back import verilog
@@ -558,15 +530,18 @@ def machine_design(hw: Any) -> tuple[str, str, str | None]:
     from hwflow.hw.machine.top import Accelerator
     from hwflow.isa import Buf, Unit
 
+    base = re.sub(r"\W", "_", hw.name)
+    name = f"hwflow_{base}_machine"
     shrunk = {f: _SHRUNK_KIB for f in type(hw.buffers).model_fields if f.endswith("_kib")}
     small = hw.model_copy(update={"buffers": hw.buffers.model_copy(update=shrunk)})
-    mp = MachineParams.from_preset(small)
+    try:
+        mp = MachineParams.from_preset(small)
+    except HwflowError as e:
+        return name, None, f"the RTL machine (hwflow.hw.machine) does not build for {hw.name}: {e}"
 
     def sfu(hw_: Any, mp_: MachineParams) -> Any:
         return sfu_mod.Sfu(hw_, mp_.word_bytes[Buf.ACT])
 
-    base = re.sub(r"\W", "_", hw.name)
-    name = f"hwflow_{base}_machine"
     try:
         acc = Accelerator(mp, {Unit.SFU: partial(sfu, small)})
         return name, verilog.convert(acc, name=name, emit_src=False), None
@@ -575,11 +550,13 @@ def machine_design(hw: Any) -> tuple[str, str, str | None]:
     return name, verilog.convert(Accelerator(mp), name=name, emit_src=False), missing
 
 
-def synthesize_machine(hw: Any, *, timeout: int = 3600) -> tuple[ModuleReport, str | None]:
+def synthesize_machine(hw: Any, *, timeout: int = 3600) -> tuple[ModuleReport | None, str | None]:
     """The machine of :func:`machine_design`, synthesized flat once (cached like a module),
-    and why its SFU is missing (None: it is there)."""
+    and what it lacks (None: nothing); no report when the machine does not build."""
     with _ELABORATION:
         name, text, missing = machine_design(hw)
+    if text is None:
+        return None, missing
     generic = text.replace(name, "M")
 
     def run(work: Path) -> tuple[Counter[str], int, float, PathReport | None]:
@@ -608,8 +585,10 @@ def period_ps(hw: Any) -> int:
 def synth_design(hw: Any, chains: int | None = None) -> dict[str, Any]:
     """Resource estimate of the preset's whole design against the device: the engines (each
     distinct module synthesized once, times its instances), the machine around them with
-    its SFU (:func:`synthesize_machine`) and the buffers' memories (:func:`buffer_urams`);
-    ``chains`` makes slices of the engines."""
+    its SFU (:func:`synthesize_machine`) and the buffers' memories, each in URAM or block RAM
+    (:func:`hwflow.hw.memories.place_buffers`); ``chains`` makes slices of the engines."""
+    from hwflow.hw.memories import buffer_memories, place_buffers
+
     modules: list[ModuleReport] = []
     expected = 0
     params = [EngineParams.from_preset(hw, kind, chains) for kind in ("mv", "mpe")]
@@ -618,20 +597,24 @@ def synth_design(hw: Any, chains: int | None = None) -> dict[str, Any]:
         lambda: synthesize_machine(hw),
     ]
     with ThreadPoolExecutor(max_workers=len(tasks)) as pool:  # each waits on its own runs
-        *engines, (machine, sfu_missing) = pool.map(lambda t: t(), tasks)
+        *engines, (machine, missing) = pool.map(lambda t: t(), tasks)
     for reports, exp in engines:
         modules += reports
         expected += exp
-    modules.append(machine)
+    if machine is not None:
+        modules.append(machine)
     totals = {
         k: sum(m.counts[k] * m.instances for m in modules)
         for k in ("lut", "lut_logic", "ff", "dsp", "bram36", "uram", "srl", "lutram", "carry")
     }
-    urams = buffer_urams(hw)
-    totals["uram"] += sum(urams.values())
+    buffers = place_buffers(
+        buffer_memories(hw), hw.board.uram - totals["uram"], hw.board.bram36 - totals["bram36"]
+    )
+    totals["uram"] += buffers["uram"]
+    totals["bram36"] += buffers["bram36"]
     estimates = _estimates(hw)
-    if sfu_missing:
-        estimates["sfu"] = f"not counted: {sfu_missing}"
+    if missing:
+        estimates["machine" if machine is None else "sfu"] = f"not counted: {missing}"
     if hw.board.dsp_kind != "DSP48E2":
         engine_dsps = sum(m.counts["dsp"] * m.instances for m in modules if m.engine != "machine")
         totals["dsp"] += hw.dsps_used - engine_dsps
@@ -647,7 +630,7 @@ def synth_design(hw: Any, chains: int | None = None) -> dict[str, Any]:
     }
     over = [k for k in _RESOURCES if device[k] is not None and totals[k] > device[k]]
     out = {
-        **_design_totals(hw, chains, modules, totals, expected, urams, device, over),
+        **_design_totals(hw, chains, modules, totals, expected, buffers, device, over),
         "timing": timing_summary(hw, modules),
         "estimates": estimates,
     }
@@ -683,7 +666,7 @@ def _estimates(hw: Any) -> dict[str, str]:
     out = {
         "machine": "the machine (Accelerator top + SFU) is synthesized with every buffer "
         f"shrunk to {_SHRUNK_KIB} KiB: its LUTs include those buffers' distributed RAM (a few "
-        "thousand LUTs the real design has in URAM, counted apart in buffers_uram)",
+        "thousand LUTs the real design has in URAM or block RAM, counted apart in buffers)",
     }
     if hw.mpe.dual_int8:
         out["mpe_dsp"] = (
@@ -733,7 +716,7 @@ def _design_totals(
     modules: list[ModuleReport],
     totals: dict[str, float],
     expected: int,
-    urams: dict[str, int],
+    buffers: dict[str, Any],
     device: dict[str, Any],
     over: list[str],
 ) -> dict[str, Any]:
@@ -743,7 +726,7 @@ def _design_totals(
         **{k: (round(v, 1) if isinstance(v, float) else v) for k, v in totals.items()},
         "cascade_links": sum(m.cascade_links * m.instances for m in modules),
         "cascade_expected": expected,
-        "buffers_uram": urams,
+        "buffers": buffers,
         "device": device,
         "fits": not over,
         "over": over,
