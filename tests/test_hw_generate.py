@@ -253,6 +253,21 @@ def test_preset_over_the_device_dsps_is_refused(tmp_path, capsys) -> None:
     assert "DSPs but board xcu280 has 9024" in err and "Traceback" not in err
 
 
+def test_preset_over_the_device_memory_is_refused(tmp_path, capsys) -> None:
+    """A u280 copy whose activation buffer is 64 MiB: with the others (2 + 2 + 1 + 0.5 +
+    0.25 MiB = 5,888 KiB) 71,424 KiB of buffers against the XCU280's 2,016 x 36 Kib + 960 x 288 Kib =
+    43,632 KiB of block RAM and UltraRAM. Refused at load, naming the buffers."""
+    from hwflow.config.loading import _resolve
+
+    text = _resolve("hw", "u280", (".yaml",)).read_text()
+    assert "  act_kib: 4096\n" in text
+    big = tmp_path / "u280-act.yaml"
+    big.write_text(text.replace("  act_kib: 4096\n", "  act_kib: 65536\n"))
+    assert main(["synth", "--hw", str(big)]) == 2
+    err = capsys.readouterr().err
+    assert "buffers need 71424 KiB but board xcu280 has 43632 KiB" in err, err
+
+
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
