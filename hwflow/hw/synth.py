@@ -502,6 +502,15 @@ DEVICE_LOGIC: dict[str, dict[str, Any]] = {
         "source": "AMD DS963 (Alveo U280 data sheet) and the Virtex UltraScale+ HBM product "
         "table: XCU280 1,303,680 CLB LUTs, 2,607,360 CLB flip-flops",
     },
+    "xcvh1782": {
+        "lut": 2_574_208,
+        "ff": 5_148_416,
+        "source": "AMD DS950 (Versal Architecture and Product Data Sheet: Overview), Versal HBM "
+        "series table, VH1782: 321,776 CLB slices x 8 = 2,574,208 LUTs; a Versal CLB has twice "
+        "as many flip-flops as LUTs (AM005, CLB: 64 FF and 32 LUTs), 5,148,416 (the same table "
+        "gives 3,741 BRAM36, 1,925 URAM, 10,848 DSP58; read through secondary copies of the "
+        "table, to re-check)",
+    },
 }
 _RESOURCES = ("dsp", "lut", "ff", "bram36", "uram")
 
