@@ -28,13 +28,21 @@ flattened engine. Measured on the tiny MV engine (2 chains): alone, the chain sl
 6,420 flat (+10 %; +17 % before the output buffer took the slot multiplexers); the drain
 columns and requantizers cost the same alone as in context (to the LUT), and with the top's
 logic around one slice instance (other leaves black boxes) the slice cost what it costs
-flat (2,429 against 2,439, before that change). Mapping for the clock period instead of the
-best delay (``scratchpad -set abc9.D 4444``, as a vendor flow maps against the clock
-constraint) changed the flat count by six LUTs, so it is not the cause (and it deepened
-control paths to 7 LUT levels within the period, so the runs keep the best-delay mapping).
-Hence each distinct leaf is synthesized once *in
-context*: the top with one instance of it and every other leaf a black box, its cost the
+flat (2,429 against 2,439, before that change). Hence each distinct leaf is synthesized once
+*in context*: the top with one instance of it and every other leaf a black box, its cost the
 difference from the top alone; :func:`validate_method` checks the sum against a flat run.
+
+Every run maps its LUTs for the preset's clock period (``scratchpad -set abc9.D``, as a vendor
+flow maps against the clock constraint), not for the netlist's own best delay: with the best
+delay, ABC recovers area only within the slack of each run's own critical path, which is
+short in a slice's in-context run (the 48-bit segment subtractors, 3.8 ns, end at the black
+boxes' ports) and long in the flat run (through the output buffer and the requantizers). On a
+2-chain u280 MV slice that made the in-context slice 2,739 LUTs against 2,540 mapped for
+the 4,444 ps period of 225 MHz, while the flat run moved from 7,394 to 7,400 LUTs: the
+per-module sum was +5.0 % over flat with best-delay mapping. With the period as target,
+control paths may take more LUT levels where the period allows them (the timing proxy
+reports them).
+
 ``lut`` counts every LUT site of the device's CLB LUT budget: logic LUTs (``lut_logic``),
 shift-register LUTs (``srl``: the deskew lines) and distributed RAM (``lutram``).
 
@@ -247,10 +255,14 @@ def _run_yosys(
     return parse_stat(log), _cascade_links((work / "net.v").read_text()), seconds, path
 
 
-def _synth_script(top: str, files: str, libs: str = "", chparam: str = "") -> str:
-    """The synthesis script (see the module doc)."""
+def _synth_script(
+    top: str, files: str, libs: str = "", chparam: str = "", period_ps: int | None = None
+) -> str:
+    """The synthesis script (see the module doc); ``period_ps``: the LUT mapper's delay target
+    (the preset's clock period, :func:`period_ps`; None: the netlist's own best delay)."""
+    target = f"scratchpad -set abc9.D {period_ps}; " if period_ps else ""
     return (
-        f"{libs}read_verilog -sv {files}; {chparam}"
+        f"{libs}read_verilog -sv {files}; {chparam}{target}"
         f"synth_xilinx -family xc7 -top {top} -flatten -noiopad -run :coarse; "
         f"synth_xilinx -family xcup -top {top} -flatten -noiopad -run coarse:; "
         "stat; write_verilog -noattr net.v"
@@ -277,9 +289,12 @@ def _counts(cells: Counter[str], skip: frozenset[str] = frozenset()) -> dict[str
     }
 
 
-def synthesize(p: EngineParams, *, keep: Path | None = None, timeout: int = 3600) -> SynthReport:
-    """Synthesize one engine (``p.chains`` chains) flat, as one module, and count its
-    resources (the reference :func:`synthesize_engine` is validated against on a slice)."""
+def synthesize(
+    p: EngineParams, period_ps: int, *, keep: Path | None = None, timeout: int = 3600
+) -> SynthReport:
+    """Synthesize one engine (``p.chains`` chains) flat, as one module, mapped for a clock of
+    ``period_ps``, and count its resources (the reference :func:`synthesize_engine` is
+    validated against on a slice)."""
     if p.dsp_kind != "DSP48E2":
         raise UnsupportedError(
             f"no synthesis estimate for {p.dsp_kind} (preset {p.preset}): Yosys has no Versal family"
@@ -289,7 +304,7 @@ def synthesize(p: EngineParams, *, keep: Path | None = None, timeout: int = 3600
         work = Path(keep) if keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         (work / f"{name}.v").write_text(engine_verilog(p, name=name))
-        script = _synth_script(name, f"{name}.v", chparam=_ram_chparam(p))
+        script = _synth_script(name, f"{name}.v", chparam=_ram_chparam(p), period_ps=period_ps)
         cells, links, seconds, path = _run_yosys(work, script, timeout, name)
     c = _counts(cells)
     groups = p.rows // 2 if p.dual_int8 else p.rows
@@ -406,8 +421,11 @@ def _parallel(tasks: list[Callable[[], Any]]) -> list[Any]:
         return list(pool.map(lambda t: t(), tasks))
 
 
-def synthesize_engine(p: EngineParams, *, timeout: int = 3600) -> tuple[list[ModuleReport], int]:
-    """Synthesize each distinct module of the engine once, in context: the top with every leaf a black box (the top's own logic), then for each
+def synthesize_engine(
+    p: EngineParams, period_ps: int, *, timeout: int = 3600
+) -> tuple[list[ModuleReport], int]:
+    """Synthesize each distinct module of the engine once, in context, mapped for a clock of
+    ``period_ps``: the top with every leaf a black box (the top's own logic), then for each
     leaf the top with one instance of it (:func:`_in_context`), whose cost is the difference
     (the module doc says why alone is not enough). The reports (per instance, with instance
     counts; a leaf's path is that of its in-context run) and the cascade links the chains
@@ -419,7 +437,7 @@ def synthesize_engine(p: EngineParams, *, timeout: int = 3600) -> tuple[list[Mod
     leaves = hier.verilog()
     top_text = text[len(leaves) :]
     libs = "read_verilog -lib -sv leaves.v; "
-    script = _synth_script(name, "m.v", libs)
+    script = _synth_script(name, "m.v", libs, period_ps=period_ps)
     bodies = [top_text, *(_in_context(top_text, n, lf.text) for n, lf in hier.leaves.items())]
 
     def task(body: str) -> Callable[[], tuple[dict[str, Any], bool]]:
@@ -570,9 +588,10 @@ def synthesize_machine(hw: Any, *, timeout: int = 3600) -> tuple[ModuleReport | 
 
     def run(work: Path) -> tuple[Counter[str], int, float, PathReport | None]:
         (work / "m.v").write_text(text)
-        return _run_yosys(work, _synth_script(name, "m.v"), timeout, name)
+        return _run_yosys(work, _synth_script(name, "m.v", period_ps=period), timeout, name)
 
-    rec, cached = _synth_cached(generic + _synth_script("M", "m.v"), run)
+    period = period_ps(hw)
+    rec, cached = _synth_cached(generic + _synth_script("M", "m.v", period_ps=period), run)
     report = ModuleReport(
         engine="machine",
         module=name,
@@ -602,7 +621,7 @@ def synth_design(hw: Any, chains: int | None = None) -> dict[str, Any]:
     expected = 0
     params = [EngineParams.from_preset(hw, kind, chains) for kind in ("mv", "mpe")]
     tasks: list[Callable[[], Any]] = [
-        *(lambda p=p: synthesize_engine(p) for p in params),
+        *(lambda p=p: synthesize_engine(p, period_ps(hw)) for p in params),
         lambda: synthesize_machine(hw),
     ]
     with ThreadPoolExecutor(max_workers=len(tasks)) as pool:  # each waits on its own runs
@@ -657,8 +676,8 @@ def validate_method(hw: Any, chains: int = VALIDATION_CHAINS) -> dict[str, Any]:
     as a vendor flow flattens it) of a ``chains``-chain slice of ``hw``'s MV engine: LUT, FF, DSP of each and the relative deviation of the per-module
     sum from the flat run (the issue asks for 5%)."""
     p = EngineParams.from_preset(hw, "mv", chains)
-    flat = synthesize(p)
-    mods, _ = synthesize_engine(p)
+    flat = synthesize(p, period_ps(hw))
+    mods, _ = synthesize_engine(p, period_ps(hw))
     keys = ("lut", "ff", "dsp")
     per = {k: sum(m.counts[k] * m.instances for m in mods) for k in keys}
     flat_c = {"lut": flat.lut, "ff": flat.ff, "dsp": flat.dsp}
