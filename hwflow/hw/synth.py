@@ -428,7 +428,8 @@ def synthesize_engine(
     ``period_ps``: the top with every leaf a black box (the top's own logic), then for each
     leaf the top with one instance of it (:func:`_in_context`), whose cost is the difference
     (the module doc says why alone is not enough). The reports (per instance, with instance
-    counts; a leaf's path is that of its in-context run) and the cascade links the chains
+    counts; a leaf's path is that of its in-context run, None where that is the top's own
+    worst path) and the cascade links the chains
     need. Runs on :func:`stand_in`; the runs go in parallel (:func:`_jobs`)."""
     p = stand_in(p)
     name = module_name(p)
@@ -451,18 +452,21 @@ def synthesize_engine(
     results = _parallel([task(b) for b in bodies])
     reports: list[ModuleReport] = []
     base: tuple[dict[str, float], int] = ({}, 0)
+    top_path: dict[str, Any] | None = None
     for (leaf_name, leaf), (rec, cached) in zip(
         [(name, None), *hier.leaves.items()], results, strict=True
     ):
         cells = Counter(rec["cells"])
         for other in hier.leaves:  # black-box leaf instances in the table
             cells.pop(other, None)
-        counts, links = _counts(cells), rec["links"]
+        counts, links, path = _counts(cells), rec["links"], rec.get("path")
         if leaf is None:
-            base = (counts, links)
+            base, top_path = (counts, links), path
         else:
             counts = {k: v - base[0][k] for k, v in counts.items()}
             links -= base[1]
+            if path == top_path:  # the run's worst path is the top's: the leaf's are shorter
+                path = None
         reports.append(
             ModuleReport(
                 engine=p.kind,
@@ -472,7 +476,7 @@ def synthesize_engine(
                 cascade_links=links,
                 seconds=rec["seconds"],
                 cached=cached,
-                path=_path(rec.get("path")),
+                path=_path(path),
             )
         )
     groups = p.rows // 2 if p.dual_int8 else p.rows
