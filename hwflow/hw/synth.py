@@ -28,13 +28,21 @@ flattened engine. Measured on the tiny MV engine (2 chains): alone, the chain sl
 6,420 flat (+10 %; +17 % before the output buffer took the slot multiplexers); the drain
 columns and requantizers cost the same alone as in context (to the LUT), and with the top's
 logic around one slice instance (other leaves black boxes) the slice cost what it costs
-flat (2,429 against 2,439, before that change). Mapping for the clock period instead of the
-best delay (``scratchpad -set abc9.D 4444``, as a vendor flow maps against the clock
-constraint) changed the flat count by six LUTs, so it is not the cause (and it deepened
-control paths to 7 LUT levels within the period, so the runs keep the best-delay mapping).
-Hence each distinct leaf is synthesized once *in
-context*: the top with one instance of it and every other leaf a black box, its cost the
+flat (2,429 against 2,439, before that change). Hence each distinct leaf is synthesized once
+*in context*: the top with one instance of it and every other leaf a black box, its cost the
 difference from the top alone; :func:`validate_method` checks the sum against a flat run.
+
+Every run maps its LUTs for the preset's clock period (``scratchpad -set abc9.D``, as a vendor
+flow maps against the clock constraint), not for the netlist's own best delay: with the best
+delay, ABC recovers area only within the slack of each run's own critical path, which is
+short in a slice's in-context run (the 48-bit segment subtractors, 3.8 ns, end at the black
+boxes' ports) and long in the flat run (through the output buffer and the requantizers). On a
+2-chain u280 MV slice that made the in-context slice 2,739 LUTs against 2,540 mapped for
+the 4,444 ps period of 225 MHz, while the flat run moved from 7,394 to 7,400 LUTs: the
+per-module sum was +5.0 % over flat with best-delay mapping. With the period as target,
+control paths may take more LUT levels where the period allows them (the timing proxy
+reports them).
+
 ``lut`` counts every LUT site of the device's CLB LUT budget: logic LUTs (``lut_logic``),
 shift-register LUTs (``srl``: the deskew lines) and distributed RAM (``lutram``).
 
@@ -43,7 +51,7 @@ hierarchical Verilog (:mod:`hwflow.hw.hier`) is synthesized once, the top with i
 black boxes, and counted times its instances; the RTL machine around the engines (the
 :class:`~hwflow.hw.machine.top.Accelerator` with its SFU, buffers shrunk) once, flat; results
 are cached per module by content under ``rtl/build/synth``. The on-chip buffers add URAMs
-from their sizes and port widths (:func:`buffer_urams`).
+as the RTL shapes them, each in URAM or block RAM (:mod:`hwflow.hw.memories`).
 
 Dual-INT8 MPE: its stages multiply a 27-bit pre-adder result, which fits the DSP48E2's
 27 x 18 multiplier but not the DSP48E1's 25 x 18 that the xc7 coarse pass maps to (two DSPs
@@ -247,10 +255,14 @@ def _run_yosys(
     return parse_stat(log), _cascade_links((work / "net.v").read_text()), seconds, path
 
 
-def _synth_script(top: str, files: str, libs: str = "", chparam: str = "") -> str:
-    """The synthesis script (see the module doc)."""
+def _synth_script(
+    top: str, files: str, libs: str = "", chparam: str = "", period_ps: int | None = None
+) -> str:
+    """The synthesis script (see the module doc); ``period_ps``: the LUT mapper's delay target
+    (the preset's clock period, :func:`period_ps`; None: the netlist's own best delay)."""
+    target = f"scratchpad -set abc9.D {period_ps}; " if period_ps else ""
     return (
-        f"{libs}read_verilog -sv {files}; {chparam}"
+        f"{libs}read_verilog -sv {files}; {chparam}{target}"
         f"synth_xilinx -family xc7 -top {top} -flatten -noiopad -run :coarse; "
         f"synth_xilinx -family xcup -top {top} -flatten -noiopad -run coarse:; "
         "stat; write_verilog -noattr net.v"
@@ -277,9 +289,12 @@ def _counts(cells: Counter[str], skip: frozenset[str] = frozenset()) -> dict[str
     }
 
 
-def synthesize(p: EngineParams, *, keep: Path | None = None, timeout: int = 3600) -> SynthReport:
-    """Synthesize one engine (``p.chains`` chains) flat, as one module, and count its
-    resources (the reference :func:`synthesize_engine` is validated against on a slice)."""
+def synthesize(
+    p: EngineParams, period_ps: int, *, keep: Path | None = None, timeout: int = 3600
+) -> SynthReport:
+    """Synthesize one engine (``p.chains`` chains) flat, as one module, mapped for a clock of
+    ``period_ps``, and count its resources (the reference :func:`synthesize_engine` is
+    validated against on a slice)."""
     if p.dsp_kind != "DSP48E2":
         raise UnsupportedError(
             f"no synthesis estimate for {p.dsp_kind} (preset {p.preset}): Yosys has no Versal family"
@@ -289,7 +304,7 @@ def synthesize(p: EngineParams, *, keep: Path | None = None, timeout: int = 3600
         work = Path(keep) if keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         (work / f"{name}.v").write_text(engine_verilog(p, name=name))
-        script = _synth_script(name, f"{name}.v", chparam=_ram_chparam(p))
+        script = _synth_script(name, f"{name}.v", chparam=_ram_chparam(p), period_ps=period_ps)
         cells, links, seconds, path = _run_yosys(work, script, timeout, name)
     c = _counts(cells)
     groups = p.rows // 2 if p.dual_int8 else p.rows
@@ -406,11 +421,15 @@ def _parallel(tasks: list[Callable[[], Any]]) -> list[Any]:
         return list(pool.map(lambda t: t(), tasks))
 
 
-def synthesize_engine(p: EngineParams, *, timeout: int = 3600) -> tuple[list[ModuleReport], int]:
-    """Synthesize each distinct module of the engine once, in context: the top with every leaf a black box (the top's own logic), then for each
+def synthesize_engine(
+    p: EngineParams, period_ps: int, *, timeout: int = 3600
+) -> tuple[list[ModuleReport], int]:
+    """Synthesize each distinct module of the engine once, in context, mapped for a clock of
+    ``period_ps``: the top with every leaf a black box (the top's own logic), then for each
     leaf the top with one instance of it (:func:`_in_context`), whose cost is the difference
     (the module doc says why alone is not enough). The reports (per instance, with instance
-    counts; a leaf's path is that of its in-context run) and the cascade links the chains
+    counts; a leaf's path is that of its in-context run, None where that is the top's own
+    worst path) and the cascade links the chains
     need. Runs on :func:`stand_in`; the runs go in parallel (:func:`_jobs`)."""
     p = stand_in(p)
     name = module_name(p)
@@ -419,7 +438,7 @@ def synthesize_engine(p: EngineParams, *, timeout: int = 3600) -> tuple[list[Mod
     leaves = hier.verilog()
     top_text = text[len(leaves) :]
     libs = "read_verilog -lib -sv leaves.v; "
-    script = _synth_script(name, "m.v", libs)
+    script = _synth_script(name, "m.v", libs, period_ps=period_ps)
     bodies = [top_text, *(_in_context(top_text, n, lf.text) for n, lf in hier.leaves.items())]
 
     def task(body: str) -> Callable[[], tuple[dict[str, Any], bool]]:
@@ -433,18 +452,21 @@ def synthesize_engine(p: EngineParams, *, timeout: int = 3600) -> tuple[list[Mod
     results = _parallel([task(b) for b in bodies])
     reports: list[ModuleReport] = []
     base: tuple[dict[str, float], int] = ({}, 0)
+    top_path: dict[str, Any] | None = None
     for (leaf_name, leaf), (rec, cached) in zip(
         [(name, None), *hier.leaves.items()], results, strict=True
     ):
         cells = Counter(rec["cells"])
         for other in hier.leaves:  # black-box leaf instances in the table
             cells.pop(other, None)
-        counts, links = _counts(cells), rec["links"]
+        counts, links, path = _counts(cells), rec["links"], rec.get("path")
         if leaf is None:
-            base = (counts, links)
+            base, top_path = (counts, links), path
         else:
             counts = {k: v - base[0][k] for k, v in counts.items()}
             links -= base[1]
+            if path == top_path:  # the run's worst path is the top's: the leaf's are shorter
+                path = None
         reports.append(
             ModuleReport(
                 engine=p.kind,
@@ -454,7 +476,7 @@ def synthesize_engine(p: EngineParams, *, timeout: int = 3600) -> tuple[list[Mod
                 cascade_links=links,
                 seconds=rec["seconds"],
                 cached=cached,
-                path=_path(rec.get("path")),
+                path=_path(path),
             )
         )
     groups = p.rows // 2 if p.dual_int8 else p.rows
@@ -502,38 +524,17 @@ DEVICE_LOGIC: dict[str, dict[str, Any]] = {
         "source": "AMD DS963 (Alveo U280 data sheet) and the Virtex UltraScale+ HBM product "
         "table: XCU280 1,303,680 CLB LUTs, 2,607,360 CLB flip-flops",
     },
+    "xcvh1782": {
+        "lut": 2_574_208,
+        "ff": 5_148_416,
+        "source": "AMD DS950 (Versal Architecture and Product Data Sheet: Overview), Versal HBM "
+        "series table, VH1782: 321,776 CLB slices x 8 = 2,574,208 LUTs; a Versal CLB has twice "
+        "as many flip-flops as LUTs (AM005, CLB: 64 FF and 32 LUTs), 5,148,416 (the same table "
+        "gives 3,741 BRAM36, 1,925 URAM, 10,848 DSP58; read through secondary copies of the "
+        "table, to re-check)",
+    },
 }
-#: UltraRAM: 288 Kib, 4K x 72 (UG573, UltraRAM: each URAM288 is 4,096 x 72 bits).
-_URAM_BITS, _URAM_WIDTH = 288 * 1024, 72
 _RESOURCES = ("dsp", "lut", "ff", "bram36", "uram")
-
-
-def _urams(words: int, width: int) -> int:
-    """URAM288s of a ``words`` x ``width``-bit memory: 4K-deep, 72-bit columns (UG573)."""
-    return -(-words // 4096) * -(-width // _URAM_WIDTH)
-
-
-def buffer_urams(hw: Any) -> dict[str, int]:
-    """URAM288s of the machine's on-chip memories at their real sizes (the synthesized
-    machine has them shrunk, :func:`machine_design`; the engines' parameter memories are
-    counted with the engines): each buffer bank (:class:`hwflow.hw.machine.bus.BufferBank`,
-    ``hbm.port_bits``-wide words) in 4K x 72 tiles, the weight buffer at least as wide as
-    one beat's weights and indices of the widest engine (what the engine takes per cycle),
-    and the two banks of the instruction memory (:class:`~hwflow.hw.machine.fetch.InstrMem`:
-    words of two AXI beats)."""
-    word = hw.hbm.port_bits
-    beat_bits = max(
-        e.chains * e.chain_length * (8 + hw.sparsity.index_bits) for e in (hw.mv, hw.mpe)
-    )
-    out = {}
-    for name in ("weight", "act", "kv", "score", "param"):
-        words = -(-hw.buffers.bytes(name) * 8 // word)
-        out[name] = _urams(words, word)
-        if name == "weight":
-            out[name] = max(out[name], _urams(hw.buffers.bytes(name) * 8 // beat_bits, beat_bits))
-    lines = hw.buffers.bytes("instr") * 8 // word
-    out["instr"] = 2 * _urams(max(1, lines // 4), 2 * word)
-    return out
 
 
 #: KiB of every buffer of the synthesized machine (:func:`machine_design`): small enough to
@@ -541,14 +542,16 @@ def buffer_urams(hw: Any) -> dict[str, int]:
 _SHRUNK_KIB = 1
 
 
-def machine_design(hw: Any) -> tuple[str, str, str | None]:
-    """(module name, Verilog, why the SFU is missing or None) of the RTL machine around the
+def machine_design(hw: Any) -> tuple[str, str | None, str | None]:
+    """(module name, Verilog, what is missing or None) of the RTL machine around the
     engines: the :class:`~hwflow.hw.machine.top.Accelerator` (fetch, SYS dispatcher, unit
     queues and tokens, LD/ST, buffer ports and arbitration) with the preset's SFU in its
     slot; the MM/MV slots left empty (their engines are synthesized apart). Every buffer is
-    shrunk to :data:`_SHRUNK_KIB` KiB (only address widths change; :func:`buffer_urams`
-    counts the real memories), which keeps the Verilog small. An SFU its module cannot
-    build for this preset is left out, and the reason returned."""
+    shrunk to :data:`_SHRUNK_KIB` KiB (only address widths change;
+    :func:`hwflow.hw.memories.buffer_memories` counts the real memories), which keeps the
+    Verilog small. An SFU its module cannot build for this preset is left out, and the
+    reason returned; a preset the machine itself refuses gets no Verilog (None) and the
+    reason."""
     from functools import partial
 
     from amaranth.back import verilog
@@ -558,15 +561,18 @@ def machine_design(hw: Any) -> tuple[str, str, str | None]:
     from hwflow.hw.machine.top import Accelerator
     from hwflow.isa import Buf, Unit
 
+    base = re.sub(r"\W", "_", hw.name)
+    name = f"hwflow_{base}_machine"
     shrunk = {f: _SHRUNK_KIB for f in type(hw.buffers).model_fields if f.endswith("_kib")}
     small = hw.model_copy(update={"buffers": hw.buffers.model_copy(update=shrunk)})
-    mp = MachineParams.from_preset(small)
+    try:
+        mp = MachineParams.from_preset(small)
+    except HwflowError as e:
+        return name, None, f"the RTL machine (hwflow.hw.machine) does not build for {hw.name}: {e}"
 
     def sfu(hw_: Any, mp_: MachineParams) -> Any:
         return sfu_mod.Sfu(hw_, mp_.word_bytes[Buf.ACT])
 
-    base = re.sub(r"\W", "_", hw.name)
-    name = f"hwflow_{base}_machine"
     try:
         acc = Accelerator(mp, {Unit.SFU: partial(sfu, small)})
         return name, verilog.convert(acc, name=name, emit_src=False), None
@@ -575,18 +581,21 @@ def machine_design(hw: Any) -> tuple[str, str, str | None]:
     return name, verilog.convert(Accelerator(mp), name=name, emit_src=False), missing
 
 
-def synthesize_machine(hw: Any, *, timeout: int = 3600) -> tuple[ModuleReport, str | None]:
+def synthesize_machine(hw: Any, *, timeout: int = 3600) -> tuple[ModuleReport | None, str | None]:
     """The machine of :func:`machine_design`, synthesized flat once (cached like a module),
-    and why its SFU is missing (None: it is there)."""
+    and what it lacks (None: nothing); no report when the machine does not build."""
     with _ELABORATION:
         name, text, missing = machine_design(hw)
+    if text is None:
+        return None, missing
     generic = text.replace(name, "M")
 
     def run(work: Path) -> tuple[Counter[str], int, float, PathReport | None]:
         (work / "m.v").write_text(text)
-        return _run_yosys(work, _synth_script(name, "m.v"), timeout, name)
+        return _run_yosys(work, _synth_script(name, "m.v", period_ps=period), timeout, name)
 
-    rec, cached = _synth_cached(generic + _synth_script("M", "m.v"), run)
+    period = period_ps(hw)
+    rec, cached = _synth_cached(generic + _synth_script("M", "m.v", period_ps=period), run)
     report = ModuleReport(
         engine="machine",
         module=name,
@@ -608,30 +617,36 @@ def period_ps(hw: Any) -> int:
 def synth_design(hw: Any, chains: int | None = None) -> dict[str, Any]:
     """Resource estimate of the preset's whole design against the device: the engines (each
     distinct module synthesized once, times its instances), the machine around them with
-    its SFU (:func:`synthesize_machine`) and the buffers' memories (:func:`buffer_urams`);
-    ``chains`` makes slices of the engines."""
+    its SFU (:func:`synthesize_machine`) and the buffers' memories, each in URAM or block RAM
+    (:func:`hwflow.hw.memories.place_buffers`); ``chains`` makes slices of the engines."""
+    from hwflow.hw.memories import buffer_memories, place_buffers
+
     modules: list[ModuleReport] = []
     expected = 0
     params = [EngineParams.from_preset(hw, kind, chains) for kind in ("mv", "mpe")]
     tasks: list[Callable[[], Any]] = [
-        *(lambda p=p: synthesize_engine(p) for p in params),
+        *(lambda p=p: synthesize_engine(p, period_ps(hw)) for p in params),
         lambda: synthesize_machine(hw),
     ]
     with ThreadPoolExecutor(max_workers=len(tasks)) as pool:  # each waits on its own runs
-        *engines, (machine, sfu_missing) = pool.map(lambda t: t(), tasks)
+        *engines, (machine, missing) = pool.map(lambda t: t(), tasks)
     for reports, exp in engines:
         modules += reports
         expected += exp
-    modules.append(machine)
+    if machine is not None:
+        modules.append(machine)
     totals = {
         k: sum(m.counts[k] * m.instances for m in modules)
         for k in ("lut", "lut_logic", "ff", "dsp", "bram36", "uram", "srl", "lutram", "carry")
     }
-    urams = buffer_urams(hw)
-    totals["uram"] += sum(urams.values())
+    buffers = place_buffers(
+        buffer_memories(hw), hw.board.uram - totals["uram"], hw.board.bram36 - totals["bram36"]
+    )
+    totals["uram"] += buffers["uram"]
+    totals["bram36"] += buffers["bram36"]
     estimates = _estimates(hw)
-    if sfu_missing:
-        estimates["sfu"] = f"not counted: {sfu_missing}"
+    if missing:
+        estimates["machine" if machine is None else "sfu"] = f"not counted: {missing}"
     if hw.board.dsp_kind != "DSP48E2":
         engine_dsps = sum(m.counts["dsp"] * m.instances for m in modules if m.engine != "machine")
         totals["dsp"] += hw.dsps_used - engine_dsps
@@ -647,7 +662,7 @@ def synth_design(hw: Any, chains: int | None = None) -> dict[str, Any]:
     }
     over = [k for k in _RESOURCES if device[k] is not None and totals[k] > device[k]]
     out = {
-        **_design_totals(hw, chains, modules, totals, expected, urams, device, over),
+        **_design_totals(hw, chains, modules, totals, expected, buffers, device, over),
         "timing": timing_summary(hw, modules),
         "estimates": estimates,
     }
@@ -665,8 +680,8 @@ def validate_method(hw: Any, chains: int = VALIDATION_CHAINS) -> dict[str, Any]:
     as a vendor flow flattens it) of a ``chains``-chain slice of ``hw``'s MV engine: LUT, FF, DSP of each and the relative deviation of the per-module
     sum from the flat run (the issue asks for 5%)."""
     p = EngineParams.from_preset(hw, "mv", chains)
-    flat = synthesize(p)
-    mods, _ = synthesize_engine(p)
+    flat = synthesize(p, period_ps(hw))
+    mods, _ = synthesize_engine(p, period_ps(hw))
     keys = ("lut", "ff", "dsp")
     per = {k: sum(m.counts[k] * m.instances for m in mods) for k in keys}
     flat_c = {"lut": flat.lut, "ff": flat.ff, "dsp": flat.dsp}
@@ -683,7 +698,7 @@ def _estimates(hw: Any) -> dict[str, str]:
     out = {
         "machine": "the machine (Accelerator top + SFU) is synthesized with every buffer "
         f"shrunk to {_SHRUNK_KIB} KiB: its LUTs include those buffers' distributed RAM (a few "
-        "thousand LUTs the real design has in URAM, counted apart in buffers_uram)",
+        "thousand LUTs the real design has in URAM or block RAM, counted apart in buffers)",
     }
     if hw.mpe.dual_int8:
         out["mpe_dsp"] = (
@@ -733,7 +748,7 @@ def _design_totals(
     modules: list[ModuleReport],
     totals: dict[str, float],
     expected: int,
-    urams: dict[str, int],
+    buffers: dict[str, Any],
     device: dict[str, Any],
     over: list[str],
 ) -> dict[str, Any]:
@@ -743,7 +758,7 @@ def _design_totals(
         **{k: (round(v, 1) if isinstance(v, float) else v) for k, v in totals.items()},
         "cascade_links": sum(m.cascade_links * m.instances for m in modules),
         "cascade_expected": expected,
-        "buffers_uram": urams,
+        "buffers": buffers,
         "device": device,
         "fits": not over,
         "over": over,

@@ -1,0 +1,109 @@
+"""The on-chip buffers of a preset as device memories: UltraRAM or block RAM tiles.
+
+The RTL machine (:class:`hwflow.hw.machine.top.Accelerator`) builds each buffer as one memory
+of ``MachineParams.words[buf]`` words of ``MachineParams.word_bytes[buf]`` bytes (one
+:class:`~hwflow.hw.machine.bus.BufferBank`, one read and one write port: simple dual-port)
+and the instruction memory as two banks of ``lines // 4`` words of two AXI beats
+(:class:`~hwflow.hw.machine.fetch.InstrMem`). A memory that wide and shallow uses few of a
+tile's rows, so its cost is the tile count of its shape, not its bytes:
+
+* URAM288 (AMD UG573, *UltraRAM*): 4,096 x 72 bits; deeper memories cascade.
+* RAMB36E2 (UG573, *Block RAM*, simple dual-port): 32K x 1, 16K x 2, 8K x 4, 4K x 9,
+  2K x 18, 1K x 36 or 512 x 72; the cheapest aspect ratio is taken.
+
+:func:`place_buffers` puts each memory in URAM or block RAM so that both fit what the rest of
+the design leaves (the assignment with the lowest peak utilization, exhaustively: a preset
+has six memories).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Memory", "bram36_tiles", "buffer_memories", "place_buffers", "uram_tiles"]
+
+#: URAM288 geometry (UG573): rows, bits per row.
+URAM_DEPTH, URAM_WIDTH = 4096, 72
+#: RAMB36E2 simple dual-port aspect ratios (UG573): (rows, bits per row).
+BRAM36_SHAPES = ((32768, 1), (16384, 2), (8192, 4), (4096, 9), (2048, 18), (1024, 36), (512, 72))
+
+
+def _tiles(depth: int, width: int, rows: int, bits: int) -> int:
+    return -(-depth // rows) * -(-width // bits)
+
+
+def uram_tiles(depth: int, width: int) -> int:
+    """URAM288s of a ``depth`` x ``width``-bit memory (4K x 72 tiles, cascaded in depth)."""
+    return _tiles(depth, width, URAM_DEPTH, URAM_WIDTH)
+
+
+def bram36_tiles(depth: int, width: int) -> int:
+    """RAMB36E2s of a ``depth`` x ``width``-bit memory at its cheapest aspect ratio."""
+    return min(_tiles(depth, width, r, b) for r, b in BRAM36_SHAPES)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """One RAM of the machine: ``copies`` memories of ``depth`` x ``width`` bits."""
+
+    name: str
+    depth: int
+    width: int
+    copies: int = 1
+
+    @property
+    def uram(self) -> int:
+        return self.copies * uram_tiles(self.depth, self.width)
+
+    @property
+    def bram36(self) -> int:
+        return self.copies * bram36_tiles(self.depth, self.width)
+
+
+def buffer_memories(hw: Any) -> list[Memory]:
+    """The machine's buffer memories at the preset's real sizes, shaped as the RTL builds
+    them (:meth:`hwflow.hw.machine.params.MachineParams.from_preset`: every buffer word and
+    the AXI beat are ``buffers.word_bytes`` wide). Computed from the preset itself, so a
+    preset the RTL machine refuses (e.g. a word wider than an HBM burst) still gets the
+    memories its buffers section describes."""
+    from hwflow.isa import Buf
+
+    word = hw.buffers.word_bytes
+    mems = [
+        Memory(b.name.lower(), -(-hw.buffers.bytes(b.name.lower()) // word), 8 * word) for b in Buf
+    ]
+    lines = max(2, hw.buffers.bytes("instr") // word)  # InstrMem: beats, two per bank word
+    mems.append(Memory("instr", max(1, lines // 4), 16 * word, copies=2))
+    return mems
+
+
+def place_buffers(mems: list[Memory], uram_free: int, bram36_free: float) -> dict[str, Any]:
+    """Each memory in URAM or block RAM: the assignment whose larger utilization of the two
+    budgets left (``uram_free``, ``bram36_free``) is lowest; it may exceed them (the caller
+    compares). Per memory its kind and tiles, and the totals."""
+    best: tuple[float, tuple[str, ...]] | None = None
+    for kinds in itertools.product(("uram", "bram36"), repeat=len(mems)):
+        u = sum(m.uram for m, k in zip(mems, kinds, strict=True) if k == "uram")
+        b = sum(m.bram36 for m, k in zip(mems, kinds, strict=True) if k == "bram36")
+        peak = max(u / max(uram_free, 1e-9), b / max(bram36_free, 1e-9))
+        if best is None or peak < best[0]:
+            best = (peak, kinds)
+    assert best is not None
+    kinds = best[1]
+    per = {
+        m.name: {
+            "kind": k,
+            "tiles": getattr(m, k),
+            "shape": f"{m.copies} x {m.depth} x {m.width} b"
+            if m.copies > 1
+            else f"{m.depth} x {m.width} b",
+        }
+        for m, k in zip(mems, kinds, strict=True)
+    }
+    return {
+        "memories": per,
+        "uram": sum(v["tiles"] for v in per.values() if v["kind"] == "uram"),
+        "bram36": sum(v["tiles"] for v in per.values() if v["kind"] == "bram36"),
+    }
