@@ -116,6 +116,7 @@ class Fetch(wiring.Component):
             axi.arlen.eq(beats - 1),
             axi.arsize.eq(lg),
             axi.arburst.eq(AXI_INCR),
+            axi.aruser.eq(wb - 1),  # whole beats
             axi.arvalid.eq(ar_left != 0),
             axi.rready.eq(1),
             self.w_data.eq(axi.rdata),

@@ -12,20 +12,23 @@ in cycle ``t`` splits into per-channel pieces; piece p starts at ``max(t, free[c
 holds its channel for its occupancy; the burst's data is on chip ``hbm_latency_cycles`` after
 its latest piece ended (the model's completion), so a read burst's beats come one per cycle
 ending then (the first no earlier than ``t`` + latency), and a write burst's response is due
-then, and never before the cycle after its last data beat. The occupancies are a table computed from ``hbm_pieces`` for
-every beat-aligned start in one interleave period and every burst length (one definition).
+then, and never before the cycle after its last data beat. A burst is charged for the
+HBM atoms its bytes cover (its exact first byte is ``araddr``/``awaddr``, its last one and the
+hop flag come in AxUSER, :func:`hwflow.hw.machine.axi.user_bits`): the occupancies are a
+table computed from ``hbm_pieces`` for every atom start in one interleave period, every
+length up to a burst and both hop flags (one definition).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hwflow.config import HardwarePreset
-from hwflow.costs import hbm_latency_cycles, hbm_pieces
+from hwflow.costs import HBM_ATOM_BYTES, hbm_latency_cycles, hbm_pieces
 from hwflow.hw.machine.axi import AxiRead, AxiWrite
 from hwflow.hw.machine.params import MachineParams
 
@@ -36,18 +39,24 @@ SIM_HBM_BYTES = 1 << 22  #: the simulated HBM's size (the tiny models' images ar
 
 
 def occupancy_table(hw: HardwarePreset, mp: MachineParams, write: bool) -> list[list[int]]:
-    """Per (start beat in the interleave period) x (burst beats - 1): each channel's
-    occupancy in cycles (0: the burst does not touch it), from :func:`hbm_pieces`."""
-    wb = mp.beat_bytes
+    """Per (hop) x (first atom in the interleave period) x (atoms - 1): each channel's
+    occupancy in cycles (0: the burst does not touch it), from :func:`hbm_pieces` of the
+    burst's atom-aligned bytes (a burst of ``max_burst_bytes`` covers at most that many)."""
     period = mp.interleave_bytes * mp.channels
     rows = []
-    for pos in range(period // wb):
-        for beats in range(1, mp.max_burst_beats + 1):
-            occ = [0] * mp.channels
-            for p in hbm_pieces(hw, pos * wb, beats * wb, write=write):
-                occ[p.channel] = p.occupancy
-            rows.append(occ)
+    for hop in (False, True):
+        for pos in range(period // HBM_ATOM_BYTES):
+            for atoms in range(1, _max_atoms(mp) + 1):
+                occ = [0] * mp.channels
+                a = pos * HBM_ATOM_BYTES
+                for p in hbm_pieces(hw, a, atoms * HBM_ATOM_BYTES, hop=hop, write=write):
+                    occ[p.channel] = p.occupancy
+                rows.append(occ)
     return rows
+
+
+def _max_atoms(mp: MachineParams) -> int:
+    return mp.max_burst_beats * mp.beat_bytes // HBM_ATOM_BYTES
 
 
 class _Timing:
@@ -60,20 +69,25 @@ class _Timing:
         self.occ_bits = max(1, max(max(r) for r in table).bit_length())
         self.table = Array(
             Array(Const(v, self.occ_bits) for v in row) for row in table
-        )  # [pos * beats_max + beats - 1][channel]
+        )  # [(hop * positions + pos) * max_atoms + atoms - 1][channel]
         self.free = [Signal(STAMP_BITS, name=f"{name}_free{c}") for c in range(mp.channels)]
         self.m = m
         self.latency = hbm_latency_cycles(hw)
         self.write = write
 
-    def issue(self, addr: object, blen: object, stamp: object, fire: object) -> Signal:
-        """When ``fire``: charge the burst (``addr``, ``blen`` = beats - 1, arrived at
-        ``stamp``); returns its due cycle (read: first beat; write: response)."""
+    def issue(self, addr: object, blen: object, user: object, stamp: object,
+              fire: object) -> Signal:  # fmt: skip
+        """When ``fire``: charge the burst (``addr`` its first byte, ``blen`` = beats - 1,
+        ``user`` its AxUSER, :func:`hwflow.hw.machine.axi.user_bits`; arrived at ``stamp``);
+        returns its due cycle (read: first beat; write: response)."""
         mp, m = self.mp, self.m
         lg = (mp.beat_bytes - 1).bit_length()
-        per = mp.interleave_bytes * mp.channels // mp.beat_bytes
-        pos = (addr >> lg) & (per - 1)
-        row = self.table[pos * mp.max_burst_beats + blen]
+        al = (HBM_ATOM_BYTES - 1).bit_length()
+        per = mp.interleave_bytes * mp.channels // HBM_ATOM_BYTES
+        last = (addr & ~(mp.beat_bytes - 1)) + (blen << lg) + user[:lg]  # the last byte
+        more = (last >> al) - (addr >> al)  # atoms - 1
+        pos = (addr >> al) & (per - 1)
+        row = self.table[((user[lg] * per) + pos) * _max_atoms(mp) + more]
         due = Signal(STAMP_BITS + 1, name="due")
         last = stamp + self.latency  # when the last beat (read) / the response (write) is due
         for c in range(mp.channels):
@@ -141,19 +155,20 @@ class HbmModel(wiring.Component):
         """AR queue -> timing -> the beats of each burst, back to back once due."""
         mp = self.mp
         ab = mp.axi_addr_bits
-        ar_w = ab + 8 + STAMP_BITS
+        ub = len(axi.aruser)
+        ar_w = ab + 8 + ub + STAMP_BITS
         m.submodules[f"{name}_arq"] = arq = SyncFIFOBuffered(width=ar_w, depth=mp.outstanding)
         m.d.comb += [
-            arq.w_data.eq(axi.araddr | (axi.arlen << ab) | (now << (ab + 8))),
+            arq.w_data.eq(Cat(axi.araddr, axi.arlen, axi.aruser, now)),
             arq.w_en.eq(axi.arvalid),
             axi.arready.eq(arq.w_rdy),
         ]
         timing = _Timing(m, self.hw, mp, write=False, name=name)
         head_addr, head_len = arq.r_data[:ab], arq.r_data[ab : ab + 8]
-        head_stamp = arq.r_data[ab + 8 :]
+        head_user, head_stamp = arq.r_data[ab + 8 : ab + 8 + ub], arq.r_data[ab + 8 + ub :]
         m.submodules[f"{name}_due"] = dq = SyncFIFOBuffered(width=ab + 8 + STAMP_BITS + 1, depth=4)
         fire = arq.r_rdy & dq.w_rdy
-        due = timing.issue(head_addr, head_len, head_stamp, fire)
+        due = timing.issue(head_addr, head_len, head_user, head_stamp, fire)
         m.d.comb += [
             arq.r_en.eq(fire),
             dq.w_en.eq(fire),
@@ -187,24 +202,25 @@ class HbmModel(wiring.Component):
         """AW queue -> timing; W beats into the memory (strobed); responses when due."""
         mp, axi = self.mp, self.st
         ab = mp.axi_addr_bits
+        ub = len(axi.awuser)
         m.submodules.st_awq = awq = SyncFIFOBuffered(
-            width=ab + 8 + STAMP_BITS, depth=mp.outstanding
+            width=ab + 8 + ub + STAMP_BITS, depth=mp.outstanding
         )
         m.d.comb += [
-            awq.w_data.eq(axi.awaddr | (axi.awlen << ab) | (now << (ab + 8))),
+            awq.w_data.eq(Cat(axi.awaddr, axi.awlen, axi.awuser, now)),
             awq.w_en.eq(axi.awvalid),
             axi.awready.eq(awq.w_rdy),
         ]
         timing = _Timing(m, self.hw, mp, write=True, name="st")
         head_addr, head_len = awq.r_data[:ab], awq.r_data[ab : ab + 8]
-        head_stamp = awq.r_data[ab + 8 :]
+        head_user, head_stamp = awq.r_data[ab + 8 : ab + 8 + ub], awq.r_data[ab + 8 + ub :]
         m.submodules.st_bq = bq = SyncFIFOBuffered(width=STAMP_BITS + 1, depth=mp.outstanding)
         wr = mem.write_port(granularity=8)
         busy = Signal(name="st_busy")  # taking the W beats of the head burst
         cur = Signal(self.wbits, name="st_cur")
         due = Signal(STAMP_BITS + 1, name="st_due_r")
         take = awq.r_rdy & ~busy
-        charged = timing.issue(head_addr, head_len, head_stamp, take)
+        charged = timing.issue(head_addr, head_len, head_user, head_stamp, take)
         m.d.comb += awq.r_en.eq(take)
         with m.If(take):
             m.d.sync += [busy.eq(1), cur.eq(self._word(head_addr)), due.eq(charged)]

@@ -31,8 +31,9 @@ class Realign(wiring.Component):
     """Realigns one row at a time: ``load`` (while ``idle``) takes ``s_in``, ``s_out``, ``n``
     and ``base`` (the word index of the row's first output word); input words stream in on
     ``i_*``, output words with byte enables and their word index leave on ``o_*``
-    (``o_last``: the row's last output word). Valid/ready handshakes on both sides; the next
-    row may be loaded in the cycle the current one consumed its last input."""
+    (``o_last``: the row's last output word; ``o_end``: ``o_last`` of a row loaded with
+    ``end`` set, the end of a run). Valid/ready handshakes on both sides; the next row may be
+    loaded in the cycle the current one consumed its last input."""
 
     def __init__(self, wb: int, addr_bits: int) -> None:
         self.wb = wb
@@ -44,6 +45,7 @@ class Realign(wiring.Component):
                 "s_out": In(self.lg),
                 "n": In(LEN_BITS),
                 "base": In(addr_bits),
+                "end": In(1),
                 "idle": Out(1),
                 "i_data": In(8 * wb),
                 "i_valid": In(1),
@@ -51,6 +53,7 @@ class Realign(wiring.Component):
                 "o_data": Out(8 * wb),
                 "o_strb": Out(wb),
                 "o_last": Out(1),
+                "o_end": Out(1),
                 "o_addr": Out(addr_bits),
                 "o_valid": Out(1),
                 "o_ready": In(1),
@@ -70,6 +73,7 @@ class Realign(wiring.Component):
         end = Signal(cnt)  # s_out + n: bytes from it on are not the row's
         hold = Signal(8 * wb)
         base = Signal(len(self.base), name="row_base")
+        run_end = Signal()
         can_out = ~self.o_valid | self.o_ready
         finished = active & (k == n_in) & (j == n_out) & ~flush
         m.d.comb += self.idle.eq(~active | finished)
@@ -87,6 +91,7 @@ class Realign(wiring.Component):
                 self.o_strb.eq(strb),
                 self.o_valid.eq(1),
                 self.o_last.eq(j + 1 == n_out),
+                self.o_end.eq(run_end & (j + 1 == n_out)),
                 self.o_addr.eq(base + j),
                 j.eq(j + 1),
             ]
@@ -109,6 +114,7 @@ class Realign(wiring.Component):
                     lo.eq(s_out),
                     end.eq(s_out + self.n),
                     base.eq(self.base),
+                    run_end.eq(self.end),
                 ]
         with m.Elif(flush), m.If(can_out):
             emit(Const(0, 8 * wb))
