@@ -52,8 +52,11 @@ __all__ = [
     "GROUP_STAGES",
     "HBM_ATOM_BYTES",
     "LDST_ISSUE_CYCLES",
+    "LDST_REQUEST_STAGES",
+    "LD_DONE_STAGES",
     "OPERAND_STAGES",
     "REQUANT_STAGES",
+    "ST_DONE_STAGES",
     "UNIT_DRAIN_STAGES",
     "UNIT_FEED_STAGES",
     "HbmPiece",
@@ -70,6 +73,7 @@ __all__ = [
     "hbm_run_ns",
     "hbm_runs",
     "hbm_stream_gbps",
+    "ldst_done_stages",
     "matmul_cost",
     "matmul_unit_cost",
     "sfu_cost",
@@ -420,6 +424,22 @@ def sfu_op_cost(
 
 #: Cycles the LD/ST unit spends issuing one transfer's per-channel commands.
 LDST_ISSUE_CYCLES = 1
+#: Cycles from an LD/ST's start to its first request on the HBM port: the command register
+#: that drives the AXI address channel (hwflow.hw.machine.ldst).
+LDST_REQUEST_STAGES = 1
+#: Cycles from an LD's last beat at its HBM port (``hbm_latency_cycles`` after the channels
+#: streamed it) to its tokens being visible: the realigner's output register, whose word is
+#: written into the buffer in the next cycle with ``done`` (1), and the token counters (1).
+LD_DONE_STAGES = 2
+#: Cycles from an ST's last write response to its tokens being visible: the token counters.
+ST_DONE_STAGES = 1
+
+
+def ldst_done_stages(store: bool) -> int:
+    """:data:`ST_DONE_STAGES` for the store unit, :data:`LD_DONE_STAGES` for the load unit."""
+    return ST_DONE_STAGES if store else LD_DONE_STAGES
+
+
 #: The device moves whole 32-byte atoms: a pseudo-channel is 64 bits wide with burst length 4
 #: (JEDEC HBM2 pseudo-channel mode), one 256-bit AXI beat of the HBM controller (Xilinx PG276).
 HBM_ATOM_BYTES = 32

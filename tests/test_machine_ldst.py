@@ -34,6 +34,9 @@ def _run_ld(hbm: bytes, f: dict[str, int]) -> tuple[bytearray, int, list]:
         for k, v in _cmd(dut, buf=Buf.ACT, **f):
             ctx.set(k, v)
         ctx.set(dut.cmd.valid, 1)
+        if ctx.get(dut.done):  # an empty command is done as it is accepted
+            out["cycles"] = 0
+            return
         await ctx.tick()
         ctx.set(dut.cmd.valid, 0)
         beats: list = []
@@ -132,6 +135,8 @@ def _run_st(buf: bytes, f: dict[str, int], spans: list) -> bytearray:
         for k, v in _cmd(dut, buf=Buf.ACT, **f):
             ctx.set(k, v)
         ctx.set(dut.cmd.valid, 1)
+        if ctx.get(dut.done):  # an empty command is done as it is accepted
+            return
         await ctx.tick()
         ctx.set(dut.cmd.valid, 0)
         aws: list = []

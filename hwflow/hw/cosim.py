@@ -246,7 +246,7 @@ def run_cocotb(
 # The whole machine (hwflow.hw.machine): keyed before generation, since generating its
 # Verilog (the buffers' memories) takes far longer than a cached build's check.
 
-_MACHINE_SOURCES = ("hw/machine", "hw/engine.py", "hw/params.py", "hw/requant.py", "hw/dsp.py",
+_MACHINE_SOURCES = ("hw/machine", "hw/engine.py", "hw/params.py", "hw/requant.py", "hw/dsp.py", "costs.py",
                     "hw/widen.py", "hw/pack.py", "isa.py", "numerics.py")  # fmt: skip
 #: Host-side modules of hw/machine (runners, comparisons): not part of the Verilog.
 _HOST_ONLY = frozenset({"run.py", "cosim.py", "cycles.py", "units.py"})

@@ -10,8 +10,10 @@ was most of the time Amaranth spent on the machine's Verilog (``hwflow.hw.cosim`
 :func:`check_comb_cycles` is the same depth-first search with one shortcut: once one output
 bit of such a *whole-input* cell has been checked (all its input bits are then checked and
 none lies on a cycle), every other output bit of that cell is checked at once, since it has
-exactly the same inputs. Cells whose bits depend on single input bits (``~``, ``&``, ``|``,
-``^``, the multiplexer, assignment lists, priority matches) are walked as before. It raises
+exactly the same inputs; and a priority match (one per ``Switch``: bit b depends on inputs
+0..b) walks only the new input of a bit whose lower neighbour is checked. Cells whose bits
+depend on single input bits (``~``, ``&``, ``|``, ``^``, the multiplexer, assignment lists)
+are walked as before. It raises
 the same :class:`~amaranth.hdl._nir.CombinationalCycle` with the same path message.
 :func:`fast_comb_check` installs it while generating Verilog.
 """
@@ -34,6 +36,20 @@ def _whole_input(cell: Any) -> bool:
     if isinstance(cell, _nir.Operator):
         return cell.operator not in _BITWISE
     return isinstance(cell, _nir.Part | _nir.Matches | _nir.AsyncReadPort | _nir.FlipFlop)
+
+
+def _edges(cell: Any, net: Any, checked: set) -> Any:
+    """The combinational inputs of output ``net`` of ``cell`` still worth walking: a priority
+    match's bit b depends on its enable and input bits 0..b, so once bit b - 1 is checked
+    only the enable and input bit b are left (the rest are checked)."""
+    b = net.bit
+    if (
+        isinstance(cell, _nir.PriorityMatch)
+        and b
+        and _nir.Net.from_cell(net.cell, b - 1) in checked
+    ):
+        return ((cell.en, cell.src_loc), (cell.inputs[b], cell.src_loc))
+    return cell.comb_edges_to(b)
 
 
 def _cycle_message(path: list) -> str:
@@ -81,7 +97,7 @@ def check_comb_cycles(self: Any) -> None:
                 sig, bit = self.late_to_signal[net]
                 cycle.path.append((sig, bit, sig.src_loc))
         else:
-            for src, src_loc in self.cells[net.cell].comb_edges_to(net.bit):
+            for src, src_loc in _edges(self.cells[net.cell], net, checked):
                 cycle = traverse(src)
                 if cycle is not None:
                     cycle.path.append((self.cells[net.cell], net.bit, src_loc))

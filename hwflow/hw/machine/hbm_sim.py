@@ -21,7 +21,7 @@ length up to a burst and both hop flags (one definition).
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -66,10 +66,13 @@ class _Timing:
     def __init__(self, m: Module, hw: HardwarePreset, mp: MachineParams, write: bool, name: str):
         self.mp = mp
         table = occupancy_table(hw, mp, write)
-        self.occ_bits = max(1, max(max(r) for r in table).bit_length())
-        self.table = Array(
-            Array(Const(v, self.occ_bits) for v in row) for row in table
-        )  # [(hop * positions + pos) * max_atoms + atoms - 1][channel]
+        ob = self.occ_bits = max(1, max(max(r) for r in table).bit_length())
+        # a ROM [(hop * positions + pos) * max_atoms + atoms - 1], channel c at bits c * ob
+        packed = [sum(v << (c * ob) for c, v in enumerate(row)) for row in table]
+        m.submodules[f"{name}_occ"] = rom = Memory(
+            shape=unsigned(ob * mp.channels), depth=len(packed), init=packed
+        )
+        self.rom = rom.read_port(domain="comb")
         self.free = [Signal(STAMP_BITS, name=f"{name}_free{c}") for c in range(mp.channels)]
         self.m = m
         self.latency = hbm_latency_cycles(hw)
@@ -87,7 +90,8 @@ class _Timing:
         last = (addr & ~(mp.beat_bytes - 1)) + (blen << lg) + user[:lg]  # the last byte
         more = (last >> al) - (addr >> al)  # atoms - 1
         pos = (addr >> al) & (per - 1)
-        row = self.table[((user[lg] * per) + pos) * _max_atoms(mp) + more]
+        m.d.comb += self.rom.addr.eq(((user[lg] * per) + pos) * _max_atoms(mp) + more)
+        row = [self.rom.data.word_select(c, self.occ_bits) for c in range(mp.channels)]
         due = Signal(STAMP_BITS + 1, name="due")
         last = stamp + self.latency  # when the last beat (read) / the response (write) is due
         for c in range(mp.channels):

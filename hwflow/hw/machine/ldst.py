@@ -17,8 +17,10 @@ beat and word alignment, and byte enables (buffer write strobes, AXI ``wstrb``) 
 writes to the row's bytes. Inside a run, consecutive rows may share a beat: LD replays the
 shared beat to the next row, ST merges the rows' parts of a shared beat into one W beat.
 
-``done`` pulses once per command, in the cycle after its last buffer word was written (LD) or
-its last write response arrived (ST); one command runs at a time.
+``done`` pulses once per command, in the cycle its last buffer word is written (LD) or its last
+write response arrives (ST); an empty command (no rows or no bytes) is done in the cycle it is
+accepted. One command runs at a time; its first burst goes out in the cycle after it was
+accepted (the stages :data:`hwflow.costs.LDST_REQUEST_STAGES` and ``LD/ST_DONE_STAGES`` count).
 """
 
 from __future__ import annotations
@@ -66,24 +68,43 @@ class _Geometry:
         self.runs = Signal(17, name=f"{name}_runs")
         self.hop = Signal(name=f"{name}_hop")
 
-    def load(self, p: object) -> None:
+    def load(self, p: object) -> tuple[object, object, object]:
+        """Register the geometry of the accepted command ``p``; returns its (runs, bytes per
+        run) for the walkers, as values of ``p``."""
         merged = (p.rows <= 1) | (p.hbm_stride == p.row_bytes)
+        run = Mux(merged, p.rows * p.row_bytes, p.row_bytes)[: len(self.run)]
+        runs = Mux(merged, 1, p.rows)
         self.m.d.sync += [
             self.merged.eq(merged),
-            self.run.eq(Mux(merged, p.rows * p.row_bytes, p.row_bytes)),
-            self.runs.eq(Mux(merged, 1, p.rows)),
+            self.run.eq(run),
+            self.runs.eq(runs),
             self.hop.eq(~merged & (p.row_bytes < self.mp.interleave_bytes)),
         ]
+        return runs, run
 
 
 class _Issue:
     """The burst issuer of one command (:func:`_bursts`): the AxADDR/AxLEN/AxUSER values, valid,
-    and the busy / setup flags the caller sets to start it."""
+    and :meth:`begin` to start it on the command's first run."""
 
-    def __init__(self, addr: object, blen: object, user: object, valid: Signal,
-                 busy: Signal, setup: Signal) -> None:  # fmt: skip
+    def __init__(self, m: Module, wb: int, addr: object, blen: object, user: object,
+                 valid: Signal, state: tuple[Signal, ...]) -> None:  # fmt: skip
+        self.m, self.wb = m, wb
         self.addr, self.blen, self.user, self.valid = addr, blen, user, valid
-        self.busy, self.setup = busy, setup
+        self.busy, self.setup, self.first, self.cur, self.rend, self.end = state
+
+    def begin(self, addr: object, run: object) -> None:
+        """Start on a first run of ``run`` bytes at ``addr`` (from the accepted command, so
+        the first burst goes out in the next cycle)."""
+        wb = self.wb
+        self.m.d.sync += [
+            self.busy.eq(1),
+            self.setup.eq(0),
+            self.first.eq(1),
+            self.cur.eq(addr & ~(wb - 1)),
+            self.rend.eq((addr + run + (wb - 1)) & ~(wb - 1)),
+            self.end.eq(addr + run),
+        ]
 
 
 def _bursts(m: Module, mp: MachineParams, runs: _Rows, geo: _Geometry, stride: object,
@@ -128,7 +149,7 @@ def _bursts(m: Module, mp: MachineParams, runs: _Rows, geo: _Geometry, stride: o
                 m.d.sync += setup.eq(1)
     addr = Mux(first, runs.addr, cur)
     user = Cat(last[:lg], first & geo.hop)
-    return _Issue(addr, beats - 1, user, valid, busy, setup)
+    return _Issue(m, wb, addr, beats - 1, user, valid, (busy, setup, first, cur, rend, end))
 
 
 class LoadUnit(wiring.Component):
@@ -180,16 +201,17 @@ class LoadUnit(wiring.Component):
         m.d.sync += inflight.eq(inflight + fire - rlast)
         m.d.comb += self.cmd.ready.eq(~running)
         m.d.comb += self.busy.eq(running)
-        m.d.sync += self.done.eq(0)
-        with m.If(self.cmd.valid & self.cmd.ready):
+        accept = self.cmd.valid & self.cmd.ready
+        empty = (self.cmd.payload.rows == 0) | (self.cmd.payload.row_bytes == 0)
+        with m.If(accept):
             p = self.cmd.payload
-            m.d.sync += [c.eq(p), running.eq(1)]
-            with m.If((p.rows != 0) & (p.row_bytes != 0)):
-                geo.load(p)
-                ar.start(p.hbm, Mux((p.rows <= 1) | (p.hbm_stride == p.row_bytes), 1, p.rows))
+            m.d.sync += [c.eq(p), running.eq(~empty)]
+            with m.If(~empty):
+                runs, run = geo.load(p)
+                ar.start(p.hbm, runs)
+                iss.begin(p.hbm, run)
                 rx_a.start(p.hbm, p.rows)
                 m.d.sync += [rx_b.eq(p.off), rx_busy.eq(1), rx_next.eq(0)]
-                m.d.sync += [iss.busy.eq(1), iss.setup.eq(1)]
         # receiver: one row at a time through the realigner into the buffer
         with m.If(rx_busy & al.idle):
             with m.If(rx_a.left == 0):
@@ -218,9 +240,11 @@ class LoadUnit(wiring.Component):
             with m.If(replay):
                 m.d.sync += replay.eq(0)
         self._buffer_writes(m, c, al)
-        idle = ~rx_busy & al.idle & ~al.o_valid & ~iss.busy & (inflight == 0) & ~replay
-        with m.If(running & idle & ~(self.cmd.valid & self.cmd.ready)):
-            m.d.sync += [running.eq(0), self.done.eq(1)]
+        # done in the cycle of the last buffer write (or the cycle after an empty command)
+        idle = ~iss.busy & (inflight == 0) & ~replay & (rx_a.left == 0) & al.idle
+        m.d.comb += self.done.eq(running & idle & (~al.o_valid | al.o_ready) | accept & empty)
+        with m.If(self.done):
+            m.d.sync += running.eq(0)
         return m
 
     def _buffer_writes(self, m: Module, c: Signal, al: Realign) -> None:
@@ -274,20 +298,26 @@ class StoreUnit(wiring.Component):
         tx_busy, held = self._writer(m, c, al, fifo)
         # commands
         m.d.comb += [self.cmd.ready.eq(~running), self.busy.eq(running)]
-        m.d.sync += self.done.eq(0)
-        with m.If(self.cmd.valid & self.cmd.ready):
+        accept = self.cmd.valid & self.cmd.ready
+        empty = (self.cmd.payload.rows == 0) | (self.cmd.payload.row_bytes == 0)
+        with m.If(accept):
             p = self.cmd.payload
-            m.d.sync += [c.eq(p), running.eq(1)]
-            with m.If((p.rows != 0) & (p.row_bytes != 0)):
-                geo.load(p)
-                aw.start(p.hbm, Mux((p.rows <= 1) | (p.hbm_stride == p.row_bytes), 1, p.rows))
+            m.d.sync += [c.eq(p), running.eq(~empty)]
+            with m.If(~empty):
+                runs, run = geo.load(p)
+                aw.start(p.hbm, runs)
+                iss.begin(p.hbm, run)
                 self._tx.start(p.hbm, p.rows)
-                m.d.sync += [iss.busy.eq(1), iss.setup.eq(1), self._tx_b.eq(p.off), tx_busy.eq(1)]
+                m.d.sync += [self._tx_b.eq(p.off), tx_busy.eq(1)]
                 m.d.sync += [rd.busy.eq(1), rd.rows.eq(p.rows), rd.b.eq(p.off), rd.left.eq(0)]
+        # done in the cycle the last write response arrives (or after an empty command)
         idle = ~iss.busy & ~rd.busy & ~tx_busy & al.idle & ~al.o_valid & ~held
-        idle = idle & (pending == 0) & ~rd.inflight & ~fifo.r_rdy
-        with m.If(running & idle & ~(self.cmd.valid & self.cmd.ready)):
-            m.d.sync += [running.eq(0), self.done.eq(1)]
+        idle = idle & ~rd.inflight & ~fifo.r_rdy
+        bfire = self.axi.bvalid & self.axi.bready
+        last = (pending == 0) | ((pending == 1) & bfire)
+        m.d.comb += self.done.eq(running & idle & last | accept & empty)
+        with m.If(self.done):
+            m.d.sync += running.eq(0)
         return m
 
     def _addresses(self, m: Module, iss: _Issue, fire: object) -> Signal:
