@@ -67,11 +67,14 @@ class _Geometry:
         self.run = Signal(mp.axi_addr_bits, name=f"{name}_run")
         self.runs = Signal(17, name=f"{name}_runs")
         self.hop = Signal(name=f"{name}_hop")
+        self.n = Signal(LEN_BITS, name=f"{name}_n")  # bytes per row of the buffer-side walk
 
     def load(self, p: object) -> tuple[object, object, object]:
         """Register the geometry of the accepted command ``p``; returns its (runs, bytes per
-        run) for the walkers, as values of ``p``."""
+        run, rows of the buffer-side walk) as values of ``p``. Rows contiguous on both sides
+        are one row for the buffer side too (one realignment of the whole span)."""
         merged = (p.rows <= 1) | (p.hbm_stride == p.row_bytes)
+        flat = merged & ((p.rows <= 1) | (p.stride == p.row_bytes))
         run = Mux(merged, p.rows * p.row_bytes, p.row_bytes)[: len(self.run)]
         runs = Mux(merged, 1, p.rows)
         self.m.d.sync += [
@@ -79,8 +82,9 @@ class _Geometry:
             self.run.eq(run),
             self.runs.eq(runs),
             self.hop.eq(~merged & (p.row_bytes < self.mp.interleave_bytes)),
+            self.n.eq(Mux(flat, run, p.row_bytes)),
         ]
-        return runs, run
+        return runs, run, Mux(flat, 1, p.rows)
 
 
 class _Issue:
@@ -207,10 +211,10 @@ class LoadUnit(wiring.Component):
             p = self.cmd.payload
             m.d.sync += [c.eq(p), running.eq(~empty)]
             with m.If(~empty):
-                runs, run = geo.load(p)
+                runs, run, rows = geo.load(p)
                 ar.start(p.hbm, runs)
                 iss.begin(p.hbm, run)
-                rx_a.start(p.hbm, p.rows)
+                rx_a.start(p.hbm, rows)
                 m.d.sync += [rx_b.eq(p.off), rx_busy.eq(1), rx_next.eq(0)]
         # receiver: one row at a time through the realigner into the buffer
         with m.If(rx_busy & al.idle):
@@ -221,7 +225,7 @@ class LoadUnit(wiring.Component):
                     al.load.eq(1),
                     al.s_in.eq(rx_a.addr[:lg]),
                     al.s_out.eq(rx_b[:lg]),
-                    al.n.eq(c.row_bytes),
+                    al.n.eq(geo.n),
                     al.base.eq(rx_b >> lg),
                 ]
                 m.d.sync += [
@@ -304,12 +308,12 @@ class StoreUnit(wiring.Component):
             p = self.cmd.payload
             m.d.sync += [c.eq(p), running.eq(~empty)]
             with m.If(~empty):
-                runs, run = geo.load(p)
+                runs, run, rows = geo.load(p)
                 aw.start(p.hbm, runs)
                 iss.begin(p.hbm, run)
-                self._tx.start(p.hbm, p.rows)
+                self._tx.start(p.hbm, rows)
                 m.d.sync += [self._tx_b.eq(p.off), tx_busy.eq(1)]
-                m.d.sync += [rd.busy.eq(1), rd.rows.eq(p.rows), rd.b.eq(p.off), rd.left.eq(0)]
+                m.d.sync += [rd.busy.eq(1), rd.rows.eq(rows), rd.b.eq(p.off), rd.left.eq(0)]
         # done in the cycle the last write response arrives (or after an empty command)
         idle = ~iss.busy & ~rd.busy & ~tx_busy & al.idle & ~al.o_valid & ~held
         idle = idle & ~rd.inflight & ~fifo.r_rdy
@@ -362,7 +366,7 @@ class StoreUnit(wiring.Component):
                 with m.Else():
                     m.d.sync += [
                         rd.word.eq(rd.b >> lg),
-                        rd.left.eq((rd.b[:lg] + c.row_bytes + (wb - 1)) >> lg),
+                        rd.left.eq((rd.b[:lg] + self._geo.n + (wb - 1)) >> lg),
                         rd.b.eq(rd.b + c.stride),
                         rd.rows.eq(rd.rows - 1),
                     ]
@@ -396,7 +400,7 @@ class StoreUnit(wiring.Component):
                     al.load.eq(1),
                     al.s_in.eq(tx_b[:lg]),
                     al.s_out.eq(tx.addr[:lg]),
-                    al.n.eq(c.row_bytes),
+                    al.n.eq(self._geo.n),
                     al.base.eq(tx.addr >> lg),
                     al.end.eq(~self._geo.merged | (tx.left == 1)),  # the run's last row
                 ]
