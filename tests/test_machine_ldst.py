@@ -88,6 +88,24 @@ CASES = [
 ]
 
 
+def _random_cases(n: int) -> list[dict[str, int]]:
+    """Random geometries inside the benches' 8 KiB HBM: contiguous or strided on either side,
+    short and long rows, any alignment."""
+    rng = np.random.default_rng(11)
+    out = []
+    for _ in range(n):
+        rows, rb = int(rng.integers(1, 12)), int(rng.integers(1, 300))
+        hs = rb if rng.random() < 0.5 else rb + int(rng.integers(1, 200))
+        bs = rb if rng.random() < 0.5 else rb + int(rng.integers(1, 200))
+        hbm = int(rng.integers(0, 8192 - rows * hs - rb))
+        out.append(dict(hbm=hbm, hbm_stride=hs, off=int(rng.integers(0, 300)), stride=bs,
+                        row_bytes=rb, rows=rows))  # fmt: skip
+    return out
+
+
+CASES += _random_cases(8)
+
+
 @pytest.mark.parametrize("f", CASES)
 def test_load_unit_moves_rows_like_byte_slicing(f: dict[str, int]) -> None:
     """Every LD geometry (unaligned both sides, overlapping rows, multi-burst, empty) writes

@@ -69,9 +69,9 @@ class _Geometry:
         self.hop = Signal(name=f"{name}_hop")
         self.n = Signal(LEN_BITS, name=f"{name}_n")  # bytes per row of the buffer-side walk
 
-    def load(self, p: object) -> tuple[object, object, object]:
+    def load(self, p: object) -> tuple[object, object, object, object]:
         """Register the geometry of the accepted command ``p``; returns its (runs, bytes per
-        run, rows of the buffer-side walk) as values of ``p``. Rows contiguous on both sides
+        run, rows and bytes per row of the buffer-side walk) as values of ``p``. Rows contiguous on both sides
         are one row for the buffer side too (one realignment of the whole span)."""
         merged = (p.rows <= 1) | (p.hbm_stride == p.row_bytes)
         flat = merged & ((p.rows <= 1) | (p.stride == p.row_bytes))
@@ -84,7 +84,7 @@ class _Geometry:
             self.hop.eq(~merged & (p.row_bytes < self.mp.interleave_bytes)),
             self.n.eq(Mux(flat, run, p.row_bytes)),
         ]
-        return runs, run, Mux(flat, 1, p.rows)
+        return runs, run, Mux(flat, 1, p.rows), Mux(flat, run, p.row_bytes)[:LEN_BITS]
 
 
 class _Issue:
@@ -95,7 +95,7 @@ class _Issue:
                  valid: Signal, state: tuple[Signal, ...]) -> None:  # fmt: skip
         self.m, self.wb = m, wb
         self.addr, self.blen, self.user, self.valid = addr, blen, user, valid
-        self.busy, self.setup, self.first, self.cur, self.rend, self.end = state
+        self.busy, self.first, self.cur, self.rend, self.end = state
 
     def begin(self, addr: object, run: object) -> None:
         """Start on a first run of ``run`` bytes at ``addr`` (from the accepted command, so
@@ -103,7 +103,6 @@ class _Issue:
         wb = self.wb
         self.m.d.sync += [
             self.busy.eq(1),
-            self.setup.eq(0),
             self.first.eq(1),
             self.cur.eq(addr & ~(wb - 1)),
             self.rend.eq((addr + run + (wb - 1)) & ~(wb - 1)),
@@ -114,14 +113,13 @@ class _Issue:
 def _bursts(m: Module, mp: MachineParams, runs: _Rows, geo: _Geometry, stride: object,
             fire: object, name: str) -> _Issue:  # fmt: skip
     """The burst issuer of one command's runs (``runs`` walks them, ``geo.run`` bytes each,
-    ``stride`` apart). ``fire`` is the address channel's handshake. Starts when ``runs`` is
-    loaded with ``busy`` and ``setup`` set by the caller."""
+    ``stride`` apart), one burst per cycle. ``fire`` is the address channel's handshake.
+    Started by :meth:`_Issue.begin` with ``runs`` loaded."""
     wb = mp.beat_bytes
     lg = (wb - 1).bit_length()
     mb = mp.max_burst_beats * wb
     abits = len(runs.addr)
     busy = Signal(name=f"{name}_busy")
-    setup = Signal(name=f"{name}_setup")  # computing the current run's span
     first = Signal(name=f"{name}_first")  # the run's first burst
     cur = Signal(abits, name=f"{name}_cur")  # the burst's first beat
     rend = Signal(abits + 1, name=f"{name}_rend")  # the run's end, rounded up to a beat
@@ -133,27 +131,24 @@ def _bursts(m: Module, mp: MachineParams, runs: _Rows, geo: _Geometry, stride: o
     bend = cur + (beats << lg)
     last = Mux(bend > end, end, bend) - 1  # the burst's last byte
     valid = Signal(name=f"{name}_valid")
-    m.d.comb += valid.eq(busy & ~setup & (runs.left != 0))
+    m.d.comb += valid.eq(busy & (runs.left != 0))
     with m.If(busy):
         with m.If(runs.left == 0):
             m.d.sync += busy.eq(0)
-        with m.Elif(setup):
-            a = runs.addr
-            m.d.sync += [
-                cur.eq(a & ~(wb - 1)),
-                rend.eq((a + geo.run + (wb - 1)) & ~(wb - 1)),
-                end.eq(a + geo.run),
-                first.eq(1),
-                setup.eq(0),
-            ]
         with m.Elif(fire):
             m.d.sync += [cur.eq(bend), first.eq(0)]
-            with m.If(bend == rend):
+            with m.If(bend == rend):  # the run's last burst: the next run follows at once
+                a = runs.addr + stride
                 runs.next(stride)
-                m.d.sync += setup.eq(1)
+                m.d.sync += [
+                    cur.eq(a & ~(wb - 1)),
+                    rend.eq((a + geo.run + (wb - 1)) & ~(wb - 1)),
+                    end.eq(a + geo.run),
+                    first.eq(1),
+                ]
     addr = Mux(first, runs.addr, cur)
     user = Cat(last[:lg], first & geo.hop)
-    return _Issue(m, wb, addr, beats - 1, user, valid, (busy, setup, first, cur, rend, end))
+    return _Issue(m, wb, addr, beats - 1, user, valid, (busy, first, cur, rend, end))
 
 
 class LoadUnit(wiring.Component):
@@ -211,7 +206,7 @@ class LoadUnit(wiring.Component):
             p = self.cmd.payload
             m.d.sync += [c.eq(p), running.eq(~empty)]
             with m.If(~empty):
-                runs, run, rows = geo.load(p)
+                runs, run, rows, _n = geo.load(p)
                 ar.start(p.hbm, runs)
                 iss.begin(p.hbm, run)
                 rx_a.start(p.hbm, rows)
@@ -241,11 +236,11 @@ class LoadUnit(wiring.Component):
         ]
         with m.If(al.i_valid & al.i_ready):
             m.d.sync += beat.eq(al.i_data)
-            with m.If(replay):
+            with m.If(replay & ~al.load):  # (a load in this cycle sets the next row's)
                 m.d.sync += replay.eq(0)
         self._buffer_writes(m, c, al)
         # done in the cycle of the last buffer write (or the cycle after an empty command)
-        idle = ~iss.busy & (inflight == 0) & ~replay & (rx_a.left == 0) & al.idle
+        idle = ~iss.busy & (inflight == 0) & ~replay & (rx_a.left == 0) & al.empty
         m.d.comb += self.done.eq(running & idle & (~al.o_valid | al.o_ready) | accept & empty)
         with m.If(self.done):
             m.d.sync += running.eq(0)
@@ -308,14 +303,14 @@ class StoreUnit(wiring.Component):
             p = self.cmd.payload
             m.d.sync += [c.eq(p), running.eq(~empty)]
             with m.If(~empty):
-                runs, run, rows = geo.load(p)
+                runs, run, rows, n = geo.load(p)
                 aw.start(p.hbm, runs)
                 iss.begin(p.hbm, run)
                 self._tx.start(p.hbm, rows)
                 m.d.sync += [self._tx_b.eq(p.off), tx_busy.eq(1)]
-                m.d.sync += [rd.busy.eq(1), rd.rows.eq(rows), rd.b.eq(p.off), rd.left.eq(0)]
+                rd.begin(m, p.off, n, p.stride, rows)
         # done in the cycle the last write response arrives (or after an empty command)
-        idle = ~iss.busy & ~rd.busy & ~tx_busy & al.idle & ~al.o_valid & ~held
+        idle = ~iss.busy & ~rd.busy & ~tx_busy & al.empty & ~al.o_valid & ~held
         idle = idle & ~rd.inflight & ~fifo.r_rdy
         bfire = self.axi.bvalid & self.axi.bready
         last = (pending == 0) | ((pending == 1) & bfire)
@@ -344,8 +339,6 @@ class StoreUnit(wiring.Component):
     def _reader(self, m: Module, c: Signal, fifo: SyncFIFOBuffered) -> _StoreReader:
         """Buffer reader: the words covering each row, into the FIFO (credit: FIFO room)."""
         mp = self.mp
-        wb = mp.beat_bytes
-        lg = (wb - 1).bit_length()
         rd = _StoreReader(mp)
         m.d.sync += rd.inflight.eq(0)
         m.d.comb += [fifo.w_data.eq(0), fifo.w_en.eq(rd.inflight)]
@@ -359,25 +352,19 @@ class StoreUnit(wiring.Component):
             grant = grant | (port.grant & sel)
             with m.If(rd.inflight & sel):
                 m.d.comb += fifo.w_data.eq(port.data)
-        with m.If(rd.busy):
-            with m.If(rd.left == 0):
-                with m.If(rd.rows == 0):
-                    m.d.sync += rd.busy.eq(0)
-                with m.Else():
-                    m.d.sync += [
-                        rd.word.eq(rd.b >> lg),
-                        rd.left.eq((rd.b[:lg] + self._geo.n + (wb - 1)) >> lg),
-                        rd.b.eq(rd.b + c.stride),
-                        rd.rows.eq(rd.rows - 1),
-                    ]
-            with m.Elif(space):
-                m.d.comb += want.eq(1)
-                with m.If(grant):
-                    m.d.sync += [
-                        rd.inflight.eq(1),
-                        rd.word.eq(rd.word + 1),
-                        rd.left.eq(rd.left - 1),
-                    ]
+        with m.If(rd.busy & space):
+            m.d.comb += want.eq(1)
+            with m.If(grant):
+                m.d.sync += [
+                    rd.inflight.eq(1),
+                    rd.word.eq(rd.word + 1),
+                    rd.left.eq(rd.left - 1),
+                ]
+                with m.If(rd.left == 1):  # the row's last word: the next row follows at once
+                    with m.If(rd.rows == 0):
+                        m.d.sync += rd.busy.eq(0)
+                    with m.Else():
+                        rd.row(m, rd.b, self._geo.n, c.stride)
         return rd
 
     def _writer(
@@ -450,13 +437,36 @@ class StoreUnit(wiring.Component):
 
 
 class _StoreReader:
-    """The ST unit's buffer-reader state: rows left, the buffer byte of the next row, the
-    word to read, words of the row still to read, busy, a word in flight."""
+    """The ST unit's buffer-reader state: rows left after the current one, the buffer byte
+    of the next row, the word to read, words of the row still to read, busy, a word in
+    flight."""
 
     def __init__(self, mp: MachineParams) -> None:
+        self.lg = (mp.beat_bytes - 1).bit_length()
+        self.wb = mp.beat_bytes
         self.rows = Signal(17, name="rd_rows")
         self.b = Signal(LEN_BITS, name="rd_b")
         self.word = Signal(max(mp.addr_bits(b) for b in Buf) + 8, name="rd_word")
         self.left = Signal(LEN_BITS + 1, name="rd_left")
         self.busy = Signal(name="rd_busy")
         self.inflight = Signal(name="rd_inflight")
+
+    def row(self, m: Module, b: object, n: object, stride: object) -> None:
+        """Make the row of ``n`` bytes at buffer byte ``b`` the current one."""
+        m.d.sync += [
+            self.word.eq(b >> self.lg),
+            self.left.eq((b[: self.lg] + n + (self.wb - 1)) >> self.lg),
+            self.b.eq(b + stride),
+            self.rows.eq(self.rows - 1),
+        ]
+
+    def begin(self, m: Module, off: object, n: object, stride: object, rows: object) -> None:
+        """Start on a command's ``rows`` rows of ``n`` bytes from byte ``off``, ``stride``
+        apart (``rows`` >= 1)."""
+        m.d.sync += [
+            self.busy.eq(1),
+            self.word.eq(off >> self.lg),
+            self.left.eq((off[: self.lg] + n + (self.wb - 1)) >> self.lg),
+            self.b.eq(off + stride),
+            self.rows.eq(rows - 1),
+        ]

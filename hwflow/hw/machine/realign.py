@@ -32,8 +32,10 @@ class Realign(wiring.Component):
     and ``base`` (the word index of the row's first output word); input words stream in on
     ``i_*``, output words with byte enables and their word index leave on ``o_*``
     (``o_last``: the row's last output word; ``o_end``: ``o_last`` of a row loaded with
-    ``end`` set, the end of a run). Valid/ready handshakes on both sides; the next row may be
-    loaded in the cycle the current one consumed its last input."""
+    ``end`` set, the end of a run). Valid/ready handshakes on both sides. ``idle``: a row may
+    be loaded now (also in the cycle the current row takes its last input, when no flush
+    follows, so rows run back to back); ``empty``: no row in progress (its last output word
+    may still wait in ``o_*``)."""
 
     def __init__(self, wb: int, addr_bits: int) -> None:
         self.wb = wb
@@ -47,6 +49,7 @@ class Realign(wiring.Component):
                 "base": In(addr_bits),
                 "end": In(1),
                 "idle": Out(1),
+                "empty": Out(1),
                 "i_data": In(8 * wb),
                 "i_valid": In(1),
                 "i_ready": Out(1),
@@ -76,14 +79,13 @@ class Realign(wiring.Component):
         run_end = Signal()
         can_out = ~self.o_valid | self.o_ready
         finished = active & (k == n_in) & (j == n_out) & ~flush
-        m.d.comb += self.idle.eq(~active | finished)
 
         with m.If(self.o_valid & self.o_ready):
             m.d.sync += self.o_valid.eq(0)
 
-        def emit(cur: object) -> None:
-            """Register output word j from the window (cur, hold)."""
-            window = Cat(hold, cur)
+        def emit(low: object, high: object) -> None:
+            """Register output word j from the window (high, low)."""
+            window = Cat(low, high)
             at = j << lg  # byte of output word j, from the start of output word 0
             strb = Cat(*((at + t >= lo) & (at + t < end) for t in range(wb)))
             m.d.sync += [
@@ -96,35 +98,43 @@ class Realign(wiring.Component):
                 j.eq(j + 1),
             ]
 
-        with m.If(self.idle):
-            with m.If(finished):
-                m.d.sync += active.eq(0)
-            with m.If(self.load & (self.n != 0)):
-                s_in, s_out = self.s_in, self.s_out
-                m.d.sync += [
-                    active.eq(1),
-                    flush.eq(0),
-                    k.eq(0),
-                    j.eq(0),
-                    hold.eq(0),
-                    n_in.eq((s_in + self.n + (wb - 1)) >> lg),
-                    n_out.eq((s_out + self.n + (wb - 1)) >> lg),
-                    lead.eq(s_in >= s_out),
-                    shift.eq((s_in - s_out)[:lg]),
-                    lo.eq(s_out),
-                    end.eq(s_out + self.n),
-                    base.eq(self.base),
-                    run_end.eq(self.end),
-                ]
+        empty = ~active | finished
+        last_in = Signal()  # the row's last input is taken now and nothing is left after it
+        with m.If(empty), m.If(finished):
+            m.d.sync += active.eq(0)
         with m.Elif(flush), m.If(can_out):
-            emit(Const(0, 8 * wb))
+            emit(hold, Const(0, 8 * wb))
             m.d.sync += flush.eq(0)
         with m.Else():
             m.d.comb += self.i_ready.eq(can_out & (k < n_in))
             with m.If(self.i_valid & self.i_ready):
                 m.d.sync += [hold.eq(self.i_data), k.eq(k + 1)]
+                # a one-word row with lead: its output word is all in this input word
+                single = (n_in == 1) & lead
                 with m.If((k >= lead) & (j < n_out)):
-                    emit(self.i_data)
-                with m.If((k + 1 == n_in) & (n_out + lead > n_in)):
-                    m.d.sync += flush.eq(1)
+                    emit(hold, self.i_data)
+                with m.Elif(single):
+                    emit(self.i_data, Const(0, 8 * wb))
+                more = (n_out + lead > n_in) & ~single  # a flush cycle after the last input
+                with m.If(k + 1 == n_in):
+                    m.d.sync += flush.eq(more)
+                    m.d.comb += last_in.eq(~more)
+        m.d.comb += [self.empty.eq(empty), self.idle.eq(empty | last_in)]
+        with m.If(self.load & (self.n != 0) & self.idle):
+            s_in, s_out = self.s_in, self.s_out
+            m.d.sync += [
+                active.eq(1),
+                flush.eq(0),
+                k.eq(0),
+                j.eq(0),
+                hold.eq(0),
+                n_in.eq((s_in + self.n + (wb - 1)) >> lg),
+                n_out.eq((s_out + self.n + (wb - 1)) >> lg),
+                lead.eq(s_in >= s_out),
+                shift.eq((s_in - s_out)[:lg]),
+                lo.eq(s_out),
+                end.eq(s_out + self.n),
+                base.eq(self.base),
+                run_end.eq(self.end),
+            ]
         return m
