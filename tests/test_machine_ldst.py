@@ -113,6 +113,8 @@ def test_load_unit_moves_rows_like_byte_slicing(f: dict[str, int]) -> None:
     hbm = np.random.default_rng(3).integers(0, 256, 8192, dtype=np.uint8).tobytes()
     got, cycles, ars = _run_ld(hbm, f)
     assert [_span(*ar) for ar in ars] == _want_spans(f)
+    lg = (WB - 1).bit_length()
+    assert [u >> (lg + 1) for _a, _n, u in ars] == [1, *[0] * (len(ars) - 1)][: len(ars)]
     want = bytearray(len(got))
     for i in range(f["rows"]):
         a, b = f["hbm"] + i * f["hbm_stride"], f["off"] + i * f["stride"]

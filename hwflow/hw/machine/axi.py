@@ -23,9 +23,11 @@ AXI_INCR = 1  #: AxBURST encoding of an incrementing burst (IHI0022, A3.4.1)
 
 def user_bits(data_bits: int) -> int:
     """Width of AxUSER: the offset of the burst's last byte in its last beat (log2 of the beat
-    bytes, the low bits) and the hop flag (the top bit): the burst starts a run of a
-    strided transfer whose rows are shorter than an interleave granule (a new DRAM row)."""
-    return (data_bits // 8 - 1).bit_length() + 1
+    bytes, the low bits), then the hop flag (the burst starts a run of a strided transfer
+    whose rows are shorter than an interleave granule: a new DRAM row), then the start flag
+    (the first burst of a transfer: the port stands for one port per channel, and the
+    simulated HBM charges every burst of a transfer from its first one's arrival)."""
+    return (data_bits // 8 - 1).bit_length() + 2
 
 
 class AxiRead(wiring.Signature):

@@ -14,7 +14,9 @@ its latest piece ended (the model's completion), so a read burst's beats come on
 ending then (the first no earlier than ``t`` + latency), and a write burst's response is due
 then, and never before the cycle after its last data beat. A burst is charged for the
 HBM atoms its bytes cover (its exact first byte is ``araddr``/``awaddr``, its last one and the
-hop flag come in AxUSER, :func:`hwflow.hw.machine.axi.user_bits`): the occupancies are a
+hop flag come in AxUSER, :func:`hwflow.hw.machine.axi.user_bits`); every burst of a transfer
+is charged from its first burst's arrival (the one port stands for one per channel: the cycle
+model hands a transfer's pieces to all its channels at once). The occupancies are a
 table computed from ``hbm_pieces`` for every atom start in one interleave period, every
 length up to a burst and both hop flags (one definition).
 """
@@ -77,6 +79,7 @@ class _Timing:
         self.m = m
         self.latency = hbm_latency_cycles(hw)
         self.write = write
+        self.t0 = Signal(STAMP_BITS, name=f"{name}_t0")  # arrival of the transfer's first burst
 
     def issue(self, addr: object, blen: object, user: object, stamp: object,
               fire: object) -> Signal:  # fmt: skip
@@ -93,10 +96,14 @@ class _Timing:
         m.d.comb += self.rom.addr.eq(((user[lg] * per) + pos) * _max_atoms(mp) + more)
         row = [self.rom.data.word_select(c, self.occ_bits) for c in range(mp.channels)]
         due = Signal(STAMP_BITS + 1, name="due")
-        last = stamp + self.latency  # when the last beat (read) / the response (write) is due
+        first = user[lg + 1]  # the transfer's first burst: charge the rest from its arrival
+        t0 = Mux(first, stamp, self.t0)
+        with m.If(fire & first):
+            m.d.sync += self.t0.eq(stamp)
+        last = t0 + self.latency  # when the last beat (read) / the response (write) is due
         for c in range(mp.channels):
             occ = row[c]
-            start = Mux(self.free[c] > stamp, self.free[c], stamp)
+            start = Mux(self.free[c] > t0, self.free[c], t0)
             end = start + occ
             t = end + self.latency
             last = Mux((occ != 0) & (t > last), t, last)
@@ -105,9 +112,9 @@ class _Timing:
         if self.write:
             m.d.comb += due.eq(last)
         else:  # the first beat: the burst's beats follow it one per cycle
-            first = last - blen
+            beat0 = last - blen
             floor = stamp + self.latency
-            m.d.comb += due.eq(Mux(first > floor, first, floor))
+            m.d.comb += due.eq(Mux(beat0 > floor, beat0, floor))
         return due
 
 

@@ -95,7 +95,7 @@ class _Issue:
                  valid: Signal, state: tuple[Signal, ...]) -> None:  # fmt: skip
         self.m, self.wb = m, wb
         self.addr, self.blen, self.user, self.valid = addr, blen, user, valid
-        self.busy, self.first, self.cur, self.rend, self.end = state
+        self.busy, self.first, self.cur, self.rend, self.end, self.start = state
 
     def begin(self, addr: object, run: object) -> None:
         """Start on a first run of ``run`` bytes at ``addr`` (from the accepted command, so
@@ -104,6 +104,7 @@ class _Issue:
         self.m.d.sync += [
             self.busy.eq(1),
             self.first.eq(1),
+            self.start.eq(1),
             self.cur.eq(addr & ~(wb - 1)),
             self.rend.eq((addr + run + (wb - 1)) & ~(wb - 1)),
             self.end.eq(addr + run),
@@ -147,8 +148,11 @@ def _bursts(m: Module, mp: MachineParams, runs: _Rows, geo: _Geometry, stride: o
                     first.eq(1),
                 ]
     addr = Mux(first, runs.addr, cur)
-    user = Cat(last[:lg], first & geo.hop)
-    return _Issue(m, wb, addr, beats - 1, user, valid, (busy, first, cur, rend, end))
+    start = Signal(name=f"{name}_start")  # the command's first burst
+    with m.If(fire):
+        m.d.sync += start.eq(0)
+    user = Cat(last[:lg], first & geo.hop, start)
+    return _Issue(m, wb, addr, beats - 1, user, valid, (busy, first, cur, rend, end, start))
 
 
 class LoadUnit(wiring.Component):
