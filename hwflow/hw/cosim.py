@@ -98,9 +98,13 @@ def build_verilog(
     ensure_verilator_on_path()
     facts = {"gen_s": gen_s, "lines": text.count("\n")}
     args = list(_BUILD_ARGS)
+    config = ""
     if hierarchical:
         args += ["--hierarchical"]
-    key = hashlib.sha256((text + "\n".join(args)).encode()).hexdigest()[:16]
+    else:  # the benches read only the top module's ports (see _MACHINE_ARGS)
+        args = list(_MACHINE_ARGS)
+        config = _TOP_PUBLIC.format(top=name)
+    key = hashlib.sha256((text + "\n".join(args) + config).encode()).hexdigest()[:16]
     bdir = BUILD_ROOT / f"{name}-{key}"
     BUILD_ROOT.mkdir(parents=True, exist_ok=True)
     # one build per folder at a time, even across processes (xdist groups should already
@@ -108,7 +112,7 @@ def build_verilog(
     with open(BUILD_ROOT / f"{name}-{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            return _build_locked(name, text, bdir, facts, args, hierarchical)
+            return _build_locked(name, text, bdir, facts, args, hierarchical, config=config)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
