@@ -24,7 +24,7 @@ Semantics (the contract the tests pin with exact timelines)
   :data:`~hwflow.costs.LDST_ISSUE_CYCLES`, where they arrive
   :data:`~hwflow.costs.LDST_REQUEST_STAGES` after the start; the op completes one HBM latency
   after its last piece streamed plus :func:`~hwflow.costs.ldst_done_stages` (an empty one
-  the cycle after its start). The unit counts as busy while any of its transfers streams.
+  ``LDST_REQUEST_STAGES + 1`` after its start). The unit counts as busy while any of its transfers streams.
 * Busy cycles of a unit: the sum of its ops' issue occupancy (LD/ST: the union of the times
   its transfers stream). Stall cycles: time a unit with a next op spent waiting for its
   instruction, tokens or (LD/ST, while none of its transfers streams) HBM. Idle: the rest.
@@ -495,8 +495,8 @@ class _SegmentRun:
             if op.hbm:  # requested one register stage after the start (costs.LDST_*)
                 tr = self.hbm.issue(start + LDST_REQUEST_STAGES, op.hbm)
                 done = tr.done + ldst_done_stages(u == Unit.ST)
-            else:  # an empty transfer is done as it is issued
-                tr, done = Transfer(start, start, start), start + 1
+            else:  # an empty transfer: the command register, then done
+                tr, done = Transfer(start, start, start), start + LDST_REQUEST_STAGES + 1
             # waiting while earlier transfers still stream is not a stall
             waited = start - (cover[u] if cover[u] > t else t)
             self.stall[u] += waited if waited > 0 else 0

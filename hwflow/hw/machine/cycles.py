@@ -6,7 +6,7 @@ plus one (the results are there after the ``done`` cycle, the model's completion
 op's issue span; an op's *time* there is start to completion: LD/ST the request stage, the
 streaming span, the first-beat latency and the done stages (``costs.LDST_REQUEST_STAGES``,
 ``hbm_latency_cycles``, ``ldst_done_stages``: how :mod:`hwflow.perf.machine` completes a
-transfer; an empty one takes one cycle), every other op its priced ``latency``. Both sides
+transfer; an empty one ``LDST_REQUEST_STAGES + 1``), every other op its priced ``latency``. Both sides
 run each unit in order, so the n-th instruction of a unit on one side is the n-th on the
 other. :func:`class_table` averages per instruction class (LD, ST, MM, MV, SFU, SYNC).
 """
@@ -58,8 +58,8 @@ def model_times(
             cls = "SYNC" if op.name.startswith("SYNC") else u.name
             if op.hbm:  # request, streaming span, latency, done (hwflow.perf.machine)
                 t = LDST_REQUEST_STAGES + (b - a) + lat + ldst_done_stages(u == Unit.ST)
-            elif op.hbm is not None:  # an empty transfer: done as it is issued
-                t = 1
+            elif op.hbm is not None:  # an empty transfer: the command register, then done
+                t = LDST_REQUEST_STAGES + 1
             else:
                 t = op.latency
             per_unit[u].append((cls, t))

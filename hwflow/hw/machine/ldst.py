@@ -18,8 +18,9 @@ writes to the row's bytes. Inside a run, consecutive rows may share a beat: LD r
 shared beat to the next row, ST merges the rows' parts of a shared beat into one W beat.
 
 ``done`` pulses once per command, in the cycle its last buffer word is written (LD) or its last
-write response arrives (ST); an empty command (no rows or no bytes) is done in the cycle it is
-accepted. One command runs at a time; its first burst goes out in the cycle after it was
+write response arrives (ST), an empty command (no rows or no bytes) in the cycle after it was
+accepted (never in the accepting cycle: the front end's release FIFO takes the command's mask
+then). One command runs at a time; its first burst goes out in the cycle after it was
 accepted (the stages :data:`hwflow.costs.LDST_REQUEST_STAGES` and ``LD/ST_DONE_STAGES`` count).
 """
 
@@ -208,7 +209,7 @@ class LoadUnit(wiring.Component):
         empty = (self.cmd.payload.rows == 0) | (self.cmd.payload.row_bytes == 0)
         with m.If(accept):
             p = self.cmd.payload
-            m.d.sync += [c.eq(p), running.eq(~empty)]
+            m.d.sync += [c.eq(p), running.eq(1)]
             with m.If(~empty):
                 runs, run, rows, _n = geo.load(p)
                 ar.start(p.hbm, runs)
@@ -245,7 +246,7 @@ class LoadUnit(wiring.Component):
         self._buffer_writes(m, c, al)
         # done in the cycle of the last buffer write (or the cycle after an empty command)
         idle = ~iss.busy & (inflight == 0) & ~replay & (rx_a.left == 0) & al.empty
-        m.d.comb += self.done.eq(running & idle & (~al.o_valid | al.o_ready) | accept & empty)
+        m.d.comb += self.done.eq(running & idle & (~al.o_valid | al.o_ready))
         with m.If(self.done):
             m.d.sync += running.eq(0)
         return m
@@ -305,7 +306,7 @@ class StoreUnit(wiring.Component):
         empty = (self.cmd.payload.rows == 0) | (self.cmd.payload.row_bytes == 0)
         with m.If(accept):
             p = self.cmd.payload
-            m.d.sync += [c.eq(p), running.eq(~empty)]
+            m.d.sync += [c.eq(p), running.eq(1)]
             with m.If(~empty):
                 runs, run, rows, n = geo.load(p)
                 aw.start(p.hbm, runs)
@@ -318,7 +319,7 @@ class StoreUnit(wiring.Component):
         idle = idle & ~rd.inflight & ~fifo.r_rdy
         bfire = self.axi.bvalid & self.axi.bready
         last = (pending == 0) | ((pending == 1) & bfire)
-        m.d.comb += self.done.eq(running & idle & last | accept & empty)
+        m.d.comb += self.done.eq(running & idle & last)
         with m.If(self.done):
             m.d.sync += running.eq(0)
         return m
