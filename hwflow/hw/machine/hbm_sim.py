@@ -6,8 +6,9 @@ Keeping the memory and its timing in the design lets Verilator run whole steps w
 cocotb side waking every cycle (the bench only loads the image, starts a step, waits for
 ``done`` and reads the image back through the host port).
 
-Timing, per port, in address order (what :func:`hwflow.costs.hbm_pieces` charges, the same
-rule the cycle model's channels follow, :class:`hwflow.perf.hbm.HbmChannels`): a burst arriving
+Timing, in arrival order over the LD and ST ports, whose channels are shared (fetch, before a
+step, has its own), what :func:`hwflow.costs.hbm_pieces` charges, the same rule the cycle
+model's channels follow, :class:`hwflow.perf.hbm.HbmChannels`: a burst arriving
 in cycle ``t`` splits into per-channel pieces; piece p starts at ``max(t, free[channel])`` and
 holds its channel for its occupancy; the burst's data is on chip ``hbm_latency_cycles`` after
 its latest piece ended (the model's completion), so a read burst's beats come one per cycle
@@ -62,11 +63,14 @@ def _max_atoms(mp: MachineParams) -> int:
 
 
 class _Timing:
-    """The channel table of one port: ``issue`` computes a burst's start times and updates
-    the channels (combinational results, registered by the caller)."""
+    """The channel table of one port: ``issue`` computes a burst's start times from ``base``
+    (each channel's next free cycle as this port sees it) and leaves the channels' next free
+    cycles after it in ``after`` (combinational; the caller chains ports and registers)."""
 
-    def __init__(self, m: Module, hw: HardwarePreset, mp: MachineParams, write: bool, name: str):
-        self.mp = mp
+    def __init__(self, m: Module, hw: HardwarePreset, mp: MachineParams, write: bool, name: str,
+                 base: list) -> None:  # fmt: skip
+        self.mp, self.base = mp, base
+        self.after = [Signal(STAMP_BITS, name=f"{name}_after{c}") for c in range(mp.channels)]
         table = occupancy_table(hw, mp, write)
         ob = self.occ_bits = max(1, max(max(r) for r in table).bit_length())
         # a ROM [(hop * positions + pos) * max_atoms + atoms - 1], channel c at bits c * ob
@@ -75,7 +79,6 @@ class _Timing:
             shape=unsigned(ob * mp.channels), depth=len(packed), init=packed
         )
         self.rom = rom.read_port(domain="comb")
-        self.free = [Signal(STAMP_BITS, name=f"{name}_free{c}") for c in range(mp.channels)]
         self.m = m
         self.latency = hbm_latency_cycles(hw)
         self.write = write
@@ -103,12 +106,12 @@ class _Timing:
         last = t0 + self.latency  # when the last beat (read) / the response (write) is due
         for c in range(mp.channels):
             occ = row[c]
-            start = Mux(self.free[c] > t0, self.free[c], t0)
+            free = self.base[c]
+            start = Mux(free > t0, free, t0)
             end = start + occ
             t = end + self.latency
             last = Mux((occ != 0) & (t > last), t, last)
-            with m.If(fire & (occ != 0)):
-                m.d.sync += self.free[c].eq(end)
+            m.d.comb += self.after[c].eq(Mux(fire & (occ != 0), end, free))
         if self.write:
             m.d.comb += due.eq(last)
         else:  # the first beat: the burst's beats follow it one per cycle
@@ -154,16 +157,25 @@ class HbmModel(wiring.Component):
             host_w.data.eq(self.host_wdata),
             host_w.en.eq(self.host_we.replicate(mp.beat_bytes)),
         ]
-        for name in ("ifetch", "ld"):
-            self._reader(m, mem, getattr(self, name), now, name)
-        self._writer(m, mem, now)
+        # fetch has channels of its own (it runs before a step); LD and ST share theirs, an LD
+        # burst charged before an ST burst arriving in the same cycle
+        chans = range(mp.channels)
+        free_f = [Signal(STAMP_BITS, name=f"ifetch_free{c}") for c in chans]
+        free = [Signal(STAMP_BITS, name=f"free{c}") for c in chans]
+        tf = self._reader(m, mem, self.ifetch, now, "ifetch", free_f)
+        tl = self._reader(m, mem, self.ld, now, "ld", free)
+        ts = self._writer(m, mem, now, tl.after)
+        m.d.sync += [free_f[c].eq(tf.after[c]) for c in chans]
+        m.d.sync += [free[c].eq(ts.after[c]) for c in chans]
         return m
 
     def _word(self, addr: object) -> object:
         return (addr >> (self.mp.beat_bytes - 1).bit_length())[: self.wbits]
 
-    def _reader(self, m: Module, mem: Memory, axi: object, now: Signal, name: str) -> None:
-        """AR queue -> timing -> the beats of each burst, back to back once due."""
+    def _reader(self, m: Module, mem: Memory, axi: object, now: Signal, name: str,
+                base: list) -> _Timing:  # fmt: skip
+        """AR queue -> timing -> the beats of each burst, back to back once due; returns the
+        port's timing (channels seen as ``base``)."""
         mp = self.mp
         ab = mp.axi_addr_bits
         ub = len(axi.aruser)
@@ -174,7 +186,7 @@ class HbmModel(wiring.Component):
             arq.w_en.eq(axi.arvalid),
             axi.arready.eq(arq.w_rdy),
         ]
-        timing = _Timing(m, self.hw, mp, write=False, name=name)
+        timing = _Timing(m, self.hw, mp, write=False, name=name, base=base)
         head_addr, head_len = arq.r_data[:ab], arq.r_data[ab : ab + 8]
         head_user, head_stamp = arq.r_data[ab + 8 : ab + 8 + ub], arq.r_data[ab + 8 + ub :]
         m.submodules[f"{name}_due"] = dq = SyncFIFOBuffered(width=ab + 8 + STAMP_BITS + 1, depth=4)
@@ -208,9 +220,11 @@ class HbmModel(wiring.Component):
             m.d.sync += active.eq(can_load)
             with m.If(can_load):
                 m.d.sync += [cur.eq(self._word(q_addr)), left.eq(q_len)]
+        return timing
 
-    def _writer(self, m: Module, mem: Memory, now: Signal) -> None:
-        """AW queue -> timing; W beats into the memory (strobed); responses when due."""
+    def _writer(self, m: Module, mem: Memory, now: Signal, base: list) -> _Timing:
+        """AW queue -> timing; W beats into the memory (strobed); responses when due; returns
+        the port's timing (channels seen as ``base``)."""
         mp, axi = self.mp, self.st
         ab = mp.axi_addr_bits
         ub = len(axi.awuser)
@@ -222,7 +236,7 @@ class HbmModel(wiring.Component):
             awq.w_en.eq(axi.awvalid),
             axi.awready.eq(awq.w_rdy),
         ]
-        timing = _Timing(m, self.hw, mp, write=True, name="st")
+        timing = _Timing(m, self.hw, mp, write=True, name="st", base=base)
         head_addr, head_len = awq.r_data[:ab], awq.r_data[ab : ab + 8]
         head_user, head_stamp = awq.r_data[ab + 8 : ab + 8 + ub], awq.r_data[ab + 8 + ub :]
         m.submodules.st_bq = bq = SyncFIFOBuffered(width=STAMP_BITS + 1, depth=mp.outstanding)
@@ -257,6 +271,7 @@ class HbmModel(wiring.Component):
             axi.bresp.eq(0),
             bq.r_en.eq(axi.bvalid & axi.bready),
         ]
+        return timing
 
 
 class SimTop(wiring.Component):

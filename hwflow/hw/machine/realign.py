@@ -77,6 +77,7 @@ class Realign(wiring.Component):
         hold = Signal(8 * wb)
         base = Signal(len(self.base), name="row_base")
         run_end = Signal()
+        same = Signal()  # s_in == s_out: output word j is input word j
         can_out = ~self.o_valid | self.o_ready
         finished = active & (k == n_in) & (j == n_out) & ~flush
 
@@ -109,12 +110,13 @@ class Realign(wiring.Component):
             m.d.comb += self.i_ready.eq(can_out & (k < n_in))
             with m.If(self.i_valid & self.i_ready):
                 m.d.sync += [hold.eq(self.i_data), k.eq(k + 1)]
-                # a one-word row with lead: its output word is all in this input word
-                single = (n_in == 1) & lead
-                with m.If((k >= lead) & (j < n_out)):
-                    emit(hold, self.i_data)
-                with m.Elif(single):
+                # input and output words aligned alike, or a one-word row with lead: the
+                # output word is all in this input word
+                single = (n_in == 1) & lead | same
+                with m.If(same | (n_in == 1) & lead):
                     emit(self.i_data, Const(0, 8 * wb))
+                with m.Elif((k >= lead) & (j < n_out)):
+                    emit(hold, self.i_data)
                 more = (n_out + lead > n_in) & ~single  # a flush cycle after the last input
                 with m.If(k + 1 == n_in):
                     m.d.sync += flush.eq(more)
@@ -136,5 +138,6 @@ class Realign(wiring.Component):
                 end.eq(s_out + self.n),
                 base.eq(self.base),
                 run_end.eq(self.end),
+                same.eq(s_in == s_out),
             ]
         return m
