@@ -52,8 +52,11 @@ __all__ = [
     "GROUP_STAGES",
     "HBM_ATOM_BYTES",
     "LDST_ISSUE_CYCLES",
+    "LDST_REQUEST_STAGES",
+    "LD_DONE_STAGES",
     "OPERAND_STAGES",
     "REQUANT_STAGES",
+    "ST_DONE_STAGES",
     "UNIT_DRAIN_STAGES",
     "UNIT_FEED_STAGES",
     "HbmPiece",
@@ -68,7 +71,9 @@ __all__ = [
     "hbm_pieces",
     "hbm_refresh_share",
     "hbm_run_ns",
+    "hbm_runs",
     "hbm_stream_gbps",
+    "ldst_done_stages",
     "matmul_cost",
     "matmul_unit_cost",
     "sfu_cost",
@@ -419,6 +424,22 @@ def sfu_op_cost(
 
 #: Cycles the LD/ST unit spends issuing one transfer's per-channel commands.
 LDST_ISSUE_CYCLES = 1
+#: Cycles from an LD/ST's start to its first request on the HBM port: the command register
+#: that drives the AXI address channel (hwflow.hw.machine.ldst).
+LDST_REQUEST_STAGES = 1
+#: Cycles from an LD's last beat at its HBM port (``hbm_latency_cycles`` after the channels
+#: streamed it) to its tokens being visible: the realigner's output register, whose word is
+#: written into the buffer in the next cycle with ``done`` (1), and the token counters (1).
+LD_DONE_STAGES = 2
+#: Cycles from an ST's last write response to its tokens being visible: the token counters.
+ST_DONE_STAGES = 1
+
+
+def ldst_done_stages(store: bool) -> int:
+    """:data:`ST_DONE_STAGES` for the store unit, :data:`LD_DONE_STAGES` for the load unit."""
+    return ST_DONE_STAGES if store else LD_DONE_STAGES
+
+
 #: The device moves whole 32-byte atoms: a pseudo-channel is 64 bits wide with burst length 4
 #: (JEDEC HBM2 pseudo-channel mode), one 256-bit AXI beat of the HBM controller (Xilinx PG276).
 HBM_ATOM_BYTES = 32
@@ -490,11 +511,30 @@ def _cycles(hw: HardwarePreset, ns: float) -> int:
     return max(ceil(ns * hw.clock_mhz / 1000 - 1e-9), 1)
 
 
+def _split(addr: int, nbytes: int, g: int, nch: int) -> dict[int, int]:
+    """Bytes of ``[addr, addr + nbytes)`` per channel (granules of ``g``, ``nch`` channels)."""
+    first, last = addr // g, (addr + nbytes - 1) // g
+    per: dict[int, int] = {}
+    if first == last:
+        per[first % nch] = nbytes
+        return per
+    per[first % nch] = (first + 1) * g - addr
+    per[last % nch] = per.get(last % nch, 0) + addr + nbytes - last * g
+    n_whole = last - first - 1
+    rounds, rest = divmod(n_whole, nch)
+    for i in range(min(nch, n_whole)):
+        ch = (first + 1 + i) % nch
+        per[ch] = per.get(ch, 0) + (rounds + (1 if i < rest else 0)) * g
+    return per
+
+
 def hbm_pieces(
     hw: HardwarePreset, addr: int, nbytes: int, *, hop: bool = False, write: bool = False
 ) -> list[HbmPiece]:
     """Split the contiguous transfer of ``nbytes`` at HBM byte ``addr`` into per-channel pieces.
 
+    A channel moves whole :data:`HBM_ATOM_BYTES` atoms: a piece's occupancy is that of the
+    atoms its bytes cover (``nbytes`` stays the bytes asked for).
     ``hop``: the bytes are one short row of a strided transfer (a run that opens a new row).
     ``write``: a store (pays the read/write turnaround)."""
     if addr < 0 or nbytes < 0:
@@ -506,30 +546,37 @@ def hbm_pieces(
         )
     if nbytes == 0:
         return []
-    g, nch = hw.hbm.interleave_bytes, hw.hbm.channels
-    first, last = addr // g, (addr + nbytes - 1) // g
-    per: dict[int, int] = {}
-    if first == last:
-        per[first % nch] = nbytes
-    else:
-        per[first % nch] = (first + 1) * g - addr
-        per[last % nch] = per.get(last % nch, 0) + addr + nbytes - last * g
-        n_whole = last - first - 1
-        rounds, rest = divmod(n_whole, nch)
-        for i in range(min(nch, n_whole)):
-            ch = (first + 1 + i) % nch
-            per[ch] = per.get(ch, 0) + (rounds + (1 if i < rest else 0)) * g
+    g, nch, a = hw.hbm.interleave_bytes, hw.hbm.channels, HBM_ATOM_BYTES
+    per = _split(addr, nbytes, g, nch)
+    lo, hi = addr // a * a, -(-(addr + nbytes) // a) * a
+    atoms = _split(lo, hi - lo, g, nch)
     turn = 2 * hw.hbm.turnaround_ns if write else 0.0
     return [
         HbmPiece(
             channel=ch,
             nbytes=b,
-            occupancy=_cycles(hw, hbm_run_ns(hw, b, new_row=hop) + turn),
+            occupancy=_cycles(hw, hbm_run_ns(hw, atoms[ch], new_row=hop) + turn),
             same_channel=not hop,
             write=write,
         )
         for ch, b in sorted(per.items())
     ]
+
+
+def hbm_runs(
+    hw: HardwarePreset, hbm: int, rows: int, row_bytes: int, stride: int
+) -> list[tuple[int, int, bool]]:
+    """The contiguous runs of an LD/ST of ``rows`` rows of ``row_bytes`` bytes, ``stride``
+    bytes apart in HBM from byte ``hbm``, as (address, bytes, hop): rows contiguous in HBM
+    (``stride == row_bytes``, or one row) are one run; otherwise every row is a run of its
+    own, a *hop* (opening a new DRAM row) when it is shorter than an interleave granule. The
+    RTL's LD/ST units issue their AXI bursts run by run (:mod:`hwflow.hw.machine.ldst`)."""
+    if rows == 0 or row_bytes == 0:
+        return []
+    if rows == 1 or stride == row_bytes:
+        return [(hbm, rows * row_bytes, False)]
+    hop = row_bytes < hw.hbm.interleave_bytes
+    return [(hbm + i * stride, row_bytes, hop) for i in range(rows)]
 
 
 def sync_cost() -> OpCost:

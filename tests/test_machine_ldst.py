@@ -9,6 +9,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from hwflow.config import load_hw
+from hwflow.costs import hbm_runs
 from hwflow.hw.machine.ldst import LoadUnit, StoreUnit
 from hwflow.hw.machine.params import MachineParams
 from hwflow.hw.machine.queue import Tokens
@@ -33,6 +34,9 @@ def _run_ld(hbm: bytes, f: dict[str, int]) -> tuple[bytearray, int, list]:
         for k, v in _cmd(dut, buf=Buf.ACT, **f):
             ctx.set(k, v)
         ctx.set(dut.cmd.valid, 1)
+        if ctx.get(dut.done):  # an empty command is done as it is accepted
+            out["cycles"] = 0
+            return
         await ctx.tick()
         ctx.set(dut.cmd.valid, 0)
         beats: list = []
@@ -40,7 +44,8 @@ def _run_ld(hbm: bytes, f: dict[str, int]) -> tuple[bytearray, int, list]:
             ctx.set(dut.axi.arready, 1)
             if ctx.get(dut.axi.arvalid):
                 a, n = ctx.get(dut.axi.araddr), ctx.get(dut.axi.arlen) + 1
-                out["ars"].append((a, n))
+                out["ars"].append((a, n, ctx.get(dut.axi.aruser)))
+                a &= ~(WB - 1)  # the beats of an unaligned burst are whole (IHI0022 A3.4.1)
                 beats += [(a + WB * i, i == n - 1) for i in range(n)]
             ctx.set(dut.axi.rvalid, bool(beats))
             if beats:
@@ -73,11 +78,32 @@ def _run_ld(hbm: bytes, f: dict[str, int]) -> tuple[bytearray, int, list]:
 
 CASES = [
     dict(hbm=5, hbm_stride=77, off=3, stride=100, row_bytes=70, rows=3),
+    dict(hbm=16, hbm_stride=16, off=0, stride=32, row_bytes=16, rows=16),  # one run, rows apart
+    dict(hbm=100, hbm_stride=50, off=9, stride=77, row_bytes=50, rows=15),  # ... past a burst
+    dict(hbm=0, hbm_stride=16, off=0, stride=16, row_bytes=16, rows=24),  # one run both sides
     dict(hbm=31, hbm_stride=1, off=0, stride=1, row_bytes=1, rows=9),  # overlapping 1-byte rows
     dict(hbm=100, hbm_stride=700, off=45, stride=1200, row_bytes=1100, rows=2),  # 3+ bursts
     dict(hbm=64, hbm_stride=32, off=64, stride=32, row_bytes=32, rows=4),  # aligned
     dict(hbm=7, hbm_stride=9, off=5, stride=9, row_bytes=0, rows=4),  # empty rows
 ]
+
+
+def _random_cases(n: int) -> list[dict[str, int]]:
+    """Random geometries inside the benches' 8 KiB HBM: contiguous or strided on either side,
+    short and long rows, any alignment."""
+    rng = np.random.default_rng(11)
+    out = []
+    for _ in range(n):
+        rows, rb = int(rng.integers(1, 12)), int(rng.integers(1, 300))
+        hs = rb if rng.random() < 0.5 else rb + int(rng.integers(1, 200))
+        bs = rb if rng.random() < 0.5 else rb + int(rng.integers(1, 200))
+        hbm = int(rng.integers(0, 8192 - rows * hs - rb))
+        out.append(dict(hbm=hbm, hbm_stride=hs, off=int(rng.integers(0, 300)), stride=bs,
+                        row_bytes=rb, rows=rows))  # fmt: skip
+    return out
+
+
+CASES += _random_cases(8)
 
 
 @pytest.mark.parametrize("f", CASES)
@@ -86,17 +112,42 @@ def test_load_unit_moves_rows_like_byte_slicing(f: dict[str, int]) -> None:
     exactly the bytes funcsim's LD writes; no burst passes max_burst_bytes or a 4 KiB page."""
     hbm = np.random.default_rng(3).integers(0, 256, 8192, dtype=np.uint8).tobytes()
     got, cycles, ars = _run_ld(hbm, f)
+    assert [_span(*ar) for ar in ars] == _want_spans(f)
+    lg = (WB - 1).bit_length()
+    assert [u >> (lg + 1) for _a, _n, u in ars] == [1, *[0] * (len(ars) - 1)][: len(ars)]
     want = bytearray(len(got))
     for i in range(f["rows"]):
         a, b = f["hbm"] + i * f["hbm_stride"], f["off"] + i * f["stride"]
         want[b : b + f["row_bytes"]] = hbm[a : a + f["row_bytes"]]
     assert got == want and cycles >= 0
-    for a, n in ars:
+    for a, n, _user in ars:
         assert n * WB <= load_hw("tiny").hbm.max_burst_bytes
         assert a // 4096 == (a + n * WB - 1) // 4096
 
 
-def _run_st(buf: bytes, f: dict[str, int]) -> bytearray:
+def _span(a: int, n: int, user: int) -> tuple[int, int, bool]:
+    """A burst's bytes [first, end) and hop flag from AxADDR, the beats and AxUSER."""
+    lg = (WB - 1).bit_length()
+    last = (a & ~(WB - 1)) + (n - 1) * WB + (user & (WB - 1))
+    return a, last + 1, bool(user >> lg & 1)
+
+
+def _want_spans(f: dict[str, int]) -> list[tuple[int, int, bool]]:
+    """The bursts the cost model's runs give (costs.hbm_runs): each run split at multiples of
+    max_burst_bytes, the first burst of a hop run flagged."""
+    hw = load_hw("tiny")
+    mb = hw.hbm.max_burst_bytes
+    out = []
+    for a, n, hop in hbm_runs(hw, f["hbm"], f["rows"], f["row_bytes"], f["hbm_stride"]):
+        lo, end = a, a + n
+        while lo < end:
+            hi = min(end, (lo // mb + 1) * mb)
+            out.append((lo, hi, hop and lo == a))
+            lo = hi
+    return out
+
+
+def _run_st(buf: bytes, f: dict[str, int], spans: list) -> bytearray:
     dut = StoreUnit(MP)
     hbm = bytearray(8192)
 
@@ -104,10 +155,13 @@ def _run_st(buf: bytes, f: dict[str, int]) -> bytearray:
         for k, v in _cmd(dut, buf=Buf.ACT, **f):
             ctx.set(k, v)
         ctx.set(dut.cmd.valid, 1)
+        if ctx.get(dut.done):  # an empty command is done as it is accepted
+            return
         await ctx.tick()
         ctx.set(dut.cmd.valid, 0)
         aws: list = []
         pend_b, rd = 0, None
+        spans.clear()
         for _ in range(3000):
             ctx.set(dut.rd_act.grant, ctx.get(dut.rd_act.en))
             data = int.from_bytes(buf[rd * WB : rd * WB + WB], "little") if rd is not None else 0
@@ -116,7 +170,9 @@ def _run_st(buf: bytes, f: dict[str, int]) -> bytearray:
             ctx.set(dut.axi.awready, 1)
             ctx.set(dut.axi.wready, 1)
             if ctx.get(dut.axi.awvalid):
-                aws.append([ctx.get(dut.axi.awaddr), ctx.get(dut.axi.awlen) + 1])
+                a, n = ctx.get(dut.axi.awaddr), ctx.get(dut.axi.awlen) + 1
+                spans.append(_span(a, n, ctx.get(dut.axi.awuser)))
+                aws.append([a & ~(WB - 1), n])
             ctx.set(dut.axi.bvalid, pend_b > 0)
             pend_b -= pend_b > 0 and ctx.get(dut.axi.bready)
             if ctx.get(dut.axi.wvalid):
@@ -149,7 +205,9 @@ def test_store_unit_moves_rows_like_byte_slicing(f: dict[str, int]) -> None:
     """ST of the same geometries writes exactly funcsim's bytes (later rows win overlaps)."""
     buf = np.random.default_rng(4).integers(0, 256, MP.words[Buf.ACT] * WB, dtype=np.uint8)
     buf = buf.tobytes()
-    got = _run_st(buf, f)
+    spans: list = []
+    got = _run_st(buf, f, spans)
+    assert spans == _want_spans(f)
     want = bytearray(len(got))
     for i in range(f["rows"]):
         a, b = f["hbm"] + i * f["hbm_stride"], f["off"] + i * f["stride"]

@@ -72,14 +72,15 @@ def test_64kib_transfer_cycles_on_tiny():
 
 
 def test_64kib_transfer_through_the_machine():
-    """The same transfer as an LD op on an idle machine (1024-byte words): streamed 0..123,
-    data on chip at 134."""
+    """The same transfer as an LD op on an idle machine (1024-byte words): requested at 1
+    (costs.LDST_REQUEST_STAGES), streamed 1..124, data on chip at 135, done at 137
+    (LD_DONE_STAGES)."""
     hw = _wide(load_hw("tiny"))
     pieces = tuple(hbm_pieces(hw, 0, 64 * 1024))
     op = MOp(LD, "LD", 0, 0, 0, (), (), pieces, 65536, sum(p.occupancy for p in pieces))
     r = Machine(hw, trace=True).run([op])
-    assert r.trace == [("ld", "LD", 0, 123)]
-    assert r.cycles == 134 and r.busy["ld"] == 123 and r.hbm_bytes == 65536
+    assert r.trace == [("ld", "LD", 1, 124)]
+    assert r.cycles == 137 and r.busy["ld"] == 123 and r.hbm_bytes == 65536
 
 
 def test_transfer_pricing_edges_on_tiny():
@@ -234,12 +235,12 @@ def test_queue_depth_comes_from_the_preset(tmp_path):
     two = _tiny_with_queue(tmp_path, 2)
     assert two.buffers.queue_entries == 2
     t = {name: s for _, name, s, _ in Machine(two, trace=True).run(prog).trace}
-    assert t["mv0"] == 50 and t["ld"] == 50
+    assert t["mv0"] == 50 and t["ld"] == 51  # the LD starts at 50, its request goes out at 51
     t = {
         name: s
         for _, name, s, _ in Machine(_tiny_with_queue(tmp_path, 3), trace=True).run(prog).trace
     }
-    assert t["ld"] == 0
+    assert t["ld"] == 1  # started at 0, requested at 1
 
 
 # --------------------------------------------------------------------------------------------

@@ -91,16 +91,19 @@ def test_ld_mv_st_program_timeline(tiny):
     # * ST 64 B at 1 MiB (granule 4096, channel 0): latency-bound 6.7 ns + 2 x 10 ns
     #   turnaround = 26.7 ns, but its core side 64 / 32 = 2 cycles = 20 ns + 20 ns turnaround
     #   = 40 ns -> 4 cycles.
+    # * LD/ST: the channels see a transfer 1 cycle after it starts (costs.LDST_REQUEST_STAGES);
+    #   an LD's tokens are out 2 cycles after its last beat lands, an ST's 1 after its
+    #   response (LD_DONE_STAGES, ST_DONE_STAGES).
     lat, ld_occ, mv_beats, mv_latency, st_occ = 11, 8, 128, 169, 4
     ld_start = 6  # the dispatcher reads LD's 6 words first
-    mv_start = ld_start + ld_occ + lat
+    mv_start = ld_start + 1 + ld_occ + lat + 2
     st_start = mv_start + mv_latency
     assert [(u, s, e) for u, _, s, e in r.trace] == [
-        ("ld", ld_start, ld_start + ld_occ),
+        ("ld", ld_start + 1, ld_start + 1 + ld_occ),
         ("mv", mv_start, mv_start + mv_beats),
-        ("st", st_start, st_start + st_occ),
+        ("st", st_start + 1, st_start + 1 + st_occ),
     ]
-    assert r.cycles == st_start + st_occ + lat
+    assert r.cycles == st_start + 1 + st_occ + lat + 1
     assert acts.macs == {4: 64 * 256 // 16 * 4} and acts.hbm_read_bytes == rows_b
     assert acts.hbm_write_bytes == 64 and acts.instr_words == 6 + 9 + 6
 

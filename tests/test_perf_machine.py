@@ -44,11 +44,13 @@ def test_load_compute_store_timeline(tiny):
         M(ST, "ST", 0, 0, wait=(MV,), hbm=(piece(2, 3),)),
     )
     r = Machine(tiny, trace=True).run(ops)
-    # LD streams 0..7, data on chip at 18; MV starts 18, results at 28; ST streams 28..31, done 42
-    assert r.trace == [("ld", "LD", 0, 7), ("mv", "MV", 18, 22), ("st", "ST", 28, 31)]
-    assert r.cycles == 42
+    # LD requested at 1 (costs.LDST_REQUEST_STAGES), streams 1..8, last beat at 19, done 21
+    # (LD_DONE_STAGES = 2); MV starts 21, results at 31; ST requested 32, streams 32..35,
+    # response at 46, done 47 (ST_DONE_STAGES = 1)
+    assert r.trace == [("ld", "LD", 1, 8), ("mv", "MV", 21, 25), ("st", "ST", 32, 35)]
+    assert r.cycles == 47
     assert r.busy == {"ld": 7, "st": 3, "mm": 0, "mv": 4, "sfu": 0, "sys": 0}
-    assert r.stall["mv"] == 18 and r.stall["st"] == 28
+    assert r.stall["mv"] == 21 and r.stall["st"] == 31
     assert r.hbm_bytes == 192 and r.leftover_tokens == {}
 
 
@@ -61,12 +63,13 @@ def test_double_buffer_ld_runs_ahead(tiny):
     mvs = [M(MV, f"MV{i}", 30, 35, wait=(LD,), release=(LD,)) for i in range(4)]
     r = Machine(tiny, trace=True).run(streams(*lds, *mvs))
     starts = {name: (s, e) for _, name, s, e in r.trace}
-    # LD0 0..20 (done 31), LD1 20..40 (done 51); MV0 31..61 (done 66); LD2 waits MV0 -> 66..86
-    assert starts["LD0"] == (0, 20) and starts["LD1"] == (20, 40)
-    assert starts["MV0"] == (31, 61) and starts["MV1"] == (61, 91)
-    assert starts["LD2"] == (66, 86) and starts["MV2"] == (97, 127)
-    assert starts["LD3"] == (96, 116) and starts["MV3"] == (127, 157)
-    assert r.cycles == 162
+    # requests one cycle after the start, done 11 + 2 after streaming (costs.LDST_*):
+    # LD0 1..21 (done 34), LD1 21..41 (done 54); MV0 34..64 (done 69); LD2 waits MV0 -> 70..90
+    assert starts["LD0"] == (1, 21) and starts["LD1"] == (21, 41)
+    assert starts["MV0"] == (34, 64) and starts["MV1"] == (64, 94)
+    assert starts["LD2"] == (70, 90) and starts["MV2"] == (103, 133)
+    assert starts["LD3"] == (100, 120) and starts["MV3"] == (133, 163)
+    assert r.cycles == 168
     # the two MV -> LD tokens of MV2 and MV3 were never consumed
     assert r.leftover_tokens == {"mv->ld": 2}
 
@@ -89,9 +92,10 @@ def test_channel_contention(tiny):
         M(ST, "b", 0, 0, hbm=(piece(0, 4), piece(1, 4))),
     )
     r = Machine(tiny, trace=True).run(ops)
-    assert ("st", "b", 0, 14) in r.trace  # channel 1 at 0..4, channel 0 only after LD: 10..14
+    # requested at 1: channel 1 at 1..5, channel 0 only after LD: 11..15
+    assert ("st", "b", 1, 15) in r.trace
     assert r.stall["st"] == 0 and r.busy["st"] == 14
-    assert r.cycles == 14 + 11
+    assert r.cycles == 15 + 11 + 1
 
 
 def test_deadlock_is_a_sync_error(tiny):
@@ -174,9 +178,9 @@ def test_full_queue_blocks_the_dispatcher(tiny):
     ]
     r = Machine(tiny, trace=True, depth=2).run(prog)
     t = {name: (s, e) for _, name, s, e in r.trace}
-    assert t["mv0"] == (50, 51) and t["ld"] == (50, 55)
+    assert t["mv0"] == (50, 51) and t["ld"] == (51, 56)
     r = Machine(tiny, trace=True, depth=3).run(prog)
-    assert {name: s for _, name, s, _ in r.trace}["ld"] == 0
+    assert {name: s for _, name, s, _ in r.trace}["ld"] == 1  # started at 0, requested at 1
 
 
 def test_dispatcher_deadlock_is_reported(tiny):
@@ -196,4 +200,4 @@ def test_channels_serve_in_arrival_order(tiny):
     ]
     r = Machine(tiny, trace=True).run(prog)
     t = {name: (s, e) for _, name, s, e in r.trace}
-    assert t["st"] == (60, 110) and t["ld"] == (110, 120)
+    assert t["st"] == (61, 111) and t["ld"] == (111, 121)

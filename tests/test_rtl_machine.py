@@ -199,14 +199,22 @@ def test_sync_cycles_match_the_model_and_a_wrong_expectation_fails() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 7 target not met yet: LD/ST carry a pipeline overhead of their own "
-    "(address setup, realigner, done) that the model does not charge (see the cosim table)",
+    reason="issue 7 target not met: measured LD -27.8 %, ST -21.9 % on this program (tiny-llama "
+    "16+8: LD +3.7 %, ST +25.7 %). The model pipelines a unit's transfers (the next one issued a "
+    "cycle after the last, its pieces queued behind the other unit's on the shared channels, an "
+    "op timed from its first piece's channel start) while the RTL's LD/ST run one command at "
+    "a time and are timed from acceptance; the rest is the one-beat-per-cycle port tail",
 )
 def test_ldst_cycles_match_the_model_within_2_percent() -> None:
-    """The LD/ST classes of the same program within 2 % of the model (the issue's target)."""
+    """The LD/ST classes of the same program within 2 % of the model (the issue's target):
+    strided, unaligned, multi-burst and register-clamped rows; the same check against the
+    model's times 3 % off fails."""
     from hwflow.hw.machine.cycles import check_agreement, class_table
 
     records, per = _ldst_classes()
     rows = class_table(records, per)
     print("\n" + "\n".join(f"{r.name} {r.count} {r.rtl:.1f} {r.model:.1f}" for r in rows))
     check_agreement(rows, 0.02, classes=("LD", "ST"))
+    wrong = {u: [(c, t * 1.03) for c, t in ops] for u, ops in per.items()}
+    with pytest.raises(AssertionError, match="LD"):
+        check_agreement(class_table(records, wrong), 0.02, classes=("LD", "ST"))

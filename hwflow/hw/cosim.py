@@ -48,6 +48,12 @@ SIM_DIR = ROOT / "sim"
 _BUILD_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "--x-assign", "fast",
                "--x-initial", "0")  # fmt: skip
 _PCH_FIX = "CFG_CXXFLAGS_PCH_I=-include"
+#: The machine's build: cocotb's runner makes every signal of the design public
+#: (``--public-flat-rw``), which keeps Verilator from inlining or dropping any of them and
+#: writes a VPI entry per signal (most of the C++ of a design this size); the machine bench
+#: reads only the top module's ports, so only they are made public (:data:`_TOP_PUBLIC`).
+_MACHINE_ARGS = (*_BUILD_ARGS, "--no-public-flat-rw")
+_TOP_PUBLIC = '`verilator_config\npublic_flat_rw -module "{top}" -var "*"\n'
 
 
 @dataclass
@@ -92,9 +98,13 @@ def build_verilog(
     ensure_verilator_on_path()
     facts = {"gen_s": gen_s, "lines": text.count("\n")}
     args = list(_BUILD_ARGS)
+    config = ""
     if hierarchical:
         args += ["--hierarchical"]
-    key = hashlib.sha256((text + "\n".join(args)).encode()).hexdigest()[:16]
+    else:  # the benches read only the top module's ports (see _MACHINE_ARGS)
+        args = list(_MACHINE_ARGS)
+        config = _TOP_PUBLIC.format(top=name)
+    key = hashlib.sha256((text + "\n".join(args) + config).encode()).hexdigest()[:16]
     bdir = BUILD_ROOT / f"{name}-{key}"
     BUILD_ROOT.mkdir(parents=True, exist_ok=True)
     # one build per folder at a time, even across processes (xdist groups should already
@@ -102,7 +112,7 @@ def build_verilog(
     with open(BUILD_ROOT / f"{name}-{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            return _build_locked(name, text, bdir, facts, args, hierarchical)
+            return _build_locked(name, text, bdir, facts, args, hierarchical, config=config)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -115,6 +125,7 @@ def _build_locked(
     args: list[str],
     hierarchical: bool,
     waves: bool = False,
+    config: str = "",
 ) -> tuple[Path, bool, float, dict[str, float]]:
     from cocotb_tools.runner import get_runner
 
@@ -124,6 +135,10 @@ def _build_locked(
     if hierarchical:
         vlt = bdir / "hier.vlt"
         write_if_changed(vlt, f'`verilator_config\nhier_block -module "{name}_slice"\n')
+        sources.insert(0, vlt)
+    if config:  # a Verilator configuration file (``config`` is its text)
+        vlt = bdir / "config.vlt"
+        write_if_changed(vlt, config)
         sources.insert(0, vlt)
     record = bdir / "build_seconds.json"
     if (bdir / name).is_file():
@@ -246,7 +261,7 @@ def run_cocotb(
 # The whole machine (hwflow.hw.machine): keyed before generation, since generating its
 # Verilog (the buffers' memories) takes far longer than a cached build's check.
 
-_MACHINE_SOURCES = ("hw/machine", "hw/engine.py", "hw/params.py", "hw/requant.py", "hw/dsp.py",
+_MACHINE_SOURCES = ("hw/machine", "hw/engine.py", "hw/params.py", "hw/requant.py", "hw/dsp.py", "costs.py",
                     "hw/widen.py", "hw/pack.py", "isa.py", "numerics.py")  # fmt: skip
 #: Host-side modules of hw/machine (runners, comparisons): not part of the Verilog.
 _HOST_ONLY = frozenset({"run.py", "cosim.py", "cycles.py", "units.py"})
@@ -257,7 +272,7 @@ def machine_key(mp: Any, units: str) -> str:
     parts, the parameters, the unit slots and the build flags."""
     import amaranth
 
-    h = hashlib.sha256(repr((mp, units, _BUILD_ARGS, amaranth.__version__)).encode())
+    h = hashlib.sha256(repr((mp, units, _MACHINE_ARGS, _TOP_PUBLIC, amaranth.__version__)).encode())
     pkg = Path(__file__).resolve().parents[1]
     for rel in _MACHINE_SOURCES:
         p = pkg / rel
@@ -332,7 +347,9 @@ def build_machine(
     with open(BUILD_ROOT / f"{bdir.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            return _build_locked(SIM_TOP, text, bdir, facts, list(_BUILD_ARGS), False, waves)
+            top = _TOP_PUBLIC.format(top=SIM_TOP)
+            args = list(_MACHINE_ARGS)
+            return _build_locked(SIM_TOP, text, bdir, facts, args, False, waves, config=top)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 

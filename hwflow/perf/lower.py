@@ -57,6 +57,7 @@ from hwflow.costs import (
     HbmPiece,
     effective_nm,
     hbm_pieces,
+    hbm_runs,
     matmul_unit_cost,
     sfu_op_cost,
     sfu_passes,
@@ -145,16 +146,10 @@ class _Pricer:
     ) -> tuple[HbmPiece, ...]:
         # the channel map repeats every interleave x channels bytes: price at base mod period
         hw = self.hw
-        if rows == 0 or row_bytes == 0:
-            return ()
-        if rows == 1 or stride == row_bytes:
-            return tuple(hbm_pieces(hw, base, rows * row_bytes, write=write))
-        hop = row_bytes < hw.hbm.interleave_bytes
-        return _merge(
-            p
-            for i in range(rows)
-            for p in hbm_pieces(hw, base + i * stride, row_bytes, hop=hop, write=write)
-        )
+        runs = hbm_runs(hw, base, rows, row_bytes, stride)
+        if len(runs) == 1:
+            return tuple(hbm_pieces(hw, runs[0][0], runs[0][1], write=write))
+        return _merge(p for a, n, hop in runs for p in hbm_pieces(hw, a, n, hop=hop, write=write))
 
     def _check_buf(
         self, c: Concrete, buf: int, off: int, rows: int, stride: int, width: int

@@ -21,8 +21,10 @@ Semantics (the contract the tests pin with exact timelines)
   completes in order (a later op never completes before an earlier one of the same unit).
 * LD and ST ops move bytes through :class:`~hwflow.perf.hbm.HbmChannels`: the op starts when
   its tokens are in and hands its pieces to their channels' FIFOs in
-  :data:`~hwflow.costs.LDST_ISSUE_CYCLES`; the op completes one HBM latency after its last
-  piece streamed. The unit counts as busy while any of its transfers streams.
+  :data:`~hwflow.costs.LDST_ISSUE_CYCLES`, where they arrive
+  :data:`~hwflow.costs.LDST_REQUEST_STAGES` after the start; the op completes one HBM latency
+  after its last piece streamed plus :func:`~hwflow.costs.ldst_done_stages` (an empty one
+  ``LDST_REQUEST_STAGES + 1`` after its start). The unit counts as busy while any of its transfers streams.
 * Busy cycles of a unit: the sum of its ops' issue occupancy (LD/ST: the union of the times
   its transfers stream). Stall cycles: time a unit with a next op spent waiting for its
   instruction, tokens or (LD/ST, while none of its transfers streams) HBM. Idle: the rest.
@@ -47,10 +49,10 @@ from dataclasses import dataclass, field
 import simpy
 
 from hwflow.config import Buffers, HardwarePreset
-from hwflow.costs import LDST_ISSUE_CYCLES, HbmPiece
+from hwflow.costs import LDST_ISSUE_CYCLES, LDST_REQUEST_STAGES, HbmPiece, ldst_done_stages
 from hwflow.errors import SyncError
 from hwflow.isa import TOKEN_UNITS, Unit
-from hwflow.perf.hbm import HbmChannels
+from hwflow.perf.hbm import HbmChannels, Transfer
 
 __all__ = [
     "QUEUE_DEPTH",
@@ -490,11 +492,15 @@ class _SegmentRun:
         stall and trace; return (end of its issue, completion)."""
         cover = self.cover
         if op.hbm is not None:
-            tr = self.hbm.issue(start, op.hbm)
+            if op.hbm:  # requested one register stage after the start (costs.LDST_*)
+                tr = self.hbm.issue(start + LDST_REQUEST_STAGES, op.hbm)
+                done = tr.done + ldst_done_stages(u == Unit.ST)
+            else:  # an empty transfer: the command register, then done
+                tr, done = Transfer(start, start, start), start + LDST_REQUEST_STAGES + 1
             # waiting while earlier transfers still stream is not a stall
             waited = start - (cover[u] if cover[u] > t else t)
             self.stall[u] += waited if waited > 0 else 0
-            issue_end, done = start + LDST_ISSUE_CYCLES, tr.done
+            issue_end = start + LDST_ISSUE_CYCLES
             # busy = the union of the unit's streaming intervals (issue order)
             lo = cover[u] if cover[u] > tr.start else tr.start
             self.busy[u] += tr.streamed - lo if tr.streamed > lo else 0

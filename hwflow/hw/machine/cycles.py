@@ -3,9 +3,10 @@
 The RTL's monitor records, per unit instruction, the cycle its unit accepted it and the cycle
 its ``done`` came (a SYNC: the cycle the front end retired it); its time is the difference
 plus one (the results are there after the ``done`` cycle, the model's completion). The model's trace gives each
-op's issue span; an op's *time* there is start to completion: LD/ST the streaming span plus
-the first-beat latency (``costs.hbm_latency_cycles``: the model completes a transfer one
-latency after its last piece streamed), every other op its priced ``latency``. Both sides
+op's issue span; an op's *time* there is start to completion: LD/ST the request stage, the
+streaming span, the first-beat latency and the done stages (``costs.LDST_REQUEST_STAGES``,
+``hbm_latency_cycles``, ``ldst_done_stages``: how :mod:`hwflow.perf.machine` completes a
+transfer; an empty one ``LDST_REQUEST_STAGES + 1``), every other op its priced ``latency``. Both sides
 run each unit in order, so the n-th instruction of a unit on one side is the n-th on the
 other. :func:`class_table` averages per instruction class (LD, ST, MM, MV, SFU, SYNC).
 """
@@ -16,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hwflow.config import HardwarePreset
-from hwflow.costs import hbm_latency_cycles
-from hwflow.isa import TOKEN_UNITS, Program, Runtime, expand
+from hwflow.costs import LDST_REQUEST_STAGES, hbm_latency_cycles, ldst_done_stages
+from hwflow.isa import TOKEN_UNITS, Program, Runtime, Unit, expand
 from hwflow.perf.lower import lower
 from hwflow.perf.machine import UNITS, Machine
 
@@ -55,7 +56,12 @@ def model_times(
         mine = [op for op in ops if op.unit == u]
         for op, (a, b) in zip(mine, spans.get(UNITS[u], []), strict=True):
             cls = "SYNC" if op.name.startswith("SYNC") else u.name
-            t = (b - a) + lat if op.hbm is not None else op.latency
+            if op.hbm:  # request, streaming span, latency, done (hwflow.perf.machine)
+                t = LDST_REQUEST_STAGES + (b - a) + lat + ldst_done_stages(u == Unit.ST)
+            elif op.hbm is not None:  # an empty transfer: the command register, then done
+                t = LDST_REQUEST_STAGES + 1
+            else:
+                t = op.latency
             per_unit[u].append((cls, t))
     return stats.cycles, per_unit
 

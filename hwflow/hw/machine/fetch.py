@@ -15,7 +15,7 @@ bits, which never spans more than two beats): ``window`` is the instruction star
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -116,6 +116,7 @@ class Fetch(wiring.Component):
             axi.arlen.eq(beats - 1),
             axi.arsize.eq(lg),
             axi.arburst.eq(AXI_INCR),
+            axi.aruser.eq(Cat(Const(wb - 1, lg), 0, 1)),  # whole beats, each its own start
             axi.arvalid.eq(ar_left != 0),
             axi.rready.eq(1),
             self.w_data.eq(axi.rdata),

@@ -6,26 +6,32 @@ Keeping the memory and its timing in the design lets Verilator run whole steps w
 cocotb side waking every cycle (the bench only loads the image, starts a step, waits for
 ``done`` and reads the image back through the host port).
 
-Timing, per port, in address order (what :func:`hwflow.costs.hbm_pieces` charges, the same
-rule the cycle model's channels follow, :class:`hwflow.perf.hbm.HbmChannels`): a burst arriving
+Timing, in arrival order over the LD and ST ports, whose channels are shared (fetch, before a
+step, has its own), what :func:`hwflow.costs.hbm_pieces` charges, the same rule the cycle
+model's channels follow, :class:`hwflow.perf.hbm.HbmChannels`: a burst arriving
 in cycle ``t`` splits into per-channel pieces; piece p starts at ``max(t, free[channel])`` and
 holds its channel for its occupancy; the burst's data is on chip ``hbm_latency_cycles`` after
 its latest piece ended (the model's completion), so a read burst's beats come one per cycle
 ending then (the first no earlier than ``t`` + latency), and a write burst's response is due
-then, and never before the cycle after its last data beat. The occupancies are a table computed from ``hbm_pieces`` for
-every beat-aligned start in one interleave period and every burst length (one definition).
+then, and never before the cycle after its last data beat. A burst is charged for the
+HBM atoms its bytes cover (its exact first byte is ``araddr``/``awaddr``, its last one and the
+hop flag come in AxUSER, :func:`hwflow.hw.machine.axi.user_bits`); every burst of a transfer
+is charged from its first burst's arrival (the one port stands for one per channel: the cycle
+model hands a transfer's pieces to all its channels at once). The occupancies are a
+table computed from ``hbm_pieces`` for every atom start in one interleave period, every
+length up to a burst and both hop flags (one definition).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hwflow.config import HardwarePreset
-from hwflow.costs import hbm_latency_cycles, hbm_pieces
+from hwflow.costs import HBM_ATOM_BYTES, hbm_latency_cycles, hbm_pieces
 from hwflow.hw.machine.axi import AxiRead, AxiWrite
 from hwflow.hw.machine.params import MachineParams
 
@@ -36,60 +42,82 @@ SIM_HBM_BYTES = 1 << 22  #: the simulated HBM's size (the tiny models' images ar
 
 
 def occupancy_table(hw: HardwarePreset, mp: MachineParams, write: bool) -> list[list[int]]:
-    """Per (start beat in the interleave period) x (burst beats - 1): each channel's
-    occupancy in cycles (0: the burst does not touch it), from :func:`hbm_pieces`."""
-    wb = mp.beat_bytes
+    """Per (hop) x (first atom in the interleave period) x (atoms - 1): each channel's
+    occupancy in cycles (0: the burst does not touch it), from :func:`hbm_pieces` of the
+    burst's atom-aligned bytes (a burst of ``max_burst_bytes`` covers at most that many)."""
     period = mp.interleave_bytes * mp.channels
     rows = []
-    for pos in range(period // wb):
-        for beats in range(1, mp.max_burst_beats + 1):
-            occ = [0] * mp.channels
-            for p in hbm_pieces(hw, pos * wb, beats * wb, write=write):
-                occ[p.channel] = p.occupancy
-            rows.append(occ)
+    for hop in (False, True):
+        for pos in range(period // HBM_ATOM_BYTES):
+            for atoms in range(1, _max_atoms(mp) + 1):
+                occ = [0] * mp.channels
+                a = pos * HBM_ATOM_BYTES
+                for p in hbm_pieces(hw, a, atoms * HBM_ATOM_BYTES, hop=hop, write=write):
+                    occ[p.channel] = p.occupancy
+                rows.append(occ)
     return rows
 
 
-class _Timing:
-    """The channel table of one port: ``issue`` computes a burst's start times and updates
-    the channels (combinational results, registered by the caller)."""
+def _max_atoms(mp: MachineParams) -> int:
+    return mp.max_burst_beats * mp.beat_bytes // HBM_ATOM_BYTES
 
-    def __init__(self, m: Module, hw: HardwarePreset, mp: MachineParams, write: bool, name: str):
-        self.mp = mp
+
+class _Timing:
+    """The channel table of one port: ``issue`` computes a burst's start times from ``base``
+    (each channel's next free cycle as this port sees it) and leaves the channels' next free
+    cycles after it in ``after`` (combinational; the caller chains ports and registers)."""
+
+    def __init__(self, m: Module, hw: HardwarePreset, mp: MachineParams, write: bool, name: str,
+                 base: list) -> None:  # fmt: skip
+        self.mp, self.base = mp, base
+        self.after = [Signal(STAMP_BITS, name=f"{name}_after{c}") for c in range(mp.channels)]
         table = occupancy_table(hw, mp, write)
-        self.occ_bits = max(1, max(max(r) for r in table).bit_length())
-        self.table = Array(
-            Array(Const(v, self.occ_bits) for v in row) for row in table
-        )  # [pos * beats_max + beats - 1][channel]
-        self.free = [Signal(STAMP_BITS, name=f"{name}_free{c}") for c in range(mp.channels)]
+        ob = self.occ_bits = max(1, max(max(r) for r in table).bit_length())
+        # a ROM [(hop * positions + pos) * max_atoms + atoms - 1], channel c at bits c * ob
+        packed = [sum(v << (c * ob) for c, v in enumerate(row)) for row in table]
+        m.submodules[f"{name}_occ"] = rom = Memory(
+            shape=unsigned(ob * mp.channels), depth=len(packed), init=packed
+        )
+        self.rom = rom.read_port(domain="comb")
         self.m = m
         self.latency = hbm_latency_cycles(hw)
         self.write = write
+        self.t0 = Signal(STAMP_BITS, name=f"{name}_t0")  # arrival of the transfer's first burst
 
-    def issue(self, addr: object, blen: object, stamp: object, fire: object) -> Signal:
-        """When ``fire``: charge the burst (``addr``, ``blen`` = beats - 1, arrived at
-        ``stamp``); returns its due cycle (read: first beat; write: response)."""
+    def issue(self, addr: object, blen: object, user: object, stamp: object,
+              fire: object) -> Signal:  # fmt: skip
+        """When ``fire``: charge the burst (``addr`` its first byte, ``blen`` = beats - 1,
+        ``user`` its AxUSER, :func:`hwflow.hw.machine.axi.user_bits`; arrived at ``stamp``);
+        returns its due cycle (read: first beat; write: response)."""
         mp, m = self.mp, self.m
         lg = (mp.beat_bytes - 1).bit_length()
-        per = mp.interleave_bytes * mp.channels // mp.beat_bytes
-        pos = (addr >> lg) & (per - 1)
-        row = self.table[pos * mp.max_burst_beats + blen]
+        al = (HBM_ATOM_BYTES - 1).bit_length()
+        per = mp.interleave_bytes * mp.channels // HBM_ATOM_BYTES
+        last = (addr & ~(mp.beat_bytes - 1)) + (blen << lg) + user[:lg]  # the last byte
+        more = (last >> al) - (addr >> al)  # atoms - 1
+        pos = (addr >> al) & (per - 1)
+        m.d.comb += self.rom.addr.eq(((user[lg] * per) + pos) * _max_atoms(mp) + more)
+        row = [self.rom.data.word_select(c, self.occ_bits) for c in range(mp.channels)]
         due = Signal(STAMP_BITS + 1, name="due")
-        last = stamp + self.latency  # when the last beat (read) / the response (write) is due
+        first = user[lg + 1]  # the transfer's first burst: charge the rest from its arrival
+        t0 = Mux(first, stamp, self.t0)
+        with m.If(fire & first):
+            m.d.sync += self.t0.eq(stamp)
+        last = t0 + self.latency  # when the last beat (read) / the response (write) is due
         for c in range(mp.channels):
             occ = row[c]
-            start = Mux(self.free[c] > stamp, self.free[c], stamp)
+            free = self.base[c]
+            start = Mux(free > t0, free, t0)
             end = start + occ
             t = end + self.latency
             last = Mux((occ != 0) & (t > last), t, last)
-            with m.If(fire & (occ != 0)):
-                m.d.sync += self.free[c].eq(end)
+            m.d.comb += self.after[c].eq(Mux(fire & (occ != 0), end, free))
         if self.write:
             m.d.comb += due.eq(last)
         else:  # the first beat: the burst's beats follow it one per cycle
-            first = last - blen
+            beat0 = last - blen
             floor = stamp + self.latency
-            m.d.comb += due.eq(Mux(first > floor, first, floor))
+            m.d.comb += due.eq(Mux(beat0 > floor, beat0, floor))
         return due
 
 
@@ -129,31 +157,41 @@ class HbmModel(wiring.Component):
             host_w.data.eq(self.host_wdata),
             host_w.en.eq(self.host_we.replicate(mp.beat_bytes)),
         ]
-        for name in ("ifetch", "ld"):
-            self._reader(m, mem, getattr(self, name), now, name)
-        self._writer(m, mem, now)
+        # fetch has channels of its own (it runs before a step); LD and ST share theirs, an LD
+        # burst charged before an ST burst arriving in the same cycle
+        chans = range(mp.channels)
+        free_f = [Signal(STAMP_BITS, name=f"ifetch_free{c}") for c in chans]
+        free = [Signal(STAMP_BITS, name=f"free{c}") for c in chans]
+        tf = self._reader(m, mem, self.ifetch, now, "ifetch", free_f)
+        tl = self._reader(m, mem, self.ld, now, "ld", free)
+        ts = self._writer(m, mem, now, tl.after)
+        m.d.sync += [free_f[c].eq(tf.after[c]) for c in chans]
+        m.d.sync += [free[c].eq(ts.after[c]) for c in chans]
         return m
 
     def _word(self, addr: object) -> object:
         return (addr >> (self.mp.beat_bytes - 1).bit_length())[: self.wbits]
 
-    def _reader(self, m: Module, mem: Memory, axi: object, now: Signal, name: str) -> None:
-        """AR queue -> timing -> the beats of each burst, back to back once due."""
+    def _reader(self, m: Module, mem: Memory, axi: object, now: Signal, name: str,
+                base: list) -> _Timing:  # fmt: skip
+        """AR queue -> timing -> the beats of each burst, back to back once due; returns the
+        port's timing (channels seen as ``base``)."""
         mp = self.mp
         ab = mp.axi_addr_bits
-        ar_w = ab + 8 + STAMP_BITS
+        ub = len(axi.aruser)
+        ar_w = ab + 8 + ub + STAMP_BITS
         m.submodules[f"{name}_arq"] = arq = SyncFIFOBuffered(width=ar_w, depth=mp.outstanding)
         m.d.comb += [
-            arq.w_data.eq(axi.araddr | (axi.arlen << ab) | (now << (ab + 8))),
+            arq.w_data.eq(Cat(axi.araddr, axi.arlen, axi.aruser, now)),
             arq.w_en.eq(axi.arvalid),
             axi.arready.eq(arq.w_rdy),
         ]
-        timing = _Timing(m, self.hw, mp, write=False, name=name)
+        timing = _Timing(m, self.hw, mp, write=False, name=name, base=base)
         head_addr, head_len = arq.r_data[:ab], arq.r_data[ab : ab + 8]
-        head_stamp = arq.r_data[ab + 8 :]
+        head_user, head_stamp = arq.r_data[ab + 8 : ab + 8 + ub], arq.r_data[ab + 8 + ub :]
         m.submodules[f"{name}_due"] = dq = SyncFIFOBuffered(width=ab + 8 + STAMP_BITS + 1, depth=4)
         fire = arq.r_rdy & dq.w_rdy
-        due = timing.issue(head_addr, head_len, head_stamp, fire)
+        due = timing.issue(head_addr, head_len, head_user, head_stamp, fire)
         m.d.comb += [
             arq.r_en.eq(fire),
             dq.w_en.eq(fire),
@@ -182,29 +220,32 @@ class HbmModel(wiring.Component):
             m.d.sync += active.eq(can_load)
             with m.If(can_load):
                 m.d.sync += [cur.eq(self._word(q_addr)), left.eq(q_len)]
+        return timing
 
-    def _writer(self, m: Module, mem: Memory, now: Signal) -> None:
-        """AW queue -> timing; W beats into the memory (strobed); responses when due."""
+    def _writer(self, m: Module, mem: Memory, now: Signal, base: list) -> _Timing:
+        """AW queue -> timing; W beats into the memory (strobed); responses when due; returns
+        the port's timing (channels seen as ``base``)."""
         mp, axi = self.mp, self.st
         ab = mp.axi_addr_bits
+        ub = len(axi.awuser)
         m.submodules.st_awq = awq = SyncFIFOBuffered(
-            width=ab + 8 + STAMP_BITS, depth=mp.outstanding
+            width=ab + 8 + ub + STAMP_BITS, depth=mp.outstanding
         )
         m.d.comb += [
-            awq.w_data.eq(axi.awaddr | (axi.awlen << ab) | (now << (ab + 8))),
+            awq.w_data.eq(Cat(axi.awaddr, axi.awlen, axi.awuser, now)),
             awq.w_en.eq(axi.awvalid),
             axi.awready.eq(awq.w_rdy),
         ]
-        timing = _Timing(m, self.hw, mp, write=True, name="st")
+        timing = _Timing(m, self.hw, mp, write=True, name="st", base=base)
         head_addr, head_len = awq.r_data[:ab], awq.r_data[ab : ab + 8]
-        head_stamp = awq.r_data[ab + 8 :]
+        head_user, head_stamp = awq.r_data[ab + 8 : ab + 8 + ub], awq.r_data[ab + 8 + ub :]
         m.submodules.st_bq = bq = SyncFIFOBuffered(width=STAMP_BITS + 1, depth=mp.outstanding)
         wr = mem.write_port(granularity=8)
         busy = Signal(name="st_busy")  # taking the W beats of the head burst
         cur = Signal(self.wbits, name="st_cur")
         due = Signal(STAMP_BITS + 1, name="st_due_r")
         take = awq.r_rdy & ~busy
-        charged = timing.issue(head_addr, head_len, head_stamp, take)
+        charged = timing.issue(head_addr, head_len, head_user, head_stamp, take)
         m.d.comb += awq.r_en.eq(take)
         with m.If(take):
             m.d.sync += [busy.eq(1), cur.eq(self._word(head_addr)), due.eq(charged)]
@@ -230,6 +271,7 @@ class HbmModel(wiring.Component):
             axi.bresp.eq(0),
             bq.r_en.eq(axi.bvalid & axi.bready),
         ]
+        return timing
 
 
 class SimTop(wiring.Component):

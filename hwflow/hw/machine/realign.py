@@ -31,8 +31,11 @@ class Realign(wiring.Component):
     """Realigns one row at a time: ``load`` (while ``idle``) takes ``s_in``, ``s_out``, ``n``
     and ``base`` (the word index of the row's first output word); input words stream in on
     ``i_*``, output words with byte enables and their word index leave on ``o_*``
-    (``o_last``: the row's last output word). Valid/ready handshakes on both sides; the next
-    row may be loaded in the cycle the current one consumed its last input."""
+    (``o_last``: the row's last output word; ``o_end``: ``o_last`` of a row loaded with
+    ``end`` set, the end of a run). Valid/ready handshakes on both sides. ``idle``: a row may
+    be loaded now (also in the cycle the current row takes its last input, when no flush
+    follows, so rows run back to back); ``empty``: no row in progress (its last output word
+    may still wait in ``o_*``)."""
 
     def __init__(self, wb: int, addr_bits: int) -> None:
         self.wb = wb
@@ -44,13 +47,16 @@ class Realign(wiring.Component):
                 "s_out": In(self.lg),
                 "n": In(LEN_BITS),
                 "base": In(addr_bits),
+                "end": In(1),
                 "idle": Out(1),
+                "empty": Out(1),
                 "i_data": In(8 * wb),
                 "i_valid": In(1),
                 "i_ready": Out(1),
                 "o_data": Out(8 * wb),
                 "o_strb": Out(wb),
                 "o_last": Out(1),
+                "o_end": Out(1),
                 "o_addr": Out(addr_bits),
                 "o_valid": Out(1),
                 "o_ready": In(1),
@@ -70,16 +76,17 @@ class Realign(wiring.Component):
         end = Signal(cnt)  # s_out + n: bytes from it on are not the row's
         hold = Signal(8 * wb)
         base = Signal(len(self.base), name="row_base")
+        run_end = Signal()
+        same = Signal()  # s_in == s_out: output word j is input word j
         can_out = ~self.o_valid | self.o_ready
         finished = active & (k == n_in) & (j == n_out) & ~flush
-        m.d.comb += self.idle.eq(~active | finished)
 
         with m.If(self.o_valid & self.o_ready):
             m.d.sync += self.o_valid.eq(0)
 
-        def emit(cur: object) -> None:
-            """Register output word j from the window (cur, hold)."""
-            window = Cat(hold, cur)
+        def emit(low: object, high: object) -> None:
+            """Register output word j from the window (high, low)."""
+            window = Cat(low, high)
             at = j << lg  # byte of output word j, from the start of output word 0
             strb = Cat(*((at + t >= lo) & (at + t < end) for t in range(wb)))
             m.d.sync += [
@@ -87,38 +94,50 @@ class Realign(wiring.Component):
                 self.o_strb.eq(strb),
                 self.o_valid.eq(1),
                 self.o_last.eq(j + 1 == n_out),
+                self.o_end.eq(run_end & (j + 1 == n_out)),
                 self.o_addr.eq(base + j),
                 j.eq(j + 1),
             ]
 
-        with m.If(self.idle):
-            with m.If(finished):
-                m.d.sync += active.eq(0)
-            with m.If(self.load & (self.n != 0)):
-                s_in, s_out = self.s_in, self.s_out
-                m.d.sync += [
-                    active.eq(1),
-                    flush.eq(0),
-                    k.eq(0),
-                    j.eq(0),
-                    hold.eq(0),
-                    n_in.eq((s_in + self.n + (wb - 1)) >> lg),
-                    n_out.eq((s_out + self.n + (wb - 1)) >> lg),
-                    lead.eq(s_in >= s_out),
-                    shift.eq((s_in - s_out)[:lg]),
-                    lo.eq(s_out),
-                    end.eq(s_out + self.n),
-                    base.eq(self.base),
-                ]
+        empty = ~active | finished
+        last_in = Signal()  # the row's last input is taken now and nothing is left after it
+        with m.If(empty), m.If(finished):
+            m.d.sync += active.eq(0)
         with m.Elif(flush), m.If(can_out):
-            emit(Const(0, 8 * wb))
+            emit(hold, Const(0, 8 * wb))
             m.d.sync += flush.eq(0)
         with m.Else():
             m.d.comb += self.i_ready.eq(can_out & (k < n_in))
             with m.If(self.i_valid & self.i_ready):
                 m.d.sync += [hold.eq(self.i_data), k.eq(k + 1)]
-                with m.If((k >= lead) & (j < n_out)):
-                    emit(self.i_data)
-                with m.If((k + 1 == n_in) & (n_out + lead > n_in)):
-                    m.d.sync += flush.eq(1)
+                # input and output words aligned alike, or a one-word row with lead: the
+                # output word is all in this input word
+                single = (n_in == 1) & lead | same
+                with m.If(same | (n_in == 1) & lead):
+                    emit(self.i_data, Const(0, 8 * wb))
+                with m.Elif((k >= lead) & (j < n_out)):
+                    emit(hold, self.i_data)
+                more = (n_out + lead > n_in) & ~single  # a flush cycle after the last input
+                with m.If(k + 1 == n_in):
+                    m.d.sync += flush.eq(more)
+                    m.d.comb += last_in.eq(~more)
+        m.d.comb += [self.empty.eq(empty), self.idle.eq(empty | last_in)]
+        with m.If(self.load & (self.n != 0) & self.idle):
+            s_in, s_out = self.s_in, self.s_out
+            m.d.sync += [
+                active.eq(1),
+                flush.eq(0),
+                k.eq(0),
+                j.eq(0),
+                hold.eq(0),
+                n_in.eq((s_in + self.n + (wb - 1)) >> lg),
+                n_out.eq((s_out + self.n + (wb - 1)) >> lg),
+                lead.eq(s_in >= s_out),
+                shift.eq((s_in - s_out)[:lg]),
+                lo.eq(s_out),
+                end.eq(s_out + self.n),
+                base.eq(self.base),
+                run_end.eq(self.end),
+                same.eq(s_in == s_out),
+            ]
         return m

@@ -6,7 +6,9 @@ gave Verilator tens of thousands of ``initial`` assignments. A memory whose cont
 zero needs none of it: the machine's Verilator builds start every variable at zero
 (``--x-initial 0``, :data:`hwflow.hw.cosim._BUILD_ARGS`), and FPGA block RAM powers up to zero
 unless initialised (Xilinx UG573, "Block RAM initialization"). :func:`accelerator_verilog` leaves such memories uninitialised;
-memories with contents (none in the machine today) keep them.
+memories with contents (none in the machine today) keep them. Amaranth's check for
+combinational cycles runs as :func:`hwflow.hw.machine.combcheck.check_comb_cycles` (the same
+check without its quadratic walk over wide operators).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from amaranth.back import rtlil, verilog
 
 from hwflow.config import HardwarePreset
+from hwflow.hw.machine.combcheck import fast_comb_check
 from hwflow.hw.machine.params import MachineParams
 from hwflow.isa import Unit
 
@@ -50,7 +53,7 @@ def accelerator_verilog(
     """Verilog of the whole machine for ``mp`` with the unit factories ``units``."""
     from hwflow.hw.machine.top import Accelerator
 
-    with _zero_memories_uninitialised():
+    with _zero_memories_uninitialised(), fast_comb_check():
         return verilog.convert(Accelerator(mp, units), name=name)
 
 
@@ -61,5 +64,5 @@ def sim_verilog(
     what ``hwflow cosim`` runs."""
     from hwflow.hw.machine.hbm_sim import SimTop
 
-    with _zero_memories_uninitialised():
+    with _zero_memories_uninitialised(), fast_comb_check():
         return verilog.convert(SimTop(hw, mp, dict(units or {})), name=name)
