@@ -167,6 +167,15 @@ def test_cosim_opt_w4a8_is_bit_exact() -> None:
     assert res["bit_exact"], res["mismatch"]
 
 
+def test_cosim_grouped_w4a8_is_bit_exact() -> None:
+    """Group-wise INT4 weight scales (w4a8-g32: one 8-bit multiplier per row and 32 inputs,
+    applied at the DSP chain's group ends) on the whole machine; prefill 3 + decode 1."""
+    from hwflow.hw.machine.cosim import cosim_model
+
+    res = cosim_model(load_model("tiny-llama"), load_plan("w4a8-g32"), load_hw("tiny"), 3, 1)
+    assert res["bit_exact"], res["mismatch"]
+
+
 @cache
 def _ldst_run():
     """The LD/ST/SYNC program on the machine, ACT/KV/PARAM dumped (one run for its tests)."""
