@@ -106,7 +106,9 @@ def test_unit_cycles_against_the_cycle_model(kind: str, wb: int) -> None:
 
 @pytest.mark.parametrize(("kind", "wb"), _KINDS[:1])
 def test_unit_bench_fails_on_a_wrong_expected_cycle_count(kind: str, wb: int) -> None:
-    """The cycle check is live: expecting 5 % more cycles than the model charges fails."""
-    env = {"HWFLOW_OPS": "4", "HWFLOW_CYCLE_TOL": str(TOLERANCE), "HWFLOW_CYCLE_SKEW": "1.05"}
+    """The cycle check is live: expecting half the cycles the model charges fails (a skew
+    close to 1 cannot show it while the unit itself misses the model by ~5 %, the strict xfail
+    above)."""
+    env = {"HWFLOW_OPS": "4", "HWFLOW_CYCLE_TOL": str(TOLERANCE), "HWFLOW_CYCLE_SKEW": "0.5"}
     run = _run(kind, wb, "cost_table", **env)
     assert (run.tests, run.failed) == (1, 1), run
