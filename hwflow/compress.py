@@ -12,7 +12,8 @@ Steps (all deterministic):
    checkpoint) gives the residual's binary point, the static scales (per head for q/k/v and the
    KV cache, per tensor for ``a``, gate/up and the logits) and each linear's row-stage guard.
    With the plan's ``method.smooth`` (SmoothQuant alpha) the norms' consumers (the head too) are smoothed
-   (``1/s`` into the norm gain, ``s`` into the weights); q and k are always balanced per
+   (``1/s`` into the norm gain, ``s`` into the weights), and so are ``o``'s input (``1/s`` into
+   v's rows) and ``down``'s (into up's rows); q and k are always balanced per
    channel (:func:`hwflow.smooth.qk_factors` into the q/k weights); then the run is repeated.
 4. Weights: N:M pruning along K and symmetric per-channel INT``bits`` quantization by the
    plan's method (:mod:`hwflow.prune`, :mod:`hwflow.wquant`: magnitude/Wanda/SparseGPT, round to
@@ -111,11 +112,13 @@ def fold_norm_biases(cfg: ModelConfig, weights: dict[str, np.ndarray]) -> dict[s
 def _smooth(
     cfg: ModelConfig, w: dict[str, np.ndarray], ten: dict[str, np.ndarray], alpha: float
 ) -> dict[str, np.ndarray]:
-    """SmoothQuant (:mod:`hwflow.smooth`) on the inputs of the norms' consumers, the final
-    norm's head included: ``1/s`` into the norm's gain (applied on chip before the per-token
-    quantization), ``s`` into the consuming linears' columns. Exact in real arithmetic. The
-    head's weight is its own array after :func:`fold_norm_biases` (a tied embedding keeps
-    its values)."""
+    """SmoothQuant (:mod:`hwflow.smooth`) wherever a factor folds for free: the inputs of the
+    norms' consumers, the final norm's head included (``1/s`` into the norm's gain, applied on
+    chip before the per-token quantization; ``s`` into the consuming linears' columns), the
+    attention output read by ``o`` (:func:`_smooth_vo`) and the MLP product read by ``down``
+    (:func:`_smooth_up_down`). Exact in real arithmetic; ``ten`` is one float run of ``w``
+    (the sites do not change each other's inputs). The head's weight is its own array after
+    :func:`fold_norm_biases` (a tied embedding keeps its values)."""
     out = dict(w)
     sites = [
         (
@@ -133,7 +136,56 @@ def _smooth(
         out[f"{norm}.g"] = w.get(f"{norm}.g", np.ones(cfg.hidden)) / s
         for o in ops:
             out[o + ".w"] = w[o + ".w"] * s[None, :]
+    for li in range(cfg.layers):  # on top of the norms' factors (v and up read h1/h2)
+        _smooth_vo(cfg, out, ten, alpha, li)
+        _smooth_up_down(cfg, out, ten, alpha, li)
     return out
+
+
+def _scale_rows(w: dict[str, np.ndarray], op: str, f: np.ndarray) -> None:
+    """Linear ``op``'s output rows (and bias) times ``f``, in place in ``w``."""
+    w[op + ".w"] = w[op + ".w"] * f[:, None]
+    if op + ".b" in w:
+        w[op + ".b"] = w[op + ".b"] * f
+
+
+def _smooth_vo(
+    cfg: ModelConfig,
+    w: dict[str, np.ndarray],
+    ten: dict[str, np.ndarray],
+    alpha: float,
+    li: int,
+) -> None:
+    """Smooth ``o``'s input, the attention output ``a = P V``: the probabilities mix tokens,
+    not channels, so channel ``c`` of KV head ``g`` divided by ``s`` in ``v``'s rows divides
+    channel ``c`` of every query head of ``g``'s group in ``a``; ``o``'s columns of those
+    heads take ``s``. One ``s`` per KV-head channel (GQA: maxima over the group's heads).
+    Updates ``w`` in place (new arrays, never the caller's)."""
+    p, kvh, hd = f"L{li}.", cfg.kv_heads, cfg.head_dim
+    rep = cfg.heads // kvh
+    amax = np.abs(ten[p + "a"]).reshape(-1, kvh, rep, hd).max(axis=(0, 2))
+    ow = w[p + "o.w"].reshape(-1, kvh, rep, hd)
+    s = np.stack([smooth_factors(amax[g], [ow[:, g].reshape(-1, hd)], alpha) for g in range(kvh)])
+    _scale_rows(w, p + "v", 1.0 / s.ravel())
+    w[p + "o.w"] = w[p + "o.w"] * np.repeat(s, rep, axis=0).ravel()[None, :]
+
+
+def _smooth_up_down(
+    cfg: ModelConfig,
+    w: dict[str, np.ndarray],
+    ten: dict[str, np.ndarray],
+    alpha: float,
+    li: int,
+) -> None:
+    """Smooth ``down``'s input: ``up``'s rows divided by ``s`` divide the product
+    ``silu(gate) * up`` (or ReLU's output: ``relu(u / s) = relu(u) / s`` for ``s > 0``) channel
+    by channel; ``down``'s columns take ``s``. Updates ``w`` in place (new arrays)."""
+    p = f"L{li}."
+    act = ten[p + ("mm" if cfg.gated_mlp else "ua")]
+    amax = np.abs(act).reshape(-1, cfg.intermediate).max(axis=0)
+    s = smooth_factors(amax, [w[p + "down.w"]], alpha)
+    _scale_rows(w, p + "up", 1.0 / s)
+    w[p + "down.w"] = w[p + "down.w"] * s[None, :]
 
 
 def _is_norm(key: str) -> bool:

@@ -155,13 +155,18 @@ def test_massive_activation_survives():
 @pytest.mark.parametrize("name", MODELS)
 def test_smoothing_is_exact_in_float(name):
     """SmoothQuant moves 1/s into the norm gains and s into the consuming weights (the final
-    norm's head too): the float model is unchanged, the smoothed inputs are flatter."""
+    norm's head too), and through v into o and through up into down: the float model is
+    unchanged, the smoothed inputs are flatter."""
     from hwflow.compress import _calibrate, _smooth
 
     cfg = load_model(name)
     w = fold_norm_biases(cfg, random_weights(cfg, 0))
     w["L0.norm1.g"][3] = 40.0  # an outlier channel to move
     w["final.norm.g"][5] = 40.0
+    w["L0.v.w"][2] *= 40.0  # channel 2 of every query head of KV head 0 in the attention output
+    w["L0.up.w"][3] *= 40.0  # channel 3 of down's input
+    if "L0.up.b" in w:  # OPT: the channel fires through ReLU on every token
+        w["L0.up.b"][3] = 80.0
     ids = np.arange(12)
     _, ten = _calibrate(cfg, load_plan("w8a8"), w, ids)
     ws = _smooth(cfg, w, ten, 0.5)
@@ -170,6 +175,9 @@ def test_smoothing_is_exact_in_float(name):
     spread = lambda t: np.abs(t).max(0).max() / np.abs(t).max(0).mean()  # noqa: E731
     assert spread(ten_s["L0.h1"]) < 0.5 * spread(ten["L0.h1"])
     assert spread(ten_s["hf"]) < 0.5 * spread(ten["hf"])
+    assert spread(ten_s["L0.a"]) < 0.5 * spread(ten["L0.a"])
+    mm = "L0.mm" if cfg.gated_mlp else "L0.ua"
+    assert spread(ten_s[mm]) < 0.5 * spread(ten[mm])
 
 
 @pytest.mark.parametrize("name", MODELS)

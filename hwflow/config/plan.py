@@ -176,7 +176,8 @@ class CompressionMethod(Frozen):
     ``group``: one weight scale per output row and run of ``group`` inputs (a power of two,
     a multiple of the op's M, dividing its reduction length) for every linear op of the
     layers; ``weights``/``rules`` may set ``group`` per op instead (a size, or ``channel``
-    for per-row scales), ``lm_head`` its own. ``smooth``: the SmoothQuant alpha in [0, 1].
+    for per-row scales), ``lm_head`` its own. ``smooth``: the SmoothQuant alpha in [0, 1], applied wherever the
+    factors fold into weights (the norms' consumers, o through v, down through up).
     """
 
     prune: PruneMethod = "magnitude"
