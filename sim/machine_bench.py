@@ -8,7 +8,8 @@ loads the case's HBM image through the model's host port, and per step writes th
 bytes, starts the machine, waits for ``done`` (an edge trigger, raced against a timer and the
 dispatcher's ``error``), and reads the image back. A monitor coroutine wakes only when the
 machine's ``mon_seq`` changes (an instruction started or finished) and records per-instruction
-(unit, pc, start, end) cycles.
+(unit, pc, start, end) cycles and, for LD/ST, how long the transfer queued for its first HBM
+channel (:mod:`hwflow.hw.machine.hbm_sim`).
 
 The case (``HWFLOW_CASE``, an ``.npz`` written by :mod:`hwflow.hw.machine.run`) holds the HBM
 image, the steps (template address, words, LEN, POS, timeout, input address; the input bytes)
@@ -28,9 +29,11 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, First, RisingEdge, Timer
 
-from hwflow.isa import TOKEN_UNITS
+from hwflow.isa import TOKEN_UNITS, Unit
 
 PERIOD_NS = 10
+#: cocotb's clock implementation (``HWFLOW_CLOCK=py``: the Python coroutine, to compare)
+CLOCK_IMPL = os.environ.get("HWFLOW_CLOCK", "gpi")
 
 
 def _now() -> int:
@@ -49,9 +52,15 @@ async def _reset(dut: object) -> None:
 
 
 async def _monitor(dut: object, log: list) -> None:
-    """Per-instruction (unit, pc, start cycle, end cycle) from the machine's monitor ports."""
+    """Per-instruction (unit, pc, start cycle, end cycle, channel wait) from the machine's
+    monitor ports. The channel wait (LD/ST; 0 for the rest) is the HBM model's
+    ``chan_<port>_wait`` of the instruction's transfer, 0 when it moved nothing (the port's
+    transfer count did not change between its start and its end)."""
     open_: dict[int, list] = {u: [] for u in range(len(TOKEN_UNITS))}
     nu = len(TOKEN_UNITS)
+    ports = {TOKEN_UNITS.index(u): u.name.lower() for u in (Unit.LD, Unit.ST)}
+    chan = {u: (getattr(dut, f"chan_{p}_wait"), getattr(dut, f"chan_{p}_count"))
+            for u, p in ports.items()}  # fmt: skip
     while True:
         await dut.mon_seq.value_change
         cyc = int(dut.cycle.value) - 1  # the events happened in the previous cycle
@@ -59,10 +68,13 @@ async def _monitor(dut: object, log: list) -> None:
         pcs = int(dut.mon_pc.value)
         for u in range(nu):
             if st >> u & 1:
-                open_[u].append([u, (pcs >> (16 * u)) & 0xFFFF, cyc, -1])
-            if dn >> u & 1:
+                count = int(chan[u][1].value) if u in chan else 0
+                open_[u].append([u, (pcs >> (16 * u)) & 0xFFFF, cyc, -1, count])
+            if dn >> u & 1:  # the oldest open one (an instruction may end as it starts)
                 rec = open_[u].pop(0)
                 rec[3] = cyc
+                moved = u in chan and int(chan[u][1].value) != rec[4]
+                rec[4] = int(chan[u][0].value) if moved else 0
                 log.append(rec)
 
 
@@ -133,7 +145,10 @@ async def run_case(dut: object) -> None:
     steps = case["steps"].tolist()  # (prog addr, words, LEN, POS, timeout cycles, input addr)
     mem = bytearray(case["hbm"].tobytes())
     wb = len(dut.host_wdata) // 8
-    cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
+    # the clock toggled by the simulator interface in C++ ("gpi"), not by a Python coroutine
+    # waking twice a cycle (cocotb's default without COCOTB_TRUST_INERTIAL_WRITES)
+    clock = Clock(dut.clk, PERIOD_NS, unit="ns", impl=CLOCK_IMPL)
+    clock.start()
     await _reset(dut)
     await _host_write(dut, mem, 0, len(mem), wb)
     records: list = []

@@ -184,9 +184,16 @@ def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pre
         sim_cycles_per_cpu_s=run.sim_cycles / cpu if cpu else 0.0,
         wall_s=wall,
         records=[
-            {"step": i, "unit": TOKEN_UNITS[u].name, "pc": pc, "start": a, "end": b}
+            {
+                "step": i,
+                "unit": TOKEN_UNITS[r[0]].name,
+                "pc": r[1],
+                "start": r[2],
+                "end": r[3],
+                "wait": r[4] if len(r) > 4 else 0,
+            }
             for i, s in enumerate(run.steps)
-            for u, pc, a, b in s["records"]
+            for r in s["records"]
         ],
     )
     return out
