@@ -157,13 +157,16 @@ async def run_case(dut: object) -> None:
     stats = []
     wall, cpu = time.perf_counter(), time.process_time()
     sim0 = _now()
+    host_s = 0.0  # wall seconds of the host's image reads and input writes between steps
     for i, row in enumerate(steps):
         first = len(records)
+        t_io = time.perf_counter()
         if f"in{i}" in case:  # the host writes the step's input rows
             data = case[f"in{i}"].tobytes()
             lo = row[5]
             mem[lo : lo + len(data)] = data
             await _host_write(dut, mem, lo, lo + len(data), wb)
+        host_s += time.perf_counter() - t_io
         await _run_step(dut, i, row, records, first)
         stats.append(
             {
@@ -174,7 +177,9 @@ async def run_case(dut: object) -> None:
                 "records": records[first:],
             }
         )
+        t_io = time.perf_counter()
         img = await _host_read(dut, len(mem), wb)
+        host_s += time.perf_counter() - t_io
         mem[:] = img
         out[f"hbm{i}"] = np.frombuffer(img, np.uint8)
     sim_cycles = _now() - sim0
@@ -189,6 +194,7 @@ async def run_case(dut: object) -> None:
                 "sim_cycles": sim_cycles,
                 "sim_seconds": seconds,
                 "sim_cpu_seconds": cpu_seconds,
+                "host_seconds": host_s,
             }
         ).encode(),
         np.uint8,

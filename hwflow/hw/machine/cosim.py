@@ -182,6 +182,8 @@ def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pre
         sim_cycles_per_s=run.sim_cycles / run.sim_seconds if run.sim_seconds else 0.0,
         # per CPU second of the simulator process: the rate on a machine not shared with others
         sim_cycles_per_cpu_s=run.sim_cycles / cpu if cpu else 0.0,
+        # of the simulation's wall time, the host's image reads and input writes between steps
+        host_io_s=run.extra.get("host_seconds", 0.0),
         wall_s=wall,
         records=[
             {

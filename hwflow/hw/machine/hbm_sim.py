@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -204,28 +204,22 @@ class HbmModel(wiring.Component):
 
     def _reader(self, m: Module, mem: Memory, axi: object, now: Signal, name: str,
                 base: list) -> _Timing:  # fmt: skip
-        """AR queue -> timing -> the beats of each burst, back to back once due; returns the
-        port's timing (channels seen as ``base``)."""
+        """Timing at arrival -> AR queue -> the beats of each burst, back to back once due;
+        returns the port's timing (channels seen as ``base``). A burst is charged in the cycle
+        its address arrives, so bursts of the LD and ST ports take their channels in arrival
+        order (:class:`hwflow.perf.hbm.HbmChannels`), however far behind the data is."""
         mp = self.mp
         ab = mp.axi_addr_bits
-        ub = len(axi.aruser)
-        ar_w = ab + 8 + ub + STAMP_BITS
-        m.submodules[f"{name}_arq"] = arq = SyncFIFOBuffered(width=ar_w, depth=mp.outstanding)
-        m.d.comb += [
-            arq.w_data.eq(Cat(axi.araddr, axi.arlen, axi.aruser, now)),
-            arq.w_en.eq(axi.arvalid),
-            axi.arready.eq(arq.w_rdy),
-        ]
         timing = _Timing(m, self.hw, mp, write=False, name=name, base=base)
-        head_addr, head_len = arq.r_data[:ab], arq.r_data[ab : ab + 8]
-        head_user, head_stamp = arq.r_data[ab + 8 : ab + 8 + ub], arq.r_data[ab + 8 + ub :]
-        m.submodules[f"{name}_due"] = dq = SyncFIFOBuffered(width=ab + 8 + STAMP_BITS + 1, depth=4)
-        fire = arq.r_rdy & dq.w_rdy
-        due = timing.issue(head_addr, head_len, head_user, head_stamp, fire)
+        fire = axi.arvalid & axi.arready
+        due = timing.issue(axi.araddr, axi.arlen, axi.aruser, now, fire)
+        m.submodules[f"{name}_arq"] = dq = SyncFIFOBuffered(
+            width=ab + 8 + STAMP_BITS + 1, depth=mp.outstanding
+        )
         m.d.comb += [
-            arq.r_en.eq(fire),
-            dq.w_en.eq(fire),
-            dq.w_data.eq(head_addr | (head_len << ab) | (due << (ab + 8))),
+            dq.w_en.eq(axi.arvalid),
+            dq.w_data.eq(axi.araddr | (axi.arlen << ab) | (due << (ab + 8))),
+            axi.arready.eq(dq.w_rdy),
         ]
         # streaming: ``cur`` word, ``left`` beats after the current one
         rd = mem.read_port(domain="comb")
@@ -253,32 +247,32 @@ class HbmModel(wiring.Component):
         return timing
 
     def _writer(self, m: Module, mem: Memory, now: Signal, base: list) -> _Timing:
-        """AW queue -> timing; W beats into the memory (strobed); responses when due; returns
-        the port's timing (channels seen as ``base``)."""
+        """Timing at arrival -> AW queue; W beats into the memory (strobed); responses when
+        due; returns the port's timing (channels seen as ``base``). As for reads, a burst is
+        charged in the cycle its address arrives."""
         mp, axi = self.mp, self.st
         ab = mp.axi_addr_bits
-        ub = len(axi.awuser)
-        m.submodules.st_awq = awq = SyncFIFOBuffered(
-            width=ab + 8 + ub + STAMP_BITS, depth=mp.outstanding
-        )
+        timing = _Timing(m, self.hw, mp, write=True, name="st", base=base)
+        fire = axi.awvalid & axi.awready
+        charged = timing.issue(axi.awaddr, axi.awlen, axi.awuser, now, fire)
+        # first-word-fall-through queues: the head burst takes its W beats from the cycle
+        # after its address, its response is due from the cycle after its last beat
+        m.submodules.st_awq = awq = SyncFIFO(width=ab + STAMP_BITS + 1, depth=mp.outstanding)
         m.d.comb += [
-            awq.w_data.eq(Cat(axi.awaddr, axi.awlen, axi.awuser, now)),
+            awq.w_data.eq(Cat(axi.awaddr, charged)),
             awq.w_en.eq(axi.awvalid),
             axi.awready.eq(awq.w_rdy),
         ]
-        timing = _Timing(m, self.hw, mp, write=True, name="st", base=base)
-        head_addr, head_len = awq.r_data[:ab], awq.r_data[ab : ab + 8]
-        head_user, head_stamp = awq.r_data[ab + 8 : ab + 8 + ub], awq.r_data[ab + 8 + ub :]
-        m.submodules.st_bq = bq = SyncFIFOBuffered(width=STAMP_BITS + 1, depth=mp.outstanding)
+        head_addr, head_due = awq.r_data[:ab], awq.r_data[ab:]
+        m.submodules.st_bq = bq = SyncFIFO(width=STAMP_BITS + 1, depth=mp.outstanding)
         wr = mem.write_port(granularity=8)
         busy = Signal(name="st_busy")  # taking the W beats of the head burst
         cur = Signal(self.wbits, name="st_cur")
         due = Signal(STAMP_BITS + 1, name="st_due_r")
         take = awq.r_rdy & ~busy
-        charged = timing.issue(head_addr, head_len, head_user, head_stamp, take)
         m.d.comb += awq.r_en.eq(take)
         with m.If(take):
-            m.d.sync += [busy.eq(1), cur.eq(self._word(head_addr)), due.eq(charged)]
+            m.d.sync += [busy.eq(1), cur.eq(self._word(head_addr)), due.eq(head_due)]
         beat = busy & axi.wvalid
         m.d.comb += [
             axi.wready.eq(busy & bq.w_rdy),

@@ -141,5 +141,5 @@ def run_steps(
             gen_s=facts["gen_s"],
             tests=tests,
             failed=failed,
-            extra={"sim_cpu_seconds": stats.get("sim_cpu_seconds", 0.0)},
+            extra={k: stats.get(k, 0.0) for k in ("sim_cpu_seconds", "host_seconds")},
         )
