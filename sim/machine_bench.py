@@ -6,7 +6,9 @@ The HBM, its AXI subordinates and their timing are in the simulated design
 per channel and ``costs.hbm_latency_cycles``), so Python does not run every cycle: the bench
 loads the case's HBM image through the model's host port, and per step writes the step's input
 bytes, starts the machine, waits for ``done`` (an edge trigger, raced against a timer and the
-dispatcher's ``error``), and reads the image back. A monitor coroutine wakes only when the
+dispatcher's ``error``), and reads the image back. The bench imports nothing of hwflow (the
+runner passes the monitor's unit order in ``HWFLOW_UNITS``) and runs without cocotb's pytest
+assertion rewriting (its asserts carry their messages): both only slowed its start. A monitor coroutine wakes only when the
 machine's ``mon_seq`` changes (an instruction started or finished) and records per-instruction
 (unit, pc, start, end) cycles and, for LD/ST, how long the transfer queued for its first HBM
 channel (:mod:`hwflow.hw.machine.hbm_sim`).
@@ -29,8 +31,6 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, First, RisingEdge, Timer
 
-from hwflow.isa import TOKEN_UNITS, Unit
-
 PERIOD_NS = 10
 #: cocotb's clock implementation (``HWFLOW_CLOCK=py``: the Python coroutine, to compare)
 CLOCK_IMPL = os.environ.get("HWFLOW_CLOCK", "gpi")
@@ -51,14 +51,25 @@ async def _reset(dut: object) -> None:
     await ClockCycles(dut.clk, 2)
 
 
+def _unit_names() -> list[str]:
+    """The monitor's bit order (``hwflow.isa.TOKEN_UNITS``), as the runner passes it."""
+    names = os.environ.get("HWFLOW_UNITS")
+    if names is None:  # run by hand: ask the ISA (a slower start)
+        from hwflow.isa import TOKEN_UNITS
+
+        return [u.name for u in TOKEN_UNITS]
+    return names.split(",")
+
+
 async def _monitor(dut: object, log: list) -> None:
     """Per-instruction (unit, pc, start cycle, end cycle, channel wait) from the machine's
     monitor ports. The channel wait (LD/ST; 0 for the rest) is the HBM model's
     ``chan_<port>_wait`` of the instruction's transfer, 0 when it moved nothing (the port's
     transfer count did not change between its start and its end)."""
-    open_: dict[int, list] = {u: [] for u in range(len(TOKEN_UNITS))}
-    nu = len(TOKEN_UNITS)
-    ports = {TOKEN_UNITS.index(u): u.name.lower() for u in (Unit.LD, Unit.ST)}
+    units = _unit_names()
+    nu = len(units)
+    open_: dict[int, list] = {u: [] for u in range(nu)}
+    ports = {units.index(u): u.lower() for u in ("LD", "ST")}
     chan = {u: (getattr(dut, f"chan_{p}_wait"), getattr(dut, f"chan_{p}_count"))
             for u, p in ports.items()}  # fmt: skip
     while True:
