@@ -389,7 +389,7 @@ def sfu_op_cost(
 
 # --------------------------------------------------------------------------------------------
 # HBM transfers (LD / ST), defined once: the cycle model's HBM channels charge these, and the
-# RTL machine's HBM model (sim/machine_bench.py) times its AXI bursts with them.
+# RTL machine's simulated HBM (hwflow.hw.machine.hbm_sim) times its AXI bursts with them.
 #
 # The address space is interleaved across the preset's pseudo-channels in granules of
 # ``hbm.interleave_bytes``: granule g lives in channel ``g % channels``, and the LD/ST unit has

@@ -6,9 +6,12 @@ The HBM, its AXI subordinates and their timing are in the simulated design
 per channel and ``costs.hbm_latency_cycles``), so Python does not run every cycle: the bench
 loads the case's HBM image through the model's host port, and per step writes the step's input
 bytes, starts the machine, waits for ``done`` (an edge trigger, raced against a timer and the
-dispatcher's ``error``), and reads the image back. A monitor coroutine wakes only when the
+dispatcher's ``error``), and reads the image back. The bench imports nothing of hwflow (the
+runner passes the monitor's unit order in ``HWFLOW_UNITS``) and runs without cocotb's pytest
+assertion rewriting (its asserts carry their messages): both only slowed its start. A monitor coroutine wakes only when the
 machine's ``mon_seq`` changes (an instruction started or finished) and records per-instruction
-(unit, pc, start, end) cycles.
+(unit, pc, start, end) cycles and, for LD/ST, how long the transfer queued for its first HBM
+channel (:mod:`hwflow.hw.machine.hbm_sim`).
 
 The case (``HWFLOW_CASE``, an ``.npz`` written by :mod:`hwflow.hw.machine.run`) holds the HBM
 image, the steps (template address, words, LEN, POS, timeout, input address; the input bytes)
@@ -28,9 +31,9 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, First, RisingEdge, Timer
 
-from hwflow.isa import TOKEN_UNITS
-
 PERIOD_NS = 10
+#: cocotb's clock implementation (``HWFLOW_CLOCK=py``: the Python coroutine, to compare)
+CLOCK_IMPL = os.environ.get("HWFLOW_CLOCK", "gpi")
 
 
 def _now() -> int:
@@ -48,10 +51,27 @@ async def _reset(dut: object) -> None:
     await ClockCycles(dut.clk, 2)
 
 
+def _unit_names() -> list[str]:
+    """The monitor's bit order (``hwflow.isa.TOKEN_UNITS``), as the runner passes it."""
+    names = os.environ.get("HWFLOW_UNITS")
+    if names is None:  # run by hand: ask the ISA (a slower start)
+        from hwflow.isa import TOKEN_UNITS
+
+        return [u.name for u in TOKEN_UNITS]
+    return names.split(",")
+
+
 async def _monitor(dut: object, log: list) -> None:
-    """Per-instruction (unit, pc, start cycle, end cycle) from the machine's monitor ports."""
-    open_: dict[int, list] = {u: [] for u in range(len(TOKEN_UNITS))}
-    nu = len(TOKEN_UNITS)
+    """Per-instruction (unit, pc, start cycle, end cycle, channel wait) from the machine's
+    monitor ports. The channel wait (LD/ST; 0 for the rest) is the HBM model's
+    ``chan_<port>_wait`` of the instruction's transfer, 0 when it moved nothing (the port's
+    transfer count did not change between its start and its end)."""
+    units = _unit_names()
+    nu = len(units)
+    open_: dict[int, list] = {u: [] for u in range(nu)}
+    ports = {units.index(u): u.lower() for u in ("LD", "ST")}
+    chan = {u: (getattr(dut, f"chan_{p}_wait"), getattr(dut, f"chan_{p}_count"))
+            for u, p in ports.items()}  # fmt: skip
     while True:
         await dut.mon_seq.value_change
         cyc = int(dut.cycle.value) - 1  # the events happened in the previous cycle
@@ -59,10 +79,13 @@ async def _monitor(dut: object, log: list) -> None:
         pcs = int(dut.mon_pc.value)
         for u in range(nu):
             if st >> u & 1:
-                open_[u].append([u, (pcs >> (16 * u)) & 0xFFFF, cyc, -1])
-            if dn >> u & 1:
+                count = int(chan[u][1].value) if u in chan else 0
+                open_[u].append([u, (pcs >> (16 * u)) & 0xFFFF, cyc, -1, count])
+            if dn >> u & 1:  # the oldest open one (an instruction may end as it starts)
                 rec = open_[u].pop(0)
                 rec[3] = cyc
+                moved = u in chan and int(chan[u][1].value) != rec[4]
+                rec[4] = int(chan[u][0].value) if moved else 0
                 log.append(rec)
 
 
@@ -133,7 +156,10 @@ async def run_case(dut: object) -> None:
     steps = case["steps"].tolist()  # (prog addr, words, LEN, POS, timeout cycles, input addr)
     mem = bytearray(case["hbm"].tobytes())
     wb = len(dut.host_wdata) // 8
-    cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
+    # the clock toggled by the simulator interface in C++ ("gpi"), not by a Python coroutine
+    # waking twice a cycle (cocotb's default without COCOTB_TRUST_INERTIAL_WRITES)
+    clock = Clock(dut.clk, PERIOD_NS, unit="ns", impl=CLOCK_IMPL)
+    clock.start()
     await _reset(dut)
     await _host_write(dut, mem, 0, len(mem), wb)
     records: list = []
@@ -142,13 +168,16 @@ async def run_case(dut: object) -> None:
     stats = []
     wall, cpu = time.perf_counter(), time.process_time()
     sim0 = _now()
+    host_s = 0.0  # wall seconds of the host's image reads and input writes between steps
     for i, row in enumerate(steps):
         first = len(records)
+        t_io = time.perf_counter()
         if f"in{i}" in case:  # the host writes the step's input rows
             data = case[f"in{i}"].tobytes()
             lo = row[5]
             mem[lo : lo + len(data)] = data
             await _host_write(dut, mem, lo, lo + len(data), wb)
+        host_s += time.perf_counter() - t_io
         await _run_step(dut, i, row, records, first)
         stats.append(
             {
@@ -159,7 +188,9 @@ async def run_case(dut: object) -> None:
                 "records": records[first:],
             }
         )
+        t_io = time.perf_counter()
         img = await _host_read(dut, len(mem), wb)
+        host_s += time.perf_counter() - t_io
         mem[:] = img
         out[f"hbm{i}"] = np.frombuffer(img, np.uint8)
     sim_cycles = _now() - sim0
@@ -174,6 +205,7 @@ async def run_case(dut: object) -> None:
                 "sim_cycles": sim_cycles,
                 "sim_seconds": seconds,
                 "sim_cpu_seconds": cpu_seconds,
+                "host_seconds": host_s,
             }
         ).encode(),
         np.uint8,

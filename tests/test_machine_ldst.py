@@ -9,7 +9,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from hwflow.config import load_hw
-from hwflow.costs import hbm_runs
+from hwflow.costs import hbm_pieces, hbm_runs
 from hwflow.hw.machine.ldst import LoadUnit, StoreUnit
 from hwflow.hw.machine.params import MachineParams
 from hwflow.hw.machine.queue import Tokens
@@ -237,3 +237,81 @@ def test_token_counter_overflow_is_flagged() -> None:
     sim.add_testbench(tb)
     sim.run()
     assert seen == {"before": 0, "after": 1, "avail": 0}
+
+
+def _hbm_waits(st_after: int) -> dict[str, int]:
+    """The simulated HBM (hbm_sim.HbmModel) given one LD burst (512 bytes at byte 0: channels
+    0 and 1) and, ``st_after`` cycles later, an ST burst of one beat at byte 0 (channel 0) and
+    then a second ST burst of the same transfer at byte 256 (channel 1); returns the ports'
+    channel waits and transfer counts once both are charged."""
+    from hwflow.hw.machine.axi import user_bits
+    from hwflow.hw.machine.hbm_sim import HbmModel
+
+    hw = load_hw("tiny")
+    dut = HbmModel(hw, MP, 64)
+    lg = (WB - 1).bit_length()
+    start = 1 << (lg + 1)  # AxUSER: the transfer's first burst (axi.user_bits)
+    assert user_bits(MP.axi_data_bits) == lg + 2
+    out: dict[str, int] = {}
+
+    async def tb(ctx):
+        ctx.set(dut.ld.rready, 1)
+        ctx.set(dut.st.bready, 1)
+        ctx.set(dut.ld.araddr, 0)
+        ctx.set(dut.ld.arlen, 512 // WB - 1)
+        ctx.set(dut.ld.aruser, start | (WB - 1))
+        ctx.set(dut.ld.arvalid, 1)
+        await ctx.tick()
+        ctx.set(dut.ld.arvalid, 0)
+        for _ in range(st_after - 1):
+            await ctx.tick()
+        for addr, first in ((0, start), (256, 0)):
+            ctx.set(dut.st.awaddr, addr)
+            ctx.set(dut.st.awlen, 0)
+            ctx.set(dut.st.awuser, first | (WB - 1))
+            ctx.set(dut.st.awvalid, 1)
+            ctx.set(dut.st.wvalid, 1)
+            ctx.set(dut.st.wlast, 1)
+            ctx.set(dut.st.wstrb, (1 << WB) - 1)
+            await ctx.tick()
+        ctx.set(dut.st.awvalid, 0)
+        for _ in range(12):
+            await ctx.tick()
+        for k in ("ld_wait", "ld_count", "st_wait", "st_count"):
+            out[k] = ctx.get(getattr(dut, f"chan_{k}"))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    return out
+
+
+def test_hbm_model_reports_the_queueing_before_a_transfers_first_channel() -> None:
+    """An ST arriving while an LD burst holds its channels waits until the first of its
+    channels is free: ``costs.hbm_pieces`` occupancy of the LD on channel 0 less the cycles
+    between the two arrivals (the later ST burst, on channel 1, frees no earlier; the port's
+    wait is the transfer's earliest start). The LD itself did not wait; each port counted one
+    transfer. Arriving after the LD's occupancy, the ST does not wait."""
+    hw = load_hw("tiny")
+    occ = {p.channel: p.occupancy for p in hbm_pieces(hw, 0, 512)}
+    assert occ[0] == occ[1] > 3
+    got = _hbm_waits(2)
+    assert got == {"ld_wait": 0, "ld_count": 1, "st_wait": occ[0] - 2, "st_count": 1}
+    assert _hbm_waits(occ[0] + 1)["st_wait"] == 0
+
+
+def test_class_table_counts_channel_queueing_as_stall() -> None:
+    """An RTL record's busy time is start to done (inclusive) less its channel wait: an LD
+    accepted in cycle 10, done in cycle 29, that queued 5 cycles for its first channel is 15
+    busy cycles; a record without the field waited nothing (an MM, 4 cycles)."""
+    from hwflow.hw.machine.cycles import class_table
+    from hwflow.isa import TOKEN_UNITS, Unit
+
+    ld, mm = TOKEN_UNITS.index(Unit.LD), TOKEN_UNITS.index(Unit.MM)
+    model = {u: [] for u in TOKEN_UNITS}
+    model[Unit.LD] = [("LD", 15)]
+    model[Unit.MM] = [("MM", 4)]
+    rows = {r.name: r for r in class_table([(ld, 0, 10, 29, 5), (mm, 1, 3, 6)], model)}
+    assert (rows["LD"].rtl, rows["LD"].error) == (15, 0)
+    assert (rows["MM"].rtl, rows["MM"].error) == (4, 0)

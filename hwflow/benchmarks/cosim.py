@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         "sim_cycles": res.get("sim_cycles", 0),
         "sim_cycles_per_s": res.get("sim_cycles_per_s", 0.0),
         "sim_cycles_per_cpu_s": res.get("sim_cycles_per_cpu_s", 0.0),
+        "host_io_s": res.get("host_io_s", 0.0),
         "end_to_end_s": time.perf_counter() - t0,
         "bit_exact": res["bit_exact"],
         "missing_units": res.get("missing_units", []),

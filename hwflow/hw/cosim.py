@@ -381,7 +381,9 @@ def run_machine_bench(
             build_dir=bdir,
             test_dir=bdir,
             testcase=testcase,
-            extra_env=env,
+            # the bench's asserts carry their messages: no pytest assertion rewriting, which
+            # re-parsed every imported module and took most of the simulator's start-up
+            extra_env={"COCOTB_REWRITE_ASSERTION_FILES": "", **env},
             results_xml=str(results),
             seed=seed,
             log_file=log,

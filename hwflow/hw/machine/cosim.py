@@ -182,11 +182,20 @@ def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pre
         sim_cycles_per_s=run.sim_cycles / run.sim_seconds if run.sim_seconds else 0.0,
         # per CPU second of the simulator process: the rate on a machine not shared with others
         sim_cycles_per_cpu_s=run.sim_cycles / cpu if cpu else 0.0,
+        # of the simulation's wall time, the host's image reads and input writes between steps
+        host_io_s=run.extra.get("host_seconds", 0.0),
         wall_s=wall,
         records=[
-            {"step": i, "unit": TOKEN_UNITS[u].name, "pc": pc, "start": a, "end": b}
+            {
+                "step": i,
+                "unit": TOKEN_UNITS[r[0]].name,
+                "pc": r[1],
+                "start": r[2],
+                "end": r[3],
+                "wait": r[4] if len(r) > 4 else 0,
+            }
             for i, s in enumerate(run.steps)
-            for u, pc, a, b in s["records"]
+            for r in s["records"]
         ],
     )
     return out

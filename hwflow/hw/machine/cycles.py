@@ -9,6 +9,17 @@ streaming span, the first-beat latency and the done stages (``costs.LDST_REQUEST
 transfer; an empty one ``LDST_REQUEST_STAGES + 1``), every other op its priced ``latency``. Both sides
 run each unit in order, so the n-th instruction of a unit on one side is the n-th on the
 other. :func:`class_table` averages per instruction class (LD, ST, MM, MV, SFU, SYNC).
+
+What an LD/ST's *busy* time is. The HBM channels are shared: a transfer whose channels are
+still streaming other transfers (the other unit's, or in the model its own unit's earlier
+ones) queues until the first of its pieces holds a channel. Both sides count that queueing as
+the unit's *stall*, not its busy time: the model's trace span starts at that first channel
+start (:mod:`hwflow.perf.machine`: "Busy cycles ... LD/ST: the union of the times its transfers
+stream; Stall cycles: ... waiting for ... HBM"), and the RTL record carries the cycles the
+transfer's first burst queued at the simulated HBM before its first piece held a channel
+(:mod:`hwflow.hw.machine.hbm_sim`, ``chan_*_wait``), which :func:`class_table` subtracts. So the
+per-class figure holds each unit to its cost function (``costs.hbm_pieces`` for LD/ST), while
+the contention itself is in both sides' program cycles, which ``cycle_error`` compares.
 """
 
 from __future__ import annotations
@@ -69,10 +80,13 @@ def model_times(
 def class_table(
     records: Sequence[Sequence[int]], model: dict[int, list[tuple[str, int]]]
 ) -> list[ClassRow]:
-    """Per class means of the RTL records (unit, pc, start, end) vs the model's times."""
+    """Per class means of the RTL records (unit, pc, start, end[, channel wait]) vs the
+    model's times; a record's time is ``end - start + 1`` less its channel wait (module doc)."""
     rtl: dict[int, list[int]] = {u: [] for u in TOKEN_UNITS}
-    for unit, _pc, start, end in sorted(records, key=lambda r: (r[2], r[0])):
-        rtl[unit].append(end - start + 1)  # done in cycle ``end``: results visible after it
+    for rec in sorted(records, key=lambda r: (r[2], r[0])):
+        unit, _pc, start, end = rec[:4]
+        wait = rec[4] if len(rec) > 4 else 0
+        rtl[unit].append(end - start + 1 - wait)  # done in cycle ``end``: results visible after
     acc: dict[str, list[float]] = {}
     for u in TOKEN_UNITS:
         if len(rtl[u]) != len(model[u]):

@@ -20,13 +20,20 @@ is charged from its first burst's arrival (the one port stands for one per chann
 model hands a transfer's pieces to all its channels at once). The occupancies are a
 table computed from ``hbm_pieces`` for every atom start in one interleave period, every
 length up to a burst and both hop flags (one definition).
+
+For the monitor, each of the LD and ST ports reports how long the latest transfer's first
+piece queued behind other transfers before it held a channel (``chan_<port>_wait``: from the
+arrival of the transfer's first burst to the earliest start of any of its pieces) and counts
+its transfers (``chan_<port>_count``). The cycle model counts that queueing as the unit's
+stall, not its busy time (:mod:`hwflow.perf.machine`), and so does
+:func:`hwflow.hw.machine.cycles.class_table`.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -38,6 +45,7 @@ from hwflow.hw.machine.params import MachineParams
 __all__ = ["SIM_HBM_BYTES", "HbmModel", "SimTop", "occupancy_table"]
 
 STAMP_BITS = 32  #: cycle stamps (a run is far shorter than 2**32 cycles)
+WAIT_BITS = 16  #: the per-port channel wait and transfer count the monitor reads
 SIM_HBM_BYTES = 1 << 22  #: the simulated HBM's size (the tiny models' images are ~0.1 MiB)
 
 
@@ -83,6 +91,11 @@ class _Timing:
         self.latency = hbm_latency_cycles(hw)
         self.write = write
         self.t0 = Signal(STAMP_BITS, name=f"{name}_t0")  # arrival of the transfer's first burst
+        #: cycles from the arrival of the latest transfer's first burst to the first cycle any
+        #: of its pieces held a channel (it queued behind other transfers until then), and a
+        #: count of transfers (its change tells a command that moved nothing)
+        self.wait = Signal(WAIT_BITS, name=f"{name}_wait")
+        self.count = Signal(WAIT_BITS, name=f"{name}_count")
 
     def issue(self, addr: object, blen: object, user: object, stamp: object,
               fire: object) -> Signal:  # fmt: skip
@@ -104,6 +117,8 @@ class _Timing:
         with m.If(fire & first):
             m.d.sync += self.t0.eq(stamp)
         last = t0 + self.latency  # when the last beat (read) / the response (write) is due
+        soon = Signal(STAMP_BITS + 1, name="soon")  # this burst's first piece start
+        soon_v = Const((1 << STAMP_BITS) - 1, STAMP_BITS + 1)
         for c in range(mp.channels):
             occ = row[c]
             free = self.base[c]
@@ -111,7 +126,14 @@ class _Timing:
             end = start + occ
             t = end + self.latency
             last = Mux((occ != 0) & (t > last), t, last)
+            soon_v = Mux((occ != 0) & (start < soon_v), start, soon_v)
             m.d.comb += self.after[c].eq(Mux(fire & (occ != 0), end, free))
+        m.d.comb += soon.eq(soon_v)
+        waited = (soon - t0)[:WAIT_BITS]
+        with m.If(fire & first):
+            m.d.sync += [self.wait.eq(waited), self.count.eq(self.count + 1)]
+        with m.Elif(fire & (waited < self.wait)):
+            m.d.sync += self.wait.eq(waited)
         if self.write:
             m.d.comb += due.eq(last)
         else:  # the first beat: the burst's beats follow it one per cycle
@@ -124,7 +146,8 @@ class _Timing:
 class HbmModel(wiring.Component):
     """The HBM model (module doc): ``words`` words of one beat each, AXI ports ``ifetch``,
     ``ld`` (read) and ``st`` (write), and the host's word port (``host_*``: write a word
-    with ``host_we``; ``host_rdata`` is the word at ``host_addr``, combinational)."""
+    with ``host_we``; ``host_rdata`` is the word at ``host_addr``, combinational), and the
+    LD/ST ports' channel waits and transfer counts (``chan_*``, module doc)."""
 
     def __init__(self, hw: HardwarePreset, mp: MachineParams, words: int) -> None:
         self.hw, self.mp, self.words = hw, mp, words
@@ -139,6 +162,7 @@ class HbmModel(wiring.Component):
                 "host_wdata": In(db),
                 "host_we": In(1),
                 "host_rdata": Out(db),
+                **{f"chan_{k}": Out(WAIT_BITS) for k in _CHAN},
             }
         )
 
@@ -165,6 +189,12 @@ class HbmModel(wiring.Component):
         tf = self._reader(m, mem, self.ifetch, now, "ifetch", free_f)
         tl = self._reader(m, mem, self.ld, now, "ld", free)
         ts = self._writer(m, mem, now, tl.after)
+        m.d.comb += [
+            self.chan_ld_wait.eq(tl.wait),
+            self.chan_ld_count.eq(tl.count),
+            self.chan_st_wait.eq(ts.wait),
+            self.chan_st_count.eq(ts.count),
+        ]
         m.d.sync += [free_f[c].eq(tf.after[c]) for c in chans]
         m.d.sync += [free[c].eq(ts.after[c]) for c in chans]
         return m
@@ -174,28 +204,22 @@ class HbmModel(wiring.Component):
 
     def _reader(self, m: Module, mem: Memory, axi: object, now: Signal, name: str,
                 base: list) -> _Timing:  # fmt: skip
-        """AR queue -> timing -> the beats of each burst, back to back once due; returns the
-        port's timing (channels seen as ``base``)."""
+        """Timing at arrival -> AR queue -> the beats of each burst, back to back once due;
+        returns the port's timing (channels seen as ``base``). A burst is charged in the cycle
+        its address arrives, so bursts of the LD and ST ports take their channels in arrival
+        order (:class:`hwflow.perf.hbm.HbmChannels`), however far behind the data is."""
         mp = self.mp
         ab = mp.axi_addr_bits
-        ub = len(axi.aruser)
-        ar_w = ab + 8 + ub + STAMP_BITS
-        m.submodules[f"{name}_arq"] = arq = SyncFIFOBuffered(width=ar_w, depth=mp.outstanding)
-        m.d.comb += [
-            arq.w_data.eq(Cat(axi.araddr, axi.arlen, axi.aruser, now)),
-            arq.w_en.eq(axi.arvalid),
-            axi.arready.eq(arq.w_rdy),
-        ]
         timing = _Timing(m, self.hw, mp, write=False, name=name, base=base)
-        head_addr, head_len = arq.r_data[:ab], arq.r_data[ab : ab + 8]
-        head_user, head_stamp = arq.r_data[ab + 8 : ab + 8 + ub], arq.r_data[ab + 8 + ub :]
-        m.submodules[f"{name}_due"] = dq = SyncFIFOBuffered(width=ab + 8 + STAMP_BITS + 1, depth=4)
-        fire = arq.r_rdy & dq.w_rdy
-        due = timing.issue(head_addr, head_len, head_user, head_stamp, fire)
+        fire = axi.arvalid & axi.arready
+        due = timing.issue(axi.araddr, axi.arlen, axi.aruser, now, fire)
+        m.submodules[f"{name}_arq"] = dq = SyncFIFOBuffered(
+            width=ab + 8 + STAMP_BITS + 1, depth=mp.outstanding
+        )
         m.d.comb += [
-            arq.r_en.eq(fire),
-            dq.w_en.eq(fire),
-            dq.w_data.eq(head_addr | (head_len << ab) | (due << (ab + 8))),
+            dq.w_en.eq(axi.arvalid),
+            dq.w_data.eq(axi.araddr | (axi.arlen << ab) | (due << (ab + 8))),
+            axi.arready.eq(dq.w_rdy),
         ]
         # streaming: ``cur`` word, ``left`` beats after the current one
         rd = mem.read_port(domain="comb")
@@ -223,32 +247,32 @@ class HbmModel(wiring.Component):
         return timing
 
     def _writer(self, m: Module, mem: Memory, now: Signal, base: list) -> _Timing:
-        """AW queue -> timing; W beats into the memory (strobed); responses when due; returns
-        the port's timing (channels seen as ``base``)."""
+        """Timing at arrival -> AW queue; W beats into the memory (strobed); responses when
+        due; returns the port's timing (channels seen as ``base``). As for reads, a burst is
+        charged in the cycle its address arrives."""
         mp, axi = self.mp, self.st
         ab = mp.axi_addr_bits
-        ub = len(axi.awuser)
-        m.submodules.st_awq = awq = SyncFIFOBuffered(
-            width=ab + 8 + ub + STAMP_BITS, depth=mp.outstanding
-        )
+        timing = _Timing(m, self.hw, mp, write=True, name="st", base=base)
+        fire = axi.awvalid & axi.awready
+        charged = timing.issue(axi.awaddr, axi.awlen, axi.awuser, now, fire)
+        # first-word-fall-through queues: the head burst takes its W beats from the cycle
+        # after its address, its response is due from the cycle after its last beat
+        m.submodules.st_awq = awq = SyncFIFO(width=ab + STAMP_BITS + 1, depth=mp.outstanding)
         m.d.comb += [
-            awq.w_data.eq(Cat(axi.awaddr, axi.awlen, axi.awuser, now)),
+            awq.w_data.eq(Cat(axi.awaddr, charged)),
             awq.w_en.eq(axi.awvalid),
             axi.awready.eq(awq.w_rdy),
         ]
-        timing = _Timing(m, self.hw, mp, write=True, name="st", base=base)
-        head_addr, head_len = awq.r_data[:ab], awq.r_data[ab : ab + 8]
-        head_user, head_stamp = awq.r_data[ab + 8 : ab + 8 + ub], awq.r_data[ab + 8 + ub :]
-        m.submodules.st_bq = bq = SyncFIFOBuffered(width=STAMP_BITS + 1, depth=mp.outstanding)
+        head_addr, head_due = awq.r_data[:ab], awq.r_data[ab:]
+        m.submodules.st_bq = bq = SyncFIFO(width=STAMP_BITS + 1, depth=mp.outstanding)
         wr = mem.write_port(granularity=8)
         busy = Signal(name="st_busy")  # taking the W beats of the head burst
         cur = Signal(self.wbits, name="st_cur")
         due = Signal(STAMP_BITS + 1, name="st_due_r")
         take = awq.r_rdy & ~busy
-        charged = timing.issue(head_addr, head_len, head_user, head_stamp, take)
         m.d.comb += awq.r_en.eq(take)
         with m.If(take):
-            m.d.sync += [busy.eq(1), cur.eq(self._word(head_addr)), due.eq(charged)]
+            m.d.sync += [busy.eq(1), cur.eq(self._word(head_addr)), due.eq(head_due)]
         beat = busy & axi.wvalid
         m.d.comb += [
             axi.wready.eq(busy & bq.w_rdy),
@@ -284,7 +308,7 @@ class SimTop(wiring.Component):
         self.acc = Accelerator(mp, units)
         self.hbm = HbmModel(hw, mp, SIM_HBM_BYTES // mp.beat_bytes)
         own = {k: v for k, v in self.acc.signature.members.items() if k not in _AXI}
-        host = {k: v for k, v in self.hbm.signature.members.items() if k.startswith("host_")}
+        host = {k: v for k, v in self.hbm.signature.members.items() if k.startswith(_HBM_OWN)}
         super().__init__({**own, **host})
 
     def elaborate(self, platform: object) -> Module:
@@ -293,7 +317,7 @@ class SimTop(wiring.Component):
         for k in _AXI:
             wiring.connect(m, getattr(acc, k), getattr(hbm, k))
         for k, member in self.signature.members.items():
-            inner = getattr(hbm if k.startswith("host_") else acc, k)
+            inner = getattr(hbm if k.startswith(_HBM_OWN) else acc, k)
             if member.flow == In:
                 m.d.comb += inner.eq(getattr(self, k))
             else:
@@ -302,3 +326,6 @@ class SimTop(wiring.Component):
 
 
 _AXI = ("ifetch", "ld", "st")
+_HBM_OWN = ("host_", "chan_")  #: the model's own ports SimTop brings out
+#: the per-port channel-wait outputs (``chan_<port>_wait``, ``chan_<port>_count``)
+_CHAN = ("ld_wait", "ld_count", "st_wait", "st_count")

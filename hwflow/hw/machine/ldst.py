@@ -156,6 +156,18 @@ def _bursts(m: Module, mp: MachineParams, runs: _Rows, geo: _Geometry, stride: o
     return _Issue(m, wb, addr, beats - 1, user, valid, (busy, first, cur, rend, end, start))
 
 
+def _begin(geo: _Geometry, runs: _Rows, iss: _Issue, data: _Rows, p: object) -> tuple:
+    """Start the HBM side of the accepted non-empty command ``p`` (LD and ST alike): register
+    its geometry, load the burst issuer's run walk ``runs`` and begin its first burst, and load
+    the data side's row walk ``data`` (rows of the buffer-side walk, from HBM byte ``p.hbm``).
+    Returns the buffer-side walk's rows and bytes per row (values of ``p``)."""
+    n_runs, run, rows, n = geo.load(p)
+    runs.start(p.hbm, n_runs)
+    iss.begin(p.hbm, run)
+    data.start(p.hbm, rows)
+    return rows, n
+
+
 class LoadUnit(wiring.Component):
     """LD: HBM -> buffer over an AXI4 read port (see module doc)."""
 
@@ -211,10 +223,7 @@ class LoadUnit(wiring.Component):
             p = self.cmd.payload
             m.d.sync += [c.eq(p), running.eq(1)]
             with m.If(~empty):
-                runs, run, rows, _n = geo.load(p)
-                ar.start(p.hbm, runs)
-                iss.begin(p.hbm, run)
-                rx_a.start(p.hbm, rows)
+                _begin(geo, ar, iss, rx_a, p)
                 m.d.sync += [rx_b.eq(p.off), rx_busy.eq(1), rx_next.eq(0)]
         # receiver: one row at a time through the realigner into the buffer
         with m.If(rx_busy & al.idle):
@@ -290,7 +299,7 @@ class StoreUnit(wiring.Component):
         mp = self.mp
         wb = mp.beat_bytes
         m.submodules.align = al = Realign(wb, mp.axi_addr_bits)
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=8 * wb, depth=4)
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=8 * wb, depth=8)
         c = Signal(cmd_layout(Unit.ST))
         running = Signal()
         geo = self._geo = _Geometry(m, mp, "st")
@@ -308,10 +317,7 @@ class StoreUnit(wiring.Component):
             p = self.cmd.payload
             m.d.sync += [c.eq(p), running.eq(1)]
             with m.If(~empty):
-                runs, run, rows, n = geo.load(p)
-                aw.start(p.hbm, runs)
-                iss.begin(p.hbm, run)
-                self._tx.start(p.hbm, rows)
+                rows, n = _begin(geo, aw, iss, self._tx, p)
                 m.d.sync += [self._tx_b.eq(p.off), tx_busy.eq(1)]
                 rd.begin(m, p.off, n, p.stride, rows)
         # done in the cycle the last write response arrives (or after an empty command)

@@ -22,7 +22,7 @@ from hwflow.compiler.layout import place_program, program_image
 from hwflow.config import HardwarePreset
 from hwflow.errors import ProgramError, UnsupportedError
 from hwflow.hw.machine.params import MachineParams
-from hwflow.isa import Buf, Program, Runtime, Template, Unit
+from hwflow.isa import TOKEN_UNITS, Buf, Program, Runtime, Template, Unit
 
 __all__ = ["MachineRun", "Step", "program_hbm", "run_steps"]
 
@@ -123,7 +123,12 @@ def run_steps(
             dump=np.asarray([[b.value, mp.words[b]] for b in dump], np.int64).reshape(-1, 2),
             **inputs,
         )
-        env = {"HWFLOW_PRESET": hw.name, "HWFLOW_CASE": str(case), "HWFLOW_OUT": str(out)}
+        env = {
+            "HWFLOW_PRESET": hw.name,
+            "HWFLOW_CASE": str(case),
+            "HWFLOW_OUT": str(out),
+            "HWFLOW_UNITS": ",".join(u.name for u in TOKEN_UNITS),  # the monitor's bit order
+        }
         env.update({k: v for k, v in os.environ.items() if k.startswith("HWFLOW_CORRUPT")})
         tests, failed, _ = run_machine_bench(bdir, SIM_TOP, env, waves=waves)
         if not out.is_file():
@@ -141,5 +146,5 @@ def run_steps(
             gen_s=facts["gen_s"],
             tests=tests,
             failed=failed,
-            extra={"sim_cpu_seconds": stats.get("sim_cpu_seconds", 0.0)},
+            extra={k: stats.get(k, 0.0) for k in ("sim_cpu_seconds", "host_seconds")},
         )
