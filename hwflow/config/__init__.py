@@ -67,6 +67,7 @@ from hwflow.config.preset import (
     Sfu,
     Sparsity,
     System,
+    engine_dsps,
 )
 
 __all__ = [
@@ -101,6 +102,7 @@ __all__ = [
     "load_hw",
     "load_model",
     "load_plan",
+    "engine_dsps",
     "parse_nm",
     "pow2",
     "read_data",

@@ -14,9 +14,11 @@ Port layouts (see :mod:`hwflow.hw.engine` for the timing):
   ``wsel`` indexes :attr:`EngineParams.weight_bits`; ``last`` marks a row group's last block;
   ``raw`` asks for accumulators instead of requantized INT8. Weight groups
   (:func:`hwflow.numerics.weight_matmul`): ``wgrp`` marks every beat of a grouped op,
-  ``glast`` a beat that ends a weight group (a row group's last beat ends its last group), and
-  such a beat carries in ``gmult`` the group's multipliers, per chain ``slots`` uint8 (slot s:
-  the chain's segment s, lane ``s*chains + c``); ignored on other beats.
+  ``glast`` a beat that ends a weight group (a row group's last beat ends its last group).
+* ``gmult`` (an input port of its own, valid with the beat on ``i``: read when a ``glast``
+  beat is taken, ignored otherwise): the ending group's multipliers, per chain ``slots``
+  uint8 (slot s: the chain's segment s, lane ``s*chains + c``). Kept out of the beat so that
+  no port of any preset is wider than Amaranth's 65,535 bits (:meth:`check_ports`).
 * ``params`` (input stream ``p``): writes into the requantization parameter memory: one word
   of ``requantizers`` (R) lanes (15-bit unsigned multiplier, shift 0..47, INT32 bias per lane)
   at entry ``addr``, lane chunk ``chunk`` (lanes ``chunk*R .. chunk*R + R-1``). A beat's
@@ -44,8 +46,8 @@ import numpy as np
 from amaranth.hdl import Shape, signed, unsigned
 from amaranth.lib import data
 
-from hwflow.config import HardwarePreset
-from hwflow.costs import GROUP_STAGES, chain_latency, effective_nm
+from hwflow.config import HardwarePreset, engine_dsps
+from hwflow.costs import GROUP_STAGES, chain_latency
 from hwflow.errors import UnsupportedError
 from hwflow.hw.requant import PER_TOKEN_EXTRA_STAGES
 from hwflow.numerics import ACT_MIN, GROUP_MULT_BITS, REQ_MULT_BITS, REQ_SHIFT_MAX
@@ -149,10 +151,9 @@ class EngineParams:
             raise UnsupportedError(f"engine {kind!r} unknown (allowed: 'mv', 'mpe')")
         eng = getattr(hw, kind)
         c, m = eng.chain_length, hw.sparsity.m
-        modes = {n for n in hw.sparsity.n_allowed if c % n == 0}
-        dense_n = effective_nm(hw, 1, 1)[0]  # dense runs as M:M, indices implicit
-        if c % dense_n == 0:
-            modes.add(dense_n)
+        modes = hw.n_modes(kind)
+        if not modes:
+            raise UnsupportedError("no N:M mode divides the chain length")
         if chains is not None and chains < 1:
             raise UnsupportedError(f"chains = {chains!r} must be >= 1")
         n_chains = chains or eng.chains
@@ -169,7 +170,7 @@ class EngineParams:
             rows=1 if kind == "mv" else eng.rows,
             dual_int8=eng.dual_int8 and kind == "mpe",
             m=m,
-            n_modes=tuple(sorted(modes)),
+            n_modes=modes,
             weight_bits=tuple(sorted(hw.weight_bits)),
             dsp_kind=hw.board.dsp_kind,
             requantizers=min(eng.requantizers, n_chains),
@@ -261,8 +262,14 @@ class EngineParams:
 
     @property
     def dsps(self) -> int:
-        per_stage = self.rows // 2 if self.dual_int8 else self.rows
-        return self.chains * self.chain_length * per_stage
+        """DSPs of the chains and the weight-group stage (:func:`hwflow.config.engine_dsps`,
+        the count the preset check uses); the requantizers' are apart."""
+        return engine_dsps(self.chains, self.chain_length, self.rows, self.dual_int8, self.slots)
+
+    @property
+    def macs_per_cycle(self) -> int:
+        """Multiply-accumulates the chains perform per cycle (every stage and token lane)."""
+        return self.chains * self.chain_length * self.rows
 
     @property
     def latency(self) -> int:
@@ -293,10 +300,14 @@ class EngineParams:
                 "paddr": unsigned(_sel_bits(self.param_depth)),
                 "wgrp": unsigned(1),
                 "glast": unsigned(1),
-                "gmult": data.ArrayLayout(unsigned(self.slots * GROUP_MULT_BITS), self.chains),
                 **fields,
             }
         )
+
+    @property
+    def gmult_layout(self) -> data.ArrayLayout:
+        """The ``gmult`` port: per chain ``slots`` uint8 group multipliers (module doc)."""
+        return data.ArrayLayout(unsigned(self.slots * GROUP_MULT_BITS), self.chains)
 
     @property
     def params_layout(self) -> data.StructLayout:
@@ -334,7 +345,8 @@ class EngineParams:
     def check_ports(self) -> None:
         """Raise UnsupportedError if a port is wider than Amaranth 0.5 can emit (a signal of
         at most 65,535 bits): the beat port carries every chain's weights."""
-        for port, layout in (("i", self.beat_layout), ("o", self.result_layout)):
+        ports = (("i", self.beat_layout), ("gmult", self.gmult_layout), ("o", self.result_layout))
+        for port, layout in ports:
             width = Shape.cast(layout).width
             if width > _MAX_SIGNAL_BITS:
                 raise UnsupportedError(
