@@ -221,7 +221,7 @@ def test_params_from_presets() -> None:
     assert mpe.dual_field == 19  # 16 products of 128*127 need 19 signed bits
     u280 = EngineParams.from_preset(load_hw("u280"), "mv")
     assert u280.chains == 128 and u280.acc_bits == 48 and u280.requantizers == 16
-    assert u280.drain_max == 1024 // 16 and u280.fifo_depth == 28 + 2 + 64
+    assert u280.drain_max == 1024 // 16 and u280.fifo_depth == 28 + 2 + 2 * 64 + 1
     assert EngineParams.from_preset(load_hw("u280"), "mv", chains=4).requantizers == 4
     vhk = EngineParams.from_preset(load_hw("vhk158"), "mv")
     assert vhk.dsp_kind == "DSP58" and vhk.acc_bits == 58

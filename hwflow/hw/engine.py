@@ -65,9 +65,13 @@ both decided from counters at the input:
   one with fewer beats per group, B' < B, the later op's first group waits B - B' cycles
   more than matmul_cost charges: the one case where the per-op cost is optimistic.)
 * *output credits*: the output FIFO has :attr:`EngineParams.fifo_depth` words; a group's last
-  beat is accepted only when D credits are free (a credit returns when a word leaves on
-  ``o``). The FIFO is deep enough that an always-ready output never withholds a credit, and
-  a slow output only delays the input, never the pipeline.
+  beat is accepted only when 2 x ``drain_max`` credits are free (a credit returns when a
+  word leaves on ``o``; a last beat takes its D credits). The check reads a flag registered
+  the cycle before, from the count less a last beat's D not yet subtracted, and it allows
+  for one more end in that cycle: conservative by at most ``drain_max + 1`` words, which
+  the FIFO's depth covers, so an always-ready output never withholds a credit, and a slow
+  output only delays the input, never the pipeline. (Every decision of the input is read
+  from registers: ``ready`` is one LUT deep.)
 
 Requantization parameters (multiplier, shift, bias per lane) live in an on-chip parameter
 memory of ``param_depth`` row-group entries of ``lanes / R`` words (sized from the preset's
@@ -429,49 +433,71 @@ class _Issue(Elaboratable):
         self.word_out = Signal()  # a drain word left the output FIFO
 
     def elaborate(self, platform: object) -> Module:
+        """Every decision is read from registers (flags kept beside the counters), so
+        ``ready`` is one LUT deep and no counter's carry chain lies on the path from one
+        acceptance to the next; the credits a last beat takes are subtracted a cycle later
+        (module doc: the check is then conservative by at most one group's words)."""
         m = Module()
         p = self.p
         dmax = p.drain_max
         width = Shape.cast(range(p.fifo_depth + 1)).width
         d_in = _by_mode(m, self.nsel, p, {n: p.drain_cycles(n) for n in p.n_modes}, width)
-        after_last = Signal(init=1)
+        d_one = _by_mode(m, self.nsel, p, {n: p.drain_cycles(n) == 1 for n in p.n_modes})
         after_group = Signal(init=1)  # after a row group's or a weight group's last beat
         in_first = Signal(init=1)  # no weight group of the current row group ended yet
-        bcount = Signal(range(dmax + 1))  # beats of the current group so far (saturating)
-        pad = Signal(range(dmax + 1))  # cycles the input still waits for the drain
-        hold = Signal(range(dmax + 1))  # cycles until a group may end (capture) again
-        # after a grouped row group's end, an ungrouped one captures GROUP_STAGES earlier
-        # in the pipeline: it may end only once the grouped capture has drained
-        ghold = Signal(range(dmax + GROUP_STAGES + 1))
+        b_now = Signal(range(dmax + 1), init=1)  # beats of the group with the offered one (sat.)
+        # cycles the input still waits for the drain; until a group may end (capture)
+        # again; after a grouped row group's end, until an ungrouped one may (it captures
+        # GROUP_STAGES earlier in the pipeline: only once the grouped capture has drained)
+        pad, pad_z = Signal(range(dmax + 1)), Signal(init=1)
+        hold, hold_z = Signal(range(dmax + 1)), Signal(init=1)
+        ghold, ghold_z = Signal(range(dmax + GROUP_STAGES + 1)), Signal(init=1)
         credits = Signal(range(p.fifo_depth + 1), init=p.fifo_depth)
-        b_now = Mux(after_last, 1, Mux(bcount == dmax, dmax, bcount + 1))
-        end_ok = (hold == 0) & (self.wgrp | (ghold == 0)) & (credits >= d_in)
+        cred_ok = Signal(init=1)  # at least 2 x drain_max credits free
+        ends_r, nsel_r = Signal(), Signal.like(self.nsel)  # the last cycle's end, its N
+        end_ok = hold_z & (self.wgrp | ghold_z) & cred_ok
         m.d.comb += [
             self.first.eq(after_group),
             self.gfirst.eq(in_first),
-            self.ready.eq((pad == 0) & (~self.last | end_ok)),
+            self.ready.eq(pad_z & (~self.last | end_ok)),
         ]
         take = self.valid & self.ready
         ends = take & self.last
         gend = self.wgrp & self.glast
         with m.If(take):
             m.d.sync += [
-                after_last.eq(self.last),
                 after_group.eq(self.last | gend),
                 in_first.eq(self.last | (in_first & ~gend)),
-                bcount.eq(b_now),
+                b_now.eq(Mux(self.last, 1, Mux(b_now == dmax, dmax, b_now + 1))),
             ]
         with m.If(ends):
-            m.d.sync += [pad.eq(Mux(d_in > b_now, d_in - b_now, 0)), hold.eq(d_in - 1)]
-            m.d.sync += ghold.eq(Mux(self.wgrp, d_in - 1 + GROUP_STAGES, 0))
+            wait = d_in > b_now
+            m.d.sync += [
+                pad.eq(Mux(wait, d_in - b_now, 0)),
+                pad_z.eq(~wait),
+                hold.eq(d_in - 1),
+                hold_z.eq(d_one),
+                ghold.eq(Mux(self.wgrp, d_in - 1 + GROUP_STAGES, 0)),
+                ghold_z.eq(~self.wgrp),
+            ]
         with m.Else():
-            with m.If(pad != 0):
-                m.d.sync += pad.eq(pad - 1)
-            with m.If(hold != 0):
-                m.d.sync += hold.eq(hold - 1)
-            with m.If(ghold != 0):
-                m.d.sync += ghold.eq(ghold - 1)
-        m.d.sync += credits.eq(credits - Mux(ends, d_in, 0) + self.word_out)
+            for cnt, zero in ((pad, pad_z), (hold, hold_z), (ghold, ghold_z)):
+                with m.If(~zero):
+                    m.d.sync += [cnt.eq(cnt - 1), zero.eq(cnt == 1)]
+        # credits: a last beat's D are subtracted the cycle after (ends_r); the flag for
+        # the next cycle leaves room for one more end this cycle (at most drain_max)
+        d_r = _by_mode(m, nsel_r, p, {n: p.drain_cycles(n) for n in p.n_modes}, width)
+        m.d.sync += [
+            ends_r.eq(ends),
+            nsel_r.eq(self.nsel),
+            credits.eq(credits - Mux(ends_r, d_r, 0) + self.word_out),
+        ]
+        ok_end = Signal()  # enough credits once the last cycle's end is subtracted
+        with m.Switch(nsel_r):
+            for k, n in enumerate(p.n_modes):
+                with m.Case(k):
+                    m.d.comb += ok_end.eq(credits >= 2 * dmax + p.drain_cycles(n))
+        m.d.sync += cred_ok.eq(Mux(ends_r, ok_end, credits >= 2 * dmax))
         return m
 
 
@@ -588,8 +614,7 @@ class ChainEngine(wiring.Component):
             issue.word_out.eq(self.o.valid & self.o.ready),
         ]
         ctl = [
-            Signal(_ctl_layout(p), name=f"ctl{d}")
-            for d in range(p.chain_length + 3 + GROUP_STAGES)
+            Signal(_ctl_layout(p), name=f"ctl{d}") for d in range(p.chain_length + 3 + GROUP_STAGES)
         ]
         m.d.sync += [
             ctl[0].valid.eq(take),

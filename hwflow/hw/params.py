@@ -247,8 +247,11 @@ class EngineParams:
         until they leave; the previous group's words all leave within ``latency`` cycles of
         the new last beat (last beats are at least the previous group's drain apart, and at
         most one word leaves per cycle), so ``latency + drain_max`` words, plus the
-        :data:`~hwflow.costs.GROUP_STAGES` a row group of a weight-grouped op takes longer."""
-        return self.latency + GROUP_STAGES + self.drain_max
+        :data:`~hwflow.costs.GROUP_STAGES` a row group of a weight-grouped op takes longer,
+        plus ``drain_max + 1`` for the input's registered credit check (it wants 2 x
+        ``drain_max`` free and may read a count one word and one end stale;
+        :mod:`hwflow.hw.engine`, flow control)."""
+        return self.latency + GROUP_STAGES + 2 * self.drain_max + 1
 
     def rows_per_beat(self, n: int) -> int:
         """Output rows one beat advances at N (the row-group size)."""
