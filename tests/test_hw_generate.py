@@ -315,3 +315,19 @@ def test_per_module_estimate_matches_a_flat_synthesis() -> None:
     assert p.dsps + 2 * p.requantizers == 52
     for k in ("lut", "ff"):
         assert abs(rep["deviation"][k]) <= 0.05, rep
+
+
+@pytest.mark.slow
+def test_engine_modules_within_four_lut_levels() -> None:
+    """The timing proxy's target (issue 8: datapath modules <= 4 LUT levels between
+    registers) on 2-chain u280 slices of both engines, each module in context. Before the
+    input's decisions were registered the top took 7 levels (ghold compare -> ready ->
+    credits adder) and the drain columns' runs 5-6 (the capture decode on their fanout)."""
+    from hwflow.hw.synth import period_ps, synthesize_engine
+
+    hw = load_hw("u280")
+    for kind in ("mv", "mpe"):
+        p = EngineParams.from_preset(hw, kind, 2)  # type: ignore[arg-type]
+        mods, _ = synthesize_engine(p, period_ps(hw))
+        levels = {m.module: m.path.lut_levels for m in mods if m.path is not None}
+        assert levels and max(levels.values()) <= 4, levels
