@@ -17,8 +17,9 @@ Port layouts (see :mod:`hwflow.hw.engine` for the timing):
   ``glast`` a beat that ends a weight group (a row group's last beat ends its last group).
 * ``gmult`` (an input port of its own, valid with the beat on ``i``: read when a ``glast``
   beat is taken, ignored otherwise): the ending group's multipliers, per chain ``slots``
-  uint8 (slot s: the chain's segment s, lane ``s*chains + c``). Kept out of the beat so that
-  no port of any preset is wider than Amaranth's 65,535 bits (:meth:`check_ports`).
+  uint8 (slot s: the chain's segment s, lane ``s*chains + c``). A port of its own, so the
+  beat's layout is the weights' alone; Amaranth limits all input ports of a module to
+  65,535 bits together (:meth:`check_ports`), which bounds the chains of an engine.
 * ``params`` (input stream ``p``): writes into the requantization parameter memory: one word
   of ``requantizers`` (R) lanes (15-bit unsigned multiplier, shift 0..47, INT32 bias per lane)
   at entry ``addr``, lane chunk ``chunk`` (lanes ``chunk*R .. chunk*R + R-1``). A beat's
@@ -345,18 +346,25 @@ class EngineParams:
             out[t][first : first + self.requantizers] = list(word["data"])
         return out
 
+    @property
+    def input_bits(self) -> int:
+        """Bits of all the engine's input ports together (the beat, ``gmult``, the parameter
+        stream, the handshakes, clock and reset): what Amaranth's limit applies to."""
+        streams = Shape.cast(self.beat_layout).width + Shape.cast(self.params_layout).width
+        # i.valid, p.valid, o.ready, clk, rst
+        return streams + Shape.cast(self.gmult_layout).width + 5
+
     def check_ports(self) -> None:
-        """Raise UnsupportedError if a port is wider than Amaranth 0.5 can emit (a signal of
-        at most 65,535 bits): the beat port carries every chain's weights."""
-        ports = (("i", self.beat_layout), ("gmult", self.gmult_layout), ("o", self.result_layout))
-        for port, layout in ports:
-            width = Shape.cast(layout).width
-            if width > _MAX_SIGNAL_BITS:
-                raise UnsupportedError(
-                    f"{self.preset} {self.kind} engine: port {port} would be {width} bits wide, "
-                    f"more than the {_MAX_SIGNAL_BITS} bits Amaranth 0.5 emits in one signal "
-                    f"({self.chains} chains); generate a slice with fewer chains"
-                )
+        """Raise UnsupportedError if Amaranth 0.5 cannot emit the engine: it numbers the bits
+        of all of a module's input ports together in 16 bits (``hdl._ir``, top ports), so
+        they may total at most 65,535 bits; the beat carries every chain's weights."""
+        if self.input_bits > _MAX_SIGNAL_BITS:
+            raise UnsupportedError(
+                f"{self.preset} {self.kind} engine: its input ports would total "
+                f"{self.input_bits} bits, more than the {_MAX_SIGNAL_BITS} bits Amaranth 0.5 "
+                f"emits for one module ({self.chains} chains); generate a slice with fewer "
+                "chains"
+            )
 
     def describe(self) -> dict[str, Any]:
         """Plain-data summary for the generation manifest."""
