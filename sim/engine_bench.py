@@ -95,6 +95,7 @@ class Stimulus:
     overwrite an entry whose result is still in flight)."""
 
     beats: list[int] = field(default_factory=list)
+    gmults: list[int] = field(default_factory=list)  #: the ``gmult`` port, with each beat
     beat_result: list[int] = field(default_factory=list)
     beat_raw: list[bool] = field(default_factory=list)
     writes: list[int] = field(default_factory=list)
@@ -116,6 +117,7 @@ def _encode_ops(p: EngineParams, ops: list[MatmulOp]) -> Stimulus:
         per_result = len(beats) // n_res
         for i, b in enumerate(beats):
             st.beats.append(encode(p.beat_layout, b))
+            st.gmults.append(encode(p.gmult_layout, b.get("gmult", [])))
             st.beat_result.append(first + i // per_result)
             st.beat_raw.append(op.raw)
         for r, entry in enumerate(op_params(p, op)):
@@ -170,6 +172,7 @@ async def _drive(
         dut.i__valid.value = int(iv)
         if iv:
             dut.i__payload.value = st.beats[bi]
+            dut.gmult.value = st.gmults[bi]
         dut.p__valid.value = int(pv)
         if pv:
             dut.p__payload.value = st.writes[wi]

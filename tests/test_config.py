@@ -13,7 +13,7 @@ from hwflow.errors import ConfigError, UnsupportedError
 @pytest.mark.parametrize("name", available("hw"))
 def test_shipped_presets_validate(name):
     hw = load_hw(name)
-    assert hw.mv.dsps + hw.mpe.dsps <= hw.board.dsp_count
+    assert hw.dsps_used <= hw.board.dsp_count
     assert len(hw.digest) == 64
 
 

@@ -211,14 +211,17 @@ def test_params_from_presets() -> None:
     mv = EngineParams.from_preset(tiny, "mv")
     assert (mv.chains, mv.chain_length, mv.rows, mv.m) == (2, 16, 1, 16)
     assert mv.n_modes == (2, 4, 8, 16) and mv.weight_bits == (2, 3, 4, 8)
-    assert mv.lanes == 16 and mv.latency == 16 + 12 and mv.dsps == tiny.mv.dsps
+    # 2 chains x 16 stages, plus the group stage's 8 slots (C / smallest N 2) per chain
+    assert mv.lanes == 16 and mv.latency == 16 + 12 and mv.dsps == 2 * 16 + 2 * 8
     assert mv.requantizers == 2 and mv.drain_cycles(2) == 8 and mv.drain_cycles(16) == 1
     mpe = EngineParams.from_preset(tiny, "mpe")
-    assert mpe.dual_int8 and mpe.rows == 2 and mpe.dsps == tiny.mpe.dsps
+    # dual INT8: 2 chains x 16 stages for 2 token lanes; group stage 2 x 8 slots x 2 lanes
+    assert mpe.dual_int8 and mpe.rows == 2 and mpe.dsps == 2 * 16 + 2 * 8 * 2
+    assert mv.dsps + mpe.dsps + 2 * (2 + 2) == tiny.dsps_used  # + 2 requantizers x 2 DSPs
     assert mpe.dual_field == 19  # 16 products of 128*127 need 19 signed bits
     u280 = EngineParams.from_preset(load_hw("u280"), "mv")
     assert u280.chains == 128 and u280.acc_bits == 48 and u280.requantizers == 16
-    assert u280.drain_max == 1024 // 16 and u280.fifo_depth == 28 + 2 + 64
+    assert u280.drain_max == 1024 // 16 and u280.fifo_depth == 28 + 2 + 2 * 64 + 1
     assert EngineParams.from_preset(load_hw("u280"), "mv", chains=4).requantizers == 4
     vhk = EngineParams.from_preset(load_hw("vhk158"), "mv")
     assert vhk.dsp_kind == "DSP58" and vhk.acc_bits == 58
@@ -263,10 +266,11 @@ def test_engine_in_amaranth_simulator(variant: str) -> None:
             make_op(p, rng, tokens=1, rows=3, k=48, n=16, bits=8, group=16),
         ]
     ops.append(make_op(p, rng, tokens=p.rows, rows=5, k=16, n=4, bits=8, extreme=True))
-    beats, writes, expected = [], [], []
+    beats, gmults, writes, expected = [], [], [], []
     first = 0
     for op in ops:
         beats += [encode(p.beat_layout, b) for b in op_beats(p, op, first)]
+        gmults += [encode(p.gmult_layout, b.get("gmult", [])) for b in op_beats(p, op, first)]
         for r, entry in enumerate(op_params(p, op)):
             if entry is not None:
                 writes += [encode(p.params_layout, w) for w in param_writes(p, entry, first + r)]
@@ -287,6 +291,7 @@ def test_engine_in_amaranth_simulator(variant: str) -> None:
             ctx.set(eng.i.valid, bi < len(beats))
             if bi < len(beats):
                 ctx.set(eng.i.payload.as_value(), beats[bi])
+                ctx.set(eng.gmult.as_value(), gmults[bi])
             if ctx.get(eng.o.valid):
                 word = decode(p.result_layout, ctx.get(eng.o.payload.as_value()))
                 got.append((word["data"], word["last"]))

@@ -49,17 +49,22 @@ def test_drain_bound_results_occupy_the_input_for_their_drain() -> None:
     assert (sparse.beats, sparse.latency) == (256, 256 + 28 + 63)
 
 
-def test_preset_dsp_check_counts_requantizers() -> None:
-    """The fit check counts the requantizers' DSPs too (2 DSP48E2 each: a 49-bit operand in
-    a 24-bit and a 25-bit piece, as Yosys maps them)."""
+def test_preset_dsp_check_counts_requantizers_and_group_multipliers() -> None:
+    """The fit check counts the weight-group stage's multipliers (one per output-buffer slot,
+    16 stages / smallest N 2 = 8, and token lane of every chain: MV 128 x 8, MPE 64 x 8 x 2)
+    and the requantizers' DSPs (2 DSP48E2 each: a 49-bit operand in a 24-bit and a 25-bit
+    piece, as Yosys maps them) besides the chain stages (MV 128 x 16, MPE 64 x 16 x 2 / 2)."""
     hw = load_hw("u280")
-    assert hw.dsps_used == 2048 + 1024 + (16 + 16) * 2
+    assert hw.dsps_used == 2048 + 1024 + 1024 + 1024 + (16 + 16) * 2 == 5184
     data = hw.model_dump(mode="json", exclude_unset=True)
-    data["mv"]["requantizers"] = 2950  # 3,072 + 2,966 x 2 = 9,004: fits 9,024
+    data["mv"]["requantizers"] = 1904  # 5,120 + (1,904 + 16) x 2 = 8,960: fits 9,024
     HardwarePreset.model_validate(data)
-    data["mv"]["requantizers"] = 2980  # 3,072 + 2,996 x 2 = 9,064 > 9,024
+    data["mv"]["requantizers"] = 1936  # 5,120 + (1,936 + 16) x 2 = 9,024: exactly the device
+    HardwarePreset.model_validate(data)
+    data["mv"]["requantizers"] = 1937  # one more requantizer: 9,026 > 9,024
     with pytest.raises(
         ValidationError,
-        match=r"need 9064 DSPs but board xcu280 has 9024 \(chain stages and requantizers\)",
+        match=r"need 9026 DSPs but board xcu280 has 9024 \(chain stages, weight-group "
+        r"multipliers and requantizers\)",
     ):
         HardwarePreset.model_validate(data)

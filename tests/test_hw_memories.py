@@ -21,12 +21,15 @@ def test_tile_counts_follow_the_primitive_shapes() -> None:
 
 def test_u280_buffers_are_shaped_as_the_rtl_builds_them() -> None:
     """u280: 2,048-byte words (buffers.word_bytes), so the 2,048 KiB weight buffer is 1,024
-    words of 16,384 bits; the instruction memory two banks of 256 KiB / 2 KiB / 4 = 32 words
-    of two words' bits."""
+    words of 16,384 bits. The instruction memory is shaped by the ISA, not the buffer word:
+    rows of 16 32-bit words (instructions are at most 10 words), two banks of 256 KiB /
+    (2 x 64 B) = 2,048 rows: 2 x 8 URAM288 (512 / 72 bits per row) or 2 x 29 RAMB36E2
+    (2K x 18), not 2 x 456 RAMB36E2 as two banks of 2 x 2,048-byte beats took."""
     mems = {m.name: m for m in buffer_memories(load_hw("u280"))}
     assert (mems["weight"].depth, mems["weight"].width) == (1024, 16384)
     assert (mems["act"].depth, mems["param"].depth) == (2048, 256)
-    assert (mems["instr"].copies, mems["instr"].depth, mems["instr"].width) == (2, 32, 32768)
+    assert (mems["instr"].copies, mems["instr"].depth, mems["instr"].width) == (2, 2048, 512)
+    assert (mems["instr"].uram, mems["instr"].bram36) == (16, 58)
 
 
 def test_placement_moves_memories_to_block_ram_when_uram_runs_out() -> None:

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                 "cached_build": not run_.built,
                 "sim_cycles": cyc,
                 "cycles_per_s": round(cyc / run_.stats["throughput_wall_s"]),
-                "macs_per_s": round(p.dsps * cyc / run_.stats["throughput_wall_s"]),
+                "macs_per_s": round(p.macs_per_cycle * cyc / run_.stats["throughput_wall_s"]),
             }
         )
     if args.json:

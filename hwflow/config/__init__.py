@@ -67,6 +67,7 @@ from hwflow.config.preset import (
     Sfu,
     Sparsity,
     System,
+    engine_dsps,
 )
 
 __all__ = [
@@ -97,6 +98,7 @@ __all__ = [
     "System",
     "UnitInterval",
     "available",
+    "engine_dsps",
     "first_error",
     "load_hw",
     "load_model",

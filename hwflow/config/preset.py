@@ -26,6 +26,7 @@ __all__ = [
     "Sfu",
     "Sparsity",
     "System",
+    "engine_dsps",
 ]
 
 #: Weight precisions the numeric reference implements.
@@ -36,6 +37,18 @@ WEIGHT_BITS = (2, 3, 4, 8)
 #: ``hwflow synth``); the 59-bit one of a DSP58's 58-bit accumulator three, counted
 #: structurally.
 REQUANT_DSPS = {"DSP48E2": 2, "DSP58": 3}
+
+
+def engine_dsps(chains: int, chain_length: int, rows: int, dual_int8: bool, slots: int) -> int:
+    """DSPs of one chain engine (the one count the preset check, the RTL's
+    ``EngineParams.dsps`` and ``hwflow synth`` use): one per chain stage and token lane (one
+    per two token lanes with dual-INT8 packing), plus the weight-group stage's multipliers
+    (:data:`hwflow.costs.GROUP_STAGES`): one per output-buffer slot (``slots``: segments of a
+    chain at its smallest N) and token lane of every chain, unpacked (two group partials of
+    22 bits do not share a 27-bit port). Requantizers are counted apart
+    (:data:`REQUANT_DSPS`)."""
+    stages = chain_length * (rows // 2 if dual_int8 else rows)
+    return chains * (stages + slots * rows)
 
 
 class Board(Sourced):
@@ -102,8 +115,8 @@ class Engine(Sourced):
     """A DSP-chain engine: ``chains`` chains of ``chain_length`` DSP stages.
 
     For the matrix-vector engine ``rows`` is 1. For the matrix-matrix engine ``rows`` tokens
-    share each weight; with ``dual_int8`` two tokens share one DSP (Xilinx WP486 packing), so
-    the engine uses ``chains * chain_length * rows / 2`` DSPs.
+    share each weight; with ``dual_int8`` two tokens share one DSP (Xilinx WP486 packing).
+    Its DSPs: :meth:`HardwarePreset.engine_dsps` (they depend on the preset's N modes).
     """
 
     chains: PositiveInt
@@ -119,11 +132,6 @@ class Engine(Sourced):
     def macs_per_cycle(self) -> int:
         """Dense-equivalent multiply-accumulates per cycle at N = M (no sparsity)."""
         return self.chains * self.chain_length * self.rows
-
-    @property
-    def dsps(self) -> int:
-        per_chain = self.chain_length * (self.rows // 2 if self.dual_int8 else self.rows)
-        return self.chains * per_chain
 
     @model_validator(mode="after")
     def _dual(self) -> Engine:
@@ -242,7 +250,7 @@ class HardwarePreset(Sourced):
         if used > self.board.dsp_count:
             raise ValueError(
                 f"mv + mpe need {used} DSPs but board {self.board.part} has "
-                f"{self.board.dsp_count} (chain stages and requantizers)"
+                f"{self.board.dsp_count} (chain stages, weight-group multipliers and requantizers)"
             )
         need = sum(getattr(self.buffers, f) for f in Buffers.model_fields if f.endswith("_kib"))
         have = self.board.onchip_bytes // 1024
@@ -255,11 +263,28 @@ class HardwarePreset(Sourced):
             )
         return self
 
+    def n_modes(self, kind: Literal["mv", "mpe"]) -> tuple[int, ...]:
+        """The N modes engine ``kind``'s chains run, ascending: every allowed N that divides
+        the chain length, and M itself (a dense layer runs as M:M,
+        :func:`hwflow.costs.effective_nm`) when it does."""
+        c, m = getattr(self, kind).chain_length, self.sparsity.m
+        return tuple(sorted({n for n in (*self.sparsity.n_allowed, m) if c % n == 0}))
+
+    def slots(self, kind: Literal["mv", "mpe"]) -> int:
+        """Output-buffer slots per chain and token lane of engine ``kind``: its segments at the
+        smallest N (the engine refuses a preset without any N mode)."""
+        return getattr(self, kind).chain_length // min(self.n_modes(kind), default=1)
+
+    def engine_dsps(self, kind: Literal["mv", "mpe"]) -> int:
+        """DSPs of engine ``kind`` without its requantizers (:func:`engine_dsps`)."""
+        e = getattr(self, kind)
+        return engine_dsps(e.chains, e.chain_length, e.rows, e.dual_int8, self.slots(kind))
+
     @property
     def dsps_used(self) -> int:
-        """DSPs of both engines: every chain stage and every requantizer."""
+        """DSPs of both engines: every chain stage, weight-group multiplier and requantizer."""
         rq = (self.mv.requantizers + self.mpe.requantizers) * REQUANT_DSPS[self.board.dsp_kind]
-        return self.mv.dsps + self.mpe.dsps + rq
+        return self.engine_dsps("mv") + self.engine_dsps("mpe") + rq
 
     @property
     def clock_hz(self) -> float:

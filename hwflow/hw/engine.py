@@ -40,8 +40,9 @@ t+12+C+q              the drain word on the output FIFO (``o``)
 Weight groups (a beat's ``wgrp``; :func:`hwflow.numerics.weight_matmul`): the segment-end
 accumulators restart at every weight group (G/M beats) instead of every row group; when a
 group's last beat (``glast``) reaches t+4+C, each chain's segments at the beat's N (per token
-lane) are multiplied by their rows' group multipliers (``gmult``, carried by that beat and
-delayed with it; one DSP48E2 per slot and token lane, its M register: t+5+C) and added into
+lane) are multiplied by their rows' group multipliers (the ``gmult`` port, valid with that
+beat and delayed with it; one DSP48E2 per slot and token lane, its M register: t+5+C,
+counted by :func:`hwflow.config.engine_dsps`) and added into
 the row accumulators (its P register: t+6+C, restarted by the row group's first group); the
 row group is captured from those at t+7+C, :data:`hwflow.costs.GROUP_STAGES` later than an
 ungrouped one, and drains the same way. (An ungrouped row group ending right after a grouped
@@ -64,9 +65,13 @@ both decided from counters at the input:
   one with fewer beats per group, B' < B, the later op's first group waits B - B' cycles
   more than matmul_cost charges: the one case where the per-op cost is optimistic.)
 * *output credits*: the output FIFO has :attr:`EngineParams.fifo_depth` words; a group's last
-  beat is accepted only when D credits are free (a credit returns when a word leaves on
-  ``o``). The FIFO is deep enough that an always-ready output never withholds a credit, and
-  a slow output only delays the input, never the pipeline.
+  beat is accepted only when 2 x ``drain_max`` credits are free (a credit returns when a
+  word leaves on ``o``; a last beat takes its D credits). The check reads a flag registered
+  the cycle before, from the count less a last beat's D not yet subtracted, and it allows
+  for one more end in that cycle: conservative by at most ``drain_max + 1`` words, which
+  the FIFO's depth covers, so an always-ready output never withholds a credit, and a slow
+  output only delays the input, never the pipeline. (Every decision of the input is read
+  from registers: ``ready`` is one LUT deep.)
 
 Requantization parameters (multiplier, shift, bias per lane) live in an on-chip parameter
 memory of ``param_depth`` row-group entries of ``lanes / R`` words (sized from the preset's
@@ -82,6 +87,8 @@ inside its 27 bits, so every stage stays one DSP48E2 with its cascade.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from amaranth.hdl import (
     Cat,
@@ -112,10 +119,12 @@ from hwflow.hw.tools import ROOT
 from hwflow.hw.widen import WeightWidener
 from hwflow.numerics import GROUP_MULT_BITS
 
-#: Bits of a group partial sum on the group multiplier's DSP48E2 A port (the 27-bit
-#: pre-adder path): ``|p| <= G * 127 * 127 < 2**21`` for every group the ISA encodes
-#: (G <= 128, :func:`hwflow.numerics.group_partial_bits`), so the slice is exact.
-GROUP_PARTIAL_BITS = 27
+#: Bits of a group partial sum on the group multiplier's A port: ``|p| <= G * 128 * 127 <
+#: 2**21`` for every group the ISA encodes (G <= 128, 3-bit ``wgroup``; activations down to
+#: -128, weights in -127..127; :func:`hwflow.numerics.group_partial_bits`), so the slice is
+#: exact; 22 bits fit the DSP48E1's 25-bit A port as well as the DSP48E2's 27, so the
+#: synthesis stand-in (:mod:`hwflow.hw.synth`) maps it onto one DSP as the device does.
+GROUP_PARTIAL_BITS = 22
 
 #: The hand-written block RAM of the parameter memory.
 RAM_VERILOG = ROOT / "rtl" / "hwflow_sdp_ram.v"
@@ -424,49 +433,71 @@ class _Issue(Elaboratable):
         self.word_out = Signal()  # a drain word left the output FIFO
 
     def elaborate(self, platform: object) -> Module:
+        """Every decision is read from registers (flags kept beside the counters), so
+        ``ready`` is one LUT deep and no counter's carry chain lies on the path from one
+        acceptance to the next; the credits a last beat takes are subtracted a cycle later
+        (module doc: the check is then conservative by at most one group's words)."""
         m = Module()
         p = self.p
         dmax = p.drain_max
         width = Shape.cast(range(p.fifo_depth + 1)).width
         d_in = _by_mode(m, self.nsel, p, {n: p.drain_cycles(n) for n in p.n_modes}, width)
-        after_last = Signal(init=1)
+        d_one = _by_mode(m, self.nsel, p, {n: p.drain_cycles(n) == 1 for n in p.n_modes})
         after_group = Signal(init=1)  # after a row group's or a weight group's last beat
         in_first = Signal(init=1)  # no weight group of the current row group ended yet
-        bcount = Signal(range(dmax + 1))  # beats of the current group so far (saturating)
-        pad = Signal(range(dmax + 1))  # cycles the input still waits for the drain
-        hold = Signal(range(dmax + 1))  # cycles until a group may end (capture) again
-        # after a grouped row group's end, an ungrouped one captures GROUP_STAGES earlier
-        # in the pipeline: it may end only once the grouped capture has drained
-        ghold = Signal(range(dmax + GROUP_STAGES + 1))
+        b_now = Signal(range(dmax + 1), init=1)  # beats of the group with the offered one (sat.)
+        # cycles the input still waits for the drain; until a group may end (capture)
+        # again; after a grouped row group's end, until an ungrouped one may (it captures
+        # GROUP_STAGES earlier in the pipeline: only once the grouped capture has drained)
+        pad, pad_z = Signal(range(dmax + 1)), Signal(init=1)
+        hold, hold_z = Signal(range(dmax + 1)), Signal(init=1)
+        ghold, ghold_z = Signal(range(dmax + GROUP_STAGES + 1)), Signal(init=1)
         credits = Signal(range(p.fifo_depth + 1), init=p.fifo_depth)
-        b_now = Mux(after_last, 1, Mux(bcount == dmax, dmax, bcount + 1))
-        end_ok = (hold == 0) & (self.wgrp | (ghold == 0)) & (credits >= d_in)
+        cred_ok = Signal(init=1)  # at least 2 x drain_max credits free
+        ends_r, nsel_r = Signal(), Signal.like(self.nsel)  # the last cycle's end, its N
+        end_ok = hold_z & (self.wgrp | ghold_z) & cred_ok
         m.d.comb += [
             self.first.eq(after_group),
             self.gfirst.eq(in_first),
-            self.ready.eq((pad == 0) & (~self.last | end_ok)),
+            self.ready.eq(pad_z & (~self.last | end_ok)),
         ]
         take = self.valid & self.ready
         ends = take & self.last
         gend = self.wgrp & self.glast
         with m.If(take):
             m.d.sync += [
-                after_last.eq(self.last),
                 after_group.eq(self.last | gend),
                 in_first.eq(self.last | (in_first & ~gend)),
-                bcount.eq(b_now),
+                b_now.eq(Mux(self.last, 1, Mux(b_now == dmax, dmax, b_now + 1))),
             ]
         with m.If(ends):
-            m.d.sync += [pad.eq(Mux(d_in > b_now, d_in - b_now, 0)), hold.eq(d_in - 1)]
-            m.d.sync += ghold.eq(Mux(self.wgrp, d_in - 1 + GROUP_STAGES, 0))
+            wait = d_in > b_now
+            m.d.sync += [
+                pad.eq(Mux(wait, d_in - b_now, 0)),
+                pad_z.eq(~wait),
+                hold.eq(d_in - 1),
+                hold_z.eq(d_one),
+                ghold.eq(Mux(self.wgrp, d_in - 1 + GROUP_STAGES, 0)),
+                ghold_z.eq(~self.wgrp),
+            ]
         with m.Else():
-            with m.If(pad != 0):
-                m.d.sync += pad.eq(pad - 1)
-            with m.If(hold != 0):
-                m.d.sync += hold.eq(hold - 1)
-            with m.If(ghold != 0):
-                m.d.sync += ghold.eq(ghold - 1)
-        m.d.sync += credits.eq(credits - Mux(ends, d_in, 0) + self.word_out)
+            for cnt, zero in ((pad, pad_z), (hold, hold_z), (ghold, ghold_z)):
+                with m.If(~zero):
+                    m.d.sync += [cnt.eq(cnt - 1), zero.eq(cnt == 1)]
+        # credits: a last beat's D are subtracted the cycle after (ends_r); the flag for
+        # the next cycle leaves room for one more end this cycle (at most drain_max)
+        d_r = _by_mode(m, nsel_r, p, {n: p.drain_cycles(n) for n in p.n_modes}, width)
+        m.d.sync += [
+            ends_r.eq(ends),
+            nsel_r.eq(self.nsel),
+            credits.eq(credits - Mux(ends_r, d_r, 0) + self.word_out),
+        ]
+        ok_end = Signal()  # enough credits once the last cycle's end is subtracted
+        with m.Switch(nsel_r):
+            for k, n in enumerate(p.n_modes):
+                with m.Case(k):
+                    m.d.comb += ok_end.eq(credits >= 2 * dmax + p.drain_cycles(n))
+        m.d.sync += cred_ok.eq(Mux(ends_r, ok_end, credits >= 2 * dmax))
         return m
 
 
@@ -482,9 +513,6 @@ class _Beat:
         self.widx = [
             Signal(lay["widx"].shape.elem_shape, name=f"b_widx{c}") for c in range(p.chains)
         ]
-        self.gmult = [
-            Signal(lay["gmult"].shape.elem_shape, name=f"b_gmult{c}") for c in range(p.chains)
-        ]
         for name in ("nsel", "wsel", "last", "raw", "paddr", "wgrp", "glast", "tmult", "tshift"):
             if name in {n for n, _ in lay}:
                 setattr(self, name, Signal(lay[name].shape, name=f"b_{name}"))
@@ -495,7 +523,7 @@ def _unpack_beat(m: Module, p: EngineParams, payload: data.View) -> _Beat:
     a signal costs Amaranth's netlist builder time in proportion to its width, so a
     50,000-bit payload sliced once per chain would cost chains x width."""
     b = _Beat(p)
-    parts = {"act": [b.act], "wval": b.wval, "widx": b.widx, "gmult": b.gmult}
+    parts = {"act": [b.act], "wval": b.wval, "widx": b.widx}
     lhs, at = [], 0
     for name, fld in p.beat_layout:
         assert fld.offset == at, name  # fields are packed in declaration order
@@ -505,9 +533,35 @@ def _unpack_beat(m: Module, p: EngineParams, payload: data.View) -> _Beat:
     return b
 
 
+@dataclass
+class _Capture:
+    """The row group captured into the output buffer this cycle (registered one cycle
+    ahead from the control pipeline, so the decode does not sit on the buffer's fanout):
+    ``cap`` any row group, ``grp`` a weight-grouped one, ``ctl`` its control word."""
+
+    cap: Signal
+    grp: Signal
+    ctl: Signal
+
+
+@dataclass
+class _Sequencer:
+    """The drain sequencer's state (:meth:`ChainEngine._sequencer`)."""
+
+    active: Signal
+    tok: Signal
+    k_next: Value
+    step_last: Value
+    paddr: Signal
+    raw: Signal
+    tmult: Signal | None
+    tshift: Signal | None
+
+
 class ChainEngine(wiring.Component):
     """A DSP-chain engine with valid/ready streams ``i`` (beats), ``p`` (requantization
-    parameters) and ``o`` (drain words); see the module docstring for timing and layouts.
+    parameters) and ``o`` (drain words), and ``gmult`` (group multipliers, valid with the
+    beat on ``i``); see the module docstring for timing and layouts.
 
     ``hier`` (a :class:`~hwflow.hw.hier.Hierarchy`) turns the leaves into Instances of
     modules named ``<prefix>_slice``, ``<prefix>_drain``, ``<prefix>_rq`` (Verilog output);
@@ -525,18 +579,29 @@ class ChainEngine(wiring.Component):
         super().__init__(
             {
                 "i": In(stream.Signature(params.beat_layout)),
+                "gmult": In(params.gmult_layout),
                 "p": In(stream.Signature(params.params_layout)),
                 "o": Out(stream.Signature(params.result_layout)),
             }
         )
 
     def elaborate(self, platform: object) -> Module:
+        """Issue and control pipeline, chains with their group stage, capture and drain of the
+        output buffer, requantizers into the output FIFO (one method each)."""
         m = Module()
-        p, hier, pre = self.params, self.hier, self.prefix
-        c_len, r_n = p.chain_length, p.requantizers
-        beat = _unpack_beat(m, p, self.i.payload)
+        beat = _unpack_beat(m, self.params, self.i.payload)
+        ctl = self._control(m, beat)
+        slices = self._chains(m, beat, ctl)
+        cap = self._capture(m, ctl)
+        seq = self._sequencer(m, cap)
+        heads = self._buffer(m, slices, cap, seq)
+        self._requantize(m, heads, cap, seq)
+        return m
 
-        # issue: the only place that ever says "wait"
+    def _control(self, m: Module, beat: _Beat) -> list[Signal]:
+        """The issue logic (the only place that ever says "wait") and the control pipeline:
+        ``ctl[d]`` describes the beat handed over d + 1 cycles ago."""
+        p = self.params
         m.submodules.issue = issue = _Issue(p)
         take = self.i.valid & self.i.ready
         m.d.comb += [
@@ -548,9 +613,9 @@ class ChainEngine(wiring.Component):
             self.i.ready.eq(issue.ready),
             issue.word_out.eq(self.o.valid & self.o.ready),
         ]
-
-        # control pipeline: ctl[d] describes the beat handed over d + 1 cycles ago
-        ctl = [Signal(_ctl_layout(p), name=f"ctl{d}") for d in range(c_len + 4 + GROUP_STAGES)]
+        ctl = [
+            Signal(_ctl_layout(p), name=f"ctl{d}") for d in range(p.chain_length + 3 + GROUP_STAGES)
+        ]
         m.d.sync += [
             ctl[0].valid.eq(take),
             ctl[0].first.eq(issue.first),
@@ -566,41 +631,45 @@ class ChainEngine(wiring.Component):
             m.d.sync += [ctl[0].tmult.eq(beat.tmult), ctl[0].tshift.eq(beat.tshift)]
         for d in range(1, len(ctl)):
             m.d.sync += ctl[d].eq(ctl[d - 1])
+        return ctl
 
+    def _gmult_line(self, m: Module) -> list[Signal]:
+        """Each chain's group multipliers (the ``gmult`` port, split per chain in one
+        assignment), delayed with their beat to the chain's end plus the multiply's cycle."""
+        p = self.params
+        gw = p.gmult_layout.elem_shape
+        line = [Signal(gw, name=f"gm_in{c}") for c in range(p.chains)]
+        m.d.comb += Cat(*line).eq(self.gmult.as_value())
+        for d in range(3 + p.chain_length + 1):
+            nxt = [Signal(gw, name=f"gmd{d}_{c}", reset_less=True) for c in range(p.chains)]
+            m.d.sync += [n.eq(g) for n, g in zip(nxt, line, strict=True)]
+            line = nxt
+        return line
+
+    def _chains(self, m: Module, beat: _Beat, ctl: list[Signal]) -> list[ChainSlice]:
+        """The chain slices with what they share: the clamped activations, the dense flag,
+        the segment-end accumulator enables and the group stage's control, each registered
+        from the control word one stage ahead (``ctl[d]`` is ``ctl[d - 1]`` a cycle later),
+        so no decode sits between a register and the slices' fanout."""
+        p = self.params
+        c_len = p.chain_length
         # per segment end j: accumulate when the beat at stage j ends a segment at its N
         ends = len(p.seg_ends)
         acc_en, acc_first = Signal(ends), Signal(ends)
         for e, j in enumerate(p.seg_ends):
-            cj = ctl[3 + j]
+            cj = ctl[2 + j]  # ctl[3 + j] one cycle ahead
             end = _by_mode(m, cj.nsel, p, {n: (j + 1) % n == 0 for n in p.n_modes})
-            m.d.comb += [acc_en[e].eq(cj.valid & end), acc_first[e].eq(cj.first)]
-        cq = ctl[3 + c_len]  # the beat whose deskewed accumulators are complete now
-        # weight groups: cq's group partials multiplied (M), accumulated a cycle later (P),
-        # the row group captured GROUP_STAGES after an ungrouped one would be
-        cm, cg = ctl[3 + c_len + 1], ctl[3 + c_len + GROUP_STAGES]
-        gmul = Signal()
-        gacc = Signal()
-        m.d.comb += [
-            gmul.eq(cq.valid & cq.wgrp & cq.glast),
-            gacc.eq(cm.valid & cm.wgrp & cm.glast),
+            m.d.sync += [acc_en[e].eq(cj.valid & end), acc_first[e].eq(cj.first)]
+        # weight groups: the beat whose deskewed accumulators are complete (ctl[3 + C]) has
+        # its group partials multiplied (M), accumulated a cycle later (P)
+        cq_ahead, cm_ahead = ctl[2 + c_len], ctl[3 + c_len]
+        gmul, gacc, gfirst = Signal(), Signal(), Signal()
+        m.d.sync += [
+            gmul.eq(cq_ahead.valid & cq_ahead.wgrp & cq_ahead.glast),
+            gacc.eq(cm_ahead.valid & cm_ahead.wgrp & cm_ahead.glast),
+            gfirst.eq(cm_ahead.gfirst),
         ]
-        cap_n, cap_g, cap = Signal(), Signal(), Signal()
-        m.d.comb += [
-            cap_n.eq(cq.valid & cq.last & ~cq.wgrp),
-            cap_g.eq(cg.valid & cg.last & cg.wgrp),
-            cap.eq(cap_n | cap_g),
-        ]
-        cc = Signal(_ctl_layout(p))  # the captured row group's control
-        m.d.comb += cc.eq(Mux(cap_g, cg, cq))
-        # each chain's group multipliers, delayed with their beat to the chain's end
-        gmult_d = beat.gmult
-        for d in range(3 + c_len + 1):
-            nxt = [
-                Signal.like(g, name=f"gmd{d}_{c}", reset_less=True) for c, g in enumerate(gmult_d)
-            ]
-            m.d.sync += [n.eq(g) for n, g in zip(nxt, gmult_d, strict=True)]
-            gmult_d = nxt
-
+        gmult = self._gmult_line(m)
         # activations (clamped for the dual-INT8 pre-adder), dense flag: shared by all chains
         act = Signal(p.beat_layout["act"].shape)
         for t in range(p.rows):
@@ -612,7 +681,7 @@ class ChainEngine(wiring.Component):
         dense = _by_mode(m, beat.nsel, p, {n: n == p.m for n in p.n_modes})
         slices = []
         for c in range(p.chains):
-            sl = place(m, hier, f"chain{c}", f"{pre}_slice", lambda: ChainSlice(p))
+            sl = place(m, self.hier, f"chain{c}", f"{self.prefix}_slice", lambda: ChainSlice(p))
             m.d.comb += [
                 sl.act.eq(act),
                 sl.wval.eq(beat.wval[c]),
@@ -621,48 +690,77 @@ class ChainEngine(wiring.Component):
                 sl.dense.eq(dense),
                 sl.acc_en.eq(acc_en),
                 sl.acc_first.eq(acc_first),
-                sl.gsel.eq(cq.nsel),
-                sl.gmult.eq(gmult_d[c]),
+                sl.gsel.eq(ctl[3 + c_len].nsel),
+                sl.gmult.eq(gmult[c]),
                 sl.gmul.eq(gmul),
                 sl.gacc.eq(gacc),
-                sl.gfirst.eq(cm.gfirst),
+                sl.gfirst.eq(gfirst),
             ]
             slices.append(sl)
+        return slices
 
-        # drain sequencer: step (tok, k) drains lanes k*R .. k*R+R-1 of token lane tok
-        depth = p.drain_depth
-        active = Signal()
-        tok = Signal(range(max(2, p.rows)))
+    def _capture(self, m: Module, ctl: list[Signal]) -> _Capture:
+        """An ungrouped row group is captured when its last beat's accumulators are complete
+        (``ctl[3 + C]``), a grouped one :data:`~hwflow.costs.GROUP_STAGES` later, after its
+        group multiply and accumulate; registered from the words one stage ahead."""
+        c_len = self.params.chain_length
+        cq, cg = ctl[2 + c_len], ctl[2 + c_len + GROUP_STAGES]
+        cap_n, cap_g = cq.valid & cq.last & ~cq.wgrp, cg.valid & cg.last & cg.wgrp
+        out = _Capture(Signal(), Signal(), Signal(_ctl_layout(self.params)))
+        m.d.sync += [
+            out.cap.eq(cap_n | cap_g),
+            out.grp.eq(cap_g),
+            out.ctl.eq(Mux(cap_g, cg, cq)),
+        ]
+        return out
+
+    def _sequencer(self, m: Module, cap: _Capture) -> _Sequencer:
+        """The drain sequencer: step (tok, k) drains lanes k*R .. k*R+R-1 of token lane tok."""
+        p = self.params
+        depth, cc = p.drain_depth, cap.ctl
+        lay = p.beat_layout
+        seq = _Sequencer(
+            active=Signal(),
+            tok=Signal(range(max(2, p.rows))),
+            k_next=Value.cast(0),
+            step_last=Value.cast(0),
+            paddr=Signal(lay["paddr"].shape),
+            raw=Signal(),
+            tmult=Signal(lay["tmult"].shape) if p.per_token else None,
+            tshift=Signal(lay["tshift"].shape) if p.per_token else None,
+        )
         k = Signal(range(max(2, depth)))
         kmask = Signal(range(max(2, depth)))
-        paddr = Signal(p.beat_layout["paddr"].shape)
-        raw = Signal()
-        tmult = Signal(p.beat_layout["tmult"].shape) if p.per_token else None
-        tshift = Signal(p.beat_layout["tshift"].shape) if p.per_token else None
         wrap = k == kmask
-        step_last = wrap & (tok == p.rows - 1)
-        k_next = Mux(wrap, 0, k + 1)
-        kmax = {n: p.rows_per_beat(n) // r_n - 1 for n in p.n_modes}
-        with m.If(cap):
+        seq.step_last = wrap & (seq.tok == p.rows - 1)
+        seq.k_next = Mux(wrap, 0, k + 1)
+        kmax = {n: p.rows_per_beat(n) // p.requantizers - 1 for n in p.n_modes}
+        with m.If(cap.cap):
             m.d.sync += [
-                active.eq(1),
-                tok.eq(0),
+                seq.active.eq(1),
+                seq.tok.eq(0),
                 k.eq(0),
                 kmask.eq(_by_mode(m, cc.nsel, p, kmax, len(kmask))),
-                paddr.eq(cc.paddr),
-                raw.eq(cc.raw),
+                seq.paddr.eq(cc.paddr),
+                seq.raw.eq(cc.raw),
             ]
             if p.per_token:
-                m.d.sync += [tmult.eq(cc.tmult), tshift.eq(cc.tshift)]
-        with m.Elif(active):
-            m.d.sync += k.eq(k_next)
+                m.d.sync += [seq.tmult.eq(cc.tmult), seq.tshift.eq(cc.tshift)]
+        with m.Elif(seq.active):
+            m.d.sync += k.eq(seq.k_next)
             with m.If(wrap):
-                m.d.sync += tok.eq(tok + 1)
-            with m.If(step_last):
-                m.d.sync += active.eq(0)
+                m.d.sync += seq.tok.eq(seq.tok + 1)
+            with m.If(seq.step_last):
+                m.d.sync += seq.active.eq(0)
+        return seq
 
-        # output buffer: column (t, r) position q holds lane q*R + r of token lane t, segment
-        # s = (q*R + r) // chains of chain (q*R + r) % chains
+    def _buffer(
+        self, m: Module, slices: list[ChainSlice], cap: _Capture, seq: _Sequencer
+    ) -> list[list[Value]]:
+        """The output buffer: column (t, r) position q holds lane q*R + r of token lane t,
+        segment s = (q*R + r) // chains of chain (q*R + r) % chains; the columns' heads."""
+        p = self.params
+        r_n = p.requantizers
         first_cand = [0]
         for cases in _slot_cases(p):
             first_cand.append(first_cand[-1] + len(cases))
@@ -670,28 +768,37 @@ class ChainEngine(wiring.Component):
         for t in range(p.rows):
             row = []
             for r in range(r_n):
-                col = place(m, hier, f"drain{t}_{r}", f"{pre}_drain", lambda: DrainColumn(p))
+                col = place(
+                    m, self.hier, f"drain{t}_{r}", f"{self.prefix}_drain", lambda: DrainColumn(p)
+                )
                 at = 0
-                for q in range(depth):
+                for q in range(p.drain_depth):
                     s, c = divmod(q * r_n + r, p.chains)
                     for i in range(len(_slot_cases(p)[s])):
                         m.d.comb += col.cand[at].eq(slices[c].seg[t][first_cand[s] + i])
                         at += 1
                     m.d.comb += col.gcand[q].eq(slices[c].gseg[t][s])
                 m.d.comb += [
-                    col.sel.eq(cc.nsel),
-                    col.grp.eq(cap_g),
-                    col.load.eq(cap),
-                    col.shift.eq(active & (tok == t)),
+                    col.sel.eq(cap.ctl.nsel),
+                    col.grp.eq(cap.grp),
+                    col.load.eq(cap.cap),
+                    col.shift.eq(seq.active & (seq.tok == t)),
                 ]
                 row.append(col.head)
             heads.append(row)
+        return heads
 
-        # parameter memory: word (entry, chunk) at entry * chunks + chunk, read one cycle
-        # before its drain step
+    def _requantize(
+        self, m: Module, heads: list[list[Value]], cap: _Capture, seq: _Sequencer
+    ) -> None:
+        """The parameter memory (word (entry, chunk) at ``entry * chunks + chunk``, read one
+        cycle before its drain step), the R requantizers and the output FIFO."""
+        p = self.params
+        r_n = p.requantizers
         pw = self.p.payload
-        ram = _ParamRam(p, hier)
+        ram = _ParamRam(p, self.hier)
         m.submodules.params = ram
+        cc = cap.ctl
         m.d.comb += [
             self.p.ready.eq(1),
             ram.waddr.eq(pw.addr * p.param_chunks + pw.chunk),
@@ -699,7 +806,9 @@ class ChainEngine(wiring.Component):
             ram.wdata.shift.eq(pw.shift),
             ram.wdata.bias.eq(pw.bias),
             ram.we.eq(self.p.valid),
-            ram.raddr.eq(Mux(cap, cc.paddr * p.param_chunks, paddr * p.param_chunks + k_next)),
+            ram.raddr.eq(
+                Mux(cap.cap, cc.paddr * p.param_chunks, seq.paddr * p.param_chunks + seq.k_next)
+            ),
         ]
         # the read word split into per-lane signals in one assignment (see _unpack_beat)
         lanes = {
@@ -707,36 +816,33 @@ class ChainEngine(wiring.Component):
             for f in ("mult", "shift", "bias")
         }
         m.d.comb += Cat(*lanes["mult"], *lanes["shift"], *lanes["bias"]).eq(ram.rdata)
-
-        # requantizers, then the output FIFO
         fifo = SyncFIFOBuffered(width=Shape.cast(p.result_layout).width, depth=p.fifo_depth)
         m.submodules.fifo = fifo
         word = Signal(p.result_layout)
         for r in range(r_n):
             rq = place(
                 m,
-                hier,
+                self.hier,
                 f"rq{r}",
-                f"{pre}_rq",
+                f"{self.prefix}_rq",
                 lambda: Requantizer(acc_bits=p.acc_bits, per_token=p.per_token),
             )
             if p.per_token:
-                m.d.comb += [rq.mult_t.eq(tmult[tok]), rq.shift_t.eq(tshift[tok])]
+                m.d.comb += [rq.mult_t.eq(seq.tmult[seq.tok]), rq.shift_t.eq(seq.tshift[seq.tok])]
             head = heads[0][r]
             for t in range(1, p.rows):
-                head = Mux(tok == t, heads[t][r], head)
+                head = Mux(seq.tok == t, heads[t][r], head)
             m.d.comb += [
                 rq.acc.eq(head),
                 rq.bias.eq(lanes["bias"][r]),
                 rq.mult.eq(lanes["mult"][r]),
                 rq.shift.eq(lanes["shift"][r]),
-                rq.raw.eq(raw),
+                rq.raw.eq(seq.raw),
                 word.data[r].eq(rq.out),
             ]
         # valid, last and raw of each step, delayed through the requantizer's stages
-        depth_rq = Requantizer.registers(p.per_token)
-        v_d, l_d, raw_d = active, step_last, raw
-        for i in range(depth_rq):
+        v_d, l_d, raw_d = seq.active, seq.step_last, seq.raw
+        for i in range(Requantizer.registers(p.per_token)):
             nv, nl, nr = Signal(name=f"v{i}"), Signal(name=f"l{i}"), Signal(name=f"w{i}")
             m.d.sync += [nv.eq(v_d), nl.eq(l_d), nr.eq(raw_d)]
             v_d, l_d, raw_d = nv, nl, nr
@@ -749,7 +855,6 @@ class ChainEngine(wiring.Component):
             self.o.payload.eq(fifo.r_data),
             fifo.r_en.eq(self.o.ready),
         ]
-        return m
 
 
 class MatrixVectorEngine(ChainEngine):

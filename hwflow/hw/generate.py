@@ -160,6 +160,7 @@ def write_rtl(
             "ports": engine_ports(eng),
             "payloads": {
                 "i": describe_layout(p.beat_layout),
+                "gmult": describe_layout(p.gmult_layout),
                 "p": describe_layout(p.params_layout),
                 "o": describe_layout(p.result_layout),
             },

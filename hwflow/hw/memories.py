@@ -2,10 +2,9 @@
 
 The RTL machine (:class:`hwflow.hw.machine.top.Accelerator`) builds each buffer as one memory
 of ``MachineParams.words[buf]`` words of ``MachineParams.word_bytes[buf]`` bytes (one
-:class:`~hwflow.hw.machine.bus.BufferBank`, one read and one write port: simple dual-port)
-and the instruction memory as two banks of ``lines // 4`` words of two AXI beats
-(:class:`~hwflow.hw.machine.fetch.InstrMem`). A memory that wide and shallow uses few of a
-tile's rows, so its cost is the tile count of its shape, not its bytes:
+:class:`~hwflow.hw.machine.bus.BufferBank`, one read and one write port: simple dual-port).
+A memory that wide and shallow uses few of a tile's rows, so its cost is the tile count of
+its shape, not its bytes:
 
 * URAM288 (AMD UG573, *UltraRAM*): 4,096 x 72 bits; deeper memories cascade.
 * RAMB36E2 (UG573, *Block RAM*, simple dual-port): 32K x 1, 16K x 2, 8K x 4, 4K x 9,
@@ -14,6 +13,18 @@ tile's rows, so its cost is the tile count of its shape, not its bytes:
 :func:`place_buffers` puts each memory in URAM or block RAM so that both fit what the rest of
 the design leaves (the assignment with the lowest peak utilization, exhaustively: a preset
 has six memories).
+
+The instruction memory is shaped by the instructions, not by the buffer word
+(:func:`instr_memory`): instructions are 32-bit words, at most
+:data:`~hwflow.hw.machine.decode.MAX_INSTR_BITS` long (10 words), so a fetch reads two
+consecutive rows of ``INSTR_ROW_WORDS`` = 16 words (the smallest power of two that holds
+every instruction but its first word: any instruction starting in the first row ends in
+the second) from two banks (even and odd rows), ``buffers.instr_kib`` deep in all (the
+largest template the compiler produces must fit it: ``hwflow compile`` refuses one that
+does not; LLaMA-2-7B's largest on u280 is 71,116 B of the 256 KiB). u280: two banks of
+2,048 x 512 bits, 16 URAM288 or 58 RAMB36E2, where two banks of the 2,048-byte AXI beat's
+width (the shape :class:`~hwflow.hw.machine.fetch.InstrMem` builds today, two beats per
+bank word) took 912 RAMB36E2 for the same 256 KiB.
 """
 
 from __future__ import annotations
@@ -22,7 +33,15 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Memory", "bram36_tiles", "buffer_memories", "place_buffers", "uram_tiles"]
+__all__ = [
+    "INSTR_ROW_WORDS",
+    "Memory",
+    "bram36_tiles",
+    "buffer_memories",
+    "instr_memory",
+    "place_buffers",
+    "uram_tiles",
+]
 
 #: URAM288 geometry (UG573): rows, bits per row.
 URAM_DEPTH, URAM_WIDTH = 4096, 72
@@ -74,9 +93,27 @@ def buffer_memories(hw: Any) -> list[Memory]:
     mems = [
         Memory(b.name.lower(), -(-hw.buffers.bytes(b.name.lower()) // word), 8 * word) for b in Buf
     ]
-    lines = max(2, hw.buffers.bytes("instr") // word)  # InstrMem: beats, two per bank word
-    mems.append(Memory("instr", max(1, lines // 4), 16 * word, copies=2))
+    mems.append(instr_memory(hw.buffers.bytes("instr")))
     return mems
+
+
+def _instr_row_words() -> int:
+    """32-bit words of an instruction-memory row: the smallest power of two >= the longest
+    instruction's words less one (module doc)."""
+    from hwflow.hw.machine.decode import MAX_INSTR_BITS
+
+    return 1 << (MAX_INSTR_BITS // 32 - 1 - 1).bit_length()
+
+
+#: 32-bit words of one instruction-memory row (module doc): 16 for 10-word instructions.
+INSTR_ROW_WORDS = _instr_row_words()
+
+
+def instr_memory(nbytes: int) -> Memory:
+    """The instruction memory of ``nbytes``: two banks (even, odd rows) of
+    :data:`INSTR_ROW_WORDS`-word rows (module doc)."""
+    row_bytes = 4 * INSTR_ROW_WORDS
+    return Memory("instr", max(1, -(-nbytes // (2 * row_bytes))), 8 * row_bytes, copies=2)
 
 
 def place_buffers(mems: list[Memory], uram_free: int, bram36_free: float) -> dict[str, Any]:

@@ -14,9 +14,12 @@ Port layouts (see :mod:`hwflow.hw.engine` for the timing):
   ``wsel`` indexes :attr:`EngineParams.weight_bits`; ``last`` marks a row group's last block;
   ``raw`` asks for accumulators instead of requantized INT8. Weight groups
   (:func:`hwflow.numerics.weight_matmul`): ``wgrp`` marks every beat of a grouped op,
-  ``glast`` a beat that ends a weight group (a row group's last beat ends its last group), and
-  such a beat carries in ``gmult`` the group's multipliers, per chain ``slots`` uint8 (slot s:
-  the chain's segment s, lane ``s*chains + c``); ignored on other beats.
+  ``glast`` a beat that ends a weight group (a row group's last beat ends its last group).
+* ``gmult`` (an input port of its own, valid with the beat on ``i``: read when a ``glast``
+  beat is taken, ignored otherwise): the ending group's multipliers, per chain ``slots``
+  uint8 (slot s: the chain's segment s, lane ``s*chains + c``). A port of its own, so the
+  beat's layout is the weights' alone; Amaranth limits all input ports of a module to
+  65,535 bits together (:meth:`check_ports`), which bounds the chains of an engine.
 * ``params`` (input stream ``p``): writes into the requantization parameter memory: one word
   of ``requantizers`` (R) lanes (15-bit unsigned multiplier, shift 0..47, INT32 bias per lane)
   at entry ``addr``, lane chunk ``chunk`` (lanes ``chunk*R .. chunk*R + R-1``). A beat's
@@ -44,8 +47,8 @@ import numpy as np
 from amaranth.hdl import Shape, signed, unsigned
 from amaranth.lib import data
 
-from hwflow.config import HardwarePreset
-from hwflow.costs import GROUP_STAGES, chain_latency, effective_nm
+from hwflow.config import HardwarePreset, engine_dsps
+from hwflow.costs import GROUP_STAGES, chain_latency
 from hwflow.errors import UnsupportedError
 from hwflow.hw.requant import PER_TOKEN_EXTRA_STAGES
 from hwflow.numerics import ACT_MIN, GROUP_MULT_BITS, REQ_MULT_BITS, REQ_SHIFT_MAX
@@ -149,10 +152,9 @@ class EngineParams:
             raise UnsupportedError(f"engine {kind!r} unknown (allowed: 'mv', 'mpe')")
         eng = getattr(hw, kind)
         c, m = eng.chain_length, hw.sparsity.m
-        modes = {n for n in hw.sparsity.n_allowed if c % n == 0}
-        dense_n = effective_nm(hw, 1, 1)[0]  # dense runs as M:M, indices implicit
-        if c % dense_n == 0:
-            modes.add(dense_n)
+        modes = hw.n_modes(kind)
+        if not modes:
+            raise UnsupportedError("no N:M mode divides the chain length")
         if chains is not None and chains < 1:
             raise UnsupportedError(f"chains = {chains!r} must be >= 1")
         n_chains = chains or eng.chains
@@ -169,7 +171,7 @@ class EngineParams:
             rows=1 if kind == "mv" else eng.rows,
             dual_int8=eng.dual_int8 and kind == "mpe",
             m=m,
-            n_modes=tuple(sorted(modes)),
+            n_modes=modes,
             weight_bits=tuple(sorted(hw.weight_bits)),
             dsp_kind=hw.board.dsp_kind,
             requantizers=min(eng.requantizers, n_chains),
@@ -246,8 +248,11 @@ class EngineParams:
         until they leave; the previous group's words all leave within ``latency`` cycles of
         the new last beat (last beats are at least the previous group's drain apart, and at
         most one word leaves per cycle), so ``latency + drain_max`` words, plus the
-        :data:`~hwflow.costs.GROUP_STAGES` a row group of a weight-grouped op takes longer."""
-        return self.latency + GROUP_STAGES + self.drain_max
+        :data:`~hwflow.costs.GROUP_STAGES` a row group of a weight-grouped op takes longer,
+        plus ``drain_max + 1`` for the input's registered credit check (it wants 2 x
+        ``drain_max`` free and may read a count one word and one end stale;
+        :mod:`hwflow.hw.engine`, flow control)."""
+        return self.latency + GROUP_STAGES + 2 * self.drain_max + 1
 
     def rows_per_beat(self, n: int) -> int:
         """Output rows one beat advances at N (the row-group size)."""
@@ -261,8 +266,14 @@ class EngineParams:
 
     @property
     def dsps(self) -> int:
-        per_stage = self.rows // 2 if self.dual_int8 else self.rows
-        return self.chains * self.chain_length * per_stage
+        """DSPs of the chains and the weight-group stage (:func:`hwflow.config.engine_dsps`,
+        the count the preset check uses); the requantizers' are apart."""
+        return engine_dsps(self.chains, self.chain_length, self.rows, self.dual_int8, self.slots)
+
+    @property
+    def macs_per_cycle(self) -> int:
+        """Multiply-accumulates the chains perform per cycle (every stage and token lane)."""
+        return self.chains * self.chain_length * self.rows
 
     @property
     def latency(self) -> int:
@@ -293,10 +304,14 @@ class EngineParams:
                 "paddr": unsigned(_sel_bits(self.param_depth)),
                 "wgrp": unsigned(1),
                 "glast": unsigned(1),
-                "gmult": data.ArrayLayout(unsigned(self.slots * GROUP_MULT_BITS), self.chains),
                 **fields,
             }
         )
+
+    @property
+    def gmult_layout(self) -> data.ArrayLayout:
+        """The ``gmult`` port: per chain ``slots`` uint8 group multipliers (module doc)."""
+        return data.ArrayLayout(unsigned(self.slots * GROUP_MULT_BITS), self.chains)
 
     @property
     def params_layout(self) -> data.StructLayout:
@@ -331,17 +346,25 @@ class EngineParams:
             out[t][first : first + self.requantizers] = list(word["data"])
         return out
 
+    @property
+    def input_bits(self) -> int:
+        """Bits of all the engine's input ports together (the beat, ``gmult``, the parameter
+        stream, the handshakes, clock and reset): what Amaranth's limit applies to."""
+        streams = Shape.cast(self.beat_layout).width + Shape.cast(self.params_layout).width
+        # i.valid, p.valid, o.ready, clk, rst
+        return streams + Shape.cast(self.gmult_layout).width + 5
+
     def check_ports(self) -> None:
-        """Raise UnsupportedError if a port is wider than Amaranth 0.5 can emit (a signal of
-        at most 65,535 bits): the beat port carries every chain's weights."""
-        for port, layout in (("i", self.beat_layout), ("o", self.result_layout)):
-            width = Shape.cast(layout).width
-            if width > _MAX_SIGNAL_BITS:
-                raise UnsupportedError(
-                    f"{self.preset} {self.kind} engine: port {port} would be {width} bits wide, "
-                    f"more than the {_MAX_SIGNAL_BITS} bits Amaranth 0.5 emits in one signal "
-                    f"({self.chains} chains); generate a slice with fewer chains"
-                )
+        """Raise UnsupportedError if Amaranth 0.5 cannot emit the engine: it numbers the bits
+        of all of a module's input ports together in 16 bits (``hdl._ir``, top ports), so
+        they may total at most 65,535 bits; the beat carries every chain's weights."""
+        if self.input_bits > _MAX_SIGNAL_BITS:
+            raise UnsupportedError(
+                f"{self.preset} {self.kind} engine: its input ports would total "
+                f"{self.input_bits} bits, more than the {_MAX_SIGNAL_BITS} bits Amaranth 0.5 "
+                f"emits for one module ({self.chains} chains); generate a slice with fewer "
+                "chains"
+            )
 
     def describe(self) -> dict[str, Any]:
         """Plain-data summary for the generation manifest."""

@@ -179,7 +179,7 @@ def op_beats(p: EngineParams, op: MatmulOp, first_result: int = 0) -> list[dict]
                         "tshift": [int(op.tshift[k]) if has and k < op.tokens else 0 for k in toks],
                     }
                 grp = {}
-                if op.group is not None:  # a group's last beat carries its multipliers
+                if op.group is not None:  # the gmult port, valid with a group's last beat
                     gb = op.group // m
                     gm = [0] * p.chains
                     for ch in range(p.chains):

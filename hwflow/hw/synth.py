@@ -647,9 +647,10 @@ def synth_design(hw: Any, chains: int | None = None) -> dict[str, Any]:
     estimates = _estimates(hw)
     if missing:
         estimates["machine" if machine is None else "sfu"] = f"not counted: {missing}"
+    structural = _structural_dsps(hw, params)
     if hw.board.dsp_kind != "DSP48E2":
         engine_dsps = sum(m.counts["dsp"] * m.instances for m in modules if m.engine != "machine")
-        totals["dsp"] += hw.dsps_used - engine_dsps
+        totals["dsp"] += structural - engine_dsps
     logic = DEVICE_LOGIC.get(hw.board.part, {})
     device = {
         "part": hw.board.part,
@@ -663,12 +664,23 @@ def synth_design(hw: Any, chains: int | None = None) -> dict[str, Any]:
     over = [k for k in _RESOURCES if device[k] is not None and totals[k] > device[k]]
     out = {
         **_design_totals(hw, chains, modules, totals, expected, buffers, device, over),
+        "engine_dsps_structural": structural,
         "timing": timing_summary(hw, modules),
         "estimates": estimates,
     }
     if hw.board.dsp_kind != "DSP48E2":
         out["cascade_links"] = expected
     return out
+
+
+def _structural_dsps(hw: Any, params: list[EngineParams]) -> int:
+    """The engines' DSPs as the preset check counts them (:func:`hwflow.config.engine_dsps`
+    for chains and group stage, :data:`hwflow.config.REQUANT_DSPS` per requantizer), for
+    the engines (or slices) ``params``: what the synthesized DSP48E2 count is compared with,
+    and the DSP58 count."""
+    from hwflow.config import REQUANT_DSPS
+
+    return sum(p.dsps + p.requantizers * REQUANT_DSPS[hw.board.dsp_kind] for p in params)
 
 
 #: Chains of the slice :func:`validate_method` synthesizes flat.
@@ -710,8 +722,9 @@ def _estimates(hw: Any) -> dict[str, str]:
     if hw.board.dsp_kind != "DSP48E2":
         out |= {
             "dsp": f"{hw.board.dsp_kind}: engine DSPs counted structurally (chain stages + "
-            "requantizers x hwflow.config.REQUANT_DSPS, hwflow.config.HardwarePreset."
-            "dsps_used), not synthesized; the machine's from its UltraScale+ mapping",
+            "weight-group multipliers, hwflow.config.engine_dsps, + requantizers x "
+            "hwflow.config.REQUANT_DSPS), not synthesized; the machine's from its "
+            "UltraScale+ mapping",
             "logic": "LUT/FF/BRAM of the UltraScale+ (DSP48E2, 48-bit accumulator) mapping "
             f"of the same RTL: Yosys has no {hw.board.family} family",
             "cascade_links": "assumed complete: no Versal netlist to count them in",

@@ -255,7 +255,7 @@ class Feed:
         gw = self.fg.r_data  # lane l: chain l % chains, slot l // chains
         for lane in range(ep.lanes):
             ci, s = lane % ep.chains, lane // ep.chains
-            m.d.comb += beat.gmult[ci][8 * s : 8 * s + 8].eq(gw[8 * lane : 8 * lane + 8])
+            m.d.comb += eng.gmult[ci][8 * s : 8 * s + 8].eq(gw[8 * lane : 8 * lane + 8])
 
     def _pv_part(self, m: Module, pv_w: list[Signal], win: Value, key: Value) -> None:
         """pv part ``key`` (V row of key ``i + key``): byte l is lane l's weight at stage
