@@ -318,6 +318,7 @@ async def throughput(dut: object) -> None:
     st = _encode_ops(p, [op])
     reps = Stimulus(
         beats=st.beats * cycles,
+        gmults=st.gmults * cycles,
         beat_result=list(range(cycles)),
         beat_raw=[True] * cycles,
         expected=st.expected * cycles,
