@@ -45,7 +45,7 @@ from amaranth.hdl import Shape, signed, unsigned
 from amaranth.lib import data
 
 from hwflow.config import HardwarePreset
-from hwflow.costs import GROUP_STAGES, chain_latency, effective_nm
+from hwflow.costs import GROUP_STAGES, chain_latency, chain_modes
 from hwflow.errors import UnsupportedError
 from hwflow.hw.requant import PER_TOKEN_EXTRA_STAGES
 from hwflow.numerics import ACT_MIN, GROUP_MULT_BITS, REQ_MULT_BITS, REQ_SHIFT_MAX
@@ -149,10 +149,7 @@ class EngineParams:
             raise UnsupportedError(f"engine {kind!r} unknown (allowed: 'mv', 'mpe')")
         eng = getattr(hw, kind)
         c, m = eng.chain_length, hw.sparsity.m
-        modes = {n for n in hw.sparsity.n_allowed if c % n == 0}
-        dense_n = effective_nm(hw, 1, 1)[0]  # dense runs as M:M, indices implicit
-        if c % dense_n == 0:
-            modes.add(dense_n)
+        modes = chain_modes(hw, c)
         if chains is not None and chains < 1:
             raise UnsupportedError(f"chains = {chains!r} must be >= 1")
         n_chains = chains or eng.chains
