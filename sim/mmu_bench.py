@@ -309,11 +309,13 @@ class Phases:
     async def watch(self) -> None:
         d = self.dut
         self.clear()
+        busy = 0
         while True:
             await FallingEdge(d.clk)
             self.cyc += 1
-            if d.cmd__valid.value and d.cmd__ready.value:
-                self.ev["acc"].append(self.cyc)
+            if d.busy.value and not busy:  # busy rises the cycle after acceptance
+                self.ev["acc"].append(self.cyc - 1)
+            busy = int(d.busy.value)
             if d.take.value:
                 self.ev["beat"].append(self.cyc)
             if d.o__valid.value and d.o__ready.value:
@@ -452,8 +454,8 @@ def _pv_n(eng: Any, hw: Any, cols: int) -> int:
 
 
 def port_demand(hw: Any, kind: str, f: dict) -> int:
-    """Cycles the unit's busiest buffer read port needs for ``f``, counted from the
-    instruction alone as the unit streams its operands (hwflow.hw.machine.mmu_feed): per token
+    """Cycles the unit's busiest buffer read port (or part reader: a part a cycle) needs for
+    ``f``, counted from the instruction alone as the unit streams its operands (hwflow.hw.machine.mmu_feed): per token
     lane its rows' M-blocks, once per row group; linear/head the tile's records (two parts when
     values and indices exceed a word) and its bias/mult/shift/group sections; qk per beat the
     row group's key rows' M-blocks as one span when it fits a word, else a part per row; pv per
@@ -473,9 +475,11 @@ def port_demand(hw: Any, kind: str, f: dict) -> int:
     rpb = eng.chains * eng.chain_length // n_eff
     passes, groups, kp = -(-rows // tstep), -(-cols // rpb), -(-k // big_m) * big_m
     reads: dict[int, int] = {}
+    requests = [0]  # the busiest stream's parts: a reader takes at most one a cycle
 
     def add(buf: int, parts: list[tuple[int, int]]) -> None:
         reads[buf] = reads.get(buf, 0) + _stream_reads(parts)
+        requests.append(len(parts))
 
     for t in range(min(tstep, rows)):
         parts = []
@@ -497,6 +501,7 @@ def port_demand(hw: Any, kind: str, f: dict) -> int:
                 per_pass += _words(b_off + sec[what], groups * rpb * size)
         per_pass += _words(b_off + sec["gmult"], sec["end"] - sec["gmult"])
         reads[b] = reads.get(b, 0) + passes * per_pass
+        requests.append(passes * groups * kp // big_m * (1 if rec <= _WB else 2))
     elif func == "qk":
         nb = eng.chains * eng.chain_length // big_m
         span = (nb - 1) * b_stride + big_m
@@ -521,7 +526,7 @@ def port_demand(hw: Any, kind: str, f: dict) -> int:
                         parts += [(b_off + (key + j) * b_stride + gb, rpb if key + j < k else 0)
                                   for j in range(n_eff)]  # fmt: skip
         add(b, parts)
-    return max(reads.values())
+    return max(*reads.values(), *requests)
 
 
 def _cycle_misses(table: list[dict]) -> list[str]:
