@@ -76,6 +76,7 @@ __all__ = [
     "ldst_done_stages",
     "matmul_cost",
     "matmul_unit_cost",
+    "pv_nm",
     "sfu_cost",
     "sfu_op_cost",
     "sfu_passes",
@@ -138,6 +139,27 @@ def effective_nm(hw: HardwarePreset, n: int, m: int) -> tuple[int, int]:
         return hm, hm
     hw.check_plan_support(min(hw.weight_bits), n, m)
     return n, m
+
+
+def pv_nm(hw: HardwarePreset, engine: Engine, cols: int) -> tuple[int, int]:
+    """The (N, N) an engine runs P x V at for ``cols`` V columns: the smallest N mode whose
+    row group (``chains * C / N`` columns) is no wider than ``cols`` (the widest fitting
+    group; the densest mode M when none is that narrow).
+
+    Why not the dense M:M of the other ops: the V rows sit key-major in the KV buffer (a key
+    per row, as the cache is written), so the weight rows of P x V (V's columns) are strided
+    through memory, one byte per key. On the chain's N:M datapath a beat instead takes N
+    consecutive keys of ``chains * C / N`` columns each: N contiguous pieces of V rows (one
+    buffer read when they span no more than a word), the in-block indices selecting those
+    keys' probabilities; M/N beats cover an activation block. A row group of
+    ``chains * C / N`` columns then needs ``K / N`` beats: the same beats per column as the
+    dense op (``K / M`` per ``chains * C / M`` columns), the group's drain at that N."""
+    c = engine.chain_length
+    modes = hw.chain_n_modes(c)
+    for n in modes:
+        if engine.chains * c // n <= cols:
+            return n, n
+    return modes[-1], modes[-1]
 
 
 def chain_latency(chain_length: int) -> int:

@@ -203,7 +203,7 @@ def random_instr(
         k = int(rng.choice([16, 32]))
         cols = int(rng.integers(1, 40))
         f.update(k=k, cols=cols, arow=int(rng.random() < 0.3))
-        stride = k + int(rng.integers(0, 8))
+        stride = k + int(rng.integers(0, 8)) * int(rng.random() < 0.5)  # the compiler's: k
         b_off = int(rng.integers(0, bufs.mem[kv].size - cols * stride))
         for r in range(cols):
             at = b_off + r * stride
@@ -218,7 +218,7 @@ def random_instr(
         k = int(rng.integers(0 if empty else 1, 40))
         cols = int(rng.choice([8, 16, 32]))
         f.update(k=k, cols=cols, arow=int(rng.random() < 0.8))
-        stride = cols + int(rng.integers(0, 8))
+        stride = cols + int(rng.integers(0, 8)) * int(rng.random() < 0.5)  # compiler's: cols
         b_off = int(rng.integers(0, bufs.mem[kv].size - max(k, 1) * stride))
         for r in range(k):
             at = b_off + r * stride
@@ -293,6 +293,51 @@ async def run_instr(dut: Any, f: dict, layout: Any) -> tuple[int, int]:
             raise AssertionError(f"no done after {cyc} cycles: {f}")
 
 
+class Phases:
+    """Cycles (sampled mid-cycle) of an instruction's phases, for the table: the command
+    accepted, the engine's first and last beat, its first and last drained word, ``done``
+    (``HWFLOW_PHASES=1``; reads the unit's internal ``take`` / ``o__valid`` / ``o__ready``)."""
+
+    def __init__(self, dut: Any) -> None:
+        self.dut = dut
+        self.ev: dict[str, list[int]] = {}
+        self.cyc = 0
+
+    def clear(self) -> None:
+        self.ev = {k: [] for k in ("acc", "beat", "drain", "done")}
+
+    async def watch(self) -> None:
+        d = self.dut
+        self.clear()
+        busy = 0
+        while True:
+            await FallingEdge(d.clk)
+            self.cyc += 1
+            if d.busy.value and not busy:  # busy rises the cycle after acceptance
+                self.ev["acc"].append(self.cyc - 1)
+            busy = int(d.busy.value)
+            if d.take.value:
+                self.ev["beat"].append(self.cyc)
+            if d.o__valid.value and d.o__ready.value:
+                self.ev["drain"].append(self.cyc)
+            if d.done.value:
+                self.ev["done"].append(self.cyc)
+
+    def summary(self) -> dict[str, int]:
+        """Cycles after acceptance: first/last beat and drain word, done; beats, words."""
+        ev = self.ev
+        if not ev.get("acc"):
+            return {}
+        a = ev["acc"][0]
+        out = {"beats": len(ev["beat"]), "words": len(ev["drain"])}
+        for k in ("beat", "drain"):
+            if ev[k]:
+                out[f"{k}0"], out[f"{k}1"] = ev[k][0] - a, ev[k][-1] - a
+        if ev["done"]:
+            out["done"] = ev["done"][0] - a
+        return out
+
+
 async def _setup(dut: Any, stall: float) -> tuple[Any, str, Unit, Buffers, np.random.Generator]:
     hw = load_hw(os.environ["HWFLOW_PRESET"])
     kind = os.environ["HWFLOW_KIND"]
@@ -308,6 +353,9 @@ async def _setup(dut: Any, stall: float) -> tuple[Any, str, Unit, Buffers, np.ra
         await RisingEdge(dut.clk)
     dut.rst.value = 0
     cocotb.start_soon(bufs.serve())
+    if os.environ.get("HWFLOW_PHASES") == "1":
+        bufs.phases = Phases(dut)
+        cocotb.start_soon(bufs.phases.watch())
     return hw, kind, unit, bufs, rng
 
 
@@ -332,6 +380,9 @@ async def _run(dut: Any, stall: float, tag: str) -> None:
         if flip:  # the RTL reads changed group multipliers, funcsim's expectation does not
             corrupt_g = False
             bufs.mem[Buf.WEIGHT][slice(*bufs.gmult)] ^= 0x55
+        phases = getattr(bufs, "phases", None)
+        if phases:
+            phases.clear()
         start, end = await run_instr(dut, f, layout)
         if flip:
             bufs.mem[Buf.WEIGHT][slice(*bufs.gmult)] ^= 0x55
@@ -362,6 +413,7 @@ async def _run(dut: Any, stall: float, tag: str) -> None:
                 "model_beats": model.beats,
                 "fields": {k: int(v) for k, v in f.items()},
                 "port_demand": port_demand(hw, kind, f),
+                "phases": phases.summary() if phases else {},
             }
         )
     secs = time.perf_counter() - t0
@@ -378,13 +430,38 @@ def _words(addr: int, nbytes: int) -> int:
     return (addr + nbytes - 1) // _WB - addr // _WB + 1 if nbytes > 0 else 0
 
 
+def _stream_reads(parts: list[tuple[int, int]]) -> int:
+    """Port reads of one operand stream's parts ``(byte addr, bytes)`` in order, as a part
+    reader with a one-word cache per stream reads them (hwflow.hw.machine.mmu_read: a part
+    reads the words it covers, but not its first word when that is the stream's last read;
+    0 bytes: a zero part, no read)."""
+    last, reads = None, 0
+    for addr, nbytes in parts:
+        if nbytes <= 0:
+            continue
+        w0, w1 = addr // _WB, (addr + nbytes - 1) // _WB
+        reads += (w0 != last) + (w1 != w0)
+        last = w1
+    return reads
+
+
+def _pv_n(eng: Any, hw: Any, cols: int) -> int:
+    """pv's N at ``cols`` columns, from the preset alone (hwflow.costs.pv_nm's rule: the
+    smallest N mode whose row group, chains * C / N columns, is no wider than ``cols``)."""
+    c, m = eng.chain_length, hw.sparsity.m
+    modes = sorted({n for n in hw.sparsity.n_allowed if c % n == 0} | {m})
+    return next((n for n in modes if eng.chains * c // n <= cols), modes[-1])
+
+
 def port_demand(hw: Any, kind: str, f: dict) -> int:
-    """Cycles the unit's busiest operand port (or its part requests) needs for ``f``, counted
-    from the instruction alone as the unit streams its operands (hwflow.hw.machine.mmu_feed:
-    a token's row is read once per group, or once per pass when it fits one word; the tile's
-    records and its bias/mult/shift sections once per pass; a K row per group and lane; a V
-    row per key and group, one request per key). An instruction whose demand exceeds the
-    engine's beats is bound by the buffer ports, which the cycle model does not charge."""
+    """Cycles the unit's busiest buffer read port (or part reader: a part a cycle) needs for
+    ``f``, counted from the instruction alone as the unit streams its operands (hwflow.hw.machine.mmu_feed): per token
+    lane its rows' M-blocks, once per row group; linear/head the tile's records (two parts when
+    values and indices exceed a word) and its bias/mult/shift/group sections; qk per beat the
+    row group's key rows' M-blocks as one span when it fits a word, else a part per row; pv per
+    beat N keys' pieces of the group's V columns as one span when it fits, else a part per
+    key. An instruction whose demand exceeds the engine's beats is bound by the buffer ports,
+    which the cycle model does not charge."""
     eng = getattr(hw, kind)
     big_m, func = hw.sparsity.m, MATMUL_FUNCS[f["func"]]
     rows, cols, k = f["rows"], f["cols"], f["k"]
@@ -393,30 +470,63 @@ def port_demand(hw: Any, kind: str, f: dict) -> int:
     tstep = 1 if func == "pv" and eng.dual_int8 else eng.rows
     lin = func in ("linear", "head")
     n_eff = f["n"] if lin and f["n"] != f["m"] else big_m
+    if func == "pv":
+        n_eff = _pv_n(eng, hw, cols)
     rpb = eng.chains * eng.chain_length // n_eff
     passes, groups, kp = -(-rows // tstep), -(-cols // rpb), -(-k // big_m) * big_m
-    a = 0
-    for tok in range(rows):
-        w = _words(f["a_off"] + tok * f["a_stride"], kp)
-        a += w if w == 1 else groups * w
-    b_off, b_stride = f["b_off"], f["b_stride"]
+    reads: dict[int, int] = {}
+    requests = [0]  # the busiest stream's parts: a reader takes at most one a cycle
+
+    def add(buf: int, parts: list[tuple[int, int]]) -> None:
+        reads[buf] = reads.get(buf, 0) + _stream_reads(parts)
+        requests.append(len(parts))
+
+    for t in range(min(tstep, rows)):
+        parts = []
+        for tb in range(0, rows, tstep):
+            if tb + t >= rows or (func == "pv" and eng.dual_int8 and t):
+                continue
+            at = f["a_off"] + (tb + t) * f["a_stride"]
+            parts += [(at + i, big_m) for _ in range(groups) for i in range(0, kp, big_m)]
+        add(f["a_buf"], parts)
+    b_off, b_stride, b = f["b_off"], f["b_stride"], f["b_buf"]
     if lin:
         geo = BeatGeometry.from_preset(hw)
         sec = TileSpec.sections(cols, k, f["n"], f["m"], f["wbits"], bool(f["bias"]), geo,
                                 1 << f["wgroup"] if f["wgroup"] else None)  # fmt: skip
-        b = _words(b_off, sec["beats"])
-        for what, size in (("bias", 4), ("mult", 2), ("shift", 1)):
-            b += (
-                _words(b_off + sec[what], groups * rpb * size) if what != "bias" or f["bias"] else 0
-            )
-        b += _words(b_off + sec["gmult"], sec["end"] - sec["gmult"])
         rec = sum(geo.record_bytes(f["n"], f["m"], f["wbits"]))
-        b = passes * max(b, groups * kp // big_m * (1 if rec <= _WB else 2))
+        per_pass = _words(b_off, sec["beats"]) if rec <= _WB else 2 * groups * kp // big_m
+        for what, size in (("bias", 4), ("mult", 2), ("shift", 1)):
+            if what != "bias" or f["bias"]:
+                per_pass += _words(b_off + sec[what], groups * rpb * size)
+        per_pass += _words(b_off + sec["gmult"], sec["end"] - sec["gmult"])
+        reads[b] = reads.get(b, 0) + passes * per_pass
+        requests.append(passes * groups * kp // big_m * (1 if rec <= _WB else 2))
     elif func == "qk":
-        b = passes * sum(_words(b_off + r * b_stride, kp) for r in range(cols))
+        nb = eng.chains * eng.chain_length // big_m
+        span = (nb - 1) * b_stride + big_m
+        for lane in range(1 if span <= _WB else nb):
+            parts = []
+            for _ in range(passes):
+                for gb in range(0, cols, nb):
+                    rows_at = [gb] if span <= _WB else [gb + lane]
+                    size = span if span <= _WB else big_m
+                    parts += [(b_off + r * b_stride + i, size if r < cols else 0)
+                              for r in rows_at for i in range(0, kp, big_m)]  # fmt: skip
+            add(b, parts)
     else:
-        b = passes * groups * kp  # one request per key
-    return max(a, b)
+        span = (n_eff - 1) * b_stride + rpb
+        parts = []
+        for _ in range(passes):
+            for gb in range(0, cols, rpb):
+                for key in range(0, k, n_eff):
+                    if span <= _WB:
+                        parts.append((b_off + key * b_stride + gb, span))
+                    else:
+                        parts += [(b_off + (key + j) * b_stride + gb, rpb if key + j < k else 0)
+                                  for j in range(n_eff)]  # fmt: skip
+        add(b, parts)
+    return max(*reads.values(), *requests)
 
 
 def _cycle_misses(table: list[dict]) -> list[str]:

@@ -9,9 +9,18 @@ import pytest
 from pydantic import ValidationError
 
 from hwflow.config import HardwarePreset, load_hw
-from hwflow.costs import matmul_cost
+from hwflow.costs import (
+    UNIT_DRAIN_STAGES,
+    UNIT_FEED_STAGES,
+    chain_latency,
+    matmul_cost,
+    pv_nm,
+)
+from hwflow.hw.machine.decode import cmd_layout
 from hwflow.hw.params import EngineParams
 from hwflow.hw.stimulus import make_op, op_beats, op_words
+from hwflow.isa import MATMUL_FUNCS, Concrete, Unit
+from hwflow.perf.lower import lower
 
 
 @pytest.mark.parametrize("kind", ["mv", "mpe"])
@@ -68,3 +77,27 @@ def test_preset_dsp_check_counts_requantizers_and_group_multipliers() -> None:
         r"multipliers and requantizers\)",
     ):
         HardwarePreset.model_validate(data)
+
+
+def test_pv_runs_at_the_widest_row_group_that_fits_its_columns() -> None:
+    """tiny (2 chains of 16; N in 2, 4, 8, 16): a row group at N holds 32 / N columns, so
+    16 V columns run at N = 2 (one group), 8 at N = 4, 12 at N = 4 (8 fits, 16 does not),
+    2 or fewer at the dense 16."""
+    hw = load_hw("tiny")
+    assert hw.chain_n_modes(16) == (2, 4, 8, 16)
+    got = {cols: pv_nm(hw, hw.mv, cols) for cols in (64, 16, 12, 8, 4, 2, 1)}
+    assert got == {64: (2, 2), 16: (2, 2), 12: (4, 4), 8: (4, 4), 4: (8, 8), 2: (16, 16),
+                   1: (16, 16)}  # fmt: skip
+
+
+def test_pv_priced_at_its_n_keeps_the_dense_beats_and_drains_the_wider_group() -> None:
+    """A decode pv of 16 columns over 24 keys on tiny's MV, as the cycle model prices it:
+    N = 2, one group of 16 columns, 24 / 2 = 12 beats (the dense 8 groups x 24/16 -> 2
+    blocks would be 16, the N = 2 beats skip the last block's missing keys), the group's
+    16 results drain through 2 requantizers in 8 cycles; + the unit's feed and drain stages."""
+    hw = load_hw("tiny")
+    f = dict.fromkeys(cmd_layout(Unit.MV).members, 0)
+    f.update(func=MATMUL_FUNCS.index("pv"), rows=1, cols=16, k=24, n=1, m=1, wbits=8, obits=8)
+    op = lower(hw, [Concrete(0, "MV", Unit.MV, 0, 0, f, 0, ())])[0][0]
+    assert op.beats == 12
+    assert op.latency == 12 + chain_latency(16) + 8 - 1 + UNIT_FEED_STAGES + UNIT_DRAIN_STAGES

@@ -79,36 +79,51 @@ def _table(kind: str, wb: int, rows: list[dict]) -> None:
         print(
             f"{r['func']:6} {r['rows']:4} {r['cols']:4} {r['k']:4} {r['n']:2}:{r['m']:<2} "
             f"{r['wbits']} {r['obits']:2} {r['rtl']:6} {r['model_latency']:6} {err:+7.1%} "
-            f"{r['model_beats']:5} {r['port_demand']:5}{bound}"
+            f"{r['model_beats']:5} {r['port_demand']:5}{bound} {r.get('phases') or ''}"
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured 2026-11-30 (h-mmu, 4 parameter banks) at 32-byte words, MV, mean per "
-    "instruction: linear +5 %, head +15 % (cause of the sparse multi-beat cases not located), "
-    "qk +42 % (one KV port for both lanes' key rows), pv +380 % (one request per key: the V "
-    "rows are gathered a key per cycle; needs a V^T layout or a transposing buffer)",
-)
-@pytest.mark.parametrize(("kind", "wb"), _KINDS)
+#: The cycle check per unit: MV keeps a strict xfail with the measured remainder.
+_CYCLE_KINDS = [
+    pytest.param(
+        "mv",
+        32,
+        marks=[
+            pytest.mark.xdist_group("rtl-tiny-mv-unit"),
+            pytest.mark.xfail(
+                strict=True,
+                reason="measured 2026-12-01 (h-mmu) at 32-byte words, MV: a weight-grouped "
+                "op's first beat waits for its group multipliers' read behind the records' "
+                "(head 9 x 64 8:16 G16: 57 vs 53 cycles, +7.5 %); a sparse 28-byte record per "
+                "beat plus the group parameters fill the 32-byte weight port (head 12 x 64 "
+                "4:16: 50 vs 49, +2.0 %); every other engine-bound op within 2 % (qk/pv at the "
+                "compiler's K/V strides; other strides request-bound and reported)",
+            ),
+        ],
+    ),
+    pytest.param("mpe", 32, marks=pytest.mark.xdist_group("rtl-tiny-mpe-unit")),
+]
+
+
+@pytest.mark.parametrize(("kind", "wb"), _CYCLE_KINDS)
 def test_unit_cycles_against_the_cycle_model(kind: str, wb: int) -> None:
     """Busy cycles per instruction (command accepted through ``done``, as the machine's
     monitor counts them) within 2 % of the cycle model's latency for it (hwflow.perf.lower:
     costs.matmul_unit_cost) where the engine bounds the instruction; where the buffer ports
     do (the bench's port demand above the model's beats) never faster than the model. The
     bench asserts it per instruction; the table is printed."""
-    run = _run(kind, wb, "cost_table", HWFLOW_OPS="12", HWFLOW_CYCLE_TOL=str(TOLERANCE))
+    env = {"HWFLOW_OPS": "12", "HWFLOW_CYCLE_TOL": str(TOLERANCE), "HWFLOW_PHASES": "1"}
+    run = _run(kind, wb, "cost_table", **env)
     rows = run.stats["cost_table_table"]
     _table(kind, wb, rows)
     assert (run.tests, run.failed) == (1, 0), run
     assert {r["func"] for r in rows if r["model_latency"]} == set(MATMUL_FUNCS)
 
 
-@pytest.mark.parametrize(("kind", "wb"), _KINDS[:1])
+@pytest.mark.parametrize(("kind", "wb"), _KINDS[1:])
 def test_unit_bench_fails_on_a_wrong_expected_cycle_count(kind: str, wb: int) -> None:
-    """The cycle check is live: expecting half the cycles the model charges fails (a skew
-    close to 1 cannot show it while the unit itself misses the model by ~5 %, the strict xfail
-    above)."""
-    env = {"HWFLOW_OPS": "4", "HWFLOW_CYCLE_TOL": str(TOLERANCE), "HWFLOW_CYCLE_SKEW": "0.5"}
+    """The cycle check is live: expecting 5 % more cycles than the model charges fails (the
+    MM unit meets the model within 2 % above, so 1.05 x the model is 3 % too slow for it)."""
+    env = {"HWFLOW_OPS": "4", "HWFLOW_CYCLE_TOL": str(TOLERANCE), "HWFLOW_CYCLE_SKEW": "1.05"}
     run = _run(kind, wb, "cost_table", **env)
     assert (run.tests, run.failed) == (1, 1), run

@@ -264,11 +264,15 @@ class HardwarePreset(Sourced):
         return self
 
     def n_modes(self, kind: Literal["mv", "mpe"]) -> tuple[int, ...]:
-        """The N modes engine ``kind``'s chains run, ascending: every allowed N that divides
-        the chain length, and M itself (a dense layer runs as M:M,
+        """The N modes engine ``kind``'s chains run, ascending (:meth:`chain_n_modes`)."""
+        return self.chain_n_modes(getattr(self, kind).chain_length)
+
+    def chain_n_modes(self, chain_length: int) -> tuple[int, ...]:
+        """The N modes a chain of ``chain_length`` stages runs, ascending: every allowed N
+        that divides the chain length, and M itself (a dense layer runs as M:M,
         :func:`hwflow.costs.effective_nm`) when it does."""
-        c, m = getattr(self, kind).chain_length, self.sparsity.m
-        return tuple(sorted({n for n in (*self.sparsity.n_allowed, m) if c % n == 0}))
+        m = self.sparsity.m
+        return tuple(sorted({n for n in (*self.sparsity.n_allowed, m) if chain_length % n == 0}))
 
     def slots(self, kind: Literal["mv", "mpe"]) -> int:
         """Output-buffer slots per chain and token lane of engine ``kind``: its segments at the

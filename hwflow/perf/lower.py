@@ -59,6 +59,7 @@ from hwflow.costs import (
     hbm_pieces,
     hbm_runs,
     matmul_unit_cost,
+    pv_nm,
     sfu_op_cost,
     sfu_passes,
     sfu_shared_port,
@@ -268,7 +269,7 @@ class _Pricer:
             return MOp(unit, op, words, 0, 0, wait, release), OpActions(words=words)
         if m == 0 or n == 0:
             raise ProgramError(f"{op} (pc {c.pc}): sparsity n:m = {n}:{m} needs n, m >= 1")
-        ne, me = effective_nm(hw, n, m)
+        ne, me = pv_nm(hw, engine, cols) if func == "pv" else effective_nm(hw, n, m)
         kp = ceil(k / me) * me
         group = 1 << f["wgroup"] if f["wgroup"] else None
         sliced = func == "pv" and engine.dual_int8  # bit-sliced UINT8 P (costs doc)

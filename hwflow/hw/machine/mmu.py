@@ -15,8 +15,13 @@ Parts, each owning one job:
 * :class:`~hwflow.hw.machine.mmu_feed.Feed`: operand streams (per token lane, per weight
   reader) of pipelined part reads into FIFOs, assembled into one engine beat per cycle;
   linear/head read the weight tile's beat records in order
-  (:class:`hwflow.compiler.layout.BeatGeometry`), qk the K rows, pv the V rows (one part per
-  key: a V block is a column slice of M rows);
+  (:class:`hwflow.compiler.layout.BeatGeometry`), qk per beat the row group's K-row blocks
+  (one span when they fit a buffer word), pv per beat N consecutive keys' pieces of the
+  group's V columns (one span when they fit): pv runs on the chain's N:M datapath at
+  :func:`hwflow.costs.pv_nm`'s N, since V sits key-major in the KV buffer (its weight rows,
+  V's columns, are strided a key apart): each beat carries N keys for ``chains * C / N``
+  columns, the in-block indices select those keys' probabilities, M/N beats share an
+  activation block;
 * the engine runs raw (accumulators out);
 * :class:`~hwflow.hw.machine.mmu_post.Post`: the drain: parameters fetched ahead
   (:class:`~hwflow.hw.machine.mmu_post.ParamFetch`), the numerics contract's two-stage
@@ -101,10 +106,10 @@ class MatmulUnit(wiring.Component):
         ep, wb = self.ep, self.wb
         if 8 not in ep.weight_bits:
             raise UnsupportedError(f"{hw.name}: the matmul unit feeds INT8 weights (weight_bits)")
-        if ep.chain_length % ep.m or ep.m > wb or wb & (wb - 1):
+        if ep.chain_length % ep.m or ep.m > wb or wb & (wb - 1) or ep.m & (ep.m - 1):
             raise UnsupportedError(
-                f"{hw.name}: the unit needs an M-block ({ep.m}) dividing the chain and fitting "
-                f"one buffer word ({wb} bytes, a power of two)"
+                f"{hw.name}: the unit needs an M-block ({ep.m}, a power of two) dividing the "
+                f"chain and fitting one buffer word ({wb} bytes, a power of two)"
             )
         geo = BeatGeometry.from_preset(hw)
         if geo.chains != ep.chains or any(
@@ -127,7 +132,7 @@ class MatmulUnit(wiring.Component):
         ep = self.ep
         eng = (MatrixVectorEngine if self.kind == "mv" else MatrixMatrixEngine)(ep)
         m.submodules.engine = eng
-        ins = Instr(ep, self.cmd.payload.shape(), self.split_pv)
+        ins = Instr(ep, self.cmd.payload.shape(), self.split_pv, self.wb)
         feed, post = Feed(ins, self.words, self.wb), Post(ins, self.words, self.wb)
         running = Signal()
         accept = self.cmd.valid & self.cmd.ready
@@ -140,7 +145,8 @@ class MatmulUnit(wiring.Component):
         go = (p.rows != 0) & (p.cols != 0)
         feed.build(m, eng, accept, go & (p.k != 0))
         post.build(m, eng, accept, go)
-        arbitrate_reads(m, self, [post.fetch.rd, post.fetch.pg, *feed.readers])
+        pg, urgent = post.fetch.pg, post.urgent
+        arbitrate_reads(m, self, [post.fetch.rd, (pg, urgent), *feed.readers, (pg, ~urgent)])
         for b in Buf:
             n = f"wr_{b.name.lower()}"
             connect(m, flipped(getattr(self, n)), getattr(post.comb, n))

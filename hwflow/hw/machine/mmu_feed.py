@@ -4,23 +4,29 @@ when the buffer ports allow.
 Each token lane t has its own activation stream (A: the M-byte block of token row t at every
 beat) and each of the ``nb`` = ``rows_per_beat(M)`` weight readers its own B stream: linear /
 head reader 0 reads the tile's beat records in order (one part per record, two when a record
-of values and indices exceeds a buffer word), qk reader l the key row of lane l, pv reader 0
-the M V rows (keys) of a block, one part each. Every stream is a :class:`~hwflow.hw.machine.
+of values and indices exceeds a buffer word); qk reader 0 the row group's key rows' M-blocks
+as one part (their span, a row stride apart, fits a word; else reader l the key row of lane
+l); pv reader 0 the N keys' pieces of the group's V columns as one part (their span, a key
+apart; else one part per key, gathered by a collector). pv beats advance N keys
+(:func:`hwflow.costs.pv_nm`): an activation block stays for its M/N beats. Every stream is a :class:`~hwflow.hw.machine.
 mmu_loops.Loops` nest feeding a :class:`~hwflow.hw.machine.mmu_read.PartReader` whose windows
 wait in a FIFO; the stream runs ahead while its FIFO has room (a credit counter), so the
 reads of the next blocks, groups and passes overlap the current beats. A beat goes to the
 engine when every active FIFO holds its part (or, for beats of several parts, when the
-collector has gathered them).
+collector has gathered them). A one-part qk/pv beat's pieces start ``p * b_stride`` bytes
+into the window; every engine slot picks its byte there.
 
 Linear/head: row r of a stripe (the tile's record holds the rows in order) runs on chain
 ``r % chains``, segment ``r // chains``: the engine's lane r, so a row group's results drain
 in row order (:attr:`hwflow.hw.params.EngineParams.drain_order`). qk/pv: lane l of a group
-is output row (key / V column) ``gb + l``.
+is output row (key / V column) ``gb + l``; pv's lane r holds column ``gb + r``'s weights of
+the beat's N keys at the stages of its segment, each stage's index the key's place in the
+activation block.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, Value, signed
 from amaranth.lib.fifo import SyncFIFO
 
 from hwflow.hw.machine.mmu_loops import Loops
@@ -32,7 +38,6 @@ __all__ = ["FIFO_DEPTH", "Feed"]
 
 #: Windows a stream may read ahead of the engine (its FIFO's depth).
 FIFO_DEPTH = 4
-_B_TAG = 9  # part index (1 bit) + the record's value bytes (linear); key index (pv)
 
 
 def _credit(m: Module, name: str, push: Value, pop: Value, start: Value) -> Signal:
@@ -56,12 +61,17 @@ class Feed:
         self.ins, self.wb = ins, word_bytes
         self.nb = ep.rows_per_beat(ep.m)
         mbits = ep.m.bit_length()
+        #: bits of a part's key within its block (pv; also its index in a beat's parts)
+        self.kbits = (ep.m - 1).bit_length()
+        # B tag: linear: part index (1) + the record's value bytes (8); pv: part index,
+        # the beat ends its activation block (1), the beat's first key in the block
+        self.btag = max(9, 2 * self.kbits + 1)
         self.ra = [PartReader(words, word_bytes, 1, 2 + mbits) for _ in range(ep.rows)]
-        self.rb = [PartReader(words, word_bytes, 1, _B_TAG) for _ in range(self.nb)]
+        self.rb = [PartReader(words, word_bytes, 1, self.btag) for _ in range(self.nb)]
         self.rg = PartReader(words, word_bytes, 1, 1)  # the group multipliers
         self.readers = [*self.ra, *self.rb, self.rg]
         self.fa = [SyncFIFO(width=8 * ep.m + 2 + mbits, depth=FIFO_DEPTH) for _ in self.ra]
-        self.fb = [SyncFIFO(width=8 * word_bytes + _B_TAG, depth=FIFO_DEPTH) for _ in self.rb]
+        self.fb = [SyncFIFO(width=8 * word_bytes + self.btag, depth=FIFO_DEPTH) for _ in self.rb]
         self.fg = SyncFIFO(width=8 * ep.lanes, depth=FIFO_DEPTH)
 
     def build(self, m: Module, eng: object, start: Value, go: Value) -> None:
@@ -77,9 +87,13 @@ class Feed:
         take = Signal()
         m.d.comb += take.eq(eng.i.valid & eng.i.ready)
         single = ins.rec_v + ins.rec_i <= self.wb
-        self.multi = (ins.is_lin & ~single) | ins.is_pv
+        self.multi = (ins.is_lin & ~single) | (ins.is_pv & ~ins.span_ok)
+        #: the beat ends its activation block (pv: the last of its M/N beats; else every one)
+        self.block_end = Signal()
+        a_pop = Signal()
+        m.d.comb += a_pop.eq(take & (~ins.is_pv | self.block_end))
         for t in range(len(self.ra)):
-            self._a_stream(m, t, start, go, take)
+            self._a_stream(m, t, start, go, a_pop)
         coll_pop = Signal()
         for lane in range(self.nb):
             pop = Mux(self.multi, coll_pop if lane == 0 else 0, take)
@@ -89,7 +103,8 @@ class Feed:
         self._beat(m, eng, take, coll_pop, g_pop)
 
     def _a_stream(self, m: Module, t: int, start: Value, go: Value, take: Value) -> None:
-        """Token lane t: the M-byte block of token row ``tb + t`` at every beat."""
+        """Token lane t: the M-byte block of token row ``tb + t`` for every block's beats
+        (``take``: the block's last beat went)."""
         ins, c, big_m = self.ins, self.ins.c, self.ins.ep.m
         r, f = self.ra[t], self.fa[t]
         lp = Loops(f"a{t}")
@@ -122,10 +137,14 @@ class Feed:
         lp = Loops(f"b{lane}")
         fire = r.req.valid & r.req.ready
         room = _credit(m, f"b{lane}", fire, pop, start)
-        parts = Mux(ins.is_lin, Mux(single, 1, 2), Mux(ins.is_pv, big_m, 1)) if lane == 0 else 1
-        active = 1 if lane == 0 else ins.is_qk  # (from the registers: after ``start``)
+        if lane == 0:
+            pv_parts = Mux(ins.span_ok, 1, ins.n_eff)
+            parts = Mux(ins.is_lin, Mux(single, 1, 2), Mux(ins.is_pv, pv_parts, 1))
+            active = 1
+        else:  # qk's key rows one part each when they do not fit one word together
+            parts, active = 1, ins.is_qk & ~ins.span_ok  # (registers: after ``start``)
         lp.build(m, start=start, go=go, fire=fire, rows=c.rows, tstep=ins.tstep,
-                 cols=c.cols, rpb=ins.rpb, inner=c.k, istep=big_m, parts=parts)  # fmt: skip
+                 cols=c.cols, rpb=ins.rpb, inner=c.k, istep=ins.kstep, parts=parts)  # fmt: skip
         # linear/head: the next record (its offset in the tile: ``start`` comes with the
         # command, before the command register holds ``b_off``); a pass restarts at 0
         wrel = Signal(32, name=f"b{lane}_wrel")
@@ -140,6 +159,8 @@ class Feed:
             with m.Else():
                 m.d.sync += wrel.eq(wrel + cur_v + cur_i)
         row, key = lp.gb + lane, lp.i + lp.j
+        kmask = big_m - 1
+        block_end = lp.last_i | (((lp.i + ins.kstep) & kmask) == 0)
         req = r.req.payload
         with m.If(ins.is_lin):
             m.d.comb += [
@@ -147,18 +168,18 @@ class Feed:
                 req.nbytes.eq(Mux(lp.j != 0, cur_i, Mux(single, cur_v + cur_i, cur_v))),
                 req.tag.eq(Cat(lp.j[0], cur_v)),
             ]
-        with m.Elif(ins.is_qk):
+        with m.Elif(ins.is_qk):  # the group's key rows' M-blocks in one span, or lane's row
             m.d.comb += [
                 req.addr.eq(c.b_off + row * c.b_stride + lp.i),
-                req.nbytes.eq(big_m),
+                req.nbytes.eq(Mux(ins.span_ok, ins.span, big_m)),
                 req.zero.eq(row >= c.cols),
             ]
-        with m.Else():
+        with m.Else():  # pv: N keys' pieces of the group's columns in one span, or a key's
             m.d.comb += [
                 req.addr.eq(c.b_off + key * c.b_stride + lp.gb),
-                req.nbytes.eq(self.nb),
+                req.nbytes.eq(Mux(ins.span_ok, ins.span, ins.rpb)),
                 req.zero.eq(key >= c.k),
-                req.tag.eq(lp.j),
+                req.tag.eq(Cat(lp.j[: self.kbits], block_end, lp.i[: self.kbits])),
             ]
         m.d.comb += [
             r.req.valid.eq(lp.run & active & room),
@@ -204,15 +225,17 @@ class Feed:
         g_need = ins.grouped & heads_a[0][8 * big_m + 1]  # the beat ends a weight group
         a_ok = Cat(*(f.r_rdy for f in self.fa)).all() & (~g_need | self.fg.r_rdy)
         b_rdy = [f.r_rdy for f in self.fb]
-        b_single = Mux(ins.is_qk, Cat(*b_rdy).all(), b_rdy[0])
+        b_single = Mux(ins.is_qk & ~ins.span_ok, Cat(*b_rdy).all(), b_rdy[0])
         coll_valid = Signal()
         b_ok = Mux(self.multi, coll_valid, b_single)
         m.d.comb += eng.i.valid.eq(a_ok & b_ok)
-        # the collector of multi-part beats (linear with wide records, pv)
+        # the collector of multi-part beats (linear with wide records, pv a part per key)
         head0 = self.fb[0].r_data
         win0, tag0 = head0[: 8 * wb], head0[8 * wb :]
         coll_v, coll_i = Signal(8 * wb), Signal(8 * wb)
         pv_w = [Signal(8, name=f"pvw{s}") for s in range(ep.chains * ep.chain_length)]
+        kb = self.kbits
+        coll_tag = Signal(kb + 1)  # pv: the collected beat's block end and first key
         collect = self.multi & b_rdy[0] & (~coll_valid | take)
         m.d.comb += coll_pop.eq(collect)
         with m.If(take):
@@ -224,29 +247,37 @@ class Feed:
                 with m.Else():
                     m.d.sync += coll_v.eq(win0)
             with m.Else():
-                self._pv_part(m, pv_w, win0, tag0)
-                with m.If(tag0 == big_m - 1):
-                    m.d.sync += coll_valid.eq(1)
+                self._pv_part(m, pv_w, win0, tag0[:kb])
+                with m.If(tag0[:kb] == ins.n_eff - 1):
+                    m.d.sync += [coll_valid.eq(1), coll_tag.eq(tag0[kb:])]
+        pv_tag = Mux(self.multi, coll_tag, tag0[kb:])
+        koff = pv_tag[1:]  # the beat's first key within its activation block
+        m.d.comb += self.block_end.eq(pv_tag[0])
         cur_v = tag0[1:]
         win_v = Mux(self.multi, coll_v, win0)
         win_i = Mux(self.multi, coll_i, win0 >> (cur_v * 8))
         lin_v, lin_i = self._linear(m, win_v, win_i)
         qk_v = self._qk(m)
+        sp_v = self._span(m, win0)
+        pv_i = self._pv_index(m, koff)
+        spanned = ~ins.is_lin & ins.span_ok
         beat = eng.i.payload
         for ci in range(ep.chains):
             for s in range(ep.chain_length):
                 at = ci * ep.chain_length + s
-                w = Mux(ins.is_lin, lin_v[at], Mux(ins.is_qk, qk_v[at], pv_w[at]))
+                w = Mux(ins.is_qk, qk_v[at], pv_w[at])
+                w = Mux(ins.is_lin, lin_v[at], Mux(spanned, sp_v[at], w))
                 m.d.comb += beat.wval[ci][8 * s : 8 * s + 8].eq(w)
                 ib = ep.index_bits
-                m.d.comb += beat.widx[ci][ib * s : ib * s + ib].eq(lin_i[at])
+                idx = Mux(ins.is_pv, pv_i[at], lin_i[at])
+                m.d.comb += beat.widx[ci][ib * s : ib * s + ib].eq(idx)
         self._act(m, beat, heads_a)
         m.d.comb += [
             beat.nsel.eq(ins.nsel),
             beat.wsel.eq(ep.weight_bits.index(8)),
             beat.raw.eq(1),
             beat.paddr.eq(0),
-            beat.last.eq(heads_a[0][8 * big_m]),
+            beat.last.eq(heads_a[0][8 * big_m] & (~ins.is_pv | self.block_end)),
             beat.wgrp.eq(ins.grouped),
             beat.glast.eq(heads_a[0][8 * big_m + 1]),
             g_pop.eq(take & g_need),
@@ -257,17 +288,67 @@ class Feed:
             ci, s = lane % ep.chains, lane // ep.chains
             m.d.comb += eng.gmult[ci][8 * s : 8 * s + 8].eq(gw[8 * lane : 8 * lane + 8])
 
-    def _pv_part(self, m: Module, pv_w: list[Signal], win: Value, key: Value) -> None:
-        """pv part ``key`` (V row of key ``i + key``): byte l is lane l's weight at stage
-        ``key`` of its segment."""
+    def _pv_slots(self, n: int) -> list[tuple[int, int, int]]:
+        """pv at N = ``n``: (engine slot, key p of the beat's N, column r of the row group)
+        of every slot: row r on chain r % chains, segment r // chains, stage p."""
         ep = self.ins.ep
-        with m.Switch(key):
+        return [
+            ((r % ep.chains) * ep.chain_length + (r // ep.chains) * n + p, p, r)
+            for r in range(ep.rows_per_beat(n))
+            for p in range(n)
+        ]
+
+    def _pv_part(self, m: Module, pv_w: list[Signal], win: Value, key: Value) -> None:
+        """pv part ``key`` (the V row piece of the beat's key ``key``): byte r is column r's
+        weight at stage ``key`` of its segment."""
+        ep = self.ins.ep
+        with m.Switch(self.ins.nsel):
+            for k, n in enumerate(ep.n_modes):
+                with m.Case(k), m.Switch(key):
+                    for j in range(n):
+                        with m.Case(j):
+                            for at, p, r in self._pv_slots(n):
+                                if p == j:
+                                    m.d.sync += pv_w[at].eq(win[8 * r : 8 * r + 8])
+
+    def _pv_index(self, m: Module, koff: Value) -> list[Signal]:
+        """pv: each slot's index, its key within the activation block (``koff + p``)."""
+        ep = self.ins.ep
+        out = [Signal(ep.index_bits, name=f"pvi{s}") for s in range(ep.chains * ep.chain_length)]
+        with m.Switch(self.ins.nsel):
+            for k, n in enumerate(ep.n_modes):
+                with m.Case(k):
+                    for at, p, _ in self._pv_slots(n):
+                        m.d.comb += out[at].eq(koff + p)
+        return out
+
+    def _span(self, m: Module, win: Value) -> list[Signal]:
+        """A one-part beat of qk or pv: piece p of the span starts ``p * b_stride`` bytes
+        into ``win``; qk: piece l is lane l's key block (M bytes), pv: piece p key p's V
+        columns (``rpb`` bytes). Each slot picks its byte of the window."""
+        ins, ep, wb = self.ins, self.ins.ep, self.wb
+        nslot = ep.chains * ep.chain_length
+        wbytes = Array(win[8 * i : 8 * i + 8] for i in range(wb))
+        src = [Signal(range(wb), name=f"sp_at{s}") for s in range(nslot)]
+        qk = {}
+        for lane in range(self.nb):
             for j in range(ep.m):
-                with m.Case(j):
-                    for lane in range(self.nb):
-                        ci, s = lane % ep.chains, lane // ep.chains
-                        at = ci * ep.chain_length + s * ep.m + j
-                        m.d.sync += pv_w[at].eq(win[8 * lane : 8 * lane + 8])
+                qk[(lane % ep.chains) * ep.chain_length + (lane // ep.chains) * ep.m + j] = (
+                    lane,
+                    j,
+                )
+        with m.If(ins.is_qk):
+            for at, (lane, j) in qk.items():
+                m.d.comb += src[at].eq(ins.pstep[lane] + j)
+        with m.Else(), m.Switch(ins.nsel):
+            for k, n in enumerate(ep.n_modes):
+                with m.Case(k):
+                    for at, p, r in self._pv_slots(n):
+                        m.d.comb += src[at].eq(ins.pstep[p] + r)
+        out = [Signal(8, name=f"sp_v{s}") for s in range(nslot)]
+        for at in range(nslot):
+            m.d.comb += out[at].eq(wbytes[src[at]])
+        return out
 
     def _linear(self, m: Module, win_v: Value, win_i: Value) -> tuple[list, list]:
         """A record's slots (values widened to INT8, indices) placed at (chain, stage): row r

@@ -181,6 +181,9 @@ class Post:
         self.fetch = ParamFetch(ins, words, word_bytes)
         self.comb = WriteCombiner(words, word_bytes, ep.requantizers * 4)
         self.finished = Signal()
+        #: the drain holds an engine word and waits for its group's parameters: the group
+        #: fetch then goes before the operand streams (else after them: it runs ahead)
+        self.urgent = Signal()
 
     def build(self, m: Module, eng: object, start: Value, go: Value) -> None:
         ins, ep, c = self.ins, self.ins.ep, self.ins.c
@@ -193,6 +196,7 @@ class Post:
         adv = Signal()
         rf_ok = ~c.arow | ins.is_qk | (f.rf_done > lp.ti)
         params_ok = f.prm_ok & rf_ok & (~ins.is_lin | (f.fetched > lp.gi))
+        m.d.comb += self.urgent.eq(eng.o.valid & ins.is_lin & (f.fetched <= lp.gi))
         word_ok = kzero | eng.o.valid
         fire = lp.run & params_ok & word_ok & adv
         m.d.comb += eng.o.ready.eq(lp.run & params_ok & ~kzero & adv)

@@ -14,7 +14,7 @@ credit counters).
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -119,19 +119,27 @@ class PartReader(wiring.Component):
 
 
 def arbitrate_reads(m: Module, unit: object, requesters: list[object]) -> None:
-    """Share the unit's read ports among ``requesters`` (components with ``rd_<buf>`` ports),
-    fixed priority in list order; every requester sees the read data (only the one granted
-    in the cycle before uses it)."""
+    """Share the unit's read ports among ``requesters`` (components with ``rd_<buf>`` ports,
+    or ``(component, gate)``: that entry requests only while ``gate``; a component may sit at
+    two places under complementary gates), fixed priority in list order; every requester sees
+    the read data (only the one granted in the cycle before uses it)."""
+    entries = [r if isinstance(r, tuple) else (r, None) for r in requesters]
     for b in Buf:
         name = f"rd_{b.name.lower()}"
         u = getattr(unit, name)
         taken = 0
         addr = 0
-        for r in reversed(requesters):
+        grants: dict[int, Value] = {}
+        for r, gate in reversed(entries):
             p = getattr(r, name)
-            addr = Mux(p.en, p.addr, addr)
-        for r in requesters:
+            addr = Mux(p.en & (1 if gate is None else gate), p.addr, addr)
+        for r, gate in entries:
             p = getattr(r, name)
-            m.d.comb += [p.grant.eq(u.grant & p.en & ~taken), p.data.eq(u.data)]
-            taken = taken | p.en
+            en = p.en if gate is None else p.en & gate
+            grants[id(r)] = grants.get(id(r), 0) | (en & ~taken)
+            taken = taken | en
+        for r, _ in entries:
+            p = getattr(r, name)
+            if id(r) in grants:
+                m.d.comb += [p.grant.eq(u.grant & grants.pop(id(r))), p.data.eq(u.data)]
         m.d.comb += [u.en.eq(taken), u.addr.eq(addr)]

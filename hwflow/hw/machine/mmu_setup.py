@@ -21,10 +21,21 @@ class Instr:
     the command and everything derived from it combinationally; :meth:`sections` the tile's
     bias/mult/shift section offsets (combinational from the registers)."""
 
-    def __init__(self, ep: EngineParams, layout: data.StructLayout, split_pv: bool) -> None:
-        self.ep, self.split_pv = ep, split_pv
+    def __init__(
+        self, ep: EngineParams, layout: data.StructLayout, split_pv: bool, word_bytes: int
+    ) -> None:
+        self.ep, self.split_pv, self.wb = ep, split_pv, word_bytes
         lanes = ep.lanes
         self.c = Signal(layout)
+        #: keys (qk: K indices) one beat advances: M, pv's N (:func:`hwflow.costs.pv_nm`)
+        self.kstep = Signal(range(ep.m + 1))
+        #: qk / pv: the bytes of one beat's weight pieces (qk: the group's key rows' M-blocks;
+        #: pv: N keys' row pieces), from the first piece's first byte to the last's last
+        self.span = Signal(32)
+        #: ``span`` fits one buffer word: one part per beat (else a part per piece)
+        self.span_ok = Signal()
+        #: ``p * b_stride`` (low bits): where piece p of a beat's span starts
+        self.pstep = [Signal(word_bytes.bit_length(), name=f"pstep{p}") for p in range(self.pieces)]
         self.nsel = Signal(range(max(2, len(ep.n_modes))))
         self.n_eff = Signal(range(ep.m + 1))
         self.rpb = Signal(range(lanes + 1))  #: rows per row group at this N
@@ -38,6 +49,11 @@ class Instr:
         self.grouped = Signal()  #: a linear/head op with weight groups (``wgroup`` > 0)
 
     # ---- decoded function flags (combinational from the command register)
+    @property
+    def pieces(self) -> int:
+        """Most pieces a beat's span holds: qk's key rows, pv's keys."""
+        return max(self.ep.m, self.ep.rows_per_beat(self.ep.m))
+
     @property
     def is_lin(self) -> Value:
         return (self.c.func == _LINEAR) | (self.c.func == _HEAD)
@@ -64,14 +80,31 @@ class Instr:
         ep = self.ep
         nslot = ep.chains * ep.chain_length
         lin = (cmd.func == _LINEAR) | (cmd.func == _HEAD)
+        pv = cmd.func == _PV
         dense = ~lin | (cmd.n == cmd.m)
-        n_eff = Mux(dense, ep.m, cmd.n)
+        n_pv = Const(ep.n_modes[-1])  # hwflow.costs.pv_nm: the smallest mode that fits
+        for n in reversed(ep.n_modes):
+            n_pv = Mux(cmd.cols >= ep.rows_per_beat(n), n, n_pv)
+        n_eff = Mux(pv, n_pv, Mux(dense, ep.m, cmd.n))
         wbits = Mux(lin, cmd.wbits, 8)
         nsel, rpb = Signal.like(self.nsel), Signal.like(self.rpb)
         with m.Switch(n_eff):
             for k, n in enumerate(ep.n_modes):
                 with m.Case(n):
                     m.d.comb += [nsel.eq(k), rpb.eq(ep.rows_per_beat(n))]
+        pv_span = Signal(32)  # N pieces of a row group's columns, a key apart
+        with m.Switch(n_eff):
+            for n in ep.n_modes:
+                with m.Case(n):
+                    m.d.comb += pv_span.eq((n - 1) * cmd.b_stride + ep.rows_per_beat(n))
+        qk_span = (ep.rows_per_beat(ep.m) - 1) * cmd.b_stride + ep.m  # M-blocks, a row apart
+        span = Mux(pv, pv_span, qk_span)
+        m.d.sync += [
+            self.kstep.eq(Mux(pv, n_eff, ep.m)),
+            self.span.eq(span),
+            self.span_ok.eq(span <= self.wb),
+            *(s.eq(p * cmd.b_stride) for p, s in enumerate(self.pstep)),
+        ]
         low = cmd.cols & (rpb - 1)
         last_rows = Mux(low == 0, rpb, low)
         slots_l = last_rows * n_eff
