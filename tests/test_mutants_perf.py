@@ -9,8 +9,20 @@ import pytest
 
 import hwflow.energy
 from hwflow.config import load_hw, load_model, load_plan
+from hwflow.energy import Actions
 from hwflow.perf import sim
 from hwflow.perf.machine import UNITS
+
+#: the action-count columns of a summary row, written out (not read from ``Actions``)
+ACTION_COLUMNS = (
+    "buffer_read_bits",
+    "buffer_write_bits",
+    "hbm_read_bytes",
+    "hbm_write_bytes",
+    "sfu_ops",
+    "instr_words",
+    "idle_unit_cycles",
+)
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +98,15 @@ def test_simulation_cache_key_and_pass_through(tiny, tmp_path, monkeypatch):
 def test_decode_curve_and_utilisation_by_hand(tiny, tmp_path, monkeypatch):
     """A result with a 500-cycle prefill of 4 tokens and decode steps of 1000 and 2500
     cycles at tiny's 100 MHz: contexts 5 and 6 at 0.01 and 0.025 ms (mean 0.0175), the first
-    token after 0.005 ms; 4000 cycles in all, so a unit busy 1000 cycles is 25 % utilised."""
+    token after 0.005 ms; 4000 cycles in all, so a unit busy 1000 cycles is 25 % utilised.
+    Action counts set by hand (distinct primes) come out each in its own column."""
     monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
     r = sim.simulate(*tiny, 4, 2, mode="exact")
     step = replace(r.prefill_step, stats=replace(r.prefill_step.stats, cycles=500))
     busy = dict.fromkeys(UNITS, 0) | {UNITS[0]: 1000, UNITS[1]: 4000}
+    acts = Actions({4: 11, 8: 13}, 17, 19, 23, 29, 31, 37, 41)  # distinct primes, set by hand
     r = replace(r, prefill=4, prefill_step=step, decode_cycles=[1000, 2500], busy=busy)
+    r = replace(r, actions=acts)
     assert r.clock_hz == 100e6
     curve = r.decode_curve()
     assert [c for c, _ in curve] == [5, 6]
@@ -109,6 +124,19 @@ def test_decode_curve_and_utilisation_by_hand(tiny, tmp_path, monkeypatch):
     per_token = (s["ms_per_token_min"], s["ms_per_token_avg"], s["ms_per_token_max"])
     assert per_token == (pytest.approx(0.01), pytest.approx(0.0175), pytest.approx(0.025))
     assert s[f"util_{UNITS[0]}"] == 0.25 and s["decode_bytes_per_token"] == r.decode_hbm_bytes / 2
+    # every action count is its own column, as counted (the energy columns are priced apart)
+    counts = {k: s[k] for k in s if k.startswith("macs_") or k in ACTION_COLUMNS}
+    assert counts == {
+        "macs_w4": 11,
+        "macs_w8": 13,
+        "buffer_read_bits": 17,
+        "buffer_write_bits": 19,
+        "hbm_read_bytes": 23,
+        "hbm_write_bytes": 29,
+        "sfu_ops": 31,
+        "instr_words": 37,
+        "idle_unit_cycles": 41,
+    }
     # a prefill-only result has no decode figures
     assert replace(r, decode=0, decode_cycles=[]).token_ms() == (0.0, 0.0, 0.0)
     util = r.utilisation()

@@ -135,3 +135,51 @@ def test_alu_source_registers():
     assert _srcs(make("SUB", rd=3, ra=6, rb=7)) == [6, 7]
     assert _srcs(make("ADDI", rd=3, ra=8, imm=1)) == [8]
     assert _srcs(make("MINI", rd=3, ra=9, imm=1)) == [9]
+
+
+def test_a_signature_names_which_iteration_repeats():
+    """Two steps of one LEN whose loops price the same distinct iterations but repeat a
+    different one. R3 = 0, R4 = 256 * POS; three times: LD 256 bytes from HBM R3, then R3 =
+    min(R4 - R3, 256). POS 1 (R4 256): R3 = 0, 256, 0; POS 2 (R4 512): 0, 256, 256. tiny
+    deals 256-byte granules over 4 channels, so the loads stream from channels 0, 1, 0 and
+    0, 1, 1: different programs. Each step's third iteration repeats an earlier key (the
+    loaded address R3 with R4), so both signatures list the same two priced loads, and only
+    which iteration the repeat marker names tells the steps apart."""
+    from hwflow.isa import Buf, Template, XferKind, decode_stream, encode_stream, expand, make
+    from hwflow.perf.lower import PerfContext, lower, step_signature
+
+    hw = load_hw("tiny")
+    body = [
+        make("SETI", rd=3, imm=0),
+        make("MULI", rd=4, ra=2, imm=256),
+        make("LOOP", count=3),
+        make(
+            "LD",
+            kind=XferKind.WEIGHTS,
+            hbm=0,
+            hbm_reg=3,
+            hbm_stride=256,
+            buf=Buf.WEIGHT,
+            row_bytes=256,
+            rows=1,
+        ),
+        make("SUB", rd=5, ra=4, rb=3),
+        make("MINI", rd=3, ra=5, imm=256),
+        make("ENDLOOP"),
+        make("END"),
+    ]
+    t = Template("decode", 1, 64, decode_stream(encode_stream(body)))
+    ctx = PerfContext(hw)
+    channels, sigs = {}, {}
+    for pos in (1, 2):
+        rt = Runtime(1, pos)
+        ops = lower(hw, expand(t, rt), ctx)[0]
+        channels[pos] = [[p.channel for p in o.hbm] for o in ops if o.hbm is not None]
+        sigs[pos] = step_signature(ctx, t, rt)
+    assert channels == {1: [[0], [1], [0]], 2: [[0], [1], [1]]}
+    # the premise: the same priced loads (ints) and as many reuse markers (tuples) ...
+    assert [x for x in sigs[1] if type(x) is not tuple] == [
+        x for x in sigs[2] if type(x) is not tuple
+    ]
+    assert len(sigs[1]) == len(sigs[2])
+    assert sigs[1] != sigs[2]  # ... but not the same signature
