@@ -2,14 +2,17 @@
 of scripts/mutate.py's run directories; run from the repository).
 
 A mutant counts as killed when the tests failed (or timed out) with it; ``no tests`` means no
-selected test reaches the mutated function. Mutants not run yet (a sampled run) are left out
-of the rate and counted apart. tests/mutation/EQUIVALENT.md lists, under its
-"## Equivalent" heading, mutants that cannot change behaviour (taken out of the denominator),
-and under "## Killed when applied by hand" mutants mutmut cannot activate (code run at import)
-that a test kills when the change is made in the source (counted as killed). The file says
-why for each. ``--open`` also prints, per module, the survivors EQUIVALENT.md does not list
-(each needs a test or an entry) and the listed names that did not survive the last run (stale
-entries: renumbered or killed since).
+selected test reaches the mutated function. Mutants not run yet are left out of the rate; the
+last column (``scope``) says whether the module's run is full or partial (sampled or
+interrupted) and how many mutants are left. The results stay in ``mutants/<group>/``; a later
+run of the group resumes from them (mutmut skips mutants that have a result, and
+``scripts/mutate.py --sample=K`` draws only from those without one).
+tests/mutation/EQUIVALENT.md lists, under its "## Equivalent" heading, mutants that cannot
+change behaviour (taken out of the denominator), and under "## Killed when applied by hand"
+mutants mutmut cannot activate (code run at import) that a test kills when the change is made
+in the source (counted as killed). The file says why for each. ``--open`` also prints, per
+module, the survivors EQUIVALENT.md does not list (each needs a test or an entry) and the
+listed names that did not survive the last run (stale entries: renumbered or killed since).
 """
 
 from __future__ import annotations
@@ -41,6 +44,15 @@ def listed() -> dict[str, str]:
     return out
 
 
+def scope(run: int, total: int) -> str:
+    """``full`` when every mutant of the module has a result, else how much of it is run (a
+    sampled or interrupted run: ``scripts/mutate.py --sample=K`` continues with mutants not
+    run yet, and a plain re-run of the group finishes it, keeping every result)."""
+    if run == total:
+        return "full"
+    return f"partial: {run} of {total} ({100 * run / total:.0f} %), {total - run} not run"
+
+
 def main(argv: list[str]) -> int:
     metas = sorted(ROOT.glob("*/mutants/hwflow/**/*.py.meta"))
     if not metas:
@@ -48,7 +60,7 @@ def main(argv: list[str]) -> int:
         return 2
     marks = listed()
     head = f"{'module':<26}{'mutants':>8}{'run':>6}{'killed':>8}{'survived':>9}{'no test':>8}"
-    print(head + f"{'equiv':>6}{'kill rate':>11}")
+    print(head + f"{'equiv':>6}{'kill rate':>11}  scope")
     notes: list[str] = []
     for meta in metas:
         codes = json.loads(meta.read_text())["exit_code_by_key"]
@@ -72,7 +84,7 @@ def main(argv: list[str]) -> int:
         mod = str(Path(*meta.relative_to(ROOT).parts[2:])).removesuffix(".meta")  # <group>/mutants/
         print(
             f"{mod:<26}{len(codes):>8}{run:>6}{c['killed']:>8}{c['survived']:>9}"
-            f"{c['no tests']:>8}{c['equiv']:>6}{rate:>11}"
+            f"{c['no tests']:>8}{c['equiv']:>6}{rate:>11}  {scope(run, len(codes))}"
         )
         if "--open" in argv:
             notes += [
