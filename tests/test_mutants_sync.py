@@ -42,3 +42,22 @@ def test_a_loop_body_is_checked_from_its_first_instruction():
         "loop at pc 0: its body changes the token counts "
         "({} -> {(<Unit.LD: 0>, <Unit.MV: 3>): 1}), so iterations differ"
     )
+
+
+@pytest.mark.parametrize("after", [0, 1], ids=["right-after", "one-later"])
+def test_instructions_after_a_loop_are_checked(after):
+    """A balanced loop, then an LD that releases a token to MV which nothing takes: right after
+    the ENDLOOP (pc 4) or one instruction later (pc 5). The walk goes on after the loop, so
+    the token is left in its queue at END either way."""
+    prog = [
+        make("LOOP", count=2),
+        make("SYNC.LD", release=1 << Unit.MV),
+        make("SYNC.MV", wait=1 << Unit.LD),
+        make("ENDLOOP"),
+        *[make("SYNC.SFU")] * after,
+        make("SYNC.LD", release=1 << Unit.MV),
+        make("END"),
+    ]
+    with pytest.raises(SyncError) as e:
+        check_deadlock(prog)
+    assert str(e.value) == "tokens left in queues at END: {'LD->MV': 1}"
