@@ -61,3 +61,31 @@ def test_instructions_after_a_loop_are_checked(after):
     with pytest.raises(SyncError) as e:
         check_deadlock(prog)
     assert str(e.value) == "tokens left in queues at END: {'LD->MV': 1}"
+
+
+def test_barrier_instructions_by_hand():
+    """LD writes buffer 0 [0, 64), ST reads it (ST waits for LD's token), then a barrier over
+    the active units LD, ST and the hub SFU (module doc): SYNC.LD and SYNC.ST release SFU;
+    SYNC.SFU waits for both and releases both; SYNC.LD and SYNC.ST wait for SFU."""
+    from hwflow.compiler.lower import Node
+    from hwflow.compiler.sync import assign_tokens
+
+    ld, st, sfu = 1 << Unit.LD, 1 << Unit.ST, 1 << Unit.SFU
+    got = assign_tokens(
+        [
+            Node("LD", {}, (), ((0, 0, 64),)),
+            Node("ST", {}, ((0, 0, 64),), ()),
+            Node("BARRIER", {}),
+            Node("END", {}),
+        ]
+    )
+    assert [(i.op, i.wait, i.release) for i in got] == [
+        ("LD", 0, st),
+        ("ST", ld, 0),
+        ("SYNC.LD", 0, sfu),
+        ("SYNC.ST", 0, sfu),
+        ("SYNC.SFU", ld | st, ld | st),
+        ("SYNC.LD", sfu, 0),
+        ("SYNC.ST", sfu, 0),
+        ("END", 0, 0),
+    ]
