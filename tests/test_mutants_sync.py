@@ -89,3 +89,27 @@ def test_barrier_instructions_by_hand():
         ("SYNC.ST", sfu, 0),
         ("END", 0, 0),
     ]
+
+
+def test_readers_of_one_range_do_not_wait_on_each_other():
+    """LD writes buffer 0 [0, 64); MV and then SFU read it. Both reads depend on the write
+    only (a read after a read is no conflict): LD releases MV and SFU, each waits for LD, and
+    SFU does not wait for MV."""
+    from hwflow.compiler.lower import Node
+    from hwflow.compiler.sync import assign_tokens
+
+    ld, mv, sfu = 1 << Unit.LD, 1 << Unit.MV, 1 << Unit.SFU
+    got = assign_tokens(
+        [
+            Node("LD", {}, (), ((0, 0, 64),)),
+            Node("MV", {}, ((0, 0, 64),), ()),
+            Node("SFU", {}, ((0, 0, 64),), ()),
+            Node("END", {}),
+        ]
+    )
+    assert [(i.op, i.wait, i.release) for i in got] == [
+        ("LD", 0, mv | sfu),
+        ("MV", ld, 0),
+        ("SFU", ld, 0),
+        ("END", 0, 0),
+    ]
