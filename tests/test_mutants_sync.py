@@ -113,3 +113,20 @@ def test_readers_of_one_range_do_not_wait_on_each_other():
         ("SFU", ld, 0),
         ("END", 0, 0),
     ]
+
+
+def test_adjacent_ranges_do_not_conflict():
+    """Byte ranges are half-open: LD writes buffer 0 [64, 128) and [256, 320); MV reads
+    [0, 64), ending where the first write starts, and [320, 384), starting where the second
+    ends. Nothing overlaps, so MV waits for nothing and LD releases nothing."""
+    from hwflow.compiler.lower import Node
+    from hwflow.compiler.sync import assign_tokens
+
+    got = assign_tokens(
+        [
+            Node("LD", {}, (), ((0, 64, 128), (0, 256, 320))),
+            Node("MV", {}, ((0, 0, 64), (0, 320, 384)), ()),
+            Node("END", {}),
+        ]
+    )
+    assert [(i.op, i.wait, i.release) for i in got] == [("LD", 0, 0), ("MV", 0, 0), ("END", 0, 0)]
