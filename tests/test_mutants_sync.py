@@ -130,3 +130,27 @@ def test_adjacent_ranges_do_not_conflict():
         ]
     )
     assert [(i.op, i.wait, i.release) for i in got] == [("LD", 0, 0), ("MV", 0, 0), ("END", 0, 0)]
+
+
+def test_a_dependency_known_through_a_later_one_gets_no_token():
+    """LD writes buffer 0; MV reads it (waits for LD) and writes buffer 1; SFU reads both.
+    SFU depends on LD and on MV, but MV already waited for LD: taking the latest dependency
+    first, SFU's one wait on MV covers LD, so LD releases only MV and SFU waits only on MV."""
+    from hwflow.compiler.lower import Node
+    from hwflow.compiler.sync import assign_tokens
+
+    ld, mv, sfu = 1 << Unit.LD, 1 << Unit.MV, 1 << Unit.SFU
+    got = assign_tokens(
+        [
+            Node("LD", {}, (), ((0, 0, 64),)),
+            Node("MV", {}, ((0, 0, 64),), ((1, 0, 64),)),
+            Node("SFU", {}, ((0, 0, 64), (1, 0, 64)), ()),
+            Node("END", {}),
+        ]
+    )
+    assert [(i.op, i.wait, i.release) for i in got] == [
+        ("LD", 0, mv),
+        ("MV", ld, sfu),
+        ("SFU", mv, 0),
+        ("END", 0, 0),
+    ]
