@@ -211,3 +211,23 @@ def test_ld_busy_is_the_union_of_overlapping_transfers_and_channel_cycles_add_up
     assert barrier_cuts(prog) == [7]
     for memo in (None, SegmentMemo()):
         assert Machine(hw).run(prog, memo).hbm_channel_cycles == 41
+
+
+def test_channel_reservations_by_hand():
+    """HbmChannels on tiny (4 channels, 107 ns latency = 10.7 -> 11 cycles at 100 MHz): a
+    fresh table serves from cycle 0; a transfer starts at its earliest piece's start (the
+    channel that is free now), streams until its latest piece ends and is on chip 11 cycles
+    later; a channel already free is taken at the issue cycle."""
+    from hwflow.costs import HbmPiece
+    from hwflow.perf.hbm import HbmChannels
+
+    def piece(ch: int, occ: int) -> HbmPiece:
+        return HbmPiece(channel=ch, nbytes=32 * occ, occupancy=occ, same_channel=True)
+
+    chans = HbmChannels(load_hw("tiny"))
+    assert chans.latency == 11
+    got = [chans.issue(0, [piece(1, 5)])]  # channel 1 busy [0, 5)
+    got.append(chans.issue(0, [piece(0, 4), piece(1, 3)]))  # [0, 4) and [5, 8)
+    got.append(chans.issue(2, [piece(2, 1)]))  # channel 2 free since 0: [2, 3)
+    assert [(t.start, t.streamed, t.done) for t in got] == [(0, 5, 16), (0, 8, 19), (2, 3, 14)]
+    assert chans.free == [4, 8, 3, 0]
