@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from hwflow.compiler.layout import BeatGeometry, TileSpec, _size, encode_tile, slot_factors
 
@@ -36,15 +37,17 @@ def test_dense_codes_decode_as_int8():
     assert m.dtype == s.dtype == np.int64 and m.tolist() == [3, 4] and s.tolist() == [5, 6]
 
 
-def _tiny_image_parts(max_len: int):
-    """tiny-llama compiled for ``tiny`` at ``max_len`` and its quantized model (w8a8)."""
+def _tiny_image_parts(max_len: int, plan: str = "w8a8", model_plan: str | None = None):
+    """tiny-llama compiled for ``tiny`` at ``max_len`` under ``plan`` and quantized under
+    ``model_plan`` (default: the same)."""
     from hwflow.compiler import compile_model
     from hwflow.compress import quantize_model, random_weights
     from hwflow.config import load_hw, load_model, load_plan
 
-    cfg, plan = load_model("tiny-llama"), load_plan("w8a8")
-    comp = compile_model(cfg, plan, load_hw("tiny"), max_len)
-    return cfg, comp.layout, quantize_model(cfg, plan, random_weights(cfg, 1))
+    cfg = load_model("tiny-llama")
+    comp = compile_model(cfg, load_plan(plan), load_hw("tiny"), max_len)
+    qm = quantize_model(cfg, load_plan(model_plan or plan), random_weights(cfg, 1))
+    return cfg, comp.layout, qm
 
 
 def test_rope_table_fills_its_region_and_nothing_after_it():
@@ -86,3 +89,150 @@ def test_output_width_refusal_names_both_widths():
     with pytest.raises(ConfigError) as err:
         build_hbm_image(layout, replace(qm, linears=linears))
     assert str(err.value) == "L0.gate: the program writes 16-bit outputs, the model 8-bit"
+
+
+def test_kv_head_stride_is_a_granule_count_coprime_with_the_channels():
+    """tiny: 256-byte granules over 4 channels. 512 bytes are 2 granules, 2 and 4 share a
+    factor, so 3 granules (768 bytes); 1024 bytes: 4 -> 5 granules (1280); 767 bytes round up
+    to 3 granules, already coprime (768)."""
+    from hwflow.compiler.layout import _kv_head_stride
+    from hwflow.config import load_hw
+
+    tiny = load_hw("tiny")
+    assert [_kv_head_stride(n, tiny) for n in (512, 1024, 767)] == [768, 1280, 768]
+
+
+def test_a_tile_of_five_dense_rows_is_three_stripes():
+    """Dense INT8, K = 16 (one block) on the tiny stripe of 2 rows: stripes of rows (0, 1),
+    (2, 3) and (4): each row's 16 bytes in row order, then the uint16 multipliers and int8
+    shifts."""
+    codes = (np.arange(5 * 16).reshape(5, 16) * 7 % 255 - 127).astype(np.int64)
+    mult, shift = np.arange(5) + 300, np.arange(5) - 2
+    blob = encode_tile(codes, None, None, mult, shift, 1, 1, 8, GEO)
+    want = np.concatenate(
+        [codes.astype(np.int8).view(np.uint8).ravel(), mult.astype("<u2").view(np.uint8),
+         shift.astype("i1").view(np.uint8)]
+    )  # fmt: skip
+    assert np.array_equal(blob, want)
+
+
+def test_group_multipliers_of_a_tile_without_rows():
+    """A tile of no rows with a weight group of 16 over K = 32 has an empty [0, 2] array of
+    group multipliers (two groups per row)."""
+    at = TileSpec.sections(0, 32, 1, 1, 8, False, GEO, 16)
+    got = TileSpec.decode_groups(np.zeros(0, np.uint8), 0, 32, 1, 1, GEO, at, 16)
+    assert got.shape == (0, 2) and got.dtype == np.int64
+
+
+def _probe(out: int, bits: int, n: int, m: int) -> TileSpec:
+    from hwflow.config.plan import LinearQuant
+
+    q = LinearQuant(bits=bits, n=n, m=m)
+    return TileSpec("gate", out, 16, q, False, True, 1, 0, GEO)
+
+
+def test_tile_rows_by_hand():
+    """Rows per tile on the tiny stripe, K = 16 (one block), no bias, by the format's sizes:
+    * dense INT8: a row is 16 value bytes + 2 (mult) + 1 (shift) = 19 bytes. 5 rows in a
+      1000-byte slot: all 5 (the whole op; no rounding to the 2-row chain groups);
+    * 2:16 INT3: a tile of R <= 16 rows (one stripe) holds ceil(6 R / 8) value bytes and R
+      index bytes, 19 bytes at R = 4: a 19-byte slot holds exactly 4 of 16 rows (the
+      stripe average, 76 / 16 -> 5 bytes a row, guesses 3);
+    * a 18-byte slot cannot hold one dense INT8 row: refused with both sizes."""
+    from hwflow.compiler.layout import _tile_rows
+    from hwflow.errors import CapacityError
+
+    assert _tile_rows(_probe(5, 8, 1, 1), 1000, 2, "L0.gate") == 5
+    assert _probe(16, 3, 2, 16).tile_bytes(4) == 19
+    assert _tile_rows(_probe(16, 3, 2, 16), 19, 1, "L0.gate") == 4
+    with pytest.raises(CapacityError) as err:
+        _tile_rows(_probe(5, 8, 1, 1), 18, 2, "L0.gate")
+    assert str(err.value) == (
+        "L0.gate: one weight row needs 19 bytes but a weight slot (1/2 of "
+        "buffers.weight_kib) holds 18 bytes"
+    )
+
+
+def test_every_weight_tile_in_the_image_holds_its_rows():
+    """tiny-llama w8a8 on tiny at 64 positions: gate, up and down need two tiles (122 + 6,
+    122 + 6, 62 + 2 rows) and the head three (122, 122, 12). Every tile decoded from the image
+    (TileSpec.decode, the format's reader) holds exactly its rows' codes, multipliers and
+    shifts: a tile written with more rows would put values where its multipliers go."""
+    from hwflow.compiler.layout import build_hbm_image
+
+    _, layout, qm = _tiny_image_parts(64)
+    img = build_hbm_image(layout, qm)
+    shapes = {ts.name: [r for _, r, _ in ts.tiles] for ts in layout.tiles[0]}
+    assert shapes["gate"] == shapes["up"] == [122, 6] and shapes["down"] == [62, 2]
+    assert [r for _, r, _ in layout.head.tiles] == [122, 122, 12]
+    placed = [(layout.region(f"L{li}").base, ts, f"L{li}.{ts.name}") for li in layout.tiles
+              for ts in layout.tiles[li]]  # fmt: skip
+    placed.append((layout.region("final").base, layout.head, "head"))
+    for base, ts, name in placed:
+        ql, q = qm.linears[name], ts.quant
+        for r0, r, off in ts.tiles:
+            codes, bias, mult, shift = TileSpec.decode(
+                img[base + off :], r, ts.k, q.n, q.m, q.bits, ts.bias, GEO
+            )
+            assert np.array_equal(codes, ql.codes[r0 : r0 + r]), (name, r0)
+            assert np.array_equal(mult, ql.mult[r0 : r0 + r]), (name, r0)
+            assert np.array_equal(shift, ql.shift[r0 : r0 + r]), (name, r0)
+            assert bias is None
+
+
+def _templates():
+    from hwflow.isa import Template, decode_stream, encode_stream, make
+
+    def t(instrs):
+        return Template("decode", 1, 64, decode_stream(encode_stream([*instrs, make("END")])))
+
+    return [t([make("LOOP", count=3), make("ENDLOOP")]), t([make("SETI", rd=3, imm=-5)])]
+
+
+def test_program_image_places_templates_at_aligned_offsets():
+    """Two templates: the first's words from byte 0, the second's at the next multiple of 64;
+    the words little-endian, the gap zero; the offsets returned are the templates' own."""
+    from hwflow.compiler.layout import program_image
+
+    ts = _templates()
+    img, offs = program_image(ts)
+    n0, n1 = 4 * len(ts[0].words), 4 * len(ts[1].words)
+    assert n0 <= 64 and offs == [0, 64] and img.size == 64 + -(-n1 // 64) * 64
+    for t, at in zip(ts, (0, 64), strict=True):
+        raw = b"".join(w.to_bytes(4, "little") for w in t.words)
+        assert img[at : at + len(raw)].tobytes() == raw
+    assert not img[n0:64].any() and not img[64 + n1 :].any()
+
+
+def test_program_region_fits_up_to_the_last_byte():
+    """The program region starts at the next multiple of 64 and ends at most at the preset's
+    HBM capacity (tiny: 1 GiB): placed to end exactly there it fits; 64 bytes later it is
+    refused, naming its size, where it starts and the capacity."""
+    from hwflow.compiler.layout import Region, place_program
+    from hwflow.config import load_hw
+    from hwflow.errors import CapacityError
+
+    ts, tiny = _templates(), load_hw("tiny")
+    size = 64 + -(-4 * len(ts[1].words) // 64) * 64
+    cap = 2**30
+    assert place_program(cap - size - 63, ts, tiny) == Region(
+        "program", cap - size, size, "program"
+    )
+    with pytest.raises(CapacityError) as err:
+        place_program(cap - size + 1, ts, tiny)
+    assert str(err.value) == (
+        f"the program ({size} bytes) does not fit after 1024.00 MiB of HBM data in preset "
+        "tiny's 1.00 GiB (hbm.capacity_gib)"
+    )
+
+
+def test_weight_group_refusal_names_both_groups():
+    """A layout compiled for 32-input weight groups refuses a model quantized with groups of
+    64, at its first linear op, naming both."""
+    from hwflow.compiler.layout import build_hbm_image
+    from hwflow.errors import ConfigError
+
+    _, layout, qm = _tiny_image_parts(64, "w4a8-gptq-g32", "w4a8-gptq-g64")
+    with pytest.raises(ConfigError) as err:
+        build_hbm_image(layout, qm)
+    assert str(err.value) == "L0.q: the layout assumed weight group 32, the model has 64"
