@@ -183,3 +183,83 @@ def test_a_signature_names_which_iteration_repeats():
     ]
     assert len(sigs[1]) == len(sigs[2])
     assert sigs[1] != sigs[2]  # ... but not the same signature
+
+
+def test_exact_run_reports_its_steps_progress_and_notes(tiny, tmp_path, monkeypatch):
+    """Prefill 4 + 2 decode steps in exact mode: three tasks (the prefill, one per decode
+    position), so progress hears (1, 3), (2, 3), (3, 3); the notes say what is compiled and
+    what is simulated; every step is simulated (no fallback), the run's events are the sum
+    of its three steps' (each run again on its own, cut at its barriers), and no timeline is kept untraced."""
+    from hwflow.perf.machine import SegmentMemo
+    from hwflow.perf.sim import run_step
+
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    monkeypatch.setattr(sim, "_PROGRAMS", type(sim._PROGRAMS)())
+    heard, calls = [], []
+    r = sim.simulate(
+        *tiny, 4, 2, mode="exact", note=heard.append, progress=lambda i, n: calls.append((i, n))
+    )
+    assert heard == [
+        "compiling tiny-llama / flightllm for tiny (max_len 512)",
+        "simulating prefill 4 + 2 decode steps (exact mode)",
+    ]
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+    assert (r.simulated_steps, r.fallback_steps, r.trace) == (3, 0, [])
+    prog, hw = sim.compile_cached(*tiny, 512), tiny[2]
+    steps = [("prefill", Runtime(4, 0)), ("decode", Runtime(1, 4)), ("decode", Runtime(1, 5))]
+    # cut at the barriers as the simulator does (a reused segment counts its events too)
+    got = [run_step(hw, prog, ph, rt, memo=SegmentMemo()).stats.events for ph, rt in steps]
+    assert r.events == sum(got)
+    assert run_step(hw, prog, "prefill", Runtime(4, 0)).length == 4
+
+
+def test_program_cache_keys_and_a_damaged_entry(tiny, tmp_path, monkeypatch):
+    """The program key tells models and batch sizes apart; a damaged cache file is compiled
+    again (and the note says so, with the batch when > 1)."""
+    from hwflow.perf.sim import program_key, program_path
+
+    cfg, plan, hw = tiny
+    keys = {
+        program_key(cfg, plan, hw, 64),
+        program_key(load_model("tiny-opt"), plan, hw, 64),
+        program_key(cfg, plan, hw, 64, 2),
+        program_key(cfg, plan, hw, 64, 3),
+    }
+    assert len(keys) == 4 and program_key(cfg, plan, hw, 64, 1) in keys
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    monkeypatch.setattr(sim, "_PROGRAMS", type(sim._PROGRAMS)())
+    path = program_path(program_key(cfg, plan, hw, 64, 2))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a program")
+    heard = []
+    prog = sim.compile_cached(cfg, plan, hw, 64, note=heard.append, batch=2)
+    assert heard == ["compiling tiny-llama / flightllm for tiny (max_len 64, batch 2)"]
+    assert path.read_bytes() == prog.to_bytes() != b"not a program"
+
+
+def test_a_step_on_another_preset_is_refused_by_name(tiny, tmp_path, monkeypatch):
+    """A program compiled for tiny, run on a copy of tiny at another clock (another digest):
+    refused, naming the preset it is run on."""
+    from hwflow.errors import ProgramError
+    from hwflow.perf.sim import run_step
+
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    cfg, plan, hw = tiny
+    prog = sim.compile_cached(cfg, plan, hw, 64)
+    other = hw.model_copy(update={"clock_mhz": 123.0})
+    with pytest.raises(
+        ProgramError, match=r"^program was compiled for preset 'tiny' .* not for tiny \("
+    ):
+        run_step(other, prog, "decode", Runtime(1, 4))
+
+
+def test_case_bounds_are_inclusive():
+    """One prefill token and a case that ends exactly at max_len are allowed; one more is
+    refused, with the sum."""
+    from hwflow.errors import ConfigError
+
+    sim._check_case("exact", 1, 0, 512)
+    sim._check_case("fast", 500, 12, 512)
+    with pytest.raises(ConfigError) as err:
+        sim._check_case("fast", 500, 13, 512)
+    assert str(err.value) == "prefill 500 + decode 13 = 513 exceeds max_len 512"
