@@ -263,3 +263,186 @@ def test_case_bounds_are_inclusive():
     with pytest.raises(ConfigError) as err:
         sim._check_case("fast", 500, 13, 512)
     assert str(err.value) == "prefill 500 + decode 13 = 513 exceeds max_len 512"
+
+
+# --------------------------------------------------------------------------------------------
+# perf/lower.py: pricing corner cases and iteration reuse on hand-made templates
+
+
+def _tpl(instrs):
+    """A decode template of ``instrs`` (+ END), through the binary encoding."""
+    from hwflow.isa import Template, decode_stream, encode_stream, make
+
+    return Template("decode", 1, 64, decode_stream(encode_stream([*instrs, make("END")])))
+
+
+def _ld(hbm=0, reg=0, rows=1, row_bytes=256, stride=256):
+    from hwflow.isa import Buf, XferKind, make
+
+    return make(
+        "LD", kind=XferKind.WEIGHTS, hbm=hbm, hbm_reg=reg, hbm_stride=stride, buf=Buf.WEIGHT,
+        row_bytes=row_bytes, rows=rows,
+    )  # fmt: skip
+
+
+def _channels(ops):
+    return [[p.channel for p in o.hbm] for o in ops if o.hbm is not None]
+
+
+def test_a_transfer_may_end_at_the_last_hbm_byte():
+    """tiny has 1 GiB of HBM. Two 256-byte rows 256 apart from 1 GiB - 512 end exactly at
+    1 GiB: priced; from 1 GiB - 256 the second row ends 256 bytes beyond: refused, naming
+    the byte reached."""
+    from hwflow.errors import CapacityError
+    from hwflow.isa import expand
+    from hwflow.perf.lower import lower
+
+    hw, cap = load_hw("tiny"), 2**30
+    t = _tpl([_ld(hbm=cap - 512, rows=2)])
+    assert len(lower(hw, expand(t, Runtime(1, 0)))[0]) == 1
+    with pytest.raises(CapacityError) as err:
+        lower(hw, expand(_tpl([_ld(hbm=cap - 256, rows=2)]), Runtime(1, 0)))
+    assert str(err.value) == (
+        f"LD (pc 0) reaches HBM byte {cap + 256}, beyond the {cap} bytes of preset tiny"
+    )
+
+
+def test_a_row_that_crosses_a_granule_is_priced_on_both_channels():
+    """tiny: 256-byte granules. A 256-byte row from byte 0 stays in channel 0; the same row
+    from byte 128 crosses into channel 1: priced apart, not as the first."""
+    from hwflow.isa import expand
+    from hwflow.perf.lower import PerfContext, lower
+
+    hw = load_hw("tiny")
+    ctx = PerfContext(hw)
+    ops = lower(hw, expand(_tpl([_ld(0), _ld(128)]), Runtime(1, 0)), ctx)[0]
+    assert _channels(ops) == [[0], [0, 1]]
+
+
+def test_ops_without_work_are_priced_empty():
+    """An MV with no rows and an SFU op with no elements take no cycles: each is its unit's
+    op of 0 beats and 0 latency named as usual, with its words and tokens."""
+    from hwflow.isa import MatmulFunc, SfuFunc, Unit, expand, make, spec
+    from hwflow.perf.lower import lower
+    from hwflow.perf.machine import MOp
+
+    hw = load_hw("tiny")
+    mv = make("MV", release=1 << Unit.SFU, func=MatmulFunc.LINEAR, rows=0, cols=64, k=64,
+              n=16, m=16, wbits=8)  # fmt: skip
+    sfu = make("SFU", wait=1 << Unit.MV, func=SfuFunc.SILU, rows=0, cols=32)
+    ops = lower(hw, expand(_tpl([mv, sfu]), Runtime(1, 0)))[0]
+    mw, sw = spec("MV").words, spec("SFU").words  # the encoding's words: 9 and 10
+    assert (mw, sw) == (9, 10)
+    assert ops == [
+        MOp(int(Unit.MV), "MV", mw, 0, 0, (), (int(Unit.SFU),)),
+        MOp(int(Unit.SFU), "SFU.silu", sw, 0, 0, (int(Unit.MV),), ()),
+    ]
+
+
+def test_an_unknown_sfu_function_is_named():
+    from hwflow.errors import ProgramError
+    from hwflow.isa import expand, make
+    from hwflow.perf.lower import lower
+
+    t = _tpl([make("SFU", func=12, rows=1, cols=4)])
+    with pytest.raises(ProgramError, match=r"^SFU \(pc 0\): function 12 unknown$"):
+        lower(load_hw("tiny"), expand(t, Runtime(1, 0)))
+
+
+def test_action_counts_of_a_program_are_the_sums_of_its_ops():
+    """Buffer, HBM and SFU counts of [silu, mul] are those of [silu] plus those of [mul]."""
+    from hwflow.isa import SfuFunc, expand, make
+    from hwflow.perf.lower import lower
+
+    hw = load_hw("tiny")
+    a = make("SFU", func=SfuFunc.SILU, rows=3, cols=20, a_buf=1, o_buf=1)
+    b = make("SFU", func=SfuFunc.MUL, rows=2, cols=16, a_buf=1, b_buf=2, o_buf=1)
+
+    def acts(*instrs):
+        return lower(hw, expand(_tpl(list(instrs)), Runtime(1, 0)))[1]
+
+    both, one, two = acts(a, b), acts(a), acts(b)
+    for f in ("buffer_read_bits", "buffer_write_bits", "sfu_ops", "instr_words"):
+        assert getattr(both, f) == getattr(one, f) + getattr(two, f) > 0, f
+
+
+def test_operands_sharing_a_read_port_are_slower():
+    """An SFU add whose operands sit in one buffer reads both through its one port; from two
+    buffers it reads them in parallel: the shared port takes more cycles."""
+    from hwflow.isa import SfuFunc, expand, make
+    from hwflow.perf.lower import lower
+
+    hw = load_hw("tiny")
+
+    def beats(b_buf):
+        t = _tpl([make("SFU", func=SfuFunc.ADD, rows=2, cols=32, a_buf=1, b_buf=b_buf, o_buf=1)])
+        return lower(hw, expand(t, Runtime(1, 0)))[0][0].beats
+
+    assert beats(1) > beats(2)
+
+
+def _reuse_agrees(body, channels):
+    """``lower_reused`` of ``body`` gives the full lowering's ops, whose transfers stream
+    from ``channels`` (by hand)."""
+    from hwflow.isa import expand
+    from hwflow.perf.lower import PerfContext, lower, lower_reused
+
+    hw = load_hw("tiny")
+    t = _tpl(body)
+    full = lower(hw, expand(t, Runtime(1, 0)), PerfContext(hw))[0]
+    assert _channels(full) == channels
+    assert lower_reused(hw, t, Runtime(1, 0), PerfContext(hw))[0] == full
+
+
+def test_reuse_keys_a_clamped_address_by_its_exact_source():
+    """R4 = 0, then twice: R3 = min(R4, 512), LD 256 bytes from R3, R4 += 1024. R4 is 0
+    then 1024 (the same modulo tiny's 1024-byte channel period), but R3 is 0 then 512:
+    channels 0 and 2. The clamp is not modular arithmetic, so the loop's iterations are
+    keyed by R4's exact value and priced apart."""
+    from hwflow.isa import make
+
+    body = [
+        make("SETI", rd=4, imm=0),
+        make("LOOP", count=2),
+        make("MINI", rd=3, ra=4, imm=512),
+        _ld(reg=3),
+        make("ADDI", rd=4, ra=4, imm=1024),
+        make("ENDLOOP"),
+    ]
+    _reuse_agrees(body, [[0], [2]])
+
+
+def test_reuse_keys_a_row_count_by_its_exact_value():
+    """R3 = 1, then twice: an LD of at most 2 rows clamped to R3 rows, R3 += 1024: 1 row,
+    then 2 (1025 clamped). 1 and 1025 agree modulo the period, but a row count is not an
+    address: keyed exactly, the second iteration loads two rows (channels 0 and 1)."""
+    from hwflow.isa import make
+
+    ld = _ld(rows=2)
+    ld = make("LD", **{**ld.fields, "rows_reg": 3})
+    body = [
+        make("SETI", rd=3, imm=1),
+        make("LOOP", count=2),
+        ld,
+        make("ADDI", rd=3, ra=3, imm=1024),
+        make("ENDLOOP"),
+    ]
+    _reuse_agrees(body, [[0], [0, 1]])
+
+
+def test_reuse_keys_an_inner_loop_by_the_outer_loops_address():
+    """Twice: R3 += 256, then an inner loop loads 256 bytes from R3 twice. The inner loop's
+    body reads R3 (live-in, set by the outer loop): keyed by it, the second outer iteration's
+    loads are priced on channel 2, not taken from the first's channel 1."""
+    from hwflow.isa import make
+
+    body = [
+        make("SETI", rd=3, imm=0),
+        make("LOOP", count=2),
+        make("ADDI", rd=3, ra=3, imm=256),
+        make("LOOP", count=2),
+        _ld(reg=3),
+        make("ENDLOOP"),
+        make("ENDLOOP"),
+    ]
+    _reuse_agrees(body, [[1], [1], [2], [2]])
