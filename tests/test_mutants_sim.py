@@ -446,3 +446,21 @@ def test_reuse_keys_an_inner_loop_by_the_outer_loops_address():
         make("ENDLOOP"),
     ]
     _reuse_agrees(body, [[1], [1], [2], [2]])
+
+
+def test_pv_runs_bit_sliced_on_a_dual_int8_engine():
+    """tiny's matrix-matrix engine packs two INT8 tokens per DSP (dual_int8), which leaves no
+    room for P's ninth bit: P x V runs bit-sliced and takes longer than Q x K of the same
+    shape; on a copy whose engine does not pack, the two cost the same."""
+    from hwflow.isa import MatmulFunc, expand, make
+    from hwflow.perf.lower import lower
+
+    def beats(hw, func):
+        mm = make("MM", func=func, rows=4, cols=32, k=64, n=16, m=16, wbits=8)
+        return lower(hw, expand(_tpl([mm]), Runtime(1, 0)))[0][0].beats
+
+    tiny = load_hw("tiny")
+    assert tiny.mpe.dual_int8
+    plain = tiny.model_copy(update={"mpe": tiny.mpe.model_copy(update={"dual_int8": False})})
+    assert beats(tiny, MatmulFunc.PV) > beats(tiny, MatmulFunc.QK)
+    assert beats(plain, MatmulFunc.PV) == beats(plain, MatmulFunc.QK)
