@@ -236,3 +236,59 @@ def test_weight_group_refusal_names_both_groups():
     with pytest.raises(ConfigError) as err:
         build_hbm_image(layout, qm)
     assert str(err.value) == "L0.q: the layout assumed weight group 32, the model has 64"
+
+
+def test_capacity_refusal_word_for_word():
+    """tiny-llama / flightllm at max_len 16: the layout that fits (tiny, 1 GiB) has 57 KiB of
+    weight regions and a 2 KiB KV cache per sequence; with rope and I/O regions it needs
+    65 KiB, 71 KiB for 3 sequences (3 KV caches, 3 rows of logits). Copies of tiny with
+    64 KiB and 68 KiB of HBM refuse, naming those sizes; with 3 sequences the refusal also
+    says how many fit: (68 - (71 - 6)) KiB // 2 KiB = 1."""
+    from hwflow.compiler import compile_model
+    from hwflow.config import load_hw, load_model, load_plan
+    from hwflow.errors import CapacityError
+
+    hw, cfg, plan = load_hw("tiny"), load_model("tiny-llama"), load_plan("flightllm")
+    fits = compile_model(cfg, plan, hw, 16).layout
+    assert sum(r.size for r in fits.regions if r.kind == "weights") == 57 * 1024
+    assert fits.region("kv").size == 2 * 1024 and fits.total == 65 * 1024
+
+    def refusal(kib: int, batch: int) -> str:
+        small = hw.model_copy(
+            update={"hbm": hw.hbm.model_copy(update={"capacity_gib": kib / 2**20})}
+        )
+        with pytest.raises(CapacityError) as err:
+            compile_model(cfg, plan, small, 16, batch)
+        return str(err.value)
+
+    head = "tiny-llama / flightllm on preset tiny at max_len 16"
+    assert refusal(64, 1) == (
+        f"{head}: the model needs 65.00 KiB of HBM (57.00 KiB weights, 2.00 KiB KV cache at "
+        "max_len 16) but preset tiny has 64.00 KiB (hbm.capacity_gib)"
+    )
+    assert refusal(68, 3) == (
+        f"{head}, batch 3: the model needs 71.00 KiB of HBM (57.00 KiB weights, 6.00 KiB 3 "
+        "sequences' KV caches at max_len 16) but preset tiny has 68.00 KiB (hbm.capacity_gib)"
+        "; at max_len 16 1 sequences fit"
+    )
+
+
+def test_a_head_row_too_wide_for_a_weight_slot_is_named():
+    """tiny-llama widened to hidden = intermediate = 768 under w4a8 (INT4 layers, INT8 head) on
+    a copy of tiny with a 1 KiB weight buffer (two 512-byte slots): a layer row is 384 INT4
+    bytes + 3, which fits; a head row is 768 INT8 bytes + 2 (mult) + 1 (shift) = 771, which
+    does not: refused, naming the head."""
+    from hwflow.compiler import compile_model
+    from hwflow.config import load_hw, load_model, load_plan
+    from hwflow.errors import CapacityError
+
+    cfg = load_model("tiny-llama")
+    wide = cfg.model_copy(update={"hidden": 768, "intermediate": 768, "head_dim": 768 // cfg.heads})
+    hw = load_hw("tiny")
+    hw = hw.model_copy(update={"buffers": hw.buffers.model_copy(update={"weight_kib": 1})})
+    with pytest.raises(CapacityError) as err:
+        compile_model(wide, load_plan("w4a8"), hw, 16)
+    assert str(err.value) == (
+        "tiny-llama / w4a8 on preset tiny at max_len 16: head: one weight row needs 771 bytes "
+        "but a weight slot (1/2 of buffers.weight_kib) holds 512 bytes"
+    )
