@@ -464,3 +464,43 @@ def test_pv_runs_bit_sliced_on_a_dual_int8_engine():
     plain = tiny.model_copy(update={"mpe": tiny.mpe.model_copy(update={"dual_int8": False})})
     assert beats(tiny, MatmulFunc.PV) > beats(tiny, MatmulFunc.QK)
     assert beats(plain, MatmulFunc.PV) == beats(plain, MatmulFunc.QK)
+
+
+def test_mm_beats_read_every_token_rows_activations():
+    """tiny's matrix-matrix engine takes 2 tokens a beat. Dense INT8, 2 tokens x 16 columns x
+    K 64: row groups of 2 chains x 16 / 16 = 2 columns, 8 groups of 64 / 16 = 4 beats: 32
+    beats, each reading 2 token rows of 16 INT8 activations and 2 chains x 16 weights of 8
+    bits: 512 bits a beat."""
+    from hwflow.isa import Buf, MatmulFunc, expand, make
+    from hwflow.perf.lower import lower
+
+    mm = make("MM", func=MatmulFunc.LINEAR, rows=2, cols=16, k=64, n=16, m=16, wbits=8,
+              a_buf=Buf.ACT, b_buf=Buf.WEIGHT, o_buf=Buf.ACT, obits=8, arow=0)  # fmt: skip
+    acts = lower(load_hw("tiny"), expand(_tpl([mm]), Runtime(1, 0)))[1]
+    assert acts.buffer_read_bits == 32 * (2 * 16 * 8 + 2 * 16 * 8)
+
+
+def test_pos_taint_flows_against_program_order():
+    """R4 = R5 = 0, then three times: LD 256 bytes from R5, R5 = R4, R4 = 256 * POS. R5
+    depends on POS only through an instruction later in the body, so the analysis must go
+    round again to see it: the third load (from 256 * POS: channel 1 at POS 1, 2 at POS 2)
+    depends on POS, and the two steps' signatures differ as their programs do."""
+    from hwflow.isa import expand, make
+    from hwflow.perf.lower import PerfContext, lower, step_signature
+
+    hw = load_hw("tiny")
+    t = _tpl(
+        [
+            make("SETI", rd=5, imm=0),
+            make("SETI", rd=4, imm=0),
+            make("LOOP", count=3),
+            _ld(reg=5),
+            make("ADDI", rd=5, ra=4, imm=0),
+            make("MULI", rd=4, ra=2, imm=256),
+            make("ENDLOOP"),
+        ]
+    )
+    ctx = PerfContext(hw)
+    chans = {p: _channels(lower(hw, expand(t, Runtime(1, p)), ctx)[0]) for p in (1, 2)}
+    assert chans == {1: [[0], [0], [1]], 2: [[0], [0], [2]]}
+    assert step_signature(ctx, t, Runtime(1, 1)) != step_signature(ctx, t, Runtime(1, 2))
