@@ -504,3 +504,16 @@ def test_pos_taint_flows_against_program_order():
     chans = {p: _channels(lower(hw, expand(t, Runtime(1, p)), ctx)[0]) for p in (1, 2)}
     assert chans == {1: [[0], [0], [1]], 2: [[0], [0], [2]]}
     assert step_signature(ctx, t, Runtime(1, 1)) != step_signature(ctx, t, Runtime(1, 2))
+
+
+def test_a_link_op_is_priced_with_its_words():
+    """A RECV (the LD unit's; its wait is the sender's, so it takes no cycles of its own) is
+    the LD unit's op of its encoding's words, and the step fetches those words."""
+    from hwflow.isa import Unit, expand, make, spec
+    from hwflow.perf.lower import lower
+    from hwflow.perf.machine import MOp
+
+    recv = make("RECV", buf=1, row_bytes=64, rows=2, peer=1)
+    ops, acts = lower(load_hw("tiny"), expand(_tpl([recv]), Runtime(1, 0)))
+    w = spec("RECV").words
+    assert ops == [MOp(int(Unit.LD), "RECV", w, 0, 0)] and acts.instr_words == w
