@@ -106,7 +106,7 @@ def test_decode_curve_and_utilisation_by_hand(tiny, tmp_path, monkeypatch):
     busy = dict.fromkeys(UNITS, 0) | {UNITS[0]: 1000, UNITS[1]: 4000}
     acts = Actions({4: 11, 8: 13}, 17, 19, 23, 29, 31, 37, 41)  # distinct primes, set by hand
     r = replace(r, prefill=4, prefill_step=step, decode_cycles=[1000, 2500], busy=busy)
-    r = replace(r, actions=acts, decode_hbm_bytes=7000)
+    r = replace(r, actions=acts, decode_hbm_bytes=7000, hbm_bytes=8000)
     assert r.clock_hz == 100e6
     curve = r.decode_curve()
     assert [c for c, _ in curve] == [5, 6]
@@ -126,6 +126,9 @@ def test_decode_curve_and_utilisation_by_hand(tiny, tmp_path, monkeypatch):
     assert s[f"util_{UNITS[0]}"] == 0.25
     # 7000 bytes in the 3500 decode cycles (35 us): 0.2 GB/s, 3500 bytes a token
     assert s["decode_hbm_gbps"] == pytest.approx(0.2) and s["decode_bytes_per_token"] == 3500
+    # 2 tokens in 35 us; 8000 bytes in the whole 40 us
+    assert s["decode_tokens_per_s"] == pytest.approx(2 / 35e-6)
+    assert s["hbm_gbps"] == pytest.approx(0.2)
     # every action count is its own column, as counted (the energy columns are priced apart)
     counts = {k: s[k] for k in s if k.startswith("macs_") or k in ACTION_COLUMNS}
     assert counts == {

@@ -214,7 +214,7 @@ def test_exact_run_reports_its_steps_progress_and_notes(tiny, tmp_path, monkeypa
 
 
 def test_program_cache_keys_and_a_damaged_entry(tiny, tmp_path, monkeypatch):
-    """The program key tells models and batch sizes apart; a damaged cache file is compiled
+    """The program key tells models, plans and batch sizes apart; a damaged cache file is compiled
     again (and the note says so, with the batch when > 1)."""
     from hwflow.perf.sim import program_key, program_path
 
@@ -224,8 +224,9 @@ def test_program_cache_keys_and_a_damaged_entry(tiny, tmp_path, monkeypatch):
         program_key(load_model("tiny-opt"), plan, hw, 64),
         program_key(cfg, plan, hw, 64, 2),
         program_key(cfg, plan, hw, 64, 3),
+        program_key(cfg, load_plan("w8a8"), hw, 64),
     }
-    assert len(keys) == 4 and program_key(cfg, plan, hw, 64, 1) in keys
+    assert len(keys) == 5 and program_key(cfg, plan, hw, 64, 1) in keys
     monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
     monkeypatch.setattr(sim, "_PROGRAMS", type(sim._PROGRAMS)())
     path = program_path(program_key(cfg, plan, hw, 64, 2))
@@ -517,3 +518,59 @@ def test_a_link_op_is_priced_with_its_words():
     ops, acts = lower(load_hw("tiny"), expand(_tpl([recv]), Runtime(1, 0)))
     w = spec("RECV").words
     assert ops == [MOp(int(Unit.LD), "RECV", w, 0, 0)] and acts.instr_words == w
+
+
+def test_a_batched_decode_task_runs_every_sequence_at_its_position():
+    """A decode task of batch 3 at position 7: three sequences, each 7 positions in; a
+    prefill task of 5 tokens into KV-cache slot 2; a plain decode step: LEN 1 at 7."""
+    from hwflow.perf.sim import task_runtime
+
+    assert task_runtime("decode", 1, 7, 3) == Runtime.batch([7, 7, 7])
+    assert task_runtime("prefill", 5, 2) == Runtime(5, 0, 2)
+    assert task_runtime("decode", 1, 7) == Runtime(1, 7)
+
+
+def test_idle_unit_cycles_are_within_the_step(tiny, tmp_path, monkeypatch):
+    """A step's idle unit cycles: each unit with ops is idle the step's cycles less its busy
+    ones, so the sum lies between 0 and cycles x (units with ops), and below that bound as
+    soon as any unit did work."""
+    from hwflow.perf.machine import UNITS as U
+    from hwflow.perf.sim import run_step
+
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    prog = sim.compile_cached(*tiny, 64)
+    r = run_step(tiny[2], prog, "decode", Runtime(1, 4))
+    working = [u for u in U[:5] if r.stats.ops[u]]
+    assert len(working) >= 3
+    assert 0 <= r.actions.idle_unit_cycles < r.cycles * len(working)
+
+
+def test_the_program_table_keeps_the_newest(tiny, tmp_path, monkeypatch):
+    """With room for one program in memory, compiling a second drops the first (the oldest),
+    not the one just compiled."""
+    from hwflow.perf.sim import program_key
+
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    monkeypatch.setattr(sim, "_PROGRAMS", type(sim._PROGRAMS)())
+    monkeypatch.setattr(sim, "_PROGRAMS_KEPT", 1)
+    cfg, plan, hw = tiny
+    sim.compile_cached(cfg, plan, hw, 64)
+    sim.compile_cached(cfg, plan, hw, 32)
+    assert list(sim._PROGRAMS) == [program_key(cfg, plan, hw, 32)]
+
+
+def _simulate_in_a_worker(args):
+    cfg, plan, hw = args
+    return sim.simulate(cfg, plan, hw, 4, 2, mode="exact", workers=2).decode_cycles
+
+
+def test_workers_inside_a_daemon_process_run_in_it(tiny, tmp_path, monkeypatch):
+    """A pool worker (a daemonic process, e.g. a sweep's) may not start processes of its own:
+    asked for 2 workers there, the simulation runs its steps in the worker itself, with the
+    same cycles as in the main process."""
+    import multiprocessing as mp
+
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    want = sim.simulate(*tiny, 4, 2, mode="exact").decode_cycles
+    with mp.get_context("fork").Pool(1) as pool:
+        assert pool.apply(_simulate_in_a_worker, (tiny,)) == want
