@@ -292,3 +292,46 @@ def test_a_head_row_too_wide_for_a_weight_slot_is_named():
         "tiny-llama / w4a8 on preset tiny at max_len 16: head: one weight row needs 771 bytes "
         "but a weight slot (1/2 of buffers.weight_kib) holds 512 bytes"
     )
+
+
+def test_the_most_negative_code_unpacks_signed():
+    """-8 (INT4), -4 (INT3) and -128 (INT8) are the codes whose raw field is exactly the sign
+    bit: 0b1000, 0b100, 0x80; they read back negative, next to the largest positive code."""
+    from hwflow.compiler.layout import pack_rows, unpack_rows
+
+    for bits, lo in ((4, -8), (3, -4), (8, -128)):
+        row = np.array([[lo, -lo - 1]])
+        got = unpack_rows(pack_rows(row, bits), bits, 1, 2, signed=True)
+        assert got.tolist() == [[lo, -lo - 1]], bits
+
+
+def test_bias_refusal_names_the_op():
+    """A layout without bias (tiny-llama) refuses a model whose q projection has one."""
+    from dataclasses import replace
+
+    from hwflow.compiler.layout import build_hbm_image
+    from hwflow.errors import ConfigError
+
+    _, layout, qm = _tiny_image_parts(64)
+    linears = dict(qm.linears)
+    q = linears["L0.q"]
+    linears["L0.q"] = replace(q, bias=np.zeros(q.mult.shape[0], np.int64))
+    with pytest.raises(ConfigError) as err:
+        build_hbm_image(layout, replace(qm, linears=linears))
+    assert str(err.value) == "L0.q: the layout assumed bias=False, the model disagrees"
+
+
+def test_sparse_tiles_are_whole_row_groups():
+    """flightllm runs the layers at 8:16 (INT4): the MV takes 2 chains x 16 / 8 = 4 rows a
+    beat. With a 1 KiB weight buffer (two 512-byte slots), a K = 64 row holds 4 blocks of
+    8 values and 8 indices (4 + 4 bytes) plus 3 bytes of scale: 35 bytes, 14 rows fit,
+    rounded down to 12; a K = 128 row (down) is 67 bytes, 7 fit, rounded to 4."""
+    from hwflow.compiler import compile_model
+    from hwflow.config import load_hw, load_model, load_plan
+
+    hw = load_hw("tiny")
+    hw = hw.model_copy(update={"buffers": hw.buffers.model_copy(update={"weight_kib": 1})})
+    layout = compile_model(load_model("tiny-llama"), load_plan("flightllm"), hw, 16).layout
+    got = {ts.name: (ts.quant.n, ts.quant.m, ts.tile_bytes(1), ts.rows) for ts in layout.tiles[0]}
+    want = dict.fromkeys(("q", "k", "v", "o", "gate", "up"), (8, 16, 35, 12))
+    assert got == want | {"down": (8, 16, 67, 4)}
