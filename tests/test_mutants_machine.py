@@ -229,3 +229,12 @@ def test_waiting_behind_a_streaming_transfer_is_no_stall():
     r = Machine(load_hw("tiny"), trace=True).run(prog)
     assert r.trace == [("sfu", "s", 2, 7), ("ld", "ld1", 2, 22), ("ld", "ld2", 8, 12)]
     assert (r.stall["ld"], r.stall["sfu"]) == (1, 2)
+
+
+def test_only_a_sync_op_is_a_barrier_hub():
+    """The compiler's barrier has a SYNC as its hub; an SFU op that does work, waiting for and
+    releasing LD and MV between the same SYNCs, is not taken for one: no cut."""
+    tail = [MOp(MV, "mv2", 1, 2, 2)]
+    b = _barrier()
+    b[2] = MOp(SFU, "work", 1, 4, 4, (LD, MV), (LD, MV))
+    assert barrier_cuts([*_body()[:2], *b, *tail]) == []
