@@ -177,12 +177,7 @@ def test_a_signature_names_which_iteration_repeats():
         channels[pos] = [[p.channel for p in o.hbm] for o in ops if o.hbm is not None]
         sigs[pos] = step_signature(ctx, t, rt)
     assert channels == {1: [[0], [1], [0]], 2: [[0], [1], [1]]}
-    # the premise: the same priced loads (ints) and as many reuse markers (tuples) ...
-    assert [x for x in sigs[1] if type(x) is not tuple] == [
-        x for x in sigs[2] if type(x) is not tuple
-    ]
-    assert len(sigs[1]) == len(sigs[2])
-    assert sigs[1] != sigs[2]  # ... but not the same signature
+    assert sigs[1] != sigs[2]
 
 
 def test_exact_run_reports_its_steps_progress_and_notes(tiny, tmp_path, monkeypatch):
