@@ -265,11 +265,13 @@ def test_case_bounds_are_inclusive():
 # perf/lower.py: pricing corner cases and iteration reuse on hand-made templates
 
 
-def _tpl(instrs):
-    """A decode template of ``instrs`` (+ END), through the binary encoding."""
+def _tpl(instrs, hi=64, batch=1):
+    """A decode template of ``instrs`` (+ END) for contexts up to ``hi`` and ``batch``
+    sequences, through the binary encoding."""
     from hwflow.isa import Template, decode_stream, encode_stream, make
 
-    return Template("decode", 1, 64, decode_stream(encode_stream([*instrs, make("END")])))
+    words = decode_stream(encode_stream([*instrs, make("END")]))
+    return Template("decode", 1, hi, words, {"batch": batch} if batch > 1 else {})
 
 
 def _ld(hbm=0, reg=0, rows=1, row_bytes=256, stride=256):
@@ -313,6 +315,11 @@ def test_a_row_that_crosses_a_granule_is_priced_on_both_channels():
     ctx = PerfContext(hw)
     ops = lower(hw, expand(_tpl([_ld(0), _ld(128)]), Runtime(1, 0)), ctx)[0]
     assert _channels(ops) == [[0], [0, 1]]
+    # 200 bytes from 512 stay in granule 2 (channel 2); from 640 they cross into channel 3
+    ops = lower(
+        hw, expand(_tpl([_ld(512, row_bytes=200), _ld(640, row_bytes=200)]), Runtime(1, 0)), ctx
+    )[0]
+    assert _channels(ops) == [[2], [2, 3]]
 
 
 def test_ops_without_work_are_priced_empty():
@@ -346,20 +353,47 @@ def test_an_unknown_sfu_function_is_named():
 
 
 def test_action_counts_of_a_program_are_the_sums_of_its_ops():
-    """Buffer, HBM and SFU counts of [silu, mul] are those of [silu] plus those of [mul]."""
-    from hwflow.isa import SfuFunc, expand, make
+    """Buffer, SFU, MAC and word counts of [silu, mul, silu, mv, mv] are twice those of
+    [silu] plus those of [mul] plus twice those of [mv] (identical instructions share one
+    priced object, counted as often as they occur); MACs of two different MVs add up."""
+    from hwflow.isa import MatmulFunc, SfuFunc, expand, make
     from hwflow.perf.lower import lower
 
     hw = load_hw("tiny")
     a = make("SFU", func=SfuFunc.SILU, rows=3, cols=20, a_buf=1, o_buf=1)
     b = make("SFU", func=SfuFunc.MUL, rows=2, cols=16, a_buf=1, b_buf=2, o_buf=1)
+    mv = make("MV", func=MatmulFunc.LINEAR, rows=1, cols=16, k=64, n=16, m=16, wbits=8)
+    mv2 = make("MV", func=MatmulFunc.LINEAR, rows=1, cols=32, k=64, n=16, m=16, wbits=8)
 
     def acts(*instrs):
         return lower(hw, expand(_tpl(list(instrs)), Runtime(1, 0)))[1]
 
-    both, one, two = acts(a, b), acts(a), acts(b)
+    all_, one, two, three = acts(a, b, a, mv, mv), acts(a), acts(b), acts(mv)
     for f in ("buffer_read_bits", "buffer_write_bits", "sfu_ops", "instr_words"):
-        assert getattr(both, f) == getattr(one, f) + getattr(two, f) > 0, f
+        want = 2 * getattr(one, f) + getattr(two, f) + 2 * getattr(three, f)
+        assert getattr(all_, f) == want > 0, f
+    # MACs by weight width: 16 x 64 per 16-column MV, 32 x 64 for the 32-column one
+    assert all_.macs == {8: 2 * 16 * 64} and acts(mv, mv2).macs == {8: 16 * 64 + 32 * 64}
+
+
+def test_transfer_bytes_and_buffer_bits():
+    """An LD of 2 rows of 256 bytes, 1024 apart (both in channel 0 on tiny), moves 512 bytes:
+    its op's bytes, the HBM bytes read and 8 x 512 buffer bits written; an ST of one 64-byte
+    row reads 8 x 64 buffer bits and writes 64 HBM bytes. A transfer of no rows touches no
+    buffer byte, so any offset is accepted."""
+    from hwflow.isa import Buf, XferKind, expand, make
+    from hwflow.perf.lower import lower
+
+    hw = load_hw("tiny")
+    st = make("ST", kind=XferKind.LOGITS, hbm=4096, hbm_stride=64, buf=Buf.ACT, row_bytes=64,
+              rows=1)  # fmt: skip
+    ops, acts = lower(hw, expand(_tpl([_ld(rows=2, stride=1024)]), Runtime(1, 0)))
+    assert _channels(ops) == [[0]] and ops[0].hbm_bytes == 512
+    assert (acts.hbm_read_bytes, acts.buffer_write_bits, acts.buffer_read_bits) == (512, 4096, 0)
+    acts = lower(hw, expand(_tpl([st]), Runtime(1, 0)))[1]
+    assert (acts.hbm_write_bytes, acts.buffer_read_bits, acts.buffer_write_bits) == (64, 512, 0)
+    far = make("LD", **{**_ld().fields, "rows": 0, "off": hw.buffers.bytes("weight") + 64})
+    assert lower(hw, expand(_tpl([far]), Runtime(1, 0)))[0][0].hbm_bytes == 0
 
 
 def test_operands_sharing_a_read_port_are_slower():
@@ -377,17 +411,33 @@ def test_operands_sharing_a_read_port_are_slower():
     assert beats(1) > beats(2)
 
 
-def _reuse_agrees(body, channels):
+def _reuse_agrees(body, channels, rt=None):
     """``lower_reused`` of ``body`` gives the full lowering's ops, whose transfers stream
     from ``channels`` (by hand)."""
     from hwflow.isa import expand
     from hwflow.perf.lower import PerfContext, lower, lower_reused
 
-    hw = load_hw("tiny")
-    t = _tpl(body)
-    full = lower(hw, expand(t, Runtime(1, 0)), PerfContext(hw))[0]
+    hw, rt = load_hw("tiny"), rt or Runtime(1, 0)
+    t = _tpl(body, 512, rt.length)
+    full = lower(hw, expand(t, rt), PerfContext(hw))[0]
     assert _channels(full) == channels
-    assert lower_reused(hw, t, Runtime(1, 0), PerfContext(hw))[0] == full
+    assert lower_reused(hw, t, rt, PerfContext(hw))[0] == full
+
+
+def test_reuse_keys_a_loop_over_sequences_by_the_sequence():
+    """Three sequences at positions 0, 0 and 256 (a batched decode step). Twice: SEQ += 1
+    (which makes POS that sequence's position), then LD 256 bytes from POS: the loads come
+    from 0 and 256, channels 0 and 1. POS is 0 when either iteration begins; writing SEQ
+    rewrites POS, so the iterations are keyed by SEQ (0, then 1), not by POS."""
+    from hwflow.isa import REG_POS, REG_SEQ, make
+
+    body = [
+        make("LOOP", count=2),
+        make("ADDI", rd=REG_SEQ, ra=REG_SEQ, imm=1),
+        _ld(reg=REG_POS),
+        make("ENDLOOP"),
+    ]
+    _reuse_agrees(body, [[0], [1]], Runtime.batch([0, 0, 256]))
 
 
 def test_reuse_keys_a_clamped_address_by_its_exact_source():
