@@ -129,6 +129,8 @@ def test_decode_curve_and_utilisation_by_hand(tiny, tmp_path, monkeypatch):
     # 2 tokens in 35 us; 8000 bytes in the whole 40 us
     assert s["decode_tokens_per_s"] == pytest.approx(2 / 35e-6)
     assert s["hbm_gbps"] == pytest.approx(0.2)
+    # tiny's HBM: 4 channels x 14.375 GB/s; achievable: its 128-byte buffer port at 100 MHz
+    assert (s["hbm_peak_gbps"], s["hbm_achievable_gbps"]) == (57.5, pytest.approx(12.8))
     # every action count is its own column, as counted (the energy columns are priced apart)
     counts = {k: s[k] for k in s if k.startswith("macs_") or k in ACTION_COLUMNS}
     assert counts == {

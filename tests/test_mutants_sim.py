@@ -185,6 +185,7 @@ def test_exact_run_reports_its_steps_progress_and_notes(tiny, tmp_path, monkeypa
     position), so progress hears (1, 3), (2, 3), (3, 3); the notes say what is compiled and
     what is simulated; every step is simulated (no fallback), the run's events are the sum
     of its three steps' (each run again on its own, cut at its barriers), and no timeline is kept untraced."""
+    from hwflow.perf.lower import PerfContext
     from hwflow.perf.machine import SegmentMemo
     from hwflow.perf.sim import run_step
 
@@ -200,6 +201,15 @@ def test_exact_run_reports_its_steps_progress_and_notes(tiny, tmp_path, monkeypa
     ]
     assert calls == [(1, 3), (2, 3), (3, 3)]
     assert (r.simulated_steps, r.fallback_steps, r.trace) == (3, 0, [])
+    # replayed events: the steps' own, run in order on one context (and memo), as simulated
+    ctx = PerfContext(tiny[2])
+    seq = [("prefill", Runtime(4, 0)), ("decode", Runtime(1, 4)), ("decode", Runtime(1, 5))]
+    prog0 = sim.compile_cached(*tiny, 512)
+    replayed = [
+        run_step(tiny[2], prog0, ph, rt, memo=ctx.memo, ctx=ctx).stats.replayed_events
+        for ph, rt in seq
+    ]
+    assert r.replayed_events == sum(replayed) > 0
     prog, hw = sim.compile_cached(*tiny, 512), tiny[2]
     steps = [("prefill", Runtime(4, 0)), ("decode", Runtime(1, 4)), ("decode", Runtime(1, 5))]
     # cut at the barriers as the simulator does (a reused segment counts its events too)
@@ -619,3 +629,25 @@ def test_workers_inside_a_daemon_process_run_in_it(tiny, tmp_path, monkeypatch):
     want = sim.simulate(*tiny, 4, 2, mode="exact").decode_cycles
     with mp.get_context("fork").Pool(1) as pool:
         assert pool.apply(_simulate_in_a_worker, (tiny,)) == want
+
+
+def test_reuse_sees_through_a_loop_that_never_runs():
+    """Twice: a loop of 0 iterations (holding an inner loop, then R3 = 999), LD 256 bytes
+    from R3, R3 += 256. The 0-iteration loop never sets R3, so the loads come from 0 and
+    256 (channels 0 and 1): R3 is live into every iteration and keys it; the write inside
+    the nested loop is not a write of the body's top level."""
+    from hwflow.isa import make
+
+    body = [
+        make("SETI", rd=3, imm=0),
+        make("LOOP", count=2),
+        make("LOOP", count=0),
+        make("LOOP", count=1),
+        make("ENDLOOP"),
+        make("SETI", rd=3, imm=999),
+        make("ENDLOOP"),
+        _ld(reg=3),
+        make("ADDI", rd=3, ra=3, imm=256),
+        make("ENDLOOP"),
+    ]
+    _reuse_agrees(body, [[0], [1]])
