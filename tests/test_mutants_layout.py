@@ -335,3 +335,16 @@ def test_sparse_tiles_are_whole_row_groups():
     got = {ts.name: (ts.quant.n, ts.quant.m, ts.tile_bytes(1), ts.rows) for ts in layout.tiles[0]}
     want = dict.fromkeys(("q", "k", "v", "o", "gate", "up"), (8, 16, 35, 12))
     assert got == want | {"down": (8, 16, 67, 4)}
+
+
+def test_decoded_tiles_are_integers():
+    """The decoded codes are int8 (also of a tile without rows) and the bias, multipliers and
+    shifts int64, as the reader documents: a reference multiply must not go float."""
+    codes = np.array([[1, -2] * 8, [3, -4] * 8])
+    bias, mult, shift = np.array([-70000, 5]), np.array([300, 301]), np.array([-2, 3])
+    blob = encode_tile(codes, None, bias, mult, shift, 1, 1, 8, GEO)
+    got = TileSpec.decode(blob, 2, 16, 1, 1, 8, True, GEO)
+    assert [a.dtype for a in got] == [np.int8, np.int64, np.int64, np.int64]
+    assert got[1].tolist() == [-70000, 5]
+    empty = encode_tile(np.zeros((0, 16)), None, None, np.zeros(0), np.zeros(0), 1, 1, 8, GEO)
+    assert TileSpec.decode(empty, 0, 16, 1, 1, 8, False, GEO)[0].dtype == np.int8
