@@ -348,3 +348,20 @@ def test_decoded_tiles_are_integers():
     assert got[1].tolist() == [-70000, 5]
     empty = encode_tile(np.zeros((0, 16)), None, None, np.zeros(0), np.zeros(0), 1, 1, 8, GEO)
     assert TileSpec.decode(empty, 0, 16, 1, 1, 8, False, GEO)[0].dtype == np.int8
+
+
+def test_a_biased_model_with_rms_norm_has_no_head_bias():
+    """tiny-llama with biases on its linear ops (RMSNorm folds no beta): every layer op's
+    tiles carry a bias section, the head's do not (the head has no bias of its own), and the
+    image of such a model builds."""
+    from hwflow.compiler import compile_model
+    from hwflow.compiler.layout import build_hbm_image
+    from hwflow.compress import quantize_model, random_weights
+    from hwflow.config import load_hw, load_model, load_plan
+
+    cfg = load_model("tiny-llama").model_copy(update={"bias": True})
+    plan = load_plan("w8a8")
+    layout = compile_model(cfg, plan, load_hw("tiny"), 16).layout
+    assert all(ts.bias for ts in layout.tiles[0]) and not layout.head.bias
+    img = build_hbm_image(layout, quantize_model(cfg, plan, random_weights(cfg, 1)))
+    assert img.size == layout.total
