@@ -143,6 +143,7 @@ def test_tile_rows_by_hand():
     from hwflow.errors import CapacityError
 
     assert _tile_rows(_probe(5, 8, 1, 1), 1000, 2, "L0.gate") == 5
+    assert _tile_rows(_probe(5, 8, 1, 1), 19, 2, "L0.gate") == 1  # one row fills the slot
     assert _probe(16, 3, 2, 16).tile_bytes(4) == 19
     assert _tile_rows(_probe(16, 3, 2, 16), 19, 1, "L0.gate") == 4
     with pytest.raises(CapacityError) as err:
@@ -241,9 +242,10 @@ def test_weight_group_refusal_names_both_groups():
 def test_capacity_refusal_word_for_word():
     """tiny-llama / flightllm at max_len 16: the layout that fits (tiny, 1 GiB) has 57 KiB of
     weight regions and a 2 KiB KV cache per sequence; with rope and I/O regions it needs
-    65 KiB, 71 KiB for 3 sequences (3 KV caches, 3 rows of logits). Copies of tiny with
-    64 KiB and 68 KiB of HBM refuse, naming those sizes; with 3 sequences the refusal also
-    says how many fit: (68 - (71 - 6)) KiB // 2 KiB = 1."""
+    65 KiB, 68 KiB for 2 sequences and 71 KiB for 3 (a KV cache and a row of logits each).
+    Copies of tiny with 64, 66 and 68 KiB of HBM refuse, naming those sizes; with several
+    sequences the refusal also says how many fit: (66 - (68 - 4)) KiB // 2 KiB = 1 and
+    (68 - (71 - 6)) KiB // 2 KiB = 1."""
     from hwflow.compiler import compile_model
     from hwflow.config import load_hw, load_model, load_plan
     from hwflow.errors import CapacityError
@@ -266,6 +268,15 @@ def test_capacity_refusal_word_for_word():
         f"{head}: the model needs 65.00 KiB of HBM (57.00 KiB weights, 2.00 KiB KV cache at "
         "max_len 16) but preset tiny has 64.00 KiB (hbm.capacity_gib)"
     )
+    assert refusal(66, 2) == (
+        f"{head}, batch 2: the model needs 68.00 KiB of HBM (57.00 KiB weights, 4.00 KiB 2 "
+        "sequences' KV caches at max_len 16) but preset tiny has 66.00 KiB (hbm.capacity_gib)"
+        "; at max_len 16 1 sequences fit"
+    )
+    # on tiny itself two sequences fit: their KV caches 2 KiB apart (2 layers x K and V of
+    # 2 kv heads x 16 positions x 16 dims, one byte each)
+    two = compile_model(cfg, plan, hw, 16, 2).layout
+    assert (two.batch, two.kv_seq_bytes, two.region("kv").size) == (2, 2048, 4096)
     assert refusal(68, 3) == (
         f"{head}, batch 3: the model needs 71.00 KiB of HBM (57.00 KiB weights, 6.00 KiB 3 "
         "sequences' KV caches at max_len 16) but preset tiny has 68.00 KiB (hbm.capacity_gib)"
@@ -352,8 +363,9 @@ def test_decoded_tiles_are_integers():
 
 def test_a_biased_model_with_rms_norm_has_no_head_bias():
     """tiny-llama with biases on its linear ops (RMSNorm folds no beta): every layer op's
-    tiles carry a bias section, the head's do not (the head has no bias of its own), and the
-    image of such a model builds."""
+    tiles carry a bias section, the head's do not (the head has no bias of its own); the
+    image of such a model builds, each tile decoded from it holding its rows' codes and
+    biases."""
     from hwflow.compiler import compile_model
     from hwflow.compiler.layout import build_hbm_image
     from hwflow.compress import quantize_model, random_weights
@@ -363,5 +375,32 @@ def test_a_biased_model_with_rms_norm_has_no_head_bias():
     plan = load_plan("w8a8")
     layout = compile_model(cfg, plan, load_hw("tiny"), 16).layout
     assert all(ts.bias for ts in layout.tiles[0]) and not layout.head.bias
-    img = build_hbm_image(layout, quantize_model(cfg, plan, random_weights(cfg, 1)))
+    qm = quantize_model(cfg, plan, random_weights(cfg, 1))
+    img = build_hbm_image(layout, qm)
     assert img.size == layout.total
+    base = layout.region("L0").base
+    for ts in layout.tiles[0]:  # each tile holds its rows' codes and INT32 biases
+        ql, q = qm.linears[f"L0.{ts.name}"], ts.quant
+        for r0, r, off in ts.tiles:
+            codes, bias, _, _ = TileSpec.decode(
+                img[base + off :], r, ts.k, q.n, q.m, q.bits, True, GEO
+            )
+            assert np.array_equal(codes, ql.codes[r0 : r0 + r]), ts.name
+            assert np.array_equal(bias, ql.bias[r0 : r0 + r]), ts.name
+
+
+def test_engines_with_different_chain_lengths_are_refused():
+    """One weight tile format serves the MV and MM engines, so their chain lengths must agree:
+    a copy of tiny whose MM engine has chains of 8 is refused, naming both."""
+    from hwflow.compiler.layout import BeatGeometry
+    from hwflow.config import load_hw
+    from hwflow.errors import ConfigError
+
+    hw = load_hw("tiny")
+    odd = hw.model_copy(update={"mpe": hw.mpe.model_copy(update={"chain_length": 8})})
+    with pytest.raises(ConfigError) as err:
+        BeatGeometry.from_preset(odd)
+    assert str(err.value) == (
+        "preset tiny: mv.chain_length 16 and mpe.chain_length 8 differ; one weight tile format "
+        "serves both engines"
+    )
