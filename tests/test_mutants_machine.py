@@ -238,3 +238,52 @@ def test_only_a_sync_op_is_a_barrier_hub():
     b = _barrier()
     b[2] = MOp(SFU, "work", 1, 4, 4, (LD, MV), (LD, MV))
     assert barrier_cuts([*_body()[:2], *b, *tail]) == []
+
+
+def test_an_empty_transfer_completes_after_its_command_stage():
+    """An LD without pieces (0 bytes), fetched and started at cycle 1: its command register
+    stage (1 cycle), then done at 1 + 1 + 1 = 3, where its token lets SFU's op (fetched at
+    2) start: SFU runs [3, 5)."""
+    prog = [MOp(LD, "e", 1, 1, 0, (), (SFU,), hbm=()), MOp(SFU, "s", 1, 2, 2, (LD,))]
+    r = Machine(load_hw("tiny"), trace=True).run(prog)
+    assert r.trace == [("ld", "e", 1, 2), ("sfu", "s", 3, 5)] and r.cycles == 5
+
+
+def test_barrier_cuts_skip_look_alikes():
+    """No cut after a barrier whose hub releases only some of the units it waited for, nor
+    after one whose SYNC before the hub releases nothing; a hub over some of the program's
+    units does not stop the search for a later full barrier."""
+    tail = [MOp(MV, "mv2", 1, 2, 2)]
+    half = _barrier()
+    half[2] = _sync(SFU, wait=(LD, MV), release=(LD,))
+    assert barrier_cuts([*_body()[:2], *half, *tail]) == []
+    mute = _barrier()
+    mute[1] = _sync(MV)
+    assert barrier_cuts([*_body()[:2], *mute, *tail]) == []
+    # an LD <-> SFU handshake in a program that also uses MV, then the full barrier (at 3..7)
+    partial = [_sync(LD, release=(SFU,)), _sync(SFU, wait=(LD,), release=(LD,)),
+               _sync(LD, wait=(SFU,))]  # fmt: skip
+    assert barrier_cuts([*partial, *_barrier(), *tail]) == [8]
+
+
+def test_machine_defaults_and_bad_depth():
+    """A machine keeps no trace unless asked; a queue depth below 1 is refused by value."""
+    r = Machine(load_hw("tiny")).run([MOp(SFU, "a", 0, 5, 5)])
+    assert r.trace == []
+    with pytest.raises(ValueError) as err:
+        Machine(load_hw("tiny"), depth=0)
+    assert str(err.value) == "depth = 0 must be >= 1"
+
+
+def test_memo_counts_hits_and_misses():
+    """The fetch-bound program of four bodies (test above): 3 segments simulated (misses) and
+    2 taken from the memo (hits); run again on the same memo, all 5 are hits."""
+    from dataclasses import replace
+
+    hw = load_hw("tiny")
+    prog = [*(replace(op, words=10) for op in _body() * 4), MOp(MV, "mv2", 1, 2, 2)]
+    memo = SegmentMemo()
+    Machine(hw).run(prog, memo)
+    assert (memo.misses, memo.hits) == (3, 2)
+    Machine(hw).run(prog, memo)
+    assert (memo.misses, memo.hits) == (3, 7)
