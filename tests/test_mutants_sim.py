@@ -344,6 +344,11 @@ def test_ops_without_work_are_priced_empty():
               n=16, m=16, wbits=8)  # fmt: skip
     sfu = make("SFU", wait=1 << Unit.MV, func=SfuFunc.SILU, rows=0, cols=32)
     ops = lower(hw, expand(_tpl([mv, sfu]), Runtime(1, 0)))[0]
+    # no reduction (K = 0) is no work either; one column is
+    fields = dict(func=MatmulFunc.LINEAR, rows=1, cols=16, k=0, n=16, m=16, wbits=8)
+    assert lower(hw, expand(_tpl([make("MV", **fields)]), Runtime(1, 0)))[0][0].beats == 0
+    fields.update(cols=1, k=64)
+    assert lower(hw, expand(_tpl([make("MV", **fields)]), Runtime(1, 0)))[0][0].beats > 0
     mw, sw = spec("MV").words, spec("SFU").words  # the encoding's words: 9 and 10
     assert (mw, sw) == (9, 10)
     assert ops == [
@@ -387,8 +392,8 @@ def test_action_counts_of_a_program_are_the_sums_of_its_ops():
 
 
 def test_transfer_bytes_and_buffer_bits():
-    """An LD of 2 rows of 256 bytes, 1024 apart (both in channel 0 on tiny), moves 512 bytes:
-    its op's bytes, the HBM bytes read and 8 x 512 buffer bits written; an ST of one 64-byte
+    """An LD of 2 rows of 256 bytes, 1024 apart (both in channel 0 on tiny), moves 512 bytes
+    in 16 channel cycles: its op's bytes, the HBM bytes read and 8 x 512 buffer bits written; an ST of one 64-byte
     row reads 8 x 64 buffer bits and writes 64 HBM bytes. A transfer of no rows touches no
     buffer byte, so any offset is accepted."""
     from hwflow.isa import Buf, XferKind, expand, make
@@ -399,6 +404,9 @@ def test_transfer_bytes_and_buffer_bits():
               rows=1)  # fmt: skip
     ops, acts = lower(hw, expand(_tpl([_ld(rows=2, stride=1024)]), Runtime(1, 0)))
     assert _channels(ops) == [[0]] and ops[0].hbm_bytes == 512
+    # each row streams 256 bytes through the 32 bytes a cycle the core side gives a channel
+    # (tiny's 128-byte buffer word over 4 channels; tests/test_perf_lower.py): 8 + 8 cycles
+    assert ops[0].hbm_occupancy == ops[0].hbm[0].occupancy == 16
     assert (acts.hbm_read_bytes, acts.buffer_write_bits, acts.buffer_read_bits) == (512, 4096, 0)
     acts = lower(hw, expand(_tpl([st]), Runtime(1, 0)))[1]
     assert (acts.hbm_write_bytes, acts.buffer_read_bits, acts.buffer_write_bits) == (64, 512, 0)
@@ -651,3 +659,62 @@ def test_reuse_sees_through_a_loop_that_never_runs():
         make("ENDLOOP"),
     ]
     _reuse_agrees(body, [[0], [1]])
+    direct = [
+        make("SETI", rd=3, imm=0),
+        make("LOOP", count=2),
+        make("LOOP", count=0),
+        make("SETI", rd=3, imm=999),
+        make("ENDLOOP"),
+        _ld(reg=3),
+        make("ADDI", rd=3, ra=3, imm=256),
+        make("ENDLOOP"),
+    ]
+    _reuse_agrees(direct, [[0], [1]])
+
+
+def test_a_matmul_without_sparsity_numbers_is_refused():
+    from hwflow.errors import ProgramError
+    from hwflow.isa import MatmulFunc, expand, make
+    from hwflow.perf.lower import lower
+
+    mv = make("MV", func=MatmulFunc.LINEAR, rows=1, cols=16, k=64, n=0, m=16, wbits=8)
+    with pytest.raises(ProgramError) as err:
+        lower(load_hw("tiny"), expand(_tpl([mv]), Runtime(1, 0)))
+    assert str(err.value) == "MV (pc 0): sparsity n:m = 0:16 needs n, m >= 1"
+
+
+def test_reuse_keys_every_loop_after_one_that_runs_once():
+    """A loop of one iteration (nothing to reuse), then twice: LD 256 bytes from R3, R3 +=
+    256: the second loop's iterations load from 0 and 256 (channels 0 and 1)."""
+    from hwflow.isa import make
+
+    body = [
+        make("SETI", rd=3, imm=0),
+        make("LOOP", count=1),
+        _ld(reg=4),
+        make("ENDLOOP"),
+        make("LOOP", count=2),
+        _ld(reg=3),
+        make("ADDI", rd=3, ra=3, imm=256),
+        make("ENDLOOP"),
+    ]
+    _reuse_agrees(body, [[0], [0], [1]])
+
+
+def test_reuse_keys_follow_registers_against_program_order():
+    """Twice: R6 = R7, R3 = min(R6, 512), LD 256 bytes from R3, R7 += 1024. The load's
+    address comes from R7 through two steps, the first written before the second in the
+    body, so the key analysis must go round twice to reach R7: keyed by R7 (0, 1024), the
+    loads come from 0 and 512 (channels 0 and 2)."""
+    from hwflow.isa import make
+
+    body = [
+        make("SETI", rd=7, imm=0),
+        make("LOOP", count=2),
+        make("ADDI", rd=6, ra=7, imm=0),
+        make("MINI", rd=3, ra=6, imm=512),
+        _ld(reg=3),
+        make("ADDI", rd=7, ra=7, imm=1024),
+        make("ENDLOOP"),
+    ]
+    _reuse_agrees(body, [[0], [2]])
