@@ -201,6 +201,7 @@ def test_exact_run_reports_its_steps_progress_and_notes(tiny, tmp_path, monkeypa
     ]
     assert calls == [(1, 3), (2, 3), (3, 3)]
     assert (r.simulated_steps, r.fallback_steps, r.trace) == (3, 0, [])
+    assert r.decode_buckets == 0 and isinstance(r.wall_s, float) and r.wall_s > 0
     # replayed events: the steps' own, run in order on one context (and memo), as simulated
     ctx = PerfContext(tiny[2])
     seq = [("prefill", Runtime(4, 0)), ("decode", Runtime(1, 4)), ("decode", Runtime(1, 5))]
@@ -240,6 +241,7 @@ def test_program_cache_keys_and_a_damaged_entry(tiny, tmp_path, monkeypatch):
     heard = []
     prog = sim.compile_cached(cfg, plan, hw, 64, note=heard.append, batch=2)
     assert heard == ["compiling tiny-llama / flightllm for tiny (max_len 64, batch 2)"]
+    assert max(t.batch for t in prog.templates) == 2  # compiled for two sequences
     assert path.read_bytes() == prog.to_bytes() != b"not a program"
 
 
@@ -718,3 +720,37 @@ def test_reuse_keys_follow_registers_against_program_order():
         make("ENDLOOP"),
     ]
     _reuse_agrees(body, [[0], [2]])
+
+
+def test_a_traced_run_keeps_the_first_decode_steps_timeline(tiny, tmp_path, monkeypatch):
+    """Traced, the timeline holds the prefill's ops and then the first decode step's, shifted
+    to start where the prefill ends."""
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    r = sim.simulate(*tiny, 4, 2, mode="exact", trace=True)
+    c0 = r.prefill_step.cycles
+    assert r.trace[: len(r.prefill_step.stats.trace)] == r.prefill_step.stats.trace
+    later = r.trace[len(r.prefill_step.stats.trace) :]
+    assert later and min(s for _, _, s, _ in later) >= c0
+
+
+def test_workers_report_progress(tiny, tmp_path, monkeypatch):
+    """With 2 worker processes, progress still hears every task: 3 of 3 in some order."""
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    calls = []
+    sim.simulate(*tiny, 4, 2, mode="exact", workers=2, progress=lambda i, n: calls.append((i, n)))
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_a_worker_prefills_the_slot_it_is_given(tiny, tmp_path, monkeypatch):
+    """A batched program's prefill task names a KV-cache slot (here 1): the worker runs the
+    prefill into that slot, the same step as run on its own."""
+    from hwflow.perf.sim import run_step
+
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    cfg, plan, hw = tiny
+    prog = sim.compile_cached(cfg, plan, hw, 64, batch=2)
+    monkeypatch.setattr(sim, "_JOB", {"hw": hw, "prog": prog})
+    [(p, r, simulated)] = sim._job(("prefill", 4, (1,), False, False))
+    want = run_step(hw, prog, "prefill", Runtime(4, 0, 1))
+    assert (p, simulated, r.phase, r.length) == (1, True, "prefill", 4)
+    assert r.cycles == want.cycles and r.stats.busy == want.stats.busy
