@@ -404,3 +404,20 @@ def test_engines_with_different_chain_lengths_are_refused():
         "preset tiny: mv.chain_length 16 and mpe.chain_length 8 differ; one weight tile format "
         "serves both engines"
     )
+
+
+def test_biased_tiles_fit_their_slot():
+    """tiny-llama with biases, w8a8, on a copy of tiny with a 3 KiB weight buffer (two
+    1536-byte slots): a q row is 64 INT8 values + 4 (bias) + 2 (mult) + 1 (shift) = 71
+    bytes, so 21 rows fit, 20 in whole 2-row groups (1420 bytes); sized without the bias
+    (67 bytes a row) it would take 22 rows, 1562 bytes, more than the slot. Every tile fits."""
+    from hwflow.compiler import compile_model
+    from hwflow.config import load_hw, load_model, load_plan
+
+    cfg = load_model("tiny-llama").model_copy(update={"bias": True})
+    hw = load_hw("tiny")
+    hw = hw.model_copy(update={"buffers": hw.buffers.model_copy(update={"weight_kib": 3})})
+    layout = compile_model(cfg, load_plan("w8a8"), hw, 16).layout
+    q = next(ts for ts in layout.tiles[0] if ts.name == "q")
+    assert (q.tile_bytes(1), q.rows, q.tile_bytes(q.rows)) == (71, 20, 1420)
+    assert all(ts.tile_bytes(ts.rows) <= 1536 for ts in layout.tiles[0])
