@@ -344,7 +344,8 @@ def test_ops_without_work_are_priced_empty():
     hw = load_hw("tiny")
     mv = make("MV", release=1 << Unit.SFU, func=MatmulFunc.LINEAR, rows=0, cols=64, k=64,
               n=16, m=16, wbits=8)  # fmt: skip
-    sfu = make("SFU", wait=1 << Unit.MV, func=SfuFunc.SILU, rows=0, cols=32)
+    sfu = make("SFU", wait=1 << Unit.MV, release=1 << Unit.LD, func=SfuFunc.SILU, rows=0,
+               cols=32)  # fmt: skip
     ops = lower(hw, expand(_tpl([mv, sfu]), Runtime(1, 0)))[0]
     # no reduction (K = 0) is no work either; one column is
     fields = dict(func=MatmulFunc.LINEAR, rows=1, cols=16, k=0, n=16, m=16, wbits=8)
@@ -355,8 +356,11 @@ def test_ops_without_work_are_priced_empty():
     assert (mw, sw) == (9, 10)
     assert ops == [
         MOp(int(Unit.MV), "MV", mw, 0, 0, (), (int(Unit.SFU),)),
-        MOp(int(Unit.SFU), "SFU.silu", sw, 0, 0, (int(Unit.MV),), ()),
+        MOp(int(Unit.SFU), "SFU.silu", sw, 0, 0, (int(Unit.MV),), (int(Unit.LD),)),
     ]
+    one = make("SFU", func=SfuFunc.SILU, rows=1, cols=1)
+    ops, acts = lower(hw, expand(_tpl([one]), Runtime(1, 0)))
+    assert ops[0].beats > 0 and acts.instr_words == sw  # one element is work
 
 
 def test_an_unknown_sfu_function_is_named():
@@ -364,9 +368,10 @@ def test_an_unknown_sfu_function_is_named():
     from hwflow.isa import expand, make
     from hwflow.perf.lower import lower
 
-    t = _tpl([make("SFU", func=12, rows=1, cols=4)])
-    with pytest.raises(ProgramError, match=r"^SFU \(pc 0\): function 12 unknown$"):
-        lower(load_hw("tiny"), expand(t, Runtime(1, 0)))
+    for code in (11, 12):  # 11 functions are named: codes 0..10
+        t = _tpl([make("SFU", func=code, rows=1, cols=4)])
+        with pytest.raises(ProgramError, match=rf"^SFU \(pc 0\): function {code} unknown$"):
+            lower(load_hw("tiny"), expand(t, Runtime(1, 0)))
 
 
 def test_action_counts_of_a_program_are_the_sums_of_its_ops():
@@ -414,6 +419,23 @@ def test_transfer_bytes_and_buffer_bits():
     assert (acts.hbm_write_bytes, acts.buffer_read_bits, acts.buffer_write_bits) == (64, 512, 0)
     far = make("LD", **{**_ld().fields, "rows": 0, "off": hw.buffers.bytes("weight") + 64})
     assert lower(hw, expand(_tpl([far]), Runtime(1, 0)))[0][0].hbm_bytes == 0
+    # ... and reaches no HBM byte: accepted 100 bytes before the end of HBM
+    end = make("LD", **{**_ld().fields, "rows": 0, "hbm": 2**30 - 100, "hbm_stride": 0})
+    assert lower(hw, expand(_tpl([end]), Runtime(1, 0)))[0][0].hbm_bytes == 0
+
+
+def test_strided_rows_are_priced_by_their_exact_offset():
+    """Two 16-byte rows 250 apart: from byte 0 the second row [250, 266) straddles channels
+    0 and 1 (0: 16 + 6 bytes, 1: 10); from byte 16 it lies in channel 1 (0: 16, 1: 16). Both
+    start in granule 0, but they are priced apart."""
+    from hwflow.isa import expand
+    from hwflow.perf.lower import PerfContext, lower
+
+    hw = load_hw("tiny")
+    lds = [_ld(at, rows=2, row_bytes=16, stride=250) for at in (0, 16)]
+    ops = lower(hw, expand(_tpl(lds), Runtime(1, 0)), PerfContext(hw))[0]
+    per = [{p.channel: p.nbytes for p in o.hbm} for o in ops]
+    assert per == [{0: 22, 1: 10}, {0: 16, 1: 16}]
 
 
 def test_operands_sharing_a_read_port_are_slower():
@@ -544,6 +566,10 @@ def test_mm_beats_read_every_token_rows_activations():
               a_buf=Buf.ACT, b_buf=Buf.WEIGHT, o_buf=Buf.ACT, obits=8, arow=0)  # fmt: skip
     acts = lower(load_hw("tiny"), expand(_tpl([mm]), Runtime(1, 0)))[1]
     assert acts.buffer_read_bits == 32 * (2 * 16 * 8 + 2 * 16 * 8)
+    # with row factors: one 32-bit factor per token row read besides
+    mm = make("MM", **{**mm.fields, "arow": 1})
+    acts = lower(load_hw("tiny"), expand(_tpl([mm]), Runtime(1, 0)))[1]
+    assert acts.buffer_read_bits == 32 * (2 * 16 * 8 + 2 * 16 * 8) + 2 * 32
 
 
 def test_pos_taint_flows_against_program_order():
@@ -754,3 +780,39 @@ def test_a_worker_prefills_the_slot_it_is_given(tiny, tmp_path, monkeypatch):
     want = run_step(hw, prog, "prefill", Runtime(4, 0, 1))
     assert (p, simulated, r.phase, r.length) == (1, True, "prefill", 4)
     assert r.cycles == want.cycles and r.stats.busy == want.stats.busy
+
+
+def test_a_context_serves_one_preset():
+    from hwflow.isa import expand
+    from hwflow.perf.lower import PerfContext, lower
+
+    tiny = load_hw("tiny")
+    other = tiny.model_copy(update={"clock_mhz": 123.0})
+    with pytest.raises(ValueError) as err:
+        lower(other, expand(_tpl([_ld()]), Runtime(1, 0)), PerfContext(tiny))
+    assert str(err.value) == "context of preset tiny used for preset tiny"
+
+
+def test_buffer_bounds_of_a_transfer():
+    """tiny's weight buffer (16 KiB): a row that ends at its last byte fits; two 1-byte rows
+    from its last byte reach one past it: refused with the byte range; buffer id 7 names no
+    buffer."""
+    from hwflow.errors import CapacityError, ProgramError
+    from hwflow.isa import expand, make
+    from hwflow.perf.lower import lower
+
+    hw = load_hw("tiny")
+    have = hw.buffers.bytes("weight")
+    assert have == 16 * 1024
+
+    def ld(**kw):
+        return lower(hw, expand(_tpl([make("LD", **{**_ld().fields, **kw})]), Runtime(1, 0)))
+
+    assert ld(off=have - 256)[0][0].hbm_bytes == 256
+    with pytest.raises(CapacityError) as err:
+        ld(off=have - 1, rows=2, row_bytes=1, stride=1, hbm_stride=1)
+    assert str(err.value) == (
+        f"LD (pc 0) touches weight buffer bytes [{have - 1}, {have + 1}) but preset tiny has {have}"
+    )
+    with pytest.raises(ProgramError, match=r"^LD \(pc 0\): unknown buffer id 7$"):
+        ld(buf=7)
