@@ -816,3 +816,21 @@ def test_buffer_bounds_of_a_transfer():
     )
     with pytest.raises(ProgramError, match=r"^LD \(pc 0\): unknown buffer id 7$"):
         ld(buf=7)
+
+
+def test_stores_and_hopping_rows_cost_more_channel_time():
+    """tiny: a 64-byte store pays the read/write turnaround (2 x 10 ns) on top of its core-side
+    2 cycles: 4 cycles of channel 0, where the same load takes 2; four 64-byte rows 1024 apart
+    (all in channel 0, hopping between rows) take longer than the 256 contiguous bytes."""
+    from hwflow.isa import Buf, XferKind, expand, make
+    from hwflow.perf.lower import lower
+
+    hw = load_hw("tiny")
+
+    def occ(instr):
+        return lower(hw, expand(_tpl([instr]), Runtime(1, 0)))[0][0].hbm_occupancy
+
+    st = make("ST", kind=XferKind.LOGITS, hbm=0, hbm_stride=64, buf=Buf.ACT, row_bytes=64,
+              rows=1)  # fmt: skip
+    assert (occ(st), occ(_ld(row_bytes=64, stride=64))) == (4, 2)
+    assert occ(_ld(rows=4, row_bytes=64, stride=1024)) > occ(_ld(row_bytes=256))
