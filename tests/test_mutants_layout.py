@@ -154,17 +154,22 @@ def test_tile_rows_by_hand():
     )
 
 
-def test_every_weight_tile_in_the_image_holds_its_rows():
+@pytest.mark.parametrize("plan", ["w8a8", "flightllm"])
+def test_every_weight_tile_in_the_image_holds_its_rows(plan):
     """tiny-llama w8a8 on tiny at 64 positions: gate, up and down need two tiles (122 + 6,
-    122 + 6, 62 + 2 rows) and the head three (122, 122, 12). Every tile decoded from the image
+    122 + 6, 62 + 2 rows) and the head three (122, 122, 12); under flightllm the layers are
+    8:16 sparse (each record a block's values, then its indices). Every tile decoded from the image
     (TileSpec.decode, the format's reader) holds exactly its rows' codes, multipliers and
     shifts: a tile written with more rows would put values where its multipliers go."""
     from hwflow.compiler.layout import build_hbm_image
 
-    _, layout, qm = _tiny_image_parts(64)
+    _, layout, qm = _tiny_image_parts(64, plan)
     img = build_hbm_image(layout, qm)
     shapes = {ts.name: [r for _, r, _ in ts.tiles] for ts in layout.tiles[0]}
-    assert shapes["gate"] == shapes["up"] == [122, 6] and shapes["down"] == [62, 2]
+    if plan == "w8a8":
+        assert shapes["gate"] == shapes["up"] == [122, 6] and shapes["down"] == [62, 2]
+    else:  # 8:16 sparse layers: values and indices, 4 blocks of K = 64 per row
+        assert all(ts.quant.n == 8 and ts.quant.m == 16 for ts in layout.tiles[0])
     assert [r for _, r, _ in layout.head.tiles] == [122, 122, 12]
     placed = [(layout.region(f"L{li}").base, ts, f"L{li}.{ts.name}") for li in layout.tiles
               for ts in layout.tiles[li]]  # fmt: skip
