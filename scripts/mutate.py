@@ -15,6 +15,12 @@ to mutmut; ``--jobs`` is mutmut's ``--max-children`` (default 1: the machine is 
 ``--sample=K``: once a group's mutants exist (a first, possibly interrupted, run generated
 them), run K of those not run yet, drawn uniformly with a fixed seed: a partial run that
 represents the whole module instead of its first functions.
+
+Runs resume: the results stay in ``mutants/<group>/mutants/hwflow/**/*.py.meta`` (one exit
+code per mutant, None while not run), mutmut skips mutants that have a result and re-runs
+the ones named on the command line; ``scripts/mutate_summary.py`` says per module whether
+its run is full or partial. Changing a group's test selection (a file added to ``tests``)
+makes mutmut reset every result of the group; new tests in files already selected do not.
 """
 
 from __future__ import annotations

@@ -148,3 +148,142 @@ def test_deadlock_report_names_only_units_waiting_for_tokens():
         "deadlock: mv op 0 (m1) waits for a token from sfu; "
         "the dispatcher waits for room in the full mv queue"
     )
+
+
+def test_ops_key_numbers_or_values():
+    """A segment's memo key: the ops' numbers when all are numbered, else the ops themselves
+    (two unnumbered segments never share a key by their -1s)."""
+    from dataclasses import replace
+
+    from hwflow.perf.machine import _ops_key
+
+    a, b = MOp(SFU, "a", 0, 5, 5), MOp(SFU, "b", 0, 3, 3)
+    na, nb = replace(a, key=7), replace(b, key=9)
+    assert _ops_key([na, nb]) == (7, 9)
+    assert _ops_key([a, b]) == (a, b)
+    assert _ops_key([na, b]) == (na, b)
+
+
+def test_a_barrier_at_the_start_is_cut_after():
+    """The barrier's first SYNC is the program's first op (index 0): the cut goes after its
+    last SYNC (index 5)."""
+    assert barrier_cuts([*_barrier(), MOp(MV, "mv2", 1, 2, 2)]) == [5]
+
+
+def test_fetch_bound_bodies_reuse_their_segments():
+    """Four bodies (LD op, MV op, barrier) of 10-word ops and a 1-word MV op: 71 words, so
+    the dispatcher's fetch (one word a cycle) is the bottleneck: each body takes its 70
+    words, and the run 4 x 70 + 1 + the last op's 2 cycles = 283. Cut at the 4 barriers:
+    the first body starts idle, every later one after a barrier in the same relative state,
+    so bodies 3 and 4 are taken from the memo (2 reused), each replaying the events the
+    fourth body adds to a run of three. Op counts per unit: 3 LD, 3 MV (op, two SYNCs) and
+    1 SFU per body, plus the last MV op."""
+    from dataclasses import replace
+
+    hw = load_hw("tiny")
+    body = [replace(op, words=10) for op in _body()]
+    tail = [MOp(MV, "mv2", 1, 2, 2)]
+    r4 = Machine(hw).run([*(body * 4), *tail], SegmentMemo())
+    r3 = Machine(hw).run([*(body * 3), *tail], SegmentMemo())
+    assert (r4.cycles, r4.segments, r4.reused) == (283, 5, 2)
+    assert r4.replayed_events == 2 * (r4.events - r3.events) > 0
+    assert r4.ops == {"ld": 12, "st": 0, "mm": 0, "mv": 13, "sfu": 4, "sys": 0}
+    assert Machine(hw).run([*(body * 4), *tail]).cycles == 283
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_segments_equal_the_whole_run_at_small_queue_depths(depth, tmp_path, monkeypatch):
+    """tiny-llama's decode step on tiny with instruction queues of 2 or 3 entries: the
+    dispatcher runs ahead into full queues, so the issue times carried across a cut decide
+    when the next segment's first ops are queued. Cut at the barriers (memo) or whole, the
+    same cycles, trace and stalls."""
+    from hwflow.config import load_model, load_plan
+    from hwflow.isa import Runtime, expand
+    from hwflow.perf.lower import lower
+    from hwflow.perf.sim import compile_cached
+
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    hw = load_hw("tiny")
+    prog = compile_cached(load_model("tiny-llama"), load_plan("flightllm"), hw, 512)
+    rt = Runtime(1, 99)
+    ops = lower(hw, expand(prog.select("decode", rt), rt))[0]
+    whole = Machine(hw, depth=depth, trace=True).run(ops)
+    cut = Machine(hw, depth=depth, trace=True).run(ops, SegmentMemo())
+    assert cut.segments > 1
+    assert (cut.cycles, cut.trace, cut.stall) == (whole.cycles, whole.trace, whole.stall)
+
+
+def test_waiting_behind_a_streaming_transfer_is_no_stall():
+    """tiny, 1-word ops: ld1 is fetched at cycle 1 (its one cycle of waiting is a stall),
+    starts there and streams [2, 22) on channel 0 (requested one stage after its start).
+    SFU's op is fetched at 2 and runs [2, 7), then releases LD. ld2, free since 2 (an LD
+    issues in one cycle), waits for that token until 7 while ld1 still streams: not a stall.
+    LD's stall is 1, SFU's 2 (fetched at 2)."""
+    from hwflow.costs import HbmPiece
+
+    def ld(name, ch, occ, wait=()):
+        p = HbmPiece(channel=ch, nbytes=64, occupancy=occ, same_channel=True)
+        return MOp(LD, name, 1, 1, 0, wait, (), hbm=(p,), hbm_bytes=64, hbm_occupancy=occ)
+
+    prog = [ld("ld1", 0, 20), MOp(SFU, "s", 1, 5, 5, (), (LD,)), ld("ld2", 1, 4, (SFU,))]
+    r = Machine(load_hw("tiny"), trace=True).run(prog)
+    assert r.trace == [("sfu", "s", 2, 7), ("ld", "ld1", 2, 22), ("ld", "ld2", 8, 12)]
+    assert (r.stall["ld"], r.stall["sfu"]) == (1, 2)
+
+
+def test_only_a_sync_op_is_a_barrier_hub():
+    """The compiler's barrier has a SYNC as its hub; an SFU op that does work, waiting for and
+    releasing LD and MV between the same SYNCs, is not taken for one: no cut."""
+    tail = [MOp(MV, "mv2", 1, 2, 2)]
+    b = _barrier()
+    b[2] = MOp(SFU, "work", 1, 4, 4, (LD, MV), (LD, MV))
+    assert barrier_cuts([*_body()[:2], *b, *tail]) == []
+
+
+def test_an_empty_transfer_completes_after_its_command_stage():
+    """An LD without pieces (0 bytes), fetched and started at cycle 1: its command register
+    stage (1 cycle), then done at 1 + 1 + 1 = 3, where its token lets SFU's op (fetched at
+    2) start: SFU runs [3, 5)."""
+    prog = [MOp(LD, "e", 1, 1, 0, (), (SFU,), hbm=()), MOp(SFU, "s", 1, 2, 2, (LD,))]
+    r = Machine(load_hw("tiny"), trace=True).run(prog)
+    assert r.trace == [("ld", "e", 1, 2), ("sfu", "s", 3, 5)] and r.cycles == 5
+
+
+def test_barrier_cuts_skip_look_alikes():
+    """No cut after a barrier whose hub releases only some of the units it waited for, nor
+    after one whose SYNC before the hub releases nothing; a hub over some of the program's
+    units does not stop the search for a later full barrier."""
+    tail = [MOp(MV, "mv2", 1, 2, 2)]
+    half = _barrier()
+    half[2] = _sync(SFU, wait=(LD, MV), release=(LD,))
+    assert barrier_cuts([*_body()[:2], *half, *tail]) == []
+    mute = _barrier()
+    mute[1] = _sync(MV)
+    assert barrier_cuts([*_body()[:2], *mute, *tail]) == []
+    # an LD <-> SFU handshake in a program that also uses MV, then the full barrier (at 3..7)
+    partial = [_sync(LD, release=(SFU,)), _sync(SFU, wait=(LD,), release=(LD,)),
+               _sync(LD, wait=(SFU,))]  # fmt: skip
+    assert barrier_cuts([*partial, *_barrier(), *tail]) == [8]
+
+
+def test_machine_defaults_and_bad_depth():
+    """A machine keeps no trace unless asked; a queue depth below 1 is refused by value."""
+    r = Machine(load_hw("tiny")).run([MOp(SFU, "a", 0, 5, 5)])
+    assert r.trace == []
+    with pytest.raises(ValueError) as err:
+        Machine(load_hw("tiny"), depth=0)
+    assert str(err.value) == "depth = 0 must be >= 1"
+
+
+def test_memo_counts_hits_and_misses():
+    """The fetch-bound program of four bodies (test above): 3 segments simulated (misses) and
+    2 taken from the memo (hits); run again on the same memo, all 5 are hits."""
+    from dataclasses import replace
+
+    hw = load_hw("tiny")
+    prog = [*(replace(op, words=10) for op in _body() * 4), MOp(MV, "mv2", 1, 2, 2)]
+    memo = SegmentMemo()
+    Machine(hw).run(prog, memo)
+    assert (memo.misses, memo.hits) == (3, 2)
+    Machine(hw).run(prog, memo)
+    assert (memo.misses, memo.hits) == (3, 7)

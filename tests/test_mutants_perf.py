@@ -9,8 +9,20 @@ import pytest
 
 import hwflow.energy
 from hwflow.config import load_hw, load_model, load_plan
+from hwflow.energy import Actions
 from hwflow.perf import sim
 from hwflow.perf.machine import UNITS
+
+#: the action-count columns of a summary row, written out (not read from ``Actions``)
+ACTION_COLUMNS = (
+    "buffer_read_bits",
+    "buffer_write_bits",
+    "hbm_read_bytes",
+    "hbm_write_bytes",
+    "sfu_ops",
+    "instr_words",
+    "idle_unit_cycles",
+)
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +98,15 @@ def test_simulation_cache_key_and_pass_through(tiny, tmp_path, monkeypatch):
 def test_decode_curve_and_utilisation_by_hand(tiny, tmp_path, monkeypatch):
     """A result with a 500-cycle prefill of 4 tokens and decode steps of 1000 and 2500
     cycles at tiny's 100 MHz: contexts 5 and 6 at 0.01 and 0.025 ms (mean 0.0175), the first
-    token after 0.005 ms; 4000 cycles in all, so a unit busy 1000 cycles is 25 % utilised."""
+    token after 0.005 ms; 4000 cycles in all, so a unit busy 1000 cycles is 25 % utilised.
+    Action counts set by hand (distinct primes) come out each in its own column."""
     monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
     r = sim.simulate(*tiny, 4, 2, mode="exact")
     step = replace(r.prefill_step, stats=replace(r.prefill_step.stats, cycles=500))
     busy = dict.fromkeys(UNITS, 0) | {UNITS[0]: 1000, UNITS[1]: 4000}
+    acts = Actions({4: 11, 8: 13}, 17, 19, 23, 29, 31, 37, 41)  # distinct primes, set by hand
     r = replace(r, prefill=4, prefill_step=step, decode_cycles=[1000, 2500], busy=busy)
+    r = replace(r, actions=acts, decode_hbm_bytes=7000, hbm_bytes=8000)
     assert r.clock_hz == 100e6
     curve = r.decode_curve()
     assert [c for c, _ in curve] == [5, 6]
@@ -108,7 +123,27 @@ def test_decode_curve_and_utilisation_by_hand(tiny, tmp_path, monkeypatch):
     assert (s["mode"], s["prefill_cycles"], s["ttft_ms"]) == ("exact", 500, pytest.approx(0.005))
     per_token = (s["ms_per_token_min"], s["ms_per_token_avg"], s["ms_per_token_max"])
     assert per_token == (pytest.approx(0.01), pytest.approx(0.0175), pytest.approx(0.025))
-    assert s[f"util_{UNITS[0]}"] == 0.25 and s["decode_bytes_per_token"] == r.decode_hbm_bytes / 2
+    assert s[f"util_{UNITS[0]}"] == 0.25
+    # 7000 bytes in the 3500 decode cycles (35 us): 0.2 GB/s, 3500 bytes a token
+    assert s["decode_hbm_gbps"] == pytest.approx(0.2) and s["decode_bytes_per_token"] == 3500
+    # 2 tokens in 35 us; 8000 bytes in the whole 40 us
+    assert s["decode_tokens_per_s"] == pytest.approx(2 / 35e-6)
+    assert s["hbm_gbps"] == pytest.approx(0.2)
+    # tiny's HBM: 4 channels x 14.375 GB/s; achievable: its 128-byte buffer port at 100 MHz
+    assert (s["hbm_peak_gbps"], s["hbm_achievable_gbps"]) == (57.5, pytest.approx(12.8))
+    # every action count is its own column, as counted (the energy columns are priced apart)
+    counts = {k: s[k] for k in s if k.startswith("macs_") or k in ACTION_COLUMNS}
+    assert counts == {
+        "macs_w4": 11,
+        "macs_w8": 13,
+        "buffer_read_bits": 17,
+        "buffer_write_bits": 19,
+        "hbm_read_bytes": 23,
+        "hbm_write_bytes": 29,
+        "sfu_ops": 31,
+        "instr_words": 37,
+        "idle_unit_cycles": 41,
+    }
     # a prefill-only result has no decode figures
     assert replace(r, decode=0, decode_cycles=[]).token_ms() == (0.0, 0.0, 0.0)
     util = r.utilisation()
@@ -183,3 +218,23 @@ def test_ld_busy_is_the_union_of_overlapping_transfers_and_channel_cycles_add_up
     assert barrier_cuts(prog) == [7]
     for memo in (None, SegmentMemo()):
         assert Machine(hw).run(prog, memo).hbm_channel_cycles == 41
+
+
+def test_channel_reservations_by_hand():
+    """HbmChannels on tiny (4 channels, 107 ns latency = 10.7 -> 11 cycles at 100 MHz): a
+    fresh table serves from cycle 0; a transfer starts at its earliest piece's start (the
+    channel that is free now), streams until its latest piece ends and is on chip 11 cycles
+    later; a channel already free is taken at the issue cycle."""
+    from hwflow.costs import HbmPiece
+    from hwflow.perf.hbm import HbmChannels
+
+    def piece(ch: int, occ: int) -> HbmPiece:
+        return HbmPiece(channel=ch, nbytes=32 * occ, occupancy=occ, same_channel=True)
+
+    chans = HbmChannels(load_hw("tiny"))
+    assert chans.latency == 11
+    got = [chans.issue(0, [piece(1, 5)])]  # channel 1 busy [0, 5)
+    got.append(chans.issue(0, [piece(0, 4), piece(1, 3)]))  # [0, 4) and [5, 8)
+    got.append(chans.issue(2, [piece(2, 1)]))  # channel 2 free since 0: [2, 3)
+    assert [(t.start, t.streamed, t.done) for t in got] == [(0, 5, 16), (0, 8, 19), (2, 3, 14)]
+    assert chans.free == [4, 8, 3, 0]
