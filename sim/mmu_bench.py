@@ -366,7 +366,7 @@ async def _run(dut: Any, stall: float, tag: str) -> None:
     corrupt = os.environ.get("HWFLOW_CORRUPT") == "1"
     corrupt_g = os.environ.get("HWFLOW_CORRUPT_GMULT") == "1"
     table, bad, funcs_ok = [], [], {f: 0 for f in MATMUL_FUNCS}
-    grouped_ok = 0
+    grouped_ok, flipped = 0, False
     cycles, t0 = 0, time.perf_counter()
     for i in range(n_ops):
         func = MATMUL_FUNCS[i % len(MATMUL_FUNCS)]
@@ -378,7 +378,7 @@ async def _run(dut: Any, stall: float, tag: str) -> None:
             want[Buf(f["o_buf"])][at] ^= 1
         flip = corrupt_g and bufs.gmult is not None and _gmult_matters(hw, bufs, f, unit, want)
         if flip:  # the RTL reads changed group multipliers, funcsim's expectation does not
-            corrupt_g = False
+            corrupt_g, flipped = False, True
             bufs.mem[Buf.WEIGHT][slice(*bufs.gmult)] ^= 0x55
         phases = getattr(bufs, "phases", None)
         if phases:
@@ -418,7 +418,7 @@ async def _run(dut: Any, stall: float, tag: str) -> None:
         )
     secs = time.perf_counter() - t0
     _save(**{f"{tag}_table": table, f"{tag}_ok": funcs_ok, f"{tag}_bad": bad[:5]})
-    _save(**{f"{tag}_grouped_ok": grouped_ok})
+    _save(**{f"{tag}_grouped_ok": grouped_ok, f"{tag}_gmult_flipped": flipped})
     _save(**{f"{tag}_cycles_per_s": cycles / secs if secs else 0.0})
     assert not bad, "\n".join(bad[:5])
     off = _cycle_misses(table)

@@ -63,7 +63,8 @@ def test_unit_bench_fails_on_a_flipped_expected_byte(kind: str, wb: int) -> None
 def test_unit_bench_fails_on_flipped_group_multipliers(kind: str, wb: int) -> None:
     """The group multipliers are live: the RTL reading changed ones (every byte of one
     grouped instruction's section xor 0x55, where that changes funcsim's result) fails."""
-    run = _run(kind, wb, "random_ops", HWFLOW_OPS="16", HWFLOW_CORRUPT_GMULT="1")
+    run = _run(kind, wb, "random_ops", HWFLOW_OPS="48", HWFLOW_CORRUPT_GMULT="1")
+    assert run.stats["random_ops_gmult_flipped"], "no grouped op whose multipliers matter"
     assert (run.tests, run.failed) == (1, 1), run
     assert any("head" in b or "linear" in b for b in run.stats["random_ops_bad"]), run.stats
 
