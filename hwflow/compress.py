@@ -39,6 +39,7 @@ import numpy as np
 from hwflow import numerics as nx
 from hwflow.calib import Calibration
 from hwflow.config import CompressionMethod, CompressionPlan, LinearQuant, ModelConfig
+from hwflow.errors import UnsupportedError
 from hwflow.model import attention_mask, step_graph
 from hwflow.prune import prune
 from hwflow.reference import KVCache, run_float
@@ -46,7 +47,14 @@ from hwflow.reference import _heads as split_heads
 from hwflow.smooth import qk_factors, smooth_factors
 from hwflow.wquant import quantize, quantize_grouped
 
-__all__ = ["QLinear", "QuantizedModel", "fold_norm_biases", "quantize_model", "random_weights"]
+__all__ = [
+    "QLinear",
+    "QuantizedModel",
+    "check_keys",
+    "fold_norm_biases",
+    "quantize_model",
+    "random_weights",
+]
 
 CALIBRATION_SEED = 1  #: seed of the calibration token ids
 
@@ -340,6 +348,7 @@ def quantize_model(
     ``calib_ids``: calibration token ids (real text for a real checkpoint); default
     ``calib_tokens`` seeded random ids (what random weights are calibrated on).
     """
+    check_keys(cfg, plan)
     w = fold_norm_biases(cfg, weights)
     if calib_ids is None:
         t = min(calib_tokens, cfg.max_positions)
@@ -356,6 +365,8 @@ def quantize_model(
     params: dict[str, dict[str, Any]] = {}
     row_inputs: dict[str, float] = {}  #: per-row tensor -> static scale (row factor aside)
     _elementwise_params(cfg, graph, w, ten, res_frac, scales, params, row_inputs)
+    if plan.method.keys == "rotated":
+        _rotated_qk_params(cfg, graph, ten, scales, params)
     _static_scales(cfg, w, ten, res_frac, scales)
     linears = _matmul_params(cfg, plan, graph, w, ten, scales, params, row_inputs)
     for name, s_in in row_inputs.items():
@@ -367,6 +378,24 @@ def quantize_model(
     return QuantizedModel(
         cfg, plan, linears, params, scales, res_frac, cos, sin, w["embed"], w.get("pos")
     )
+
+
+def check_keys(cfg: ModelConfig, plan: CompressionPlan) -> None:
+    """Rotated keys need RoPE (the rotation follows it; without RoPE it would fold into the
+    weights, not implemented) and a power-of-two head dimension (the Hadamard transform)."""
+    if plan.method.keys != "rotated":
+        return
+    if cfg.positions != "rope":
+        raise UnsupportedError(
+            f"plan {plan.name}: method.keys 'rotated' needs RoPE positions; {cfg.name} has "
+            f"{cfg.positions!r} (use method.keys 'static')"
+        )
+    hd = cfg.head_dim
+    if hd & (hd - 1):
+        raise UnsupportedError(
+            f"plan {plan.name}: method.keys 'rotated' needs a power-of-two head_dim for the "
+            f"Hadamard transform; {cfg.name} has {hd} (use method.keys 'static')"
+        )
 
 
 def _elementwise_params(
@@ -438,6 +467,53 @@ def _static_scales(
     scales["logits"] = float(_absmax(ten["logits"])) * 2**HEADROOM_BITS / (2**31 - 1)
 
 
+def _rotated_qk_params(
+    cfg: ModelConfig,
+    graph: Any,
+    ten: dict[str, np.ndarray],
+    scales: dict[str, Any],
+    params: dict[str, dict[str, Any]],
+) -> None:
+    """Scales and multipliers of rotated keys (:mod:`hwflow.numerics`, "Rotated keys").
+
+    q and k leave their linears as INT16 at a static per-head scale with two bits of headroom
+    (RoPE keeps a pair's norm; INT16 has the bits to spare). RoPE's ``rope_q`` then maps the
+    rotated q, ``H q16`` (real ``H q16 * s16 / sqrt(hd)`` in the orthonormal basis), to INT8 at
+    the static per-head scale of its calibrated maximum (``mult/shift`` per head); ``rope_k``
+    quantizes ``H k16`` per token and head (``k8 * M / 127``), so ``scales[kr]`` is the unit of
+    ``H k16``. The scores' row stage applies each key's ``M`` (``y = acc * M * 2**G``, the guard
+    ``G`` from the calibrated maximum of ``|q . k|``), the channel stage the head's constant.
+    """
+    hd = cfg.head_dim
+    rep = cfg.heads // cfg.kv_heads
+    had = nx.hadamard_int(np.eye(hd, dtype=np.int64)).astype(np.float64) / math.sqrt(hd)
+    for op in graph.ops:
+        if op.kind == "rope":
+            n = cfg.heads if op.name.endswith("rope_q") else cfg.kv_heads
+            s16 = _head_max([ten[op.inputs[0]], ten[op.output]], n) * 2**HEADROOM_BITS / 32767
+            scales[op.inputs[0]] = s16
+            if op.name.endswith("rope_q"):
+                sq8 = _head_max([_heads(ten[op.output], n) @ had], n) / 127
+                m, s = nx.quant_multiplier(s16 / math.sqrt(hd) / sq8)
+                params[op.name] = {"mult": m, "shift": s}
+                scales[op.output] = sq8
+            else:
+                params[op.name] = {}
+                scales[op.output] = s16 / math.sqrt(hd)
+        elif op.kind == "scores":
+            li = op.layer
+            q = _heads(ten[op.inputs[0]], cfg.heads)
+            k = _heads(ten[f"L{li}.kr"], cfg.kv_heads)
+            qk = np.array([np.abs(q[h] @ k[h // rep].T).max() for h in range(cfg.heads)])
+            sq = np.asarray(scales[op.inputs[0]])
+            sk = np.repeat(np.asarray(scales[f"L{li}.kr"]), rep)
+            unit = sq * sk / 127  # real q . k per unit of acc * M
+            guard = math.floor(math.log2(2**29 / max(float(np.max(qk / unit)), 1.0)))
+            real = 2.0**-guard * unit / math.sqrt(hd) * math.log2(math.e) * 256
+            m, s = nx.quant_multiplier(real)
+            params[op.name] = {"mult": m, "shift": s, "guard": guard}
+
+
 def _matmul_params(
     cfg: ModelConfig,
     plan: CompressionPlan,
@@ -463,6 +539,8 @@ def _matmul_params(
             linears[op.name] = _quantize_linear(
                 op, lq, w, ten, scales, row_inputs, cfg, plan.method, calibs.get(src)
             )
+        elif op.kind == "scores" and plan.method.keys == "rotated":
+            pass  # _rotated_qk_params
         elif op.kind == "scores":
             q_name, li = op.inputs[0], op.layer
             k_name = f"L{li}.kr" if cfg.positions == "rope" else f"L{li}.k"
@@ -488,8 +566,11 @@ def _mult(real: float) -> dict[str, int]:
     return {"mult": int(m), "shift": int(s)}
 
 
-def _out_format(op_name: str, out: str, scales: dict[str, Any], cfg: ModelConfig):
-    """(bits, per-channel real output scale) of a linear op's output tensor."""
+def _out_format(
+    op_name: str, out: str, scales: dict[str, Any], cfg: ModelConfig, rotated: bool = False
+):
+    """(bits, per-channel real output scale) of a linear op's output tensor (q and k INT16
+    with rotated keys: the rotation and the keys' per-token scales follow RoPE)."""
     kind = op_name.split(".")[-1]
     n_out = cfg.linear_shape(kind)[0] if kind != "head" else cfg.vocab
     if kind == "head":
@@ -498,7 +579,8 @@ def _out_format(op_name: str, out: str, scales: dict[str, Any], cfg: ModelConfig
         return 32, np.full(n_out, scales[out])
     if kind in ("gate", "up"):
         return nx.GATE_BITS, np.full(n_out, scales[out])
-    return 8, np.repeat(np.asarray(scales[out]), cfg.head_dim)  # q, k, v: per head
+    bits = 16 if rotated and kind in ("q", "k") else 8
+    return bits, np.repeat(np.asarray(scales[out]), cfg.head_dim)  # q, k, v: per head
 
 
 def _compress_weight(
@@ -536,7 +618,7 @@ def _quantize_linear(
         values, indices = codes, None
     else:
         values, indices = nx.nm_compress(codes, mask, lq.n, lq.m)
-    bits, s_out = _out_format(name, op.output, scales, cfg)
+    bits, s_out = _out_format(name, op.output, scales, cfg, method.keys == "rotated")
     # row stage y = acc * f * 2**G (f = 1 for inputs without row factors): real = y * y_scale
     s_in = row_inputs.get(src, scales[src] if src not in row_inputs else 0.0)
     ymax = float(np.max(_absmax(ten[op.output], axis=0) / (s_in * wscale)))

@@ -32,6 +32,21 @@ Formats
   the host, :func:`hwflow.smooth.qk_factors`): trained models carry attention-sink channels in
   q and k that one per-head INT8 scale cannot hold next to the ordinary channels (SmolLM2-135M
   w8a8: 24.28 perplexity clipped and unbalanced, 22.10 balanced, float 21.67).
+* **Rotated keys** (plan ``method.keys: rotated``, RoPE models with a power-of-two head
+  dimension; the reference and ``hwflow quality`` run it, the instruction set does not yet):
+  q and k leave their linears as INT16 (static per-head scales, two bits of headroom), RoPE
+  rotates them at INT16 (:func:`rope_int` with ``bits=16``), then both are rotated by the
+  Hadamard transform (:func:`hadamard_int`, per head; ``H/sqrt(hd)`` is orthonormal, so every
+  score is unchanged in real arithmetic) which spreads a channel outlier over the head. q goes
+  to INT8 at a static per-head scale (``requantize``); each key row (token, KV head) goes to
+  INT8 by :func:`quant_rows` and its row factor is stored with it in the KV cache. The
+  scores' row stage applies the keys' factors (:func:`linear_out` of the transposed product,
+  a key being a row of K, with a static guard), the channel stage the head's constant. Why:
+  with static per-head INT8 q and k, SmolLM2-135M w8a8 is +4.1 % over float at 512 tokens
+  (KL 0.032); rotated keys (QuaRot's online Hadamard on q and k after RoPE with per-head,
+  per-token KV scales: Ashkboos et al., arXiv:2404.00456, Sec. 4) take it to the figures in the
+  README "Numerics" table. Per-token scales without the rotation measured no better than static
+  ones (KL 0.034): the loss is a head's channel range, not its token range.
 * **gate / up** outputs: INT16, static per-tensor scale (SiLU needs a static input scale, and
   INT8 cannot hold both the massive tokens and the ordinary ones).
 * **Weights** are INT\\ *b* (b in 2, 3, 4, 8) symmetric per output channel:
@@ -138,6 +153,7 @@ __all__ = [
     "exp2_table",
     "group_multipliers",
     "group_partial_bits",
+    "hadamard_int",
     "linear_out",
     "matmul_int",
     "max_abs_error",
@@ -622,14 +638,34 @@ def rope_tables(positions: int, head_dim: int, theta: float) -> tuple[np.ndarray
     return np.rint(np.cos(ang) * one).astype(np.int64), np.rint(np.sin(ang) * one).astype(np.int64)
 
 
-def rope_int(x: np.ndarray, cos_q: np.ndarray, sin_q: np.ndarray) -> np.ndarray:
-    """Rotate INT8 ``x[..., T, head_dim]`` by the Q14 rows ``cos_q/sin_q[T, head_dim/2]``."""
+def rope_int(x: np.ndarray, cos_q: np.ndarray, sin_q: np.ndarray, bits: int = 8) -> np.ndarray:
+    """Rotate ``x[..., T, head_dim]`` (INT8, or INT16 with rotated keys) by the Q14 rows
+    ``cos_q/sin_q[T, head_dim/2]``, saturated to ``bits`` at the input's scale."""
     x = np.asarray(x, dtype=np.int64)
     h = x.shape[-1] // 2
     x1, x2 = x[..., :h], x[..., h:]
     y1 = round_shift(x1 * cos_q - x2 * sin_q, ROPE_FRAC)
     y2 = round_shift(x2 * cos_q + x1 * sin_q, ROPE_FRAC)
-    return saturate(np.concatenate([y1, y2], axis=-1), 8)
+    return saturate(np.concatenate([y1, y2], axis=-1), bits)
+
+
+def hadamard_int(x: np.ndarray) -> np.ndarray:
+    """The unnormalised Walsh-Hadamard transform along the last axis (a power of two, n):
+    ``y = x @ H_n`` with Sylvester's ``H_2n = [[H, H], [H, -H]]``, computed exactly by
+    ``log2(n)`` butterfly stages ``(a, b) -> (a + b, a - b)`` (adds only; ``|y| <= n max|x|``).
+    ``H_n / sqrt(n)`` is orthonormal and symmetric, so rotating both q and k leaves every
+    score ``q . k`` unchanged in real arithmetic."""
+    y = np.asarray(x, dtype=np.int64)
+    n = y.shape[-1]
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"Hadamard length {n} must be a power of two")
+    h = 1
+    while h < n:
+        y = y.reshape(*y.shape[:-1], n // (2 * h), 2, h)
+        a, b = y[..., 0, :], y[..., 1, :]
+        y = np.stack([a + b, a - b], axis=-2).reshape(*y.shape[:-3], n)
+        h *= 2
+    return y
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,11 +44,13 @@ QUALITY_MAX_PARAMS = 200_000_000
 
 @dataclass
 class KVCache:
-    """Per layer K and V as [kv_heads, max_positions, head_dim] (int8 or float64)."""
+    """Per layer K and V as [kv_heads, max_positions, head_dim] (int8 or float64); with rotated
+    keys also each key's row factor ``kf`` as [kv_heads, max_positions, 2] (``m``, ``e``)."""
 
     k: list[np.ndarray]
     v: list[np.ndarray]
     length: int = 0
+    kf: list[np.ndarray] = field(default_factory=list, repr=False)
 
     @classmethod
     def empty(cls, cfg: ModelConfig, dtype: Any = np.int8, positions: int | None = None) -> KVCache:
@@ -56,6 +58,7 @@ class KVCache:
         return cls(
             [np.zeros(shape, dtype) for _ in range(cfg.layers)],
             [np.zeros(shape, dtype) for _ in range(cfg.layers)],
+            kf=[np.zeros((*shape[:2], 2), np.int64) for _ in range(cfg.layers)],
         )
 
 
@@ -99,6 +102,7 @@ def run_int(
         raise ValueError(f"KV cache holds {kv.length} positions, the step expects {graph.past}")
     t, past, keys = graph.tokens, graph.past, graph.keys
     rep = cfg.heads // cfg.kv_heads
+    rotated = plan.method.keys == "rotated"
     mask = attention_mask(cfg, plan.attention, graph.phase, t, past)
     env: dict[str, Any] = {"x0": np.asarray(x0, np.int64)}
     rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}  #: row factors of per-row tensors
@@ -116,17 +120,25 @@ def run_int(
         elif op.kind == "rope":
             n = src[0].shape[1] // cfg.head_dim
             c, s = qm.rope_cos[past:keys], qm.rope_sin[past:keys]
-            out = _merge(nx.rope_int(_heads(src[0], n), c, s))
+            if rotated:
+                out = _rotated(op.name, nx.rope_int(_heads(src[0], n), c, s, 16), pr, rows, op)
+            else:
+                out = _merge(nx.rope_int(_heads(src[0], n), c, s))
         elif op.kind == "kv_write":
             li = op.layer
             kv.k[li][:, past:keys] = _heads(src[0], cfg.kv_heads)
             kv.v[li][:, past:keys] = _heads(src[1], cfg.kv_heads)
+            if rotated:
+                kv.kf[li][:, past:keys] = np.stack(rows[op.inputs[0]], axis=-1)
             continue
         elif op.kind == "scores":
             q = _heads(src[0], cfg.heads)
             k = kv.k[op.layer][:, :keys]
             acc = np.stack([nx.matmul_int(q[h], k[h // rep]) for h in range(cfg.heads)])
-            out = nx.requantize(acc, pr["mult"][:, None, None], pr["shift"][:, None, None], 32)
+            if rotated:
+                out = _rotated_scores(acc, kv.kf[op.layer][:, :keys], pr, rep)
+            else:
+                out = nx.requantize(acc, pr["mult"][:, None, None], pr["shift"][:, None, None], 32)
         elif op.kind == "softmax":
             out, total = nx.softmax_rows(src[0], np.broadcast_to(mask, src[0].shape))
             rows[op.output] = nx.recip_factor(total)
@@ -155,6 +167,32 @@ def run_int(
     env.update({name + "#rows": r for name, r in rows.items()})
     kv.length = keys
     return StepResult(env["logits"], env, kv)
+
+
+def _rotated(
+    name: str, y: np.ndarray, pr: dict[str, Any], rows: dict[str, Any], op: Any
+) -> np.ndarray:
+    """RoPE's tail with rotated keys: ``H`` of the INT16 rotated heads ``y[n, T, hd]``; q to
+    INT8 at its static per-head scale, k per token and head (row factors into ``rows``)."""
+    hy = nx.hadamard_int(y)
+    if name.endswith("rope_q"):
+        return _merge(nx.requantize(hy, pr["mult"][:, None, None], pr["shift"][:, None, None], 8))
+    kq, rows[op.output] = nx.quant_rows(hy)
+    return _merge(kq)
+
+
+def _rotated_scores(acc: np.ndarray, kf: np.ndarray, pr: dict[str, Any], rep: int) -> np.ndarray:
+    """Scores of rotated keys: per head ``h``, the keys' row factors ``kf[kvh, keys, (m, e)]``
+    in the row stage of the transposed product (a key is a row of K), then the head's
+    constant: :func:`hwflow.numerics.linear_out` of ``acc[h].T``."""
+    out = []
+    for h in range(acc.shape[0]):
+        f = kf[h // rep]
+        z = nx.linear_out(
+            acc[h].T, pr["mult"][h], pr["shift"][h], 32, (f[:, 0], f[:, 1]), pr["guard"]
+        )
+        out.append(z.T)
+    return np.stack(out)
 
 
 def run_float(

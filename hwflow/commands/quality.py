@@ -17,8 +17,8 @@ from rich.table import Table
 
 from hwflow.checkpoint import is_checkpoint, load_checkpoint
 from hwflow.commands._common import print_json, seed
-from hwflow.compress import quantize_model, random_weights
-from hwflow.config import ModelConfig, available, load_model, load_plan
+from hwflow.compress import check_keys, quantize_model, random_weights
+from hwflow.config import CompressionPlan, ModelConfig, available, load_model, load_plan
 from hwflow.errors import ConfigError, UnsupportedError
 from hwflow.perplexity import (
     DEFAULT_TEXT,
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     check_quality_size(cfg, "quality")
     tokens = RANDOM_TOKENS if args.tokens is None else args.tokens
     _check_lengths(cfg, tokens, args.decode, 1)
-    plans = [load_plan(name) for name in args.plan or available("plans")]
+    plans = _plans(cfg, args.plan)
     weights = random_weights(cfg, args.seed)
     ids = np.random.default_rng(args.seed + 7).integers(cfg.vocab, size=tokens)
     results = {
@@ -117,6 +117,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plans(cfg: ModelConfig, names: list[str] | None) -> list[CompressionPlan]:
+    """The plans asked for (an unsupported one is refused), else every shipped plan the model
+    can take (rotated keys need RoPE: skipped for OPT)."""
+    if names:
+        return [load_plan(name) for name in names]
+    plans = []
+    for plan in map(load_plan, available("plans")):
+        try:
+            check_keys(cfg, plan)
+        except UnsupportedError:
+            continue
+        plans.append(plan)
+    return plans
+
+
 def _run_checkpoint(args: argparse.Namespace) -> int:
     """Perplexity and SQNR of a trained checkpoint on real text."""
     ck = load_checkpoint(args.model)
@@ -126,7 +141,7 @@ def _run_checkpoint(args: argparse.Namespace) -> int:
     # the runs need tokens + decode positions: KV caches sized by the model's context (8192 for
     # SmolLM2, ~0.8 GB in float64) would be mostly unused
     cfg = ck.cfg.model_copy(update={"max_positions": tokens + args.decode})
-    plans = [load_plan(name) for name in args.plan or available("plans")]
+    plans = _plans(cfg, args.plan)
     source = args.text or DEFAULT_TEXT
     text = read_text(source)
     ids = text_ids(ck.tokenizer(), text, tokens, source)

@@ -73,6 +73,11 @@ def _check(
     max_len: int,
     quant: dict[tuple[int, str], LinearQuant],
 ) -> None:
+    if plan.method.keys != "static":
+        raise UnsupportedError(
+            f"plan {plan.name}: method.keys {plan.method.keys!r} is not implemented by the "
+            "accelerator's instruction set yet (allowed: 'static'); hwflow quality measures it"
+        )
     if not 1 <= max_len <= cfg.max_positions:
         raise ConfigError(
             f"max_len = {max_len} must lie in 1..{cfg.max_positions} ({cfg.name}'s "

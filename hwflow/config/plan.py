@@ -178,12 +178,16 @@ class CompressionMethod(Frozen):
     layers; ``weights``/``rules`` may set ``group`` per op instead (a size, or ``channel``
     for per-row scales), ``lm_head`` its own. ``smooth``: the SmoothQuant alpha in [0, 1], applied wherever the
     factors fold into weights (the norms' consumers, o through v, down through up).
+    ``keys``: ``static`` (q, k and the KV cache INT8 at static per-head scales) or ``rotated``
+    (RoPE models: q and k rotated by a Hadamard transform after RoPE, keys INT8 with one
+    dynamic scale per token and head; :mod:`hwflow.numerics`, "Rotated keys").
     """
 
     prune: PruneMethod = "magnitude"
     quant: QuantMethod = "rtn"
     group: PositiveInt | None = None
     smooth: UnitInterval | None = None
+    keys: Literal["static", "rotated"] = "static"
 
     @field_validator("group")
     @classmethod
