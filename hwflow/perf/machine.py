@@ -28,9 +28,9 @@ Semantics (the contract the tests pin with exact timelines)
   :data:`~hwflow.costs.LDST_REQUEST_STAGES` after the start; the op completes one HBM latency
   after its last piece streamed plus :func:`~hwflow.costs.ldst_done_stages` (an empty one
   ``LDST_REQUEST_STAGES + 1`` after its start). The unit counts as busy while any of its transfers streams.
-* Busy cycles of a unit: the sum of its ops' issue occupancy (LD/ST: the union of the times
-  its transfers stream). Stall cycles: time a unit with a next op spent waiting for its
-  instruction, tokens or (LD/ST, while none of its transfers streams) HBM. Idle: the rest.
+* Busy cycles of a unit: the sum of its ops' issue occupancy (LD/ST: the times its transfers
+  stream). Stall cycles: time a unit with a next op spent waiting for its instruction or
+  tokens. Idle: the rest (a unit waiting for its own op to complete, LD/ST for HBM).
 * A run that ends with a unit still waiting is a deadlock: :class:`~hwflow.errors.SyncError`
   naming every blocked unit, its op and the queue it waits on.
 
@@ -500,12 +500,9 @@ class _SegmentRun:
                 done = tr.done + ldst_done_stages(u == Unit.ST)
             else:  # an empty transfer: the command register, then done
                 tr, done = Transfer(start, start, start), start + LDST_REQUEST_STAGES + 1
-            # waiting while earlier transfers still stream is not a stall
-            waited = start - (cover[u] if cover[u] > t else t)
-            self.stall[u] += waited if waited > 0 else 0
-            # busy = the union of the unit's streaming intervals (issue order)
-            lo = cover[u] if cover[u] > tr.start else tr.start
-            self.busy[u] += tr.streamed - lo if tr.streamed > lo else 0
+            # one op at a time: the unit's earlier transfers finished streaming before ``t``
+            self.stall[u] += start - t
+            self.busy[u] += tr.streamed - tr.start  # busy: the transfer streaming
             if tr.streamed > cover[u]:
                 cover[u] = tr.streamed
             span = (tr.start, tr.streamed)
