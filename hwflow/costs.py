@@ -51,7 +51,6 @@ __all__ = [
     "ACC_STAGES",
     "GROUP_STAGES",
     "HBM_ATOM_BYTES",
-    "LDST_ISSUE_CYCLES",
     "LDST_REQUEST_STAGES",
     "LD_DONE_STAGES",
     "OPERAND_STAGES",
@@ -433,8 +432,9 @@ def sfu_op_cost(
 # write is a short KV row between long weight reads). A run's last burst is rounded up to whole
 # port beats. The data of a piece is in the on-chip buffer ``latency_ns`` after the channel
 # finished streaming it (the first-beat latency; later bursts are pipelined behind it). The
-# load/store unit itself only hands a transfer's pieces to the channels' command queues:
-# ``LDST_ISSUE_CYCLES`` per transfer.
+# load/store unit runs one transfer at a time, as the RTL's does (hwflow.hw.machine.ldst: a
+# command is taken only while the unit is idle): its next transfer starts once this one is
+# done (hwflow.perf.machine).
 #
 # The core side: the HBM's AXI ports run at ``port_mhz`` (450 MHz on the U280, PG276) and a
 # clock/width converter brings each channel into the accelerator's clock domain, where a buffer
@@ -444,8 +444,6 @@ def sfu_op_cost(
 # a preset whose core clock is slow (the 100 MHz simulation preset) it, not the channel, is the
 # limit; the RTL machine's LD/ST path is built this way (hwflow.hw.machine.ldst).
 
-#: Cycles the LD/ST unit spends issuing one transfer's per-channel commands.
-LDST_ISSUE_CYCLES = 1
 #: Cycles from an LD/ST's start to its first request on the HBM port: the command register
 #: that drives the AXI address channel (hwflow.hw.machine.ldst).
 LDST_REQUEST_STAGES = 1

@@ -213,12 +213,12 @@ def test_segments_equal_the_whole_run_at_small_queue_depths(depth, tmp_path, mon
     assert (cut.cycles, cut.trace, cut.stall) == (whole.cycles, whole.trace, whole.stall)
 
 
-def test_waiting_behind_a_streaming_transfer_is_no_stall():
+def test_waiting_for_the_previous_transfer_is_no_stall():
     """tiny, 1-word ops: ld1 is fetched at cycle 1 (its one cycle of waiting is a stall),
-    starts there and streams [2, 22) on channel 0 (requested one stage after its start).
-    SFU's op is fetched at 2 and runs [2, 7), then releases LD. ld2, free since 2 (an LD
-    issues in one cycle), waits for that token until 7 while ld1 still streams: not a stall.
-    LD's stall is 1, SFU's 2 (fetched at 2)."""
+    starts there and streams [2, 22) on channel 0 (requested one stage after its start), done
+    at 22 + 11 + 2 = 35. SFU's op is fetched at 2 and runs [2, 7), then releases LD. ld2 (its
+    token there since 7) starts when ld1 is done, 35 (a unit runs one op at a time), and
+    streams [36, 40): waiting for its own unit is not a stall. LD's stall is 1, SFU's 2."""
     from hwflow.costs import HbmPiece
 
     def ld(name, ch, occ, wait=()):
@@ -227,7 +227,7 @@ def test_waiting_behind_a_streaming_transfer_is_no_stall():
 
     prog = [ld("ld1", 0, 20), MOp(SFU, "s", 1, 5, 5, (), (LD,)), ld("ld2", 1, 4, (SFU,))]
     r = Machine(load_hw("tiny"), trace=True).run(prog)
-    assert r.trace == [("sfu", "s", 2, 7), ("ld", "ld1", 2, 22), ("ld", "ld2", 8, 12)]
+    assert r.trace == [("sfu", "s", 2, 7), ("ld", "ld1", 2, 22), ("ld", "ld2", 36, 40)]
     assert (r.stall["ld"], r.stall["sfu"]) == (1, 2)
 
 

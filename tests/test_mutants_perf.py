@@ -184,12 +184,11 @@ def test_empty_transfer_is_done_when_issued():
     assert (v.start, v.streamed, v.done) == (7, 7, 7)
 
 
-def test_ld_busy_is_the_union_of_overlapping_transfers_and_channel_cycles_add_up():
-    """Two loads on tiny, pieces made by hand: ld1 streams 20 cycles on channel 0 from cycle
-    0; ld2 is issued one cycle later (LD/ST issue: 1 cycle) and streams 14 on channel 1,
-    [1, 15), inside ld1's [0, 20): LD is busy 20 cycles (the union), not 34. A third load
-    after a barrier cut streams 7 more: the channels streamed 20 + 14 + 7 = 41 cycles, whole
-    or run in segments."""
+def test_ld_busy_is_its_transfers_streaming_and_channel_cycles_add_up():
+    """Two loads on tiny, pieces made by hand: ld1 streams 20 cycles on channel 0; ld2 starts
+    once ld1 is done (a unit runs one op at a time) and streams 14 on channel 1: LD is busy
+    20 + 14 = 34 cycles. A third load after a barrier cut streams 7 more: the channels
+    streamed 20 + 14 + 7 = 41 cycles, whole or run in segments."""
     from hwflow.costs import HbmPiece
     from hwflow.perf.machine import Machine, MOp, SegmentMemo, barrier_cuts
 
@@ -205,7 +204,7 @@ def test_ld_busy_is_the_union_of_overlapping_transfers_and_channel_cycles_add_up
     hw = load_hw("tiny")
     two = [ld("ld1", 0, 20), ld("ld2", 1, 14)]
     stats = Machine(hw).run(two)
-    assert stats.busy["ld"] == 20
+    assert stats.busy["ld"] == 34
     assert stats.hbm_channel_cycles == 34
     barrier = [
         sync(LD, release=(SFU,)),

@@ -63,19 +63,23 @@ def test_double_buffer_ld_runs_ahead(tiny):
     mvs = [M(MV, f"MV{i}", 30, 35, wait=(LD,), release=(LD,)) for i in range(4)]
     r = Machine(tiny, trace=True).run(streams(*lds, *mvs))
     starts = {name: (s, e) for _, name, s, e in r.trace}
-    # requests one cycle after the start, done 11 + 2 after streaming (costs.LDST_*):
-    # LD0 1..21 (done 34), LD1 21..41 (done 54); MV0 34..64 (done 69); LD2 waits MV0 -> 70..90
-    assert starts["LD0"] == (1, 21) and starts["LD1"] == (21, 41)
-    assert starts["MV0"] == (34, 64) and starts["MV1"] == (64, 94)
-    assert starts["LD2"] == (70, 90) and starts["MV2"] == (103, 133)
-    assert starts["LD3"] == (100, 120) and starts["MV3"] == (133, 163)
-    assert r.cycles == 168
+    # requests one cycle after the start, done 11 + 2 after streaming (costs.LDST_*); a unit
+    # takes its next op once the previous one is done: LD0 1..21 (done 34), LD1 35..55 (done
+    # 68); MV0 34..64 (done 69), MV1 after MV0: 69..99 (done 104); LD2 waits MV0 -> 70..90
+    # (done 103), MV2 104..134 (done 139); LD3 waits MV1 -> 105..125 (done 138), MV3 139..169
+    assert starts["LD0"] == (1, 21) and starts["LD1"] == (35, 55)
+    assert starts["MV0"] == (34, 64) and starts["MV1"] == (69, 99)
+    assert starts["LD2"] == (70, 90) and starts["MV2"] == (104, 134)
+    assert starts["LD3"] == (105, 125) and starts["MV3"] == (139, 169)
+    assert r.cycles == 174
     # the two MV -> LD tokens of MV2 and MV3 were never consumed
     assert r.leftover_tokens == {"mv->ld": 2}
 
 
-def test_in_order_completion(tiny):
-    """A short op behind a long one completes no earlier than it (in-order retire)."""
+def test_one_op_at_a_time(tiny):
+    """A unit takes its next op once the previous one completed (the RTL units' ``cmd.ready``
+    is "not running"): the short op starts at the long one's completion (50) and completes 3
+    later."""
     ops = streams(
         M(SFU, "long", 2, 50, release=(MV,)),
         M(SFU, "short", 2, 3, release=(MV,)),
@@ -83,7 +87,12 @@ def test_in_order_completion(tiny):
         M(MV, "b", 1, 1, wait=(SFU,)),
     )
     r = Machine(tiny, trace=True).run(ops)
-    assert [t for t in r.trace if t[0] == "mv"] == [("mv", "a", 50, 51), ("mv", "b", 51, 52)]
+    assert [t for t in r.trace if t[0] == "sfu"] == [
+        ("sfu", "long", 0, 2),
+        ("sfu", "short", 50, 52),
+    ]
+    assert [t for t in r.trace if t[0] == "mv"] == [("mv", "a", 50, 51), ("mv", "b", 53, 54)]
+    assert r.cycles == 54
 
 
 def test_channel_contention(tiny):

@@ -208,15 +208,15 @@ def test_sync_cycles_match_the_model_and_a_wrong_expectation_fails() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 7 target not met: measured LD -22.0 %, ST -25.7 % on this program (tiny-llama "
-    "16+8: LD +3.6 %, ST +14.8 %), channel queueing before a transfer's first piece counted as "
-    "stall on both sides (hwflow.hw.machine.cycles). What is left is how contention is ordered: "
-    "the model's LD/ST hand a whole transfer's pieces to the channels at once and issue the next "
-    "transfer a cycle later (here its LDs queue behind each other and its spans include that "
-    "stagger), the RTL's run one command at a time and issue one AXI burst per cycle, so LD and "
-    "ST bursts interleave on the shared channels in another order (here the 4-row LD at 9000 "
-    "waits 20 cycles behind the concurrent ST's bursts); plus the RTL's one-beat-per-cycle port "
-    "tail (+3..5 cycles when several channels finish a transfer together)",
+    reason="issue 7 target not met: measured LD +6.8 %, ST -5.7 % on this program (tiny-llama "
+    "16+8: LD +5.9 %, ST +14.8 %), channel queueing before a transfer's first piece not busy "
+    "time on both sides (hwflow.hw.machine.cycles); both run one LD/ST command at a "
+    "time. What is left: the RTL's LD port delivers one beat per cycle in burst order, so "
+    "bursts whose channels finish together queue there (+3..5 cycles at a multi-channel "
+    "transfer's end; the model's channels deliver side by side), and how contention is "
+    "ordered: the model hands a whole transfer's pieces to the channels at once, the RTL one "
+    "AXI burst per cycle, so LD and ST bursts interleave on the shared channels in another "
+    "order",
 )
 def test_ldst_cycles_match_the_model_within_2_percent() -> None:
     """The LD/ST classes of the same program within 2 % of the model (the issue's target):

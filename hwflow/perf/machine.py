@@ -12,22 +12,25 @@ Semantics (the contract the tests pin with exact timelines)
   most a queue's depth). An instruction is in its queue ``words`` cycles after the previous
   one (SYS instructions -- loops, register writes -- are resolved by :func:`hwflow.isa.expand`
   and not charged). An instruction leaves its queue when its unit issues it.
-* Each unit runs its own stream in order. An op may start once the unit has issued the
-  previous op's last beat (units are pipelined: ``beats`` is the initiation interval) and
-  once it holds one token from every unit in its ``wait`` set.
+* Each unit runs its own stream in order, one op at a time: an op may start once the
+  previous op of its unit has *completed* (below) and once it holds one token from every unit
+  in its ``wait`` set. This is the RTL machine's structure (:mod:`hwflow.hw.machine`): every
+  unit (``mmu``, ``sfu``, ``ldst``) takes a command only while idle (``cmd.ready`` = not
+  running) and is idle again in the cycle after its ``done`` pulse, the cycle its tokens are
+  visible; a unit that overlapped an op's drain with the next op's beats would need an
+  interlock for an op reading what the previous one writes, which neither side has.
 * Tokens flow through one FIFO per ordered pair of units (producer -> consumer), like
   FlightLLM's wait/release masks and VTA's dependency queues. A token released by an op
   becomes visible when the op *completes*: ``start + latency`` (results written), and a unit
   completes in order (a later op never completes before an earlier one of the same unit).
 * LD and ST ops move bytes through :class:`~hwflow.perf.hbm.HbmChannels`: the op starts when
-  its tokens are in and hands its pieces to their channels' FIFOs in
-  :data:`~hwflow.costs.LDST_ISSUE_CYCLES`, where they arrive
+  its tokens are in and hands its pieces to their channels' FIFOs, where they arrive
   :data:`~hwflow.costs.LDST_REQUEST_STAGES` after the start; the op completes one HBM latency
   after its last piece streamed plus :func:`~hwflow.costs.ldst_done_stages` (an empty one
   ``LDST_REQUEST_STAGES + 1`` after its start). The unit counts as busy while any of its transfers streams.
-* Busy cycles of a unit: the sum of its ops' issue occupancy (LD/ST: the union of the times
-  its transfers stream). Stall cycles: time a unit with a next op spent waiting for its
-  instruction, tokens or (LD/ST, while none of its transfers streams) HBM. Idle: the rest.
+* Busy cycles of a unit: the sum of its ops' issue occupancy (LD/ST: the times its transfers
+  stream). Stall cycles: time a unit with a next op spent waiting for its instruction or
+  tokens. Idle: the rest (a unit waiting for its own op to complete, LD/ST for HBM).
 * A run that ends with a unit still waiting is a deadlock: :class:`~hwflow.errors.SyncError`
   naming every blocked unit, its op and the queue it waits on.
 
@@ -49,7 +52,7 @@ from dataclasses import dataclass, field
 import simpy
 
 from hwflow.config import Buffers, HardwarePreset
-from hwflow.costs import LDST_ISSUE_CYCLES, LDST_REQUEST_STAGES, HbmPiece, ldst_done_stages
+from hwflow.costs import LDST_REQUEST_STAGES, HbmPiece, ldst_done_stages
 from hwflow.errors import SyncError
 from hwflow.isa import TOKEN_UNITS, Unit
 from hwflow.perf.hbm import HbmChannels, Transfer
@@ -82,7 +85,7 @@ class MOp:
     unit: int  #: index into :data:`UNITS`
     name: str  #: mnemonic, for traces
     words: int  #: 32-bit instruction words the dispatcher reads
-    beats: int  #: cycles the unit's input is occupied (initiation interval)
+    beats: int  #: cycles the unit's input is occupied (its busy cycles)
     latency: int  #: cycles from start to results written (>= beats); LD/ST: 0, HBM decides
     wait: tuple[int, ...] = ()  #: producer units whose token this op consumes before it starts
     release: tuple[int, ...] = ()  #: consumer units that get a token when this op completes
@@ -463,7 +466,7 @@ class _SegmentRun:
             if op.hbm is not None and start > now:  # join the channels' FIFOs on arrival
                 counter[0] += 1
                 yield env.timeout(start - now)
-            issue_end, done = self._issue(u, op, start, t)
+            done = self._issue(u, op, start, t)
             if done < done_prev:
                 done = done_prev
             done_prev = done
@@ -478,7 +481,7 @@ class _SegmentRun:
                 if q.waiter is not None:
                     w, q.waiter = q.waiter, None
                     w.succeed()
-            delay = issue_end - env.now
+            delay = done - env.now  # one op at a time: the next one after this completes
             if delay > 0:
                 counter[0] += 1
                 yield env.timeout(delay)
@@ -487,9 +490,9 @@ class _SegmentRun:
         self.pos[u] = len(self.streams[u])
         self.finished[u] = True
 
-    def _issue(self, u: int, op: MOp, start: int, t: int) -> tuple[int, int]:
+    def _issue(self, u: int, op: MOp, start: int, t: int) -> int:
         """Start ``op`` on unit ``u`` at ``start`` (its unit was free from ``t``): account busy,
-        stall and trace; return (end of its issue, completion)."""
+        stall and trace; return its completion."""
         cover = self.cover
         if op.hbm is not None:
             if op.hbm:  # requested one register stage after the start (costs.LDST_*)
@@ -497,24 +500,20 @@ class _SegmentRun:
                 done = tr.done + ldst_done_stages(u == Unit.ST)
             else:  # an empty transfer: the command register, then done
                 tr, done = Transfer(start, start, start), start + LDST_REQUEST_STAGES + 1
-            # waiting while earlier transfers still stream is not a stall
-            waited = start - (cover[u] if cover[u] > t else t)
-            self.stall[u] += waited if waited > 0 else 0
-            issue_end = start + LDST_ISSUE_CYCLES
-            # busy = the union of the unit's streaming intervals (issue order)
-            lo = cover[u] if cover[u] > tr.start else tr.start
-            self.busy[u] += tr.streamed - lo if tr.streamed > lo else 0
+            # one op at a time: the unit's earlier transfers finished streaming before ``t``
+            self.stall[u] += start - t
+            self.busy[u] += tr.streamed - tr.start  # busy: the transfer streaming
             if tr.streamed > cover[u]:
                 cover[u] = tr.streamed
             span = (tr.start, tr.streamed)
         else:
-            issue_end, done = start + op.beats, start + op.latency
+            issue_end, done = start + op.beats, start + op.latency  # busy: the beats
             self.busy[u] += op.beats
             self.stall[u] += start - t
             span = (start, issue_end)
         if self.trace_on:
             self.trace.append((UNITS[u], op.name, span[0], max(span[1], span[0] + 1)))
-        return issue_end, done
+        return done
 
     def _check_finished(self) -> None:
         """SyncError naming every blocked unit (and a blocked dispatcher) unless all finished."""

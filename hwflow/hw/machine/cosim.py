@@ -152,10 +152,11 @@ def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pre
     absent = any(s["absent_used"] for s in run.steps)
     cpu = run.extra.get("sim_cpu_seconds", 0.0)
     rtl = sum(s["cycles"] - s["fetch_cycles"] for s in run.steps)
-    model, table = 0, {}
+    model, table, per_step = 0, {}, []
     for step, s in zip(ref["steps"], run.steps, strict=True):
         cyc, per = model_times(hw, prog, step.phase, step.runtime)
         model += cyc
+        per_step.append({"phase": step.phase, "rtl": s["cycles"] - s["fetch_cycles"], "model": cyc})
         for row in class_table(s["records"], per):
             acc = table.setdefault(row.name, [0, 0.0, 0.0])
             acc[0] += row.count
@@ -169,6 +170,7 @@ def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pre
         fetch_cycles=sum(s["fetch_cycles"] for s in run.steps),
         model_cycles=model,
         cycle_error=(rtl - model) / model if model else 0.0,
+        step_cycles=per_step,  # per step: the RTL's cycles after the fetch, the model's
         classes={
             k: {
                 "n": v[0],

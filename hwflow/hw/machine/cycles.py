@@ -11,11 +11,10 @@ run each unit in order, so the n-th instruction of a unit on one side is the n-t
 other. :func:`class_table` averages per instruction class (LD, ST, MM, MV, SFU, SYNC).
 
 What an LD/ST's *busy* time is. The HBM channels are shared: a transfer whose channels are
-still streaming other transfers (the other unit's, or in the model its own unit's earlier
-ones) queues until the first of its pieces holds a channel. Both sides count that queueing as
-the unit's *stall*, not its busy time: the model's trace span starts at that first channel
-start (:mod:`hwflow.perf.machine`: "Busy cycles ... LD/ST: the union of the times its transfers
-stream; Stall cycles: ... waiting for ... HBM"), and the RTL record carries the cycles the
+still streaming the other unit's transfers queues until the first of its pieces holds a
+channel. Neither side counts that queueing as the unit's busy time: the model's trace span
+starts at that first channel start (:mod:`hwflow.perf.machine`: "Busy cycles ... LD/ST: the
+times its transfers stream"), and the RTL record carries the cycles the
 transfer's first burst queued at the simulated HBM before its first piece held a channel
 (:mod:`hwflow.hw.machine.hbm_sim`, ``chan_*_wait``), which :func:`class_table` subtracts. So the
 per-class figure holds each unit to its cost function (``costs.hbm_pieces`` for LD/ST), while
