@@ -834,3 +834,24 @@ def test_stores_and_hopping_rows_cost_more_channel_time():
               rows=1)  # fmt: skip
     assert (occ(st), occ(_ld(row_bytes=64, stride=64))) == (4, 2)
     assert occ(_ld(rows=4, row_bytes=64, stride=1024)) > occ(_ld(row_bytes=256))
+
+
+def test_a_transfer_from_a_negative_hbm_address_is_refused():
+    """A register can make an LD's address negative (SETI R3 = -256, then ``hbm = 0 + R3``):
+    refused by name with the address; with R3 = 256 the same LD is priced (on channel 1 of
+    tiny's 256-byte granules), with R3 = 0 on channel 0."""
+    from hwflow.errors import ProgramError
+    from hwflow.isa import expand, make
+    from hwflow.perf.lower import lower
+
+    hw = load_hw("tiny")
+
+    def ops(imm):
+        t = _tpl([make("SETI", rd=3, imm=imm), _ld(hbm=0, reg=3)])
+        return lower(hw, expand(t, Runtime(1, 0)))[0]
+
+    with pytest.raises(ProgramError) as err:
+        ops(-256)
+    assert str(err.value) == "LD (pc 1) starts at HBM byte -256; HBM bytes are 0 and up"
+    assert _channels(ops(256)) == [[1]]
+    assert _channels(ops(0)) == [[0]]
