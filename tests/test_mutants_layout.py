@@ -426,3 +426,137 @@ def test_biased_tiles_fit_their_slot():
     q = next(ts for ts in layout.tiles[0] if ts.name == "q")
     assert (q.tile_bytes(1), q.rows, q.tile_bytes(q.rows)) == (71, 20, 1420)
     assert all(ts.tile_bytes(ts.rows) <= 1536 for ts in layout.tiles[0])
+
+
+def test_parameter_blob_offsets_by_hand():
+    """The module doc's blob on tiny-llama (hidden 64, 4 heads, 7 linear ops): a norm record is
+    an int32 pre-shift and 64 INT16 gains, 132 bytes; norm1 at 0, norm2 at 132, the seven
+    int32 guards from 264, the scores' (mult, shift) per head from 264 + 28 = 292, the pv's
+    (mult, shift, guard) per head from 292 + 32 = 324, the act's (mult, shift) at 324 + 48 =
+    372, ending at 380: 384 bytes (whole 64-byte units). With one head: scores at 292, pv at
+    300, act at 312, ending at exactly 320. The final blob: the norm record at 0, the head's
+    guard at 132, 192 bytes; at hidden 28 the record is 60 bytes, the guard ends at exactly 64."""
+    from hwflow.compiler.layout import final_blob, param_blob
+    from hwflow.config import load_model
+
+    cfg = load_model("tiny-llama")
+    assert (cfg.hidden, cfg.heads, len(cfg.linear_ops)) == (64, 4, 7)
+    blob = param_blob(cfg)
+    guards = {f"{op}.guard": 264 + 4 * i for i, op in enumerate(cfg.linear_ops)}
+    want = {"norm1": 0, "norm2": 132, **guards, "scores": 292, "pv": 324, "act": 372}
+    assert (dict(blob.offsets), blob.size) == (want, 384)
+    one = param_blob(cfg.model_copy(update={"heads": 1}))
+    assert (one["scores"], one["pv"], one["act"], one.size) == (292, 300, 312, 320)
+    fin = final_blob(cfg)
+    assert (dict(fin.offsets), fin.size) == ({"norm": 0, "head.guard": 132}, 192)
+    fin = final_blob(cfg.model_copy(update={"hidden": 28}))
+    assert (dict(fin.offsets), fin.size) == ({"norm": 0, "head.guard": 60}, 64)
+
+
+def test_a_missing_region_is_named():
+    """Asking a layout for a region it does not have raises KeyError naming it."""
+    from hwflow.compiler.layout import HbmLayout
+    from hwflow.isa import Region
+
+    lay = HbmLayout((Region("kv", 0, 64, "kv"),), (), {}, None, 0, 0, 0, 64)  # type: ignore[arg-type]
+    assert lay.region("kv").size == 64
+    with pytest.raises(KeyError) as err:
+        lay.region("rope")
+    assert err.value.args == ("rope",)
+
+
+def _plan_layout(model: str, plan: str, **update):
+    from hwflow.compiler.layout import plan_hbm
+    from hwflow.config import load_hw, load_model, load_plan
+
+    cfg = load_model(model).model_copy(update=update)
+    p = load_plan(plan)
+    return cfg, plan_hbm(cfg, p.resolve(cfg), p.head(), load_hw("tiny"), 16)
+
+
+def test_a_layout_planned_without_a_batch_holds_one_sequence():
+    """plan_hbm's batch defaults to one sequence: one KV cache (tiny-llama at max_len 16:
+    2 KiB, 2 layers x K and V of 2 kv heads x 16 positions x 16 dims) and one row of logits."""
+    _, lay = _plan_layout("tiny-llama", "w8a8")
+    assert (lay.batch, lay.kv_seq_bytes, lay.region("kv").size) == (1, 2048, 2048)
+
+
+def test_layer_norm_betas_make_biased_tiles_of_the_ops_they_feed():
+    """tiny-opt without its own biases: the LayerNorm betas fold into q, k, v (after norm1)
+    and up (after norm2) as INT32 biases; o and down keep none."""
+    _, lay = _plan_layout("tiny-opt", "w8a8", bias=False)
+    got = {ts.name: ts.bias for ts in lay.tiles[0]}
+    assert got == {"q": True, "k": True, "v": True, "o": False, "up": True, "down": False}
+
+
+def test_a_layer_row_too_wide_for_a_weight_slot_is_named():
+    """tiny-llama widened to hidden = intermediate = 768 (w8a8: INT8 everywhere) on a copy of
+    tiny with a 1 KiB weight buffer (two 512-byte slots): the first layer op's row, 768 INT8
+    bytes + 2 (mult) + 1 (shift) = 771, does not fit: refused, naming layer 0's q."""
+    from hwflow.compiler import compile_model
+    from hwflow.config import load_hw, load_model, load_plan
+    from hwflow.errors import CapacityError
+
+    cfg = load_model("tiny-llama")
+    wide = cfg.model_copy(update={"hidden": 768, "intermediate": 768, "head_dim": 768 // cfg.heads})
+    hw = load_hw("tiny")
+    hw = hw.model_copy(update={"buffers": hw.buffers.model_copy(update={"weight_kib": 1})})
+    with pytest.raises(CapacityError) as err:
+        compile_model(wide, load_plan("w8a8"), hw, 16)
+    assert str(err.value) == (
+        "tiny-llama / w8a8 on preset tiny at max_len 16: L0.q: one weight row needs 771 bytes "
+        "but a weight slot (1/2 of buffers.weight_kib) holds 512 bytes"
+    )
+
+
+def test_slot_factors_are_muli_immediates():
+    """The factors go into MULI immediates: integers that encode and read back."""
+    from hwflow.isa import decode_stream, encode_stream, make
+
+    a, b = slot_factors(3 * 2**21)
+    words = encode_stream([make("MULI", rd=4, ra=15, imm=a), make("MULI", rd=4, ra=4, imm=b)])
+    assert [i.fields["imm"] for i in decode_stream(words)] == [6, 2**20]
+    assert type(a) is int and type(b) is int
+
+
+def test_readers_take_the_bytes_as_any_array():
+    """The tile's bytes read back the same from a list of byte values (decode, unpack_rows)
+    and from a signed view (decode_groups: multipliers of 128 and up stay unsigned);
+    pack_rows packs fields of any integer dtype (uint64 too). unpack_rows refuses bytes that
+    are not its rows x whole rows (4 INT4 fields: 2 bytes a row; 6 bytes for 2 rows)."""
+    from hwflow.compiler.layout import pack_rows, unpack_rows
+
+    codes = np.array([[1, -2] * 8, [3, -4] * 8])
+    bias, mult, shift = np.array([-70000, 5]), np.array([300, 301]), np.array([-2, 3])
+    blob = encode_tile(codes, None, bias, mult, shift, 1, 1, 8, GEO)
+    got = TileSpec.decode(blob.tolist(), 2, 16, 1, 1, 8, True, GEO)
+    assert [g.tolist() for g in got] == [codes.tolist(), [-70000, 5], [300, 301], [-2, 3]]
+    assert unpack_rows([0x21, 0x43], 4, 1, 4, False).tolist() == [[1, 2, 3, 4]]
+    assert pack_rows(np.array([[5, 250]], np.uint64), 8).tolist() == [[5, 250]]
+    with pytest.raises(ValueError):
+        unpack_rows(np.zeros(6, np.uint8), 4, 2, 4, False)
+    gm = np.array([[200, 7], [130, 255]])
+    g = encode_tile(codes[:, :16], None, None, mult, shift, 1, 1, 8, GEO, gm)
+    at = TileSpec.sections(2, 16, 1, 1, 8, False, GEO, 8)
+    got = TileSpec.decode_groups(g.view(np.int8), 2, 16, 1, 1, GEO, at, 8)
+    assert got.dtype == np.int64 and got.tolist() == gm.tolist()
+
+
+def test_group_multipliers_are_written_as_bytes():
+    """encode_tile writes the group multipliers one byte each whatever array holds them
+    (here int64): two rows (one stripe) of K = 16 in groups of 8, rows' multipliers group by
+    group after the 32 code bytes, 4 multiplier and 2 shift bytes."""
+    codes = np.zeros((2, 16), np.int64)
+    mult, shift = np.array([1, 2]), np.array([0, 0])
+    g = encode_tile(codes, None, None, mult, shift, 1, 1, 8, GEO, np.array([[200, 7], [130, 255]]))
+    assert g.dtype == np.uint8 and g[38:].tolist() == [200, 130, 7, 255]
+
+
+def test_a_dense_tile_of_m_columns_per_block_decodes():
+    """Dense at N = M = 16 (the preset's sparsity.m, as the compiler stores dense ops): no
+    index bits; the codes decode back."""
+    codes = (np.arange(2 * 32).reshape(2, 32) % 200 - 100).astype(np.int64)
+    mult, shift = np.array([3, 4]), np.array([5, 6])
+    blob = encode_tile(codes, None, None, mult, shift, 16, 16, 8, GEO)
+    got = TileSpec.decode(blob, 2, 32, 16, 16, 8, False, GEO)
+    assert np.array_equal(got[0], codes)
