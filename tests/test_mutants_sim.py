@@ -855,3 +855,42 @@ def test_a_transfer_from_a_negative_hbm_address_is_refused():
     assert str(err.value) == "LD (pc 1) starts at HBM byte -256; HBM bytes are 0 and up"
     assert _channels(ops(256)) == [[1]]
     assert _channels(ops(0)) == [[0]]
+
+
+def test_reuse_keys_an_inner_loop_by_a_register_its_address_is_copied_from():
+    """Twice: an inner loop that twice copies R3 into R5 (R5 = R3 + 0) and loads 256 bytes
+    from R5, then R3 += 256. The inner body reads R3 only through the copy, which is modular
+    arithmetic into an address register: R3 keys the inner loop (modulo the period), so the
+    second outer iteration's loads are priced on channel 1, not taken from the first's
+    channel 0."""
+    from hwflow.isa import make
+
+    body = [
+        make("SETI", rd=3, imm=0),
+        make("LOOP", count=2),
+        make("LOOP", count=2),
+        make("ADDI", rd=5, ra=3, imm=0),
+        _ld(reg=5),
+        make("ENDLOOP"),
+        make("ADDI", rd=3, ra=3, imm=256),
+        make("ENDLOOP"),
+    ]
+    _reuse_agrees(body, [[0], [0], [1], [1]])
+
+
+def test_strided_stores_pay_the_turnaround_on_every_row():
+    """tiny: four 64-byte rows 1024 apart (one channel, a new DRAM row each): a store pays the
+    read/write turnaround (2 x 10 ns = 2 cycles at 100 MHz) on each row's run, 8 cycles more
+    than the same load."""
+    from hwflow.isa import Buf, XferKind, expand, make
+    from hwflow.perf.lower import lower
+
+    hw = load_hw("tiny")
+    assert (hw.hbm.turnaround_ns, hw.clock_mhz) == (10, 100)
+
+    def occ(instr):
+        return lower(hw, expand(_tpl([instr]), Runtime(1, 0)))[0][0].hbm_occupancy
+
+    st = make("ST", kind=XferKind.LOGITS, hbm=0, hbm_stride=1024, buf=Buf.ACT, row_bytes=64,
+              rows=4)  # fmt: skip
+    assert occ(st) == occ(_ld(rows=4, row_bytes=64, stride=1024)) + 8
