@@ -465,13 +465,15 @@ def test_a_missing_region_is_named():
     assert err.value.args == ("rope",)
 
 
-def _plan_layout(model: str, plan: str, **update):
+def _plan_layout(model: str, plan: str, hw=None, **update):
+    """The layout of ``model`` (its config updated by ``update``) under ``plan`` on ``hw``
+    (default tiny) at max_len 16, planned alone (no program placed after it)."""
     from hwflow.compiler.layout import plan_hbm
     from hwflow.config import load_hw, load_model, load_plan
 
     cfg = load_model(model).model_copy(update=update)
     p = load_plan(plan)
-    return cfg, plan_hbm(cfg, p.resolve(cfg), p.head(), load_hw("tiny"), 16)
+    return cfg, plan_hbm(cfg, p.resolve(cfg), p.head(), hw or load_hw("tiny"), 16)
 
 
 def test_a_layout_planned_without_a_batch_holds_one_sequence():
@@ -560,3 +562,51 @@ def test_a_dense_tile_of_m_columns_per_block_decodes():
     blob = encode_tile(codes, None, None, mult, shift, 16, 16, 8, GEO)
     got = TileSpec.decode(blob, 2, 32, 16, 16, 8, False, GEO)
     assert np.array_equal(got[0], codes)
+
+
+def test_a_biased_head_is_sized_with_its_bias():
+    """tiny-opt (LayerNorm: the final norm's beta folds into the head as an INT32 bias), w8a8,
+    on a copy of tiny with a 3 KiB weight buffer (two 1536-byte slots): a head row is 64 INT8
+    values + 4 + 2 + 1 = 71 bytes, 21 rows fit, 20 in whole 2-row groups; sized without the
+    bias (67 bytes) it would take 22 rows, 1562 bytes, more than the slot."""
+    from hwflow.config import load_hw
+
+    hw = load_hw("tiny")
+    hw = hw.model_copy(update={"buffers": hw.buffers.model_copy(update={"weight_kib": 3})})
+    head = _plan_layout("tiny-opt", "w8a8", hw=hw)[1].head
+    assert (head.bias, head.tile_bytes(1), head.rows, head.tile_bytes(head.rows)) == (
+        True, 71, 20, 1420
+    )  # fmt: skip
+
+
+def test_a_model_with_learned_positions_has_no_rope_table():
+    """tiny-opt learns its position embeddings: no RoPE rows, no rope region."""
+    _, lay = _plan_layout("tiny-opt", "w8a8")
+    assert lay.rope_row == 0
+    assert [r.name for r in lay.regions] == ["L0", "L1", "final", "kv", "input", "logits"]
+
+
+def test_v_heads_start_half_the_channels_after_their_k_heads():
+    """tiny-llama with one kv head at max_len 16: a head is 16 positions x 16 dims = 256
+    bytes, one granule; the V head starts half of tiny's 4 channels (2 granules, 512 bytes)
+    after the K head, and a layer's K and V fit one 1024-byte period."""
+    _, lay = _plan_layout("tiny-llama", "w8a8", kv_heads=1)
+    assert (lay.kv_head_bytes, lay.kv_v_offset, lay.kv_layer_bytes) == (256, 512, 1024)
+
+
+def test_a_layout_may_fill_the_hbm_to_its_last_byte():
+    """tiny-llama / flightllm at max_len 16 needs 65 KiB (test_capacity_refusal_word_for_word):
+    a copy of tiny with exactly 65 KiB of HBM holds it; with 64 KiB it is refused."""
+    from hwflow.config import load_hw
+    from hwflow.errors import CapacityError
+
+    hw = load_hw("tiny")
+
+    def sized(kib):
+        return hw.model_copy(
+            update={"hbm": hw.hbm.model_copy(update={"capacity_gib": kib / 2**20})}
+        )
+
+    assert _plan_layout("tiny-llama", "flightllm", hw=sized(65))[1].total == 65 * 1024
+    with pytest.raises(CapacityError):
+        _plan_layout("tiny-llama", "flightllm", hw=sized(64))
