@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import hwflow.compiler
@@ -612,11 +614,13 @@ def test_a_link_op_is_priced_with_its_words():
 
 
 def test_a_batched_decode_task_runs_every_sequence_at_its_position():
-    """A decode task of batch 3 at position 7: three sequences, each 7 positions in; a
-    prefill task of 5 tokens into KV-cache slot 2; a plain decode step: LEN 1 at 7."""
+    """A decode task of batch 3 at position 7: three sequences, each 7 positions in (of
+    batch 2: two); a prefill task of 5 tokens into KV-cache slot 2; a plain decode step: LEN 1
+    at 7."""
     from hwflow.perf.sim import task_runtime
 
     assert task_runtime("decode", 1, 7, 3) == Runtime.batch([7, 7, 7])
+    assert task_runtime("decode", 1, 7, 2) == Runtime.batch([7, 7])
     assert task_runtime("prefill", 5, 2) == Runtime(5, 0, 2)
     assert task_runtime("decode", 1, 7) == Runtime(1, 7)
 
@@ -894,3 +898,70 @@ def test_strided_stores_pay_the_turnaround_on_every_row():
     st = make("ST", kind=XferKind.LOGITS, hbm=0, hbm_stride=1024, buf=Buf.ACT, row_bytes=64,
               rows=4)  # fmt: skip
     assert occ(st) == occ(_ld(rows=4, row_bytes=64, stride=1024)) + 8
+
+
+def test_an_unknown_mode_is_refused_by_name():
+    """A simulation mode other than exact or fast: refused, naming it and the allowed ones."""
+    from hwflow.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        sim._check_case("slow", 4, 1, 64)
+    assert str(err.value) == "mode 'slow' unknown (allowed: exact, fast)"
+
+
+def test_wall_time_is_the_time_the_simulation_took(tiny, tmp_path, monkeypatch):
+    """The reported wall time is positive and no longer than the call measured around it."""
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    t0 = time.perf_counter()
+    r = sim.simulate(*tiny, 4, 1, mode="exact")
+    assert 0 < r.wall_s <= time.perf_counter() - t0
+
+
+def test_a_fast_traced_run_holds_one_decode_step(tiny, tmp_path, monkeypatch):
+    """Fast mode stands one simulated step in for the equal ones of its bucket: traced, the
+    timeline is still the prefill's and the first decode step's, as an exact traced run of
+    that one step gives (not the stand-in repeated for the steps it stands for)."""
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    one = sim.simulate(*tiny, 4, 1, mode="exact", trace=True)
+    many = sim.simulate(*tiny, 4, 3, mode="fast", trace=True)
+    assert many.simulated_steps < 4  # some step stood in for another
+    assert many.trace == one.trace
+
+
+def test_workers_set_the_pool(tiny, tmp_path, monkeypatch):
+    """``workers`` forked processes when above 1 and there are two tasks or more: a pool of
+    2 for 2 workers; none for 1 worker (the calling process runs the tasks), nor for a
+    prefill alone (one task)."""
+    import multiprocessing.pool
+
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    pools = []
+
+    class Spy(multiprocessing.pool.Pool):
+        def __init__(self, processes=None, *args, **kw):
+            pools.append(processes)
+            super().__init__(processes, *args, **kw)
+
+    monkeypatch.setattr(multiprocessing.pool, "Pool", Spy)
+    sim.simulate(*tiny, 4, 2, mode="exact", workers=1)
+    assert pools == []
+    sim.simulate(*tiny, 4, 0, mode="exact", workers=2)
+    assert pools == []
+    sim.simulate(*tiny, 4, 2, mode="exact", workers=2)
+    assert pools == [2]
+
+
+def test_a_worker_runs_a_batched_decode_task_batched(tiny, tmp_path, monkeypatch):
+    """A batched program's decode task of batch 2 at position 7: the worker runs one step of
+    LEN 2 (both sequences at 7), the step a batch of two runs on its own, not a single
+    sequence's."""
+    from hwflow.perf.sim import run_step
+
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    cfg, plan, hw = tiny
+    prog = sim.compile_cached(cfg, plan, hw, 64, batch=2)
+    monkeypatch.setattr(sim, "_JOB", {"hw": hw, "prog": prog})
+    [(p, r, simulated)] = sim._job(("decode", 1, (7,), False, False, 2))
+    want = run_step(hw, prog, "decode", Runtime.batch([7, 7]))
+    assert (p, simulated, r.phase, r.length, r.pos) == (7, True, "decode", 2, 7)
+    assert r.cycles == want.cycles and r.stats.busy == want.stats.busy
