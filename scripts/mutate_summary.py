@@ -12,8 +12,8 @@ change behaviour (taken out of the denominator), and under "## Killed when appli
 mutants mutmut cannot activate (code run at import) that a test kills when the change is made
 in the source (counted as killed). The file says why for each. ``--markdown`` prints the
 table as Markdown. ``--open`` also prints, per module, the survivors EQUIVALENT.md does not
-list (each needs a test or an entry) and the listed names that did not survive the last run
-(stale entries: renumbered or killed since).
+list (each needs a test or an entry) and the equivalent entries that did not survive the last
+run (stale: renumbered or killed since).
 """
 
 from __future__ import annotations
@@ -74,12 +74,19 @@ def tally(codes: dict[str, int | None], marks: dict[str, str]) -> Counter[str]:
 
 
 def open_notes(mod: str, codes: dict[str, int | None], marks: dict[str, str]) -> list[str]:
-    """The survivors EQUIVALENT.md does not list, and its entries that did not survive."""
+    """The survivors EQUIVALENT.md does not list, and its entries the last run contradicts:
+    an equivalent mutant that did not survive (renumbered, or a test kills it since). A
+    mutant listed as killed by hand that mutmut also killed (re-run by name once the test
+    existed) agrees with its entry."""
     alive = {n for n, k in codes.items() if status_by_exit_code[k] in ("survived", "no tests")}
     notes = [f"  open: {n} ({status_by_exit_code[codes[n]]})" for n in alive if n not in marks]
     dotted = mod.removesuffix(".py").replace("/", ".") + "."
-    notes += [f"  stale: {n}" for n in marks if n.startswith(dotted) and n not in alive
-              and codes.get(n) is not None]  # fmt: skip
+    for n, kind in marks.items():
+        code = codes.get(n)
+        if not n.startswith(dotted) or n in alive or code is None:
+            continue
+        if kind == "equiv" or status_by_exit_code[code] not in ("killed", "timeout"):
+            notes.append(f"  stale: {n}")
     return sorted(notes)
 
 

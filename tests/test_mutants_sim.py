@@ -930,8 +930,8 @@ def test_a_fast_traced_run_holds_one_decode_step(tiny, tmp_path, monkeypatch):
 
 def test_workers_set_the_pool(tiny, tmp_path, monkeypatch):
     """``workers`` forked processes when above 1 and there are two tasks or more: a pool of
-    2 for 2 workers; none for 1 worker (the calling process runs the tasks), nor for a
-    prefill alone (one task)."""
+    2 for 2 workers (3 tasks, then 2); none for 1 worker (the calling process runs the
+    tasks), nor for a prefill alone (one task)."""
     import multiprocessing.pool
 
     monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
@@ -949,6 +949,8 @@ def test_workers_set_the_pool(tiny, tmp_path, monkeypatch):
     assert pools == []
     sim.simulate(*tiny, 4, 2, mode="exact", workers=2)
     assert pools == [2]
+    sim.simulate(*tiny, 4, 1, mode="exact", workers=2)  # two tasks
+    assert pools == [2, 2]
 
 
 def test_a_worker_runs_a_batched_decode_task_batched(tiny, tmp_path, monkeypatch):
