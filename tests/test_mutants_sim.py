@@ -967,3 +967,44 @@ def test_a_worker_runs_a_batched_decode_task_batched(tiny, tmp_path, monkeypatch
     want = run_step(hw, prog, "decode", Runtime.batch([7, 7]))
     assert (p, simulated, r.phase, r.length, r.pos) == (7, True, "decode", 2, 7)
     assert r.cycles == want.cycles and r.stats.busy == want.stats.busy
+
+
+def test_a_program_key_holds_max_len(tiny):
+    """Programs compiled for other max_len are other programs (other templates and KV
+    layout): other cache keys."""
+    assert sim.program_key(*tiny, 64) != sim.program_key(*tiny, 128)
+
+
+def test_a_cached_program_is_named_in_the_notes(tiny, tmp_path, monkeypatch):
+    """Read from the on-disk cache, the note names the file."""
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    monkeypatch.setattr(sim, "_PROGRAMS", type(sim._PROGRAMS)())
+    sim.compile_cached(*tiny, 64)
+    monkeypatch.setattr(sim, "_PROGRAMS", type(sim._PROGRAMS)())
+    notes: list[str] = []
+    sim.compile_cached(*tiny, 64, note=notes.append)
+    path = sim.program_path(sim.program_key(*tiny, 64))
+    assert notes == [f"compiled program from the cache ({path})"]
+
+
+def test_the_default_context_is_the_models_up_to_2048():
+    """LLaMA-2-7B knows 4096 positions: its programs default to 2048; tiny-llama's 512 stay."""
+    assert sim.default_max_len(load_model("llama2-7b")) == 2048
+    assert sim.default_max_len(load_model("tiny-llama")) == 512
+
+
+def test_a_step_run_again_in_its_context_is_replayed(tiny, tmp_path, monkeypatch):
+    """The context keeps the priced ops, so the same decode step run again (iteration reuse
+    on) consists of the ops already simulated: every segment comes from the memo, all its
+    events replayed, none simulated anew."""
+    from hwflow.perf.lower import PerfContext
+
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    cfg, plan, hw = tiny
+    prog = sim.compile_cached(cfg, plan, hw, 64)
+    ctx = PerfContext(hw)
+    first = sim.run_step(hw, prog, "decode", Runtime(1, 9), memo=ctx.memo, reuse=True, ctx=ctx)
+    misses = ctx.memo.misses
+    again = sim.run_step(hw, prog, "decode", Runtime(1, 9), memo=ctx.memo, reuse=True, ctx=ctx)
+    assert again.cycles == first.cycles and ctx.memo.misses == misses
+    assert again.stats.replayed_events == again.stats.events > 0
