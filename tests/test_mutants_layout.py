@@ -610,3 +610,48 @@ def test_a_layout_may_fill_the_hbm_to_its_last_byte():
     assert _plan_layout("tiny-llama", "flightllm", hw=sized(65))[1].total == 65 * 1024
     with pytest.raises(CapacityError):
         _plan_layout("tiny-llama", "flightllm", hw=sized(64))
+
+
+def test_a_tile_guess_above_the_slot_steps_down_one_row_at_a_time():
+    """1:16 INT3 on the tiny stripe (32-row stripes), K = 16: a tile of R rows holds
+    ceil(3 R / 8) value bytes, ceil(R / 2) index bytes and 3 R bytes of multipliers and
+    shifts: 5, 8, 13 bytes for 1, 2, 3 rows; a whole stripe 12 + 16 + 96 = 124, 4 bytes a row
+    on average. A 12-byte slot: the average guesses 3 rows (13 bytes, too many), so 2."""
+    from hwflow.compiler.layout import _tile_rows
+
+    p = _probe(32, 3, 1, 16)
+    assert [p.tile_bytes(r) for r in (1, 2, 3)] == [5, 8, 13] and p.row_bytes == 4
+    assert _tile_rows(p, 12, 1, "L0.gate") == 2
+
+
+def test_a_record_of_a_whole_stripe_by_default():
+    """The tiny stripe (2 chains of 16): without a row count a record is a whole stripe's:
+    dense INT8, 2 rows of 16 values (32 bytes, no indices); 8:16 INT4, 4 rows of 8 values and
+    8 four-bit indices (16 + 16 bytes)."""
+    assert GEO.record_bytes(16, 16, 8) == (32, 0)
+    assert GEO.record_bytes(8, 16, 4) == (16, 16)
+
+
+def test_the_stripe_is_the_engines_common_chains():
+    """A copy of tiny with 4 MV chains and 6 MM chains: stripes of gcd(4, 6) = 2 chains."""
+    from hwflow.compiler.layout import BeatGeometry
+    from hwflow.config import load_hw
+
+    hw = load_hw("tiny")
+    hw = hw.model_copy(update={"mv": hw.mv.model_copy(update={"chains": 4}),
+                               "mpe": hw.mpe.model_copy(update={"chains": 6})})  # fmt: skip
+    assert BeatGeometry.from_preset(hw) == BeatGeometry(2, hw.mv.chain_length, hw.sparsity.m)
+
+
+def test_a_batch_of_which_no_sequence_fits_says_so():
+    """tiny-llama / flightllm at max_len 16 with 2 sequences needs 68 KiB, 64 KiB without the
+    KV caches (2 KiB each); a copy of tiny with 64 KiB of HBM has room for none."""
+    from hwflow.compiler import compile_model
+    from hwflow.config import load_hw, load_model, load_plan
+    from hwflow.errors import CapacityError
+
+    hw = load_hw("tiny")
+    small = hw.model_copy(update={"hbm": hw.hbm.model_copy(update={"capacity_gib": 64 / 2**20})})
+    with pytest.raises(CapacityError) as err:
+        compile_model(load_model("tiny-llama"), load_plan("flightllm"), small, 16, 2)
+    assert str(err.value).endswith("; at max_len 16 0 sequences fit")
