@@ -1008,3 +1008,21 @@ def test_a_step_run_again_in_its_context_is_replayed(tiny, tmp_path, monkeypatch
     again = sim.run_step(hw, prog, "decode", Runtime(1, 9), memo=ctx.memo, reuse=True, ctx=ctx)
     assert again.cycles == first.cycles and ctx.memo.misses == misses
     assert again.stats.replayed_events == again.stats.events > 0
+
+
+def test_pv_runs_at_the_narrowest_n_mode_its_columns_fill():
+    """P x V of 32 V columns on tiny's MV engine (2 chains x 16; N modes 2, 4, 8, 16): the
+    smallest N whose row group (2 x 16 / N columns) is no wider than 32 is N = 2 (16
+    columns), so the op runs at 2:2, with the matmul unit's latency at N = M = 2, not at the
+    dense 16:16 of the other ops."""
+    from hwflow.costs import matmul_unit_cost
+    from hwflow.isa import MatmulFunc, expand, make
+    from hwflow.perf.lower import lower
+
+    hw = load_hw("tiny")
+    assert hw.chain_n_modes(hw.mv.chain_length) == (2, 4, 8, 16)
+    mv = make("MV", func=MatmulFunc.PV, rows=1, cols=32, k=64, n=16, m=16, wbits=8, obits=8)
+    op = lower(hw, expand(_tpl([mv]), Runtime(1, 0)))[0][0]
+    at2, at16 = (matmul_unit_cost(hw.mv, n, 1, 32, 64, n) for n in (2, 16))
+    assert at2.latency != at16.latency
+    assert (op.beats, op.latency) == (at2.beats, at2.latency)
