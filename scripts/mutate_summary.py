@@ -2,7 +2,9 @@
 of scripts/mutate.py's run directories; run from the repository).
 
 A mutant counts as killed when the tests failed (or timed out) with it; ``no tests`` means no
-selected test reaches the mutated function. Mutants not run yet are left out of the rate; the
+selected test reaches the mutated function. A mutant EQUIVALENT.md lists as equivalent
+counts as equivalent also when it timed out (speed-only mutants are slower by design, and
+time out on a loaded machine). Mutants not run yet are left out of the rate; the
 last column (``scope``) says whether the module's run is full or partial (sampled or
 interrupted) and how many mutants are left. The results stay in ``mutants/<group>/``; a later
 run of the group resumes from them (mutmut skips mutants that have a result, and
@@ -62,7 +64,7 @@ def tally(codes: dict[str, int | None], marks: dict[str, str]) -> Counter[str]:
         if st == "not checked":
             continue
         open_ = st in ("survived", "no tests")  # no selected test reached it
-        if open_ and marks.get(name) == "equiv":
+        if (open_ or st == "timeout") and marks.get(name) == "equiv":  # slow by design
             c["equiv"] += 1
         elif st in ("killed", "timeout") or (open_ and marks.get(name) == "by hand"):
             c["killed"] += 1
@@ -85,7 +87,10 @@ def open_notes(mod: str, codes: dict[str, int | None], marks: dict[str, str]) ->
         code = codes.get(n)
         if not n.startswith(dotted) or n in alive or code is None:
             continue
-        if kind == "equiv" or status_by_exit_code[code] not in ("killed", "timeout"):
+        st = status_by_exit_code[code]
+        if st == "timeout" and kind == "equiv":  # a speed-only mutant too slow for its tests
+            continue
+        if kind == "equiv" or st not in ("killed", "timeout"):
             notes.append(f"  stale: {n}")
     return sorted(notes)
 
