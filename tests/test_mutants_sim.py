@@ -1026,3 +1026,13 @@ def test_pv_runs_at_the_narrowest_n_mode_its_columns_fill():
     at2, at16 = (matmul_unit_cost(hw.mv, n, 1, 32, 64, n) for n in (2, 16))
     assert at2.latency != at16.latency
     assert (op.beats, op.latency) == (at2.beats, at2.latency)
+
+
+def test_a_program_is_compiled_for_the_max_len_asked(tiny, tmp_path, monkeypatch):
+    """compile_cached(..., 64) compiles for contexts up to 64 (tiny-llama knows 512): the
+    program's header says 64 and its last decode template serves 64."""
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    monkeypatch.setattr(sim, "_PROGRAMS", type(sim._PROGRAMS)())
+    prog = sim.compile_cached(*tiny, 64)
+    assert prog.header["max_len"] == 64
+    assert max(t.hi for t in prog.templates if t.phase == "decode") == 64
