@@ -655,3 +655,12 @@ def test_a_batch_of_which_no_sequence_fits_says_so():
     with pytest.raises(CapacityError) as err:
         compile_model(load_model("tiny-llama"), load_plan("flightllm"), small, 16, 2)
     assert str(err.value).endswith("; at max_len 16 0 sequences fit")
+
+
+def test_sparsity_of_another_block_size_is_refused_by_name():
+    """The tiny stripe's blocks are 16 wide: 2:8 sparsity is refused, naming both."""
+    from hwflow.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        GEO.per_block(2, 8)
+    assert str(err.value) == "2:8 sparsity on a preset with sparsity.m = 16"
