@@ -2,7 +2,9 @@
 of scripts/mutate.py's run directories; run from the repository).
 
 A mutant counts as killed when the tests failed (or timed out) with it; ``no tests`` means no
-selected test reaches the mutated function. Mutants not run yet are left out of the rate; the
+selected test reaches the mutated function. A mutant EQUIVALENT.md lists as equivalent
+counts as equivalent also when it timed out (speed-only mutants are slower by design, and
+time out on a loaded machine). Mutants not run yet are left out of the rate; the
 last column (``scope``) says whether the module's run is full or partial (sampled or
 interrupted) and how many mutants are left. The results stay in ``mutants/<group>/``; a later
 run of the group resumes from them (mutmut skips mutants that have a result, and
@@ -12,8 +14,8 @@ change behaviour (taken out of the denominator), and under "## Killed when appli
 mutants mutmut cannot activate (code run at import) that a test kills when the change is made
 in the source (counted as killed). The file says why for each. ``--markdown`` prints the
 table as Markdown. ``--open`` also prints, per module, the survivors EQUIVALENT.md does not
-list (each needs a test or an entry) and the listed names that did not survive the last run
-(stale entries: renumbered or killed since).
+list (each needs a test or an entry) and the equivalent entries that did not survive the last
+run (stale: renumbered or killed since).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def tally(codes: dict[str, int | None], marks: dict[str, str]) -> Counter[str]:
         if st == "not checked":
             continue
         open_ = st in ("survived", "no tests")  # no selected test reached it
-        if open_ and marks.get(name) == "equiv":
+        if (open_ or st == "timeout") and marks.get(name) == "equiv":  # slow by design
             c["equiv"] += 1
         elif st in ("killed", "timeout") or (open_ and marks.get(name) == "by hand"):
             c["killed"] += 1
@@ -74,12 +76,22 @@ def tally(codes: dict[str, int | None], marks: dict[str, str]) -> Counter[str]:
 
 
 def open_notes(mod: str, codes: dict[str, int | None], marks: dict[str, str]) -> list[str]:
-    """The survivors EQUIVALENT.md does not list, and its entries that did not survive."""
+    """The survivors EQUIVALENT.md does not list, and its entries the last run contradicts:
+    an equivalent mutant that did not survive (renumbered, or a test kills it since). A
+    mutant listed as killed by hand that mutmut also killed (re-run by name once the test
+    existed) agrees with its entry."""
     alive = {n for n, k in codes.items() if status_by_exit_code[k] in ("survived", "no tests")}
     notes = [f"  open: {n} ({status_by_exit_code[codes[n]]})" for n in alive if n not in marks]
     dotted = mod.removesuffix(".py").replace("/", ".") + "."
-    notes += [f"  stale: {n}" for n in marks if n.startswith(dotted) and n not in alive
-              and codes.get(n) is not None]  # fmt: skip
+    for n, kind in marks.items():
+        code = codes.get(n)
+        if not n.startswith(dotted) or n in alive or code is None:
+            continue
+        st = status_by_exit_code[code]
+        if st == "timeout" and kind == "equiv":  # a speed-only mutant too slow for its tests
+            continue
+        if kind == "equiv" or st not in ("killed", "timeout"):
+            notes.append(f"  stale: {n}")
     return sorted(notes)
 
 

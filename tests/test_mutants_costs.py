@@ -250,3 +250,24 @@ def test_hbm_pieces_carry_the_write_and_the_row_miss():
     assert [p.write for p in hbm_pieces(hw, 0, 64)] == [False]
     assert [(p.occupancy, p.same_channel) for p in hbm_pieces(hw, 0, 64)] == [(2, True)]
     assert [(p.occupancy, p.same_channel) for p in hbm_pieces(hw, 0, 64, hop=True)] == [(6, False)]
+
+
+def test_hbm_runs_by_hand():
+    """tiny: 256-byte granules. Rows contiguous in HBM (stride = row bytes, or a single row
+    whatever its stride) are one run from the first byte; nothing to move (no rows, or rows
+    of 0 bytes) is no run; strided rows are one run each, ``stride`` apart, a hop (a new DRAM
+    row) when shorter than a granule (64 bytes) and not when a whole one (256 bytes)."""
+    from hwflow.costs import hbm_runs
+
+    hw = load_hw("tiny")
+    assert hw.hbm.interleave_bytes == 256
+    assert hbm_runs(hw, 512, 0, 64, 64) == [] and hbm_runs(hw, 512, 3, 0, 64) == []
+    assert hbm_runs(hw, 512, 4, 64, 64) == [(512, 256, False)]
+    assert hbm_runs(hw, 512, 1, 64, 1024) == [(512, 64, False)]
+    assert hbm_runs(hw, 512, 1, 1, 1) == [(512, 1, False)]
+    assert hbm_runs(hw, 0, 2, 64, 1024) == [(0, 64, True), (1024, 64, True)]
+    assert hbm_runs(hw, 0, 3, 256, 1024) == [
+        (0, 256, False),
+        (1024, 256, False),
+        (2048, 256, False),
+    ]

@@ -426,3 +426,241 @@ def test_biased_tiles_fit_their_slot():
     q = next(ts for ts in layout.tiles[0] if ts.name == "q")
     assert (q.tile_bytes(1), q.rows, q.tile_bytes(q.rows)) == (71, 20, 1420)
     assert all(ts.tile_bytes(ts.rows) <= 1536 for ts in layout.tiles[0])
+
+
+def test_parameter_blob_offsets_by_hand():
+    """The module doc's blob on tiny-llama (hidden 64, 4 heads, 7 linear ops): a norm record is
+    an int32 pre-shift and 64 INT16 gains, 132 bytes; norm1 at 0, norm2 at 132, the seven
+    int32 guards from 264, the scores' (mult, shift) per head from 264 + 28 = 292, the pv's
+    (mult, shift, guard) per head from 292 + 32 = 324, the act's (mult, shift) at 324 + 48 =
+    372, ending at 380: 384 bytes (whole 64-byte units). With one head: scores at 292, pv at
+    300, act at 312, ending at exactly 320. The final blob: the norm record at 0, the head's
+    guard at 132, 192 bytes; at hidden 28 the record is 60 bytes, the guard ends at exactly 64."""
+    from hwflow.compiler.layout import final_blob, param_blob
+    from hwflow.config import load_model
+
+    cfg = load_model("tiny-llama")
+    assert (cfg.hidden, cfg.heads, len(cfg.linear_ops)) == (64, 4, 7)
+    blob = param_blob(cfg)
+    guards = {f"{op}.guard": 264 + 4 * i for i, op in enumerate(cfg.linear_ops)}
+    want = {"norm1": 0, "norm2": 132, **guards, "scores": 292, "pv": 324, "act": 372}
+    assert (dict(blob.offsets), blob.size) == (want, 384)
+    one = param_blob(cfg.model_copy(update={"heads": 1}))
+    assert (one["scores"], one["pv"], one["act"], one.size) == (292, 300, 312, 320)
+    fin = final_blob(cfg)
+    assert (dict(fin.offsets), fin.size) == ({"norm": 0, "head.guard": 132}, 192)
+    fin = final_blob(cfg.model_copy(update={"hidden": 28}))
+    assert (dict(fin.offsets), fin.size) == ({"norm": 0, "head.guard": 60}, 64)
+
+
+def test_a_missing_region_is_named():
+    """Asking a layout for a region it does not have raises KeyError naming it."""
+    from hwflow.compiler.layout import HbmLayout
+    from hwflow.isa import Region
+
+    lay = HbmLayout((Region("kv", 0, 64, "kv"),), (), {}, None, 0, 0, 0, 64)  # type: ignore[arg-type]
+    assert lay.region("kv").size == 64
+    with pytest.raises(KeyError) as err:
+        lay.region("rope")
+    assert err.value.args == ("rope",)
+
+
+def _plan_layout(model: str, plan: str, hw=None, **update):
+    """The layout of ``model`` (its config updated by ``update``) under ``plan`` on ``hw``
+    (default tiny) at max_len 16, planned alone (no program placed after it)."""
+    from hwflow.compiler.layout import plan_hbm
+    from hwflow.config import load_hw, load_model, load_plan
+
+    cfg = load_model(model).model_copy(update=update)
+    p = load_plan(plan)
+    return cfg, plan_hbm(cfg, p.resolve(cfg), p.head(), hw or load_hw("tiny"), 16)
+
+
+def test_a_layout_planned_without_a_batch_holds_one_sequence():
+    """plan_hbm's batch defaults to one sequence: one KV cache (tiny-llama at max_len 16:
+    2 KiB, 2 layers x K and V of 2 kv heads x 16 positions x 16 dims) and one row of logits."""
+    _, lay = _plan_layout("tiny-llama", "w8a8")
+    assert (lay.batch, lay.kv_seq_bytes, lay.region("kv").size) == (1, 2048, 2048)
+
+
+def test_layer_norm_betas_make_biased_tiles_of_the_ops_they_feed():
+    """tiny-opt without its own biases: the LayerNorm betas fold into q, k, v (after norm1)
+    and up (after norm2) as INT32 biases; o and down keep none."""
+    _, lay = _plan_layout("tiny-opt", "w8a8", bias=False)
+    got = {ts.name: ts.bias for ts in lay.tiles[0]}
+    assert got == {"q": True, "k": True, "v": True, "o": False, "up": True, "down": False}
+
+
+def test_a_layer_row_too_wide_for_a_weight_slot_is_named():
+    """tiny-llama widened to hidden = intermediate = 768 (w8a8: INT8 everywhere) on a copy of
+    tiny with a 1 KiB weight buffer (two 512-byte slots): the first layer op's row, 768 INT8
+    bytes + 2 (mult) + 1 (shift) = 771, does not fit: refused, naming layer 0's q."""
+    from hwflow.compiler import compile_model
+    from hwflow.config import load_hw, load_model, load_plan
+    from hwflow.errors import CapacityError
+
+    cfg = load_model("tiny-llama")
+    wide = cfg.model_copy(update={"hidden": 768, "intermediate": 768, "head_dim": 768 // cfg.heads})
+    hw = load_hw("tiny")
+    hw = hw.model_copy(update={"buffers": hw.buffers.model_copy(update={"weight_kib": 1})})
+    with pytest.raises(CapacityError) as err:
+        compile_model(wide, load_plan("w8a8"), hw, 16)
+    assert str(err.value) == (
+        "tiny-llama / w8a8 on preset tiny at max_len 16: L0.q: one weight row needs 771 bytes "
+        "but a weight slot (1/2 of buffers.weight_kib) holds 512 bytes"
+    )
+
+
+def test_slot_factors_are_muli_immediates():
+    """The factors go into MULI immediates: integers that encode and read back."""
+    from hwflow.isa import decode_stream, encode_stream, make
+
+    a, b = slot_factors(3 * 2**21)
+    words = encode_stream([make("MULI", rd=4, ra=15, imm=a), make("MULI", rd=4, ra=4, imm=b)])
+    assert [i.fields["imm"] for i in decode_stream(words)] == [6, 2**20]
+    assert type(a) is int and type(b) is int
+
+
+def test_readers_take_the_bytes_as_any_array():
+    """The tile's bytes read back the same from a list of byte values (decode, unpack_rows)
+    and from a signed view (decode_groups: multipliers of 128 and up stay unsigned);
+    pack_rows packs fields of any integer dtype (uint64 too). unpack_rows refuses bytes that
+    are not its rows x whole rows (4 INT4 fields: 2 bytes a row; 6 bytes for 2 rows)."""
+    from hwflow.compiler.layout import pack_rows, unpack_rows
+
+    codes = np.array([[1, -2] * 8, [3, -4] * 8])
+    bias, mult, shift = np.array([-70000, 5]), np.array([300, 301]), np.array([-2, 3])
+    blob = encode_tile(codes, None, bias, mult, shift, 1, 1, 8, GEO)
+    got = TileSpec.decode(blob.tolist(), 2, 16, 1, 1, 8, True, GEO)
+    assert [g.tolist() for g in got] == [codes.tolist(), [-70000, 5], [300, 301], [-2, 3]]
+    assert unpack_rows([0x21, 0x43], 4, 1, 4, False).tolist() == [[1, 2, 3, 4]]
+    assert pack_rows(np.array([[5, 250]], np.uint64), 8).tolist() == [[5, 250]]
+    with pytest.raises(ValueError):
+        unpack_rows(np.zeros(6, np.uint8), 4, 2, 4, False)
+    gm = np.array([[200, 7], [130, 255]])
+    g = encode_tile(codes[:, :16], None, None, mult, shift, 1, 1, 8, GEO, gm)
+    at = TileSpec.sections(2, 16, 1, 1, 8, False, GEO, 8)
+    got = TileSpec.decode_groups(g.view(np.int8), 2, 16, 1, 1, GEO, at, 8)
+    assert got.dtype == np.int64 and got.tolist() == gm.tolist()
+
+
+def test_group_multipliers_are_written_as_bytes():
+    """encode_tile writes the group multipliers one byte each whatever array holds them
+    (here int64): two rows (one stripe) of K = 16 in groups of 8, rows' multipliers group by
+    group after the 32 code bytes, 4 multiplier and 2 shift bytes."""
+    codes = np.zeros((2, 16), np.int64)
+    mult, shift = np.array([1, 2]), np.array([0, 0])
+    g = encode_tile(codes, None, None, mult, shift, 1, 1, 8, GEO, np.array([[200, 7], [130, 255]]))
+    assert g.dtype == np.uint8 and g[38:].tolist() == [200, 130, 7, 255]
+
+
+def test_a_dense_tile_of_m_columns_per_block_decodes():
+    """Dense at N = M = 16 (the preset's sparsity.m, as the compiler stores dense ops): no
+    index bits; the codes decode back."""
+    codes = (np.arange(2 * 32).reshape(2, 32) % 200 - 100).astype(np.int64)
+    mult, shift = np.array([3, 4]), np.array([5, 6])
+    blob = encode_tile(codes, None, None, mult, shift, 16, 16, 8, GEO)
+    got = TileSpec.decode(blob, 2, 32, 16, 16, 8, False, GEO)
+    assert np.array_equal(got[0], codes)
+
+
+def test_a_biased_head_is_sized_with_its_bias():
+    """tiny-opt (LayerNorm: the final norm's beta folds into the head as an INT32 bias), w8a8,
+    on a copy of tiny with a 3 KiB weight buffer (two 1536-byte slots): a head row is 64 INT8
+    values + 4 + 2 + 1 = 71 bytes, 21 rows fit, 20 in whole 2-row groups; sized without the
+    bias (67 bytes) it would take 22 rows, 1562 bytes, more than the slot."""
+    from hwflow.config import load_hw
+
+    hw = load_hw("tiny")
+    hw = hw.model_copy(update={"buffers": hw.buffers.model_copy(update={"weight_kib": 3})})
+    head = _plan_layout("tiny-opt", "w8a8", hw=hw)[1].head
+    assert (head.bias, head.tile_bytes(1), head.rows, head.tile_bytes(head.rows)) == (
+        True, 71, 20, 1420
+    )  # fmt: skip
+
+
+def test_a_model_with_learned_positions_has_no_rope_table():
+    """tiny-opt learns its position embeddings: no RoPE rows, no rope region."""
+    _, lay = _plan_layout("tiny-opt", "w8a8")
+    assert lay.rope_row == 0
+    assert [r.name for r in lay.regions] == ["L0", "L1", "final", "kv", "input", "logits"]
+
+
+def test_v_heads_start_half_the_channels_after_their_k_heads():
+    """tiny-llama with one kv head at max_len 16: a head is 16 positions x 16 dims = 256
+    bytes, one granule; the V head starts half of tiny's 4 channels (2 granules, 512 bytes)
+    after the K head, and a layer's K and V fit one 1024-byte period."""
+    _, lay = _plan_layout("tiny-llama", "w8a8", kv_heads=1)
+    assert (lay.kv_head_bytes, lay.kv_v_offset, lay.kv_layer_bytes) == (256, 512, 1024)
+
+
+def test_a_layout_may_fill_the_hbm_to_its_last_byte():
+    """tiny-llama / flightllm at max_len 16 needs 65 KiB (test_capacity_refusal_word_for_word):
+    a copy of tiny with exactly 65 KiB of HBM holds it; with 64 KiB it is refused."""
+    from hwflow.config import load_hw
+    from hwflow.errors import CapacityError
+
+    hw = load_hw("tiny")
+
+    def sized(kib):
+        return hw.model_copy(
+            update={"hbm": hw.hbm.model_copy(update={"capacity_gib": kib / 2**20})}
+        )
+
+    assert _plan_layout("tiny-llama", "flightllm", hw=sized(65))[1].total == 65 * 1024
+    with pytest.raises(CapacityError):
+        _plan_layout("tiny-llama", "flightllm", hw=sized(64))
+
+
+def test_a_tile_guess_above_the_slot_steps_down_one_row_at_a_time():
+    """1:16 INT3 on the tiny stripe (32-row stripes), K = 16: a tile of R rows holds
+    ceil(3 R / 8) value bytes, ceil(R / 2) index bytes and 3 R bytes of multipliers and
+    shifts: 5, 8, 13 bytes for 1, 2, 3 rows; a whole stripe 12 + 16 + 96 = 124, 4 bytes a row
+    on average. A 12-byte slot: the average guesses 3 rows (13 bytes, too many), so 2."""
+    from hwflow.compiler.layout import _tile_rows
+
+    p = _probe(32, 3, 1, 16)
+    assert [p.tile_bytes(r) for r in (1, 2, 3)] == [5, 8, 13] and p.row_bytes == 4
+    assert _tile_rows(p, 12, 1, "L0.gate") == 2
+
+
+def test_a_record_of_a_whole_stripe_by_default():
+    """The tiny stripe (2 chains of 16): without a row count a record is a whole stripe's:
+    dense INT8, 2 rows of 16 values (32 bytes, no indices); 8:16 INT4, 4 rows of 8 values and
+    8 four-bit indices (16 + 16 bytes)."""
+    assert GEO.record_bytes(16, 16, 8) == (32, 0)
+    assert GEO.record_bytes(8, 16, 4) == (16, 16)
+
+
+def test_the_stripe_is_the_engines_common_chains():
+    """A copy of tiny with 4 MV chains and 6 MM chains: stripes of gcd(4, 6) = 2 chains."""
+    from hwflow.compiler.layout import BeatGeometry
+    from hwflow.config import load_hw
+
+    hw = load_hw("tiny")
+    hw = hw.model_copy(update={"mv": hw.mv.model_copy(update={"chains": 4}),
+                               "mpe": hw.mpe.model_copy(update={"chains": 6})})  # fmt: skip
+    assert BeatGeometry.from_preset(hw) == BeatGeometry(2, hw.mv.chain_length, hw.sparsity.m)
+
+
+def test_a_batch_of_which_no_sequence_fits_says_so():
+    """tiny-llama / flightllm at max_len 16 with 2 sequences needs 68 KiB, 64 KiB without the
+    KV caches (2 KiB each); a copy of tiny with 64 KiB of HBM has room for none."""
+    from hwflow.compiler import compile_model
+    from hwflow.config import load_hw, load_model, load_plan
+    from hwflow.errors import CapacityError
+
+    hw = load_hw("tiny")
+    small = hw.model_copy(update={"hbm": hw.hbm.model_copy(update={"capacity_gib": 64 / 2**20})})
+    with pytest.raises(CapacityError) as err:
+        compile_model(load_model("tiny-llama"), load_plan("flightllm"), small, 16, 2)
+    assert str(err.value).endswith("; at max_len 16 0 sequences fit")
+
+
+def test_sparsity_of_another_block_size_is_refused_by_name():
+    """The tiny stripe's blocks are 16 wide: 2:8 sparsity is refused, naming both."""
+    from hwflow.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        GEO.per_block(2, 8)
+    assert str(err.value) == "2:8 sparsity on a preset with sparsity.m = 16"

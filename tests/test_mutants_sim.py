@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import hwflow.compiler
@@ -612,11 +614,13 @@ def test_a_link_op_is_priced_with_its_words():
 
 
 def test_a_batched_decode_task_runs_every_sequence_at_its_position():
-    """A decode task of batch 3 at position 7: three sequences, each 7 positions in; a
-    prefill task of 5 tokens into KV-cache slot 2; a plain decode step: LEN 1 at 7."""
+    """A decode task of batch 3 at position 7: three sequences, each 7 positions in (of
+    batch 2: two); a prefill task of 5 tokens into KV-cache slot 2; a plain decode step: LEN 1
+    at 7."""
     from hwflow.perf.sim import task_runtime
 
     assert task_runtime("decode", 1, 7, 3) == Runtime.batch([7, 7, 7])
+    assert task_runtime("decode", 1, 7, 2) == Runtime.batch([7, 7])
     assert task_runtime("prefill", 5, 2) == Runtime(5, 0, 2)
     assert task_runtime("decode", 1, 7) == Runtime(1, 7)
 
@@ -834,3 +838,201 @@ def test_stores_and_hopping_rows_cost_more_channel_time():
               rows=1)  # fmt: skip
     assert (occ(st), occ(_ld(row_bytes=64, stride=64))) == (4, 2)
     assert occ(_ld(rows=4, row_bytes=64, stride=1024)) > occ(_ld(row_bytes=256))
+
+
+def test_a_transfer_from_a_negative_hbm_address_is_refused():
+    """A register can make an LD's address negative (SETI R3 = -256, then ``hbm = 0 + R3``):
+    refused by name with the address; with R3 = 256 the same LD is priced (on channel 1 of
+    tiny's 256-byte granules), with R3 = 0 on channel 0."""
+    from hwflow.errors import ProgramError
+    from hwflow.isa import expand, make
+    from hwflow.perf.lower import lower
+
+    hw = load_hw("tiny")
+
+    def ops(imm):
+        t = _tpl([make("SETI", rd=3, imm=imm), _ld(hbm=0, reg=3)])
+        return lower(hw, expand(t, Runtime(1, 0)))[0]
+
+    with pytest.raises(ProgramError) as err:
+        ops(-256)
+    assert str(err.value) == "LD (pc 1) starts at HBM byte -256; HBM bytes are 0 and up"
+    assert _channels(ops(256)) == [[1]]
+    assert _channels(ops(0)) == [[0]]
+
+
+def test_reuse_keys_an_inner_loop_by_a_register_its_address_is_copied_from():
+    """Twice: an inner loop that twice copies R3 into R5 (R5 = R3 + 0) and loads 256 bytes
+    from R5, then R3 += 256. The inner body reads R3 only through the copy, which is modular
+    arithmetic into an address register: R3 keys the inner loop (modulo the period), so the
+    second outer iteration's loads are priced on channel 1, not taken from the first's
+    channel 0."""
+    from hwflow.isa import make
+
+    body = [
+        make("SETI", rd=3, imm=0),
+        make("LOOP", count=2),
+        make("LOOP", count=2),
+        make("ADDI", rd=5, ra=3, imm=0),
+        _ld(reg=5),
+        make("ENDLOOP"),
+        make("ADDI", rd=3, ra=3, imm=256),
+        make("ENDLOOP"),
+    ]
+    _reuse_agrees(body, [[0], [0], [1], [1]])
+
+
+def test_strided_stores_pay_the_turnaround_on_every_row():
+    """tiny: four 64-byte rows 1024 apart (one channel, a new DRAM row each): a store pays the
+    read/write turnaround (2 x 10 ns = 2 cycles at 100 MHz) on each row's run, 8 cycles more
+    than the same load."""
+    from hwflow.isa import Buf, XferKind, expand, make
+    from hwflow.perf.lower import lower
+
+    hw = load_hw("tiny")
+    assert (hw.hbm.turnaround_ns, hw.clock_mhz) == (10, 100)
+
+    def occ(instr):
+        return lower(hw, expand(_tpl([instr]), Runtime(1, 0)))[0][0].hbm_occupancy
+
+    st = make("ST", kind=XferKind.LOGITS, hbm=0, hbm_stride=1024, buf=Buf.ACT, row_bytes=64,
+              rows=4)  # fmt: skip
+    assert occ(st) == occ(_ld(rows=4, row_bytes=64, stride=1024)) + 8
+
+
+def test_an_unknown_mode_is_refused_by_name():
+    """A simulation mode other than exact or fast: refused, naming it and the allowed ones."""
+    from hwflow.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        sim._check_case("slow", 4, 1, 64)
+    assert str(err.value) == "mode 'slow' unknown (allowed: exact, fast)"
+
+
+def test_wall_time_is_the_time_the_simulation_took(tiny, tmp_path, monkeypatch):
+    """The reported wall time is positive and no longer than the call measured around it."""
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    t0 = time.perf_counter()
+    r = sim.simulate(*tiny, 4, 1, mode="exact")
+    assert 0 < r.wall_s <= time.perf_counter() - t0
+
+
+def test_a_fast_traced_run_holds_one_decode_step(tiny, tmp_path, monkeypatch):
+    """Fast mode stands one simulated step in for the equal ones of its bucket: traced, the
+    timeline is still the prefill's and the first decode step's, as an exact traced run of
+    that one step gives (not the stand-in repeated for the steps it stands for)."""
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    one = sim.simulate(*tiny, 4, 1, mode="exact", trace=True)
+    many = sim.simulate(*tiny, 4, 3, mode="fast", trace=True)
+    assert many.simulated_steps < 4  # some step stood in for another
+    assert many.trace == one.trace
+
+
+def test_workers_set_the_pool(tiny, tmp_path, monkeypatch):
+    """``workers`` forked processes when above 1 and there are two tasks or more: a pool of
+    2 for 2 workers (3 tasks, then 2); none for 1 worker (the calling process runs the
+    tasks), nor for a prefill alone (one task)."""
+    import multiprocessing.pool
+
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    pools = []
+
+    class Spy(multiprocessing.pool.Pool):
+        def __init__(self, processes=None, *args, **kw):
+            pools.append(processes)
+            super().__init__(processes, *args, **kw)
+
+    monkeypatch.setattr(multiprocessing.pool, "Pool", Spy)
+    sim.simulate(*tiny, 4, 2, mode="exact", workers=1)
+    assert pools == []
+    sim.simulate(*tiny, 4, 0, mode="exact", workers=2)
+    assert pools == []
+    sim.simulate(*tiny, 4, 2, mode="exact", workers=2)
+    assert pools == [2]
+    sim.simulate(*tiny, 4, 1, mode="exact", workers=2)  # two tasks
+    assert pools == [2, 2]
+
+
+def test_a_worker_runs_a_batched_decode_task_batched(tiny, tmp_path, monkeypatch):
+    """A batched program's decode task of batch 2 at position 7: the worker runs one step of
+    LEN 2 (both sequences at 7), the step a batch of two runs on its own, not a single
+    sequence's."""
+    from hwflow.perf.sim import run_step
+
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    cfg, plan, hw = tiny
+    prog = sim.compile_cached(cfg, plan, hw, 64, batch=2)
+    monkeypatch.setattr(sim, "_JOB", {"hw": hw, "prog": prog})
+    [(p, r, simulated)] = sim._job(("decode", 1, (7,), False, False, 2))
+    want = run_step(hw, prog, "decode", Runtime.batch([7, 7]))
+    assert (p, simulated, r.phase, r.length, r.pos) == (7, True, "decode", 2, 7)
+    assert r.cycles == want.cycles and r.stats.busy == want.stats.busy
+
+
+def test_a_program_key_holds_max_len(tiny):
+    """Programs compiled for other max_len are other programs (other templates and KV
+    layout): other cache keys."""
+    assert sim.program_key(*tiny, 64) != sim.program_key(*tiny, 128)
+
+
+def test_a_cached_program_is_named_in_the_notes(tiny, tmp_path, monkeypatch):
+    """Read from the on-disk cache, the note names the file."""
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    monkeypatch.setattr(sim, "_PROGRAMS", type(sim._PROGRAMS)())
+    sim.compile_cached(*tiny, 64)
+    monkeypatch.setattr(sim, "_PROGRAMS", type(sim._PROGRAMS)())
+    notes: list[str] = []
+    sim.compile_cached(*tiny, 64, note=notes.append)
+    path = sim.program_path(sim.program_key(*tiny, 64))
+    assert notes == [f"compiled program from the cache ({path})"]
+
+
+def test_the_default_context_is_the_models_up_to_2048():
+    """LLaMA-2-7B knows 4096 positions: its programs default to 2048; tiny-llama's 512 stay."""
+    assert sim.default_max_len(load_model("llama2-7b")) == 2048
+    assert sim.default_max_len(load_model("tiny-llama")) == 512
+
+
+def test_a_step_run_again_in_its_context_is_replayed(tiny, tmp_path, monkeypatch):
+    """The context keeps the priced ops, so the same decode step run again (iteration reuse
+    on) consists of the ops already simulated: every segment comes from the memo, all its
+    events replayed, none simulated anew."""
+    from hwflow.perf.lower import PerfContext
+
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    cfg, plan, hw = tiny
+    prog = sim.compile_cached(cfg, plan, hw, 64)
+    ctx = PerfContext(hw)
+    first = sim.run_step(hw, prog, "decode", Runtime(1, 9), memo=ctx.memo, reuse=True, ctx=ctx)
+    misses = ctx.memo.misses
+    again = sim.run_step(hw, prog, "decode", Runtime(1, 9), memo=ctx.memo, reuse=True, ctx=ctx)
+    assert again.cycles == first.cycles and ctx.memo.misses == misses
+    assert again.stats.replayed_events == again.stats.events > 0
+
+
+def test_pv_runs_at_the_narrowest_n_mode_its_columns_fill():
+    """P x V of 32 V columns on tiny's MV engine (2 chains x 16; N modes 2, 4, 8, 16): the
+    smallest N whose row group (2 x 16 / N columns) is no wider than 32 is N = 2 (16
+    columns), so the op runs at 2:2, with the matmul unit's latency at N = M = 2, not at the
+    dense 16:16 of the other ops."""
+    from hwflow.costs import matmul_unit_cost
+    from hwflow.isa import MatmulFunc, expand, make
+    from hwflow.perf.lower import lower
+
+    hw = load_hw("tiny")
+    assert hw.chain_n_modes(hw.mv.chain_length) == (2, 4, 8, 16)
+    mv = make("MV", func=MatmulFunc.PV, rows=1, cols=32, k=64, n=16, m=16, wbits=8, obits=8)
+    op = lower(hw, expand(_tpl([mv]), Runtime(1, 0)))[0][0]
+    at2, at16 = (matmul_unit_cost(hw.mv, n, 1, 32, 64, n) for n in (2, 16))
+    assert at2.latency != at16.latency
+    assert (op.beats, op.latency) == (at2.beats, at2.latency)
+
+
+def test_a_program_is_compiled_for_the_max_len_asked(tiny, tmp_path, monkeypatch):
+    """compile_cached(..., 64) compiles for contexts up to 64 (tiny-llama knows 512): the
+    program's header says 64 and its last decode template serves 64."""
+    monkeypatch.setenv("HWFLOW_CACHE", str(tmp_path))
+    monkeypatch.setattr(sim, "_PROGRAMS", type(sim._PROGRAMS)())
+    prog = sim.compile_cached(*tiny, 64)
+    assert prog.header["max_len"] == 64
+    assert max(t.hi for t in prog.templates if t.phase == "decode") == 64

@@ -176,6 +176,10 @@ class _Pricer:
             # contiguous transfer inside one granule only on that granule's channel
             f = c.fields
             hbm, rows, stride, row_bytes = f["hbm"], f["rows"], f["hbm_stride"], f["row_bytes"]
+            if hbm < 0:  # a register made the address negative (rows and strides are unsigned)
+                raise ProgramError(
+                    f"{op} (pc {c.pc}) starts at HBM byte {hbm}; HBM bytes are 0 and up"
+                )
             last = hbm + (rows - 1) * stride + row_bytes if rows else hbm
             if last > self.hw.hbm.capacity_bytes:
                 raise CapacityError(
@@ -231,18 +235,16 @@ class _Pricer:
         raise ProgramError(f"pc {c.pc}: the cycle model has no cost for opcode {op!r}")
 
     def _price_transfer(self, c: Concrete) -> tuple[MOp, OpActions]:
-        """LD / ST: the HBM pieces per channel (addresses folded into one layout period when
-        the transfer stays inside the HBM), the bytes read and written."""
-        hw, f, op = self.hw, c.fields, c.op
+        """LD / ST: the HBM pieces per channel (the address folded into one layout period:
+        :meth:`price` has refused a transfer outside the HBM, so the folded one, which starts
+        no later, stays inside it too), the bytes read and written."""
+        f, op = c.fields, c.op
         words = _WORDS[op]
         rows, row_bytes = f["rows"], f["row_bytes"]
         hbm, stride = f["hbm"], f["hbm_stride"]
         nbytes = rows * row_bytes
         self._check_buf(c, f["buf"], f["off"], rows, f["stride"] or row_bytes, row_bytes)
-        base = hbm % self.period
-        if base + (rows - 1) * stride + row_bytes > hw.hbm.capacity_bytes:
-            base = hbm
-        pieces = self.pieces(base, rows, row_bytes, stride, op == "ST")
+        pieces = self.pieces(hbm % self.period, rows, row_bytes, stride, op == "ST")
         mop = MOp(int(c.unit), op, words, 0, 0, _mask(c.wait), _mask(c.release), pieces,
                   sum(p.nbytes for p in pieces), sum(p.occupancy for p in pieces))  # fmt: skip
         ld = op == "LD"
