@@ -32,6 +32,13 @@ def test_hadamard_int_is_the_sylvester_matrix(n):
     assert np.array_equal(nx.hadamard_int(nx.hadamard_int(x)), n * x)
 
 
+def test_hadamard_int_widens_narrow_inputs():
+    """INT16 rows (RoPE's output) grow by log2(n) bits: the sums must not wrap."""
+    x = np.full((2, 64), 32767, dtype=np.int16)
+    y = nx.hadamard_int(x)
+    assert y[0, 0] == 64 * 32767 and (y[:, 1:] == 0).all()
+
+
 def test_hadamard_int_refuses_other_lengths():
     with pytest.raises(ValueError, match="Hadamard length 12 must be a power of two"):
         nx.hadamard_int(np.zeros((2, 12), np.int64))
