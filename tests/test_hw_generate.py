@@ -49,8 +49,9 @@ def test_rtl_command_writes_linted_verilog(rtl_out: tuple[Path, int, str]) -> No
 # * latency, the stages of the hwflow.costs module doc: operands 2 + product 1 + cascade 16
 #   + accumulator 1 + capture 1 + requantizer 6 (bias, two multiply, round, shift,
 #   saturate) + output FIFO 1 = 28.
-# * output FIFO: latency + 2 group stages + the largest drain twice + 1 (the input's registered
-#   credit check): mv 28 + 2 + 16 + 1 = 47, mpe 28 + 2 + 32 + 1 = 63.
+# * output FIFO: latency + 3 group stages (partial register, multiply, accumulate) + the
+#   largest drain twice + 1 (the input's registered credit check): mv 28 + 3 + 16 + 1 = 48,
+#   mpe 28 + 3 + 32 + 1 = 64.
 # * parameter memory: param_kib 16 = 16384 B / (16 lanes x 8 B per entry) = 128 entries.
 # * DSPs: 2 chains x 16 stages (mpe: one per two token lanes) + the group stage's one per slot
 #   (16 / smallest N 2 = 8) and token lane: mv 32 + 16 = 48, mpe 32 + 32 = 64.
@@ -63,10 +64,10 @@ _TINY_COMMON = {"preset": "tiny", "chains": 2, "chain_length": 16, "m": 16,
 TINY_PARAMS = {
     "mv": {**_TINY_COMMON, "kind": "mv", "rows": 1, "dual_int8": False, "dual_field": None,
            "dsps": 48,
-           "drain_cycles": {"2": 8, "4": 4, "8": 2, "16": 1}, "fifo_depth": 47},
+           "drain_cycles": {"2": 8, "4": 4, "8": 2, "16": 1}, "fifo_depth": 48},
     "mpe": {**_TINY_COMMON, "kind": "mpe", "rows": 2, "dual_int8": True, "dual_field": 19,
             "dsps": 64,
-            "drain_cycles": {"2": 16, "4": 8, "8": 4, "16": 2}, "fifo_depth": 63},
+            "drain_cycles": {"2": 16, "4": 8, "8": 4, "16": 2}, "fifo_depth": 64},
 }  # fmt: skip
 
 
