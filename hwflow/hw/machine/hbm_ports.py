@@ -34,10 +34,16 @@ from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
+from hwflow.hw.hier import Hierarchy, place
 from hwflow.hw.machine.axi import AXI_INCR, AxiRead, AxiWrite
 from hwflow.hw.machine.params import MachineParams
 
 __all__ = ["ReadSplitter", "WriteSplitter", "channel_addr_bits", "channel_address"]
+
+
+def _module(mp: MachineParams, part: str) -> str:
+    """Verilog module name of a channel leaf (its shape depends on the word and port)."""
+    return f"hwflow_hbm_{part}_w{mp.beat_bytes}_p{mp.port_bits // 8}_b{mp.port_burst_bytes}"
 
 
 def channel_addr_bits(mp: MachineParams) -> int:
@@ -116,12 +122,93 @@ class _Walker:
         ]
 
 
+class _ReadLane(wiring.Component):
+    """One channel's read side: its port beats into a word register, lane by lane (a signal
+    per lane: whole-signal assignments keep the elaboration linear); ``full`` once the word
+    is complete, emptied by ``pop``."""
+
+    def __init__(self, g: _Geometry) -> None:
+        self.g = g
+        super().__init__(
+            {
+                "rdata": In(8 * g.pb),
+                "rvalid": In(1),
+                "rready": Out(1),
+                "pop": In(1),
+                "full": Out(1),
+                "word": Out(8 * g.wb),
+            }
+        )
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        g = self.g
+        lanes = [Signal(8 * g.pb, name=f"lane{k}") for k in range(g.lanes)]
+        lane = Signal(range(max(g.lanes, 2)))
+        m.d.comb += [self.rready.eq(~self.full), self.word.eq(Cat(*lanes))]
+        with m.If(self.rvalid & ~self.full):
+            with m.Switch(lane):
+                for k in range(g.lanes):
+                    with m.Case(k):
+                        m.d.sync += lanes[k].eq(self.rdata)
+            m.d.sync += lane.eq(lane + 1)
+            with m.If(lane == g.lanes - 1):
+                m.d.sync += [lane.eq(0), self.full.eq(1)]
+        with m.If(self.pop):
+            m.d.sync += self.full.eq(0)
+        return m
+
+
+class _WriteLane(wiring.Component):
+    """One channel's write side: a word (data, strobes) loaded by ``load`` when not ``full``,
+    sent on the channel a port beat per cycle (``plast`` at each channel burst's end)."""
+
+    def __init__(self, g: _Geometry) -> None:
+        self.g = g
+        super().__init__(
+            {
+                "load": In(1),
+                "wdata": In(8 * g.wb),
+                "wstrb": In(g.wb),
+                "full": Out(1),
+                "pdata": Out(8 * g.pb),
+                "pstrb": Out(g.pb),
+                "plast": Out(1),
+                "pready": In(1),
+            }
+        )
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        g = self.g
+        data = [Signal(8 * g.pb, name=f"data{k}") for k in range(g.lanes)]
+        strb = [Signal(g.pb, name=f"strb{k}") for k in range(g.lanes)]
+        lane = Signal(range(max(g.lanes, 2)))
+        with m.Switch(lane):  # the lane's port beat
+            for k in range(g.lanes):
+                with m.Case(k):
+                    m.d.comb += [self.pdata.eq(data[k]), self.pstrb.eq(strb[k])]
+        m.d.comb += self.plast.eq(lane % g.beats == g.beats - 1)
+        with m.If(self.full & self.pready):
+            m.d.sync += lane.eq(lane + 1)
+            with m.If(lane == g.lanes - 1):
+                m.d.sync += [lane.eq(0), self.full.eq(0)]
+        with m.If(self.load & ~self.full):
+            m.d.sync += self.full.eq(1)
+            for k in range(g.lanes):
+                m.d.sync += [
+                    data[k].eq(self.wdata.word_select(k, 8 * g.pb)),
+                    strb[k].eq(self.wstrb.word_select(k, g.pb)),
+                ]
+        return m
+
+
 class ReadSplitter(wiring.Component):
     """Wide AXI4 read ports ``s<i>`` (subordinate side, ``sources`` of them; lower index
     first when several wait) on channel read ports ``ch<c>`` (manager side)."""
 
-    def __init__(self, mp: MachineParams, sources: int = 1) -> None:
-        self.mp, self.sources = mp, sources
+    def __init__(self, mp: MachineParams, sources: int = 1, hier: Hierarchy | None = None) -> None:
+        self.mp, self.sources, self.hier = mp, sources, hier
         cb = channel_addr_bits(mp)
         super().__init__(
             {
@@ -157,51 +244,48 @@ class ReadSplitter(wiring.Component):
         self._return(m, g, srcs, full, order)
         return m
 
-    def _assemble(self, m: Module, g: _Geometry, chans: list) -> list[tuple[Signal, Signal]]:
-        """Per channel: port beats into a word register, lane by lane; (full, word) each."""
+    def _assemble(self, m: Module, g: _Geometry, chans: list) -> list[_ReadLane]:
+        """Per channel, a :class:`_ReadLane` (a module of its own with ``hier``)."""
         out = []
         for c, p in enumerate(chans):
-            word = Signal(8 * g.wb, name=f"rw{c}")
-            full = Signal(name=f"rfull{c}")
-            lane = Signal(range(max(g.lanes, 2)), name=f"rlane{c}")
-            m.d.comb += p.rready.eq(~full)
-            with m.If(p.rvalid & ~full):
-                for k in range(g.lanes):
-                    with m.If(lane == k):
-                        m.d.sync += word.word_select(k, 8 * g.pb).eq(p.rdata)
-                m.d.sync += lane.eq(lane + 1)
-                with m.If(lane == g.lanes - 1):
-                    m.d.sync += [lane.eq(0), full.eq(1)]
-            out.append((full, word))
+            lane = place(m, self.hier, f"rlane{c}", _module(self.mp, "rlane"),
+                         lambda: _ReadLane(g))  # fmt: skip
+            m.d.comb += [lane.rdata.eq(p.rdata), lane.rvalid.eq(p.rvalid), p.rready.eq(lane.rready)]
+            out.append(lane)
         return out
 
-    def _return(self, m: Module, g: _Geometry, srcs: list, full: list, order: object) -> None:
+    def _return(
+        self, m: Module, g: _Geometry, srcs: list, full: list[_ReadLane], order: object
+    ) -> None:
         """The order FIFO's head word to its source once its channel has assembled it."""
         cw = max(1, (self.mp.channels - 1).bit_length())
         h_ch, h_last = order.r_data[:cw], order.r_data[cw]
         h_src = order.r_data[cw + 1 :]
-        fulls = Array(f for f, _ in full)
-        words = Array(w for _, w in full)
+        fulls = Array(lane.full for lane in full)
+        data = Signal(8 * g.wb)
+        with m.Switch(h_ch):
+            for c, lane in enumerate(full):
+                with m.Case(c):
+                    m.d.comb += data.eq(lane.word)
         ready = Array(s.rready for s in srcs)[h_src]
         valid = order.r_rdy & fulls[h_ch]
         for i, s in enumerate(srcs):
             m.d.comb += [
-                s.rdata.eq(words[h_ch]),
+                s.rdata.eq(data),
                 s.rlast.eq(h_last),
                 s.rvalid.eq(valid & (h_src == i)),
             ]
         pop = valid & ready
         m.d.comb += order.r_en.eq(pop)
-        for c, (f, _) in enumerate(full):
-            with m.If(pop & (h_ch == c)):
-                m.d.sync += f.eq(0)
+        for c, lane in enumerate(full):
+            m.d.comb += lane.pop.eq(pop & (h_ch == c))
 
 
 class WriteSplitter(wiring.Component):
     """A wide AXI4 write port ``s`` (subordinate side) on channel write ports ``ch<c>``."""
 
-    def __init__(self, mp: MachineParams) -> None:
-        self.mp = mp
+    def __init__(self, mp: MachineParams, hier: Hierarchy | None = None) -> None:
+        self.mp, self.hier = mp, hier
         cb = channel_addr_bits(mp)
         super().__init__(
             {
@@ -235,30 +319,26 @@ class WriteSplitter(wiring.Component):
         """Each wide W beat into its channel's register (once that one is sent), then out of
         it a port beat per cycle (``wlast`` at each channel burst's end)."""
         s = self.s
-        held = []
+        lanes = []
         for c, p in enumerate(chans):
-            word = Signal(8 * g.wb, name=f"ww{c}")
-            strb = Signal(g.wb, name=f"wstrb{c}")
-            full = Signal(name=f"wfull{c}")
-            lane = Signal(range(max(g.lanes, 2)), name=f"wlane{c}")
+            lane = place(m, self.hier, f"wlane{c}", _module(self.mp, "wlane"),
+                         lambda: _WriteLane(g))  # fmt: skip
             m.d.comb += [
-                p.wdata.eq(word.word_select(lane, 8 * g.pb)),
-                p.wstrb.eq(strb.word_select(lane, g.pb)),
-                p.wlast.eq(lane % g.beats == g.beats - 1),
-                p.wvalid.eq(full),
+                lane.wdata.eq(s.wdata),
+                lane.wstrb.eq(s.wstrb),
+                lane.pready.eq(p.wready),
+                p.wdata.eq(lane.pdata),
+                p.wstrb.eq(lane.pstrb),
+                p.wlast.eq(lane.plast),
+                p.wvalid.eq(lane.full),
                 p.bready.eq(1),
             ]
-            with m.If(full & p.wready):
-                m.d.sync += lane.eq(lane + 1)
-                with m.If(lane == g.lanes - 1):
-                    m.d.sync += [lane.eq(0), full.eq(0)]
-            held.append((full, word, strb))
-        fulls = Array(f for f, _, _ in held)
+            lanes.append(lane)
+        fulls = Array(lane.full for lane in lanes)
         ok = route.r_rdy & ~fulls[route.r_data]
         m.d.comb += [s.wready.eq(ok), route.r_en.eq(ok & s.wvalid)]
-        for c, (full, word, strb) in enumerate(held):
-            with m.If(ok & s.wvalid & (route.r_data == c)):
-                m.d.sync += [full.eq(1), word.eq(s.wdata), strb.eq(s.wstrb)]
+        for c, lane in enumerate(lanes):
+            m.d.comb += lane.load.eq(ok & s.wvalid & (route.r_data == c))
 
     def _responses(self, m: Module, g: _Geometry, chans: list, resp: object) -> None:
         """Per channel, write responses received and not yet claimed; the head word claims
