@@ -129,7 +129,7 @@ def test_dsp58_design_counts_dsps_structurally(monkeypatch) -> None:
 
     def fake_machine(hw_, *_a, **_kw):
         top = sy.ModuleReport("machine", "top", 1, zero | {"lut": 50.0, "dsp": 5.0}, 0, 0.0, True)
-        return top, None
+        return [top], None
 
     monkeypatch.setattr(sy, "synthesize_engine", fake)
     monkeypatch.setattr(sy, "synthesize_machine", fake_machine)
@@ -330,3 +330,23 @@ def test_engine_modules_within_four_lut_levels() -> None:
         mods, _ = synthesize_engine(p, period_ps(hw))
         levels = {m.module: m.path.lut_levels for m in mods if m.path is not None}
         assert levels and max(levels.values()) <= 4, levels
+
+
+def test_machine_parts_split_by_escaped_module_names() -> None:
+    """The machine's Verilog is cut into parts for synthesis: Amaranth's escaped names
+    (``\\top.a.b ``) become plain identifiers everywhere (module and instance), and each
+    module goes to the longest root prefixing it (``top__a`` takes ``top__a__b``, not
+    ``top``)."""
+    from hwflow.hw.synth import module_groups, split_modules
+
+    text = (
+        "module top(clk);\n  \\top.a  a (\n  .clk(clk));\nendmodule\n"
+        "module \\top.a (clk);\n  \\top.a.b  b (\n  .clk(clk));\nendmodule\n"
+        "module \\top.a.b (clk);\nendmodule\n"
+        "module \\top.c (clk);\nendmodule\n"
+    )
+    mods = split_modules(text)
+    assert list(mods) == ["top", "top__a", "top__a__b", "top__c"]
+    assert "  top__a  a (" in mods["top"] and "  top__a__b  b (" in mods["top__a"]
+    groups = module_groups(mods, ["top", "top__a", "top__c"])
+    assert groups == {"top": ["top"], "top__a": ["top__a", "top__a__b"], "top__c": ["top__c"]}
