@@ -38,6 +38,23 @@ def test_rtl_command_writes_linted_verilog(rtl_out: tuple[Path, int, str]) -> No
     assert (out / "hwflow_tiny_mv.v").is_file() and (out / "hwflow_tiny_mpe.v").is_file()
 
 
+@pytest.mark.rtl
+@pytest.mark.xdist_group("rtl-tiny")
+def test_rtl_writes_the_accelerator_on_channel_ports(rtl_out: tuple[Path, int, str]) -> None:
+    """board.v: the machine with every unit on one AXI port per HBM channel, as tiny.yaml
+    has them (4 pseudo-channels, 256-bit ports, 512-byte bursts), the engines' leaves once."""
+    out, _, _ = rtl_out
+    acc = json.loads((out / "manifest.json").read_text())["accelerator"]
+    assert acc["units"] == ["LD", "ST", "MM", "MV", "SFU"]
+    assert acc["hbm_ports"] == {"channels": 4, "data_bits": 256, "max_burst_bytes": 512}
+    text = (out / acc["file"]).read_text()
+    assert f"module {acc['module']}(" in text
+    for c in range(4):
+        assert f"hbm{c}_rd__araddr" in text and f"hbm{c}_wr__wdata" in text
+    assert "hbm4_rd__araddr" not in text
+    assert text.count("module hwflow_mv_slice(") == 1 and acc["leaves"]["hwflow_mv_slice"] == 2
+
+
 # The tiny engines' manifest parameters, worked out by hand from mappings/hw/tiny.yaml (not read
 # back from EngineParams, which writes the manifest):
 # * mv: 2 chains x 16 DSP48E2 stages (48-bit accumulators), 2 requantizers; mpe: 2 token rows

@@ -216,28 +216,27 @@ def board_design(hw: HardwarePreset, name: str | None = None) -> tuple[str, str,
     return name, hier.verilog() + top, hier, mp
 
 
-def write_accelerator(hw: HardwarePreset, out: Path) -> dict[str, Any]:
-    """Write the whole machine on per-channel HBM ports (:func:`board_design`) as
-    ``board.v`` into ``out``; its manifest entry. A preset the machine cannot be built for
-    gets ``{"skipped": reason}``."""
-    from hwflow.errors import UnsupportedError
+def _board_cached(hw: HardwarePreset) -> tuple[str, dict[str, Any]]:
+    """:func:`board_design`'s Verilog and facts (module, generation seconds, leaf counts,
+    machine parameters), cached under the Verilator build root keyed by what they are made
+    of (:func:`hwflow.hw.cosim.machine_key` of the machine's sources and parameters, the
+    preset, and this module, the hierarchy and the memory shapes)."""
+    from hwflow.hw.cosim import BUILD_ROOT, machine_key
+    from hwflow.hw.machine.params import MachineParams
 
+    mp = MachineParams.from_preset(hw)  # UnsupportedError: not buildable
+    here = Path(__file__).parent
+    own = b"".join((here / f).read_bytes() for f in ("generate.py", "hier.py", "memories.py"))
+    key = machine_key(mp, f"board;{hw.digest};{hashlib.sha256(own).hexdigest()}")
+    bdir = BUILD_ROOT / f"board-{key}"
+    src, meta = bdir / "board.v", bdir / "board.json"
+    if src.is_file() and meta.is_file():
+        return src.read_text(), json.loads(meta.read_text())
     t0 = time.perf_counter()
-    try:
-        name, text, hier, mp = board_design(hw)
-    except UnsupportedError as e:
-        return {"skipped": str(e)}
-    seconds = time.perf_counter() - t0
-    _units, names = board_units(hw, None)
-    path = out / "board.v"
-    write_if_changed(path, text)
-    return {
+    name, text, hier, _mp = board_design(hw)
+    facts = {
         "module": name,
-        "file": path.name,
-        "sha256": hashlib.sha256(text.encode()).hexdigest(),
-        "verilog_lines": text.count("\n"),
-        "generate_seconds": round(seconds, 2),
-        "units": names,
+        "generate_seconds": round(time.perf_counter() - t0, 2),
         "leaves": hier.counts(),
         "word_bytes": mp.beat_bytes,
         "hbm_ports": {
@@ -246,6 +245,31 @@ def write_accelerator(hw: HardwarePreset, out: Path) -> dict[str, Any]:
             "max_burst_bytes": mp.port_burst_bytes,
         },
         "queue_depth": mp.queue_depth,
+    }
+    write_if_changed(src, text)
+    write_if_changed(meta, json.dumps(facts))
+    return text, facts
+
+
+def write_accelerator(hw: HardwarePreset, out: Path) -> dict[str, Any]:
+    """Write the whole machine on per-channel HBM ports (:func:`board_design`, cached by
+    :func:`_board_cached`) as ``board.v`` into ``out``; its manifest entry. A preset the
+    machine cannot be built for gets ``{"skipped": reason}``."""
+    from hwflow.errors import UnsupportedError
+
+    try:
+        text, facts = _board_cached(hw)
+    except UnsupportedError as e:
+        return {"skipped": str(e)}
+    _units, names = board_units(hw, None)
+    path = out / "board.v"
+    write_if_changed(path, text)
+    return {
+        **facts,
+        "file": path.name,
+        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "verilog_lines": text.count("\n"),
+        "units": names,
     }
 
 
