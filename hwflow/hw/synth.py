@@ -216,8 +216,30 @@ def parse_sta(text: str) -> PathReport | None:
     )
 
 
+#: Yosys processes running at once across every thread (:func:`_jobs`; set on first use).
+_SLOTS: list[threading.BoundedSemaphore] = []
+_SLOTS_LOCK = threading.Lock()
+
+
+def _slot() -> threading.BoundedSemaphore:
+    """The process-wide limit on Yosys runs: the engines' and the machine's runs share the
+    :func:`_jobs` slots, so a whole-design estimate never runs more Yosys processes (each up to
+    a few GB) than asked for."""
+    with _SLOTS_LOCK:
+        if not _SLOTS:
+            _SLOTS.append(threading.BoundedSemaphore(_jobs()))
+    return _SLOTS[0]
+
+
 def _yosys_script(work: Path, script: str, log_name: str, timeout: int) -> str:
-    """Run one Yosys script in ``work``; its log (HwflowError naming the failure)."""
+    """Run one Yosys script in ``work`` (in one of the :func:`_slot` slots); its log
+    (HwflowError naming the failure)."""
+    with _slot():
+        return _yosys_script_now(work, script, log_name, timeout)
+
+
+def _yosys_script_now(work: Path, script: str, log_name: str, timeout: int) -> str:
+    """Run one Yosys script in ``work`` now; its log."""
     try:
         res = subprocess.run(
             [*_yosys(), "-q", "-l", log_name, "-p", script],
