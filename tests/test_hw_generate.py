@@ -367,3 +367,15 @@ def test_machine_parts_split_by_escaped_module_names() -> None:
     assert "  top__a  a (" in mods["top"] and "  top__a__b  b (" in mods["top__a"]
     groups = module_groups(mods, ["top", "top__a", "top__c"])
     assert groups == {"top": ["top"], "top__a": ["top__a", "top__a__b"], "top__c": ["top__c"]}
+
+
+def test_stat_of_a_part_with_black_boxes_or_no_cells() -> None:
+    """A machine part whose only cells are black-box instances (lower-case module names)
+    lists them; a part with no cells at all has no cells line: an empty count, not an
+    error; a cells line with no cell types after it still is one."""
+    head = "\n=== p ===\n\n        +----------Local Count\n        |\n       12 wires\n"
+    boxes = parse_stat(head + "        2 cells\n        1   top__a\n        1   top__b\n\nEnd\n")
+    assert boxes == {"top__a": 1, "top__b": 1}
+    assert parse_stat(head + "        2 ports\n\nEnd of script\n") == {}
+    with pytest.raises(Exception, match="lists no cells"):
+        parse_stat(head + "        3 cells\n\nEnd\n")

@@ -151,9 +151,12 @@ def parse_stat(text: str) -> Counter[str]:
     if start < 0:
         raise HwflowError("Yosys printed no 'stat' report")
     cells: Counter[str] = Counter()
+    listing = False  # after the "N cells" line: every name is a cell type (black boxes too)
     for line in text[start:].splitlines()[2:]:
-        m = re.match(r"^\s+(\d+)\s+(\$?[A-Z_$][\w$]*)\s*$", line)
-        if m:
+        m = re.match(r"^\s+(\d+)\s+(\$?[A-Za-z_$\\][\w$.\\]*)\s*$", line)
+        if m and m.group(2) == "cells":
+            listing = True
+        elif m and (listing or re.match(r"\$?[A-Z_$]", m.group(2))):
             cells[m.group(2)] += int(m.group(1))
         elif cells and not line.strip():
             break
