@@ -277,19 +277,23 @@ async def cost_model(dut: object) -> None:
         for rows in (1, rpb, rpb + 1, 3 * rpb - 1):
             for blocks in (1, 2, 5):
                 tokens = int(rng.integers(1, 3 * p.rows + 1)) if p.rows > 1 else 1
-                shapes.append((tokens, rows, blocks * p.m, n))
+                shapes.append((tokens, rows, blocks * p.m, n, None))
+        # weight-grouped ops (GROUP_STAGES more latency): groups of one and of two blocks
+        tokens = int(rng.integers(1, 3 * p.rows + 1)) if p.rows > 1 else 1
+        shapes += [(tokens, rpb + 1, 2 * p.m, n, p.m), (tokens, rpb, 4 * p.m, n, 2 * p.m)]
     checked = 0
-    for tokens, rows, k, n in shapes:
+    for tokens, rows, k, n, group in shapes:
         bits = int(rng.choice(p.weight_bits))
-        a = make_op(p, rng, tokens=tokens, rows=rows, k=k, n=n, bits=bits)
-        b = make_op(p, rng, tokens=tokens, rows=rows, k=k, n=n, bits=bits, raw=tokens == 1)
+        a = make_op(p, rng, tokens=tokens, rows=rows, k=k, n=n, bits=bits, group=group)
+        raw = tokens == 1 and group is None
+        b = make_op(p, rng, tokens=tokens, rows=rows, k=k, n=n, bits=bits, raw=raw, group=group)
         st = _encode_ops(p, [a, b])
         tr = await _drive(dut, p, st, rng, preload=True)
         _check(tr.words, st.expected, st.labels)
-        cost = matmul_cost(engine, p.m, tokens, rows, k, n)
+        cost = matmul_cost(engine, p.m, tokens, rows, k, n, group)
         na, blocks = len(op_beats(p, a)), k // p.m
         wa = sum(len(w) for w in op_words(p, a))
-        shape = f"T{tokens} R{rows} K{k} N{n}"
+        shape = f"T{tokens} R{rows} K{k} N{n} G{group}"
         start_a, start_b = tr.in_cycles[0], tr.in_cycles[na]
         slot = cost.beats // op_results(p, a)  # input cycles per result
         sched = [start_a + (j // blocks) * slot + j % blocks for j in range(na)]

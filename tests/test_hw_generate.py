@@ -38,6 +38,23 @@ def test_rtl_command_writes_linted_verilog(rtl_out: tuple[Path, int, str]) -> No
     assert (out / "hwflow_tiny_mv.v").is_file() and (out / "hwflow_tiny_mpe.v").is_file()
 
 
+@pytest.mark.rtl
+@pytest.mark.xdist_group("rtl-tiny")
+def test_rtl_writes_the_accelerator_on_channel_ports(rtl_out: tuple[Path, int, str]) -> None:
+    """board.v: the machine with every unit on one AXI port per HBM channel, as tiny.yaml
+    has them (4 pseudo-channels, 256-bit ports, 512-byte bursts), the engines' leaves once."""
+    out, _, _ = rtl_out
+    acc = json.loads((out / "manifest.json").read_text())["accelerator"]
+    assert acc["units"] == ["LD", "ST", "MM", "MV", "SFU"]
+    assert acc["hbm_ports"] == {"channels": 4, "data_bits": 256, "max_burst_bytes": 512}
+    text = (out / acc["file"]).read_text()
+    assert f"module {acc['module']}(" in text
+    for c in range(4):
+        assert f"hbm{c}_rd__araddr" in text and f"hbm{c}_wr__wdata" in text
+    assert "hbm4_rd__araddr" not in text
+    assert text.count("module hwflow_mv_slice(") == 1 and acc["leaves"]["hwflow_mv_slice"] == 2
+
+
 # The tiny engines' manifest parameters, worked out by hand from mappings/hw/tiny.yaml (not read
 # back from EngineParams, which writes the manifest):
 # * mv: 2 chains x 16 DSP48E2 stages (48-bit accumulators), 2 requantizers; mpe: 2 token rows
@@ -49,8 +66,9 @@ def test_rtl_command_writes_linted_verilog(rtl_out: tuple[Path, int, str]) -> No
 # * latency, the stages of the hwflow.costs module doc: operands 2 + product 1 + cascade 16
 #   + accumulator 1 + capture 1 + requantizer 6 (bias, two multiply, round, shift,
 #   saturate) + output FIFO 1 = 28.
-# * output FIFO: latency + 2 group stages + the largest drain twice + 1 (the input's registered
-#   credit check): mv 28 + 2 + 16 + 1 = 47, mpe 28 + 2 + 32 + 1 = 63.
+# * output FIFO: latency + 3 group stages (partial register, multiply, accumulate) + the
+#   largest drain twice + 1 (the input's registered credit check): mv 28 + 3 + 16 + 1 = 48,
+#   mpe 28 + 3 + 32 + 1 = 64.
 # * parameter memory: param_kib 16 = 16384 B / (16 lanes x 8 B per entry) = 128 entries.
 # * DSPs: 2 chains x 16 stages (mpe: one per two token lanes) + the group stage's one per slot
 #   (16 / smallest N 2 = 8) and token lane: mv 32 + 16 = 48, mpe 32 + 32 = 64.
@@ -63,10 +81,10 @@ _TINY_COMMON = {"preset": "tiny", "chains": 2, "chain_length": 16, "m": 16,
 TINY_PARAMS = {
     "mv": {**_TINY_COMMON, "kind": "mv", "rows": 1, "dual_int8": False, "dual_field": None,
            "dsps": 48,
-           "drain_cycles": {"2": 8, "4": 4, "8": 2, "16": 1}, "fifo_depth": 47},
+           "drain_cycles": {"2": 8, "4": 4, "8": 2, "16": 1}, "fifo_depth": 48},
     "mpe": {**_TINY_COMMON, "kind": "mpe", "rows": 2, "dual_int8": True, "dual_field": 19,
             "dsps": 64,
-            "drain_cycles": {"2": 16, "4": 8, "8": 4, "16": 2}, "fifo_depth": 63},
+            "drain_cycles": {"2": 16, "4": 8, "8": 4, "16": 2}, "fifo_depth": 64},
 }  # fmt: skip
 
 
@@ -128,7 +146,7 @@ def test_dsp58_design_counts_dsps_structurally(monkeypatch) -> None:
 
     def fake_machine(hw_, *_a, **_kw):
         top = sy.ModuleReport("machine", "top", 1, zero | {"lut": 50.0, "dsp": 5.0}, 0, 0.0, True)
-        return top, None
+        return [top], None
 
     monkeypatch.setattr(sy, "synthesize_engine", fake)
     monkeypatch.setattr(sy, "synthesize_machine", fake_machine)
@@ -329,3 +347,35 @@ def test_engine_modules_within_four_lut_levels() -> None:
         mods, _ = synthesize_engine(p, period_ps(hw))
         levels = {m.module: m.path.lut_levels for m in mods if m.path is not None}
         assert levels and max(levels.values()) <= 4, levels
+
+
+def test_machine_parts_split_by_escaped_module_names() -> None:
+    """The machine's Verilog is cut into parts for synthesis: Amaranth's escaped names
+    (``\\top.a.b ``) become plain identifiers everywhere (module and instance), and each
+    module goes to the longest root prefixing it (``top__a`` takes ``top__a__b``, not
+    ``top``)."""
+    from hwflow.hw.synth import module_groups, split_modules
+
+    text = (
+        "module top(clk);\n  \\top.a  a (\n  .clk(clk));\nendmodule\n"
+        "module \\top.a (clk);\n  \\top.a.b  b (\n  .clk(clk));\nendmodule\n"
+        "module \\top.a.b (clk);\nendmodule\n"
+        "module \\top.c (clk);\nendmodule\n"
+    )
+    mods = split_modules(text)
+    assert list(mods) == ["top", "top__a", "top__a__b", "top__c"]
+    assert "  top__a  a (" in mods["top"] and "  top__a__b  b (" in mods["top__a"]
+    groups = module_groups(mods, ["top", "top__a", "top__c"])
+    assert groups == {"top": ["top"], "top__a": ["top__a", "top__a__b"], "top__c": ["top__c"]}
+
+
+def test_stat_of_a_part_with_black_boxes_or_no_cells() -> None:
+    """A machine part whose only cells are black-box instances (lower-case module names)
+    lists them; a part with no cells at all has no cells line: an empty count, not an
+    error; a cells line with no cell types after it still is one."""
+    head = "\n=== p ===\n\n        +----------Local Count\n        |\n       12 wires\n"
+    boxes = parse_stat(head + "        2 cells\n        1   top__a\n        1   top__b\n\nEnd\n")
+    assert boxes == {"top__a": 1, "top__b": 1}
+    assert parse_stat(head + "        2 ports\n\nEnd of script\n") == {}
+    with pytest.raises(Exception, match="lists no cells"):
+        parse_stat(head + "        3 cells\n\nEnd\n")

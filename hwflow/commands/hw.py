@@ -19,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "rtl",
         help="write the Verilog of a preset's accelerator and its matrix engines, a manifest",
-        description="Generate the whole accelerator (accel.v: fetch, dispatcher, queues, "
-        "buffers, LD/ST, MM/MV/SFU units; the Verilog hwflow cosim runs) and the matrix-vector "
+        description="Generate the whole accelerator (board.v: fetch, dispatcher, queues, "
+        "buffers, LD/ST, MM/MV/SFU units on one AXI4 port per HBM channel) and the matrix-vector "
         "and matrix-matrix engines alone of a hardware preset as Verilog (from Amaranth) with "
         "manifest.json (parameters, ports, payload fields, latency), and lint the engines with "
         "verilator --lint-only -Wall and rtl/lint.vlt.",
@@ -125,10 +125,12 @@ def _generate(hw: HardwarePreset, out: Path, chains: int | None, lint: bool) -> 
     if acc is not None and "skipped" in acc:
         lines.append(f"accelerator: not written: {acc['skipped']}")
     elif acc is not None:
+        hp = acc["hbm_ports"]
         lines.append(
             f"accelerator: {out / acc['file']}  units {', '.join(acc['units'])}, "
-            f"{acc['word_bytes']}-byte buffer words and HBM port; {acc['verilog_lines']} lines "
-            f"of Verilog ({acc['generate_seconds']:.1f} s to generate, cached with hwflow cosim)"
+            f"{acc['word_bytes']}-byte buffer words on {hp['channels']} HBM channel ports of "
+            f"{hp['data_bits']} bits (bursts <= {hp['max_burst_bytes']} B); "
+            f"{acc['verilog_lines']} lines of Verilog in {acc['generate_seconds']:.1f} s"
         )
     lines.append(f"manifest: {out / 'manifest.json'}")
     return status, lines

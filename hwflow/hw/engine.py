@@ -40,11 +40,12 @@ t+12+C+q              the drain word on the output FIFO (``o``)
 Weight groups (a beat's ``wgrp``; :func:`hwflow.numerics.weight_matmul`): the segment-end
 accumulators restart at every weight group (G/M beats) instead of every row group; when a
 group's last beat (``glast``) reaches t+4+C, each chain's segments at the beat's N (per token
-lane) are multiplied by their rows' group multipliers (the ``gmult`` port, valid with that
-beat and delayed with it; one DSP48E2 per slot and token lane, its M register: t+5+C,
+lane) are registered (the segment difference and its N pick are the slice's longest path),
+then multiplied by their rows' group multipliers (the ``gmult`` port, valid with that
+beat and delayed with it; one DSP48E2 per slot and token lane, its M register: t+6+C,
 counted by :func:`hwflow.config.engine_dsps`) and added into
-the row accumulators (its P register: t+6+C, restarted by the row group's first group); the
-row group is captured from those at t+7+C, :data:`hwflow.costs.GROUP_STAGES` later than an
+the row accumulators (its P register: t+7+C, restarted by the row group's first group); the
+row group is captured from those at t+8+C, :data:`hwflow.costs.GROUP_STAGES` later than an
 ungrouped one, and drains the same way. (An ungrouped row group ending right after a grouped
 one waits GROUP_STAGES cycles more, so that captures stay a drain apart and in order.)
 
@@ -290,14 +291,15 @@ class ChainSlice(wiring.Component):
         for t in range(p.rows):
             at = 0
             for s_, cases in enumerate(_slot_cases(p)):
-                part = Signal(signed(GROUP_PARTIAL_BITS), name=f"gp{t}_{s_}")
+                # registered: the segment difference and its N pick alone take ~5 ns
+                part = Signal(signed(GROUP_PARTIAL_BITS), name=f"gp{t}_{s_}", reset_less=True)
                 with m.Switch(self.gsel):
                     for k, _n in cases:
                         with m.Case(k):
-                            m.d.comb += part.eq(self.seg[t][at])
+                            m.d.sync += part.eq(self.seg[t][at])
                         at += 1
                     with m.Default():
-                        m.d.comb += part.eq(0)
+                        m.d.sync += part.eq(0)
                 g = self.gmult[s_ * gb : (s_ + 1) * gb]
                 prod = Signal(
                     signed(GROUP_PARTIAL_BITS + gb + 1), name=f"gm{t}_{s_}", reset_less=True
@@ -635,12 +637,13 @@ class ChainEngine(wiring.Component):
 
     def _gmult_line(self, m: Module) -> list[Signal]:
         """Each chain's group multipliers (the ``gmult`` port, split per chain in one
-        assignment), delayed with their beat to the chain's end plus the multiply's cycle."""
+        assignment), delayed with their beat to the chain's end plus the partial's register
+        and the multiply's cycle."""
         p = self.params
         gw = p.gmult_layout.elem_shape
         line = [Signal(gw, name=f"gm_in{c}") for c in range(p.chains)]
         m.d.comb += Cat(*line).eq(self.gmult.as_value())
-        for d in range(3 + p.chain_length + 1):
+        for d in range(3 + p.chain_length + GROUP_STAGES - 1):
             nxt = [Signal(gw, name=f"gmd{d}_{c}", reset_less=True) for c in range(p.chains)]
             m.d.sync += [n.eq(g) for n, g in zip(nxt, line, strict=True)]
             line = nxt
@@ -661,8 +664,9 @@ class ChainEngine(wiring.Component):
             end = _by_mode(m, cj.nsel, p, {n: (j + 1) % n == 0 for n in p.n_modes})
             m.d.sync += [acc_en[e].eq(cj.valid & end), acc_first[e].eq(cj.first)]
         # weight groups: the beat whose deskewed accumulators are complete (ctl[3 + C]) has
-        # its group partials multiplied (M), accumulated a cycle later (P)
-        cq_ahead, cm_ahead = ctl[2 + c_len], ctl[3 + c_len]
+        # its group partials registered, multiplied a cycle later (M), accumulated a cycle
+        # after that (P)
+        cq_ahead, cm_ahead = ctl[3 + c_len], ctl[4 + c_len]
         gmul, gacc, gfirst = Signal(), Signal(), Signal()
         m.d.sync += [
             gmul.eq(cq_ahead.valid & cq_ahead.wgrp & cq_ahead.glast),

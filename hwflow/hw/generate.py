@@ -35,6 +35,8 @@ from hwflow.hw.tools import ROOT, ensure_verilator_on_path
 __all__ = [
     "DEFAULT_OUT",
     "LINT_WAIVERS",
+    "board_design",
+    "board_units",
     "build_engine",
     "describe_layout",
     "engine_design",
@@ -179,34 +181,95 @@ def write_rtl(
     return manifest
 
 
-def write_accelerator(hw: HardwarePreset, out: Path) -> dict[str, Any]:
-    """Write the whole machine (:class:`~hwflow.hw.machine.top.Accelerator` with every
-    implemented unit) as ``accel.v`` into ``out``; its manifest entry. The Verilog comes from
-    the machine's build cache (:func:`hwflow.hw.cosim.machine_verilog`, shared with
-    ``hwflow cosim``). A preset the machine cannot be built for gets ``{"skipped": reason}``."""
-    from hwflow.errors import UnsupportedError
-    from hwflow.hw.cosim import machine_verilog
-    from hwflow.hw.machine.params import MachineParams
+def board_units(hw: HardwarePreset, hier: Hierarchy | None) -> tuple[dict, list[str]]:
+    """Factories of the machine's implemented compute units (as
+    :func:`hwflow.hw.machine.units.available_units`), the MM/MV units' engines placed
+    through ``hier`` (each distinct engine module once); the unit names."""
     from hwflow.hw.machine.units import available_units
+    from hwflow.isa import Buf, Unit
+
+    units, names = available_units(hw)
+    if hier is not None and Unit.MM in units:
+        from hwflow.hw.machine.mmu import MatmulUnit
+
+        for u, kind in ((Unit.MM, "mpe"), (Unit.MV, "mv")):
+            units[u] = lambda mp, kind=kind: MatmulUnit(hw, kind, mp.word_bytes[Buf.ACT], hier)
+    return units, names
+
+
+def board_design(hw: HardwarePreset, name: str | None = None) -> tuple[str, str, Hierarchy, Any]:
+    """(module name, Verilog, hierarchy, machine parameters) of the whole accelerator on
+    per-channel HBM ports (:class:`~hwflow.hw.machine.board.Board`) with every implemented
+    unit, the engines' leaves as modules of their own. UnsupportedError when the RTL machine
+    does not build for ``hw``."""
+    from hwflow.hw.machine.board import Board
+    from hwflow.hw.machine.combcheck import fast_comb_check
+    from hwflow.hw.machine.params import MachineParams
+    from hwflow.hw.machine.verilog import _zero_memories_uninitialised
+
+    mp = MachineParams.from_preset(hw)
+    name = name or "hwflow_" + re.sub(r"\W", "_", hw.name) + "_board"
+    hier = Hierarchy()
+    units, _names = board_units(hw, hier)
+    with _zero_memories_uninitialised(), fast_comb_check():
+        top = verilog.convert(Board(mp, units, hier), name=name, emit_src=False)
+    return name, hier.verilog() + top, hier, mp
+
+
+def _board_cached(hw: HardwarePreset) -> tuple[str, dict[str, Any]]:
+    """:func:`board_design`'s Verilog and facts (module, generation seconds, leaf counts,
+    machine parameters), cached under the Verilator build root keyed by what they are made
+    of (:func:`hwflow.hw.cosim.machine_key` of the machine's sources and parameters, the
+    preset, and this module, the hierarchy and the memory shapes)."""
+    from hwflow.hw.cosim import BUILD_ROOT, machine_key
+    from hwflow.hw.machine.params import MachineParams
+
+    mp = MachineParams.from_preset(hw)  # UnsupportedError: not buildable
+    here = Path(__file__).parent
+    own = b"".join((here / f).read_bytes() for f in ("generate.py", "hier.py", "memories.py"))
+    key = machine_key(mp, f"board;{hw.digest};{hashlib.sha256(own).hexdigest()}")
+    bdir = BUILD_ROOT / f"board-{key}"
+    src, meta = bdir / "board.v", bdir / "board.json"
+    if src.is_file() and meta.is_file():
+        return src.read_text(), json.loads(meta.read_text())
+    t0 = time.perf_counter()
+    name, text, hier, _mp = board_design(hw)
+    facts = {
+        "module": name,
+        "generate_seconds": round(time.perf_counter() - t0, 2),
+        "leaves": hier.counts(),
+        "word_bytes": mp.beat_bytes,
+        "hbm_ports": {
+            "channels": mp.channels,
+            "data_bits": mp.port_bits,
+            "max_burst_bytes": mp.port_burst_bytes,
+        },
+        "queue_depth": mp.queue_depth,
+    }
+    write_if_changed(src, text)
+    write_if_changed(meta, json.dumps(facts))
+    return text, facts
+
+
+def write_accelerator(hw: HardwarePreset, out: Path) -> dict[str, Any]:
+    """Write the whole machine on per-channel HBM ports (:func:`board_design`, cached by
+    :func:`_board_cached`) as ``board.v`` into ``out``; its manifest entry. A preset the
+    machine cannot be built for gets ``{"skipped": reason}``."""
+    from hwflow.errors import UnsupportedError
 
     try:
-        mp = MachineParams.from_preset(hw)
+        text, facts = _board_cached(hw)
     except UnsupportedError as e:
         return {"skipped": str(e)}
-    units, names = available_units(hw)
-    _bdir, text, facts = machine_verilog(mp, units)
-    path = out / "accel.v"
+    _units, names = board_units(hw, None)
+    path = out / "board.v"
     write_if_changed(path, text)
     return {
-        "module": "accel",
+        **facts,
         "file": path.name,
         "sha256": hashlib.sha256(text.encode()).hexdigest(),
         "verilog_lines": text.count("\n"),
-        "generate_seconds": round(facts["gen_s"], 2),
         "units": names,
-        "word_bytes": mp.word_bytes[next(iter(mp.word_bytes))],
-        "axi_data_bits": mp.axi_data_bits,
-        "queue_depth": mp.queue_depth,
     }
 
 

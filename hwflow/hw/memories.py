@@ -23,8 +23,9 @@ the second) from two banks (even and odd rows), ``buffers.instr_kib`` deep in al
 largest template the compiler produces must fit it: ``hwflow compile`` refuses one that
 does not; LLaMA-2-7B's largest on u280 is 71,116 B of the 256 KiB). u280: two banks of
 2,048 x 512 bits, 16 URAM288 or 58 RAMB36E2, where two banks of the 2,048-byte AXI beat's
-width (the shape :class:`~hwflow.hw.machine.fetch.InstrMem` builds today, two beats per
-bank word) took 912 RAMB36E2 for the same 256 KiB.
+width (two beats per bank word, the shape the RTL built before) took 912 RAMB36E2 for the
+same 256 KiB. :class:`~hwflow.hw.machine.fetch.InstrMem` builds this shape (it calls
+:func:`instr_memory`).
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ from hwflow.compiler.layout import BeatGeometry
 from hwflow.config import HardwarePreset
 from hwflow.errors import UnsupportedError
 from hwflow.hw.engine import MatrixMatrixEngine, MatrixVectorEngine
+from hwflow.hw.hier import Hierarchy
 from hwflow.hw.machine.decode import cmd_layout
 from hwflow.hw.machine.mmu_feed import Feed
 from hwflow.hw.machine.mmu_ports import ReadPort, WritePort
@@ -76,8 +77,13 @@ class MatmulUnit(wiring.Component):
     buffer word (every buffer the same; default one HBM port beat)."""
 
     def __init__(
-        self, hw: HardwarePreset, kind: Literal["mv", "mpe"], word_bytes: int | None = None
+        self,
+        hw: HardwarePreset,
+        kind: Literal["mv", "mpe"],
+        word_bytes: int | None = None,
+        hier: Hierarchy | None = None,
     ) -> None:
+        self.hier = hier  # the engine's leaves as module instances (hwflow.hw.hier)
         ep = EngineParams.from_preset(hw, kind)
         # pv multiplies UINT8 probabilities: a 9-bit activation lane where the engine allows
         # it (no dual-INT8 packing), else bit-sliced (see the module doc)
@@ -130,7 +136,8 @@ class MatmulUnit(wiring.Component):
     def elaborate(self, platform: object) -> Module:
         m = Module()
         ep = self.ep
-        eng = (MatrixVectorEngine if self.kind == "mv" else MatrixMatrixEngine)(ep)
+        cls = MatrixVectorEngine if self.kind == "mv" else MatrixMatrixEngine
+        eng = cls(ep, self.hier, f"hwflow_{self.kind}")
         m.submodules.engine = eng
         ins = Instr(ep, self.cmd.payload.shape(), self.split_pv, self.wb)
         feed, post = Feed(ins, self.words, self.wb), Post(ins, self.words, self.wb)
