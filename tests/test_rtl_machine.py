@@ -9,6 +9,7 @@ tests share one build (one xdist group).
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,3 +232,29 @@ def test_ldst_cycles_match_the_model_within_2_percent() -> None:
     wrong = {u: [(c, t * 1.03) for c, t in ops] for u, ops in per.items()}
     with pytest.raises(AssertionError, match="LD"):
         check_agreement(class_table(records, wrong), 0.02, classes=("LD", "ST"))
+
+
+def test_machine_key_covers_every_rtl_source():
+    """Every hwflow module the simulated machine's Verilog is generated from (what importing
+    its top modules loads, less configs and host-side runners) is hashed into the build key:
+    a change to any of them must rebuild, never reuse a stale simulator."""
+    import subprocess
+    import sys
+
+    from hwflow.hw.cosim import machine_sources
+
+    code = (
+        "import sys, hwflow.hw.machine.hbm_sim, hwflow.hw.machine.top, hwflow.hw.machine.verilog;"
+        "print('\\n'.join(m.__file__ for n, m in sys.modules.items()"
+        " if n.startswith('hwflow') and getattr(m, '__file__', None)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = {Path(f).resolve() for f in out.stdout.split()}
+    hashed = {f.resolve() for f in machine_sources()}
+    # values reach the Verilog through the parameters (configs), or the module finds tools
+    data_only = {"config", "errors.py", "files.py", "__init__.py", "cache.py", "tools.py"}
+    missing = [
+        str(f) for f in loaded - hashed
+        if not ({f.name, f.parent.name} & data_only)
+    ]  # fmt: skip
+    assert not missing, missing

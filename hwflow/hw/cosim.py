@@ -261,10 +261,13 @@ def run_cocotb(
 # The whole machine (hwflow.hw.machine): keyed before generation, since generating its
 # Verilog (the buffers' memories) takes far longer than a cached build's check.
 
-_MACHINE_SOURCES = ("hw/machine", "hw/engine.py", "hw/params.py", "hw/requant.py", "hw/dsp.py", "costs.py",
-                    "hw/widen.py", "hw/pack.py", "isa.py", "numerics.py")  # fmt: skip
-#: Host-side modules of hw/machine (runners, comparisons): not part of the Verilog.
-_HOST_ONLY = frozenset({"run.py", "cosim.py", "cycles.py", "units.py"})
+#: Every RTL source (all of ``hw/``: a hand list went stale when the machine began importing
+#: ``hw/memories.py`` and ``hw/hier.py``) and the core modules the RTL reads its facts from.
+_MACHINE_SOURCES = ("hw", "costs.py", "isa.py", "numerics.py")
+#: Host-side modules of ``hw/`` (runners, comparisons, synthesis, stimuli): not part of the Verilog.
+_HOST_ONLY = frozenset(
+    {"run.py", "cosim.py", "cycles.py", "units.py", "synth.py", "stimulus.py", "tools.py"}
+)
 
 
 def machine_key(mp: Any, units: str) -> str:
@@ -273,13 +276,23 @@ def machine_key(mp: Any, units: str) -> str:
     import amaranth
 
     h = hashlib.sha256(repr((mp, units, _MACHINE_ARGS, _TOP_PUBLIC, amaranth.__version__)).encode())
+    for f in machine_sources():
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def machine_sources() -> list[Path]:
+    """The source files :func:`machine_key` hashes (:data:`_MACHINE_SOURCES` less the
+    host-only modules of ``hw/``)."""
     pkg = Path(__file__).resolve().parents[1]
+    files: list[Path] = []
     for rel in _MACHINE_SOURCES:
         p = pkg / rel
-        for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
-            if f.name not in _HOST_ONLY or not p.is_dir():
-                h.update(f.name.encode() + f.read_bytes())
-    return h.hexdigest()[:16]
+        if p.is_dir():
+            files += [f for f in sorted(p.rglob("*.py")) if f.name not in _HOST_ONLY]
+        else:
+            files.append(p)
+    return files
 
 
 def _slot_name(f: Any) -> str:
