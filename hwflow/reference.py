@@ -121,7 +121,7 @@ def run_int(
             n = src[0].shape[1] // cfg.head_dim
             c, s = qm.rope_cos[past:keys], qm.rope_sin[past:keys]
             if rotated:
-                out = _rotated(op.name, nx.rope_int(_heads(src[0], n), c, s, 16), pr, rows, op)
+                out = _rotated(op, nx.rope_int(_heads(src[0], n), c, s, 16), pr, rows)
             else:
                 out = _merge(nx.rope_int(_heads(src[0], n), c, s))
         elif op.kind == "kv_write":
@@ -169,13 +169,11 @@ def run_int(
     return StepResult(env["logits"], env, kv)
 
 
-def _rotated(
-    name: str, y: np.ndarray, pr: dict[str, Any], rows: dict[str, Any], op: Any
-) -> np.ndarray:
+def _rotated(op: Any, y: np.ndarray, pr: dict[str, Any], rows: dict[str, Any]) -> np.ndarray:
     """RoPE's tail with rotated keys: ``H`` of the INT16 rotated heads ``y[n, T, hd]``; q to
     INT8 at its static per-head scale, k per token and head (row factors into ``rows``)."""
     hy = nx.hadamard_int(y)
-    if name.endswith("rope_q"):
+    if op.name.endswith("rope_q"):
         return _merge(nx.requantize(hy, pr["mult"][:, None, None], pr["shift"][:, None, None], 8))
     kq, rows[op.output] = nx.quant_rows(hy)
     return _merge(kq)
