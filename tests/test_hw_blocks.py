@@ -221,7 +221,9 @@ def test_params_from_presets() -> None:
     assert mpe.dual_field == 19  # 16 products of 128*127 need 19 signed bits
     u280 = EngineParams.from_preset(load_hw("u280"), "mv")
     assert u280.chains == 128 and u280.acc_bits == 48 and u280.requantizers == 16
-    assert u280.drain_max == 1024 // 16 and u280.fifo_depth == 28 + 2 + 2 * 64 + 1
+    # FIFO: latency 28, the weight group's 3 stages (partial register, multiplier, add),
+    # 2 x drain 64, 1 for the registered credit check
+    assert u280.drain_max == 1024 // 16 and u280.fifo_depth == 28 + 3 + 2 * 64 + 1
     assert EngineParams.from_preset(load_hw("u280"), "mv", chains=4).requantizers == 4
     vhk = EngineParams.from_preset(load_hw("vhk158"), "mv")
     assert vhk.dsp_kind == "DSP58" and vhk.acc_bits == 58
