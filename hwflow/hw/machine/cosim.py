@@ -100,6 +100,61 @@ def check_single_board(program: Program) -> None:
         )
 
 
+def _first_mismatch(prog: Any, ref: dict[str, Any], run: Any) -> dict[str, Any] | None:
+    """The first step whose HBM bytes written by the program differ from the functional
+    simulator's: its first differing byte, how many differ, and the instruction that wrote it."""
+    for i, (step, want, got) in enumerate(zip(ref["steps"], ref["after"], run.hbm, strict=True)):
+        mask = written(prog, step.phase, step.runtime, want.size)
+        diff = np.nonzero((got != want) & mask)[0]
+        if not diff.size:
+            continue
+        mismatch: dict[str, Any] = {
+            "step": i,
+            "phase": step.phase,
+            "byte": int(diff[0]),
+            "bytes": int(diff.size),
+        }
+        w = first_writer(prog, step.phase, step.runtime, int(diff[0]))
+        if w is not None:
+            c, tmpl = w
+            mismatch.update(pc=c.pc, unit=c.unit.name, template=tmpl,
+                            disasm=disasm(prog.select(step.phase, step.runtime).instrs[c.pc]))  # fmt: skip
+        return mismatch
+    return None
+
+
+def _cycle_figures(hw: HardwarePreset, prog: Any, ref: dict[str, Any], run: Any) -> dict[str, Any]:
+    """RTL cycles (after each step's fetch) against the cycle model's, per program, per step and
+    per instruction class (mean busy cycles)."""
+    rtl = sum(s["cycles"] - s["fetch_cycles"] for s in run.steps)
+    model, table, per_step = 0, {}, []
+    for step, s in zip(ref["steps"], run.steps, strict=True):
+        cyc, per = model_times(hw, prog, step.phase, step.runtime)
+        model += cyc
+        per_step.append({"phase": step.phase, "rtl": s["cycles"] - s["fetch_cycles"], "model": cyc})
+        for row in class_table(s["records"], per):
+            acc = table.setdefault(row.name, [0, 0.0, 0.0])
+            acc[0] += row.count
+            acc[1] += row.rtl * row.count
+            acc[2] += row.model * row.count
+    return dict(
+        rtl_cycles=rtl,
+        fetch_cycles=sum(s["fetch_cycles"] for s in run.steps),
+        model_cycles=model,
+        cycle_error=(rtl - model) / model if model else 0.0,
+        step_cycles=per_step,  # per step: the RTL's cycles after the fetch, the model's
+        classes={
+            k: {
+                "n": v[0],
+                "rtl": v[1] / v[0],
+                "model": v[2] / v[0],
+                "error": (v[1] - v[2]) / v[2] if v[2] else 0.0,
+            }
+            for k, v in table.items()
+        },
+    )
+
+
 def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, prefill: int,
                 decode: int, *, seed: int = 0, flip_weight_bit: bool = False,
                 timeout: int = 5_000_000, waves: Path | None = None) -> dict[str, Any]:  # fmt: skip
@@ -133,53 +188,14 @@ def cosim_model(cfg: ModelConfig, plan: CompressionPlan, hw: HardwarePreset, pre
     if run.failed or len(run.hbm) != len(ref["steps"]):
         out.update(bit_exact=False, mismatch={"reason": "the RTL run did not finish every step"})
         return out
-    mismatch = None
-    for i, (step, want, got) in enumerate(zip(ref["steps"], ref["after"], run.hbm, strict=True)):
-        mask = written(prog, step.phase, step.runtime, want.size)
-        diff = np.nonzero((got != want) & mask)[0]
-        if diff.size and mismatch is None:
-            w = first_writer(prog, step.phase, step.runtime, int(diff[0]))
-            mismatch = {
-                "step": i,
-                "phase": step.phase,
-                "byte": int(diff[0]),
-                "bytes": int(diff.size),
-            }
-            if w is not None:
-                c, tmpl = w
-                mismatch.update(pc=c.pc, unit=c.unit.name, template=tmpl,
-                                disasm=disasm(prog.select(step.phase, step.runtime).instrs[c.pc]))  # fmt: skip
+    mismatch = _first_mismatch(prog, ref, run)
     absent = any(s["absent_used"] for s in run.steps)
     cpu = run.extra.get("sim_cpu_seconds", 0.0)
-    rtl = sum(s["cycles"] - s["fetch_cycles"] for s in run.steps)
-    model, table, per_step = 0, {}, []
-    for step, s in zip(ref["steps"], run.steps, strict=True):
-        cyc, per = model_times(hw, prog, step.phase, step.runtime)
-        model += cyc
-        per_step.append({"phase": step.phase, "rtl": s["cycles"] - s["fetch_cycles"], "model": cyc})
-        for row in class_table(s["records"], per):
-            acc = table.setdefault(row.name, [0, 0.0, 0.0])
-            acc[0] += row.count
-            acc[1] += row.rtl * row.count
-            acc[2] += row.model * row.count
     out.update(
         bit_exact=mismatch is None and not absent,
         absent_unit_used=absent,
         mismatch=mismatch,
-        rtl_cycles=rtl,
-        fetch_cycles=sum(s["fetch_cycles"] for s in run.steps),
-        model_cycles=model,
-        cycle_error=(rtl - model) / model if model else 0.0,
-        step_cycles=per_step,  # per step: the RTL's cycles after the fetch, the model's
-        classes={
-            k: {
-                "n": v[0],
-                "rtl": v[1] / v[0],
-                "model": v[2] / v[0],
-                "error": (v[1] - v[2]) / v[2] if v[2] else 0.0,
-            }
-            for k, v in table.items()
-        },
+        **_cycle_figures(hw, prog, ref, run),
         sim_cycles=run.sim_cycles,
         sim_cycles_per_s=run.sim_cycles / run.sim_seconds if run.sim_seconds else 0.0,
         # per CPU second of the simulator process: the rate on a machine not shared with others
