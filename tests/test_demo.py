@@ -37,9 +37,10 @@ def test_demo_runs_every_step_on_tiny(tmp_path, monkeypatch, capsys):
     )
     text = capsys.readouterr().out
     assert code == 0, text
-    for cmd in ("compile", "check", "rtl", "sim", "sweep", "plot"):
+    for cmd in ("compile", "check", "rtl", "cosim", "sim", "sweep", "plot"):
         assert f"$ hwflow {cmd} " in text
-    assert text.count("bit-exact") == 3
+    assert text.count("bit-exact") == 4  # three checks and the RTL cosim
+    assert "NOT bit-exact" not in text
     assert (out / "program" / "program.hwp").is_file()
     manifest = json.loads((out / "rtl" / "tiny" / "manifest.json").read_text())
     assert set(manifest["engines"]) == {"mv", "mpe"}

@@ -9,8 +9,11 @@ a walk-through), writing everything under one output directory:
    the default preset's whole engines (hierarchical Verilog: the 128-chain U280 engines take
    about 17 s of CPU to generate and 60 s to lint; ``--rtl-chains N`` writes slices of N
    chains instead);
-4. simulate the default case (prompt 128, 512 generated tokens) cycle by cycle, with a timeline;
-5. sweep two U280 design points x INT4/INT8 x three N:M levels and draw the energy-efficiency plots.
+4. run the tiny model's compiled program (prefill 8, decode 2) on the whole RTL accelerator in
+   Verilator, compared bit for bit with the functional simulator, RTL cycles against the
+   SimPy model's (one line; the first run builds the simulator, later runs reuse it);
+5. simulate the default case (prompt 128, 512 generated tokens) cycle by cycle, with a timeline;
+6. sweep two U280 design points x INT4/INT8 x three N:M levels and draw the energy-efficiency plots.
 
 It stops at the first command that fails and returns its exit code.
 """
@@ -65,6 +68,10 @@ def steps(args: argparse.Namespace) -> list[list[str]]:
         ["rtl", "--hw", "tiny", "-o", str(out / "rtl" / "tiny")],
         ["rtl", "--hw", args.hw, "-o", str(out / "rtl" / args.hw)]
         + (["--chains", str(args.rtl_chains)] if _slice(args) else []),
+        [
+            *("cosim", "--model", "tiny-llama", "--hw", "tiny", "--plan", "w8a8"),
+            *("--prefill", "8", "--decode", "2"),
+        ],
         [
             "sim",
             *case,
