@@ -39,8 +39,10 @@ from amaranth.lib.wiring import In, Out
 from hwflow.config import HardwarePreset
 from hwflow.costs import SFU_NORM_BITS, SFU_RECIP_BITS, SFU_SCALAR_BITS
 from hwflow.hw.machine.decode import cmd_layout
+from hwflow.hw.machine.sfu_hadamard import HADAMARD_MAX_DIM, Hadamard
 from hwflow.hw.machine.sfu_math import Scalar
 from hwflow.hw.machine.sfu_ports import ReadPort, WritePort
+from hwflow.hw.machine.sfu_rot import build_rot
 from hwflow.hw.machine.sfu_seq import advance
 from hwflow.hw.machine.sfu_stream import Streamer
 from hwflow.hw.machine.sfu_write import Writer
@@ -70,10 +72,14 @@ class Sfu(wiring.Component):
     """The SFU of preset ``hw`` with ``word_bytes``-byte buffer words (all buffers alike)."""
 
     def __init__(
-        self, hw: HardwarePreset, word_bytes: int, scalar_steps: int = SFU_SCALAR_BITS
+        self,
+        hw: HardwarePreset,
+        word_bytes: int,
+        scalar_steps: int = SFU_SCALAR_BITS,
+        rot_dim: int = HADAMARD_MAX_DIM,
     ) -> None:
         self.hw, self.wb, self.lanes = hw, word_bytes, hw.sfu.lanes
-        self.scalar_steps = scalar_steps
+        self.scalar_steps, self.rot_dim = scalar_steps, rot_dim
         ports = {}
         for b in Buf:
             wbits = buffer_words_bits(hw, word_bytes, b)
@@ -101,11 +107,14 @@ class Sfu(wiring.Component):
         m.submodules.e1 = self.e1 = Scalar(SFU_RECIP_BITS, 48, steps, roots=False)
         m.submodules.e2 = self.e2 = Scalar(SFU_NORM_BITS, 48, steps)
         m.submodules.e3 = self.e3 = Scalar(16, 12, steps, roots=False)  # qpos // blk
+        m.submodules.hadamard = self.hadamard = Hadamard(self.lanes, self.rot_dim)
+        self.rot_idle = Signal()
         self._decode(m, c)
         self._route_reads(m)
         self._route_writes(m, c)
         self._producer(m, c)
         self._consumer(m, c)
+        build_rot(self, m, c)
         return m
 
     def _decode(self, m: Module, c: object) -> None:
@@ -128,6 +137,10 @@ class Sfu(wiring.Component):
         self.known = Signal()
         self.il = Signal()
         self.shared = Signal()  # two operand streams share one buffer's read port
+        #: rotated keys (:mod:`~hwflow.hw.machine.sfu_rot`): RoPE at INT16 + Hadamard, and
+        #: the k tail (else q's), q's static per-head scale
+        self.rot, self.rot_k = Signal(), Signal()
+        self.rot_mult, self.rot_shift = Signal(16), Signal(6)
         m.d.comb += [
             self.shared.eq(
                 i["rope"]
@@ -254,8 +267,9 @@ class Sfu(wiring.Component):
         a0, a1, b0, b1 = self.streams
         with m.If(self.is_["rope"]):
             partner = Mux(half, pos - self.hh, pos + self.hh)
-            self._seg(m, a0, c.a_buf, arow + pos, self.hh, 0, again)
-            self._seg(m, a1, c.a_buf, arow + partner, self.hh, 0, again)
+            rot = self.rot  # rotated keys: INT16 elements
+            self._seg(m, a0, c.a_buf, arow + (pos << rot), self.hh, rot, again)
+            self._seg(m, a1, c.a_buf, arow + (partner << rot), self.hh, rot, again)
             self._seg(m, b0, c.b_buf, brow, self.hh, 1, again)
             self._seg(m, b1, c.b_buf, brow + 2 * self.hh, self.hh, 1, again)
         with m.Else():
