@@ -72,7 +72,9 @@ of row i is at ``p_off + i * p_stride - 4``. Multi-byte elements are little-endi
   multipliers of groups of ``2**g`` inputs, ``numerics.weight_matmul``), the guard an int32 at ``p_off`` in the param
   buffer, the output ``obits`` (8, 16 or 32) wide. ``qk``: ``o = requantize(a[rows, k] @
   b[cols, k]^T, mult, shift, obits)`` (INT8 x INT8 -> INT32 scores), mult/shift int32 at
-  ``p_off``; ``pv``: ``o = linear_out(a[rows, k] @ b[k, cols], mult, shift, obits, row,
+  ``p_off``; with ``brow`` 1 (rotated keys) each key row j of B carries a row factor and
+  ``o = linear_out(acc^T, mult, shift, obits, (m, e), guard)^T`` (the keys' factors in the row
+  stage, :func:`hwflow.reference._rotated_scores`), mult, shift, guard int32 at ``p_off``; ``pv``: ``o = linear_out(a[rows, k] @ b[k, cols], mult, shift, obits, row,
   guard)`` with A the UINT8 probabilities and their row factors (``arow`` 1), mult, shift,
   guard int32 at ``p_off``.
 * SFU (operand formats per function in :data:`SFU_FORMATS`): ``norm`` (``aux`` 1 = LayerNorm;
@@ -86,7 +88,12 @@ of row i is at ``p_off + i * p_stride - 4``. Multi-byte elements are little-endi
   tensor-parallel reduction) ``requant`` (a linear's two-stage requantization of INT32 ``a``:
   guard, then per column mult, shift and bias int32 at ``p_off``; the row factors of ``b``
   when ``aux`` 1), ``rowmax`` (INT32 per row: max|a * b|, ``aux`` 1: max relu(a)) and
-  ``qrows`` (``a * b`` or relu(a) quantized per row by the INT32 maxima at ``p_off``).
+  ``qrows`` (``a * b`` or relu(a) quantized per row by the INT32 maxima at ``p_off``);
+  for rotated keys, per row and head of ``aux`` elements of INT16 ``a`` (cos/sin rows at
+  ``b`` as ``rope``), ``y = hadamard_int(rope_int(a, cos, sin, 16))``, then ``ropeq``
+  (``requantize(y, mult_h, shift_h, 8)``, head h's mult, shift int32 at ``p_off + 8 h``) or
+  ``ropek`` (``quant_rows(y)`` per row and head: INT8 codes with each head segment's row
+  factor in the 4 bytes before it, segments ``aux + 4`` bytes apart).
 * Links (multi-board programs, ISA v4): ``SEND`` (ST unit) copies ``rows`` x ``row_bytes``
   from a buffer to the link towards board ``peer``; ``RECV`` (LD unit) waits for them from
   board ``peer`` and writes them; ``ALLRED`` (ST unit) is a collective of the ``peer`` boards of
@@ -183,8 +190,10 @@ __all__ = [
 #: 2: numerics v2 (INT32 residual, row factors, MM obits/arow, SFU silu/reluq);
 #: 3: MM/MV ``wgroup`` (group-wise weight scales: the tile's trailing group multipliers);
 #: 4: board-to-board links (SEND, RECV, ALLRED) and the SFU ``requant`` of a reduced linear;
-#:    the context table CTX read through R15 = SEQ (batched decode; no field changed)
-ISA_VERSION = 4
+#:    the context table CTX read through R15 = SEQ (batched decode; no field changed);
+#: 5: rotated keys (plan ``method.keys: rotated``): MM/MV ``brow`` (qk: the keys' row factors,
+#:    MM/MV 9 -> 10 words) and the SFU's ``ropeq`` / ``ropek``
+ISA_VERSION = 5
 MAGIC = b"HWFLOWP\0"
 NREGS = 16
 REG_LEN = 1  #: R1 = LEN, tokens of this step (runtime)
@@ -251,6 +260,8 @@ class SfuFunc(IntEnum):
     REQUANT = 8  #: the two-stage requantization of a linear's (reduced) INT32 accumulators
     ROWMAX = 9  #: per-row maximum of |a * b| (aux 1: of relu(a)) as one INT32 per output row
     QROWS = 10  #: a * b (aux 1: relu(a)) quantized per row by the INT32 maxima at ``p_off``
+    ROPEQ = 11  #: rotated keys' q: INT16 RoPE, Hadamard per head, INT8 at per-head mult/shift
+    ROPEK = 12  #: rotated keys' k: INT16 RoPE, Hadamard per head, INT8 per (row, head) + factor
 
 
 class SoftmaxMask(IntEnum):
@@ -373,6 +384,7 @@ _MATMUL = (
     Field("obits", 6, "output element bits: 8, 16 or 32"),
     Field("arow", 1, "A rows carry a row factor in the 4 bytes before each row"),
     Field("wgroup", 3, "linear/head: log2 of the weight group (G <= 128); 0: no group"),
+    Field("brow", 1, "qk: B (key) rows carry a row factor in the 4 bytes before each row"),
 )
 
 #: Matrix function names, indexed by code.
@@ -413,12 +425,15 @@ ROW_FACTOR_BYTES = 4
 @dataclass(frozen=True)
 class SfuFormat:
     """Operand formats of one SFU function: bytes per element of A, of B (0: no B operand or
-    a table), of the output, and whether each output row carries a row factor."""
+    a table), of the output, whether each output row carries a row factor, and whether each
+    head segment of a row does instead (``head_factor``: segments of ``aux`` elements
+    ``aux + ROW_FACTOR_BYTES`` bytes apart, each factor in the bytes before its segment)."""
 
     a: int
     b: int
     o: int
     row_factor: bool
+    head_factor: bool = False
 
 
 #: The operand formats of every SFU function (numerics contract; rope's B is its int16 cos/sin
@@ -436,6 +451,8 @@ SFU_FORMATS: Mapping[str, SfuFormat] = MappingProxyType(
         "requant": SfuFormat(4, 0, 4, False),
         "rowmax": SfuFormat(2, 2, 4, False),
         "qrows": SfuFormat(2, 2, 1, True),
+        "ropeq": SfuFormat(2, 2, 1, False),
+        "ropek": SfuFormat(2, 2, 1, False, head_factor=True),
     }
 )
 

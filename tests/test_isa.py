@@ -259,14 +259,15 @@ def test_every_sfu_function_has_its_operand_formats():
 def test_function_and_kind_codes_are_isa_v2s():
     """The codes the compiler writes and the simulators read, pinned by hand from ISA v2 and
     unchanged in v3 (which only added the MM/MV ``wgroup`` field; the RTL decodes the same
-    numbers) and v4 (the context table read through R15, no field): a renumbered member must
-    come with a new ISA_VERSION (and this test's update).
+    numbers) and v4 (the context table read through R15, no field) and v5 (rotated keys: the
+    MM/MV ``brow`` field, SFU ropeq and ropek appended): a renumbered member must come with a
+    new ISA_VERSION (and this test's update).
     The name tuples are indexed by code (``disasm`` and the cycle model read them so)."""
-    assert isa.ISA_VERSION == 4  # v4 appended the SFU's requant, rowmax, qrows
+    assert isa.ISA_VERSION == 5  # v4 appended requant, rowmax, qrows; v5 ropeq, ropek
     v2 = {
         isa.XferKind: "weights params kv act rope logits",
         isa.MatmulFunc: "linear qk pv head",
-        isa.SfuFunc: "norm softmax rope silu add mul mov reluq requant rowmax qrows",
+        isa.SfuFunc: "norm softmax rope silu add mul mov reluq requant rowmax qrows ropeq ropek",
         isa.SoftmaxMask: "none causal block",
     }
     for codes, names in v2.items():
@@ -276,3 +277,19 @@ def test_function_and_kind_codes_are_isa_v2s():
     assert tuple(v2[isa.SfuFunc].split()) == isa.SFU_FUNCS
     assert "kind=kv" in isa.disasm(isa.make("LD", kind=2))
     assert "func=reluq" in isa.disasm(isa.make("SFU", func=7))
+
+
+def test_isa_v5_rotated_keys_fields():
+    """ISA v5's additions, pinned by hand (the seam the RTL decodes): MM/MV end in a 1-bit
+    ``brow`` after ``wgroup`` at bit 288, so they take 10 words; the two SFU functions read
+    INT16 A and B (the RoPE rows) and write INT8, ropek with a factor per head segment."""
+    for op in ("MM", "MV"):
+        s = isa.spec(op)
+        assert [f.name for f in s.fields[-3:]] == ["arow", "wgroup", "brow"]
+        assert s.index["brow"].bits == 1 and s.bits == 289 and s.words == 10
+        words = isa.encode(isa.make(op, func=1, brow=1))
+        assert words[9] == 1 and isa.decode(words)[0]["brow"] == 1
+    assert (isa.SfuFunc.ROPEQ, isa.SfuFunc.ROPEK) == (11, 12)
+    assert isa.SFU_FORMATS["ropeq"] == isa.SfuFormat(2, 2, 1, False, False)
+    assert isa.SFU_FORMATS["ropek"] == isa.SfuFormat(2, 2, 1, False, True)
+    assert not any(f.head_factor for n, f in isa.SFU_FORMATS.items() if n != "ropek")

@@ -82,7 +82,7 @@ def test_older_versions_are_refused_not_misread():
 
 
 def test_hand_encoded_words():
-    assert isa.ISA_VERSION == 4, "checked by hand for versions 1-4: rework for the new layout"
+    assert isa.ISA_VERSION == 5, "checked by hand for versions 1-5: rework for the new layout"
     # END: opcode 31, no fields
     assert isa.encode(make("END")) == [31]
     # ALLRED 26 (v4): buf 16..18, off 19..42, off_reg 43..46, stride 47..70, row_bytes 71..94,
@@ -101,7 +101,9 @@ def test_hand_encoded_words():
     # MM 3 (v3): wgroup is the last field, 3 bits at 285..287 (word 8, bit 29): before it 16
     # header + 2 func + 3 * (16 + 4) extents + 5 n + 5 m + 4 wbits + 1 bias + 3 * 55 operands
     # + 20 p_off + 6 obits + 1 arow = 285 bits; 288 in all, still 9 words
-    assert isa.encode(make("MM", wgroup=5)) == [3, 0, 0, 0, 0, 0, 0, 0, 5 << 29]
+    # (v5: brow, 1 bit at 288, word 9 bit 0: 289 bits, 10 words)
+    assert isa.encode(make("MM", wgroup=5)) == [3, 0, 0, 0, 0, 0, 0, 0, 5 << 29, 0]
+    assert isa.encode(make("MV", brow=1)) == [4, 0, 0, 0, 0, 0, 0, 0, 0, 1]
 
 
 def test_program_file_refusals_name_the_file_and_the_fault():
@@ -610,12 +612,12 @@ def test_dispatch_token_discipline_by_hand():
 
 
 def test_instruction_bytes_by_hand():
-    """LD is 186 bits (6 words), MM 288 (9), END 16 (1): 4 bytes a word."""
+    """LD is 186 bits (6 words), MM 289 (10, since v5's brow), END 16 (1): 4 bytes a word."""
     a = isa.Template("prefill", 1, 1, (make("LD"), make("END")))
     b = isa.Template("decode", 1, 1, (make("MM"), make("END")))
-    assert (isa.spec("LD").bits, isa.spec("MM").bits, isa.spec("END").bits) == (186, 288, 16)
-    assert (a.nbytes, b.nbytes) == (28, 40)
-    assert Program({}, (), (a, b)).instr_bytes == 68
+    assert (isa.spec("LD").bits, isa.spec("MM").bits, isa.spec("END").bits) == (186, 289, 16)
+    assert (a.nbytes, b.nbytes) == (28, 44)
+    assert Program({}, (), (a, b)).instr_bytes == 72
 
 
 def test_region_by_name():
