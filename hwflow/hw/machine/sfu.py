@@ -46,7 +46,7 @@ from hwflow.hw.machine.sfu_rot import build_rot
 from hwflow.hw.machine.sfu_seq import advance
 from hwflow.hw.machine.sfu_stream import Streamer
 from hwflow.hw.machine.sfu_write import Writer
-from hwflow.isa import ROW_FACTOR_BYTES, SFU_FORMATS, SFU_FUNCS, Buf, Unit
+from hwflow.isa import ROW_FACTOR_BYTES, SFU_FORMATS, SFU_FUNCS, Buf, SfuFunc, Unit
 
 __all__ = ["FUNCS", "Sfu", "buffer_words_bits", "sfu_verilog"]
 
@@ -102,6 +102,7 @@ class Sfu(wiring.Component):
         self.c = c = Signal(cmd_layout(Unit.SFU))
         s = self.streams = [Streamer(self.wb, self.lanes) for _ in range(4)]
         m.submodules.sa0, m.submodules.sa1, m.submodules.sb0, m.submodules.sb1 = s
+        m.submodules.sp = self.sp = Streamer(self.wb, self.lanes)  # ropeq's per-head scales
         m.submodules.writer = self.writer = Writer(self.wb, 4 * self.lanes + ROW_FACTOR_BYTES)
         steps = self.scalar_steps
         m.submodules.e1 = self.e1 = Scalar(SFU_RECIP_BITS, 48, steps, roots=False)
@@ -120,8 +121,16 @@ class Sfu(wiring.Component):
     def _decode(self, m: Module, c: object) -> None:
         """Per-function facts of the latched command, from isa.SFU_FORMATS."""
         self.is_ = {name: Signal(name=f"is_{name}") for name in FUNCS}
+        #: rotated keys (:mod:`~hwflow.hw.machine.sfu_rot`): ropeq/ropek run as RoPE (INT16 A)
+        #: into the Hadamard row buffer, then q's or k's tail; q's per-head scale
+        self.rot, self.rot_k = Signal(), Signal()
+        self.rot_mult, self.rot_shift = Signal(16), Signal(6)
+        m.d.comb += [
+            self.rot.eq((c.func == SfuFunc.ROPEQ) | (c.func == SfuFunc.ROPEK)),
+            self.rot_k.eq(c.func == SfuFunc.ROPEK),
+        ]
         for name, sig in self.is_.items():
-            m.d.comb += sig.eq(c.func == _F[name])
+            m.d.comb += sig.eq((c.func == _F[name]) | (self.rot if name == "rope" else 0))
         fmt = [SFU_FORMATS[n] for n in FUNCS]
         self.wsh_a = Array(Const(_log2(f.a), 2) for f in fmt)[c.func[:3]]
         self.wsh_b = Array(Const(_log2(max(f.b, 2)), 2) for f in fmt)[c.func[:3]]
@@ -137,10 +146,6 @@ class Sfu(wiring.Component):
         self.known = Signal()
         self.il = Signal()
         self.shared = Signal()  # two operand streams share one buffer's read port
-        #: rotated keys (:mod:`~hwflow.hw.machine.sfu_rot`): RoPE at INT16 + Hadamard, and
-        #: the k tail (else q's), q's static per-head scale
-        self.rot, self.rot_k = Signal(), Signal()
-        self.rot_mult, self.rot_shift = Signal(16), Signal(6)
         m.d.comb += [
             self.shared.eq(
                 i["rope"]
@@ -155,7 +160,10 @@ class Sfu(wiring.Component):
                 Mux(i["norm"], 2 + self.center, Mux(i["softmax"] | i["mul"] | i["reluq"], 2, 1))
             ),
             self.hh.eq(c.aux >> 1),
-            self.known.eq((c.func < len(FUNCS)) & ~(i["rope"] & (self.hh == 0))),
+            self.known.eq(
+                ((c.func < len(FUNCS)) | (self.rot & (self.hh <= self.rot_dim // 2)))
+                & ~(i["rope"] & (self.hh == 0))
+            ),
         ]
 
     # ------------------------------------------------------------------ buffer ports
@@ -164,10 +172,11 @@ class Sfu(wiring.Component):
         operands sharing a buffer's one read port take turns, so each gets its first words
         early."""
         ports = [getattr(self, f"rd_{b.name.lower()}") for b in Buf]
-        n = len(self.streams)
+        readers = [*self.streams, self.sp]
+        n = len(readers)
         for b, port in zip(Buf, ports, strict=True):
             rr = Signal(range(n), name=f"rr_{b.name.lower()}")  # the last streamer granted
-            want = [st.req_en & (st.req_buf == b) for st in self.streams]
+            want = [st.req_en & (st.req_buf == b) for st in readers]
             pick = Signal(range(n), name=f"pick_{b.name.lower()}")
             for first in range(n):  # priority starts after rr
                 with m.If(rr == (first - 1) % n):
@@ -175,14 +184,14 @@ class Sfu(wiring.Component):
                         with m.If(want[(first + j) % n]):
                             m.d.comb += pick.eq((first + j) % n)
             anyw = Cat(*want).any()
-            for idx, st in enumerate(self.streams):
+            for idx, st in enumerate(readers):
                 with m.If(anyw & (pick == idx)):
                     m.d.comb += [port.en.eq(1), port.addr.eq(st.req_word)]
                     m.d.comb += st.req_grant.eq(port.grant)
                     with m.If(port.grant):
                         m.d.sync += rr.eq(idx)
         data = Array(p.data for p in ports)
-        for st in self.streams:
+        for st in readers:
             m.d.comb += st.rd_data.eq(data[st.pend_buf])
 
     def _route_writes(self, m: Module, c: object) -> None:

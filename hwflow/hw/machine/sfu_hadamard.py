@@ -12,15 +12,16 @@ With ``C = hd / n`` chunks, Sylvester's ``H_hd = H_C (x) H_n`` splits the work:
   cycles: one chunk pair ``(c, c + s)`` per cycle becomes ``(a + b, a - b)`` in place
   (``2 * lanes`` adders); the last stage also takes the head's maximum ``max|y|`` (what
   :func:`hwflow.numerics.quant_rows` needs before the first code);
-* the chunks out, one per cycle.
+* the chunks out, one per cycle; the next head's chunks come in meanwhile, each into the
+  word of a chunk already out (both go in chunk order).
 
 The butterfly stages commute (each is ``H_2`` on one index bit), so this order gives
 ``hadamard_int``'s result. Storage: ``max(max_dim / lanes, 2)`` words of ``lanes`` elements of
 ``in_bits + 1 + log2(max_dim)`` bits (``|y| <= hd * 2**(in_bits - 1)``); the area grows with
 the lanes, not with the head: ``2 * lanes`` adders and two word multiplexers.
 
-Cycles per head: ``C`` in, ``log2(C) * C / 2`` stages, ``C`` out (:func:`head_cycles`); a new
-head's chunks are taken once the previous head's last chunk is out.
+Cycles per head: ``C`` in, ``log2(C) * C / 2`` stages, ``C`` out (:func:`head_cycles`); the
+next head's input overlaps the output (back to back: ``C + log2(C) * C / 2`` per head).
 """
 
 from __future__ import annotations
@@ -89,23 +90,24 @@ class Hadamard(wiring.Component):
             lgn.eq(Mux(self.ldim - 1 < _log2(lanes), self.ldim - 1, _log2(lanes))),
             lgc.eq(self.ldim - lgn),
         ]
-        c = Signal(range(self.words + 1))  # chunk in / out
+        ci = Signal(range(self.words + 1))  # chunk in
+        c = Signal(range(self.words + 1))  # chunk out
         k = Signal(range(_log2(self.words) + 1))  # cross stage
         j = Signal(range(self.words))  # pair of the stage
         nchunks = (1 << lgc)[: len(c)]
+        word = self._in_chunk(m, self.i.payload, lgn)
+        with m.If(self.i.valid & self.i.ready):
+            with m.Switch(ci):
+                for idx in range(self.words):
+                    with m.Case(idx):
+                        m.d.sync += words[idx].eq(word)
+            m.d.sync += ci.eq(ci + 1)
         with m.FSM(name="hadamard"):
             with m.State("IN"):
-                m.d.comb += [self.i.ready.eq(1), self.idle.eq(c == 0)]
-                with m.If(self.i.valid):
-                    word = self._in_chunk(m, self.i.payload, lgn)
-                    with m.Switch(c):
-                        for idx in range(self.words):
-                            with m.Case(idx):
-                                m.d.sync += words[idx].eq(word)
-                    m.d.sync += c.eq(c + 1)
-                    with m.If(c == nchunks - 1):
-                        m.d.sync += [c.eq(0), k.eq(0), j.eq(0), self.mx.eq(0)]
-                        m.next = "STAGE"
+                m.d.comb += [self.i.ready.eq(1), self.idle.eq(ci == 0)]
+                with m.If(self.i.valid & (ci == nchunks - 1)):
+                    m.d.sync += [ci.eq(0), c.eq(0), k.eq(0), j.eq(0), self.mx.eq(0)]
+                    m.next = "STAGE"
             with m.State("STAGE"):
                 self._stage(m, words, k, j, lgn, lgc)
                 with m.If(j == (nchunks >> 1) - 1):
@@ -114,8 +116,9 @@ class Hadamard(wiring.Component):
                         m.next = "OUT"
                 with m.Else():
                     m.d.sync += j.eq(j + 1)
-            with m.State("OUT"):
+            with m.State("OUT"):  # the next head's chunks may replace those already out
                 m.d.comb += [
+                    self.i.ready.eq(ci < c),
                     self.o.valid.eq(1),
                     self.o.payload.data.eq(Array(words)[c]),
                     self.o.payload.first.eq(c == 0),

@@ -25,7 +25,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 
 from hwflow.hw.machine.sfu_lanes import quant_lane
 from hwflow.hw.machine.sfu_math import bit_length, clamp, round_shift, row_factor
-from hwflow.isa import ROW_FACTOR_BYTES
+from hwflow.isa import ROW_FACTOR_BYTES, Buf, SfuFunc
 from hwflow.numerics import ACT_MIN, QROW_SHIFT
 
 __all__ = ["build_rot"]
@@ -60,7 +60,8 @@ def build_rot(u: Any, m: Module, c: Any) -> None:
     p = u.cmd.payload
     with m.If(u.cmd.valid & u.cmd.ready):
         m.d.sync += [optr.eq(p.o_off), rb.eq(p.o_off), hx.eq(0)]
-    e1, wr = u.e1, u.writer
+    _push_scales(u, m, c)
+    e1, wr, sp = u.e1, u.writer, u.sp
     pre = u.rot_k & o.first  # the head's factor rides in front of its first chunk
     with m.FSM(name="rot"):
         with m.State("WAIT"):
@@ -69,7 +70,10 @@ def build_rot(u: Any, m: Module, c: Any) -> None:
                 with m.If(u.rot_k):
                     m.d.comb += [e1.start.eq(1), e1.a.eq(Const(127 << QROW_SHIFT)), e1.d.eq(big)]
                     m.next = "DIV"
-                with m.Else():
+                with m.Elif(sp.g.valid):  # q: the head's mult, shift
+                    m.d.comb += sp.g.ready.eq(1)
+                    g = sp.g.payload.data
+                    m.d.sync += [u.rot_mult.eq(g[:16]), u.rot_shift.eq(g[32:38])]
                     m.next = "OUT"
         with m.State("DIV"), m.If(e1.done):
             m.d.sync += recip.eq(e1.q)
@@ -95,3 +99,31 @@ def _next_head(m: Module, c: Any, u: Any, end, rb, hx, hd, optr) -> None:
         m.d.sync += [hx.eq(0), rb.eq(rb + c.o_stride), optr.eq(rb + c.o_stride)]
     with m.Else():
         m.d.sync += [hx.eq(hx + hd), optr.eq(end + Mux(u.rot_k, ROW_FACTOR_BYTES, 0))]
+
+
+def _push_scales(u: Any, m: Module, c: Any) -> None:
+    """ropeq: per head of every row, the head's mult and shift (int32 at ``p_off + 8 h``) as
+    a segment of the scale streamer ``u.sp`` (read ahead, taken as the head's tail starts)."""
+    sp, p = u.sp, u.cmd.payload
+    on = Signal()
+    hx = Signal(16)  # the pushed head's first element in its row
+    row = Signal(16)
+    at = Signal(24)
+    with m.If(u.cmd.valid & u.cmd.ready):
+        hh = p.aux >> 1
+        ok = (p.func == SfuFunc.ROPEQ) & (p.rows != 0) & (p.cols != 0) & (hh != 0)
+        m.d.sync += [on.eq(ok & (hh <= u.rot_dim // 2)), hx.eq(0), row.eq(0), at.eq(p.p_off)]
+    m.d.comb += [
+        sp.seg.valid.eq(on),
+        sp.seg.payload.buf.eq(Buf.PARAM),
+        sp.seg.payload.addr.eq(at),
+        sp.seg.payload.count.eq(2),
+        sp.seg.payload.wsh.eq(2),
+    ]
+    with m.If(on & sp.seg.ready):
+        with m.If(hx + (u.hh << 1) >= c.cols):
+            m.d.sync += [hx.eq(0), at.eq(c.p_off), row.eq(row + 1)]
+            with m.If(row + 1 >= c.rows):
+                m.d.sync += on.eq(0)
+        with m.Else():
+            m.d.sync += [hx.eq(hx + (u.hh << 1)), at.eq(at + 8)]
