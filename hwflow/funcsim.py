@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from hwflow import numerics as nx
-from hwflow.compiler.layout import BeatGeometry, HbmLayout, TileSpec
+from hwflow.compiler.layout import BeatGeometry, HbmLayout, TileSpec, key_row_bytes
 from hwflow.config import HardwarePreset, ModelConfig
 from hwflow.errors import ConfigError, ProgramError, SyncError
 from hwflow.isa import (
@@ -163,16 +163,31 @@ class FuncSim:
 
     def kv_cache(self, layer: int, length: int, seq: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """K and V of ``layer``'s first ``length`` positions of sequence (KV-cache slot)
-        ``seq`` as [kv_heads, length, head_dim]."""
-        c = self.cfg
-        base = self.layout.region("kv").base + seq * self.layout.kv_seq_bytes
-        base += layer * self.layout.kv_layer_bytes
-        hs = self.layout.kv_head_bytes  # head stride (padded)
-        out = []
-        for at in (base, base + self.layout.kv_v_offset):
-            heads = self.hbm[at : at + c.kv_heads * hs].view(np.int8).reshape(c.kv_heads, hs)
-            out.append(heads[:, : length * c.head_dim].reshape(c.kv_heads, length, c.head_dim))
-        return out[0].copy(), out[1].copy()
+        ``seq`` as [kv_heads, length, head_dim] (rotated keys: the K records' codes)."""
+        hd = self.cfg.head_dim
+        k = self._kv_rows(layer, length, seq, 0, key_row_bytes(self.cfg, self.layout.rotated))
+        v = self._kv_rows(layer, length, seq, self.layout.kv_v_offset, hd)
+        return k[..., k.shape[-1] - hd :].view(np.int8).copy(), v.view(np.int8).copy()
+
+    def key_factors(self, layer: int, length: int, seq: int = 0) -> np.ndarray:
+        """Rotated keys: the row factors of ``layer``'s first ``length`` K records as
+        [kv_heads, length, 2] (``m``, ``e``; :attr:`hwflow.reference.KVCache.kf`'s form)."""
+        if not self.layout.rotated:
+            raise ProgramError("the program's keys are not rotated: its K rows have no factors")
+        rec = self._kv_rows(layer, length, seq, 0, key_row_bytes(self.cfg, True))
+        rf = np.ascontiguousarray(rec[..., :ROW_FACTOR_BYTES])
+        m = rf[..., :2].copy().view("<u2")[..., 0].astype(np.int64)
+        e = rf[..., 2:].copy().view("<i2")[..., 0].astype(np.int64)
+        return np.stack([m, e], axis=-1)
+
+    def _kv_rows(self, layer: int, length: int, seq: int, at: int, row: int) -> np.ndarray:
+        """The first ``length`` rows of ``row`` bytes of each KV head of ``layer`` (K at
+        ``at`` 0, V at ``kv_v_offset``) as uint8 [kv_heads, length, row]."""
+        c, lay = self.cfg, self.layout
+        base = lay.region("kv").base + seq * lay.kv_seq_bytes + layer * lay.kv_layer_bytes + at
+        hs = lay.kv_head_bytes  # head stride (padded)
+        heads = self.hbm[base : base + c.kv_heads * hs].reshape(c.kv_heads, hs)
+        return heads[:, : length * row].reshape(c.kv_heads, length, row)
 
     # ---------------------------------------------------------------- execution
     def run(self, phase: str, runtime: Runtime) -> StepStats:
@@ -400,17 +415,53 @@ class FuncSim:
             (guard,) = self._params(c, 1)
             out = nx.linear_out(acc, mult, shift, obits, row, guard, bias)
         elif kind == "qk":  # A [rows, k] x K [cols, k]
-            mult, shift = self._params(c, 2)
             acc = nx.matmul_int(
                 self._operand(c, "a", rows, k, "i1"), self._operand(c, "b", cols, k, "i1")
             )
-            out = nx.requantize(acc, mult, shift, obits)
+            if c["brow"]:  # rotated keys: each key's row factor in the row stage (isa doc)
+                mult, shift, guard = self._params(c, 3)
+                kf = self._rows(c, "b", cols)
+                out = nx.linear_out(acc.T, mult, shift, obits, kf, guard).T
+            else:
+                mult, shift = self._params(c, 2)
+                out = nx.requantize(acc, mult, shift, obits)
         else:  # pv: P [rows, k] (UINT8, row factors) x V [k, cols]
             mult, shift, guard = self._params(c, 3)
             p = self._operand(c, "a", rows, k, "u1")
             v = self._operand(c, "b", k, cols, "i1")
             out = nx.linear_out(nx.matmul_int(p, v.T), mult, shift, obits, row, guard)
         self._put(c, out, _WIDTH[obits])
+
+    def _rotate_heads(self, c: Concrete, x: np.ndarray, per_key: bool) -> None:
+        """SFU ropeq / ropek (isa doc) on the INT16 rows ``x``: RoPE at INT16 and the Hadamard
+        transform per head of ``aux`` elements; q to INT8 by head h's mult, shift at ``p_off +
+        8h``; k to INT8 per row and head, each head's factor in the 4 bytes before its codes."""
+        rows, cols, hd = x.shape[0], x.shape[1], c["aux"]
+        if hd < 2 or hd & (hd - 1) or cols % hd:
+            raise ProgramError(
+                f"pc {c.pc}: SFU {SFU_FUNCS[c['func']]} head_dim aux={hd} must be a power of two "
+                f"dividing cols={cols}"
+            )
+        n = cols // hd
+        cs = self._operand(c, "b", rows, hd, "<i2")
+        heads = x.reshape(rows, n, hd).transpose(1, 0, 2)  # [n, rows, hd]
+        y = nx.hadamard_int(nx.rope_int(heads, cs[:, : hd // 2], cs[:, hd // 2 :], 16))
+        if not per_key:
+            p = np.asarray(self._params(c, 2 * n), np.int64).reshape(n, 2)
+            out = nx.requantize(y, p[:, :1, None], p[:, 1:, None], 8)
+            self._put(c, out.transpose(1, 0, 2).reshape(rows, cols), "i1")
+            return
+        q, (m, e) = nx.quant_rows(y)  # [n, rows, hd], factors [n, rows]
+        rec = np.concatenate(
+            [
+                np.ascontiguousarray(m.T, "<u2")[..., None].view(np.uint8),
+                np.ascontiguousarray(e.T, "<i2")[..., None].view(np.uint8),
+                np.ascontiguousarray(q.transpose(1, 0, 2), np.int8).view(np.uint8),
+            ],
+            axis=-1,
+        )  # [rows, n, 4 + hd]: each head's record
+        data = rec.reshape(rows, n * (hd + ROW_FACTOR_BYTES))
+        self._write(c, c["o_buf"], c["o_off"] - ROW_FACTOR_BYTES, c["o_stride"], data)
 
     def _tile(
         self, c: Concrete
@@ -461,6 +512,9 @@ class FuncSim:
             cos, sin = cs[:, : hd // 2], cs[:, hd // 2 :]
             heads = x.reshape(rows, cols // hd, hd).transpose(1, 0, 2)
             out = nx.rope_int(heads, cos, sin).transpose(1, 0, 2).reshape(rows, cols)
+        elif name in ("ropeq", "ropek"):
+            self._rotate_heads(c, x, name == "ropek")
+            return
         elif name == "silu":
             mult, shift = self._params(c, 2)
             out = nx.silu_int16(x, mult, shift)
@@ -546,6 +600,8 @@ def check_against_reference(
         for li in range(cfg.layers):
             k, v = fs.kv_cache(li, n)
             if not (np.array_equal(k, kv.k[li][:, :n]) and np.array_equal(v, kv.v[li][:, :n])):
+                return False
+            if comp.layout.rotated and not np.array_equal(fs.key_factors(li, n), kv.kf[li][:, :n]):
                 return False
         return True
 

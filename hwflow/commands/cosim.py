@@ -72,6 +72,11 @@ def run_cosim(args: argparse.Namespace) -> int:
         )
     if check_batch(args.batch) > 1:
         raise UnsupportedError(f"--batch {args.batch}: {RTL_NO_BATCH}")
+    if plan.method.keys == "rotated":  # issue 14: rotkrtl removes this with the RTL
+        raise UnsupportedError(
+            f"plan {plan.name}: method.keys 'rotated' (SFU ropeq/ropek, MM/MV brow) is not "
+            "built in the RTL machine yet; check it on the functional simulator (hwflow check)"
+        )
     with Progress() as prog:
         prog.note(f"co-simulating {cfg.name} / {plan.name} on {hw.name} (Verilator)")
         res = cosim_model(

@@ -31,6 +31,7 @@ from hwflow.compiler.layout import HbmLayout, place_program, plan_hbm
 from hwflow.compiler.lower import BufferPlan, lower_step, plan_buffers
 from hwflow.compiler.parallel import Board, add_reduce_region
 from hwflow.compiler.sync import assign_tokens, check_deadlock
+from hwflow.compress import check_keys
 from hwflow.config import CompressionPlan, HardwarePreset, LinearQuant, ModelConfig
 from hwflow.costs import effective_nm
 from hwflow.errors import CapacityError, ConfigError, ProgramError, UnsupportedError
@@ -53,12 +54,12 @@ class Compiled:
     batch: int = 1  #: sequences a decode step serves (:mod:`.batch`)
 
 
-def _chunk_rows(cfg: ModelConfig, hw: HardwarePreset, max_len: int) -> int:
+def _chunk_rows(cfg: ModelConfig, hw: HardwarePreset, max_len: int, rotated: bool = False) -> int:
     """Prefill chunk rows: 128, or the largest power of two whose buffers fit (>= 1)."""
     tt = PREFILL_BUCKET
     while True:
         try:
-            plan_buffers(cfg, hw, tt, min(max_len, -(-max_len // tt) * tt))
+            plan_buffers(cfg, hw, tt, min(max_len, -(-max_len // tt) * tt), rotated=rotated)
             return tt
         except CapacityError:
             if tt == 1:
@@ -73,11 +74,7 @@ def _check(
     max_len: int,
     quant: dict[tuple[int, str], LinearQuant],
 ) -> None:
-    if plan.method.keys != "static":
-        raise UnsupportedError(
-            f"plan {plan.name}: method.keys {plan.method.keys!r} is not implemented by the "
-            "accelerator's instruction set yet (allowed: 'static'); hwflow quality measures it"
-        )
+    check_keys(cfg, plan)  # rotated keys: RoPE and a power-of-two head_dim
     if not 1 <= max_len <= cfg.max_positions:
         raise ConfigError(
             f"max_len = {max_len} must lie in 1..{cfg.max_positions} ({cfg.name}'s "
@@ -150,7 +147,7 @@ def _template(
     par: Board | None = None,
 ) -> Template:
     rope_rows = hi - lo + 1 if phase == "decode" else tt  # decode: the bucket's RoPE rows
-    bp: BufferPlan = plan_buffers(cfg, hw, tt, hi, rope_rows)
+    bp: BufferPlan = plan_buffers(cfg, hw, tt, hi, rope_rows, rotated=layout.rotated)
     nchunks = -(-hi // tt) if phase == "prefill" else 1
     instrs = assign_tokens(lower_step(cfg, plan, hw, layout, bp, phase, nchunks, lo, par))
     check_deadlock(instrs)
@@ -204,16 +201,23 @@ def compile_model(
         )
     quant = quant if quant is not None else plan.resolve(cfg)
     _check(cfg, plan, hw, max_len, quant)
+    rotated = plan.method.keys == "rotated"
+    if rotated and (batch > 1 or (par is not None and par.boards > 1)):
+        what = f"batch {batch}" if batch > 1 else f"{par.boards} boards"  # type: ignore[union-attr]
+        raise UnsupportedError(
+            f"plan {plan.name}: method.keys 'rotated' on {what} is not implemented (rotated "
+            "keys compile for one sequence on one board; use method.keys 'static')"
+        )
     where = f"{cfg.name} / {plan.name} on preset {hw.name} at max_len {max_len}"
     if par is not None and par.boards > 1:
         where = f"board {par.index} of {par.boards} ({par.mode} parallel): {where}"
     if batch > 1:
         where += f", batch {batch}"
     try:
-        layout = plan_hbm(cfg, quant, plan.head(), hw, max_len, batch)
+        layout = plan_hbm(cfg, quant, plan.head(), hw, max_len, batch, rotated)
         if par is not None and par.tensor:
             layout = add_reduce_region(layout, cfg, hw)
-        tt = _chunk_rows(cfg, hw, max_len)
+        tt = _chunk_rows(cfg, hw, max_len, rotated)
         templates: list[Template] = []
         for lo in range(1, max_len + 1, tt):
             hi = min(lo + tt - 1, max_len)

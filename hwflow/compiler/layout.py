@@ -25,6 +25,11 @@ One linear HBM address space, interleaved over the preset's pseudo-channels ever
                 A program compiled for a batch of B sequences holds B such caches (one per
                 sequence, the KV-cache *slot*), ``kv_seq_bytes`` apart (a multiple of the period,
                 so every slot touches the channels alike).
+                With rotated keys (plan ``method.keys: rotated``, :func:`key_row_bytes`) a K row
+                is a *record* of ``head_dim + 4`` bytes: the key's row factor (uint16 ``m``, int16
+                ``e``, :data:`hwflow.isa.ROW_FACTOR_BYTES`) then its INT8 codes, position ``p`` at
+                ``p * (head_dim + 4)`` in its head; ``kv_head_bytes`` is then the padded size of
+                ``max_len`` records (the V heads keep ``head_dim``-byte rows at that stride).
 ``input``       ``max(max_len, B)`` rows of INT32 embeddings (``4 * hidden`` bytes each; the
                 residual stream's format, written by the host before a step).
 ``logits``      ``B`` rows of ``vocab`` INT32 logits: the step's last token (prefill), one row
@@ -56,9 +61,10 @@ gives the offsets,
 
 Parameter blob of a layer (:func:`param_blob`, little-endian): per norm (``norm1``,
 ``norm2``) an int32 pre-shift then the INT16 gains (``hidden`` of them, padded to 4 bytes);
-per linear op its row-stage guard (int32); ``scores``: per head (mult, shift) int32;
-``pv``: per head (mult, shift, guard) int32; ``act``: the SiLU index (mult, shift) int32
-(zero for ReLU). The ``final`` region starts with the final blob (:func:`final_blob`): the
+per linear op its row-stage guard (int32); ``scores``: per head (mult, shift) int32 (rotated
+keys: (mult, shift, guard)); ``pv``: per head (mult, shift, guard) int32; ``act``: the SiLU
+index (mult, shift) int32 (zero for ReLU); with rotated keys last ``rope_q``: per q head the
+(mult, shift) int32 of the SFU's ``ropeq``. The ``final`` region starts with the final blob (:func:`final_blob`): the
 final norm's record then the head's guard. Table lookups (softmax EXP2, SiLU sigmoid) are
 ROMs of the special-function unit (the numerics module's tables), not parameters.
 """
@@ -76,7 +82,7 @@ import numpy as np
 from hwflow.config import HardwarePreset, LinearQuant, ModelConfig
 from hwflow.costs import effective_nm
 from hwflow.errors import CapacityError, ConfigError
-from hwflow.isa import Region, Template
+from hwflow.isa import ROW_FACTOR_BYTES, Region, Template
 from hwflow.model import BIAS_BYTES, group_scale_bytes, has_bias
 from hwflow.numerics import GATE_BITS, RESIDUAL_BITS, nm_expand
 
@@ -93,6 +99,7 @@ __all__ = [
     "build_hbm_image",
     "encode_tile",
     "final_blob",
+    "key_row_bytes",
     "layer_runs",
     "linear_out_bits",
     "norm_record_bytes",
@@ -138,19 +145,29 @@ def norm_record_bytes(cfg: ModelConfig) -> int:
     return 4 + 2 * cfg.hidden
 
 
-def linear_out_bits(op: str) -> int:
-    """Output width of a linear op (or ``"head"``) in the numerics contract: q/k/v INT8, gate/up
-    INT16 (the SiLU input), o/down INT32 (residual-stream branches), the head's INT32 logits."""
+def linear_out_bits(op: str, rotated: bool = False) -> int:
+    """Output width of a linear op (or ``"head"``) in the numerics contract: q/k/v INT8 (q and
+    k INT16 with ``rotated`` keys: RoPE and the Hadamard transform run on INT16), gate/up INT16
+    (the SiLU input), o/down INT32 (residual-stream branches), the head's INT32 logits."""
     if op in ("o", "down", "head"):
         return RESIDUAL_BITS
-    return GATE_BITS if op in ("gate", "up") else 8
+    return GATE_BITS if op in ("gate", "up") or (rotated and op in ("q", "k")) else 8
 
 
-def param_blob(cfg: ModelConfig) -> ParamBlob:
-    """The layout of a layer's parameter blob (see the module doc)."""
+def key_row_bytes(cfg: ModelConfig, rotated: bool = False) -> int:
+    """Bytes of one key (one KV head at one position) in the KV cache: ``head_dim`` INT8
+    codes, with ``rotated`` keys preceded by their row factor (module doc, ``kv``)."""
+    return cfg.head_dim + (ROW_FACTOR_BYTES if rotated else 0)
+
+
+def param_blob(cfg: ModelConfig, rotated: bool = False) -> ParamBlob:
+    """The layout of a layer's parameter blob (see the module doc); ``rotated`` keys add the
+    scores' guard per head and the ``rope_q`` record."""
     items = [("norm1", norm_record_bytes(cfg)), ("norm2", norm_record_bytes(cfg))]
     items += [(f"{op}.guard", 4) for op in cfg.linear_ops]
-    items += [("scores", 8 * cfg.heads), ("pv", 12 * cfg.heads), ("act", 8)]
+    items += [("scores", (12 if rotated else 8) * cfg.heads), ("pv", 12 * cfg.heads), ("act", 8)]
+    if rotated:
+        items.append(("rope_q", 8 * cfg.heads))
     return _records(items)
 
 
@@ -472,6 +489,7 @@ class HbmLayout:
     kv_v_offset: int = 0  #: from a layer's K heads to its V heads (see the module doc)
     batch: int = 1  #: sequences (KV-cache slots) the layout holds
     kv_seq_bytes: int = 0  #: stride between the KV caches of two sequences (all layers)
+    rotated: bool = False  #: rotated keys: K records with their row factors, q/k INT16
 
     def region(self, name: str) -> Region:
         for r in self.regions:
@@ -524,9 +542,10 @@ def plan_hbm(
     hw: HardwarePreset,
     max_len: int,
     batch: int = 1,
+    rotated: bool = False,
 ) -> HbmLayout:
-    """Allocate every region (see the module doc) for ``batch`` sequences; CapacityError if
-    HBM is too small."""
+    """Allocate every region (see the module doc) for ``batch`` sequences (``rotated``: the
+    plan's keys are rotated); CapacityError if HBM is too small."""
     slot = hw.buffers.bytes("weight") // WEIGHT_SLOTS
     geo = BeatGeometry.from_preset(hw)
     period = hw.hbm.channels * hw.hbm.interleave_bytes
@@ -537,7 +556,7 @@ def plan_hbm(
     for run in layer_runs(cfg, quant):
         stride = 0
         for li in run:
-            off = _align(param_blob(cfg).size)
+            off = _align(param_blob(cfg, rotated).size)
             specs = []
             for op in cfg.linear_ops:
                 out, k = cfg.linear_shape(op)
@@ -570,7 +589,7 @@ def plan_hbm(
         size = _round(max_len * rope_row, period)
         regions.append(Region("rope", at, size, "table"))
         at += size
-    kv_head = _kv_head_stride(max_len * cfg.head_dim, hw)
+    kv_head = _kv_head_stride(max_len * key_row_bytes(cfg, rotated), hw)
     # V heads start half the channels away from their K heads (both are loaded back to back)
     g = hw.hbm.interleave_bytes
     kv_v = cfg.kv_heads * kv_head
@@ -609,6 +628,7 @@ def plan_hbm(
         kv_v,
         batch,
         kv_seq,
+        rotated,
     )
 
 
@@ -620,13 +640,13 @@ def slot_factors(kv_seq_bytes: int) -> tuple[int, int]:
     return kv_seq_bytes // b, b
 
 
-def _tile_bytes(ts: TileSpec, ql: Any, r0: int, r: int) -> np.ndarray:
+def _tile_bytes(ts: TileSpec, ql: Any, r0: int, r: int, rotated: bool = False) -> np.ndarray:
     if (ql.bias is not None) != ts.bias:
         raise ConfigError(f"{ql.name}: the layout assumed bias={ts.bias}, the model disagrees")
-    if ql.out_bits != linear_out_bits(ts.name):
+    bits = linear_out_bits(ts.name, rotated)
+    if ql.out_bits != bits:
         raise ConfigError(
-            f"{ql.name}: the program writes {linear_out_bits(ts.name)}-bit outputs, the model "
-            f"{ql.out_bits}-bit"
+            f"{ql.name}: the program writes {bits}-bit outputs, the model {ql.out_bits}-bit"
         )
     gmult = None
     if ts.grow:
@@ -660,14 +680,19 @@ def _norm_record(p: Mapping[str, Any]) -> np.ndarray:
     return np.concatenate([_i32(p["pre"]), np.asarray(p["gamma"], "<i2").view(np.uint8)])
 
 
-def _layer_params(qm: QuantizedModel, li: int) -> dict[str, np.ndarray]:
+def _layer_params(qm: QuantizedModel, li: int, rotated: bool = False) -> dict[str, np.ndarray]:
     """The bytes of every record of layer ``li``'s parameter blob, by record name."""
     cfg, p = qm.cfg, f"L{li}."
     out = {n: _norm_record(qm.params[p + n]) for n in ("norm1", "norm2")}
     for op in cfg.linear_ops:
         out[f"{op}.guard"] = _i32(qm.linears[p + op].guard)
     sc, pv = qm.params[p + "scores"], qm.params[p + "pv"]
-    out["scores"] = _i32(np.stack([sc["mult"], sc["shift"]], axis=1))
+    cols = [sc["mult"], sc["shift"]]
+    if rotated:  # the keys' row stage guard; ropeq's per-head multipliers
+        cols.append(np.full(cfg.heads, sc["guard"]))
+        rq = qm.params[p + "rope_q"]
+        out["rope_q"] = _i32(np.stack([rq["mult"], rq["shift"]], axis=1))
+    out["scores"] = _i32(np.stack(cols, axis=1))
     guard = np.full(cfg.heads, pv["guard"])
     out["pv"] = _i32(np.stack([pv["mult"], pv["shift"], guard], axis=1))
     act = qm.params[p + "act"]
@@ -683,15 +708,21 @@ def build_hbm_image(layout: HbmLayout, qm: QuantizedModel) -> np.ndarray:
     def put(at: int, data: np.ndarray) -> None:
         img[at : at + data.size] = data
 
-    pb = param_blob(cfg)
+    rot = layout.rotated
+    if rot != (qm.plan.method.keys == "rotated"):
+        raise ConfigError(
+            f"the layout's keys are {'rotated' if rot else 'static'}, plan {qm.plan.name}'s "
+            f"{qm.plan.method.keys!r}"
+        )
+    pb = param_blob(cfg, rot)
     for li, specs in layout.tiles.items():
         base = layout.region(f"L{li}").base
-        for key, data in _layer_params(qm, li).items():
+        for key, data in _layer_params(qm, li, rot).items():
             put(base + pb[key], data)
         for ts in specs:
             ql = qm.linears[f"L{li}.{ts.name}"]
             for r0, r, off in ts.tiles:
-                put(base + off, _tile_bytes(ts, ql, r0, r))
+                put(base + off, _tile_bytes(ts, ql, r0, r, rot))
     fbase = layout.region("final").base
     fb = final_blob(cfg)
     put(fbase + fb["norm"], _norm_record(qm.params["final.norm"]))

@@ -17,6 +17,12 @@ writes the UINT8 probabilities and their row factors (1/row sum) in place at the
 Parameters (norm gains, guards, per-head attention multipliers) are one blob per layer
 (:func:`hwflow.compiler.layout.param_blob`) loaded to the param buffer at 0.
 
+Rotated keys (plan ``method.keys: rotated``; :mod:`hwflow.numerics`, "Rotated keys"): the q and
+k linears write INT16; the SFU's ``ropeq`` turns q into ``qr`` (INT8) and ``ropek`` k into
+``kr``, whose rows hold one *record* per KV head, the key's row factor then its INT8 codes
+(``head_dim + 4`` bytes, the KV cache's K format, :func:`hwflow.compiler.layout.key_row_bytes`),
+so the K rows move as records (ST, LD, ``mov``) and the qk reads their factors (``brow``).
+
 Registers (set by SYS in the template; R1 = LEN, R2 = POS from the runtime)::
 
     R3 ROWS  rows of this chunk: min(LEN - CB, tt)      R4 QPOS  POS + CB (first row's position)
@@ -26,6 +32,9 @@ Registers (set by SYS in the template; R1 = LEN, R2 = POS from the runtime)::
     R11 IOFF CB * hidden (input rows)                   R12 ROFF QPOS * rope row bytes
     R13 LAST (ROWS - 1) * hidden (the last row, for the head)
     R14 RROW decode: (POS - bucket start) * rope row bytes (this position's RoPE row on chip)
+    rotated keys: R12 KOFF  QPOS * (head_dim + 4) once the RoPE rows are loaded (a K record's
+             offset), R13 LKVK  LKV + KOFF (where this chunk's K records go); LAST is set
+             after the chunk loop
     R15 SEQ  (read) a program for a batch (:mod:`.batch`): the KV-cache slot whose cache LKV
              points into (a prefill's slot comes from the runtime)
 
@@ -54,6 +63,7 @@ from hwflow.compiler.layout import (
     HbmLayout,
     TileSpec,
     final_blob,
+    key_row_bytes,
     linear_out_bits,
     param_blob,
     slot_factors,
@@ -79,6 +89,8 @@ R_ROWS, R_QPOS, R_KEYS, R_QOFF, R_LW, R_LKV, R_LKVQ, R_CB, R_IOFF, R_ROFF, R_LAS
 #: Pseudo buffer id of the current layer's KV cache in HBM (offsets from its base) in the
 #: footprints the token assignment sees: orders a decode step's KV loads before its KV stores.
 HBM_KV = 8
+#: Rotated keys (module doc): registers free within the chunk loop reused for the K records
+R_KOFF, R_LKVK = R_ROFF, R_LAST
 
 
 Span = tuple[int, int, int]  # (buffer, first byte, end byte)
@@ -127,16 +139,21 @@ class BufferPlan:
         }
 
 
-def _tensors(cfg: ModelConfig) -> list[tuple[str, int, int, int, bool, str | None]]:
+def _tensors(
+    cfg: ModelConfig, rotated: bool = False
+) -> list[tuple[str, int, int, int, bool, str | None]]:
     """(name, bytes per row, first op index, last op index, row factor, written over) of a
     layer's tensors (op order). The residual ``X`` (INT32) is not among them: it has its own
     place, and both residual adds write it in place (``x1`` is ``X`` after add1). Per-row
     tensors hold a row factor in the ``ROW_FACTOR_BYTES`` before each row. A tensor "written
     over" another starts where that one does: the per-row INT8 gated product over ``g`` and
     OPT's quantized ReLU over ``u`` (shorter rows, so a row-by-row SFU never overwrites a row it
-    has yet to read); the rest of the INT16 tensor is free once it is consumed."""
+    has yet to read); the rest of the INT16 tensor is free once it is consumed. With
+    ``rotated`` keys q and k are INT16 and ``kr`` holds a K record per KV head (module doc):
+    its row 0 starts 4 bytes in, at head 0's codes, like a per-row tensor's."""
     d, f = cfg.hidden, cfg.intermediate
     qd, kd = cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    qkb = 2 if rotated else 1
     res, gate = RESIDUAL_BITS // 8, GATE_BITS // 8
     rf = ROW_FACTOR_BYTES
     rope = cfg.positions == "rope"
@@ -144,8 +161,8 @@ def _tensors(cfg: ModelConfig) -> list[tuple[str, int, int, int, bool, str | Non
     # 9 mul, 10 down, 11 add2
     t: list[tuple[str, int, int, int, bool, str | None]] = [
         ("h1", d + rf, 0, 1, True, None),
-        ("q", qd, 1, 3 if not rope else 2, False, None),
-        ("k", kd, 1, 3 if not rope else 2, False, None),
+        ("q", qkb * qd, 1, 3 if not rope else 2, False, None),
+        ("k", qkb * kd, 1, 3 if not rope else 2, False, None),
         ("v", kd, 1, 3, False, None),
         ("a", qd, 3, 4, False, None),
         ("o", res * d, 4, 5, False, None),
@@ -153,7 +170,8 @@ def _tensors(cfg: ModelConfig) -> list[tuple[str, int, int, int, bool, str | Non
         ("d", res * d, 10, 11, False, None),
     ]
     if rope:
-        t += [("qr", qd, 2, 3, False, None), ("kr", kd, 2, 3, False, None)]
+        kr = cfg.kv_heads * key_row_bytes(cfg, rotated)
+        t += [("qr", qd, 2, 3, False, None), ("kr", kr, 2, 3, rotated, None)]
     if cfg.gated_mlp:  # silu on g in place, then the product over it
         t += [("g", gate * f, 7, 9, False, None), ("u", gate * f, 7, 9, False, None)]
         t += [("mm", f + rf, 9, 10, True, "g")]
@@ -172,6 +190,7 @@ def plan_buffers(
     score_rows: int | None = None,
     head_rows: int = 1,
     logit_cols: int | None = None,
+    rotated: bool = False,
 ) -> BufferPlan:
     """Allocate the on-chip buffers for ``tt`` rows and ``keys_max`` keys (first fit by
     liveness in the activation buffer), with ``rope_rows`` RoPE rows (default ``tt``),
@@ -179,13 +198,14 @@ def plan_buffers(
     runs one sequence's row at a time) and ``head_rows`` rows through the LM head (a batched
     decode: every sequence's) whose logits are kept ``logit_cols`` wide (default: the whole
     vocabulary; a batched decode stores each head tile's columns as they come, two tiles'
-    worth on chip); CapacityError naming the buffer when one overflows."""
+    worth on chip; ``rotated`` keys: their formats, module doc); CapacityError naming the buffer
+    when one overflows."""
     rope_rows = tt if rope_rows is None else rope_rows
-    act, span, top = _place_activations(cfg, hw, tt, head_rows, logit_cols)
-    kv_slot, n_kv = _kv_slots(cfg, hw, keys_max)
+    act, span, top = _place_activations(cfg, hw, tt, head_rows, logit_cols, rotated)
+    kv_slot, n_kv = _kv_slots(cfg, hw, keys_max, rotated)
     sst, sc_slot, n_sc = _score_slots(hw, tt if score_rows is None else score_rows, keys_max)
     wslot = hw.buffers.bytes("weight") // WEIGHT_SLOTS
-    p_rope, p_final = _param_places(cfg, hw, rope_rows)
+    p_rope, p_final = _param_places(cfg, hw, rope_rows, rotated)
     return BufferPlan(
         tt,
         keys_max,
@@ -206,7 +226,12 @@ def plan_buffers(
 
 
 def _place_activations(
-    cfg: ModelConfig, hw: HardwarePreset, tt: int, head_rows: int = 1, logit_cols: int | None = None
+    cfg: ModelConfig,
+    hw: HardwarePreset,
+    tt: int,
+    head_rows: int = 1,
+    logit_cols: int | None = None,
+    rotated: bool = False,
 ) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]], int]:
     """(tensor -> (row 0 offset, row stride), tensor -> [first, end) bytes, bytes used) of the
     activation buffer: the residual at 0, then a layer's tensors first fit by liveness, then
@@ -218,7 +243,7 @@ def _place_activations(
     placed: list[tuple[int, int, int, int]] = []  # (lo, hi, first, last)
     base = _al(tt * res * d)
     top = base
-    for name, rb, first, last, rowf, over in sorted(_tensors(cfg), key=lambda x: x[2]):
+    for name, rb, first, last, rowf, over in sorted(_tensors(cfg, rotated), key=lambda x: x[2]):
         size = _al(tt * rb)
         at = base
         if over is not None:
@@ -249,10 +274,13 @@ def _place_activations(
     return act, span, top
 
 
-def _kv_slots(cfg: ModelConfig, hw: HardwarePreset, keys_max: int) -> tuple[int, int]:
-    """(bytes, count) of the KV slots: one head's K or V over ``keys_max`` keys each, at most
-    every K and V of the KV heads and 16; at least two (K and V of one head)."""
-    kv_slot = _al(keys_max * cfg.head_dim)
+def _kv_slots(
+    cfg: ModelConfig, hw: HardwarePreset, keys_max: int, rotated: bool = False
+) -> tuple[int, int]:
+    """(bytes, count) of the KV slots: one head's K or V over ``keys_max`` keys each (rotated
+    keys: K records, :func:`~hwflow.compiler.layout.key_row_bytes`), at most every K and V of
+    the KV heads and 16; at least two (K and V of one head)."""
+    kv_slot = _al(keys_max * key_row_bytes(cfg, rotated))
     n_kv = min(hw.buffers.bytes("kv") // kv_slot, 2 * cfg.kv_heads, 16)
     if n_kv < 2:
         raise CapacityError(
@@ -276,9 +304,11 @@ def _score_slots(hw: HardwarePreset, tt: int, keys_max: int) -> tuple[int, int, 
     return sst, sc_slot, n_sc
 
 
-def _param_places(cfg: ModelConfig, hw: HardwarePreset, rope_rows: int) -> tuple[int, int]:
+def _param_places(
+    cfg: ModelConfig, hw: HardwarePreset, rope_rows: int, rotated: bool = False
+) -> tuple[int, int]:
     """(RoPE rows' offset, final blob's offset) in the param buffer, after the layer blob."""
-    p_rope = _al(param_blob(cfg).size)
+    p_rope = _al(param_blob(cfg, rotated).size)
     p_final = p_rope + _al(rope_rows * 2 * cfg.head_dim)
     need = p_final + final_blob(cfg).size
     if need > hw.buffers.bytes("param"):
@@ -386,12 +416,14 @@ class _Lowering:
         self.rope = cfg.positions == "rope"
         self.tt = bp.tt
         self.xrow = RESIDUAL_BITS // 8 * cfg.hidden  # INT32 residual rows
-        self.pb, self.fb = param_blob(cfg), final_blob(cfg)
+        self.rot = layout.rotated  # rotated keys (module doc)
+        self.kb = key_row_bytes(cfg, self.rot)  # bytes of a K row (rotated: a record)
+        self.pb, self.fb = param_blob(cfg, self.rot), final_blob(cfg)
         self.params_span: Span = (Buf.PARAM, 0, self.pb.size)
         self.rope_span: Span = (Buf.PARAM, bp.p_rope, bp.p_final)
         self.final_span: Span = (Buf.PARAM, bp.p_final, bp.p_final + self.fb.size)
         # linear inputs with row factors (``a`` has a static scale): the per-row tensors and hf
-        self.rowf = {t[0] for t in _tensors(cfg) if t[4]} | {"hf"}
+        self.rowf = {t[0] for t in _tensors(cfg, self.rot) if t[4]} | {"hf"}
         # attention's rows (clamped by a register), engine, KV base register and the registers
         # added to the offsets of its q-wide (q, qr, a) and kv-wide (k, kr, v) rows: the
         # chunk's here; one sequence's row in a batched decode (:mod:`.batch`)
@@ -455,7 +487,7 @@ class _Lowering:
 
     def linear(self, tiles: _Tiles, op: str, src: str, dst: str) -> None:
         """Linear op ``op`` of the layer: ``dst = src @ W^T``, one engine op per weight tile."""
-        obits = linear_out_bits(op)
+        obits = linear_out_bits(op, self.rot)
         so, srb = self.act(src)
         do, drb = self.act(dst)
         first = tiles.first[op]
@@ -480,6 +512,8 @@ class _Lowering:
         e.sys("LOOP", count=nchunks)
         self.chunk_registers()
         self.chunk_loads()
+        if self.rot:  # after the RoPE rows' LD, which reads ROFF (= KOFF)
+            e.sys("MULI", rd=R_KOFF, ra=R_QPOS, imm=self.kb)
         for run in self.layout.runs:
             self.layer_run(*run)
         parallel.chunk_output(self)
@@ -553,6 +587,8 @@ class _Lowering:
         e, pb, d = self.e, self.pb, self.cfg.hidden
         tiles = _Tiles(e, self.bp, list(self.layout.tiles[li]), R_LW)
         e.sys("ADD", rd=R_LKVQ, ra=R_LKV, rb=R_QOFF)
+        if self.rot:
+            e.sys("ADD", rd=R_LKVK, ra=R_LKV, rb=R_KOFF)
         e.unit("LD", (), (self.params_span,), kind=XferKind.PARAMS, hbm=0, hbm_reg=R_LW,
                hbm_stride=pb.size, buf=Buf.PARAM, off=0, stride=pb.size, row_bytes=pb.size,
                rows=1)  # fmt: skip
@@ -572,10 +608,17 @@ class _Lowering:
 
     def rotate(self) -> tuple[str, str]:
         """RoPE of q and k into qr and kr (decode: the step's row RROW bytes into the bucket's
-        rows); returns the tensors attention reads."""
+        rows; rotated keys: ``ropeq`` and ``ropek``, module doc); returns the tensors attention
+        reads."""
         hd, bp = self.cfg.head_dim, self.bp
-        for src, dst, n in (("q", "qr", self.cfg.heads), ("k", "kr", self.cfg.kv_heads)):
-            self.sfu(SfuFunc.ROPE, src, dst, n * hd, reads=(self.rope_span,),
+        funcs = (SfuFunc.ROPEQ, SfuFunc.ROPEK) if self.rot else (SfuFunc.ROPE, SfuFunc.ROPE)
+        for (src, dst, n), func in zip(
+            (("q", "qr", self.cfg.heads), ("k", "kr", self.cfg.kv_heads)), funcs, strict=True
+        ):
+            extra = {}
+            if func == SfuFunc.ROPEQ:  # the per-head multipliers
+                extra = dict(p_off=self.pb["rope_q"], reads=(self.rope_span, self.params_span))
+            self.sfu(func, src, dst, n * hd, **{"reads": (self.rope_span,), **extra},
                      b=(Buf.PARAM, bp.p_rope, 2 * hd, R_RROW if self.dec else 0), aux=hd,
                      qpos_reg=R_QPOS)  # fmt: skip
         return "qr", "kr"
@@ -670,21 +713,30 @@ class _Attention:
         s, bp, hd, dec = self.s, self.s.bp, self.hd, self.s.dec
         slots = {}
         for j, (which, src) in enumerate((("K", self.kn), ("V", "v"))):
-            so, srb = s.act(src)
+            # a row's bytes, its first byte in the tensor's row, its HBM and slot registers
+            rb, at, r_hbm, r_off = hd, s.act(src)[0] + g * hd, R_LKVQ, R_QOFF
+            if which == "K" and s.rot:  # K records: the factor before the codes
+                rb, at, r_hbm, r_off = (
+                    s.kb,
+                    s.act(src)[0] - ROW_FACTOR_BYTES + g * s.kb,
+                    R_LKVK,
+                    R_KOFF,
+                )
+            srb = s.act(src)[1]
             hb = self.kvoff[which] + g * s.layout.kv_head_bytes
             ks = bp.kv_slots[(2 * g + j) % self.n_kv]
             kspan = (Buf.KV, ks, ks + bp.kv_slot_bytes)
             slots[which] = ks
             rk = s.r_sk  # the sequence's row of a batched decode (0: the chunk's rows)
             if not dec:  # past rows only: disjoint from the rows stored
-                s.e.unit("ST", (s.aspan(src),), (), kind=XferKind.KV, hbm=hb, hbm_reg=R_LKVQ,
-                         hbm_stride=hd, buf=Buf.ACT, off=so + g * hd, off_reg=rk, stride=srb,
-                         row_bytes=hd, rows=s.att_rows, rows_reg=s.att_reg)  # fmt: skip
-            s.e.unit("LD", ((HBM_KV, hb, hb + bp.keys_max * hd),) if dec else (), (kspan,),
-                     kind=XferKind.KV, hbm=hb, hbm_reg=s.r_lkv, hbm_stride=hd, buf=Buf.KV,
-                     off=ks, stride=hd, row_bytes=hd, rows=bp.keys_max,
+                s.e.unit("ST", (s.aspan(src),), (), kind=XferKind.KV, hbm=hb, hbm_reg=r_hbm,
+                         hbm_stride=rb, buf=Buf.ACT, off=at, off_reg=rk, stride=srb,
+                         row_bytes=rb, rows=s.att_rows, rows_reg=s.att_reg)  # fmt: skip
+            s.e.unit("LD", ((HBM_KV, hb, hb + bp.keys_max * rb),) if dec else (), (kspan,),
+                     kind=XferKind.KV, hbm=hb, hbm_reg=s.r_lkv, hbm_stride=rb, buf=Buf.KV,
+                     off=ks, stride=rb, row_bytes=rb, rows=bp.keys_max,
                      rows_reg=0 if dec else R_QPOS)  # fmt: skip
-            s.sfu(SfuFunc.MOV, (Buf.ACT, so + g * hd, srb, rk), (Buf.KV, ks, hd, R_QOFF), hd,
+            s.sfu(SfuFunc.MOV, (Buf.ACT, at, srb, rk), (Buf.KV, ks, rb, r_off), rb,
                   reads=(s.aspan(src),), writes=(kspan,), rows=s.att_rows,
                   rows_reg=s.att_reg)  # fmt: skip
         self.kv_of[g] = slots
@@ -703,13 +755,14 @@ class _Attention:
         sspan = (Buf.SCORE, ss, ss + bp.score_slot_bytes)
         sst = bp.score_stride
         qo, qrb = s.act(self.qn)
+        rf = ROW_FACTOR_BYTES if s.rot else 0  # rotated: the keys' factors before their rows
         s.e.unit(s.att_eng, (s.aspan(self.qn), self.kvspan(g, "K"), s.params_span), (sspan,),
                  func=MatmulFunc.QK, rows=s.att_rows, rows_reg=s.att_reg, cols=bp.keys_max,
                  cols_reg=0 if dec else R_KEYS, k=hd, n=1, m=1, wbits=8, a_buf=Buf.ACT,
                  a_off=qo + h * hd, a_reg=s.r_sq, a_stride=qrb, b_buf=Buf.KV,
-                 b_off=self.kv_of[g]["K"],
-                 b_stride=hd, o_buf=Buf.SCORE, o_off=ss, o_stride=sst,
-                 p_off=s.pb["scores"] + 8 * h, obits=32)  # fmt: skip
+                 b_off=self.kv_of[g]["K"] + rf, b_stride=s.kb, brow=int(s.rot), o_buf=Buf.SCORE,
+                 o_off=ss, o_stride=sst,
+                 p_off=s.pb["scores"] + (12 if s.rot else 8) * h, obits=32)  # fmt: skip
         if s.block:
             mask = dict(mask=SoftmaxMask.BLOCK, blk=att.block, local=att.local_blocks,
                         glob=att.global_blocks)  # fmt: skip
@@ -739,11 +792,14 @@ class _Attention:
         s, lay, hd = self.s, self.s.layout, self.hd
         for which, src in (("K", self.kn), ("V", "v")):
             so, _ = s.act(src)
+            rb, r_hbm = hd, R_LKVQ
+            if which == "K" and s.rot:  # the K records (module doc)
+                so, rb, r_hbm = so - ROW_FACTOR_BYTES, s.kb, R_LKVK
             h0, hn = self.kvoff[which], self.kvoff[which] + (self.nkv - 1) * lay.kv_head_bytes
             s.e.unit("ST", (s.aspan(src),),
-                     ((HBM_KV, h0 + (s.lo - 1) * hd, hn + s.bp.keys_max * hd),),
-                     kind=XferKind.KV, hbm=h0, hbm_reg=R_LKVQ, hbm_stride=lay.kv_head_bytes,
-                     buf=Buf.ACT, off=so, stride=hd, row_bytes=hd, rows=self.nkv)  # fmt: skip
+                     ((HBM_KV, h0 + (s.lo - 1) * rb, hn + s.bp.keys_max * rb),),
+                     kind=XferKind.KV, hbm=h0, hbm_reg=r_hbm, hbm_stride=lay.kv_head_bytes,
+                     buf=Buf.ACT, off=so, stride=rb, row_bytes=rb, rows=self.nkv)  # fmt: skip
 
 
 def lower_step(
