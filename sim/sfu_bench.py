@@ -185,7 +185,9 @@ def rot_reference(fields: dict[str, int], bufs: dict[Buf, np.ndarray]) -> dict[B
         return out
 
     def rows_of(buf: int, off: int, stride: int, nbytes: int, dtype: str) -> np.ndarray:
-        raw = np.stack([bufs[Buf(buf)][off + i * stride : off + i * stride + nbytes] for i in range(rows)])
+        raw = np.stack(
+            [bufs[Buf(buf)][off + i * stride : off + i * stride + nbytes] for i in range(rows)]
+        )
         return raw.view(dtype).astype(np.int64)
 
     x = rows_of(f["a_buf"], f["a_off"], f["a_stride"], 2 * cols, "<i2")
@@ -205,7 +207,10 @@ def rot_reference(fields: dict[str, int], bufs: dict[Buf, np.ndarray]) -> dict[B
         for h in range(n):
             q, (m, e) = quant_rows(y[h, t])
             at = f["o_off"] + t * f["o_stride"] + h * (hd + ROW_FACTOR_BYTES)
-            fac = np.array([m], "<u2").view(np.uint8).tolist() + np.array([e], "<i2").view(np.uint8).tolist()
+            fac = (
+                np.array([m], "<u2").view(np.uint8).tolist()
+                + np.array([e], "<i2").view(np.uint8).tolist()
+            )
             o[at - ROW_FACTOR_BYTES : at] = fac
             o[at : at + hd] = q.astype(np.int8).view(np.uint8)
     return out
@@ -361,7 +366,7 @@ async def scoreboard(
             res.rows.append(
                 {"func": func, "elements": elements, "rows": fields["rows"], "busy": busy,
                  "cost": cost, "equal": not diff, "center": center, "cols": fields["cols"],
-                 "mask": fields["mask"]}
+                 "mask": fields["mask"], "hd": fields["aux"]}
             )  # fmt: skip
             if diff:
                 first = _first_diff(bufs, want, diff[0])
