@@ -50,6 +50,7 @@ def test_unit_bit_exact_with_funcsim(kind: str, wb: int) -> None:
     ok = run.stats["random_ops_ok"]
     assert all(ok[f] >= 4 for f in MATMUL_FUNCS), ok
     assert run.stats["random_ops_grouped_ok"] >= 1, run.stats
+    assert run.stats["random_ops_brow_ok"] >= 1, run.stats  # qk of rotated keys (brow)
 
 
 @pytest.mark.parametrize(("kind", "wb"), _KINDS[:2])
@@ -67,6 +68,16 @@ def test_unit_bench_fails_on_flipped_group_multipliers(kind: str, wb: int) -> No
     assert run.stats["random_ops_gmult_flipped"], "no grouped op whose multipliers matter"
     assert (run.tests, run.failed) == (1, 1), run
     assert any("head" in b or "linear" in b for b in run.stats["random_ops_bad"]), run.stats
+
+
+@pytest.mark.parametrize(("kind", "wb"), _KINDS[:1])
+def test_unit_bench_fails_on_flipped_key_factors(kind: str, wb: int) -> None:
+    """The keys' row factors of a brow qk (rotated keys, issue 14) are live: the RTL reading
+    changed ones (each key's exponent xor 3, where that changes funcsim's result) fails."""
+    run = _run(kind, wb, "random_ops", HWFLOW_OPS="9", HWFLOW_BROW_P="1", HWFLOW_CORRUPT_KEYF="1")
+    assert run.stats["random_ops_keyf_flipped"], "no brow qk whose factors matter"
+    assert (run.tests, run.failed) == (1, 1), run
+    assert any("qk" in b for b in run.stats["random_ops_bad"]), run.stats
 
 
 def _table(kind: str, wb: int, rows: list[dict]) -> None:
