@@ -285,7 +285,7 @@ SFU_RECIP_BITS = -(-(127 << QROW_SHIFT).bit_length() // SFU_SCALAR_BITS) * SFU_S
 SFU_NORM_BITS = -(-(16 + 2 * NORM_FRAC) // (2 * SFU_SCALAR_BITS)) * 2 * SFU_SCALAR_BITS
 
 
-def sfu_passes(hw: HardwarePreset, func: str, center: bool = False) -> int:
+def sfu_passes(hw: HardwarePreset, func: str, center: bool = False, head_dim: int = 0) -> int:
     """Reads of its input a special-function op makes under the numerics contract
     (:mod:`hwflow.numerics`; ``func`` one of :data:`hwflow.isa.SFU_FUNCS`).
 
@@ -300,12 +300,45 @@ def sfu_passes(hw: HardwarePreset, func: str, center: bool = False) -> int:
     * ``rope``, ``silu``, ``add``, ``mov``: one; and tensor parallelism's ``requant`` (one
       pass over the reduced accumulators), ``rowmax`` and ``qrows`` (``mul``/``reluq``'s two
       passes, split around the all-reduce of the row maxima).
+    * rotated keys' ``ropeq`` (``head_dim`` a power of two): the RoPE pass, then the
+      ``log2(head_dim)`` Hadamard stages (:func:`~hwflow.numerics.hadamard_int`), the last one
+      requantizing; ``ropek`` one more: its last stage takes each head's maximum, then the
+      quantizing pass (:func:`rotate_passes`).
     """
+    if func in ("ropeq", "ropek"):
+        return rotate_passes(func, head_dim)
     if func == "norm":
         return hw.sfu.norm_passes + int(center)
     if func == "softmax":
         return hw.sfu.softmax_passes
     return 2 if func in ("mul", "reluq") else 1
+
+
+def rotate_passes(func: str, head_dim: int) -> int:
+    """Passes of rotated keys' ``ropeq`` / ``ropek`` over a head of ``head_dim`` (a power of
+    two): the RoPE pass reading A, ``log2(head_dim)`` Hadamard butterfly stages on the SFU's
+    head scratch (each a pass in RoPE's pair pattern, partners ``2**s`` apart), and for
+    ``ropek`` the quantizing pass after the head's maximum (:func:`sfu_passes`)."""
+    if head_dim < 2 or head_dim & (head_dim - 1):
+        raise UnsupportedError(f"{func}: head_dim {head_dim} is not a power of two >= 2")
+    return 1 + head_dim.bit_length() - 1 + int(func == "ropek")
+
+
+def rotate_slots(hw: HardwarePreset, func: str, rows: int, cols: int, head_dim: int) -> int:
+    """Group slots of a ``ropeq`` / ``ropek`` instruction (without the fill, see
+    :func:`sfu_op_cost`). Per (row, head) segment, every RoPE-pattern pass takes ``P =
+    2 * ceil(head_dim / 2 / lanes)`` groups (a group: ``lanes`` elements of one half of a pair
+    span and their partners, as ``rope`` costs a head), the quantizing pass ``Q =
+    ceil(head_dim / lanes)``. ``ropeq``: every segment's ``1 + log2(head_dim)`` passes back to
+    back. ``ropek``: segments interleave like the rows of ``reluq`` (the RoPE pass and stages
+    are the statistics, the reciprocal of the maximum the scalar, the quantizing pass the
+    output: :func:`_interleaved_slots` over ``rows * heads`` segments)."""
+    lanes, segs = hw.sfu.lanes, rows * (cols // head_dim)
+    pair = 2 * ceil(head_dim // 2 / lanes)
+    stages = rotate_passes("ropeq", head_dim)
+    if func == "ropeq":
+        return segs * stages * pair
+    return _interleaved_slots(segs, stages * pair, ceil(head_dim / lanes), sfu_scalar_cycles(func))
 
 
 def sfu_cost(hw: HardwarePreset, elements: int, passes: int = 1) -> OpCost:
@@ -328,7 +361,7 @@ def sfu_scalar_cycles(func: str) -> int:
     op = lambda bits: bits // SFU_SCALAR_BITS + 1  # noqa: E731
     if func == "norm":
         return op(SFU_NORM_BITS) + op(SFU_NORM_BITS // 2) + 1
-    if func in ("mul", "reluq", "softmax"):
+    if func in ("mul", "reluq", "softmax", "ropek"):
         return op(SFU_RECIP_BITS) + 1
     return 0
 
@@ -354,7 +387,7 @@ def sfu_shared_port(func: str, a_buf: int, b_buf: int) -> bool:
     port per buffer): RoPE's element and its partner (and its cos and sin rows) always; add and
     mul when both operands sit in one buffer; the norm when its input sits with its gains in
     PARAM."""
-    if func == "rope":
+    if func in ("rope", "ropeq", "ropek"):
         return True
     if func == "norm":
         return a_buf == Buf.PARAM
@@ -397,16 +430,18 @@ def sfu_op_cost(
     the first group (RoPE, four streams on two ports: four). ``latency``: the unit's pipeline depth beyond the last group."""
     if rows <= 0 or cols <= 0:
         return OpCost(beats=0, latency=0, macs=0, dense_macs=0)
-    lanes, passes = hw.sfu.lanes, sfu_passes(hw, func, center)
+    lanes, passes = hw.sfu.lanes, sfu_passes(hw, func, center, head_dim)
     half = head_dim // 2
     per = (cols // half) * ceil(half / lanes) if func == "rope" and half else ceil(cols / lanes)
-    if func in ("norm", "mul", "reluq"):
+    if func in ("ropeq", "ropek"):
+        slots = rotate_slots(hw, func, rows, cols, head_dim)
+    elif func in ("norm", "mul", "reluq"):
         slots = _interleaved_slots(rows, (passes - 1) * per, per, sfu_scalar_cycles(func))
     elif func == "softmax" and passes == 2:
         slots = _softmax_slots(rows, per, sfu_scalar_cycles(func))
     else:
         slots = passes * rows * per
-    slots += 2 * int(shared) + 2 * int(func == "rope")
+    slots += 2 * int(shared) + 2 * int(func in ("rope", "ropeq", "ropek"))
     return OpCost(beats=slots, latency=slots + hw.sfu.latency, macs=0, dense_macs=0)
 
 

@@ -165,8 +165,8 @@ class FuncSim:
         """K and V of ``layer``'s first ``length`` positions of sequence (KV-cache slot)
         ``seq`` as [kv_heads, length, head_dim] (rotated keys: the K records' codes)."""
         hd = self.cfg.head_dim
-        k = self._kv_rows(layer, length, seq, 0, key_row_bytes(self.cfg, self.layout.rotated))
-        v = self._kv_rows(layer, length, seq, self.layout.kv_v_offset, hd)
+        k = self._kv_rows(layer, length, seq, "K", key_row_bytes(self.cfg, self.layout.rotated))
+        v = self._kv_rows(layer, length, seq, "V", hd)
         return k[..., k.shape[-1] - hd :].view(np.int8).copy(), v.view(np.int8).copy()
 
     def key_factors(self, layer: int, length: int, seq: int = 0) -> np.ndarray:
@@ -174,18 +174,19 @@ class FuncSim:
         [kv_heads, length, 2] (``m``, ``e``; :attr:`hwflow.reference.KVCache.kf`'s form)."""
         if not self.layout.rotated:
             raise ProgramError("the program's keys are not rotated: its K rows have no factors")
-        rec = self._kv_rows(layer, length, seq, 0, key_row_bytes(self.cfg, True))
+        rec = self._kv_rows(layer, length, seq, "K", key_row_bytes(self.cfg, True))
         rf = np.ascontiguousarray(rec[..., :ROW_FACTOR_BYTES])
         m = rf[..., :2].copy().view("<u2")[..., 0].astype(np.int64)
         e = rf[..., 2:].copy().view("<i2")[..., 0].astype(np.int64)
         return np.stack([m, e], axis=-1)
 
-    def _kv_rows(self, layer: int, length: int, seq: int, at: int, row: int) -> np.ndarray:
-        """The first ``length`` rows of ``row`` bytes of each KV head of ``layer`` (K at
-        ``at`` 0, V at ``kv_v_offset``) as uint8 [kv_heads, length, row]."""
+    def _kv_rows(self, layer: int, length: int, seq: int, which: str, row: int) -> np.ndarray:
+        """The first ``length`` rows of ``row`` bytes of each ``which`` ("K" or "V") head of
+        ``layer`` as uint8 [kv_heads, length, row]."""
         c, lay = self.cfg, self.layout
+        at = lay.kv_v_offset if which == "V" else 0
         base = lay.region("kv").base + seq * lay.kv_seq_bytes + layer * lay.kv_layer_bytes + at
-        hs = lay.kv_head_bytes  # head stride (padded)
+        hs = lay.head_stride(which)  # head stride (padded)
         heads = self.hbm[base : base + c.kv_heads * hs].reshape(c.kv_heads, hs)
         return heads[:, : length * row].reshape(c.kv_heads, length, row)
 

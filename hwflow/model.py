@@ -28,6 +28,7 @@ import numpy as np
 
 from hwflow.config import AttentionSparsity, CompressionPlan, LinearQuant, ModelConfig
 from hwflow.errors import ConfigError
+from hwflow.isa import ROW_FACTOR_BYTES
 from hwflow.numerics import GROUP_MULT_BITS
 
 __all__ = [
@@ -276,12 +277,14 @@ class _GraphBuilder:
         p, t, keys, kept = f"L{li}.", self.t, self.keys, self.kept
         hd, nh, nkv = self.cfg.head_dim, self.cfg.heads, self.cfg.kv_heads
         kv, dense = f"KV{li}", nh * t * keys * hd
+        # rotated keys: each key carries its row factor (the K record of the KV cache)
+        kb = hd + (ROW_FACTOR_BYTES if self.plan.method.keys == "rotated" else 0)
         self.ops.append(
-            Op(p + "kv_write", "kv_write", li, (kn, p + "v"), kv, t, kv_bytes=2 * t * nkv * hd)
+            Op(p + "kv_write", "kv_write", li, (kn, p + "v"), kv, t, kv_bytes=t * nkv * (kb + hd))
         )
         kv_read = nkv * keys * hd  # each KV head's keys are read once per step, shared by its group
         scores = Op(p + "scores", "scores", li, (qn, kv), p + "s", t, keys, hd, nh,
-                    macs=nh * kept * hd, dense_macs=dense, kv_bytes=kv_read)  # fmt: skip
+                    macs=nh * kept * hd, dense_macs=dense, kv_bytes=nkv * keys * kb)  # fmt: skip
         self.ops.append(scores)
         self.elementwise(li, "softmax", "softmax", (p + "s",), p + "p", nh * keys)
         pv = Op(p + "pv", "pv", li, (p + "p", kv), p + "a", t, hd, keys, nh,

@@ -33,7 +33,7 @@ Formats
   q and k that one per-head INT8 scale cannot hold next to the ordinary channels (SmolLM2-135M
   w8a8: 24.28 perplexity clipped and unbalanced, 22.10 balanced, float 21.67).
 * **Rotated keys** (plan ``method.keys: rotated``, RoPE models with a power-of-two head
-  dimension; the reference and ``hwflow quality`` run it, the instruction set does not yet):
+  dimension; the instruction set runs it since ISA v5, :mod:`hwflow.isa` ``ropeq``/``ropek``):
   q and k leave their linears as INT16 (static per-head scales, two bits of headroom), RoPE
   rotates them at INT16 (:func:`rope_int` with ``bits=16``), then both are rotated by the
   Hadamard transform (:func:`hadamard_int`, per head; ``H/sqrt(hd)`` is orthonormal, so every

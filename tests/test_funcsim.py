@@ -13,7 +13,8 @@ from hwflow.errors import ProgramError, SyncError, UnsupportedError
 from hwflow.funcsim import FuncSim, boundary_lengths, check_against_reference
 from hwflow.isa import Buf, Program, Runtime, SfuFunc, Template, Unit, XferKind, make
 
-#: the plans the compiler takes (rotated keys: reference only, refused by the compiler)
+#: the plans the compiler takes on both tiny models (rotated keys, RoPE models only:
+#: tests/test_rotated_keys_isa.py)
 TINY_PLANS = [
     p for p in available("plans") if p != "w4a8-2of4" and load_plan(p).method.keys == "static"
 ]

@@ -28,8 +28,8 @@ One linear HBM address space, interleaved over the preset's pseudo-channels ever
                 With rotated keys (plan ``method.keys: rotated``, :func:`key_row_bytes`) a K row
                 is a *record* of ``head_dim + 4`` bytes: the key's row factor (uint16 ``m``, int16
                 ``e``, :data:`hwflow.isa.ROW_FACTOR_BYTES`) then its INT8 codes, position ``p`` at
-                ``p * (head_dim + 4)`` in its head; ``kv_head_bytes`` is then the padded size of
-                ``max_len`` records (the V heads keep ``head_dim``-byte rows at that stride).
+                ``p * (head_dim + 4)`` in its head; ``kv_head_bytes`` (the K heads' stride) is
+                then the padded size of ``max_len`` records, ``kv_v_head_bytes`` the V heads'.
 ``input``       ``max(max_len, B)`` rows of INT32 embeddings (``4 * hidden`` bytes each; the
                 residual stream's format, written by the host before a step).
 ``logits``      ``B`` rows of ``vocab`` INT32 logits: the step's last token (prefill), one row
@@ -490,6 +490,13 @@ class HbmLayout:
     batch: int = 1  #: sequences (KV-cache slots) the layout holds
     kv_seq_bytes: int = 0  #: stride between the KV caches of two sequences (all layers)
     rotated: bool = False  #: rotated keys: K records with their row factors, q/k INT16
+    kv_v_head_bytes: int = 0  #: stride between V heads (rotated keys: K's is longer); 0: K's
+
+    def head_stride(self, which: str) -> int:
+        """Bytes between the KV heads of ``which`` ("K" or "V") of a layer."""
+        if which == "V":
+            return self.kv_v_head_bytes or self.kv_head_bytes
+        return self.kv_head_bytes
 
     def region(self, name: str) -> Region:
         for r in self.regions:
@@ -590,11 +597,12 @@ def plan_hbm(
         regions.append(Region("rope", at, size, "table"))
         at += size
     kv_head = _kv_head_stride(max_len * key_row_bytes(cfg, rotated), hw)
+    v_head = _kv_head_stride(max_len * cfg.head_dim, hw)
     # V heads start half the channels away from their K heads (both are loaded back to back)
     g = hw.hbm.interleave_bytes
     kv_v = cfg.kv_heads * kv_head
     kv_v += ((hw.hbm.channels // 2) * g - kv_v) % period
-    kv_layer = _round(kv_v + cfg.kv_heads * kv_head, period)
+    kv_layer = _round(kv_v + cfg.kv_heads * v_head, period)
     kv_seq = kv_layer * cfg.layers
     size = kv_seq * batch
     regions.append(Region("kv", at, size, "kv"))
@@ -629,6 +637,7 @@ def plan_hbm(
         batch,
         kv_seq,
         rotated,
+        v_head,
     )
 
 

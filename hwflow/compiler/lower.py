@@ -723,7 +723,7 @@ class _Attention:
                     R_KOFF,
                 )
             srb = s.act(src)[1]
-            hb = self.kvoff[which] + g * s.layout.kv_head_bytes
+            hb = self.kvoff[which] + g * s.layout.head_stride(which)
             ks = bp.kv_slots[(2 * g + j) % self.n_kv]
             kspan = (Buf.KV, ks, ks + bp.kv_slot_bytes)
             slots[which] = ks
@@ -795,10 +795,11 @@ class _Attention:
             rb, r_hbm = hd, R_LKVQ
             if which == "K" and s.rot:  # the K records (module doc)
                 so, rb, r_hbm = so - ROW_FACTOR_BYTES, s.kb, R_LKVK
-            h0, hn = self.kvoff[which], self.kvoff[which] + (self.nkv - 1) * lay.kv_head_bytes
+            hs = lay.head_stride(which)
+            h0, hn = self.kvoff[which], self.kvoff[which] + (self.nkv - 1) * hs
             s.e.unit("ST", (s.aspan(src),),
                      ((HBM_KV, h0 + (s.lo - 1) * rb, hn + s.bp.keys_max * rb),),
-                     kind=XferKind.KV, hbm=h0, hbm_reg=r_hbm, hbm_stride=lay.kv_head_bytes,
+                     kind=XferKind.KV, hbm=h0, hbm_reg=r_hbm, hbm_stride=hs,
                      buf=Buf.ACT, off=so, stride=rb, row_bytes=rb, rows=self.nkv)  # fmt: skip
 
 

@@ -280,6 +280,7 @@ class _Pricer:
         per_beat = me * 8 * engine.rows + engine.chains * engine.chain_length * (wbits + idx)
         gbits = 8 * cols * group_scale_bytes(kp, group)  # the group multipliers, once each
         rowf = 8 * ROW_FACTOR_BYTES * rows if f["arow"] else 0  # the A rows' row factors
+        rowf += 8 * ROW_FACTOR_BYTES * cols if f["brow"] else 0  # rotated keys' factors
         mop = MOp(unit, f"{op}.{func}", words, cost.beats, cost.latency, wait, release)
         acts = OpActions(
             wbits=wbits,
@@ -304,16 +305,20 @@ class _Pricer:
         if fmt is None:
             raise ProgramError(f"SFU (pc {c.pc}): function {func} unknown")
         center = bool(f["aux"] & 1) if func == "norm" else False
-        passes = sfu_passes(hw, func, center)
+        passes = sfu_passes(hw, func, center, f["aux"])
+        # rotated keys' Hadamard stages run on the SFU's head scratch: A is read once
+        reads = 1 if func in ("ropeq", "ropek") else passes
         shared = sfu_shared_port(func, f["a_buf"], f["b_buf"])
         cost = sfu_op_cost(hw, func, f["rows"], f["cols"], center, f["aux"], shared)
         # the B operand (rope: its cos/sin rows) and the norm's INT16 gains, read once
         second = elements * 8 * (fmt.b + (2 if func == "norm" else 0))
         rowf = 8 * ROW_FACTOR_BYTES * f["rows"] if fmt.row_factor else 0
+        if fmt.head_factor:  # a factor per head segment (ropek)
+            rowf = 8 * ROW_FACTOR_BYTES * f["rows"] * (f["cols"] // f["aux"])
         mop = MOp(unit, f"SFU.{func}", words, cost.beats, cost.latency, wait, release)
         acts = OpActions(
             sfu_ops=elements * passes,
-            buf_read_bits=elements * 8 * fmt.a * passes + second,
+            buf_read_bits=elements * 8 * fmt.a * reads + second,
             buf_write_bits=elements * 8 * fmt.o + rowf,
             words=words,
         )
