@@ -44,6 +44,7 @@ from hwflow.perf.lower import lower
 _STATS: dict[str, Any] = {}
 #: Share of qk instructions drawn with rotated keys' factors (``brow``, isa v5)
 BROW_P = float(os.environ.get("HWFLOW_BROW_P", "0.5"))
+_BROW_RNG = np.random.default_rng(int(os.environ.get("HWFLOW_SEED", "7")) + 99)
 #: Bytes per buffer word of the unit under test (``unit_design``'s ``word_bytes``).
 _WB = int(os.environ.get("HWFLOW_WB", "32"))
 
@@ -208,7 +209,9 @@ def random_instr(
         cols = int(rng.integers(1, 40))
         # rotated keys (isa v5 brow): each key row's factor before it, the compiler's stride
         # k + 4 (or more), arow 0; mult, shift, guard at p_off
-        brow = int(rng.random() < BROW_P)
+        # (brow's own draws come from _BROW_RNG: with HWFLOW_BROW_P=0 the instruction stream
+        # is the one the bench drew before brow existed)
+        brow = int(BROW_P > 0 and _BROW_RNG.random() < BROW_P)
         f.update(k=k, cols=cols, arow=0 if brow else int(rng.random() < 0.3), brow=brow)
         pad = 4 * brow
         stride = k + pad + int(rng.integers(0, 8)) * int(rng.random() < 0.5)  # compiler's: k
@@ -217,13 +220,17 @@ def random_instr(
             at = b_off + r * stride
             bufs.mem[kv][at : at + k] = rng.integers(-127, 128, k).astype(np.int8).view(np.uint8)
             if brow:  # (m, e) of a key's INT8 codes: e = 15 - bitlen(M) may be negative
-                fac = np.array([rng.integers(2**14, 2**15), rng.integers(-9, 15)], "<i2")
+                fac = np.array(
+                    [_BROW_RNG.integers(2**14, 2**15), _BROW_RNG.integers(-9, 15)], "<i2"
+                )
                 bufs.mem[kv][at - 4 : at] = fac.view(np.uint8)
         bufs.keyf = (b_off, stride, cols) if brow else None
         f.update(b_buf=kv, b_off=b_off, b_stride=stride)
         a_buf, o_buf = act, score
         p = int(rng.integers(0, 1000)) * 4
-        vals = np.array([rng.integers(1, 2**15), rng.integers(0, 40), rng.integers(0, 30)], "<i4")
+        vals = np.array(
+            [rng.integers(1, 2**15), rng.integers(0, 40), _BROW_RNG.integers(0, 30)], "<i4"
+        )
         bufs.mem[prm][p : p + 12] = vals.view(np.uint8)
         alo = -127
     else:  # pv

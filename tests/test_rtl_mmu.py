@@ -125,11 +125,25 @@ def test_unit_cycles_against_the_cycle_model(kind: str, wb: int) -> None:
     do (the bench's port demand above the model's beats) never faster than the model. The
     bench asserts it per instruction; the table is printed."""
     env = {"HWFLOW_OPS": "12", "HWFLOW_CYCLE_TOL": str(TOLERANCE), "HWFLOW_PHASES": "1"}
+    env["HWFLOW_BROW_P"] = "0"  # the instructions this check was set up with (brow: below)
     run = _run(kind, wb, "cost_table", **env)
     rows = run.stats["cost_table_table"]
     _table(kind, wb, rows)
     assert (run.tests, run.failed) == (1, 0), run
     assert {r["func"] for r in rows if r["model_latency"]} == set(MATMUL_FUNCS)
+
+
+@pytest.mark.parametrize(("kind", "wb"), _KINDS)
+def test_unit_brow_qk_cycles(kind: str, wb: int) -> None:
+    """qk of rotated keys (``brow``): the keys' factors are read beside the K rows by the
+    parameter reader; the busy cycles next to the cycle model's (costs.matmul_unit_cost, which
+    charges qk alike with or without brow), printed; every brow qk byte-exact."""
+    env = {"HWFLOW_OPS": "12", "HWFLOW_BROW_P": "1", "HWFLOW_PHASES": "1"}
+    run = _run(kind, wb, "cost_table", **env)
+    rows = [r for r in run.stats["cost_table_table"] if r["brow"]]
+    _table(kind, wb, rows)
+    assert (run.tests, run.failed) == (1, 0), run
+    assert len(rows) == 3 and run.stats["cost_table_brow_ok"] == 3  # 12 ops: 3 qk
 
 
 @pytest.mark.parametrize(("kind", "wb"), _KINDS[1:])

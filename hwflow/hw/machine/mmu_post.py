@@ -5,11 +5,13 @@ contract's requantization into the output buffer.
   instruction's parameters at ``p_off`` (linear/head: guard; qk: mult, shift; pv: mult,
   shift, guard), per token pass the A rows' row factors (``arow``; qk has no row stage), per
   row group of a linear/head op its rows' bias, mult and shift from the tile's trailing
-  sections, :data:`PARAM_BANKS` banks: the parameters of the next groups load while group g
+  sections (a qk with ``brow``, rotated keys: its keys' row factors, read as one span from
+  the K rows when they fit a buffer word), :data:`PARAM_BANKS` banks: the parameters of the next groups load while group g
   drains, so the fetch (a part per cycle) runs ahead through the engine's pipeline depth.
 * the drain (:meth:`Post.build`) walks the engine's drain words in its order (per group,
   token lane by token lane, R consecutive rows per word) and pipelines each word's R values
-  through the row stage (``sat32(round_shift(acc * m, e - guard))``, skipped by qk), the bias
+  through the row stage (``sat32(round_shift(acc * m, e - guard))``; qk: skipped, or with
+  ``brow`` the key's factor and the guard at ``p_off + 8``), the bias
   add and the channel stage (``saturate(round_shift(y * mult, shift), obits)``), one word per
   cycle, into the :class:`~hwflow.hw.machine.mmu_write.WriteCombiner`.
 * k = 0 (no beats): the drain takes zero words instead of the engine's.

@@ -18,6 +18,10 @@ Structure (``lanes`` elements per cycle, the preset's ``sfu.lanes``):
   passes (:mod:`~hwflow.hw.machine.sfu_rows`): the output pass of row ``k - 1`` follows the
   statistics of row ``k``, so a row's scalars overlap the next row's statistics.
 
+Rotated keys' ``ropeq`` / ``ropek`` (issue 14) run as RoPE with INT16 elements whose lanes
+feed the Hadamard row buffer (:mod:`~hwflow.hw.machine.sfu_hadamard`), then q's or k's tail
+(:mod:`~hwflow.hw.machine.sfu_rot`; a fifth streamer brings ropeq's per-head scales).
+
 Cycles: :func:`hwflow.costs.sfu_op_cost` describes this mechanism (per-row lane groups, the
 scalars' exposed part, the fixed fill); ``sim/sfu_bench.py`` holds every instruction to it.
 
