@@ -55,7 +55,8 @@ from hwflow.isa import ROW_FACTOR_BYTES, SFU_FORMATS, SFU_FUNCS, Buf, SfuFunc, U
 __all__ = ["FUNCS", "Sfu", "buffer_words_bits", "sfu_verilog"]
 
 #: The functions this unit implements: the single-board ones (the tensor-parallel requant,
-#: rowmax and qrows of multi-board programs are not built; the unit completes them as no-ops)
+#: rowmax and qrows of multi-board programs are not built; the unit completes them as no-ops),
+#: and rotated keys' ropeq / ropek (decoded apart: :attr:`Sfu.rot`)
 FUNCS = ("norm", "softmax", "rope", "silu", "add", "mul", "mov", "reluq")
 assert SFU_FUNCS[: len(FUNCS)] == FUNCS, SFU_FUNCS
 _F = {name: i for i, name in enumerate(FUNCS)}
