@@ -354,8 +354,8 @@ def test_ops_without_work_are_priced_empty():
     assert lower(hw, expand(_tpl([make("MV", **fields)]), Runtime(1, 0)))[0][0].beats == 0
     fields.update(cols=1, k=64)
     assert lower(hw, expand(_tpl([make("MV", **fields)]), Runtime(1, 0)))[0][0].beats > 0
-    mw, sw = spec("MV").words, spec("SFU").words  # the encoding's words: 9 and 10
-    assert (mw, sw) == (9, 10)
+    mw, sw = spec("MV").words, spec("SFU").words  # the encoding's words: 10 and 10 (ISA v5)
+    assert (mw, sw) == (10, 10)
     assert ops == [
         MOp(int(Unit.MV), "MV", mw, 0, 0, (), (int(Unit.SFU),)),
         MOp(int(Unit.SFU), "SFU.silu", sw, 0, 0, (int(Unit.MV),), (int(Unit.LD),)),
@@ -370,7 +370,7 @@ def test_an_unknown_sfu_function_is_named():
     from hwflow.isa import expand, make
     from hwflow.perf.lower import lower
 
-    for code in (11, 12):  # 11 functions are named: codes 0..10
+    for code in (13, 14):  # 13 functions are named: codes 0..12 (ISA v5)
         t = _tpl([make("SFU", func=code, rows=1, cols=4)])
         with pytest.raises(ProgramError, match=rf"^SFU \(pc 0\): function {code} unknown$"):
             lower(load_hw("tiny"), expand(t, Runtime(1, 0)))

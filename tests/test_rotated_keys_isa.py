@@ -11,7 +11,7 @@ from hwflow.cli import main
 from hwflow.compiler import compile_model
 from hwflow.config import load_hw, load_model, load_plan
 from hwflow.costs import sfu_op_cost, sfu_passes
-from hwflow.errors import UnsupportedError
+from hwflow.errors import ProgramError, UnsupportedError
 from hwflow.funcsim import FuncSim, check_against_reference
 from hwflow.isa import Buf, Concrete, Unit, make
 from hwflow.model import step_graph
@@ -196,6 +196,21 @@ def test_sfu_costs_by_hand():
     assert sfu_op_cost(load_hw("u280"), "ropek", 1, 16, head_dim=16, shared=True).beats == 17
     # head_dim 128: C = 8, 3 * 8 / 2 = 12 butterfly cycles: 32 heads * 22 + 6 + 4
     assert sfu_op_cost(load_hw("u280"), "ropeq", 1, 4096, head_dim=128, shared=True).beats == 714
+
+
+def test_malformed_rotation_is_a_program_error():
+    """A ropeq / ropek whose head_dim (aux) is no power of two dividing cols is a malformed
+    program for the cycle model and the functional simulator alike."""
+    from hwflow.isa import Runtime, Template, expand
+    from hwflow.perf.lower import lower
+
+    for func, aux, cols in ((11, 0, 16), (12, 12, 24), (11, 16, 24)):
+        ins = make("SFU", func=func, rows=1, cols=cols, aux=aux, a_stride=64, o_stride=64)
+        t = Template("prefill", 1, 1, (ins, make("END")))
+        with pytest.raises(ProgramError, match=rf"^SFU \(pc 0\): rope. head_dim aux={aux} "):
+            lower(load_hw("tiny"), expand(t, Runtime(1, 0)))
+        with pytest.raises(ProgramError, match=rf"head_dim aux={aux} must be a power of two"):
+            _run(_fs(), "SFU", **{k: v for k, v in ins.fields.items() if k != "opcode"})
 
 
 def test_refusals(capsys):

@@ -304,6 +304,12 @@ class _Pricer:
         fmt = SFU_FORMATS.get(func)
         if fmt is None:
             raise ProgramError(f"SFU (pc {c.pc}): function {func} unknown")
+        hd = f["aux"]
+        if func in ("ropeq", "ropek") and (hd < 2 or hd & (hd - 1) or f["cols"] % hd):
+            raise ProgramError(
+                f"SFU (pc {c.pc}): {func} head_dim aux={hd} must be a power of two dividing "
+                f"cols={f['cols']}"
+            )
         center = bool(f["aux"] & 1) if func == "norm" else False
         passes = sfu_passes(hw, func, center, f["aux"])
         # rotated keys' Hadamard stages run on the SFU's head scratch: A is read once
