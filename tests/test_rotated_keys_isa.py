@@ -215,7 +215,8 @@ def test_malformed_rotation_is_a_program_error():
 
 def test_refusals(capsys):
     """OPT (learned positions) is refused by compress.check_keys through the compiler; a batch
-    of sequences and the RTL co-simulation are refused with exit 2 and say why."""
+    of sequences is refused with exit 2 and says why (the RTL co-simulation runs rotated keys
+    since h-rotkrtl: tests/test_rtl_machine_rotk.py)."""
     with pytest.raises(UnsupportedError, match="needs RoPE positions; tiny-opt has 'learned'"):
         compile_model(load_model("tiny-opt"), load_plan("w8a8-rotk"), load_hw("tiny"), 64)
     with pytest.raises(UnsupportedError, match=r"'rotated' on batch 2 is not implemented"):
@@ -223,8 +224,3 @@ def test_refusals(capsys):
     argv = ["compile", "--model", "tiny-opt", "--hw", "tiny", "--plan", "w8a8-rotk"]
     assert main(argv) == 2
     assert "method.keys 'rotated' needs RoPE positions" in capsys.readouterr().err
-    argv = ["cosim", "--model", "tiny-llama", "--plan", "w8a8-rotk"]
-    assert main(argv) == 2
-    assert "method.keys 'rotated' (SFU ropeq/ropek, MM/MV brow) is not built" in (
-        capsys.readouterr().err
-    )
