@@ -325,20 +325,21 @@ def rotate_passes(func: str, head_dim: int) -> int:
 
 
 def rotate_slots(hw: HardwarePreset, func: str, rows: int, cols: int, head_dim: int) -> int:
-    """Group slots of a ``ropeq`` / ``ropek`` instruction (without the fill, see
-    :func:`sfu_op_cost`). Per (row, head) segment, every RoPE-pattern pass takes ``P =
-    2 * ceil(head_dim / 2 / lanes)`` groups (a group: ``lanes`` elements of one half of a pair
-    span and their partners, as ``rope`` costs a head), the quantizing pass ``Q =
-    ceil(head_dim / lanes)``. ``ropeq``: every segment's ``1 + log2(head_dim)`` passes back to
-    back. ``ropek``: segments interleave like the rows of ``reluq`` (the RoPE pass and stages
-    are the statistics, the reciprocal of the maximum the scalar, the quantizing pass the
-    output: :func:`_interleaved_slots` over ``rows * heads`` segments)."""
-    lanes, segs = hw.sfu.lanes, rows * (cols // head_dim)
-    pair = 2 * ceil(head_dim // 2 / lanes)
-    stages = rotate_passes("ropeq", head_dim)
-    if func == "ropeq":
-        return segs * stages * pair
-    return _interleaved_slots(segs, stages * pair, ceil(head_dim / lanes), sfu_scalar_cycles(func))
+    """Group slots of a ``ropeq`` / ``ropek`` instruction as the SFU runs it
+    (:mod:`hwflow.hw.machine.sfu_rot`, :mod:`hwflow.hw.machine.sfu_hadamard`), without the
+    fill :func:`sfu_op_cost` adds. Per (row, head) segment: its ``C = max(head_dim / lanes,
+    2)`` chunks (RoPE's half-head groups) into the Hadamard row buffer, ``log2(C) * C / 2``
+    cross-chunk butterfly cycles (the in-chunk stages are combinational on arrival), two
+    cycles handing the head to the tail, and for ``ropek`` the reciprocal of the head's
+    maximum (``sfu_scalar_cycles - 1``: the engine starts as the head arrives); its chunks
+    then leave one a cycle while the next head's enter. After the last head: its ``C``
+    chunks out, less two (the tail writes without the output register of the other
+    functions)."""
+    chunks = max(head_dim // hw.sfu.lanes, 2)
+    per = chunks + (chunks.bit_length() - 1) * chunks // 2 + 2
+    if func == "ropek":
+        per += sfu_scalar_cycles(func) - 1
+    return rows * (cols // head_dim) * per + chunks - 2
 
 
 def sfu_cost(hw: HardwarePreset, elements: int, passes: int = 1) -> OpCost:

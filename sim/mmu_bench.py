@@ -42,6 +42,9 @@ from hwflow.numerics import GROUP_MULT_MAX, nm_compress, qmax
 from hwflow.perf.lower import lower
 
 _STATS: dict[str, Any] = {}
+#: Share of qk instructions drawn with rotated keys' factors (``brow``, isa v5)
+BROW_P = float(os.environ.get("HWFLOW_BROW_P", "0.5"))
+_BROW_RNG = np.random.default_rng(int(os.environ.get("HWFLOW_SEED", "7")) + 99)
 #: Bytes per buffer word of the unit under test (``unit_design``'s ``word_bytes``).
 _WB = int(os.environ.get("HWFLOW_WB", "32"))
 
@@ -60,6 +63,8 @@ class Buffers:
         self.reads = self.writes = 0
         #: byte span [first, end) of the current instruction's group multipliers (WEIGHT)
         self.gmult: tuple[int, int] | None = None
+        #: a brow qk's K rows (b_off, b_stride, keys): where its key factors sit (KV)
+        self.keyf: tuple[int, int, int] | None = None
 
     def port(self, kind: str, b: Buf, sig: str) -> Any:
         return getattr(self.dut, f"{kind}_{b.name.lower()}__{sig}")
@@ -166,8 +171,8 @@ def random_instr(
         rows = 0
     obits = int(rng.choice([8, 16, 32]))
     f: dict[str, int] = {"func": MATMUL_FUNCS.index(func), "rows": rows, "m": m, "obits": obits}
-    f.update(n=m, wbits=8, bias=0, arow=0, wgroup=0)
-    bufs.gmult = None
+    f.update(n=m, wbits=8, bias=0, arow=0, wgroup=0, brow=0)
+    bufs.gmult = bufs.keyf = None
     act, kv, score, wgt, prm = Buf.ACT, Buf.KV, Buf.SCORE, Buf.WEIGHT, Buf.PARAM
     if func in ("linear", "head"):
         n = int(rng.choice([2, 4, 8, m, 1]))
@@ -202,17 +207,31 @@ def random_instr(
     elif func == "qk":
         k = int(rng.choice([16, 32]))
         cols = int(rng.integers(1, 40))
-        f.update(k=k, cols=cols, arow=int(rng.random() < 0.3))
-        stride = k + int(rng.integers(0, 8)) * int(rng.random() < 0.5)  # the compiler's: k
-        b_off = int(rng.integers(0, bufs.mem[kv].size - cols * stride))
+        # rotated keys (isa v5 brow): each key row's factor before it, the compiler's stride
+        # k + 4 (or more), arow 0; mult, shift, guard at p_off
+        # (brow's own draws come from _BROW_RNG: with HWFLOW_BROW_P=0 the instruction stream
+        # is the one the bench drew before brow existed)
+        brow = int(BROW_P > 0 and _BROW_RNG.random() < BROW_P)
+        f.update(k=k, cols=cols, arow=0 if brow else int(rng.random() < 0.3), brow=brow)
+        pad = 4 * brow
+        stride = k + pad + int(rng.integers(0, 8)) * int(rng.random() < 0.5)  # compiler's: k
+        b_off = pad + int(rng.integers(0, bufs.mem[kv].size - cols * stride - pad))
         for r in range(cols):
             at = b_off + r * stride
             bufs.mem[kv][at : at + k] = rng.integers(-127, 128, k).astype(np.int8).view(np.uint8)
+            if brow:  # (m, e) of a key's INT8 codes: e = 15 - bitlen(M) may be negative
+                fac = np.array(
+                    [_BROW_RNG.integers(2**14, 2**15), _BROW_RNG.integers(-9, 15)], "<i2"
+                )
+                bufs.mem[kv][at - 4 : at] = fac.view(np.uint8)
+        bufs.keyf = (b_off, stride, cols) if brow else None
         f.update(b_buf=kv, b_off=b_off, b_stride=stride)
         a_buf, o_buf = act, score
         p = int(rng.integers(0, 1000)) * 4
-        vals = np.array([rng.integers(1, 2**15), rng.integers(0, 40)], "<i4")
-        bufs.mem[prm][p : p + 8] = vals.view(np.uint8)
+        vals = np.array(
+            [rng.integers(1, 2**15), rng.integers(0, 40), _BROW_RNG.integers(0, 30)], "<i4"
+        )
+        bufs.mem[prm][p : p + 12] = vals.view(np.uint8)
         alo = -127
     else:  # pv
         k = int(rng.integers(0 if empty else 1, 40))
@@ -269,6 +288,23 @@ def _gmult_matters(hw: Any, bufs: Buffers, f: dict, unit: Unit, want: dict) -> b
     bufs.mem[Buf.WEIGHT][span] ^= 0x55
     other = expected(hw, bufs, f, unit)
     bufs.mem[Buf.WEIGHT][span] ^= 0x55
+    o = Buf(f["o_buf"])
+    return not np.array_equal(other[o], want[o])
+
+
+def _flip_keyf(bufs: Buffers) -> None:
+    """xor 3 into every key factor's low exponent byte (its own inverse)."""
+    off, stride, keys = bufs.keyf
+    for j in range(keys):
+        bufs.mem[Buf.KV][off + j * stride - 2] ^= 3
+
+
+def _keyf_matters(hw: Any, bufs: Buffers, f: dict, unit: Unit, want: dict) -> bool:
+    """Whether changed key factors change funcsim's result (the must-fail check flips them
+    only where they do)."""
+    _flip_keyf(bufs)
+    other = expected(hw, bufs, f, unit)
+    _flip_keyf(bufs)
     o = Buf(f["o_buf"])
     return not np.array_equal(other[o], want[o])
 
@@ -365,6 +401,8 @@ async def _run(dut: Any, stall: float, tag: str) -> None:
     n_ops = int(os.environ.get("HWFLOW_OPS", "12"))
     corrupt = os.environ.get("HWFLOW_CORRUPT") == "1"
     corrupt_g = os.environ.get("HWFLOW_CORRUPT_GMULT") == "1"
+    corrupt_k = os.environ.get("HWFLOW_CORRUPT_KEYF") == "1"
+    brow_ok, kflipped = 0, False
     table, bad, funcs_ok = [], [], {f: 0 for f in MATMUL_FUNCS}
     grouped_ok, flipped = 0, False
     cycles, t0 = 0, time.perf_counter()
@@ -380,12 +418,18 @@ async def _run(dut: Any, stall: float, tag: str) -> None:
         if flip:  # the RTL reads changed group multipliers, funcsim's expectation does not
             corrupt_g, flipped = False, True
             bufs.mem[Buf.WEIGHT][slice(*bufs.gmult)] ^= 0x55
+        kflip = corrupt_k and bufs.keyf is not None and _keyf_matters(hw, bufs, f, unit, want)
+        if kflip:  # the RTL reads changed key factors, funcsim's expectation does not
+            corrupt_k, kflipped = False, True
+            _flip_keyf(bufs)
         phases = getattr(bufs, "phases", None)
         if phases:
             phases.clear()
         start, end = await run_instr(dut, f, layout)
         if flip:
             bufs.mem[Buf.WEIGHT][slice(*bufs.gmult)] ^= 0x55
+        if kflip:
+            _flip_keyf(bufs)
         cycles += end
         same = all(np.array_equal(want[b], bufs.mem[b]) for b in Buf)
         if not same:
@@ -396,6 +440,7 @@ async def _run(dut: Any, stall: float, tag: str) -> None:
         else:
             funcs_ok[func] += 1
             grouped_ok += f["wgroup"] != 0
+            brow_ok += f["brow"]
         model = lower(hw, [_concrete(f, unit)])[0][0]  # the cycle model's charge
         table.append(
             {
@@ -408,6 +453,7 @@ async def _run(dut: Any, stall: float, tag: str) -> None:
                 "wbits": f["wbits"],
                 "obits": f["obits"],
                 "group": 1 << f["wgroup"] if f["wgroup"] else 0,
+                "brow": f["brow"],
                 "rtl": end - start + 1,  # accepted through done (the machine's count)
                 "model_latency": model.latency,
                 "model_beats": model.beats,
@@ -419,6 +465,7 @@ async def _run(dut: Any, stall: float, tag: str) -> None:
     secs = time.perf_counter() - t0
     _save(**{f"{tag}_table": table, f"{tag}_ok": funcs_ok, f"{tag}_bad": bad[:5]})
     _save(**{f"{tag}_grouped_ok": grouped_ok, f"{tag}_gmult_flipped": flipped})
+    _save(**{f"{tag}_brow_ok": brow_ok, f"{tag}_keyf_flipped": kflipped})
     _save(**{f"{tag}_cycles_per_s": cycles / secs if secs else 0.0})
     assert not bad, "\n".join(bad[:5])
     off = _cycle_misses(table)

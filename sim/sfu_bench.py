@@ -17,6 +17,7 @@ The bench core is independent of the simulator: :class:`Io` adapters exist for c
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from collections import defaultdict
@@ -33,6 +34,15 @@ from hwflow.hw.cosim import save_bench_stats
 from hwflow.hw.machine.decode import cmd_layout
 from hwflow.hw.machine.sfu import FUNCS
 from hwflow.isa import ROW_FACTOR_BYTES, SFU_FORMATS, SFU_FUNCS, Buf, Concrete, Unit
+from hwflow.numerics import hadamard_int, quant_rows, requantize, rope_int
+
+#: The RoPE-like functions (aux = head_dim, cos/sin rows at b)
+ROPES = ("rope", "ropeq", "ropek")
+#: The rotated-keys functions (issue 14) the bench also draws
+ROT_FUNCS = ("ropeq", "ropek")
+#: funcsim executes ropeq / ropek (rotk's branch): the bench then checks it equals
+#: :func:`rot_reference`
+FUNCSIM_ROT = "ropeq" in inspect.getsource(FuncSim._sfu)
 
 _STATS: dict[str, Any] = {}
 
@@ -111,18 +121,25 @@ def random_instr(
     cols = int(rng.choice([0, 1, 2, 3, 5, 7, 8, 13, 16, 31, 33, 64, 97]))
     rows, cols = shape.get("rows", rows), shape.get("cols", cols)
     aux, extra = 0, {}
-    if func == "rope":
+    if func in ROPES:
         aux = int(rng.choice([2, 4, 8, 16, 32]))
         cols = aux * int(rng.integers(0, 4))
         aux, cols = shape.get("aux", aux), shape.get("cols", cols)
     al = shape.get("align", 1)
     a = _operand(rng, alloc, bufs, rows, cols * fmt.a, align=al)
-    o = _operand(rng, alloc, bufs, rows, cols * fmt.o, ROW_FACTOR_BYTES * fmt.row_factor)
-    o = (o[0], o[1] + ROW_FACTOR_BYTES * fmt.row_factor, o[2])
+    # ropek: per head segment its factor then its codes (o_off at head 0's codes)
+    hf = ROW_FACTOR_BYTES * (fmt.row_factor or fmt.head_factor)
+    ow = cols * fmt.o + (cols // max(aux, 1)) * ROW_FACTOR_BYTES * fmt.head_factor
+    o = _operand(rng, alloc, bufs, rows, ow, hf)
+    o = (o[0], o[1] + hf, o[2])
     b = (0, 0, 0)
     if func in ("add", "mul"):
         b = _operand(rng, alloc, bufs, rows, cols * fmt.b, align=al)
-    if func == "rope":
+    if func in ("ropeq", "ropek"):  # INT16 heads, the extremes now and then
+        x = rng.integers(-(1 << 15), 1 << 15, size=(max(rows, 1), max(cols, 1)))
+        x[rng.random(x.shape) < 0.05] = -(1 << 15)
+        _put(bufs, a[0], a[1], a[2], x.astype("<i2")[:rows, :cols])
+    if func in ROPES:
         b = _operand(rng, alloc, bufs, rows, aux * 2, align=al)
         cs = rng.integers(-(1 << 14), (1 << 14) + 1, size=(max(rows, 1), aux)).astype("<i2")
         _put(bufs, b[0], b[1], b[2], cs[:rows])
@@ -144,6 +161,11 @@ def random_instr(
     if func == "silu":
         ms = np.array([rng.integers(1, 1 << 15), rng.integers(8, 30)], "<i4").view(np.uint8)
         bufs[Buf.PARAM][p_off : p_off + 8] = ms
+    if func == "ropeq":  # per head mult, shift (the compiler's: the head's scale)
+        heads = cols // max(aux, 1)
+        p_off = alloc.take(Buf.PARAM, 8 * max(heads, 1))
+        ms = np.stack([rng.integers(1, 1 << 15, heads), rng.integers(12, 30, heads)], axis=1)
+        bufs[Buf.PARAM][p_off : p_off + 8 * heads] = ms.astype("<i4").view(np.uint8).ravel()
     return _fields(
         func=SFU_FUNCS.index(func), rows=rows, cols=cols, aux=aux, p_off=p_off,
         a_buf=int(a[0]), a_off=a[1], a_stride=a[2], b_buf=int(b[0]), b_off=b[1],
@@ -151,10 +173,64 @@ def random_instr(
     )  # fmt: skip
 
 
+def rot_reference(fields: dict[str, int], bufs: dict[Buf, np.ndarray]) -> dict[Buf, np.ndarray]:
+    """ropeq / ropek written out from hwflow.numerics alone (the ISA's text: per row and head
+    ``hadamard_int(rope_int(a, cos, sin, 16))``, then the head's ``requantize`` or
+    ``quant_rows`` with the factor before each head's codes): an expectation independent of
+    funcsim's executor, which the bench also checks when funcsim has these functions."""
+    out = {b: v.copy() for b, v in bufs.items()}
+    f = fields
+    rows, cols, hd = f["rows"], f["cols"], f["aux"]
+    if not rows or not cols:
+        return out
+
+    def rows_of(buf: int, off: int, stride: int, nbytes: int, dtype: str) -> np.ndarray:
+        raw = np.stack(
+            [bufs[Buf(buf)][off + i * stride : off + i * stride + nbytes] for i in range(rows)]
+        )
+        return raw.view(dtype).astype(np.int64)
+
+    x = rows_of(f["a_buf"], f["a_off"], f["a_stride"], 2 * cols, "<i2")
+    cs = rows_of(f["b_buf"], f["b_off"], f["b_stride"], 2 * hd, "<i2")
+    n = cols // hd
+    heads = x.reshape(rows, n, hd).transpose(1, 0, 2)
+    y = hadamard_int(rope_int(heads, cs[:, : hd // 2], cs[:, hd // 2 :], 16))
+    o = out[Buf(f["o_buf"])]
+    if SFU_FUNCS[f["func"]] == "ropeq":
+        p = bufs[Buf.PARAM][f["p_off"] : f["p_off"] + 8 * n].view("<i4").reshape(n, 2)
+        q = requantize(y, p[:, 0, None, None], p[:, 1, None, None], 8)
+        for t in range(rows):
+            at = f["o_off"] + t * f["o_stride"]
+            o[at : at + cols] = q[:, t].reshape(-1).astype(np.int8).view(np.uint8)
+        return out
+    for t in range(rows):
+        for h in range(n):
+            q, (m, e) = quant_rows(y[h, t])
+            at = f["o_off"] + t * f["o_stride"] + h * (hd + ROW_FACTOR_BYTES)
+            fac = (
+                np.array([m], "<u2").view(np.uint8).tolist()
+                + np.array([e], "<i2").view(np.uint8).tolist()
+            )
+            o[at - ROW_FACTOR_BYTES : at] = fac
+            o[at : at + hd] = q.astype(np.int8).view(np.uint8)
+    return out
+
+
 def reference(
     hw: HardwarePreset, fields: dict[str, int], bufs: dict[Buf, np.ndarray]
 ) -> dict[Buf, np.ndarray]:
-    """The buffers after the functional simulator's SFU executor ran ``fields`` on a copy."""
+    """The buffers after the functional simulator's SFU executor ran ``fields`` on a copy
+    (ropeq / ropek: :func:`rot_reference`, which funcsim must then equal where it has them)."""
+    if SFU_FUNCS[fields["func"]] in ("ropeq", "ropek"):
+        want = rot_reference(fields, bufs)
+        if FUNCSIM_ROT:
+            fs = _funcsim_sfu(fields, bufs)
+            assert all(np.array_equal(fs[b], want[b]) for b in Buf), "funcsim differs"
+        return want
+    return _funcsim_sfu(fields, bufs)
+
+
+def _funcsim_sfu(fields: dict[str, int], bufs: dict[Buf, np.ndarray]) -> dict[Buf, np.ndarray]:
     fs = FuncSim.__new__(FuncSim)  # only the operand access and the SFU semantics are used
     fs.check_hazards = False
     fs.hbm = np.zeros(1, np.uint8)
@@ -290,7 +366,7 @@ async def scoreboard(
             res.rows.append(
                 {"func": func, "elements": elements, "rows": fields["rows"], "busy": busy,
                  "cost": cost, "equal": not diff, "center": center, "cols": fields["cols"],
-                 "mask": fields["mask"]}
+                 "mask": fields["mask"], "hd": fields["aux"]}
             )  # fmt: skip
             if diff:
                 first = _first_diff(bufs, want, diff[0])
@@ -373,6 +449,44 @@ def print_rows(res: Result) -> None:
                 f"{name:<8} {r['rows']:>4} {r['cols']:>4} {r['mask']:>4} {r['busy']:>6} "
                 f"{r['cost']:>6} {err:>+7.1%}"
             )
+
+
+# ---------------------------------------------------------------------------- Amaranth sim
+def pysim_scoreboard(
+    hw: HardwarePreset,
+    wb: int,
+    shapes: list[tuple[str, dict[str, int]]],
+    seed: int = 1,
+    grant_p: float = 0.7,
+    corrupt: bool = False,
+) -> Result:
+    """:func:`scoreboard` on Amaranth's Python simulator (no Verilator build): one
+    instruction per entry of ``shapes``."""
+    from amaranth.sim import Simulator
+
+    from hwflow.hw.machine.sfu import Sfu
+
+    dut = Sfu(hw, wb)
+    out: dict[str, Result] = {}
+
+    def sig(name: str) -> Any:
+        obj: Any = dut
+        for part in name.split("__"):
+            obj = getattr(obj, part)
+        return obj.as_value() if hasattr(obj, "as_value") else obj
+
+    async def settle() -> None:  # testbench reads see settled values already
+        return None
+
+    async def tb(ctx: Any) -> None:
+        io = Io(lambda n: ctx.get(sig(n)), lambda n, v: ctx.set(sig(n), v), ctx.tick, settle)
+        out["res"] = await scoreboard(io, hw, wb, 1, seed, grant_p, corrupt, shapes=shapes)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    return out["res"]
 
 
 # ---------------------------------------------------------------------------- cocotb

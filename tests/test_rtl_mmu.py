@@ -50,6 +50,7 @@ def test_unit_bit_exact_with_funcsim(kind: str, wb: int) -> None:
     ok = run.stats["random_ops_ok"]
     assert all(ok[f] >= 4 for f in MATMUL_FUNCS), ok
     assert run.stats["random_ops_grouped_ok"] >= 1, run.stats
+    assert run.stats["random_ops_brow_ok"] >= 1, run.stats  # qk of rotated keys (brow)
 
 
 @pytest.mark.parametrize(("kind", "wb"), _KINDS[:2])
@@ -67,6 +68,16 @@ def test_unit_bench_fails_on_flipped_group_multipliers(kind: str, wb: int) -> No
     assert run.stats["random_ops_gmult_flipped"], "no grouped op whose multipliers matter"
     assert (run.tests, run.failed) == (1, 1), run
     assert any("head" in b or "linear" in b for b in run.stats["random_ops_bad"]), run.stats
+
+
+@pytest.mark.parametrize(("kind", "wb"), _KINDS[:1])
+def test_unit_bench_fails_on_flipped_key_factors(kind: str, wb: int) -> None:
+    """The keys' row factors of a brow qk (rotated keys, issue 14) are live: the RTL reading
+    changed ones (each key's exponent xor 3, where that changes funcsim's result) fails."""
+    run = _run(kind, wb, "random_ops", HWFLOW_OPS="9", HWFLOW_BROW_P="1", HWFLOW_CORRUPT_KEYF="1")
+    assert run.stats["random_ops_keyf_flipped"], "no brow qk whose factors matter"
+    assert (run.tests, run.failed) == (1, 1), run
+    assert any("qk" in b for b in run.stats["random_ops_bad"]), run.stats
 
 
 def _table(kind: str, wb: int, rows: list[dict]) -> None:
@@ -114,11 +125,25 @@ def test_unit_cycles_against_the_cycle_model(kind: str, wb: int) -> None:
     do (the bench's port demand above the model's beats) never faster than the model. The
     bench asserts it per instruction; the table is printed."""
     env = {"HWFLOW_OPS": "12", "HWFLOW_CYCLE_TOL": str(TOLERANCE), "HWFLOW_PHASES": "1"}
+    env["HWFLOW_BROW_P"] = "0"  # the instructions this check was set up with (brow: below)
     run = _run(kind, wb, "cost_table", **env)
     rows = run.stats["cost_table_table"]
     _table(kind, wb, rows)
     assert (run.tests, run.failed) == (1, 0), run
     assert {r["func"] for r in rows if r["model_latency"]} == set(MATMUL_FUNCS)
+
+
+@pytest.mark.parametrize(("kind", "wb"), _KINDS)
+def test_unit_brow_qk_cycles(kind: str, wb: int) -> None:
+    """qk of rotated keys (``brow``): the keys' factors are read beside the K rows by the
+    parameter reader; the busy cycles next to the cycle model's (costs.matmul_unit_cost, which
+    charges qk alike with or without brow), printed; every brow qk byte-exact."""
+    env = {"HWFLOW_OPS": "12", "HWFLOW_BROW_P": "1", "HWFLOW_PHASES": "1"}
+    run = _run(kind, wb, "cost_table", **env)
+    rows = [r for r in run.stats["cost_table_table"] if r["brow"]]
+    _table(kind, wb, rows)
+    assert (run.tests, run.failed) == (1, 0), run
+    assert len(rows) == 3 and run.stats["cost_table_brow_ok"] == 3  # 12 ops: 3 qk
 
 
 @pytest.mark.parametrize(("kind", "wb"), _KINDS[1:])

@@ -62,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_cosim(args: argparse.Namespace) -> int:
     from hwflow.hw.machine.cosim import cosim_model
+    from hwflow.hw.machine.sfu_hadamard import HADAMARD_MAX_DIM
 
     cfg, hw, plan = load_model(args.model), load_hw(args.hw), load_plan(args.plan)
     if args.boards != 1:
@@ -72,10 +73,11 @@ def run_cosim(args: argparse.Namespace) -> int:
         )
     if check_batch(args.batch) > 1:
         raise UnsupportedError(f"--batch {args.batch}: {RTL_NO_BATCH}")
-    if plan.method.keys == "rotated":  # issue 14: rotkrtl removes this with the RTL
+    if plan.method.keys == "rotated" and cfg.head_dim > HADAMARD_MAX_DIM:
         raise UnsupportedError(
-            f"plan {plan.name}: method.keys 'rotated' (SFU ropeq/ropek, MM/MV brow) is not "
-            "built in the RTL machine yet; check it on the functional simulator (hwflow check)"
+            f"plan {plan.name}: rotated keys of head_dim {cfg.head_dim}: the RTL SFU's Hadamard "
+            f"row buffer holds heads of up to {HADAMARD_MAX_DIM} elements; check it on the "
+            "functional simulator (hwflow check)"
         )
     with Progress() as prog:
         prog.note(f"co-simulating {cfg.name} / {plan.name} on {hw.name} (Verilator)")

@@ -5,11 +5,13 @@ contract's requantization into the output buffer.
   instruction's parameters at ``p_off`` (linear/head: guard; qk: mult, shift; pv: mult,
   shift, guard), per token pass the A rows' row factors (``arow``; qk has no row stage), per
   row group of a linear/head op its rows' bias, mult and shift from the tile's trailing
-  sections, :data:`PARAM_BANKS` banks: the parameters of the next groups load while group g
+  sections (a qk with ``brow``, rotated keys: its keys' row factors, read as one span from
+  the K rows when they fit a buffer word), :data:`PARAM_BANKS` banks: the parameters of the next groups load while group g
   drains, so the fetch (a part per cycle) runs ahead through the engine's pipeline depth.
 * the drain (:meth:`Post.build`) walks the engine's drain words in its order (per group,
   token lane by token lane, R consecutive rows per word) and pipelines each word's R values
-  through the row stage (``sat32(round_shift(acc * m, e - guard))``, skipped by qk), the bias
+  through the row stage (``sat32(round_shift(acc * m, e - guard))``; qk: skipped, or with
+  ``brow`` the key's factor and the guard at ``p_off + 8``), the bias
   add and the channel stage (``saturate(round_shift(y * mult, shift), obits)``), one word per
   cycle, into the :class:`~hwflow.hw.machine.mmu_write.WriteCombiner`.
 * k = 0 (no beats): the drain takes zero words instead of the engine's.
@@ -64,7 +66,9 @@ class ParamFetch:
         nb = range(PARAM_BANKS)
         self.bias = [[Signal(signed(32), name=f"gb{b}_{i}") for i in range(lanes)] for b in nb]
         self.mult = [[Signal(16, name=f"gm{b}_{i}") for i in range(lanes)] for b in nb]
-        self.shift = [[Signal(8, name=f"gs{b}_{i}") for i in range(lanes)] for b in nb]
+        #: (qk of rotated keys: the keys' row factor mantissas in ``mult``, exponents in
+        #: ``shift``, hence 16 bits)
+        self.shift = [[Signal(16, name=f"gs{b}_{i}") for i in range(lanes)] for b in nb]
         self.prm_ok = Signal()
         self.fetched = Signal(24)  #: row groups whose parameters are in their bank
         self.rf_done = Signal(17)  #: passes whose row factors are in their bank
@@ -138,12 +142,21 @@ class ParamFetch:
         spans = self.spans
         lp = Loops("pg")
         fire = pg.req.valid & pg.req.ready
+        krf = ins.keyrf
+        parts = Mux(krf, Mux(ins.fspan_ok, 1, ins.rpb), len(spans))
         lp.build(m, start=start, go=go, fire=fire, rows=c.rows, tstep=ins.tstep,
-                 cols=c.cols, rpb=ins.rpb, inner=1, istep=1, parts=len(spans))  # fmt: skip
+                 cols=c.cols, rpb=ins.rpb, inner=1, istep=1, parts=parts)  # fmt: skip
         sec = {"bias": ins.sec_bias, "mult": ins.sec_mult, "shift": ins.sec_shift}
         req = pg.req.payload
-        m.d.comb += pg.req.valid.eq(lp.run & ins.is_lin & (lp.gi < drained + PARAM_BANKS))
-        with m.Switch(lp.j):
+        want = ins.is_lin | krf
+        m.d.comb += pg.req.valid.eq(lp.run & want & (lp.gi < drained + PARAM_BANKS))
+        with m.If(krf):  # the group's key factors: one span, or a part per key
+            m.d.comb += [
+                req.addr.eq(c.b_off - ROW_FACTOR_BYTES + (lp.gb + lp.j) * c.b_stride),
+                req.nbytes.eq(Mux(ins.fspan_ok, ins.fspan, ROW_FACTOR_BYTES)),
+                req.zero.eq(lp.gb + lp.j >= c.cols),
+            ]
+        with m.Else(), m.Switch(lp.j):
             for i, (what, size, at, nb) in enumerate(spans):
                 with m.Case(i):
                     need = ins.rpb * size - at  # the group's rows only
@@ -159,6 +172,10 @@ class ParamFetch:
         regs = {"bias": self.bias, "mult": self.mult, "shift": self.shift}
         with m.If(start):
             m.d.sync += self.fetched.eq(0)
+        with m.Elif(pg.out_valid & krf):
+            self._key_factors(m, tag, win)
+            with m.If(tag[0]):
+                m.d.sync += self.fetched.eq(self.fetched + 1)
         with m.Elif(pg.out_valid):
             with m.Switch(tag[1 + _BANK_BITS :]):
                 for i, (what, size, at, nb) in enumerate(spans):
@@ -170,6 +187,23 @@ class ParamFetch:
                                     m.d.sync += regs[what][b][at // size + e].eq(val)
             with m.If(tag[0]):
                 m.d.sync += self.fetched.eq(self.fetched + 1)
+
+    def _key_factors(self, m: Module, tag: Value, win: Value) -> None:
+        """qk of rotated keys: a group's key factors (``(m, e)``, 4 bytes before each key row)
+        into its bank's ``mult`` (m) and ``shift`` (e) registers: from one span, key ``p`` at
+        ``p * b_stride``, or part ``j`` holding key ``j``'s alone."""
+        ins = self.ins
+        rpb = ins.ep.rows_per_beat(ins.ep.m)
+        for b in range(PARAM_BANKS):
+            with m.If(tag[1 : 1 + _BANK_BITS] == b):
+                with m.If(ins.fspan_ok):
+                    for p in range(rpb):
+                        f = (win >> (ins.pstep[p] << 3))[:32] if p else win[:32]
+                        m.d.sync += [self.mult[b][p].eq(f[:16]), self.shift[b][p].eq(f[16:])]
+                with m.Else():
+                    j = tag[1 + _BANK_BITS :]
+                    m.d.sync += Array(self.mult[b])[j].eq(win[:16])
+                    m.d.sync += Array(self.shift[b])[j].eq(win[16:32])
 
 
 class Post:
@@ -195,8 +229,9 @@ class Post:
         kzero = c.k == 0
         adv = Signal()
         rf_ok = ~c.arow | ins.is_qk | (f.rf_done > lp.ti)
-        params_ok = f.prm_ok & rf_ok & (~ins.is_lin | (f.fetched > lp.gi))
-        m.d.comb += self.urgent.eq(eng.o.valid & ins.is_lin & (f.fetched <= lp.gi))
+        grp = ins.is_lin | ins.keyrf  # per row group parameters (linear/head; key factors)
+        params_ok = f.prm_ok & rf_ok & (~grp | (f.fetched > lp.gi))
+        m.d.comb += self.urgent.eq(eng.o.valid & grp & (f.fetched <= lp.gi))
         word_ok = kzero | eng.o.valid
         fire = lp.run & params_ok & word_ok & adv
         m.d.comb += eng.o.ready.eq(lp.run & params_ok & ~kzero & adv)
@@ -246,7 +281,8 @@ class Post:
         s0: dict = {"v": Signal(name="s0_v"), "addr": Signal(32, name="s0_addr")}
         m_t = Mux(rfb, Array(f.rf_m[1])[lane_t], Array(f.rf_m[0])[lane_t])
         e_t = Mux(rfb, Array(f.rf_e[1])[lane_t], Array(f.rf_e[0])[lane_t])
-        guard = Mux(ins.is_pv, f.prm[2], f.prm[0])
+        guard = Mux(ins.is_pv | ins.keyrf, f.prm[2], f.prm[0])
+        krf = ins.keyrf
         lanes: list[dict] = []
         for r in range(r_n):
             idx = lp.j * r_n + r
@@ -269,8 +305,10 @@ class Post:
                 m.d.sync += [
                     regs["acc"].eq(acc),
                     regs["en"].eq(fire & en),
-                    regs["m"].eq(Mux(use_rf, m_t, unit_m)),
-                    regs["e"].eq(Mux(use_rf, e_t, unit_e) - guard),
+                    regs["m"].eq(Mux(krf, sel["mult"], Mux(use_rf, m_t, unit_m))),
+                    regs["e"].eq(
+                        Mux(krf, sel["shift"].as_signed(), Mux(use_rf, e_t, unit_e)) - guard
+                    ),
                     regs["bias"].eq(Mux(ins.is_lin & c.bias, sel["bias"], 0)),
                     regs["mult"].eq(Mux(ins.is_lin, sel["mult"].as_unsigned(), f.prm[0])),
                     regs["shift"].eq(Mux(ins.is_lin, sel["shift"].as_signed(), f.prm[1])),
@@ -308,7 +346,7 @@ class Post:
             s1 = reg(1, "sh", signed(34), x["e"])
             a1 = reg(1, "acc", signed(ab), x["acc"])
             rs1 = round_shift(m, p1, s1, f"rs_row{r}")
-            y = reg(2, "y", signed(ab), Mux(ins.is_qk, a1, saturate(rs1, 32)))
+            y = reg(2, "y", signed(ab), Mux(ins.is_qk & ~ins.keyrf, a1, saturate(rs1, 32)))
             b1 = reg(1, "bias", signed(32), x["bias"])
             b2 = reg(2, "bias", signed(32), b1)
             y2 = reg(3, "y2", signed(ab + 1), y + b2)

@@ -9,9 +9,12 @@ from amaranth.lib import data
 
 from hwflow.hw.machine.mmu_ports import ADDR_BITS
 from hwflow.hw.params import EngineParams
-from hwflow.isa import MATMUL_FUNCS
+from hwflow.isa import MATMUL_FUNCS, ROW_FACTOR_BYTES
 
-__all__ = ["Instr"]
+__all__ = ["KEY_FLAG", "Instr"]
+
+#: The MM/MV field saying the K rows of a qk carry row factors (rotated keys, issue 14)
+KEY_FLAG = "brow"
 
 _LINEAR, _QK, _PV, _HEAD = (MATMUL_FUNCS.index(f) for f in ("linear", "qk", "pv", "head"))
 
@@ -47,6 +50,10 @@ class Instr:
         self.sec_bias, self.sec_mult, self.sec_shift = (Signal(ADDR_BITS) for _ in range(3))
         self.sec_gmult = Signal(ADDR_BITS)
         self.grouped = Signal()  #: a linear/head op with weight groups (``wgroup`` > 0)
+        #: qk of rotated keys: the bytes from a row group's first key factor to its last
+        #: key's factor end, and whether they fit one buffer word (one read per group)
+        self.fspan = Signal(32)
+        self.fspan_ok = Signal()
 
     # ---- decoded function flags (combinational from the command register)
     @property
@@ -65,6 +72,12 @@ class Instr:
     @property
     def is_pv(self) -> Value:
         return self.c.func == _PV
+
+    @property
+    def keyrf(self) -> Value:
+        """qk of rotated keys: each key row carries a row factor (``KEY_FLAG``), applied in
+        the scores' row stage (:func:`hwflow.reference._rotated_scores`)."""
+        return self.is_qk & getattr(self.c, KEY_FLAG)
 
     @property
     def pv2(self) -> Value:
@@ -98,6 +111,8 @@ class Instr:
                 with m.Case(n):
                     m.d.comb += pv_span.eq((n - 1) * cmd.b_stride + ep.rows_per_beat(n))
         qk_span = (ep.rows_per_beat(ep.m) - 1) * cmd.b_stride + ep.m  # M-blocks, a row apart
+        fspan = (ep.rows_per_beat(ep.m) - 1) * cmd.b_stride + ROW_FACTOR_BYTES
+        m.d.sync += [self.fspan.eq(fspan), self.fspan_ok.eq(fspan <= self.wb)]
         span = Mux(pv, pv_span, qk_span)
         m.d.sync += [
             self.kstep.eq(Mux(pv, n_eff, ep.m)),

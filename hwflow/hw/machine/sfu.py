@@ -18,6 +18,10 @@ Structure (``lanes`` elements per cycle, the preset's ``sfu.lanes``):
   passes (:mod:`~hwflow.hw.machine.sfu_rows`): the output pass of row ``k - 1`` follows the
   statistics of row ``k``, so a row's scalars overlap the next row's statistics.
 
+Rotated keys' ``ropeq`` / ``ropek`` (issue 14) run as RoPE with INT16 elements whose lanes
+feed the Hadamard row buffer (:mod:`~hwflow.hw.machine.sfu_hadamard`), then q's or k's tail
+(:mod:`~hwflow.hw.machine.sfu_rot`; a fifth streamer brings ropeq's per-head scales).
+
 Cycles: :func:`hwflow.costs.sfu_op_cost` describes this mechanism (per-row lane groups, the
 scalars' exposed part, the fixed fill); ``sim/sfu_bench.py`` holds every instruction to it.
 
@@ -39,17 +43,20 @@ from amaranth.lib.wiring import In, Out
 from hwflow.config import HardwarePreset
 from hwflow.costs import SFU_NORM_BITS, SFU_RECIP_BITS, SFU_SCALAR_BITS
 from hwflow.hw.machine.decode import cmd_layout
+from hwflow.hw.machine.sfu_hadamard import HADAMARD_MAX_DIM, Hadamard
 from hwflow.hw.machine.sfu_math import Scalar
 from hwflow.hw.machine.sfu_ports import ReadPort, WritePort
+from hwflow.hw.machine.sfu_rot import build_rot
 from hwflow.hw.machine.sfu_seq import advance
 from hwflow.hw.machine.sfu_stream import Streamer
 from hwflow.hw.machine.sfu_write import Writer
-from hwflow.isa import ROW_FACTOR_BYTES, SFU_FORMATS, SFU_FUNCS, Buf, Unit
+from hwflow.isa import ROW_FACTOR_BYTES, SFU_FORMATS, SFU_FUNCS, Buf, SfuFunc, Unit
 
 __all__ = ["FUNCS", "Sfu", "buffer_words_bits", "sfu_verilog"]
 
 #: The functions this unit implements: the single-board ones (the tensor-parallel requant,
-#: rowmax and qrows of multi-board programs are not built; the unit completes them as no-ops)
+#: rowmax and qrows of multi-board programs are not built; the unit completes them as no-ops),
+#: and rotated keys' ropeq / ropek (decoded apart: :attr:`Sfu.rot`)
 FUNCS = ("norm", "softmax", "rope", "silu", "add", "mul", "mov", "reluq")
 assert SFU_FUNCS[: len(FUNCS)] == FUNCS, SFU_FUNCS
 _F = {name: i for i, name in enumerate(FUNCS)}
@@ -70,10 +77,14 @@ class Sfu(wiring.Component):
     """The SFU of preset ``hw`` with ``word_bytes``-byte buffer words (all buffers alike)."""
 
     def __init__(
-        self, hw: HardwarePreset, word_bytes: int, scalar_steps: int = SFU_SCALAR_BITS
+        self,
+        hw: HardwarePreset,
+        word_bytes: int,
+        scalar_steps: int = SFU_SCALAR_BITS,
+        rot_dim: int = HADAMARD_MAX_DIM,
     ) -> None:
         self.hw, self.wb, self.lanes = hw, word_bytes, hw.sfu.lanes
-        self.scalar_steps = scalar_steps
+        self.scalar_steps, self.rot_dim = scalar_steps, rot_dim
         ports = {}
         for b in Buf:
             wbits = buffer_words_bits(hw, word_bytes, b)
@@ -96,23 +107,35 @@ class Sfu(wiring.Component):
         self.c = c = Signal(cmd_layout(Unit.SFU))
         s = self.streams = [Streamer(self.wb, self.lanes) for _ in range(4)]
         m.submodules.sa0, m.submodules.sa1, m.submodules.sb0, m.submodules.sb1 = s
+        m.submodules.sp = self.sp = Streamer(self.wb, self.lanes)  # ropeq's per-head scales
         m.submodules.writer = self.writer = Writer(self.wb, 4 * self.lanes + ROW_FACTOR_BYTES)
         steps = self.scalar_steps
         m.submodules.e1 = self.e1 = Scalar(SFU_RECIP_BITS, 48, steps, roots=False)
         m.submodules.e2 = self.e2 = Scalar(SFU_NORM_BITS, 48, steps)
         m.submodules.e3 = self.e3 = Scalar(16, 12, steps, roots=False)  # qpos // blk
+        m.submodules.hadamard = self.hadamard = Hadamard(self.lanes, self.rot_dim)
+        self.rot_idle = Signal()
         self._decode(m, c)
         self._route_reads(m)
         self._route_writes(m, c)
         self._producer(m, c)
         self._consumer(m, c)
+        build_rot(self, m, c)
         return m
 
     def _decode(self, m: Module, c: object) -> None:
         """Per-function facts of the latched command, from isa.SFU_FORMATS."""
         self.is_ = {name: Signal(name=f"is_{name}") for name in FUNCS}
+        #: rotated keys (:mod:`~hwflow.hw.machine.sfu_rot`): ropeq/ropek run as RoPE (INT16 A)
+        #: into the Hadamard row buffer, then q's or k's tail; q's per-head scale
+        self.rot, self.rot_k = Signal(), Signal()
+        self.rot_mult, self.rot_shift = Signal(16), Signal(6)
+        m.d.comb += [
+            self.rot.eq((c.func == SfuFunc.ROPEQ) | (c.func == SfuFunc.ROPEK)),
+            self.rot_k.eq(c.func == SfuFunc.ROPEK),
+        ]
         for name, sig in self.is_.items():
-            m.d.comb += sig.eq(c.func == _F[name])
+            m.d.comb += sig.eq((c.func == _F[name]) | (self.rot if name == "rope" else 0))
         fmt = [SFU_FORMATS[n] for n in FUNCS]
         self.wsh_a = Array(Const(_log2(f.a), 2) for f in fmt)[c.func[:3]]
         self.wsh_b = Array(Const(_log2(max(f.b, 2)), 2) for f in fmt)[c.func[:3]]
@@ -142,7 +165,10 @@ class Sfu(wiring.Component):
                 Mux(i["norm"], 2 + self.center, Mux(i["softmax"] | i["mul"] | i["reluq"], 2, 1))
             ),
             self.hh.eq(c.aux >> 1),
-            self.known.eq((c.func < len(FUNCS)) & ~(i["rope"] & (self.hh == 0))),
+            self.known.eq(
+                ((c.func < len(FUNCS)) | (self.rot & (self.hh <= self.rot_dim // 2)))
+                & ~(i["rope"] & (self.hh == 0))
+            ),
         ]
 
     # ------------------------------------------------------------------ buffer ports
@@ -151,10 +177,11 @@ class Sfu(wiring.Component):
         operands sharing a buffer's one read port take turns, so each gets its first words
         early."""
         ports = [getattr(self, f"rd_{b.name.lower()}") for b in Buf]
-        n = len(self.streams)
+        readers = [*self.streams, self.sp]
+        n = len(readers)
         for b, port in zip(Buf, ports, strict=True):
             rr = Signal(range(n), name=f"rr_{b.name.lower()}")  # the last streamer granted
-            want = [st.req_en & (st.req_buf == b) for st in self.streams]
+            want = [st.req_en & (st.req_buf == b) for st in readers]
             pick = Signal(range(n), name=f"pick_{b.name.lower()}")
             for first in range(n):  # priority starts after rr
                 with m.If(rr == (first - 1) % n):
@@ -162,14 +189,14 @@ class Sfu(wiring.Component):
                         with m.If(want[(first + j) % n]):
                             m.d.comb += pick.eq((first + j) % n)
             anyw = Cat(*want).any()
-            for idx, st in enumerate(self.streams):
+            for idx, st in enumerate(readers):
                 with m.If(anyw & (pick == idx)):
                     m.d.comb += [port.en.eq(1), port.addr.eq(st.req_word)]
                     m.d.comb += st.req_grant.eq(port.grant)
                     with m.If(port.grant):
                         m.d.sync += rr.eq(idx)
         data = Array(p.data for p in ports)
-        for st in self.streams:
+        for st in readers:
             m.d.comb += st.rd_data.eq(data[st.pend_buf])
 
     def _route_writes(self, m: Module, c: object) -> None:
@@ -254,8 +281,9 @@ class Sfu(wiring.Component):
         a0, a1, b0, b1 = self.streams
         with m.If(self.is_["rope"]):
             partner = Mux(half, pos - self.hh, pos + self.hh)
-            self._seg(m, a0, c.a_buf, arow + pos, self.hh, 0, again)
-            self._seg(m, a1, c.a_buf, arow + partner, self.hh, 0, again)
+            rot = self.rot  # rotated keys: INT16 elements
+            self._seg(m, a0, c.a_buf, arow + (pos << rot), self.hh, rot, again)
+            self._seg(m, a1, c.a_buf, arow + (partner << rot), self.hh, rot, again)
             self._seg(m, b0, c.b_buf, brow, self.hh, 1, again)
             self._seg(m, b1, c.b_buf, brow + 2 * self.hh, self.hh, 1, again)
         with m.Else():

@@ -81,6 +81,7 @@ def _lanes(u: Any, m: Module, c: Any, r: _Regs) -> dict[str, Value]:
     qmask = _block_mask(m, c, r)
     is_out = r.pas == u.npass - 1
     sxr_use = _sig(m, Mux(is_out, r.sxr_C, r.sxr), "sxr_use")
+    rope16 = []  # rotated keys: RoPE at INT16, into the Hadamard row buffer
     for lane in range(u.lanes):
         ok = lane < n
         xr, xc, y = norm_lane(
@@ -122,13 +123,24 @@ def _lanes(u: Any, m: Module, c: Any, r: _Regs) -> dict[str, Value]:
                 r.half,
             )[:8]
         )
+        rope16.append(
+            rope_lane(
+                m,
+                _elem(a0.data, lane, 2),
+                _elem(a1.data, lane, 2),
+                _elem(b0.data, lane, 2),
+                _elem(b1.data, lane, 2),
+                r.half,
+                16,
+            )[:16]
+        )
         out["silu"].append(silu_lane(m, g16, r.p0, r.p1[:6], sig)[:16])
         out["add"].append(add_lane(m, _elem(a0.data, lane, 4), _elem(b0.data, lane, 4))[:32])
         out["mov"].append(a0.data[8 * lane : 8 * lane + 8])
     data = Const(0, 32 * u.lanes)
     for name, parts in out.items():
         data = Mux(i[name], Cat(*parts), data)
-    return {"data": data, "M": M, "mx": mx, "sxr": sxr, "ss": ss, "S": S}
+    return {"data": data, "M": M, "mx": mx, "sxr": sxr, "ss": ss, "S": S, "rope16": Cat(*rope16)}
 
 
 def _block_mask(m: Module, c: Any, r: _Regs):
@@ -176,8 +188,9 @@ def build_consumer(u: Any, m: Module, c: Any) -> None:
         with m.State("PASS"):
             _pass(u, m, c, r, ln, fx)
         with m.State("FLUSH"):
-            m.d.comb += u.writer.flush.eq(r.idle & ~r.o_valid)
-            with m.If(r.idle & ~r.o_valid & (u.writer.idle | (u.writer.w_en & u.writer.w_grant))):
+            quiet = r.idle & ~r.o_valid & u.rot_idle  # rotated keys: every head written
+            m.d.comb += u.writer.flush.eq(quiet)
+            with m.If(quiet & (u.writer.idle | (u.writer.w_en & u.writer.w_grant))):
                 m.d.comb += u.done.eq(1)
                 m.next = "IDLE"
     m.d.comb += u.busy.eq(~fsm.ongoing("IDLE"))
@@ -238,10 +251,16 @@ def _pass(u: Any, m: Module, c: Any, r: _Regs, ln: dict, fx: dict) -> None:
     m.d.comb += [r.M_n.eq(ln["M"]), r.ss_n.eq(r.ss + ln["ss"])]
     sr = ~r.o_valid | (w.req.ready & ~r.fwrite)  # the output register takes a group
     # the first group leaves a fixed FILL cycles after the command (its words may straddle)
+    hin = u.hadamard.i  # rotated keys: the RoPE lanes feed the Hadamard row buffer
+    take = Mux(u.rot, hin.ready, sr)
     fire = (
-        avail & gate & (~is_out | sr) & (r.cyc - r.start >= FILL + 2 * u.shared + 2 * u.is_["rope"])
+        avail
+        & gate
+        & (~is_out | take)
+        & (r.cyc - r.start >= FILL + 2 * u.shared + 2 * u.is_["rope"])
     )
-    with m.If(fire & is_out):
+    m.d.comb += [hin.valid.eq(fire & u.rot), hin.payload.eq(ln["rope16"])]
+    with m.If(fire & is_out & ~u.rot):
         m.d.sync += [
             r.o_valid.eq(1),
             r.o_addr.eq(Mux(prefix, r.optr - ROW_FACTOR_BYTES, r.optr)),

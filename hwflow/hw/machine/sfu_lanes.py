@@ -96,11 +96,15 @@ def silu_lane(m: Module, g: Value, mult: Value, shift: Value, rom: Memory) -> Va
     return clamp(m, round_shift(g * rp.data, 15), -lim, lim - 1)
 
 
-def rope_lane(m: Module, x0: Value, x1: Value, c: Value, s: Value, second: Value) -> Value:
+def rope_lane(
+    m: Module, x0: Value, x1: Value, c: Value, s: Value, second: Value, bits: int = 8
+) -> Value:
     """numerics.rope_int per element: ``x0`` this half's element, ``x1`` its partner;
-    first half ``x0*c - x1*s``, second half ``x0*c + x1*s``."""
+    first half ``x0*c - x1*s``, second half ``x0*c + x1*s``, saturated to ``bits`` (8, or 16
+    for rotated keys)."""
     t = Mux(second, x0 * c + x1 * s, x0 * c - x1 * s)
-    return clamp(m, round_shift(t, ROPE_FRAC), *_I8)
+    lim = 1 << (bits - 1)
+    return clamp(m, round_shift(t, ROPE_FRAC), *(_I8 if bits == 8 else (-lim, lim - 1)))
 
 
 def add_lane(m: Module, a: Value, b: Value) -> Value:
