@@ -28,6 +28,7 @@ from amaranth.lib import data, wiring
 from hwflow.config import HardwarePreset
 from hwflow.errors import HwflowError
 from hwflow.hw.engine import ChainEngine, MatrixMatrixEngine, MatrixVectorEngine
+from hwflow.hw.fastnir import fast_nir
 from hwflow.hw.hier import Hierarchy
 from hwflow.hw.params import EngineParams
 from hwflow.hw.tools import ROOT, ensure_verilator_on_path
@@ -74,7 +75,8 @@ def engine_design(p: EngineParams, name: str | None = None) -> tuple[str, ChainE
     name = name or module_name(p)
     hier = Hierarchy()
     eng = build_engine(p, hier, prefix=name)
-    top = verilog.convert(eng, name=name, emit_src=False)
+    with fast_nir():
+        top = verilog.convert(eng, name=name, emit_src=False)
     return hier.verilog() + top, eng, hier
 
 
@@ -203,15 +205,14 @@ def board_design(hw: HardwarePreset, name: str | None = None) -> tuple[str, str,
     unit, the engines' leaves as modules of their own. UnsupportedError when the RTL machine
     does not build for ``hw``."""
     from hwflow.hw.machine.board import Board
-    from hwflow.hw.machine.combcheck import fast_comb_check
     from hwflow.hw.machine.params import MachineParams
-    from hwflow.hw.machine.verilog import _zero_memories_uninitialised
+    from hwflow.hw.machine.verilog import fast_generation
 
     mp = MachineParams.from_preset(hw)
     name = name or "hwflow_" + re.sub(r"\W", "_", hw.name) + "_board"
     hier = Hierarchy()
     units, _names = board_units(hw, hier)
-    with _zero_memories_uninitialised(), fast_comb_check():
+    with fast_generation():
         top = verilog.convert(Board(mp, units, hier), name=name, emit_src=False)
     return name, hier.verilog() + top, hier, mp
 

@@ -1,0 +1,107 @@
+"""Faster bookkeeping in Amaranth 0.5's netlist builder, for designs with wide datapaths.
+
+Amaranth lowers a design to its netlist (``amaranth.hdl._nir``) one bit at a time: a value is
+a tuple of nets, and every time one is built (:class:`_nir.Value`) Amaranth checks each net's
+type with a Python call (``Net.ensure``, an ``assert``); a cell's output nets are made one
+``Net.from_cell`` call per bit (its checks are ``assert`` s too), and resolving late nets runs
+a property per bit. On the machine's 1,024-bit buffer words that bookkeeping was most of the
+time of its Verilog generation (65 million checked nets for the tiny machine).
+
+:func:`fast_nir` replaces those four functions with equivalents that build the same tuples
+of the same nets without the per-bit Python calls (what the ``assert`` s check holds by
+construction; a cell wider than a net's 16 bit index, the one check with a user-facing
+cause, is still refused). The netlist, and so the Verilog, is the same text; a test compares
+both for a design with every kind of cell the machine uses
+(``tests/test_fastnir.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from amaranth.hdl import _nir, _xfrm
+
+__all__ = ["fast_nir"]
+
+_Net = _nir.Net
+_tuple_new = tuple.__new__
+
+
+def _value_new(cls: type, nets: Any = ()) -> Any:
+    """``_nir.Value(nets)`` without the per-net type check."""
+    if isinstance(nets, _Net):
+        return _tuple_new(cls, (nets,))
+    return _tuple_new(cls, nets)
+
+
+def _cell_nets(cell_idx: int, width: int) -> Iterable[Any]:
+    """The output nets of cell ``cell_idx`` (bits 0 .. width - 1), as ``Net.from_cell``."""
+    if width > 1 << 16:
+        raise AssertionError(f"a cell of {width} bits exceeds the netlist's 65,536-bit limit")
+    base = cell_idx << 16
+    return map(_Net, range(base, base + width))
+
+
+def _add_value_cell(self: Any, width: int, cell: Any) -> Any:
+    """``Netlist.add_value_cell``: add ``cell``, return its output nets."""
+    return _value_new(_nir.Value, _cell_nets(self.add_cell(cell), width))
+
+
+def _operator_output_nets(self: Any, self_idx: int) -> set:
+    """``Operator.output_nets``."""
+    return set(_cell_nets(self_idx, self.width))
+
+
+def _resolve_value(self: Any, value: Any) -> Any:
+    """``Netlist.resolve_value``: follow each late net (negative) to its driver."""
+    conns = self.connections
+    out = []
+    for net in value:
+        while net < 0:
+            net = conns[net]
+        out.append(net)
+    return _tuple_new(_nir.Value, out)
+
+
+def _lower_value(self: Any, value: Any) -> Any:
+    """``DomainLowerer.on_value`` once per value object (and domain map): the lowered copy of
+    an expression the design uses in several places stays one object, so it is built once."""
+    memo = self.__dict__.setdefault("_hwflow_memo", {})
+    key = (id(value), id(self.domains))
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = (value, self.domains, _plain_on_value(self, value))
+    return hit[2]
+
+
+_plain_on_value = _xfrm.ValueVisitor.on_value
+
+_PATCHES = (
+    (_nir.Value, "__new__", _value_new),
+    (_nir.Netlist, "add_value_cell", _add_value_cell),
+    (_nir.Operator, "output_nets", _operator_output_nets),
+    (_nir.Netlist, "resolve_value", _resolve_value),
+    (_xfrm.DomainLowerer, "on_value", _lower_value),
+)
+
+
+@contextlib.contextmanager
+def fast_nir() -> Iterator[None]:
+    """While active, Amaranth's netlist builder uses the functions above (module doc); a no-op
+    on an Amaranth without them (it then generates as it does, slower)."""
+    if not all(hasattr(owner, name) for owner, name, _ in _PATCHES):
+        yield
+        return
+    plain = [(owner, name, owner.__dict__.get(name)) for owner, name, _ in _PATCHES]
+    try:
+        for owner, name, fn in _PATCHES:
+            setattr(owner, name, staticmethod(fn) if name == "__new__" else fn)
+        yield
+    finally:
+        for owner, name, fn in plain:
+            if fn is None:  # inherited: drop the override
+                delattr(owner, name)
+            else:
+                setattr(owner, name, fn)
