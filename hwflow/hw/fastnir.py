@@ -7,7 +7,7 @@ type with a Python call (``Net.ensure``, an ``assert``); a cell's output nets ar
 a property per bit. On the machine's 1,024-bit buffer words that bookkeeping was most of the
 time of its Verilog generation (65 million checked nets for the tiny machine).
 
-:func:`fast_nir` replaces those four functions with equivalents that build the same tuples
+:func:`fast_nir` replaces those functions with equivalents that build the same tuples
 of the same nets without the per-bit Python calls (what the ``assert`` s check holds by
 construction; a cell wider than a net's 16 bit index, the one check with a user-facing
 cause, is still refused). The netlist, and so the Verilog, is the same text; a test compares
@@ -42,6 +42,24 @@ def _cell_nets(cell_idx: int, width: int) -> Iterable[Any]:
         raise AssertionError(f"a cell of {width} bits exceeds the netlist's 65,536-bit limit")
     base = cell_idx << 16
     return map(_Net, range(base, base + width))
+
+
+def _from_cell(cls: type, cell: int, bit: int) -> Any:
+    """``Net.from_cell`` with its checks as plain comparisons (no ``range`` built per call)."""
+    if bit >> 16 or cell < 0 or (cell == 0 and bit < 2):
+        raise AssertionError(f"no net {bit} of cell {cell} (a cell has at most 65,536 bits)")
+    return cls((cell << 16) | bit)
+
+
+def _alloc_late_value(self: Any, signal: Any) -> Any:
+    """``Netlist.alloc_late_value``: ``len(signal)`` new late (negative) nets for ``signal``."""
+    width = len(signal)
+    self.last_late_net -= width
+    value = _value_new(_nir.Value, map(_Net, range(self.last_late_net, self.last_late_net + width)))
+    late = self.late_to_signal
+    for bit, net in enumerate(value):
+        late[net] = signal, bit
+    return value
 
 
 def _add_value_cell(self: Any, width: int, cell: Any) -> Any:
@@ -80,11 +98,21 @@ _plain_on_value = _xfrm.ValueVisitor.on_value
 
 _PATCHES = (
     (_nir.Value, "__new__", _value_new),
+    (_nir.Net, "from_cell", _from_cell),
+    (_nir.Netlist, "alloc_late_value", _alloc_late_value),
     (_nir.Netlist, "add_value_cell", _add_value_cell),
     (_nir.Operator, "output_nets", _operator_output_nets),
     (_nir.Netlist, "resolve_value", _resolve_value),
     (_xfrm.DomainLowerer, "on_value", _lower_value),
 )
+
+
+def _wrap(name: str, fn: Any) -> Any:
+    """``fn`` as the kind of attribute ``name`` is (``__new__`` static, ``from_cell`` a class
+    method)."""
+    if name == "__new__":
+        return staticmethod(fn)
+    return classmethod(fn) if name == "from_cell" else fn
 
 
 @contextlib.contextmanager
@@ -97,7 +125,7 @@ def fast_nir() -> Iterator[None]:
     plain = [(owner, name, owner.__dict__.get(name)) for owner, name, _ in _PATCHES]
     try:
         for owner, name, fn in _PATCHES:
-            setattr(owner, name, staticmethod(fn) if name == "__new__" else fn)
+            setattr(owner, name, _wrap(name, fn))
         yield
     finally:
         for owner, name, fn in plain:

@@ -28,8 +28,8 @@ from amaranth.lib import data, wiring
 from hwflow.config import HardwarePreset
 from hwflow.errors import HwflowError
 from hwflow.hw.engine import ChainEngine, MatrixMatrixEngine, MatrixVectorEngine
-from hwflow.hw.fastnir import fast_nir
 from hwflow.hw.hier import Hierarchy
+from hwflow.hw.machine.verilog import fast_generation
 from hwflow.hw.params import EngineParams
 from hwflow.hw.tools import ROOT, ensure_verilator_on_path
 
@@ -75,7 +75,7 @@ def engine_design(p: EngineParams, name: str | None = None) -> tuple[str, ChainE
     name = name or module_name(p)
     hier = Hierarchy()
     eng = build_engine(p, hier, prefix=name)
-    with fast_nir():
+    with fast_generation():
         top = verilog.convert(eng, name=name, emit_src=False)
     return hier.verilog() + top, eng, hier
 
@@ -206,7 +206,6 @@ def board_design(hw: HardwarePreset, name: str | None = None) -> tuple[str, str,
     does not build for ``hw``."""
     from hwflow.hw.machine.board import Board
     from hwflow.hw.machine.params import MachineParams
-    from hwflow.hw.machine.verilog import fast_generation
 
     mp = MachineParams.from_preset(hw)
     name = name or "hwflow_" + re.sub(r"\W", "_", hw.name) + "_board"

@@ -22,7 +22,7 @@ from amaranth.back import verilog
 from amaranth.hdl import ClockSignal, Instance, Module, ResetSignal
 from amaranth.lib import wiring
 
-from hwflow.hw.fastnir import fast_nir
+from hwflow.hw.machine.verilog import fast_generation
 
 __all__ = ["Hierarchy", "place"]
 
@@ -52,7 +52,7 @@ class Hierarchy:
         leaf = self.leaves.get(name)
         if leaf is None:
             t0 = time.perf_counter()
-            with fast_nir():
+            with fast_generation():
                 text = verilog.convert(make(), name=name, emit_src=False)
             text = _TOP_ATTR.sub("", text)  # only the design's top carries (* top *)
             ports = frozenset(m.group(2) for m in _PORT.finditer(text))
