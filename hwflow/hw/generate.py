@@ -13,20 +13,22 @@ language can talk to the Verilog without Amaranth.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import re
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 from amaranth.back import verilog
-from amaranth.hdl import Shape, Value
+from amaranth.hdl import Shape, UnusedElaboratable, Value
 from amaranth.lib import data, wiring
 
 from hwflow.config import HardwarePreset
-from hwflow.errors import HwflowError
+from hwflow.errors import HwflowError, UnsupportedError
 from hwflow.hw.engine import ChainEngine, MatrixMatrixEngine, MatrixVectorEngine
 from hwflow.hw.hier import Hierarchy
 from hwflow.hw.machine.verilog import fast_generation
@@ -211,8 +213,19 @@ def board_design(hw: HardwarePreset, name: str | None = None) -> tuple[str, str,
     name = name or "hwflow_" + re.sub(r"\W", "_", hw.name) + "_board"
     hier = Hierarchy()
     units, _names = board_units(hw, hier)
-    with fast_generation():
-        top = verilog.convert(Board(mp, units, hier), name=name, emit_src=False)
+    refused = None
+    with warnings.catch_warnings():
+        try:
+            with fast_generation():
+                top = verilog.convert(Board(mp, units, hier), name=name, emit_src=False)
+        except UnsupportedError as e:  # a unit refused the preset half-way through
+            refused = str(e)
+            # the parts built before it were never elaborated: not a design mistake to warn of
+            warnings.simplefilter("ignore", UnusedElaboratable)
+        if refused is not None:
+            gc.collect()
+    if refused is not None:
+        raise UnsupportedError(refused)
     return name, hier.verilog() + top, hier, mp
 
 
@@ -255,7 +268,6 @@ def write_accelerator(hw: HardwarePreset, out: Path) -> dict[str, Any]:
     """Write the whole machine on per-channel HBM ports (:func:`board_design`, cached by
     :func:`_board_cached`) as ``board.v`` into ``out``; its manifest entry. A preset the
     machine cannot be built for gets ``{"skipped": reason}``."""
-    from hwflow.errors import UnsupportedError
 
     try:
         text, facts = _board_cached(hw)
