@@ -268,7 +268,6 @@ def write_accelerator(hw: HardwarePreset, out: Path) -> dict[str, Any]:
     """Write the whole machine on per-channel HBM ports (:func:`board_design`, cached by
     :func:`_board_cached`) as ``board.v`` into ``out``; its manifest entry. A preset the
     machine cannot be built for gets ``{"skipped": reason}``."""
-
     try:
         text, facts = _board_cached(hw)
     except UnsupportedError as e:
