@@ -86,3 +86,17 @@ def test_shared_expression_built_once():
     assert fast.count(" << ") == 1
     again = verilog.convert(_Shared(), name="t")  # the patches are gone after the block
     assert again == plain
+
+
+def test_no_patch_on_an_unchecked_amaranth(monkeypatch) -> None:
+    import amaranth
+    from amaranth.hdl import _nir
+
+    plain = _nir.Value.__dict__["__new__"]
+    monkeypatch.setattr(amaranth, "__version__", "0.6.0")
+    with fast_nir():
+        assert _nir.Value.__dict__["__new__"] is plain
+    monkeypatch.setattr(amaranth, "__version__", "0.5.10")
+    with fast_nir():
+        assert _nir.Value.__dict__["__new__"] is not plain
+    assert _nir.Value.__dict__["__new__"] is plain

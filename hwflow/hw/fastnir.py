@@ -21,6 +21,7 @@ import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import amaranth
 from amaranth.hdl import _nir, _xfrm
 
 __all__ = ["fast_nir"]
@@ -115,11 +116,16 @@ def _wrap(name: str, fn: Any) -> Any:
     return classmethod(fn) if name == "from_cell" else fn
 
 
+#: The Amaranth releases whose netlist builder these functions were checked against.
+CHECKED_VERSIONS = ("0.5.",)
+
+
 @contextlib.contextmanager
 def fast_nir() -> Iterator[None]:
     """While active, Amaranth's netlist builder uses the functions above (module doc); a no-op
-    on an Amaranth without them (it then generates as it does, slower)."""
-    if not all(hasattr(owner, name) for owner, name, _ in _PATCHES):
+    on another Amaranth (it then generates as it does, slower)."""
+    checked = amaranth.__version__.startswith(CHECKED_VERSIONS)
+    if not checked or not all(hasattr(owner, name) for owner, name, _ in _PATCHES):
         yield
         return
     plain = [(owner, name, owner.__dict__.get(name)) for owner, name, _ in _PATCHES]
