@@ -26,7 +26,7 @@ activation block.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, Value, signed
 from amaranth.lib.fifo import SyncFIFO
 
 from hwflow.hw.machine.mmu_loops import Loops
@@ -328,6 +328,7 @@ class Feed:
         columns (``rpb`` bytes). Each slot picks its byte of the window."""
         ins, ep, wb = self.ins, self.ins.ep, self.wb
         nslot = ep.chains * ep.chain_length
+        wbytes = Array(win[8 * i : 8 * i + 8] for i in range(wb))
         src = [Signal(range(wb), name=f"sp_at{s}") for s in range(nslot)]
         qk = {}
         for lane in range(self.nb):
@@ -346,7 +347,7 @@ class Feed:
                         m.d.comb += src[at].eq(ins.pstep[p] + r)
         out = [Signal(8, name=f"sp_v{s}") for s in range(nslot)]
         for at in range(nslot):
-            m.d.comb += out[at].eq(win.word_select(src[at], 8))  # one shifter, not a 128-way case
+            m.d.comb += out[at].eq(wbytes[src[at]])
         return out
 
     def _linear(self, m: Module, win_v: Value, win_i: Value) -> tuple[list, list]:
