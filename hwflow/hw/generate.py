@@ -13,22 +13,25 @@ language can talk to the Verilog without Amaranth.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import re
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 from amaranth.back import verilog
-from amaranth.hdl import Shape, Value
+from amaranth.hdl import Shape, UnusedElaboratable, Value
 from amaranth.lib import data, wiring
 
 from hwflow.config import HardwarePreset
-from hwflow.errors import HwflowError
+from hwflow.errors import HwflowError, UnsupportedError
 from hwflow.hw.engine import ChainEngine, MatrixMatrixEngine, MatrixVectorEngine
 from hwflow.hw.hier import Hierarchy
+from hwflow.hw.machine.verilog import fast_generation
 from hwflow.hw.params import EngineParams
 from hwflow.hw.tools import ROOT, ensure_verilator_on_path
 
@@ -74,7 +77,8 @@ def engine_design(p: EngineParams, name: str | None = None) -> tuple[str, ChainE
     name = name or module_name(p)
     hier = Hierarchy()
     eng = build_engine(p, hier, prefix=name)
-    top = verilog.convert(eng, name=name, emit_src=False)
+    with fast_generation():
+        top = verilog.convert(eng, name=name, emit_src=False)
     return hier.verilog() + top, eng, hier
 
 
@@ -203,16 +207,25 @@ def board_design(hw: HardwarePreset, name: str | None = None) -> tuple[str, str,
     unit, the engines' leaves as modules of their own. UnsupportedError when the RTL machine
     does not build for ``hw``."""
     from hwflow.hw.machine.board import Board
-    from hwflow.hw.machine.combcheck import fast_comb_check
     from hwflow.hw.machine.params import MachineParams
-    from hwflow.hw.machine.verilog import _zero_memories_uninitialised
 
     mp = MachineParams.from_preset(hw)
     name = name or "hwflow_" + re.sub(r"\W", "_", hw.name) + "_board"
     hier = Hierarchy()
     units, _names = board_units(hw, hier)
-    with _zero_memories_uninitialised(), fast_comb_check():
-        top = verilog.convert(Board(mp, units, hier), name=name, emit_src=False)
+    refused = None
+    with warnings.catch_warnings():
+        try:
+            with fast_generation():
+                top = verilog.convert(Board(mp, units, hier), name=name, emit_src=False)
+        except UnsupportedError as e:  # a unit refused the preset half-way through
+            refused = str(e)
+            # the parts built before it were never elaborated: not a design mistake to warn of
+            warnings.simplefilter("ignore", UnusedElaboratable)
+        if refused is not None:
+            gc.collect()
+    if refused is not None:
+        raise UnsupportedError(refused)
     return name, hier.verilog() + top, hier, mp
 
 
@@ -255,8 +268,6 @@ def write_accelerator(hw: HardwarePreset, out: Path) -> dict[str, Any]:
     """Write the whole machine on per-channel HBM ports (:func:`board_design`, cached by
     :func:`_board_cached`) as ``board.v`` into ``out``; its manifest entry. A preset the
     machine cannot be built for gets ``{"skipped": reason}``."""
-    from hwflow.errors import UnsupportedError
-
     try:
         text, facts = _board_cached(hw)
     except UnsupportedError as e:

@@ -22,6 +22,8 @@ from amaranth.back import verilog
 from amaranth.hdl import ClockSignal, Instance, Module, ResetSignal
 from amaranth.lib import wiring
 
+from hwflow.hw.machine.verilog import fast_generation
+
 __all__ = ["Hierarchy", "place"]
 
 _PORT = re.compile(r"^\s*(input|output)\s+(?:signed\s+)?(?:\[\d+:\d+\]\s+)?(\\?\S+)\s*;", re.M)
@@ -50,7 +52,8 @@ class Hierarchy:
         leaf = self.leaves.get(name)
         if leaf is None:
             t0 = time.perf_counter()
-            text = verilog.convert(make(), name=name, emit_src=False)
+            with fast_generation():
+                text = verilog.convert(make(), name=name, emit_src=False)
             text = _TOP_ATTR.sub("", text)  # only the design's top carries (* top *)
             ports = frozenset(m.group(2) for m in _PORT.finditer(text))
             leaf = self.leaves[name] = _Leaf(text, ports, seconds=time.perf_counter() - t0)

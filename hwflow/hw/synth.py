@@ -584,9 +584,8 @@ def machine_design(hw: Any) -> tuple[str, str | None, str | None, Any]:
     from hwflow.hw.hier import Hierarchy
     from hwflow.hw.machine import sfu as sfu_mod
     from hwflow.hw.machine.board import Board
-    from hwflow.hw.machine.combcheck import fast_comb_check
     from hwflow.hw.machine.params import MachineParams
-    from hwflow.hw.machine.verilog import _zero_memories_uninitialised
+    from hwflow.hw.machine.verilog import fast_generation
     from hwflow.isa import Buf, Unit
 
     base = re.sub(r"\W", "_", hw.name)
@@ -604,7 +603,7 @@ def machine_design(hw: Any) -> tuple[str, str | None, str | None, Any]:
 
     def convert(units: dict) -> tuple[str, Any]:
         hier = Hierarchy()
-        with _zero_memories_uninitialised(), fast_comb_check():
+        with fast_generation():
             top = verilog.convert(Board(mp, units, hier), name=name, emit_src=False)
         return hier.verilog() + top, hier
 

@@ -42,12 +42,8 @@ def _edges(cell: Any, net: Any, checked: set) -> Any:
     """The combinational inputs of output ``net`` of ``cell`` still worth walking: a priority
     match's bit b depends on its enable and input bits 0..b, so once bit b - 1 is checked
     only the enable and input bit b are left (the rest are checked)."""
-    b = net.bit
-    if (
-        isinstance(cell, _nir.PriorityMatch)
-        and b
-        and _nir.Net.from_cell(net.cell, b - 1) in checked
-    ):
+    b = net & 0xFFFF  # the net's bit (a cell's net is cell << 16 | bit)
+    if isinstance(cell, _nir.PriorityMatch) and b and net - 1 in checked:
         return ((cell.en, cell.src_loc), (cell.inputs[b], cell.src_loc))
     return cell.comb_edges_to(b)
 
@@ -79,35 +75,38 @@ def check_comb_cycles(self: Any) -> None:
     whole = [_whole_input(c) for c in self.cells]
     whole_done: set[int] = set()  # whole-input cells with one output bit checked
 
+    cells, connections = self.cells, self.connections
+
     def traverse(net: Any) -> _Cycle | None:
+        # nets are ints: < 0 late (a signal's bit), 0 / 1 constants, else cell << 16 | bit
         if net in checked:
             return None
         if net in busy:
             return _Cycle(net)
-        if not net.is_const and not net.is_late and net.cell in whole_done:
+        cell_idx = net >> 16 if net >= 2 else -1
+        if cell_idx in whole_done:
             checked.add(net)
             return None
         busy.add(net)
         cycle = None
-        if net.is_const:
-            pass
-        elif net.is_late:
-            cycle = traverse(self.connections[net])
+        if net < 0:
+            cycle = traverse(connections[net])
             if cycle is not None:
                 sig, bit = self.late_to_signal[net]
                 cycle.path.append((sig, bit, sig.src_loc))
-        else:
-            for src, src_loc in _edges(self.cells[net.cell], net, checked):
+        elif cell_idx >= 0:
+            cell = cells[cell_idx]
+            for src, src_loc in _edges(cell, net, checked):
                 cycle = traverse(src)
                 if cycle is not None:
-                    cycle.path.append((self.cells[net.cell], net.bit, src_loc))
+                    cycle.path.append((cell, net & 0xFFFF, src_loc))
                     break
         if cycle is not None and cycle.start == net:
             raise _nir.CombinationalCycle(_cycle_message(cycle.path))
         busy.remove(net)
         checked.add(net)
-        if cycle is None and not net.is_const and not net.is_late and whole[net.cell]:
-            whole_done.add(net.cell)
+        if cycle is None and cell_idx >= 0 and whole[cell_idx]:
+            whole_done.add(cell_idx)
         return cycle
 
     for cell_idx, cell in enumerate(self.cells):

@@ -178,9 +178,12 @@ def unit_design(
 
     from amaranth.back import verilog
 
+    from hwflow.hw.machine.verilog import fast_generation
+
     t0 = time.perf_counter()
     unit = MatmulUnit(hw, kind, word_bytes)
     base = re.sub(r"\W", "_", hw.name)
     name = f"hwflow_{base}_{kind}_unit" + ("" if word_bytes is None else f"_w{unit.wb}")
-    text = verilog.convert(unit, name=name, emit_src=False)
+    with fast_generation():
+        text = verilog.convert(unit, name=name, emit_src=False)
     return name, text, time.perf_counter() - t0

@@ -304,4 +304,7 @@ def sfu_verilog(hw: HardwarePreset, word_bytes: int, name: str) -> str:
     """The Verilog text of the SFU of ``hw`` as module ``name``."""
     from amaranth.back import verilog
 
-    return verilog.convert(Sfu(hw, word_bytes), name=name, emit_src=False)
+    from hwflow.hw.machine.verilog import fast_generation
+
+    with fast_generation():
+        return verilog.convert(Sfu(hw, word_bytes), name=name, emit_src=False)

@@ -8,7 +8,9 @@ zero needs none of it: the machine's Verilator builds start every variable at ze
 unless initialised (Xilinx UG573, "Block RAM initialization"). :func:`accelerator_verilog` leaves such memories uninitialised;
 memories with contents (none in the machine today) keep them. Amaranth's check for
 combinational cycles runs as :func:`hwflow.hw.machine.combcheck.check_comb_cycles` (the same
-check without its quadratic walk over wide operators).
+check without its quadratic walk over wide operators), and Amaranth's netlist builder
+with the bookkeeping of :func:`hwflow.hw.fastnir.fast_nir`: :func:`fast_generation` is all
+three, for every conversion of a machine or engine.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from typing import Any
 from amaranth.back import rtlil, verilog
 
 from hwflow.config import HardwarePreset
+from hwflow.hw.fastnir import fast_nir
 from hwflow.hw.machine.combcheck import fast_comb_check
 from hwflow.hw.machine.params import MachineParams
 from hwflow.isa import Unit
 
-__all__ = ["accelerator_verilog", "sim_verilog"]
+__all__ = ["accelerator_verilog", "fast_generation", "sim_verilog"]
 
 
 @contextlib.contextmanager
@@ -47,13 +50,21 @@ def _zero_memories_uninitialised() -> Iterator[None]:
         emitter.emit_memory = plain
 
 
+@contextlib.contextmanager
+def fast_generation() -> Iterator[None]:
+    """While active, Verilog generation leaves all-zero memories uninitialised, checks for
+    combinational cycles in linear time and builds the netlist with :func:`fast_nir`."""
+    with _zero_memories_uninitialised(), fast_comb_check(), fast_nir():
+        yield
+
+
 def accelerator_verilog(
     mp: MachineParams, units: Mapping[Unit, Any] | None = None, name: str = "accel"
 ) -> str:
     """Verilog of the whole machine for ``mp`` with the unit factories ``units``."""
     from hwflow.hw.machine.top import Accelerator
 
-    with _zero_memories_uninitialised(), fast_comb_check():
+    with fast_generation():
         return verilog.convert(Accelerator(mp, units), name=name)
 
 
@@ -64,5 +75,5 @@ def sim_verilog(
     what ``hwflow cosim`` runs."""
     from hwflow.hw.machine.hbm_sim import SimTop
 
-    with _zero_memories_uninitialised(), fast_comb_check():
+    with fast_generation():
         return verilog.convert(SimTop(hw, mp, dict(units or {})), name=name)
