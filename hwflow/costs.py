@@ -68,10 +68,13 @@ __all__ = [
     "hbm_burst_ns",
     "hbm_latency_cycles",
     "hbm_pieces",
+    "hbm_port_after",
+    "hbm_port_cycles",
     "hbm_refresh_share",
     "hbm_run_ns",
     "hbm_runs",
     "hbm_stream_gbps",
+    "ld_flush_cycles",
     "ldst_done_stages",
     "matmul_cost",
     "matmul_unit_cost",
@@ -462,6 +465,32 @@ def ldst_done_stages(store: bool) -> int:
     return ST_DONE_STAGES if store else LD_DONE_STAGES
 
 
+def ld_flush_cycles(
+    hw: HardwarePreset, hbm: int, rows: int, row_bytes: int, hbm_stride: int, off: int, stride: int
+) -> int:
+    """Cycles an LD's last buffer word comes after its last HBM word: the realigner's flush.
+
+    The LD unit writes a row through a realigner (:mod:`hwflow.hw.machine.realign`) taking one
+    word per cycle: row bytes starting ``s_in`` bytes into an HBM word land ``s_out`` bytes into
+    a buffer word, and when ``s_in > s_out`` the first input word makes no output word, so a
+    row whose output words number its input words needs one more cycle after its last input
+    (its last output word is the tail of the last input word). Rows contiguous on both sides
+    are one row (:class:`hwflow.hw.machine.ldst.LoadUnit`); of several rows the last one's
+    flush is charged (an earlier row's flush overlaps the next row's HBM words when the HBM
+    side is the slower, as it is for rows of their own runs)."""
+    if rows <= 0 or row_bytes <= 0:
+        return 0
+    wb = hw.buffers.word_bytes
+    merged = rows == 1 or hbm_stride == row_bytes
+    flat = merged and (rows == 1 or stride == row_bytes)
+    last, n = (0, rows * row_bytes) if flat else (rows - 1, row_bytes)
+    s_in, s_out = (hbm + last * hbm_stride) % wb, (off + last * stride) % wb
+    n_in, n_out = -(-(s_in + n) // wb), -(-(s_out + n) // wb)
+    lead = int(s_in >= s_out)
+    single = s_in == s_out or (n_in == 1 and lead)
+    return int(n_out + lead > n_in and not single)
+
+
 #: The device moves whole 32-byte atoms: a pseudo-channel is 64 bits wide with burst length 4
 #: (JEDEC HBM2 pseudo-channel mode), one 256-bit AXI beat of the HBM controller (Xilinx PG276).
 HBM_ATOM_BYTES = 32
@@ -476,6 +505,10 @@ class HbmPiece:
     occupancy: int  #: cycles the channel is busy streaming this piece
     same_channel: bool  #: one sequential run in its channel, or hopping short rows
     write: bool = False  #: a store (pays the read/write turnaround)
+    #: port cycles of the transfer after the last burst touching this channel: the words of
+    #: the later bursts (a read: one word per cycle over the unit's port, in order) or their
+    #: write responses (a store: one per cycle); :func:`hbm_port_after`
+    after: int = 0
 
 
 def hbm_latency_cycles(hw: HardwarePreset) -> int:
@@ -568,21 +601,91 @@ def hbm_pieces(
         )
     if nbytes == 0:
         return []
-    g, nch, a = hw.hbm.interleave_bytes, hw.hbm.channels, HBM_ATOM_BYTES
-    per = _split(addr, nbytes, g, nch)
-    lo, hi = addr // a * a, -(-(addr + nbytes) // a) * a
-    atoms = _split(lo, hi - lo, g, nch)
-    turn = 2 * hw.hbm.turnaround_ns if write else 0.0
+    per = _split(addr, nbytes, hw.hbm.interleave_bytes, hw.hbm.channels)
+    occ = _occupancies(hw, addr, nbytes, hop, write)
+    after = hbm_port_after(hw, addr, nbytes, hop=hop, write=write)
     return [
         HbmPiece(
             channel=ch,
             nbytes=b,
-            occupancy=_cycles(hw, hbm_run_ns(hw, atoms[ch], new_row=hop) + turn),
+            occupancy=occ[ch],
             same_channel=not hop,
             write=write,
+            after=after[ch],
         )
         for ch, b in sorted(per.items())
     ]
+
+
+def _burst_bytes(hw: HardwarePreset) -> int:
+    """Bytes of the LD/ST unit's longest AXI burst on its word-wide port (at least a word)."""
+    return max(hw.hbm.max_burst_bytes, hw.buffers.word_bytes)
+
+
+def hbm_port_cycles(hw: HardwarePreset, addr: int, nbytes: int, *, write: bool = False) -> int:
+    """Cycles one run of ``nbytes`` at HBM byte ``addr`` takes on the LD/ST unit's port: a read
+    its words (one per cycle), a store its bursts' write responses (one per cycle); the bursts
+    as :func:`hbm_port_after` splits the run."""
+    if nbytes <= 0:
+        return 0
+    wb, mb = hw.buffers.word_bytes, _burst_bytes(hw)
+    lo, rend = addr // wb * wb, -(-(addr + nbytes) // wb) * wb
+    if not write:
+        return (rend - lo) // wb
+    return (rend - 1) // mb - lo // mb + 1
+
+
+def hbm_port_after(
+    hw: HardwarePreset, addr: int, nbytes: int, *, hop: bool = False, write: bool = False
+) -> dict[int, int]:
+    """Per channel the run touches: the port cycles (:func:`hbm_port_cycles`) the transfer
+    still needs after that channel's piece streamed (:attr:`HbmPiece.after`).
+
+    The RTL's LD/ST unit (:mod:`hwflow.hw.machine.ldst`) carries a run in INCR bursts of whole
+    buffer words, split at multiples of ``max(max_burst_bytes, word)`` bytes, one burst per
+    cycle; each burst holds its channels for the occupancy of its own bytes (as a piece does),
+    a channel serving the run's bursts in order, and a burst's data (a store: its write
+    response) is there once its pieces streamed, plus the first-beat latency. The unit's one
+    word-wide AXI port returns a read's words in request order (AXI4 read data of one ID is
+    in order, Arm IHI0022 A5.3.1), one per cycle, and a store's write responses come one per
+    cycle in burst order. So burst k's data leaves the port no earlier than its channels'
+    ends, and the transfer's last no earlier than that plus the port cycles of the bursts
+    after k: per channel c, the largest over its bursts k of (port cycles after k) less (c's
+    occupancy after k). A channel whose burst ends with few words in it (a transfer's first,
+    partial burst, the one before a channel's next granule) leaves the port the later words
+    to carry when all channels end together."""
+    if nbytes <= 0:
+        return {}
+    wb, mb = hw.buffers.word_bytes, _burst_bytes(hw)
+    lo, end = addr // wb * wb, addr + nbytes
+    e = -(-end // wb) * wb
+    after: dict[int, int] = {}
+    rest: dict[int, int] = {}  # per channel: its occupancy in the bursts after this one
+    acc = 0  # port cycles of the bursts after this one
+    while e > lo:  # the bursts from the last one back
+        s = max(lo, (e - 1) // mb * mb)
+        first = max(s, addr)
+        for c, occ in _occupancies(hw, first, min(e, end) - first, hop, write).items():
+            left = rest.get(c, 0)
+            if c not in after or acc - left > after[c]:
+                after[c] = acc - left
+            rest[c] = left + occ
+        acc += 1 if write else (e - s) // wb
+        e = s
+    return after
+
+
+def _occupancies(
+    hw: HardwarePreset, addr: int, nbytes: int, hop: bool, write: bool
+) -> dict[int, int]:
+    """Per channel: the cycles it streams its part of ``[addr, addr + nbytes)`` (its atoms)."""
+    g, nch, a = hw.hbm.interleave_bytes, hw.hbm.channels, HBM_ATOM_BYTES
+    lo, hi = addr // a * a, -(-(addr + nbytes) // a) * a
+    turn = 2 * hw.hbm.turnaround_ns if write else 0.0
+    return {
+        ch: _cycles(hw, hbm_run_ns(hw, b, new_row=hop) + turn)
+        for ch, b in _split(lo, hi - lo, g, nch).items()
+    }
 
 
 def hbm_runs(

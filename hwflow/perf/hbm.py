@@ -6,7 +6,10 @@ bandwidth model of port, burst, outstanding bursts, refresh, row misses and read
 turnaround, are defined once there). Every channel is a server of capacity one that serves the
 pieces given to it in arrival order; the pieces of one transfer run in parallel on their
 channels, and the data of the transfer is on chip ``hbm_latency_cycles`` after its last piece
-left its channel.
+left its channel, or later when the unit's port still has words (a store: write responses)
+of later bursts to carry after a piece's channel finished (:attr:`HbmPiece.after
+<hwflow.costs.HbmPiece.after>`, :func:`hwflow.costs.hbm_port_after`): on chip at the latest
+of ``end + after`` over the pieces, plus the latency.
 
 Two implementations with the same timeline:
 
@@ -32,7 +35,9 @@ __all__ = ["HbmChannels", "ResourceHbm", "Transfer"]
 
 class Transfer:
     """When one transfer's pieces were served: ``start`` (first piece enters a channel),
-    ``streamed`` (last piece leaves its channel) and ``done`` (data on chip)."""
+    ``streamed`` (last piece leaves its channel) and ``done`` (data on chip, a store's last
+    write response: the latest piece end plus its :attr:`~hwflow.costs.HbmPiece.after` port
+    cycles, plus the first-beat latency)."""
 
     __slots__ = ("done", "start", "streamed")
 
@@ -55,7 +60,7 @@ class HbmChannels:
         if not pieces:
             return Transfer(now, now, now)
         free = self.free
-        first = last = -1
+        first = last = port = -1
         for p in pieces:
             c = p.channel
             f = free[c]
@@ -66,7 +71,9 @@ class HbmChannels:
                 first = s
             if e > last:
                 last = e
-        return Transfer(first, last, last + self.latency)
+            if e + p.after > port:
+                port = e + p.after
+        return Transfer(first, last, port + self.latency)
 
 
 class ResourceHbm:
@@ -77,19 +84,20 @@ class ResourceHbm:
         self.latency = hbm_latency_cycles(hw)
         self.channels = [simpy.Resource(env, capacity=1) for _ in range(hw.hbm.channels)]
 
-    def _piece(self, p: HbmPiece, out: list[tuple[int, int]]) -> Generator:
+    def _piece(self, p: HbmPiece, out: list[tuple[int, int, int]]) -> Generator:
         with self.channels[p.channel].request() as req:
             yield req
             start = self.env.now
             yield self.env.timeout(p.occupancy)
-            out.append((start, self.env.now))
+            out.append((start, self.env.now, self.env.now + p.after))
 
     def transfer(self, pieces: Sequence[HbmPiece]) -> Generator:
         """A SimPy process: serve one transfer; its value is the :class:`Transfer`."""
         now = self.env.now
         if not pieces:
             return Transfer(now, now, now)
-        spans: list[tuple[int, int]] = []
+        spans: list[tuple[int, int, int]] = []
         yield self.env.all_of([self.env.process(self._piece(p, spans)) for p in pieces])
-        streamed = max(e for _, e in spans)
-        return Transfer(min(s for s, _ in spans), streamed, streamed + self.latency)
+        streamed = max(e for _, e, _ in spans)
+        port = max(a for _, _, a in spans)  # the port's last word (response) of the transfer
+        return Transfer(min(s for s, _, _ in spans), streamed, port + self.latency)

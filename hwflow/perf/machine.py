@@ -25,9 +25,12 @@ Semantics (the contract the tests pin with exact timelines)
   completes in order (a later op never completes before an earlier one of the same unit).
 * LD and ST ops move bytes through :class:`~hwflow.perf.hbm.HbmChannels`: the op starts when
   its tokens are in and hands its pieces to their channels' FIFOs, where they arrive
-  :data:`~hwflow.costs.LDST_REQUEST_STAGES` after the start; the op completes one HBM latency
-  after its last piece streamed plus :func:`~hwflow.costs.ldst_done_stages` (an empty one
-  ``LDST_REQUEST_STAGES + 1`` after its start). The unit counts as busy while any of its transfers streams.
+  :data:`~hwflow.costs.LDST_REQUEST_STAGES` after the start; the op completes when its data is
+  on chip (:class:`~hwflow.perf.hbm.Transfer`: one HBM latency after its last piece streamed,
+  or after the unit's port carried the words of the bursts behind a piece) plus
+  :func:`~hwflow.costs.ldst_done_stages` and the op's ``latency`` (an LD's realigner flush; an
+  empty op completes ``LDST_REQUEST_STAGES + 1`` after its start). The unit counts as busy
+  while any of its transfers streams.
 * Busy cycles of a unit: the sum of its ops' issue occupancy (LD/ST: the times its transfers
   stream). Stall cycles: time a unit with a next op spent waiting for its instruction or
   tokens. Idle: the rest (a unit waiting for its own op to complete, LD/ST for HBM).
@@ -86,7 +89,9 @@ class MOp:
     name: str  #: mnemonic, for traces
     words: int  #: 32-bit instruction words the dispatcher reads
     beats: int  #: cycles the unit's input is occupied (its busy cycles)
-    latency: int  #: cycles from start to results written (>= beats); LD/ST: 0, HBM decides
+    #: cycles from start to results written (>= beats); LD/ST: the HBM decides, this is what
+    #: the unit adds after its last word (an LD's realigner flush, costs.ld_flush_cycles)
+    latency: int
     wait: tuple[int, ...] = ()  #: producer units whose token this op consumes before it starts
     release: tuple[int, ...] = ()  #: consumer units that get a token when this op completes
     hbm: tuple[HbmPiece, ...] | None = None  #: LD/ST: the transfer's per-channel pieces
@@ -110,6 +115,8 @@ class RunStats:
     leftover_tokens: dict[str, int]
     events: int
     trace: list[tuple[str, str, int, int]] = field(default_factory=list)
+    #: with the trace: each traced op's completion (its tokens visible), in trace order
+    ends: list[int] = field(default_factory=list)
     segments: int = 0  #: barrier-delimited segments the run was cut into
     reused: int = 0  #: segments taken from the memo instead of simulated
     replayed_events: int = 0  #: the part of ``events`` in segments taken from the memo
@@ -211,6 +218,7 @@ class _Seg:
     channel_cycles: int
     events: int
     trace: list[tuple[str, str, int, int]]
+    ends: list[int]
 
 
 class SegmentMemo:
@@ -291,6 +299,7 @@ class Machine:
         hbm_bytes, events = 0, 0
         chan = 0
         trace: list[tuple[str, str, int, int]] = []
+        ends: list[int] = []
         bounds = (
             [0, *barrier_cuts(program), len(program)] if memo is not None else [0, len(program)]
         )
@@ -324,6 +333,7 @@ class Machine:
             events += res.events
             if self.trace_on:
                 trace.extend((u, nm, s + shift, e + shift) for u, nm, s, e in res.trace)
+                ends.extend(d + shift for d in res.ends)
         leftover = {
             f"{UNITS[i // n]}->{UNITS[i % n]}": len(q) for i, q in enumerate(state.tokens) if q
         }
@@ -337,6 +347,7 @@ class Machine:
             leftover_tokens=leftover,
             events=events,
             trace=trace,
+            ends=ends,
             segments=len(bounds) - 1,
             reused=reused,
             replayed_events=replayed,
@@ -380,6 +391,7 @@ class _SegmentRun:
         self.done_last = list(entry.done)
         self.cover = list(entry.cover)
         self.trace: list[tuple[str, str, int, int]] = []
+        self.ends: list[int] = []
         self.counter = [0]
         self.disp = [entry.fetch, False, -1]  # fetch clock, finished, unit blocked on
 
@@ -497,7 +509,7 @@ class _SegmentRun:
         if op.hbm is not None:
             if op.hbm:  # requested one register stage after the start (costs.LDST_*)
                 tr = self.hbm.issue(start + LDST_REQUEST_STAGES, op.hbm)
-                done = tr.done + ldst_done_stages(u == Unit.ST)
+                done = tr.done + ldst_done_stages(u == Unit.ST) + op.latency
             else:  # an empty transfer: the command register, then done
                 tr, done = Transfer(start, start, start), start + LDST_REQUEST_STAGES + 1
             # one op at a time: the unit's earlier transfers finished streaming before ``t``
@@ -513,6 +525,7 @@ class _SegmentRun:
             span = (start, issue_end)
         if self.trace_on:
             self.trace.append((UNITS[u], op.name, span[0], max(span[1], span[0] + 1)))
+            self.ends.append(done)
         return done
 
     def _check_finished(self) -> None:
@@ -554,4 +567,5 @@ class _SegmentRun:
             channel_cycles=sum(op.hbm_occupancy for op in program),
             events=self.counter[0] + n + 1,
             trace=self.trace,
+            ends=self.ends,
         )
