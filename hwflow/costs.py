@@ -58,6 +58,7 @@ __all__ = [
     "ST_DONE_STAGES",
     "UNIT_DRAIN_STAGES",
     "UNIT_FEED_STAGES",
+    "HbmBurst",
     "HbmPiece",
     "OpCost",
     "chain_latency",
@@ -66,10 +67,9 @@ __all__ = [
     "effective_nm",
     "hbm_achievable_gbps",
     "hbm_burst_ns",
+    "hbm_bursts",
     "hbm_latency_cycles",
     "hbm_pieces",
-    "hbm_port_after",
-    "hbm_port_cycles",
     "hbm_refresh_share",
     "hbm_run_ns",
     "hbm_runs",
@@ -505,10 +505,17 @@ class HbmPiece:
     occupancy: int  #: cycles the channel is busy streaming this piece
     same_channel: bool  #: one sequential run in its channel, or hopping short rows
     write: bool = False  #: a store (pays the read/write turnaround)
-    #: port cycles of the transfer after the last burst touching this channel: the words of
-    #: the later bursts (a read: one word per cycle over the unit's port, in order) or their
-    #: write responses (a store: one per cycle); :func:`hbm_port_after`
-    after: int = 0
+
+
+@dataclass(frozen=True)
+class HbmBurst:
+    """One AXI burst of a transfer as the LD/ST unit issues it (:func:`hbm_bursts`)."""
+
+    #: cycles it takes on the unit's port: a read its words (one per cycle), a store its
+    #: write response (one)
+    port: int
+    #: (channel, cycles) of each channel piece of its bytes, in channel order
+    pieces: tuple[tuple[int, int], ...]
 
 
 def hbm_latency_cycles(hw: HardwarePreset) -> int:
@@ -603,16 +610,8 @@ def hbm_pieces(
         return []
     per = _split(addr, nbytes, hw.hbm.interleave_bytes, hw.hbm.channels)
     occ = _occupancies(hw, addr, nbytes, hop, write)
-    after = hbm_port_after(hw, addr, nbytes, hop=hop, write=write)
     return [
-        HbmPiece(
-            channel=ch,
-            nbytes=b,
-            occupancy=occ[ch],
-            same_channel=not hop,
-            write=write,
-            after=after[ch],
-        )
+        HbmPiece(channel=ch, nbytes=b, occupancy=occ[ch], same_channel=not hop, write=write)
         for ch, b in sorted(per.items())
     ]
 
@@ -622,57 +621,46 @@ def _burst_bytes(hw: HardwarePreset) -> int:
     return max(hw.hbm.max_burst_bytes, hw.buffers.word_bytes)
 
 
-def hbm_port_cycles(hw: HardwarePreset, addr: int, nbytes: int, *, write: bool = False) -> int:
-    """Cycles one run of ``nbytes`` at HBM byte ``addr`` takes on the LD/ST unit's port: a read
-    its words (one per cycle), a store its bursts' write responses (one per cycle); the bursts
-    as :func:`hbm_port_after` splits the run."""
-    if nbytes <= 0:
-        return 0
-    wb, mb = hw.buffers.word_bytes, _burst_bytes(hw)
-    lo, rend = addr // wb * wb, -(-(addr + nbytes) // wb) * wb
-    if not write:
-        return (rend - lo) // wb
-    return (rend - 1) // mb - lo // mb + 1
-
-
-def hbm_port_after(
+def hbm_bursts(
     hw: HardwarePreset, addr: int, nbytes: int, *, hop: bool = False, write: bool = False
-) -> dict[int, int]:
-    """Per channel the run touches: the port cycles (:func:`hbm_port_cycles`) the transfer
-    still needs after that channel's piece streamed (:attr:`HbmPiece.after`).
+) -> list[HbmBurst]:
+    """The AXI bursts of one run of ``nbytes`` at HBM byte ``addr`` (``hop``, ``write`` as for
+    :func:`hbm_pieces`), in issue order.
 
     The RTL's LD/ST unit (:mod:`hwflow.hw.machine.ldst`) carries a run in INCR bursts of whole
-    buffer words, split at multiples of ``max(max_burst_bytes, word)`` bytes, one burst per
-    cycle; each burst holds its channels for the occupancy of its own bytes (as a piece does),
-    a channel serving the run's bursts in order, and a burst's data (a store: its write
-    response) is there once its pieces streamed, plus the first-beat latency. The unit's one
-    word-wide AXI port returns a read's words in request order (AXI4 read data of one ID is
-    in order, Arm IHI0022 A5.3.1), one per cycle, and a store's write responses come one per
-    cycle in burst order. So burst k's data leaves the port no earlier than its channels'
-    ends, and the transfer's last no earlier than that plus the port cycles of the bursts
-    after k: per channel c, the largest over its bursts k of (port cycles after k) less (c's
-    occupancy after k). A channel whose burst ends with few words in it (a transfer's first,
-    partial burst, the one before a channel's next granule) leaves the port the later words
-    to carry when all channels end together."""
+    buffer words, split at multiples of ``max(max_burst_bytes, word)`` bytes, and issues one
+    burst per cycle. Each burst holds the channels its bytes touch, in arrival order with the
+    other unit's bursts; a channel's pieces of the run's bursts add up to the run's piece
+    (:func:`hbm_pieces`: a burst's cycles are the run's cumulative occupancy through it less
+    that through the previous one, so the row miss and the write turnaround come once per
+    channel and run). The unit's one word-wide AXI port returns a read's words in request
+    order (AXI4 read data of one ID is in order, Arm IHI0022 A5.3.1), one per cycle, and a
+    store's write responses one per cycle in burst order: a burst's data is there once its
+    pieces streamed (plus the first-beat latency) and the port carried the bursts before it
+    (:class:`hwflow.perf.hbm.HbmChannels`)."""
     if nbytes <= 0:
-        return {}
-    wb, mb = hw.buffers.word_bytes, _burst_bytes(hw)
-    lo, end = addr // wb * wb, addr + nbytes
-    e = -(-end // wb) * wb
-    after: dict[int, int] = {}
-    rest: dict[int, int] = {}  # per channel: its occupancy in the bursts after this one
-    acc = 0  # port cycles of the bursts after this one
-    while e > lo:  # the bursts from the last one back
-        s = max(lo, (e - 1) // mb * mb)
-        first = max(s, addr)
-        for c, occ in _occupancies(hw, first, min(e, end) - first, hop, write).items():
-            left = rest.get(c, 0)
-            if c not in after or acc - left > after[c]:
-                after[c] = acc - left
-            rest[c] = left + occ
-        acc += 1 if write else (e - s) // wb
-        e = s
-    return after
+        return []
+    wb, mb, a = hw.buffers.word_bytes, _burst_bytes(hw), HBM_ATOM_BYTES
+    g, nch = hw.hbm.interleave_bytes, hw.hbm.channels
+    turn = 2 * hw.hbm.turnaround_ns if write else 0.0
+    end = addr + nbytes
+    s, rend = addr // wb * wb, -(-end // wb) * wb
+    done: dict[int, list[int]] = {}  # per channel: atom bytes and cycles through the last burst
+    out: list[HbmBurst] = []
+    while s < rend:
+        e = min(rend, (s // mb + 1) * mb)
+        first, last = max(s, addr), min(e, end)
+        lo, hi = first // a * a, -(-last // a) * a
+        pieces = []
+        for ch, b in sorted(_split(lo, hi - lo, g, nch).items()):
+            acc = done.setdefault(ch, [0, 0])
+            acc[0] += b
+            cyc = _cycles(hw, hbm_run_ns(hw, acc[0], new_row=hop) + turn)
+            pieces.append((ch, cyc - acc[1]))
+            acc[1] = cyc
+        out.append(HbmBurst(port=1 if write else (e - s) // wb, pieces=tuple(pieces)))
+        s = e
+    return out
 
 
 def _occupancies(

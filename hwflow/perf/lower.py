@@ -54,10 +54,11 @@ from math import ceil, log2
 
 from hwflow.config import HardwarePreset
 from hwflow.costs import (
+    HbmBurst,
     HbmPiece,
     effective_nm,
+    hbm_bursts,
     hbm_pieces,
-    hbm_port_cycles,
     hbm_runs,
     ld_flush_cycles,
     matmul_unit_cost,
@@ -121,33 +122,17 @@ def _mask(m: int) -> tuple[int, ...]:
     return tuple(u for u in range(5) if m >> u & 1)
 
 
-def _merge(runs: Sequence[tuple[Sequence[HbmPiece], int]]) -> tuple[HbmPiece, ...]:
-    """Pieces of the runs of one transfer (in run order, each with its port cycles,
-    :func:`hwflow.costs.hbm_port_cycles`): a channel streams its runs one after another. Its port cycles after its last piece ends: the most, over its runs' pieces,
-    of the cycles after that piece (the later runs' port cycles added) less the channel's
-    occupancy in the later runs (:func:`hwflow.costs.hbm_port_after`, across runs)."""
+def _merge(pieces: Iterable[HbmPiece]) -> tuple[HbmPiece, ...]:
+    """Pieces of several rows of one transfer: a channel streams its rows one after another."""
     by: dict[int, list[int]] = {}
-    later, rest = 0, {}  # port cycles of the later runs; per channel its later occupancy
-    for run, port in reversed(runs):
-        for p in run:
-            c = p.channel
-            acc = by.setdefault(c, [0, 0, 1, 0, p.after + later])
-            acc[0] += p.nbytes
-            acc[1] += p.occupancy
-            acc[2] &= p.same_channel
-            acc[3] |= p.write
-            acc[4] = max(acc[4], p.after + later - rest.get(c, 0))
-            rest[c] = rest.get(c, 0) + p.occupancy
-        later += port
+    for p in pieces:
+        acc = by.setdefault(p.channel, [0, 0, 1, 0])
+        acc[0] += p.nbytes
+        acc[1] += p.occupancy
+        acc[2] &= p.same_channel
+        acc[3] |= p.write
     return tuple(
-        HbmPiece(
-            channel=c,
-            nbytes=v[0],
-            occupancy=v[1],
-            same_channel=bool(v[2]),
-            write=bool(v[3]),
-            after=v[4],
-        )
+        HbmPiece(channel=c, nbytes=v[0], occupancy=v[1], same_channel=bool(v[2]), write=bool(v[3]))
         for c, v in sorted(by.items())
     )
 
@@ -159,6 +144,7 @@ class _Pricer:
         self.cache: dict[tuple, tuple[MOp, OpActions]] = {}
         self.interned: dict[tuple[MOp, OpActions], tuple[MOp, OpActions]] = {}
         self.pieces = lru_cache(maxsize=65536)(self._pieces)
+        self.bursts = lru_cache(maxsize=65536)(self._bursts)
 
     def _pieces(
         self, base: int, rows: int, row_bytes: int, stride: int, write: bool = False
@@ -168,11 +154,15 @@ class _Pricer:
         runs = hbm_runs(hw, base, rows, row_bytes, stride)
         if len(runs) == 1:
             return tuple(hbm_pieces(hw, runs[0][0], runs[0][1], write=write))
-        return _merge(
-            [
-                (hbm_pieces(hw, a, n, hop=hop, write=write), hbm_port_cycles(hw, a, n, write=write))
-                for a, n, hop in runs
-            ]
+        return _merge(p for a, n, hop in runs for p in hbm_pieces(hw, a, n, hop=hop, write=write))
+
+    def _bursts(
+        self, base: int, rows: int, row_bytes: int, stride: int, write: bool = False
+    ) -> tuple[HbmBurst, ...]:
+        """The transfer's AXI bursts, run after run (:func:`hwflow.costs.hbm_bursts`)."""
+        runs = hbm_runs(self.hw, base, rows, row_bytes, stride)
+        return tuple(
+            b for a, n, hop in runs for b in hbm_bursts(self.hw, a, n, hop=hop, write=write)
         )
 
     def _check_buf(
@@ -270,11 +260,12 @@ class _Pricer:
         nbytes = rows * row_bytes
         self._check_buf(c, f["buf"], f["off"], rows, f["stride"] or row_bytes, row_bytes)
         pieces = self.pieces(hbm % self.period, rows, row_bytes, stride, op == "ST")
+        bursts = self.bursts(hbm % self.period, rows, row_bytes, stride, op == "ST")
         # an LD's latency: its realigner's flush after the last HBM word (the HBM decides the rest)
         flush = ld_flush_cycles(self.hw, hbm, rows, row_bytes, stride, f["off"], f["stride"])
         mop = MOp(int(c.unit), op, words, 0, flush if op == "LD" else 0, _mask(c.wait),
                   _mask(c.release), pieces, sum(p.nbytes for p in pieces),
-                  sum(p.occupancy for p in pieces))  # fmt: skip
+                  sum(p.occupancy for p in pieces), bursts)  # fmt: skip
         ld = op == "LD"
         acts = OpActions(
             hbm_read=nbytes if ld else 0,

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 import simpy
 
 from hwflow.config import Buffers, HardwarePreset
-from hwflow.costs import LDST_REQUEST_STAGES, HbmPiece, ldst_done_stages
+from hwflow.costs import LDST_REQUEST_STAGES, HbmBurst, HbmPiece, ldst_done_stages
 from hwflow.errors import SyncError
 from hwflow.isa import TOKEN_UNITS, Unit
 from hwflow.perf.hbm import HbmChannels, Transfer
@@ -97,6 +97,9 @@ class MOp:
     hbm: tuple[HbmPiece, ...] | None = None  #: LD/ST: the transfer's per-channel pieces
     hbm_bytes: int = 0  #: LD/ST: bytes moved (the pieces' sum)
     hbm_occupancy: int = 0  #: LD/ST: channel-cycles streamed (the pieces' sum)
+    #: LD/ST: the transfer's AXI bursts (:func:`hwflow.costs.hbm_bursts`); none: the pieces
+    #: as one burst without port cycles
+    bursts: tuple[HbmBurst, ...] = ()
     #: a number naming this priced op in segment keys (:mod:`hwflow.perf.lower` numbers the
     #: ops it interns, never twice in a process); -1: unnumbered (compared by value)
     key: int = field(default=-1, compare=False)
@@ -478,15 +481,25 @@ class _SegmentRun:
             if op.hbm is not None and start > now:  # join the channels' FIFOs on arrival
                 counter[0] += 1
                 yield env.timeout(start - now)
-            done = self._issue(u, op, start, t)
-            if done < done_prev:
-                done = done_prev
-            done_prev = done
             my_issued.append(start)
             w = disp_wait[0]
             if w is not None and disp[2] == u:
                 disp_wait[0] = None
                 w.succeed()
+            tr = None
+            if op.hbm:  # its bursts, requested from one register stage after the start
+                bursts = op.bursts or (
+                    HbmBurst(0, tuple((p.channel, p.occupancy) for p in op.hbm)),
+                )
+                at = start + LDST_REQUEST_STAGES
+                tr = self.hbm.submit(at, bursts, priority=int(u == Unit.ST))
+                counter[0] += 1  # their order with the other unit's is final at the last one
+                yield env.timeout(at + len(bursts) - 1 - env.now)
+                self.hbm.settle(env.now)
+            done = self._issue(u, op, start, t, tr)
+            if done < done_prev:
+                done = done_prev
+            done_prev = done
             for dst in op.release:
                 q = out_queues[dst]
                 q.times.append(done)
@@ -502,13 +515,12 @@ class _SegmentRun:
         self.pos[u] = len(self.streams[u])
         self.finished[u] = True
 
-    def _issue(self, u: int, op: MOp, start: int, t: int) -> int:
-        """Start ``op`` on unit ``u`` at ``start`` (its unit was free from ``t``): account busy,
-        stall and trace; return its completion."""
+    def _issue(self, u: int, op: MOp, start: int, t: int, tr: Transfer | None = None) -> int:
+        """Start ``op`` on unit ``u`` at ``start`` (its unit was free from ``t``; an LD/ST's
+        settled transfer ``tr``): account busy, stall and trace; return its completion."""
         cover = self.cover
         if op.hbm is not None:
-            if op.hbm:  # requested one register stage after the start (costs.LDST_*)
-                tr = self.hbm.issue(start + LDST_REQUEST_STAGES, op.hbm)
+            if tr is not None:  # requested one register stage after the start (costs.LDST_*)
                 done = tr.done + ldst_done_stages(u == Unit.ST) + op.latency
             else:  # an empty transfer: the command register, then done
                 tr, done = Transfer(start, start, start), start + LDST_REQUEST_STAGES + 1
