@@ -436,10 +436,13 @@ def sfu_op_cost(
 # ``2 x turnaround_ns`` (the channel turns from reads to the write and back: in decode a
 # write is a short KV row between long weight reads). A run's last burst is rounded up to whole
 # port beats. The data of a piece is in the on-chip buffer ``latency_ns`` after the channel
-# finished streaming it (the first-beat latency; later bursts are pipelined behind it). The
-# load/store unit runs one transfer at a time, as the RTL's does (hwflow.hw.machine.ldst: a
-# command is taken only while the unit is idle): its next transfer starts once this one is
-# done (hwflow.perf.machine).
+# finished streaming it (the first-beat latency; later bursts are pipelined behind it), and
+# the LD/ST unit's one port carries a transfer's AXI bursts in order (:func:`hbm_bursts`: a
+# burst's words, a store's write response, come once its channels streamed it, one per cycle,
+# after the bursts before it; bursts take their channels in arrival order with the other
+# unit's). The load/store unit runs one transfer at a time, as the RTL's does
+# (hwflow.hw.machine.ldst: a command is taken only while the unit is idle): its next transfer
+# starts once this one is done (hwflow.perf.machine).
 #
 # The core side: the HBM's AXI ports run at ``port_mhz`` (450 MHz on the U280, PG276) and a
 # clock/width converter brings each channel into the accelerator's clock domain, where a buffer
