@@ -58,6 +58,7 @@ __all__ = [
     "ST_DONE_STAGES",
     "UNIT_DRAIN_STAGES",
     "UNIT_FEED_STAGES",
+    "HbmBurst",
     "HbmPiece",
     "OpCost",
     "chain_latency",
@@ -66,12 +67,14 @@ __all__ = [
     "effective_nm",
     "hbm_achievable_gbps",
     "hbm_burst_ns",
+    "hbm_bursts",
     "hbm_latency_cycles",
     "hbm_pieces",
     "hbm_refresh_share",
     "hbm_run_ns",
     "hbm_runs",
     "hbm_stream_gbps",
+    "ld_flush_cycles",
     "ldst_done_stages",
     "matmul_cost",
     "matmul_unit_cost",
@@ -469,10 +472,13 @@ def sfu_op_cost(
 # ``2 x turnaround_ns`` (the channel turns from reads to the write and back: in decode a
 # write is a short KV row between long weight reads). A run's last burst is rounded up to whole
 # port beats. The data of a piece is in the on-chip buffer ``latency_ns`` after the channel
-# finished streaming it (the first-beat latency; later bursts are pipelined behind it). The
-# load/store unit runs one transfer at a time, as the RTL's does (hwflow.hw.machine.ldst: a
-# command is taken only while the unit is idle): its next transfer starts once this one is
-# done (hwflow.perf.machine).
+# finished streaming it (the first-beat latency; later bursts are pipelined behind it), and
+# the LD/ST unit's one port carries a transfer's AXI bursts in order (:func:`hbm_bursts`: a
+# burst's words, a store's write response, come once its channels streamed it, one per cycle,
+# after the bursts before it; bursts take their channels in arrival order with the other
+# unit's). The load/store unit runs one transfer at a time, as the RTL's does
+# (hwflow.hw.machine.ldst: a command is taken only while the unit is idle): its next transfer
+# starts once this one is done (hwflow.perf.machine).
 #
 # The core side: the HBM's AXI ports run at ``port_mhz`` (450 MHz on the U280, PG276) and a
 # clock/width converter brings each channel into the accelerator's clock domain, where a buffer
@@ -498,6 +504,32 @@ def ldst_done_stages(store: bool) -> int:
     return ST_DONE_STAGES if store else LD_DONE_STAGES
 
 
+def ld_flush_cycles(
+    hw: HardwarePreset, hbm: int, rows: int, row_bytes: int, hbm_stride: int, off: int, stride: int
+) -> int:
+    """Cycles an LD's last buffer word comes after its last HBM word: the realigner's flush.
+
+    The LD unit writes a row through a realigner (:mod:`hwflow.hw.machine.realign`) taking one
+    word per cycle: row bytes starting ``s_in`` bytes into an HBM word land ``s_out`` bytes into
+    a buffer word, and when ``s_in > s_out`` the first input word makes no output word, so a
+    row whose output words number its input words needs one more cycle after its last input
+    (its last output word is the tail of the last input word). Rows contiguous on both sides
+    are one row (:class:`hwflow.hw.machine.ldst.LoadUnit`); of several rows the last one's
+    flush is charged (an earlier row's flush overlaps the next row's HBM words when the HBM
+    side is the slower, as it is for rows of their own runs)."""
+    if rows <= 0 or row_bytes <= 0:
+        return 0
+    wb = hw.buffers.word_bytes
+    merged = rows == 1 or hbm_stride == row_bytes
+    flat = merged and (rows == 1 or stride == row_bytes)
+    last, n = (0, rows * row_bytes) if flat else (rows - 1, row_bytes)
+    s_in, s_out = (hbm + last * hbm_stride) % wb, (off + last * stride) % wb
+    n_in, n_out = -(-(s_in + n) // wb), -(-(s_out + n) // wb)
+    lead = int(s_in >= s_out)
+    single = s_in == s_out or (n_in == 1 and lead)
+    return int(n_out + lead > n_in and not single)
+
+
 #: The device moves whole 32-byte atoms: a pseudo-channel is 64 bits wide with burst length 4
 #: (JEDEC HBM2 pseudo-channel mode), one 256-bit AXI beat of the HBM controller (Xilinx PG276).
 HBM_ATOM_BYTES = 32
@@ -512,6 +544,17 @@ class HbmPiece:
     occupancy: int  #: cycles the channel is busy streaming this piece
     same_channel: bool  #: one sequential run in its channel, or hopping short rows
     write: bool = False  #: a store (pays the read/write turnaround)
+
+
+@dataclass(frozen=True)
+class HbmBurst:
+    """One AXI burst of a transfer as the LD/ST unit issues it (:func:`hbm_bursts`)."""
+
+    #: cycles it takes on the unit's port: a read its words (one per cycle), a store its
+    #: write response (one)
+    port: int
+    #: (channel, cycles) of each channel piece of its bytes, in channel order
+    pieces: tuple[tuple[int, int], ...]
 
 
 def hbm_latency_cycles(hw: HardwarePreset) -> int:
@@ -604,21 +647,72 @@ def hbm_pieces(
         )
     if nbytes == 0:
         return []
-    g, nch, a = hw.hbm.interleave_bytes, hw.hbm.channels, HBM_ATOM_BYTES
-    per = _split(addr, nbytes, g, nch)
-    lo, hi = addr // a * a, -(-(addr + nbytes) // a) * a
-    atoms = _split(lo, hi - lo, g, nch)
-    turn = 2 * hw.hbm.turnaround_ns if write else 0.0
+    per = _split(addr, nbytes, hw.hbm.interleave_bytes, hw.hbm.channels)
+    occ = _occupancies(hw, addr, nbytes, hop, write)
     return [
-        HbmPiece(
-            channel=ch,
-            nbytes=b,
-            occupancy=_cycles(hw, hbm_run_ns(hw, atoms[ch], new_row=hop) + turn),
-            same_channel=not hop,
-            write=write,
-        )
+        HbmPiece(channel=ch, nbytes=b, occupancy=occ[ch], same_channel=not hop, write=write)
         for ch, b in sorted(per.items())
     ]
+
+
+def _burst_bytes(hw: HardwarePreset) -> int:
+    """Bytes of the LD/ST unit's longest AXI burst on its word-wide port (at least a word)."""
+    return max(hw.hbm.max_burst_bytes, hw.buffers.word_bytes)
+
+
+def hbm_bursts(
+    hw: HardwarePreset, addr: int, nbytes: int, *, hop: bool = False, write: bool = False
+) -> list[HbmBurst]:
+    """The AXI bursts of one run of ``nbytes`` at HBM byte ``addr`` (``hop``, ``write`` as for
+    :func:`hbm_pieces`), in issue order.
+
+    The RTL's LD/ST unit (:mod:`hwflow.hw.machine.ldst`) carries a run in INCR bursts of whole
+    buffer words, split at multiples of ``max(max_burst_bytes, word)`` bytes, and issues one
+    burst per cycle. Each burst holds the channels its bytes touch, in arrival order with the
+    other unit's bursts; a channel's pieces of the run's bursts add up to the run's piece
+    (:func:`hbm_pieces`: a burst's cycles are the run's cumulative occupancy through it less
+    that through the previous one, so the row miss and the write turnaround come once per
+    channel and run). The unit's one word-wide AXI port returns a read's words in request
+    order (AXI4 read data of one ID is in order, Arm IHI0022 A5.3.1), one per cycle, and a
+    store's write responses one per cycle in burst order: a burst's data is there once its
+    pieces streamed (plus the first-beat latency) and the port carried the bursts before it
+    (:class:`hwflow.perf.hbm.HbmChannels`)."""
+    if nbytes <= 0:
+        return []
+    wb, mb, a = hw.buffers.word_bytes, _burst_bytes(hw), HBM_ATOM_BYTES
+    g, nch = hw.hbm.interleave_bytes, hw.hbm.channels
+    turn = 2 * hw.hbm.turnaround_ns if write else 0.0
+    end = addr + nbytes
+    s, rend = addr // wb * wb, -(-end // wb) * wb
+    done: dict[int, list[int]] = {}  # per channel: atom bytes and cycles through the last burst
+    out: list[HbmBurst] = []
+    while s < rend:
+        e = min(rend, (s // mb + 1) * mb)
+        first, last = max(s, addr), min(e, end)
+        lo, hi = first // a * a, -(-last // a) * a
+        pieces = []
+        for ch, b in sorted(_split(lo, hi - lo, g, nch).items()):
+            acc = done.setdefault(ch, [0, 0])
+            acc[0] += b
+            cyc = _cycles(hw, hbm_run_ns(hw, acc[0], new_row=hop) + turn)
+            pieces.append((ch, cyc - acc[1]))
+            acc[1] = cyc
+        out.append(HbmBurst(port=1 if write else (e - s) // wb, pieces=tuple(pieces)))
+        s = e
+    return out
+
+
+def _occupancies(
+    hw: HardwarePreset, addr: int, nbytes: int, hop: bool, write: bool
+) -> dict[int, int]:
+    """Per channel: the cycles it streams its part of ``[addr, addr + nbytes)`` (its atoms)."""
+    g, nch, a = hw.hbm.interleave_bytes, hw.hbm.channels, HBM_ATOM_BYTES
+    lo, hi = addr // a * a, -(-(addr + nbytes) // a) * a
+    turn = 2 * hw.hbm.turnaround_ns if write else 0.0
+    return {
+        ch: _cycles(hw, hbm_run_ns(hw, b, new_row=hop) + turn)
+        for ch, b in _split(lo, hi - lo, g, nch).items()
+    }
 
 
 def hbm_runs(

@@ -134,15 +134,16 @@ def _span(a: int, n: int, user: int) -> tuple[int, int, bool]:
 
 def _want_spans(f: dict[str, int]) -> list[tuple[int, int, bool]]:
     """The bursts the cost model's runs give (costs.hbm_runs): each run split at multiples of
-    max_burst_bytes, the first burst of a hop run flagged."""
+    max_burst_bytes; a hop run's bursts that enter a channel flagged (its first, and one
+    starting an interleave granule: each channel piece of a hop run opens a DRAM row)."""
     hw = load_hw("tiny")
-    mb = hw.hbm.max_burst_bytes
+    mb, g = hw.hbm.max_burst_bytes, hw.hbm.interleave_bytes
     out = []
     for a, n, hop in hbm_runs(hw, f["hbm"], f["rows"], f["row_bytes"], f["hbm_stride"]):
         lo, end = a, a + n
         while lo < end:
             hi = min(end, (lo // mb + 1) * mb)
-            out.append((lo, hi, hop and lo == a))
+            out.append((lo, hi, hop and (lo == a or lo % g == 0)))
             lo = hi
     return out
 

@@ -251,16 +251,18 @@ def test_zero_cycle_ops_issue_back_to_back():
 
 
 def test_hbm_op_events_with_and_without_a_wait_for_its_start():
-    """An LD of 256 B from an idle machine starts at once: its only wait is its issue cycles
-    (1 + 7 = 8 events). Behind MV's 10-beat op (token), it joins the channels' FIFOs at 10:
-    LD's token wait, MV's 10 beats, LD's wait for cycle 10, its issue: 4 + 7 = 11."""
+    """An LD of 256 B from an idle machine starts at once: its waits are its bursts' arrival
+    (the order with the other unit's bursts is final at the last one) and its issue cycles
+    (2 + 7 = 9 events). Behind MV's 10-beat op (token), it joins the channels' FIFOs at 10:
+    LD's token wait, MV's 10 beats, LD's wait for cycle 10, its bursts' arrival, its issue:
+    5 + 7 = 12."""
     from hwflow.costs import hbm_pieces
     from hwflow.perf.machine import MOp
 
     pieces = tuple(hbm_pieces(load_hw("tiny"), 0, 256))
     ld = MOp(0, "ld", 0, 0, 0, hbm=pieces, hbm_bytes=256)
-    assert _machine_run([ld], 1).events == 8
+    assert _machine_run([ld], 1).events == 9
     mv = MOp(3, "mv", 0, 10, 10, (), (0,))
     waiting = MOp(0, "ld", 0, 0, 0, (3,), (), pieces, 256)
     r = _machine_run([mv, waiting], 1)
-    assert r.events == 11 and r.trace[-1][2] >= 10
+    assert r.events == 12 and r.trace[-1][2] >= 10

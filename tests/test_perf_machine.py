@@ -8,7 +8,14 @@ import pytest
 import simpy
 
 from hwflow.config import load_hw
-from hwflow.costs import HbmPiece, hbm_latency_cycles, hbm_pieces
+from hwflow.costs import (
+    HbmBurst,
+    HbmPiece,
+    hbm_bursts,
+    hbm_latency_cycles,
+    hbm_pieces,
+    ld_flush_cycles,
+)
 from hwflow.errors import SyncError
 from hwflow.perf.hbm import HbmChannels, ResourceHbm
 from hwflow.perf.machine import Machine, MOp
@@ -25,10 +32,10 @@ def streams(*ops: MOp) -> list[MOp]:
     return list(ops)
 
 
-def M(unit, name, beats, latency, wait=(), release=(), hbm=None, words=0) -> MOp:
+def M(unit, name, beats, latency, wait=(), release=(), hbm=None, words=0, bursts=()) -> MOp:
     nbytes = sum(p.nbytes for p in hbm or ())
     occ = sum(p.occupancy for p in hbm or ())
-    return MOp(unit, name, words, beats, latency, wait, release, hbm, nbytes, occ)
+    return MOp(unit, name, words, beats, latency, wait, release, hbm, nbytes, occ, bursts)
 
 
 def piece(ch: int, occ: int, nbytes: int = 64) -> HbmPiece:
@@ -210,3 +217,75 @@ def test_channels_serve_in_arrival_order(tiny):
     r = Machine(tiny, trace=True).run(prog)
     t = {name: (s, e) for _, name, s, e in r.trace}
     assert t["st"] == (61, 111) and t["ld"] == (111, 121)
+
+
+def test_bursts_of_an_unaligned_load(tiny):
+    """2,144 bytes from HBM byte 6,848 (tiny: 128-byte words, bursts split at 512-byte
+    multiples, 256-byte granules over 4 channels, 32 B per channel per cycle): bursts
+    [6784, 7168) (3 words; its bytes from 6848: 64 B of granule 26 on channel 2, 2 cycles, and
+    granule 27 on channel 3, 8), [7168, 7680) (channels 0 and 1, 8 each), [7680, 8192)
+    (channels 2 and 3: channel 2's run grows 64 -> 320 B, 2 -> 10 cycles, so 8; channel 3's
+    256 -> 512 B, 8 -> 16), [8192, 8704) (0 and 1), [8704, 9088) (3 words; bytes to 8992:
+    256 B on channel 2, 320 -> 576 B: 10 -> 18 cycles; 32 B on channel 3, 512 -> 544 B: 16 ->
+    17 cycles). The pieces' occupancies are the run's: 16, 16, 18, 17."""
+    want = [
+        (3, ((2, 2), (3, 8))),
+        (4, ((0, 8), (1, 8))),
+        (4, ((2, 8), (3, 8))),
+        (4, ((0, 8), (1, 8))),
+        (3, ((2, 8), (3, 1))),
+    ]
+    assert [(b.port, b.pieces) for b in hbm_bursts(tiny, 6848, 2144)] == want
+    assert [p.occupancy for p in hbm_pieces(tiny, 6848, 2144)] == [16, 16, 18, 17]
+    # a store's burst takes one write response on the port
+    assert [b.port for b in hbm_bursts(tiny, 6848, 2144, write=True)] == [1] * 5
+
+
+def test_port_carries_a_loads_words_in_order(tiny):
+    """The bursts above from cycle 0 on idle channels: ready (their channels done) at 8, 8,
+    16, 16, 18; the port carries their 3, 4, 4, 4, 3 words in order, one per cycle, the
+    last of a burst no earlier than it is ready: 8, max(8 + 4, 8) = 12, max(12 + 4, 16) = 16,
+    20, max(20 + 3, 18) = 23; on chip 11 cycles later (34), where the channels alone end at
+    18 (29)."""
+    h = HbmChannels(tiny)
+    tr = h.submit(0, hbm_bursts(tiny, 6848, 2144))
+    h.settle(4)
+    assert (tr.start, tr.streamed, tr.done) == (0, 18, 23 + 11)
+    assert h.free == [16, 16, 18, 17]
+
+
+def test_bursts_take_their_channels_in_arrival_order(tiny):
+    """An LD of three bursts on channel 0 (8 cycles, 4 words each) and an ST of one (5 cycles,
+    one response), both started at 0, requested at 1: the LD's bursts arrive at 1, 2, 3, the
+    ST's at 1, after the LD's burst of that cycle. Channel 0: LD0 1..9, ST 9..14, LD1
+    14..22, LD2 22..30. ST: response at 14, on chip 25, done 26 (ST_DONE_STAGES 1). LD: the
+    port's last word max(9 + 4, 22) = 22, then max(22 + 4, 30) = 30; on chip 41, done 43
+    (LD_DONE_STAGES 2), one more with its realigner's flush (latency 1). A whole transfer
+    booked at once would have put the ST behind all of the LD (25..30)."""
+    ld = (HbmBurst(4, ((0, 8),)),) * 3
+    st = (HbmBurst(1, ((0, 5),)),)
+    for flush in (0, 1):
+        ops = streams(
+            M(LD, "ld", 0, flush, hbm=(piece(0, 24, 3 * 512),), bursts=ld),
+            M(ST, "st", 0, 0, hbm=(piece(0, 5),), bursts=st),
+        )
+        r = Machine(tiny, trace=True).run(ops)
+        assert sorted(r.trace) == [("ld", "ld", 1, 30), ("st", "st", 9, 14)]
+        assert sorted(r.ends) == [26, 43 + flush]
+        assert r.cycles == 43 + flush
+        assert r.busy["ld"] == 29 and r.busy["st"] == 5
+
+
+def test_realigner_flush_of_a_load(tiny):
+    """The LD's realigner (128-byte words) takes a cycle after its last input when the row's
+    output words are as many as its input words but its first input makes none (s_in >
+    s_out), or there are more output words than input words."""
+    # 402 B from HBM byte 64 of a word to buffer byte 0: 4 input words, 4 output words, lead
+    assert ld_flush_cycles(tiny, 30144, 1, 402, 402, 8192, 402) == 1
+    # aligned alike: every input word is its output word
+    assert ld_flush_cycles(tiny, 384, 1, 4288, 4288, 0, 4288) == 0
+    # 100 B from byte 0 of a word to byte 64: 1 input word, 2 output words
+    assert ld_flush_cycles(tiny, 0, 1, 100, 100, 64, 100) == 1
+    # two strided rows, the last one's: HBM byte 1064 (40 into a word) to buffer byte 100:
+    # 2 input words, 2 output words, no lead
+    assert ld_flush_cycles(tiny, 64, 2, 100, 1000, 0, 100) == 0

@@ -183,19 +183,23 @@ def test_bad_lengths(case):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["u280", "vhk158"])
-def test_llama_decode_reaches_67_percent_of_hbm_roofline(preset):
-    """hwflow's own presets, LLaMA-2-7B, batch-1 decode: >= 75 % of the roofline at the HBM
+def test_llama_decode_reaches_62_percent_of_hbm_roofline(preset):
+    """hwflow's own presets, LLaMA-2-7B, batch-1 decode: >= 62 % of the roofline at the HBM
     model's achievable bandwidth (bytes the step must move / bandwidth of long reads), which
     is, by hand: U280 32 x 14.375 x (1 - 260/3900) = 429.33 GB/s (device less refresh);
     VHK158 32 x 17.28 = 552.96 GB/s (the NoC link cap of PG313 is below 25.6 x 3640/3900).
     The integer contract's per-token quantization (a row-max pass of the gated product) and
     the shared requantizers' drain took u280 from 0.83 to 0.77 (it was held to 0.80); units
     that run one op at a time (the RTL's structure, :mod:`hwflow.perf.machine`) from 0.77 to
-    0.68 (vhk158 0.72; it was held to 0.75)."""
+    0.68 (vhk158 0.72; it was held to 0.75); the LD unit's one word-wide port carrying a
+    transfer's words in order, burst by burst (:func:`hwflow.costs.hbm_bursts`: a u280 word of
+    2 KiB takes its channel ~35 cycles, so the words of the channels that end together queue
+    at the port after the last one) from 0.68 to 0.62 (vhk158 0.72, unchanged; it was held to
+    0.67)."""
     achievable = {"u280": 429.333e9, "vhk158": 552.96e9}[preset]
     cfg, plan, hw = load_model("llama2-7b"), load_plan("flightllm"), load_hw(preset)
     r = simulate(cfg, plan, hw, 128, 16, program=compile_cached(cfg, plan, hw, 2048))
-    assert r.roofline_fraction >= 0.67
+    assert r.roofline_fraction >= 0.62
     assert r.roofline_ms_per_token == pytest.approx(
         r.decode_hbm_bytes / 16 / achievable * 1e3, rel=0.01
     )

@@ -54,10 +54,13 @@ from math import ceil, log2
 
 from hwflow.config import HardwarePreset
 from hwflow.costs import (
+    HbmBurst,
     HbmPiece,
     effective_nm,
+    hbm_bursts,
     hbm_pieces,
     hbm_runs,
+    ld_flush_cycles,
     matmul_unit_cost,
     pv_nm,
     sfu_op_cost,
@@ -141,6 +144,7 @@ class _Pricer:
         self.cache: dict[tuple, tuple[MOp, OpActions]] = {}
         self.interned: dict[tuple[MOp, OpActions], tuple[MOp, OpActions]] = {}
         self.pieces = lru_cache(maxsize=65536)(self._pieces)
+        self.bursts = lru_cache(maxsize=65536)(self._bursts)
 
     def _pieces(
         self, base: int, rows: int, row_bytes: int, stride: int, write: bool = False
@@ -151,6 +155,15 @@ class _Pricer:
         if len(runs) == 1:
             return tuple(hbm_pieces(hw, runs[0][0], runs[0][1], write=write))
         return _merge(p for a, n, hop in runs for p in hbm_pieces(hw, a, n, hop=hop, write=write))
+
+    def _bursts(
+        self, base: int, rows: int, row_bytes: int, stride: int, write: bool = False
+    ) -> tuple[HbmBurst, ...]:
+        """The transfer's AXI bursts, run after run (:func:`hwflow.costs.hbm_bursts`)."""
+        runs = hbm_runs(self.hw, base, rows, row_bytes, stride)
+        return tuple(
+            b for a, n, hop in runs for b in hbm_bursts(self.hw, a, n, hop=hop, write=write)
+        )
 
     def _check_buf(
         self, c: Concrete, buf: int, off: int, rows: int, stride: int, width: int
@@ -186,10 +199,12 @@ class _Pricer:
                     f"{op} (pc {c.pc}) reaches HBM byte {last}, beyond the"
                     f" {self.hw.hbm.capacity_bytes} bytes of preset {self.hw.name}"
                 )
-            where: int | tuple[int] = hbm % self.period
+            where: int | tuple[int, int] = hbm % self.period
             g = self.hw.hbm.interleave_bytes
             if (rows <= 1 or stride == row_bytes) and where % g + rows * row_bytes <= g:
-                where = (where // g,)  # inside one granule: only its channel matters
+                # inside one granule: only its channel and its offset in a buffer word matter
+                # (its HBM atoms, the LD realigner's flush: costs.ld_flush_cycles)
+                where = (where // g, where % self.hw.buffers.word_bytes)
             key: tuple = (
                 op,
                 c.wait,
@@ -245,8 +260,12 @@ class _Pricer:
         nbytes = rows * row_bytes
         self._check_buf(c, f["buf"], f["off"], rows, f["stride"] or row_bytes, row_bytes)
         pieces = self.pieces(hbm % self.period, rows, row_bytes, stride, op == "ST")
-        mop = MOp(int(c.unit), op, words, 0, 0, _mask(c.wait), _mask(c.release), pieces,
-                  sum(p.nbytes for p in pieces), sum(p.occupancy for p in pieces))  # fmt: skip
+        bursts = self.bursts(hbm % self.period, rows, row_bytes, stride, op == "ST")
+        # an LD's latency: its realigner's flush after the last HBM word (the HBM decides the rest)
+        flush = ld_flush_cycles(self.hw, hbm, rows, row_bytes, stride, f["off"], f["stride"])
+        mop = MOp(int(c.unit), op, words, 0, flush if op == "LD" else 0, _mask(c.wait),
+                  _mask(c.release), pieces, sum(p.nbytes for p in pieces),
+                  sum(p.occupancy for p in pieces), bursts)  # fmt: skip
         ld = op == "LD"
         acts = OpActions(
             hbm_read=nbytes if ld else 0,

@@ -25,9 +25,12 @@ Semantics (the contract the tests pin with exact timelines)
   completes in order (a later op never completes before an earlier one of the same unit).
 * LD and ST ops move bytes through :class:`~hwflow.perf.hbm.HbmChannels`: the op starts when
   its tokens are in and hands its pieces to their channels' FIFOs, where they arrive
-  :data:`~hwflow.costs.LDST_REQUEST_STAGES` after the start; the op completes one HBM latency
-  after its last piece streamed plus :func:`~hwflow.costs.ldst_done_stages` (an empty one
-  ``LDST_REQUEST_STAGES + 1`` after its start). The unit counts as busy while any of its transfers streams.
+  :data:`~hwflow.costs.LDST_REQUEST_STAGES` after the start; the op completes when its data is
+  on chip (:class:`~hwflow.perf.hbm.Transfer`: one HBM latency after its last piece streamed,
+  or after the unit's port carried the words of the bursts behind a piece) plus
+  :func:`~hwflow.costs.ldst_done_stages` and the op's ``latency`` (an LD's realigner flush; an
+  empty op completes ``LDST_REQUEST_STAGES + 1`` after its start). The unit counts as busy
+  while any of its transfers streams.
 * Busy cycles of a unit: the sum of its ops' issue occupancy (LD/ST: the times its transfers
   stream). Stall cycles: time a unit with a next op spent waiting for its instruction or
   tokens. Idle: the rest (a unit waiting for its own op to complete, LD/ST for HBM).
@@ -52,7 +55,7 @@ from dataclasses import dataclass, field
 import simpy
 
 from hwflow.config import Buffers, HardwarePreset
-from hwflow.costs import LDST_REQUEST_STAGES, HbmPiece, ldst_done_stages
+from hwflow.costs import LDST_REQUEST_STAGES, HbmBurst, HbmPiece, ldst_done_stages
 from hwflow.errors import SyncError
 from hwflow.isa import TOKEN_UNITS, Unit
 from hwflow.perf.hbm import HbmChannels, Transfer
@@ -86,12 +89,17 @@ class MOp:
     name: str  #: mnemonic, for traces
     words: int  #: 32-bit instruction words the dispatcher reads
     beats: int  #: cycles the unit's input is occupied (its busy cycles)
-    latency: int  #: cycles from start to results written (>= beats); LD/ST: 0, HBM decides
+    #: cycles from start to results written (>= beats); LD/ST: the HBM decides, this is what
+    #: the unit adds after its last word (an LD's realigner flush, costs.ld_flush_cycles)
+    latency: int
     wait: tuple[int, ...] = ()  #: producer units whose token this op consumes before it starts
     release: tuple[int, ...] = ()  #: consumer units that get a token when this op completes
     hbm: tuple[HbmPiece, ...] | None = None  #: LD/ST: the transfer's per-channel pieces
     hbm_bytes: int = 0  #: LD/ST: bytes moved (the pieces' sum)
     hbm_occupancy: int = 0  #: LD/ST: channel-cycles streamed (the pieces' sum)
+    #: LD/ST: the transfer's AXI bursts (:func:`hwflow.costs.hbm_bursts`); none: the pieces
+    #: as one burst without port cycles
+    bursts: tuple[HbmBurst, ...] = ()
     #: a number naming this priced op in segment keys (:mod:`hwflow.perf.lower` numbers the
     #: ops it interns, never twice in a process); -1: unnumbered (compared by value)
     key: int = field(default=-1, compare=False)
@@ -110,6 +118,8 @@ class RunStats:
     leftover_tokens: dict[str, int]
     events: int
     trace: list[tuple[str, str, int, int]] = field(default_factory=list)
+    #: with the trace: each traced op's completion (its tokens visible), in trace order
+    ends: list[int] = field(default_factory=list)
     segments: int = 0  #: barrier-delimited segments the run was cut into
     reused: int = 0  #: segments taken from the memo instead of simulated
     replayed_events: int = 0  #: the part of ``events`` in segments taken from the memo
@@ -211,6 +221,7 @@ class _Seg:
     channel_cycles: int
     events: int
     trace: list[tuple[str, str, int, int]]
+    ends: list[int]
 
 
 class SegmentMemo:
@@ -291,6 +302,7 @@ class Machine:
         hbm_bytes, events = 0, 0
         chan = 0
         trace: list[tuple[str, str, int, int]] = []
+        ends: list[int] = []
         bounds = (
             [0, *barrier_cuts(program), len(program)] if memo is not None else [0, len(program)]
         )
@@ -324,6 +336,7 @@ class Machine:
             events += res.events
             if self.trace_on:
                 trace.extend((u, nm, s + shift, e + shift) for u, nm, s, e in res.trace)
+                ends.extend(d + shift for d in res.ends)
         leftover = {
             f"{UNITS[i // n]}->{UNITS[i % n]}": len(q) for i, q in enumerate(state.tokens) if q
         }
@@ -337,6 +350,7 @@ class Machine:
             leftover_tokens=leftover,
             events=events,
             trace=trace,
+            ends=ends,
             segments=len(bounds) - 1,
             reused=reused,
             replayed_events=replayed,
@@ -380,6 +394,7 @@ class _SegmentRun:
         self.done_last = list(entry.done)
         self.cover = list(entry.cover)
         self.trace: list[tuple[str, str, int, int]] = []
+        self.ends: list[int] = []
         self.counter = [0]
         self.disp = [entry.fetch, False, -1]  # fetch clock, finished, unit blocked on
 
@@ -466,15 +481,25 @@ class _SegmentRun:
             if op.hbm is not None and start > now:  # join the channels' FIFOs on arrival
                 counter[0] += 1
                 yield env.timeout(start - now)
-            done = self._issue(u, op, start, t)
-            if done < done_prev:
-                done = done_prev
-            done_prev = done
             my_issued.append(start)
             w = disp_wait[0]
             if w is not None and disp[2] == u:
                 disp_wait[0] = None
                 w.succeed()
+            tr = None
+            if op.hbm:  # its bursts, requested from one register stage after the start
+                bursts = op.bursts or (
+                    HbmBurst(0, tuple((p.channel, p.occupancy) for p in op.hbm)),
+                )
+                at = start + LDST_REQUEST_STAGES
+                tr = self.hbm.submit(at, bursts, priority=int(u == Unit.ST))
+                counter[0] += 1  # their order with the other unit's is final at the last one
+                yield env.timeout(at + len(bursts) - 1 - env.now)
+                self.hbm.settle(env.now)
+            done = self._issue(u, op, start, t, tr)
+            if done < done_prev:
+                done = done_prev
+            done_prev = done
             for dst in op.release:
                 q = out_queues[dst]
                 q.times.append(done)
@@ -490,14 +515,13 @@ class _SegmentRun:
         self.pos[u] = len(self.streams[u])
         self.finished[u] = True
 
-    def _issue(self, u: int, op: MOp, start: int, t: int) -> int:
-        """Start ``op`` on unit ``u`` at ``start`` (its unit was free from ``t``): account busy,
-        stall and trace; return its completion."""
+    def _issue(self, u: int, op: MOp, start: int, t: int, tr: Transfer | None = None) -> int:
+        """Start ``op`` on unit ``u`` at ``start`` (its unit was free from ``t``; an LD/ST's
+        settled transfer ``tr``): account busy, stall and trace; return its completion."""
         cover = self.cover
         if op.hbm is not None:
-            if op.hbm:  # requested one register stage after the start (costs.LDST_*)
-                tr = self.hbm.issue(start + LDST_REQUEST_STAGES, op.hbm)
-                done = tr.done + ldst_done_stages(u == Unit.ST)
+            if tr is not None:  # requested one register stage after the start (costs.LDST_*)
+                done = tr.done + ldst_done_stages(u == Unit.ST) + op.latency
             else:  # an empty transfer: the command register, then done
                 tr, done = Transfer(start, start, start), start + LDST_REQUEST_STAGES + 1
             # one op at a time: the unit's earlier transfers finished streaming before ``t``
@@ -513,6 +537,7 @@ class _SegmentRun:
             span = (start, issue_end)
         if self.trace_on:
             self.trace.append((UNITS[u], op.name, span[0], max(span[1], span[0] + 1)))
+            self.ends.append(done)
         return done
 
     def _check_finished(self) -> None:
@@ -554,4 +579,5 @@ class _SegmentRun:
             channel_cycles=sum(op.hbm_occupancy for op in program),
             events=self.counter[0] + n + 1,
             trace=self.trace,
+            ends=self.ends,
         )

@@ -6,7 +6,7 @@ bytes); byte enables (``wstrb``) carry partial beats of a store. ``araddr``/``aw
 exact first byte the burst is for (an unaligned start, IHI0022 A3.4.1 "Unaligned transfers":
 the first beat's lower byte lanes are not part of it) and the user sideband (``aruser`` /
 ``awuser``, IHI0022 "User-defined signaling", :func:`user_bits`) says
-where the burst's bytes end in its last beat and whether it starts a hop row, so the simulated
+where the burst's bytes end in its last beat and whether it opens a hop row, so the simulated
 HBM (:mod:`hwflow.hw.machine.hbm_sim`) charges the channels for exactly the atoms a burst needs,
 as :func:`hwflow.costs.hbm_pieces` does; a real HBM port leaves the sideband unconnected.
 """
@@ -23,8 +23,9 @@ AXI_INCR = 1  #: AxBURST encoding of an incrementing burst (IHI0022, A3.4.1)
 
 def user_bits(data_bits: int) -> int:
     """Width of AxUSER: the offset of the burst's last byte in its last beat (log2 of the beat
-    bytes, the low bits), then the hop flag (the burst starts a run of a strided transfer
-    whose rows are shorter than an interleave granule: a new DRAM row), then the start flag
+    bytes, the low bits), then the hop flag (the burst is the first in its channel of a
+    run of a strided transfer whose rows are shorter than an interleave granule: a new DRAM
+    row there), then the start flag
     (the first burst of a transfer: the port stands for one port per channel, and the
     simulated HBM charges every burst of a transfer from its first one's arrival)."""
     return (data_bits // 8 - 1).bit_length() + 2

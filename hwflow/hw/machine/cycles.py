@@ -3,10 +3,10 @@
 The RTL's monitor records, per unit instruction, the cycle its unit accepted it and the cycle
 its ``done`` came (a SYNC: the cycle the front end retired it); its time is the difference
 plus one (the results are there after the ``done`` cycle, the model's completion). The model's trace gives each
-op's issue span; an op's *time* there is start to completion: LD/ST the request stage, the
-streaming span, the first-beat latency and the done stages (``costs.LDST_REQUEST_STAGES``,
-``hbm_latency_cycles``, ``ldst_done_stages``: how :mod:`hwflow.perf.machine` completes a
-transfer; an empty one ``LDST_REQUEST_STAGES + 1``), every other op its priced ``latency``. Both sides
+op's issue span and completion; an op's *time* there is start to completion: LD/ST from the
+request stage (``costs.LDST_REQUEST_STAGES``) before its first channel start to its completion
+(:mod:`hwflow.perf.machine`: the data on chip, ``ldst_done_stages`` and an LD's flush; an
+empty one ``LDST_REQUEST_STAGES + 1``), every other op its priced ``latency``. Both sides
 run each unit in order, so the n-th instruction of a unit on one side is the n-th on the
 other. :func:`class_table` averages per instruction class (LD, ST, MM, MV, SFU, SYNC).
 
@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hwflow.config import HardwarePreset
-from hwflow.costs import LDST_REQUEST_STAGES, hbm_latency_cycles, ldst_done_stages
-from hwflow.isa import TOKEN_UNITS, Program, Runtime, Unit, expand
+from hwflow.costs import LDST_REQUEST_STAGES
+from hwflow.isa import TOKEN_UNITS, Program, Runtime, expand
 from hwflow.perf.lower import lower
 from hwflow.perf.machine import UNITS, Machine
 
@@ -59,15 +59,14 @@ def model_times(
     stats = Machine(hw, trace=True).run(ops)
     per_unit: dict[int, list] = {u: [] for u in TOKEN_UNITS}
     spans: dict[str, list[tuple[int, int]]] = {}
-    for unit, _name, a, b in stats.trace:
-        spans.setdefault(unit, []).append((a, b))
-    lat = hbm_latency_cycles(hw)
+    for (unit, _name, a, _b), done in zip(stats.trace, stats.ends, strict=True):
+        spans.setdefault(unit, []).append((a, done))
     for u in TOKEN_UNITS:
         mine = [op for op in ops if op.unit == u]
-        for op, (a, b) in zip(mine, spans.get(UNITS[u], []), strict=True):
+        for op, (a, done) in zip(mine, spans.get(UNITS[u], []), strict=True):
             cls = "SYNC" if op.name.startswith("SYNC") else u.name
-            if op.hbm:  # request, streaming span, latency, done (hwflow.perf.machine)
-                t = LDST_REQUEST_STAGES + (b - a) + lat + ldst_done_stages(u == Unit.ST)
+            if op.hbm:  # from the request before its first channel start to the completion
+                t = LDST_REQUEST_STAGES + done - a
             elif op.hbm is not None:  # an empty transfer: the command register, then done
                 t = LDST_REQUEST_STAGES + 1
             else:

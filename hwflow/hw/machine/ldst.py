@@ -152,7 +152,10 @@ def _bursts(m: Module, mp: MachineParams, runs: _Rows, geo: _Geometry, stride: o
     start = Signal(name=f"{name}_start")  # the command's first burst
     with m.If(fire):
         m.d.sync += start.eq(0)
-    user = Cat(last[:lg], first & geo.hop, start)
+    # a hop run opens a DRAM row in each channel it enters: its first burst, and a later one
+    # starting a granule (costs.hbm_pieces charges every channel piece of a hop run a row miss)
+    lgg = (mp.interleave_bytes - 1).bit_length()
+    user = Cat(last[:lg], geo.hop & (first | (cur[:lgg] == 0)), start)
     return _Issue(m, wb, addr, beats - 1, user, valid, (busy, first, cur, rend, end, start))
 
 

@@ -3,9 +3,11 @@
 A :class:`PartReader` turns a stream of byte-span requests ("parts": up to one buffer word of
 bytes at any byte address) into the realigned windows, in order, one request per cycle when
 the port allows: a part inside one word costs one port read, a part straddling two words two,
-and a part whose first word is the one the same *stream* (``sid``) read last costs none for
-that word (a per-stream one-word cache, so a stream of consecutive parts, such as a weight
-tile's records or one token's activation blocks, reads each buffer word once). A ``zero``
+and a word the same *stream* (``sid``) read last, or the word before it when it read the two
+in a row, costs none (a per-stream cache of the last two consecutive words, so a stream of
+consecutive parts, such as a weight tile's records, reads each buffer word once, and a
+token's activation row spanning two words is read once per pass, not again for every row
+group). A ``zero``
 part reads nothing and yields zeros (operands past an extent). The window of a part leaves
 one cycle after its last word read was granted (the buffer's read latency); the reader never
 stalls its output, so whoever sends it requests must have room for the windows (the feed's
@@ -68,12 +70,16 @@ class PartReader(wiring.Component):
         tags = Array(Signal(ADDR_BITS - sb, name=f"tag{s}") for s in range(n))
         tval = Array(Signal(name=f"tval{s}") for s in range(n))
         cdata = Array(Signal(8 * wb, name=f"cdata{s}") for s in range(n))
+        # the word before the cached one (tag - 1), when the stream read the two in a row
+        pval = Array(Signal(name=f"pval{s}") for s in range(n))
+        pdata = Array(Signal(8 * wb, name=f"pdata{s}") for s in range(n))
 
         w0 = req.addr[sb:]
         two = req.addr[:sb] + req.nbytes > wb
         hit0 = tval[req.sid] & (tags[req.sid] == w0)
-        need0 = ~req.zero & ~hit0
-        need1 = ~req.zero & two
+        hitp = tval[req.sid] & pval[req.sid] & (tags[req.sid] == w0 + 1)  # w0 is the previous
+        need0 = ~req.zero & ~hit0 & ~hitp
+        need1 = ~req.zero & two & ~hitp
         phase = Signal()  # the second word of a part that reads both
         want = self.req.valid & (phase | need0 | need1)
         raddr = Mux(phase | ~need0, w0 + 1, w0)
@@ -84,13 +90,16 @@ class PartReader(wiring.Component):
         no_read = self.req.valid & ~want
         took = want & grant
         m.d.comb += self.req.ready.eq(no_read | (took & last_read))
+        shift = tval[req.sid] & (raddr == tags[req.sid] + 1)  # the cached word becomes previous
         with m.If(took):
             m.d.sync += [tags[req.sid].eq(raddr), tval[req.sid].eq(1), phase.eq(~last_read)]
+            m.d.sync += pval[req.sid].eq(shift)
         with m.If(self.clear):
             m.d.sync += [t.eq(0) for t in tval]
 
         # one cycle later: the word arrives (or a cached / zero part completes)
         f_valid, f_rd, f_last, f_two, f_zero = (Signal(name=f"f_{x}") for x in "vrltz")
+        f_shift, f_prev = Signal(name="f_shift"), Signal(name="f_prev")
         f_off = Signal(sb)
         f_sid = Signal(range(max(2, n)))
         f_tag = Signal(self.tag_bits)
@@ -98,18 +107,22 @@ class PartReader(wiring.Component):
             f_valid.eq(took | no_read),
             f_rd.eq(took),
             f_last.eq(no_read | last_read),
-            f_two.eq(took & two),
+            f_two.eq((took | no_read) & two),  # (a cached two-word part reads nothing)
             f_zero.eq(req.zero),
+            f_shift.eq(took & shift),
+            f_prev.eq(hitp),
             f_off.eq(req.addr[:sb]),
             f_sid.eq(req.sid),
             f_tag.eq(req.tag),
         ]
         rdata = Array(p.data for p in ports)[self.buf]
-        cd = cdata[f_sid]
+        cd, pd = cdata[f_sid], pdata[f_sid]
         with m.If(f_valid & f_rd):
             m.d.sync += cd.eq(rdata)
-        one = Mux(f_rd, rdata, cd) >> (f_off * 8)
-        both = (Cat(cd, rdata) >> (f_off * 8))[: 8 * wb]
+            with m.If(f_shift):
+                m.d.sync += pd.eq(cd)
+        one = Mux(f_rd, rdata, Mux(f_prev, pd, cd)) >> (f_off * 8)
+        both = (Mux(f_prev, Cat(pd, cd), Cat(cd, rdata)) >> (f_off * 8))[: 8 * wb]
         m.d.comb += [
             self.out_valid.eq(f_valid & f_last),
             self.out_win.eq(Mux(f_zero, 0, Mux(f_two, both, one))),
