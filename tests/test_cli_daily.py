@@ -163,7 +163,7 @@ def test_help_shows_defaults_and_version(capsys):
     assert "(default: 2)" in text  # --workers
     assert main(["demo", "--help"]) == 0
     text = capsys.readouterr().out
-    for step in ("1. compile", "2. check", "3. generate", "4. simulate", "5. sweep"):
+    for step in ("1. compile", "2. check", "3. generate", "4. run", "5. simulate", "6. sweep"):
         assert step in text, text
 
 
