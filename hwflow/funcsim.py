@@ -554,6 +554,18 @@ def boundary_lengths(max_len: int, bucket: int) -> list[int]:
     return sorted(n for n in out if 1 <= n <= max_len)
 
 
+def _kv_equal(fs: FuncSim, kv: Any, n: int) -> bool:
+    """Whether the simulator's KV cache (and, with rotated keys, every key's factor) equals the
+    reference's ``kv`` over the first ``n`` positions of every layer."""
+    for li in range(fs.cfg.layers):
+        k, v = fs.kv_cache(li, n)
+        if not (np.array_equal(k, kv.k[li][:, :n]) and np.array_equal(v, kv.v[li][:, :n])):
+            return False
+        if fs.layout.rotated and not np.array_equal(fs.key_factors(li, n), kv.kf[li][:, :n]):
+            return False
+    return True
+
+
 def check_against_reference(
     cfg: ModelConfig,
     plan: Any,
@@ -597,15 +609,6 @@ def check_against_reference(
     instrs = 0
     seconds = 0.0
 
-    def kv_equal(fs: FuncSim, kv: Any, n: int) -> bool:
-        for li in range(cfg.layers):
-            k, v = fs.kv_cache(li, n)
-            if not (np.array_equal(k, kv.k[li][:, :n]) and np.array_equal(v, kv.v[li][:, :n])):
-                return False
-            if comp.layout.rotated and not np.array_equal(fs.key_factors(li, n), kv.kf[li][:, :n]):
-                return False
-        return True
-
     def draw(n: int) -> np.ndarray:
         return np.asarray(prompt[:n]) if prompt is not None else rng.integers(cfg.vocab, size=n)
 
@@ -616,7 +619,7 @@ def check_against_reference(
         logits = fs.step("prefill", qm.embed(ids, 0), 0)
         instrs += fs.last_stats.instructions
         seconds += fs.last_stats.seconds
-        ok = np.array_equal(logits, ref.logits[-1]) and kv_equal(fs, ref.kv, n)
+        ok = np.array_equal(logits, ref.logits[-1]) and _kv_equal(fs, ref.kv, n)
         runs.append({"phase": "prefill", "tokens": n, "pos": 0, "equal": bool(ok)})
     # decode: prompt ends 3 positions before a decode bucket boundary, so the steps cross it
     start = max(1, min(DECODE_BUCKET - 3, max_len - decode_steps))
@@ -633,7 +636,7 @@ def check_against_reference(
         pos += 1
         ok = np.array_equal(logits, ref[s].logits[-1])
         if s == decode_steps:
-            ok = ok and kv_equal(fs, ref[-1].kv, pos)
+            ok = ok and _kv_equal(fs, ref[-1].kv, pos)
         runs.append({"phase": "decode", "tokens": 1, "pos": pos - 1, "equal": bool(ok)})
     return {
         "model": cfg.name,
